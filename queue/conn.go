@@ -1,0 +1,155 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// ConnConfig says how to reach NATS. Secrets (Password, Token) never appear in logs: see LogValue.
+type ConnConfig struct {
+	URL       string // one or more comma-separated server URLs; required
+	Name      string // connection name shown by the server; default "kustomer-worker"
+	CredsFile string // user credentials (JWT + nkey seed) file; default none
+	NKeyFile  string // nkey seed file; default none
+	User      string // user name for user/password auth; default none
+	Password  string // password for user/password auth; default none
+	Token     string // token auth; default none
+	TLSCA     string // CA certificate file to verify the server; default system roots
+	TLSCert   string // client certificate file (with TLSKey) for mutual TLS; default none
+	TLSKey    string // client key file; default none
+}
+
+// LogValue redacts the secrets.
+func (c ConnConfig) LogValue() slog.Value {
+	redact := func(s string) string {
+		if s == "" {
+			return ""
+		}
+		return "REDACTED"
+	}
+	return slog.GroupValue(
+		slog.String("url", c.URL),
+		slog.String("name", c.Name),
+		slog.String("creds_file", c.CredsFile),
+		slog.String("nkey_file", c.NKeyFile),
+		slog.String("user", c.User),
+		slog.String("password", redact(c.Password)),
+		slog.String("token", redact(c.Token)),
+		slog.String("tls_ca", c.TLSCA),
+		slog.String("tls_cert", c.TLSCert),
+	)
+}
+
+// Validate reports the first setting that cannot work, named as its flag.
+func (c ConnConfig) Validate() error {
+	if c.URL == "" {
+		return errors.New("nats-url: empty")
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("nats-tls-cert and nats-tls-key: give both or neither")
+	}
+	if c.Password != "" && c.User == "" {
+		return errors.New("nats-password: set without nats-user")
+	}
+	n := 0
+	for _, s := range []string{c.CredsFile, c.NKeyFile, c.User, c.Token} {
+		if s != "" {
+			n++
+		}
+	}
+	if n > 1 {
+		return errors.New("nats-creds, nats-nkey, nats-user and nats-token: give at most one")
+	}
+	return nil
+}
+
+// Connect opens a connection that reconnects forever with capped exponential backoff and logs
+// every disconnect and reconnect. If the server is not up yet, Connect keeps trying in the
+// background and returns at once; JetStream calls fail until the first connect succeeds.
+func Connect(cfg ConnConfig, log *slog.Logger) (*nats.Conn, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	name := cfg.Name
+	if name == "" {
+		name = "kustomer-worker"
+	}
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectBufSize(64 << 20),
+		nats.CustomReconnectDelay(reconnectDelay),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
+		}),
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			log.Warn("disconnected from NATS", "error", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted())
+		}),
+		nats.ClosedHandler(func(nc *nats.Conn) {
+			log.Debug("NATS connection closed")
+		}),
+		nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
+			log.Warn("NATS error", "error", err)
+		}),
+	}
+	switch {
+	case cfg.CredsFile != "":
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	case cfg.NKeyFile != "":
+		opt, err := nats.NkeyOptionFromSeed(cfg.NKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats-nkey: %w", err)
+		}
+		opts = append(opts, opt)
+	case cfg.User != "":
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	case cfg.Token != "":
+		opts = append(opts, nats.Token(cfg.Token))
+	}
+	if cfg.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(cfg.TLSCA))
+	}
+	if cfg.TLSCert != "" {
+		opts = append(opts, nats.ClientCert(cfg.TLSCert, cfg.TLSKey))
+	}
+	nc, err := nats.Connect(cfg.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nats-url: connect: %w", err)
+	}
+	return nc, nil
+}
+
+// reconnectDelay backs off from 250ms to 10s, with jitter from nats.go on top.
+func reconnectDelay(attempts int) time.Duration {
+	d := 250 * time.Millisecond
+	for i := 1; i < attempts && d < 10*time.Second; i++ {
+		d *= 2
+	}
+	return min(d, 10*time.Second)
+}
+
+// WaitConnected blocks until nc is connected or ctx ends.
+func WaitConnected(ctx context.Context, nc *nats.Conn) error {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for !nc.IsConnected() {
+		if nc.IsClosed() {
+			return nats.ErrConnectionClosed
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for NATS: %w", context.Cause(ctx))
+		case <-t.C:
+		}
+	}
+	return nil
+}

@@ -1,0 +1,93 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Headers a dead letter carries on top of the original message's own headers.
+const (
+	HeaderReason           = "Dlq-Reason"            // the validation or API error, readable
+	HeaderClass            = "Dlq-Class"             // invalid, rejected or exhausted
+	HeaderStatus           = "Dlq-Status"            // the HTTP status, when there was one
+	HeaderAttempts         = "Dlq-Attempts"          // requests spent on the message
+	HeaderOriginalSubject  = "Dlq-Original-Subject"  // where the message was published
+	HeaderOriginalSequence = "Dlq-Original-Sequence" // its sequence in the work stream
+	HeaderFailedAt         = "Dlq-Failed-At"         // RFC 3339
+)
+
+// Class is why a message was dead-lettered.
+type Class string
+
+const (
+	ClassInvalid   Class = "invalid"   // failed validation; no request was made
+	ClassRejected  Class = "rejected"  // Kustomer answered a non-retryable 4xx
+	ClassExhausted Class = "exhausted" // retryable failures until attempts ran out
+)
+
+// DeadLetter is what is known about a message that can never succeed.
+type DeadLetter struct {
+	Class    Class
+	Reason   string
+	Status   int // HTTP status, 0 if none
+	Attempts int
+	FailedAt time.Time
+}
+
+// maxReasonLen keeps headers reasonable; reasons come from validation or a 1 KB error body.
+const maxReasonLen = 2048
+
+// DeadLetters publishes dead letters to the dead-letter subject.
+type DeadLetters struct {
+	JS      jetstream.JetStream
+	Subject string
+}
+
+// Publish stores msg's original bytes and headers with the dead-letter headers added. It
+// returns only once JetStream acknowledged the publish; only then may the original be acked.
+// The publish carries a Nats-Msg-Id derived from the work stream and sequence, so a retried
+// publish for the same message is stored once.
+func (d *DeadLetters) Publish(ctx context.Context, msg jetstream.Msg, dl DeadLetter) error {
+	md, err := msg.Metadata()
+	if err != nil {
+		return fmt.Errorf("dead letter: message metadata: %w", err)
+	}
+	out := nats.NewMsg(d.Subject)
+	out.Data = msg.Data()
+	for k, vs := range msg.Headers() {
+		if k == jetstream.MsgIDHeader {
+			// The original id belongs to the work stream's dedup window; keep it readable
+			// under another name so the dead letter is not taken for a duplicate.
+			k = "Dlq-Original-Msg-Id"
+		}
+		for _, v := range vs {
+			out.Header.Add(k, v)
+		}
+	}
+	reason := dl.Reason
+	if len(reason) > maxReasonLen {
+		reason = reason[:maxReasonLen] + "…"
+	}
+	if dl.FailedAt.IsZero() {
+		dl.FailedAt = time.Now()
+	}
+	out.Header.Set(HeaderReason, reason)
+	out.Header.Set(HeaderClass, string(dl.Class))
+	if dl.Status != 0 {
+		out.Header.Set(HeaderStatus, strconv.Itoa(dl.Status))
+	}
+	out.Header.Set(HeaderAttempts, strconv.Itoa(dl.Attempts))
+	out.Header.Set(HeaderOriginalSubject, msg.Subject())
+	out.Header.Set(HeaderOriginalSequence, strconv.FormatUint(md.Sequence.Stream, 10))
+	out.Header.Set(HeaderFailedAt, dl.FailedAt.UTC().Format(time.RFC3339))
+	id := "dlq-" + md.Stream + "-" + strconv.FormatUint(md.Sequence.Stream, 10)
+	if _, err := d.JS.PublishMsg(ctx, out, jetstream.WithMsgID(id)); err != nil {
+		return fmt.Errorf("dead letter: publish: %w", err)
+	}
+	return nil
+}

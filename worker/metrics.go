@@ -1,0 +1,97 @@
+package worker
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the pool's Prometheus metrics. Register them on a registry of your own; the zero
+// of *Metrics (nil) records nothing.
+type Metrics struct {
+	Updates         *prometheus.CounterVec // by outcome: applied, invalid, rejected, exhausted
+	Requests        *prometheus.CounterVec // by HTTP status code, "error" when no answer
+	RequestDuration prometheus.Histogram
+	Retries         *prometheus.CounterVec // by reason: transient, throttled_org, throttled_conversation, auth, panic
+	PacerWait       prometheus.Counter     // seconds spent waiting on the pacer
+	InFlight        prometheus.Gauge       // requests sent and not answered
+	Held            prometheus.Gauge       // messages taken from the consumer and not yet acked
+	DeadLetters     *prometheus.CounterVec // by class
+	Pending         prometheus.Gauge       // consumer: messages not yet delivered
+	AckPending      prometheus.Gauge       // consumer: delivered, not yet acked (all replicas)
+	AuthBlocked     prometheus.Gauge       // 1 while Kustomer refuses the key
+}
+
+// NewMetrics creates the metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	const ns = "kustomer_worker"
+	m := &Metrics{
+		Updates: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "updates_total",
+			Help: "Update messages finished, by outcome (applied, invalid, rejected, exhausted)."}, []string{"outcome"}),
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "requests_total",
+			Help: "Requests to Kustomer, by HTTP status code (error: no answer)."}, []string{"code"}),
+		RequestDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "request_duration_seconds",
+			Help: "Latency of requests to Kustomer.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}),
+		Retries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "retries_total",
+			Help: "Retry decisions, by reason."}, []string{"reason"}),
+		PacerWait: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "pacer_wait_seconds_total",
+			Help: "Time spent waiting for rate budget, summed over goroutines."}),
+		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "in_flight_requests",
+			Help: "Requests to Kustomer sent and not yet answered."}),
+		Held: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "held_messages",
+			Help: "Messages taken from the consumer and not yet acknowledged by this process."}),
+		DeadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dead_letters_total",
+			Help: "Messages dead-lettered, by class."}, []string{"class"}),
+		Pending: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_pending_messages",
+			Help: "Messages in the work stream not yet delivered to the consumer."}),
+		AckPending: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_ack_pending_messages",
+			Help: "Messages delivered to the consumer (any replica) and not yet acknowledged."}),
+		AuthBlocked: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "auth_blocked",
+			Help: "1 while Kustomer refuses the API key and the pool has stopped taking messages."}),
+	}
+	reg.MustRegister(m.Updates, m.Requests, m.RequestDuration, m.Retries, m.PacerWait, m.InFlight, m.Held,
+		m.DeadLetters, m.Pending, m.AckPending, m.AuthBlocked)
+	return m
+}
+
+func (m *Metrics) update(outcome string) {
+	if m != nil {
+		m.Updates.WithLabelValues(outcome).Inc()
+	}
+}
+
+func (m *Metrics) request(status int, seconds float64) {
+	if m == nil {
+		return
+	}
+	code := "error"
+	if status != 0 {
+		code = strconv.Itoa(status)
+	}
+	m.Requests.WithLabelValues(code).Inc()
+	m.RequestDuration.Observe(seconds)
+}
+
+func (m *Metrics) retry(reason string) {
+	if m != nil {
+		m.Retries.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) deadLetter(class string) {
+	if m != nil {
+		m.DeadLetters.WithLabelValues(class).Inc()
+	}
+}
+
+func (m *Metrics) pacerWait(seconds float64) {
+	if m != nil {
+		m.PacerWait.Add(seconds)
+	}
+}
+
+func (m *Metrics) gauge(g func(*Metrics) prometheus.Gauge, v float64) {
+	if m != nil {
+		g(m).Set(v)
+	}
+}
