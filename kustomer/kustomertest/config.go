@@ -1,0 +1,196 @@
+package kustomertest
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"time"
+)
+
+// Config shapes the fake's behaviour. The zero value is a well-behaved Kustomer org with
+// a budget of 1000 requests per minute that accepts the API key "test-key".
+type Config struct {
+	// APIKey is the only bearer key accepted; any other key, or none, is answered 401.
+	// Default "test-key".
+	APIKey string
+
+	// Budget is the org-wide number of requests per Window; once spent, requests are answered
+	// 429 until the window ends. Negative means unlimited: no org 429s and no rate-limit
+	// headers. Default 1000.
+	Budget int
+
+	// Window is the length of the fixed budget window. A window starts with the first
+	// request after the previous one ended. Default 60s.
+	Window time.Duration
+
+	// ResetDelta sends x-ratelimit-reset as whole seconds from now instead of UTC epoch
+	// seconds. Both are rounded up, so waiting until the reset is always enough.
+	// Default false (epoch seconds).
+	ResetDelta bool
+
+	// RetryAfter adds a Retry-After header (whole seconds, rounded up) to every 429.
+	// Default false.
+	RetryAfter bool
+
+	// ConversationLimit is how many updates one conversation may receive per
+	// ConversationWindow; more are answered 429 while the org budget remains.
+	// Default 0 (no per-conversation limit).
+	ConversationLimit int
+
+	// ConversationWindow is the fixed window of ConversationLimit, per conversation.
+	// Default 10s.
+	ConversationWindow time.Duration
+
+	// RequireSeeded answers 404 for conversations not created with [Server.Seed].
+	// Default false: every valid id exists.
+	RequireSeeded bool
+
+	// Latency is added to every answer. Default 0.
+	Latency time.Duration
+
+	// LatencyJitter adds a further uniform random delay in [0, LatencyJitter) to every
+	// answer. Default 0.
+	LatencyJitter time.Duration
+
+	// FaultRate is the share of authenticated, in-budget requests answered with a random
+	// status from FaultStatuses instead of being applied. Default 0.
+	FaultRate float64
+
+	// FaultStatuses are the statuses FaultRate picks from, each 400 to 599.
+	// Default 500, 502, 503.
+	FaultStatuses []int
+
+	// DropRate is the share of authenticated, in-budget requests whose connection is closed
+	// without an answer (and without applying them). Default 0.
+	DropRate float64
+
+	// SlowRate is the share of authenticated, in-budget requests that are applied but
+	// answered only after SlowDelay. Default 0.
+	SlowRate float64
+
+	// SlowDelay is how late a slow answer comes. Default 35s, longer than a typical 30s
+	// client timeout.
+	SlowDelay time.Duration
+
+	// RandSeed seeds the draw of DropRate, FaultRate and SlowRate, so that a sequence of
+	// requests meets the same faults on every run. Default 0: seeded from the clock.
+	RandSeed int64
+
+	// DiscardBodies keeps request bodies out of the log (for long benchmarks); everything
+	// else is kept. Default false.
+	DiscardBodies bool
+
+	// DisableLog keeps no per-request log, only the counters of [Server.Stats], so memory
+	// stays proportional to the number of conversations. Default false.
+	DisableLog bool
+}
+
+// Defaults used when the corresponding Config field is zero.
+const (
+	DefaultAPIKey             = "test-key"
+	DefaultBudget             = 1000
+	DefaultWindow             = 60 * time.Second
+	DefaultConversationWindow = 10 * time.Second
+	DefaultSlowDelay          = 35 * time.Second
+)
+
+// DefaultFaultStatuses returns the statuses used when Config.FaultStatuses is empty.
+func DefaultFaultStatuses() []int { return []int{500, 502, 503} }
+
+// Validate reports every field that holds an impossible value. Zero values are valid: they
+// stand for the defaults.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("kustomertest: Config.%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	durations := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"Window", c.Window}, {"ConversationWindow", c.ConversationWindow},
+		{"Latency", c.Latency}, {"LatencyJitter", c.LatencyJitter}, {"SlowDelay", c.SlowDelay},
+	}
+	for _, d := range durations {
+		if d.d < 0 {
+			bad(d.name, "%v is negative", d.d)
+		}
+	}
+	if c.ConversationLimit < 0 {
+		bad("ConversationLimit", "%d is negative", c.ConversationLimit)
+	}
+	rates := []struct {
+		name string
+		r    float64
+	}{{"FaultRate", c.FaultRate}, {"DropRate", c.DropRate}, {"SlowRate", c.SlowRate}}
+	sum := 0.0
+	for _, r := range rates {
+		if math.IsNaN(r.r) || r.r < 0 || r.r > 1 {
+			bad(r.name, "%v is not a share from 0 to 1", r.r)
+			continue
+		}
+		sum += r.r
+	}
+	if sum > 1 {
+		bad("FaultRate", "FaultRate + DropRate + SlowRate is %v, more than 1", sum)
+	}
+	for _, st := range c.FaultStatuses {
+		if st < 400 || st > 599 {
+			bad("FaultStatuses", "%d is not an error status from 400 to 599", st)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// LogValue keeps the API key out of logs.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("APIKey", "REDACTED"),
+		slog.Int("Budget", c.Budget),
+		slog.Duration("Window", c.Window),
+		slog.Bool("ResetDelta", c.ResetDelta),
+		slog.Bool("RetryAfter", c.RetryAfter),
+		slog.Int("ConversationLimit", c.ConversationLimit),
+		slog.Duration("ConversationWindow", c.ConversationWindow),
+		slog.Bool("RequireSeeded", c.RequireSeeded),
+		slog.Duration("Latency", c.Latency),
+		slog.Duration("LatencyJitter", c.LatencyJitter),
+		slog.Float64("FaultRate", c.FaultRate),
+		slog.Any("FaultStatuses", c.FaultStatuses),
+		slog.Float64("DropRate", c.DropRate),
+		slog.Float64("SlowRate", c.SlowRate),
+		slog.Duration("SlowDelay", c.SlowDelay),
+		slog.Int64("RandSeed", c.RandSeed),
+		slog.Bool("DiscardBodies", c.DiscardBodies),
+		slog.Bool("DisableLog", c.DisableLog),
+	)
+}
+
+// withDefaults fills zero fields with their defaults.
+func (c Config) withDefaults() Config {
+	if c.APIKey == "" {
+		c.APIKey = DefaultAPIKey
+	}
+	if c.Budget == 0 {
+		c.Budget = DefaultBudget
+	}
+	if c.Window == 0 {
+		c.Window = DefaultWindow
+	}
+	if c.ConversationWindow == 0 {
+		c.ConversationWindow = DefaultConversationWindow
+	}
+	if len(c.FaultStatuses) == 0 {
+		c.FaultStatuses = DefaultFaultStatuses()
+	} else {
+		c.FaultStatuses = append([]int(nil), c.FaultStatuses...)
+	}
+	if c.SlowDelay == 0 {
+		c.SlowDelay = DefaultSlowDelay
+	}
+	if c.RandSeed == 0 {
+		c.RandSeed = time.Now().UnixNano()
+	}
+	return c
+}

@@ -1,0 +1,257 @@
+package kustomertest
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// maxBody is the largest update body accepted; larger ones are answered 413.
+const maxBody = 1 << 20
+
+const conversationsPrefix = "/v1/conversations/"
+
+// reply is the decided answer to one request.
+type reply struct {
+	status      int
+	body        []byte
+	contentType string
+	rate        rateState
+	retryAt     time.Time
+	drop        bool
+	delay       time.Duration
+	unmatched   bool
+	applied     bool
+}
+
+// serveAPI answers everything but /_mock: PUT /v1/conversations/{id}, and 404 otherwise.
+func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
+	now := time.Now()
+	id, matched := route(r)
+	seq := s.log.begin(r.Method, r.URL.Path, r.URL.RawQuery, id, now)
+
+	body, readErr := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	rep := s.decide(r, now, id, matched, body, readErr)
+	replace, _ := strconv.ParseBool(r.URL.Query().Get("replace"))
+	if len(body) > maxBody {
+		body = body[:maxBody]
+	}
+
+	sent := s.hold(r.Context(), rep.delay+s.latency())
+	s.log.finish(seq, outcome{
+		status:    rep.status,
+		dropped:   sent && rep.drop,
+		abandoned: !sent,
+		unmatched: rep.unmatched,
+		applied:   rep.applied,
+		replace:   matched && replace,
+		body:      body,
+	})
+	switch {
+	case !sent:
+	case rep.drop:
+		dropConnection(w)
+	default:
+		s.write(w, rep, time.Now())
+	}
+}
+
+// route extracts the conversation id of PUT /v1/conversations/{id}.
+func route(r *http.Request) (id string, ok bool) {
+	rest, found := strings.CutPrefix(r.URL.Path, conversationsPrefix)
+	if !found || r.Method != http.MethodPut || rest == "" || strings.Contains(rest, "/") || rest == "bulk" {
+		return "", false
+	}
+	return rest, true
+}
+
+// decide runs the checks in Kustomer's order: route, authentication, org budget,
+// conversation limit, scripted answers and faults, id, existence, request shape; then applies.
+func (s *Server) decide(r *http.Request, now time.Time, id string, matched bool, body []byte, readErr error) reply {
+	if !matched {
+		return reply{
+			status:    http.StatusNotFound,
+			body:      jsonAPIErrorBody(http.StatusNotFound, "not_found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path)),
+			rate:      s.limiter.peek(now),
+			unmatched: true,
+		}
+	}
+	if !s.authorized(r) {
+		b, ct := statusBody(http.StatusUnauthorized)
+		return reply{status: http.StatusUnauthorized, body: b, contentType: ct, rate: s.limiter.peek(now)}
+	}
+	if s.forbidden.Load() {
+		b, ct := statusBody(http.StatusForbidden)
+		return reply{status: http.StatusForbidden, body: b, contentType: ct, rate: s.limiter.peek(now)}
+	}
+
+	rate := s.limiter.take(id, now)
+	switch rate.verdict {
+	case orgLimited:
+		return reply{
+			status:  http.StatusTooManyRequests,
+			body:    errorBody("too_many_requests", "Too Many Requests: the organization's rate limit is exceeded"),
+			rate:    rate,
+			retryAt: rate.retryAt,
+		}
+	case conversationLimited:
+		return reply{
+			status:  http.StatusTooManyRequests,
+			body:    errorBody("too_many_requests", "Too Many Requests: too many updates to conversation "+id),
+			rate:    rate,
+			retryAt: rate.retryAt,
+		}
+	}
+
+	a, scripted := s.scripted(id)
+	if !scripted {
+		a, scripted = s.fault()
+	}
+	var rep reply
+	switch {
+	case scripted && a.Drop:
+		rep = reply{drop: true}
+	case scripted && a.Status != 0:
+		rep = s.statusReply(id, a.Status, now)
+	default:
+		rep = s.update(r, id, body, readErr)
+	}
+	rep.rate = rate
+	rep.delay = a.Delay
+	if a.Body != "" {
+		rep.body = []byte(a.Body)
+		rep.contentType = ""
+	}
+	return rep
+}
+
+// scripted returns the answer a Script, ScriptAny or Reject sets for the next request for id.
+func (s *Server) scripted(id string) (Answer, bool) {
+	if a, ok := s.store.nextScript(id); ok {
+		return a, true
+	}
+	if a, ok := s.nextAny(); ok {
+		return a, true
+	}
+	if st, ok := s.store.rejection(id); ok {
+		return Status(st), true
+	}
+	return Answer{}, false
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	want := *s.key.Load()
+	scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || want == "" {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(want)) == 1
+}
+
+// statusReply is a scripted or injected answer with a fixed status; nothing is applied.
+func (s *Server) statusReply(id string, status int, now time.Time) reply {
+	if status >= 200 && status < 300 {
+		rev, attrs, _ := s.store.get(id)
+		return reply{status: status, body: conversationBody(id, rev, attrs)}
+	}
+	b, ct := statusBody(status)
+	rep := reply{status: status, body: b, contentType: ct}
+	if status == http.StatusTooManyRequests {
+		rep.retryAt = now.Add(time.Second)
+	}
+	return rep
+}
+
+// update validates the request and applies it.
+func (s *Server) update(r *http.Request, id string, body []byte, readErr error) reply {
+	bad := func(b []byte) reply { return reply{status: http.StatusBadRequest, body: b} }
+	if !validID(id) {
+		return bad(errorBody("bad_request", fmt.Sprintf("%q is not a valid conversation id", id)))
+	}
+	if s.cfg.RequireSeeded {
+		if _, _, ok := s.store.get(id); !ok {
+			return reply{
+				status: http.StatusNotFound,
+				body:   jsonAPIErrorBody(http.StatusNotFound, "not_found", "conversation "+id+" not found"),
+			}
+		}
+	}
+	replace := false
+	if v := r.URL.Query().Get("replace"); v != "" {
+		var err error
+		if replace, err = strconv.ParseBool(v); err != nil {
+			return bad(errorBody("bad_request", fmt.Sprintf("query parameter replace: %q is not a boolean", v)))
+		}
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return bad(jsonAPIErrorBody(http.StatusBadRequest, "bad_request", "Content-Type must be application/json"))
+	}
+	if readErr != nil {
+		return bad(jsonAPIErrorBody(http.StatusBadRequest, "bad_request", "could not read the body"))
+	}
+	if len(body) > maxBody {
+		return reply{
+			status: http.StatusRequestEntityTooLarge,
+			body:   jsonAPIErrorBody(http.StatusRequestEntityTooLarge, "payload_too_large", "the body exceeds 1 MiB"),
+		}
+	}
+	var fields map[string]any
+	if err := json.Unmarshal(body, &fields); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			return bad(jsonAPIErrorBody(http.StatusBadRequest, "bad_request", "the body must be a JSON object"))
+		}
+		return bad(jsonAPIErrorBody(http.StatusBadRequest, "bad_request", "the body is not valid JSON: "+err.Error()))
+	}
+	if fields == nil {
+		return bad(jsonAPIErrorBody(http.StatusBadRequest, "bad_request", "the body must be a JSON object"))
+	}
+	if problems := validateBody(fields); len(problems) > 0 {
+		return bad(errorBody("bad_request", problems...))
+	}
+	rev, attrs := s.store.apply(id, fields, replace)
+	return reply{status: http.StatusOK, body: conversationBody(id, rev, attrs), applied: true}
+}
+
+// write sends rep, with the rate-limit headers as of now.
+func (s *Server) write(w http.ResponseWriter, rep reply, now time.Time) {
+	h := w.Header()
+	if !rep.rate.unlimited {
+		h.Set("X-Ratelimit-Limit", strconv.Itoa(rep.rate.limit))
+		h.Set("X-Ratelimit-Remaining", strconv.Itoa(rep.rate.remaining))
+		reset := ceilUnix(rep.rate.reset)
+		if s.cfg.ResetDelta {
+			reset = ceilSeconds(rep.rate.reset.Sub(now))
+		}
+		h.Set("X-Ratelimit-Reset", strconv.FormatInt(reset, 10))
+	}
+	if rep.status == http.StatusTooManyRequests && s.cfg.RetryAfter {
+		h.Set("Retry-After", strconv.FormatInt(max(1, ceilSeconds(rep.retryAt.Sub(now))), 10))
+	}
+	ct := rep.contentType
+	if ct == "" {
+		ct = contentJSON
+	}
+	h.Set("Content-Type", ct)
+	h.Set("Content-Length", strconv.Itoa(len(rep.body)))
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(rep.status)
+	_, _ = w.Write(rep.body)
+}
+
+// dropConnection closes the client's connection without an answer.
+func dropConnection(w http.ResponseWriter) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		// Not hijackable (HTTP/2 or a wrapping writer): abort the response instead.
+		panic(http.ErrAbortHandler)
+	}
+	_ = conn.Close()
+}

@@ -1,0 +1,145 @@
+package kustomertest
+
+import (
+	"sync"
+	"time"
+)
+
+type verdict int
+
+const (
+	allowed verdict = iota
+	orgLimited
+	conversationLimited
+)
+
+// rateState is the outcome of a rate check and what the rate-limit headers of its answer say.
+type rateState struct {
+	unlimited bool      // no org budget: send no rate-limit headers
+	limit     int       // x-ratelimit-limit
+	remaining int       // x-ratelimit-remaining
+	reset     time.Time // end of the org window, for x-ratelimit-reset
+	verdict   verdict
+	retryAt   time.Time // for 429s: when a retry can succeed
+}
+
+type convWindow struct {
+	end time.Time
+	n   int
+}
+
+// limiter holds the org budget and the per-conversation limits. Its lock is held only for
+// a few map and counter operations, never while waiting.
+type limiter struct {
+	budget     int // < 0: unlimited
+	window     time.Duration
+	convLimit  int // 0: off
+	convWindow time.Duration
+
+	mu      sync.Mutex
+	end     time.Time // end of the current org window; zero before the first request
+	used    int
+	convs   map[string]convWindow
+	pruneAt int
+}
+
+const minPrune = 1024
+
+func newLimiter(cfg Config) *limiter {
+	return &limiter{
+		budget:     cfg.Budget,
+		window:     cfg.Window,
+		convLimit:  cfg.ConversationLimit,
+		convWindow: cfg.ConversationWindow,
+		convs:      make(map[string]convWindow),
+		pruneAt:    minPrune,
+	}
+}
+
+// peek reports the budget without consuming any, for answers that cost nothing (401, 403,
+// unmatched routes). It does not start a window.
+func (l *limiter) peek(now time.Time) rateState {
+	if l.budget < 0 {
+		return rateState{unlimited: true}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.end.IsZero() || !now.Before(l.end) {
+		return rateState{limit: l.budget, remaining: l.budget, reset: now.Add(l.window)}
+	}
+	return rateState{limit: l.budget, remaining: l.budget - l.used, reset: l.end}
+}
+
+// take checks the org budget, then the conversation's limit, and consumes one unit of each
+// when both allow the request. A refused request consumes nothing.
+func (l *limiter) take(id string, now time.Time) rateState {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := rateState{unlimited: l.budget < 0}
+	if !st.unlimited {
+		if l.end.IsZero() || !now.Before(l.end) {
+			l.end = now.Add(l.window)
+			l.used = 0
+		}
+		st.limit, st.reset = l.budget, l.end
+		if l.used >= l.budget {
+			st.verdict, st.retryAt = orgLimited, l.end
+			return st
+		}
+	}
+	if l.convLimit > 0 {
+		cw, ok := l.convs[id]
+		if !ok || !now.Before(cw.end) {
+			cw = convWindow{end: now.Add(l.convWindow)}
+		}
+		if cw.n >= l.convLimit {
+			if !st.unlimited {
+				st.remaining = l.budget - l.used // > 0: the org budget was checked above
+			}
+			st.verdict, st.retryAt = conversationLimited, cw.end
+			return st
+		}
+		cw.n++
+		l.convs[id] = cw
+		if !ok {
+			l.prune(now)
+		}
+	}
+	if !st.unlimited {
+		l.used++
+		st.remaining = l.budget - l.used
+	}
+	return st
+}
+
+// prune forgets conversation windows that have ended, once the map has doubled since the
+// last pruning, so memory follows the conversations of recent windows.
+func (l *limiter) prune(now time.Time) {
+	if len(l.convs) < l.pruneAt {
+		return
+	}
+	for id, cw := range l.convs {
+		if !now.Before(cw.end) {
+			delete(l.convs, id)
+		}
+	}
+	l.pruneAt = max(minPrune, 2*len(l.convs))
+}
+
+// ceilSeconds is d in whole seconds, rounded up; never negative.
+func ceilSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+// ceilUnix is t as Unix seconds, rounded up.
+func ceilUnix(t time.Time) int64 {
+	ns := t.UnixNano()
+	s := ns / 1e9
+	if ns%1e9 > 0 {
+		s++
+	}
+	return s
+}
