@@ -1,31 +1,368 @@
+// Package kustomer is a client for the one Kustomer API call the worker makes: update a
+// conversation. It classifies every failure (see Class) and reads the rate-limit headers, so the
+// caller can decide between retrying now, later, or never.
 package kustomer
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 )
 
-// STUB: replaced by the real implementation.
+// DefaultBaseURL is Kustomer's API host. Other hosts exist: https://{org}.api.kustomerapp.com and
+// the EU host https://api.prod2.kustomerapp.com.
+const DefaultBaseURL = "https://api.kustomerapp.com"
 
-type RateLimit struct {
-	Limit      int           // x-ratelimit-limit; -1 when absent
-	Remaining  int           // x-ratelimit-remaining; -1 when absent
-	Reset      time.Time     // x-ratelimit-reset as an absolute time; zero when absent
-	RetryAfter time.Duration // Retry-After; 0 when absent
+// Version is the worker's version, set at build time with
+// -ldflags "-X github.com/kustomer-worker/kustomer-worker/kustomer.Version=...". It goes into the
+// default user agent.
+var Version = "dev"
+
+// DefaultTimeout bounds one request when Options.Timeout is zero.
+const DefaultTimeout = 30 * time.Second
+
+const (
+	// maxSuccessBody is how much of a 2xx answer is read to find the rev.
+	maxSuccessBody = 1 << 20
+	// maxReasonBody is how much of an error answer is read to find the reason.
+	maxReasonBody = 64 << 10
+	// maxDrain is how much unread answer is discarded so the connection can be reused; a longer
+	// answer closes the connection instead.
+	maxDrain = 64 << 10
+)
+
+// Options configures a Client. The zero value of every field but Key picks its default.
+type Options struct {
+	// BaseURL is the API host, an absolute http or https URL, possibly with a path prefix.
+	// Default: DefaultBaseURL.
+	BaseURL string
+	// Key yields the API key for each request. Required: StaticKey or NewKeyFile.
+	Key KeySource
+	// HTTPClient sends the requests; the Client never follows its redirects. Default: a client of
+	// its own whose Transport is cloned from http.DefaultTransport with up to 256 idle connections
+	// to the host, and whose Timeout is Timeout.
+	HTTPClient *http.Client
+	// Timeout bounds each request, from sending it to reading the answer. Default: 30s.
+	Timeout time.Duration
+	// UserAgent is sent with every request. Default: "kustomer-worker/" + Version.
+	UserAgent string
 }
 
+// String describes the options with the key redacted.
+func (o Options) String() string {
+	return fmt.Sprintf("kustomer.Options{BaseURL: %q, Key: %s, Timeout: %s, UserAgent: %q, HTTPClient: %t}",
+		redactURL(o.BaseURL), describeKey(o.Key), o.Timeout, o.UserAgent, o.HTTPClient != nil)
+}
+
+// GoString describes the options with the key redacted.
+func (o Options) GoString() string { return o.String() }
+
+// LogValue describes the options with the key redacted.
+func (o Options) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("base_url", redactURL(o.BaseURL)),
+		slog.String("key", describeKey(o.Key)),
+		slog.Duration("timeout", o.Timeout),
+		slog.String("user_agent", o.UserAgent),
+		slog.Bool("custom_http_client", o.HTTPClient != nil),
+	)
+}
+
+// Format describes the options with the key redacted, for every verb.
+func (o Options) Format(f fmt.State, verb rune) { formatRedacted(f, verb, o.String(), o.GoString()) }
+
+// Client calls the Kustomer API. It is safe for concurrent use and reuses connections.
+type Client struct {
+	baseURL    string // for logs
+	convURL    string // base URL joined with "/v1/conversations/"
+	keys       KeySource
+	http       *http.Client
+	timeout    time.Duration
+	timeoutErr *timeoutError
+	userAgent  string
+	now        func() time.Time // the clock; tests replace it
+}
+
+// New checks opts and returns a Client. Errors name the offending field.
+func New(opts Options) (*Client, error) {
+	var problems []FieldError
+	if opts.BaseURL == "" {
+		opts.BaseURL = DefaultBaseURL
+	}
+	base, problem := parseBaseURL(opts.BaseURL)
+	if problem != "" {
+		problems = append(problems, FieldError{Field: "BaseURL", Problem: problem})
+	}
+	if opts.Key == nil {
+		problems = append(problems, FieldError{Field: "Key", Problem: "required"})
+	} else if k, ok := opts.Key.(StaticKey); ok && k == "" {
+		problems = append(problems, FieldError{Field: "Key", Problem: "the API key is empty"})
+	}
+	if opts.Timeout < 0 {
+		problems = append(problems, FieldError{Field: "Timeout", Problem: fmt.Sprintf("%s is negative", opts.Timeout)})
+	} else if opts.Timeout == 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.UserAgent == "" {
+		opts.UserAgent = "kustomer-worker/" + Version
+	} else if strings.ContainsFunc(opts.UserAgent, isControl) {
+		problems = append(problems, FieldError{Field: "UserAgent", Problem: "contains control characters"})
+	}
+	if len(problems) > 0 {
+		return nil, optionsError(problems)
+	}
+
+	var hc http.Client
+	if opts.HTTPClient != nil {
+		hc = *opts.HTTPClient
+	} else {
+		hc = http.Client{Transport: newTransport(), Timeout: opts.Timeout}
+	}
+	// A redirect would turn the PUT into a GET that "succeeds"; report it instead.
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+	return &Client{
+		baseURL:    base.String(),
+		convURL:    base.JoinPath("v1", "conversations").String() + "/",
+		keys:       opts.Key,
+		http:       &hc,
+		timeout:    opts.Timeout,
+		timeoutErr: &timeoutError{after: opts.Timeout},
+		userAgent:  opts.UserAgent,
+		now:        time.Now,
+	}, nil
+}
+
+// newTransport clones http.DefaultTransport and lets it keep enough idle connections for a busy
+// worker pool talking to one host.
+func newTransport() *http.Transport {
+	var t *http.Transport
+	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
+		t = dt.Clone()
+	} else {
+		t = &http.Transport{Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true}
+	}
+	t.MaxIdleConns = 256
+	t.MaxIdleConnsPerHost = 256
+	return t
+}
+
+// parseBaseURL checks that s is an absolute http or https URL without credentials, query or fragment.
+func parseBaseURL(s string) (*url.URL, string) {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return nil, fmt.Sprintf("%q is not a URL", redactURL(s))
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, fmt.Sprintf("%q must start with https:// or http://", u.Redacted())
+	case u.Host == "":
+		return nil, fmt.Sprintf("%q has no host", u.Redacted())
+	case u.User != nil:
+		return nil, fmt.Sprintf("%q must not hold credentials; the API key comes from Options.Key", u.Redacted())
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return nil, fmt.Sprintf("%q must not have a query or fragment", u.Redacted())
+	}
+	return u, ""
+}
+
+// Result is a successful update.
 type Result struct {
-	Status    int
-	Rev       int64
-	RateLimit RateLimit
+	Status    int       // 2xx status
+	Rev       int64     // data.attributes.rev of the answer, 0 when absent
+	RateLimit RateLimit // the rate-limit headers of the answer
 }
 
-type Client struct{}
-
+// UpdateConversation sends one update: PUT /v1/conversations/{id}, with ?replace=true when
+// u.Replace. u.Body is sent as is.
+//
+// Errors: a *ValidationError (no request made) when u.ID is not 24 hex characters; the context's
+// error, wrapped, when ctx is canceled or expires (errors.Is(err, context.Canceled) or
+// context.DeadlineExceeded holds, and it is not an *APIError); otherwise an *APIError whose Class
+// says what to do. A request that outlives Options.Timeout is ClassTransient.
 func (c *Client) UpdateConversation(ctx context.Context, u Update) (*Result, error) {
-	return nil, errors.New("unimplemented")
+	if !ValidID(u.ID) {
+		return nil, &ValidationError{Problems: []FieldError{{Field: "id", Problem: idProblem(u.ID)}}}
+	}
+	key, err := c.keys.Key(ctx)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return nil, fmt.Errorf("kustomer: update conversation %s: %w", u.ID, ctxErr)
+		}
+		return nil, &APIError{Class: ClassAuth, Reason: "no API key: " + err.Error(), Err: err}
+	}
+	if key == "" || strings.ContainsFunc(key, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return nil, &APIError{Class: ClassAuth, Reason: "the API key is empty or contains spaces or control characters"}
+	}
+
+	target := c.convURL + url.PathEscape(u.ID)
+	if u.Replace {
+		target += "?replace=true"
+	}
+	rctx, cancel := context.WithTimeoutCause(ctx, c.timeout, c.timeoutErr)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodPut, target, bytes.NewReader(u.Body))
+	if err != nil {
+		// Unreachable with a checked base URL and a hex id; reported rather than assumed.
+		return nil, &APIError{Class: ClassPermanent, Reason: "building the request: " + err.Error(), Err: err}
+	}
+	req.Header = http.Header{
+		"Authorization": {"Bearer " + key},
+		"Content-Type":  {"application/json"},
+		"Accept":        {"application/json"},
+		"User-Agent":    {c.userAgent},
+	}
+
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return nil, fmt.Errorf("kustomer: update conversation %s: %w", u.ID, ctxErr)
+		}
+		return nil, c.transportError(err, key)
+	}
+	defer drainAndClose(resp.Body)
+
+	now := c.now()
+	rl := ParseRateLimit(resp.Header, now)
+	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
+		// The update happened whatever the body says; a body that cannot be read only loses the rev.
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, maxSuccessBody))
+		return &Result{Status: resp.StatusCode, Rev: parseRev(body), RateLimit: rl}, nil
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxReasonBody))
+	return nil, newAPIError(resp.StatusCode, rl, body, key, now)
 }
 
-var _ = http.StatusOK
+// transportError describes a request that got no answer. Timeouts carry c.timeoutErr rather than
+// a context error, so they cannot be mistaken for the caller's cancellation.
+func (c *Client) transportError(err error, key string) *APIError {
+	inner := err
+	if ue, ok := errors.AsType[*url.Error](err); ok {
+		inner = ue.Err
+	}
+	switch {
+	case errors.Is(err, c.timeoutErr), errors.Is(err, context.DeadlineExceeded):
+		inner = c.timeoutErr
+	case errors.Is(err, context.Canceled):
+		inner = errors.New(inner.Error())
+	}
+	return &APIError{Class: ClassTransient, Reason: "no answer: " + scrub(inner.Error(), key), Err: inner}
+}
+
+// timeoutError is a request that outlived Options.Timeout.
+type timeoutError struct{ after time.Duration }
+
+func (e *timeoutError) Error() string { return fmt.Sprintf("request timed out after %s", e.after) }
+
+// Timeout reports true, like net.Error.
+func (e *timeoutError) Timeout() bool { return true }
+
+// parseRev reads data.attributes.rev from a 2xx answer; 0 when absent or unreadable.
+func parseRev(body []byte) int64 {
+	var doc struct {
+		Data struct {
+			Attributes struct {
+				Rev int64 `json:"rev"`
+			} `json:"attributes"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(body, &doc) != nil {
+		return 0
+	}
+	return doc.Data.Attributes.Rev
+}
+
+// drainAndClose discards a bounded rest of the body so the connection can serve the next request.
+func drainAndClose(body io.ReadCloser) {
+	_, _ = io.CopyN(io.Discard, body, maxDrain)
+	_ = body.Close()
+}
+
+// CloseIdleConnections closes the connections kept for reuse; call it when done with the Client.
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+
+// String describes the client with the key redacted. The formatting methods take a value so that
+// printing a dereferenced Client cannot reach its fields either.
+func (c Client) String() string {
+	return fmt.Sprintf("kustomer.Client{BaseURL: %q, Key: %s, Timeout: %s, UserAgent: %q}",
+		c.baseURL, describeKey(c.keys), c.timeout, c.userAgent)
+}
+
+// GoString describes the client with the key redacted.
+func (c Client) GoString() string { return c.String() }
+
+// LogValue describes the client with the key redacted.
+func (c Client) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("base_url", c.baseURL),
+		slog.String("key", describeKey(c.keys)),
+		slog.Duration("timeout", c.timeout),
+		slog.String("user_agent", c.userAgent),
+	)
+}
+
+// Format describes the client with the key redacted, for every verb.
+func (c Client) Format(f fmt.State, verb rune) { formatRedacted(f, verb, c.String(), c.GoString()) }
+
+// describeKey names a key source without its key: a KeyFile by its path, anything else by type.
+func describeKey(k KeySource) string {
+	switch k := k.(type) {
+	case nil:
+		return "<nil>"
+	case *KeyFile:
+		return k.String()
+	case StaticKey:
+		return redacted
+	}
+	return fmt.Sprintf("%T(%s)", k, redacted)
+}
+
+// redactURL hides the password of a URL, if it has one.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		if strings.Contains(s, "@") {
+			return redacted
+		}
+		return s
+	}
+	return u.Redacted()
+}
+
+// idProblem says what is wrong with an invalid id, quoting at most its start.
+func idProblem(id string) string {
+	if id == "" {
+		return "missing"
+	}
+	return fmt.Sprintf("%q is not 24 hexadecimal characters", truncate(id, 40))
+}
+
+// isControl reports ASCII control characters, which cannot go into a header.
+func isControl(r rune) bool { return r < ' ' || r == 0x7f }
+
+// optionsError lists every problem New found.
+type optionsError []FieldError
+
+func (e optionsError) Error() string {
+	msgs := make([]string, len(e))
+	for i, p := range e {
+		msgs[i] = "Options." + p.Error()
+	}
+	return "kustomer: " + strings.Join(msgs, "; ")
+}
+
+// Unwrap gives the FieldErrors to errors.As.
+func (e optionsError) Unwrap() []error {
+	errs := make([]error, len(e))
+	for i, p := range e {
+		errs[i] = p
+	}
+	return errs
+}

@@ -1,9 +1,15 @@
 package kustomer
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"slices"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Sentinels for errors.Is. Every *APIError matches exactly one of ErrPermanent, ErrAuth,
@@ -73,7 +79,7 @@ type APIError struct {
 	Reason    string        // Kustomer's reason from either error shape, or a description of the transport error
 	Body      string        // at most MaxErrorBody bytes of the answer body
 	RateLimit RateLimit     // the rate-limit headers of the answer
-	Wait      time.Duration // for 429 (and 503 with Retry-After): how long to wait before the next try, capped at MaxWait; 0 if unknown
+	Wait      time.Duration // for 429 and any answer with Retry-After: how long to wait before the next try, capped at MaxWait; 0 if unknown
 	Err       error         // the underlying transport error, if any
 }
 
@@ -108,4 +114,133 @@ func (e *APIError) Is(target error) bool {
 		return e.Class == ClassTransient
 	}
 	return false
+}
+
+// maxReason caps APIError.Reason, in bytes (cut on a character boundary).
+const maxReason = 300
+
+// classify maps a non-2xx status to what the worker should do about it. Redirects and other
+// unexpected statuses are not retried: they point at a misconfigured base URL, not a busy server.
+func classify(status int) Class {
+	switch {
+	case status == http.StatusUnauthorized, status == http.StatusForbidden:
+		return ClassAuth
+	case status == http.StatusTooManyRequests:
+		return ClassThrottled
+	case status >= 500:
+		return ClassTransient
+	}
+	return ClassPermanent
+}
+
+// newAPIError describes a non-2xx answer received at now. body is the start of the answer; key is
+// removed from everything kept.
+func newAPIError(status int, rl RateLimit, body []byte, key string, now time.Time) *APIError {
+	e := &APIError{Status: status, Class: classify(status), RateLimit: rl}
+	if e.Class == ClassThrottled {
+		// An object (per-conversation) limit answers 429 while the org budget still has room.
+		e.Scope = ScopeOrg
+		if rl.Remaining > 0 {
+			e.Scope = ScopeConversation
+		}
+	}
+	switch {
+	case rl.RetryAfter > 0:
+		e.Wait = min(rl.RetryAfter, MaxWait)
+	case e.Scope == ScopeOrg:
+		e.Wait = rl.untilReset(now)
+	}
+	text := scrub(string(body), key)
+	e.Body = truncate(text, MaxErrorBody)
+	e.Reason = truncate(reason(text), maxReason)
+	return e
+}
+
+// scrub removes the API key from s, in case a server or proxy echoes the request back.
+func scrub(s, key string) string {
+	if key == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, key, "[redacted]")
+}
+
+// errorDoc covers Kustomer's two error shapes, {"errors":[{"code","message","meta"}]} and the
+// JSON:API one {"errors":[{"status","code","title","detail","source"}]}, and a bare {"message"}.
+type errorDoc struct {
+	Errors []struct {
+		Code    string `json:"code"`
+		Title   string `json:"title"`
+		Detail  string `json:"detail"`
+		Message string `json:"message"`
+		Source  struct {
+			Pointer   string `json:"pointer"`
+			Parameter string `json:"parameter"`
+		} `json:"source"`
+	} `json:"errors"`
+	Message string `json:"message"`
+	Error   string `json:"error"`
+}
+
+// reason extracts Kustomer's explanation from an error answer, several errors joined with "; ",
+// falling back to the start of the body text.
+func reason(body string) string {
+	var doc errorDoc
+	// A field of an unexpected type is skipped and the rest still decoded, so type errors are
+	// ignored; what could be read is used.
+	if err := json.Unmarshal([]byte(body), &doc); err != nil {
+		if _, ok := errors.AsType[*json.UnmarshalTypeError](err); !ok {
+			return plain(body)
+		}
+	}
+	var reasons []string
+	for _, item := range doc.Errors {
+		var parts []string
+		for _, p := range []string{item.Code, item.Title, item.Detail, item.Message} {
+			if p = strings.TrimSpace(p); p != "" && !slices.Contains(parts, p) {
+				parts = append(parts, p)
+			}
+		}
+		r := strings.Join(parts, ": ")
+		if ptr := item.Source.Pointer; ptr != "" {
+			r += " (at " + ptr + ")"
+		} else if param := item.Source.Parameter; param != "" {
+			r += " (parameter " + param + ")"
+		}
+		if r = strings.TrimSpace(r); r != "" {
+			reasons = append(reasons, r)
+		}
+	}
+	if len(reasons) > 0 {
+		return plain(strings.Join(reasons, "; "))
+	}
+	for _, m := range []string{doc.Message, doc.Error} {
+		if m = strings.TrimSpace(m); m != "" {
+			return plain(m)
+		}
+	}
+	return plain(body)
+}
+
+// plain makes s fit one log line: valid UTF-8, no control characters, runs of space collapsed.
+func plain(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// truncate cuts s to at most n bytes without splitting a UTF-8 character.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut]
 }
