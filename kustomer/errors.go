@@ -17,7 +17,8 @@ import (
 var (
 	// ErrInvalid: the update failed validation; no request was made. Never retry.
 	ErrInvalid = errors.New("invalid update")
-	// ErrPermanent: Kustomer rejected the request (400, 404, 409, 413, 422, other 4xx). Never retry.
+	// ErrPermanent: Kustomer rejected the request (400, 404, 409, 413, 422, other 4xx, or an
+	// unexpected redirect, which points at a wrong base URL). Never retry.
 	ErrPermanent = errors.New("rejected by Kustomer")
 	// ErrAuth: 401 or 403. The API key is wrong or lacks the role; the message is not at fault.
 	ErrAuth = errors.New("Kustomer refused the API key")
