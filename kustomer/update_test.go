@@ -380,6 +380,7 @@ func TestDecodeRoundTrips(t *testing.T) {
 		message(`{"customer": "` + validID + `"}`),
 		`{"id": "` + validID + `", "replace": "true", "body": {"status": "open"}}`,
 		message(`{"name": "Tom & Jerry <3>\u2028", "custom": {"a": "\u00e9\ud83d\ude00"}}`),
+		message("{\"name\": \"raw \u2028 and \u2029 separators, \u00e9\"}"),
 	} {
 		u := decodeOK(t, msg)
 		requireRoundTrip(t, u)
