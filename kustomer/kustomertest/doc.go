@@ -29,9 +29,11 @@
 //
 // What the fake assumes where Kustomer's documentation is silent: conversation ids are 24
 // lowercase hex characters (anything else is answered 400); x-ratelimit-reset is UTC epoch
-// seconds rounded up (Config.ResetDelta switches to seconds from now); a per-conversation 429
-// and the org 429 consume no budget, while scripted answers, faults and every other answer do;
-// a request without Content-Type application/json is answered 400 (the real API would likely
-// ignore its body and change nothing, which a test should notice); a "rev" sent in a body is
-// ignored, since the server owns it.
+// seconds rounded up (Config.ResetDelta switches to seconds from now); 401, 403, unmatched
+// routes and both kinds of 429 consume no budget, every other answer does, scripted answers
+// and injected faults included; a 502 has an HTML body, as from a load balancer; a request
+// without Content-Type application/json is answered 400 (the real API would likely ignore
+// its body and change nothing, which a test should notice); a "rev" sent in a body is
+// ignored, since the server owns it; a slow answer has already applied its update, so a
+// client that timed out cannot tell whether it took effect.
 package kustomertest

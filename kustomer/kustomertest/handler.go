@@ -55,8 +55,8 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		body:      body,
 	})
 	switch {
-	case !sent:
-	case rep.drop:
+	case !sent || rep.drop:
+		// Returning without writing would send an empty 200: close the connection instead.
 		dropConnection(w)
 	default:
 		s.write(w, rep, time.Now())

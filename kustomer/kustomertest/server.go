@@ -18,8 +18,7 @@ import (
 // while it serves requests.
 type Server struct {
 	// URL is the base URL of the fake, like "http://127.0.0.1:41234", to use in place of
-	// https://api.kustomerapp.com. Empty when the Server was not started by NewServer or
-	// Start (see Handler).
+	// https://api.kustomerapp.com.
 	URL string
 
 	cfg       Config
@@ -160,7 +159,8 @@ func (s *Server) Seed(id string, attrs map[string]any) { s.store.seedConversatio
 
 // Script queues answers for the next requests for id, in order; after them id gets normal
 // behaviour again. Requests refused by authentication or a rate limit do not use up an
-// answer. Calls add to the queue.
+// answer. Calls add to the queue. A scripted 429 says Retry-After: 1 when
+// Config.RetryAfter is on, and its x-ratelimit-remaining is what the org budget has left.
 func (s *Server) Script(id string, answers ...Answer) { s.store.script(id, answers) }
 
 // ScriptAny queues answers for the next requests for any id that has no per-id script
