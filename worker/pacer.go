@@ -114,8 +114,7 @@ func (p *Pacer) Observe(rl kustomer.RateLimit, inflight int) {
 	default:
 		p.lowest = rl.Remaining
 	}
-	avail := rl.Remaining - inflight
-	if avail <= 0 {
+	if rl.Remaining == 0 {
 		until := rl.Reset
 		if limit := now.Add(kustomer.MaxWait); until.After(limit) {
 			until = limit
@@ -127,6 +126,9 @@ func (p *Pacer) Observe(rl kustomer.RateLimit, inflight int) {
 		return
 	}
 	p.mu.Unlock()
+	// Requests in flight will spend part of what is left, but some of them are already
+	// counted in the reading: keep at least one request for the rest of the window.
+	avail := max(rl.Remaining-inflight, 1)
 	target := rate.Limit(float64(avail) / left.Seconds())
 	p.lim.SetLimitAt(now, min(target, p.ceiling))
 }

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+)
+
+// env is what a command may use of the process: its streams and environment. Tests pass
+// their own.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+// usageError is bad usage or configuration: exit status 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Errorf(format, args...)} }
+
+// globals are flags every command takes.
+type globals struct {
+	LogLevel  string `name:"log-level" env:"LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level: debug, info, warn or error (default info)."`
+	LogFormat string `name:"log-format" env:"LOG_FORMAT" default:"text" enum:"text,json" help:"Log format: text or json (default text)."`
+	Version   kong.VersionFlag `help:"Print the version and exit."`
+}
+
+func (g *globals) logger(w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(g.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if g.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+type cli struct {
+	globals
+	Run  runCmd  `cmd:"" help:"Apply update messages from NATS to Kustomer (the daemon)."`
+	Mock mockCmd `cmd:"" help:"Serve a fake Kustomer API for trying the worker without an account."`
+}
+
+// run parses args and runs the chosen command.
+func run(ctx context.Context, args []string, e *env) error {
+	kustomer.Version = version
+	var c cli
+	parser, err := kong.New(&c,
+		kong.Name("kustomer-worker"),
+		kong.Description("Applies Kustomer conversation updates from NATS JetStream, paced to the API's rate budget, with retries and a dead-letter stream."),
+		kong.UsageOnError(),
+		kong.Writers(e.stdout, e.stderr),
+		kong.Vars{"version": version},
+		kong.Exit(func(int) { panic(exitNow{}) }),
+		kong.Resolvers(envResolver(e.getenv)),
+		kong.BindTo(ctx, (*context.Context)(nil)),
+		kong.Bind(e, &c.globals),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+	)
+	if err != nil {
+		return err
+	}
+	kctx, err := parseArgs(parser, args)
+	if err != nil {
+		if errors.Is(err, errExitNow) {
+			return nil
+		}
+		return &usageError{err}
+	}
+	return kctx.Run()
+}
+
+type exitNow struct{}
+
+var errExitNow = errors.New("exit")
+
+// parseArgs turns kong's exit on --help/--version into a return.
+func parseArgs(p *kong.Kong, args []string) (kctx *kong.Context, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(exitNow); ok {
+				kctx, err = nil, errExitNow
+				return
+			}
+			panic(r)
+		}
+	}()
+	return p.Parse(args)
+}
+
+// envResolver reads each flag's `env` tag from getenv instead of the process environment, so
+// tests need no os.Setenv.
+func envResolver(getenv func(string) string) kong.Resolver {
+	return kong.ResolverFunc(func(kctx *kong.Context, parent *kong.Path, flag *kong.Flag) (any, error) {
+		for _, name := range flag.Envs {
+			if v := getenv(name); v != "" {
+				return strings.TrimSpace(v), nil
+			}
+		}
+		return nil, nil
+	})
+}

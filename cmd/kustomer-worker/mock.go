@@ -1,0 +1,65 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+)
+
+// mockCmd serves the fake Kustomer API of package kustomertest.
+type mockCmd struct {
+	Addr               string        `name:"addr" env:"MOCK_ADDR" default:"127.0.0.1:8080" help:"Listen address (default 127.0.0.1:8080)."`
+	APIKey             string        `name:"api-key" env:"MOCK_API_KEY" default:"test-key" help:"The bearer key the fake accepts; a test value, not a secret (default test-key)."`
+	Budget             int           `name:"budget" env:"MOCK_BUDGET" default:"1000" help:"Org budget per window; negative for none (default 1000)."`
+	Window             time.Duration `name:"window" env:"MOCK_WINDOW" default:"60s" help:"Rate-limit window (default 60s)."`
+	ResetDelta         bool          `name:"reset-delta" env:"MOCK_RESET_DELTA" help:"Send x-ratelimit-reset as seconds from now instead of epoch seconds."`
+	RetryAfter         bool          `name:"retry-after" env:"MOCK_RETRY_AFTER" help:"Send Retry-After on 429s."`
+	ConversationLimit  int           `name:"conversation-limit" env:"MOCK_CONVERSATION_LIMIT" default:"0" help:"Updates per conversation per conversation-window; 0 is off (default 0)."`
+	ConversationWindow time.Duration `name:"conversation-window" env:"MOCK_CONVERSATION_WINDOW" default:"10s" help:"Window of the per-conversation limit (default 10s)."`
+	Latency            time.Duration `name:"latency" env:"MOCK_LATENCY" default:"0s" help:"Added to every answer (default 0)."`
+	LatencyJitter      time.Duration `name:"latency-jitter" env:"MOCK_LATENCY_JITTER" default:"0s" help:"Random extra latency up to this (default 0)."`
+	FaultRate          float64       `name:"fault-rate" env:"MOCK_FAULT_RATE" default:"0" help:"Share of requests answered 500, 502 or 503 (default 0)."`
+	DropRate           float64       `name:"drop-rate" env:"MOCK_DROP_RATE" default:"0" help:"Share of requests whose connection is dropped (default 0)."`
+	SlowRate           float64       `name:"slow-rate" env:"MOCK_SLOW_RATE" default:"0" help:"Share of requests answered after slow-delay (default 0)."`
+	SlowDelay          time.Duration `name:"slow-delay" env:"MOCK_SLOW_DELAY" default:"35s" help:"Delay of slow answers (default 35s)."`
+	RequireSeeded      bool          `name:"require-seeded" env:"MOCK_REQUIRE_SEEDED" help:"Answer 404 for every conversation (none is seeded)."`
+	DiscardBodies      bool          `name:"discard-bodies" env:"MOCK_DISCARD_BODIES" help:"Keep no request bodies in the request log (long runs)."`
+}
+
+func (c *mockCmd) Help() string {
+	return `The fake keeps conversations in memory, enforces the org budget with Kustomer's rate-limit
+headers, and injects faults. GET /_mock/stats, /_mock/requests and /_mock/conversations/ID show
+what it received. Never expose it publicly.
+
+Examples:
+  kustomer-worker mock --budget 600 --window 10s
+  kustomer-worker mock --addr 0.0.0.0:8080 --fault-rate 0.05 --latency 80ms --latency-jitter 40ms`
+}
+
+func (c *mockCmd) Run(ctx context.Context, e *env, g *globals) error {
+	if c.FaultRate < 0 || c.FaultRate > 1 || c.DropRate < 0 || c.DropRate > 1 || c.SlowRate < 0 || c.SlowRate > 1 {
+		return usagef("fault-rate, drop-rate, slow-rate: each must be from 0 to 1")
+	}
+	if c.Window <= 0 {
+		return usagef("window: %s is not positive", c.Window)
+	}
+	srv, err := kustomertest.Start(c.Addr, kustomertest.Config{
+		APIKey: c.APIKey, Budget: c.Budget, Window: c.Window, ResetDelta: c.ResetDelta, RetryAfter: c.RetryAfter,
+		ConversationLimit: c.ConversationLimit, ConversationWindow: c.ConversationWindow,
+		Latency: c.Latency, LatencyJitter: c.LatencyJitter, FaultRate: c.FaultRate, DropRate: c.DropRate,
+		SlowRate: c.SlowRate, SlowDelay: c.SlowDelay, RequireSeeded: c.RequireSeeded, DiscardBodies: c.DiscardBodies,
+	})
+	if err != nil {
+		return usagef("addr: %v", err)
+	}
+	defer srv.Close()
+	log := g.logger(e.stderr)
+	log.Info("fake Kustomer API listening", "url", srv.URL, "budget", c.Budget, "window", c.Window)
+	fmt.Fprintf(e.stdout, "fake Kustomer API at %s (key %q)\n", srv.URL, c.APIKey)
+	<-ctx.Done()
+	st := srv.Stats()
+	log.Info("fake Kustomer API stopping", "requests", st.Requests, "applied", st.Applied)
+	return nil
+}

@@ -1,0 +1,295 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker"
+)
+
+// runCmd is the daemon.
+type runCmd struct {
+	natsFlags
+	embeddedFlags
+	topologyFlags
+
+	KustomerURL     string        `name:"kustomer-url" env:"KUSTOMER_BASE_URL" default:"https://api.kustomerapp.com" help:"Kustomer API base URL; org hosts (https://ORG.api.kustomerapp.com) and the EU host (https://api.prod2.kustomerapp.com) work too (default https://api.kustomerapp.com)."`
+	APIKeyFile      string        `name:"api-key-file" env:"KUSTOMER_API_KEY_FILE" type:"path" help:"File holding the Kustomer API key, re-read when it changes. Or set KUSTOMER_API_KEY. Never a plain flag: it would show in ps."`
+	RatePerMinute   int           `name:"rate-per-minute" env:"KUSTOMER_RATE_PER_MINUTE" default:"1000" help:"Requests a minute at most: your org's budget (Enterprise 1000, Ultimate 2000) or your share of it; 0 leaves pacing to Kustomer's headers alone (default 1000)."`
+	Concurrency     int           `name:"concurrency" env:"WORKER_CONCURRENCY" default:"8" help:"Requests in flight at once (default 8)."`
+	MaxAttempts     int           `name:"max-attempts" env:"WORKER_MAX_ATTEMPTS" default:"10" help:"Attempts per message on retryable failures (5xx, timeouts, dropped connections) across redeliveries and restarts; then it is dead-lettered as exhausted. 429s spend none (default 10)."`
+	RequestTimeout  time.Duration `name:"request-timeout" env:"KUSTOMER_REQUEST_TIMEOUT" default:"30s" help:"Timeout of one request to Kustomer (default 30s)."`
+	ShutdownTimeout time.Duration `name:"shutdown-timeout" env:"WORKER_SHUTDOWN_TIMEOUT" default:"30s" help:"After SIGINT/SIGTERM, how long requests in flight may finish; the rest is handed back for redelivery (default 30s)."`
+	HTTPAddr        string        `name:"http-addr" env:"WORKER_HTTP_ADDR" default:"127.0.0.1:9464" help:"Address serving /metrics, /healthz and /readyz; empty turns it off (default 127.0.0.1:9464)."`
+	AckWait         time.Duration `name:"ack-wait" env:"WORKER_ACK_WAIT" default:"30s" help:"Consumer AckWait: a crashed worker's messages are redelivered after this long (default 30s)."`
+	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency (default 0)."`
+	MaxDeliver      int           `name:"max-deliver" env:"WORKER_MAX_DELIVER" default:"100" help:"Consumer MaxDeliver, a safety net above max-attempts (default 100)."`
+	DedupWindow     time.Duration `name:"dedup-window" env:"WORKER_DEDUP_WINDOW" default:"2m" help:"Work stream's Nats-Msg-Id duplicate window (default 2m)."`
+	DLQMaxAge       time.Duration `name:"dlq-max-age" env:"WORKER_DLQ_MAX_AGE" default:"0s" help:"How long dead letters are kept; 0 keeps them until purged (default 0)."`
+	ManageStreams   bool          `name:"manage-streams" env:"WORKER_MANAGE_STREAMS" default:"true" negatable:"" help:"Create or update the streams, consumer and bucket at start; --no-manage-streams for operators who manage them elsewhere (default true)."`
+}
+
+func (c *runCmd) Help() string {
+	return `Examples:
+  # One machine, embedded NATS on 127.0.0.1:4222, data in ./data:
+  KUSTOMER_API_KEY=... kustomer-worker run
+
+  # Against a NATS cluster, key from a file, a share of an Ultimate org's budget:
+  kustomer-worker run --nats-url nats://n1:4222,nats://n2:4222 --api-key-file /run/secrets/kustomer_api_key --rate-per-minute 1500
+
+  # Against the fake server of 'kustomer-worker mock':
+  KUSTOMER_API_KEY=test-key kustomer-worker run --kustomer-url http://127.0.0.1:8080`
+}
+
+// settings turns the flags into validated configuration, naming the setting at fault.
+func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Config, error) {
+	var key kustomer.KeySource
+	switch envKey := e.getenv("KUSTOMER_API_KEY"); {
+	case envKey != "" && c.APIKeyFile != "":
+		return nil, queue.Topology{}, worker.Config{}, usagef("KUSTOMER_API_KEY and api-key-file: give one, not both")
+	case envKey != "":
+		key = kustomer.StaticKey(envKey)
+	case c.APIKeyFile != "":
+		kf := kustomer.NewKeyFile(c.APIKeyFile)
+		if _, err := kf.Key(context.Background()); err != nil {
+			return nil, queue.Topology{}, worker.Config{}, usagef("api-key-file: %v", err)
+		}
+		key = kf
+	default:
+		return nil, queue.Topology{}, worker.Config{}, usagef("KUSTOMER_API_KEY or api-key-file: no Kustomer API key given")
+	}
+	switch {
+	case c.RatePerMinute < 0:
+		return nil, queue.Topology{}, worker.Config{}, usagef("rate-per-minute: %d is negative", c.RatePerMinute)
+	case c.RequestTimeout <= 0:
+		return nil, queue.Topology{}, worker.Config{}, usagef("request-timeout: %s is not positive", c.RequestTimeout)
+	case c.MaxDeliver <= c.MaxAttempts && c.MaxDeliver > 0:
+		return nil, queue.Topology{}, worker.Config{}, usagef("max-deliver: %d must be above max-attempts %d", c.MaxDeliver, c.MaxAttempts)
+	}
+	wc := worker.Config{
+		Concurrency: c.Concurrency, MaxAttempts: c.MaxAttempts, MaxHeld: c.MaxAckPending,
+		AckWait: c.AckWait, MaxDeliver: c.MaxDeliver, ShutdownTimeout: c.ShutdownTimeout,
+	}.WithDefaults()
+	if c.ShutdownTimeout == 0 {
+		wc.ShutdownTimeout = time.Millisecond // 0 means: hand everything back at once
+	}
+	if err := wc.Validate(); err != nil {
+		return nil, queue.Topology{}, worker.Config{}, &usageError{err}
+	}
+	top := c.topology()
+	top.AckWait, top.MaxAckPending, top.MaxDeliver = wc.AckWait, wc.MaxHeld, wc.MaxDeliver
+	top.DedupWindow, top.DLQMaxAge = c.DedupWindow, c.DLQMaxAge
+	if err := top.Validate(); err != nil {
+		return nil, queue.Topology{}, worker.Config{}, &usageError{err}
+	}
+	return key, top, wc, nil
+}
+
+func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
+	key, top, wc, err := c.settings(e)
+	if err != nil {
+		return err
+	}
+	client, err := kustomer.New(kustomer.Options{BaseURL: c.KustomerURL, Key: key, Timeout: c.RequestTimeout})
+	if err != nil {
+		return &usageError{fmt.Errorf("kustomer-url: %w", err)}
+	}
+	log := g.logger(e.stderr)
+
+	var emb *queue.Embedded
+	natsURL := c.NATSURL
+	if natsURL == "" {
+		ec, err := c.embedded()
+		if err != nil {
+			return err
+		}
+		if emb, err = queue.StartEmbedded(ec, log); err != nil {
+			return err
+		}
+		defer emb.Shutdown() // last, after the connection drained
+		natsURL = emb.ClientURL()
+		log.Info("embedded NATS server started", "url", natsURL, "data_dir", ec.DataDir)
+	}
+	cc := c.conn(e, "kustomer-worker", natsURL)
+	cc.URL = natsURL
+	nc, err := queue.Connect(cc, log)
+	if err != nil {
+		return &usageError{err}
+	}
+	defer drain(nc, log)
+
+	if err := queue.WaitConnected(ctx, nc); err != nil {
+		return err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	cons, attempts, err := bindWithRetry(ctx, js, top, c.ManageStreams, log)
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := worker.NewMetrics(reg)
+	pool := &worker.Pool{
+		Consumer:    cons,
+		Client:      client,
+		DeadLetters: &queue.DeadLetters{JS: js, Subject: top.DLQSubject},
+		Attempts:    attempts,
+		Pacer:       worker.NewPacer(c.RatePerMinute),
+		Metrics:     metrics,
+		Log:         log,
+		Config:      wc,
+	}
+	stopHTTP, err := c.serveHTTP(nc, pool, reg, log)
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
+
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	var bgWG sync.WaitGroup
+	bgWG.Go(func() { watchConsumer(bg, cons, metrics) })
+	defer func() { stopBG(); bgWG.Wait() }()
+
+	log.Info("kustomer-worker running", "version", version, "kustomer_url", c.KustomerURL,
+		"rate_per_minute", c.RatePerMinute, "concurrency", wc.Concurrency, "stream", top.Stream, "consumer", top.Consumer)
+	if err := pool.Run(ctx); err != nil {
+		return err
+	}
+	log.Info("stopped cleanly")
+	return nil
+}
+
+// bindWithRetry declares (or only looks up) the topology, retrying while NATS or JetStream is
+// still starting, as in docker compose.
+func bindWithRetry(ctx context.Context, js jetstream.JetStream, top queue.Topology, manage bool, log *slog.Logger) (jetstream.Consumer, *queue.Attempts, error) {
+	delay := 250 * time.Millisecond
+	for {
+		err := func() error {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if manage {
+				if err := queue.Ensure(cctx, js, top); err != nil {
+					return err
+				}
+			}
+			return nil
+		}()
+		if err == nil {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			cons, attempts, berr := queue.Bind(cctx, js, top)
+			cancel()
+			if berr == nil {
+				return cons, attempts, nil
+			}
+			err = berr
+		}
+		if ctx.Err() != nil {
+			return nil, nil, fmt.Errorf("binding the consumer: %w", context.Cause(ctx))
+		}
+		log.Warn("cannot set up streams and consumer yet; retrying", "error", err, "retry_in", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, nil, fmt.Errorf("binding the consumer: %w", context.Cause(ctx))
+		case <-t.C:
+		}
+		delay = min(delay*2, 10*time.Second)
+	}
+}
+
+// serveHTTP serves /metrics, /healthz and /readyz until the returned stop is called.
+func (c *runCmd) serveHTTP(nc *nats.Conn, pool *worker.Pool, reg *prometheus.Registry, log *slog.Logger) (func(), error) {
+	if c.HTTPAddr == "" {
+		return func() {}, nil
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !nc.IsConnected() {
+			http.Error(w, "not connected to NATS", http.StatusServiceUnavailable)
+			return
+		}
+		if err := pool.Ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	ln, err := net.Listen("tcp", c.HTTPAddr)
+	if err != nil {
+		return nil, usagef("http-addr: %v", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server", "error", err)
+		}
+	}()
+	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+	return func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		<-done
+	}, nil
+}
+
+// watchConsumer copies the consumer's pending counts into the metrics every few seconds.
+func watchConsumer(ctx context.Context, cons jetstream.Consumer, m *worker.Metrics) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		ictx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		info, err := cons.Info(ictx)
+		cancel()
+		if err == nil {
+			m.Pending.Set(float64(info.NumPending))
+			m.AckPending.Set(float64(info.NumAckPending))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// drain flushes acks and closes the connection, waiting at most 10s.
+func drain(nc *nats.Conn, log *slog.Logger) {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		log.Warn("NATS drain timed out; closing")
+		nc.Close()
+	}
+}
