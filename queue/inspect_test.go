@@ -1,0 +1,304 @@
+package queue_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kustomer-worker/kustomer-worker/queue"
+)
+
+// work publishes one message per id to the work subject + "." + id and returns the consumer.
+func (b *broker) work(t *testing.T, ids ...string) jetstream.Consumer {
+	t.Helper()
+	ctx := context.Background()
+	for _, id := range ids {
+		m := nats.NewMsg(b.top.Subject + "." + id)
+		m.Data = []byte(`{"id":"` + id + `","body":{}}`)
+		m.Header.Set("Trace-Id", "trace-"+id)
+		if _, err := b.js.PublishMsg(ctx, m, jetstream.WithMsgID("work-"+id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cons, err := b.js.Consumer(ctx, b.top.Stream, b.top.Consumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cons
+}
+
+// fetch takes n messages from the consumer.
+func fetch(t *testing.T, cons jetstream.Consumer, n int) []jetstream.Msg {
+	t.Helper()
+	batch, err := cons.Fetch(n, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []jetstream.Msg
+	for m := range batch.Messages() {
+		out = append(out, m)
+	}
+	if len(out) != n {
+		t.Fatalf("fetched %d messages, want %d (%v)", len(out), n, batch.Error())
+	}
+	return out
+}
+
+// deadLetter stores m as a dead letter of class and acks it, as the worker does.
+func (b *broker) deadLetter(t *testing.T, m jetstream.Msg, class queue.Class, status int, failedAt time.Time) {
+	t.Helper()
+	dl := &queue.DeadLetters{JS: b.js, Subject: b.top.DLQSubject}
+	err := dl.Publish(context.Background(), m, queue.DeadLetter{
+		Class: class, Status: status, Reason: fmt.Sprintf("%s %d", class, status), Attempts: 2, FailedAt: failedAt,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.DoubleAck(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readStatus(t *testing.T, b *broker, c *queue.ClassCounter) queue.Status {
+	t.Helper()
+	st, err := queue.ReadStatus(context.Background(), b.js, b.top, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestReadStatus(t *testing.T) {
+	t.Run("counts match the streams and the consumer", func(t *testing.T) {
+		b := startBroker(t)
+		cons := b.work(t, "a", "b", "c", "d", "e", "f", "g", "h", "i", "j")
+		msgs := fetch(t, cons, 5)
+		// Two acked, one dead-lettered, two held; one of them handed back and delivered again.
+		for _, m := range msgs[:2] {
+			if err := m.DoubleAck(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b.deadLetter(t, msgs[2], queue.ClassRejected, 400, time.Now())
+		if err := msgs[3].Nak(); err != nil {
+			t.Fatal(err)
+		}
+		again := fetch(t, cons, 1)
+		if md, _ := again[0].Metadata(); md.NumDelivered != 2 {
+			t.Fatalf("fetched %s delivered %d times, want the handed-back one again", again[0].Subject(), md.NumDelivered)
+		}
+
+		st := readStatus(t, b, nil)
+		want := queue.Status{
+			Backlog: 7, Processed: 3, LastSeq: 10, ConsumerFound: true,
+			Undelivered: 5, AckPending: 2, Redelivered: 1,
+			DeadLetters: 1, ByClass: map[queue.Class]int{queue.ClassRejected: 1},
+		}
+		st.Time = time.Time{}
+		if fmt.Sprint(st) != fmt.Sprint(want) {
+			t.Fatalf("status =\n %+v\nwant\n %+v", st, want)
+		}
+	})
+
+	t.Run("before any worker ran, every message is undelivered", func(t *testing.T) {
+		b := startBroker(t)
+		b.work(t, "a", "b")
+		if err := b.js.DeleteConsumer(context.Background(), b.top.Stream, b.top.Consumer); err != nil {
+			t.Fatal(err)
+		}
+		st := readStatus(t, b, nil)
+		if st.ConsumerFound || st.Backlog != 2 || st.Undelivered != 2 {
+			t.Fatalf("status = %+v, want no consumer and 2 undelivered", st)
+		}
+	})
+
+	t.Run("without the streams it says how to create them", func(t *testing.T) {
+		b := startBroker(t)
+		if err := b.js.DeleteStream(context.Background(), b.top.Stream); err != nil {
+			t.Fatal(err)
+		}
+		_, err := queue.ReadStatus(context.Background(), b.js, b.top, nil)
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			t.Fatalf("err = %v, want stream not found", err)
+		}
+	})
+}
+
+func TestClassCounter(t *testing.T) {
+	b := startBroker(t)
+	cons := b.work(t, "a", "b", "c", "d", "e")
+	msgs := fetch(t, cons, 5)
+	b.deadLetter(t, msgs[0], queue.ClassInvalid, 0, time.Now())
+	b.deadLetter(t, msgs[1], queue.ClassRejected, 404, time.Now())
+	var c queue.ClassCounter
+	check := func(want map[queue.Class]int) {
+		t.Helper()
+		got, total, err := c.Count(context.Background(), b.js, b.top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, v := range want {
+			n += v
+		}
+		if !maps.Equal(got, want) || total != uint64(n) {
+			t.Fatalf("counts = %v (total %d), want %v", got, total, want)
+		}
+	}
+	check(map[queue.Class]int{queue.ClassInvalid: 1, queue.ClassRejected: 1})
+
+	t.Run("new dead letters are added", func(t *testing.T) {
+		b.deadLetter(t, msgs[2], queue.ClassRejected, 400, time.Now())
+		b.deadLetter(t, msgs[3], queue.ClassExhausted, 503, time.Now())
+		check(map[queue.Class]int{queue.ClassInvalid: 1, queue.ClassRejected: 2, queue.ClassExhausted: 1})
+	})
+	t.Run("removed dead letters are taken out, even alongside new ones", func(t *testing.T) {
+		d := &queue.DLQ{JS: b.js, Topology: b.top}
+		if err := d.Delete(context.Background(), 1); err != nil { // the invalid one
+			t.Fatal(err)
+		}
+		b.deadLetter(t, msgs[4], queue.ClassExhausted, 0, time.Now())
+		check(map[queue.Class]int{queue.ClassRejected: 2, queue.ClassExhausted: 2})
+	})
+}
+
+func TestDLQ(t *testing.T) {
+	ctx := context.Background()
+	b := startBroker(t)
+	cons := b.work(t, "a", "b", "c", "d")
+	msgs := fetch(t, cons, 4)
+	t0 := time.Now().Add(-time.Hour).Truncate(time.Second)
+	b.deadLetter(t, msgs[0], queue.ClassInvalid, 0, t0)
+	b.deadLetter(t, msgs[1], queue.ClassRejected, 400, t0.Add(10*time.Minute))
+	b.deadLetter(t, msgs[2], queue.ClassRejected, 404, t0.Add(20*time.Minute))
+	b.deadLetter(t, msgs[3], queue.ClassExhausted, 503, t0.Add(30*time.Minute))
+	d := &queue.DLQ{JS: b.js, Topology: b.top}
+
+	list := func(f queue.DLQFilter, headersOnly bool) []*queue.StoredDeadLetter {
+		t.Helper()
+		var out []*queue.StoredDeadLetter
+		if err := d.Each(ctx, f, headersOnly, func(l *queue.StoredDeadLetter) error {
+			out = append(out, l)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	seqs := func(ls []*queue.StoredDeadLetter) []uint64 {
+		var out []uint64
+		for _, l := range ls {
+			out = append(out, l.Seq)
+		}
+		return out
+	}
+
+	t.Run("listing reads every field of a dead letter", func(t *testing.T) {
+		all := list(queue.DLQFilter{}, false)
+		if len(all) != 4 {
+			t.Fatalf("listed %d, want 4", len(all))
+		}
+		l := all[1]
+		if l.Seq != 2 || l.Class != queue.ClassRejected || l.Status != 400 || l.Reason != "rejected 400" ||
+			l.Attempts != 2 || !l.FailedAt.Equal(t0.Add(10*time.Minute)) ||
+			l.OriginalSubject != b.top.Subject+".b" || l.OriginalSeq != 2 ||
+			string(l.Data) != `{"id":"b","body":{}}` || l.Header.Get("Trace-Id") != "trace-b" {
+			t.Fatalf("dead letter 2 = %+v", l)
+		}
+	})
+	t.Run("headers only leaves the data out", func(t *testing.T) {
+		for _, l := range list(queue.DLQFilter{}, true) {
+			if len(l.Data) != 0 || l.Class == "" {
+				t.Fatalf("dead letter %d: data %q, class %q", l.Seq, l.Data, l.Class)
+			}
+		}
+	})
+	t.Run("filters select by class, status, time and sequence", func(t *testing.T) {
+		for _, tc := range []struct {
+			f    queue.DLQFilter
+			want []uint64
+		}{
+			{queue.DLQFilter{Classes: []queue.Class{queue.ClassRejected}}, []uint64{2, 3}},
+			{queue.DLQFilter{Statuses: []int{404, 503}}, []uint64{3, 4}},
+			{queue.DLQFilter{Statuses: []int{0}}, []uint64{1}},
+			{queue.DLQFilter{Since: t0.Add(15 * time.Minute)}, []uint64{3, 4}},
+			{queue.DLQFilter{Until: t0.Add(15 * time.Minute)}, []uint64{1, 2}},
+			{queue.DLQFilter{Seqs: []uint64{4, 1, 99}}, []uint64{1, 4}},
+			{queue.DLQFilter{Seqs: []uint64{1, 2}, Classes: []queue.Class{queue.ClassInvalid}}, []uint64{1}},
+		} {
+			if got := seqs(list(tc.f, true)); fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("filter %+v: got %v, want %v", tc.f, got, tc.want)
+			}
+		}
+	})
+	t.Run("a missing sequence is ErrNoDeadLetter", func(t *testing.T) {
+		if _, err := d.Get(ctx, 99); !errors.Is(err, queue.ErrNoDeadLetter) {
+			t.Fatalf("Get: %v", err)
+		}
+		if err := d.Delete(ctx, 99); !errors.Is(err, queue.ErrNoDeadLetter) {
+			t.Fatalf("Delete: %v", err)
+		}
+	})
+	t.Run("replay republishes without dead-letter headers, then removes the dead letter", func(t *testing.T) {
+		l, err := d.Get(ctx, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack, err := d.Replay(ctx, l, []byte(`{"id":"b","body":{"status":"done"}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ack.Stream != b.top.Stream || ack.Duplicate {
+			t.Fatalf("ack = %+v", ack)
+		}
+		s, _ := b.js.Stream(ctx, b.top.Stream)
+		m, err := s.GetMsg(ctx, ack.Sequence)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Subject != b.top.Subject+".b" || string(m.Data) != `{"id":"b","body":{"status":"done"}}` || m.Header.Get("Trace-Id") != "trace-b" {
+			t.Fatalf("replayed message: subject %s, data %s, headers %v", m.Subject, m.Data, m.Header)
+		}
+		for k := range m.Header {
+			if k == queue.HeaderClass || k == queue.HeaderReason || k == "Dlq-Original-Msg-Id" {
+				t.Fatalf("replayed message carries %s", k)
+			}
+		}
+		if _, err := d.Get(ctx, 2); !errors.Is(err, queue.ErrNoDeadLetter) {
+			t.Fatalf("dead letter 2 still there: %v", err)
+		}
+
+		// A second replay of the same dead letter (a crash before the delete) is stored once.
+		again, err := d.Replay(ctx, l, []byte(`{"id":"b","body":{"status":"done"}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !again.Duplicate {
+			t.Fatalf("second replay stored again: %+v", again)
+		}
+	})
+	t.Run("replay as-is keeps the original message", func(t *testing.T) {
+		l, err := d.Get(ctx, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack, err := d.Replay(ctx, l, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, _ := b.js.Stream(ctx, b.top.Stream)
+		m, _ := s.GetMsg(ctx, ack.Sequence)
+		if string(m.Data) != `{"id":"d","body":{}}` {
+			t.Fatalf("replayed %s", m.Data)
+		}
+		if got := seqs(list(queue.DLQFilter{}, true)); fmt.Sprint(got) != "[1 3]" {
+			t.Fatalf("dead letters left: %v, want [1 3]", got)
+		}
+	})
+}
