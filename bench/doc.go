@@ -1,0 +1,19 @@
+// Package bench holds the end-to-end benchmarks of kustomer-worker: throughput against a
+// plain consumer loop, use of a rate budget (alone and shared), memory of the worker process
+// over small and large backlogs, enqueue speed, and publish-to-request latency. Each runs the
+// real worker against an embedded NATS server and the fake Kustomer API of package
+// kustomertest, and compares it with a baseline run in the same process.
+//
+// Run every benchmark at full size (about 15 minutes; docs/BENCHMARKS.md has the figures):
+//
+//	go test -run='^$' -bench=. -benchtime=3x -timeout=60m ./bench/
+//
+// Each iteration (b.N) is one repetition of the whole experiment; -benchtime=3x runs three,
+// interleaved with the baseline, and the figures reported are medians. -short shrinks every
+// size so that each benchmark finishes in seconds, as in CI:
+//
+//	go test -run='^$' -bench=. -benchtime=1x -short ./bench/
+//
+// Sizes can be set one by one with the -bench.* flags (go test ./bench/ -args -help lists
+// them). The package has no API: it exists for its benchmarks.
+package bench

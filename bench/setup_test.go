@@ -1,0 +1,331 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker"
+)
+
+// Sizes. Each default is the full size of the issue; under -short the small size named in the
+// usage applies unless the flag is given.
+var (
+	updatesFlag       = flag.Int("bench.updates", 20000, "updates per repetition of BenchmarkThroughput (-short: 500)")
+	budgetUpdatesFlag = flag.Int("bench.budget-updates", 3000, "updates of BenchmarkBudget and BenchmarkSharedBudget (-short: 100)")
+	budgetFlag        = flag.Int("bench.budget", 600, "the fake's org budget per window in the budget benchmarks (-short: 60)")
+	windowFlag        = flag.Duration("bench.window", 10*time.Second, "the fake's budget window in the budget benchmarks (-short: 1s)")
+	smallBacklogFlag  = flag.Int("bench.small-backlog", 1000, "the small backlog of BenchmarkMemory (-short: 200)")
+	largeBacklogFlag  = flag.Int("bench.large-backlog", 100000, "the large backlog of BenchmarkMemory (-short: 2000)")
+	enqueueLinesFlag  = flag.Int("bench.enqueue-lines", 100000, "lines of the file BenchmarkEnqueue publishes (-short: 5000)")
+	samplesFlag       = flag.Int("bench.samples", 200, "messages BenchmarkLatency times per repetition (-short: 20)")
+)
+
+// pick is the value of the flag named name, or small under -short when the flag was not given.
+func pick[T any](name string, v *T, small T) T {
+	if !testing.Short() {
+		return *v
+	}
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	if given {
+		return *v
+	}
+	return small
+}
+
+// apiKey is the key the fake accepts by default; a test value, not a secret.
+const apiKey = kustomertest.DefaultAPIKey
+
+var discard = slog.New(slog.DiscardHandler)
+
+// rig is what every benchmark runs the worker and its baseline against: an embedded NATS
+// server holding the streams the run command declares, a connection to it, and a fake
+// Kustomer API.
+type rig struct {
+	tb     testing.TB
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	top    queue.Topology
+	wc     worker.Config
+	fake   *kustomertest.Server
+}
+
+// newRig starts NATS and the fake, and declares the topology the run command declares with
+// --concurrency=concurrency and every other flag at its default. Everything stops when tb ends.
+func newRig(tb testing.TB, fake kustomertest.Config, concurrency int) *rig {
+	tb.Helper()
+	emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Host: "127.0.0.1", Port: -1, DataDir: tb.TempDir()}, discard)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(emb.Shutdown)
+	nc, err := queue.Connect(queue.ConnConfig{URL: emb.ClientURL(), Name: "bench"}, discard)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := queue.WaitConnected(ctx, nc); err != nil {
+		tb.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// As cmd/kustomer-worker/run.go derives them from its flags.
+	wc := worker.Config{Concurrency: concurrency}.WithDefaults()
+	top := queue.Topology{}.WithDefaults()
+	top.AckWait, top.MaxAckPending, top.MaxDeliver = wc.AckWait, wc.MaxHeld, wc.MaxDeliver
+	if err := queue.Ensure(ctx, js, top); err != nil {
+		tb.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, top.Stream)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &rig{tb: tb, nc: nc, js: js, stream: stream, top: top, wc: wc, fake: kustomertest.NewServer(tb, fake)}
+}
+
+// convID is the conversation id of update i.
+func convID(i int) string { return fmt.Sprintf("%024x", i+1) }
+
+// update is a typical update message for conversation i: a partial update of a few attributes.
+func update(i int) []byte {
+	return fmt.Appendf(nil, `{"id":%q,"body":{"status":"open","priority":%d,"tags":["5f3c9a1b2c3d4e5f6071a001","5f3c9a1b2c3d4e5f6071a002"],"custom":{"tierStr":"gold","seq":%d}}}`,
+		convID(i), i%5+1, i)
+}
+
+// freshConsumer replaces the durable consumer with a new one of the same configuration, so a
+// run finds no pull request or delivery state left by the one before.
+func (r *rig) freshConsumer() {
+	r.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := r.js.DeleteConsumer(ctx, r.top.Stream, r.top.Consumer); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		r.tb.Fatal(err)
+	}
+	if err := queue.Ensure(ctx, r.js, r.top); err != nil {
+		r.tb.Fatal(err)
+	}
+}
+
+// backlog publishes updates first to first+n-1 and waits until the work stream holds them.
+func (r *rig) backlog(first, n int) {
+	r.tb.Helper()
+	before := r.streamMsgs()
+	js, err := jetstream.New(r.nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	defer js.CleanupPublisher()
+	for i := first; i < first+n; i++ {
+		if _, err := js.PublishAsync(r.top.Subject, update(i)); err != nil {
+			r.tb.Fatal(err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(5 * time.Minute):
+		r.tb.Fatalf("publishing a backlog of %d did not complete within 5 minutes", n)
+	}
+	if got := r.streamMsgs(); got != before+uint64(n) {
+		r.tb.Fatalf("work stream holds %d messages after publishing %d to %d; want %d", got, n, before, before+uint64(n))
+	}
+}
+
+// streamMsgs is how many messages the work stream holds: with its work-queue retention, those
+// not yet acknowledged.
+func (r *rig) streamMsgs() uint64 {
+	r.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	info, err := r.stream.Info(ctx)
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// waitDrained waits until the fake has applied want updates in all and the work stream is
+// empty, checking every millisecond so that the end of a run is seen within about that.
+func (r *rig) waitDrained(want int, timeout time.Duration) {
+	r.tb.Helper()
+	deadline := time.Now().Add(timeout)
+	waitUntil := func(what string, every time.Duration, done func() bool) {
+		for !done() {
+			if time.Now().After(deadline) {
+				r.tb.Fatalf("timed out after %s waiting for %s (fake: %+v)", timeout, what, r.fake.Stats())
+			}
+			time.Sleep(every)
+		}
+	}
+	waitUntil(fmt.Sprintf("%d updates applied", want), time.Millisecond, func() bool { return r.fake.Stats().Applied >= want })
+	waitUntil("the work stream to empty", time.Millisecond, func() bool { return r.streamMsgs() == 0 })
+}
+
+// startPool runs a worker pool wired as the run command wires it, with --rate-per-minute
+// ratePerMinute, until the returned function is called; that function returns once the pool
+// has stopped.
+func (r *rig) startPool(ratePerMinute int) (stop func()) {
+	r.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cons, attempts, err := queue.Bind(ctx, r.js, r.top)
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	client, err := kustomer.New(kustomer.Options{BaseURL: r.fake.URL, Key: kustomer.StaticKey(apiKey), Timeout: 30 * time.Second})
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	pool := &worker.Pool{
+		Consumer:    cons,
+		Client:      client,
+		DeadLetters: &queue.DeadLetters{JS: r.js, Subject: r.top.DLQSubject},
+		Attempts:    attempts,
+		Pacer:       worker.NewPacer(ratePerMinute),
+		Metrics:     worker.NewMetrics(prometheus.NewRegistry()),
+		Log:         discard,
+		Config:      r.wc,
+	}
+	rctx, rcancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- pool.Run(rctx) }()
+	return func() {
+		rcancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				r.tb.Errorf("pool: %v", err)
+			}
+		case <-time.After(time.Minute):
+			r.tb.Fatal("pool did not stop within a minute")
+		}
+		client.CloseIdleConnections()
+	}
+}
+
+// startBaseline runs the simplest consumer that does the pool's job, until the returned
+// function is called: c goroutines share one Messages iterator on the same durable consumer;
+// each decodes a message, sends its PUT with a plain http.Client and acks it on a 2xx, naks it
+// otherwise. No pacing, no retries, no per-conversation order, no dead letters, no metrics.
+// The returned function returns once every goroutine has stopped.
+func (r *rig) startBaseline(c int) (stop func()) {
+	r.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cons, err := r.js.Consumer(ctx, r.top.Stream, r.top.Consumer)
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	// Enough idle connections for c requests at once, so the baseline does not pay for new
+	// connections (http.DefaultTransport keeps 2 per host).
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c}, Timeout: 30 * time.Second}
+	base := r.fake.URL + "/v1/conversations/"
+	var wg sync.WaitGroup
+	for range c {
+		wg.Go(func() {
+			for {
+				msg, err := it.Next()
+				if err != nil {
+					return // the iterator was stopped
+				}
+				var u struct {
+					ID   string          `json:"id"`
+					Body json.RawMessage `json:"body"`
+				}
+				if err := json.Unmarshal(msg.Data(), &u); err != nil {
+					_ = msg.Term()
+					continue
+				}
+				req, err := http.NewRequest(http.MethodPut, base+u.ID, bytes.NewReader(u.Body))
+				if err != nil {
+					_ = msg.Term()
+					continue
+				}
+				req.Header.Set("Authorization", "Bearer "+apiKey)
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := hc.Do(req)
+				if err != nil {
+					_ = msg.Nak()
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode/100 == 2 {
+					_ = msg.Ack()
+				} else {
+					_ = msg.Nak()
+				}
+			}
+		})
+	}
+	return func() {
+		it.Stop()
+		wg.Wait()
+		hc.CloseIdleConnections()
+	}
+}
+
+// cpuTime is the CPU time, user and system, this process has used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// drain is one run through a backlog: how long it took and the CPU time the process spent.
+type drain struct {
+	elapsed time.Duration
+	cpu     time.Duration
+	n       int
+}
+
+func (d drain) perSecond() float64 { return float64(d.n) / d.elapsed.Seconds() }
+
+// cpuPerUpdate is in milliseconds.
+func (d drain) cpuPerUpdate() float64 { return float64(d.cpu) / float64(time.Millisecond) / float64(d.n) }
+
+// median of xs, which it sorts; NaN when empty.
+func median(xs []float64) float64 { return percentile(xs, 50) }
+
+// percentile p (0 to 100) of xs by the nearest-rank method; it sorts xs. NaN when empty.
+func percentile(xs []float64, p float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	slices.Sort(xs)
+	rank := int(math.Ceil(p / 100 * float64(len(xs))))
+	return xs[min(max(rank, 1), len(xs))-1]
+}
+
+// ms is d in milliseconds.
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
