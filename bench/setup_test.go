@@ -312,7 +312,9 @@ type drain struct {
 func (d drain) perSecond() float64 { return float64(d.n) / d.elapsed.Seconds() }
 
 // cpuPerUpdate is in milliseconds.
-func (d drain) cpuPerUpdate() float64 { return float64(d.cpu) / float64(time.Millisecond) / float64(d.n) }
+func (d drain) cpuPerUpdate() float64 {
+	return float64(d.cpu) / float64(time.Millisecond) / float64(d.n)
+}
 
 // median of xs, which it sorts; NaN when empty.
 func median(xs []float64) float64 { return percentile(xs, 50) }
