@@ -63,6 +63,7 @@ var discard = slog.New(slog.DiscardHandler)
 // Kustomer API.
 type rig struct {
 	tb     testing.TB
+	url    string // NATS client URL
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	stream jetstream.Stream
@@ -105,7 +106,7 @@ func newRig(tb testing.TB, fake kustomertest.Config, concurrency int) *rig {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &rig{tb: tb, nc: nc, js: js, stream: stream, top: top, wc: wc, fake: kustomertest.NewServer(tb, fake)}
+	return &rig{tb: tb, url: emb.ClientURL(), nc: nc, js: js, stream: stream, top: top, wc: wc, fake: kustomertest.NewServer(tb, fake)}
 }
 
 // convID is the conversation id of update i.
