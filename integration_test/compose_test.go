@@ -1,0 +1,143 @@
+package integration_test
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// compose runs the repository's docker-compose.yml with "docker compose", or with the
+// standalone docker-compose where the plugin is missing.
+type compose struct {
+	cmd     []string // e.g. {"docker", "compose"}
+	file    string
+	project string   // -p; "" for the default
+	env     []string // added to this process's environment
+}
+
+// findCompose picks "docker compose" if it answers, else docker-compose. With neither, the
+// test is skipped, or fails under KW_REQUIRE_DOCKER=1.
+func findCompose(t *testing.T) compose {
+	t.Helper()
+	file := filepath.Join(suite.root, "docker-compose.yml")
+	for _, cmd := range [][]string{{"docker", "compose"}, {"docker-compose"}} {
+		args := append(cmd[1:len(cmd):len(cmd)], "version")
+		if err := exec.Command(cmd[0], args...).Run(); err == nil {
+			return compose{cmd: cmd, file: file}
+		}
+	}
+	const msg = `neither "docker compose" nor docker-compose is installed`
+	if os.Getenv("KW_REQUIRE_DOCKER") == "1" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return compose{}
+}
+
+// run runs compose with args and returns its standard output; it fails the test on error.
+func (c compose) run(t *testing.T, timeout time.Duration, args ...string) string {
+	t.Helper()
+	out, err := c.try(timeout, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", strings.Join(c.args(args...), " "), err)
+	}
+	return out
+}
+
+func (c compose) args(args ...string) []string {
+	all := append([]string{}, c.cmd...)
+	all = append(all, "-f", c.file)
+	if c.project != "" {
+		all = append(all, "-p", c.project)
+	}
+	return append(all, args...)
+}
+
+func (c compose) try(timeout time.Duration, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	all := c.args(args...)
+	cmd := exec.CommandContext(ctx, all[0], all[1:]...)
+	cmd.Dir = suite.root
+	cmd.Env = append(os.Environ(), c.env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), &commandError{err: err, stderr: stderr.String()}
+	}
+	return stdout.String(), nil
+}
+
+type commandError struct {
+	err    error
+	stderr string
+}
+
+func (e *commandError) Error() string { return e.err.Error() + ": " + strings.TrimSpace(e.stderr) }
+func (e *commandError) Unwrap() error { return e.err }
+
+func TestComposeFile(t *testing.T) {
+	imgs := setup(t)
+	dc := findCompose(t)
+
+	t.Run("is valid with every profile and the default images", func(t *testing.T) {
+		// The real worker's secret file need not exist for the file to be valid.
+		for _, profiles := range [][]string{nil, {"mock"}, {"kustomer"}} {
+			var args []string
+			for _, p := range profiles {
+				args = append(args, "--profile", p)
+			}
+			dc.run(t, time.Minute, append(args, "config", "--quiet")...)
+		}
+		services := strings.Fields(dc.run(t, time.Minute, "--profile", "mock", "--profile", "kustomer", "config", "--services"))
+		for _, want := range []string{"nats", "worker", "mock", "worker-mock"} {
+			if !strings.Contains(" "+strings.Join(services, " ")+" ", " "+want+" ") {
+				t.Errorf("services %v lack %s", services, want)
+			}
+		}
+	})
+
+	t.Run("mock profile processes an enqueue end to end with the local images", func(t *testing.T) {
+		up := dc
+		up.project = "kwe2e" + randomHex(t, 4)
+		up.env = []string{
+			"NATS_IMAGE=" + imgs.nats, "WORKER_IMAGE=" + imgs.worker,
+			// Random loopback ports, so that nothing on this machine is in the way.
+			"NATS_CLIENT_PUBLISH=127.0.0.1:", "NATS_MONITOR_PUBLISH=127.0.0.1:", "MOCK_PUBLISH=127.0.0.1:",
+			"MOCK_LATENCY=5ms", "MOCK_LATENCY_JITTER=5ms",
+		}
+		t.Cleanup(func() {
+			if t.Failed() {
+				out, _ := up.try(time.Minute, "--profile", "mock", "logs", "--no-color", "--tail", "60")
+				t.Logf("compose logs:\n%s", out)
+			}
+			if out, err := up.try(3*time.Minute, "--profile", "mock", "down", "--volumes", "--remove-orphans", "--timeout", "15"); err != nil {
+				t.Errorf("compose down: %v\n%s", err, out)
+			}
+		})
+		up.run(t, 3*time.Minute, "--profile", "mock", "up", "--detach")
+
+		port := func(service, p string) string {
+			return strings.TrimSpace(up.run(t, time.Minute, "--profile", "mock", "port", service, p))
+		}
+		hc := &http.Client{Timeout: 10 * time.Second}
+		t.Cleanup(hc.CloseIdleConnections)
+		readyURL := "http://" + port("worker-mock", "9464") + "/readyz"
+		waitFor(t, startupTimeout, "the compose worker to report itself ready", func() (bool, string) {
+			s := httpStatus(hc, readyURL)
+			return s == http.StatusOK, "readyz answered " + http.StatusText(s)
+		})
+
+		r := newRig(t, "nats://"+port("nats", "4222"), "http://"+port("mock", "8080"))
+		ups := makeUpdates("compose", 60, 2)
+		r.publish(t, ups)
+		r.waitSettled(t, 2*time.Minute)
+		checkNothingLost(t, ups, r.account(t), exactlyOnce)
+	})
+}

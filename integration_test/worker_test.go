@@ -1,0 +1,186 @@
+package integration_test
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/testcontainers/testcontainers-go"
+)
+
+func TestBackfillOf5000UpdatesIsAppliedInFull(t *testing.T) {
+	imgs := setup(t)
+	// An org budget the backfill overruns (2,000 per 4s window), and 2% of requests failing with
+	// 5xx: the worker must wait out 429s and retry 5xx without losing or repeating an update.
+	c := newCluster(t, imgs, "--budget=2000", "--window=4s", "--fault-rate=0.02")
+	c.startWorker(t, "worker", map[string]string{"WORKER_CONCURRENCY": "16"})
+
+	ups := makeUpdates("backfill", 5000, 10)
+	start := time.Now()
+	c.publish(t, ups)
+	t.Logf("enqueued %d updates in %s", len(ups), time.Since(start).Round(time.Millisecond))
+	c.waitSettled(t, 5*time.Minute)
+	t.Logf("work stream empty %s after the first publish; fake: %+v", time.Since(start).Round(time.Millisecond), c.stats(t))
+
+	checkNothingLost(t, ups, c.account(t), exactlyOnce)
+}
+
+func TestWorkerKilledTwiceMidRunLosesNothing(t *testing.T) {
+	imgs := setup(t)
+	c := newCluster(t, imgs, "--budget=-1", "--latency=5ms")
+	// Paced to 200 a second so that the kills land mid-run.
+	env := map[string]string{"KUSTOMER_RATE_PER_MINUTE": "12000"}
+	w := c.startWorker(t, "worker", env)
+
+	ups := makeUpdates("killed", 2000, 6)
+	c.publish(t, ups)
+	for _, at := range []int{500, 1100} {
+		c.waitApplied(t, at, 2*time.Minute)
+		code, took := kill(t, w, "KILL", 30*time.Second)
+		t.Logf("SIGKILL after %d applied: exit code %d after %s", c.stats(t).Applied, code, took.Round(time.Millisecond))
+		if code != 137 {
+			t.Fatalf("exit code after SIGKILL = %d, want 137", code)
+		}
+		if err := w.Start(context.Background()); err != nil {
+			t.Fatalf("starting the killed worker again: %v", err)
+		}
+	}
+	c.waitSettled(t, 3*time.Minute)
+
+	checkNothingLost(t, ups, c.account(t), duplicatesAllowed)
+}
+
+func TestNATSRestartMidRunLosesNothingAndWorkerReconnects(t *testing.T) {
+	imgs := setup(t)
+	c := newCluster(t, imgs, "--budget=-1", "--latency=5ms")
+	w := c.startWorker(t, "worker", map[string]string{"KUSTOMER_RATE_PER_MINUTE": "12000"})
+	before, err := w.Inspect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	readyURL := "http://" + c.endpoint(t, w, "9464/tcp") + "/readyz"
+
+	ups := makeUpdates("natsrestart", 2000, 6)
+	c.publish(t, ups)
+	c.waitApplied(t, 500, 2*time.Minute)
+
+	stop := 10 * time.Second
+	if err := c.nats.Stop(context.Background(), &stop); err != nil {
+		t.Fatalf("stopping NATS: %v", err)
+	}
+	waitFor(t, 30*time.Second, "the worker to report itself not ready while NATS is down", func() (bool, string) {
+		s := httpStatus(c.http, readyURL)
+		return s == http.StatusServiceUnavailable, "readyz answered " + http.StatusText(s)
+	})
+	applied := c.stats(t).Applied
+	if err := c.nats.Start(context.Background()); err != nil {
+		t.Fatalf("starting NATS again: %v", err)
+	}
+	t.Logf("NATS stopped and started after %d updates applied", applied)
+	waitFor(t, time.Minute, "the worker to reconnect and report itself ready", func() (bool, string) {
+		s := httpStatus(c.http, readyURL)
+		return s == http.StatusOK, "readyz answered " + http.StatusText(s)
+	})
+	c.connect(t, c.natsURL(t)) // NATS is published on a new host port now
+	c.waitSettled(t, 3*time.Minute)
+
+	after, err := w.Inspect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !after.State.Running || after.State.StartedAt != before.State.StartedAt || after.RestartCount != 0 {
+		t.Errorf("the worker did not ride out the NATS restart in one run: running %v, started %s then %s, restarts %d",
+			after.State.Running, before.State.StartedAt, after.State.StartedAt, after.RestartCount)
+	}
+	// Acknowledgements sent while NATS was down are lost, so their messages come again.
+	checkNothingLost(t, ups, c.account(t), duplicatesAllowed)
+}
+
+func TestSIGTERMDrainsAndExitsZeroWithinTheShutdownTimeout(t *testing.T) {
+	imgs := setup(t)
+	// Slow answers, so that requests are in flight when the signal comes.
+	c := newCluster(t, imgs, "--budget=-1", "--latency=200ms")
+	env := map[string]string{"KUSTOMER_RATE_PER_MINUTE": "9000", "WORKER_CONCURRENCY": "16"}
+	w := c.startWorker(t, "worker", env)
+
+	ups := makeUpdates("sigterm", 1500, 4)
+	c.publish(t, ups)
+	c.waitApplied(t, 300, 2*time.Minute)
+	code, took := kill(t, w, "TERM", shutdownTimeout+30*time.Second)
+	t.Logf("SIGTERM after %d applied: exit code %d after %s", c.stats(t).Applied, code, took.Round(time.Millisecond))
+	if code != 0 {
+		t.Errorf("exit code after SIGTERM = %d, want 0", code)
+	}
+	// The drain may take the whole shutdown timeout, then the NATS connection is flushed.
+	if limit := shutdownTimeout + 3*time.Second; took > limit {
+		t.Errorf("the worker took %s to exit after SIGTERM; want at most %s (shutdown timeout %s)", took, limit, shutdownTimeout)
+	}
+
+	c.startWorker(t, "worker-2", env)
+	c.waitSettled(t, 3*time.Minute)
+	// A graceful stop finishes or hands back every message: nothing is applied twice.
+	checkNothingLost(t, ups, c.account(t), exactlyOnce)
+}
+
+func TestTwoWorkersOnOneConsumerApplyEachUpdateOnce(t *testing.T) {
+	imgs := setup(t)
+	c := newCluster(t, imgs, "--budget=-1", "--latency=2ms", "--fault-rate=0.02")
+	workers := []*testcontainers.DockerContainer{
+		c.startWorker(t, "worker-1", nil),
+		c.startWorker(t, "worker-2", nil),
+	}
+
+	ups := makeUpdates("replicas", 3000, 6)
+	c.publish(t, ups)
+	c.waitSettled(t, 3*time.Minute)
+	checkNothingLost(t, ups, c.account(t), exactlyOnce)
+
+	valid := 0
+	for _, u := range ups {
+		if !u.invalid {
+			valid++
+		}
+	}
+	total := 0
+	for i, w := range workers {
+		n := appliedBy(t, c.http, "http://"+c.endpoint(t, w, "9464/tcp")+"/metrics")
+		t.Logf("worker-%d applied %d updates", i+1, n)
+		if n == 0 {
+			t.Errorf("worker-%d applied nothing: the two workers did not share the consumer", i+1)
+		}
+		total += n
+	}
+	if total != valid {
+		t.Errorf("the workers' metrics count %d updates applied, want %d", total, valid)
+	}
+}
+
+// appliedBy reads kustomer_worker_updates_total{outcome="applied"} from a worker's /metrics.
+func appliedBy(t *testing.T, hc *http.Client, url string) int {
+	t.Helper()
+	resp, err := hc.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parsing %s: %v", url, err)
+	}
+	f, ok := families["kustomer_worker_updates_total"]
+	if !ok {
+		return 0
+	}
+	for _, m := range f.GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "outcome" && l.GetValue() == "applied" {
+				return int(m.GetCounter().GetValue())
+			}
+		}
+	}
+	return 0
+}
