@@ -89,7 +89,9 @@ func Connect(cfg ConnConfig, log *slog.Logger) (*nats.Conn, error) {
 			log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
 		}),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
-			log.Warn("disconnected from NATS", "error", err)
+			if err != nil { // nil: we closed it ourselves
+				log.Warn("disconnected from NATS; reconnecting", "error", err)
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted())

@@ -73,6 +73,10 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 		return nil, queue.Topology{}, worker.Config{}, usagef("KUSTOMER_API_KEY or api-key-file: no Kustomer API key given")
 	}
 	switch {
+	case c.Concurrency < 1:
+		return nil, queue.Topology{}, worker.Config{}, usagef("concurrency: %d is below 1", c.Concurrency)
+	case c.MaxAttempts < 1:
+		return nil, queue.Topology{}, worker.Config{}, usagef("max-attempts: %d is below 1", c.MaxAttempts)
 	case c.RatePerMinute < 0:
 		return nil, queue.Topology{}, worker.Config{}, usagef("rate-per-minute: %d is negative", c.RatePerMinute)
 	case c.RequestTimeout <= 0:

@@ -1,0 +1,375 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+)
+
+// binary is the kustomer-worker built once for the tests that run it as a process.
+var (
+	binaryOnce sync.Once
+	binaryPath string
+	binaryErr  error
+)
+
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	binaryOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "kustomer-worker-bin")
+		if err != nil {
+			binaryErr = err
+			return
+		}
+		binaryPath = filepath.Join(dir, "kustomer-worker")
+		out, err := exec.Command("go", "build", "-race", "-o", binaryPath, ".").CombinedOutput()
+		if err != nil {
+			binaryErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binaryErr != nil {
+		t.Fatal(binaryErr)
+	}
+	return binaryPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binaryPath != "" {
+		os.RemoveAll(filepath.Dir(binaryPath))
+	}
+	os.Exit(code)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// runArgs runs the CLI in-process and returns its output and error.
+func runArgs(t *testing.T, envs map[string]string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = run(ctx, args, &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut, getenv: func(k string) string { return envs[k] }})
+	return out.String(), errOut.String(), err
+}
+
+func TestRunRefusesBadConfiguration(t *testing.T) {
+	keyFile := filepath.Join(t.TempDir(), "key")
+	cases := []struct {
+		name    string
+		env     map[string]string
+		args    []string
+		setting string
+	}{
+		{"no key at all", nil, nil, "KUSTOMER_API_KEY or api-key-file"},
+		{"a key file that does not exist", nil, []string{"--api-key-file", keyFile}, "api-key-file"},
+		{"both a key and a key file", map[string]string{"KUSTOMER_API_KEY": "k"}, []string{"--api-key-file", keyFile}, "KUSTOMER_API_KEY and api-key-file"},
+		{"a negative rate", map[string]string{"KUSTOMER_API_KEY": "k"}, []string{"--rate-per-minute", "-5"}, "rate-per-minute"},
+		{"a rate from the environment that is not a number", map[string]string{"KUSTOMER_API_KEY": "k", "KUSTOMER_RATE_PER_MINUTE": "fast"}, nil, "rate-per-minute"},
+		{"zero concurrency", map[string]string{"KUSTOMER_API_KEY": "k"}, []string{"--concurrency", "0"}, "concurrency"},
+		{"max-deliver under max-attempts", map[string]string{"KUSTOMER_API_KEY": "k"}, []string{"--max-deliver", "5"}, "max-deliver"},
+		{"a relative Kustomer URL", map[string]string{"KUSTOMER_API_KEY": "k"}, []string{"--kustomer-url", "api.kustomerapp.com"}, "kustomer-url"},
+		{"an unknown log level", map[string]string{"KUSTOMER_API_KEY": "k"}, []string{"--log-level", "loud"}, "log-level"},
+		{"a bad stream name", map[string]string{"KUSTOMER_API_KEY": "k"}, []string{"--stream", "a.b"}, "stream"},
+		{"half a TLS pair", map[string]string{"KUSTOMER_API_KEY": "k"}, []string{"--nats-url", "nats://127.0.0.1:1", "--nats-tls-cert", keyFile}, "nats-tls-cert"},
+	}
+	for _, c := range cases {
+		t.Run("it names the setting for "+c.name, func(t *testing.T) {
+			args := append([]string{"run", "--http-addr", ""}, c.args...)
+			_, _, err := runArgs(t, c.env, args...)
+			var ue *usageError
+			if !errors.As(err, &ue) {
+				t.Fatalf("err = %v; want a usage error", err)
+			}
+			if !strings.Contains(err.Error(), c.setting) {
+				t.Errorf("err = %q; want it to name %q", err, c.setting)
+			}
+		})
+	}
+}
+
+// daemon is the built binary running `run` against a NATS server and the fake of this test.
+type daemon struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	http   string
+	logs   *syncWriter
+	exited chan error
+}
+
+func startDaemon(t *testing.T, envs map[string]string, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{t: t, http: freeAddr(t), logs: &syncWriter{}, exited: make(chan error, 1)}
+	d.cmd = exec.Command(buildBinary(t), append([]string{"run", "--http-addr", d.http, "--log-level", "debug"}, args...)...)
+	d.cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	for k, v := range envs {
+		d.cmd.Env = append(d.cmd.Env, k+"="+v)
+	}
+	d.cmd.Stdout, d.cmd.Stderr = io.Discard, d.logs
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exited <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = d.cmd.Process.Kill()
+		<-d.exited
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.logs.String())
+		}
+	})
+	return d
+}
+
+// syncWriter collects a process's output for reading while it runs.
+type syncWriter struct {
+	mu sync.Mutex
+	w  bytes.Buffer
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.String()
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+func (d *daemon) status(path string) int {
+	resp, err := http.Get("http://" + d.http + path)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func (d *daemon) signal(sig syscall.Signal) {
+	d.t.Helper()
+	if err := d.cmd.Process.Signal(sig); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// wait returns the exit code, failing the test if the process outlives timeout.
+func (d *daemon) wait(timeout time.Duration) int {
+	d.t.Helper()
+	select {
+	case <-d.exited:
+		d.exited <- nil // for Cleanup
+		return d.cmd.ProcessState.ExitCode()
+	case <-time.After(timeout):
+		d.t.Fatalf("still running %s after the signal", timeout)
+		return -1
+	}
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// broker is an embedded NATS server owned by the test, standing for an external one.
+type broker struct {
+	emb *queue.Embedded
+	js  jetstream.JetStream
+	url string
+}
+
+func startBroker(t *testing.T) *broker {
+	t.Helper()
+	emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Port: -1, DataDir: t.TempDir()}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Shutdown)
+	nc, err := queue.Connect(queue.ConnConfig{URL: emb.ClientURL()}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &broker{emb: emb, js: js, url: emb.ClientURL()}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := queue.Ensure(ctx, js, queue.Topology{AckWait: 2 * time.Second}.WithDefaults()); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (b *broker) publishUpdates(t *testing.T, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range n {
+		msg := fmt.Sprintf(`{"id":"%024x","body":{"name":"n-%d"}}`, i+1, i)
+		if _, err := b.js.Publish(ctx, "kustomer.conversations.update", []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (b *broker) msgs(t *testing.T, stream string) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := b.js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// checkAllApplied checks update by update that each reached the fake with its final value.
+func checkAllApplied(t *testing.T, fake *kustomertest.Server, n int) {
+	t.Helper()
+	for i := range n {
+		c, ok := fake.Conversation(fmt.Sprintf("%024x", i+1))
+		if !ok || c.Attributes["name"] != "n-"+strconv.Itoa(i) {
+			t.Fatalf("update %d was lost (conversation: %+v)", i, c)
+		}
+	}
+}
+
+func TestDaemonLosesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary; skipped with -short")
+	}
+	const n = 400
+	args := func(b *broker, fake *kustomertest.Server) []string {
+		return []string{"--nats-url", b.url, "--kustomer-url", fake.URL, "--rate-per-minute", "0",
+			"--ack-wait", "2s", "--shutdown-timeout", "5s", "--concurrency", "4"}
+	}
+	key := map[string]string{"KUSTOMER_API_KEY": "test-key"}
+
+	t.Run("SIGTERM drains, exits 0 within the shutdown timeout, and a restart finishes the rest", func(t *testing.T) {
+		b := startBroker(t)
+		fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1, Latency: 10 * time.Millisecond})
+		b.publishUpdates(t, n)
+		d := startDaemon(t, key, args(b, fake)...)
+		waitFor(t, "some updates applied", 30*time.Second, func() bool { return fake.Stats().Applied > 30 })
+		d.signal(syscall.SIGTERM)
+		if code := d.wait(10 * time.Second); code != 0 {
+			t.Fatalf("exit code %d after SIGTERM; want 0\n%s", code, d.logs)
+		}
+		if fake.Stats().Applied >= n {
+			t.Fatal("everything was applied before the signal; the test needs a backlog")
+		}
+		startDaemon(t, key, args(b, fake)...)
+		waitFor(t, "the work stream to empty", 60*time.Second, func() bool { return b.msgs(t, "KUSTOMER_UPDATES") == 0 })
+		checkAllApplied(t, fake, n)
+	})
+
+	t.Run("SIGKILL mid-run loses nothing once restarted", func(t *testing.T) {
+		b := startBroker(t)
+		fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1, Latency: 10 * time.Millisecond})
+		b.publishUpdates(t, n)
+		d := startDaemon(t, key, args(b, fake)...)
+		waitFor(t, "some updates applied", 30*time.Second, func() bool { return fake.Stats().Applied > 30 })
+		d.signal(syscall.SIGKILL)
+		d.wait(10 * time.Second)
+		startDaemon(t, key, args(b, fake)...)
+		waitFor(t, "the work stream to empty", 60*time.Second, func() bool { return b.msgs(t, "KUSTOMER_UPDATES") == 0 })
+		checkAllApplied(t, fake, n)
+		if dl := b.msgs(t, "KUSTOMER_UPDATES_DLQ"); dl != 0 {
+			t.Errorf("%d dead letters; want none", dl)
+		}
+	})
+
+	t.Run("a refused key fails /readyz until the key file is rewritten", func(t *testing.T) {
+		b := startBroker(t)
+		fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+		keyFile := filepath.Join(t.TempDir(), "key")
+		if err := os.WriteFile(keyFile, []byte("old-key\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		b.publishUpdates(t, 20)
+		d := startDaemon(t, nil, append(args(b, fake), "--api-key-file", keyFile)...)
+		waitFor(t, "/healthz", 20*time.Second, func() bool { return d.status("/healthz") == 200 })
+		waitFor(t, "/readyz to fail", 20*time.Second, func() bool { return d.status("/readyz") == 503 })
+		if dl := b.msgs(t, "KUSTOMER_UPDATES_DLQ"); dl != 0 {
+			t.Fatalf("%d dead letters for a key problem; want none", dl)
+		}
+		if err := os.WriteFile(keyFile, []byte("test-key\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the work stream to empty", 60*time.Second, func() bool { return b.msgs(t, "KUSTOMER_UPDATES") == 0 })
+		waitFor(t, "/readyz to pass", 10*time.Second, func() bool { return d.status("/readyz") == 200 })
+		checkAllApplied(t, fake, 20)
+		if strings.Contains(d.logs.String(), "old-key") || strings.Contains(d.logs.String(), "test-key") {
+			t.Error("the API key appears in the log")
+		}
+	})
+
+	t.Run("with no NATS URL it runs on the embedded server and keeps the backlog across restarts", func(t *testing.T) {
+		fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1, Latency: 5 * time.Millisecond})
+		dataDir, listen := t.TempDir(), freeAddr(t)
+		embArgs := []string{"--data-dir", dataDir, "--nats-listen", listen, "--kustomer-url", fake.URL, "--shutdown-timeout", "2s"}
+		d := startDaemon(t, key, embArgs...)
+		waitFor(t, "/readyz", 20*time.Second, func() bool { return d.status("/readyz") == 200 })
+		nc, err := queue.Connect(queue.ConnConfig{URL: "nats://" + listen}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		js, _ := jetstream.New(nc)
+		b := &broker{js: js}
+		b.publishUpdates(t, 200)
+		waitFor(t, "some updates applied", 30*time.Second, func() bool { return fake.Stats().Applied > 10 })
+		nc.Close()
+		d.signal(syscall.SIGTERM)
+		if code := d.wait(10 * time.Second); code != 0 {
+			t.Fatalf("exit code %d; want 0", code)
+		}
+		d = startDaemon(t, key, embArgs...)
+		waitFor(t, "every update applied", 60*time.Second, func() bool { return fake.Stats().Applied >= 200 })
+		checkAllApplied(t, fake, 200)
+		d.signal(syscall.SIGTERM)
+		if code := d.wait(10 * time.Second); code != 0 {
+			t.Fatalf("exit code %d; want 0", code)
+		}
+	})
+}
