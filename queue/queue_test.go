@@ -1,0 +1,257 @@
+package queue_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kustomer-worker/kustomer-worker/queue"
+)
+
+func setup(t *testing.T) (jetstream.JetStream, queue.Topology, string) {
+	t.Helper()
+	dir := t.TempDir()
+	emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Port: -1, DataDir: dir}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Shutdown)
+	nc, err := queue.Connect(queue.ConnConfig{URL: emb.ClientURL()}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := queue.WaitConnected(ctx, nc); err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := queue.Topology{}.WithDefaults()
+	if err := queue.Ensure(ctx, js, top); err != nil {
+		t.Fatal(err)
+	}
+	return js, top, dir
+}
+
+func TestEnsure(t *testing.T) {
+	t.Run("is idempotent and takes ids appended to the subject", func(t *testing.T) {
+		js, top, _ := setup(t)
+		ctx := context.Background()
+		if err := queue.Ensure(ctx, js, top); err != nil {
+			t.Fatalf("second Ensure: %v", err)
+		}
+		for _, subj := range []string{top.Subject, top.Subject + ".5f3c9a1b2c3d4e5f60718293"} {
+			if _, err := js.Publish(ctx, subj, []byte("{}")); err != nil {
+				t.Errorf("publish to %s: %v", subj, err)
+			}
+		}
+		s, err := js.Stream(ctx, top.Stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, _ := s.Info(ctx)
+		if info.Config.Retention != jetstream.WorkQueuePolicy || info.Config.Storage != jetstream.FileStorage || info.Config.Duplicates != 2*time.Minute {
+			t.Errorf("work stream config %+v", info.Config)
+		}
+		cons, attempts, err := queue.Bind(ctx, js, top)
+		if err != nil || attempts == nil {
+			t.Fatalf("Bind: %v", err)
+		}
+		ci, _ := cons.Info(ctx)
+		if ci.Config.AckPolicy != jetstream.AckExplicitPolicy || ci.Config.MaxDeliver != 100 || ci.Config.AckWait != 30*time.Second {
+			t.Errorf("consumer config %+v", ci.Config)
+		}
+	})
+
+	t.Run("applies changed settings to existing streams", func(t *testing.T) {
+		js, top, _ := setup(t)
+		top.AckWait, top.MaxAckPending = 7*time.Second, 12
+		if err := queue.Ensure(context.Background(), js, top); err != nil {
+			t.Fatal(err)
+		}
+		cons, _, _ := queue.Bind(context.Background(), js, top)
+		ci, _ := cons.Info(context.Background())
+		if ci.Config.AckWait != 7*time.Second || ci.Config.MaxAckPending != 12 {
+			t.Errorf("consumer kept AckWait %s and MaxAckPending %d", ci.Config.AckWait, ci.Config.MaxAckPending)
+		}
+	})
+
+	t.Run("Bind explains a missing consumer", func(t *testing.T) {
+		js, top, _ := setup(t)
+		top.Consumer = "nobody"
+		_, _, err := queue.Bind(context.Background(), js, top)
+		if err == nil || !strings.Contains(err.Error(), "nobody") || !strings.Contains(err.Error(), "manage-streams") {
+			t.Errorf("err = %v; want it to name the consumer and manage-streams", err)
+		}
+	})
+}
+
+func TestDeadLetters(t *testing.T) {
+	js, top, _ := setup(t)
+	ctx := context.Background()
+	in := nats.NewMsg(top.Subject)
+	in.Data = []byte(`{"id":"nope"}`)
+	in.Header.Set("Trace-Id", "abc")
+	in.Header.Set(jetstream.MsgIDHeader, "producer-1")
+	if _, err := js.PublishMsg(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	cons, _, err := queue.Bind(ctx, js, top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := <-batch.Messages()
+	dl := &queue.DeadLetters{JS: js, Subject: top.DLQSubject}
+	failedAt := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	for range 2 { // a retried publish is stored once
+		if err := dl.Publish(ctx, msg, queue.DeadLetter{Class: queue.ClassRejected, Reason: "kustomer: HTTP 400: bad", Status: 400, Attempts: 1, FailedAt: failedAt}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, _ := js.Stream(ctx, top.DLQStream)
+	info, _ := s.Info(ctx)
+	if info.State.Msgs != 1 {
+		t.Fatalf("%d dead letters; want 1", info.State.Msgs)
+	}
+	got, err := s.GetMsg(ctx, info.State.FirstSeq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Data, in.Data) {
+		t.Errorf("data %q; want the original bytes", got.Data)
+	}
+	want := map[string]string{
+		queue.HeaderClass: "rejected", queue.HeaderReason: "kustomer: HTTP 400: bad", queue.HeaderStatus: "400",
+		queue.HeaderAttempts: "1", queue.HeaderOriginalSubject: top.Subject, queue.HeaderOriginalSequence: "1",
+		queue.HeaderFailedAt: "2026-11-25T10:00:00Z", "Trace-Id": "abc", "Dlq-Original-Msg-Id": "producer-1",
+	}
+	for k, v := range want {
+		if got.Header.Get(k) != v {
+			t.Errorf("header %s = %q; want %q", k, got.Header.Get(k), v)
+		}
+	}
+}
+
+func TestAttempts(t *testing.T) {
+	js, top, _ := setup(t)
+	ctx := context.Background()
+	_, a, err := queue.Bind(ctx, js, top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := a.Get(ctx, 42); n != 0 || err != nil {
+		t.Errorf("Get of an unknown message = %d, %v; want 0, nil", n, err)
+	}
+	if err := a.Set(ctx, 42, 3); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := a.Get(ctx, 42); n != 3 {
+		t.Errorf("Get = %d; want 3", n)
+	}
+	if err := a.Delete(ctx, 42); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := a.Get(ctx, 42); n != 0 {
+		t.Errorf("Get after Delete = %d; want 0", n)
+	}
+}
+
+func TestEmbeddedKeepsMessagesAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	start := func() (*queue.Embedded, jetstream.JetStream, *nats.Conn) {
+		emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Port: -1, DataDir: dir}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := nats.Connect(emb.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		js, _ := jetstream.New(nc)
+		return emb, js, nc
+	}
+	emb, js, nc := start()
+	top := queue.Topology{}.WithDefaults()
+	if err := queue.Ensure(context.Background(), js, top); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if _, err := js.Publish(context.Background(), top.Subject, []byte("{}")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc.Close()
+	emb.Shutdown()
+	emb, js, nc = start()
+	defer emb.Shutdown()
+	defer nc.Close()
+	s, err := js.Stream(context.Background(), top.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := s.Info(context.Background())
+	if info.State.Msgs != 5 {
+		t.Errorf("%d messages after restart; want 5", info.State.Msgs)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	conn := []struct {
+		name string
+		cfg  queue.ConnConfig
+		want string
+	}{
+		{"no URL", queue.ConnConfig{}, "nats-url"},
+		{"half a TLS pair", queue.ConnConfig{URL: "nats://x", TLSKey: "k"}, "nats-tls-cert"},
+		{"a password without a user", queue.ConnConfig{URL: "nats://x", Password: "p"}, "nats-password"},
+		{"two kinds of auth", queue.ConnConfig{URL: "nats://x", Token: "t", User: "u"}, "at most one"},
+	}
+	for _, c := range conn {
+		if err := c.cfg.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v; want it to mention %q", c.name, err, c.want)
+		}
+	}
+	top := queue.Topology{}.WithDefaults()
+	bad := []struct {
+		name string
+		edit func(*queue.Topology)
+		want string
+	}{
+		{"a stream name with a dot", func(t *queue.Topology) { t.Stream = "a.b" }, "stream"},
+		{"a wildcard subject", func(t *queue.Topology) { t.Subject = "a.*" }, "subject"},
+		{"a dead-letter subject inside the work subjects", func(t *queue.Topology) { t.DLQSubject = t.Subject + ".dlq" }, "dlq-subject"},
+		{"a sub-second AckWait", func(t *queue.Topology) { t.AckWait = time.Millisecond }, "ack-wait"},
+	}
+	for _, c := range bad {
+		tt := top
+		c.edit(&tt)
+		if err := tt.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v; want it to mention %q", c.name, err, c.want)
+		}
+	}
+	if err := top.Validate(); err != nil {
+		t.Errorf("defaults: %v", err)
+	}
+}
+
+func TestConnConfigRedactsSecrets(t *testing.T) {
+	var buf bytes.Buffer
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("nats", "cfg", queue.ConnConfig{URL: "nats://x", User: "u", Password: "hunter2", Token: "tok-123"})
+	if strings.Contains(buf.String(), "hunter2") || strings.Contains(buf.String(), "tok-123") {
+		t.Errorf("log line shows a secret: %s", buf.String())
+	}
+}
