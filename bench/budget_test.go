@@ -34,7 +34,7 @@ func benchBudget(b *testing.B, share float64) {
 	const concurrency = 16
 	perMinute := int(float64(budget) * float64(time.Minute) / float64(window))
 	var used, tooMany, otherTooMany, elapsed []float64
-	for i := range b.N {
+	for i := range repetitions(b) {
 		r := newRig(b, kustomertest.Config{
 			Budget: budget, Window: window, Latency: 50 * time.Millisecond, LatencyJitter: 100 * time.Millisecond,
 			DisableLog: true,

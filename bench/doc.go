@@ -6,11 +6,12 @@
 //
 // Run every benchmark at full size (about 15 minutes; docs/BENCHMARKS.md has the figures):
 //
-//	go test -run='^$' -bench=. -benchtime=3x -timeout=60m ./bench/
+//	go test -run='^$' -bench=. -benchtime=1x -timeout=60m ./bench/
 //
-// Each iteration (b.N) is one repetition of the whole experiment; -benchtime=3x runs three,
-// interleaved with the baseline, and the figures reported are medians. -short shrinks every
-// size so that each benchmark finishes in seconds, as in CI:
+// Each benchmark repeats its whole experiment -bench.reps times (default 3), interleaved with
+// its baseline, and reports medians, so that a noisy machine shows in the repetitions logged
+// (-v) rather than in the figures. -short shrinks every size, and the repetitions to one, so
+// that each benchmark finishes in seconds, as in CI:
 //
 //	go test -run='^$' -bench=. -benchtime=1x -short ./bench/
 //

@@ -25,7 +25,7 @@ func BenchmarkLatency(b *testing.B) {
 	r := newRig(b, kustomertest.Config{Budget: -1, DiscardBodies: true}, 8)
 	var pool, base []float64
 	next := 0 // conversations used so far: each message goes to a new one
-	for i := range b.N {
+	for i := range repetitions(b) {
 		runPool := func() []float64 { return r.latencies(samples, &next, func() func() { return r.startPool(1000) }) }
 		runBase := func() []float64 { return r.latencies(samples, &next, func() func() { return r.startBaseline(8) }) }
 		var p, q []float64

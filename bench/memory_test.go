@@ -31,7 +31,7 @@ func BenchmarkMemory(b *testing.B) {
 	large := pick("bench.large-backlog", largeBacklogFlag, 2000)
 	bin := buildWorker(b)
 	var smallPeak, largePeak, growth, speed []float64
-	for i := range b.N {
+	for i := range repetitions(b) {
 		s, _ := runWorkerProcess(b, bin, small)
 		l, d := runWorkerProcess(b, bin, large)
 		smallPeak, largePeak = append(smallPeak, s), append(largePeak, l)

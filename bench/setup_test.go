@@ -38,7 +38,13 @@ var (
 	largeBacklogFlag  = flag.Int("bench.large-backlog", 100000, "the large backlog of BenchmarkMemory (-short: 2000)")
 	enqueueLinesFlag  = flag.Int("bench.enqueue-lines", 100000, "lines of the file BenchmarkEnqueue publishes (-short: 5000)")
 	samplesFlag       = flag.Int("bench.samples", 200, "messages BenchmarkLatency times per repetition (-short: 20)")
+	repsFlag          = flag.Int("bench.reps", 3, "repetitions of each experiment per benchmark iteration; run with -benchtime=1x (-short: 1)")
 )
+
+// repetitions is how many times a benchmark repeats its experiment: -bench.reps per iteration.
+// The testing package first calls every benchmark with b.N = 1 and, with -benchtime=Nx for N > 1,
+// calls it again with b.N = N: -benchtime=1x with -bench.reps avoids that extra run.
+func repetitions(b *testing.B) int { return b.N * max(pick("bench.reps", repsFlag, 1), 1) }
 
 // pick is the value of the flag named name, or small under -short when the flag was not given.
 func pick[T any](name string, v *T, small T) T {

@@ -23,7 +23,7 @@ func BenchmarkThroughput(b *testing.B) {
 			r := newRig(b, kustomertest.Config{Budget: -1, DisableLog: true}, c)
 			var pool, base []drain
 			var speed, cpu []float64
-			for i := range b.N {
+			for i := range repetitions(b) {
 				runPool := func() drain { return r.drainWith(n, func() func() { return r.startPool(0) }) }
 				runBase := func() drain { return r.drainWith(n, func() func() { return r.startBaseline(c) }) }
 				var p, q drain
