@@ -77,6 +77,9 @@ func (t Topology) Validate() error {
 	if t.AckWait < time.Second {
 		return fmt.Errorf("ack-wait: %s is under 1s", t.AckWait)
 	}
+	if t.Replicas < 1 || t.Replicas > 5 {
+		return fmt.Errorf("stream-replicas: %d is not from 1 to 5", t.Replicas)
+	}
 	if t.MaxAckPending < 1 {
 		return fmt.Errorf("max-ack-pending: %d is below 1", t.MaxAckPending)
 	}

@@ -40,6 +40,7 @@ type runCmd struct {
 	MaxDeliver      int           `name:"max-deliver" env:"WORKER_MAX_DELIVER" default:"100" help:"Consumer MaxDeliver, a safety net above max-attempts (default 100)."`
 	DedupWindow     time.Duration `name:"dedup-window" env:"WORKER_DEDUP_WINDOW" default:"2m" help:"Work stream's Nats-Msg-Id duplicate window (default 2m)."`
 	DLQMaxAge       time.Duration `name:"dlq-max-age" env:"WORKER_DLQ_MAX_AGE" default:"0s" help:"How long dead letters are kept; 0 keeps them until purged (default 0)."`
+	StreamReplicas  int           `name:"stream-replicas" env:"WORKER_STREAM_REPLICAS" default:"1" help:"Replicas of the streams and bucket in a NATS cluster (default 1)."`
 	ManageStreams   bool          `name:"manage-streams" env:"WORKER_MANAGE_STREAMS" default:"true" negatable:"" help:"Create or update the streams, consumer and bucket at start; --no-manage-streams for operators who manage them elsewhere (default true)."`
 }
 
@@ -96,7 +97,7 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 	}
 	top := c.topology()
 	top.AckWait, top.MaxAckPending, top.MaxDeliver = wc.AckWait, wc.MaxHeld, wc.MaxDeliver
-	top.DedupWindow, top.DLQMaxAge = c.DedupWindow, c.DLQMaxAge
+	top.DedupWindow, top.DLQMaxAge, top.Replicas = c.DedupWindow, c.DLQMaxAge, c.StreamReplicas
 	if err := top.Validate(); err != nil {
 		return nil, queue.Topology{}, worker.Config{}, &usageError{err}
 	}
