@@ -83,8 +83,9 @@ type job struct {
 	update    kustomer.Update
 	invalid   error
 
-	attempts       int  // requests spent on retryable failures, across deliveries once loaded
+	attempts       int  // failed requests, across deliveries once loaded
 	loaded         bool // attempts read from the store
+	recorded       bool // the store holds a count for this message
 	bo, throttleBo backoff.BackOff
 }
 
@@ -286,6 +287,7 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 				log.Warn("cannot read attempts; counting from this delivery", "error", err)
 			}
 			j.attempts = max(j.attempts, n)
+			j.recorded = n > 0
 		}
 		j.loaded = true
 	}
@@ -370,6 +372,7 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 		p.schedule(c, 0)
 	case kustomer.ClassPermanent:
 		p.keyWorks(probe, log)
+		j.attempts++
 		p.deadLetter(c, j, log, queue.ClassRejected, apiErr.Status, apiErr.Error())
 	default: // transient
 		if probe {
@@ -403,6 +406,8 @@ func (p *Pool) failed(c *conv, j *job, log *slog.Logger, status int, reason stri
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := p.Attempts.Set(sctx, j.seq, j.attempts); err != nil {
 			log.Warn("cannot record attempts", "error", err)
+		} else {
+			j.recorded = true
 		}
 		cancel()
 	}
@@ -453,7 +458,7 @@ func (p *Pool) ack(c *conv, j *job, msg jetstream.Msg, log *slog.Logger) {
 	if err := msg.Ack(); err != nil {
 		log.Warn("ack failed; the message will be redelivered", "error", err)
 	}
-	if j.attempts > 0 && p.Attempts != nil {
+	if j.recorded {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := p.Attempts.Delete(dctx, j.seq); err != nil {
 			log.Debug("cannot forget attempts", "error", err)

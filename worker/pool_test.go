@@ -348,18 +348,21 @@ func TestPool(t *testing.T) {
 		if len(dls) != 5 {
 			t.Fatalf("%d dead letters; want 5: %+v", len(dls), dls)
 		}
-		want := []struct{ class, status, reason string }{
-			{"invalid", "", "id: "},
-			{"invalid", "", "body.stauts: unknown field"},
-			{"invalid", "", "message"},
-			{"rejected", "400", "HTTP 400"},
-			{"rejected", "404", "HTTP 404"},
+		want := []struct{ class, status, reason, attempts string }{
+			{"invalid", "", "id: ", "0"},
+			{"invalid", "", "body.stauts: unknown field", "0"},
+			{"invalid", "", "message", "0"},
+			{"rejected", "400", "HTTP 400", "1"},
+			{"rejected", "404", "HTTP 404", "1"},
 		}
 		for i, w := range want {
 			h := dls[i].header
 			if h.Get(queue.HeaderClass) != w.class || h.Get(queue.HeaderStatus) != w.status || !strings.Contains(h.Get(queue.HeaderReason), w.reason) {
 				t.Errorf("dead letter %d: class %q status %q reason %q; want %q %q containing %q",
 					i, h.Get(queue.HeaderClass), h.Get(queue.HeaderStatus), h.Get(queue.HeaderReason), w.class, w.status, w.reason)
+			}
+			if h.Get(queue.HeaderAttempts) != w.attempts {
+				t.Errorf("dead letter %d: %s attempts; want %s", i, h.Get(queue.HeaderAttempts), w.attempts)
 			}
 			if h.Get(queue.HeaderOriginalSequence) == "" || h.Get(queue.HeaderFailedAt) == "" || h.Get(queue.HeaderOriginalSubject) != f.top.Subject {
 				t.Errorf("dead letter %d lacks its origin headers: %v", i, h)

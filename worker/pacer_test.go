@@ -1,0 +1,126 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+)
+
+func fixedPacer(perMinute int, now time.Time) *Pacer {
+	p := NewPacer(perMinute)
+	p.now = func() time.Time { return now }
+	return p
+}
+
+func TestPacerFollowsTheReportedBudget(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	reading := func(remaining int, resetIn time.Duration) kustomer.RateLimit {
+		return kustomer.RateLimit{Limit: 1000, Remaining: remaining, Reset: now.Add(resetIn)}
+	}
+
+	t.Run("keeps the configured rate while the window has plenty left", func(t *testing.T) {
+		p := fixedPacer(600, now)
+		p.Observe(reading(900, 60*time.Second), 4)
+		if got := p.lim.Limit(); got != 10 {
+			t.Errorf("rate %v/s; want the configured 10/s", got)
+		}
+	})
+
+	t.Run("spreads what is left over the time until reset when it runs low", func(t *testing.T) {
+		p := fixedPacer(600, now)
+		p.Observe(reading(104, 20*time.Second), 4)
+		if got := p.lim.Limit(); got != 5 {
+			t.Errorf("rate %v/s; want (104-4)/20s = 5/s", got)
+		}
+	})
+
+	t.Run("ignores a late answer that read more budget than an earlier one", func(t *testing.T) {
+		p := fixedPacer(600, now)
+		p.Observe(reading(104, 20*time.Second), 4)
+		p.Observe(reading(300, 20*time.Second), 0)
+		if got := p.lim.Limit(); got != 5 {
+			t.Errorf("rate %v/s after a stale reading; want 5/s", got)
+		}
+	})
+
+	t.Run("takes a new window's reading", func(t *testing.T) {
+		p := fixedPacer(600, now)
+		p.Observe(reading(10, 5*time.Second), 0)
+		p.Observe(reading(999, 65*time.Second), 0)
+		if got := p.lim.Limit(); got != 10 {
+			t.Errorf("rate %v/s in a fresh window; want 10/s", got)
+		}
+	})
+
+	t.Run("pauses everyone until reset when the budget reads zero", func(t *testing.T) {
+		p := fixedPacer(600, now)
+		p.Observe(reading(0, 7*time.Second), 0)
+		if got := p.PausedUntil(); !got.Equal(now.Add(7 * time.Second)) {
+			t.Errorf("paused until %v; want the reset %v", got, now.Add(7*time.Second))
+		}
+	})
+
+	t.Run("caps a pause at 60 seconds", func(t *testing.T) {
+		p := fixedPacer(600, now)
+		p.PauseFor(10 * time.Minute)
+		if got := p.PausedUntil(); !got.Equal(now.Add(kustomer.MaxWait)) {
+			t.Errorf("paused until %v; want %v", got, now.Add(kustomer.MaxWait))
+		}
+	})
+
+	t.Run("without headers keeps the configured rate", func(t *testing.T) {
+		p := fixedPacer(0, now)
+		p.Observe(kustomer.RateLimit{Limit: -1, Remaining: -1}, 0)
+		if got := p.lim.Limit(); got != rate.Inf {
+			t.Errorf("rate %v; want no limit", got)
+		}
+	})
+}
+
+func TestPacerWaitEndsWithItsContext(t *testing.T) {
+	p := NewPacer(600)
+	p.PauseFor(30 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := p.Wait(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Wait during a pause = %v; want the context's error", err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("Wait took %s after its context ended", el)
+	}
+}
+
+func TestAuthGateLetsOneProbeThrough(t *testing.T) {
+	now := time.Now()
+	g := newAuthGate()
+	g.now = func() time.Time { return now }
+	if !g.Fail() {
+		t.Fatal("first Fail did not report closing the gate")
+	}
+	if g.Fail() {
+		t.Error("second Fail reported closing an already closed gate")
+	}
+	now = now.Add(time.Hour)
+	probe, err := g.Acquire(context.Background())
+	if err != nil || !probe {
+		t.Fatalf("Acquire after the delay = %v, %v; want a probe", probe, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := g.Acquire(ctx); err == nil {
+		t.Error("a second caller got through while a probe was out")
+	}
+	if !g.Open() {
+		t.Error("Open did not report reopening")
+	}
+	if probe, err := g.Acquire(context.Background()); err != nil || probe {
+		t.Errorf("Acquire on an open gate = %v, %v; want through, no probe", probe, err)
+	}
+}
