@@ -59,16 +59,14 @@ func newCluster(t *testing.T, imgs images, mockFlags ...string) *cluster {
 		testcontainers.WithCmd("--jetstream", "--store_dir=/data", "--http_port=8222", "--server_name=e2e-nats"),
 		testcontainers.WithExposedPorts("4222/tcp", "8222/tcp"),
 		testcontainers.WithMounts(testcontainers.VolumeMount(volume, "/data")),
-		testcontainers.WithWaitStrategy(wait.ForHTTP("/healthz?js-enabled-only=true").WithPort("8222/tcp").
-			WithForcedIPv4LocalHost().WithStartupTimeout(startupTimeout)),
+		testcontainers.WithWaitStrategyAndDeadline(startupTimeout, httpOK("8222/tcp", "/healthz?js-enabled-only=true")),
 	}, testcontainers.RemoveVolumes(volume))
 
 	args := append([]string{"mock", "--addr=0.0.0.0:8080", "--log-format=json"}, mockFlags...)
 	c.mock = c.start(t, "mock", imgs.worker, []testcontainers.ContainerCustomizer{
 		testcontainers.WithCmd(args...),
 		testcontainers.WithExposedPorts("8080/tcp"),
-		testcontainers.WithWaitStrategy(wait.ForHTTP("/_mock/stats").WithPort("8080/tcp").
-			WithForcedIPv4LocalHost().WithStartupTimeout(startupTimeout)),
+		testcontainers.WithWaitStrategyAndDeadline(startupTimeout, httpOK("8080/tcp", "/_mock/stats")),
 	})
 
 	c.rig = newRig(t, c.natsURL(t), "http://"+c.endpoint(t, c.mock, "8080/tcp"))
@@ -120,14 +118,42 @@ func (c *cluster) startWorker(t *testing.T, name string, env map[string]string) 
 		testcontainers.WithCmd("run"),
 		testcontainers.WithEnv(all),
 		testcontainers.WithExposedPorts("9464/tcp"),
-		testcontainers.WithWaitStrategy(readyz()),
+		testcontainers.WithWaitStrategyAndDeadline(startupTimeout, httpOK("9464/tcp", "/readyz")),
 	})
 }
 
-// readyz waits until a worker reports itself ready: connected to NATS, consumer bound, key
-// not refused.
-func readyz() wait.Strategy {
-	return wait.ForHTTP("/readyz").WithPort("9464/tcp").WithForcedIPv4LocalHost().WithStartupTimeout(startupTimeout)
+// httpOK is a wait strategy: it holds once GET http://127.0.0.1:<published port>/path
+// answers 200. Unlike wait.ForHTTP it never asks testcontainers for the Docker host's
+// address, which inside a container is a bridge gateway the test may not reach.
+func httpOK(port, path string) wait.Strategy { return &loopbackHTTP{port: port, path: path} }
+
+type loopbackHTTP struct{ port, path string }
+
+func (s *loopbackHTTP) WaitUntilReady(ctx context.Context, target wait.StrategyTarget) error {
+	hc := &http.Client{Timeout: 2 * time.Second}
+	defer hc.CloseIdleConnections()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	last := "no published port yet"
+	for {
+		st, err := target.State(ctx)
+		if err == nil && (st.Status == "exited" || st.Status == "dead") {
+			return fmt.Errorf("the container %s with code %d while waiting for GET %s", st.Status, st.ExitCode, s.path)
+		}
+		if p, err := target.MappedPort(ctx, s.port); err == nil {
+			url := "http://127.0.0.1:" + p.Port() + s.path
+			code := httpStatus(hc, url)
+			if code == http.StatusOK {
+				return nil
+			}
+			last = fmt.Sprintf("GET %s answered %d", url, code)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w; %s", ctx.Err(), last)
+		case <-tick.C:
+		}
+	}
 }
 
 // natsURL is where the test reaches NATS now; the published port changes when the container
