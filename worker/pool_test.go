@@ -76,6 +76,7 @@ func setup(t *testing.T, o options) *fixture {
 		t.Fatal(err)
 	}
 	f.client = client
+	t.Cleanup(client.CloseIdleConnections)
 	if !o.noStart {
 		f.start(o)
 	}
