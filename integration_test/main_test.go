@@ -20,6 +20,7 @@
 package integration_test
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -96,6 +97,11 @@ func prepare() (reason string, err error) {
 	dc, err := testcontainers.NewDockerClientWithOpts(ctx)
 	if err != nil {
 		return fmt.Sprintf("Docker does not answer (%v); these end-to-end tests need a Docker engine", err), nil
+	}
+	// The images are built with the docker command, which must reach the same engine.
+	if out, err := exec.CommandContext(ctx, "docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
+		dc.Close()
+		return fmt.Sprintf("the docker command does not reach the Docker engine (%v: %s); the images are built with it", err, bytes.TrimSpace(out)), nil
 	}
 	if !testcontainers.ReadConfig().RyukDisabled {
 		dc.Close()
