@@ -63,7 +63,8 @@ type Pool struct {
 	ready   chan *conv    // conversations whose head job can be processed now
 	slots   chan struct{} // one token per held message, at most MaxHeld
 
-	inflight atomic.Int64
+	inflight       atomic.Int64
+	blindThrottles atomic.Int64 // org-wide 429s in a row that said nothing of when to retry
 }
 
 // conv is one conversation's held messages, in the order received. A conv in the map is always
@@ -313,6 +314,7 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.InFlight }, float64(p.inflight.Add(-1)))
 
 	if err == nil {
+		p.blindThrottles.Store(0)
 		p.Metrics.request(res.Status, elapsed)
 		p.Pacer.Observe(res.RateLimit, int(p.inflight.Load()))
 		p.keyWorks(probe, log)
@@ -364,7 +366,9 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 		}
 		d := apiErr.Wait
 		if d <= 0 {
-			d = time.Second
+			// No reset in the future and no Retry-After: the window is about to turn, or
+			// Kustomer did not say. Pause briefly, longer each time it happens again.
+			d = min(250*time.Millisecond<<min(p.blindThrottles.Add(1)-1, 8), kustomer.MaxWait)
 		}
 		p.Pacer.PauseFor(d)
 		p.Metrics.retry("throttled_org")
