@@ -67,6 +67,16 @@ func ReadStatus(ctx context.Context, js jetstream.JetStream, t Topology, counter
 	return st, nil
 }
 
+// FindStream looks up the stream name, with an error that says how to create it when it is
+// missing.
+func FindStream(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Stream, error) {
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		return nil, streamError(name, err)
+	}
+	return s, nil
+}
+
 func streamError(name string, err error) error {
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return fmt.Errorf("stream %s not found: start `kustomer-worker run` once (it creates the streams) or create it: %w", name, err)
@@ -304,9 +314,14 @@ func (d *DLQ) Replay(ctx context.Context, l *StoredDeadLetter, data []byte) (*je
 		}
 	}
 	id := "replay-" + t.DLQStream + "-" + strconv.FormatUint(l.Seq, 10) + "-" + MsgID("", 0, data)[:12]
-	ack, err := d.JS.PublishMsg(ctx, m, jetstream.WithMsgID(id), jetstream.WithExpectStream(t.Stream))
+	// No Nats-Expected-Stream: the header would stay on the message and refuse its next
+	// dead letter. The acknowledgement says where it went instead.
+	ack, err := d.JS.PublishMsg(ctx, m, jetstream.WithMsgID(id))
 	if err != nil {
 		return nil, fmt.Errorf("dead letter %d: republish to %s: %w", l.Seq, m.Subject, err)
+	}
+	if ack.Stream != t.Stream {
+		return ack, fmt.Errorf("dead letter %d: republished to %s, which stream %s took instead of %s: dead letter kept", l.Seq, m.Subject, ack.Stream, t.Stream)
 	}
 	if err := d.Delete(ctx, l.Seq); err != nil && !errors.Is(err, ErrNoDeadLetter) {
 		return ack, fmt.Errorf("dead letter %d: republished as %d but not removed (replaying it again is safe within the dedup window): %w", l.Seq, ack.Sequence, err)

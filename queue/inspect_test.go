@@ -301,4 +301,13 @@ func TestDLQ(t *testing.T) {
 			t.Fatalf("dead letters left: %v, want [1 3]", got)
 		}
 	})
+	t.Run("a replayed message that fails again is dead-lettered again", func(t *testing.T) {
+		replayed := fetch(t, cons, 2)
+		for _, m := range replayed {
+			b.deadLetter(t, m, queue.ClassExhausted, 503, time.Now())
+		}
+		if got := seqs(list(queue.DLQFilter{Classes: []queue.Class{queue.ClassExhausted}}, true)); len(got) != 2 {
+			t.Fatalf("exhausted dead letters: %v, want the 2 replayed ones", got)
+		}
+	})
 }

@@ -27,9 +27,10 @@ type PublisherConfig struct {
 	// the Publisher gives up. A message JetStream refuses (wrong stream, limits reached) is
 	// not sent again. Default 5.
 	MaxRetries int
-	// Stream, when set, is the stream every message must land in (Nats-Expected-Stream): a
-	// message whose subject belongs to another stream, or to none, fails instead of being
-	// stored elsewhere. Default none.
+	// Stream, when set, is the stream every message must land in: an acknowledgement from
+	// another stream fails the Publisher (the message is stored there, though). It is checked
+	// on the acknowledgement rather than sent as Nats-Expected-Stream, since that header
+	// would stay on the message and refuse its dead letter. Default none.
 	Stream string
 }
 
@@ -150,9 +151,6 @@ func (p *Publisher) Publish(ctx context.Context, subject string, data []byte, ms
 		return errors.New("publish: empty Nats-Msg-Id")
 	}
 	h := nats.Header{jetstream.MsgIDHeader: []string{msgID}}
-	if p.cfg.Stream != "" {
-		h[jetstream.ExpectedStreamHeader] = []string{p.cfg.Stream}
-	}
 	return p.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data, Header: h})
 }
 
@@ -161,9 +159,6 @@ func (p *Publisher) Publish(ctx context.Context, subject string, data []byte, ms
 func (p *Publisher) PublishMsg(ctx context.Context, m *nats.Msg) error {
 	if m.Header.Get(jetstream.MsgIDHeader) == "" {
 		return errors.New("publish: message without Nats-Msg-Id")
-	}
-	if p.cfg.Stream != "" && m.Header.Get(jetstream.ExpectedStreamHeader) == "" {
-		m.Header.Set(jetstream.ExpectedStreamHeader, p.cfg.Stream)
 	}
 	if p.nRetries.Load() > 0 {
 		if err := p.resend(ctx); err != nil {
@@ -227,6 +222,12 @@ func (p *Publisher) onAck(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.Pub
 		return
 	}
 	p.pending.Add(-1)
+	if p.cfg.Stream != "" && ack.Stream != p.cfg.Stream {
+		p.failed.Add(1)
+		p.fail(fmt.Errorf("publish to %s: stored in stream %s, not %s: subjects overlap", m.Subject, ack.Stream, p.cfg.Stream))
+		p.signal()
+		return
+	}
 	// A retried message refused as a duplicate was most likely stored by its own first send,
 	// whose acknowledgement was lost: it counts as published.
 	if ack.Duplicate && st.attempts == 0 {
