@@ -5,10 +5,13 @@
 # is a directory that scripts/build-images.sh fills with
 #   kustomer-worker        CGO_ENABLED=0 go build ./cmd/kustomer-worker
 #   ca-certificates.crt    the host's CA bundle (/etc/ssl/certs/ca-certificates.crt)
+#   rootfs/tmp/            an empty directory of mode 1777: the commands' scratch space
+#                          (enqueue spools its input there)
 # Build it with:  scripts/build-images.sh
 # With a registry at hand, Dockerfile.multistage builds the same image from source.
 FROM scratch
 
+COPY rootfs/ /
 COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY kustomer-worker /usr/local/bin/kustomer-worker
 

@@ -38,7 +38,8 @@ if [ ! -r "$ca_bundle" ]; then
 fi
 
 rm -rf "$build_dir/worker" "$build_dir/nats"
-mkdir -p "$build_dir/worker" "$build_dir/nats/data"
+mkdir -p "$build_dir/worker/rootfs/tmp" "$build_dir/nats/data"
+chmod 1777 "$build_dir/worker/rootfs/tmp"
 
 echo "build-images: compiling kustomer-worker $version" >&2
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$version" \
