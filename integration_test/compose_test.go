@@ -3,6 +3,7 @@ package integration_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -43,7 +44,7 @@ func findCompose(t *testing.T) compose {
 // run runs compose with args and returns its standard output; it fails the test on error.
 func (c compose) run(t *testing.T, timeout time.Duration, args ...string) string {
 	t.Helper()
-	out, err := c.try(timeout, args...)
+	out, err := c.try(timeout, nil, args...)
 	if err != nil {
 		t.Fatalf("%s: %v", strings.Join(c.args(args...), " "), err)
 	}
@@ -59,13 +60,15 @@ func (c compose) args(args ...string) []string {
 	return append(all, args...)
 }
 
-func (c compose) try(timeout time.Duration, args ...string) (string, error) {
+// try runs compose with args and stdin (nil for none) and returns its standard output.
+func (c compose) try(timeout time.Duration, stdin io.Reader, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	all := c.args(args...)
 	cmd := exec.CommandContext(ctx, all[0], all[1:]...)
 	cmd.Dir = suite.root
 	cmd.Env = append(os.Environ(), c.env...)
+	cmd.Stdin = stdin
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -114,10 +117,10 @@ func TestComposeFile(t *testing.T) {
 		}
 		t.Cleanup(func() {
 			if t.Failed() {
-				out, _ := up.try(time.Minute, "--profile", "mock", "logs", "--no-color", "--tail", "60")
+				out, _ := up.try(time.Minute, nil, "--profile", "mock", "logs", "--no-color", "--tail", "60")
 				t.Logf("compose logs:\n%s", out)
 			}
-			if out, err := up.try(3*time.Minute, "--profile", "mock", "down", "--volumes", "--remove-orphans", "--timeout", "15"); err != nil {
+			if out, err := up.try(3*time.Minute, nil, "--profile", "mock", "down", "--volumes", "--remove-orphans", "--timeout", "15"); err != nil {
 				t.Errorf("compose down: %v\n%s", err, out)
 			}
 		})
@@ -134,9 +137,25 @@ func TestComposeFile(t *testing.T) {
 			return s == http.StatusOK, "readyz answered " + http.StatusText(s)
 		})
 
-		r := newRig(t, "nats://"+port("nats", "4222"), "http://"+port("mock", "8080"))
+		// The valid updates go through "kustomer-worker enqueue" run the way the docs show;
+		// enqueue refuses invalid lines, so those are published directly, as a careless
+		// producer would.
 		ups := makeUpdates("compose", 60, 2)
-		r.publish(t, ups)
+		var lines bytes.Buffer
+		var invalid []update
+		for _, u := range ups {
+			if u.invalid {
+				invalid = append(invalid, u)
+				continue
+			}
+			lines.Write(u.data)
+			lines.WriteByte('\n')
+		}
+		if out, err := up.try(2*time.Minute, &lines, "--profile", "mock", "run", "--rm", "-T", "worker-mock", "enqueue", "-"); err != nil {
+			t.Fatalf("compose run worker-mock enqueue: %v\n%s", err, out)
+		}
+		r := newRig(t, "nats://"+port("nats", "4222"), "http://"+port("mock", "8080"))
+		r.publish(t, invalid)
 		r.waitSettled(t, 2*time.Minute)
 		checkNothingLost(t, ups, r.account(t), exactlyOnce)
 	})
