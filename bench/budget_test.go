@@ -64,8 +64,12 @@ func benchBudget(b *testing.B, share float64) {
 		if other != nil {
 			otherTooMany = append(otherTooMany, 100*float64(o.tooMany)/float64(o.requests))
 		}
-		b.Logf("repetition %d: %d updates in %.2fs; worker %d requests, %d answered 200, %d answered 429; other client %d requests, %d answered 200, %d answered 429",
-			i+1, n, el.Seconds(), workerRequests, workerOK, worker429, o.requests, o.ok, o.tooMany)
+		// The fake's windows start at the first request, about t0; x-ratelimit-reset, in whole
+		// epoch seconds, rounds each window's end up by this much.
+		end := t0.Add(window)
+		rounding := end.Truncate(time.Second).Add(time.Second).Sub(end)
+		b.Logf("repetition %d: %d updates in %.2fs; worker %d requests, %d answered 200, %d answered 429; other client %d requests, %d answered 200, %d answered 429; reset rounded up by about %.2fs",
+			i+1, n, el.Seconds(), workerRequests, workerOK, worker429, o.requests, o.ok, o.tooMany, rounding.Seconds())
 	}
 	bound := float64(n) / (float64(budget) * (1 - share)) * window.Seconds()
 	b.ReportMetric(0, "ns/op")
