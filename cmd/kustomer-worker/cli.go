@@ -31,8 +31,8 @@ func usagef(format string, args ...any) error { return &usageError{fmt.Errorf(fo
 
 // globals are flags every command takes.
 type globals struct {
-	LogLevel  string `name:"log-level" env:"LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level: debug, info, warn or error (default info)."`
-	LogFormat string `name:"log-format" env:"LOG_FORMAT" default:"text" enum:"text,json" help:"Log format: text or json (default text)."`
+	LogLevel  string           `name:"log-level" env:"LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level: debug, info, warn or error (default info)."`
+	LogFormat string           `name:"log-format" env:"LOG_FORMAT" default:"text" enum:"text,json" help:"Log format: text or json (default text)."`
 	Version   kong.VersionFlag `help:"Print the version and exit."`
 }
 
@@ -48,8 +48,12 @@ func (g *globals) logger(w io.Writer) *slog.Logger {
 
 type cli struct {
 	globals
-	Run  runCmd  `cmd:"" help:"Apply update messages from NATS to Kustomer (the daemon)."`
-	Mock mockCmd `cmd:"" help:"Serve a fake Kustomer API for trying the worker without an account."`
+	Run     runCmd     `cmd:"" help:"Apply update messages from NATS to Kustomer (the daemon)."`
+	Enqueue enqueueCmd `cmd:"" help:"Publish update messages from a JSON Lines file, or one body for a list of ids: a backfill."`
+	Status  statusCmd  `cmd:"" help:"Show the backlog, messages in progress and dead letters; --watch for throughput and time left."`
+	DLQ     dlqCmd     `cmd:"" name:"dlq" help:"List, show, replay and purge dead letters."`
+	Demo    demoCmd    `cmd:"" help:"Run everything on this machine against a fake Kustomer, with a generated backfill: start here."`
+	Mock    mockCmd    `cmd:"" help:"Serve a fake Kustomer API for trying the worker without an account."`
 }
 
 // run parses args and runs the chosen command.

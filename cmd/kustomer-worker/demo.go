@@ -1,0 +1,358 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker"
+)
+
+// demoCmd runs the whole system in one process against a fake Kustomer.
+type demoCmd struct {
+	Updates       int           `name:"updates" default:"3000" help:"Updates in the generated backfill (default 3000)."`
+	Invalid       float64       `name:"invalid" default:"0.02" help:"Share of updates that fail validation and are dead-lettered as invalid (default 0.02)."`
+	Rejected      float64       `name:"rejected" default:"0.005" help:"Share of updates for conversations the fake answers 404, dead-lettered as rejected (default 0.005)."`
+	FaultRate     float64       `name:"fault-rate" default:"0.05" help:"Share of requests the fake answers 500, 502 or 503; the worker retries them (default 0.05)."`
+	Budget        int           `name:"budget" default:"1200" help:"The fake's org budget: requests per window (default 1200)."`
+	Window        time.Duration `name:"window" default:"10s" help:"The fake's rate-limit window; the worker paces at budget per window (default 10s)."`
+	Concurrency   int           `name:"concurrency" default:"16" help:"Requests in flight at once (default 16)."`
+	Latency       time.Duration `name:"latency" default:"20ms" help:"The fake's answer latency (default 20ms)."`
+	LatencyJitter time.Duration `name:"latency-jitter" default:"40ms" help:"Random extra latency up to this (default 40ms)."`
+	Seed          int64         `name:"seed" default:"1" help:"Seed of the generated backfill and of the fake's faults (default 1)."`
+	DataDir       string        `name:"data-dir" type:"path" help:"JetStream store of the demo's NATS server (default a temporary directory, removed afterwards)."`
+	Timeout       time.Duration `name:"timeout" default:"5m" help:"Give up if the backfill is not done by then (default 5m)."`
+	Progress      string        `name:"progress" enum:"auto,bar,plain,none" default:"auto" help:"Progress on stderr: auto, bar, plain or none (default auto)."`
+}
+
+func (c *demoCmd) Help() string {
+	return `Runs everything on this machine with nothing installed and no Kustomer account: an embedded
+NATS server (on a free port, beside any running daemon), the fake Kustomer API with a small rate
+budget, the worker pool, and a generated backfill with some invalid updates, some for deleted
+conversations and random 5xx faults. It shows progress, then what happened, and removes
+everything it created.
+
+Examples:
+  kustomer-worker demo
+  kustomer-worker demo --updates 10000 --budget 3000 --window 10s
+  kustomer-worker demo --fault-rate 0.2 --concurrency 4`
+}
+
+// demoKey is the fake's API key: a test value, not a secret.
+const demoKey = "demo-key"
+
+// demoResult is what the summary reports.
+type demoResult struct {
+	updates, invalid, rejected int
+	applied                    int
+	byClass                    map[queue.Class]int
+	deadLetters                uint64
+	stats                      kustomertest.Stats
+	elapsed                    time.Duration
+}
+
+func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
+	switch {
+	case c.Updates < 1:
+		return usagef("updates: %d is below 1", c.Updates)
+	case c.Invalid < 0 || c.Rejected < 0 || c.Invalid+c.Rejected > 1:
+		return usagef("invalid, rejected: shares from 0 to 1, together at most 1")
+	case c.FaultRate < 0 || c.FaultRate >= 1:
+		return usagef("fault-rate: %v is not from 0 to below 1", c.FaultRate)
+	case c.Budget < 1:
+		return usagef("budget: %d is below 1", c.Budget)
+	case c.Window <= 0:
+		return usagef("window: %s is not positive", c.Window)
+	case c.Concurrency < 1:
+		return usagef("concurrency: %d is below 1", c.Concurrency)
+	}
+	log := slog.New(slog.DiscardHandler)
+	if g.LogLevel == "debug" {
+		log = g.logger(e.stderr)
+	}
+
+	fake, err := kustomertest.Start("127.0.0.1:0", kustomertest.Config{
+		APIKey: demoKey, Budget: c.Budget, Window: c.Window, FaultRate: c.FaultRate,
+		Latency: c.Latency, LatencyJitter: c.LatencyJitter, RandSeed: c.Seed, DisableLog: true,
+	})
+	if err != nil {
+		return err
+	}
+	defer fake.Close()
+
+	dir := c.DataDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "kustomer-worker-demo-*"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+	}
+	emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Host: "127.0.0.1", Port: -1, DataDir: dir}, log)
+	if err != nil {
+		return err
+	}
+	defer emb.Shutdown() // last, after the connection closed
+	nc, err := queue.Connect(queue.ConnConfig{URL: emb.ClientURL(), Name: "kustomer-worker demo"}, log)
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(nc)
+	if err := queue.WaitConnected(ctx, nc); err != nil {
+		return err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	s := &session{nc: nc, js: js}
+
+	ratePerMinute := int(math.Round(float64(c.Budget) * float64(time.Minute) / float64(c.Window)))
+	wc := worker.Config{
+		Concurrency: c.Concurrency, MaxAttempts: 10, RetryInitial: 100 * time.Millisecond, RetryMax: 2 * time.Second,
+		ShutdownTimeout: 5 * time.Second, FetchWait: time.Second,
+	}.WithDefaults()
+	top := queue.Topology{MaxAckPending: wc.MaxHeld, AckWait: wc.AckWait}.WithDefaults()
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	if err := queue.Ensure(sctx, s.js, top); err != nil {
+		cancel()
+		return err
+	}
+	consumer, att, err := queue.Bind(sctx, s.js, top)
+	cancel()
+	if err != nil {
+		return err
+	}
+	client, err := kustomer.New(kustomer.Options{BaseURL: fake.URL, Key: kustomer.StaticKey(demoKey), Timeout: 10 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer client.CloseIdleConnections()
+	reg := prometheus.NewRegistry()
+	pool := &worker.Pool{
+		Consumer: consumer, Client: client, Attempts: att,
+		DeadLetters: &queue.DeadLetters{JS: s.js, Subject: top.DLQSubject},
+		Pacer:       worker.NewPacer(ratePerMinute),
+		Metrics:     worker.NewMetrics(reg),
+		Log:         log,
+		Config:      wc,
+	}
+
+	fmt.Fprintf(e.stdout, "demo: %d updates through an embedded NATS server, the worker (%d at once) and a fake Kustomer allowing %d requests per %s\n",
+		c.Updates, c.Concurrency, c.Budget, c.Window)
+	poolCtx, stopPool := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	var poolErr error
+	wg.Go(func() { poolErr = pool.Run(poolCtx) })
+	defer func() { stopPool(); wg.Wait() }()
+
+	start := time.Now()
+	backfill := c.generate(fake)
+	if err := c.publish(ctx, s, top, backfill); err != nil {
+		return err
+	}
+	res, err := c.wait(ctx, e, s, top, fake, backfill)
+	res.elapsed = time.Since(start)
+	stopPool()
+	wg.Wait()
+	if err != nil {
+		return err
+	}
+	if poolErr != nil {
+		return poolErr
+	}
+	res.applied = counterValue(reg, "kustomer_worker_updates_total", "outcome", "applied")
+	res.stats = fake.Stats()
+	c.summary(e, res)
+	return nil
+}
+
+// demoUpdate is one generated message.
+type demoUpdate struct {
+	subject string
+	data    []byte
+}
+
+// demoBackfill is the generated backfill and what it should lead to.
+type demoBackfill struct {
+	updates           []demoUpdate
+	invalid, rejected int
+}
+
+// generate makes the backfill: updates spread over conversations (several per conversation,
+// so order matters), the invalid share broken in various ways, and the rejected share aimed at
+// conversations the fake answers 404.
+func (c *demoCmd) generate(fake *kustomertest.Server) demoBackfill {
+	rng := rand.New(rand.NewPCG(uint64(c.Seed), 0x6b7573746f6d6572))
+	newID := func() string { return fmt.Sprintf("%08x%08x%08x", rng.Uint32(), rng.Uint32(), rng.Uint32()) }
+	b := demoBackfill{
+		invalid:  int(math.Round(float64(c.Updates) * c.Invalid)),
+		rejected: int(math.Round(float64(c.Updates) * c.Rejected)),
+	}
+	convs := make([]string, max(1, c.Updates*2/3))
+	for i := range convs {
+		convs[i] = newID()
+	}
+	team := newID()
+	valid := []string{
+		`{"status":"done"}`,
+		`{"priority":%d}`,
+		`{"tags":["backfill","vip"]}`,
+		`{"status":"open","priority":2}`,
+		`{"assignedTeams":["` + team + `"]}`,
+		`{"custom":{"backfillBatchStr":"demo"}}`,
+	}
+	broken := []string{
+		`{"id":"%s","body":{"priority":9}}`,
+		`{"id":"%s","body":{"status":"closed"}}`,
+		`{"id":"%.12s","body":{"status":"done"}}`,
+		`{"id":"%s","body":{"assignedUsers":"nobody"}}`,
+		`{"id":"%s","body":{}}`,
+	}
+	kind := make([]byte, c.Updates) // 'i' invalid, 'r' rejected, 0 valid
+	perm := rng.Perm(c.Updates)
+	for _, i := range perm[:b.invalid] {
+		kind[i] = 'i'
+	}
+	for _, i := range perm[b.invalid : b.invalid+b.rejected] {
+		kind[i] = 'r'
+	}
+	top := queue.Topology{}.WithDefaults()
+	b.updates = make([]demoUpdate, c.Updates)
+	for i := range b.updates {
+		id := convs[i%len(convs)]
+		var data string
+		switch kind[i] {
+		case 'i':
+			data = fmt.Sprintf(broken[i%len(broken)], id)
+		case 'r':
+			id = newID()
+			fake.Reject(id, 404)
+			data = `{"id":"` + id + `","body":{"status":"done"}}`
+		default:
+			body := valid[i%len(valid)]
+			if strings.Contains(body, "%d") {
+				body = fmt.Sprintf(body, 1+i%5)
+			}
+			data = `{"id":"` + id + `","body":` + body + `}`
+		}
+		b.updates[i] = demoUpdate{subject: top.Subject + "." + id, data: []byte(data)}
+	}
+	return b
+}
+
+func (c *demoCmd) publish(ctx context.Context, s *session, top queue.Topology, b demoBackfill) error {
+	pub, err := queue.NewPublisher(s.nc, queue.PublisherConfig{Stream: top.Stream})
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	for i, u := range b.updates {
+		if err := pub.Publish(ctx, u.subject, u.data, queue.MsgID("demo", int64(i), u.data)); err != nil {
+			return err
+		}
+	}
+	return pub.Wait(ctx)
+}
+
+// wait shows progress until every update was applied or dead-lettered.
+func (c *demoCmd) wait(ctx context.Context, e *env, s *session, top queue.Topology, fake *kustomertest.Server, b demoBackfill) (demoResult, error) {
+	res := demoResult{updates: c.Updates, invalid: b.invalid, rejected: b.rejected}
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	var counter queue.ClassCounter
+	prog := newProgress(e.stderr, c.Progress, "applying", int64(c.Updates))
+	var last queue.Status
+	var mu sync.Mutex
+	stop := showProgress(prog, func() (int64, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return int64(last.Processed), fmt.Sprintf("(%d dead-lettered, %d × 429)", last.DeadLetters, fake.Stats().ByStatus[429])
+	})
+	defer stop()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		st, err := queue.ReadStatus(ctx, s.js, top, &counter)
+		if err == nil {
+			mu.Lock()
+			last = st
+			mu.Unlock()
+			if st.Processed >= uint64(c.Updates) && st.Backlog == 0 {
+				stop()
+				prog.finish(int64(st.Processed))
+				res.byClass, res.deadLetters = st.ByClass, st.DeadLetters
+				return res, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return res, fmt.Errorf("demo: not done after %s (%d of %d updates finished)", c.Timeout, last.Processed, c.Updates)
+			}
+			return res, context.Cause(ctx)
+		case <-t.C:
+		}
+	}
+}
+
+func (c *demoCmd) summary(e *env, r demoResult) {
+	w := e.stdout
+	five := 0
+	for st, n := range r.stats.ByStatus {
+		if st >= 500 {
+			five += n
+		}
+	}
+	if r.byClass == nil {
+		r.byClass = map[queue.Class]int{}
+	}
+	for _, cl := range []queue.Class{queue.ClassInvalid, queue.ClassRejected, queue.ClassExhausted} {
+		if _, ok := r.byClass[cl]; !ok {
+			r.byClass[cl] = 0
+		}
+	}
+	secs := r.elapsed.Seconds()
+	needed := r.updates - r.invalid // invalid updates cost no request
+	bound := time.Duration(float64(needed) * float64(c.Window) / float64(c.Budget))
+	fmt.Fprintf(w, "applied        %8d\n", r.applied)
+	fmt.Fprintf(w, "dead-lettered  %8d  %s\n", r.deadLetters, classSummary(r.byClass))
+	fmt.Fprintf(w, "requests       %8d  (%d answered 429 and waited out, %d answered 5xx and retried)\n", r.stats.Requests, r.stats.ByStatus[429], five)
+	fmt.Fprintf(w, "throughput     %8.1f  updates/s\n", float64(r.applied)/max(secs, 1e-3))
+	fmt.Fprintf(w, "elapsed        %8s  (the budget allows %s at best for %d requests: %.0f%% of the fastest pace)\n",
+		r.elapsed.Round(100*time.Millisecond), bound.Round(100*time.Millisecond), needed, 100*bound.Seconds()/max(secs, 1e-3))
+	fmt.Fprintln(w, "\nNext: a real backfill with `kustomer-worker run` and `kustomer-worker enqueue` (see docs/OPERATIONS.md).")
+}
+
+// counterValue reads one labelled counter from reg; 0 if absent.
+func counterValue(reg *prometheus.Registry, name, label, value string) int {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					return int(m.GetCounter().GetValue())
+				}
+			}
+		}
+	}
+	return 0
+}

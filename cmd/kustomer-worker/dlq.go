@@ -1,0 +1,463 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+)
+
+// dlqCmd reads and repairs the dead-letter stream.
+type dlqCmd struct {
+	List   dlqListCmd   `cmd:"" help:"List dead letters: sequence, conversation, class, status, attempts, failed-at, reason."`
+	Show   dlqShowCmd   `cmd:"" help:"Show one dead letter: the original message and every header."`
+	Replay dlqReplayCmd `cmd:"" help:"Publish dead letters to the work stream again; each is removed once its publish is acknowledged."`
+	Purge  dlqPurgeCmd  `cmd:"" help:"Delete dead letters for good."`
+}
+
+func (c *dlqCmd) Help() string {
+	return `A dead letter is an update that can never succeed as it is, kept with why: class invalid (it
+failed validation; no request was made), rejected (Kustomer answered a non-retryable 4xx such as
+400 or 404) or exhausted (retryable failures until the attempt limit). Fix the cause, then replay.
+
+Examples:
+  kustomer-worker dlq list --class rejected
+  kustomer-worker dlq show 42
+  kustomer-worker dlq replay --class exhausted
+  kustomer-worker dlq show 42 --raw > fixed.json && $EDITOR fixed.json && kustomer-worker dlq replay --seq 42 --message-file fixed.json
+  kustomer-worker dlq purge --status 404 --yes`
+}
+
+// dlqSelect are the filters every dlq command but show takes.
+type dlqSelect struct {
+	Class  []string `name:"class" sep:"," help:"Only these classes: invalid, rejected, exhausted (comma-separated or repeated)."`
+	Status []int    `name:"status" sep:"," help:"Only these HTTP statuses, e.g. 400,404; 0 selects dead letters without one (comma-separated or repeated)."`
+	Since  string   `name:"since" help:"Only dead letters that failed at or after this time: RFC 3339 (2025-01-31T09:00:00Z) or a duration ago (90m, 2h)."`
+	Until  string   `name:"until" help:"Only dead letters that failed before this time: RFC 3339 or a duration ago."`
+}
+
+func (s *dlqSelect) filter(now time.Time) (queue.DLQFilter, error) {
+	var f queue.DLQFilter
+	for _, c := range s.Class {
+		switch cl := queue.Class(strings.TrimSpace(c)); cl {
+		case queue.ClassInvalid, queue.ClassRejected, queue.ClassExhausted:
+			f.Classes = append(f.Classes, cl)
+		default:
+			return f, usagef("class: %q is not invalid, rejected or exhausted", c)
+		}
+	}
+	f.Statuses = s.Status
+	var err error
+	if f.Since, err = parseWhen(s.Since, now); err != nil {
+		return f, usagef("since: %v", err)
+	}
+	if f.Until, err = parseWhen(s.Until, now); err != nil {
+		return f, usagef("until: %v", err)
+	}
+	return f, nil
+}
+
+// parseWhen reads an RFC 3339 time or a duration before now; empty is the zero time.
+func parseWhen(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	return time.Time{}, fmt.Errorf("%q is neither an RFC 3339 time nor a duration such as 2h", s)
+}
+
+// dlqConn is what every dlq command needs to reach the dead-letter stream.
+type dlqConn struct {
+	natsFlags
+	topologyFlags
+	dialFlags
+}
+
+func (c *dlqConn) open(ctx context.Context, e *env, g *globals, name string) (*session, *queue.DLQ, error) {
+	top := c.topology()
+	if err := top.Validate(); err != nil {
+		return nil, nil, &usageError{err}
+	}
+	s, err := dial(ctx, e, g, &c.natsFlags, c.dialFlags, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, &queue.DLQ{JS: s.js, Topology: top}, nil
+}
+
+// dlqListCmd lists dead letters.
+type dlqListCmd struct {
+	dlqConn
+	dlqSelect
+	JSON bool `name:"json" help:"Print one JSON object a line, with the full reason."`
+}
+
+func (c *dlqListCmd) Help() string {
+	return `Examples:
+  kustomer-worker dlq list
+  kustomer-worker dlq list --class rejected --status 404 --since 24h
+  kustomer-worker dlq list --json | jq -r 'select(.class == "exhausted") | .seq'`
+}
+
+// listedDeadLetter is the JSON form of a dead letter in dlq list.
+type listedDeadLetter struct {
+	Seq             uint64    `json:"seq"`
+	Conversation    string    `json:"conversation_id"`
+	Class           string    `json:"class"`
+	Status          int       `json:"status"`
+	Reason          string    `json:"reason"`
+	Attempts        int       `json:"attempts"`
+	FailedAt        time.Time `json:"failed_at"`
+	OriginalSubject string    `json:"original_subject"`
+	OriginalSeq     uint64    `json:"original_seq"`
+}
+
+func (c *dlqListCmd) Run(ctx context.Context, e *env, g *globals) error {
+	f, err := c.filter(time.Now())
+	if err != nil {
+		return err
+	}
+	s, d, err := c.open(ctx, e, g, "kustomer-worker dlq list")
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	if !c.JSON {
+		fmt.Fprintln(tw, "SEQ\tCONVERSATION\tCLASS\tSTATUS\tATTEMPTS\tFAILED-AT\tREASON")
+	}
+	n := 0
+	err = d.Each(ctx, f, true, func(l *queue.StoredDeadLetter) error {
+		n++
+		conv := conversationOf(ctx, d, l)
+		if c.JSON {
+			return writeJSON(e.stdout, listedDeadLetter{
+				Seq: l.Seq, Conversation: conv, Class: string(l.Class), Status: l.Status, Reason: l.Reason,
+				Attempts: l.Attempts, FailedAt: l.FailedAt.UTC(), OriginalSubject: l.OriginalSubject, OriginalSeq: l.OriginalSeq,
+			})
+		}
+		status := "-"
+		if l.Status != 0 {
+			status = strconv.Itoa(l.Status)
+		}
+		if conv == "" {
+			conv = "-"
+		}
+		_, err := fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", l.Seq, conv, l.Class, status, l.Attempts,
+			l.FailedAt.UTC().Format(time.RFC3339), oneLine(truncate(l.Reason, 100)))
+		return err
+	})
+	if ferr := tw.Flush(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return err
+	}
+	if !c.JSON {
+		fmt.Fprintf(e.stderr, "%d dead letters\n", n)
+	}
+	return nil
+}
+
+// conversationOf is the conversation a dead letter is about: the id ending its original
+// subject (enqueue publishes to SUBJECT.<id>), else the "id" of its message.
+func conversationOf(ctx context.Context, d *queue.DLQ, l *queue.StoredDeadLetter) string {
+	if i := strings.LastIndexByte(l.OriginalSubject, '.'); i >= 0 && kustomer.ValidID(l.OriginalSubject[i+1:]) {
+		return l.OriginalSubject[i+1:]
+	}
+	data := l.Data
+	if data == nil {
+		full, err := d.Get(ctx, l.Seq)
+		if err != nil {
+			return ""
+		}
+		data = full.Data
+	}
+	var m struct {
+		ID any `json:"id"`
+	}
+	if json.Unmarshal(data, &m) != nil || m.ID == nil {
+		return ""
+	}
+	if s, ok := m.ID.(string); ok {
+		return truncate(s, 40)
+	}
+	return truncate(fmt.Sprint(m.ID), 40)
+}
+
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\r' || r == '\t' {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// dlqShowCmd shows one dead letter.
+type dlqShowCmd struct {
+	dlqConn
+	Seq  uint64 `arg:"" name:"seq" help:"Sequence of the dead letter, as dlq list shows it."`
+	Raw  bool   `name:"raw" help:"Print only the original message, byte for byte: to fix it and replay it with --message-file."`
+	JSON bool   `name:"json" help:"Print a JSON object with the headers and the message."`
+}
+
+func (c *dlqShowCmd) Help() string {
+	return `Examples:
+  kustomer-worker dlq show 42
+  kustomer-worker dlq show 42 --raw > fixed.json`
+}
+
+func (c *dlqShowCmd) Run(ctx context.Context, e *env, g *globals) error {
+	s, d, err := c.open(ctx, e, g, "kustomer-worker dlq show")
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	l, err := d.Get(ctx, c.Seq)
+	if err != nil {
+		return err
+	}
+	if c.Raw {
+		_, err := e.stdout.Write(l.Data)
+		return err
+	}
+	keys := make([]string, 0, len(l.Header))
+	for k := range l.Header {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	if c.JSON {
+		doc := struct {
+			Seq          uint64              `json:"seq"`
+			Stream       string              `json:"stream"`
+			Stored       time.Time           `json:"stored_at"`
+			Conversation string              `json:"conversation_id"`
+			Headers      map[string][]string `json:"headers"`
+			Message      any                 `json:"message"`
+		}{Seq: l.Seq, Stream: d.Topology.DLQStream, Stored: l.Stored.UTC(), Conversation: conversationOf(ctx, d, l), Headers: l.Header}
+		if json.Valid(l.Data) {
+			doc.Message = json.RawMessage(l.Data)
+		} else {
+			doc.Message = string(l.Data)
+		}
+		return writeJSON(e.stdout, doc)
+	}
+	w := e.stdout
+	fmt.Fprintf(w, "dead letter %d of %s, stored %s\n", l.Seq, d.Topology.DLQStream, l.Stored.UTC().Format(time.RFC3339))
+	if conv := conversationOf(ctx, d, l); conv != "" {
+		fmt.Fprintf(w, "conversation %s\n", conv)
+	}
+	fmt.Fprintln(w, "\nheaders:")
+	for _, k := range keys {
+		for _, v := range l.Header[k] {
+			fmt.Fprintf(w, "  %s: %s\n", k, v)
+		}
+	}
+	fmt.Fprintf(w, "\nmessage (%d bytes):\n", len(l.Data))
+	w.Write(l.Data)
+	_, err = fmt.Fprintln(w)
+	return err
+}
+
+// dlqTarget says which dead letters replay and purge act on.
+type dlqTarget struct {
+	dlqSelect
+	Seq    []uint64 `name:"seq" sep:"," help:"Only these sequences (comma-separated or repeated)."`
+	All    bool     `name:"all" help:"Every dead letter."`
+	DryRun bool     `name:"dry-run" help:"Show what would be done; change nothing."`
+}
+
+func (t *dlqTarget) filter(now time.Time) (queue.DLQFilter, error) {
+	f, err := t.dlqSelect.filter(now)
+	if err != nil {
+		return f, err
+	}
+	f.Seqs = t.Seq
+	switch {
+	case t.All && !f.Empty():
+		return f, usagef("all: give --all or a selection (--seq, --class, --status, --since, --until), not both")
+	case !t.All && f.Empty():
+		return f, usagef("say which dead letters: --seq, --class, --status, --since, --until, or --all")
+	}
+	return f, nil
+}
+
+// dlqReplayCmd publishes dead letters to the work stream again.
+type dlqReplayCmd struct {
+	dlqConn
+	dlqTarget
+	MessageFile string `name:"message-file" help:"With one --seq: replay this fixed message (a JSON update, - for stdin) instead of the stored one."`
+}
+
+func (c *dlqReplayCmd) Help() string {
+	return `Each dead letter is published to the work stream with its original headers (minus the Dlq-*
+ones) and, only once JetStream acknowledged that publish, deleted from the dead-letter stream. A
+running worker then applies it. A dead letter whose message is invalid is skipped unless
+--message-file gives a fixed one. Replaying the same dead letter twice within the dedup window
+publishes it once.
+
+Examples:
+  # After an outage or a bad API key, everything that ran out of attempts:
+  kustomer-worker dlq replay --class exhausted
+
+  # Check first:
+  kustomer-worker dlq replay --status 404 --since 2h --dry-run
+
+  # Fix one message, then replay it:
+  kustomer-worker dlq show 42 --raw > fixed.json
+  $EDITOR fixed.json
+  kustomer-worker dlq replay --seq 42 --message-file fixed.json`
+}
+
+func (c *dlqReplayCmd) Run(ctx context.Context, e *env, g *globals) error {
+	f, err := c.filter(time.Now())
+	if err != nil {
+		return err
+	}
+	var fixed []byte
+	if c.MessageFile != "" {
+		if len(c.Seq) != 1 || c.All || len(c.Class) > 0 || len(c.Status) > 0 || c.Since != "" || c.Until != "" {
+			return usagef("message-file: goes with exactly one --seq and no other selection")
+		}
+		if fixed, err = readInput(e, c.MessageFile); err != nil {
+			return usagef("message-file: %v", err)
+		}
+		fixed = []byte(strings.TrimSpace(string(fixed)))
+		if _, err := kustomer.Decode(fixed); err != nil {
+			return usagef("message-file: %v", err)
+		}
+	}
+	s, d, err := c.open(ctx, e, g, "kustomer-worker dlq replay")
+	if err != nil {
+		return err
+	}
+	defer s.close()
+
+	replayed, skipped := 0, 0
+	err = d.Each(ctx, f, false, func(l *queue.StoredDeadLetter) error {
+		data := l.Data
+		if fixed != nil {
+			data = fixed
+		}
+		if _, err := kustomer.Decode(data); err != nil {
+			skipped++
+			fmt.Fprintf(e.stderr, "skipped %d: the message is invalid (%v); fix it: dlq show %d --raw, then dlq replay --seq %d --message-file FILE\n",
+				l.Seq, truncate(err.Error(), 200), l.Seq, l.Seq)
+			return nil
+		}
+		conv := conversationOf(ctx, d, l)
+		if c.DryRun {
+			replayed++
+			fmt.Fprintf(e.stdout, "would replay %d (conversation %s, %s %s)\n", l.Seq, conv, l.Class, statusText(l.Status))
+			return nil
+		}
+		ack, err := d.Replay(ctx, l, fixed)
+		if err != nil {
+			return err
+		}
+		replayed++
+		fmt.Fprintf(e.stdout, "replayed %d as %s sequence %d (conversation %s)\n", l.Seq, ack.Stream, ack.Sequence, conv)
+		return nil
+	})
+	verb := "replayed"
+	if c.DryRun {
+		verb = "would replay"
+	}
+	fmt.Fprintf(e.stdout, "%s %d, skipped %d\n", verb, replayed, skipped)
+	if err != nil {
+		return err
+	}
+	onlySeqs := len(c.Class) == 0 && len(c.Status) == 0 && c.Since == "" && c.Until == ""
+	if onlySeqs && len(f.Seqs) > 0 && replayed+skipped < len(slices.Compact(slices.Sorted(slices.Values(f.Seqs)))) {
+		return errors.New("some sequences hold no dead letter (see dlq list)")
+	}
+	return nil
+}
+
+func statusText(status int) string {
+	if status == 0 {
+		return "without status"
+	}
+	return strconv.Itoa(status)
+}
+
+// readInput reads a file, or stdin for "-".
+func readInput(e *env, path string) ([]byte, error) {
+	if path == "-" {
+		if e.stdin == nil {
+			return nil, nil
+		}
+		return io.ReadAll(e.stdin)
+	}
+	return os.ReadFile(path)
+}
+
+// dlqPurgeCmd deletes dead letters.
+type dlqPurgeCmd struct {
+	dlqConn
+	dlqTarget
+	Yes bool `name:"yes" help:"Confirm: the dead letters are deleted for good."`
+}
+
+func (c *dlqPurgeCmd) Help() string {
+	return `Deleted dead letters cannot be recovered: look at them first with dlq list or --dry-run.
+
+Examples:
+  kustomer-worker dlq purge --status 404 --dry-run
+  kustomer-worker dlq purge --status 404 --yes
+  kustomer-worker dlq purge --seq 42 --yes
+  kustomer-worker dlq purge --all --yes`
+}
+
+func (c *dlqPurgeCmd) Run(ctx context.Context, e *env, g *globals) error {
+	f, err := c.filter(time.Now())
+	if err != nil {
+		return err
+	}
+	if !c.Yes && !c.DryRun {
+		return usagef("purge deletes dead letters for good: add --yes (or look first with --dry-run)")
+	}
+	s, d, err := c.open(ctx, e, g, "kustomer-worker dlq purge")
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	n := 0
+	err = d.Each(ctx, f, true, func(l *queue.StoredDeadLetter) error {
+		if c.DryRun {
+			n++
+			fmt.Fprintf(e.stdout, "would delete %d (%s %s: %s)\n", l.Seq, l.Class, statusText(l.Status), oneLine(truncate(l.Reason, 100)))
+			return nil
+		}
+		if err := d.Delete(ctx, l.Seq); err != nil {
+			if errors.Is(err, queue.ErrNoDeadLetter) {
+				return nil // deleted meanwhile
+			}
+			return err
+		}
+		n++
+		return nil
+	})
+	if c.DryRun {
+		fmt.Fprintf(e.stdout, "would delete %d dead letters\n", n)
+	} else {
+		fmt.Fprintf(e.stdout, "deleted %d dead letters\n", n)
+	}
+	return err
+}

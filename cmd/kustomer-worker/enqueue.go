@@ -1,0 +1,726 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+)
+
+// enqueueCmd publishes update messages to the work stream: a backfill.
+type enqueueCmd struct {
+	natsFlags
+	topologyFlags
+	dialFlags
+
+	File        string `arg:"" optional:"" name:"file" help:"JSON Lines file of update messages, one a line; - reads stdin."`
+	IDsFile     string `name:"ids-file" help:"File of conversation ids, one a line (- reads stdin), each given the same --body or --body-file."`
+	Body        string `name:"body" help:"With --ids-file: the update body, a JSON object such as '{\"status\":\"done\"}'."`
+	BodyFile    string `name:"body-file" type:"path" help:"With --ids-file: a file holding the update body."`
+	Replace     bool   `name:"replace" help:"With --ids-file: replace each conversation (?replace=true) instead of changing only the fields given."`
+	SkipInvalid bool   `name:"skip-invalid" help:"Publish the valid lines and write the invalid ones, with their reasons, to --rejects."`
+	Rejects     string `name:"rejects" type:"path" help:"With --skip-invalid: where invalid lines go, as JSON Lines (default INPUT.rejects.jsonl, or rejects.jsonl for stdin)."`
+	RunID       string `name:"run-id" env:"ENQUEUE_RUN_ID" help:"Mixed into every message id, so the same input enqueued again under another run id is published again even within the dedup window."`
+	DryRun      bool   `name:"dry-run" help:"Validate only; publish nothing and need no NATS."`
+	Window      int    `name:"window" default:"4096" help:"Publishes waiting for their acknowledgement at most (default 4096)."`
+	Progress    string `name:"progress" enum:"auto,bar,plain,none" default:"auto" help:"Progress on stderr: auto (a bar on a terminal, a line every few seconds otherwise), bar, plain or none (default auto)."`
+}
+
+func (c *enqueueCmd) Help() string {
+	return `Every line is validated before anything is published: bad lines are reported with their line
+number and reason, and nothing is published unless --skip-invalid. Each message gets a Nats-Msg-Id
+made of --run-id, its line number and its bytes, so enqueueing the same input again within the
+work stream's dedup window (--dedup-window of run, default 2m) publishes nothing twice. The command
+reports success only once JetStream confirmed every publish. Messages go to SUBJECT.<id>.
+
+A line is {"id": "<24-hex conversation id>", "replace": false, "body": {...}}; blank lines are
+skipped.
+
+Examples:
+  # A backfill file:
+  kustomer-worker enqueue backfill.jsonl
+
+  # Close a list of conversations:
+  kustomer-worker enqueue --ids-file ids.txt --body '{"status":"done"}'
+
+  # Tag them, body from a file, ids from a pipeline:
+  cut -f1 export.tsv | kustomer-worker enqueue --ids-file - --body-file tags.json
+
+  # From another program, keeping the bad lines aside:
+  ./make-updates | kustomer-worker enqueue - --skip-invalid --rejects bad.jsonl
+
+  # Check a file without publishing:
+  kustomer-worker enqueue backfill.jsonl --dry-run`
+}
+
+// maxLine is the longest line read: the largest body plus room for the id and the framing.
+const maxLine = kustomer.MaxBodyBytes + 64<<10
+
+// maxReported is how many invalid lines --skip-invalid prints; the rejects file has them all.
+const maxReported = 10
+
+// enqueueInput is what the command reads.
+type enqueueInput struct {
+	name    string // the path, or "stdin"
+	r       io.Reader
+	close   func()
+	ids     bool   // lines are ids, each given body
+	body    []byte // compact JSON, with ids
+	replace bool
+}
+
+func (c *enqueueCmd) Run(ctx context.Context, e *env, g *globals) error {
+	in, err := c.input(e)
+	if err != nil {
+		return err
+	}
+	defer in.close()
+	top := c.topology()
+	if err := top.Validate(); err != nil {
+		return &usageError{err}
+	}
+
+	// Connect first, so a missing NATS shows before a long validation.
+	var s *session
+	if !c.DryRun {
+		if s, err = dial(ctx, e, g, &c.natsFlags, c.dialFlags, "kustomer-worker enqueue"); err != nil {
+			return err
+		}
+		defer s.close()
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := queue.FindStream(sctx, s.js, top.Stream)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+
+	spool, err := os.CreateTemp("", "kustomer-worker-enqueue-*.spool")
+	if err != nil {
+		return fmt.Errorf("spool file: %w", err)
+	}
+	defer func() {
+		spool.Close()
+		os.Remove(spool.Name())
+	}()
+
+	start := time.Now()
+	rej := &rejectsFile{path: c.rejectsPath(in)}
+	defer rej.close()
+	v, err := c.validate(ctx, e, in, spool, rej)
+	if err != nil {
+		return err
+	}
+	if err := rej.close(); err != nil {
+		return err
+	}
+	if c.Progress != "none" {
+		fmt.Fprintf(e.stderr, "validated %d lines (%d invalid) in %s\n", v.lines, v.invalid, time.Since(start).Round(time.Millisecond))
+	}
+	if v.invalid > 0 && !c.SkipInvalid {
+		return fmt.Errorf("%d of %d lines invalid: nothing published (fix them, or publish the rest with --skip-invalid)", v.invalid, v.lines)
+	}
+	if c.DryRun {
+		fmt.Fprintf(e.stdout, "valid       %10d\n", v.valid)
+		c.printRejected(e, v, rej)
+		fmt.Fprintln(e.stdout, "dry run: nothing published")
+		return nil
+	}
+
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("spool file: %w", err)
+	}
+	pstart := time.Now()
+	st, err := c.publish(ctx, e, s, top, spool, v.valid)
+	elapsed := time.Since(pstart)
+	fmt.Fprintf(e.stdout, "published   %10d\n", st.Published)
+	fmt.Fprintf(e.stdout, "duplicates  %10d", st.Duplicates)
+	if st.Duplicates > 0 {
+		fmt.Fprint(e.stdout, "  (already in the stream within its dedup window: not published again)")
+	}
+	fmt.Fprintln(e.stdout)
+	c.printRejected(e, v, rej)
+	if st.Retried > 0 {
+		fmt.Fprintf(e.stdout, "retried     %10d  (publishes sent again after a failure; around them, updates may be stored out of order)\n", st.Retried)
+	}
+	fmt.Fprintf(e.stdout, "elapsed     %10s  (%.0f messages/s)\n", elapsed.Round(time.Millisecond), float64(st.Confirmed())/max(elapsed.Seconds(), 1e-3))
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("interrupted after %d of %d messages: run the same command again to publish the rest (within the dedup window nothing is published twice): %w",
+				st.Confirmed(), v.valid, err)
+		}
+		return err
+	}
+	return nil
+}
+
+func (c *enqueueCmd) printRejected(e *env, v validation, rej *rejectsFile) {
+	fmt.Fprintf(e.stdout, "rejected    %10d", v.invalid)
+	if v.invalid > 0 && rej.path != "" {
+		fmt.Fprintf(e.stdout, "  (with reasons in %s)", rej.path)
+	}
+	fmt.Fprintln(e.stdout)
+}
+
+// input checks the flags and opens what they name.
+func (c *enqueueCmd) input(e *env) (*enqueueInput, error) {
+	switch {
+	case c.File == "" && c.IDsFile == "":
+		return nil, usagef("give a JSON Lines FILE (- for stdin), or --ids-file with --body or --body-file")
+	case c.File != "" && c.IDsFile != "":
+		return nil, usagef("give a FILE or --ids-file, not both")
+	case c.IDsFile == "" && (c.Body != "" || c.BodyFile != "" || c.Replace):
+		return nil, usagef("body, body-file and replace go with --ids-file; in a JSON Lines FILE each line carries its own")
+	case c.IDsFile != "" && (c.Body == "") == (c.BodyFile == ""):
+		return nil, usagef("ids-file: give the body with --body or --body-file (one of them)")
+	case c.Rejects != "" && !c.SkipInvalid:
+		return nil, usagef("rejects: goes with --skip-invalid")
+	case c.Window < 1:
+		return nil, usagef("window: %d is below 1", c.Window)
+	}
+	in := &enqueueInput{close: func() {}}
+	path := c.File
+	if c.IDsFile != "" {
+		path = c.IDsFile
+		in.ids, in.replace = true, c.Replace
+		body := []byte(c.Body)
+		if c.BodyFile != "" {
+			b, err := os.ReadFile(c.BodyFile)
+			if err != nil {
+				return nil, usagef("body-file: %v", err)
+			}
+			body = b
+		}
+		if err := kustomer.ValidateBody(body); err != nil {
+			return nil, usagef("body: %v", err)
+		}
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, body); err != nil {
+			return nil, usagef("body: %v", err)
+		}
+		in.body = buf.Bytes()
+	}
+	if path == "-" {
+		in.name, in.r = "stdin", e.stdin
+		if in.r == nil {
+			in.r = bytes.NewReader(nil)
+		}
+		return in, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, usagef("%v", err)
+	}
+	in.name, in.r, in.close = path, f, func() { f.Close() }
+	return in, nil
+}
+
+func (c *enqueueCmd) rejectsPath(in *enqueueInput) string {
+	switch {
+	case !c.SkipInvalid:
+		return ""
+	case c.Rejects != "":
+		return c.Rejects
+	case in.name == "stdin":
+		return "rejects.jsonl"
+	}
+	return in.name + ".rejects.jsonl"
+}
+
+// validation counts what the validation pass found.
+type validation struct {
+	lines, valid, invalid int64
+}
+
+// chunk is a run of lines validated together and handed on in input order.
+type chunk struct {
+	buf  []byte
+	ends []int   // end of each line in buf; a line starts where the previous one ended
+	nums []int64 // line numbers
+	ids  []string
+	errs []error
+	done chan struct{} // closed once validated
+}
+
+func (ch *chunk) line(i int) []byte {
+	start := 0
+	if i > 0 {
+		start = ch.ends[i-1]
+	}
+	return ch.buf[start:ch.ends[i]]
+}
+
+const (
+	chunkLines = 512
+	chunkBytes = 1 << 20
+)
+
+var errTooLong = fmt.Errorf("line is longer than %d bytes", maxLine)
+
+// validate reads every line of in, validating lines on every core, and writes the valid ones
+// to spool as "LINE ID MESSAGE\n" in input order; the invalid ones are reported on stderr
+// and, with --skip-invalid, written to rej. Memory stays bounded whatever the input's size.
+func (c *enqueueCmd) validate(outer context.Context, e *env, in *enqueueInput, spool io.Writer, rej *rejectsFile) (validation, error) {
+	ctx, cancel := context.WithCancel(outer)
+	defer cancel()
+	workers := max(runtime.GOMAXPROCS(0), 1)
+	ordered := make(chan *chunk, 2*workers)
+	work := make(chan *chunk, 2*workers)
+	var readErr error
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(work)
+		defer close(ordered)
+		readErr = readChunks(ctx, in.r, ordered, work)
+	})
+	for range workers {
+		wg.Go(func() {
+			for ch := range work {
+				for i := range ch.ends {
+					if ch.errs[i] == nil {
+						ch.ids[i], ch.errs[i] = checkLine(in, ch.line(i))
+					}
+				}
+				close(ch.done)
+			}
+		})
+	}
+
+	var v validation
+	w := bufio.NewWriterSize(spool, 256<<10)
+	var rec []byte
+	var werr error
+	for ch := range ordered {
+		<-ch.done
+		if werr != nil {
+			continue // drain so the reader and the workers finish
+		}
+		for i, err := range ch.errs {
+			v.lines++
+			n := ch.nums[i]
+			if err != nil {
+				v.invalid++
+				if !c.SkipInvalid || v.invalid <= maxReported {
+					fmt.Fprintf(e.stderr, "line %d: %v\n", n, err)
+				}
+				if c.SkipInvalid {
+					if werr = rej.write(n, err, ch.line(i)); werr != nil {
+						cancel()
+						break
+					}
+				}
+				continue
+			}
+			v.valid++
+			rec = strconv.AppendInt(rec[:0], n, 10)
+			rec = append(rec, ' ')
+			rec = append(rec, ch.ids[i]...)
+			rec = append(rec, ' ')
+			rec = appendMessage(rec, in, ch.ids[i], ch.line(i))
+			rec = append(rec, '\n')
+			if _, werr = w.Write(rec); werr != nil {
+				werr = fmt.Errorf("spool file: %w", werr)
+				cancel()
+				break
+			}
+		}
+	}
+	wg.Wait()
+	if werr == nil {
+		if err := w.Flush(); err != nil {
+			werr = fmt.Errorf("spool file: %w", err)
+		}
+	}
+	switch {
+	case werr != nil:
+		return v, werr
+	case outer.Err() != nil:
+		return v, context.Cause(outer)
+	case readErr != nil:
+		return v, fmt.Errorf("reading %s: %w", in.name, readErr)
+	}
+	if c.SkipInvalid && v.invalid > maxReported {
+		fmt.Fprintf(e.stderr, "… and %d more invalid lines, all in %s\n", v.invalid-maxReported, rej.path)
+	}
+	return v, nil
+}
+
+// readChunks splits r into chunks of non-blank lines and hands each to both channels.
+func readChunks(ctx context.Context, r io.Reader, ordered, work chan<- *chunk) error {
+	lr := newLineReader(r, maxLine)
+	var ch *chunk
+	send := func() error {
+		if ch == nil {
+			return nil
+		}
+		select {
+		case ordered <- ch:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		work <- ch // as roomy as ordered, and drained by the workers
+		ch = nil
+		return nil
+	}
+	for {
+		line, long, err := lr.next()
+		if err == io.EOF {
+			return send()
+		}
+		if err != nil {
+			if serr := send(); serr != nil {
+				return serr
+			}
+			return err
+		}
+		if len(line) == 0 && !long {
+			continue
+		}
+		if ch == nil {
+			ch = &chunk{done: make(chan struct{})}
+		}
+		ch.buf = append(ch.buf, line...)
+		ch.ends = append(ch.ends, len(ch.buf))
+		ch.nums = append(ch.nums, lr.n)
+		ch.ids = append(ch.ids, "")
+		if long {
+			ch.errs = append(ch.errs, errTooLong)
+		} else {
+			ch.errs = append(ch.errs, nil)
+		}
+		if len(ch.ends) >= chunkLines || len(ch.buf) >= chunkBytes {
+			if err := send(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// checkLine validates one line and returns the conversation id it names.
+func checkLine(in *enqueueInput, line []byte) (string, error) {
+	if in.ids {
+		if !kustomer.ValidID(string(line)) {
+			return "", fmt.Errorf("%s is not a conversation id (24 hex characters)", strconv.Quote(truncate(string(line), 80)))
+		}
+		return string(line), nil
+	}
+	u, err := kustomer.Decode(line)
+	if err != nil {
+		return "", err
+	}
+	return u.ID, nil
+}
+
+// appendMessage appends the message to publish for a valid line: the line itself, or with
+// --ids-file the update of that id with the one body.
+func appendMessage(dst []byte, in *enqueueInput, id string, line []byte) []byte {
+	if !in.ids {
+		return append(dst, line...)
+	}
+	dst = append(dst, `{"id":"`...)
+	dst = append(dst, id...)
+	if in.replace {
+		dst = append(dst, `","replace":true,"body":`...)
+	} else {
+		dst = append(dst, `","body":`...)
+	}
+	dst = append(dst, in.body...)
+	return append(dst, '}')
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// rejectsFile receives the invalid lines under --skip-invalid; it is created at the first.
+type rejectsFile struct {
+	path string
+	f    *os.File
+	w    *bufio.Writer
+}
+
+// reject is one line of the rejects file.
+type reject struct {
+	Line      int64  `json:"line"`
+	Reason    string `json:"reason"`
+	Input     string `json:"input"`
+	Truncated bool   `json:"truncated,omitempty"`
+}
+
+func (r *rejectsFile) write(line int64, reason error, input []byte) error {
+	if r.f == nil {
+		f, err := os.Create(r.path)
+		if err != nil {
+			return fmt.Errorf("rejects: %w", err)
+		}
+		r.f, r.w = f, bufio.NewWriter(f)
+	}
+	rec := reject{Line: line, Reason: reason.Error(), Input: string(input)}
+	if errors.Is(reason, errTooLong) && len(input) > 4096 {
+		rec.Input, rec.Truncated = string(input[:4096]), true
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	if _, err := r.w.Write(b); err != nil {
+		return fmt.Errorf("rejects: %w", err)
+	}
+	return nil
+}
+
+func (r *rejectsFile) close() error {
+	if r.f == nil {
+		return nil
+	}
+	err := r.w.Flush()
+	if cerr := r.f.Close(); err == nil {
+		err = cerr
+	}
+	r.f = nil
+	if err != nil {
+		return fmt.Errorf("rejects: %w", err)
+	}
+	return nil
+}
+
+// publish publishes every message of the spool and waits until each is confirmed.
+func (c *enqueueCmd) publish(ctx context.Context, e *env, s *session, top queue.Topology, spool io.Reader, total int64) (queue.PublishStats, error) {
+	pub, err := queue.NewPublisher(s.nc, queue.PublisherConfig{Window: c.Window, Stream: top.Stream})
+	if err != nil {
+		return queue.PublishStats{}, err
+	}
+	defer pub.Close()
+	prog := newProgress(e.stderr, c.Progress, "publishing", total)
+	stop := showProgress(prog, func() (int64, string) { return pub.Stats().Confirmed(), "" })
+
+	err = c.publishSpool(ctx, pub, top, spool)
+	if err == nil {
+		err = pub.Wait(ctx)
+	} else if ctx.Err() != nil {
+		// Interrupted: give what is in flight a moment, so the counts say what was stored.
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_ = pub.Wait(wctx)
+		cancel()
+	}
+	stop()
+	st := pub.Stats()
+	prog.finish(st.Confirmed())
+	return st, err
+}
+
+func (c *enqueueCmd) publishSpool(ctx context.Context, pub *queue.Publisher, top queue.Topology, spool io.Reader) error {
+	lr := newLineReader(spool, maxLine+128)
+	prefix := top.Subject + "."
+	var mem slab
+	for {
+		rec, _, err := lr.next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("spool file: %w", err)
+		}
+		sp1 := bytes.IndexByte(rec, ' ')
+		if sp1 < 0 {
+			return errors.New("spool file: corrupt record")
+		}
+		sp2 := sp1 + 1 + bytes.IndexByte(rec[sp1+1:], ' ')
+		n, err := strconv.ParseInt(string(rec[:sp1]), 10, 64)
+		if sp2 <= sp1 || err != nil {
+			return errors.New("spool file: corrupt record")
+		}
+		data := mem.copy(rec[sp2+1:])
+		if err := pub.Publish(ctx, prefix+string(rec[sp1+1:sp2]), data, queue.MsgID(c.RunID, n, data)); err != nil {
+			return err
+		}
+	}
+}
+
+// slab hands out copies of small byte slices cut from large blocks, so a million messages
+// cost a few thousand allocations. A block is freed once no message in it is referenced.
+type slab struct{ block []byte }
+
+const slabSize = 256 << 10
+
+func (s *slab) copy(b []byte) []byte {
+	if len(b) > slabSize/8 {
+		return bytes.Clone(b)
+	}
+	if cap(s.block)-len(s.block) < len(b) {
+		s.block = make([]byte, 0, slabSize)
+	}
+	start := len(s.block)
+	s.block = append(s.block, b...)
+	return s.block[start:len(s.block):len(s.block)]
+}
+
+// lineReader reads lines of any length up to a maximum, without copying those that fit its
+// buffer.
+type lineReader struct {
+	r    *bufio.Reader
+	long []byte
+	max  int
+	n    int64 // number of the line last returned, from 1
+}
+
+func newLineReader(r io.Reader, max int) *lineReader {
+	return &lineReader{r: bufio.NewReaderSize(r, 64<<10), max: max}
+}
+
+// next returns the next line without its line ending and surrounding white space, valid
+// until the following call. A line longer than max is returned cut to max bytes, with
+// tooLong set. At the end of the input it returns io.EOF.
+func (lr *lineReader) next() (line []byte, tooLong bool, err error) {
+	b, err := lr.r.ReadSlice('\n')
+	if err == bufio.ErrBufferFull {
+		lr.long = append(lr.long[:0], b...)
+		for err == bufio.ErrBufferFull {
+			b, err = lr.r.ReadSlice('\n')
+			if room := lr.max - len(lr.long); room > 0 {
+				lr.long = append(lr.long, b[:min(len(b), room)]...)
+			}
+			if len(lr.long) >= lr.max && len(b) > 0 {
+				tooLong = true
+			}
+		}
+		b = lr.long
+	}
+	if err != nil && err != io.EOF {
+		return nil, false, err
+	}
+	if err == io.EOF && len(b) == 0 {
+		return nil, false, io.EOF
+	}
+	lr.n++
+	return bytes.TrimSpace(b), tooLong, nil
+}
+
+// progress shows how far a long job is on stderr: a bar with rate and time left on a
+// terminal, otherwise a plain line every few seconds.
+type progress struct {
+	w     io.Writer
+	label string
+	total int64
+	bar   *progressbar.ProgressBar // nil for plain lines
+	off   bool
+	every time.Duration
+	start time.Time
+	last  time.Time
+}
+
+func newProgress(w io.Writer, mode, label string, total int64) *progress {
+	p := &progress{w: w, label: label, total: total, every: 5 * time.Second, start: time.Now()}
+	p.last = p.start
+	if mode == "auto" {
+		mode = "plain"
+		if isTerminal(w) {
+			mode = "bar"
+		}
+	}
+	switch mode {
+	case "none":
+		p.off = true
+	case "bar":
+		p.bar = progressbar.NewOptions64(total,
+			progressbar.OptionSetWriter(w),
+			progressbar.OptionSetDescription(label),
+			progressbar.OptionShowCount(),
+			progressbar.OptionShowIts(),
+			progressbar.OptionSetItsString("msg"),
+			progressbar.OptionSetPredictTime(true),
+			progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionSetRenderBlankState(true),
+			progressbar.OptionFullWidth(),
+		)
+	}
+	return p
+}
+
+// update shows done of total, with extra text after the count.
+func (p *progress) update(done int64, extra string) {
+	switch {
+	case p.off:
+	case p.bar != nil:
+		if extra != "" {
+			p.bar.Describe(p.label + " " + extra)
+		}
+		_ = p.bar.Set64(done)
+	default:
+		now := time.Now()
+		if now.Sub(p.last) < p.every {
+			return
+		}
+		p.last = now
+		fmt.Fprintln(p.w, p.line(done, extra, now))
+	}
+}
+
+func (p *progress) line(done int64, extra string, now time.Time) string {
+	secs := now.Sub(p.start).Seconds()
+	rate := float64(done) / max(secs, 1e-3)
+	s := fmt.Sprintf("%s: %d/%d", p.label, done, p.total)
+	if p.total > 0 {
+		s += fmt.Sprintf(" (%d%%)", done*100/p.total)
+	}
+	s += fmt.Sprintf(", %.0f/s", rate)
+	if rate > 0 && done < p.total {
+		s += fmt.Sprintf(", about %s left", time.Duration(float64(p.total-done)/rate*float64(time.Second)).Round(time.Second))
+	}
+	if extra != "" {
+		s += ", " + extra
+	}
+	return s
+}
+
+// finish shows the final count and ends the bar's line.
+func (p *progress) finish(done int64) {
+	switch {
+	case p.off:
+	case p.bar != nil:
+		_ = p.bar.Set64(done)
+		fmt.Fprintln(p.w)
+	}
+}
+
+// showProgress updates p from get until the returned stop is called, which returns once the
+// updating goroutine has ended.
+func showProgress(p *progress, get func() (int64, string)) (stop func()) {
+	if p.off {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				n, extra := get()
+				p.update(n, extra)
+			}
+		}
+	})
+	var once sync.Once
+	return func() { once.Do(func() { close(done); wg.Wait() }) }
+}

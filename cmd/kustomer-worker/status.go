@@ -1,0 +1,371 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/term"
+
+	"github.com/kustomer-worker/kustomer-worker/queue"
+)
+
+// statusCmd shows the backlog and the dead letters.
+type statusCmd struct {
+	natsFlags
+	topologyFlags
+	dialFlags
+
+	Watch    bool          `name:"watch" short:"w" help:"Refresh until interrupted, with throughput and the time until the backlog is empty."`
+	Interval time.Duration `name:"interval" default:"2s" help:"With --watch: time between refreshes (default 2s)."`
+	JSON     bool          `name:"json" help:"Print JSON: one object, or one a line per refresh with --watch."`
+}
+
+func (c *statusCmd) Help() string {
+	return `Backlog is every message in the work stream: waiting (not yet delivered to a worker) plus
+in progress (delivered, not yet acknowledged). Redelivered counts messages in progress that were
+delivered more than once. Dead letters are counted by class: invalid (failed validation),
+rejected (Kustomer answered a non-retryable 4xx), exhausted (retryable failures until the attempt
+limit).
+
+Examples:
+  kustomer-worker status
+  kustomer-worker status --watch
+  kustomer-worker status --json | jq .backlog
+  kustomer-worker status --nats-url nats://nats.internal:4222 --watch --interval 10s`
+}
+
+func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
+	if c.Interval < 100*time.Millisecond {
+		return usagef("interval: %s is under 100ms", c.Interval)
+	}
+	top := c.topology()
+	if err := top.Validate(); err != nil {
+		return &usageError{err}
+	}
+	s, err := dial(ctx, e, g, &c.natsFlags, c.dialFlags, "kustomer-worker status")
+	if err != nil {
+		return err
+	}
+	defer s.close()
+
+	var counter queue.ClassCounter
+	read := func() (queue.Status, error) {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return queue.ReadStatus(rctx, s.js, top, &counter)
+	}
+	st, err := read()
+	if err != nil {
+		return err
+	}
+	if !c.Watch {
+		if c.JSON {
+			return writeJSON(e.stdout, statusJSON(top, st, nil))
+		}
+		_, err := io.WriteString(e.stdout, strings.Join(statusLines(top, st, nil), "\n")+"\n")
+		return err
+	}
+
+	inPlace := !c.JSON && isTerminal(e.stdout)
+	var rate rateMeter
+	drawn := 0
+	t := time.NewTicker(c.Interval)
+	defer t.Stop()
+	for {
+		rate.add(st.Time, st.Processed)
+		tp := rate.throughput(st.Backlog)
+		switch {
+		case c.JSON:
+			if err := writeJSON(e.stdout, statusJSON(top, st, &tp)); err != nil {
+				return err
+			}
+		case inPlace:
+			lines := statusLines(top, st, &tp)
+			var b strings.Builder
+			if drawn > 0 {
+				fmt.Fprintf(&b, "\x1b[%dA\x1b[J", drawn) // back to the first line drawn, clear below
+			}
+			for _, l := range lines {
+				b.WriteString(l + "\n")
+			}
+			drawn = len(lines)
+			if _, err := io.WriteString(e.stdout, b.String()); err != nil {
+				return err
+			}
+		default:
+			if _, err := fmt.Fprintln(e.stdout, statusLine(st, &tp)); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		next, err := read()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		st = next
+	}
+}
+
+// throughput is what --watch adds to a status.
+type throughput struct {
+	PerSecond float64       // messages leaving the work stream per second; 0 before two readings
+	ETA       time.Duration // until the backlog is empty at that pace; 0 when unknown or empty
+	Known     bool          // at least two readings
+}
+
+// rateMeter measures the pace at which messages leave the work stream over the last readings.
+type rateMeter struct {
+	samples []sample
+}
+
+type sample struct {
+	at        time.Time
+	processed uint64
+}
+
+// rateSamples is how many readings the pace is measured over.
+const rateSamples = 6
+
+func (r *rateMeter) add(at time.Time, processed uint64) {
+	if n := len(r.samples); n > 0 && processed < r.samples[n-1].processed {
+		r.samples = r.samples[:0] // the stream was recreated
+	}
+	r.samples = append(r.samples, sample{at, processed})
+	if len(r.samples) > rateSamples {
+		r.samples = r.samples[1:]
+	}
+}
+
+func (r *rateMeter) throughput(backlog uint64) throughput {
+	if len(r.samples) < 2 {
+		return throughput{}
+	}
+	first, last := r.samples[0], r.samples[len(r.samples)-1]
+	secs := last.at.Sub(first.at).Seconds()
+	if secs <= 0 {
+		return throughput{}
+	}
+	tp := throughput{Known: true, PerSecond: float64(last.processed-first.processed) / secs}
+	if tp.PerSecond > 0 && backlog > 0 {
+		tp.ETA = time.Duration(float64(backlog) / tp.PerSecond * float64(time.Second)).Round(time.Second)
+	}
+	return tp
+}
+
+// statusLines is the human form of a status.
+func statusLines(top queue.Topology, st queue.Status, tp *throughput) []string {
+	lines := []string{
+		fmt.Sprintf("work stream %s", top.Stream),
+		fmt.Sprintf("  backlog       %8d  (waiting %d, in progress %d, redelivered %d)", st.Backlog, st.Undelivered, st.AckPending, st.Redelivered),
+		fmt.Sprintf("  processed     %8d  (applied or dead-lettered since the stream was created)", st.Processed),
+	}
+	if !st.ConsumerFound {
+		lines = append(lines, fmt.Sprintf("  consumer %s not found: no worker has run yet", top.Consumer))
+	}
+	lines = append(lines, fmt.Sprintf("dead letters  %10d  %s", st.DeadLetters, classSummary(st.ByClass)))
+	if tp != nil {
+		lines = append(lines, "throughput    "+throughputText(st, *tp))
+	}
+	return lines
+}
+
+// statusLine is a status on one line, for --watch into a file or a pipe.
+func statusLine(st queue.Status, tp *throughput) string {
+	s := fmt.Sprintf("%s backlog=%d waiting=%d in_progress=%d redelivered=%d processed=%d dead_letters=%d",
+		st.Time.UTC().Format(time.RFC3339), st.Backlog, st.Undelivered, st.AckPending, st.Redelivered, st.Processed, st.DeadLetters)
+	for _, c := range classes(st.ByClass) {
+		s += fmt.Sprintf(" %s=%d", c, st.ByClass[c])
+	}
+	if tp != nil && tp.Known {
+		s += fmt.Sprintf(" per_second=%.1f", tp.PerSecond)
+		if tp.ETA > 0 {
+			s += " eta=" + tp.ETA.String()
+		}
+	}
+	return s
+}
+
+func throughputText(st queue.Status, tp throughput) string {
+	switch {
+	case !tp.Known:
+		return "measuring…"
+	case st.Backlog == 0:
+		return fmt.Sprintf("%.1f/s, backlog empty", tp.PerSecond)
+	case tp.PerSecond == 0:
+		return "0/s: nothing is leaving the backlog (is a worker running?)"
+	}
+	return fmt.Sprintf("%.1f/s, backlog empty in about %s", tp.PerSecond, tp.ETA)
+}
+
+// classSummary reads "(invalid 2, rejected 9, exhausted 1)", the usual classes first.
+func classSummary(by map[queue.Class]int) string {
+	if len(by) == 0 {
+		return ""
+	}
+	parts := make([]string, 0, len(by))
+	for _, c := range classes(by) {
+		name := string(c)
+		if name == "" {
+			name = "unclassified"
+		}
+		parts = append(parts, fmt.Sprintf("%s %d", name, by[c]))
+	}
+	return "(" + strings.Join(parts, ", ") + ")"
+}
+
+// classes orders the classes of by: invalid, rejected, exhausted, then any other by name.
+func classes(by map[queue.Class]int) []queue.Class {
+	rank := map[queue.Class]int{queue.ClassInvalid: 0, queue.ClassRejected: 1, queue.ClassExhausted: 2}
+	out := make([]queue.Class, 0, len(by))
+	for c := range by {
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b queue.Class) int {
+		ra, oka := rank[a]
+		rb, okb := rank[b]
+		if !oka {
+			ra = 3
+		}
+		if !okb {
+			rb = 3
+		}
+		return cmp.Or(cmp.Compare(ra, rb), cmp.Compare(a, b))
+	})
+	return out
+}
+
+// statusDoc is the JSON form of a status.
+type statusDoc struct {
+	Time        time.Time      `json:"time"`
+	Stream      string         `json:"stream"`
+	Backlog     uint64         `json:"backlog"`
+	Waiting     uint64         `json:"waiting"`
+	InProgress  int            `json:"in_progress"`
+	Redelivered int            `json:"redelivered"`
+	Processed   uint64         `json:"processed"`
+	Consumer    bool           `json:"consumer_found"`
+	DeadLetters uint64         `json:"dead_letters"`
+	ByClass     map[string]int `json:"dead_letters_by_class"`
+	PerSecond   *float64       `json:"per_second,omitempty"`
+	ETASeconds  *float64       `json:"eta_seconds,omitempty"`
+}
+
+func statusJSON(top queue.Topology, st queue.Status, tp *throughput) statusDoc {
+	d := statusDoc{
+		Time: st.Time.UTC(), Stream: top.Stream, Backlog: st.Backlog, Waiting: st.Undelivered,
+		InProgress: st.AckPending, Redelivered: st.Redelivered, Processed: st.Processed,
+		Consumer: st.ConsumerFound, DeadLetters: st.DeadLetters, ByClass: map[string]int{},
+	}
+	for c, n := range st.ByClass {
+		d.ByClass[string(c)] = n
+	}
+	if tp != nil && tp.Known {
+		ps := tp.PerSecond
+		d.PerSecond = &ps
+		if tp.ETA > 0 || st.Backlog == 0 {
+			eta := tp.ETA.Seconds()
+			d.ETASeconds = &eta
+		}
+	}
+	return d
+}
+
+func writeJSON(w io.Writer, v any) error {
+	return json.NewEncoder(w).Encode(v)
+}
+
+// dialFlags say how long the operator commands wait for NATS.
+type dialFlags struct {
+	ConnectTimeout time.Duration `name:"connect-timeout" env:"NATS_CONNECT_TIMEOUT" default:"5s" help:"How long to wait for NATS before giving up (default 5s)."`
+}
+
+// session is a connection to NATS for one operator command.
+type session struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+}
+
+// dial connects as run does, to the URL of f or else to the embedded server of a daemon on
+// this machine, and fails clearly when nothing answers.
+func dial(ctx context.Context, e *env, g *globals, f *natsFlags, d dialFlags, name string) (*session, error) {
+	cc := f.conn(e, name, defaultNATSURL)
+	nc, err := queue.Connect(cc, opsLogger(e, g))
+	if err != nil {
+		return nil, &usageError{err}
+	}
+	wctx, cancel := context.WithTimeout(ctx, max(d.ConnectTimeout, 100*time.Millisecond))
+	defer cancel()
+	if err := queue.WaitConnected(wctx, nc); err != nil {
+		closeQuietly(nc)
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
+		if f.NATSURL == "" {
+			return nil, fmt.Errorf("no NATS at %s: is `kustomer-worker run` running? set --nats-url", redactURLs(cc.URL))
+		}
+		return nil, fmt.Errorf("no NATS at %s within %s: check --nats-url and the credentials", redactURLs(cc.URL), d.ConnectTimeout)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		closeQuietly(nc)
+		return nil, err
+	}
+	return &session{nc: nc, js: js}, nil
+}
+
+func (s *session) close() { closeQuietly(s.nc) }
+
+// closeQuietly closes nc without the disconnect warning a deliberate close would log.
+func closeQuietly(nc *nats.Conn) {
+	nc.SetDisconnectErrHandler(nil)
+	nc.SetReconnectHandler(nil)
+	nc.Close()
+}
+
+// redactURLs hides user names and passwords in a comma-separated list of URLs.
+func redactURLs(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil || u.User == nil {
+			continue
+		}
+		u.User = nil
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+// opsLogger is the logger of the short-lived commands: warnings and errors only, unless
+// --log-level debug asks for everything.
+func opsLogger(e *env, g *globals) *slog.Logger {
+	gg := *g
+	if gg.LogLevel == "info" {
+		gg.LogLevel = "warn"
+	}
+	return gg.logger(e.stderr)
+}
+
+// isTerminal reports whether w is a terminal, for progress bars and redrawing in place.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
