@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -125,6 +126,49 @@ func TestSIGTERMDrainsAndExitsZeroWithinTheShutdownTimeout(t *testing.T) {
 	checkNothingLost(t, ups, c.account(t), exactlyOnce)
 }
 
+func TestSIGTERMCutsSlowRequestsShortAtTheShutdownTimeoutAndExitsZero(t *testing.T) {
+	imgs := setup(t)
+	// Kustomer answers nothing for two minutes: the requests in flight outlast the drain.
+	c := newCluster(t, imgs, "--budget=-1", "--latency=2m")
+	const drain = 3 * time.Second
+	w := c.startWorker(t, "worker", map[string]string{
+		"WORKER_SHUTDOWN_TIMEOUT": drain.String(), "KUSTOMER_REQUEST_TIMEOUT": "5m", "WORKER_CONCURRENCY": "4",
+	})
+	metricsURL := "http://" + c.endpoint(t, w, "9464/tcp") + "/metrics"
+
+	ups := makeUpdates("slowterm", 20, 0)
+	c.publish(t, ups)
+	waitFor(t, time.Minute, "4 requests in flight", func() (bool, string) {
+		n := metric(t, c.http, metricsURL, "kustomer_worker_in_flight_requests")
+		return n >= 4, fmt.Sprintf("%v in flight", n)
+	})
+	code, took := kill(t, w, "TERM", drain+30*time.Second)
+	t.Logf("SIGTERM with 4 requests in flight: exit code %d after %s", code, took.Round(time.Millisecond))
+	if code != 0 {
+		t.Errorf("exit code after SIGTERM = %d, want 0", code)
+	}
+	if took < drain-500*time.Millisecond || took > drain+3*time.Second {
+		t.Errorf("the worker exited %s after SIGTERM; want about the shutdown timeout, %s: it must wait for requests in flight, then cut them short", took, drain)
+	}
+
+	// Nothing was acknowledged or dead-lettered: every update waits in the work stream for
+	// the next worker.
+	ctx := context.Background()
+	for stream, want := range map[string]uint64{workStream: uint64(len(ups)), dlqStream: 0} {
+		s, err := c.js.Stream(ctx, stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs != want {
+			t.Errorf("%s holds %d messages after the worker stopped, want %d", stream, info.State.Msgs, want)
+		}
+	}
+}
+
 func TestTwoWorkersOnOneConsumerApplyEachUpdateOnce(t *testing.T) {
 	imgs := setup(t)
 	c := newCluster(t, imgs, "--budget=-1", "--latency=2ms", "--fault-rate=0.02")
@@ -146,7 +190,7 @@ func TestTwoWorkersOnOneConsumerApplyEachUpdateOnce(t *testing.T) {
 	}
 	total := 0
 	for i, w := range workers {
-		n := appliedBy(t, c.http, "http://"+c.endpoint(t, w, "9464/tcp")+"/metrics")
+		n := int(metric(t, c.http, "http://"+c.endpoint(t, w, "9464/tcp")+"/metrics", "kustomer_worker_updates_total", "outcome", "applied"))
 		t.Logf("worker-%d applied %d updates", i+1, n)
 		if n == 0 {
 			t.Errorf("worker-%d applied nothing: the two workers did not share the consumer", i+1)
@@ -158,8 +202,9 @@ func TestTwoWorkersOnOneConsumerApplyEachUpdateOnce(t *testing.T) {
 	}
 }
 
-// appliedBy reads kustomer_worker_updates_total{outcome="applied"} from a worker's /metrics.
-func appliedBy(t *testing.T, hc *http.Client, url string) int {
+// metric reads one counter or gauge from a worker's /metrics: the series of family name
+// whose labels include the given name/value pairs, 0 if there is none.
+func metric(t *testing.T, hc *http.Client, url, name string, labels ...string) float64 {
 	t.Helper()
 	resp, err := hc.Get(url)
 	if err != nil {
@@ -171,15 +216,17 @@ func appliedBy(t *testing.T, hc *http.Client, url string) int {
 	if err != nil {
 		t.Fatalf("parsing %s: %v", url, err)
 	}
-	f, ok := families["kustomer_worker_updates_total"]
-	if !ok {
-		return 0
-	}
-	for _, m := range f.GetMetric() {
+	for _, m := range families[name].GetMetric() {
+		have := make(map[string]string)
 		for _, l := range m.GetLabel() {
-			if l.GetName() == "outcome" && l.GetValue() == "applied" {
-				return int(m.GetCounter().GetValue())
-			}
+			have[l.GetName()] = l.GetValue()
+		}
+		match := true
+		for i := 0; i+1 < len(labels); i += 2 {
+			match = match && have[labels[i]] == labels[i+1]
+		}
+		if match {
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
 	return 0
