@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kustomer-worker/kustomer-worker/queue"
+)
+
+// enqueueN enqueues n updates, for conversations 0 to n-1, with the command.
+func (r *opsRig) enqueueN(n int) {
+	r.t.Helper()
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintln(&b, updateLine(i, `{"status":"done"}`))
+	}
+	if _, stderr, err := r.cli(b.String(), "enqueue", "-", "--progress", "none"); err != nil {
+		r.t.Fatalf("enqueue: %v\n%s", err, stderr)
+	}
+}
+
+// take fetches n messages from the worker's consumer, as a worker would, without acking them.
+func (r *opsRig) take(n int) []jetstream.Msg {
+	r.t.Helper()
+	cons, err := r.js.Consumer(context.Background(), r.top.Stream, r.top.Consumer)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	batch, err := cons.Fetch(n, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	var out []jetstream.Msg
+	for m := range batch.Messages() {
+		out = append(out, m)
+	}
+	if len(out) != n {
+		r.t.Fatalf("fetched %d messages, want %d", len(out), n)
+	}
+	return out
+}
+
+func (r *opsRig) ack(msgs ...jetstream.Msg) {
+	r.t.Helper()
+	for _, m := range msgs {
+		if err := m.DoubleAck(context.Background()); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+}
+
+// deadLetter stores m as a dead letter and acks it, as the worker does.
+func (r *opsRig) deadLetter(m jetstream.Msg, class queue.Class, status int, failedAt time.Time) {
+	r.t.Helper()
+	dl := &queue.DeadLetters{JS: r.js, Subject: r.top.DLQSubject}
+	if err := dl.Publish(context.Background(), m, queue.DeadLetter{
+		Class: class, Status: status, Attempts: 1, FailedAt: failedAt, Reason: fmt.Sprintf("%s, status %d", class, status),
+	}); err != nil {
+		r.t.Fatal(err)
+	}
+	r.ack(m)
+}
+
+func TestStatusMatchesTheStreams(t *testing.T) {
+	checkNoLeaks(t)
+	r := newOpsRig(t)
+	r.enqueueN(10)
+
+	out, _, err := r.cli("", "status", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc statusDoc
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("%q: %v", out, err)
+	}
+	if doc.Backlog != 10 || doc.Waiting != 10 || doc.InProgress != 0 || doc.Processed != 0 || doc.DeadLetters != 0 || !doc.Consumer {
+		t.Fatalf("before any worker: %+v", doc)
+	}
+
+	// Two applied, three dead-lettered, one held by a worker and one handed back and taken
+	// again; three never delivered.
+	msgs := r.take(7)
+	r.ack(msgs[0], msgs[1])
+	r.deadLetter(msgs[2], queue.ClassRejected, 404, time.Now())
+	r.deadLetter(msgs[3], queue.ClassRejected, 400, time.Now())
+	r.deadLetter(msgs[4], queue.ClassInvalid, 0, time.Now())
+	if err := msgs[5].Nak(); err != nil {
+		t.Fatal(err)
+	}
+	again := r.take(1)[0]
+	if md, _ := again.Metadata(); md.NumDelivered != 2 {
+		t.Fatalf("the handed-back message was not redelivered: %+v", md)
+	}
+
+	out, _, err = r.cli("", "status", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc = statusDoc{}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatal(err)
+	}
+	doc.Time = time.Time{}
+	want := statusDoc{Stream: r.top.Stream, Backlog: 5, Waiting: 3, InProgress: 2, Redelivered: 1, Processed: 5,
+		Consumer: true, DeadLetters: 3, ByClass: map[string]int{"rejected": 2, "invalid": 1}}
+	if fmt.Sprint(doc) != fmt.Sprint(want) {
+		t.Fatalf("status =\n %+v\nwant\n %+v", doc, want)
+	}
+
+	t.Run("the human form says the same", func(t *testing.T) {
+		out, _, err := r.cli("", "status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range []string{
+			"work stream KUSTOMER_UPDATES",
+			"  backlog              5  (waiting 3, in progress 2, redelivered 1)",
+			"  processed            5  (applied or dead-lettered since the stream was created)",
+			"dead letters           3  (invalid 1, rejected 2)",
+		} {
+			if !strings.Contains(out, line+"\n") {
+				t.Errorf("no line %q in\n%s", line, out)
+			}
+		}
+	})
+
+	t.Run("watch measures throughput and time left", func(t *testing.T) {
+		var stdout, stderr lockedBuffer
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		vars := map[string]string{"NATS_URL": r.url}
+		go func() {
+			done <- run(ctx, []string{"status", "--watch", "--json", "--interval", "100ms"},
+				&env{stdout: &stdout, stderr: &stderr, getenv: func(k string) string { return vars[k] }})
+		}()
+		lines := func() []statusDoc {
+			var docs []statusDoc
+			for _, l := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+				var d statusDoc
+				if json.Unmarshal([]byte(l), &d) == nil {
+					docs = append(docs, d)
+				}
+			}
+			return docs
+		}
+		eventually(t, "a first refresh", 5*time.Second, func() bool { return len(lines()) > 0 })
+		r.ack(msgs[6], again) // two more applied
+		eventually(t, "a refresh with throughput", 5*time.Second, func() bool {
+			d := lines()
+			last := d[len(d)-1]
+			return last.Processed == 7 && last.PerSecond != nil && *last.PerSecond > 0 && last.ETASeconds != nil && *last.ETASeconds > 0
+		})
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("watch ended with %v", err)
+		}
+		d := lines()
+		if d[0].PerSecond != nil {
+			t.Errorf("the first refresh claims a throughput: %+v", d[0])
+		}
+	})
+
+	t.Run("watch into a pipe prints a line per refresh", func(t *testing.T) {
+		var stdout lockedBuffer
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		vars := map[string]string{"NATS_URL": r.url}
+		go func() {
+			done <- run(ctx, []string{"status", "--watch", "--interval", "100ms"},
+				&env{stdout: &stdout, stderr: &lockedBuffer{}, getenv: func(k string) string { return vars[k] }})
+		}()
+		eventually(t, "two refreshes", 5*time.Second, func() bool { return strings.Count(stdout.String(), "\n") >= 2 })
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		first := strings.SplitN(stdout.String(), "\n", 2)[0]
+		if !strings.Contains(first, " backlog=3 waiting=3 in_progress=0 redelivered=0 processed=7 dead_letters=3 invalid=1 rejected=2") {
+			t.Fatalf("line = %q", first)
+		}
+		if strings.Contains(stdout.String(), "\x1b[") {
+			t.Fatal("escape codes written to a pipe")
+		}
+	})
+}
+
+func TestRateMeter(t *testing.T) {
+	var m rateMeter
+	t0 := time.Unix(1000, 0)
+	m.add(t0, 100)
+	if tp := m.throughput(50); tp.Known {
+		t.Fatalf("one reading gives %+v", tp)
+	}
+	m.add(t0.Add(2*time.Second), 120)
+	tp := m.throughput(50)
+	if !tp.Known || tp.PerSecond != 10 || tp.ETA != 5*time.Second {
+		t.Fatalf("throughput = %+v, want 10/s and 5s left", tp)
+	}
+	for i := 2; i <= 10; i++ {
+		m.add(t0.Add(time.Duration(2*i)*time.Second), uint64(100+10*i))
+	}
+	if tp := m.throughput(10); tp.PerSecond != 5 {
+		t.Fatalf("after a slowdown: %+v, want the pace of the last readings, 5/s", tp)
+	}
+	m.add(t0.Add(30*time.Second), 3) // the stream was recreated
+	if tp := m.throughput(10); tp.Known {
+		t.Fatalf("after a reset: %+v", tp)
+	}
+}
