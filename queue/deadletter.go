@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -60,10 +61,11 @@ func (d *DeadLetters) Publish(ctx context.Context, msg jetstream.Msg, dl DeadLet
 	out := nats.NewMsg(d.Subject)
 	out.Data = msg.Data()
 	for k, vs := range msg.Headers() {
-		if k == jetstream.MsgIDHeader {
-			// The original id belongs to the work stream's dedup window; keep it readable
-			// under another name so the dead letter is not taken for a duplicate.
-			k = "Dlq-Original-Msg-Id"
+		if strings.HasPrefix(k, "Nats-") {
+			// JetStream acts on these at publish (Nats-Msg-Id dedup, Nats-Expected-Stream,
+			// Nats-Rollup, Nats-TTL...): meant for the work stream, they would make the dead
+			// letter a duplicate or refuse it. Keep them readable under another name.
+			k = "Dlq-Original-" + strings.TrimPrefix(k, "Nats-")
 		}
 		for _, v := range vs {
 			out.Header.Add(k, v)

@@ -103,6 +103,7 @@ func TestDeadLetters(t *testing.T) {
 	in.Data = []byte(`{"id":"nope"}`)
 	in.Header.Set("Trace-Id", "abc")
 	in.Header.Set(jetstream.MsgIDHeader, "producer-1")
+	in.Header.Set(jetstream.ExpectedStreamHeader, top.Stream)
 	if _, err := js.PublishMsg(ctx, in); err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +139,7 @@ func TestDeadLetters(t *testing.T) {
 		queue.HeaderClass: "rejected", queue.HeaderReason: "kustomer: HTTP 400: bad", queue.HeaderStatus: "400",
 		queue.HeaderAttempts: "1", queue.HeaderOriginalSubject: top.Subject, queue.HeaderOriginalSequence: "1",
 		queue.HeaderFailedAt: "2026-11-25T10:00:00Z", "Trace-Id": "abc", "Dlq-Original-Msg-Id": "producer-1",
+		"Dlq-Original-Expected-Stream": top.Stream, jetstream.ExpectedStreamHeader: "",
 	}
 	for k, v := range want {
 		if got.Header.Get(k) != v {
