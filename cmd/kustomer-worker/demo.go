@@ -333,7 +333,7 @@ func (c *demoCmd) summary(e *env, r demoResult) {
 	fmt.Fprintf(w, "throughput     %8.1f  updates/s\n", float64(r.applied)/max(secs, 1e-3))
 	fmt.Fprintf(w, "elapsed        %8s  (the budget allows %s at best for %d requests: %.0f%% of the fastest pace)\n",
 		r.elapsed.Round(100*time.Millisecond), bound.Round(100*time.Millisecond), needed, 100*bound.Seconds()/max(secs, 1e-3))
-	fmt.Fprintln(w, "\nNext: a real backfill with `kustomer-worker run` and `kustomer-worker enqueue` (see docs/OPERATIONS.md).")
+	fmt.Fprintln(w, "\nNext: a real backfill with `kustomer-worker run` and `kustomer-worker enqueue` (see the README, Operations).")
 }
 
 // counterValue reads one labelled counter from reg; 0 if absent.

@@ -169,7 +169,7 @@ func (c *dlqListCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return err
 	}
 	if !c.JSON {
-		fmt.Fprintf(e.stderr, "%d dead letters\n", n)
+		fmt.Fprintln(e.stderr, plural(n, "dead letter"))
 	}
 	return nil
 }
@@ -390,6 +390,14 @@ func (c *dlqReplayCmd) Run(ctx context.Context, e *env, g *globals) error {
 	return nil
 }
 
+// plural is "1 dead letter", "2 dead letters".
+func plural[N int | int64](n N, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
 func statusText(status int) string {
 	if status == 0 {
 		return "without status"
@@ -455,9 +463,9 @@ func (c *dlqPurgeCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return nil
 	})
 	if c.DryRun {
-		fmt.Fprintf(e.stdout, "would delete %d dead letters\n", n)
+		fmt.Fprintln(e.stdout, "would delete", plural(n, "dead letter"))
 	} else {
-		fmt.Fprintf(e.stdout, "deleted %d dead letters\n", n)
+		fmt.Fprintln(e.stdout, "deleted", plural(n, "dead letter"))
 	}
 	return err
 }

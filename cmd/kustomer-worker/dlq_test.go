@@ -244,7 +244,7 @@ func TestDLQPurgeAndFilters(t *testing.T) {
 			}
 		}
 		out, _, err := r.cli("", "dlq", "purge", "--since", "1h", "--dry-run")
-		if err != nil || !strings.Contains(out, "would delete 3 (exhausted 503") || !strings.Contains(out, "would delete 1 dead letters") {
+		if err != nil || !strings.Contains(out, "would delete 3 (exhausted 503") || !strings.Contains(out, "would delete 1 dead letter\n") {
 			t.Fatalf("dry run: %v\n%s", err, out)
 		}
 		if n := len(r.listed()); n != 3 {
@@ -253,7 +253,7 @@ func TestDLQPurgeAndFilters(t *testing.T) {
 	})
 	t.Run("purge deletes what it selects", func(t *testing.T) {
 		out, _, err := r.cli("", "dlq", "purge", "--since", "1h", "--yes")
-		if err != nil || !strings.Contains(out, "deleted 1 dead letters") {
+		if err != nil || !strings.Contains(out, "deleted 1 dead letter\n") {
 			t.Fatalf("purge: %v\n%s", err, out)
 		}
 		if got := seqsOf(r.listed()); got != "[1 2]" {

@@ -128,7 +128,7 @@ func (c *enqueueCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return err
 	}
 	if c.Progress != "none" {
-		fmt.Fprintf(e.stderr, "validated %d lines (%d invalid) in %s\n", v.lines, v.invalid, time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(e.stderr, "validated %s (%d invalid) in %s\n", plural(v.lines, "line"), v.invalid, time.Since(start).Round(time.Millisecond))
 	}
 	if v.invalid > 0 && !c.SkipInvalid {
 		return fmt.Errorf("%d of %d lines invalid: nothing published (fix them, or publish the rest with --skip-invalid)", v.invalid, v.lines)

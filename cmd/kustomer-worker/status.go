@@ -180,7 +180,7 @@ func statusLines(top queue.Topology, st queue.Status, tp *throughput) []string {
 	if !st.ConsumerFound {
 		lines = append(lines, fmt.Sprintf("  consumer %s not found: no worker has run yet", top.Consumer))
 	}
-	lines = append(lines, fmt.Sprintf("dead letters  %10d  %s", st.DeadLetters, classSummary(st.ByClass)))
+	lines = append(lines, strings.TrimRight(fmt.Sprintf("dead letters  %10d  %s", st.DeadLetters, classSummary(st.ByClass)), " "))
 	if tp != nil {
 		lines = append(lines, "throughput    "+throughputText(st, *tp))
 	}
