@@ -44,18 +44,18 @@ type cluster struct {
 // newCluster starts NATS and the fake, the fake with the given extra flags of
 // "kustomer-worker mock" (e.g. "--budget=-1"), and connects the test to both through their
 // published ports.
-func newCluster(t *testing.T, imgs images, mockFlags ...string) *cluster {
-	t.Helper()
+func newCluster(tb testing.TB, imgs images, mockFlags ...string) *cluster {
+	tb.Helper()
 	ctx := context.Background()
 	nw, err := network.New(ctx)
-	testcontainers.CleanupNetwork(t, nw)
+	testcontainers.CleanupNetwork(tb, nw)
 	if err != nil {
-		t.Fatalf("creating a Docker network: %v", err)
+		tb.Fatalf("creating a Docker network: %v", err)
 	}
 	c := &cluster{images: imgs, network: nw}
 
-	volume := "kw-e2e-nats-" + randomHex(t, 6)
-	c.nats = c.start(t, "nats", imgs.nats, []testcontainers.ContainerCustomizer{
+	volume := "kw-e2e-nats-" + randomHex(tb, 6)
+	c.nats = c.start(tb, "nats", imgs.nats, []testcontainers.ContainerCustomizer{
 		testcontainers.WithCmd("--jetstream", "--store_dir=/data", "--http_port=8222", "--server_name=e2e-nats"),
 		testcontainers.WithExposedPorts("4222/tcp", "8222/tcp"),
 		testcontainers.WithMounts(testcontainers.VolumeMount(volume, "/data")),
@@ -63,35 +63,35 @@ func newCluster(t *testing.T, imgs images, mockFlags ...string) *cluster {
 	}, testcontainers.RemoveVolumes(volume))
 
 	args := append([]string{"mock", "--addr=0.0.0.0:8080", "--log-format=json"}, mockFlags...)
-	c.mock = c.start(t, "mock", imgs.worker, []testcontainers.ContainerCustomizer{
+	c.mock = c.start(tb, "mock", imgs.worker, []testcontainers.ContainerCustomizer{
 		testcontainers.WithCmd(args...),
 		testcontainers.WithExposedPorts("8080/tcp"),
 		testcontainers.WithWaitStrategyAndDeadline(startupTimeout, httpOK("8080/tcp", "/_mock/stats")),
 	})
 
-	c.rig = newRig(t, c.natsURL(t), "http://"+c.endpoint(t, c.mock, "8080/tcp"))
+	c.rig = newRig(tb, c.natsURL(tb), "http://"+c.endpoint(tb, c.mock, "8080/tcp"))
 	return c
 }
 
 // start runs a container on the cluster's network under alias name, removing it (and the
 // given volumes) when the test ends and printing the end of its logs if the test failed.
-func (c *cluster) start(t *testing.T, name, image string, opts []testcontainers.ContainerCustomizer, rm ...testcontainers.TerminateOption) *testcontainers.DockerContainer {
-	t.Helper()
+func (c *cluster) start(tb testing.TB, name, image string, opts []testcontainers.ContainerCustomizer, rm ...testcontainers.TerminateOption) *testcontainers.DockerContainer {
+	tb.Helper()
 	opts = append([]testcontainers.ContainerCustomizer{
-		testcontainers.WithLogger(tclog.TestLogger(t)),
+		testcontainers.WithLogger(tclog.TestLogger(tb)),
 		network.WithNetwork([]string{name}, c.network),
 	}, opts...)
 	ctr, err := testcontainers.Run(context.Background(), image, opts...)
-	testcontainers.CleanupContainer(t, ctr, rm...)
+	testcontainers.CleanupContainer(tb, ctr, rm...)
 	if ctr != nil {
-		t.Cleanup(func() {
-			if t.Failed() {
-				logTail(t, name, ctr, 80)
+		tb.Cleanup(func() {
+			if tb.Failed() {
+				logTail(tb, name, ctr, 80)
 			}
 		})
 	}
 	if err != nil {
-		t.Fatalf("starting %s (%s): %v", name, image, err)
+		tb.Fatalf("starting %s (%s): %v", name, image, err)
 	}
 	return ctr
 }
@@ -99,8 +99,8 @@ func (c *cluster) start(t *testing.T, name, image string, opts []testcontainers.
 // startWorker starts a worker container named name, reading from the cluster's NATS and
 // writing to its fake. env overrides the defaults below (variables of "kustomer-worker run").
 // It returns once the worker's /readyz answers 200.
-func (c *cluster) startWorker(t *testing.T, name string, env map[string]string) *testcontainers.DockerContainer {
-	t.Helper()
+func (c *cluster) startWorker(tb testing.TB, name string, env map[string]string) *testcontainers.DockerContainer {
+	tb.Helper()
 	all := map[string]string{
 		"NATS_URL":                 "nats://nats:4222",
 		"KUSTOMER_BASE_URL":        "http://mock:8080",
@@ -114,7 +114,7 @@ func (c *cluster) startWorker(t *testing.T, name string, env map[string]string) 
 		"LOG_FORMAT":               "json",
 	}
 	maps.Copy(all, env)
-	return c.start(t, name, c.images.worker, []testcontainers.ContainerCustomizer{
+	return c.start(tb, name, c.images.worker, []testcontainers.ContainerCustomizer{
 		testcontainers.WithCmd("run"),
 		testcontainers.WithEnv(all),
 		testcontainers.WithExposedPorts("9464/tcp"),
@@ -158,17 +158,17 @@ func (s *loopbackHTTP) WaitUntilReady(ctx context.Context, target wait.StrategyT
 
 // natsURL is where the test reaches NATS now; the published port changes when the container
 // is started again.
-func (c *cluster) natsURL(t *testing.T) string {
-	t.Helper()
-	return "nats://" + c.endpoint(t, c.nats, "4222/tcp")
+func (c *cluster) natsURL(tb testing.TB) string {
+	tb.Helper()
+	return "nats://" + c.endpoint(tb, c.nats, "4222/tcp")
 }
 
 // endpoint is 127.0.0.1 and the host port a container's port is published on.
-func (c *cluster) endpoint(t *testing.T, ctr *testcontainers.DockerContainer, port string) string {
-	t.Helper()
+func (c *cluster) endpoint(tb testing.TB, ctr *testcontainers.DockerContainer, port string) string {
+	tb.Helper()
 	p, err := ctr.MappedPort(context.Background(), port)
 	if err != nil {
-		t.Fatalf("published port of %s: %v", port, err)
+		tb.Fatalf("published port of %s: %v", port, err)
 	}
 	return "127.0.0.1:" + p.Port()
 }
@@ -176,14 +176,14 @@ func (c *cluster) endpoint(t *testing.T, ctr *testcontainers.DockerContainer, po
 // kill sends signal (e.g. "KILL", "TERM") to the container's main process, and returns the
 // container's state once it has exited, and how long that took. It fails the test if the
 // container is still running after within.
-func kill(t *testing.T, ctr *testcontainers.DockerContainer, signal string, within time.Duration) (exitCode int, took time.Duration) {
-	t.Helper()
+func kill(tb testing.TB, ctr *testcontainers.DockerContainer, signal string, within time.Duration) (exitCode int, took time.Duration) {
+	tb.Helper()
 	ctx := context.Background()
 	start := time.Now()
 	if _, err := suite.docker.ContainerKill(ctx, ctr.GetContainerID(), client.ContainerKillOptions{Signal: signal}); err != nil {
-		t.Fatalf("docker kill --signal %s: %v", signal, err)
+		tb.Fatalf("docker kill --signal %s: %v", signal, err)
 	}
-	waitFor(t, within, "the container to exit after SIG"+signal, func() (bool, string) {
+	waitFor(tb, within, "the container to exit after SIG"+signal, func() (bool, string) {
 		st, err := ctr.State(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -193,7 +193,7 @@ func kill(t *testing.T, ctr *testcontainers.DockerContainer, signal string, with
 	took = time.Since(start)
 	st, err := ctr.State(ctx)
 	if err != nil {
-		t.Fatalf("container state: %v", err)
+		tb.Fatalf("container state: %v", err)
 	}
 	return st.ExitCode, took
 }
@@ -210,13 +210,13 @@ func httpStatus(hc *http.Client, url string) int {
 }
 
 // logTail writes the last n lines of a container's logs to the test log.
-func logTail(t *testing.T, name string, ctr *testcontainers.DockerContainer, n int) {
-	t.Helper()
+func logTail(tb testing.TB, name string, ctr *testcontainers.DockerContainer, n int) {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	rc, err := ctr.Logs(ctx)
 	if err != nil {
-		t.Logf("logs of %s: %v", name, err)
+		tb.Logf("logs of %s: %v", name, err)
 		return
 	}
 	defer rc.Close()
@@ -229,13 +229,13 @@ func logTail(t *testing.T, name string, ctr *testcontainers.DockerContainer, n i
 			lines = lines[1:]
 		}
 	}
-	t.Logf("last %d log lines of %s:\n%s", len(lines), name, strings.Join(lines, "\n"))
+	tb.Logf("last %d log lines of %s:\n%s", len(lines), name, strings.Join(lines, "\n"))
 }
 
 // waitFor polls cond every 200ms until it holds, and fails the test with what, timeout and
 // cond's last status if it does not within timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (ok bool, status string)) {
-	t.Helper()
+func waitFor(tb testing.TB, timeout time.Duration, what string, cond func() (ok bool, status string)) {
+	tb.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(200 * time.Millisecond)
@@ -247,18 +247,18 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (ok b
 		}
 		select {
 		case <-deadline.C:
-			t.Fatalf("waited %s for %s; last status: %s", timeout, what, status)
+			tb.Fatalf("waited %s for %s; last status: %s", timeout, what, status)
 		case <-tick.C:
 		}
 	}
 }
 
 // randomHex returns 2n random hex characters.
-func randomHex(t *testing.T, n int) string {
-	t.Helper()
+func randomHex(tb testing.TB, n int) string {
+	tb.Helper()
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return hex.EncodeToString(b)
 }

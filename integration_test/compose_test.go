@@ -24,8 +24,8 @@ type compose struct {
 
 // findCompose picks "docker compose" if it answers, else docker-compose. With neither, the
 // test is skipped, or fails under KW_REQUIRE_DOCKER=1.
-func findCompose(t *testing.T) compose {
-	t.Helper()
+func findCompose(tb testing.TB) compose {
+	tb.Helper()
 	file := filepath.Join(suite.root, "docker-compose.yml")
 	for _, cmd := range [][]string{{"docker", "compose"}, {"docker-compose"}} {
 		args := append(cmd[1:len(cmd):len(cmd)], "version")
@@ -35,18 +35,18 @@ func findCompose(t *testing.T) compose {
 	}
 	const msg = `neither "docker compose" nor docker-compose is installed`
 	if os.Getenv("KW_REQUIRE_DOCKER") == "1" {
-		t.Fatal(msg)
+		tb.Fatal(msg)
 	}
-	t.Skip(msg)
+	tb.Skip(msg)
 	return compose{}
 }
 
 // run runs compose with args and returns its standard output; it fails the test on error.
-func (c compose) run(t *testing.T, timeout time.Duration, args ...string) string {
-	t.Helper()
+func (c compose) run(tb testing.TB, timeout time.Duration, args ...string) string {
+	tb.Helper()
 	out, err := c.try(timeout, nil, args...)
 	if err != nil {
-		t.Fatalf("%s: %v", strings.Join(c.args(args...), " "), err)
+		tb.Fatalf("%s: %v", strings.Join(c.args(args...), " "), err)
 	}
 	return out
 }

@@ -73,12 +73,14 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "integration_test: skipping every test:", reason)
 		return m.Run()
 	}
+	// Goroutines running now belong to the Docker client and live as long as the process.
+	before := goleak.IgnoreCurrent()
 	code := m.Run()
 	if os.Getenv("KW_KEEP_IMAGES") != "1" {
 		removeImages(suite.docker, suite.images)
 	}
 	suite.docker.Close()
-	if err := goleak.Find(goleak.IgnoreCurrent()); err != nil && code == 0 {
+	if err := goleak.Find(before); err != nil && code == 0 {
 		fmt.Fprintln(os.Stderr, "integration_test: goroutines leaked:", err)
 		return 1
 	}
@@ -160,10 +162,10 @@ func removeImages(dc *testcontainers.DockerClient, imgs images) {
 
 // setup skips the test when TestMain found that the suite cannot run here, and otherwise
 // returns the images to run.
-func setup(t *testing.T) images {
-	t.Helper()
+func setup(tb testing.TB) images {
+	tb.Helper()
 	if suite.skip != "" {
-		t.Skip(suite.skip)
+		tb.Skip(suite.skip)
 	}
 	return suite.images
 }

@@ -36,11 +36,11 @@ type rig struct {
 	js      jetstream.JetStream
 }
 
-func newRig(t *testing.T, natsURL, mockURL string) *rig {
-	t.Helper()
+func newRig(tb testing.TB, natsURL, mockURL string) *rig {
+	tb.Helper()
 	r := &rig{mockURL: mockURL, http: &http.Client{Timeout: 30 * time.Second}}
-	r.connect(t, natsURL)
-	t.Cleanup(func() {
+	r.connect(tb, natsURL)
+	tb.Cleanup(func() {
 		if r.nc != nil {
 			r.nc.Close()
 		}
@@ -50,19 +50,19 @@ func newRig(t *testing.T, natsURL, mockURL string) *rig {
 }
 
 // connect (re)connects the test to NATS at url, closing the previous connection.
-func (r *rig) connect(t *testing.T, url string) {
-	t.Helper()
+func (r *rig) connect(tb testing.TB, url string) {
+	tb.Helper()
 	if r.nc != nil {
 		r.nc.Close()
 	}
 	nc, err := nats.Connect(url, nats.Name("integration-test"), nats.Timeout(10*time.Second))
 	if err != nil {
-		t.Fatalf("connecting to NATS at %s: %v", url, err)
+		tb.Fatalf("connecting to NATS at %s: %v", url, err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	r.nc, r.js = nc, js
 }
@@ -105,58 +105,58 @@ func makeUpdates(prefix string, n, invalid int) []update {
 
 // publish enqueues the updates on the work subject, each with its marker as Nats-Msg-Id, and
 // fails the test unless JetStream stored every one as new.
-func (r *rig) publish(t *testing.T, ups []update) {
-	t.Helper()
+func (r *rig) publish(tb testing.TB, ups []update) {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for _, u := range ups {
 		ack, err := r.js.Publish(ctx, workSubject, u.data, jetstream.WithMsgID(u.marker))
 		if err != nil {
-			t.Fatalf("publishing %s: %v", u.marker, err)
+			tb.Fatalf("publishing %s: %v", u.marker, err)
 		}
 		if ack.Duplicate {
-			t.Fatalf("publishing %s: JetStream took it for a duplicate", u.marker)
+			tb.Fatalf("publishing %s: JetStream took it for a duplicate", u.marker)
 		}
 	}
 }
 
 // stats is the fake's GET /_mock/stats.
-func (r *rig) stats(t *testing.T) kustomertest.Stats {
-	t.Helper()
+func (r *rig) stats(tb testing.TB) kustomertest.Stats {
+	tb.Helper()
 	var st kustomertest.Stats
-	r.getJSON(t, "/_mock/stats", &st)
+	r.getJSON(tb, "/_mock/stats", &st)
 	return st
 }
 
-func (r *rig) getJSON(t *testing.T, path string, v any) {
-	t.Helper()
+func (r *rig) getJSON(tb testing.TB, path string, v any) {
+	tb.Helper()
 	resp, err := r.http.Get(r.mockURL + path)
 	if err != nil {
-		t.Fatalf("GET %s: %v", path, err)
+		tb.Fatalf("GET %s: %v", path, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s", path, resp.Status)
+		tb.Fatalf("GET %s: %s", path, resp.Status)
 	}
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		t.Fatalf("GET %s: %v", path, err)
+		tb.Fatalf("GET %s: %v", path, err)
 	}
 }
 
 // waitApplied waits until the fake has applied at least n updates.
-func (r *rig) waitApplied(t *testing.T, n int, timeout time.Duration) {
-	t.Helper()
-	waitFor(t, timeout, fmt.Sprintf("%d updates applied at the fake", n), func() (bool, string) {
-		st := r.stats(t)
+func (r *rig) waitApplied(tb testing.TB, n int, timeout time.Duration) {
+	tb.Helper()
+	waitFor(tb, timeout, fmt.Sprintf("%d updates applied at the fake", n), func() (bool, string) {
+		st := r.stats(tb)
 		return st.Applied >= n, fmt.Sprintf("%d applied", st.Applied)
 	})
 }
 
 // waitSettled waits until the work stream is empty, which under its work-queue retention means
 // every message was acknowledged: applied, or dead-lettered.
-func (r *rig) waitSettled(t *testing.T, timeout time.Duration) {
-	t.Helper()
-	waitFor(t, timeout, "the work stream to empty", func() (bool, string) {
+func (r *rig) waitSettled(tb testing.TB, timeout time.Duration) {
+	tb.Helper()
+	waitFor(tb, timeout, "the work stream to empty", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		s, err := r.js.Stream(ctx, workStream)
@@ -167,7 +167,7 @@ func (r *rig) waitSettled(t *testing.T, timeout time.Duration) {
 		if err != nil {
 			return false, err.Error()
 		}
-		return info.State.Msgs == 0, fmt.Sprintf("%d messages left in %s; fake: %+v", info.State.Msgs, workStream, r.stats(t))
+		return info.State.Msgs == 0, fmt.Sprintf("%d messages left in %s; fake: %+v", info.State.Msgs, workStream, r.stats(tb))
 	})
 }
 
@@ -183,8 +183,8 @@ type outcome struct {
 }
 
 // account collects, by marker, the requests the fake answered 200 and the dead letters.
-func (r *rig) account(t *testing.T) map[string]*outcome {
-	t.Helper()
+func (r *rig) account(tb testing.TB) map[string]*outcome {
+	tb.Helper()
 	got := make(map[string]*outcome)
 	at := func(marker string) *outcome {
 		o := got[marker]
@@ -195,15 +195,15 @@ func (r *rig) account(t *testing.T) map[string]*outcome {
 		return o
 	}
 	var reqs []kustomertest.Request
-	r.getJSON(t, "/_mock/requests", &reqs)
+	r.getJSON(tb, "/_mock/requests", &reqs)
 	for _, req := range reqs {
 		if req.Method != http.MethodPut || req.Status != http.StatusOK {
 			continue
 		}
-		at(markerOf(t, req.Body, "body.name of a request at the fake")).applied++
+		at(markerOf(tb, req.Body, "body.name of a request at the fake")).applied++
 	}
-	for _, m := range r.deadLetters(t) {
-		o := at(markerOf(t, m.Data(), "a dead letter"))
+	for _, m := range r.deadLetters(tb) {
+		o := at(markerOf(tb, m.Data(), "a dead letter"))
 		o.dead = append(o.dead, deadLetter{class: m.Headers().Get(queue.HeaderClass), reason: m.Headers().Get(queue.HeaderReason)})
 	}
 	return got
@@ -211,8 +211,8 @@ func (r *rig) account(t *testing.T) map[string]*outcome {
 
 // markerOf reads the marker of a request body ({"name": ...}) or of a message
 // ({"body": {"name": ...}}).
-func markerOf(t *testing.T, data []byte, what string) string {
-	t.Helper()
+func markerOf(tb testing.TB, data []byte, what string) string {
+	tb.Helper()
 	var v struct {
 		Name string `json:"name"`
 		Body struct {
@@ -220,7 +220,7 @@ func markerOf(t *testing.T, data []byte, what string) string {
 		} `json:"body"`
 	}
 	if err := json.Unmarshal(data, &v); err != nil {
-		t.Fatalf("%s is not JSON: %v: %q", what, err, data)
+		tb.Fatalf("%s is not JSON: %v: %q", what, err, data)
 	}
 	if v.Name != "" {
 		return v.Name
@@ -229,17 +229,17 @@ func markerOf(t *testing.T, data []byte, what string) string {
 }
 
 // deadLetters reads the whole dead-letter stream.
-func (r *rig) deadLetters(t *testing.T) []jetstream.Msg {
-	t.Helper()
+func (r *rig) deadLetters(tb testing.TB) []jetstream.Msg {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := r.js.Stream(ctx, dlqStream)
 	if err != nil {
-		t.Fatalf("stream %s: %v", dlqStream, err)
+		tb.Fatalf("stream %s: %v", dlqStream, err)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	want := int(info.State.Msgs)
 	if want == 0 {
@@ -247,23 +247,23 @@ func (r *rig) deadLetters(t *testing.T) []jetstream.Msg {
 	}
 	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	var msgs []jetstream.Msg
 	for len(msgs) < want {
 		batch, err := cons.Fetch(want-len(msgs), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			t.Fatalf("reading %s: %v", dlqStream, err)
+			tb.Fatalf("reading %s: %v", dlqStream, err)
 		}
 		n := len(msgs)
 		for m := range batch.Messages() {
 			msgs = append(msgs, m)
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			t.Fatalf("reading %s: %v", dlqStream, err)
+			tb.Fatalf("reading %s: %v", dlqStream, err)
 		}
 		if len(msgs) == n {
-			t.Fatalf("reading %s: got %d of %d messages", dlqStream, n, want)
+			tb.Fatalf("reading %s: got %d of %d messages", dlqStream, n, want)
 		}
 	}
 	return msgs
@@ -282,8 +282,8 @@ const (
 // and never dead-lettered, that every invalid one sits in the dead-letter stream with class
 // invalid and a reason and never reached the fake, that nothing else arrived anywhere, and,
 // unless dup allows it, that no update was applied twice.
-func checkNothingLost(t *testing.T, ups []update, got map[string]*outcome, dup duplicates) {
-	t.Helper()
+func checkNothingLost(tb testing.TB, ups []update, got map[string]*outcome, dup duplicates) {
+	tb.Helper()
 	var problems []string
 	twice := 0
 	for _, u := range ups {
@@ -313,9 +313,9 @@ func checkNothingLost(t *testing.T, ups []update, got map[string]*outcome, dup d
 	for _, m := range slices.Sorted(maps.Keys(got)) {
 		problems = append(problems, fmt.Sprintf("%s: arrived (%d applied, %d dead letters) but was never enqueued", m, got[m].applied, len(got[m].dead)))
 	}
-	t.Logf("%d updates checked one by one: %d applied more than once", len(ups), twice)
+	tb.Logf("%d updates checked one by one: %d applied more than once", len(ups), twice)
 	if len(problems) > 0 {
 		shown := problems[:min(len(problems), 25)]
-		t.Errorf("%d of %d updates went wrong; the first ones:\n%s", len(problems), len(ups), strings.Join(shown, "\n"))
+		tb.Errorf("%d of %d updates went wrong; the first ones:\n%s", len(problems), len(ups), strings.Join(shown, "\n"))
 	}
 }

@@ -204,17 +204,17 @@ func TestTwoWorkersOnOneConsumerApplyEachUpdateOnce(t *testing.T) {
 
 // metric reads one counter or gauge from a worker's /metrics: the series of family name
 // whose labels include the given name/value pairs, 0 if there is none.
-func metric(t *testing.T, hc *http.Client, url, name string, labels ...string) float64 {
-	t.Helper()
+func metric(tb testing.TB, hc *http.Client, url, name string, labels ...string) float64 {
+	tb.Helper()
 	resp, err := hc.Get(url)
 	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
+		tb.Fatalf("GET %s: %v", url, err)
 	}
 	defer resp.Body.Close()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		t.Fatalf("parsing %s: %v", url, err)
+		tb.Fatalf("parsing %s: %v", url, err)
 	}
 	for _, m := range families[name].GetMetric() {
 		have := make(map[string]string)
