@@ -47,7 +47,8 @@ work stream's dedup window (--dedup-window of run, default 2m) publishes nothing
 reports success only once JetStream confirmed every publish. Messages go to SUBJECT.<id>.
 
 A line is {"id": "<24-hex conversation id>", "replace": false, "body": {...}}; blank lines are
-skipped.
+skipped. Input of any size streams: valid lines are spooled to a temporary file ($TMPDIR)
+between validating and publishing, so memory stays flat.
 
 Examples:
   # A backfill file:
