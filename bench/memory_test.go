@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -45,17 +44,6 @@ func BenchmarkMemory(b *testing.B) {
 	b.ReportMetric(median(largePeak), fmt.Sprintf("peak_rss_MiB_%d", large))
 	b.ReportMetric(median(growth), "rss_ratio_large_vs_small")
 	b.ReportMetric(median(speed), "updates/s")
-}
-
-// buildWorker builds cmd/kustomer-worker into a temporary directory and returns its path.
-func buildWorker(tb testing.TB) string {
-	tb.Helper()
-	bin := filepath.Join(tb.TempDir(), "kustomer-worker")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/kustomer-worker/kustomer-worker/cmd/kustomer-worker").CombinedOutput()
-	if err != nil {
-		tb.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // runWorkerProcess publishes a backlog of n updates, runs the worker binary bin through it,

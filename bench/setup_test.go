@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -338,3 +340,14 @@ func percentile(xs []float64, p float64) float64 {
 
 // ms is d in milliseconds.
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// buildWorker builds cmd/kustomer-worker into a temporary directory and returns its path.
+func buildWorker(tb testing.TB) string {
+	tb.Helper()
+	bin := filepath.Join(tb.TempDir(), "kustomer-worker")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/kustomer-worker/kustomer-worker/cmd/kustomer-worker").CombinedOutput()
+	if err != nil {
+		tb.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
