@@ -4,7 +4,7 @@
 // real worker against an embedded NATS server and the fake Kustomer API of package
 // kustomertest, and compares it with a baseline run in the same process.
 //
-// Run every benchmark at full size (about 15 minutes; docs/BENCHMARKS.md has the figures):
+// Run every benchmark at full size (about 10 minutes; docs/BENCHMARKS.md has the figures):
 //
 //	go test -run='^$' -bench=. -benchtime=1x -timeout=60m ./bench/
 //
