@@ -15,7 +15,7 @@ type Config struct {
 	MaxAttempts int
 	// MaxHeld is how many messages the pool takes from the consumer before acking them,
 	// including those waiting behind an earlier update to the same conversation. Keep it at or
-	// below the consumer's MaxAckPending. Default 4 × Concurrency.
+	// below the consumer's MaxAckPending. Default 4 × Concurrency, at least 32.
 	MaxHeld int
 	// AckWait is the consumer's AckWait: held messages are marked in progress well before it
 	// runs out, so waiting for budget or backoff never causes a redelivery. Default 30s.
@@ -43,7 +43,7 @@ func (c Config) WithDefaults() Config {
 		c.MaxAttempts = 10
 	}
 	if c.MaxHeld == 0 {
-		c.MaxHeld = 4 * c.Concurrency
+		c.MaxHeld = max(4*c.Concurrency, 32)
 	}
 	if c.AckWait == 0 {
 		c.AckWait = 30 * time.Second

@@ -63,8 +63,7 @@ type Pool struct {
 	ready   chan *conv    // conversations whose head job can be processed now
 	slots   chan struct{} // one token per held message, at most MaxHeld
 
-	inflight       atomic.Int64
-	blindThrottles atomic.Int64 // org-wide 429s in a row that said nothing of when to retry
+	inflight atomic.Int64
 }
 
 // conv is one conversation's held messages, in the order received. A conv in the map is always
@@ -178,6 +177,11 @@ func (p *Pool) fetch(ctx context.Context) {
 			return
 		}
 		n := 1
+		if len(p.slots) > 1 {
+			// Messages are still held: gather room for a batch, briefly, so that a backlog
+			// is pulled in batches rather than one pull request per message.
+			n += p.gather(ctx, p.cfg.MaxHeld/2-1)
+		}
 	more:
 		for n < p.cfg.MaxHeld {
 			select {
@@ -210,6 +214,27 @@ func (p *Pool) fetch(ctx context.Context) {
 		failures = 0
 	}
 }
+
+// gather takes up to want more slots as they free up, for at most batchGather.
+func (p *Pool) gather(ctx context.Context, want int) int {
+	t := time.NewTimer(batchGather)
+	defer t.Stop()
+	got := 0
+	for got < want {
+		select {
+		case p.slots <- struct{}{}:
+			got++
+		case <-t.C:
+			return got
+		case <-ctx.Done():
+			return got
+		}
+	}
+	return got
+}
+
+// batchGather is how long the fetch loop waits for room for a batch while messages are held.
+const batchGather = 10 * time.Millisecond
 
 // add holds a fetched message behind any earlier one for the same conversation.
 func (p *Pool) add(msg jetstream.Msg) {
@@ -314,7 +339,6 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.InFlight }, float64(p.inflight.Add(-1)))
 
 	if err == nil {
-		p.blindThrottles.Store(0)
 		p.Metrics.request(res.Status, elapsed)
 		p.Pacer.Observe(res.RateLimit, int(p.inflight.Load()))
 		p.keyWorks(probe, log)
@@ -364,13 +388,7 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 			p.schedule(c, d)
 			return
 		}
-		d := apiErr.Wait
-		if d <= 0 {
-			// No reset in the future and no Retry-After: the window is about to turn, or
-			// Kustomer did not say. Pause briefly, longer each time it happens again.
-			d = min(250*time.Millisecond<<min(p.blindThrottles.Add(1)-1, 8), kustomer.MaxWait)
-		}
-		p.Pacer.PauseFor(d)
+		d := p.Pacer.OrgThrottled(apiErr.RateLimit)
 		p.Metrics.retry("throttled_org")
 		log.Info("org rate budget spent; pausing every request", "status", apiErr.Status, "pause", d)
 		p.schedule(c, 0)

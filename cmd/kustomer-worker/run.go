@@ -36,7 +36,7 @@ type runCmd struct {
 	ShutdownTimeout time.Duration `name:"shutdown-timeout" env:"WORKER_SHUTDOWN_TIMEOUT" default:"30s" help:"After SIGINT/SIGTERM, how long requests in flight may finish; the rest is handed back for redelivery (default 30s)."`
 	HTTPAddr        string        `name:"http-addr" env:"WORKER_HTTP_ADDR" default:"127.0.0.1:9464" help:"Address serving /metrics, /healthz and /readyz; empty turns it off (default 127.0.0.1:9464)."`
 	AckWait         time.Duration `name:"ack-wait" env:"WORKER_ACK_WAIT" default:"30s" help:"Consumer AckWait: a crashed worker's messages are redelivered after this long (default 30s)."`
-	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency (default 0)."`
+	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency, at least 32 (default 0)."`
 	MaxDeliver      int           `name:"max-deliver" env:"WORKER_MAX_DELIVER" default:"100" help:"Consumer MaxDeliver, a safety net above max-attempts (default 100)."`
 	DedupWindow     time.Duration `name:"dedup-window" env:"WORKER_DEDUP_WINDOW" default:"2m" help:"Work stream's Nats-Msg-Id duplicate window (default 2m)."`
 	DLQMaxAge       time.Duration `name:"dlq-max-age" env:"WORKER_DLQ_MAX_AGE" default:"0s" help:"How long dead letters are kept; 0 keeps them until purged (default 0)."`
