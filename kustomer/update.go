@@ -175,14 +175,7 @@ func Decode(data []byte) (Update, error) {
 			c.pop()
 		}
 	}
-	if c.syntax == nil {
-		if _, err := c.dec.Token(); err != io.EOF {
-			c.syntax = err
-			if err == nil {
-				c.syntax = errTrailing
-			}
-		}
-	}
+	c.end()
 	if c.syntax != nil {
 		c.syntaxProblem("message", 0)
 		return Update{}, c.result()
@@ -447,6 +440,20 @@ func (c *checker) token() (json.Token, bool) {
 	return tok, true
 }
 
+// end records a syntax error unless the input ends after the value read: one JSON value and
+// nothing but white space after it. It does nothing once reading has failed.
+func (c *checker) end() {
+	if c.syntax != nil {
+		return
+	}
+	if _, err := c.dec.Token(); err != io.EOF {
+		c.syntax = err
+		if err == nil {
+			c.syntax = errTrailing
+		}
+	}
+}
+
 // syntaxProblem replaces the problems found since the first `keep` with one problem naming
 // the syntax error: once the JSON is broken, nothing else said about it is reliable.
 func (c *checker) syntaxProblem(field string, keep int) {
@@ -483,14 +490,7 @@ func (c *checker) body(raw []byte) {
 	if tok, ok := c.token(); ok {
 		c.value(bodyRule, tok)
 	}
-	if c.syntax == nil {
-		if _, err := c.dec.Token(); err != io.EOF {
-			c.syntax = err
-			if err == nil {
-				c.syntax = errTrailing
-			}
-		}
-	}
+	c.end()
 	if c.syntax != nil {
 		c.syntaxProblem("body", keep)
 		return
