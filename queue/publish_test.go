@@ -3,7 +3,6 @@ package queue_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"strconv"
 	"sync"
 	"testing"
@@ -14,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 )
 
 // broker is an embedded NATS server with the topology declared, for the tests of this file
@@ -26,20 +26,7 @@ type broker struct {
 
 func startBroker(tb testing.TB) *broker {
 	tb.Helper()
-	emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Port: -1, DataDir: tb.TempDir()}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(emb.Shutdown)
-	nc, err := nats.Connect(emb.ClientURL())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	nc, js := queuetest.Connect(tb, queuetest.StartServer(tb).URL())
 	top := queue.Topology{DedupWindow: time.Minute}.WithDefaults()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -12,40 +12,24 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 )
 
-func setup(t *testing.T) (jetstream.JetStream, queue.Topology, string) {
+func setup(t *testing.T) (jetstream.JetStream, queue.Topology) {
 	t.Helper()
-	dir := t.TempDir()
-	emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Port: -1, DataDir: dir}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(emb.Shutdown)
-	nc, err := queue.Connect(queue.ConnConfig{URL: emb.ClientURL()}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	_, js := queuetest.Connect(t, queuetest.StartServer(t).URL())
+	top := queue.Topology{}.WithDefaults()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := queue.WaitConnected(ctx, nc); err != nil {
-		t.Fatal(err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	top := queue.Topology{}.WithDefaults()
 	if err := queue.Ensure(ctx, js, top); err != nil {
 		t.Fatal(err)
 	}
-	return js, top, dir
+	return js, top
 }
 
 func TestEnsure(t *testing.T) {
 	t.Run("is idempotent and takes ids appended to the subject", func(t *testing.T) {
-		js, top, _ := setup(t)
+		js, top := setup(t)
 		ctx := context.Background()
 		if err := queue.Ensure(ctx, js, top); err != nil {
 			t.Fatalf("second Ensure: %v", err)
@@ -74,7 +58,7 @@ func TestEnsure(t *testing.T) {
 	})
 
 	t.Run("applies changed settings to existing streams", func(t *testing.T) {
-		js, top, _ := setup(t)
+		js, top := setup(t)
 		top.AckWait, top.MaxAckPending = 7*time.Second, 12
 		if err := queue.Ensure(context.Background(), js, top); err != nil {
 			t.Fatal(err)
@@ -87,7 +71,7 @@ func TestEnsure(t *testing.T) {
 	})
 
 	t.Run("Bind explains a missing consumer", func(t *testing.T) {
-		js, top, _ := setup(t)
+		js, top := setup(t)
 		top.Consumer = "nobody"
 		_, _, err := queue.Bind(context.Background(), js, top)
 		if err == nil || !strings.Contains(err.Error(), "nobody") || !strings.Contains(err.Error(), "manage-streams") {
@@ -97,7 +81,7 @@ func TestEnsure(t *testing.T) {
 }
 
 func TestDeadLetters(t *testing.T) {
-	js, top, _ := setup(t)
+	js, top := setup(t)
 	ctx := context.Background()
 	in := nats.NewMsg(top.Subject)
 	in.Data = []byte(`{"id":"nope"}`)
@@ -149,7 +133,7 @@ func TestDeadLetters(t *testing.T) {
 }
 
 func TestAttempts(t *testing.T) {
-	js, top, _ := setup(t)
+	js, top := setup(t)
 	ctx := context.Background()
 	_, a, err := queue.Bind(ctx, js, top)
 	if err != nil {
@@ -173,20 +157,8 @@ func TestAttempts(t *testing.T) {
 }
 
 func TestEmbeddedKeepsMessagesAcrossRestarts(t *testing.T) {
-	dir := t.TempDir()
-	start := func() (*queue.Embedded, jetstream.JetStream, *nats.Conn) {
-		emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Port: -1, DataDir: dir}, slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		nc, err := nats.Connect(emb.ClientURL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		js, _ := jetstream.New(nc)
-		return emb, js, nc
-	}
-	emb, js, nc := start()
+	srv := queuetest.StartServer(t)
+	nc, js := queuetest.Connect(t, srv.URL())
 	top := queue.Topology{}.WithDefaults()
 	if err := queue.Ensure(context.Background(), js, top); err != nil {
 		t.Fatal(err)
@@ -197,17 +169,10 @@ func TestEmbeddedKeepsMessagesAcrossRestarts(t *testing.T) {
 		}
 	}
 	nc.Close()
-	emb.Shutdown()
-	emb, js, nc = start()
-	defer emb.Shutdown()
-	defer nc.Close()
-	s, err := js.Stream(context.Background(), top.Stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, _ := s.Info(context.Background())
-	if info.State.Msgs != 5 {
-		t.Errorf("%d messages after restart; want 5", info.State.Msgs)
+	srv.Restart(t)
+	_, js = queuetest.Connect(t, srv.URL())
+	if n := queuetest.StreamMsgs(t, js, top.Stream); n != 5 {
+		t.Errorf("%d messages after restart; want 5", n)
 	}
 }
 
