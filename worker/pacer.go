@@ -190,10 +190,12 @@ func (p *Pacer) Observe(rl kustomer.RateLimit, inflight int) {
 		}
 		return
 	}
-	// Spread what is left over the time until the window most likely ends (the header is
-	// rounded up to a whole second). Requests in flight will spend part of it, but some of
-	// them are already counted in the reading: keep at least one for the rest of the window.
-	left := max(rl.Reset.Sub(now)-resetGranularity/2, 100*time.Millisecond)
+	// Spread what is left over the time until the earliest end the rounded header allows:
+	// should the window last longer, the budget runs out a little early and the pacer
+	// probes for the new window, which wastes less than budget left unspent at its end.
+	// Requests in flight will spend part of what is left, but some of them are already
+	// counted in the reading: keep at least one for the rest of the window.
+	left := max(rl.Reset.Sub(now)-resetGranularity, 100*time.Millisecond)
 	avail := max(rl.Remaining-inflight, 1)
 	target := min(rate.Limit(float64(avail)/left.Seconds()), p.ceiling)
 	old := p.lim.Limit()

@@ -289,28 +289,27 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	msg := j.msg
 	delivered := j.delivered
 	p.mu.Unlock()
-	log := p.Log.With("conversation", j.update.ID, "seq", j.seq)
 	probe := false
 	defer func() {
 		if r := recover(); r != nil {
-			log.Error("panic while handling a message; it will be retried", "panic", r, "stack", string(debug.Stack()))
+			p.jobLog(j).Error("panic while handling a message; it will be retried", "panic", r, "stack", string(debug.Stack()))
 			p.Metrics.retry("panic")
 			if probe {
 				p.gate.Release()
 			}
-			p.failed(c, j, log, 0, fmt.Sprintf("panic: %v", r), 0)
+			p.failed(c, j, 0, fmt.Sprintf("panic: %v", r), 0)
 		}
 	}()
 
 	if j.invalid != nil {
-		p.deadLetter(c, j, log, queue.ClassInvalid, 0, j.invalid.Error())
+		p.deadLetter(c, j, queue.ClassInvalid, 0, j.invalid.Error())
 		return
 	}
 	if !j.loaded {
 		if delivered > 1 && p.Attempts != nil {
 			n, err := p.Attempts.Get(hard, j.seq)
 			if err != nil {
-				log.Warn("cannot read attempts; counting from this delivery", "error", err)
+				p.jobLog(j).Warn("cannot read attempts; counting from this delivery", "error", err)
 			}
 			j.attempts = max(j.attempts, n)
 			j.recorded = n > 0
@@ -341,8 +340,8 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	if err == nil {
 		p.Metrics.request(res.Status, elapsed)
 		p.Pacer.Observe(res.RateLimit, int(p.inflight.Load()))
-		p.keyWorks(probe, log)
-		p.ack(c, j, msg, log)
+		p.keyWorks(probe, j)
+		p.ack(c, j, msg)
 		p.Metrics.update("applied")
 		return
 	}
@@ -355,14 +354,14 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	var apiErr *kustomer.APIError
 	if !errors.As(err, &apiErr) {
 		if errors.Is(err, kustomer.ErrInvalid) {
-			p.deadLetter(c, j, log, queue.ClassInvalid, 0, err.Error())
+			p.deadLetter(c, j, queue.ClassInvalid, 0, err.Error())
 			return
 		}
 		p.Metrics.request(0, elapsed)
 		if probe {
 			p.gate.Fail()
 		}
-		p.failed(c, j, log, 0, err.Error(), 0)
+		p.failed(c, j, 0, err.Error(), 0)
 		return
 	}
 	p.Metrics.request(apiErr.Status, elapsed)
@@ -372,62 +371,68 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 		p.Metrics.retry("auth")
 		if p.gate.Fail() {
 			p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.AuthBlocked }, 1)
-			log.Error("Kustomer refused the API key: stopped taking messages; probing until it works again (fix the key or its role; nothing is dead-lettered)",
+			p.jobLog(j).Error("Kustomer refused the API key: stopped taking messages; probing until it works again (fix the key or its role; nothing is dead-lettered)",
 				"status", apiErr.Status, "reason", apiErr.Reason)
 		}
 		p.schedule(c, 0)
 	case kustomer.ClassThrottled:
-		p.keyWorks(probe, log)
+		p.keyWorks(probe, j)
 		if apiErr.Scope == kustomer.ScopeConversation {
 			if j.throttleBo == nil {
 				j.throttleBo = p.newBackOff()
 			}
 			d := max(apiErr.Wait, j.throttleBo.NextBackOff())
 			p.Metrics.retry("throttled_conversation")
-			log.Info("conversation rate-limited; retrying it later", "status", apiErr.Status, "retry_in", d)
+			p.jobLog(j).Info("conversation rate-limited; retrying it later", "status", apiErr.Status, "retry_in", d)
 			p.schedule(c, d)
 			return
 		}
 		d := p.Pacer.OrgThrottled(apiErr.RateLimit)
 		p.Metrics.retry("throttled_org")
-		log.Info("org rate budget spent; pausing every request", "status", apiErr.Status, "pause", d)
+		p.jobLog(j).Info("org rate budget spent; pausing every request", "status", apiErr.Status, "pause", d)
 		p.schedule(c, 0)
 	case kustomer.ClassPermanent:
-		p.keyWorks(probe, log)
+		p.keyWorks(probe, j)
 		j.attempts++
-		p.deadLetter(c, j, log, queue.ClassRejected, apiErr.Status, apiErr.Error())
+		p.deadLetter(c, j, queue.ClassRejected, apiErr.Status, apiErr.Error())
 	default: // transient
 		if probe {
 			p.gate.Fail()
 		}
-		p.failed(c, j, log, apiErr.Status, apiErr.Error(), apiErr.Wait)
+		p.failed(c, j, apiErr.Status, apiErr.Error(), apiErr.Wait)
 	}
 }
 
+// jobLog is the logger for lines about j. It is built only when a line is written: most
+// messages never need one.
+func (p *Pool) jobLog(j *job) *slog.Logger {
+	return p.Log.With("conversation", j.update.ID, "seq", j.seq)
+}
+
 // keyWorks reopens the gate after an answer that got past Kustomer's key check.
-func (p *Pool) keyWorks(probe bool, log *slog.Logger) {
+func (p *Pool) keyWorks(probe bool, j *job) {
 	if (probe || p.gate.Blocked()) && p.gate.Open() {
 		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.AuthBlocked }, 0)
-		log.Info("Kustomer accepts the API key again: resuming")
+		p.jobLog(j).Info("Kustomer accepts the API key again: resuming")
 	}
 }
 
 // failed spends an attempt on a retryable failure, then retries with backoff or, once
 // attempts (or deliveries) run out, dead-letters the message as exhausted.
-func (p *Pool) failed(c *conv, j *job, log *slog.Logger, status int, reason string, wait time.Duration) {
+func (p *Pool) failed(c *conv, j *job, status int, reason string, wait time.Duration) {
 	j.attempts++
 	p.mu.Lock()
 	delivered := j.delivered
 	p.mu.Unlock()
 	if j.attempts >= p.cfg.MaxAttempts || delivered >= uint64(p.cfg.MaxDeliver) {
-		p.deadLetter(c, j, log, queue.ClassExhausted, status,
+		p.deadLetter(c, j, queue.ClassExhausted, status,
 			fmt.Sprintf("gave up after %d attempts (delivery %d): %s", j.attempts, delivered, reason))
 		return
 	}
 	if p.Attempts != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := p.Attempts.Set(sctx, j.seq, j.attempts); err != nil {
-			log.Warn("cannot record attempts", "error", err)
+			p.jobLog(j).Warn("cannot record attempts", "error", err)
 		} else {
 			j.recorded = true
 		}
@@ -438,7 +443,7 @@ func (p *Pool) failed(c *conv, j *job, log *slog.Logger, status int, reason stri
 	}
 	d := max(j.bo.NextBackOff(), wait)
 	p.Metrics.retry("transient")
-	log.Info("request failed; retrying", "attempt", j.attempts, "max_attempts", p.cfg.MaxAttempts,
+	p.jobLog(j).Info("request failed; retrying", "attempt", j.attempts, "max_attempts", p.cfg.MaxAttempts,
 		"status", status, "reason", reason, "retry_in", d)
 	p.schedule(c, d)
 }
@@ -455,7 +460,7 @@ func (p *Pool) newBackOff() backoff.BackOff {
 // deadLetter stores the message in the dead-letter stream and, once JetStream acknowledged
 // that, acks the original. If the dead letter cannot be stored the message stays held and is
 // tried again later: it is never acked without its dead letter.
-func (p *Pool) deadLetter(c *conv, j *job, log *slog.Logger, class queue.Class, status int, reason string) {
+func (p *Pool) deadLetter(c *conv, j *job, class queue.Class, status int, reason string) {
 	p.mu.Lock()
 	msg := j.msg
 	p.mu.Unlock()
@@ -465,25 +470,25 @@ func (p *Pool) deadLetter(c *conv, j *job, log *slog.Logger, class queue.Class, 
 	})
 	cancel()
 	if err != nil {
-		log.Error("cannot store dead letter; keeping the message and trying again", "class", class, "error", err)
+		p.jobLog(j).Error("cannot store dead letter; keeping the message and trying again", "class", class, "error", err)
 		p.schedule(c, 2*time.Second)
 		return
 	}
-	log.Warn("dead-lettered", "class", class, "status", status, "attempts", j.attempts, "reason", reason)
+	p.jobLog(j).Warn("dead-lettered", "class", class, "status", status, "attempts", j.attempts, "reason", reason)
 	p.Metrics.deadLetter(string(class))
 	p.Metrics.update(string(class))
-	p.ack(c, j, msg, log)
+	p.ack(c, j, msg)
 }
 
 // ack acknowledges j's message and moves on to the conversation's next job.
-func (p *Pool) ack(c *conv, j *job, msg jetstream.Msg, log *slog.Logger) {
+func (p *Pool) ack(c *conv, j *job, msg jetstream.Msg) {
 	if err := msg.Ack(); err != nil {
-		log.Warn("ack failed; the message will be redelivered", "error", err)
+		p.jobLog(j).Warn("ack failed; the message will be redelivered", "error", err)
 	}
 	if j.recorded {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := p.Attempts.Delete(dctx, j.seq); err != nil {
-			log.Debug("cannot forget attempts", "error", err)
+			p.jobLog(j).Debug("cannot forget attempts", "error", err)
 		}
 		cancel()
 	}
@@ -566,8 +571,7 @@ func (p *Pool) handBack() {
 	}
 	for _, j := range jobs {
 		if j.delivered >= uint64(p.cfg.MaxDeliver) {
-			log := p.Log.With("conversation", j.update.ID, "seq", j.seq)
-			p.lastDelivery(j, log)
+			p.lastDelivery(j)
 			continue
 		}
 		if err := j.msg.Nak(); err != nil {
@@ -582,7 +586,7 @@ func (p *Pool) handBack() {
 	}
 }
 
-func (p *Pool) lastDelivery(j *job, log *slog.Logger) {
+func (p *Pool) lastDelivery(j *job) {
 	dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := p.DeadLetters.Publish(dctx, j.msg, queue.DeadLetter{
@@ -590,7 +594,7 @@ func (p *Pool) lastDelivery(j *job, log *slog.Logger) {
 		Reason: fmt.Sprintf("delivered %d times (max-deliver) without an outcome", j.delivered),
 	})
 	if err != nil {
-		log.Error("cannot store dead letter for a message on its last delivery", "error", err)
+		p.jobLog(j).Error("cannot store dead letter for a message on its last delivery", "error", err)
 		_ = j.msg.Nak()
 		return
 	}
