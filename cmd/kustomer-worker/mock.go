@@ -12,7 +12,7 @@ import (
 type mockCmd struct {
 	Addr               string        `name:"addr" env:"MOCK_ADDR" default:"127.0.0.1:8080" help:"Listen address (default 127.0.0.1:8080)."`
 	APIKey             string        `name:"api-key" env:"MOCK_API_KEY" default:"test-key" help:"The bearer key the fake accepts; a test value, not a secret (default test-key)."`
-	Budget             int           `name:"budget" env:"MOCK_BUDGET" default:"1000" help:"Org budget per window; negative for none (default 1000)."`
+	Budget             int           `name:"budget" env:"MOCK_BUDGET" default:"1000" help:"Org budget per window; --budget=-1 for none (default 1000)."`
 	Window             time.Duration `name:"window" env:"MOCK_WINDOW" default:"60s" help:"Rate-limit window (default 60s)."`
 	ResetDelta         bool          `name:"reset-delta" env:"MOCK_RESET_DELTA" help:"Send x-ratelimit-reset as seconds from now instead of epoch seconds."`
 	RetryAfter         bool          `name:"retry-after" env:"MOCK_RETRY_AFTER" help:"Send Retry-After on 429s."`
