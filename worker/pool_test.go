@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -20,23 +18,21 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 )
 
 // fixture is one embedded NATS server, the fake Kustomer server and a pool between them.
 type fixture struct {
-	t       testing.TB
-	dataDir string
-	port    int
-	emb     *queue.Embedded
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	top     queue.Topology
-	fake    *kustomertest.Server
-	client  *kustomer.Client
-	pool    *worker.Pool
-	cancel  context.CancelFunc
-	done    chan error
+	t      testing.TB
+	srv    *queuetest.Server
+	js     jetstream.JetStream
+	top    queue.Topology
+	fake   *kustomertest.Server
+	client *kustomer.Client
+	pool   *worker.Pool
+	cancel context.CancelFunc
+	done   chan error
 }
 
 type options struct {
@@ -56,11 +52,8 @@ func (f updaterFunc) UpdateConversation(ctx context.Context, u kustomer.Update) 
 
 func setup(t *testing.T, o options) *fixture {
 	t.Helper()
-	f := &fixture{t: t, dataDir: t.TempDir()}
-	f.startBroker(-1)
-	t.Cleanup(func() { f.emb.Shutdown() })
-	f.connect()
-	t.Cleanup(func() { f.nc.Close() })
+	f := &fixture{t: t, srv: queuetest.StartServer(t)}
+	_, f.js = queuetest.Connect(t, f.srv.URL())
 	f.top = queue.Topology{AckWait: 5 * time.Second, MaxAckPending: 64, DedupWindow: time.Minute}.WithDefaults()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -81,40 +74,6 @@ func setup(t *testing.T, o options) *fixture {
 		f.start(o)
 	}
 	return f
-}
-
-func (f *fixture) startBroker(port int) {
-	f.t.Helper()
-	emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Host: "127.0.0.1", Port: port, DataDir: f.dataDir}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	f.emb = emb
-	if port == -1 {
-		u, err := url.Parse(emb.ClientURL())
-		if err != nil {
-			f.t.Fatal(err)
-		}
-		f.port, _ = strconv.Atoi(u.Port())
-	}
-}
-
-func (f *fixture) connect() {
-	f.t.Helper()
-	nc, err := queue.Connect(queue.ConnConfig{URL: f.emb.ClientURL()}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := queue.WaitConnected(ctx, nc); err != nil {
-		f.t.Fatal(err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	f.nc, f.js = nc, js
 }
 
 // start runs a pool until the test ends or stop is called.
@@ -210,26 +169,11 @@ func (f *fixture) waitFor(what string, timeout time.Duration, cond func() bool) 
 	}
 }
 
-func (f *fixture) streamMsgs(name string) uint64 {
-	f.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	s, err := f.js.Stream(ctx, name)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return info.State.Msgs
-}
-
 // waitDrained waits until the work stream is empty (everything acked) and the fake has had
 // no request for a moment.
 func (f *fixture) waitDrained(timeout time.Duration) {
 	f.t.Helper()
-	f.waitFor("work stream to empty", timeout, func() bool { return f.streamMsgs(f.top.Stream) == 0 })
+	f.waitFor("work stream to empty", timeout, func() bool { return queuetest.StreamMsgs(f.t, f.js, f.top.Stream) == 0 })
 }
 
 type deadLetter struct {
@@ -536,8 +480,7 @@ func TestPool(t *testing.T) {
 			f.publishUpdate(i, fmt.Sprintf(`{"name":"n-%d"}`, i))
 		}
 		f.waitFor("some progress", 30*time.Second, func() bool { return f.fake.Stats().Applied > 50 })
-		f.emb.Shutdown()
-		f.startBroker(f.port)
+		f.srv.Restart(t)
 		f.waitDrained(90 * time.Second)
 		missing := 0
 		for i := range 300 {
