@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 )
 
 // opsRig is an embedded NATS server with the work and dead-letter streams, standing for the
@@ -36,21 +36,9 @@ type opsRig struct {
 
 func newOpsRig(t *testing.T) *opsRig {
 	t.Helper()
-	emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Port: -1, DataDir: t.TempDir()}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(emb.Shutdown)
-	nc, err := nats.Connect(emb.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &opsRig{t: t, url: emb.ClientURL(), nc: nc, js: js,
+	srv := queuetest.StartServer(t)
+	nc, js := queuetest.Connect(t, srv.URL())
+	r := &opsRig{t: t, url: srv.URL(), nc: nc, js: js,
 		top: queue.Topology{DedupWindow: time.Minute, AckWait: 5 * time.Second}.WithDefaults()}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 )
 
 // binary is the kustomer-worker built once for the tests that run it as a process.
@@ -207,34 +207,20 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 
 // broker is an embedded NATS server owned by the test, standing for an external one.
 type broker struct {
-	emb *queue.Embedded
 	js  jetstream.JetStream
 	url string
 }
 
 func startBroker(t *testing.T) *broker {
 	t.Helper()
-	emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Port: -1, DataDir: t.TempDir()}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(emb.Shutdown)
-	nc, err := queue.Connect(queue.ConnConfig{URL: emb.ClientURL()}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &broker{emb: emb, js: js, url: emb.ClientURL()}
+	srv := queuetest.StartServer(t)
+	_, js := queuetest.Connect(t, srv.URL())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := queue.Ensure(ctx, js, queue.Topology{AckWait: 2 * time.Second}.WithDefaults()); err != nil {
 		t.Fatal(err)
 	}
-	return b
+	return &broker{js: js, url: srv.URL()}
 }
 
 func (b *broker) publishUpdates(t *testing.T, n int) {
@@ -247,21 +233,6 @@ func (b *broker) publishUpdates(t *testing.T, n int) {
 			t.Fatal(err)
 		}
 	}
-}
-
-func (b *broker) msgs(t *testing.T, stream string) uint64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	s, err := b.js.Stream(ctx, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
 }
 
 // checkAllApplied checks update by update that each reached the fake with its final value.
@@ -300,7 +271,7 @@ func TestDaemonLosesNothing(t *testing.T) {
 			t.Fatal("everything was applied before the signal; the test needs a backlog")
 		}
 		startDaemon(t, key, args(b, fake)...)
-		waitFor(t, "the work stream to empty", 60*time.Second, func() bool { return b.msgs(t, "KUSTOMER_UPDATES") == 0 })
+		waitFor(t, "the work stream to empty", 60*time.Second, func() bool { return queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES") == 0 })
 		checkAllApplied(t, fake, n)
 	})
 
@@ -313,9 +284,9 @@ func TestDaemonLosesNothing(t *testing.T) {
 		d.signal(syscall.SIGKILL)
 		d.wait(10 * time.Second)
 		startDaemon(t, key, args(b, fake)...)
-		waitFor(t, "the work stream to empty", 60*time.Second, func() bool { return b.msgs(t, "KUSTOMER_UPDATES") == 0 })
+		waitFor(t, "the work stream to empty", 60*time.Second, func() bool { return queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES") == 0 })
 		checkAllApplied(t, fake, n)
-		if dl := b.msgs(t, "KUSTOMER_UPDATES_DLQ"); dl != 0 {
+		if dl := queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES_DLQ"); dl != 0 {
 			t.Errorf("%d dead letters; want none", dl)
 		}
 	})
@@ -331,13 +302,13 @@ func TestDaemonLosesNothing(t *testing.T) {
 		d := startDaemon(t, nil, append(args(b, fake), "--api-key-file", keyFile)...)
 		waitFor(t, "/healthz", 20*time.Second, func() bool { return d.status("/healthz") == 200 })
 		waitFor(t, "/readyz to fail", 20*time.Second, func() bool { return d.status("/readyz") == 503 })
-		if dl := b.msgs(t, "KUSTOMER_UPDATES_DLQ"); dl != 0 {
+		if dl := queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES_DLQ"); dl != 0 {
 			t.Fatalf("%d dead letters for a key problem; want none", dl)
 		}
 		if err := os.WriteFile(keyFile, []byte("test-key\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the work stream to empty", 60*time.Second, func() bool { return b.msgs(t, "KUSTOMER_UPDATES") == 0 })
+		waitFor(t, "the work stream to empty", 60*time.Second, func() bool { return queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES") == 0 })
 		waitFor(t, "/readyz to pass", 10*time.Second, func() bool { return d.status("/readyz") == 200 })
 		checkAllApplied(t, fake, 20)
 		if strings.Contains(d.logs.String(), "old-key") || strings.Contains(d.logs.String(), "test-key") {
@@ -351,11 +322,7 @@ func TestDaemonLosesNothing(t *testing.T) {
 		embArgs := []string{"--data-dir", dataDir, "--nats-listen", listen, "--kustomer-url", fake.URL, "--shutdown-timeout", "2s"}
 		d := startDaemon(t, key, embArgs...)
 		waitFor(t, "/readyz", 20*time.Second, func() bool { return d.status("/readyz") == 200 })
-		nc, err := queue.Connect(queue.ConnConfig{URL: "nats://" + listen}, slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		js, _ := jetstream.New(nc)
+		nc, js := queuetest.Connect(t, "nats://"+listen)
 		b := &broker{js: js}
 		b.publishUpdates(t, 200)
 		waitFor(t, "some updates applied", 30*time.Second, func() bool { return fake.Stats().Applied > 10 })
