@@ -26,6 +26,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 )
 
@@ -84,25 +85,10 @@ type rig struct {
 // --concurrency=concurrency and every other flag at its default. Everything stops when tb ends.
 func newRig(tb testing.TB, fake kustomertest.Config, concurrency int) *rig {
 	tb.Helper()
-	emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Host: "127.0.0.1", Port: -1, DataDir: tb.TempDir()}, discard)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(emb.Shutdown)
-	nc, err := queue.Connect(queue.ConnConfig{URL: emb.ClientURL(), Name: "bench"}, discard)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(nc.Close)
+	srv := queuetest.StartServer(tb)
+	nc, js := queuetest.Connect(tb, srv.URL())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := queue.WaitConnected(ctx, nc); err != nil {
-		tb.Fatal(err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		tb.Fatal(err)
-	}
 	// As cmd/kustomer-worker/run.go derives them from its flags.
 	wc := worker.Config{Concurrency: concurrency}.WithDefaults()
 	top := queue.Topology{}.WithDefaults()
@@ -114,7 +100,7 @@ func newRig(tb testing.TB, fake kustomertest.Config, concurrency int) *rig {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &rig{tb: tb, url: emb.ClientURL(), nc: nc, js: js, stream: stream, top: top, wc: wc, fake: kustomertest.NewServer(tb, fake)}
+	return &rig{tb: tb, url: srv.URL(), nc: nc, js: js, stream: stream, top: top, wc: wc, fake: kustomertest.NewServer(tb, fake)}
 }
 
 // convID is the conversation id of update i.
@@ -168,13 +154,7 @@ func (r *rig) backlog(first, n int) {
 // not yet acknowledged.
 func (r *rig) streamMsgs() uint64 {
 	r.tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	info, err := r.stream.Info(ctx)
-	if err != nil {
-		r.tb.Fatal(err)
-	}
-	return info.State.Msgs
+	return queuetest.StreamMsgs(r.tb, r.js, r.top.Stream)
 }
 
 // waitDrained waits until the fake has applied want updates in all and the work stream is
