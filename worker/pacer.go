@@ -173,8 +173,13 @@ func (p *Pacer) Observe(rl kustomer.RateLimit, inflight int) {
 	// Answers arrive out of order: within one window keep the lowest reading. Resets read
 	// as seconds-from-now wobble by up to a second, so nearby resets are one window.
 	switch {
-	case p.lowest < 0 || rl.Reset.Sub(p.window) > 1500*time.Millisecond:
+	case p.lowest < 0:
 		p.window, p.lowest = rl.Reset, rl.Remaining
+	case rl.Reset.Sub(p.window) > 1500*time.Millisecond:
+		p.window, p.lowest = rl.Reset, rl.Remaining
+		if rl.Remaining > 0 {
+			p.pausedUntil = time.Time{} // the spent window has turned: no need to wait it out
+		}
 	case rl.Reset.Sub(p.window) < -1500*time.Millisecond || rl.Remaining >= p.lowest:
 		return // a stale answer from an older window or an earlier moment
 	default:

@@ -244,6 +244,7 @@ func (p *Pool) add(msg jetstream.Msg) {
 		<-p.slots
 		return
 	}
+	update, invalid := kustomer.Decode(msg.Data()) // outside the lock: workers ack under it
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if j, ok := p.bySeq[md.Sequence.Stream]; ok {
@@ -253,8 +254,7 @@ func (p *Pool) add(msg jetstream.Msg) {
 		<-p.slots
 		return
 	}
-	j := &job{msg: msg, seq: md.Sequence.Stream, delivered: md.NumDelivered, progress: time.Now()}
-	j.update, j.invalid = kustomer.Decode(msg.Data())
+	j := &job{msg: msg, seq: md.Sequence.Stream, delivered: md.NumDelivered, progress: time.Now(), update: update, invalid: invalid}
 	key := j.update.ID
 	if j.invalid != nil {
 		key = "\x00" + strconv.FormatUint(j.seq, 10) // invalid: no conversation, no order
