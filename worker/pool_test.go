@@ -293,28 +293,39 @@ func TestPool(t *testing.T) {
 		if len(dls) != 5 {
 			t.Fatalf("%d dead letters; want 5: %+v", len(dls), dls)
 		}
-		want := []struct{ class, status, reason, attempts string }{
-			{"invalid", "", "id: ", "0"},
-			{"invalid", "", "body.stauts: unknown field", "0"},
-			{"invalid", "", "message", "0"},
-			{"rejected", "400", "HTTP 400", "1"},
-			{"rejected", "404", "HTTP 404", "1"},
+		// Messages of different conversations are handled concurrently: match dead letters
+		// to what was published by their original sequence, not by their order.
+		bySeq := map[string]deadLetter{}
+		for _, dl := range dls {
+			bySeq[dl.header.Get(queue.HeaderOriginalSequence)] = dl
 		}
-		for i, w := range want {
-			h := dls[i].header
+		want := map[string]struct{ class, status, reason, attempts string }{
+			"1": {"invalid", "", "id: ", "0"},
+			"2": {"invalid", "", "body.stauts: unknown field", "0"},
+			"3": {"invalid", "", "message", "0"},
+			"4": {"rejected", "400", "HTTP 400", "1"},
+			"5": {"rejected", "404", "HTTP 404", "1"},
+		}
+		for seq, w := range want {
+			dl, ok := bySeq[seq]
+			if !ok {
+				t.Errorf("no dead letter for message %s", seq)
+				continue
+			}
+			h := dl.header
 			if h.Get(queue.HeaderClass) != w.class || h.Get(queue.HeaderStatus) != w.status || !strings.Contains(h.Get(queue.HeaderReason), w.reason) {
-				t.Errorf("dead letter %d: class %q status %q reason %q; want %q %q containing %q",
-					i, h.Get(queue.HeaderClass), h.Get(queue.HeaderStatus), h.Get(queue.HeaderReason), w.class, w.status, w.reason)
+				t.Errorf("dead letter of message %s: class %q status %q reason %q; want %q %q containing %q",
+					seq, h.Get(queue.HeaderClass), h.Get(queue.HeaderStatus), h.Get(queue.HeaderReason), w.class, w.status, w.reason)
 			}
 			if h.Get(queue.HeaderAttempts) != w.attempts {
-				t.Errorf("dead letter %d: %s attempts; want %s", i, h.Get(queue.HeaderAttempts), w.attempts)
+				t.Errorf("dead letter of message %s: %s attempts; want %s", seq, h.Get(queue.HeaderAttempts), w.attempts)
 			}
-			if h.Get(queue.HeaderOriginalSequence) == "" || h.Get(queue.HeaderFailedAt) == "" || h.Get(queue.HeaderOriginalSubject) != f.top.Subject {
-				t.Errorf("dead letter %d lacks its origin headers: %v", i, h)
+			if h.Get(queue.HeaderFailedAt) == "" || h.Get(queue.HeaderOriginalSubject) != f.top.Subject {
+				t.Errorf("dead letter of message %s lacks its origin headers: %v", seq, h)
 			}
 		}
-		if dls[2].data != "not json" {
-			t.Errorf("dead letter keeps %q; want the original bytes", dls[2].data)
+		if got := bySeq["3"].data; got != "not json" {
+			t.Errorf("dead letter keeps %q; want the original bytes", got)
 		}
 		if got := len(f.fake.RequestsFor(id(3))); got != 0 {
 			t.Errorf("%d requests for an invalid message; want none", got)
