@@ -331,11 +331,7 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 		return
 	}
 
-	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.InFlight }, float64(p.inflight.Add(1)))
-	start = time.Now()
-	res, err := p.Client.UpdateConversation(hard, j.update)
-	elapsed := time.Since(start).Seconds()
-	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.InFlight }, float64(p.inflight.Add(-1)))
+	res, elapsed, err := p.send(hard, j)
 
 	if err == nil {
 		p.Metrics.request(res.Status, elapsed)
@@ -401,6 +397,17 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 		}
 		p.failed(c, j, apiErr.Status, apiErr.Error(), apiErr.Wait)
 	}
+}
+
+// send makes the request, counting it in flight until it returns, panic or not.
+func (p *Pool) send(ctx context.Context, j *job) (*kustomer.Result, float64, error) {
+	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.InFlight }, float64(p.inflight.Add(1)))
+	defer func() {
+		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.InFlight }, float64(p.inflight.Add(-1)))
+	}()
+	start := time.Now()
+	res, err := p.Client.UpdateConversation(ctx, j.update)
+	return res, time.Since(start).Seconds(), err
 }
 
 // jobLog is the logger for lines about j. It is built only when a line is written: most
