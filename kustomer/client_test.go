@@ -3,6 +3,7 @@ package kustomer
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -663,6 +664,24 @@ func TestTheKeyNeverLeaks(t *testing.T) {
 			checkErr(t, err)
 		})
 	}
+	t.Run("echoed JSON-escaped", func(t *testing.T) {
+		const key = "key/with<escapes>&"
+		f := setup(t, func(w http.ResponseWriter, r *http.Request) {
+			msg, _ := json.Marshal("got " + r.Header.Get("Authorization")) // Go escapes <, > and &
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = fmt.Fprintf(w, `{"errors":[{"code":"echo","message":%s}]}`, msg)
+		}, func(o *Options) { o.Key = StaticKey(key) })
+		_, err := f.client.UpdateConversation(t.Context(), Update{ID: testID, Body: []byte(`{}`)})
+		apiErr, ok := errors.AsType[*APIError](err)
+		if !ok {
+			t.Fatalf("err = %v, want an *APIError", err)
+		}
+		for _, s := range []string{err.Error(), apiErr.Reason, apiErr.Body} {
+			if strings.Contains(s, key) {
+				t.Errorf("the API key leaked into %q", s)
+			}
+		}
+	})
 	t.Run("transport error", func(t *testing.T) {
 		f := setup(t, hijack(func(c net.Conn) { _ = c.Close() }))
 		_, err := f.client.UpdateConversation(t.Context(), Update{ID: testID, Body: []byte(`{}`)})

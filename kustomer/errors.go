@@ -153,7 +153,8 @@ func newAPIError(status int, rl RateLimit, body []byte, key string, now time.Tim
 	}
 	text := scrub(string(body), key)
 	e.Body = truncate(text, MaxErrorBody)
-	e.Reason = truncate(reason(text), maxReason)
+	// Scrubbed again after decoding: the body may hold the key JSON-escaped (\/, \u003c, ...).
+	e.Reason = truncate(scrub(reason(text), key), maxReason)
 	return e
 }
 
@@ -162,7 +163,7 @@ func scrub(s, key string) string {
 	if key == "" {
 		return s
 	}
-	return strings.ReplaceAll(s, key, "[redacted]")
+	return strings.ReplaceAll(s, key, redacted)
 }
 
 // errorDoc covers Kustomer's two error shapes, {"errors":[{"code","message","meta"}]} and the

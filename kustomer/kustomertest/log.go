@@ -106,15 +106,14 @@ type requestLog struct {
 	keep       bool
 	keepBodies bool
 
-	mu        sync.Mutex
-	seq       int
-	entries   []logEntry // entries[i].req.Seq == i+1 when keep
-	nRequests int
-	byStatus  map[int]int
-	dropped   int
-	abandon   int
-	unmatch   int
-	applied   int
+	mu       sync.Mutex
+	seq      int
+	entries  []logEntry // entries[i].req.Seq == i+1 when keep
+	byStatus map[int]int
+	dropped  int
+	abandon  int
+	unmatch  int
+	applied  int
 }
 
 func newRequestLog(cfg Config) *requestLog {
@@ -139,7 +138,6 @@ func (l *requestLog) begin(method, path, rawQuery, id string, now time.Time) int
 func (l *requestLog) finish(seq int, o outcome) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.nRequests++
 	switch {
 	case o.dropped:
 		l.dropped++
@@ -191,8 +189,12 @@ func (l *requestLog) requests(keep func(*Request) bool) []Request {
 func (l *requestLog) stats() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	n := l.dropped + l.abandon // every finished request is counted in exactly one of these or byStatus
+	for _, c := range l.byStatus {
+		n += c
+	}
 	return Stats{
-		Requests:  l.nRequests,
+		Requests:  n,
 		ByStatus:  maps.Clone(l.byStatus),
 		Dropped:   l.dropped,
 		Abandoned: l.abandon,
