@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -118,15 +119,7 @@ func (c *ClassCounter) Count(ctx context.Context, js jetstream.JetStream, t Topo
 		}
 		c.lastSeq = state.LastSeq
 	}
-	return maps(c.counts), c.total, nil
-}
-
-func maps(m map[Class]int) map[Class]int {
-	out := make(map[Class]int, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(c.counts), c.total, nil
 }
 
 // StoredDeadLetter is one message of the dead-letter stream.

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -340,16 +339,21 @@ func closeQuietly(nc *nats.Conn) {
 	nc.Close()
 }
 
-// redactURLs hides user names and passwords in a comma-separated list of URLs.
+// redactURLs hides user names, passwords and tokens in a comma-separated list of URLs,
+// including those without a scheme (which NATS accepts) and those url.Parse rejects: whatever
+// comes before the last '@' of a URL is dropped, up to its scheme.
 func redactURLs(s string) string {
 	parts := strings.Split(s, ",")
 	for i, p := range parts {
-		u, err := url.Parse(strings.TrimSpace(p))
-		if err != nil || u.User == nil {
-			continue
+		p = strings.TrimSpace(p)
+		scheme := ""
+		if j := strings.Index(p, "://"); j >= 0 {
+			scheme, p = p[:j+3], p[j+3:]
 		}
-		u.User = nil
-		parts[i] = u.String()
+		if at := strings.LastIndexByte(p, '@'); at >= 0 {
+			p = p[at+1:]
+		}
+		parts[i] = scheme + p
 	}
 	return strings.Join(parts, ",")
 }
