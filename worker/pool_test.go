@@ -42,6 +42,7 @@ type options struct {
 	wrap     func(u updaterFunc) updaterFunc
 	noStart  bool
 	logLevel slog.Level
+	ackWait  time.Duration // the consumer's AckWait; default 5s
 }
 
 type updaterFunc func(ctx context.Context, u kustomer.Update) (*kustomer.Result, error)
@@ -54,7 +55,11 @@ func setup(t *testing.T, o options) *fixture {
 	t.Helper()
 	f := &fixture{t: t, srv: queuetest.StartServer(t)}
 	_, f.js = queuetest.Connect(t, f.srv.URL())
-	f.top = queue.Topology{AckWait: 5 * time.Second, MaxAckPending: 64, DedupWindow: time.Minute}.WithDefaults()
+	ackWait := o.ackWait
+	if ackWait == 0 {
+		ackWait = 5 * time.Second
+	}
+	f.top = queue.Topology{AckWait: ackWait, MaxAckPending: 64, DedupWindow: time.Minute}.WithDefaults()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := queue.Ensure(ctx, f.js, f.top); err != nil {
@@ -511,7 +516,9 @@ func TestPool(t *testing.T) {
 	})
 
 	t.Run("hands unfinished messages back on shutdown for the next pool", func(t *testing.T) {
-		f := setup(t, options{fake: kustomertest.Config{Latency: 20 * time.Millisecond}, cfg: worker.Config{Concurrency: 4}, rate: 1200})
+		// AckWait is long, so the next pool finishing in time proves the messages were handed
+		// back at shutdown rather than redelivered when AckWait ran out.
+		f := setup(t, options{fake: kustomertest.Config{Latency: 20 * time.Millisecond}, cfg: worker.Config{Concurrency: 4}, rate: 1200, ackWait: 3 * time.Minute})
 		for i := range 200 {
 			f.publishUpdate(i, fmt.Sprintf(`{"name":"n-%d"}`, i))
 		}
@@ -521,7 +528,7 @@ func TestPool(t *testing.T) {
 			t.Fatalf("all %d applied before shutdown; the test needs a backlog", got)
 		}
 		f.start(options{cfg: worker.Config{Concurrency: 4}})
-		f.waitDrained(60 * time.Second)
+		f.waitDrained(60 * time.Second) // well under AckWait
 		for i := range 200 {
 			if c, ok := f.fake.Conversation(id(i)); !ok || c.Attributes["name"] != fmt.Sprintf("n-%d", i) {
 				t.Fatalf("update %d lost across shutdown", i)

@@ -129,9 +129,7 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		natsURL = emb.ClientURL()
 		log.Info("embedded NATS server started", "url", natsURL, "data_dir", ec.DataDir)
 	}
-	cc := c.conn(e, "kustomer-worker", natsURL)
-	cc.URL = natsURL
-	nc, err := queue.Connect(cc, log)
+	nc, err := queue.Connect(c.conn(e, "kustomer-worker", natsURL), log)
 	if err != nil {
 		return &usageError{err}
 	}
