@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,7 +34,7 @@ func (c ConnConfig) LogValue() slog.Value {
 		return "REDACTED"
 	}
 	return slog.GroupValue(
-		slog.String("url", c.URL),
+		slog.String("url", RedactURLs(c.URL)),
 		slog.String("name", c.Name),
 		slog.String("creds_file", c.CredsFile),
 		slog.String("nkey_file", c.NKeyFile),
@@ -154,4 +155,23 @@ func WaitConnected(ctx context.Context, nc *nats.Conn) error {
 		}
 	}
 	return nil
+}
+
+// RedactURLs hides user names, passwords and tokens in a comma-separated list of URLs,
+// including those without a scheme (which NATS accepts) and those url.Parse rejects: whatever
+// comes before the last '@' of a URL is dropped, up to its scheme.
+func RedactURLs(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		scheme := ""
+		if j := strings.Index(p, "://"); j >= 0 {
+			scheme, p = p[:j+3], p[j+3:]
+		}
+		if at := strings.LastIndexByte(p, '@'); at >= 0 {
+			p = p[at+1:]
+		}
+		parts[i] = scheme + p
+	}
+	return strings.Join(parts, ",")
 }

@@ -217,8 +217,22 @@ func TestConfigValidation(t *testing.T) {
 
 func TestConnConfigRedactsSecrets(t *testing.T) {
 	var buf bytes.Buffer
-	slog.New(slog.NewJSONHandler(&buf, nil)).Info("nats", "cfg", queue.ConnConfig{URL: "nats://x", User: "u", Password: "hunter2", Token: "tok-123"})
-	if strings.Contains(buf.String(), "hunter2") || strings.Contains(buf.String(), "tok-123") {
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("nats", "cfg", queue.ConnConfig{URL: "nats://u2:pw-in-url@x", User: "u", Password: "hunter2", Token: "tok-123"})
+	if strings.Contains(buf.String(), "hunter2") || strings.Contains(buf.String(), "tok-123") || strings.Contains(buf.String(), "pw-in-url") {
 		t.Errorf("log line shows a secret: %s", buf.String())
+	}
+}
+
+func TestRedactURLsHidesCredentialsInEveryForm(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://127.0.0.1:4222":                  "nats://127.0.0.1:4222",
+		"nats://tok@h:4222":                      "nats://h:4222",
+		"nats://u:p%zz@h:4222":                   "nats://h:4222",
+		"user:s3cret@127.0.0.1:4222":             "127.0.0.1:4222",
+		"nats://a:b@h1:4222, tls://c:d@@h2:4222": "nats://h1:4222,tls://h2:4222",
+	} {
+		if got := queue.RedactURLs(in); got != want {
+			t.Errorf("RedactURLs(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

@@ -318,9 +318,9 @@ func dial(ctx context.Context, e *env, g *globals, f *natsFlags, d dialFlags, na
 			return nil, context.Cause(ctx)
 		}
 		if f.NATSURL == "" {
-			return nil, fmt.Errorf("no NATS at %s: is `kustomer-worker run` running? set --nats-url", redactURLs(cc.URL))
+			return nil, fmt.Errorf("no NATS at %s: is `kustomer-worker run` running? set --nats-url", queue.RedactURLs(cc.URL))
 		}
-		return nil, fmt.Errorf("no NATS at %s within %s: check --nats-url and the credentials", redactURLs(cc.URL), d.ConnectTimeout)
+		return nil, fmt.Errorf("no NATS at %s within %s: check --nats-url and the credentials", queue.RedactURLs(cc.URL), d.ConnectTimeout)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -337,25 +337,6 @@ func closeQuietly(nc *nats.Conn) {
 	nc.SetDisconnectErrHandler(nil)
 	nc.SetReconnectHandler(nil)
 	nc.Close()
-}
-
-// redactURLs hides user names, passwords and tokens in a comma-separated list of URLs,
-// including those without a scheme (which NATS accepts) and those url.Parse rejects: whatever
-// comes before the last '@' of a URL is dropped, up to its scheme.
-func redactURLs(s string) string {
-	parts := strings.Split(s, ",")
-	for i, p := range parts {
-		p = strings.TrimSpace(p)
-		scheme := ""
-		if j := strings.Index(p, "://"); j >= 0 {
-			scheme, p = p[:j+3], p[j+3:]
-		}
-		if at := strings.LastIndexByte(p, '@'); at >= 0 {
-			p = p[at+1:]
-		}
-		parts[i] = scheme + p
-	}
-	return strings.Join(parts, ",")
 }
 
 // opsLogger is the logger of the short-lived commands: warnings and errors only, unless
