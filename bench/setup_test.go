@@ -91,8 +91,7 @@ func newRig(tb testing.TB, fake kustomertest.Config, concurrency int) *rig {
 	defer cancel()
 	// As cmd/kustomer-worker/run.go derives them from its flags.
 	wc := worker.Config{Concurrency: concurrency}.WithDefaults()
-	top := queue.Topology{}.WithDefaults()
-	top.AckWait, top.MaxAckPending, top.MaxDeliver = wc.AckWait, wc.MaxHeld, wc.MaxDeliver
+	top := queue.Topology{MaxAckPending: wc.MaxAckPending}.WithDefaults()
 	if err := queue.Ensure(ctx, js, top); err != nil {
 		tb.Fatal(err)
 	}
@@ -192,7 +191,7 @@ func (r *rig) startPool(ratePerMinute int) (stop func()) {
 	pool := &worker.Pool{
 		Consumer:    cons,
 		Client:      client,
-		DeadLetters: &queue.DeadLetters{JS: r.js, Subject: r.top.DLQSubject},
+		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
 		Attempts:    attempts,
 		Pacer:       worker.NewPacer(ratePerMinute),
 		Metrics:     worker.NewMetrics(prometheus.NewRegistry()),

@@ -22,18 +22,18 @@ const (
 	HeaderFailedAt         = "Dlq-Failed-At"         // RFC 3339
 )
 
-// Class is why a message was dead-lettered.
-type Class string
+// DeadLetterClass is why a message was dead-lettered.
+type DeadLetterClass string
 
 const (
-	ClassInvalid   Class = "invalid"   // failed validation; no request was made
-	ClassRejected  Class = "rejected"  // Kustomer answered a non-retryable 4xx
-	ClassExhausted Class = "exhausted" // retryable failures until attempts ran out
+	ClassInvalid   DeadLetterClass = "invalid"   // failed validation; no request was made
+	ClassRejected  DeadLetterClass = "rejected"  // Kustomer answered a non-retryable 4xx
+	ClassExhausted DeadLetterClass = "exhausted" // retryable failures until attempts ran out
 )
 
-// DeadLetter is what is known about a message that can never succeed.
-type DeadLetter struct {
-	Class    Class
+// Failure is what is known about a message that can never succeed.
+type Failure struct {
+	Class    DeadLetterClass
 	Reason   string
 	Status   int // HTTP status, 0 if none
 	Attempts int
@@ -43,8 +43,8 @@ type DeadLetter struct {
 // maxReasonLen keeps headers reasonable; reasons come from validation or a 1 KB error body.
 const maxReasonLen = 2048
 
-// DeadLetters publishes dead letters to the dead-letter subject.
-type DeadLetters struct {
+// DeadLetterPublisher publishes dead letters to the dead-letter subject.
+type DeadLetterPublisher struct {
 	JS      jetstream.JetStream
 	Subject string
 }
@@ -53,7 +53,7 @@ type DeadLetters struct {
 // returns only once JetStream acknowledged the publish; only then may the original be acked.
 // The publish carries a Nats-Msg-Id derived from the work stream and sequence, so a retried
 // publish for the same message is stored once.
-func (d *DeadLetters) Publish(ctx context.Context, msg jetstream.Msg, dl DeadLetter) error {
+func (d *DeadLetterPublisher) Publish(ctx context.Context, msg jetstream.Msg, dl Failure) error {
 	md, err := msg.Metadata()
 	if err != nil {
 		return fmt.Errorf("dead letter: message metadata: %w", err)

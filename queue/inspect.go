@@ -27,8 +27,8 @@ type Status struct {
 	AckPending    int    // consumer: delivered, not yet acknowledged
 	Redelivered   int    // consumer: delivered more than once and not yet acknowledged
 
-	DeadLetters uint64        // messages in the dead-letter stream
-	ByClass     map[Class]int // dead letters by class; "" counts those without a class
+	DeadLetters uint64                  // messages in the dead-letter stream
+	ByClass     map[DeadLetterClass]int // dead letters by class; "" counts those without a class
 }
 
 // ReadStatus reads the work stream, the consumer and the dead-letter stream of t. counter
@@ -89,14 +89,14 @@ func streamError(name string, err error) error {
 // counting again reads only the dead letters added since; when any was removed, it counts
 // all of them again. It is for one goroutine at a time.
 type ClassCounter struct {
-	counts  map[Class]int
+	counts  map[DeadLetterClass]int
 	lastSeq uint64 // last sequence counted
 	removed uint64 // LastSeq - Msgs when counted: changes when a dead letter is removed
 	total   uint64
 }
 
 // Count returns the number of dead letters of each class, and their total.
-func (c *ClassCounter) Count(ctx context.Context, js jetstream.JetStream, t Topology) (map[Class]int, uint64, error) {
+func (c *ClassCounter) Count(ctx context.Context, js jetstream.JetStream, t Topology) (map[DeadLetterClass]int, uint64, error) {
 	s, err := js.Stream(ctx, t.DLQStream)
 	if err != nil {
 		return nil, 0, streamError(t.DLQStream, err)
@@ -104,13 +104,13 @@ func (c *ClassCounter) Count(ctx context.Context, js jetstream.JetStream, t Topo
 	state := s.CachedInfo().State
 	removed := state.LastSeq - min(state.Msgs, state.LastSeq)
 	if c.counts == nil || removed != c.removed || state.LastSeq < c.lastSeq {
-		c.counts, c.lastSeq, c.total = make(map[Class]int), 0, 0
+		c.counts, c.lastSeq, c.total = make(map[DeadLetterClass]int), 0, 0
 	}
 	c.removed = removed
 	if state.LastSeq > c.lastSeq && state.Msgs > 0 {
 		err := scan(ctx, js, t.DLQStream, scanFrom{seq: c.lastSeq + 1, until: state.LastSeq, headersOnly: true},
 			func(m jetstream.Msg, seq uint64, _ time.Time) error {
-				c.counts[Class(m.Headers().Get(HeaderClass))]++
+				c.counts[DeadLetterClass(m.Headers().Get(HeaderClass))]++
 				c.total++
 				return nil
 			})
@@ -122,9 +122,9 @@ func (c *ClassCounter) Count(ctx context.Context, js jetstream.JetStream, t Topo
 	return maps.Clone(c.counts), c.total, nil
 }
 
-// StoredDeadLetter is one message of the dead-letter stream.
-type StoredDeadLetter struct {
-	DeadLetter
+// DeadLetter is one message of the dead-letter stream.
+type DeadLetter struct {
+	Failure
 	Seq             uint64      // sequence in the dead-letter stream
 	Stored          time.Time   // when the dead-letter stream stored it
 	OriginalSubject string      // where the message was first published
@@ -134,9 +134,9 @@ type StoredDeadLetter struct {
 }
 
 // newStored reads the dead-letter headers of h.
-func newStored(seq uint64, stored time.Time, h nats.Header, data []byte) *StoredDeadLetter {
-	l := &StoredDeadLetter{Seq: seq, Stored: stored, Header: h, Data: data}
-	l.Class = Class(h.Get(HeaderClass))
+func newStored(seq uint64, stored time.Time, h nats.Header, data []byte) *DeadLetter {
+	l := &DeadLetter{Seq: seq, Stored: stored, Header: h, Data: data}
+	l.Class = DeadLetterClass(h.Get(HeaderClass))
 	l.Reason = h.Get(HeaderReason)
 	l.Status, _ = strconv.Atoi(h.Get(HeaderStatus))
 	l.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
@@ -149,22 +149,22 @@ func newStored(seq uint64, stored time.Time, h nats.Header, data []byte) *Stored
 	return l
 }
 
-// DLQFilter selects dead letters. Empty fields select everything.
-type DLQFilter struct {
-	Seqs     []uint64  // only these sequences
-	Classes  []Class   // only these classes
-	Statuses []int     // only these HTTP statuses (0 for none)
-	Since    time.Time // failed at or after
-	Until    time.Time // failed before
+// DeadLetterFilter selects dead letters. Empty fields select everything.
+type DeadLetterFilter struct {
+	Seqs     []uint64          // only these sequences
+	Classes  []DeadLetterClass // only these classes
+	Statuses []int             // only these HTTP statuses (0 for none)
+	Since    time.Time         // failed at or after
+	Until    time.Time         // failed before
 }
 
 // Empty reports whether f selects every dead letter.
-func (f DLQFilter) Empty() bool {
+func (f DeadLetterFilter) Empty() bool {
 	return len(f.Seqs) == 0 && len(f.Classes) == 0 && len(f.Statuses) == 0 && f.Since.IsZero() && f.Until.IsZero()
 }
 
 // Match reports whether f selects l.
-func (f DLQFilter) Match(l *StoredDeadLetter) bool {
+func (f DeadLetterFilter) Match(l *DeadLetter) bool {
 	switch {
 	case len(f.Seqs) > 0 && !slices.Contains(f.Seqs, l.Seq):
 		return false
@@ -180,8 +180,8 @@ func (f DLQFilter) Match(l *StoredDeadLetter) bool {
 	return true
 }
 
-// DLQ reads and repairs the dead-letter stream of a Topology.
-type DLQ struct {
+// DeadLetterStore reads and repairs the dead-letter stream of a Topology.
+type DeadLetterStore struct {
 	JS       jetstream.JetStream
 	Topology Topology
 }
@@ -189,7 +189,7 @@ type DLQ struct {
 // Each calls fn for every dead letter f selects, in sequence order, until fn returns an
 // error, which Each returns. With headersOnly, Data is left empty, which is much cheaper for
 // large messages.
-func (d *DLQ) Each(ctx context.Context, f DLQFilter, headersOnly bool, fn func(*StoredDeadLetter) error) error {
+func (d *DeadLetterStore) Each(ctx context.Context, f DeadLetterFilter, headersOnly bool, fn func(*DeadLetter) error) error {
 	s, err := d.JS.Stream(ctx, d.Topology.DLQStream)
 	if err != nil {
 		return streamError(d.Topology.DLQStream, err)
@@ -244,7 +244,7 @@ func (d *DLQ) Each(ctx context.Context, f DLQFilter, headersOnly bool, fn func(*
 var ErrNoDeadLetter = errors.New("no dead letter with this sequence")
 
 // Get returns the dead letter with sequence seq, with its data.
-func (d *DLQ) Get(ctx context.Context, seq uint64) (*StoredDeadLetter, error) {
+func (d *DeadLetterStore) Get(ctx context.Context, seq uint64) (*DeadLetter, error) {
 	s, err := d.JS.Stream(ctx, d.Topology.DLQStream)
 	if err != nil {
 		return nil, streamError(d.Topology.DLQStream, err)
@@ -264,7 +264,7 @@ func (d *DLQ) Get(ctx context.Context, seq uint64) (*StoredDeadLetter, error) {
 }
 
 // Delete removes the dead letter with sequence seq.
-func (d *DLQ) Delete(ctx context.Context, seq uint64) error {
+func (d *DeadLetterStore) Delete(ctx context.Context, seq uint64) error {
 	s, err := d.JS.Stream(ctx, d.Topology.DLQStream)
 	if err != nil {
 		return streamError(d.Topology.DLQStream, err)
@@ -288,7 +288,7 @@ func (d *DLQ) Delete(ctx context.Context, seq uint64) error {
 // The publish carries a Nats-Msg-Id made of the dead letter's sequence and a hash of the
 // data, so replaying the same dead letter again after a crash between the publish and the
 // delete is stored once within the dedup window.
-func (d *DLQ) Replay(ctx context.Context, l *StoredDeadLetter, data []byte) (*jetstream.PubAck, error) {
+func (d *DeadLetterStore) Replay(ctx context.Context, l *DeadLetter, data []byte) (*jetstream.PubAck, error) {
 	t := d.Topology
 	if data == nil {
 		data = l.Data

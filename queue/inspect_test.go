@@ -51,10 +51,10 @@ func fetch(t *testing.T, cons jetstream.Consumer, n int) []jetstream.Msg {
 }
 
 // deadLetter stores m as a dead letter of class and acks it, as the worker does.
-func (b *broker) deadLetter(t *testing.T, m jetstream.Msg, class queue.Class, status int, failedAt time.Time) {
+func (b *broker) deadLetter(t *testing.T, m jetstream.Msg, class queue.DeadLetterClass, status int, failedAt time.Time) {
 	t.Helper()
-	dl := &queue.DeadLetters{JS: b.js, Subject: b.top.DLQSubject}
-	err := dl.Publish(context.Background(), m, queue.DeadLetter{
+	dl := &queue.DeadLetterPublisher{JS: b.js, Subject: b.top.DLQSubject}
+	err := dl.Publish(context.Background(), m, queue.Failure{
 		Class: class, Status: status, Reason: fmt.Sprintf("%s %d", class, status), Attempts: 2, FailedAt: failedAt,
 	})
 	if err != nil {
@@ -106,7 +106,7 @@ func TestReadStatus(t *testing.T) {
 		want := queue.Status{
 			Backlog: 7, Processed: 3, LastSeq: 10, ConsumerFound: true,
 			Undelivered: uint64(5 - extra), AckPending: 2 + extra, Redelivered: 1,
-			DeadLetters: 1, ByClass: map[queue.Class]int{queue.ClassRejected: 1},
+			DeadLetters: 1, ByClass: map[queue.DeadLetterClass]int{queue.ClassRejected: 1},
 		}
 		st.Time = time.Time{}
 		if fmt.Sprint(st) != fmt.Sprint(want) {
@@ -145,7 +145,7 @@ func TestClassCounter(t *testing.T) {
 	b.deadLetter(t, msgs[0], queue.ClassInvalid, 0, time.Now())
 	b.deadLetter(t, msgs[1], queue.ClassRejected, 404, time.Now())
 	var c queue.ClassCounter
-	check := func(want map[queue.Class]int) {
+	check := func(want map[queue.DeadLetterClass]int) {
 		t.Helper()
 		got, total, err := c.Count(context.Background(), b.js, b.top)
 		if err != nil {
@@ -159,20 +159,20 @@ func TestClassCounter(t *testing.T) {
 			t.Fatalf("counts = %v (total %d), want %v", got, total, want)
 		}
 	}
-	check(map[queue.Class]int{queue.ClassInvalid: 1, queue.ClassRejected: 1})
+	check(map[queue.DeadLetterClass]int{queue.ClassInvalid: 1, queue.ClassRejected: 1})
 
 	t.Run("new dead letters are added", func(t *testing.T) {
 		b.deadLetter(t, msgs[2], queue.ClassRejected, 400, time.Now())
 		b.deadLetter(t, msgs[3], queue.ClassExhausted, 503, time.Now())
-		check(map[queue.Class]int{queue.ClassInvalid: 1, queue.ClassRejected: 2, queue.ClassExhausted: 1})
+		check(map[queue.DeadLetterClass]int{queue.ClassInvalid: 1, queue.ClassRejected: 2, queue.ClassExhausted: 1})
 	})
 	t.Run("removed dead letters are taken out, even alongside new ones", func(t *testing.T) {
-		d := &queue.DLQ{JS: b.js, Topology: b.top}
+		d := &queue.DeadLetterStore{JS: b.js, Topology: b.top}
 		if err := d.Delete(context.Background(), 1); err != nil { // the invalid one
 			t.Fatal(err)
 		}
 		b.deadLetter(t, msgs[4], queue.ClassExhausted, 0, time.Now())
-		check(map[queue.Class]int{queue.ClassRejected: 2, queue.ClassExhausted: 2})
+		check(map[queue.DeadLetterClass]int{queue.ClassRejected: 2, queue.ClassExhausted: 2})
 	})
 }
 
@@ -186,12 +186,12 @@ func TestDLQ(t *testing.T) {
 	b.deadLetter(t, msgs[1], queue.ClassRejected, 400, t0.Add(10*time.Minute))
 	b.deadLetter(t, msgs[2], queue.ClassRejected, 404, t0.Add(20*time.Minute))
 	b.deadLetter(t, msgs[3], queue.ClassExhausted, 503, t0.Add(30*time.Minute))
-	d := &queue.DLQ{JS: b.js, Topology: b.top}
+	d := &queue.DeadLetterStore{JS: b.js, Topology: b.top}
 
-	list := func(f queue.DLQFilter, headersOnly bool) []*queue.StoredDeadLetter {
+	list := func(f queue.DeadLetterFilter, headersOnly bool) []*queue.DeadLetter {
 		t.Helper()
-		var out []*queue.StoredDeadLetter
-		if err := d.Each(ctx, f, headersOnly, func(l *queue.StoredDeadLetter) error {
+		var out []*queue.DeadLetter
+		if err := d.Each(ctx, f, headersOnly, func(l *queue.DeadLetter) error {
 			out = append(out, l)
 			return nil
 		}); err != nil {
@@ -199,7 +199,7 @@ func TestDLQ(t *testing.T) {
 		}
 		return out
 	}
-	seqs := func(ls []*queue.StoredDeadLetter) []uint64 {
+	seqs := func(ls []*queue.DeadLetter) []uint64 {
 		var out []uint64
 		for _, l := range ls {
 			out = append(out, l.Seq)
@@ -208,7 +208,7 @@ func TestDLQ(t *testing.T) {
 	}
 
 	t.Run("listing reads every field of a dead letter", func(t *testing.T) {
-		all := list(queue.DLQFilter{}, false)
+		all := list(queue.DeadLetterFilter{}, false)
 		if len(all) != 4 {
 			t.Fatalf("listed %d, want 4", len(all))
 		}
@@ -221,7 +221,7 @@ func TestDLQ(t *testing.T) {
 		}
 	})
 	t.Run("headers only leaves the data out", func(t *testing.T) {
-		for _, l := range list(queue.DLQFilter{}, true) {
+		for _, l := range list(queue.DeadLetterFilter{}, true) {
 			if len(l.Data) != 0 || l.Class == "" {
 				t.Fatalf("dead letter %d: data %q, class %q", l.Seq, l.Data, l.Class)
 			}
@@ -229,16 +229,16 @@ func TestDLQ(t *testing.T) {
 	})
 	t.Run("filters select by class, status, time and sequence", func(t *testing.T) {
 		for _, tc := range []struct {
-			f    queue.DLQFilter
+			f    queue.DeadLetterFilter
 			want []uint64
 		}{
-			{queue.DLQFilter{Classes: []queue.Class{queue.ClassRejected}}, []uint64{2, 3}},
-			{queue.DLQFilter{Statuses: []int{404, 503}}, []uint64{3, 4}},
-			{queue.DLQFilter{Statuses: []int{0}}, []uint64{1}},
-			{queue.DLQFilter{Since: t0.Add(15 * time.Minute)}, []uint64{3, 4}},
-			{queue.DLQFilter{Until: t0.Add(15 * time.Minute)}, []uint64{1, 2}},
-			{queue.DLQFilter{Seqs: []uint64{4, 1, 99}}, []uint64{1, 4}},
-			{queue.DLQFilter{Seqs: []uint64{1, 2}, Classes: []queue.Class{queue.ClassInvalid}}, []uint64{1}},
+			{queue.DeadLetterFilter{Classes: []queue.DeadLetterClass{queue.ClassRejected}}, []uint64{2, 3}},
+			{queue.DeadLetterFilter{Statuses: []int{404, 503}}, []uint64{3, 4}},
+			{queue.DeadLetterFilter{Statuses: []int{0}}, []uint64{1}},
+			{queue.DeadLetterFilter{Since: t0.Add(15 * time.Minute)}, []uint64{3, 4}},
+			{queue.DeadLetterFilter{Until: t0.Add(15 * time.Minute)}, []uint64{1, 2}},
+			{queue.DeadLetterFilter{Seqs: []uint64{4, 1, 99}}, []uint64{1, 4}},
+			{queue.DeadLetterFilter{Seqs: []uint64{1, 2}, Classes: []queue.DeadLetterClass{queue.ClassInvalid}}, []uint64{1}},
 		} {
 			if got := seqs(list(tc.f, true)); fmt.Sprint(got) != fmt.Sprint(tc.want) {
 				t.Errorf("filter %+v: got %v, want %v", tc.f, got, tc.want)
@@ -305,7 +305,7 @@ func TestDLQ(t *testing.T) {
 		if string(m.Data) != `{"id":"d","body":{}}` {
 			t.Fatalf("replayed %s", m.Data)
 		}
-		if got := seqs(list(queue.DLQFilter{}, true)); fmt.Sprint(got) != "[1 3]" {
+		if got := seqs(list(queue.DeadLetterFilter{}, true)); fmt.Sprint(got) != "[1 3]" {
 			t.Fatalf("dead letters left: %v, want [1 3]", got)
 		}
 	})
@@ -314,7 +314,7 @@ func TestDLQ(t *testing.T) {
 		for _, m := range replayed {
 			b.deadLetter(t, m, queue.ClassExhausted, 503, time.Now())
 		}
-		if got := seqs(list(queue.DLQFilter{Classes: []queue.Class{queue.ClassExhausted}}, true)); len(got) != 2 {
+		if got := seqs(list(queue.DeadLetterFilter{Classes: []queue.DeadLetterClass{queue.ClassExhausted}}, true)); len(got) != 2 {
 			t.Fatalf("exhausted dead letters: %v, want the 2 replayed ones", got)
 		}
 	})

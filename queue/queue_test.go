@@ -100,10 +100,10 @@ func TestDeadLetters(t *testing.T) {
 		t.Fatal(err)
 	}
 	msg := <-batch.Messages()
-	dl := &queue.DeadLetters{JS: js, Subject: top.DLQSubject}
+	dl := &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject}
 	failedAt := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
 	for range 2 { // a retried publish is stored once
-		if err := dl.Publish(ctx, msg, queue.DeadLetter{Class: queue.ClassRejected, Reason: "kustomer: HTTP 400: bad", Status: 400, Attempts: 1, FailedAt: failedAt}); err != nil {
+		if err := dl.Publish(ctx, msg, queue.Failure{Class: queue.ClassRejected, Reason: "kustomer: HTTP 400: bad", Status: 400, Attempts: 1, FailedAt: failedAt}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -12,18 +12,18 @@ import (
 
 // Topology names the streams and the consumer, and how they are configured.
 type Topology struct {
-	Stream        string        // work stream; default "KUSTOMER_UPDATES"
-	Subject       string        // work subject; the stream also takes Subject+".>" so producers may append the id; default "kustomer.conversations.update"
-	DLQStream     string        // dead-letter stream; default "KUSTOMER_UPDATES_DLQ"
-	DLQSubject    string        // dead-letter subject; default "kustomer.conversations.dlq"
-	DLQMaxAge     time.Duration // how long dead letters are kept; default 0, forever
-	Consumer      string        // durable pull consumer shared by every replica; default "kustomer-worker"
-	AttemptsKV    string        // KV bucket with attempt counts of messages that failed; default "KUSTOMER_WORKER_ATTEMPTS"
-	DedupWindow   time.Duration // Nats-Msg-Id duplicate window; default 2m
-	AckWait       time.Duration // redelivery after this long without ack or progress; default 30s
-	MaxAckPending int           // unacknowledged messages across all replicas; default 256
-	MaxDeliver    int           // safety net above the worker's attempt limit; default 100
-	Replicas      int           // stream replicas in a cluster; default 1
+	Stream         string        // work stream; default "KUSTOMER_UPDATES"
+	Subject        string        // work subject; the stream also takes Subject+".>" so producers may append the id; default "kustomer.conversations.update"
+	DLQStream      string        // dead-letter stream; default "KUSTOMER_UPDATES_DLQ"
+	DLQSubject     string        // dead-letter subject; default "kustomer.conversations.dlq"
+	DLQMaxAge      time.Duration // how long dead letters are kept; default 0, forever
+	Consumer       string        // durable pull consumer shared by every replica; default "kustomer-worker"
+	AttemptsBucket string        // KV bucket with attempt counts of messages that failed; default "KUSTOMER_WORKER_ATTEMPTS"
+	DedupWindow    time.Duration // Nats-Msg-Id duplicate window; default 2m
+	AckWait        time.Duration // redelivery after this long without ack or progress; default 30s
+	MaxAckPending  int           // unacknowledged messages across all replicas; default 256
+	MaxDeliver     int           // safety net above the worker's attempt limit; default 100
+	Replicas       int           // stream replicas in a cluster; default 1
 }
 
 // WithDefaults returns t with every zero field set to its default.
@@ -38,7 +38,7 @@ func (t Topology) WithDefaults() Topology {
 	def(&t.DLQStream, "KUSTOMER_UPDATES_DLQ")
 	def(&t.DLQSubject, "kustomer.conversations.dlq")
 	def(&t.Consumer, "kustomer-worker")
-	def(&t.AttemptsKV, "KUSTOMER_WORKER_ATTEMPTS")
+	def(&t.AttemptsBucket, "KUSTOMER_WORKER_ATTEMPTS")
 	if t.DedupWindow == 0 {
 		t.DedupWindow = 2 * time.Minute
 	}
@@ -60,7 +60,7 @@ func (t Topology) WithDefaults() Topology {
 // Validate names the first setting that cannot work.
 func (t Topology) Validate() error {
 	for _, f := range []struct{ name, v string }{
-		{"stream", t.Stream}, {"dlq-stream", t.DLQStream}, {"consumer", t.Consumer}, {"attempts-bucket", t.AttemptsKV},
+		{"stream", t.Stream}, {"dlq-stream", t.DLQStream}, {"consumer", t.Consumer}, {"attempts-bucket", t.AttemptsBucket},
 	} {
 		if f.v == "" || strings.ContainsAny(f.v, " .*>\t/\\") {
 			return fmt.Errorf("%s: %q is not a valid name (no spaces, dots, wildcards or slashes)", f.name, f.v)
@@ -118,13 +118,13 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		return fmt.Errorf("consumer %s: %w", t.Consumer, err)
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      t.AttemptsKV,
+		Bucket:      t.AttemptsBucket,
 		Description: "attempts spent on work messages that failed, by stream sequence",
 		TTL:         7 * 24 * time.Hour,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
 	}); err != nil {
-		return fmt.Errorf("bucket %s: %w", t.AttemptsKV, err)
+		return fmt.Errorf("bucket %s: %w", t.AttemptsBucket, err)
 	}
 	return nil
 }
@@ -154,9 +154,9 @@ func Bind(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Co
 		}
 		return nil, nil, fmt.Errorf("consumer %s on stream %s: %w", t.Consumer, t.Stream, err)
 	}
-	kv, err := js.KeyValue(ctx, t.AttemptsKV)
+	kv, err := js.KeyValue(ctx, t.AttemptsBucket)
 	if err != nil {
-		return nil, nil, fmt.Errorf("bucket %s: %w", t.AttemptsKV, err)
+		return nil, nil, fmt.Errorf("bucket %s: %w", t.AttemptsBucket, err)
 	}
 	return cons, &Attempts{kv: kv}, nil
 }

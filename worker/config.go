@@ -5,82 +5,96 @@ import (
 	"time"
 )
 
-// Config tunes the pool. The zero value of every field means its default.
+// Defaults of Config, written once: the command line shows and uses these too.
+const (
+	DefaultConcurrency      = 8
+	DefaultMaxAttempts      = 10
+	MinMaxAckPending        = 32 // the least MaxAckPending defaults to, whatever the concurrency
+	DefaultRetryInitial     = 500 * time.Millisecond
+	DefaultRetryMax         = 60 * time.Second
+	DefaultShutdownTimeout  = 30 * time.Second
+	DefaultFetchWait        = 5 * time.Second
+	maxConcurrency          = 1024
+	ackWaitFloor            = time.Second
+	defaultAckWaitIfUnknown = 30 * time.Second
+)
+
+// Config tunes the pool. The zero value of every field means its default. AckWait and
+// MaxDeliver are not here: the pool reads them from the consumer it is given, so there is one
+// source for each.
 type Config struct {
-	// Concurrency is the number of goroutines sending requests. Default 8.
+	// Concurrency is the number of requests in flight at once. Default DefaultConcurrency (8).
 	Concurrency int
 	// MaxAttempts is how many requests a message may spend on retryable failures (5xx,
 	// timeouts, dropped connections), counted across redeliveries and restarts, before it is
-	// dead-lettered as exhausted. 429s and 401s spend none. Default 10.
+	// dead-lettered as exhausted. 429s and 401s spend none. Default DefaultMaxAttempts (10).
 	MaxAttempts int
-	// MaxHeld is how many messages the pool takes from the consumer before acking them,
-	// including those waiting behind an earlier update to the same conversation. Keep it at or
-	// below the consumer's MaxAckPending. Default 4 × Concurrency, at least 32.
-	MaxHeld int
-	// AckWait is the consumer's AckWait: held messages are marked in progress well before it
-	// runs out, so waiting for budget or backoff never causes a redelivery. Default 30s.
-	AckWait time.Duration
-	// MaxDeliver is the consumer's MaxDeliver: a message on its last delivery that cannot be
-	// finished is dead-lettered rather than handed back to a consumer that will never
-	// deliver it again. Default 100.
-	MaxDeliver int
+	// MaxAckPending is how many messages the pool holds (taken from the consumer, not yet
+	// acknowledged), including those waiting behind an earlier update to the same
+	// conversation. Keep it at or below the consumer's MaxAckPending. Default 4 × Concurrency,
+	// at least MinMaxAckPending (32).
+	MaxAckPending int
 	// RetryInitial and RetryMax bound the exponential backoff (with jitter) between retries of
-	// one message. Defaults 500ms and 60s.
+	// one message. Defaults DefaultRetryInitial (500ms) and DefaultRetryMax (60s).
 	RetryInitial, RetryMax time.Duration
 	// ShutdownTimeout is how long in-flight requests may finish after shutdown begins; what is
-	// unfinished then is handed back for redelivery. Default 30s.
+	// unfinished then is handed back for redelivery. Default DefaultShutdownTimeout (30s).
 	ShutdownTimeout time.Duration
-	// FetchWait is how long one pull request waits for messages. Default 5s.
+	// FetchWait is how long one pull request waits for messages. Default DefaultFetchWait (5s).
 	FetchWait time.Duration
 }
 
 // WithDefaults returns c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
-	if c.Concurrency == 0 {
-		c.Concurrency = 8
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
 	}
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = 10
+	defD := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
 	}
-	if c.MaxHeld == 0 {
-		c.MaxHeld = max(4*c.Concurrency, 32)
-	}
-	if c.AckWait == 0 {
-		c.AckWait = 30 * time.Second
-	}
-	if c.MaxDeliver == 0 {
-		c.MaxDeliver = 100
-	}
-	if c.RetryInitial == 0 {
-		c.RetryInitial = 500 * time.Millisecond
-	}
-	if c.RetryMax == 0 {
-		c.RetryMax = 60 * time.Second
-	}
-	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = 30 * time.Second
-	}
-	if c.FetchWait == 0 {
-		c.FetchWait = 5 * time.Second
-	}
+	def(&c.Concurrency, DefaultConcurrency)
+	def(&c.MaxAttempts, DefaultMaxAttempts)
+	def(&c.MaxAckPending, max(4*c.Concurrency, MinMaxAckPending))
+	defD(&c.RetryInitial, DefaultRetryInitial)
+	defD(&c.RetryMax, DefaultRetryMax)
+	defD(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	defD(&c.FetchWait, DefaultFetchWait)
 	return c
 }
 
-// Validate names the first setting that cannot work, as its command-line flag.
+// ConfigError names the Config field that cannot work and why. Callers that expose the
+// settings under other names (the command line's flags) map Field to theirs.
+type ConfigError struct {
+	Field   string // the Go field name, such as "MaxAttempts"
+	Problem string
+}
+
+func (e *ConfigError) Error() string { return "worker: Config." + e.Field + ": " + e.Problem }
+
+// Validate returns a *ConfigError for the first field that cannot work.
 func (c Config) Validate() error {
+	bad := func(field, format string, args ...any) error {
+		return &ConfigError{Field: field, Problem: fmt.Sprintf(format, args...)}
+	}
 	switch {
-	case c.Concurrency < 1 || c.Concurrency > 1024:
-		return fmt.Errorf("concurrency: %d is not from 1 to 1024", c.Concurrency)
+	case c.Concurrency < 1 || c.Concurrency > maxConcurrency:
+		return bad("Concurrency", "%d is not from 1 to %d", c.Concurrency, maxConcurrency)
 	case c.MaxAttempts < 1:
-		return fmt.Errorf("max-attempts: %d is below 1", c.MaxAttempts)
-	case c.MaxHeld < c.Concurrency:
-		return fmt.Errorf("max-ack-pending: %d is below concurrency %d", c.MaxHeld, c.Concurrency)
-	case c.AckWait < time.Second:
-		return fmt.Errorf("ack-wait: %s is under 1s", c.AckWait)
-	case c.RetryInitial <= 0 || c.RetryMax < c.RetryInitial:
-		return fmt.Errorf("retry backoff: initial %s and max %s do not make a range", c.RetryInitial, c.RetryMax)
+		return bad("MaxAttempts", "%d is below 1", c.MaxAttempts)
+	case c.MaxAckPending < c.Concurrency:
+		return bad("MaxAckPending", "%d is below Concurrency %d", c.MaxAckPending, c.Concurrency)
+	case c.RetryInitial <= 0:
+		return bad("RetryInitial", "%s is not positive", c.RetryInitial)
+	case c.RetryMax < c.RetryInitial:
+		return bad("RetryMax", "%s is below RetryInitial %s", c.RetryMax, c.RetryInitial)
 	case c.ShutdownTimeout < 0:
-		return fmt.Errorf("shutdown-timeout: %s is negative", c.ShutdownTimeout)
+		return bad("ShutdownTimeout", "%s is negative", c.ShutdownTimeout)
+	case c.FetchWait < 0:
+		return bad("FetchWait", "%s is negative", c.FetchWait)
 	}
 	return nil
 }

@@ -49,9 +49,20 @@ func NewPacer(perMinute int) *Pacer {
 	return &Pacer{lim: rate.NewLimiter(ceiling, 1), ceiling: ceiling, now: time.Now, lowest: -1, changed: make(chan struct{})}
 }
 
-// Wait blocks until the caller may send one request, or ctx ends. When the rate goes up while
-// callers wait, they take new places in line at the new rate instead of keeping the slow ones.
-func (p *Pacer) Wait(ctx context.Context) error {
+// Priority is the class of a request waiting for budget: the pacer serves waiting requests in
+// class order, one budget for all.
+type Priority int
+
+const (
+	PriorityLive     Priority = iota // live updates from event producers: first
+	PriorityBulkRead                 // reads that follow bulk jobs
+	PriorityBackfill                 // backfill updates: whatever the others leave
+)
+
+// Wait blocks until the caller may send one request of the given class, or ctx ends. When the
+// rate goes up while callers wait, they take new places in line at the new rate instead of
+// keeping the slow ones.
+func (p *Pacer) Wait(ctx context.Context, _ Priority) error {
 	for {
 		if err := p.waitPause(ctx); err != nil {
 			return err

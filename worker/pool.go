@@ -24,9 +24,9 @@ type updater interface {
 	UpdateConversation(ctx context.Context, u kustomer.Update) (*kustomer.Result, error)
 }
 
-// deadLetterer stores a message that can never succeed; *queue.DeadLetters is the real one.
+// deadLetterer stores a message that can never succeed; *queue.DeadLetterPublisher is the real one.
 type deadLetterer interface {
-	Publish(ctx context.Context, msg jetstream.Msg, dl queue.DeadLetter) error
+	Publish(ctx context.Context, msg jetstream.Msg, dl queue.Failure) error
 }
 
 // attemptStore remembers attempts across deliveries; *queue.Attempts is the real one.
@@ -53,6 +53,8 @@ type Pool struct {
 	Config      Config
 
 	cfg     Config
+	ackWait    time.Duration // the consumer's
+	maxDeliver int           // the consumer's; 0 or less: unlimited
 	gate    *authGate
 	running atomic.Bool
 
@@ -61,7 +63,7 @@ type Pool struct {
 	bySeq   map[uint64]*job  // held messages by stream sequence
 	closing bool
 	ready   chan *conv    // conversations whose head job can be processed now
-	slots   chan struct{} // one token per held message, at most MaxHeld
+	slots   chan struct{} // one token per held message, at most MaxAckPending
 
 	inflight atomic.Int64
 }
@@ -123,11 +125,15 @@ func (p *Pool) Run(ctx context.Context) error {
 	if p.Log == nil {
 		p.Log = slog.New(slog.DiscardHandler)
 	}
+	p.ackWait, p.maxDeliver = defaultAckWaitIfUnknown, -1
+	if info := p.Consumer.CachedInfo(); info != nil {
+		p.ackWait, p.maxDeliver = max(info.Config.AckWait, ackWaitFloor), info.Config.MaxDeliver
+	}
 	p.gate = newAuthGate()
 	p.convs = make(map[string]*conv)
 	p.bySeq = make(map[uint64]*job)
-	p.ready = make(chan *conv, p.cfg.MaxHeld+1)
-	p.slots = make(chan struct{}, p.cfg.MaxHeld)
+	p.ready = make(chan *conv, p.cfg.MaxAckPending+1)
+	p.slots = make(chan struct{}, p.cfg.MaxAckPending)
 	p.closing = false
 
 	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
@@ -142,7 +148,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	var hb sync.WaitGroup
 	hb.Go(func() { p.heartbeat(hbStop) })
 	p.running.Store(true)
-	p.Log.Info("worker pool started", "concurrency", p.cfg.Concurrency, "max_held", p.cfg.MaxHeld,
+	p.Log.Info("worker pool started", "concurrency", p.cfg.Concurrency, "max_held", p.cfg.MaxAckPending,
 		"max_attempts", p.cfg.MaxAttempts)
 
 	<-ctx.Done()
@@ -180,10 +186,10 @@ func (p *Pool) fetch(ctx context.Context) {
 		if len(p.slots) > 1 {
 			// Messages are still held: gather room for a batch, briefly, so that a backlog
 			// is pulled in batches rather than one pull request per message.
-			n += p.gather(ctx, p.cfg.MaxHeld/2-1)
+			n += p.gather(ctx, p.cfg.MaxAckPending/2-1)
 		}
 	more:
-		for n < p.cfg.MaxHeld {
+		for n < p.cfg.MaxAckPending {
 			select {
 			case p.slots <- struct{}{}:
 				n++
@@ -322,7 +328,7 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 		return
 	}
 	start := time.Now()
-	err = p.Pacer.Wait(ctx)
+	err = p.Pacer.Wait(ctx, PriorityLive)
 	p.Metrics.pacerWait(time.Since(start).Seconds())
 	if err != nil {
 		if probe {
@@ -431,7 +437,7 @@ func (p *Pool) failed(c *conv, j *job, status int, reason string, wait time.Dura
 	p.mu.Lock()
 	delivered := j.delivered
 	p.mu.Unlock()
-	if j.attempts >= p.cfg.MaxAttempts || delivered >= uint64(p.cfg.MaxDeliver) {
+	if j.attempts >= p.cfg.MaxAttempts || p.onLastDelivery(delivered) {
 		p.deadLetter(c, j, queue.ClassExhausted, status,
 			fmt.Sprintf("gave up after %d attempts (delivery %d): %s", j.attempts, delivered, reason))
 		return
@@ -467,12 +473,12 @@ func (p *Pool) newBackOff() backoff.BackOff {
 // deadLetter stores the message in the dead-letter stream and, once JetStream acknowledged
 // that, acks the original. If the dead letter cannot be stored the message stays held and is
 // tried again later: it is never acked without its dead letter.
-func (p *Pool) deadLetter(c *conv, j *job, class queue.Class, status int, reason string) {
+func (p *Pool) deadLetter(c *conv, j *job, class queue.DeadLetterClass, status int, reason string) {
 	p.mu.Lock()
 	msg := j.msg
 	p.mu.Unlock()
 	dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	err := p.DeadLetters.Publish(dctx, msg, queue.DeadLetter{
+	err := p.DeadLetters.Publish(dctx, msg, queue.Failure{
 		Class: class, Reason: reason, Status: status, Attempts: j.attempts, FailedAt: time.Now(),
 	})
 	cancel()
@@ -537,7 +543,7 @@ func (p *Pool) schedule(c *conv, d time.Duration) {
 // heartbeat marks held messages in progress well before AckWait runs out, so that waiting for
 // budget, order or backoff never causes a redelivery.
 func (p *Pool) heartbeat(stop <-chan struct{}) {
-	every := min(p.cfg.AckWait/3, 10*time.Second)
+	every := min(p.ackWait/3, 10*time.Second)
 	t := time.NewTicker(every / 2)
 	defer t.Stop()
 	for {
@@ -577,7 +583,7 @@ func (p *Pool) handBack() {
 		<-p.ready
 	}
 	for _, j := range jobs {
-		if j.delivered >= uint64(p.cfg.MaxDeliver) {
+		if p.onLastDelivery(j.delivered) {
 			p.lastDelivery(j)
 			continue
 		}
@@ -596,7 +602,7 @@ func (p *Pool) handBack() {
 func (p *Pool) lastDelivery(j *job) {
 	dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err := p.DeadLetters.Publish(dctx, j.msg, queue.DeadLetter{
+	err := p.DeadLetters.Publish(dctx, j.msg, queue.Failure{
 		Class: queue.ClassExhausted, Attempts: j.attempts, FailedAt: time.Now(),
 		Reason: fmt.Sprintf("delivered %d times (max-deliver) without an outcome", j.delivered),
 	})
@@ -606,4 +612,10 @@ func (p *Pool) lastDelivery(j *job) {
 		return
 	}
 	_ = j.msg.Ack()
+}
+
+// onLastDelivery reports whether the consumer will not deliver a message again after its
+// delivered-th delivery.
+func (p *Pool) onLastDelivery(delivered uint64) bool {
+	return p.maxDeliver > 0 && delivered >= uint64(p.maxDeliver)
 }

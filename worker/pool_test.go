@@ -98,8 +98,7 @@ func (f *fixture) start(o options) {
 	if cfg.RetryInitial == 0 {
 		cfg.RetryInitial, cfg.RetryMax = 20*time.Millisecond, 200*time.Millisecond
 	}
-	cfg.AckWait = f.top.AckWait
-	cfg.MaxHeld = f.top.MaxAckPending
+	cfg.MaxAckPending = f.top.MaxAckPending
 	if cfg.FetchWait == 0 {
 		cfg.FetchWait = time.Second
 	}
@@ -114,7 +113,7 @@ func (f *fixture) start(o options) {
 	f.pool = &worker.Pool{
 		Consumer:    cons,
 		Client:      up,
-		DeadLetters: &queue.DeadLetters{JS: f.js, Subject: f.top.DLQSubject},
+		DeadLetters: &queue.DeadLetterPublisher{JS: f.js, Subject: f.top.DLQSubject},
 		Attempts:    attempts,
 		Pacer:       worker.NewPacer(rate),
 		Log:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),

@@ -58,7 +58,7 @@ const demoKey = "demo-key"
 type demoResult struct {
 	updates, invalid, rejected int
 	applied                    int
-	byClass                    map[queue.Class]int
+	byClass                    map[queue.DeadLetterClass]int
 	deadLetters                uint64
 	stats                      kustomertest.Stats
 	elapsed                    time.Duration
@@ -124,7 +124,7 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 		Concurrency: c.Concurrency, MaxAttempts: 10, RetryInitial: 100 * time.Millisecond, RetryMax: 2 * time.Second,
 		ShutdownTimeout: 5 * time.Second, FetchWait: time.Second,
 	}.WithDefaults()
-	top := queue.Topology{MaxAckPending: wc.MaxHeld, AckWait: wc.AckWait}.WithDefaults()
+	top := queue.Topology{MaxAckPending: wc.MaxAckPending}.WithDefaults()
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	if err := queue.Ensure(sctx, s.js, top); err != nil {
 		cancel()
@@ -143,7 +143,7 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 	reg := prometheus.NewRegistry()
 	pool := &worker.Pool{
 		Consumer: consumer, Client: client, Attempts: att,
-		DeadLetters: &queue.DeadLetters{JS: s.js, Subject: top.DLQSubject},
+		DeadLetters: &queue.DeadLetterPublisher{JS: s.js, Subject: top.DLQSubject},
 		Pacer:       worker.NewPacer(ratePerMinute),
 		Metrics:     worker.NewMetrics(reg),
 		Log:         log,
@@ -317,9 +317,9 @@ func (c *demoCmd) summary(e *env, r demoResult) {
 		}
 	}
 	if r.byClass == nil {
-		r.byClass = map[queue.Class]int{}
+		r.byClass = map[queue.DeadLetterClass]int{}
 	}
-	for _, cl := range []queue.Class{queue.ClassInvalid, queue.ClassRejected, queue.ClassExhausted} {
+	for _, cl := range []queue.DeadLetterClass{queue.ClassInvalid, queue.ClassRejected, queue.ClassExhausted} {
 		if _, ok := r.byClass[cl]; !ok {
 			r.byClass[cl] = 0
 		}

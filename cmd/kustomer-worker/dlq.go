@@ -46,10 +46,10 @@ type dlqSelect struct {
 	Until  string   `name:"until" help:"Only dead letters that failed before this time: RFC 3339 or a duration ago."`
 }
 
-func (s *dlqSelect) filter(now time.Time) (queue.DLQFilter, error) {
-	var f queue.DLQFilter
+func (s *dlqSelect) filter(now time.Time) (queue.DeadLetterFilter, error) {
+	var f queue.DeadLetterFilter
 	for _, c := range s.Class {
-		switch cl := queue.Class(strings.TrimSpace(c)); cl {
+		switch cl := queue.DeadLetterClass(strings.TrimSpace(c)); cl {
 		case queue.ClassInvalid, queue.ClassRejected, queue.ClassExhausted:
 			f.Classes = append(f.Classes, cl)
 		default:
@@ -88,7 +88,7 @@ type dlqConn struct {
 	dialFlags
 }
 
-func (c *dlqConn) open(ctx context.Context, e *env, g *globals, name string) (*session, *queue.DLQ, error) {
+func (c *dlqConn) open(ctx context.Context, e *env, g *globals, name string) (*session, *queue.DeadLetterStore, error) {
 	top := c.topology()
 	if err := top.Validate(); err != nil {
 		return nil, nil, &usageError{err}
@@ -97,7 +97,7 @@ func (c *dlqConn) open(ctx context.Context, e *env, g *globals, name string) (*s
 	if err != nil {
 		return nil, nil, err
 	}
-	return s, &queue.DLQ{JS: s.js, Topology: top}, nil
+	return s, &queue.DeadLetterStore{JS: s.js, Topology: top}, nil
 }
 
 // dlqListCmd lists dead letters.
@@ -142,7 +142,7 @@ func (c *dlqListCmd) Run(ctx context.Context, e *env, g *globals) error {
 		fmt.Fprintln(tw, "SEQ\tCONVERSATION\tCLASS\tSTATUS\tATTEMPTS\tFAILED-AT\tREASON")
 	}
 	n := 0
-	err = d.Each(ctx, f, true, func(l *queue.StoredDeadLetter) error {
+	err = d.Each(ctx, f, true, func(l *queue.DeadLetter) error {
 		n++
 		conv := conversationOf(ctx, d, l)
 		if c.JSON {
@@ -176,7 +176,7 @@ func (c *dlqListCmd) Run(ctx context.Context, e *env, g *globals) error {
 
 // conversationOf is the conversation a dead letter is about: the id ending its original
 // subject (enqueue publishes to SUBJECT.<id>), else the "id" of its message.
-func conversationOf(ctx context.Context, d *queue.DLQ, l *queue.StoredDeadLetter) string {
+func conversationOf(ctx context.Context, d *queue.DeadLetterStore, l *queue.DeadLetter) string {
 	if i := strings.LastIndexByte(l.OriginalSubject, '.'); i >= 0 && kustomer.ValidID(l.OriginalSubject[i+1:]) {
 		return l.OriginalSubject[i+1:]
 	}
@@ -283,7 +283,7 @@ type dlqTarget struct {
 	DryRun bool     `name:"dry-run" help:"Show what would be done; change nothing."`
 }
 
-func (t *dlqTarget) filter(now time.Time) (queue.DLQFilter, error) {
+func (t *dlqTarget) filter(now time.Time) (queue.DeadLetterFilter, error) {
 	f, err := t.dlqSelect.filter(now)
 	if err != nil {
 		return f, err
@@ -350,7 +350,7 @@ func (c *dlqReplayCmd) Run(ctx context.Context, e *env, g *globals) error {
 	defer s.close()
 
 	replayed, skipped := 0, 0
-	err = d.Each(ctx, f, false, func(l *queue.StoredDeadLetter) error {
+	err = d.Each(ctx, f, false, func(l *queue.DeadLetter) error {
 		data := l.Data
 		if fixed != nil {
 			data = fixed
@@ -447,7 +447,7 @@ func (c *dlqPurgeCmd) Run(ctx context.Context, e *env, g *globals) error {
 	}
 	defer s.close()
 	n := 0
-	err = d.Each(ctx, f, true, func(l *queue.StoredDeadLetter) error {
+	err = d.Each(ctx, f, true, func(l *queue.DeadLetter) error {
 		if c.DryRun {
 			n++
 			fmt.Fprintf(e.stdout, "would delete %d (%s %s: %s)\n", l.Seq, l.Class, statusText(l.Status), oneLine(truncate(l.Reason, 100)))

@@ -33,9 +33,9 @@ func (r *opsRig) startWorker(fake *kustomertest.Server) {
 	}
 	pool := &worker.Pool{
 		Consumer: cons, Client: client, Attempts: attempts,
-		DeadLetters: &queue.DeadLetters{JS: r.js, Subject: r.top.DLQSubject},
+		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
 		Pacer:       worker.NewPacer(0),
-		Config:      worker.Config{Concurrency: 4, AckWait: r.top.AckWait, ShutdownTimeout: time.Second, FetchWait: time.Second},
+		Config:      worker.Config{Concurrency: 4, ShutdownTimeout: time.Second, FetchWait: time.Second},
 	}
 	done := make(chan error, 1)
 	go func() { done <- pool.Run(ctx) }()

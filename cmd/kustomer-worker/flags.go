@@ -42,13 +42,13 @@ type topologyFlags struct {
 	DLQStream  string `name:"dlq-stream" env:"WORKER_DLQ_STREAM" default:"KUSTOMER_UPDATES_DLQ" help:"Dead-letter stream (default KUSTOMER_UPDATES_DLQ)."`
 	DLQSubject string `name:"dlq-subject" env:"WORKER_DLQ_SUBJECT" default:"kustomer.conversations.dlq" help:"Dead-letter subject (default kustomer.conversations.dlq)."`
 	Consumer   string `name:"consumer" env:"WORKER_CONSUMER" default:"kustomer-worker" help:"Durable consumer shared by every replica (default kustomer-worker)."`
-	AttemptsKV string `name:"attempts-bucket" env:"WORKER_ATTEMPTS_BUCKET" default:"KUSTOMER_WORKER_ATTEMPTS" help:"KV bucket counting attempts across restarts (default KUSTOMER_WORKER_ATTEMPTS)."`
+	AttemptsBucket string `name:"attempts-bucket" env:"WORKER_ATTEMPTS_BUCKET" default:"KUSTOMER_WORKER_ATTEMPTS" help:"KV bucket counting attempts across restarts (default KUSTOMER_WORKER_ATTEMPTS)."`
 }
 
 func (f *topologyFlags) topology() queue.Topology {
 	return queue.Topology{
 		Stream: f.Stream, Subject: f.Subject, DLQStream: f.DLQStream, DLQSubject: f.DLQSubject,
-		Consumer: f.Consumer, AttemptsKV: f.AttemptsKV,
+		Consumer: f.Consumer, AttemptsBucket: f.AttemptsBucket,
 	}.WithDefaults()
 }
 

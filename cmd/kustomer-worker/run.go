@@ -86,8 +86,8 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 		return nil, queue.Topology{}, worker.Config{}, usagef("max-deliver: %d must be above max-attempts %d", c.MaxDeliver, c.MaxAttempts)
 	}
 	wc := worker.Config{
-		Concurrency: c.Concurrency, MaxAttempts: c.MaxAttempts, MaxHeld: c.MaxAckPending,
-		AckWait: c.AckWait, MaxDeliver: c.MaxDeliver, ShutdownTimeout: c.ShutdownTimeout,
+		Concurrency: c.Concurrency, MaxAttempts: c.MaxAttempts, MaxAckPending: c.MaxAckPending,
+		ShutdownTimeout: c.ShutdownTimeout,
 	}.WithDefaults()
 	if c.ShutdownTimeout == 0 {
 		wc.ShutdownTimeout = time.Millisecond // 0 means: hand everything back at once
@@ -96,7 +96,7 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 		return nil, queue.Topology{}, worker.Config{}, &usageError{err}
 	}
 	top := c.topology()
-	top.AckWait, top.MaxAckPending, top.MaxDeliver = wc.AckWait, wc.MaxHeld, wc.MaxDeliver
+	top.AckWait, top.MaxAckPending, top.MaxDeliver = c.AckWait, wc.MaxAckPending, c.MaxDeliver
 	top.DedupWindow, top.DLQMaxAge, top.Replicas = c.DedupWindow, c.DLQMaxAge, c.StreamReplicas
 	if err := top.Validate(); err != nil {
 		return nil, queue.Topology{}, worker.Config{}, &usageError{err}
@@ -153,7 +153,7 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	pool := &worker.Pool{
 		Consumer:    cons,
 		Client:      client,
-		DeadLetters: &queue.DeadLetters{JS: js, Subject: top.DLQSubject},
+		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject},
 		Attempts:    attempts,
 		Pacer:       worker.NewPacer(c.RatePerMinute),
 		Metrics:     metrics,

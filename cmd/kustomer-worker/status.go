@@ -215,7 +215,7 @@ func throughputText(st queue.Status, tp throughput) string {
 }
 
 // classSummary reads "(invalid 2, rejected 9, exhausted 1)", the usual classes first.
-func classSummary(by map[queue.Class]int) string {
+func classSummary(by map[queue.DeadLetterClass]int) string {
 	if len(by) == 0 {
 		return ""
 	}
@@ -231,13 +231,13 @@ func classSummary(by map[queue.Class]int) string {
 }
 
 // classes orders the classes of by: invalid, rejected, exhausted, then any other by name.
-func classes(by map[queue.Class]int) []queue.Class {
-	rank := map[queue.Class]int{queue.ClassInvalid: 0, queue.ClassRejected: 1, queue.ClassExhausted: 2}
-	out := make([]queue.Class, 0, len(by))
+func classes(by map[queue.DeadLetterClass]int) []queue.DeadLetterClass {
+	rank := map[queue.DeadLetterClass]int{queue.ClassInvalid: 0, queue.ClassRejected: 1, queue.ClassExhausted: 2}
+	out := make([]queue.DeadLetterClass, 0, len(by))
 	for c := range by {
 		out = append(out, c)
 	}
-	slices.SortFunc(out, func(a, b queue.Class) int {
+	slices.SortFunc(out, func(a, b queue.DeadLetterClass) int {
 		ra, oka := rank[a]
 		rb, okb := rank[b]
 		if !oka {

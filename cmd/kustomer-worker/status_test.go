@@ -56,10 +56,10 @@ func (r *opsRig) ack(msgs ...jetstream.Msg) {
 }
 
 // deadLetter stores m as a dead letter and acks it, as the worker does.
-func (r *opsRig) deadLetter(m jetstream.Msg, class queue.Class, status int, failedAt time.Time) {
+func (r *opsRig) deadLetter(m jetstream.Msg, class queue.DeadLetterClass, status int, failedAt time.Time) {
 	r.t.Helper()
-	dl := &queue.DeadLetters{JS: r.js, Subject: r.top.DLQSubject}
-	if err := dl.Publish(context.Background(), m, queue.DeadLetter{
+	dl := &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject}
+	if err := dl.Publish(context.Background(), m, queue.Failure{
 		Class: class, Status: status, Attempts: 1, FailedAt: failedAt, Reason: fmt.Sprintf("%s, status %d", class, status),
 	}); err != nil {
 		r.t.Fatal(err)
