@@ -117,7 +117,7 @@ func TestPacerWaitEndsWithItsContext(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err := p.Wait(ctx, worker.PriorityLive)
+	err := p.Wait(ctx, PriorityLive)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Wait during a pause = %v; want the context's error", err)
 	}
