@@ -13,7 +13,7 @@ const (
 	DefaultRetryInitial     = 500 * time.Millisecond
 	DefaultRetryMax         = 60 * time.Second
 	DefaultShutdownTimeout  = 30 * time.Second
-	DefaultFetchWait        = 5 * time.Second
+	DefaultFetchWait        = time.Second
 	maxConcurrency          = 1024
 	ackWaitFloor            = time.Second
 	defaultAckWaitIfUnknown = 30 * time.Second
@@ -40,7 +40,8 @@ type Config struct {
 	// ShutdownTimeout is how long in-flight requests may finish after shutdown begins; what is
 	// unfinished then is handed back for redelivery. Default DefaultShutdownTimeout (30s).
 	ShutdownTimeout time.Duration
-	// FetchWait is how long one pull request waits for messages. Default DefaultFetchWait (5s).
+	// FetchWait is how long one pull request waits for messages; shutdown waits for the pull
+	// in progress. Default DefaultFetchWait (1s).
 	FetchWait time.Duration
 }
 

@@ -6,61 +6,110 @@ import (
 	"time"
 )
 
-// authGate stops the pool while Kustomer refuses the API key (401/403). The key is at fault,
-// not the messages: nothing is dead-lettered, no message is taken, and one request at a time
-// probes with backoff until the key works again.
-type authGate struct {
+// gate stops every request while something outside the messages is wrong (Kustomer refuses
+// the API key): nothing is dead-lettered, no message is taken, and one request at a time
+// probes with growing intervals until an answer shows the fault is gone.
+//
+// Every request passes the gate with Acquire, which hands out a ticket; the ticket's single
+// Done, deferred where it was taken, reports what the try learned. A probe cannot be left
+// hanging: a ticket whose Done learned nothing gives the probe back.
+type gate struct {
+	minDelay, maxDelay time.Duration
+	now                func() time.Time
+	// onClose and onOpen are called (outside the lock) when the gate closes or opens, for the
+	// one log line and the metric each.
+	onClose, onOpen func()
+
 	mu      sync.Mutex
-	blocked bool
-	probing bool
-	probeAt time.Time
+	closed  bool
+	since   time.Time // when it closed
+	probing bool      // a probe ticket is out
+	probeAt time.Time // the next probe may go out at this time
 	delay   time.Duration
-	changed chan struct{} // closed and replaced on every state change
-	now     func() time.Time
+	changed chan struct{} // closed and replaced on every change of state
 }
 
+// Tuned waits of the auth gate: the first probe after a refused key, and the longest wait
+// between probes.
 const (
 	authProbeMin = time.Second
 	authProbeMax = 30 * time.Second
 )
 
-func newAuthGate() *authGate {
-	return &authGate{changed: make(chan struct{}), now: time.Now}
+func newGate(minDelay, maxDelay time.Duration, onClose, onOpen func()) *gate {
+	nop := func() {}
+	if onClose == nil {
+		onClose = nop
+	}
+	if onOpen == nil {
+		onOpen = nop
+	}
+	return &gate{minDelay: minDelay, maxDelay: maxDelay, now: time.Now, onClose: onClose, onOpen: onOpen,
+		changed: make(chan struct{})}
 }
 
-// Blocked reports whether the key is currently refused.
-func (g *authGate) Blocked() bool {
+// Closed reports whether the gate is closed, and since when.
+func (g *gate) Closed() (bool, time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.blocked
+	return g.closed, g.since
 }
 
-// Acquire returns when the caller may send a request: at once while the gate is open, or as
-// the single prober once the probe delay has passed. probe tells the caller it must report
-// back with Fail or Open.
-func (g *authGate) Acquire(ctx context.Context) (probe bool, err error) {
+// ticket is one pass through the gate. Report what the try learned, then Done, once.
+type ticket struct {
+	g       *gate
+	probe   bool // the gate was closed: this is its one probe
+	verdict keyVerdict
+}
+
+// Report records what the try learned; the last report before Done counts.
+func (t *ticket) Report(v keyVerdict) { t.verdict = v }
+
+// Done hands the ticket back: a working answer opens the gate, a refusal closes it (or, for a
+// probe, keeps it closed with a longer wait), and a probe that learned nothing is given back.
+func (t *ticket) Done() {
+	switch t.verdict {
+	case keyWorks:
+		t.g.open(t.probe)
+	case keyRefused:
+		t.g.fail()
+	case keyNoAnswer:
+		if t.probe {
+			t.g.fail()
+		}
+	default:
+		if t.probe {
+			t.g.release()
+		}
+	}
+}
+
+// Acquire returns a ticket when the caller may send a request: at once while the gate is
+// open, or as the single prober once the probe delay has passed. It returns ctx's cause if
+// ctx ends first.
+func (g *gate) Acquire(ctx context.Context) (*ticket, error) {
 	for {
 		g.mu.Lock()
-		if !g.blocked {
+		if !g.closed {
 			g.mu.Unlock()
-			return false, nil
+			return &ticket{g: g}, nil
 		}
 		wait := g.probeAt.Sub(g.now())
 		if !g.probing && wait <= 0 {
 			g.probing = true
 			g.mu.Unlock()
-			return true, nil
+			return &ticket{g: g, probe: true}, nil
 		}
 		changed := g.changed
 		g.mu.Unlock()
 		if wait <= 0 { // another caller is probing: wait for its verdict
-			wait = authProbeMax
+			wait = g.maxDelay
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return false, context.Cause(ctx)
+			return nil, context.Cause(ctx)
 		case <-changed:
 		case <-t.C:
 		}
@@ -68,37 +117,43 @@ func (g *authGate) Acquire(ctx context.Context) (probe bool, err error) {
 	}
 }
 
-// Fail records a refused key. It returns true when this closed an open gate, so the caller
-// logs the failure once rather than once per request.
-func (g *authGate) Fail() (first bool) {
+// fail closes the gate, or after a failed probe doubles the wait for the next one.
+func (g *gate) fail() {
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	first = !g.blocked
+	first := !g.closed
 	if first {
-		g.delay = authProbeMin
+		g.delay = g.minDelay
+		g.since = g.now()
 	} else {
-		g.delay = min(g.delay*2, authProbeMax)
+		g.delay = min(g.delay*2, g.maxDelay)
 	}
-	g.blocked, g.probing = true, false
+	g.closed, g.probing = true, false
 	g.probeAt = g.now().Add(g.delay)
 	g.signal()
-	return first
+	g.mu.Unlock()
+	if first {
+		g.onClose()
+	}
 }
 
-// Open records that the key worked. It returns true when this reopened a closed gate.
-func (g *authGate) Open() (reopened bool) {
+// open opens a closed gate after a working answer. An answer to a request that went out
+// before the gate closed opens it too: the fault is gone.
+func (g *gate) open(probe bool) {
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	reopened = g.blocked
-	g.blocked, g.probing = false, false
-	if reopened {
+	reopened := g.closed
+	if reopened || probe {
+		g.closed, g.probing = false, false
+		g.since = time.Time{}
 		g.signal()
 	}
-	return reopened
+	g.mu.Unlock()
+	if reopened {
+		g.onOpen()
+	}
 }
 
-// Release gives up a probe that was never sent (shutdown), so another caller may probe.
-func (g *authGate) Release() {
+// release gives back a probe that learned nothing, so that another caller may probe.
+func (g *gate) release() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.probing {
@@ -107,7 +162,8 @@ func (g *authGate) Release() {
 	}
 }
 
-func (g *authGate) signal() {
+// signal wakes the callers waiting in Acquire; g.mu is held.
+func (g *gate) signal() {
 	close(g.changed)
 	g.changed = make(chan struct{})
 }

@@ -125,31 +125,3 @@ func TestPacerWaitEndsWithItsContext(t *testing.T) {
 		t.Errorf("Wait took %s after its context ended", el)
 	}
 }
-
-func TestAuthGateLetsOneProbeThrough(t *testing.T) {
-	now := time.Now()
-	g := newAuthGate()
-	g.now = func() time.Time { return now }
-	if !g.Fail() {
-		t.Fatal("first Fail did not report closing the gate")
-	}
-	if g.Fail() {
-		t.Error("second Fail reported closing an already closed gate")
-	}
-	now = now.Add(time.Hour)
-	probe, err := g.Acquire(context.Background())
-	if err != nil || !probe {
-		t.Fatalf("Acquire after the delay = %v, %v; want a probe", probe, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	if _, err := g.Acquire(ctx); err == nil {
-		t.Error("a second caller got through while a probe was out")
-	}
-	if !g.Open() {
-		t.Error("Open did not report reopening")
-	}
-	if probe, err := g.Acquire(context.Background()); err != nil || probe {
-		t.Errorf("Acquire on an open gate = %v, %v; want through, no probe", probe, err)
-	}
-}

@@ -3,8 +3,8 @@ package worker
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -19,57 +19,52 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/queue"
 )
 
-// updater applies one update; *kustomer.Client is the real one.
-type updater interface {
-	UpdateConversation(ctx context.Context, u kustomer.Update) (*kustomer.Result, error)
-}
-
-// deadLetterer stores a message that can never succeed; *queue.DeadLetterPublisher is the real one.
-type deadLetterer interface {
-	Publish(ctx context.Context, msg jetstream.Msg, dl queue.Failure) error
-}
-
-// attemptStore remembers attempts across deliveries; *queue.Attempts is the real one.
-type attemptStore interface {
-	Get(ctx context.Context, seq uint64) (int, error)
-	Set(ctx context.Context, seq uint64, n int) error
-	Delete(ctx context.Context, seq uint64) error
-}
-
 // Pool applies update messages from a JetStream pull consumer to Kustomer.
 //
 // It promises at-least-once: a message is acknowledged only after Kustomer accepted the update
 // or after its dead letter was stored; anything else is handed back for redelivery. Updates to
 // one conversation are applied in the order the pool received them, one at a time, even while
 // an earlier one waits for a retry; a conversation waiting for a retry holds up no other.
+// See the package documentation for how a message flows and the invariants that keep these.
 type Pool struct {
-	Consumer    jetstream.Consumer // the durable pull consumer on the work stream
-	Client      updater            // sends the PUT
-	DeadLetters deadLetterer       // stores dead letters
-	Attempts    attemptStore       // optional: without it attempts are counted per delivery only
-	Pacer       *Pacer             // shared rate limiter; default NewPacer(1000)
-	Metrics     *Metrics           // optional
-	Log         *slog.Logger       // default: discard
+	// The collaborators and settings: set before Run, never changed after.
+	Consumer    Consumer     // the durable pull consumer on the work stream; its AckWait and MaxDeliver apply
+	Client      Updater      // sends the PUT
+	DeadLetters DeadLetterer // stores dead letters
+	Attempts    AttemptStore // optional: without it attempts are counted per delivery only
+	Pacer       Budget       // paces every request; default NewPacer(1000)
+	Metrics     *Metrics     // optional
+	Log         *slog.Logger // default: discard
 	Config      Config
 
+	// Written by Run before it starts any goroutine, read-only after.
 	cfg     Config
-	ackWait    time.Duration // the consumer's
-	maxDeliver int           // the consumer's; 0 or less: unlimited
-	gate    *authGate
-	running atomic.Bool
+	policy  policy
+	ackWait time.Duration // the consumer's
+	auth    *gate         // closed while Kustomer refuses the API key
 
+	running  atomic.Bool  // written by Run; read by Ready from any goroutine
+	inflight atomic.Int64 // requests sent and not answered
+
+	// Dispatch state. mu guards the maps, closing, every conv's jobs and timer, and the fields
+	// of job marked "guarded by Pool.mu".
 	mu      sync.Mutex
-	convs   map[string]*conv // conversations with held messages
+	convs   map[string]*conv // conversations with held messages, by key
 	bySeq   map[uint64]*job  // held messages by stream sequence
-	closing bool
-	ready   chan *conv    // conversations whose head job can be processed now
-	slots   chan struct{} // one token per held message, at most MaxAckPending
-
-	inflight atomic.Int64
+	closing bool             // handBack began: no conversation is made ready again
+	// ready holds conversations whose head message may be tried now. Sends happen only under
+	// mu and never block: every conversation in convs holds at least one slot, so there are
+	// never more than cap(slots) of them, and cap(ready) is one more than that. Workers
+	// receive without the lock.
+	ready chan *conv
+	// slots has one token per held message: the fetch goroutine puts one in before it pulls a
+	// message and whoever lets go of a held message takes one out. At most MaxAckPending.
+	slots chan struct{}
 }
 
-// conv is one conversation's held messages, in the order received. A conv in the map is always
-// in exactly one place: the ready channel, a worker's hands, or a retry timer.
+// conv is one conversation's held messages, in the order received. A conv in Pool.convs is
+// always in exactly one place: the ready channel, one worker's hands, or a retry timer. Its
+// fields are guarded by Pool.mu.
 type conv struct {
 	key   string
 	jobs  []*job
@@ -78,17 +73,22 @@ type conv struct {
 
 // job is one held message.
 type job struct {
-	msg       jetstream.Msg // the newest delivery; guarded by Pool.mu
-	seq       uint64
-	delivered uint64 // NumDelivered of msg; guarded by Pool.mu
-	progress  time.Time
-	update    kustomer.Update
-	invalid   error
+	// Set when the message is taken, never changed after.
+	seq     uint64
+	update  kustomer.Update
+	invalid error
 
-	attempts       int  // failed requests, across deliveries once loaded
-	loaded         bool // attempts read from the store
-	recorded       bool // the store holds a count for this message
-	bo, throttleBo backoff.BackOff
+	// Guarded by Pool.mu: a redelivery replaces the message, the heartbeat marks progress.
+	msg       jetstream.Msg // the newest delivery
+	delivered uint64        // NumDelivered of msg
+	progress  time.Time     // when msg was last marked in progress
+
+	// Owned by the goroutine that holds the job's conversation (one at a time, by conv's
+	// invariant): no lock.
+	attempts  int  // requests spent on retryable failures, across deliveries once loaded
+	throttles int  // per-conversation 429s in this process
+	loaded    bool // attempts read from the store
+	recorded  bool // the store holds a count for this message
 }
 
 // ErrAuthBlocked is Ready's answer while Kustomer refuses the API key.
@@ -102,7 +102,7 @@ func (p *Pool) Ready() error {
 	if !p.running.Load() {
 		return ErrNotRunning
 	}
-	if p.gate.Blocked() {
+	if closed, _ := p.auth.Closed(); closed {
 		return ErrAuthBlocked
 	}
 	return nil
@@ -112,30 +112,9 @@ func (p *Pool) Ready() error {
 // requests in flight finish within ShutdownTimeout, hands every unfinished message back for
 // redelivery, and returns once every goroutine it started has stopped.
 func (p *Pool) Run(ctx context.Context) error {
-	p.cfg = p.Config.WithDefaults()
-	if err := p.cfg.Validate(); err != nil {
+	if err := p.init(); err != nil {
 		return err
 	}
-	if p.Consumer == nil || p.Client == nil || p.DeadLetters == nil {
-		return errors.New("worker: Pool needs Consumer, Client and DeadLetters")
-	}
-	if p.Pacer == nil {
-		p.Pacer = NewPacer(1000)
-	}
-	if p.Log == nil {
-		p.Log = slog.New(slog.DiscardHandler)
-	}
-	p.ackWait, p.maxDeliver = defaultAckWaitIfUnknown, -1
-	if info := p.Consumer.CachedInfo(); info != nil {
-		p.ackWait, p.maxDeliver = max(info.Config.AckWait, ackWaitFloor), info.Config.MaxDeliver
-	}
-	p.gate = newAuthGate()
-	p.convs = make(map[string]*conv)
-	p.bySeq = make(map[uint64]*job)
-	p.ready = make(chan *conv, p.cfg.MaxAckPending+1)
-	p.slots = make(chan struct{}, p.cfg.MaxAckPending)
-	p.closing = false
-
 	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHard()
 
@@ -148,8 +127,8 @@ func (p *Pool) Run(ctx context.Context) error {
 	var hb sync.WaitGroup
 	hb.Go(func() { p.heartbeat(hbStop) })
 	p.running.Store(true)
-	p.Log.Info("worker pool started", "concurrency", p.cfg.Concurrency, "max_held", p.cfg.MaxAckPending,
-		"max_attempts", p.cfg.MaxAttempts)
+	p.Log.Info("worker pool started", "concurrency", p.cfg.Concurrency, "max_ack_pending", p.cfg.MaxAckPending,
+		"max_attempts", p.cfg.MaxAttempts, "ack_wait", p.ackWait, "max_deliver", p.policy.maxDeliver)
 
 	<-ctx.Done()
 	p.running.Store(false)
@@ -164,40 +143,73 @@ func (p *Pool) Run(ctx context.Context) error {
 	return nil
 }
 
+// init checks the configuration and sets up the state Run's goroutines share.
+func (p *Pool) init() error {
+	p.cfg = p.Config.WithDefaults()
+	if err := p.cfg.Validate(); err != nil {
+		return err
+	}
+	if p.Consumer == nil || p.Client == nil || p.DeadLetters == nil {
+		return errors.New("worker: Pool needs Consumer, Client and DeadLetters")
+	}
+	if p.Pacer == nil {
+		p.Pacer = NewPacer(1000)
+	}
+	if p.Log == nil {
+		p.Log = slog.New(slog.DiscardHandler)
+	}
+	p.ackWait, p.policy = defaultAckWaitIfUnknown, policy{maxAttempts: p.cfg.MaxAttempts,
+		retryInitial: p.cfg.RetryInitial, retryMax: p.cfg.RetryMax}
+	if info := p.Consumer.CachedInfo(); info != nil {
+		p.ackWait, p.policy.maxDeliver = max(info.Config.AckWait, ackWaitFloor), info.Config.MaxDeliver
+	}
+	p.auth = newGate(authProbeMin, authProbeMax, func() {
+		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.AuthBlocked }, 1)
+		p.Log.Error("Kustomer refused the API key: stopped taking messages; probing until it works again (fix the key or its role; nothing is dead-lettered)")
+	}, func() {
+		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.AuthBlocked }, 0)
+		p.Log.Info("Kustomer accepts the API key again: resuming")
+	})
+	p.convs = make(map[string]*conv)
+	p.bySeq = make(map[uint64]*job)
+	p.ready = make(chan *conv, p.cfg.MaxAckPending+1)
+	p.slots = make(chan struct{}, p.cfg.MaxAckPending)
+	p.closing = false
+	return nil
+}
+
+// Waits of the fetch loop: while the key is refused it checks again this often, and a failing
+// pull is retried with backoff from fetchRetryMin to fetchRetryMax.
+const (
+	blockedRecheck = 200 * time.Millisecond
+	fetchRetryMin  = 100 * time.Millisecond
+	fetchRetryMax  = 2 * time.Second
+	// batchGather is how long the fetch loop waits for room for a batch while messages are held.
+	batchGather = 10 * time.Millisecond
+)
+
 // fetch takes messages from the consumer while there is room, and never while Kustomer
 // refuses the key or the org budget is paused.
 func (p *Pool) fetch(ctx context.Context) {
-	failures := 0
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(fetchRetryMin),
+		backoff.WithMaxInterval(fetchRetryMax), backoff.WithMaxElapsedTime(0))
 	for ctx.Err() == nil {
-		if p.gate.Blocked() {
-			_ = sleep(ctx, 200*time.Millisecond)
+		if closed, _ := p.auth.Closed(); closed {
+			_ = sleep(ctx, blockedRecheck)
 			continue
 		}
 		if until := p.Pacer.PausedUntil(); !until.IsZero() {
 			_ = sleep(ctx, time.Until(until))
 			continue
 		}
-		select {
-		case p.slots <- struct{}{}:
-		case <-ctx.Done():
+		n, ok := p.room(ctx)
+		if !ok {
 			return
 		}
-		n := 1
-		if len(p.slots) > 1 {
-			// Messages are still held: gather room for a batch, briefly, so that a backlog
-			// is pulled in batches rather than one pull request per message.
-			n += p.gather(ctx, p.cfg.MaxAckPending/2-1)
-		}
-	more:
-		for n < p.cfg.MaxAckPending {
-			select {
-			case p.slots <- struct{}{}:
-				n++
-			default:
-				break more
-			}
-		}
-		fctx, cancel := context.WithTimeout(ctx, p.cfg.FetchWait)
+		// The pull is not cut short by shutdown: messages the server already sent to a
+		// cancelled pull would be lost to this process and wait out AckWait before anyone
+		// else gets them. A pull lasts FetchWait at most.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.FetchWait)
 		batch, err := p.Consumer.Fetch(n, jetstream.FetchContext(fctx))
 		got := 0
 		if err == nil {
@@ -212,37 +224,52 @@ func (p *Pool) fetch(ctx context.Context) {
 			<-p.slots
 		}
 		if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
-			failures++
 			p.Log.Debug("fetch failed", "error", err)
-			_ = sleep(ctx, min(time.Duration(failures)*100*time.Millisecond, 2*time.Second))
+			_ = sleep(ctx, retry.NextBackOff())
 			continue
 		}
-		failures = 0
+		retry.Reset()
 	}
 }
 
-// gather takes up to want more slots as they free up, for at most batchGather.
-func (p *Pool) gather(ctx context.Context, want int) int {
-	t := time.NewTimer(batchGather)
-	defer t.Stop()
-	got := 0
-	for got < want {
+// room takes slots for the next pull: at least one (waiting for it), and while messages are
+// held it gathers more for a moment, so that a backlog is pulled in batches rather than one
+// pull request per message. ok is false when ctx ended.
+func (p *Pool) room(ctx context.Context) (n int, ok bool) {
+	select {
+	case p.slots <- struct{}{}:
+	case <-ctx.Done():
+		return 0, false
+	}
+	n = 1
+	if len(p.slots) > 1 {
+		t := time.NewTimer(batchGather)
+	gather:
+		for n < p.cfg.MaxAckPending/2 {
+			select {
+			case p.slots <- struct{}{}:
+				n++
+			case <-t.C:
+				break gather
+			case <-ctx.Done():
+				break gather
+			}
+		}
+		t.Stop()
+	}
+	for n < p.cfg.MaxAckPending {
 		select {
 		case p.slots <- struct{}{}:
-			got++
-		case <-t.C:
-			return got
-		case <-ctx.Done():
-			return got
+			n++
+		default:
+			return n, true
 		}
 	}
-	return got
+	return n, true
 }
 
-// batchGather is how long the fetch loop waits for room for a batch while messages are held.
-const batchGather = 10 * time.Millisecond
-
-// add holds a fetched message behind any earlier one for the same conversation.
+// add holds a fetched message behind any earlier one for the same conversation. The slot
+// taken for it stays with it until it is let go.
 func (p *Pool) add(msg jetstream.Msg) {
 	md, err := msg.Metadata()
 	if err != nil { // not a JetStream message; cannot be acked either
@@ -287,122 +314,89 @@ func (p *Pool) work(ctx, hard context.Context) {
 	}
 }
 
-// process makes one attempt at the head job of c, then acks it, dead-letters it, or schedules
-// c again. Shutdown leaves the job held for handBack.
+// process makes one try at the head message of c (send), turns what happened into a decision
+// (decide) and carries it out (settle). Shutdown leaves the message held for handBack.
 func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	p.mu.Lock()
 	j := c.jobs[0]
-	msg := j.msg
-	delivered := j.delivered
+	t := tries{delivered: j.delivered}
 	p.mu.Unlock()
-	probe := false
+	var tk *ticket
 	defer func() {
 		if r := recover(); r != nil {
 			p.jobLog(j).Error("panic while handling a message; it will be retried", "panic", r, "stack", string(debug.Stack()))
-			p.Metrics.retry("panic")
-			if probe {
-				p.gate.Release()
-			}
-			p.failed(c, j, 0, fmt.Sprintf("panic: %v", r), 0)
+			t.attempts, t.throttles = j.attempts, j.throttles
+			p.settle(c, j, decide(outcome{panicked: r}, t, p.policy, rand.Float64()))
 		}
 	}()
+	o := p.try(ctx, hard, j, &tk)
+	if tk != nil {
+		defer tk.Done() // after settle: the gate's log line follows the message's
+	}
+	if o == nil {
+		return // shutdown began while waiting: the message stays held for handBack
+	}
+	t.attempts, t.throttles = j.attempts, j.throttles
+	d := decide(*o, t, p.policy, rand.Float64())
+	if tk != nil {
+		tk.Report(d.key)
+	}
+	p.settle(c, j, d)
+}
 
+// try sends j's update once the auth gate and the pacer let it, and says what happened; nil
+// when shutdown began before anything was sent. The gate's ticket, once taken, is left in tk
+// for the caller to hand back.
+func (p *Pool) try(ctx, hard context.Context, j *job, tk **ticket) *outcome {
 	if j.invalid != nil {
-		p.deadLetter(c, j, queue.ClassInvalid, 0, j.invalid.Error())
-		return
+		return &outcome{invalid: j.invalid}
 	}
-	if !j.loaded {
-		if delivered > 1 && p.Attempts != nil {
-			n, err := p.Attempts.Get(hard, j.seq)
-			if err != nil {
-				p.jobLog(j).Warn("cannot read attempts; counting from this delivery", "error", err)
-			}
-			j.attempts = max(j.attempts, n)
-			j.recorded = n > 0
-		}
-		j.loaded = true
-	}
-
+	p.loadAttempts(hard, j)
 	var err error
-	if probe, err = p.gate.Acquire(ctx); err != nil {
-		return
+	if *tk, err = p.auth.Acquire(ctx); err != nil {
+		return nil
 	}
 	start := time.Now()
 	err = p.Pacer.Wait(ctx, PriorityLive)
 	p.Metrics.pacerWait(time.Since(start).Seconds())
 	if err != nil {
-		if probe {
-			p.gate.Release()
-		}
-		return
+		return nil
 	}
-
 	res, elapsed, err := p.send(hard, j)
-
-	if err == nil {
+	var apiErr *kustomer.APIError
+	switch {
+	case err == nil:
 		p.Metrics.request(res.Status, elapsed)
 		p.Pacer.Observe(res.RateLimit, int(p.inflight.Load()))
-		p.keyWorks(probe, j)
-		p.ack(c, j, msg)
-		p.Metrics.update("applied")
-		return
-	}
-	if hard.Err() != nil {
-		if probe {
-			p.gate.Release()
-		}
-		return // cut short by the shutdown deadline: handed back
-	}
-	var apiErr *kustomer.APIError
-	if !errors.As(err, &apiErr) {
-		if errors.Is(err, kustomer.ErrInvalid) {
-			p.deadLetter(c, j, queue.ClassInvalid, 0, err.Error())
-			return
-		}
+	case hard.Err() != nil:
+		return &outcome{canceled: true} // cut short by the shutdown deadline: handed back
+	case errors.As(err, &apiErr):
+		p.Metrics.request(apiErr.Status, elapsed)
+		p.Pacer.Observe(apiErr.RateLimit, int(p.inflight.Load()))
+	case !errors.Is(err, kustomer.ErrInvalid):
 		p.Metrics.request(0, elapsed)
-		if probe {
-			p.gate.Fail()
-		}
-		p.failed(c, j, 0, err.Error(), 0)
+	}
+	return &outcome{err: err}
+}
+
+// loadAttempts reads the attempts an earlier delivery spent on j, once per job.
+func (p *Pool) loadAttempts(ctx context.Context, j *job) {
+	if j.loaded {
 		return
 	}
-	p.Metrics.request(apiErr.Status, elapsed)
-	p.Pacer.Observe(apiErr.RateLimit, int(p.inflight.Load()))
-	switch apiErr.Class {
-	case kustomer.ClassAuth:
-		p.Metrics.retry("auth")
-		if p.gate.Fail() {
-			p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.AuthBlocked }, 1)
-			p.jobLog(j).Error("Kustomer refused the API key: stopped taking messages; probing until it works again (fix the key or its role; nothing is dead-lettered)",
-				"status", apiErr.Status, "reason", apiErr.Reason)
-		}
-		p.schedule(c, 0)
-	case kustomer.ClassThrottled:
-		p.keyWorks(probe, j)
-		if apiErr.Scope == kustomer.ScopeConversation {
-			if j.throttleBo == nil {
-				j.throttleBo = p.newBackOff()
-			}
-			d := max(apiErr.Wait, j.throttleBo.NextBackOff())
-			p.Metrics.retry("throttled_conversation")
-			p.jobLog(j).Info("conversation rate-limited; retrying it later", "status", apiErr.Status, "retry_in", d)
-			p.schedule(c, d)
-			return
-		}
-		d := p.Pacer.OrgThrottled(apiErr.RateLimit)
-		p.Metrics.retry("throttled_org")
-		p.jobLog(j).Info("org rate budget spent; pausing every request", "status", apiErr.Status, "pause", d)
-		p.schedule(c, 0)
-	case kustomer.ClassPermanent:
-		p.keyWorks(probe, j)
-		j.attempts++
-		p.deadLetter(c, j, queue.ClassRejected, apiErr.Status, apiErr.Error())
-	default: // transient
-		if probe {
-			p.gate.Fail()
-		}
-		p.failed(c, j, apiErr.Status, apiErr.Error(), apiErr.Wait)
+	j.loaded = true
+	p.mu.Lock()
+	delivered := j.delivered
+	p.mu.Unlock()
+	if delivered <= 1 || p.Attempts == nil {
+		return
 	}
+	n, err := p.Attempts.Get(ctx, j.seq)
+	if err != nil {
+		p.jobLog(j).Warn("cannot read attempts; counting from this delivery", "error", err)
+	}
+	j.attempts = max(j.attempts, n)
+	j.recorded = n > 0
 }
 
 // send makes the request, counting it in flight until it returns, panic or not.
@@ -416,90 +410,96 @@ func (p *Pool) send(ctx context.Context, j *job) (*kustomer.Result, float64, err
 	return res, time.Since(start).Seconds(), err
 }
 
-// jobLog is the logger for lines about j. It is built only when a line is written: most
-// messages never need one.
-func (p *Pool) jobLog(j *job) *slog.Logger {
-	return p.Log.With("conversation", j.update.ID, "seq", j.seq)
-}
-
-// keyWorks reopens the gate after an answer that got past Kustomer's key check.
-func (p *Pool) keyWorks(probe bool, j *job) {
-	if (probe || p.gate.Blocked()) && p.gate.Open() {
-		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.AuthBlocked }, 0)
-		p.jobLog(j).Info("Kustomer accepts the API key again: resuming")
+// settle carries out a decision: the one place where a message is acknowledged,
+// dead-lettered, retried or held.
+func (p *Pool) settle(c *conv, j *job, d decision) {
+	j.attempts = d.attempts
+	switch d.verdict {
+	case verdictAck:
+		p.Metrics.update(d.metric)
+		p.ack(c, j)
+	case verdictDeadLetter:
+		p.deadLetter(c, j, d)
+	case verdictRetry:
+		p.recordAttempts(j)
+		p.Metrics.retry(d.metric)
+		p.jobLog(j).Info("request failed; retrying", "attempt", j.attempts, "max_attempts", p.cfg.MaxAttempts,
+			"status", d.status, "reason", d.reason, "retry_in", d.delay)
+		p.schedule(c, d.delay)
+	case verdictBackOff:
+		j.throttles++
+		p.Metrics.retry(d.metric)
+		p.jobLog(j).Info("conversation rate-limited; retrying it later", "status", d.status, "retry_in", d.delay)
+		p.schedule(c, d.delay)
+	case verdictPauseAll:
+		pause := p.Pacer.OrgThrottled(d.apiErr.RateLimit)
+		p.Metrics.retry(d.metric)
+		p.jobLog(j).Info("org rate budget spent; pausing every request", "status", d.status, "pause", pause)
+		p.schedule(c, 0)
+	case verdictHoldForKey:
+		p.Metrics.retry(d.metric)
+		p.jobLog(j).Debug("Kustomer refused the API key", "status", d.status, "reason", d.reason)
+		p.schedule(c, 0)
+	case verdictKeep:
 	}
 }
 
-// failed spends an attempt on a retryable failure, then retries with backoff or, once
-// attempts (or deliveries) run out, dead-letters the message as exhausted.
-func (p *Pool) failed(c *conv, j *job, status int, reason string, wait time.Duration) {
-	j.attempts++
-	p.mu.Lock()
-	delivered := j.delivered
-	p.mu.Unlock()
-	if j.attempts >= p.cfg.MaxAttempts || p.onLastDelivery(delivered) {
-		p.deadLetter(c, j, queue.ClassExhausted, status,
-			fmt.Sprintf("gave up after %d attempts (delivery %d): %s", j.attempts, delivered, reason))
+// recordAttempts stores j's attempts so that a redelivery, a restart or another replica
+// counts on from them.
+func (p *Pool) recordAttempts(j *job) {
+	if p.Attempts == nil {
 		return
 	}
-	if p.Attempts != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if err := p.Attempts.Set(sctx, j.seq, j.attempts); err != nil {
-			p.jobLog(j).Warn("cannot record attempts", "error", err)
-		} else {
-			j.recorded = true
-		}
-		cancel()
+	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	if err := p.Attempts.Set(sctx, j.seq, j.attempts); err != nil {
+		p.jobLog(j).Warn("cannot record attempts", "error", err)
+		return
 	}
-	if j.bo == nil {
-		j.bo = p.newBackOff()
-	}
-	d := max(j.bo.NextBackOff(), wait)
-	p.Metrics.retry("transient")
-	p.jobLog(j).Info("request failed; retrying", "attempt", j.attempts, "max_attempts", p.cfg.MaxAttempts,
-		"status", status, "reason", reason, "retry_in", d)
-	p.schedule(c, d)
+	j.recorded = true
 }
 
-func (p *Pool) newBackOff() backoff.BackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = p.cfg.RetryInitial
-	b.MaxInterval = p.cfg.RetryMax
-	b.MaxElapsedTime = 0
-	b.Reset()
-	return b
-}
+// Timeouts of the pool's own calls to NATS, and how soon a dead letter that could not be
+// stored is tried again.
+const (
+	storeTimeout      = 5 * time.Second
+	deadLetterTimeout = 10 * time.Second
+	deadLetterRetry   = 2 * time.Second
+)
 
 // deadLetter stores the message in the dead-letter stream and, once JetStream acknowledged
 // that, acks the original. If the dead letter cannot be stored the message stays held and is
 // tried again later: it is never acked without its dead letter.
-func (p *Pool) deadLetter(c *conv, j *job, class queue.DeadLetterClass, status int, reason string) {
+func (p *Pool) deadLetter(c *conv, j *job, d decision) {
 	p.mu.Lock()
 	msg := j.msg
 	p.mu.Unlock()
-	dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	dctx, cancel := context.WithTimeout(context.Background(), deadLetterTimeout)
 	err := p.DeadLetters.Publish(dctx, msg, queue.Failure{
-		Class: class, Reason: reason, Status: status, Attempts: j.attempts, FailedAt: time.Now(),
+		Class: d.class, Reason: d.reason, Status: d.status, Attempts: j.attempts, FailedAt: time.Now(),
 	})
 	cancel()
 	if err != nil {
-		p.jobLog(j).Error("cannot store dead letter; keeping the message and trying again", "class", class, "error", err)
-		p.schedule(c, 2*time.Second)
+		p.jobLog(j).Error("cannot store dead letter; keeping the message and trying again", "class", d.class, "error", err)
+		p.schedule(c, deadLetterRetry)
 		return
 	}
-	p.jobLog(j).Warn("dead-lettered", "class", class, "status", status, "attempts", j.attempts, "reason", reason)
-	p.Metrics.deadLetter(string(class))
-	p.Metrics.update(string(class))
-	p.ack(c, j, msg)
+	p.jobLog(j).Warn("dead-lettered", "class", d.class, "status", d.status, "attempts", j.attempts, "reason", d.reason)
+	p.Metrics.deadLetter(string(d.class))
+	p.Metrics.update(d.metric)
+	p.ack(c, j)
 }
 
 // ack acknowledges j's message and moves on to the conversation's next job.
-func (p *Pool) ack(c *conv, j *job, msg jetstream.Msg) {
+func (p *Pool) ack(c *conv, j *job) {
+	p.mu.Lock()
+	msg := j.msg
+	p.mu.Unlock()
 	if err := msg.Ack(); err != nil {
 		p.jobLog(j).Warn("ack failed; the message will be redelivered", "error", err)
 	}
 	if j.recorded {
-		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		dctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 		if err := p.Attempts.Delete(dctx, j.seq); err != nil {
 			p.jobLog(j).Debug("cannot forget attempts", "error", err)
 		}
@@ -538,6 +538,12 @@ func (p *Pool) schedule(c *conv, d time.Duration) {
 		c.timer = nil
 		p.ready <- c
 	})
+}
+
+// jobLog is the logger for lines about j. It is built only when a line is written: most
+// messages never need one.
+func (p *Pool) jobLog(j *job) *slog.Logger {
+	return p.Log.With("conversation", j.update.ID, "seq", j.seq)
 }
 
 // heartbeat marks held messages in progress well before AckWait runs out, so that waiting for
@@ -583,7 +589,7 @@ func (p *Pool) handBack() {
 		<-p.ready
 	}
 	for _, j := range jobs {
-		if p.onLastDelivery(j.delivered) {
+		if p.policy.lastDelivery(j.delivered) {
 			p.lastDelivery(j)
 			continue
 		}
@@ -599,12 +605,13 @@ func (p *Pool) handBack() {
 	}
 }
 
+// lastDelivery dead-letters a message the consumer will not deliver again, at shutdown.
 func (p *Pool) lastDelivery(j *job) {
-	dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	dctx, cancel := context.WithTimeout(context.Background(), deadLetterTimeout)
 	defer cancel()
 	err := p.DeadLetters.Publish(dctx, j.msg, queue.Failure{
 		Class: queue.ClassExhausted, Attempts: j.attempts, FailedAt: time.Now(),
-		Reason: fmt.Sprintf("delivered %d times (max-deliver) without an outcome", j.delivered),
+		Reason: "delivered " + strconv.FormatUint(j.delivered, 10) + " times (max-deliver) without an outcome",
 	})
 	if err != nil {
 		p.jobLog(j).Error("cannot store dead letter for a message on its last delivery", "error", err)
@@ -612,10 +619,4 @@ func (p *Pool) lastDelivery(j *job) {
 		return
 	}
 	_ = j.msg.Ack()
-}
-
-// onLastDelivery reports whether the consumer will not deliver a message again after its
-// delivered-th delivery.
-func (p *Pool) onLastDelivery(delivered uint64) bool {
-	return p.maxDeliver > 0 && delivered >= uint64(p.maxDeliver)
 }

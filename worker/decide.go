@@ -1,0 +1,156 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+)
+
+// outcome is what happened to one try of a message: the value that sending returns and
+// deciding reads. Exactly one of its cases holds.
+type outcome struct {
+	invalid  error // the message failed validation; nothing was sent
+	err      error // the request failed; nil with the other fields zero means Kustomer accepted it
+	canceled bool  // shutdown cut the request short: nothing is known
+	panicked any   // handling the message panicked
+}
+
+// tries is what deciding needs to know of a message's history.
+type tries struct {
+	attempts  int    // requests spent on retryable failures so far, across deliveries
+	throttles int    // per-conversation 429s so far, in this process
+	delivered uint64 // the current delivery's number
+}
+
+// policy is the configuration deciding reads.
+type policy struct {
+	maxAttempts            int
+	maxDeliver             int // the consumer's; <= 0 means unlimited
+	retryInitial, retryMax time.Duration
+}
+
+func (c policy) lastDelivery(delivered uint64) bool {
+	return c.maxDeliver > 0 && delivered >= uint64(c.maxDeliver)
+}
+
+// verdict is what to do with a message after one try.
+type verdict int
+
+const (
+	verdictAck        verdict = iota + 1 // Kustomer accepted the update: acknowledge
+	verdictRetry                         // a retryable failure: try again after delay
+	verdictDeadLetter                    // can never succeed: dead-letter with the reason, then acknowledge
+	verdictPauseAll                      // the org budget is spent: pause every request, then retry
+	verdictBackOff                       // this conversation is rate-limited: retry it after delay
+	verdictHoldForKey                    // Kustomer refused the key: hold until it works again
+	verdictKeep                          // shutdown: keep it held to be handed back
+)
+
+var verdictNames = map[verdict]string{
+	verdictAck: "ack", verdictRetry: "retry", verdictDeadLetter: "dead-letter", verdictPauseAll: "pause-all",
+	verdictBackOff: "back-off", verdictHoldForKey: "hold-for-key", verdictKeep: "keep",
+}
+
+func (v verdict) String() string { return verdictNames[v] }
+
+// keyVerdict is what a try says about the API key, for the auth gate.
+type keyVerdict int
+
+const (
+	keyUnknown  keyVerdict = iota // nothing was learned (nothing sent, or the try was cut short)
+	keyWorks                      // an answer got past Kustomer's key check
+	keyRefused                    // 401 or 403
+	keyNoAnswer                   // no usable answer (5xx, timeout): a probe learned nothing good
+)
+
+// decision is the pure result of deciding: what to do with the message, and what the try
+// says about the key and the budget. Carrying it out is settle's job.
+type decision struct {
+	verdict  verdict
+	delay    time.Duration         // verdictRetry, verdictBackOff: wait this long
+	attempts int                   // the message's attempts after this try
+	class    queue.DeadLetterClass // verdictDeadLetter
+	status   int                   // HTTP status, 0 if none
+	reason   string                // for the dead letter and the log
+	key      keyVerdict            // for the auth gate
+	apiErr   *kustomer.APIError    // the answer, when there was one: its rate-limit reading
+	metric   string                // the retry reason or the update outcome for the metrics
+	throttle kustomer.Scope        // verdictPauseAll, verdictBackOff: whose limit
+}
+
+// decide maps one try's outcome to a decision. It is pure: the same outcome, history, policy
+// and jitter (uniform in [0, 1)) give the same decision. It is the whole of the README's "What
+// happens to a message" table.
+func decide(o outcome, t tries, c policy, jitter float64) decision {
+	switch {
+	case o.invalid != nil:
+		return decision{verdict: verdictDeadLetter, attempts: t.attempts, class: queue.ClassInvalid,
+			reason: o.invalid.Error(), metric: string(queue.ClassInvalid)}
+	case o.canceled:
+		return decision{verdict: verdictKeep, attempts: t.attempts}
+	case o.panicked != nil:
+		return failed(t, c, jitter, 0, fmt.Sprintf("panic: %v", o.panicked), 0, "panic", keyUnknown)
+	case o.err == nil:
+		return decision{verdict: verdictAck, attempts: t.attempts, key: keyWorks, metric: "applied"}
+	}
+	var apiErr *kustomer.APIError
+	if !errors.As(o.err, &apiErr) {
+		if errors.Is(o.err, kustomer.ErrInvalid) {
+			return decision{verdict: verdictDeadLetter, attempts: t.attempts, class: queue.ClassInvalid,
+				reason: o.err.Error(), metric: string(queue.ClassInvalid)}
+		}
+		return failed(t, c, jitter, 0, o.err.Error(), 0, "transient", keyNoAnswer)
+	}
+	switch apiErr.Class {
+	case kustomer.ClassAuth:
+		return decision{verdict: verdictHoldForKey, attempts: t.attempts, status: apiErr.Status,
+			reason: apiErr.Reason, key: keyRefused, apiErr: apiErr, metric: "auth"}
+	case kustomer.ClassThrottled:
+		d := decision{attempts: t.attempts, status: apiErr.Status, reason: apiErr.Error(), key: keyWorks,
+			apiErr: apiErr, throttle: apiErr.Scope}
+		if apiErr.Scope == kustomer.ScopeConversation {
+			d.verdict, d.metric = verdictBackOff, "throttled_conversation"
+			d.delay = max(apiErr.Wait, backoffDelay(t.throttles+1, c.retryInitial, c.retryMax, jitter))
+			return d
+		}
+		d.verdict, d.metric = verdictPauseAll, "throttled_org"
+		return d
+	case kustomer.ClassPermanent:
+		return decision{verdict: verdictDeadLetter, attempts: t.attempts + 1, class: queue.ClassRejected,
+			status: apiErr.Status, reason: apiErr.Error(), key: keyWorks, apiErr: apiErr, metric: string(queue.ClassRejected)}
+	}
+	d := failed(t, c, jitter, apiErr.Status, apiErr.Error(), apiErr.Wait, "transient", keyNoAnswer)
+	d.apiErr = apiErr
+	return d
+}
+
+// failed spends an attempt on a retryable failure: retry after the backoff (at least wait), or
+// dead-letter as exhausted once attempts or deliveries run out.
+func failed(t tries, c policy, jitter float64, status int, reason string, wait time.Duration, metric string, key keyVerdict) decision {
+	n := t.attempts + 1
+	if n >= c.maxAttempts || c.lastDelivery(t.delivered) {
+		return decision{verdict: verdictDeadLetter, attempts: n, class: queue.ClassExhausted, status: status, key: key,
+			reason: fmt.Sprintf("gave up after %d attempts (delivery %d): %s", n, t.delivered, reason),
+			metric: string(queue.ClassExhausted)}
+	}
+	return decision{verdict: verdictRetry, attempts: n, status: status, reason: reason, key: key, metric: metric,
+		delay: max(backoffDelay(n, c.retryInitial, c.retryMax, jitter), wait)}
+}
+
+// Exponential backoff with jitter, as cenkalti/backoff's defaults: the n-th retry waits
+// initial × 1.5^(n-1), capped at max, randomized by ±50 %.
+const (
+	backoffMultiplier = 1.5
+	backoffJitter     = 0.5
+)
+
+func backoffDelay(n int, initial, maxD time.Duration, jitter float64) time.Duration {
+	d := float64(initial) * math.Pow(backoffMultiplier, float64(max(n-1, 0)))
+	d = min(d, float64(maxD))
+	d *= 1 - backoffJitter + 2*backoffJitter*jitter
+	return time.Duration(d)
+}

@@ -1,0 +1,69 @@
+package worker
+
+import (
+	"context"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+)
+
+// The pool's seams: each is the little it uses of a collaborator, so that tests of ordering and
+// decisions can run without a NATS server or an HTTP server, and so that what comes next (pulls
+// in a priority group, several consumers, bulk requests) is an implementation of one of these,
+// not a change to the pool.
+
+// Consumer is what the pool uses of a JetStream pull consumer: batches of messages and the
+// consumer's own settings (AckWait, MaxDeliver), read once at start. A jetstream.Consumer is
+// one; a wrapper can add options to every pull (a priority group, say).
+type Consumer interface {
+	// Fetch returns up to batch messages; the batch ends when the context given with
+	// jetstream.FetchContext ends.
+	Fetch(batch int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch, error)
+	// CachedInfo is the consumer's configuration and state as last read; nil if never read.
+	CachedInfo() *jetstream.ConsumerInfo
+}
+
+// Updater applies one update to Kustomer; *kustomer.Client is the real one. Errors are
+// *kustomer.APIError for answers and transport failures, or match kustomer.ErrInvalid for an
+// update that failed validation.
+type Updater interface {
+	UpdateConversation(ctx context.Context, u kustomer.Update) (*kustomer.Result, error)
+}
+
+// DeadLetterer stores a message that can never succeed with the reason; it returns only once
+// the store confirmed it. *queue.DeadLetterPublisher is the real one.
+type DeadLetterer interface {
+	Publish(ctx context.Context, msg jetstream.Msg, f queue.Failure) error
+}
+
+// AttemptStore remembers the attempts spent on a message across deliveries, restarts and
+// replicas, by stream sequence; *queue.Attempts is the real one.
+type AttemptStore interface {
+	Get(ctx context.Context, seq uint64) (int, error)
+	Set(ctx context.Context, seq uint64, n int) error
+	Delete(ctx context.Context, seq uint64) error
+}
+
+// Budget is what the pool asks of the pacer in front of every request; *Pacer is the real one.
+type Budget interface {
+	// Wait blocks until a request of the class may go out, or ctx ends.
+	Wait(ctx context.Context, class Priority) error
+	// Observe adapts the pace to a rate-limit reading; inflight is the number of requests
+	// sent and not yet answered.
+	Observe(rl kustomer.RateLimit, inflight int)
+	// OrgThrottled pauses every request after an org-wide 429 and says for how long.
+	OrgThrottled(rl kustomer.RateLimit) time.Duration
+	// PausedUntil is when the current pause ends; zero when not paused.
+	PausedUntil() time.Time
+}
+
+var (
+	_ Consumer     = jetstream.Consumer(nil)
+	_ Updater      = (*kustomer.Client)(nil)
+	_ DeadLetterer = (*queue.DeadLetterPublisher)(nil)
+	_ AttemptStore = (*queue.Attempts)(nil)
+	_ Budget       = (*Pacer)(nil)
+)
