@@ -1,0 +1,62 @@
+// Package worker applies "update this conversation" messages from a JetStream pull consumer to
+// the Kustomer API: a paced pool of goroutines that retries what may heal, dead-letters what
+// never will, and acknowledges a message only once its outcome is stored.
+//
+// # Promises
+//
+//   - At-least-once. A message is acknowledged only after Kustomer accepted the update (2xx) or
+//     after its dead letter was stored (the dead-letter publish acknowledged by JetStream).
+//     Anything else stays unacknowledged: handed back at shutdown, or redelivered by JetStream
+//     after AckWait when the process dies.
+//   - Per-conversation order. The updates of one conversation that this pool holds are sent one
+//     at a time, in the order received, even while an earlier one waits for a retry; a
+//     conversation that waits holds up no other.
+//   - No budget burnt on requests bound to fail: a message that fails validation is
+//     dead-lettered without a request; while Kustomer refuses the key or the org budget is
+//     spent, nothing is sent but one probe.
+//
+// # How a message flows
+//
+// Follow one message through pool.go from top to bottom:
+//
+//  1. fetch: the fetch goroutine takes a slot (Pool.slots: one per held message, at most
+//     Config.MaxAckPending), pulls a batch from the Consumer and hands each message to add.
+//  2. held: add decodes and validates the message once and files it as a job under its
+//     conversation (conv); a conversation with no earlier job goes onto the ready channel. An
+//     invalid message gets a conversation of its own: it has no order to keep.
+//  3. per-conversation queue: a conv's jobs are in receive order; only the head is ever tried.
+//  4. paced: a worker takes a ready conv (process), passes the auth gate (a ticket) and waits
+//     for the Budget (the Pacer) in its priority class.
+//  5. sent: try sends the head job's update through the Updater and returns an outcome.
+//  6. decided: decide, a pure function (decide.go), maps the outcome, the job's attempts and the
+//     policy to a decision: ack; retry after a delay; dead-letter with class, status and reason;
+//     pause everything (org 429); back off one conversation (its own 429); hold for the key; or
+//     keep (shutdown).
+//  7. settled: settle carries the decision out, the one place that acks, dead-letters or
+//     schedules. Acking (directly, or after the dead letter was stored) drops the job, frees its
+//     slot and makes the conv ready again if it has more jobs. A retry puts the conv on a timer
+//     that makes it ready later.
+//
+// Meanwhile the heartbeat marks every held message in progress well before the consumer's
+// AckWait, so waiting for budget, order or backoff never causes a redelivery; and at shutdown
+// handBack naks every held message for prompt redelivery elsewhere.
+//
+// # Invariants
+//
+//   - A conv in Pool.convs is in exactly one place: the ready channel, one worker's hands, or a
+//     retry timer. So one goroutine at a time touches a conversation's head job, and the job
+//     fields marked "owned by the goroutine that holds the conversation" need no lock.
+//   - Every held message holds one slot, so there are never more conversations than
+//     cap(Pool.slots) and a send on Pool.ready (capacity one more) never blocks, even under
+//     Pool.mu.
+//   - A message leaves Pool.bySeq only through ack (after Kustomer or the dead-letter stream
+//     confirmed) or handBack (nak).
+//   - Every request passes the auth gate with a ticket whose Done is deferred where it is
+//     taken: a probe is always answered or given back.
+//
+// # Seams
+//
+// The pool depends on small interfaces (Consumer, Updater, DeadLetterer, AttemptStore, Budget),
+// so that tests of order and decisions run without NATS (see order_test.go) and new sources of
+// work, request kinds and limits are implementations, not edits of the pool.
+package worker
