@@ -81,6 +81,8 @@ func (q *memQueue) CachedInfo() *jetstream.ConsumerInfo {
 	return &jetstream.ConsumerInfo{Config: jetstream.ConsumerConfig{AckWait: 30 * time.Second, MaxDeliver: 100}}
 }
 
+func (q *memQueue) Info(context.Context) (*jetstream.ConsumerInfo, error) { return q.CachedInfo(), nil }
+
 func (q *memQueue) done(n int) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()

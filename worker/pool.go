@@ -52,6 +52,11 @@ type Pool struct {
 	convs   map[string]*conv // conversations with held messages, by key
 	bySeq   map[uint64]*job  // held messages by stream sequence
 	closing bool             // handBack began: no conversation is made ready again
+	// applied holds the sequences of messages settled (applied, or dead-lettered) whose
+	// acknowledgement JetStream confirmed, until the consumer's acknowledgement floor passes
+	// them: a broker that restarts right after confirming can still lose an acknowledgement,
+	// and a redelivery of one of these is acknowledged again without a second request.
+	applied map[uint64]struct{}
 	// ready holds conversations whose head message may be tried now. Sends happen only under
 	// mu and never block: every conversation in convs holds at least one slot, so there are
 	// never more than cap(slots) of them, and cap(ready) is one more than that. Workers
@@ -89,6 +94,10 @@ type job struct {
 	throttles int  // per-conversation 429s in this process
 	loaded    bool // attempts read from the store
 	recorded  bool // the store holds a count for this message
+	acks      int  // acknowledgements that failed
+	// settled: Kustomer applied the update (or its dead letter is stored) but the
+	// acknowledgement is not confirmed yet. The job is only acknowledged again, never sent.
+	settled bool
 }
 
 // ErrAuthBlocked is Ready's answer while Kustomer refuses the API key.
@@ -172,6 +181,7 @@ func (p *Pool) init() error {
 	})
 	p.convs = make(map[string]*conv)
 	p.bySeq = make(map[uint64]*job)
+	p.applied = make(map[uint64]struct{})
 	p.ready = make(chan *conv, p.cfg.MaxAckPending+1)
 	p.slots = make(chan struct{}, p.cfg.MaxAckPending)
 	p.closing = false
@@ -277,6 +287,18 @@ func (p *Pool) add(msg jetstream.Msg) {
 		<-p.slots
 		return
 	}
+	p.mu.Lock()
+	_, done := p.applied[md.Sequence.Stream]
+	p.mu.Unlock()
+	if done {
+		// Settled and acknowledged before, but the acknowledgement was lost (a broker
+		// restart): acknowledge again, never apply again.
+		if err := msg.Ack(); err != nil {
+			p.Log.Debug("ack of a redelivered settled message failed", "seq", md.Sequence.Stream, "error", err)
+		}
+		<-p.slots
+		return
+	}
 	update, invalid := kustomer.Decode(msg.Data()) // outside the lock: workers ack under it
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -329,6 +351,10 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 			p.settle(c, j, decide(outcome{panicked: r}, t, p.policy, rand.Float64()))
 		}
 	}()
+	if j.settled { // only its acknowledgement is missing
+		p.ack(c, j)
+		return
+	}
 	o := p.try(ctx, hard, j, &tk)
 	if tk != nil {
 		defer tk.Done() // after settle: the gate's log line follows the message's
@@ -463,6 +489,10 @@ func (p *Pool) recordAttempts(j *job) {
 // stored is tried again.
 const (
 	storeTimeout      = 5 * time.Second
+	ackTimeout        = 5 * time.Second
+	ackRetryMin       = 100 * time.Millisecond
+	ackRetryMax       = 5 * time.Second
+	forgetEvery       = 5 * time.Second // how often the acknowledgement floor is read
 	deadLetterTimeout = 10 * time.Second
 	deadLetterRetry   = 2 * time.Second
 )
@@ -490,13 +520,25 @@ func (p *Pool) deadLetter(c *conv, j *job, d decision) {
 	p.ack(c, j)
 }
 
-// ack acknowledges j's message and moves on to the conversation's next job.
+// ack acknowledges j's message, waiting for JetStream to confirm, and moves on to the
+// conversation's next job. The next update of the conversation waits for that confirmation:
+// were it applied while this acknowledgement may still be lost, a crash could bring this older
+// update back after the newer one. An acknowledgement that fails is tried again with backoff,
+// the job held (and kept in progress) meanwhile, and never sent again.
 func (p *Pool) ack(c *conv, j *job) {
+	j.settled = true
 	p.mu.Lock()
 	msg := j.msg
 	p.mu.Unlock()
-	if err := msg.Ack(); err != nil {
-		p.jobLog(j).Warn("ack failed; the message will be redelivered", "error", err)
+	actx, cancel := context.WithTimeout(context.Background(), ackTimeout)
+	err := msg.DoubleAck(actx)
+	cancel()
+	if err != nil {
+		j.acks++
+		d := backoffDelay(j.acks, ackRetryMin, ackRetryMax, rand.Float64())
+		p.jobLog(j).Warn("acknowledgement not confirmed; trying again (the update is not sent again)", "error", err, "retry_in", d)
+		p.schedule(c, d)
+		return
 	}
 	if j.recorded {
 		dctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
@@ -507,6 +549,7 @@ func (p *Pool) ack(c *conv, j *job) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.applied[j.seq] = struct{}{}
 	c.jobs = c.jobs[1:]
 	delete(p.bySeq, j.seq)
 	<-p.slots
@@ -516,6 +559,25 @@ func (p *Pool) ack(c *conv, j *job) {
 		return
 	}
 	p.ready <- c
+}
+
+// forgetApplied drops the remembered sequences that the consumer's acknowledgement floor has
+// passed: JetStream will not deliver those again.
+func (p *Pool) forgetApplied(ctx context.Context) {
+	ictx, cancel := context.WithTimeout(ctx, storeTimeout)
+	info, err := p.Consumer.Info(ictx)
+	cancel()
+	if err != nil {
+		return
+	}
+	floor := info.AckFloor.Stream
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for seq := range p.applied {
+		if seq <= floor {
+			delete(p.applied, seq)
+		}
+	}
 }
 
 // schedule makes c ready again after d.
@@ -552,11 +614,16 @@ func (p *Pool) heartbeat(stop <-chan struct{}) {
 	every := min(p.ackWait/3, 10*time.Second)
 	t := time.NewTicker(every / 2)
 	defer t.Stop()
+	var forgot time.Time
 	for {
 		select {
 		case <-stop:
 			return
 		case now := <-t.C:
+			if now.Sub(forgot) >= forgetEvery {
+				p.forgetApplied(context.Background())
+				forgot = now
+			}
 			p.mu.Lock()
 			for _, j := range p.bySeq {
 				if now.Sub(j.progress) >= every {
@@ -589,6 +656,12 @@ func (p *Pool) handBack() {
 		<-p.ready
 	}
 	for _, j := range jobs {
+		if j.settled { // applied; only the acknowledgement was missing: never hand it back
+			if err := j.msg.Ack(); err != nil {
+				p.Log.Debug("last ack of a settled message failed; its redelivery will be applied again", "seq", j.seq, "error", err)
+			}
+			continue
+		}
 		if p.policy.lastDelivery(j.delivered) {
 			p.lastDelivery(j)
 			continue

@@ -42,7 +42,8 @@ type options struct {
 	wrap     func(u updaterFunc) updaterFunc
 	noStart  bool
 	logLevel slog.Level
-	ackWait  time.Duration // the consumer's AckWait; default 5s
+	ackWait  time.Duration                               // the consumer's AckWait; default 5s
+	consumer func(jetstream.Consumer) jetstream.Consumer // wraps the bound consumer
 }
 
 type updaterFunc func(ctx context.Context, u kustomer.Update) (*kustomer.Result, error)
@@ -89,6 +90,9 @@ func (f *fixture) start(o options) {
 	cons, attempts, err := queue.Bind(ctx, f.js, f.top)
 	if err != nil {
 		f.t.Fatal(err)
+	}
+	if o.consumer != nil {
+		cons = o.consumer(cons)
 	}
 	var up updaterFunc = f.client.UpdateConversation
 	if o.wrap != nil {

@@ -24,6 +24,8 @@ type Consumer interface {
 	Fetch(batch int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch, error)
 	// CachedInfo is the consumer's configuration and state as last read; nil if never read.
 	CachedInfo() *jetstream.ConsumerInfo
+	// Info reads the consumer's configuration and state (its acknowledgement floor) afresh.
+	Info(ctx context.Context) (*jetstream.ConsumerInfo, error)
 }
 
 // Updater applies one update to Kustomer; *kustomer.Client is the real one. Errors are

@@ -92,7 +92,14 @@ func (s *Server) DataDir() string { return s.dir }
 // not come back, for instance because another process took the port meanwhile.
 func (s *Server) Restart(tb testing.TB) {
 	tb.Helper()
+	s.RestartAfter(tb, 0)
+}
+
+// RestartAfter is Restart with the server down for d in between, as in a rolling upgrade.
+func (s *Server) RestartAfter(tb testing.TB, d time.Duration) {
+	tb.Helper()
 	s.emb.Shutdown()
+	time.Sleep(d)
 	s.start(tb)
 }
 

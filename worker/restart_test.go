@@ -1,0 +1,131 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/worker"
+)
+
+// stale counts the conversations whose final state is not their last update "u-<last>".
+func (f *fixture) stale(convs, last int) int {
+	n := 0
+	for i := range convs {
+		if c, ok := f.fake.Conversation(id(i)); !ok || c.Attributes["name"] != fmt.Sprintf("u-%d", last) {
+			n++
+		}
+	}
+	return n
+}
+
+// publishRounds publishes rounds updates to each of convs conversations, round by round, so
+// that a conversation's updates are spread over the stream.
+func (f *fixture) publishRounds(convs, rounds int) {
+	for r := range rounds {
+		for i := range convs {
+			f.publishUpdate(i, fmt.Sprintf(`{"name":"u-%d"}`, r))
+		}
+	}
+}
+
+func TestOrderAcrossBrokerRestarts(t *testing.T) {
+	const convs, rounds = 400, 5
+	f := setup(t, options{fake: kustomertest.Config{Latency: 15 * time.Millisecond}, cfg: worker.Config{Concurrency: 8}})
+	f.publishRounds(convs, rounds)
+	for _, share := range []int{20, 40, 60} {
+		f.waitFor(fmt.Sprintf("%d%% applied", share), 60*time.Second, func() bool {
+			return f.fake.Stats().Applied >= convs*rounds*share/100
+		})
+		f.srv.RestartAfter(t, 2*time.Second)
+	}
+	f.waitDrained(120 * time.Second)
+	if n := f.stale(convs, rounds-1); n != 0 {
+		t.Errorf("%d of %d conversations ended at an older update than their last", n, convs)
+	}
+	if n := len(f.deadLetters()); n != 0 {
+		t.Errorf("%d dead letters; want none", n)
+	}
+}
+
+// lossy is the work consumer of a broker that loses some acknowledgements after confirming
+// them, as one that restarts right after confirming can: the message comes back after AckWait.
+type lossy struct {
+	jetstream.Consumer
+	lose atomic.Int64 // acknowledgements still to lose
+	lost atomic.Int64
+}
+
+type lossyBatch struct {
+	jetstream.MessageBatch
+	ch chan jetstream.Msg
+}
+
+func (b lossyBatch) Messages() <-chan jetstream.Msg { return b.ch }
+
+type lossyMsg struct {
+	jetstream.Msg
+	c *lossy
+}
+
+func (m lossyMsg) loses() bool {
+	if m.c.lose.Add(-1) >= 0 {
+		m.c.lost.Add(1)
+		return true
+	}
+	return false
+}
+
+func (m lossyMsg) Ack() error {
+	if m.loses() {
+		return nil
+	}
+	return m.Msg.Ack()
+}
+
+func (m lossyMsg) DoubleAck(ctx context.Context) error {
+	if m.loses() {
+		return nil
+	}
+	return m.Msg.DoubleAck(ctx)
+}
+
+func (c *lossy) Fetch(n int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch, error) {
+	b, err := c.Consumer.Fetch(n, opts...)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan jetstream.Msg)
+	go func() {
+		defer close(ch)
+		for m := range b.Messages() {
+			ch <- lossyMsg{m, c}
+		}
+	}()
+	return lossyBatch{b, ch}, nil
+}
+
+func TestOrderWhenAcknowledgementsAreLost(t *testing.T) {
+	const convs, rounds = 200, 5
+	f := setup(t, options{fake: kustomertest.Config{Latency: 5 * time.Millisecond}, cfg: worker.Config{Concurrency: 8}, ackWait: 2 * time.Second, noStart: true})
+	f.publishRounds(convs, rounds)
+	var c *lossy
+	f.start(options{cfg: worker.Config{Concurrency: 8}, consumer: func(cons jetstream.Consumer) jetstream.Consumer {
+		c = &lossy{Consumer: cons}
+		return c
+	}})
+	f.waitFor("a fifth applied", 60*time.Second, func() bool { return f.fake.Stats().Applied >= convs*rounds/5 })
+	c.lose.Store(40)
+	f.waitDrained(120 * time.Second)
+	if c.lost.Load() == 0 {
+		t.Fatal("no acknowledgement was lost; the test proves nothing")
+	}
+	if n := f.stale(convs, rounds-1); n != 0 {
+		t.Errorf("%d of %d conversations ended at an older update than their last (%d acknowledgements lost)", n, convs, c.lost.Load())
+	}
+}
