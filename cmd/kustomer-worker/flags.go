@@ -37,11 +37,11 @@ const defaultNATSURL = "nats://127.0.0.1:4222"
 
 // topologyFlags name the streams and the consumer.
 type topologyFlags struct {
-	Stream     string `name:"stream" env:"WORKER_STREAM" default:"KUSTOMER_UPDATES" help:"Work stream (default KUSTOMER_UPDATES)."`
-	Subject    string `name:"subject" env:"WORKER_SUBJECT" default:"kustomer.conversations.update" help:"Work subject; the stream also takes SUBJECT.> (default kustomer.conversations.update)."`
-	DLQStream  string `name:"dlq-stream" env:"WORKER_DLQ_STREAM" default:"KUSTOMER_UPDATES_DLQ" help:"Dead-letter stream (default KUSTOMER_UPDATES_DLQ)."`
-	DLQSubject string `name:"dlq-subject" env:"WORKER_DLQ_SUBJECT" default:"kustomer.conversations.dlq" help:"Dead-letter subject (default kustomer.conversations.dlq)."`
-	Consumer   string `name:"consumer" env:"WORKER_CONSUMER" default:"kustomer-worker" help:"Durable consumer shared by every replica (default kustomer-worker)."`
+	Stream         string `name:"stream" env:"WORKER_STREAM" default:"KUSTOMER_UPDATES" help:"Work stream (default KUSTOMER_UPDATES)."`
+	Subject        string `name:"subject" env:"WORKER_SUBJECT" default:"kustomer.conversations.update" help:"Work subject; the stream also takes SUBJECT.> (default kustomer.conversations.update)."`
+	DLQStream      string `name:"dlq-stream" env:"WORKER_DLQ_STREAM" default:"KUSTOMER_UPDATES_DLQ" help:"Dead-letter stream (default KUSTOMER_UPDATES_DLQ)."`
+	DLQSubject     string `name:"dlq-subject" env:"WORKER_DLQ_SUBJECT" default:"kustomer.conversations.dlq" help:"Dead-letter subject (default kustomer.conversations.dlq)."`
+	Consumer       string `name:"consumer" env:"WORKER_CONSUMER" default:"kustomer-worker" help:"Durable consumer shared by every replica (default kustomer-worker)."`
 	AttemptsBucket string `name:"attempts-bucket" env:"WORKER_ATTEMPTS_BUCKET" default:"KUSTOMER_WORKER_ATTEMPTS" help:"KV bucket counting attempts across restarts (default KUSTOMER_WORKER_ATTEMPTS)."`
 }
 
