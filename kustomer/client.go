@@ -1,6 +1,7 @@
-// Package kustomer is a client for the one Kustomer API call the worker makes: update a
-// conversation. It classifies every failure (see Class) and reads the rate-limit headers, so the
-// caller can decide between retrying now, later, or never.
+// Package kustomer is a client for the Kustomer API calls the worker makes: update a
+// conversation, and update up to 100 conversations in one bulk job and follow that job. It
+// classifies every failure (see Class) and reads the rate-limit headers of every answer, so the
+// caller can decide between retrying now, later, or never, and pace itself.
 package kustomer
 
 import (
@@ -83,6 +84,7 @@ func (o Options) Format(f fmt.State, verb rune) { formatRedacted(f, verb, o.Stri
 type Client struct {
 	baseURL    string // for logs
 	convURL    string // base URL joined with "/v1/conversations/"
+	bulkURL    string // base URL joined with "/v1/bulk/"
 	keys       KeySource
 	http       *http.Client
 	timeout    time.Duration
@@ -132,6 +134,7 @@ func New(opts Options) (*Client, error) {
 	return &Client{
 		baseURL:    base.String(),
 		convURL:    base.JoinPath("v1", "conversations").String() + "/",
+		bulkURL:    base.JoinPath("v1", "bulk").String() + "/",
 		keys:       opts.Key,
 		http:       &hc,
 		timeout:    opts.Timeout,
@@ -223,6 +226,7 @@ type reply struct {
 	body      []byte // at most call.limit bytes of the body
 	truncated bool   // the body was longer than call.limit
 	readErr   error  // reading the body failed; body holds what was read
+	key       string // the API key sent, to scrub from anything kept of the body
 }
 
 // do sends one request with the API key and reads the answer. It is the one place that talks
@@ -278,7 +282,7 @@ func (c *Client) do(ctx context.Context, cl call) (*reply, error) {
 	rl := ParseRateLimit(resp.Header, now)
 	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
 		b, readErr := io.ReadAll(io.LimitReader(resp.Body, cl.limit+1))
-		ans := &reply{status: resp.StatusCode, rateLimit: rl, body: b, readErr: readErr}
+		ans := &reply{status: resp.StatusCode, rateLimit: rl, body: b, readErr: readErr, key: key}
 		if int64(len(b)) > cl.limit {
 			ans.body, ans.truncated = b[:cl.limit], true
 		}
