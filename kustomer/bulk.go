@@ -143,8 +143,8 @@ func (c *Client) SubmitBulk(ctx context.Context, items []BulkItem) (*BulkJob, er
 		return nil, err
 	}
 	job, problem := parseJob(ans.body)
-	if problem == "" {
-		problem = ans.unreadable()
+	if p := ans.unreadable(); p != "" {
+		problem = p
 	}
 	if problem != "" {
 		return nil, ans.malformed(OpSubmitBulk, "Kustomer accepted the bulk update, but "+problem)
@@ -170,12 +170,11 @@ func (c *Client) ReadBulkJob(ctx context.Context, jobID string) (*BulkJob, error
 		return nil, err
 	}
 	job, problem := parseJob(ans.body)
-	switch {
-	case problem != "":
-	case !strings.EqualFold(job.ID, jobID):
+	switch p := ans.unreadable(); {
+	case p != "":
+		problem = p
+	case problem == "" && !strings.EqualFold(job.ID, jobID):
 		problem = "the answer is about another job"
-	default:
-		problem = ans.unreadable()
 	}
 	if problem != "" {
 		return nil, ans.malformed(OpReadBulkJob, problem)
@@ -201,8 +200,8 @@ func (c *Client) ReadBulkBatches(ctx context.Context, jobID string) (*BulkBatche
 		return nil, err
 	}
 	batches, problem := parseBatches(ans.body)
-	if problem == "" {
-		problem = ans.unreadable()
+	if p := ans.unreadable(); p != "" {
+		problem = p
 	}
 	if problem != "" {
 		return nil, ans.malformed(OpReadBulkBatches, problem)
