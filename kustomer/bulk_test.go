@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 )
 
 // convID returns the n-th test conversation id.
@@ -457,4 +459,143 @@ func TestBulkBatchesSettleEveryItem(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fakeClient starts the fake with cfg and returns it with a Client for it.
+func fakeClient(tb testing.TB, cfg kustomertest.Config) (*kustomertest.Server, *Client) {
+	tb.Helper()
+	srv := kustomertest.NewServer(tb, cfg)
+	c := newClient(tb, srv.URL, func(o *Options) { o.Key = StaticKey(kustomertest.DefaultAPIKey) })
+	return srv, c
+}
+
+// settle reads the job's batches until it is complete, failing the test after 5 s.
+func settle(tb testing.TB, c *Client, jobID string) *BulkBatches {
+	tb.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, err := c.ReadBulkBatches(tb.Context(), jobID)
+		if err != nil {
+			tb.Fatalf("ReadBulkBatches: %v", err)
+		}
+		if b.Complete() {
+			return b
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("job %s not complete after 5 s: %+v", jobID, b)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestBulkAgainstTheFake(t *testing.T) {
+	ok := ItemOutcome{State: ItemSucceeded}
+	mixed := func(refs bool) []BulkItem {
+		its := []BulkItem{
+			item(1, `{"priority":2}`),
+			item(2, `{"customer":"`+convID(50)+`"}`),
+			item(3, `{"name":"locked one"}`),
+			item(4, `{"status":"done"}`),
+		}
+		if !refs {
+			for i := range its {
+				its[i].Ref = ""
+			}
+		}
+		return its
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  kustomertest.Config
+		refs bool
+	}{
+		{"results by _clientRef in the JSON:API envelope", kustomertest.Config{BulkBatchSize: 2}, true},
+		{"results by _clientRef with fields on the objects", kustomertest.Config{BulkBatchSize: 3, BulkFlat: true}, true},
+		{"objectIds and errors without _clientRef", kustomertest.Config{BulkBatchSize: 2}, false},
+		{"a job that takes its time", kustomertest.Config{BulkBatchSize: 1, BulkDuration: 300 * time.Millisecond}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, c := fakeClient(t, tc.cfg)
+			srv.FailBulk(convID(3), "conversation is locked")
+			srv.Reject(convID(4), http.StatusNotFound)
+			its := mixed(tc.refs)
+			job, err := c.SubmitBulk(t.Context(), its)
+			if err != nil {
+				t.Fatalf("SubmitBulk: %v", err)
+			}
+			if job.Status != 201 || job.RateLimit.Remaining != kustomertest.DefaultBudget-1 || len(job.ConversationIDs) != 4 {
+				t.Errorf("job = %+v, want 201 with the rate limit and 4 ids", job)
+			}
+			if tc.cfg.BulkDuration > 0 {
+				b, err := c.ReadBulkBatches(t.Context(), job.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if b.Complete() || b.Outcomes(its)[0].State != ItemPending {
+					t.Fatalf("a job just submitted for %v is complete: %+v", tc.cfg.BulkDuration, b)
+				}
+			}
+			b := settle(t, c, job.ID)
+			got := b.Outcomes(its)
+			want := []ItemOutcome{ok, ok, {ItemFailed, "conversation is locked"}, {ItemFailed, "404 Not Found"}}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("Outcomes = %v\nwant %v", got, want)
+			}
+			j, err := c.ReadBulkJob(t.Context(), job.ID)
+			if err != nil || !j.Completed || j.State != "complete" || j.BatchesComplete != j.BatchesTotal {
+				t.Errorf("ReadBulkJob = %+v, %v; want complete", j, err)
+			}
+			if conv, _ := srv.Conversation(convID(1)); conv.Rev != 1 || conv.Attributes["priority"] != 2.0 {
+				t.Errorf("conversation 1 = %+v, want the update applied", conv)
+			}
+		})
+	}
+
+	t.Run("errors of the fake are classified", func(t *testing.T) {
+		srv, c := fakeClient(t, kustomertest.Config{Budget: 2, BulkReadDenied: true, RetryAfter: true})
+		job, err := c.SubmitBulk(t.Context(), []BulkItem{item(1, `{"name":"a"}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.ReadBulkBatches(t.Context(), job.ID)
+		if !errors.Is(err, ErrBulkReadDenied) || !errors.Is(err, ErrAuth) || !strings.Contains(err.Error(), "org.permission.bulk.read") {
+			t.Errorf("denied read: %v, want ErrBulkReadDenied naming the role", err)
+		}
+		srv.SetBulkReadDenied(false)
+		if _, err := c.ReadBulkJob(t.Context(), job.ID); err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.SubmitBulk(t.Context(), []BulkItem{item(2, `{"name":"b"}`)})
+		apiErr := asAPIError(t, err)
+		if apiErr.Class != ClassThrottled || apiErr.Scope != ScopeOrg || apiErr.Wait <= 0 || apiErr.RateLimit.Remaining != 0 {
+			t.Errorf("submit over budget: %#v, want an org-wide 429 with a wait", apiErr)
+		}
+		_, err = c.ReadBulkJob(t.Context(), convID(77))
+		if !errors.Is(err, ErrThrottled) {
+			t.Errorf("read over budget: %v, want ErrThrottled", err)
+		}
+	})
+
+	t.Run("a 400 for the whole submit is permanent", func(t *testing.T) {
+		// The client refuses bad attributes itself, so the fake's strict 400 is scripted here;
+		// kustomertest's own tests cover BulkStrict.
+		srv, c := fakeClient(t, kustomertest.Config{})
+		srv.ScriptBulkSubmit(kustomertest.Status(http.StatusBadRequest))
+		_, err := c.SubmitBulk(t.Context(), []BulkItem{item(1, `{"name":"a"}`), item(2, `{"status":"open"}`)})
+		apiErr := asAPIError(t, err)
+		if apiErr.Class != ClassPermanent || apiErr.Op != OpSubmitBulk || apiErr.Reason == "" {
+			t.Errorf("400: %#v, want a permanent error with Kustomer's reason", apiErr)
+		}
+		if len(srv.BulkJobs()) != 0 {
+			t.Error("a refused submit created a job")
+		}
+	})
+
+	t.Run("an unknown job is permanent", func(t *testing.T) {
+		_, c := fakeClient(t, kustomertest.Config{})
+		_, err := c.ReadBulkJob(t.Context(), convID(9))
+		if apiErr := asAPIError(t, err); apiErr.Status != 404 || apiErr.Class != ClassPermanent {
+			t.Errorf("unknown job: %#v, want a permanent 404", apiErr)
+		}
+	})
 }
