@@ -599,3 +599,20 @@ func TestBulkAgainstTheFake(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkSubmitBulk measures a full submit of 100 items (validation, encoding, the request,
+// reading the job) against the fake over loopback:
+// go test -bench SubmitBulk -run '^$' ./kustomer/
+func BenchmarkSubmitBulk(b *testing.B) {
+	_, c := fakeClient(b, kustomertest.Config{Budget: -1, DisableLog: true, BulkDuration: time.Hour})
+	its := make([]BulkItem, MaxBulkItems)
+	for i := range its {
+		its[i] = item(i+1, `{"priority":3,"tags":["vip","renewal"],"status":"open"}`)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.SubmitBulk(b.Context(), its); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
