@@ -1,6 +1,7 @@
-// Package kustomer is a client for the one Kustomer API call the worker makes: update a
-// conversation. It classifies every failure (see Class) and reads the rate-limit headers, so the
-// caller can decide between retrying now, later, or never.
+// Package kustomer is a client for the Kustomer API calls the worker makes: update a
+// conversation, and update up to 100 conversations in one bulk job and follow that job. It
+// classifies every failure (see Class) and reads the rate-limit headers of every answer, so the
+// caller can decide between retrying now, later, or never, and pace itself.
 package kustomer
 
 import (
@@ -83,6 +84,7 @@ func (o Options) Format(f fmt.State, verb rune) { formatRedacted(f, verb, o.Stri
 type Client struct {
 	baseURL    string // for logs
 	convURL    string // base URL joined with "/v1/conversations/"
+	bulkURL    string // base URL joined with "/v1/bulk/"
 	keys       KeySource
 	http       *http.Client
 	timeout    time.Duration
@@ -132,6 +134,7 @@ func New(opts Options) (*Client, error) {
 	return &Client{
 		baseURL:    base.String(),
 		convURL:    base.JoinPath("v1", "conversations").String() + "/",
+		bulkURL:    base.JoinPath("v1", "bulk").String() + "/",
 		keys:       opts.Key,
 		http:       &hc,
 		timeout:    opts.Timeout,
@@ -191,53 +194,104 @@ func (c *Client) UpdateConversation(ctx context.Context, u Update) (*Result, err
 	if !ValidID(u.ID) {
 		return nil, &ValidationError{Problems: []FieldError{{Field: "id", Problem: idProblem(u.ID)}}}
 	}
-	key, err := c.keys.Key(ctx)
-	if err != nil {
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, fmt.Errorf("kustomer: update conversation %s: %w", u.ID, ctxErr)
-		}
-		return nil, &APIError{Class: ClassAuth, Reason: "no API key: " + err.Error(), Err: err}
-	}
-	if key == "" || strings.ContainsFunc(key, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
-		return nil, &APIError{Class: ClassAuth, Reason: "the API key is empty or contains spaces or control characters"}
-	}
-
 	target := c.convURL + url.PathEscape(u.ID)
 	if u.Replace {
 		target += "?replace=true"
 	}
+	ans, err := c.do(ctx, call{
+		op: OpUpdate, subject: "update conversation " + u.ID,
+		method: http.MethodPut, url: target, body: u.Body, limit: maxSuccessBody,
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The update happened whatever the body says; a body that cannot be read only loses the rev.
+	return &Result{Status: ans.status, Rev: parseRev(ans.body), RateLimit: ans.rateLimit}, nil
+}
+
+// call is one request to Kustomer, as the methods of Client describe it to do.
+type call struct {
+	op      Op     // what the request is for, kept in its APIError
+	subject string // names the request in a wrapped context error: "update conversation <id>"
+	method  string
+	url     string
+	body    []byte // sent as application/json, except with GET, which sends no body
+	limit   int64  // how much of a 2xx answer is read
+}
+
+// reply is a 2xx answer to a call.
+type reply struct {
+	status    int
+	rateLimit RateLimit
+	body      []byte // at most call.limit bytes of the body
+	truncated bool   // the body was longer than call.limit
+	readErr   error  // reading the body failed; body holds what was read
+	key       string // the API key sent, to scrub from anything kept of the body
+}
+
+// do sends one request with the API key and reads the answer. It is the one place that talks
+// HTTP: every call gets the same headers, timeout, redirect refusal, bounded reads, rate-limit
+// parsing and error classification, and no error it returns contains the key.
+//
+// It returns the answer for a 2xx status; otherwise the caller's context error, wrapped with
+// call.subject, when ctx ended, or an *APIError carrying call.op.
+func (c *Client) do(ctx context.Context, cl call) (*reply, error) {
+	key, err := c.keys.Key(ctx)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return nil, fmt.Errorf("kustomer: %s: %w", cl.subject, ctxErr)
+		}
+		return nil, &APIError{Op: cl.op, Class: ClassAuth, Reason: "no API key: " + err.Error(), Err: err}
+	}
+	if key == "" || strings.ContainsFunc(key, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return nil, &APIError{Op: cl.op, Class: ClassAuth, Reason: "the API key is empty or contains spaces or control characters"}
+	}
+
 	rctx, cancel := context.WithTimeoutCause(ctx, c.timeout, c.timeoutErr)
 	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, http.MethodPut, target, bytes.NewReader(u.Body))
+	var body io.Reader
+	if cl.method != http.MethodGet {
+		body = bytes.NewReader(cl.body)
+	}
+	req, err := http.NewRequestWithContext(rctx, cl.method, cl.url, body)
 	if err != nil {
-		// Unreachable with a checked base URL and a hex id; reported rather than assumed.
-		return nil, &APIError{Class: ClassPermanent, Reason: "building the request: " + err.Error(), Err: err}
+		// Unreachable with a checked base URL and checked ids; reported rather than assumed.
+		return nil, &APIError{Op: cl.op, Class: ClassPermanent, Reason: "building the request: " + err.Error(), Err: err}
 	}
 	req.Header = http.Header{
 		"Authorization": {"Bearer " + key},
-		"Content-Type":  {"application/json"},
 		"Accept":        {"application/json"},
 		"User-Agent":    {c.userAgent},
+	}
+	if body != nil {
+		req.Header["Content-Type"] = []string{"application/json"}
 	}
 
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, fmt.Errorf("kustomer: update conversation %s: %w", u.ID, ctxErr)
+			return nil, fmt.Errorf("kustomer: %s: %w", cl.subject, ctxErr)
 		}
-		return nil, c.transportError(err, key)
+		apiErr := c.transportError(err, key)
+		apiErr.Op = cl.op
+		return nil, apiErr
 	}
 	defer drainAndClose(resp.Body)
 
 	now := c.now()
 	rl := ParseRateLimit(resp.Header, now)
 	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
-		// The update happened whatever the body says; a body that cannot be read only loses the rev.
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, maxSuccessBody))
-		return &Result{Status: resp.StatusCode, Rev: parseRev(body), RateLimit: rl}, nil
+		b, readErr := io.ReadAll(io.LimitReader(resp.Body, cl.limit+1))
+		ans := &reply{status: resp.StatusCode, rateLimit: rl, body: b, readErr: readErr, key: key}
+		if int64(len(b)) > cl.limit {
+			ans.body, ans.truncated = b[:cl.limit], true
+		}
+		return ans, nil
 	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxReasonBody))
-	return nil, newAPIError(resp.StatusCode, rl, body, key, now)
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxReasonBody))
+	apiErr := newAPIError(resp.StatusCode, rl, b, key, now)
+	apiErr.Op = cl.op
+	return nil, apiErr
 }
 
 // transportError describes a request that got no answer. Timeouts carry c.timeoutErr rather than

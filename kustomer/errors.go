@@ -13,7 +13,8 @@ import (
 )
 
 // Sentinels for errors.Is. Every *APIError matches exactly one of ErrPermanent, ErrAuth,
-// ErrThrottled or ErrTransient; every *ValidationError matches ErrInvalid.
+// ErrThrottled or ErrTransient, and possibly ErrBulkReadDenied or ErrMalformedAnswer besides;
+// every *ValidationError matches ErrInvalid.
 var (
 	// ErrInvalid: the update failed validation; no request was made. Never retry.
 	ErrInvalid = errors.New("invalid update")
@@ -26,7 +27,29 @@ var (
 	ErrThrottled = errors.New("throttled by Kustomer")
 	// ErrTransient: 5xx, timeouts, connection errors. Retry with backoff.
 	ErrTransient = errors.New("transient failure")
+	// ErrBulkReadDenied: a 403 to ReadBulkJob or ReadBulkBatches. The key may submit bulk
+	// updates but lacks the role org.permission.bulk.read, so jobs cannot be followed: stop
+	// using bulk rather than stopping everything. Such an error also matches ErrAuth.
+	ErrBulkReadDenied = errors.New("the API key lacks the role org.permission.bulk.read")
+	// ErrMalformedAnswer: a 2xx answer the client cannot read (a bulk submit without a job id,
+	// a job or batch list of the wrong shape). The request may have taken effect: a bulk job
+	// may exist although its id is unknown. Such an error is ClassTransient.
+	ErrMalformedAnswer = errors.New("malformed answer from Kustomer")
 )
+
+// Op names the Client method a request was made for.
+type Op string
+
+// The requests Client makes.
+const (
+	OpUpdate          Op = "update conversation"   // UpdateConversation
+	OpSubmitBulk      Op = "submit bulk update"    // SubmitBulk
+	OpReadBulkJob     Op = "read bulk job"         // ReadBulkJob
+	OpReadBulkBatches Op = "read bulk job batches" // ReadBulkBatches
+)
+
+// bulkRead reports whether op reads a bulk job, which needs org.permission.bulk.read.
+func (op Op) bulkRead() bool { return op == OpReadBulkJob || op == OpReadBulkBatches }
 
 // Class tells the worker what to do about a failed request.
 type Class int
@@ -71,9 +94,11 @@ func (s Scope) String() string {
 	return "none"
 }
 
-// APIError is a failed UpdateConversation call: an HTTP answer other than 2xx, or a transport
-// failure (Status 0). It never contains the API key.
+// APIError is a failed call of a Client method: an HTTP answer other than 2xx, a transport
+// failure (Status 0), or a 2xx answer that cannot be read (see ErrMalformedAnswer). It never
+// contains the API key.
 type APIError struct {
+	Op        Op            // the method that made the request; "" for an APIError built by hand, read as OpUpdate
 	Status    int           // HTTP status; 0 when no answer arrived
 	Class     Class         // what to do about it
 	Scope     Scope         // for 429s: org budget or one conversation
@@ -90,21 +115,42 @@ const MaxErrorBody = 1024
 // MaxWait caps any wait derived from Retry-After or x-ratelimit-reset.
 const MaxWait = 60 * time.Second
 
+// Error describes the failure; the bulk methods name themselves after "kustomer: ", an update
+// (Op "" or OpUpdate) does not.
 func (e *APIError) Error() string {
+	prefix := "kustomer: "
+	if e.Op != "" && e.Op != OpUpdate {
+		prefix += string(e.Op) + ": "
+	}
 	if e.Status == 0 {
-		return fmt.Sprintf("kustomer: %s: %s", e.Class, e.Reason)
+		return fmt.Sprintf("%s%s: %s", prefix, e.Class, e.Reason)
 	}
 	if e.Reason == "" {
-		return fmt.Sprintf("kustomer: HTTP %d", e.Status)
+		return fmt.Sprintf("%sHTTP %d", prefix, e.Status)
 	}
-	return fmt.Sprintf("kustomer: HTTP %d: %s", e.Status, e.Reason)
+	return fmt.Sprintf("%sHTTP %d: %s", prefix, e.Status, e.Reason)
 }
 
 func (e *APIError) Unwrap() error { return e.Err }
 
-// Is matches the sentinel of the error's class.
+// BulkReadDenied reports whether the error is a 403 to a read of a bulk job: the key lacks
+// org.permission.bulk.read. errors.Is(err, ErrBulkReadDenied) says the same.
+func (e *APIError) BulkReadDenied() bool {
+	return e.Status == http.StatusForbidden && e.Op.bulkRead()
+}
+
+// Malformed reports whether the error is a 2xx answer that could not be read.
+// errors.Is(err, ErrMalformedAnswer) says the same.
+func (e *APIError) Malformed() bool { return e.Status >= 200 && e.Status <= 299 }
+
+// Is matches the sentinel of the error's class, and ErrBulkReadDenied and ErrMalformedAnswer
+// when they apply.
 func (e *APIError) Is(target error) bool {
 	switch target {
+	case ErrBulkReadDenied:
+		return e.BulkReadDenied()
+	case ErrMalformedAnswer:
+		return e.Malformed()
 	case ErrPermanent:
 		return e.Class == ClassPermanent
 	case ErrAuth:

@@ -26,16 +26,24 @@ type mockCmd struct {
 	SlowDelay          time.Duration `name:"slow-delay" env:"MOCK_SLOW_DELAY" default:"35s" help:"Delay of slow answers (default 35s)."`
 	RequireSeeded      bool          `name:"require-seeded" env:"MOCK_REQUIRE_SEEDED" help:"Answer 404 for every conversation (none is seeded)."`
 	DiscardBodies      bool          `name:"discard-bodies" env:"MOCK_DISCARD_BODIES" help:"Keep no request bodies in the request log (long runs)."`
+	BulkDuration       time.Duration `name:"bulk-duration" env:"MOCK_BULK_DURATION" default:"0s" help:"How long a bulk job takes until complete: queued half the time, then running (default 0: complete at once)."`
+	BulkBatchSize      int           `name:"bulk-batch-size" env:"MOCK_BULK_BATCH_SIZE" default:"25" help:"Items per batch of a bulk job (default 25)."`
+	BulkFailRate       float64       `name:"bulk-fail-rate" env:"MOCK_BULK_FAIL_RATE" default:"0" help:"Share of bulk items that fail with an injected error (default 0)."`
+	BulkStrict         bool          `name:"bulk-strict" env:"MOCK_BULK_STRICT" help:"Answer 400 for a whole bulk update when one item has a bad attribute."`
+	BulkReadDenied     bool          `name:"bulk-read-denied" env:"MOCK_BULK_READ_DENIED" help:"Answer 403 to reads of bulk jobs, as for a key without org.permission.bulk.read."`
+	BulkFlat           bool          `name:"bulk-flat" env:"MOCK_BULK_FLAT" help:"Put the fields of bulk jobs and batches on the objects instead of under attributes."`
 }
 
 func (c *mockCmd) Help() string {
 	return `The fake keeps conversations in memory, enforces the org budget with Kustomer's rate-limit
 headers, and injects faults. GET /_mock/stats, /_mock/requests and /_mock/conversations/ID show
-what it received. Never expose it publicly.
+what it received. Bulk updates (PUT /v1/conversations/bulk) run as jobs that complete after
+--bulk-duration; GET /_mock/bulk lists them. Never expose it publicly.
 
 Examples:
   kustomer-worker mock --budget 600 --window 10s
-  kustomer-worker mock --addr 0.0.0.0:8080 --fault-rate 0.05 --latency 80ms --latency-jitter 40ms`
+  kustomer-worker mock --addr 0.0.0.0:8080 --fault-rate 0.05 --latency 80ms --latency-jitter 40ms
+  kustomer-worker mock --budget 100 --window 6s --bulk-duration 2s --bulk-fail-rate 0.01`
 }
 
 func (c *mockCmd) Run(ctx context.Context, e *env, g *globals) error {
@@ -45,11 +53,22 @@ func (c *mockCmd) Run(ctx context.Context, e *env, g *globals) error {
 	if c.Window <= 0 {
 		return usagef("window: %s is not positive", c.Window)
 	}
+	if c.BulkFailRate < 0 || c.BulkFailRate > 1 {
+		return usagef("bulk-fail-rate: %v is not from 0 to 1", c.BulkFailRate)
+	}
+	if c.BulkDuration < 0 {
+		return usagef("bulk-duration: %s is negative", c.BulkDuration)
+	}
+	if c.BulkBatchSize < 1 {
+		return usagef("bulk-batch-size: %d is not positive", c.BulkBatchSize)
+	}
 	srv, err := kustomertest.Start(c.Addr, kustomertest.Config{
 		APIKey: c.APIKey, Budget: c.Budget, Window: c.Window, ResetDelta: c.ResetDelta, RetryAfter: c.RetryAfter,
 		ConversationLimit: c.ConversationLimit, ConversationWindow: c.ConversationWindow,
 		Latency: c.Latency, LatencyJitter: c.LatencyJitter, FaultRate: c.FaultRate, DropRate: c.DropRate,
 		SlowRate: c.SlowRate, SlowDelay: c.SlowDelay, RequireSeeded: c.RequireSeeded, DiscardBodies: c.DiscardBodies,
+		BulkDuration: c.BulkDuration, BulkBatchSize: c.BulkBatchSize, BulkFailRate: c.BulkFailRate,
+		BulkStrict: c.BulkStrict, BulkReadDenied: c.BulkReadDenied, BulkFlat: c.BulkFlat,
 	})
 	if err != nil {
 		return usagef("addr: %v", err)
@@ -60,6 +79,7 @@ func (c *mockCmd) Run(ctx context.Context, e *env, g *globals) error {
 	fmt.Fprintf(e.stdout, "fake Kustomer API at %s (key %q)\n", srv.URL, c.APIKey)
 	<-ctx.Done()
 	st := srv.Stats()
-	log.Info("fake Kustomer API stopping", "requests", st.Requests, "applied", st.Applied)
+	log.Info("fake Kustomer API stopping", "requests", st.Requests, "applied", st.Applied, "units", st.Units,
+		"bulk_jobs", st.BulkJobs, "bulk_items_failed", st.BulkItemsFailed)
 	return nil
 }

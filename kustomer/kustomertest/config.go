@@ -84,6 +84,31 @@ type Config struct {
 	// DisableLog keeps no per-request log, only the counters of [Server.Stats], so memory
 	// stays proportional to the number of conversations. Default false.
 	DisableLog bool
+
+	// BulkDuration is how long a bulk job takes from its submit until it is complete: queued
+	// for the first half, running for the second, its batches completing one after another
+	// at even intervals. A batch's items are applied when it completes. Default 0: a job is
+	// complete, and its items applied, by the time the submit is answered.
+	BulkDuration time.Duration
+
+	// BulkBatchSize is how many items go into one batch of a bulk job. Default 25.
+	BulkBatchSize int
+
+	// BulkFailRate is the share of bulk items that fail with the reason "injected failure"
+	// instead of being applied (drawn at the submit, from RandSeed). Default 0.
+	BulkFailRate float64
+
+	// BulkStrict answers 400 for the whole bulk submit when one item has a bad attribute,
+	// instead of failing only that item in the job's results. Default false.
+	BulkStrict bool
+
+	// BulkReadDenied answers 403 to every read of a bulk job, as for a key without the role
+	// org.permission.bulk.read ([Server.SetBulkReadDenied] switches it later). Default false.
+	BulkReadDenied bool
+
+	// BulkFlat puts the fields of bulk jobs and batches directly on their objects instead of
+	// under the JSON:API "attributes". Default false.
+	BulkFlat bool
 }
 
 // Defaults used when the corresponding Config field is zero.
@@ -93,6 +118,7 @@ const (
 	DefaultWindow             = 60 * time.Second
 	DefaultConversationWindow = 10 * time.Second
 	DefaultSlowDelay          = 35 * time.Second
+	DefaultBulkBatchSize      = 25
 )
 
 // DefaultFaultStatuses returns the statuses used when Config.FaultStatuses is empty.
@@ -111,6 +137,7 @@ func (c Config) Validate() error {
 	}{
 		{"Window", c.Window}, {"ConversationWindow", c.ConversationWindow},
 		{"Latency", c.Latency}, {"LatencyJitter", c.LatencyJitter}, {"SlowDelay", c.SlowDelay},
+		{"BulkDuration", c.BulkDuration},
 	}
 	for _, d := range durations {
 		if d.d < 0 {
@@ -119,6 +146,12 @@ func (c Config) Validate() error {
 	}
 	if c.ConversationLimit < 0 {
 		bad("ConversationLimit", "%d is negative", c.ConversationLimit)
+	}
+	if c.BulkBatchSize < 0 {
+		bad("BulkBatchSize", "%d is negative", c.BulkBatchSize)
+	}
+	if math.IsNaN(c.BulkFailRate) || c.BulkFailRate < 0 || c.BulkFailRate > 1 {
+		bad("BulkFailRate", "%v is not a share from 0 to 1", c.BulkFailRate)
 	}
 	rates := []struct {
 		name string
@@ -164,6 +197,12 @@ func (c Config) LogValue() slog.Value {
 		slog.Int64("RandSeed", c.RandSeed),
 		slog.Bool("DiscardBodies", c.DiscardBodies),
 		slog.Bool("DisableLog", c.DisableLog),
+		slog.Duration("BulkDuration", c.BulkDuration),
+		slog.Int("BulkBatchSize", c.BulkBatchSize),
+		slog.Float64("BulkFailRate", c.BulkFailRate),
+		slog.Bool("BulkStrict", c.BulkStrict),
+		slog.Bool("BulkReadDenied", c.BulkReadDenied),
+		slog.Bool("BulkFlat", c.BulkFlat),
 	)
 }
 
@@ -185,6 +224,9 @@ func (c Config) withDefaults() Config {
 		c.FaultStatuses = DefaultFaultStatuses()
 	} else {
 		c.FaultStatuses = append([]int(nil), c.FaultStatuses...)
+	}
+	if c.BulkBatchSize == 0 {
+		c.BulkBatchSize = DefaultBulkBatchSize
 	}
 	if c.SlowDelay == 0 {
 		c.SlowDelay = DefaultSlowDelay

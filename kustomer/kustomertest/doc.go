@@ -19,9 +19,23 @@
 //	conv, _ := srv.Conversation(id) // conv.Rev, conv.Attributes: what Kustomer would now hold
 //	reqs := srv.RequestsFor(id)     // every request for id, with the status it got
 //
+// It also answers Kustomer's bulk update: PUT /v1/conversations/bulk creates a job of 1 to
+// 100 partial updates (each item the attributes of a single update, flat beside "id" and an
+// optional "_clientRef") for one unit of the budget; GET /v1/bulk/{id} and
+// GET /v1/bulk/{id}/batches follow it. A job is queued for the first half of
+// Config.BulkDuration and running for the second, its batches (Config.BulkBatchSize items each)
+// completing one after another; a batch's items are applied when it completes, each exactly as
+// a single PUT of its attributes would be (rev up by one). Knobs fail items (Config.BulkFailRate,
+// [Server.FailBulk]), refuse the whole submit for one bad item (Config.BulkStrict), deny the
+// reads (Config.BulkReadDenied, [Server.SetBulkReadDenied]), change the answers' shape
+// (Config.BulkFlat) and script answers ([Server.ScriptBulkSubmit], [Server.ScriptBulkRead]);
+// [Server.BulkJob] shows a job's items as they stand. Stats count budget units spent, bulk
+// submits, jobs, reads and items, so a benchmark can tell what a run cost.
+//
 // Outside tests, [Start] runs the same server on a chosen address. When the fake runs in a
-// container, GET /_mock/stats, GET /_mock/requests[?id=...] and GET /_mock/conversations/{id}
-// serve [Server.Stats], [Server.Requests] and [Server.Conversation] as JSON.
+// container, GET /_mock/stats, GET /_mock/requests[?id=...], GET /_mock/conversations/{id},
+// GET /_mock/bulk and GET /_mock/bulk/{id} serve [Server.Stats], [Server.Requests],
+// [Server.Conversation], [Server.BulkJobs] and [Server.BulkJob] as JSON.
 //
 // The fake is a test tool and must never be exposed publicly: the /_mock endpoints need no
 // authentication and reveal every request body it received, and it keeps its log in memory.
@@ -36,4 +50,23 @@
 // its body and change nothing, which a test should notice); a "rev" sent in a body is
 // ignored, since the server owns it; a slow answer has already applied its update, so a
 // client that timed out cannot tell whether it took effect.
+//
+// What the fake assumes about bulk updates where Kustomer's documentation is silent: more than
+// 100 items, an item that is not an object or lacks a valid id, and mixed, empty, over-long
+// (255) or duplicate _clientRefs are answered 400 for the whole request; a bad attribute fails
+// only its item unless Config.BulkStrict; the same conversation may appear twice in one submit,
+// its items applied in item order; a submit body may be up to 10 MiB (413 above); every bulk
+// request that passes authentication and the org budget costs one unit, reads of unknown jobs
+// (404) included, and a 403 for the missing org.permission.bulk.read role costs nothing, like
+// every 401 and 403; bulk items do not count against Config.ConversationLimit, and Script,
+// ScriptAny and the per-conversation limit do not touch them, while Reject fails them with
+// "<status> <text>" and Config.RequireSeeded with "not found" when they are applied;
+// SetForbidden refuses submits but not reads; FaultRate, DropRate and SlowRate hit bulk
+// requests like any other (a slow submit creates its job, a dropped one does not); the answer to a submit is 201 with the job as it
+// stands when answered ("queued", or already "complete" with BulkDuration 0); batches are
+// "queued" while their job is, then "scheduled", then "complete" with a completedAt; a complete
+// batch lists the conversations updated in objectIds, its failures as {"objectId","message"}
+// in errors, successCount and failureCount, and, only when the items carried _clientRefs,
+// results of {"_clientRef","objectId","status":"updated"|"error","error"}; jobs are kept
+// for the life of the fake, and Close leaves unfinished jobs unfinished.
 package kustomertest

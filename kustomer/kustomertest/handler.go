@@ -29,16 +29,62 @@ type reply struct {
 	delay       time.Duration
 	unmatched   bool
 	applied     bool
+	unit        bool   // the request spent a unit of the org budget
+	job         string // the bulk job created or read
 }
 
-// serveAPI answers everything but /_mock: PUT /v1/conversations/{id}, and 404 otherwise.
+// kind is what a request is for.
+type kind int
+
+const (
+	kindUnmatched kind = iota
+	kindUpdate
+	kindBulkSubmit
+	kindBulkJob
+	kindBulkBatches
+)
+
+// String is the kind as Request.Kind shows it.
+func (k kind) String() string {
+	switch k {
+	case kindUpdate:
+		return KindUpdate
+	case kindBulkSubmit:
+		return KindBulkSubmit
+	case kindBulkJob:
+		return KindBulkJob
+	case kindBulkBatches:
+		return KindBulkBatches
+	}
+	return ""
+}
+
+// serveAPI answers everything but /_mock: PUT /v1/conversations/{id}, the bulk endpoints, and
+// 404 otherwise.
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
-	id, matched := route(r)
-	seq := s.log.begin(r.Method, r.URL.Path, r.URL.RawQuery, id, now)
+	k, id := routeOf(r)
+	convID := ""
+	if k == kindUpdate {
+		convID = id
+	}
+	seq := s.log.begin(r.Method, r.URL.Path, r.URL.RawQuery, convID, k, now)
 
-	body, readErr := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
-	rep := s.decide(r, now, id, matched, body, readErr)
+	limit := int64(maxBody)
+	if k == kindBulkSubmit {
+		limit = maxBulkBody
+	}
+	body, readErr := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	var (
+		rep reply
+		ids []string
+	)
+	switch k {
+	case kindBulkSubmit, kindBulkJob, kindBulkBatches:
+		rep, ids = s.decideBulk(r, now, k, id, body, readErr)
+	default:
+		rep = s.decide(r, now, id, k == kindUpdate, body, readErr)
+	}
 	replace, _ := strconv.ParseBool(r.URL.Query().Get("replace"))
 	if len(body) > maxBody {
 		body = body[:maxBody]
@@ -51,8 +97,12 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		abandoned: !sent,
 		unmatched: rep.unmatched,
 		applied:   rep.applied,
-		replace:   matched && replace,
+		replace:   k == kindUpdate && replace,
 		body:      body,
+		kind:      k,
+		job:       rep.job,
+		ids:       ids,
+		unit:      rep.unit,
 	})
 	switch {
 	case !sent || rep.drop:
@@ -63,6 +113,18 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// routeOf says what a request is for and the id in its path: the conversation of an update,
+// the job of a bulk read.
+func routeOf(r *http.Request) (kind, string) {
+	if k, jobID, ok := bulkRoute(r); ok {
+		return k, jobID
+	}
+	if id, ok := route(r); ok {
+		return kindUpdate, id
+	}
+	return kindUnmatched, ""
+}
+
 // route extracts the conversation id of PUT /v1/conversations/{id}.
 func route(r *http.Request) (id string, ok bool) {
 	rest, found := strings.CutPrefix(r.URL.Path, conversationsPrefix)
@@ -70,6 +132,66 @@ func route(r *http.Request) (id string, ok bool) {
 		return "", false
 	}
 	return rest, true
+}
+
+// decideBulk runs the checks of a bulk request: authentication, role, org budget, scripted
+// answers and faults, then the submit or the read itself. It returns the conversation ids of
+// a submit's items.
+func (s *Server) decideBulk(r *http.Request, now time.Time, k kind, jobID string, body []byte, readErr error) (reply, []string) {
+	if !s.authorized(r) {
+		b, ct := statusBody(http.StatusUnauthorized)
+		return reply{status: http.StatusUnauthorized, body: b, contentType: ct, rate: s.limiter.peek(now)}, nil
+	}
+	submit := k == kindBulkSubmit
+	if submit && s.forbidden.Load() {
+		b, ct := statusBody(http.StatusForbidden)
+		return reply{status: http.StatusForbidden, body: b, contentType: ct, rate: s.limiter.peek(now)}, nil
+	}
+	if !submit && s.bulkReadDenied.Load() {
+		return reply{
+			status: http.StatusForbidden,
+			body:   errorBody("forbidden", "Forbidden: the API key lacks org.permission.bulk.read"),
+			rate:   s.limiter.peek(now),
+		}, nil
+	}
+	rate := s.limiter.take("", now)
+	if rate.verdict == orgLimited {
+		return reply{
+			status:  http.StatusTooManyRequests,
+			body:    errorBody("too_many_requests", "Too Many Requests: the organization's rate limit is exceeded"),
+			rate:    rate,
+			retryAt: rate.retryAt,
+		}, nil
+	}
+
+	a, scripted := s.nextBulkScript(submit)
+	if !scripted {
+		a, scripted = s.fault()
+	}
+	var (
+		rep reply
+		ids []string
+	)
+	switch {
+	case scripted && a.Drop:
+		rep = reply{drop: true}
+	case scripted && a.Status != 0 && (a.Status < 200 || a.Status > 299):
+		b, ct := statusBody(a.Status)
+		rep = reply{status: a.Status, body: b, contentType: ct}
+		if a.Status == http.StatusTooManyRequests {
+			rep.retryAt = now.Add(time.Second)
+		}
+	case submit:
+		rep, ids = s.submitBulk(r, body, readErr, now)
+	default:
+		rep = s.readBulk(jobID, k == kindBulkBatches, now)
+	}
+	rep.rate, rep.unit, rep.delay = rate, true, a.Delay
+	if a.Body != "" {
+		rep.body = []byte(a.Body)
+		rep.contentType = ""
+	}
+	return rep, ids
 }
 
 // decide runs the checks in Kustomer's order: route, authentication, org budget,
@@ -123,7 +245,7 @@ func (s *Server) decide(r *http.Request, now time.Time, id string, matched bool,
 	default:
 		rep = s.update(r, id, body, readErr)
 	}
-	rep.rate = rate
+	rep.rate, rep.unit = rate, true
 	rep.delay = a.Delay
 	if a.Body != "" {
 		rep.body = []byte(a.Body)

@@ -45,3 +45,19 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	_, _ = w.Write(append(b, '\n'))
 }
+
+// serveBulkJobs answers GET /_mock/bulk with every BulkJob as a JSON array.
+func (s *Server) serveBulkJobs(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.BulkJobs())
+}
+
+// serveBulkJob answers GET /_mock/bulk/{id} with a BulkJob, or 404.
+func (s *Server) serveBulkJob(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	j, ok := s.BulkJob(id)
+	if !ok {
+		writeJSON(w, http.StatusNotFound, json.RawMessage(jsonAPIErrorBody(http.StatusNotFound, "not_found", "bulk job "+id+" not found")))
+		return
+	}
+	writeJSON(w, http.StatusOK, j)
+}

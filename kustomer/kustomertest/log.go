@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -11,15 +13,18 @@ import (
 // Request is one request the fake received, as recorded in its log. It holds no headers, so
 // no API key.
 type Request struct {
-	Seq      int       `json:"seq"`      // 1, 2, ... in arrival order
-	Method   string    `json:"method"`   // e.g. "PUT"
-	Path     string    `json:"path"`     // e.g. "/v1/conversations/5f...": unescaped
-	RawQuery string    `json:"rawQuery"` // e.g. "replace=true"
-	ID       string    `json:"id"`       // the conversation id from the path, as sent; "" for unmatched routes
-	Replace  bool      `json:"replace"`  // ?replace=true was given
-	Body     []byte    `json:"body"`     // the body as received (at most 1 MiB); nil with Config.DiscardBodies
-	Time     time.Time `json:"time"`     // arrival
-	Status   int       `json:"status"`   // status answered; 0 = connection dropped without an answer
+	Seq      int       `json:"seq"`            // 1, 2, ... in arrival order
+	Method   string    `json:"method"`         // e.g. "PUT"
+	Path     string    `json:"path"`           // e.g. "/v1/conversations/5f...": unescaped
+	RawQuery string    `json:"rawQuery"`       // e.g. "replace=true"
+	Kind     string    `json:"kind,omitempty"` // KindUpdate, KindBulkSubmit, KindBulkJob, KindBulkBatches; "" for unmatched routes
+	ID       string    `json:"id"`             // the conversation id from the path, as sent; "" for other requests
+	IDs      []string  `json:"ids,omitempty"`  // for a bulk submit: the valid conversation ids of its items, in order
+	Job      string    `json:"job,omitempty"`  // for a bulk read: the job id of the path; for a bulk submit: the job created
+	Replace  bool      `json:"replace"`        // ?replace=true was given
+	Body     []byte    `json:"body"`           // the body as received (at most 1 MiB); nil with Config.DiscardBodies
+	Time     time.Time `json:"time"`           // arrival
+	Status   int       `json:"status"`         // status answered; 0 = connection dropped without an answer
 	// Abandoned: the client went away while the answer was held back (Latency, a slow
 	// answer); Status is what it would have got, and an update is applied all the same.
 	Abandoned bool `json:"abandoned,omitempty"`
@@ -73,6 +78,14 @@ func (r *Request) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
+// The kinds of request, as Request.Kind.
+const (
+	KindUpdate      = "update"       // PUT /v1/conversations/{id}
+	KindBulkSubmit  = "bulk_submit"  // PUT /v1/conversations/bulk
+	KindBulkJob     = "bulk_job"     // GET /v1/bulk/{id}
+	KindBulkBatches = "bulk_batches" // GET /v1/bulk/{id}/batches
+)
+
 // Stats counts the requests the fake answered, /_mock requests excepted. Once no request is
 // in flight, Requests = sum(ByStatus) + Dropped + Abandoned.
 type Stats struct {
@@ -80,8 +93,16 @@ type Stats struct {
 	ByStatus  map[int]int `json:"byStatus"`  // answers sent, by status
 	Dropped   int         `json:"dropped"`   // connections closed without an answer
 	Abandoned int         `json:"abandoned"` // answers not sent because the client went away first
-	Unmatched int         `json:"unmatched"` // requests for anything but PUT /v1/conversations/{id} (answered 404)
-	Applied   int         `json:"applied"`   // updates applied (200s, and abandoned requests that were applied)
+	Unmatched int         `json:"unmatched"` // requests for none of the fake's endpoints (answered 404)
+	Applied   int         `json:"applied"`   // updates applied: by single PUTs (200s, and abandoned requests that were applied) and by bulk items
+	Units     int         `json:"units"`     // org budget units spent: finished requests of any kind that got past authentication and the rate limits (counted also with an unlimited budget)
+
+	BulkSubmits     int `json:"bulkSubmits"`     // bulk submit requests finished, whatever their answer
+	BulkJobs        int `json:"bulkJobs"`        // bulk jobs created
+	BulkReads       int `json:"bulkReads"`       // reads of bulk jobs and their batches finished, whatever their answer
+	BulkItems       int `json:"bulkItems"`       // items of the jobs created
+	BulkItemsDone   int `json:"bulkItemsDone"`   // items applied (also counted in Applied)
+	BulkItemsFailed int `json:"bulkItemsFailed"` // items that failed
 }
 
 // outcome is what finish records about a request.
@@ -93,6 +114,10 @@ type outcome struct {
 	applied   bool
 	replace   bool
 	body      []byte
+	kind      kind
+	job       string
+	ids       []string
+	unit      bool
 }
 
 type logEntry struct {
@@ -114,6 +139,8 @@ type requestLog struct {
 	abandon  int
 	unmatch  int
 	applied  int
+	units    int
+	bulk     struct{ submits, jobs, reads, items, done, failed int }
 }
 
 func newRequestLog(cfg Config) *requestLog {
@@ -121,16 +148,33 @@ func newRequestLog(cfg Config) *requestLog {
 }
 
 // begin records a request's arrival and returns its Seq.
-func (l *requestLog) begin(method, path, rawQuery, id string, now time.Time) int {
+func (l *requestLog) begin(method, path, rawQuery, id string, k kind, now time.Time) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.seq++
 	if l.keep {
 		l.entries = append(l.entries, logEntry{req: Request{
-			Seq: l.seq, Method: method, Path: path, RawQuery: rawQuery, ID: id, Time: now,
+			Seq: l.seq, Method: method, Path: path, RawQuery: rawQuery, Kind: k.String(), ID: id, Time: now,
 		}})
 	}
 	return l.seq
+}
+
+// bulkCreated counts a job of n items.
+func (l *requestLog) bulkCreated(n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.bulk.jobs++
+	l.bulk.items += n
+}
+
+// bulkSettled counts the items of a completed batch.
+func (l *requestLog) bulkSettled(applied, failed int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.applied += applied
+	l.bulk.done += applied
+	l.bulk.failed += failed
 }
 
 // finish records how the request with this Seq ended. It runs before the answer is written,
@@ -152,11 +196,25 @@ func (l *requestLog) finish(seq int, o outcome) {
 	if o.applied {
 		l.applied++
 	}
+	if o.unit {
+		l.units++
+	}
+	switch o.kind {
+	case kindBulkSubmit:
+		l.bulk.submits++
+	case kindBulkJob, kindBulkBatches:
+		l.bulk.reads++
+	}
 	if !l.keep {
 		return
 	}
 	e := &l.entries[seq-1]
 	e.done = true
+	e.req.Job = o.job
+	if o.kind == kindBulkJob || o.kind == kindBulkBatches {
+		e.req.Job = strings.TrimSuffix(strings.TrimPrefix(e.req.Path, bulkPrefix), "/batches")
+	}
+	e.req.IDs = o.ids
 	e.req.Replace = o.replace
 	e.req.Abandoned = o.abandoned
 	if !o.dropped {
@@ -181,6 +239,7 @@ func (l *requestLog) requests(keep func(*Request) bool) []Request {
 		if r.Body != nil {
 			r.Body = bytes.Clone(r.Body)
 		}
+		r.IDs = slices.Clone(r.IDs)
 		out = append(out, r)
 	}
 	return out
@@ -200,5 +259,13 @@ func (l *requestLog) stats() Stats {
 		Abandoned: l.abandon,
 		Unmatched: l.unmatch,
 		Applied:   l.applied,
+		Units:     l.units,
+
+		BulkSubmits:     l.bulk.submits,
+		BulkJobs:        l.bulk.jobs,
+		BulkReads:       l.bulk.reads,
+		BulkItems:       l.bulk.items,
+		BulkItemsDone:   l.bulk.done,
+		BulkItemsFailed: l.bulk.failed,
 	}
 }

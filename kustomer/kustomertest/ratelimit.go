@@ -70,8 +70,8 @@ func (l *limiter) peek(now time.Time) rateState {
 	return rateState{limit: l.budget, remaining: l.budget - l.used, reset: l.end}
 }
 
-// take checks the org budget, then the conversation's limit, and consumes one unit of each
-// when both allow the request. A refused request consumes nothing.
+// take checks the org budget, then the conversation's limit (none for id ""), and consumes one
+// unit of each when both allow the request. A refused request consumes nothing.
 func (l *limiter) take(id string, now time.Time) rateState {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -87,7 +87,7 @@ func (l *limiter) take(id string, now time.Time) rateState {
 			return st
 		}
 	}
-	if l.convLimit > 0 {
+	if l.convLimit > 0 && id != "" {
 		cw, ok := l.convs[id]
 		if !ok || !now.Before(cw.end) {
 			cw = convWindow{end: now.Add(l.convWindow)}

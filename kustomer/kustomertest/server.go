@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,13 +22,15 @@ type Server struct {
 	// https://api.kustomerapp.com.
 	URL string
 
-	cfg       Config
-	key       atomic.Pointer[string]
-	forbidden atomic.Bool
-	limiter   *limiter
-	store     *store
-	log       *requestLog
-	handler   http.Handler
+	cfg            Config
+	key            atomic.Pointer[string]
+	forbidden      atomic.Bool
+	bulkReadDenied atomic.Bool
+	limiter        *limiter
+	store          *store
+	log            *requestLog
+	bulk           *bulkJobs
+	handler        http.Handler
 
 	anyMu     sync.Mutex
 	anyScript []Answer
@@ -84,15 +87,19 @@ func newServer(cfg Config) (*Server, error) {
 		limiter: newLimiter(cfg),
 		store:   newStore(),
 		log:     newRequestLog(cfg),
+		bulk:    newBulkJobs(),
 		rng:     rand.New(rand.NewPCG(uint64(cfg.RandSeed), 0x6b7573746f6d6572)),
 		done:    make(chan struct{}),
 	}
 	key := cfg.APIKey
 	s.key.Store(&key)
+	s.bulkReadDenied.Store(cfg.BulkReadDenied)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /_mock/stats", s.serveStats)
 	mux.HandleFunc("GET /_mock/requests", s.serveRequests)
 	mux.HandleFunc("GET /_mock/conversations/{id}", s.serveConversation)
+	mux.HandleFunc("GET /_mock/bulk", s.serveBulkJobs)
+	mux.HandleFunc("GET /_mock/bulk/{id}", s.serveBulkJob)
 	s.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if len(r.URL.Path) >= len(mockPrefix) && r.URL.Path[:len(mockPrefix)] == mockPrefix {
 			mux.ServeHTTP(w, r)
@@ -129,6 +136,7 @@ func (s *Server) serve(ln net.Listener) {
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		close(s.done)
+		s.closeBulk()
 		if s.srv == nil {
 			return
 		}
@@ -180,9 +188,10 @@ func (s *Server) Reject(id string, status int) { s.store.reject(id, status) }
 // being answered appear once answered. Empty with Config.DisableLog.
 func (s *Server) Requests() []Request { return s.log.requests(nil) }
 
-// RequestsFor returns the finished requests whose path named conversation id.
+// RequestsFor returns the finished requests whose path named conversation id, and the bulk
+// submits with an item for id.
 func (s *Server) RequestsFor(id string) []Request {
-	return s.log.requests(func(r *Request) bool { return r.ID == id })
+	return s.log.requests(func(r *Request) bool { return r.ID == id || slices.Contains(r.IDs, id) })
 }
 
 // Stats returns the counters so far.
