@@ -28,6 +28,7 @@
 //
 // An invalid update matches kustomer.ErrInvalid and unwraps to a *kustomer.ValidationError
 // listing every problem with its field path; nothing is sent. An unusable event id matches
-// ErrEventID. A failed publish is a *PublishError naming the event and the subject; its
-// Retryable method says whether publishing again with the same event id may succeed.
+// ErrEventID. A failed Producer.Publish is a *PublishError naming the event and the subject;
+// its Retryable method says whether publishing again with the same event id may succeed. A
+// Batch sends again by itself and reports the publish it gave up on, by subject, from Wait.
 package producer
