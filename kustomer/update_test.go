@@ -59,13 +59,17 @@ func decodeOK(tb testing.TB, msg string) kustomer.Update {
 	return u
 }
 
-func TestDecodeRejectsEachRule(t *testing.T) {
-	t.Parallel()
+// rejectCase is a message Decode must reject, with the field and text of one of its problems.
+type rejectCase struct {
+	name, msg, field, problem string
+}
+
+// rejectCases is the validation table: one message breaking each rule. The schema test
+// (schema_test.go) runs it too.
+var rejectCases = func() []rejectCase {
 	tooLarge := `{"name": "` + strings.Repeat("x", kustomer.MaxBodyBytes) + `"}`
 	tooDeep := message(`{"custom": {"a": ` + strings.Repeat("[", 10000) + strings.Repeat("]", 10000) + `}}`)
-	for _, tc := range []struct {
-		name, msg, field, problem string
-	}{
+	return []rejectCase{
 		{"bad JSON is rejected", `{"id": "` + validID + `", `, "message", "invalid JSON"},
 		{"a syntax error names its byte offset", `{"id" "x"}`, "message", "invalid JSON at byte 6"},
 		{"an empty message is rejected", ``, "message", "no JSON value"},
@@ -148,7 +152,12 @@ func TestDecodeRejectsEachRule(t *testing.T) {
 		{"endedByType must be known", message(`{"endedByType": "bot"}`), "body.endedByType", `"bot" is not one of user, customer`},
 		{"rev must be an integer", message(`{"rev": 1.5}`), "body.rev", "1.5 is not an integer"},
 		{"defaultLang must be a string", message(`{"defaultLang": 1}`), "body.defaultLang", "1 is not a string"},
-	} {
+	}
+}()
+
+func TestDecodeRejectsEachRule(t *testing.T) {
+	t.Parallel()
+	for _, tc := range rejectCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			u, err := kustomer.Decode([]byte(tc.msg))
@@ -330,14 +339,17 @@ const everyAttribute = `{
 	"queue": {"id": "q1"}
 }`
 
+// acceptCases are messages Decode must accept. The schema test (schema_test.go) runs them too.
+var acceptCases = []struct{ name, msg string }{
+	{"every attribute", message(everyAttribute)},
+	{"a customer move", message(`{"customer": "` + strings.ToUpper(validID) + `"}`)},
+	{"a full replacement", `{"id": "` + validID + `", "replace": true, "body": {"status": "open", "tags": []}}`},
+	{"a field order other than id, replace, body", `{"body": {"status": "done"}, "replace": "false", "id": "` + validID + `"}`},
+}
+
 func TestDecodeAcceptsBothBodies(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct{ name, msg string }{
-		{"every attribute", message(everyAttribute)},
-		{"a customer move", message(`{"customer": "` + strings.ToUpper(validID) + `"}`)},
-		{"a full replacement", `{"id": "` + validID + `", "replace": true, "body": {"status": "open", "tags": []}}`},
-		{"a field order other than id, replace, body", `{"body": {"status": "done"}, "replace": "false", "id": "` + validID + `"}`},
-	} {
+	for _, tc := range acceptCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			u := decodeOK(t, tc.msg)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, vet, every test with the race detector (the
 # container tests skip with a message where Docker does not answer, unless
-# KW_REQUIRE_DOCKER=1), a short fuzz run and every benchmark once at a tiny size.
+# KW_REQUIRE_DOCKER=1), the alerting rules' unit tests, a short fuzz run and every benchmark
+# once at a tiny size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,16 @@ go vet ./...
 
 echo "== go test -race"
 go test -race -count=1 -timeout 45m ./...
+
+echo "== alerting rules (promtool)"
+if command -v promtool >/dev/null; then
+  promtool check rules deploy/prometheus/rules.yml
+  (cd deploy/prometheus && promtool test rules rules_test.yml)
+elif [ "${CI:-}" = true ]; then
+  echo "promtool is missing (Debian package prometheus)"; exit 1
+else
+  echo "SKIPPED: promtool is missing; apt-get install prometheus (CI fails here instead)"
+fi
 
 echo "== fuzz (short)"
 go test -run='^$' -fuzz=FuzzDecode -fuzztime="${FUZZTIME:-10s}" ./kustomer/

@@ -1,0 +1,297 @@
+// Package kubernetes_test renders the kustomization in this directory with kubectl and checks
+// the result offline against the Kubernetes API types and against the worker's own flags.
+package kubernetes_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	kjson "sigs.k8s.io/json"
+	"sigs.k8s.io/yaml"
+)
+
+// rendered is the output of kubectl kustomize, decoded strictly into API types.
+type rendered struct {
+	deployment     *appsv1.Deployment
+	service        *corev1.Service
+	configMaps     map[string]*corev1.ConfigMap
+	serviceAccount *corev1.ServiceAccount
+	pdb            *policyv1.PodDisruptionBudget
+}
+
+// render runs kubectl kustomize on this directory. Without kubectl the test fails in CI
+// (CI=true) and says why it cannot run elsewhere.
+func render(t *testing.T) []byte {
+	t.Helper()
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("kubectl is not installed; CI must render the manifests")
+		}
+		t.Skip("kubectl is not installed: cannot render the manifests (CI fails here instead)")
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(kubectl, "kustomize", ".")
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize: %v\n%s", err, stderr.String())
+	}
+	return out
+}
+
+// decodeStrict decodes one object as the API server would refuse it: yaml.UnmarshalStrict
+// refuses unknown and duplicate fields, but matches names regardless of case, as
+// encoding/json does; the case-sensitive decoder of Kubernetes then refuses readinessprobe.
+func decodeStrict(doc string, obj any) error {
+	if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+		return err
+	}
+	js, err := yaml.YAMLToJSON([]byte(doc))
+	if err != nil {
+		return err
+	}
+	strict, err := kjson.UnmarshalStrict(js, obj)
+	if err != nil {
+		return err
+	}
+	return errors.Join(strict...)
+}
+
+// decode splits the rendered stream and decodes every object strictly into its API type:
+// an unknown field (a typo such as readinessprobe) or an unexpected kind fails.
+func decode(t *testing.T, out []byte) rendered {
+	t.Helper()
+	r := rendered{configMaps: map[string]*corev1.ConfigMap{}}
+	for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(out), -1) {
+		if strings.TrimSpace(doc) == "" {
+			continue
+		}
+		var meta struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string `json:"kind"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatal(err)
+		}
+		var obj any
+		switch meta.APIVersion + " " + meta.Kind {
+		case "apps/v1 Deployment":
+			if r.deployment != nil {
+				t.Fatal("more than one Deployment")
+			}
+			r.deployment = &appsv1.Deployment{}
+			obj = r.deployment
+		case "v1 Service":
+			r.service = &corev1.Service{}
+			obj = r.service
+		case "v1 ServiceAccount":
+			r.serviceAccount = &corev1.ServiceAccount{}
+			obj = r.serviceAccount
+		case "policy/v1 PodDisruptionBudget":
+			r.pdb = &policyv1.PodDisruptionBudget{}
+			obj = r.pdb
+		case "v1 ConfigMap":
+			cm := &corev1.ConfigMap{}
+			if err := decodeStrict(doc, cm); err != nil {
+				t.Fatalf("ConfigMap: %v", err)
+			}
+			r.configMaps[cm.Name] = cm
+			continue
+		default:
+			t.Fatalf("unexpected object %s %s in the rendered manifests", meta.APIVersion, meta.Kind)
+		}
+		if err := decodeStrict(doc, obj); err != nil {
+			t.Fatalf("%s: %v", meta.Kind, err)
+		}
+	}
+	if r.deployment == nil || r.service == nil || r.serviceAccount == nil || r.pdb == nil || len(r.configMaps) != 1 {
+		t.Fatalf("want a Deployment, a Service, a ServiceAccount, a PodDisruptionBudget and one ConfigMap; got %+v", r)
+	}
+	return r
+}
+
+// workerSource is the text of the worker's command package, where its flags and
+// environment variables are declared.
+func workerSource(t *testing.T) string {
+	t.Helper()
+	files, err := filepath.Glob("../../cmd/kustomer-worker/*.go")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no worker sources: %v", err)
+	}
+	var b strings.Builder
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Write(data)
+	}
+	return b.String()
+}
+
+func TestManifestsRenderToValidObjects(t *testing.T) {
+	r := decode(t, render(t))
+	src := workerSource(t)
+	d := r.deployment
+	pod := d.Spec.Template.Spec
+	if len(pod.Containers) != 1 {
+		t.Fatalf("%d containers, want 1", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+
+	t.Run("two replicas share the work", func(t *testing.T) {
+		if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
+			t.Errorf("replicas = %v, want 2", d.Spec.Replicas)
+		}
+		if r.pdb.Spec.MinAvailable == nil || r.pdb.Spec.MinAvailable.IntValue() != 1 {
+			t.Errorf("PodDisruptionBudget minAvailable = %v, want 1", r.pdb.Spec.MinAvailable)
+		}
+	})
+
+	t.Run("every flag and variable is one the worker has", func(t *testing.T) {
+		if len(c.Args) == 0 || c.Args[0] != "run" {
+			t.Fatalf("args = %q, want the run command first", c.Args)
+		}
+		for _, a := range c.Args[1:] {
+			name, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+			if !strings.HasPrefix(a, "--") || !strings.Contains(src, `name:"`+name+`"`) {
+				t.Errorf("argument %q is not a flag of kustomer-worker run", a)
+			}
+		}
+		vars := []string{}
+		for _, cm := range r.configMaps {
+			for k := range cm.Data {
+				vars = append(vars, k)
+			}
+		}
+		for _, e := range c.Env {
+			vars = append(vars, e.Name)
+		}
+		for _, v := range vars {
+			if !strings.Contains(src, `env:"`+v+`"`) && !strings.Contains(src, `getenv("`+v+`")`) {
+				t.Errorf("environment variable %s is not read by the worker", v)
+			}
+		}
+	})
+
+	t.Run("NATS is external: --nats-url from the settings, never empty", func(t *testing.T) {
+		if !slices.Contains(c.Args, "--nats-url=$(NATS_URL)") {
+			t.Errorf("args %q do not give --nats-url=$(NATS_URL)", c.Args)
+		}
+		if len(c.EnvFrom) != 1 || c.EnvFrom[0].ConfigMapRef == nil {
+			t.Fatalf("envFrom = %+v, want the settings ConfigMap", c.EnvFrom)
+		}
+		cm, ok := r.configMaps[c.EnvFrom[0].ConfigMapRef.Name]
+		if !ok {
+			t.Fatalf("envFrom names ConfigMap %s, which is not rendered", c.EnvFrom[0].ConfigMapRef.Name)
+		}
+		if u := cm.Data["NATS_URL"]; !strings.HasPrefix(u, "nats://") && !strings.HasPrefix(u, "tls://") {
+			t.Errorf("NATS_URL = %q; an empty one would start the embedded server", u)
+		}
+		for _, e := range c.Env {
+			if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil || e.ValueFrom.SecretKeyRef.Name != "kustomer-worker-nats" {
+				t.Errorf("env %s does not come from the Secret kustomer-worker-nats", e.Name)
+			}
+		}
+	})
+
+	t.Run("the API key is a file from a Secret", func(t *testing.T) {
+		const flag = "--api-key-file="
+		var keyFile string
+		for _, a := range c.Args {
+			if p, ok := strings.CutPrefix(a, flag); ok {
+				keyFile = p
+			}
+		}
+		var mount *corev1.VolumeMount
+		for i, m := range c.VolumeMounts {
+			if strings.HasPrefix(keyFile, m.MountPath+"/") {
+				mount = &c.VolumeMounts[i]
+			}
+		}
+		if keyFile == "" || mount == nil || !mount.ReadOnly {
+			t.Fatalf("--api-key-file %q is not in a read-only mount", keyFile)
+		}
+		for _, v := range pod.Volumes {
+			if v.Name == mount.Name {
+				if v.Secret == nil || v.Secret.SecretName != "kustomer-worker-api-key" ||
+					(v.Secret.Optional != nil && *v.Secret.Optional) || filepath.Base(keyFile) != "api-key" {
+					t.Errorf("volume %s = %+v, want the required Secret kustomer-worker-api-key with key api-key", v.Name, v.VolumeSource)
+				}
+				return
+			}
+		}
+		t.Errorf("no volume %s", mount.Name)
+	})
+
+	t.Run("probes and metrics use the worker's endpoints", func(t *testing.T) {
+		if !slices.Contains(c.Args, "--http-addr=0.0.0.0:9464") {
+			t.Errorf("args %q do not serve HTTP on 0.0.0.0:9464", c.Args)
+		}
+		if len(c.Ports) != 1 || c.Ports[0].Name != "metrics" || c.Ports[0].ContainerPort != 9464 {
+			t.Errorf("ports = %+v, want metrics 9464", c.Ports)
+		}
+		probe := func(what string, p *corev1.Probe, path string) {
+			if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != path || p.HTTPGet.Port != intstr.FromString("metrics") {
+				t.Errorf("%s probe = %+v, want GET %s on the metrics port", what, p, path)
+			}
+		}
+		probe("startup", c.StartupProbe, "/healthz")
+		probe("liveness", c.LivenessProbe, "/healthz")
+		probe("readiness", c.ReadinessProbe, "/readyz")
+		s := r.service.Spec
+		if len(s.Ports) != 1 || s.Ports[0].TargetPort != intstr.FromString("metrics") || s.Ports[0].Port != 9464 {
+			t.Errorf("service ports = %+v", s.Ports)
+		}
+		for k, v := range s.Selector {
+			if d.Spec.Template.Labels[k] != v {
+				t.Errorf("service selector %s=%s does not match the pods' labels %v", k, v, d.Spec.Template.Labels)
+			}
+		}
+	})
+
+	t.Run("it runs as non-root on a read-only root file system", func(t *testing.T) {
+		psc, sc := pod.SecurityContext, c.SecurityContext
+		if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot || psc.RunAsUser == nil || *psc.RunAsUser == 0 {
+			t.Errorf("pod securityContext = %+v, want runAsNonRoot and a non-zero user", psc)
+		}
+		if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
+			sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+			sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+			t.Errorf("container securityContext = %+v, want a read-only root, no privilege escalation, all capabilities dropped", sc)
+		}
+		if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+			t.Error("the pod mounts a service account token it never uses")
+		}
+	})
+
+	t.Run("resources are requested", func(t *testing.T) {
+		req := c.Resources.Requests
+		if req.Cpu().IsZero() || req.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
+			t.Errorf("resources = %+v, want cpu and memory requests and a memory limit", c.Resources)
+		}
+	})
+
+	t.Run("a stop has time to drain", func(t *testing.T) {
+		if pod.TerminationGracePeriodSeconds == nil || *pod.TerminationGracePeriodSeconds <= 30 ||
+			!slices.Contains(c.Args, "--shutdown-timeout=30s") {
+			t.Errorf("terminationGracePeriodSeconds = %v, args %q: want more than --shutdown-timeout=30s",
+				pod.TerminationGracePeriodSeconds, c.Args)
+		}
+	})
+}
