@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -46,16 +45,19 @@ func (c ConnConfig) LogValue() slog.Value {
 	)
 }
 
-// Validate reports the first setting that cannot work, named as its flag.
+// Validate returns a *ConfigError for the first field that cannot work.
 func (c ConnConfig) Validate() error {
+	bad := func(field, problem string) error {
+		return &ConfigError{Type: "ConnConfig", Field: field, Problem: problem}
+	}
 	if c.URL == "" {
-		return errors.New("nats-url: empty")
+		return bad("URL", "empty")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
-		return errors.New("nats-tls-cert and nats-tls-key: give both or neither")
+		return bad("TLSCert", "give both TLSCert and TLSKey or neither")
 	}
 	if c.Password != "" && c.User == "" {
-		return errors.New("nats-password: set without nats-user")
+		return bad("Password", "set without User")
 	}
 	n := 0
 	for _, s := range []string{c.CredsFile, c.NKeyFile, c.User, c.Token} {
@@ -64,7 +66,7 @@ func (c ConnConfig) Validate() error {
 		}
 	}
 	if n > 1 {
-		return errors.New("nats-creds, nats-nkey, nats-user and nats-token: give at most one")
+		return bad("CredsFile", "give at most one of CredsFile, NKeyFile, User and Token")
 	}
 	return nil
 }

@@ -31,8 +31,8 @@ func usagef(format string, args ...any) error { return &usageError{fmt.Errorf(fo
 
 // globals are flags every command takes.
 type globals struct {
-	LogLevel  string           `name:"log-level" env:"LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level: debug, info, warn or error (default info)."`
-	LogFormat string           `name:"log-format" env:"LOG_FORMAT" default:"text" enum:"text,json" help:"Log format: text or json (default text)."`
+	LogLevel  string           `name:"log-level" env:"LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level: debug, info, warn or error (default ${default})."`
+	LogFormat string           `name:"log-format" env:"LOG_FORMAT" default:"text" enum:"text,json" help:"Log format: text or json (default ${default})."`
 	Version   kong.VersionFlag `help:"Print the version and exit."`
 }
 
@@ -66,6 +66,7 @@ func run(ctx context.Context, args []string, e *env) error {
 		kong.UsageOnError(),
 		kong.Writers(e.stdout, e.stderr),
 		kong.Vars{"version": version},
+		defaultVars(),
 		kong.Exit(func(int) { panic(exitNow{}) }),
 		kong.Resolvers(envResolver(e.getenv)),
 		kong.BindTo(ctx, (*context.Context)(nil)),

@@ -91,7 +91,7 @@ type dlqConn struct {
 func (c *dlqConn) open(ctx context.Context, e *env, g *globals, name string) (*session, *queue.DeadLetterStore, error) {
 	top := c.topology()
 	if err := top.Validate(); err != nil {
-		return nil, nil, &usageError{err}
+		return nil, nil, settingError(err)
 	}
 	s, err := dial(ctx, e, g, &c.natsFlags, c.dialFlags, name)
 	if err != nil {

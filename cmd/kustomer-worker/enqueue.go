@@ -91,7 +91,7 @@ func (c *enqueueCmd) Run(ctx context.Context, e *env, g *globals) error {
 	defer in.close()
 	top := c.topology()
 	if err := top.Validate(); err != nil {
-		return &usageError{err}
+		return settingError(err)
 	}
 
 	// Connect first, so a missing NATS shows before a long validation.

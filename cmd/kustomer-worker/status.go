@@ -50,7 +50,7 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 	}
 	top := c.topology()
 	if err := top.Validate(); err != nil {
-		return &usageError{err}
+		return settingError(err)
 	}
 	s, err := dial(ctx, e, g, &c.natsFlags, c.dialFlags, "kustomer-worker status")
 	if err != nil {
@@ -293,7 +293,7 @@ func writeJSON(w io.Writer, v any) error {
 
 // dialFlags say how long the operator commands wait for NATS.
 type dialFlags struct {
-	ConnectTimeout time.Duration `name:"connect-timeout" env:"NATS_CONNECT_TIMEOUT" default:"5s" help:"How long to wait for NATS before giving up (default 5s)."`
+	ConnectTimeout time.Duration `name:"connect-timeout" env:"NATS_CONNECT_TIMEOUT" default:"5s" help:"How long to wait for NATS before giving up (default ${default})."`
 }
 
 // session is a connection to NATS for one operator command.
@@ -308,7 +308,7 @@ func dial(ctx context.Context, e *env, g *globals, f *natsFlags, d dialFlags, na
 	cc := f.conn(e, name, defaultNATSURL)
 	nc, err := queue.Connect(cc, opsLogger(e, g))
 	if err != nil {
-		return nil, &usageError{err}
+		return nil, settingError(err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, max(d.ConnectTimeout, 100*time.Millisecond))
 	defer cancel()
