@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/logtext"
 )
 
 // ConnConfig says how to reach NATS. Secrets (Password, Token) never appear in logs: see LogValue.
@@ -30,7 +32,7 @@ func (c ConnConfig) LogValue() slog.Value {
 		if s == "" {
 			return ""
 		}
-		return "REDACTED"
+		return logtext.Redacted
 	}
 	return slog.GroupValue(
 		slog.String("url", RedactURLs(c.URL)),

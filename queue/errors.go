@@ -1,5 +1,10 @@
 package queue
 
+import "errors"
+
+// ErrNoDeadLetter is returned for a sequence that holds no dead letter.
+var ErrNoDeadLetter = errors.New("no dead letter with this sequence")
+
 // ConfigError names the field of a configuration value (Topology, ConnConfig) that cannot
 // work and why. Callers that expose the settings under other names (the command line's flags)
 // map Field, and the field names in Problem, to theirs.
