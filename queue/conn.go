@@ -135,13 +135,10 @@ func Connect(cfg ConnConfig, log *slog.Logger) (*nats.Conn, error) {
 	return nc, nil
 }
 
-// reconnectDelay backs off from 250ms to 10s, with jitter from nats.go on top.
+// reconnectDelay backs off from reconnectInitial to reconnectMax, with jitter from nats.go
+// on top.
 func reconnectDelay(attempts int) time.Duration {
-	d := 250 * time.Millisecond
-	for i := 1; i < attempts && d < 10*time.Second; i++ {
-		d *= 2
-	}
-	return min(d, 10*time.Second)
+	return nthDelay(reconnectInitial, reconnectMax, attempts)
 }
 
 // WaitConnected blocks until nc is connected or ctx ends.

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -175,43 +176,49 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	return nil
 }
 
+// Tuned waits of binding the topology at start.
+const (
+	bindRetryInitial = 250 * time.Millisecond // first wait after a failed bind
+	bindRetryMax     = 10 * time.Second       // the longest wait between binds
+	bindCallTimeout  = 10 * time.Second       // one Ensure or Bind
+)
+
 // bindWithRetry declares (or only looks up) the topology, retrying while NATS or JetStream is
 // still starting, as in docker compose.
 func bindWithRetry(ctx context.Context, js jetstream.JetStream, top queue.Topology, manage bool, log *slog.Logger) (jetstream.Consumer, *queue.Attempts, error) {
-	delay := 250 * time.Millisecond
-	for {
-		err := func() error {
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			if manage {
-				if err := queue.Ensure(cctx, js, top); err != nil {
-					return err
-				}
-			}
-			return nil
-		}()
-		if err == nil {
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			cons, attempts, berr := queue.Bind(cctx, js, top)
-			cancel()
-			if berr == nil {
-				return cons, attempts, nil
-			}
-			err = berr
-		}
-		if ctx.Err() != nil {
-			return nil, nil, fmt.Errorf("binding the consumer: %w", context.Cause(ctx))
-		}
-		log.Warn("cannot set up streams and consumer yet; retrying", "error", err, "retry_in", delay)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, nil, fmt.Errorf("binding the consumer: %w", context.Cause(ctx))
-		case <-t.C:
-		}
-		delay = min(delay*2, 10*time.Second)
+	type bound struct {
+		cons     jetstream.Consumer
+		attempts *queue.Attempts
 	}
+	bind := func() (bound, error) {
+		if manage {
+			cctx, cancel := context.WithTimeout(ctx, bindCallTimeout)
+			err := queue.Ensure(cctx, js, top)
+			cancel()
+			if err != nil {
+				return bound{}, err
+			}
+		}
+		cctx, cancel := context.WithTimeout(ctx, bindCallTimeout)
+		defer cancel()
+		cons, attempts, err := queue.Bind(cctx, js, top)
+		return bound{cons, attempts}, err
+	}
+	schedule := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(bindRetryInitial),
+		backoff.WithMaxInterval(bindRetryMax),
+		backoff.WithMaxElapsedTime(0), // until ctx ends
+	)
+	b, err := backoff.RetryNotifyWithData(bind, backoff.WithContext(schedule, ctx), func(err error, next time.Duration) {
+		log.Warn("cannot set up streams and consumer yet; retrying", "error", err, "retry_in", next.Round(time.Millisecond))
+	})
+	if ctx.Err() != nil {
+		return nil, nil, fmt.Errorf("binding the consumer: %w", context.Cause(ctx))
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("binding the consumer: %w", err)
+	}
+	return b.cons, b.attempts, nil
 }
 
 // serveHTTP serves /metrics, /healthz and /readyz until the returned stop is called.
