@@ -12,9 +12,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"go.uber.org/goleak"
+
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 )
+
+// TestMain fails the package's tests if any of them leaves a goroutine behind.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func setup(t *testing.T) (jetstream.JetStream, queue.Topology) {
 	t.Helper()
@@ -29,6 +34,7 @@ func setup(t *testing.T) (jetstream.JetStream, queue.Topology) {
 }
 
 func TestEnsure(t *testing.T) {
+	t.Parallel()
 	t.Run("is idempotent and takes ids appended to the subject", func(t *testing.T) {
 		js, top := setup(t)
 		ctx := context.Background()
@@ -82,6 +88,7 @@ func TestEnsure(t *testing.T) {
 }
 
 func TestDeadLetters(t *testing.T) {
+	t.Parallel()
 	js, top := setup(t)
 	ctx := context.Background()
 	in := nats.NewMsg(top.Subject)
@@ -134,6 +141,7 @@ func TestDeadLetters(t *testing.T) {
 }
 
 func TestAttempts(t *testing.T) {
+	t.Parallel()
 	js, top := setup(t)
 	ctx := context.Background()
 	_, a, err := queue.Bind(ctx, js, top)
@@ -178,6 +186,7 @@ func TestEmbeddedKeepsMessagesAcrossRestarts(t *testing.T) {
 }
 
 func TestConfigValidation(t *testing.T) {
+	t.Parallel()
 	// Errors name the Go field at fault; the command line maps fields to its flags.
 	check := func(t *testing.T, name string, err error, typ, field, problem string) {
 		t.Helper()
@@ -228,6 +237,7 @@ func TestConfigValidation(t *testing.T) {
 }
 
 func TestConnConfigRedactsSecrets(t *testing.T) {
+	t.Parallel()
 	var buf bytes.Buffer
 	slog.New(slog.NewJSONHandler(&buf, nil)).Info("nats", "cfg", queue.ConnConfig{URL: "nats://u2:pw-in-url@x", User: "u", Password: "hunter2", Token: "tok-123"})
 	if strings.Contains(buf.String(), "hunter2") || strings.Contains(buf.String(), "tok-123") || strings.Contains(buf.String(), "pw-in-url") {
@@ -236,6 +246,7 @@ func TestConnConfigRedactsSecrets(t *testing.T) {
 }
 
 func TestRedactURLsHidesCredentialsInEveryForm(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{
 		"nats://127.0.0.1:4222":                  "nats://127.0.0.1:4222",
 		"nats://tok@h:4222":                      "nats://h:4222",

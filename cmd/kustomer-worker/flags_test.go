@@ -12,6 +12,7 @@ import (
 )
 
 func TestSettingErrorsNameFlags(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name string
 		err  error
@@ -32,6 +33,7 @@ func TestSettingErrorsNameFlags(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name+" reads in flag names", func(t *testing.T) {
+			t.Parallel()
 			err := settingError(c.err)
 			var ue *usageError
 			if !errors.As(err, &ue) {
@@ -51,6 +53,7 @@ func TestSettingErrorsNameFlags(t *testing.T) {
 }
 
 func TestHelpShowsLibraryDefaults(t *testing.T) {
+	t.Parallel()
 	out, _, err := runArgs(t, nil, "run", "--help")
 	if err != nil {
 		t.Fatal(err)
