@@ -9,8 +9,6 @@ import (
 	"strings"
 
 	"github.com/alecthomas/kong"
-
-	"github.com/kustomer-worker/kustomer-worker/kustomer"
 )
 
 // env is what a command may use of the process: its streams and environment. Tests pass
@@ -58,7 +56,6 @@ type cli struct {
 
 // run parses args and runs the chosen command.
 func run(ctx context.Context, args []string, e *env) error {
-	kustomer.Version = version
 	var c cli
 	parser, err := kong.New(&c,
 		kong.Name("kustomer-worker"),

@@ -9,12 +9,15 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
 func main() {
+	kustomer.Version = version // the User-Agent; set once here, not per run: tests run in parallel
 	ctx, stop := signalContext()
 	defer stop()
 	err := run(ctx, os.Args[1:], &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv})
