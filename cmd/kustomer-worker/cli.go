@@ -17,6 +17,17 @@ type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	// hardStop ends when a graceful shutdown must be cut short (a second SIGINT or SIGTERM):
+	// long-running commands then abandon their waits but still clean up. nil never ends.
+	hardStop context.Context
+}
+
+// hard returns e.hardStop, or a context that never ends when there is none.
+func (e *env) hard() context.Context {
+	if e.hardStop == nil {
+		return context.Background()
+	}
+	return e.hardStop
 }
 
 // usageError is bad usage or configuration: exit status 2.

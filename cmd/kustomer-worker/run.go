@@ -121,7 +121,10 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		if emb, err = queue.StartEmbedded(ec, log); err != nil {
 			return err
 		}
-		defer emb.Shutdown() // last, after the connection drained
+		defer func() { // last, after the connection drained
+			emb.Shutdown()
+			log.Info("embedded NATS server stopped")
+		}()
 		natsURL = emb.ClientURL()
 		log.Info("embedded NATS server started", "url", natsURL, "data_dir", ec.DataDir)
 	}
@@ -129,7 +132,7 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	if err != nil {
 		return settingError(err)
 	}
-	defer drain(nc, log)
+	defer drain(nc, e.hard(), log)
 
 	if err := queue.WaitConnected(ctx, nc); err != nil {
 		return err
@@ -148,8 +151,8 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	metrics := worker.NewMetrics(reg)
 	pool := &worker.Pool{
 		Consumer:    cons,
-		Client:      client,
-		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject},
+		Client:      cutShortUpdater{next: client, hardStop: e.hard()},
+		DeadLetters: cutShortDeadLetters{next: &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject}, hardStop: e.hard()},
 		Attempts:    attempts,
 		Pacer:       worker.NewPacer(c.RatePerMinute),
 		Metrics:     metrics,
@@ -283,18 +286,36 @@ func watchConsumer(ctx context.Context, cons jetstream.Consumer, m *worker.Metri
 	}
 }
 
-// drain flushes acks and closes the connection, waiting at most 10s.
-func drain(nc *nats.Conn, log *slog.Logger) {
+// Tuned waits of draining the NATS connection at exit.
+const (
+	drainTimeout     = 10 * time.Second // the longest a drain may take
+	drainAfterSignal = 2 * time.Second  // once a second signal came: flush what can be, then close
+)
+
+// drain flushes acks and closes the connection, waiting at most drainTimeout, or
+// drainAfterSignal once hardStop ended.
+func drain(nc *nats.Conn, hardStop context.Context, log *slog.Logger) {
 	closed := make(chan struct{})
 	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
 	if err := nc.Drain(); err != nil {
 		nc.Close()
 		return
 	}
-	select {
-	case <-closed:
-	case <-time.After(10 * time.Second):
+	timeout := time.NewTimer(drainTimeout)
+	defer timeout.Stop()
+	hard := hardStop.Done()
+	for {
+		select {
+		case <-closed:
+			return
+		case <-hard:
+			hard = nil
+			timeout.Reset(drainAfterSignal)
+			continue
+		case <-timeout.C:
+		}
 		log.Warn("NATS drain timed out; closing")
 		nc.Close()
+		return
 	}
 }
