@@ -16,6 +16,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/logtext"
 )
 
 // DefaultBaseURL is Kustomer's API host. Other hosts exist: https://{org}.api.kustomerapp.com and
@@ -395,7 +397,7 @@ func idProblem(id string) string {
 	if id == "" {
 		return "missing"
 	}
-	return fmt.Sprintf("%q is not 24 hexadecimal characters", truncate(id, 40))
+	return fmt.Sprintf("%q is not 24 hexadecimal characters", logtext.Truncate(id, 40, ""))
 }
 
 // isControl reports ASCII control characters, which cannot go into a header.

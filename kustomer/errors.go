@@ -9,7 +9,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
-	"unicode/utf8"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/logtext"
 )
 
 // Sentinels for errors.Is. Every *APIError matches exactly one of ErrPermanent, ErrAuth,
@@ -198,9 +199,9 @@ func newAPIError(status int, rl RateLimit, body []byte, key string, now time.Tim
 		e.Wait = rl.untilReset(now)
 	}
 	text := scrub(string(body), key)
-	e.Body = truncate(text, MaxErrorBody)
+	e.Body = logtext.Truncate(text, MaxErrorBody, "")
 	// Scrubbed again after decoding: the body may hold the key JSON-escaped (\/, \u003c, ...).
-	e.Reason = truncate(scrub(reason(text), key), maxReason)
+	e.Reason = logtext.Truncate(scrub(reason(text), key), maxReason, "")
 	return e
 }
 
@@ -279,16 +280,4 @@ func plain(s string) string {
 		return r
 	}, s)
 	return strings.Join(strings.Fields(s), " ")
-}
-
-// truncate cuts s to at most n bytes without splitting a UTF-8 character.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	cut := n
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut]
 }

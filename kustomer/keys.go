@@ -9,10 +9,12 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/logtext"
 )
 
 // redacted stands in for the API key wherever a value would otherwise be printed.
-const redacted = "[redacted]"
+const redacted = logtext.Redacted
 
 // KeySource yields the API key for each request, so a rotated key file is picked up without a
 // restart. Implementations must be safe for concurrent use and must never put the key into an

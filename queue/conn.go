@@ -2,13 +2,14 @@ package queue
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/logtext"
 )
 
 // ConnConfig says how to reach NATS. Secrets (Password, Token) never appear in logs: see LogValue.
@@ -31,7 +32,7 @@ func (c ConnConfig) LogValue() slog.Value {
 		if s == "" {
 			return ""
 		}
-		return "REDACTED"
+		return logtext.Redacted
 	}
 	return slog.GroupValue(
 		slog.String("url", RedactURLs(c.URL)),
@@ -46,16 +47,19 @@ func (c ConnConfig) LogValue() slog.Value {
 	)
 }
 
-// Validate reports the first setting that cannot work, named as its flag.
+// Validate returns a *ConfigError for the first field that cannot work.
 func (c ConnConfig) Validate() error {
+	bad := func(field, problem string) error {
+		return &ConfigError{Type: "ConnConfig", Field: field, Problem: problem}
+	}
 	if c.URL == "" {
-		return errors.New("nats-url: empty")
+		return bad("URL", "empty")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
-		return errors.New("nats-tls-cert and nats-tls-key: give both or neither")
+		return bad("TLSCert", "give both TLSCert and TLSKey or neither")
 	}
 	if c.Password != "" && c.User == "" {
-		return errors.New("nats-password: set without nats-user")
+		return bad("Password", "set without User")
 	}
 	n := 0
 	for _, s := range []string{c.CredsFile, c.NKeyFile, c.User, c.Token} {
@@ -64,7 +68,7 @@ func (c ConnConfig) Validate() error {
 		}
 	}
 	if n > 1 {
-		return errors.New("nats-creds, nats-nkey, nats-user and nats-token: give at most one")
+		return bad("CredsFile", "give at most one of CredsFile, NKeyFile, User and Token")
 	}
 	return nil
 }
@@ -131,13 +135,10 @@ func Connect(cfg ConnConfig, log *slog.Logger) (*nats.Conn, error) {
 	return nc, nil
 }
 
-// reconnectDelay backs off from 250ms to 10s, with jitter from nats.go on top.
+// reconnectDelay backs off from reconnectInitial to reconnectMax, with jitter from nats.go
+// on top.
 func reconnectDelay(attempts int) time.Duration {
-	d := 250 * time.Millisecond
-	for i := 1; i < attempts && d < 10*time.Second; i++ {
-		d *= 2
-	}
-	return min(d, 10*time.Second)
+	return nthDelay(reconnectInitial, reconnectMax, attempts)
 }
 
 // WaitConnected blocks until nc is connected or ctx ends.

@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/logtext"
 )
 
 // Headers a dead letter carries on top of the original message's own headers.
@@ -71,10 +73,7 @@ func (d *DeadLetterPublisher) Publish(ctx context.Context, msg jetstream.Msg, dl
 			out.Header.Add(k, v)
 		}
 	}
-	reason := dl.Reason
-	if len(reason) > maxReasonLen {
-		reason = reason[:maxReasonLen] + "…"
-	}
+	reason := logtext.Truncate(dl.Reason, maxReasonLen, "…")
 	if dl.FailedAt.IsZero() {
 		dl.FailedAt = time.Now()
 	}

@@ -75,6 +75,7 @@ func readStatus(t *testing.T, b *broker, c *queue.ClassCounter) queue.Status {
 }
 
 func TestReadStatus(t *testing.T) {
+	t.Parallel()
 	t.Run("counts match the streams and the consumer", func(t *testing.T) {
 		b := startBroker(t)
 		cons := b.work(t, "a", "b", "c", "d", "e", "f", "g", "h", "i", "j")
@@ -139,6 +140,7 @@ func TestReadStatus(t *testing.T) {
 }
 
 func TestClassCounter(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t)
 	cons := b.work(t, "a", "b", "c", "d", "e")
 	msgs := fetch(t, cons, 5)
@@ -177,6 +179,7 @@ func TestClassCounter(t *testing.T) {
 }
 
 func TestDLQ(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b := startBroker(t)
 	cons := b.work(t, "a", "b", "c", "d")

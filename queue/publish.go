@@ -308,8 +308,7 @@ func (p *Publisher) resend(ctx context.Context) error {
 	for _, r := range batch {
 		attempts = max(attempts, r.state.attempts)
 	}
-	delay := min(100*time.Millisecond<<(attempts-1), 5*time.Second)
-	t := time.NewTimer(delay)
+	t := time.NewTimer(nthDelay(publishRetryInitial, publishRetryMax, int(attempts)))
 	select {
 	case <-ctx.Done():
 		t.Stop()

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 )
@@ -139,12 +140,7 @@ func TestPublisher(t *testing.T) {
 		var wg sync.WaitGroup
 		var waitErr error
 		wg.Go(func() { waitErr = p.Wait(ctx) })
-		for p.Stats().Retried == 0 {
-			if ctx.Err() != nil {
-				t.Fatal("no publish was retried")
-			}
-			time.Sleep(10 * time.Millisecond) // polling a condition, not synchronizing
-		}
+		testwait.Until(t, "a publish to be retried", 20*time.Second, func() bool { return p.Stats().Retried > 0 })
 		if _, err := b.js.CreateStream(ctx, jetstream.StreamConfig{Name: "LATE", Subjects: []string{"late.>"}}); err != nil {
 			t.Fatal(err)
 		}
@@ -201,6 +197,7 @@ func TestPublisher(t *testing.T) {
 }
 
 func TestMsgID(t *testing.T) {
+	t.Parallel()
 	data := []byte(`{"id":"5f1a2b3c4d5e6f7a8b9c0d1e","body":{}}`)
 	id := queue.MsgID("", 1, data)
 	if len(id) != 32 {

@@ -3,6 +3,7 @@ package queue_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -11,9 +12,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"go.uber.org/goleak"
+
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 )
+
+// TestMain fails the package's tests if any of them leaves a goroutine behind.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func setup(t *testing.T) (jetstream.JetStream, queue.Topology) {
 	t.Helper()
@@ -28,6 +34,7 @@ func setup(t *testing.T) (jetstream.JetStream, queue.Topology) {
 }
 
 func TestEnsure(t *testing.T) {
+	t.Parallel()
 	t.Run("is idempotent and takes ids appended to the subject", func(t *testing.T) {
 		js, top := setup(t)
 		ctx := context.Background()
@@ -81,6 +88,7 @@ func TestEnsure(t *testing.T) {
 }
 
 func TestDeadLetters(t *testing.T) {
+	t.Parallel()
 	js, top := setup(t)
 	ctx := context.Background()
 	in := nats.NewMsg(top.Subject)
@@ -133,6 +141,7 @@ func TestDeadLetters(t *testing.T) {
 }
 
 func TestAttempts(t *testing.T) {
+	t.Parallel()
 	js, top := setup(t)
 	ctx := context.Background()
 	_, a, err := queue.Bind(ctx, js, top)
@@ -177,38 +186,50 @@ func TestEmbeddedKeepsMessagesAcrossRestarts(t *testing.T) {
 }
 
 func TestConfigValidation(t *testing.T) {
+	t.Parallel()
+	// Errors name the Go field at fault; the command line maps fields to its flags.
+	check := func(t *testing.T, name string, err error, typ, field, problem string) {
+		t.Helper()
+		var ce *queue.ConfigError
+		if !errors.As(err, &ce) {
+			t.Errorf("%s: err = %v; want a *queue.ConfigError", name, err)
+			return
+		}
+		if ce.Type != typ || ce.Field != field || !strings.Contains(ce.Problem, problem) {
+			t.Errorf("%s: err = %+v; want %s.%s with a problem mentioning %q", name, *ce, typ, field, problem)
+		}
+	}
 	conn := []struct {
-		name string
-		cfg  queue.ConnConfig
-		want string
+		name    string
+		cfg     queue.ConnConfig
+		field   string
+		problem string
 	}{
-		{"no URL", queue.ConnConfig{}, "nats-url"},
-		{"half a TLS pair", queue.ConnConfig{URL: "nats://x", TLSKey: "k"}, "nats-tls-cert"},
-		{"a password without a user", queue.ConnConfig{URL: "nats://x", Password: "p"}, "nats-password"},
-		{"two kinds of auth", queue.ConnConfig{URL: "nats://x", Token: "t", User: "u"}, "at most one"},
+		{"no URL", queue.ConnConfig{}, "URL", "empty"},
+		{"half a TLS pair", queue.ConnConfig{URL: "nats://x", TLSKey: "k"}, "TLSCert", "TLSKey"},
+		{"a password without a user", queue.ConnConfig{URL: "nats://x", Password: "p"}, "Password", "User"},
+		{"two kinds of auth", queue.ConnConfig{URL: "nats://x", Token: "t", User: "u"}, "CredsFile", "at most one"},
 	}
 	for _, c := range conn {
-		if err := c.cfg.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: err = %v; want it to mention %q", c.name, err, c.want)
-		}
+		check(t, c.name, c.cfg.Validate(), "ConnConfig", c.field, c.problem)
 	}
 	top := queue.Topology{}.WithDefaults()
 	bad := []struct {
-		name string
-		edit func(*queue.Topology)
-		want string
+		name    string
+		edit    func(*queue.Topology)
+		field   string
+		problem string
 	}{
-		{"a stream name with a dot", func(t *queue.Topology) { t.Stream = "a.b" }, "stream"},
-		{"a wildcard subject", func(t *queue.Topology) { t.Subject = "a.*" }, "subject"},
-		{"a dead-letter subject inside the work subjects", func(t *queue.Topology) { t.DLQSubject = t.Subject + ".dlq" }, "dlq-subject"},
-		{"a sub-second AckWait", func(t *queue.Topology) { t.AckWait = time.Millisecond }, "ack-wait"},
+		{"a stream name with a dot", func(t *queue.Topology) { t.Stream = "a.b" }, "Stream", "not a valid name"},
+		{"a wildcard subject", func(t *queue.Topology) { t.Subject = "a.*" }, "Subject", "wildcards"},
+		{"a dead-letter subject inside the work subjects", func(t *queue.Topology) { t.DLQSubject = t.Subject + ".dlq" }, "DLQSubject", "overlaps"},
+		{"a sub-second AckWait", func(t *queue.Topology) { t.AckWait = time.Millisecond }, "AckWait", "under 1s"},
+		{"six stream replicas", func(t *queue.Topology) { t.StreamReplicas = 6 }, "StreamReplicas", "from 1 to 5"},
 	}
 	for _, c := range bad {
 		tt := top
 		c.edit(&tt)
-		if err := tt.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: err = %v; want it to mention %q", c.name, err, c.want)
-		}
+		check(t, c.name, tt.Validate(), "Topology", c.field, c.problem)
 	}
 	if err := top.Validate(); err != nil {
 		t.Errorf("defaults: %v", err)
@@ -216,6 +237,7 @@ func TestConfigValidation(t *testing.T) {
 }
 
 func TestConnConfigRedactsSecrets(t *testing.T) {
+	t.Parallel()
 	var buf bytes.Buffer
 	slog.New(slog.NewJSONHandler(&buf, nil)).Info("nats", "cfg", queue.ConnConfig{URL: "nats://u2:pw-in-url@x", User: "u", Password: "hunter2", Token: "tok-123"})
 	if strings.Contains(buf.String(), "hunter2") || strings.Contains(buf.String(), "tok-123") || strings.Contains(buf.String(), "pw-in-url") {
@@ -224,6 +246,7 @@ func TestConnConfigRedactsSecrets(t *testing.T) {
 }
 
 func TestRedactURLsHidesCredentialsInEveryForm(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{
 		"nats://127.0.0.1:4222":                  "nats://127.0.0.1:4222",
 		"nats://tok@h:4222":                      "nats://h:4222",

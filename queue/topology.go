@@ -10,20 +10,38 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Topology names the streams and the consumer, and how they are configured.
+// Defaults of Topology, written once: the command line shows and uses these too.
+const (
+	DefaultStream         = "KUSTOMER_UPDATES"
+	DefaultSubject        = "kustomer.conversations.update"
+	DefaultDLQStream      = "KUSTOMER_UPDATES_DLQ"
+	DefaultDLQSubject     = "kustomer.conversations.dlq"
+	DefaultConsumer       = "kustomer-worker"
+	DefaultAttemptsBucket = "KUSTOMER_WORKER_ATTEMPTS"
+	DefaultDedupWindow    = 2 * time.Minute
+	DefaultAckWait        = 30 * time.Second
+	DefaultMaxAckPending  = 256
+	DefaultMaxDeliver     = 100
+	DefaultStreamReplicas = 1
+	MinAckWait            = time.Second // the least AckWait Validate accepts
+	MaxStreamReplicas     = 5           // the most replicas a NATS cluster keeps of a stream
+)
+
+// Topology names the streams and the consumer, and how they are configured. The zero value of
+// every field means its default.
 type Topology struct {
-	Stream         string        // work stream; default "KUSTOMER_UPDATES"
-	Subject        string        // work subject; the stream also takes Subject+".>" so producers may append the id; default "kustomer.conversations.update"
-	DLQStream      string        // dead-letter stream; default "KUSTOMER_UPDATES_DLQ"
-	DLQSubject     string        // dead-letter subject; default "kustomer.conversations.dlq"
+	Stream         string        // work stream; default DefaultStream
+	Subject        string        // work subject; the stream also takes Subject+".>" so producers may append the id; default DefaultSubject
+	DLQStream      string        // dead-letter stream; default DefaultDLQStream
+	DLQSubject     string        // dead-letter subject; default DefaultDLQSubject
 	DLQMaxAge      time.Duration // how long dead letters are kept; default 0, forever
-	Consumer       string        // durable pull consumer shared by every replica; default "kustomer-worker"
-	AttemptsBucket string        // KV bucket with attempt counts of messages that failed; default "KUSTOMER_WORKER_ATTEMPTS"
-	DedupWindow    time.Duration // Nats-Msg-Id duplicate window; default 2m
-	AckWait        time.Duration // redelivery after this long without ack or progress; default 30s
-	MaxAckPending  int           // unacknowledged messages across all replicas; default 256
-	MaxDeliver     int           // safety net above the worker's attempt limit; default 100
-	Replicas       int           // stream replicas in a cluster; default 1
+	Consumer       string        // durable pull consumer shared by every replica; default DefaultConsumer
+	AttemptsBucket string        // KV bucket with attempt counts of messages that failed; default DefaultAttemptsBucket
+	DedupWindow    time.Duration // Nats-Msg-Id duplicate window; default DefaultDedupWindow (2m)
+	AckWait        time.Duration // redelivery after this long without ack or progress; default DefaultAckWait (30s)
+	MaxAckPending  int           // unacknowledged messages across all replicas; default DefaultMaxAckPending (256)
+	MaxDeliver     int           // safety net above the worker's attempt limit; default DefaultMaxDeliver (100)
+	StreamReplicas int           // replicas of the streams and the bucket in a cluster; default DefaultStreamReplicas (1)
 }
 
 // WithDefaults returns t with every zero field set to its default.
@@ -33,55 +51,60 @@ func (t Topology) WithDefaults() Topology {
 			*s = v
 		}
 	}
-	def(&t.Stream, "KUSTOMER_UPDATES")
-	def(&t.Subject, "kustomer.conversations.update")
-	def(&t.DLQStream, "KUSTOMER_UPDATES_DLQ")
-	def(&t.DLQSubject, "kustomer.conversations.dlq")
-	def(&t.Consumer, "kustomer-worker")
-	def(&t.AttemptsBucket, "KUSTOMER_WORKER_ATTEMPTS")
-	if t.DedupWindow == 0 {
-		t.DedupWindow = 2 * time.Minute
+	defD := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
 	}
-	if t.AckWait == 0 {
-		t.AckWait = 30 * time.Second
+	defI := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
 	}
-	if t.MaxAckPending == 0 {
-		t.MaxAckPending = 256
-	}
-	if t.MaxDeliver == 0 {
-		t.MaxDeliver = 100
-	}
-	if t.Replicas == 0 {
-		t.Replicas = 1
-	}
+	def(&t.Stream, DefaultStream)
+	def(&t.Subject, DefaultSubject)
+	def(&t.DLQStream, DefaultDLQStream)
+	def(&t.DLQSubject, DefaultDLQSubject)
+	def(&t.Consumer, DefaultConsumer)
+	def(&t.AttemptsBucket, DefaultAttemptsBucket)
+	defD(&t.DedupWindow, DefaultDedupWindow)
+	defD(&t.AckWait, DefaultAckWait)
+	defI(&t.MaxAckPending, DefaultMaxAckPending)
+	defI(&t.MaxDeliver, DefaultMaxDeliver)
+	defI(&t.StreamReplicas, DefaultStreamReplicas)
 	return t
 }
 
-// Validate names the first setting that cannot work.
+// Validate returns a *ConfigError for the first field that cannot work.
 func (t Topology) Validate() error {
+	bad := func(field, format string, args ...any) error {
+		return &ConfigError{Type: "Topology", Field: field, Problem: fmt.Sprintf(format, args...)}
+	}
 	for _, f := range []struct{ name, v string }{
-		{"stream", t.Stream}, {"dlq-stream", t.DLQStream}, {"consumer", t.Consumer}, {"attempts-bucket", t.AttemptsBucket},
+		{"Stream", t.Stream}, {"DLQStream", t.DLQStream}, {"Consumer", t.Consumer}, {"AttemptsBucket", t.AttemptsBucket},
 	} {
 		if f.v == "" || strings.ContainsAny(f.v, " .*>\t/\\") {
-			return fmt.Errorf("%s: %q is not a valid name (no spaces, dots, wildcards or slashes)", f.name, f.v)
+			return bad(f.name, "%q is not a valid name (no spaces, dots, wildcards or slashes)", f.v)
 		}
 	}
-	for _, f := range []struct{ name, v string }{{"subject", t.Subject}, {"dlq-subject", t.DLQSubject}} {
+	for _, f := range []struct{ name, v string }{{"Subject", t.Subject}, {"DLQSubject", t.DLQSubject}} {
 		if f.v == "" || strings.ContainsAny(f.v, " *>\t") || strings.HasPrefix(f.v, ".") || strings.HasSuffix(f.v, ".") {
-			return fmt.Errorf("%s: %q is not a valid subject without wildcards", f.name, f.v)
+			return bad(f.name, "%q is not a valid subject without wildcards", f.v)
 		}
 	}
-	if t.Subject == t.DLQSubject || strings.HasPrefix(t.DLQSubject, t.Subject+".") {
-		return fmt.Errorf("dlq-subject: %q overlaps the work subject %q", t.DLQSubject, t.Subject)
-	}
-	if t.AckWait < time.Second {
-		return fmt.Errorf("ack-wait: %s is under 1s", t.AckWait)
-	}
-	if t.Replicas < 1 || t.Replicas > 5 {
-		return fmt.Errorf("stream-replicas: %d is not from 1 to 5", t.Replicas)
-	}
-	if t.MaxAckPending < 1 {
-		return fmt.Errorf("max-ack-pending: %d is below 1", t.MaxAckPending)
+	switch {
+	case t.Subject == t.DLQSubject || strings.HasPrefix(t.DLQSubject, t.Subject+"."):
+		return bad("DLQSubject", "%q overlaps the work subject %q", t.DLQSubject, t.Subject)
+	case t.AckWait < MinAckWait:
+		return bad("AckWait", "%s is under %s", t.AckWait, MinAckWait)
+	case t.StreamReplicas < 1 || t.StreamReplicas > MaxStreamReplicas:
+		return bad("StreamReplicas", "%d is not from 1 to %d", t.StreamReplicas, MaxStreamReplicas)
+	case t.MaxAckPending < 1:
+		return bad("MaxAckPending", "%d is below 1", t.MaxAckPending)
+	case t.DedupWindow < 0:
+		return bad("DedupWindow", "%s is negative", t.DedupWindow)
+	case t.DLQMaxAge < 0:
+		return bad("DLQMaxAge", "%s is negative", t.DLQMaxAge)
 	}
 	return nil
 }
@@ -99,7 +122,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
 		Duplicates:  t.DedupWindow,
-		Replicas:    t.Replicas,
+		Replicas:    t.StreamReplicas,
 	}); err != nil {
 		return fmt.Errorf("stream %s: %w", t.Stream, err)
 	}
@@ -110,7 +133,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		MaxAge:      t.DLQMaxAge,
-		Replicas:    t.Replicas,
+		Replicas:    t.StreamReplicas,
 	}); err != nil {
 		return fmt.Errorf("stream %s: %w", t.DLQStream, err)
 	}
@@ -122,7 +145,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		Description: "attempts spent on work messages that failed, by stream sequence",
 		TTL:         7 * 24 * time.Hour,
 		Storage:     jetstream.FileStorage,
-		Replicas:    t.Replicas,
+		Replicas:    t.StreamReplicas,
 	}); err != nil {
 		return fmt.Errorf("bucket %s: %w", t.AttemptsBucket, err)
 	}
@@ -140,7 +163,7 @@ func (t Topology) ConsumerConfig() jetstream.ConsumerConfig {
 		MaxDeliver:    t.MaxDeliver,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		MaxWaiting:    512,
-		Replicas:      t.Replicas,
+		Replicas:      t.StreamReplicas,
 	}
 }
 

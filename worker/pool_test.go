@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
@@ -129,7 +130,7 @@ func (f *fixture) start(o options) {
 	pool := f.pool
 	go func() { f.done <- pool.Run(rctx) }()
 	f.t.Cleanup(f.stop)
-	f.waitFor("pool running", 10*time.Second, func() bool { return !errors.Is(pool.Ready(), worker.ErrNotRunning) })
+	testwait.Until(f.t, "pool running", 10*time.Second, func() bool { return !errors.Is(pool.Ready(), worker.ErrNotRunning) })
 }
 
 // stop shuts the pool down gracefully and waits for Run to return.
@@ -139,13 +140,8 @@ func (f *fixture) stop() {
 	}
 	f.cancel()
 	f.cancel = nil
-	select {
-	case err := <-f.done:
-		if err != nil {
-			f.t.Errorf("Run: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		f.t.Errorf("Run did not return within 60s of shutdown")
+	if err := testwait.Recv(f.t, "Run to return after shutdown", 60*time.Second, f.done); err != nil {
+		f.t.Errorf("Run: %v", err)
 	}
 }
 
@@ -166,22 +162,11 @@ func (f *fixture) publishUpdate(conv int, body string) {
 	f.publish(fmt.Sprintf(`{"id":%q,"body":%s}`, id(conv), body))
 }
 
-func (f *fixture) waitFor(what string, timeout time.Duration, cond func() bool) {
-	f.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			f.t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // waitDrained waits until the work stream is empty (everything acked) and the fake has had
 // no request for a moment.
 func (f *fixture) waitDrained(timeout time.Duration) {
 	f.t.Helper()
-	f.waitFor("work stream to empty", timeout, func() bool { return queuetest.StreamMsgs(f.t, f.js, f.top.Stream) == 0 })
+	testwait.Until(f.t, "work stream to empty", timeout, func() bool { return queuetest.StreamMsgs(f.t, f.js, f.top.Stream) == 0 })
 }
 
 type deadLetter struct {
@@ -454,7 +439,7 @@ func TestPool(t *testing.T) {
 			f.publishUpdate(i, `{"status":"done"}`)
 		}
 		f.start(options{cfg: worker.Config{Concurrency: 8}})
-		f.waitFor("the pool to report the refused key", 10*time.Second, func() bool {
+		testwait.Until(f.t, "the pool to report the refused key", 10*time.Second, func() bool {
 			return errors.Is(f.pool.Ready(), worker.ErrAuthBlocked)
 		})
 		time.Sleep(1500 * time.Millisecond) // let it probe a while
@@ -501,7 +486,7 @@ func TestPool(t *testing.T) {
 		for i := range 300 {
 			f.publishUpdate(i, fmt.Sprintf(`{"name":"n-%d"}`, i))
 		}
-		f.waitFor("some progress", 30*time.Second, func() bool { return f.fake.Stats().Applied > 50 })
+		testwait.Until(f.t, "some progress", 30*time.Second, func() bool { return f.fake.Stats().Applied > 50 })
 		f.srv.Restart(t)
 		f.waitDrained(90 * time.Second)
 		missing := 0
@@ -525,7 +510,7 @@ func TestPool(t *testing.T) {
 		for i := range 200 {
 			f.publishUpdate(i, fmt.Sprintf(`{"name":"n-%d"}`, i))
 		}
-		f.waitFor("some progress", 30*time.Second, func() bool { return f.fake.Stats().Applied > 20 })
+		testwait.Until(f.t, "some progress", 30*time.Second, func() bool { return f.fake.Stats().Applied > 20 })
 		f.stop()
 		if got := f.fake.Stats().Applied; got >= 200 {
 			t.Fatalf("all %d applied before shutdown; the test needs a backlog", got)

@@ -9,8 +9,6 @@ import (
 	"strings"
 
 	"github.com/alecthomas/kong"
-
-	"github.com/kustomer-worker/kustomer-worker/kustomer"
 )
 
 // env is what a command may use of the process: its streams and environment. Tests pass
@@ -19,6 +17,17 @@ type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	// hardStop ends when a graceful shutdown must be cut short (a second SIGINT or SIGTERM):
+	// long-running commands then abandon their waits but still clean up. nil never ends.
+	hardStop context.Context
+}
+
+// hard returns e.hardStop, or a context that never ends when there is none.
+func (e *env) hard() context.Context {
+	if e.hardStop == nil {
+		return context.Background()
+	}
+	return e.hardStop
 }
 
 // usageError is bad usage or configuration: exit status 2.
@@ -31,8 +40,8 @@ func usagef(format string, args ...any) error { return &usageError{fmt.Errorf(fo
 
 // globals are flags every command takes.
 type globals struct {
-	LogLevel  string           `name:"log-level" env:"LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level: debug, info, warn or error (default info)."`
-	LogFormat string           `name:"log-format" env:"LOG_FORMAT" default:"text" enum:"text,json" help:"Log format: text or json (default text)."`
+	LogLevel  string           `name:"log-level" env:"LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level: debug, info, warn or error (default ${default})."`
+	LogFormat string           `name:"log-format" env:"LOG_FORMAT" default:"text" enum:"text,json" help:"Log format: text or json (default ${default})."`
 	Version   kong.VersionFlag `help:"Print the version and exit."`
 }
 
@@ -58,7 +67,6 @@ type cli struct {
 
 // run parses args and runs the chosen command.
 func run(ctx context.Context, args []string, e *env) error {
-	kustomer.Version = version
 	var c cli
 	parser, err := kong.New(&c,
 		kong.Name("kustomer-worker"),
@@ -66,6 +74,7 @@ func run(ctx context.Context, args []string, e *env) error {
 		kong.UsageOnError(),
 		kong.Writers(e.stdout, e.stderr),
 		kong.Vars{"version": version},
+		defaultVars(),
 		kong.Exit(func(int) { panic(exitNow{}) }),
 		kong.Resolvers(envResolver(e.getenv)),
 		kong.BindTo(ctx, (*context.Context)(nil)),

@@ -5,14 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/logtext"
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 )
@@ -91,7 +90,7 @@ type dlqConn struct {
 func (c *dlqConn) open(ctx context.Context, e *env, g *globals, name string) (*session, *queue.DeadLetterStore, error) {
 	top := c.topology()
 	if err := top.Validate(); err != nil {
-		return nil, nil, &usageError{err}
+		return nil, nil, settingError(err)
 	}
 	s, err := dial(ctx, e, g, &c.natsFlags, c.dialFlags, name)
 	if err != nil {
@@ -159,7 +158,7 @@ func (c *dlqListCmd) Run(ctx context.Context, e *env, g *globals) error {
 			conv = "-"
 		}
 		_, err := fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", l.Seq, conv, l.Class, status, l.Attempts,
-			l.FailedAt.UTC().Format(time.RFC3339), oneLine(truncate(l.Reason, 100)))
+			l.FailedAt.UTC().Format(time.RFC3339), oneLine(logtext.Truncate(l.Reason, 100, "…")))
 		return err
 	})
 	if ferr := tw.Flush(); err == nil {
@@ -195,18 +194,9 @@ func conversationOf(ctx context.Context, d *queue.DeadLetterStore, l *queue.Dead
 		return ""
 	}
 	if s, ok := m.ID.(string); ok {
-		return truncate(s, 40)
+		return logtext.Truncate(s, 40, "…")
 	}
-	return truncate(fmt.Sprint(m.ID), 40)
-}
-
-func oneLine(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r == '\n' || r == '\r' || r == '\t' {
-			return ' '
-		}
-		return r
-	}, s)
+	return logtext.Truncate(fmt.Sprint(m.ID), 40, "…")
 }
 
 // dlqShowCmd shows one dead letter.
@@ -358,7 +348,7 @@ func (c *dlqReplayCmd) Run(ctx context.Context, e *env, g *globals) error {
 		if _, err := kustomer.Decode(data); err != nil {
 			skipped++
 			fmt.Fprintf(e.stderr, "skipped %d: the message is invalid (%v); fix it: dlq show %d --raw, then dlq replay --seq %d --message-file FILE\n",
-				l.Seq, truncate(err.Error(), 200), l.Seq, l.Seq)
+				l.Seq, logtext.Truncate(err.Error(), 200, "…"), l.Seq, l.Seq)
 			return nil
 		}
 		conv := conversationOf(ctx, d, l)
@@ -388,32 +378,6 @@ func (c *dlqReplayCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return errors.New("some sequences hold no dead letter (see dlq list)")
 	}
 	return nil
-}
-
-// plural is "1 dead letter", "2 dead letters".
-func plural[N int | int64](n N, noun string) string {
-	if n == 1 {
-		return "1 " + noun
-	}
-	return fmt.Sprintf("%d %ss", n, noun)
-}
-
-func statusText(status int) string {
-	if status == 0 {
-		return "without status"
-	}
-	return strconv.Itoa(status)
-}
-
-// readInput reads a file, or stdin for "-".
-func readInput(e *env, path string) ([]byte, error) {
-	if path == "-" {
-		if e.stdin == nil {
-			return nil, nil
-		}
-		return io.ReadAll(e.stdin)
-	}
-	return os.ReadFile(path)
 }
 
 // dlqPurgeCmd deletes dead letters.
@@ -450,7 +414,7 @@ func (c *dlqPurgeCmd) Run(ctx context.Context, e *env, g *globals) error {
 	err = d.Each(ctx, f, true, func(l *queue.DeadLetter) error {
 		if c.DryRun {
 			n++
-			fmt.Fprintf(e.stdout, "would delete %d (%s %s: %s)\n", l.Seq, l.Class, statusText(l.Status), oneLine(truncate(l.Reason, 100)))
+			fmt.Fprintf(e.stdout, "would delete %d (%s %s: %s)\n", l.Seq, l.Class, statusText(l.Status), oneLine(logtext.Truncate(l.Reason, 100, "…")))
 			return nil
 		}
 		if err := d.Delete(ctx, l.Seq); err != nil {

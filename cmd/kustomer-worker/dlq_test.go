@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
@@ -94,7 +95,7 @@ func TestDeadLetterFixedReplayedAndApplied(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.startWorker(fake)
-	eventually(t, "every message applied or dead-lettered", 10*time.Second, func() bool {
+	testwait.Until(t, "every message applied or dead-lettered", 10*time.Second, func() bool {
 		st := r.status()
 		return st.Processed == 4 && st.Backlog == 0 && st.DeadLetters == 2
 	})
@@ -177,12 +178,12 @@ func TestDeadLetterFixedReplayedAndApplied(t *testing.T) {
 		t.Fatalf("replay --message-file: %v\n%s%s", err, out, stderr)
 	}
 
-	eventually(t, "both replayed updates applied", 10*time.Second, func() bool {
+	testwait.Until(t, "both replayed updates applied", 10*time.Second, func() bool {
 		c2, ok2 := fake.Conversation(convID(2))
 		c4, ok4 := fake.Conversation(convID(4))
 		return ok2 && c2.Attributes["status"] == "done" && ok4 && c4.Attributes["priority"] == float64(3)
 	})
-	eventually(t, "an empty backlog", 10*time.Second, func() bool { return r.status().Backlog == 0 })
+	testwait.Until(t, "an empty backlog", 10*time.Second, func() bool { return r.status().Backlog == 0 })
 	if st := r.status(); st.DeadLetters != 0 {
 		t.Fatalf("dead letters left: %+v", st)
 	}

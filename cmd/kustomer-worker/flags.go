@@ -1,10 +1,18 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"strconv"
+	"strings"
+	"unicode"
 
+	"github.com/alecthomas/kong"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker"
 )
 
 // natsFlags say how to reach NATS; every command that talks to NATS embeds them. The password
@@ -37,12 +45,12 @@ const defaultNATSURL = "nats://127.0.0.1:4222"
 
 // topologyFlags name the streams and the consumer.
 type topologyFlags struct {
-	Stream         string `name:"stream" env:"WORKER_STREAM" default:"KUSTOMER_UPDATES" help:"Work stream (default KUSTOMER_UPDATES)."`
-	Subject        string `name:"subject" env:"WORKER_SUBJECT" default:"kustomer.conversations.update" help:"Work subject; the stream also takes SUBJECT.> (default kustomer.conversations.update)."`
-	DLQStream      string `name:"dlq-stream" env:"WORKER_DLQ_STREAM" default:"KUSTOMER_UPDATES_DLQ" help:"Dead-letter stream (default KUSTOMER_UPDATES_DLQ)."`
-	DLQSubject     string `name:"dlq-subject" env:"WORKER_DLQ_SUBJECT" default:"kustomer.conversations.dlq" help:"Dead-letter subject (default kustomer.conversations.dlq)."`
-	Consumer       string `name:"consumer" env:"WORKER_CONSUMER" default:"kustomer-worker" help:"Durable consumer shared by every replica (default kustomer-worker)."`
-	AttemptsBucket string `name:"attempts-bucket" env:"WORKER_ATTEMPTS_BUCKET" default:"KUSTOMER_WORKER_ATTEMPTS" help:"KV bucket counting attempts across restarts (default KUSTOMER_WORKER_ATTEMPTS)."`
+	Stream         string `name:"stream" env:"WORKER_STREAM" default:"${default_stream}" help:"Work stream (default ${default})."`
+	Subject        string `name:"subject" env:"WORKER_SUBJECT" default:"${default_subject}" help:"Work subject; the stream also takes SUBJECT.> (default ${default})."`
+	DLQStream      string `name:"dlq-stream" env:"WORKER_DLQ_STREAM" default:"${default_dlq_stream}" help:"Dead-letter stream (default ${default})."`
+	DLQSubject     string `name:"dlq-subject" env:"WORKER_DLQ_SUBJECT" default:"${default_dlq_subject}" help:"Dead-letter subject (default ${default})."`
+	Consumer       string `name:"consumer" env:"WORKER_CONSUMER" default:"${default_consumer}" help:"Durable consumer shared by every replica (default ${default})."`
+	AttemptsBucket string `name:"attempts-bucket" env:"WORKER_ATTEMPTS_BUCKET" default:"${default_attempts_bucket}" help:"KV bucket counting attempts across restarts (default ${default})."`
 }
 
 func (f *topologyFlags) topology() queue.Topology {
@@ -54,8 +62,8 @@ func (f *topologyFlags) topology() queue.Topology {
 
 // embeddedFlags configure the NATS server started in the process when no URL is given.
 type embeddedFlags struct {
-	NATSListen string `name:"nats-listen" env:"NATS_LISTEN" default:"127.0.0.1:4222" help:"With no --nats-url: where the embedded NATS server listens, so producers on this machine can publish (default 127.0.0.1:4222)."`
-	DataDir    string `name:"data-dir" env:"DATA_DIR" default:"./data" type:"path" help:"With no --nats-url: the embedded server's JetStream store (default ./data)."`
+	NATSListen string `name:"nats-listen" env:"NATS_LISTEN" default:"127.0.0.1:4222" help:"With no --nats-url: where the embedded NATS server listens, so producers on this machine can publish (default ${default})."`
+	DataDir    string `name:"data-dir" env:"DATA_DIR" default:"./data" type:"path" help:"With no --nats-url: the embedded server's JetStream store (default ${default})."`
 }
 
 func (f *embeddedFlags) embedded() (queue.EmbeddedConfig, error) {
@@ -68,4 +76,97 @@ func (f *embeddedFlags) embedded() (queue.EmbeddedConfig, error) {
 		return queue.EmbeddedConfig{}, usagef("nats-listen: %q is not a port", port)
 	}
 	return queue.EmbeddedConfig{Host: host, Port: p, DataDir: f.DataDir}, nil
+}
+
+// defaultRatePerMinute is an Enterprise org's budget, the smallest Kustomer sells.
+const defaultRatePerMinute = 1000
+
+// defaultVars are the defaults the flags take from the libraries' exported constants, so that
+// each default is written once: a flag says default:"${default_x}" and help "(default ${default})".
+func defaultVars() kong.Vars {
+	d := func(v interface{ String() string }) string { return v.String() }
+	i := strconv.Itoa
+	return kong.Vars{
+		"default_stream":           queue.DefaultStream,
+		"default_subject":          queue.DefaultSubject,
+		"default_dlq_stream":       queue.DefaultDLQStream,
+		"default_dlq_subject":      queue.DefaultDLQSubject,
+		"default_consumer":         queue.DefaultConsumer,
+		"default_attempts_bucket":  queue.DefaultAttemptsBucket,
+		"default_dedup_window":     d(queue.DefaultDedupWindow),
+		"default_ack_wait":         d(queue.DefaultAckWait),
+		"default_max_deliver":      i(queue.DefaultMaxDeliver),
+		"default_stream_replicas":  i(queue.DefaultStreamReplicas),
+		"default_concurrency":      i(worker.DefaultConcurrency),
+		"default_max_attempts":     i(worker.DefaultMaxAttempts),
+		"min_max_ack_pending":      i(worker.MinMaxAckPending),
+		"default_shutdown_timeout": d(worker.DefaultShutdownTimeout),
+		"default_kustomer_url":     kustomer.DefaultBaseURL,
+		"default_request_timeout":  d(kustomer.DefaultTimeout),
+		"default_rate_per_minute":  i(defaultRatePerMinute),
+	}
+}
+
+// flagNames maps the Go fields of the libraries' configuration to the flags (or environment
+// variables) that set them: one table, so that an error of worker.Config.Validate or
+// queue.Topology.Validate reads in the names a user typed.
+var flagNames = map[string]map[string]string{
+	"worker.Config": {
+		"Concurrency": "concurrency", "MaxAttempts": "max-attempts", "MaxAckPending": "max-ack-pending",
+		"ShutdownTimeout": "shutdown-timeout",
+	},
+	"queue.Topology": {
+		"Stream": "stream", "Subject": "subject", "DLQStream": "dlq-stream", "DLQSubject": "dlq-subject",
+		"DLQMaxAge": "dlq-max-age", "Consumer": "consumer", "AttemptsBucket": "attempts-bucket",
+		"DedupWindow": "dedup-window", "AckWait": "ack-wait", "MaxAckPending": "max-ack-pending",
+		"MaxDeliver": "max-deliver", "StreamReplicas": "stream-replicas",
+	},
+	"queue.ConnConfig": {
+		"URL": "nats-url", "CredsFile": "nats-creds", "NKeyFile": "nats-nkey", "User": "nats-user",
+		"Password": "NATS_PASSWORD", "Token": "NATS_TOKEN", "TLSCA": "nats-tls-ca",
+		"TLSCert": "nats-tls-cert", "TLSKey": "nats-tls-key",
+	},
+}
+
+// settingError turns a library's *ConfigError into a usage error in flag names, such as
+// "max-attempts: 0 is below 1". Other errors come back unchanged.
+func settingError(err error) error {
+	var (
+		typ, field, problem string
+		we                  *worker.ConfigError
+		qe                  *queue.ConfigError
+	)
+	switch {
+	case errors.As(err, &we):
+		typ, field, problem = "worker.Config", we.Field, we.Problem
+	case errors.As(err, &qe):
+		typ, field, problem = "queue."+qe.Type, qe.Field, qe.Problem
+	default:
+		return err
+	}
+	names := flagNames[typ]
+	rename := func(s string) string {
+		if n, ok := names[s]; ok {
+			return n
+		}
+		return s
+	}
+	// Rename whole words only: "MaxAckPending" but not a part of "DLQMaxAge".
+	var b strings.Builder
+	word := func(r rune) bool { return unicode.IsLetter(r) || unicode.IsDigit(r) }
+	for rest := problem; rest != ""; {
+		i := strings.IndexFunc(rest, func(r rune) bool { return !word(r) })
+		if i < 0 {
+			i = len(rest)
+		}
+		b.WriteString(rename(rest[:i]))
+		rest = rest[i:]
+		j := strings.IndexFunc(rest, word)
+		if j < 0 {
+			j = len(rest)
+		}
+		b.WriteString(rest[:j])
+		rest = rest[j:]
+	}
+	return &usageError{fmt.Errorf("%s: %s", rename(field), b.String())}
 }

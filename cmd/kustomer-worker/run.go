@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,20 +28,20 @@ type runCmd struct {
 	embeddedFlags
 	topologyFlags
 
-	KustomerURL     string        `name:"kustomer-url" env:"KUSTOMER_BASE_URL" default:"https://api.kustomerapp.com" help:"Kustomer API base URL; org hosts (https://ORG.api.kustomerapp.com) and the EU host (https://api.prod2.kustomerapp.com) work too (default https://api.kustomerapp.com)."`
+	KustomerURL     string        `name:"kustomer-url" env:"KUSTOMER_BASE_URL" default:"${default_kustomer_url}" help:"Kustomer API base URL; org hosts (https://ORG.api.kustomerapp.com) and the EU host (https://api.prod2.kustomerapp.com) work too (default ${default})."`
 	APIKeyFile      string        `name:"api-key-file" env:"KUSTOMER_API_KEY_FILE" type:"path" help:"File holding the Kustomer API key, re-read when it changes. Or set KUSTOMER_API_KEY. Never a plain flag: it would show in ps."`
-	RatePerMinute   int           `name:"rate-per-minute" env:"KUSTOMER_RATE_PER_MINUTE" default:"1000" help:"Requests a minute at most: your org's budget (Enterprise 1000, Ultimate 2000) or your share of it; 0 leaves pacing to Kustomer's headers alone (default 1000)."`
-	Concurrency     int           `name:"concurrency" env:"WORKER_CONCURRENCY" default:"8" help:"Requests in flight at once (default 8)."`
-	MaxAttempts     int           `name:"max-attempts" env:"WORKER_MAX_ATTEMPTS" default:"10" help:"Attempts per message on retryable failures (5xx, timeouts, dropped connections) across redeliveries and restarts; then it is dead-lettered as exhausted. 429s spend none (default 10)."`
-	RequestTimeout  time.Duration `name:"request-timeout" env:"KUSTOMER_REQUEST_TIMEOUT" default:"30s" help:"Timeout of one request to Kustomer (default 30s)."`
-	ShutdownTimeout time.Duration `name:"shutdown-timeout" env:"WORKER_SHUTDOWN_TIMEOUT" default:"30s" help:"After SIGINT/SIGTERM, how long requests in flight may finish; the rest is handed back for redelivery (default 30s)."`
-	HTTPAddr        string        `name:"http-addr" env:"WORKER_HTTP_ADDR" default:"127.0.0.1:9464" help:"Address serving /metrics, /healthz and /readyz; empty turns it off (default 127.0.0.1:9464)."`
-	AckWait         time.Duration `name:"ack-wait" env:"WORKER_ACK_WAIT" default:"30s" help:"Consumer AckWait: a crashed worker's messages are redelivered after this long (default 30s)."`
-	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency, at least 32 (default 0)."`
-	MaxDeliver      int           `name:"max-deliver" env:"WORKER_MAX_DELIVER" default:"100" help:"Consumer MaxDeliver, a safety net above max-attempts (default 100)."`
-	DedupWindow     time.Duration `name:"dedup-window" env:"WORKER_DEDUP_WINDOW" default:"2m" help:"Work stream's Nats-Msg-Id duplicate window (default 2m)."`
-	DLQMaxAge       time.Duration `name:"dlq-max-age" env:"WORKER_DLQ_MAX_AGE" default:"0s" help:"How long dead letters are kept; 0 keeps them until purged (default 0)."`
-	StreamReplicas  int           `name:"stream-replicas" env:"WORKER_STREAM_REPLICAS" default:"1" help:"Replicas of the streams and bucket in a NATS cluster (default 1)."`
+	RatePerMinute   int           `name:"rate-per-minute" env:"KUSTOMER_RATE_PER_MINUTE" default:"${default_rate_per_minute}" help:"Requests a minute at most: your org's budget (Enterprise 1000, Ultimate 2000) or your share of it; 0 leaves pacing to Kustomer's headers alone (default ${default})."`
+	Concurrency     int           `name:"concurrency" env:"WORKER_CONCURRENCY" default:"${default_concurrency}" help:"Requests in flight at once (default ${default})."`
+	MaxAttempts     int           `name:"max-attempts" env:"WORKER_MAX_ATTEMPTS" default:"${default_max_attempts}" help:"Attempts per message on retryable failures (5xx, timeouts, dropped connections) across redeliveries and restarts; then it is dead-lettered as exhausted. 429s spend none (default ${default})."`
+	RequestTimeout  time.Duration `name:"request-timeout" env:"KUSTOMER_REQUEST_TIMEOUT" default:"${default_request_timeout}" help:"Timeout of one request to Kustomer (default ${default})."`
+	ShutdownTimeout time.Duration `name:"shutdown-timeout" env:"WORKER_SHUTDOWN_TIMEOUT" default:"${default_shutdown_timeout}" help:"After SIGINT/SIGTERM, how long requests in flight may finish; the rest is handed back for redelivery; a second signal cuts it short (default ${default})."`
+	HTTPAddr        string        `name:"http-addr" env:"WORKER_HTTP_ADDR" default:"127.0.0.1:9464" help:"Address serving /metrics, /healthz and /readyz; empty turns it off (default ${default})."`
+	AckWait         time.Duration `name:"ack-wait" env:"WORKER_ACK_WAIT" default:"${default_ack_wait}" help:"Consumer AckWait: a crashed worker's messages are redelivered after this long (default ${default})."`
+	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency, at least ${min_max_ack_pending} (default ${default})."`
+	MaxDeliver      int           `name:"max-deliver" env:"WORKER_MAX_DELIVER" default:"${default_max_deliver}" help:"Consumer MaxDeliver, a safety net above max-attempts (default ${default})."`
+	DedupWindow     time.Duration `name:"dedup-window" env:"WORKER_DEDUP_WINDOW" default:"${default_dedup_window}" help:"Work stream's Nats-Msg-Id duplicate window (default ${default})."`
+	DLQMaxAge       time.Duration `name:"dlq-max-age" env:"WORKER_DLQ_MAX_AGE" default:"0s" help:"How long dead letters are kept; 0 keeps them until purged (default ${default})."`
+	StreamReplicas  int           `name:"stream-replicas" env:"WORKER_STREAM_REPLICAS" default:"${default_stream_replicas}" help:"Replicas of the streams and bucket in a NATS cluster (default ${default})."`
 	ManageStreams   bool          `name:"manage-streams" env:"WORKER_MANAGE_STREAMS" default:"true" negatable:"" help:"Create or update the streams, consumer and bucket at start; --no-manage-streams for operators who manage them elsewhere (default true)."`
 }
 
@@ -74,10 +75,6 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 		return nil, queue.Topology{}, worker.Config{}, usagef("KUSTOMER_API_KEY or api-key-file: no Kustomer API key given")
 	}
 	switch {
-	case c.Concurrency < 1:
-		return nil, queue.Topology{}, worker.Config{}, usagef("concurrency: %d is below 1", c.Concurrency)
-	case c.MaxAttempts < 1:
-		return nil, queue.Topology{}, worker.Config{}, usagef("max-attempts: %d is below 1", c.MaxAttempts)
 	case c.RatePerMinute < 0:
 		return nil, queue.Topology{}, worker.Config{}, usagef("rate-per-minute: %d is negative", c.RatePerMinute)
 	case c.RequestTimeout <= 0:
@@ -85,21 +82,20 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 	case c.MaxDeliver <= c.MaxAttempts && c.MaxDeliver > 0:
 		return nil, queue.Topology{}, worker.Config{}, usagef("max-deliver: %d must be above max-attempts %d", c.MaxDeliver, c.MaxAttempts)
 	}
-	wc := worker.Config{
-		Concurrency: c.Concurrency, MaxAttempts: c.MaxAttempts, MaxAckPending: c.MaxAckPending,
-		ShutdownTimeout: c.ShutdownTimeout,
-	}.WithDefaults()
+	wc := worker.Config{MaxAckPending: c.MaxAckPending, Concurrency: c.Concurrency}.WithDefaults()
+	// The flags carry their defaults already: a 0 given for these is a mistake, not "default".
+	wc.Concurrency, wc.MaxAttempts, wc.ShutdownTimeout = c.Concurrency, c.MaxAttempts, c.ShutdownTimeout
 	if c.ShutdownTimeout == 0 {
 		wc.ShutdownTimeout = time.Millisecond // 0 means: hand everything back at once
 	}
 	if err := wc.Validate(); err != nil {
-		return nil, queue.Topology{}, worker.Config{}, &usageError{err}
+		return nil, queue.Topology{}, worker.Config{}, settingError(err)
 	}
 	top := c.topology()
 	top.AckWait, top.MaxAckPending, top.MaxDeliver = c.AckWait, wc.MaxAckPending, c.MaxDeliver
-	top.DedupWindow, top.DLQMaxAge, top.Replicas = c.DedupWindow, c.DLQMaxAge, c.StreamReplicas
+	top.DedupWindow, top.DLQMaxAge, top.StreamReplicas = c.DedupWindow, c.DLQMaxAge, c.StreamReplicas
 	if err := top.Validate(); err != nil {
-		return nil, queue.Topology{}, worker.Config{}, &usageError{err}
+		return nil, queue.Topology{}, worker.Config{}, settingError(err)
 	}
 	return key, top, wc, nil
 }
@@ -125,15 +121,18 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		if emb, err = queue.StartEmbedded(ec, log); err != nil {
 			return err
 		}
-		defer emb.Shutdown() // last, after the connection drained
+		defer func() { // last, after the connection drained
+			emb.Shutdown()
+			log.Info("embedded NATS server stopped")
+		}()
 		natsURL = emb.ClientURL()
 		log.Info("embedded NATS server started", "url", natsURL, "data_dir", ec.DataDir)
 	}
 	nc, err := queue.Connect(c.conn(e, "kustomer-worker", natsURL), log)
 	if err != nil {
-		return &usageError{err}
+		return settingError(err)
 	}
-	defer drain(nc, log)
+	defer drain(nc, e.hard(), log)
 
 	if err := queue.WaitConnected(ctx, nc); err != nil {
 		return err
@@ -152,8 +151,8 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	metrics := worker.NewMetrics(reg)
 	pool := &worker.Pool{
 		Consumer:    cons,
-		Client:      client,
-		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject},
+		Client:      cutShortUpdater{next: client, hardStop: e.hard()},
+		DeadLetters: cutShortDeadLetters{next: &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject}, hardStop: e.hard()},
 		Attempts:    attempts,
 		Pacer:       worker.NewPacer(c.RatePerMinute),
 		Metrics:     metrics,
@@ -180,43 +179,49 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	return nil
 }
 
+// Tuned waits of binding the topology at start.
+const (
+	bindRetryInitial = 250 * time.Millisecond // first wait after a failed bind
+	bindRetryMax     = 10 * time.Second       // the longest wait between binds
+	bindCallTimeout  = 10 * time.Second       // one Ensure or Bind
+)
+
 // bindWithRetry declares (or only looks up) the topology, retrying while NATS or JetStream is
 // still starting, as in docker compose.
 func bindWithRetry(ctx context.Context, js jetstream.JetStream, top queue.Topology, manage bool, log *slog.Logger) (jetstream.Consumer, *queue.Attempts, error) {
-	delay := 250 * time.Millisecond
-	for {
-		err := func() error {
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			if manage {
-				if err := queue.Ensure(cctx, js, top); err != nil {
-					return err
-				}
-			}
-			return nil
-		}()
-		if err == nil {
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			cons, attempts, berr := queue.Bind(cctx, js, top)
-			cancel()
-			if berr == nil {
-				return cons, attempts, nil
-			}
-			err = berr
-		}
-		if ctx.Err() != nil {
-			return nil, nil, fmt.Errorf("binding the consumer: %w", context.Cause(ctx))
-		}
-		log.Warn("cannot set up streams and consumer yet; retrying", "error", err, "retry_in", delay)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, nil, fmt.Errorf("binding the consumer: %w", context.Cause(ctx))
-		case <-t.C:
-		}
-		delay = min(delay*2, 10*time.Second)
+	type bound struct {
+		cons     jetstream.Consumer
+		attempts *queue.Attempts
 	}
+	bind := func() (bound, error) {
+		if manage {
+			cctx, cancel := context.WithTimeout(ctx, bindCallTimeout)
+			err := queue.Ensure(cctx, js, top)
+			cancel()
+			if err != nil {
+				return bound{}, err
+			}
+		}
+		cctx, cancel := context.WithTimeout(ctx, bindCallTimeout)
+		defer cancel()
+		cons, attempts, err := queue.Bind(cctx, js, top)
+		return bound{cons, attempts}, err
+	}
+	schedule := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(bindRetryInitial),
+		backoff.WithMaxInterval(bindRetryMax),
+		backoff.WithMaxElapsedTime(0), // until ctx ends
+	)
+	b, err := backoff.RetryNotifyWithData(bind, backoff.WithContext(schedule, ctx), func(err error, next time.Duration) {
+		log.Warn("cannot set up streams and consumer yet; retrying", "error", err, "retry_in", next.Round(time.Millisecond))
+	})
+	if ctx.Err() != nil {
+		return nil, nil, fmt.Errorf("binding the consumer: %w", context.Cause(ctx))
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("binding the consumer: %w", err)
+	}
+	return b.cons, b.attempts, nil
 }
 
 // serveHTTP serves /metrics, /healthz and /readyz until the returned stop is called.
@@ -281,18 +286,36 @@ func watchConsumer(ctx context.Context, cons jetstream.Consumer, m *worker.Metri
 	}
 }
 
-// drain flushes acks and closes the connection, waiting at most 10s.
-func drain(nc *nats.Conn, log *slog.Logger) {
+// Tuned waits of draining the NATS connection at exit.
+const (
+	drainTimeout     = 10 * time.Second // the longest a drain may take
+	drainAfterSignal = 2 * time.Second  // once a second signal came: flush what can be, then close
+)
+
+// drain flushes acks and closes the connection, waiting at most drainTimeout, or
+// drainAfterSignal once hardStop ended.
+func drain(nc *nats.Conn, hardStop context.Context, log *slog.Logger) {
 	closed := make(chan struct{})
 	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
 	if err := nc.Drain(); err != nil {
 		nc.Close()
 		return
 	}
-	select {
-	case <-closed:
-	case <-time.After(10 * time.Second):
+	timeout := time.NewTimer(drainTimeout)
+	defer timeout.Stop()
+	hard := hardStop.Done()
+	for {
+		select {
+		case <-closed:
+			return
+		case <-hard:
+			hard = nil
+			timeout.Reset(drainAfterSignal)
+			continue
+		case <-timeout.C:
+		}
 		log.Warn("NATS drain timed out; closing")
 		nc.Close()
+		return
 	}
 }

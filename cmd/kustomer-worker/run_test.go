@@ -20,6 +20,9 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"go.uber.org/goleak"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
@@ -52,10 +55,19 @@ func buildBinary(t *testing.T) string {
 	return binaryPath
 }
 
+// TestMain removes the built binary and fails the package's tests if any of them leaves a
+// goroutine behind.
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if binaryPath != "" {
 		os.RemoveAll(filepath.Dir(binaryPath))
+	}
+	http.DefaultClient.CloseIdleConnections() // the probes of /healthz and /readyz
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak: goroutines left behind:", err)
+			code = 1
+		}
 	}
 	os.Exit(code)
 }
@@ -81,6 +93,7 @@ func runArgs(t *testing.T, envs map[string]string, args ...string) (stdout, stde
 }
 
 func TestRunRefusesBadConfiguration(t *testing.T) {
+	t.Parallel()
 	keyFile := filepath.Join(t.TempDir(), "key")
 	cases := []struct {
 		name    string
@@ -102,6 +115,7 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run("it names the setting for "+c.name, func(t *testing.T) {
+			t.Parallel()
 			args := append([]string{"run", "--http-addr", ""}, c.args...)
 			_, _, err := runArgs(t, c.env, args...)
 			var ue *usageError
@@ -194,17 +208,6 @@ func (d *daemon) wait(timeout time.Duration) int {
 	}
 }
 
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // broker is an embedded NATS server owned by the test, standing for an external one.
 type broker struct {
 	js  jetstream.JetStream
@@ -262,7 +265,7 @@ func TestDaemonLosesNothing(t *testing.T) {
 		fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1, Latency: 10 * time.Millisecond})
 		b.publishUpdates(t, n)
 		d := startDaemon(t, key, args(b, fake)...)
-		waitFor(t, "some updates applied", 30*time.Second, func() bool { return fake.Stats().Applied > 30 })
+		testwait.Until(t, "some updates applied", 30*time.Second, func() bool { return fake.Stats().Applied > 30 })
 		d.signal(syscall.SIGTERM)
 		if code := d.wait(10 * time.Second); code != 0 {
 			t.Fatalf("exit code %d after SIGTERM; want 0\n%s", code, d.logs)
@@ -271,7 +274,7 @@ func TestDaemonLosesNothing(t *testing.T) {
 			t.Fatal("everything was applied before the signal; the test needs a backlog")
 		}
 		startDaemon(t, key, args(b, fake)...)
-		waitFor(t, "the work stream to empty", 60*time.Second, func() bool { return queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES") == 0 })
+		testwait.Until(t, "the work stream to empty", 60*time.Second, func() bool { return queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES") == 0 })
 		checkAllApplied(t, fake, n)
 	})
 
@@ -280,11 +283,11 @@ func TestDaemonLosesNothing(t *testing.T) {
 		fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1, Latency: 10 * time.Millisecond})
 		b.publishUpdates(t, n)
 		d := startDaemon(t, key, args(b, fake)...)
-		waitFor(t, "some updates applied", 30*time.Second, func() bool { return fake.Stats().Applied > 30 })
+		testwait.Until(t, "some updates applied", 30*time.Second, func() bool { return fake.Stats().Applied > 30 })
 		d.signal(syscall.SIGKILL)
 		d.wait(10 * time.Second)
 		startDaemon(t, key, args(b, fake)...)
-		waitFor(t, "the work stream to empty", 60*time.Second, func() bool { return queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES") == 0 })
+		testwait.Until(t, "the work stream to empty", 60*time.Second, func() bool { return queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES") == 0 })
 		checkAllApplied(t, fake, n)
 		if dl := queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES_DLQ"); dl != 0 {
 			t.Errorf("%d dead letters; want none", dl)
@@ -300,16 +303,16 @@ func TestDaemonLosesNothing(t *testing.T) {
 		}
 		b.publishUpdates(t, 20)
 		d := startDaemon(t, nil, append(args(b, fake), "--api-key-file", keyFile)...)
-		waitFor(t, "/healthz", 20*time.Second, func() bool { return d.status("/healthz") == 200 })
-		waitFor(t, "/readyz to fail", 20*time.Second, func() bool { return d.status("/readyz") == 503 })
+		testwait.Until(t, "/healthz", 20*time.Second, func() bool { return d.status("/healthz") == 200 })
+		testwait.Until(t, "/readyz to fail", 20*time.Second, func() bool { return d.status("/readyz") == 503 })
 		if dl := queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES_DLQ"); dl != 0 {
 			t.Fatalf("%d dead letters for a key problem; want none", dl)
 		}
 		if err := os.WriteFile(keyFile, []byte("test-key\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the work stream to empty", 60*time.Second, func() bool { return queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES") == 0 })
-		waitFor(t, "/readyz to pass", 10*time.Second, func() bool { return d.status("/readyz") == 200 })
+		testwait.Until(t, "the work stream to empty", 60*time.Second, func() bool { return queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES") == 0 })
+		testwait.Until(t, "/readyz to pass", 10*time.Second, func() bool { return d.status("/readyz") == 200 })
 		checkAllApplied(t, fake, 20)
 		if strings.Contains(d.logs.String(), "old-key") || strings.Contains(d.logs.String(), "test-key") {
 			t.Error("the API key appears in the log")
@@ -321,18 +324,18 @@ func TestDaemonLosesNothing(t *testing.T) {
 		dataDir, listen := t.TempDir(), freeAddr(t)
 		embArgs := []string{"--data-dir", dataDir, "--nats-listen", listen, "--kustomer-url", fake.URL, "--shutdown-timeout", "2s"}
 		d := startDaemon(t, key, embArgs...)
-		waitFor(t, "/readyz", 20*time.Second, func() bool { return d.status("/readyz") == 200 })
+		testwait.Until(t, "/readyz", 20*time.Second, func() bool { return d.status("/readyz") == 200 })
 		nc, js := queuetest.Connect(t, "nats://"+listen)
 		b := &broker{js: js}
 		b.publishUpdates(t, 200)
-		waitFor(t, "some updates applied", 30*time.Second, func() bool { return fake.Stats().Applied > 10 })
+		testwait.Until(t, "some updates applied", 30*time.Second, func() bool { return fake.Stats().Applied > 10 })
 		nc.Close()
 		d.signal(syscall.SIGTERM)
 		if code := d.wait(10 * time.Second); code != 0 {
 			t.Fatalf("exit code %d; want 0", code)
 		}
 		d = startDaemon(t, key, embArgs...)
-		waitFor(t, "every update applied", 60*time.Second, func() bool { return fake.Stats().Applied >= 200 })
+		testwait.Until(t, "every update applied", 60*time.Second, func() bool { return fake.Stats().Applied >= 200 })
 		checkAllApplied(t, fake, 200)
 		d.signal(syscall.SIGTERM)
 		if code := d.wait(10 * time.Second); code != 0 {

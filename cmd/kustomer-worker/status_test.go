@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 )
 
@@ -159,9 +160,9 @@ func TestStatusMatchesTheStreams(t *testing.T) {
 			}
 			return docs
 		}
-		eventually(t, "a first refresh", 5*time.Second, func() bool { return len(lines()) > 0 })
+		testwait.Until(t, "a first refresh", 5*time.Second, func() bool { return len(lines()) > 0 })
 		r.ack(msgs[6], again) // two more applied
-		eventually(t, "a refresh with throughput", 5*time.Second, func() bool {
+		testwait.Until(t, "a refresh with throughput", 5*time.Second, func() bool {
 			d := lines()
 			last := d[len(d)-1]
 			return last.Processed == 7 && last.PerSecond != nil && *last.PerSecond > 0 && last.ETASeconds != nil && *last.ETASeconds > 0
@@ -185,7 +186,7 @@ func TestStatusMatchesTheStreams(t *testing.T) {
 			done <- run(ctx, []string{"status", "--watch", "--interval", "100ms"},
 				&env{stdout: &stdout, stderr: &lockedBuffer{}, getenv: func(k string) string { return vars[k] }})
 		}()
-		eventually(t, "two refreshes", 5*time.Second, func() bool { return strings.Count(stdout.String(), "\n") >= 2 })
+		testwait.Until(t, "two refreshes", 5*time.Second, func() bool { return strings.Count(stdout.String(), "\n") >= 2 })
 		cancel()
 		if err := <-done; err != nil {
 			t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"math"
 	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/logtext"
 )
 
 // Config shapes the fake's behaviour. The zero value is a well-behaved Kustomer org with
@@ -179,7 +181,7 @@ func (c Config) Validate() error {
 // LogValue keeps the API key out of logs.
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
-		slog.String("APIKey", "REDACTED"),
+		slog.String("APIKey", logtext.Redacted),
 		slog.Int("Budget", c.Budget),
 		slog.Duration("Window", c.Window),
 		slog.Bool("ResetDelta", c.ResetDelta),

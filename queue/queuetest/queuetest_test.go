@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 )
@@ -49,12 +50,9 @@ func TestServer(t *testing.T) {
 		if srv.Port() != port || srv.DataDir() != dir {
 			t.Fatalf("after Restart: port %d, dir %s; want %d, %s", srv.Port(), srv.DataDir(), port, dir)
 		}
-		for nc.Stats().Reconnects == 0 || !nc.IsConnected() {
-			if ctx.Err() != nil {
-				t.Fatal("the connection did not reconnect after the restart")
-			}
-			time.Sleep(10 * time.Millisecond) // polling a condition, not synchronizing
-		}
+		testwait.Until(t, "the connection to reconnect after the restart", 10*time.Second, func() bool {
+			return nc.Stats().Reconnects > 0 && nc.IsConnected()
+		})
 		if n := queuetest.StreamMsgs(t, js, top.Stream); n != 3 {
 			t.Errorf("%d messages after the restart; want 3", n)
 		}

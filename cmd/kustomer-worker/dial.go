@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kustomer-worker/kustomer-worker/queue"
+)
+
+// dialFlags say how long the operator commands wait for NATS.
+type dialFlags struct {
+	ConnectTimeout time.Duration `name:"connect-timeout" env:"NATS_CONNECT_TIMEOUT" default:"5s" help:"How long to wait for NATS before giving up (default ${default})."`
+}
+
+// session is a connection to NATS for one operator command.
+type session struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+}
+
+// dial connects as run does, to the URL of f or else to the embedded server of a daemon on
+// this machine, and fails clearly when nothing answers.
+func dial(ctx context.Context, e *env, g *globals, f *natsFlags, d dialFlags, name string) (*session, error) {
+	cc := f.conn(e, name, defaultNATSURL)
+	nc, err := queue.Connect(cc, opsLogger(e, g))
+	if err != nil {
+		return nil, settingError(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, max(d.ConnectTimeout, 100*time.Millisecond))
+	defer cancel()
+	if err := queue.WaitConnected(wctx, nc); err != nil {
+		closeQuietly(nc)
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
+		if f.NATSURL == "" {
+			return nil, fmt.Errorf("no NATS at %s: is `kustomer-worker run` running? set --nats-url", queue.RedactURLs(cc.URL))
+		}
+		return nil, fmt.Errorf("no NATS at %s within %s: check --nats-url and the credentials", queue.RedactURLs(cc.URL), d.ConnectTimeout)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		closeQuietly(nc)
+		return nil, err
+	}
+	return &session{nc: nc, js: js}, nil
+}
+
+func (s *session) close() { closeQuietly(s.nc) }
+
+// closeQuietly closes nc without the disconnect warning a deliberate close would log.
+func closeQuietly(nc *nats.Conn) {
+	nc.SetDisconnectErrHandler(nil)
+	nc.SetReconnectHandler(nil)
+	nc.Close()
+}
+
+// opsLogger is the logger of the short-lived commands: warnings and errors only, unless
+// --log-level debug asks for everything.
+func opsLogger(e *env, g *globals) *slog.Logger {
+	gg := *g
+	if gg.LogLevel == "info" {
+		gg.LogLevel = "warn"
+	}
+	return gg.logger(e.stderr)
+}

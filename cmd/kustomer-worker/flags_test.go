@@ -1,0 +1,71 @@
+package main
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker"
+)
+
+func TestSettingErrorsNameFlags(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"a worker field set to zero", func() error {
+			c := worker.Config{}.WithDefaults()
+			c.MaxAttempts = 0
+			return c.Validate()
+		}(), "max-attempts: 0 is below 1"},
+		{"a worker field compared with another", func() error {
+			c := worker.Config{Concurrency: 16, MaxAckPending: 4}.WithDefaults()
+			return c.Validate()
+		}(), "max-ack-pending: 4 is below concurrency 16"},
+		{"a topology field", queue.Topology{AckWait: time.Millisecond}.WithDefaults().Validate(), "ack-wait: 1ms is under 1s"},
+		{"a topology field renamed from Replicas", queue.Topology{StreamReplicas: 7}.WithDefaults().Validate(), "stream-replicas: 7 is not from 1 to 5"},
+		{"a connection field", queue.ConnConfig{URL: "nats://x", TLSCert: "c"}.Validate(), "nats-tls-cert: give both nats-tls-cert and nats-tls-key or neither"},
+	}
+	for _, c := range cases {
+		t.Run(c.name+" reads in flag names", func(t *testing.T) {
+			t.Parallel()
+			err := settingError(c.err)
+			var ue *usageError
+			if !errors.As(err, &ue) {
+				t.Fatalf("err = %v; want a usage error", err)
+			}
+			if err.Error() != c.want {
+				t.Errorf("err = %q; want %q", err, c.want)
+			}
+		})
+	}
+	t.Run("other errors pass unchanged", func(t *testing.T) {
+		plain := errors.New("plain")
+		if got := settingError(plain); got != plain {
+			t.Errorf("settingError(plain) = %v", got)
+		}
+	})
+}
+
+func TestHelpShowsLibraryDefaults(t *testing.T) {
+	t.Parallel()
+	out, _, err := runArgs(t, nil, "run", "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"--concurrency=" + strconv.Itoa(worker.DefaultConcurrency),
+		"--max-deliver=" + strconv.Itoa(queue.DefaultMaxDeliver),
+		"--stream=\"" + queue.DefaultStream + "\"",
+		"--ack-wait=" + queue.DefaultAckWait.String(),
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("help lacks %q:\n%s", want, out)
+		}
+	}
+}
