@@ -1,6 +1,8 @@
 package kustomer
 
 import (
+	"github.com/kustomer-worker/kustomer-worker/internal/logtext"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -240,7 +242,7 @@ func (a *reply) malformed(op Op, problem string) *APIError {
 	if a.rateLimit.RetryAfter > 0 {
 		e.Wait = min(a.rateLimit.RetryAfter, MaxWait)
 	}
-	e.Body = truncate(scrub(string(a.body), a.key), MaxErrorBody)
+	e.Body = logtext.Truncate(scrub(string(a.body), a.key), MaxErrorBody, "")
 	return e
 }
 
@@ -364,7 +366,7 @@ func (b *BulkBatches) Outcomes(items []BulkItem) []ItemOutcome {
 		if complete {
 			reason := "the completed job did not report the item as updated"
 			if len(unnamed) > 0 {
-				reason += ": " + truncate(strings.Join(unnamed, "; "), maxReason)
+				reason += ": " + logtext.Truncate(strings.Join(unnamed, "; "), maxReason, "")
 			}
 			out[i] = ItemOutcome{State: ItemFailed, Reason: reason}
 		}
@@ -735,7 +737,7 @@ func reasonOf(raw json.RawMessage) string {
 	}
 	var s string
 	if json.Unmarshal(raw, &s) == nil {
-		return truncate(plain(s), maxReason)
+		return logtext.Truncate(plain(s), maxReason, "")
 	}
 	var r string
 	switch raw[0] {
@@ -768,5 +770,5 @@ func reasonOf(raw json.RawMessage) string {
 	default:
 		r = string(raw)
 	}
-	return truncate(plain(r), maxReason)
+	return logtext.Truncate(plain(r), maxReason, "")
 }

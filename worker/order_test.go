@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
@@ -139,10 +140,7 @@ func TestOrderWithoutABroker(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- pool.Run(ctx) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for !q.done(int(seq)) && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testwait.Until(t, "every message acknowledged", 30*time.Second, func() bool { return q.done(int(seq)) })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

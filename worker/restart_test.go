@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 )
@@ -39,7 +40,7 @@ func TestOrderAcrossBrokerRestarts(t *testing.T) {
 	f := setup(t, options{fake: kustomertest.Config{Latency: 15 * time.Millisecond}, cfg: worker.Config{Concurrency: 8}})
 	f.publishRounds(convs, rounds)
 	for _, share := range []int{20, 40, 60} {
-		f.waitFor(fmt.Sprintf("%d%% applied", share), 60*time.Second, func() bool {
+		testwait.Until(f.t, fmt.Sprintf("%d%% applied", share), 60*time.Second, func() bool {
 			return f.fake.Stats().Applied >= convs*rounds*share/100
 		})
 		f.srv.RestartAfter(t, 2*time.Second)
@@ -119,7 +120,7 @@ func TestOrderWhenAcknowledgementsAreLost(t *testing.T) {
 		c = &lossy{Consumer: cons}
 		return c
 	}})
-	f.waitFor("a fifth applied", 60*time.Second, func() bool { return f.fake.Stats().Applied >= convs*rounds/5 })
+	testwait.Until(f.t, "a fifth applied", 60*time.Second, func() bool { return f.fake.Stats().Applied >= convs*rounds/5 })
 	c.lose.Store(40)
 	f.waitDrained(120 * time.Second)
 	if c.lost.Load() == 0 {
