@@ -42,6 +42,7 @@ type Pool struct {
 	policy  policy
 	ackWait time.Duration // the consumer's
 	auth    *gate         // closed while Kustomer refuses the API key
+	outage  *breaker      // open while Kustomer is down for everybody
 
 	running  atomic.Bool  // written by Run; read by Ready from any goroutine
 	inflight atomic.Int64 // requests sent and not answered
@@ -114,6 +115,9 @@ func (p *Pool) Ready() error {
 	if closed, _ := p.auth.Closed(); closed {
 		return ErrAuthBlocked
 	}
+	if closed, since := p.outage.gate.Closed(); closed {
+		return &Unavailable{Since: since}
+	}
 	return nil
 }
 
@@ -179,6 +183,15 @@ func (p *Pool) init() error {
 		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.AuthBlocked }, 0)
 		p.Log.Info("Kustomer accepts the API key again: resuming")
 	})
+	p.outage = newBreaker(func(cause string) {
+		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.KustomerDown }, 1)
+		p.Metrics.breakerTrip()
+		p.Log.Error("Kustomer unavailable: pausing every request and probing until it answers (no attempts are spent, nothing is dead-lettered)",
+			"cause", cause)
+	}, func(down time.Duration) {
+		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.KustomerDown }, 0)
+		p.Log.Info("Kustomer answers again: resuming", "unavailable_for", down.Round(time.Millisecond))
+	})
 	p.convs = make(map[string]*conv)
 	p.bySeq = make(map[uint64]*job)
 	p.applied = make(map[uint64]struct{})
@@ -204,7 +217,7 @@ func (p *Pool) fetch(ctx context.Context) {
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(fetchRetryMin),
 		backoff.WithMaxInterval(fetchRetryMax), backoff.WithMaxElapsedTime(0))
 	for ctx.Err() == nil {
-		if closed, _ := p.auth.Closed(); closed {
+		if p.gated() {
 			_ = sleep(ctx, blockedRecheck)
 			continue
 		}
@@ -240,6 +253,13 @@ func (p *Pool) fetch(ctx context.Context) {
 		}
 		retry.Reset()
 	}
+}
+
+// gated reports whether a gate stops every request: the key is refused, or Kustomer is down.
+func (p *Pool) gated() bool {
+	auth, _ := p.auth.Closed()
+	down, _ := p.outage.gate.Closed()
+	return auth || down
 }
 
 // room takes slots for the next pull: at least one (waiting for it), and while messages are
@@ -343,7 +363,7 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	j := c.jobs[0]
 	t := tries{delivered: j.delivered}
 	p.mu.Unlock()
-	var tk *ticket
+	var tk, tkDown *ticket
 	defer func() {
 		if r := recover(); r != nil {
 			p.jobLog(j).Error("panic while handling a message; it will be retried", "panic", r, "stack", string(debug.Stack()))
@@ -355,12 +375,22 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 		p.ack(c, j)
 		return
 	}
-	o := p.try(ctx, hard, j, &tk)
+	o := p.try(ctx, hard, j, &tk, &tkDown)
+	// The tickets are handed back after settle: the gates' log lines follow the message's.
 	if tk != nil {
-		defer tk.Done() // after settle: the gate's log line follows the message's
+		defer tk.Done()
+	}
+	if tkDown != nil {
+		defer tkDown.Done()
 	}
 	if o == nil {
 		return // shutdown began while waiting: the message stays held for handBack
+	}
+	if p.outage.refund(j.seq) {
+		j.attempts = max(j.attempts-1, 0) // spent on a failure that turned out to be an outage
+	}
+	if tkDown != nil {
+		t.outage = p.outage.observe(tkDown, c.key, j.seq, healthOf(*o), reasonOf(*o))
 	}
 	t.attempts, t.throttles = j.attempts, j.throttles
 	d := decide(*o, t, p.policy, rand.Float64())
@@ -370,16 +400,19 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	p.settle(c, j, d)
 }
 
-// try sends j's update once the auth gate and the pacer let it, and says what happened; nil
-// when shutdown began before anything was sent. The gate's ticket, once taken, is left in tk
-// for the caller to hand back.
-func (p *Pool) try(ctx, hard context.Context, j *job, tk **ticket) *outcome {
+// try sends j's update once the gates (the key, Kustomer's health) and the pacer let it, and
+// says what happened; nil when shutdown began before anything was sent. The gates' tickets,
+// once taken, are left in tk and tkDown for the caller to hand back.
+func (p *Pool) try(ctx, hard context.Context, j *job, tk, tkDown **ticket) *outcome {
 	if j.invalid != nil {
 		return &outcome{invalid: j.invalid}
 	}
 	p.loadAttempts(hard, j)
 	var err error
 	if *tk, err = p.auth.Acquire(ctx); err != nil {
+		return nil
+	}
+	if *tkDown, err = p.outage.gate.Acquire(ctx); err != nil {
 		return nil
 	}
 	start := time.Now()
@@ -547,6 +580,7 @@ func (p *Pool) ack(c *conv, j *job) {
 		}
 		cancel()
 	}
+	p.outage.refund(j.seq) // a refund it never took
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.applied[j.seq] = struct{}{}
