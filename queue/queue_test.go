@@ -148,21 +148,30 @@ func TestAttempts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := a.Get(ctx, 42); n != 0 || err != nil {
+	ref := queue.MsgRef{Seq: 42, Stored: time.Now()}
+	if n, err := a.Get(ctx, ref); n != 0 || err != nil {
 		t.Errorf("Get of an unknown message = %d, %v; want 0, nil", n, err)
 	}
-	if err := a.Set(ctx, 42, 3); err != nil {
+	if err := a.Set(ctx, ref, 3); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := a.Get(ctx, 42); n != 3 {
+	if n, _ := a.Get(ctx, ref); n != 3 {
 		t.Errorf("Get = %d; want 3", n)
 	}
-	if err := a.Delete(ctx, 42); err != nil {
+	if err := a.Delete(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := a.Get(ctx, 42); n != 0 {
+	if n, _ := a.Get(ctx, ref); n != 0 {
 		t.Errorf("Get after Delete = %d; want 0", n)
 	}
+	t.Run("a message of a recreated stream with the same sequence is another message", func(t *testing.T) {
+		if err := a.Set(ctx, ref, 2); err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := a.Get(ctx, queue.MsgRef{Seq: 42, Stored: ref.Stored.Add(time.Second)}); n != 0 {
+			t.Errorf("Get of a newer message with sequence 42 = %d; want 0", n)
+		}
+	})
 }
 
 func TestEmbeddedKeepsMessagesAcrossRestarts(t *testing.T) {

@@ -63,15 +63,16 @@ type failure struct {
 	spent bool // the failure spent an attempt
 }
 
-// Tuned values of the breaker: failures in a row that trip it, and the probe intervals.
+// Tuned values of the breaker: the probe intervals.
 const (
-	breakerThreshold = 5
-	breakerProbeMin  = time.Second
-	breakerProbeMax  = 30 * time.Second
+	breakerProbeMin = time.Second
+	breakerProbeMax = 30 * time.Second
 )
 
-func newBreaker(onOpen func(cause string), onClose func(down time.Duration)) *breaker {
-	b := &breaker{threshold: breakerThreshold, refunds: make(map[uint64]struct{})}
+// newBreaker returns a breaker that trips after threshold failures in a row; a threshold
+// below 1 makes one that never trips.
+func newBreaker(threshold int, onOpen func(cause string), onClose func(down time.Duration)) *breaker {
+	b := &breaker{threshold: threshold, refunds: make(map[uint64]struct{})}
 	b.gate = newGate(breakerProbeMin, breakerProbeMax, func() {
 		b.mu.Lock()
 		cause := b.cause
@@ -99,6 +100,9 @@ func (b *breaker) observe(tk *ticket, conv string, seq uint64, h health, reason 
 		tk.Report(keyWorks)
 		return false
 	case healthUnknown:
+		return false
+	}
+	if b.threshold < 1 {
 		return false
 	}
 	if closed, _ := b.gate.Closed(); closed {

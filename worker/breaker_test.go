@@ -8,7 +8,7 @@ import (
 func TestBreaker(t *testing.T) {
 	newB := func() (*breaker, *int, *int) {
 		opens, closes := new(int), new(int)
-		b := newBreaker(func(string) { *opens++ }, func(time.Duration) { *closes++ })
+		b := newBreaker(DefaultOutageThreshold, func(string) { *opens++ }, func(time.Duration) { *closes++ })
 		return b, opens, closes
 	}
 	fail := func(b *breaker, conv string, seq uint64) bool {

@@ -36,6 +36,9 @@ type Pool struct {
 	Metrics     *Metrics     // optional
 	Log         *slog.Logger // default: discard
 	Config      Config
+	// Heal, optional, re-creates the consumer and the streams when pulls find them missing
+	// (deleted under a running worker); the command passes queue.Ensure when it manages them.
+	Heal func(ctx context.Context) error
 
 	// Written by Run before it starts any goroutine, read-only after.
 	cfg     Config
@@ -50,14 +53,16 @@ type Pool struct {
 	// Dispatch state. mu guards the maps, closing, every conv's jobs and timer, and the fields
 	// of job marked "guarded by Pool.mu".
 	mu      sync.Mutex
-	convs   map[string]*conv // conversations with held messages, by key
-	bySeq   map[uint64]*job  // held messages by stream sequence
-	closing bool             // handBack began: no conversation is made ready again
+	convs   map[string]*conv      // conversations with held messages, by key
+	bySeq   map[queue.MsgRef]*job // held messages
+	closing bool                  // handBack began: no conversation is made ready again
 	// applied holds the sequences of messages settled (applied, or dead-lettered) whose
 	// acknowledgement JetStream confirmed, until the consumer's acknowledgement floor passes
 	// them: a broker that restarts right after confirming can still lose an acknowledgement,
 	// and a redelivery of one of these is acknowledged again without a second request.
-	applied map[uint64]struct{}
+	applied map[queue.MsgRef]struct{}
+
+	fetchState fetchState // whether pulls fail, for Ready and the log
 	// ready holds conversations whose head message may be tried now. Sends happen only under
 	// mu and never block: every conversation in convs holds at least one slot, so there are
 	// never more than cap(slots) of them, and cap(ready) is one more than that. Workers
@@ -80,7 +85,7 @@ type conv struct {
 // job is one held message.
 type job struct {
 	// Set when the message is taken, never changed after.
-	seq     uint64
+	ref     queue.MsgRef
 	update  kustomer.Update
 	invalid error
 
@@ -118,7 +123,7 @@ func (p *Pool) Ready() error {
 	if closed, since := p.outage.gate.Closed(); closed {
 		return &Unavailable{Since: since}
 	}
-	return nil
+	return p.fetchState.err()
 }
 
 // Run works until ctx ends, then shuts down gracefully: it stops taking messages, lets
@@ -183,7 +188,7 @@ func (p *Pool) init() error {
 		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.AuthBlocked }, 0)
 		p.Log.Info("Kustomer accepts the API key again: resuming")
 	})
-	p.outage = newBreaker(func(cause string) {
+	p.outage = newBreaker(p.cfg.OutageThreshold, func(cause string) {
 		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.KustomerDown }, 1)
 		p.Metrics.breakerTrip()
 		p.Log.Error("Kustomer unavailable: pausing every request and probing until it answers (no attempts are spent, nothing is dead-lettered)",
@@ -193,8 +198,8 @@ func (p *Pool) init() error {
 		p.Log.Info("Kustomer answers again: resuming", "unavailable_for", down.Round(time.Millisecond))
 	})
 	p.convs = make(map[string]*conv)
-	p.bySeq = make(map[uint64]*job)
-	p.applied = make(map[uint64]struct{})
+	p.bySeq = make(map[queue.MsgRef]*job)
+	p.applied = make(map[queue.MsgRef]struct{})
 	p.ready = make(chan *conv, p.cfg.MaxAckPending+1)
 	p.slots = make(chan struct{}, p.cfg.MaxAckPending)
 	p.closing = false
@@ -247,10 +252,11 @@ func (p *Pool) fetch(ctx context.Context) {
 			<-p.slots
 		}
 		if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
-			p.Log.Debug("fetch failed", "error", err)
+			p.fetchFailed(ctx, err)
 			_ = sleep(ctx, retry.NextBackOff())
 			continue
 		}
+		p.fetchWorks()
 		retry.Reset()
 	}
 }
@@ -307,14 +313,15 @@ func (p *Pool) add(msg jetstream.Msg) {
 		<-p.slots
 		return
 	}
+	ref := queue.MsgRef{Seq: md.Sequence.Stream, Stored: md.Timestamp}
 	p.mu.Lock()
-	_, done := p.applied[md.Sequence.Stream]
+	_, done := p.applied[ref]
 	p.mu.Unlock()
 	if done {
 		// Settled and acknowledged before, but the acknowledgement was lost (a broker
 		// restart): acknowledge again, never apply again.
 		if err := msg.Ack(); err != nil {
-			p.Log.Debug("ack of a redelivered settled message failed", "seq", md.Sequence.Stream, "error", err)
+			p.Log.Debug("ack of a redelivered settled message failed", "seq", ref.Seq, "error", err)
 		}
 		<-p.slots
 		return
@@ -322,19 +329,19 @@ func (p *Pool) add(msg jetstream.Msg) {
 	update, invalid := kustomer.Decode(msg.Data()) // outside the lock: workers ack under it
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if j, ok := p.bySeq[md.Sequence.Stream]; ok {
+	if j, ok := p.bySeq[ref]; ok {
 		// Redelivered while still held (AckWait ran out during a broker outage): keep one job,
 		// answering on the newest delivery.
 		j.msg, j.delivered, j.progress = msg, md.NumDelivered, time.Now()
 		<-p.slots
 		return
 	}
-	j := &job{msg: msg, seq: md.Sequence.Stream, delivered: md.NumDelivered, progress: time.Now(), update: update, invalid: invalid}
+	j := &job{msg: msg, ref: ref, delivered: md.NumDelivered, progress: time.Now(), update: update, invalid: invalid}
 	key := j.update.ID
 	if j.invalid != nil {
-		key = "\x00" + strconv.FormatUint(j.seq, 10) // invalid: no conversation, no order
+		key = "\x00" + strconv.FormatUint(ref.Seq, 10) // invalid: no conversation, no order
 	}
-	p.bySeq[j.seq] = j
+	p.bySeq[ref] = j
 	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
 	if c, ok := p.convs[key]; ok {
 		c.jobs = append(c.jobs, j)
@@ -386,11 +393,11 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	if o == nil {
 		return // shutdown began while waiting: the message stays held for handBack
 	}
-	if p.outage.refund(j.seq) {
+	if p.outage.refund(j.ref.Seq) {
 		j.attempts = max(j.attempts-1, 0) // spent on a failure that turned out to be an outage
 	}
 	if tkDown != nil {
-		t.outage = p.outage.observe(tkDown, c.key, j.seq, healthOf(*o), reasonOf(*o))
+		t.outage = p.outage.observe(tkDown, c.key, j.ref.Seq, healthOf(*o), reasonOf(*o))
 	}
 	t.attempts, t.throttles = j.attempts, j.throttles
 	d := decide(*o, t, p.policy, rand.Float64())
@@ -450,7 +457,7 @@ func (p *Pool) loadAttempts(ctx context.Context, j *job) {
 	if delivered <= 1 || p.Attempts == nil {
 		return
 	}
-	n, err := p.Attempts.Get(ctx, j.seq)
+	n, err := p.Attempts.Get(ctx, j.ref)
 	if err != nil {
 		p.jobLog(j).Warn("cannot read attempts; counting from this delivery", "error", err)
 	}
@@ -511,7 +518,7 @@ func (p *Pool) recordAttempts(j *job) {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	if err := p.Attempts.Set(sctx, j.seq, j.attempts); err != nil {
+	if err := p.Attempts.Set(sctx, j.ref, j.attempts); err != nil {
 		p.jobLog(j).Warn("cannot record attempts", "error", err)
 		return
 	}
@@ -575,17 +582,17 @@ func (p *Pool) ack(c *conv, j *job) {
 	}
 	if j.recorded {
 		dctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-		if err := p.Attempts.Delete(dctx, j.seq); err != nil {
+		if err := p.Attempts.Delete(dctx, j.ref); err != nil {
 			p.jobLog(j).Debug("cannot forget attempts", "error", err)
 		}
 		cancel()
 	}
-	p.outage.refund(j.seq) // a refund it never took
+	p.outage.refund(j.ref.Seq) // a refund it never took
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.applied[j.seq] = struct{}{}
+	p.applied[j.ref] = struct{}{}
 	c.jobs = c.jobs[1:]
-	delete(p.bySeq, j.seq)
+	delete(p.bySeq, j.ref)
 	<-p.slots
 	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
 	if len(c.jobs) == 0 {
@@ -607,9 +614,9 @@ func (p *Pool) forgetApplied(ctx context.Context) {
 	floor := info.AckFloor.Stream
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for seq := range p.applied {
-		if seq <= floor {
-			delete(p.applied, seq)
+	for ref := range p.applied {
+		if ref.Seq <= floor {
+			delete(p.applied, ref)
 		}
 	}
 }
@@ -639,7 +646,7 @@ func (p *Pool) schedule(c *conv, d time.Duration) {
 // jobLog is the logger for lines about j. It is built only when a line is written: most
 // messages never need one.
 func (p *Pool) jobLog(j *job) *slog.Logger {
-	return p.Log.With("conversation", j.update.ID, "seq", j.seq)
+	return p.Log.With("conversation", j.update.ID, "seq", j.ref.Seq)
 }
 
 // heartbeat marks held messages in progress well before AckWait runs out, so that waiting for
@@ -684,7 +691,7 @@ func (p *Pool) handBack() {
 		jobs = append(jobs, c.jobs...)
 	}
 	p.convs = make(map[string]*conv)
-	p.bySeq = make(map[uint64]*job)
+	p.bySeq = make(map[queue.MsgRef]*job)
 	p.mu.Unlock()
 	for len(p.ready) > 0 {
 		<-p.ready
@@ -692,7 +699,7 @@ func (p *Pool) handBack() {
 	for _, j := range jobs {
 		if j.settled { // applied; only the acknowledgement was missing: never hand it back
 			if err := j.msg.Ack(); err != nil {
-				p.Log.Debug("last ack of a settled message failed; its redelivery will be applied again", "seq", j.seq, "error", err)
+				p.Log.Debug("last ack of a settled message failed; its redelivery will be applied again", "seq", j.ref.Seq, "error", err)
 			}
 			continue
 		}
@@ -701,7 +708,7 @@ func (p *Pool) handBack() {
 			continue
 		}
 		if err := j.msg.Nak(); err != nil {
-			p.Log.Debug("hand back failed; redelivery follows AckWait", "seq", j.seq, "error", err)
+			p.Log.Debug("hand back failed; redelivery follows AckWait", "seq", j.ref.Seq, "error", err)
 		}
 	}
 	for len(p.slots) > 0 {

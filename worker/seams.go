@@ -42,11 +42,11 @@ type DeadLetterer interface {
 }
 
 // AttemptStore remembers the attempts spent on a message across deliveries, restarts and
-// replicas, by stream sequence; *queue.Attempts is the real one.
+// replicas; *queue.Attempts is the real one.
 type AttemptStore interface {
-	Get(ctx context.Context, seq uint64) (int, error)
-	Set(ctx context.Context, seq uint64, n int) error
-	Delete(ctx context.Context, seq uint64) error
+	Get(ctx context.Context, ref queue.MsgRef) (int, error)
+	Set(ctx context.Context, ref queue.MsgRef, n int) error
+	Delete(ctx context.Context, ref queue.MsgRef) error
 }
 
 // Budget is what the pool asks of the pacer in front of every request; *Pacer is the real one.
