@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/url"
 	"strings"
@@ -16,6 +17,10 @@ import (
 // classify turns an error of nats.Connect into a *ConnectError of the right kind.
 func classify(rawURL string, err error) *ConnectError {
 	ce := &ConnectError{URL: RedactURLs(rawURL), Kind: ConnectUnreachable, Err: err}
+	if errors.Is(err, nats.ErrNoServers) {
+		// nats.go reports a refused connection so.
+		ce.Err = fmt.Errorf("connection refused: %w", err)
+	}
 	var (
 		verify   *tls.CertificateVerificationError
 		unknown  x509.UnknownAuthorityError

@@ -116,7 +116,7 @@ func ConnectWait(ctx context.Context, cfg ConnConfig, log *slog.Logger, waiting 
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("waiting for NATS at %s: %w (last error: %w)", RedactURLs(cfg.URL), context.Cause(ctx), ce)
+			return nil, fmt.Errorf("gave up waiting for NATS at %s (%v): %w", ce.URL, ce.Err, context.Cause(ctx))
 		case <-t.C:
 		}
 	}

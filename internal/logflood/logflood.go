@@ -31,8 +31,9 @@ type Options struct {
 	// Interval is the period over which lines are counted and after which a summary is due.
 	// Default DefaultInterval (10s).
 	Interval time.Duration
-	// KindAttrs are the attributes that, with the level and the message, make a line's kind;
-	// lines that differ only in other attributes (a conversation id) are of one kind.
+	// KindAttrs are the attributes that, with the level and the message, make a line's kind
+	// (unless zero or empty); lines that differ only in other attributes (a conversation id)
+	// are of one kind.
 	// Default: "class" and "status".
 	KindAttrs []string
 	// Suppressed, when set, is called for every line held back, with its kind: for metrics.
@@ -167,8 +168,8 @@ func (h *Handler) kind(r slog.Record) string {
 	b.WriteByte(' ')
 	b.WriteString(r.Message)
 	r.Attrs(func(a slog.Attr) bool {
-		if slices.Contains(h.state.opts.KindAttrs, a.Key) {
-			fmt.Fprintf(&b, " %s=%s", a.Key, a.Value.Resolve().String())
+		if v := a.Value.Resolve(); slices.Contains(h.state.opts.KindAttrs, a.Key) && !v.Equal(slog.IntValue(0)) && v.String() != "" {
+			fmt.Fprintf(&b, " %s=%s", a.Key, v.String())
 		}
 		return true
 	})
