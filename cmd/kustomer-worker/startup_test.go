@@ -188,6 +188,17 @@ func TestStartFailsAtOnceOnWhatWaitingCannotFix(t *testing.T) {
 		})
 	}
 
+	t.Run("the operator commands name a refused password too", func(t *testing.T) {
+		t.Parallel()
+		for _, cmd := range [][]string{{"status"}, {"dlq", "list"}} {
+			_, _, err := runArgs(t, withKey("NATS_PASSWORD", "wrong-password"),
+				append(cmd, "--nats-url", secure, "--nats-user", "app", "--nats-tls-ca", caFile)...)
+			if err == nil || !strings.Contains(err.Error(), "authorization refused") || strings.Contains(err.Error(), "wrong-password") {
+				t.Errorf("%v: err = %v; want the refusal named, without the password", cmd, err)
+			}
+		}
+	})
+
 	t.Run("the right password over TLS starts the daemon", func(t *testing.T) {
 		t.Parallel()
 		p := startInProcess(t, withKey("NATS_PASSWORD", "right-password"),
