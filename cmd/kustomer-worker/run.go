@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -68,7 +69,13 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 	case c.APIKeyFile != "":
 		kf := kustomer.NewKeyFile(c.APIKeyFile)
 		if _, err := kf.Key(context.Background()); err != nil {
-			return nil, queue.Topology{}, worker.Config{}, usagef("api-key-file: %v", err)
+			if errors.Is(err, fs.ErrNotExist) { // a wrong path: bad usage
+				return nil, queue.Topology{}, worker.Config{}, usagef("api-key-file: %v", err)
+			}
+			return nil, queue.Topology{}, worker.Config{}, &startupError{
+				err:  fmt.Errorf("api-key-file %s: Kustomer API key unreadable: %w", c.APIKeyFile, err),
+				hint: "make the file readable by this user and put the key in it, or set KUSTOMER_API_KEY",
+			}
 		}
 		key = kf
 	default:
@@ -109,7 +116,23 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	if err != nil {
 		return &usageError{fmt.Errorf("kustomer-url: %w", err)}
 	}
-	log := g.logger(e.stderr)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := worker.NewMetrics(reg)
+	log, flood := g.floodSafeLogger(e.stderr, reg)
+	var flushWG sync.WaitGroup
+	flushCtx, stopFlush := context.WithCancel(context.WithoutCancel(ctx))
+	flushWG.Go(func() { flushEvery(flushCtx, flood) })
+	defer func() { stopFlush(); flushWG.Wait() }()
+
+	// /healthz and /readyz answer from the first second, before NATS is there.
+	ready := &readiness{}
+	ready.set("starting")
+	stopHTTP, err := c.serveHTTP(ready, reg, log)
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
 
 	var emb *queue.Embedded
 	natsURL := c.NATSURL
@@ -128,30 +151,41 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		natsURL = emb.ClientURL()
 		log.Info("embedded NATS server started", "url", natsURL, "data_dir", ec.DataDir)
 	}
-	nc, err := queue.Connect(c.conn(e, "kustomer-worker", natsURL), log)
-	if err != nil {
+	cc := c.conn(e, "kustomer-worker", natsURL)
+	if err := cc.Validate(); err != nil {
 		return settingError(err)
 	}
+	wait := newOutageLog(log, "NATS", queue.RedactURLs(natsURL), ready)
+	nc, err := queue.ConnectWait(ctx, cc, log, func(_ int, err *queue.ConnectError) { wait.failing(err.Err) })
+	if err != nil {
+		return startError(err)
+	}
+	wait.ended()
 	defer drain(nc, e.hard(), log)
 
-	if err := queue.WaitConnected(ctx, nc); err != nil {
-		return err
-	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
 	}
+	jctx, cancel := context.WithTimeout(ctx, bindCallTimeout)
+	err = queue.CheckJetStream(jctx, js, natsURL)
+	cancel()
+	if err != nil && ctx.Err() == nil {
+		var ce *queue.ConnectError
+		if errors.As(err, &ce) {
+			return startError(err)
+		}
+		log.Warn("cannot ask NATS about JetStream yet; going on", "error", err)
+	}
+	ready.set("setting up streams and consumer")
 	cons, attempts, err := bindWithRetry(ctx, js, top, c.ManageStreams, log)
 	if err != nil {
 		return err
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := worker.NewMetrics(reg)
 	pool := &worker.Pool{
 		Consumer:    cons,
-		Client:      cutShortUpdater{next: client, hardStop: e.hard()},
+		Client:      newWatchedClient(cutShortUpdater{next: client, hardStop: e.hard()}, c.KustomerURL, log),
 		DeadLetters: cutShortDeadLetters{next: &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject}, hardStop: e.hard()},
 		Attempts:    attempts,
 		Pacer:       worker.NewPacer(c.RatePerMinute),
@@ -159,15 +193,12 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		Log:         log,
 		Config:      wc,
 	}
-	stopHTTP, err := c.serveHTTP(nc, pool, reg, log)
-	if err != nil {
-		return err
-	}
-	defer stopHTTP()
+	ready.running(nc, pool)
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var bgWG sync.WaitGroup
 	bgWG.Go(func() { watchConsumer(bg, cons, metrics) })
+	bgWG.Go(func() { watchNATS(bg, nc, newOutageLog(log, "NATS", queue.RedactURLs(natsURL), nil)) })
 	defer func() { stopBG(); bgWG.Wait() }()
 
 	log.Info("kustomer-worker running", "version", version, "kustomer_url", c.KustomerURL,
@@ -225,7 +256,9 @@ func bindWithRetry(ctx context.Context, js jetstream.JetStream, top queue.Topolo
 }
 
 // serveHTTP serves /metrics, /healthz and /readyz until the returned stop is called.
-func (c *runCmd) serveHTTP(nc *nats.Conn, pool *worker.Pool, reg *prometheus.Registry, log *slog.Logger) (func(), error) {
+// /healthz answers 200 while the process runs; /readyz answers 503 with the reason until the
+// daemon is connected and its pool takes messages.
+func (c *runCmd) serveHTTP(ready *readiness, reg *prometheus.Registry, log *slog.Logger) (func(), error) {
 	if c.HTTPAddr == "" {
 		return func() {}, nil
 	}
@@ -235,12 +268,8 @@ func (c *runCmd) serveHTTP(nc *nats.Conn, pool *worker.Pool, reg *prometheus.Reg
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !nc.IsConnected() {
-			http.Error(w, "not connected to NATS", http.StatusServiceUnavailable)
-			return
-		}
-		if err := pool.Ready(); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		if reason := ready.notReady(); reason != "" {
+			http.Error(w, reason, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
