@@ -17,16 +17,20 @@ type Attempts struct {
 }
 
 // MsgRef names one message of a stream for as long as the stream lives and after: its
-// sequence, and when it was stored. A stream that is deleted and created again starts its
-// sequences again; the time tells its messages from the old ones of the same sequence.
+// sequence, and when it was stored (Unix nanoseconds). A stream that is deleted and created
+// again starts its sequences again; the time tells its messages from the old ones of the
+// same sequence. It is comparable, for use as a map key.
 type MsgRef struct {
 	Seq    uint64
-	Stored time.Time
+	Stored int64
 }
+
+// NewMsgRef is the reference of the message stored at seq at time stored.
+func NewMsgRef(seq uint64, stored time.Time) MsgRef { return MsgRef{Seq: seq, Stored: stored.UnixNano()} }
 
 // Key is the reference as a KV key.
 func (r MsgRef) Key() string {
-	return strconv.FormatUint(r.Seq, 10) + "-" + strconv.FormatInt(r.Stored.UnixNano(), 10)
+	return strconv.FormatUint(r.Seq, 10) + "-" + strconv.FormatInt(r.Stored, 10)
 }
 
 // Get returns the attempts recorded for the message, 0 if none.

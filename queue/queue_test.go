@@ -148,7 +148,7 @@ func TestAttempts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref := queue.MsgRef{Seq: 42, Stored: time.Now()}
+	ref := queue.NewMsgRef(42, time.Now())
 	if n, err := a.Get(ctx, ref); n != 0 || err != nil {
 		t.Errorf("Get of an unknown message = %d, %v; want 0, nil", n, err)
 	}
@@ -168,7 +168,7 @@ func TestAttempts(t *testing.T) {
 		if err := a.Set(ctx, ref, 2); err != nil {
 			t.Fatal(err)
 		}
-		if n, _ := a.Get(ctx, queue.MsgRef{Seq: 42, Stored: ref.Stored.Add(time.Second)}); n != 0 {
+		if n, _ := a.Get(ctx, queue.MsgRef{Seq: 42, Stored: ref.Stored + int64(time.Second)}); n != 0 {
 			t.Errorf("Get of a newer message with sequence 42 = %d; want 0", n)
 		}
 	})

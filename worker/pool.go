@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -39,13 +40,22 @@ type Pool struct {
 	// Heal, optional, re-creates the consumer and the streams when pulls find them missing
 	// (deleted under a running worker); the command passes queue.Ensure when it manages them.
 	Heal func(ctx context.Context) error
+	// Outstanding, optional, reads the messages that were delivered and never acknowledged
+	// when the pool starts, so that a conversation whose older update a dead process held is
+	// not updated again before that one (see the package documentation).
+	Outstanding Outstanding
+	// HardStop, optional, cuts a graceful shutdown short when it ends (a second signal):
+	// requests in flight are abandoned at once and handed back, spending no attempt, as when
+	// ShutdownTimeout passes.
+	HardStop context.Context
 
 	// Written by Run before it starts any goroutine, read-only after.
 	cfg     Config
 	policy  policy
-	ackWait time.Duration // the consumer's
-	auth    *gate         // closed while Kustomer refuses the API key
-	outage  *breaker      // open while Kustomer is down for everybody
+	ackWait time.Duration   // the consumer's
+	hard    context.Context // ends when requests in flight must be abandoned
+	auth    *gate           // closed while Kustomer refuses the API key
+	outage  *breaker        // open while Kustomer is down for everybody
 
 	running  atomic.Bool  // written by Run; read by Ready from any goroutine
 	inflight atomic.Int64 // requests sent and not answered
@@ -61,6 +71,11 @@ type Pool struct {
 	// them: a broker that restarts right after confirming can still lose an acknowledgement,
 	// and a redelivery of one of these is acknowledged again without a second request.
 	applied map[queue.MsgRef]struct{}
+	// waiting holds, by conversation, the older messages that a process that died held when
+	// this one started: delivered, unacknowledged, and not in this pool's hands yet. A
+	// conversation with any is parked, so that none of its newer updates overtakes them.
+	waiting      map[string]map[queue.MsgRef]struct{}
+	waitingUntil time.Time // then waiting is given up: those messages were never redelivered
 
 	fetchState fetchState // whether pulls fail, for Ready and the log
 	// ready holds conversations whose head message may be tried now. Sends happen only under
@@ -73,13 +88,14 @@ type Pool struct {
 	slots chan struct{}
 }
 
-// conv is one conversation's held messages, in the order received. A conv in Pool.convs is
-// always in exactly one place: the ready channel, one worker's hands, or a retry timer. Its
+// conv is one conversation's held messages, in stream order. A conv in Pool.convs is always in
+// exactly one place: parked, the ready channel, one worker's hands, or a retry timer. Its
 // fields are guarded by Pool.mu.
 type conv struct {
-	key   string
-	jobs  []*job
-	timer *time.Timer
+	key    string
+	jobs   []*job
+	timer  *time.Timer
+	parked bool // waiting for older messages that another process held (Pool.waiting)
 }
 
 // job is one held message.
@@ -135,7 +151,12 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHard()
+	if p.HardStop != nil {
+		defer context.AfterFunc(p.HardStop, cancelHard)()
+	}
+	p.hard = hard
 
+	p.recoverOrder(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { p.fetch(ctx) })
 	for range p.cfg.Concurrency {
@@ -200,6 +221,7 @@ func (p *Pool) init() error {
 	p.convs = make(map[string]*conv)
 	p.bySeq = make(map[queue.MsgRef]*job)
 	p.applied = make(map[queue.MsgRef]struct{})
+	p.waiting = make(map[string]map[queue.MsgRef]struct{})
 	p.ready = make(chan *conv, p.cfg.MaxAckPending+1)
 	p.slots = make(chan struct{}, p.cfg.MaxAckPending)
 	p.closing = false
@@ -313,7 +335,7 @@ func (p *Pool) add(msg jetstream.Msg) {
 		<-p.slots
 		return
 	}
-	ref := queue.MsgRef{Seq: md.Sequence.Stream, Stored: md.Timestamp}
+	ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
 	p.mu.Lock()
 	_, done := p.applied[ref]
 	p.mu.Unlock()
@@ -343,12 +365,38 @@ func (p *Pool) add(msg jetstream.Msg) {
 	}
 	p.bySeq[ref] = j
 	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
-	if c, ok := p.convs[key]; ok {
-		c.jobs = append(c.jobs, j)
+	c, ok := p.convs[key]
+	if ok {
+		c.insert(j)
+	} else {
+		c = &conv{key: key, jobs: []*job{j}, parked: true}
+		p.convs[key] = c
+	}
+	if w := p.waiting[key]; w != nil {
+		delete(w, ref) // an older message a dead process held: here now, and first in line
+	}
+	p.unpark(c)
+}
+
+// insert files j in stream order among c's jobs, behind the head unless c is parked: the
+// head of a conversation that is not parked may be in a worker's hands. c is guarded by
+// Pool.mu.
+func (c *conv) insert(j *job) {
+	i := len(c.jobs)
+	for i > 0 && c.jobs[i-1].ref.Seq > j.ref.Seq && (c.parked || i > 1) {
+		i--
+	}
+	c.jobs = slices.Insert(c.jobs, i, j)
+}
+
+// unpark makes a parked conversation ready once no older message of it is outstanding
+// elsewhere; p.mu is held.
+func (p *Pool) unpark(c *conv) {
+	if !c.parked || len(p.waiting[c.key]) > 0 || len(c.jobs) == 0 {
 		return
 	}
-	c := &conv{key: key, jobs: []*job{j}}
-	p.convs[key] = c
+	delete(p.waiting, c.key)
+	c.parked = false
 	p.ready <- c
 }
 
@@ -516,7 +564,7 @@ func (p *Pool) recordAttempts(j *job) {
 	if p.Attempts == nil {
 		return
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	sctx, cancel := context.WithTimeout(p.hard, storeTimeout)
 	defer cancel()
 	if err := p.Attempts.Set(sctx, j.ref, j.attempts); err != nil {
 		p.jobLog(j).Warn("cannot record attempts", "error", err)
@@ -544,7 +592,7 @@ func (p *Pool) deadLetter(c *conv, j *job, d decision) {
 	p.mu.Lock()
 	msg := j.msg
 	p.mu.Unlock()
-	dctx, cancel := context.WithTimeout(context.Background(), deadLetterTimeout)
+	dctx, cancel := context.WithTimeout(p.hard, deadLetterTimeout)
 	err := p.DeadLetters.Publish(dctx, msg, queue.Failure{
 		Class: d.class, Reason: d.reason, Status: d.status, Attempts: j.attempts, FailedAt: time.Now(),
 	})
@@ -570,7 +618,7 @@ func (p *Pool) ack(c *conv, j *job) {
 	p.mu.Lock()
 	msg := j.msg
 	p.mu.Unlock()
-	actx, cancel := context.WithTimeout(context.Background(), ackTimeout)
+	actx, cancel := context.WithTimeout(p.hard, ackTimeout)
 	err := msg.DoubleAck(actx)
 	cancel()
 	if err != nil {
@@ -581,7 +629,7 @@ func (p *Pool) ack(c *conv, j *job) {
 		return
 	}
 	if j.recorded {
-		dctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+		dctx, cancel := context.WithTimeout(p.hard, storeTimeout)
 		if err := p.Attempts.Delete(dctx, j.ref); err != nil {
 			p.jobLog(j).Debug("cannot forget attempts", "error", err)
 		}
@@ -663,6 +711,7 @@ func (p *Pool) heartbeat(stop <-chan struct{}) {
 		case now := <-t.C:
 			if now.Sub(forgot) >= forgetEvery {
 				p.forgetApplied(context.Background())
+				p.recheckWaiting(context.Background())
 				forgot = now
 			}
 			p.mu.Lock()

@@ -46,6 +46,7 @@ type options struct {
 	ackWait  time.Duration                               // the consumer's AckWait; default 5s
 	consumer func(jetstream.Consumer) jetstream.Consumer // wraps the bound consumer
 	heal     bool                                        // re-create a missing consumer, as the command does
+	recover  bool                                        // read what a dead process left unacknowledged, as the command does
 }
 
 type updaterFunc func(ctx context.Context, u kustomer.Update) (*kustomer.Result, error)
@@ -124,6 +125,9 @@ func (f *fixture) start(o options) {
 		Pacer:       worker.NewPacer(rate),
 		Log:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 		Config:      cfg,
+	}
+	if o.recover {
+		f.pool.Outstanding = &queue.Outstanding{JS: f.js, Topology: f.top}
 	}
 	if o.heal {
 		top := f.top

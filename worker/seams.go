@@ -62,7 +62,17 @@ type Budget interface {
 	PausedUntil() time.Time
 }
 
+// Outstanding reads what the work stream still holds of messages the consumer delivered and
+// nobody acknowledged; *queue.Outstanding is the real one.
+type Outstanding interface {
+	// Unacked lists them, oldest first.
+	Unacked(ctx context.Context) ([]queue.Unacked, error)
+	// Pending reports whether one is still unacknowledged.
+	Pending(ctx context.Context, ref queue.MsgRef) (bool, error)
+}
+
 var (
+	_ Outstanding  = (*queue.Outstanding)(nil)
 	_ Consumer     = jetstream.Consumer(nil)
 	_ Updater      = (*kustomer.Client)(nil)
 	_ DeadLetterer = (*queue.DeadLetterPublisher)(nil)

@@ -99,6 +99,7 @@ func defaultVars() kong.Vars {
 		"default_stream_replicas":  i(queue.DefaultStreamReplicas),
 		"default_concurrency":      i(worker.DefaultConcurrency),
 		"default_max_attempts":     i(worker.DefaultMaxAttempts),
+		"default_outage_threshold": i(worker.DefaultOutageThreshold),
 		"min_max_ack_pending":      i(worker.MinMaxAckPending),
 		"default_shutdown_timeout": d(worker.DefaultShutdownTimeout),
 		"default_kustomer_url":     kustomer.DefaultBaseURL,
@@ -113,7 +114,7 @@ func defaultVars() kong.Vars {
 var flagNames = map[string]map[string]string{
 	"worker.Config": {
 		"Concurrency": "concurrency", "MaxAttempts": "max-attempts", "MaxAckPending": "max-ack-pending",
-		"ShutdownTimeout": "shutdown-timeout",
+		"ShutdownTimeout": "shutdown-timeout", "OutageThreshold": "outage-threshold",
 	},
 	"queue.Topology": {
 		"Stream": "stream", "Subject": "subject", "DLQStream": "dlq-stream", "DLQSubject": "dlq-subject",

@@ -12,13 +12,14 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker"
 )
 
 // watchedClient names an unreachable Kustomer once, with the base URL and a hint, instead of
 // leaving it to the pool's per-message retry lines; and once more when Kustomer answers
 // again. It does not probe at start: a probe would spend budget.
 type watchedClient struct {
-	next    updater
+	next    worker.Updater
 	baseURL string // credentials removed
 	log     *slog.Logger
 
@@ -26,7 +27,7 @@ type watchedClient struct {
 	down bool // guarded by mu: the last request did not reach Kustomer, and that was said
 }
 
-func newWatchedClient(next updater, baseURL string, log *slog.Logger) *watchedClient {
+func newWatchedClient(next worker.Updater, baseURL string, log *slog.Logger) *watchedClient {
 	return &watchedClient{next: next, baseURL: queue.RedactURLs(baseURL), log: log}
 }
 
@@ -36,7 +37,7 @@ func (w *watchedClient) UpdateConversation(ctx context.Context, u kustomer.Updat
 	switch {
 	case err == nil || (errors.As(err, &apiErr) && apiErr.Status != 0):
 		w.answered()
-	case ctx.Err() != nil, errors.Is(err, errCutShort), errors.Is(err, kustomer.ErrInvalid):
+	case ctx.Err() != nil, errors.Is(err, kustomer.ErrInvalid):
 	default:
 		if cause, hint := unreachable(err); cause != "" {
 			w.unreachable(err, cause, hint)

@@ -39,6 +39,7 @@ type runCmd struct {
 	HTTPAddr        string        `name:"http-addr" env:"WORKER_HTTP_ADDR" default:"127.0.0.1:9464" help:"Address serving /metrics, /healthz and /readyz; empty turns it off (default ${default})."`
 	AckWait         time.Duration `name:"ack-wait" env:"WORKER_ACK_WAIT" default:"${default_ack_wait}" help:"Consumer AckWait: a crashed worker's messages are redelivered after this long (default ${default})."`
 	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency, at least ${min_max_ack_pending} (default ${default})."`
+	OutageThreshold int           `name:"outage-threshold" env:"WORKER_OUTAGE_THRESHOLD" default:"${default_outage_threshold}" help:"Requests failing transiently in a row (5xx, timeouts, refused connections) across conversations that pause every request as a Kustomer outage: no attempts are spent, one probe at a time until it answers; negative turns it off (default ${default})."`
 	MaxDeliver      int           `name:"max-deliver" env:"WORKER_MAX_DELIVER" default:"${default_max_deliver}" help:"Consumer MaxDeliver, a safety net above max-attempts (default ${default})."`
 	DedupWindow     time.Duration `name:"dedup-window" env:"WORKER_DEDUP_WINDOW" default:"${default_dedup_window}" help:"Work stream's Nats-Msg-Id duplicate window (default ${default})."`
 	DLQMaxAge       time.Duration `name:"dlq-max-age" env:"WORKER_DLQ_MAX_AGE" default:"0s" help:"How long dead letters are kept; 0 keeps them until purged (default ${default})."`
@@ -92,6 +93,7 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 	wc := worker.Config{MaxAckPending: c.MaxAckPending, Concurrency: c.Concurrency}.WithDefaults()
 	// The flags carry their defaults already: a 0 given for these is a mistake, not "default".
 	wc.Concurrency, wc.MaxAttempts, wc.ShutdownTimeout = c.Concurrency, c.MaxAttempts, c.ShutdownTimeout
+	wc.OutageThreshold = c.OutageThreshold
 	if c.ShutdownTimeout == 0 {
 		wc.ShutdownTimeout = time.Millisecond // 0 means: hand everything back at once
 	}
@@ -185,8 +187,11 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 
 	pool := &worker.Pool{
 		Consumer:    cons,
-		Client:      newWatchedClient(cutShortUpdater{next: client, hardStop: e.hard()}, c.KustomerURL, log),
-		DeadLetters: cutShortDeadLetters{next: &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject}, hardStop: e.hard()},
+		Client:      newWatchedClient(client, c.KustomerURL, log),
+		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject},
+		HardStop:    e.hard(),
+		Heal:        heal(js, top, c.ManageStreams),
+		Outstanding: &queue.Outstanding{JS: js, Topology: top},
 		Attempts:    attempts,
 		Pacer:       worker.NewPacer(c.RatePerMinute),
 		Metrics:     metrics,
@@ -208,6 +213,15 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	}
 	log.Info("stopped cleanly")
 	return nil
+}
+
+// heal re-creates the streams, consumer and bucket when the pool finds them deleted, if the
+// worker manages them; nil otherwise.
+func heal(js jetstream.JetStream, top queue.Topology, manage bool) func(context.Context) error {
+	if !manage {
+		return nil
+	}
+	return func(ctx context.Context) error { return queue.Ensure(ctx, js, top) }
 }
 
 // Tuned waits of binding the topology at start.
