@@ -256,8 +256,8 @@ func TestKustomerUnreachableIsNamedOnce(t *testing.T) {
 	b.publishUpdates(t, 5)
 	p := startInProcess(t, map[string]string{"KUSTOMER_API_KEY": "test-key"}, "--nats-url", b.url,
 		"--kustomer-url", "http://"+closed, "--max-attempts", "50", "--max-deliver", "100")
-	testwait.Until(t, "several retries", 30*time.Second, func() bool {
-		return strings.Count(p.logs.String(), "request failed; retrying") >= 10
+	testwait.Until(t, "the outage breaker to take over", 30*time.Second, func() bool {
+		return strings.Contains(p.logs.String(), "Kustomer unavailable: pausing every request")
 	})
 	logs := p.logs.String()
 	want := `level=ERROR msg="cannot reach Kustomer: connection refused: is --kustomer-url right?" kustomer_url=http://` + closed
