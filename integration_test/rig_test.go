@@ -71,7 +71,8 @@ func (r *rig) connect(tb testing.TB, url string) {
 type update struct {
 	marker  string // body.name and Nats-Msg-Id: identifies the update at the fake and in the DLQ
 	data    []byte
-	invalid bool // fails the worker's validation: must be dead-lettered, never sent
+	invalid bool   // fails the worker's validation: must be dead-lettered, never sent
+	conv    string // the conversation, for updates of makeRounds
 }
 
 // makeUpdates makes n updates of distinct conversations, of which the given number (spread
@@ -101,6 +102,53 @@ func makeUpdates(prefix string, n, invalid int) []update {
 		ups[i] = u
 	}
 	return ups
+}
+
+// makeRounds makes rounds updates to each of convs conversations, round by round (so that a
+// conversation's updates are spread over the stream), invalid of them invalid (never in the
+// last round), markers as makeUpdates.
+func makeRounds(prefix string, convs, rounds, invalid int) []update {
+	ups := make([]update, 0, convs*rounds)
+	for r := range rounds {
+		for c := range convs {
+			i := len(ups)
+			u := update{marker: fmt.Sprintf("%s-%05d", prefix, i), conv: fmt.Sprintf("%024x", 0x5f00000000+c)}
+			body := map[string]any{"name": u.marker}
+			if r < rounds-1 && invalid > 0 && c%(convs/invalid) == 0 && r == 0 {
+				u.invalid = true
+				body["priority"] = 9
+				invalid--
+			}
+			u.data, _ = json.Marshal(map[string]any{"id": u.conv, "body": body})
+			ups = append(ups, u)
+		}
+	}
+	return ups
+}
+
+// checkFinalState checks that every conversation ended at its last valid update: no older
+// update was applied after a newer one of the same conversation.
+func (r *rig) checkFinalState(tb testing.TB, ups []update) {
+	tb.Helper()
+	last := make(map[string]string)
+	for _, u := range ups {
+		if u.conv != "" && !u.invalid {
+			last[u.conv] = u.marker
+		}
+	}
+	var stale []string
+	for _, conv := range slices.Sorted(maps.Keys(last)) {
+		var c kustomertest.Conversation
+		r.getJSON(tb, "/_mock/conversations/"+conv, &c)
+		if got, _ := c.Attributes["name"].(string); got != last[conv] {
+			stale = append(stale, fmt.Sprintf("%s at %s, want %s", conv, got, last[conv]))
+		}
+	}
+	tb.Logf("%d conversations checked for their final state: %d stale", len(last), len(stale))
+	if len(stale) > 0 {
+		tb.Errorf("%d of %d conversations ended at an older update than their last; the first ones:\n%s",
+			len(stale), len(last), strings.Join(stale[:min(len(stale), 25)], "\n"))
+	}
 }
 
 // publish enqueues the updates on the work subject, each with its marker as Nats-Msg-Id, and
