@@ -59,6 +59,9 @@ type Pool struct {
 
 	running  atomic.Bool  // written by Run; read by Ready from any goroutine
 	inflight atomic.Int64 // requests sent and not answered
+	// confirming counts the acknowledgements being waited for: Run waits for them before it
+	// hands back what is left.
+	confirming sync.WaitGroup
 
 	// Dispatch state. mu guards the maps, closing, every conv's jobs and timer, and the fields
 	// of job marked "guarded by Pool.mu".
@@ -175,6 +178,7 @@ func (p *Pool) Run(ctx context.Context) error {
 		"in_flight", p.inflight.Load(), "timeout", p.cfg.ShutdownTimeout)
 	deadline := time.AfterFunc(p.cfg.ShutdownTimeout, cancelHard)
 	wg.Wait()
+	p.confirming.Wait()
 	deadline.Stop()
 	p.handBack()
 	close(hbStop)
@@ -608,13 +612,20 @@ func (p *Pool) deadLetter(c *conv, j *job, d decision) {
 	p.ack(c, j)
 }
 
-// ack acknowledges j's message, waiting for JetStream to confirm, and moves on to the
+// ack acknowledges j's message and, once JetStream confirmed it, moves on to the
 // conversation's next job. The next update of the conversation waits for that confirmation:
 // were it applied while this acknowledgement may still be lost, a crash could bring this older
-// update back after the newer one. An acknowledgement that fails is tried again with backoff,
-// the job held (and kept in progress) meanwhile, and never sent again.
+// update back after the newer one. The confirmation is awaited by a goroutine of its own, so
+// the worker goes on with another conversation meanwhile; c is in that goroutine's hands until
+// then. An acknowledgement that fails is tried again with backoff, the job held (and kept in
+// progress) meanwhile, and never sent again.
 func (p *Pool) ack(c *conv, j *job) {
 	j.settled = true
+	p.confirming.Go(func() { p.confirm(c, j) })
+}
+
+// confirm is ack's second half: the acknowledgement, waited for.
+func (p *Pool) confirm(c *conv, j *job) {
 	p.mu.Lock()
 	msg := j.msg
 	p.mu.Unlock()
