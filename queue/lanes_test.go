@@ -153,9 +153,9 @@ func TestLanes(t *testing.T) {
 	t.Run("subjects map to lanes and conversations", func(t *testing.T) {
 		top := queue.Topology{}.WithDefaults()
 		for _, c := range []struct {
-			subject string
-			lane    queue.Lane
-			id      string
+			subject  string
+			lane     queue.Lane
+			id       string
 			ok, idOK bool
 		}{
 			{"kustomer.conversations.update", queue.LaneLive, "", true, false},
