@@ -109,7 +109,11 @@ func TestReadStatus(t *testing.T) {
 			Undelivered: uint64(5 - extra), AckPending: 2 + extra, Redelivered: 1,
 			DeadLetters: 1, ByClass: map[queue.DeadLetterClass]int{queue.ClassRejected: 1},
 		}
-		st.Time = time.Time{}
+		if st.Live.Backlog != 7 || st.Live.Undelivered != st.Undelivered || st.Live.AckPending != st.AckPending ||
+			st.Live.Delivered != uint64(6+extra) || st.Live.Oldest.IsZero() || st.Backfill.Backlog != 0 || !st.Backfill.Oldest.IsZero() {
+			t.Errorf("lanes: live %+v, backfill %+v", st.Live, st.Backfill)
+		}
+		st.Time, st.Live, st.Backfill = time.Time{}, queue.LaneStatus{}, queue.LaneStatus{}
 		if fmt.Sprint(st) != fmt.Sprint(want) {
 			t.Fatalf("status =\n %+v\nwant\n %+v", st, want)
 		}
@@ -122,8 +126,33 @@ func TestReadStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 		st := readStatus(t, b, nil)
-		if st.ConsumerFound || st.Backlog != 2 || st.Undelivered != 2 {
+		if st.ConsumerFound || st.Backlog != 2 || st.Undelivered != 2 || st.Live.ConsumerFound || !st.Backfill.ConsumerFound {
 			t.Fatalf("status = %+v, want no consumer and 2 undelivered", st)
+		}
+	})
+
+	t.Run("each lane has its own backlog and oldest message", func(t *testing.T) {
+		b := startBroker(t)
+		ctx := context.Background()
+		first := time.Now()
+		pub(t, b.js, b.top.ConversationSubject(queue.LaneBackfill, "a"), "b1")
+		pub(t, b.js, b.top.BackfillSubject, "b2")
+		pub(t, b.js, b.top.ConversationSubject(queue.LaneLive, "a"), "l1")
+		cs, _, _ := queue.BindLanes(ctx, b.js, b.top)
+		_, held := subjects(t, cs.Backfill, 1)
+		st := readStatus(t, b, nil)
+		bf, lv := st.Lane(queue.LaneBackfill), st.Lane(queue.LaneLive)
+		if bf.Backlog != 2 || bf.Undelivered != 1 || bf.AckPending != 1 || bf.Settled() != 0 || lv.Backlog != 1 || lv.Undelivered != 1 {
+			t.Errorf("backfill %+v, live %+v", bf, lv)
+		}
+		if bf.Oldest.Before(first.Add(-time.Second)) || lv.Oldest.Before(bf.Oldest) {
+			t.Errorf("oldest: backfill %s, live %s", bf.Oldest, lv.Oldest)
+		}
+		if err := held[0].DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if st := readStatus(t, b, nil); st.Backfill.Backlog != 1 || st.Backfill.Settled() != 1 || st.Backlog != 2 {
+			t.Errorf("after one backfill message was applied: %+v", st)
 		}
 	})
 
