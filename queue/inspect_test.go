@@ -350,4 +350,29 @@ func TestDLQ(t *testing.T) {
 			t.Fatalf("exhausted dead letters: %v, want the 2 replayed ones", got)
 		}
 	})
+	t.Run("a dead letter of the backfill lane goes back to the backfill lane", func(t *testing.T) {
+		pub(t, b.js, b.top.ConversationSubject(queue.LaneBackfill, "e"), `{"id":"e","body":{}}`)
+		lanes, _, err := queue.BindLanes(ctx, b.js, b.top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.deadLetter(t, fetch(t, lanes.Backfill, 1)[0], queue.ClassExhausted, 503, time.Now())
+		var l *queue.DeadLetter
+		for _, dl := range list(queue.DeadLetterFilter{}, false) {
+			if dl.OriginalSubject == b.top.BackfillSubject+".e" {
+				l = dl
+			}
+		}
+		if l == nil {
+			t.Fatal("the backfill message's dead letter is not listed")
+		}
+		ack, err := d.Replay(ctx, l, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, _ := b.js.Stream(ctx, b.top.Stream)
+		if m, err := s.GetMsg(ctx, ack.Sequence); err != nil || m.Subject != b.top.BackfillSubject+".e" {
+			t.Fatalf("replayed to %v (%v), want %s", m, err, b.top.BackfillSubject+".e")
+		}
+	})
 }

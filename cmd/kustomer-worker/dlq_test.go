@@ -24,7 +24,7 @@ import (
 func (r *opsRig) startWorker(fake *kustomertest.Server) {
 	r.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	cons, attempts, err := queue.Bind(ctx, r.js, r.top)
+	lanes, attempts, err := queue.BindLanes(ctx, r.js, r.top)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func (r *opsRig) startWorker(fake *kustomertest.Server) {
 		r.t.Fatal(err)
 	}
 	pool := &worker.Pool{
-		Consumer: cons, Client: client, Attempts: attempts,
+		Consumer: &laneConsumer{lanes: lanes}, Client: client, Attempts: attempts,
 		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
 		Pacer:       worker.NewPacer(0),
 		Config:      worker.Config{Concurrency: 4, ShutdownTimeout: time.Second, FetchWait: time.Second},
