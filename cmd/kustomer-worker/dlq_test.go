@@ -131,7 +131,7 @@ func TestDeadLetterFixedReplayedAndApplied(t *testing.T) {
 		}
 		for _, want := range []string{
 			"conversation " + convID(2), "Dlq-Class: rejected", "Dlq-Status: 400", "Dlq-Attempts: 1",
-			"Dlq-Original-Subject: " + r.top.Subject + "." + convID(2), "Dlq-Original-Msg-Id: ",
+			"Dlq-Original-Subject: " + r.top.BackfillSubject + "." + convID(2), "Dlq-Original-Msg-Id: ", // enqueue's lane
 			"\n" + updateLine(2, `{"status":"done"}`) + "\n",
 		} {
 			if !strings.Contains(out, want) {
