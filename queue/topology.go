@@ -100,9 +100,9 @@ func (t Topology) Validate() error {
 		}
 	}
 	switch {
-	case nested(t.Subject, t.DLQSubject):
+	case within(t.DLQSubject, t.Subject):
 		return bad("DLQSubject", "%q overlaps the work subject %q", t.DLQSubject, t.Subject)
-	case nested(t.BackfillSubject, t.DLQSubject):
+	case within(t.DLQSubject, t.BackfillSubject):
 		return bad("DLQSubject", "%q overlaps the backfill subject %q", t.DLQSubject, t.BackfillSubject)
 	case nested(t.Subject, t.BackfillSubject):
 		return bad("BackfillSubject", "%q overlaps the work subject %q: the lanes need subjects of their own", t.BackfillSubject, t.Subject)
@@ -122,10 +122,13 @@ func (t Topology) Validate() error {
 	return nil
 }
 
-// nested reports whether subjects a and b are equal or one lies under the other (a.b and a).
-func nested(a, b string) bool {
-	return a == b || strings.HasPrefix(a, b+".") || strings.HasPrefix(b, a+".")
-}
+// within reports whether subject s is one a stream of lane subject lane takes: lane itself or
+// a subject under it.
+func within(s, lane string) bool { return s == lane || strings.HasPrefix(s, lane+".") }
+
+// nested reports whether the subjects two lanes take overlap: the lane subjects are equal or
+// one lies under the other.
+func nested(a, b string) bool { return within(a, b) || within(b, a) }
 
 // WorkSubjects are the subjects of the work stream: both lanes', each bare and with a suffix.
 func (t Topology) WorkSubjects() []string {
