@@ -232,6 +232,10 @@ func TestConfigValidation(t *testing.T) {
 		{"a stream name with a dot", func(t *queue.Topology) { t.Stream = "a.b" }, "Stream", "not a valid name"},
 		{"a wildcard subject", func(t *queue.Topology) { t.Subject = "a.*" }, "Subject", "wildcards"},
 		{"a dead-letter subject inside the work subjects", func(t *queue.Topology) { t.DLQSubject = t.Subject + ".dlq" }, "DLQSubject", "overlaps"},
+		{"a dead-letter subject inside the backfill subjects", func(t *queue.Topology) { t.DLQSubject = t.BackfillSubject + ".dlq" }, "DLQSubject", "backfill"},
+		{"a backfill subject inside the live one", func(t *queue.Topology) { t.BackfillSubject = t.Subject + ".bf" }, "BackfillSubject", "overlaps"},
+		{"a live subject inside the backfill one", func(t *queue.Topology) { t.Subject = t.BackfillSubject + ".live" }, "BackfillSubject", "overlaps"},
+		{"one consumer for both lanes", func(t *queue.Topology) { t.BackfillConsumer = t.Consumer }, "BackfillConsumer", "live lane"},
 		{"a sub-second AckWait", func(t *queue.Topology) { t.AckWait = time.Millisecond }, "AckWait", "under 1s"},
 		{"six stream replicas", func(t *queue.Topology) { t.StreamReplicas = 6 }, "StreamReplicas", "from 1 to 5"},
 	}

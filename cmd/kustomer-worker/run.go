@@ -180,13 +180,13 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		log.Warn("cannot ask NATS about JetStream yet; going on", "error", err)
 	}
 	ready.set("setting up streams and consumer")
-	cons, attempts, err := bindWithRetry(ctx, js, top, c.ManageStreams, log)
+	lanes, attempts, err := bindWithRetry(ctx, js, top, c.ManageStreams, log)
 	if err != nil {
 		return err
 	}
 
 	pool := &worker.Pool{
-		Consumer:    cons,
+		Consumer:    &laneConsumer{lanes: lanes},
 		Client:      newWatchedClient(client, c.KustomerURL, log),
 		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject},
 		HardStop:    e.hard(),
@@ -202,12 +202,13 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var bgWG sync.WaitGroup
-	bgWG.Go(func() { watchConsumer(bg, cons, metrics) })
+	laneGauges := newLaneMetrics(reg)
+	bgWG.Go(func() { watchLanes(bg, js, top, metrics, laneGauges) })
 	bgWG.Go(func() { watchNATS(bg, nc, newOutageLog(log, "NATS", queue.RedactURLs(natsURL), nil)) })
 	defer func() { stopBG(); bgWG.Wait() }()
 
 	log.Info("kustomer-worker running", "version", version, "kustomer_url", c.KustomerURL,
-		"rate_per_minute", c.RatePerMinute, "concurrency", wc.Concurrency, "stream", top.Stream, "consumer", top.Consumer)
+		"rate_per_minute", c.RatePerMinute, "concurrency", wc.Concurrency, "stream", top.Stream, "consumer", top.Consumer, "backfill_consumer", top.BackfillConsumer)
 	if err := pool.Run(ctx); err != nil {
 		return err
 	}
@@ -233,9 +234,9 @@ const (
 
 // bindWithRetry declares (or only looks up) the topology, retrying while NATS or JetStream is
 // still starting, as in docker compose.
-func bindWithRetry(ctx context.Context, js jetstream.JetStream, top queue.Topology, manage bool, log *slog.Logger) (jetstream.Consumer, *queue.Attempts, error) {
+func bindWithRetry(ctx context.Context, js jetstream.JetStream, top queue.Topology, manage bool, log *slog.Logger) (queue.Consumers, *queue.Attempts, error) {
 	type bound struct {
-		cons     jetstream.Consumer
+		cons     queue.Consumers
 		attempts *queue.Attempts
 	}
 	bind := func() (bound, error) {
@@ -249,7 +250,7 @@ func bindWithRetry(ctx context.Context, js jetstream.JetStream, top queue.Topolo
 		}
 		cctx, cancel := context.WithTimeout(ctx, bindCallTimeout)
 		defer cancel()
-		cons, attempts, err := queue.Bind(cctx, js, top)
+		cons, attempts, err := queue.BindLanes(cctx, js, top)
 		return bound{cons, attempts}, err
 	}
 	schedule := backoff.NewExponentialBackOff(
@@ -261,10 +262,10 @@ func bindWithRetry(ctx context.Context, js jetstream.JetStream, top queue.Topolo
 		log.Warn("cannot set up streams and consumer yet; retrying", "error", err, "retry_in", next.Round(time.Millisecond))
 	})
 	if ctx.Err() != nil {
-		return nil, nil, fmt.Errorf("binding the consumer: %w", context.Cause(ctx))
+		return queue.Consumers{}, nil, fmt.Errorf("binding the consumers: %w", context.Cause(ctx))
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("binding the consumer: %w", err)
+		return queue.Consumers{}, nil, fmt.Errorf("binding the consumers: %w", err)
 	}
 	return b.cons, b.attempts, nil
 }
@@ -307,26 +308,6 @@ func (c *runCmd) serveHTTP(ready *readiness, reg *prometheus.Registry, log *slog
 		_ = srv.Shutdown(sctx)
 		<-done
 	}, nil
-}
-
-// watchConsumer copies the consumer's pending counts into the metrics every few seconds.
-func watchConsumer(ctx context.Context, cons jetstream.Consumer, m *worker.Metrics) {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for {
-		ictx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		info, err := cons.Info(ictx)
-		cancel()
-		if err == nil {
-			m.Pending.Set(float64(info.NumPending))
-			m.AckPending.Set(float64(info.NumAckPending))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 // Tuned waits of draining the NATS connection at exit.

@@ -26,10 +26,10 @@ func (r *opsRig) enqueueN(n int) {
 	}
 }
 
-// take fetches n messages from the worker's consumer, as a worker would, without acking them.
+// take fetches n messages from the backfill lane, where enqueueN put them, as a worker would, without acking them.
 func (r *opsRig) take(n int) []jetstream.Msg {
 	r.t.Helper()
-	cons, err := r.js.Consumer(context.Background(), r.top.Stream, r.top.Consumer)
+	cons, err := r.js.Consumer(context.Background(), r.top.Stream, r.top.BackfillConsumer) // enqueue publishes to the backfill lane
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -117,7 +117,12 @@ func TestStatusMatchesTheStreams(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
 		t.Fatal(err)
 	}
-	doc.Time = time.Time{}
+	bf, lv := doc.Lanes["backfill"], doc.Lanes["live"]
+	if bf.Backlog != 5 || bf.Waiting != uint64(3-extra) || bf.InProgress != 2+extra || bf.OldestAgeSeconds == nil ||
+		bf.Consumer != r.top.BackfillConsumer || lv.Backlog != 0 || lv.OldestAgeSeconds != nil || !lv.ConsumerFound {
+		t.Errorf("lanes: backfill %+v, live %+v", bf, lv)
+	}
+	doc.Time, doc.Lanes = time.Time{}, nil
 	want := statusDoc{Stream: r.top.Stream, Backlog: 5, Waiting: uint64(3 - extra), InProgress: 2 + extra, Redelivered: 1, Processed: 5,
 		Consumer: true, DeadLetters: 3, ByClass: map[string]int{"rejected": 2, "invalid": 1}}
 	if fmt.Sprint(doc) != fmt.Sprint(want) {
@@ -134,10 +139,14 @@ func TestStatusMatchesTheStreams(t *testing.T) {
 			fmt.Sprintf("  backlog              5  (waiting %d, in progress %d, redelivered 1)", 3-extra, 2+extra),
 			"  processed            5  (applied or dead-lettered since the stream was created)",
 			"dead letters           3  (invalid 1, rejected 2)",
+			"  live lane            0  (waiting 0, in progress 0)",
 		} {
 			if !strings.Contains(out, line+"\n") {
 				t.Errorf("no line %q in\n%s", line, out)
 			}
+		}
+		if line := fmt.Sprintf("\n  backfill lane        5  (waiting %d, in progress %d), oldest ", 3-extra, 2+extra); !strings.Contains(out, line) {
+			t.Errorf("no line %q in\n%s", line, out)
 		}
 	})
 
@@ -165,7 +174,9 @@ func TestStatusMatchesTheStreams(t *testing.T) {
 		testwait.Until(t, "a refresh with throughput", 5*time.Second, func() bool {
 			d := lines()
 			last := d[len(d)-1]
-			return last.Processed == 7 && last.PerSecond != nil && *last.PerSecond > 0 && last.ETASeconds != nil && *last.ETASeconds > 0
+			bf := last.Lanes["backfill"]
+			return last.Processed == 7 && last.PerSecond != nil && *last.PerSecond > 0 && last.ETASeconds != nil && *last.ETASeconds > 0 &&
+				bf.PerSecond != nil && *bf.PerSecond == *last.PerSecond && bf.ETASeconds != nil && *bf.ETASeconds > 0
 		})
 		cancel()
 		if err := <-done; err != nil {
@@ -222,5 +233,19 @@ func TestRateMeter(t *testing.T) {
 	m.add(t0.Add(30*time.Second), 3) // the stream was recreated
 	if tp := m.throughput(10); tp.Known {
 		t.Fatalf("after a reset: %+v", tp)
+	}
+}
+
+func TestBackfillETAIsAtTheBudgetLiveLeaves(t *testing.T) {
+	all := throughput{Known: true, PerSecond: 10, Live: laneThroughput{Known: true, PerSecond: 2}}
+	if b := backfillThroughput(all, 80); !b.Known || b.PerSecond != 8 || b.ETA != 10*time.Second {
+		t.Errorf("backfill %+v, want 8/s and 10s left", b)
+	}
+	all.Live.PerSecond = 12 // redeliveries counted in the live lane: never a negative pace
+	if b := backfillThroughput(all, 80); b.PerSecond != 0 || b.ETA != 0 {
+		t.Errorf("backfill %+v, want 0/s and no ETA", b)
+	}
+	if b := backfillThroughput(throughput{Known: true, PerSecond: 10}, 80); b.Known {
+		t.Errorf("backfill %+v known without the live lane's pace", b)
 	}
 }
