@@ -26,7 +26,9 @@ type MsgRef struct {
 }
 
 // NewMsgRef is the reference of the message stored at seq at time stored.
-func NewMsgRef(seq uint64, stored time.Time) MsgRef { return MsgRef{Seq: seq, Stored: stored.UnixNano()} }
+func NewMsgRef(seq uint64, stored time.Time) MsgRef {
+	return MsgRef{Seq: seq, Stored: stored.UnixNano()}
+}
 
 // Key is the reference as a KV key.
 func (r MsgRef) Key() string {
