@@ -9,6 +9,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 )
 
@@ -52,7 +53,7 @@ func TestConsumerDeletedUnderARunningPool(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if _, err := f.js.CreateOrUpdateConsumer(ctx, f.top.Stream, f.top.ConsumerConfig()); err != nil {
+		if _, err := f.js.CreateOrUpdateConsumer(ctx, f.top.Stream, f.top.ConsumerConfig(queue.LaneLive)); err != nil {
 			t.Fatal(err)
 		}
 		testwait.Until(t, "Ready again", 15*time.Second, func() bool { return f.pool.Ready() == nil })

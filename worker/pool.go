@@ -40,6 +40,14 @@ type Pool struct {
 	// Heal, optional, re-creates the consumer and the streams when pulls find them missing
 	// (deleted under a running worker); the command passes queue.Ensure when it manages them.
 	Heal func(ctx context.Context) error
+	// Backfill, optional, is the backfill lane's consumer: its messages get the budget that
+	// live ones (from Consumer) leave, and never more than MaxAckPending less a reserve for
+	// live ones are held. Without it, Consumer is the only lane and its messages are live.
+	Backfill Consumer
+	// Order, optional with Backfill, finds the older updates of a conversation still pending
+	// in the backfill lane when a live one arrives, so that the live update does not
+	// overtake them: they are applied first.
+	Order OlderFinder
 	// Outstanding, optional, reads the messages that were delivered and never acknowledged
 	// when the pool starts, so that a conversation whose older update a dead process held is
 	// not updated again before that one (see the package documentation).
@@ -86,9 +94,19 @@ type Pool struct {
 	// never more than cap(slots) of them, and cap(ready) is one more than that. Workers
 	// receive without the lock.
 	ready chan *conv
-	// slots has one token per held message: the fetch goroutine puts one in before it pulls a
-	// message and whoever lets go of a held message takes one out. At most MaxAckPending.
+	// slots has one token per held message that a pull brought: a fetch goroutine puts one in
+	// before it pulls a message and whoever lets go of a held message takes one out. At most
+	// MaxAckPending. Messages read directly for the order across lanes hold none.
 	slots chan struct{}
+	lanes []*source // the live lane first; written by init
+}
+
+// source is one lane the pool pulls from.
+type source struct {
+	name  string
+	cons  Consumer
+	class Priority
+	slots chan struct{} // nil, or a cap of its own below MaxAckPending (the backfill lane)
 }
 
 // conv is one conversation's held messages, in stream order. A conv in Pool.convs is always in
@@ -104,6 +122,8 @@ type conv struct {
 // job is one held message.
 type job struct {
 	// Set when the message is taken, never changed after.
+	src     *source // the lane whose pull brought it and holds its slots; nil if read directly
+	class   Priority
 	ref     queue.MsgRef
 	update  kustomer.Update
 	invalid error
@@ -161,7 +181,9 @@ func (p *Pool) Run(ctx context.Context) error {
 
 	p.recoverOrder(ctx)
 	var wg sync.WaitGroup
-	wg.Go(func() { p.fetch(ctx) })
+	for _, src := range p.lanes {
+		wg.Go(func() { p.fetch(ctx, src) })
+	}
 	for range p.cfg.Concurrency {
 		wg.Go(func() { p.work(ctx, hard) })
 	}
@@ -228,6 +250,12 @@ func (p *Pool) init() error {
 	p.waiting = make(map[string]map[queue.MsgRef]struct{})
 	p.ready = make(chan *conv, p.cfg.MaxAckPending+1)
 	p.slots = make(chan struct{}, p.cfg.MaxAckPending)
+	p.lanes = []*source{{name: "live", cons: p.Consumer, class: PriorityLive}}
+	if p.Backfill != nil {
+		reserve := max(p.cfg.Concurrency, p.cfg.MaxAckPending/4)
+		p.lanes = append(p.lanes, &source{name: "backfill", cons: p.Backfill, class: PriorityBackfill,
+			slots: make(chan struct{}, max(p.cfg.MaxAckPending-reserve, 1))})
+	}
 	p.closing = false
 	return nil
 }
@@ -242,9 +270,9 @@ const (
 	batchGather = 10 * time.Millisecond
 )
 
-// fetch takes messages from the consumer while there is room, and never while Kustomer
+// fetch takes messages from one lane's consumer while there is room, and never while Kustomer
 // refuses the key or the org budget is paused.
-func (p *Pool) fetch(ctx context.Context) {
+func (p *Pool) fetch(ctx context.Context, src *source) {
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(fetchRetryMin),
 		backoff.WithMaxInterval(fetchRetryMax), backoff.WithMaxElapsedTime(0))
 	for ctx.Err() == nil {
@@ -256,7 +284,7 @@ func (p *Pool) fetch(ctx context.Context) {
 			_ = sleep(ctx, time.Until(until))
 			continue
 		}
-		n, ok := p.room(ctx)
+		n, ok := p.room(ctx, src)
 		if !ok {
 			return
 		}
@@ -264,18 +292,18 @@ func (p *Pool) fetch(ctx context.Context) {
 		// cancelled pull would be lost to this process and wait out AckWait before anyone
 		// else gets them. A pull lasts FetchWait at most.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.FetchWait)
-		batch, err := p.Consumer.Fetch(n, jetstream.FetchContext(fctx))
+		batch, err := src.cons.Fetch(n, jetstream.FetchContext(fctx))
 		got := 0
 		if err == nil {
 			for msg := range batch.Messages() {
 				got++
-				p.add(msg)
+				p.add(msg, src)
 			}
 			err = batch.Error()
 		}
 		cancel()
 		for range n - got {
-			<-p.slots
+			p.release(src)
 		}
 		if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
 			p.fetchFailed(ctx, err)
@@ -297,46 +325,71 @@ func (p *Pool) gated() bool {
 // room takes slots for the next pull: at least one (waiting for it), and while messages are
 // held it gathers more for a moment, so that a backlog is pulled in batches rather than one
 // pull request per message. ok is false when ctx ended.
-func (p *Pool) room(ctx context.Context) (n int, ok bool) {
-	select {
-	case p.slots <- struct{}{}:
-	case <-ctx.Done():
+func (p *Pool) room(ctx context.Context, src *source) (n int, ok bool) {
+	if !p.take(ctx, src, nil) {
 		return 0, false
 	}
 	n = 1
 	if len(p.slots) > 1 {
 		t := time.NewTimer(batchGather)
-	gather:
-		for n < p.cfg.MaxAckPending/2 {
-			select {
-			case p.slots <- struct{}{}:
-				n++
-			case <-t.C:
-				break gather
-			case <-ctx.Done():
-				break gather
-			}
+		for n < p.cfg.MaxAckPending/2 && p.take(ctx, src, t.C) {
+			n++
 		}
 		t.Stop()
 	}
-	for n < p.cfg.MaxAckPending {
-		select {
-		case p.slots <- struct{}{}:
-			n++
-		default:
-			return n, true
-		}
+	for n < p.cfg.MaxAckPending && p.take(ctx, src, closed) {
+		n++
 	}
 	return n, true
 }
 
-// add holds a fetched message behind any earlier one for the same conversation. The slot
-// taken for it stays with it until it is let go.
-func (p *Pool) add(msg jetstream.Msg) {
+// closed is a channel that is always ready: take with it does not wait.
+var closed = func() chan time.Time { c := make(chan time.Time); close(c); return c }()
+
+// take puts a token into src's slots (if it has its own) and the pool's, waiting until both
+// have room, stop fires (nil: never) or ctx ends; it reports whether it took them.
+func (p *Pool) take(ctx context.Context, src *source, stop <-chan time.Time) bool {
+	if src.slots != nil {
+		select {
+		case src.slots <- struct{}{}:
+		case <-stop:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+	select {
+	case p.slots <- struct{}{}:
+		return true
+	case <-stop:
+	case <-ctx.Done():
+	}
+	if src.slots != nil {
+		<-src.slots
+	}
+	return false
+}
+
+// release gives back the tokens a message of src held; nil src (read directly) holds none.
+func (p *Pool) release(src *source) {
+	if src == nil {
+		return
+	}
+	<-p.slots
+	if src.slots != nil {
+		<-src.slots
+	}
+}
+
+// add holds a fetched message of src behind any earlier one for the same conversation. The
+// slots taken for it stay with it until it is let go. A live message is first checked for
+// older updates of its conversation still pending in the backfill lane (Order); those are
+// held too, ahead of it.
+func (p *Pool) add(msg jetstream.Msg, src *source) {
 	md, err := msg.Metadata()
 	if err != nil { // not a JetStream message; cannot be acked either
 		p.Log.Error("message without JetStream metadata", "subject", msg.Subject(), "error", err)
-		<-p.slots
+		p.release(src)
 		return
 	}
 	ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
@@ -349,25 +402,42 @@ func (p *Pool) add(msg jetstream.Msg) {
 		if err := msg.Ack(); err != nil {
 			p.Log.Debug("ack of a redelivered settled message failed", "seq", ref.Seq, "error", err)
 		}
-		<-p.slots
+		p.release(src)
 		return
 	}
 	update, invalid := kustomer.Decode(msg.Data()) // outside the lock: workers ack under it
+	if invalid == nil && src != nil && src.class == PriorityLive && p.Order != nil && p.Backfill != nil {
+		p.addOlder(update.ID, ref.Seq)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if j, ok := p.bySeq[ref]; ok {
-		// Redelivered while still held (AckWait ran out during a broker outage): keep one job,
-		// answering on the newest delivery.
+		// Redelivered while still held (AckWait ran out during a broker outage), or delivered
+		// by its lane after it was read directly: keep one job, answering on the delivery.
 		j.msg, j.delivered, j.progress = msg, md.NumDelivered, time.Now()
-		<-p.slots
+		if j.src == nil && src != nil {
+			j.src = src // it holds the delivery's slots from now on
+		} else {
+			p.release(src)
+		}
 		return
 	}
-	j := &job{msg: msg, ref: ref, delivered: md.NumDelivered, progress: time.Now(), update: update, invalid: invalid}
+	class := PriorityLive
+	if src != nil {
+		class = src.class
+	}
+	j := &job{msg: msg, src: src, class: class, ref: ref, delivered: md.NumDelivered, progress: time.Now(), update: update, invalid: invalid}
 	key := j.update.ID
 	if j.invalid != nil {
 		key = "\x00" + strconv.FormatUint(ref.Seq, 10) // invalid: no conversation, no order
 	}
 	p.bySeq[ref] = j
+	p.file(j, key)
+}
+
+// file puts a new job under its conversation, in stream order, and makes the conversation
+// ready if it may go; p.mu is held.
+func (p *Pool) file(j *job, key string) {
 	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
 	c, ok := p.convs[key]
 	if ok {
@@ -377,7 +447,7 @@ func (p *Pool) add(msg jetstream.Msg) {
 		p.convs[key] = c
 	}
 	if w := p.waiting[key]; w != nil {
-		delete(w, ref) // an older message a dead process held: here now, and first in line
+		delete(w, j.ref) // an older message a dead process held: here now, and first in line
 	}
 	p.unpark(c)
 }
@@ -475,7 +545,7 @@ func (p *Pool) try(ctx, hard context.Context, j *job, tk, tkDown **ticket) *outc
 		return nil
 	}
 	start := time.Now()
-	err = p.Pacer.Wait(ctx, PriorityLive)
+	err = p.Pacer.Wait(ctx, j.class)
 	p.Metrics.pacerWait(time.Since(start).Seconds())
 	if err != nil {
 		return nil
@@ -652,7 +722,7 @@ func (p *Pool) confirm(c *conv, j *job) {
 	p.applied[j.ref] = struct{}{}
 	c.jobs = c.jobs[1:]
 	delete(p.bySeq, j.ref)
-	<-p.slots
+	p.release(j.src)
 	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
 	if len(c.jobs) == 0 {
 		delete(p.convs, c.key)
@@ -664,13 +734,25 @@ func (p *Pool) confirm(c *conv, j *job) {
 // forgetApplied drops the remembered sequences that the consumer's acknowledgement floor has
 // passed: JetStream will not deliver those again.
 func (p *Pool) forgetApplied(ctx context.Context) {
-	ictx, cancel := context.WithTimeout(ctx, storeTimeout)
-	info, err := p.Consumer.Info(ictx)
-	cancel()
-	if err != nil {
-		return
+	// A floor that holds for every lane: the lowest of the lanes with messages in progress (a
+	// lane with none will deliver again nothing it delivered, so it sets no floor).
+	infos := make([]*jetstream.ConsumerInfo, 0, len(p.lanes))
+	var floor uint64
+	for _, src := range p.lanes {
+		ictx, cancel := context.WithTimeout(ctx, storeTimeout)
+		info, err := src.cons.Info(ictx)
+		cancel()
+		if err != nil {
+			return
+		}
+		infos = append(infos, info)
+		floor = max(floor, info.AckFloor.Stream)
 	}
-	floor := info.AckFloor.Stream
+	for _, info := range infos {
+		if info.NumAckPending > 0 {
+			floor = min(floor, info.AckFloor.Stream)
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for ref := range p.applied {
@@ -774,6 +856,11 @@ func (p *Pool) handBack() {
 	for len(p.slots) > 0 {
 		<-p.slots
 	}
+	for _, src := range p.lanes {
+		for src.slots != nil && len(src.slots) > 0 {
+			<-src.slots
+		}
+	}
 	if len(jobs) > 0 {
 		p.Log.Info("handed unfinished messages back for redelivery", "count", len(jobs))
 	}
@@ -793,4 +880,40 @@ func (p *Pool) lastDelivery(j *job) {
 		return
 	}
 	_ = j.msg.Ack()
+}
+
+// Tuned value: how long the check for older backfill updates of a live one may take.
+const orderCheckTimeout = 5 * time.Second
+
+// addOlder holds, ahead of a live update of conversation id at stream sequence seq, the older
+// updates of the conversation still pending in the backfill lane, read directly from the
+// stream: were the live update applied first, they would overwrite it later. They hold no
+// slot (the live update's conversation holds one) and are acknowledged by deleting them from
+// the stream. If the check fails, the live update goes on alone, and the failure is logged.
+func (p *Pool) addOlder(id string, seq uint64) {
+	ctx, cancel := context.WithTimeout(p.hard, orderCheckTimeout)
+	defer cancel()
+	older, err := p.Order.OlderPending(ctx, queue.LaneBackfill, id, seq)
+	if err != nil {
+		p.Log.Warn("cannot check for older backfill updates of a live update's conversation; applying it in arrival order",
+			"conversation", id, "seq", seq, "error", err)
+		return
+	}
+	for _, m := range older {
+		md, err := m.Metadata()
+		if err != nil {
+			continue
+		}
+		ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
+		update, invalid := kustomer.Decode(m.Data())
+		p.mu.Lock()
+		_, held := p.bySeq[ref]
+		_, done := p.applied[ref]
+		if !held && !done && invalid == nil {
+			j := &job{msg: m, class: PriorityLive, ref: ref, delivered: md.NumDelivered, progress: time.Now(), update: update}
+			p.bySeq[ref] = j
+			p.file(j, update.ID)
+		}
+		p.mu.Unlock()
+	}
 }

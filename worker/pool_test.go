@@ -47,6 +47,7 @@ type options struct {
 	consumer func(jetstream.Consumer) jetstream.Consumer // wraps the bound consumer
 	heal     bool                                        // re-create a missing consumer, as the command does
 	recover  bool                                        // read what a dead process left unacknowledged, as the command does
+	lanes    bool                                        // pull from both lanes with the order check, as the command does
 }
 
 type updaterFunc func(ctx context.Context, u kustomer.Update) (*kustomer.Result, error)
@@ -125,6 +126,19 @@ func (f *fixture) start(o options) {
 		Pacer:       worker.NewPacer(rate),
 		Log:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 		Config:      cfg,
+	}
+	if o.lanes {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		lanes, _, err := queue.BindLanes(ctx, f.js, f.top)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		order, err := queue.NewOrderCheck(ctx, f.js, f.top)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		f.pool.Consumer, f.pool.Backfill, f.pool.Order = lanes.Live, lanes.Backfill, order
 	}
 	if o.recover {
 		f.pool.Outstanding = &queue.Outstanding{JS: f.js, Topology: f.top}

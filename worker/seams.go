@@ -71,7 +71,14 @@ type Outstanding interface {
 	Pending(ctx context.Context, ref queue.MsgRef) (bool, error)
 }
 
+// OlderFinder finds the messages of a conversation still pending in a lane with a stream
+// sequence below before, oldest first; *queue.OrderCheck is the real one.
+type OlderFinder interface {
+	OlderPending(ctx context.Context, lane queue.Lane, id string, before uint64) ([]*queue.DirectMsg, error)
+}
+
 var (
+	_ OlderFinder  = (*queue.OrderCheck)(nil)
 	_ Outstanding  = (*queue.Outstanding)(nil)
 	_ Consumer     = jetstream.Consumer(nil)
 	_ Updater      = (*kustomer.Client)(nil)

@@ -214,7 +214,7 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 	defer client.CloseIdleConnections()
 	reg := prometheus.NewRegistry()
 	pool := &worker.Pool{
-		Consumer: &laneConsumer{lanes: lanes}, Client: client, Attempts: att,
+		Consumer: lanes.Live, Backfill: lanes.Backfill, Client: client, Attempts: att,
 		DeadLetters: &queue.DeadLetterPublisher{JS: s.js, Subject: top.DLQSubject},
 		Pacer:       worker.NewPacer(ratePerMinute),
 		Metrics:     worker.NewMetrics(reg),

@@ -33,7 +33,7 @@ func (r *opsRig) startWorker(fake *kustomertest.Server) {
 		r.t.Fatal(err)
 	}
 	pool := &worker.Pool{
-		Consumer: &laneConsumer{lanes: lanes}, Client: client, Attempts: attempts,
+		Consumer: lanes.Live, Backfill: lanes.Backfill, Client: client, Attempts: attempts,
 		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
 		Pacer:       worker.NewPacer(0),
 		Config:      worker.Config{Concurrency: 4, ShutdownTimeout: time.Second, FetchWait: time.Second},

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"time"
 
@@ -12,94 +11,6 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 )
-
-// laneConsumer feeds one pool from both lanes' consumers, live messages first: each pull
-// takes what the live lane has waiting, then fills the rest from the backfill lane, and
-// when neither has anything waiting it waits on the live lane for the pull's time. So a
-// live update waits behind at most the backfill messages the pool already holds, and a
-// backfill message arriving on an idle daemon waits at most one pull (the pool's FetchWait).
-//
-// It stands in until the pool takes one consumer per lane (see docs/LANES.md): it keeps
-// the lanes apart at the source, but the pool still sees one stream of messages.
-type laneConsumer struct {
-	lanes queue.Consumers
-}
-
-var _ worker.Consumer = (*laneConsumer)(nil)
-
-// Fetch returns up to n messages, the live lane's first.
-func (c *laneConsumer) Fetch(n int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch, error) {
-	var msgs []jetstream.Msg
-	take := func(b jetstream.MessageBatch, err error) error {
-		if err != nil {
-			return err
-		}
-		for m := range b.Messages() {
-			msgs = append(msgs, m)
-		}
-		if err := b.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
-			return err
-		}
-		return nil
-	}
-	if err := take(c.lanes.Live.FetchNoWait(n)); err != nil {
-		return nil, err
-	}
-	if len(msgs) < n {
-		if err := take(c.lanes.Backfill.FetchNoWait(n - len(msgs))); err != nil {
-			return sliceBatch(msgs, err), nil
-		}
-	}
-	if len(msgs) == 0 {
-		if err := take(c.lanes.Live.Fetch(n, opts...)); err != nil {
-			return nil, err
-		}
-	}
-	return sliceBatch(msgs, nil), nil
-}
-
-// CachedInfo is the live lane's: both lanes' consumers have the same settings.
-func (c *laneConsumer) CachedInfo() *jetstream.ConsumerInfo { return c.lanes.Live.CachedInfo() }
-
-// Info reads both consumers and returns the live lane's info with an acknowledgement floor
-// that holds for both: the lowest floor of a lane with messages in progress. A lane with
-// none in progress will deliver again nothing it delivered, so it sets no floor.
-func (c *laneConsumer) Info(ctx context.Context) (*jetstream.ConsumerInfo, error) {
-	live, err := c.lanes.Live.Info(ctx)
-	if err != nil {
-		return nil, err
-	}
-	backfill, err := c.lanes.Backfill.Info(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := *live
-	out.AckFloor.Stream = max(live.AckFloor.Stream, backfill.AckFloor.Stream)
-	for _, ci := range []*jetstream.ConsumerInfo{live, backfill} {
-		if ci.NumAckPending > 0 {
-			out.AckFloor.Stream = min(out.AckFloor.Stream, ci.AckFloor.Stream)
-		}
-	}
-	return &out, nil
-}
-
-// batch is a jetstream.MessageBatch of messages already received.
-type batch struct {
-	ch  chan jetstream.Msg
-	err error
-}
-
-func sliceBatch(msgs []jetstream.Msg, err error) *batch {
-	b := &batch{ch: make(chan jetstream.Msg, len(msgs)), err: err}
-	for _, m := range msgs {
-		b.ch <- m
-	}
-	close(b.ch)
-	return b
-}
-
-func (b *batch) Messages() <-chan jetstream.Msg { return b.ch }
-func (b *batch) Error() error                   { return b.err }
 
 // laneMetrics exposes each lane's backlog, throughput and oldest message, from the last
 // reading of the lanes (watchLanes), labelled lane="live" or lane="backfill".

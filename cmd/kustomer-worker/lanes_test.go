@@ -1,72 +1,13 @@
 package main
 
 import (
-	"context"
-	"slices"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kustomer-worker/kustomer-worker/queue"
 )
-
-func TestLaneConsumer(t *testing.T) {
-	checkNoLeaks(t)
-	r := newOpsRig(t)
-	ctx := context.Background()
-	lanes, _, err := queue.BindLanes(ctx, r.js, r.top)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &laneConsumer{lanes: lanes}
-	publish := func(l queue.Lane, n int) {
-		for i := range n {
-			if _, err := r.js.Publish(ctx, r.top.ConversationSubject(l, convID(i)), []byte("{}")); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	fetchLanes := func(n int) []string {
-		b, err := c.Fetch(n, jetstream.FetchMaxWait(200*time.Millisecond))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []string
-		for m := range b.Messages() {
-			l, _ := r.top.LaneOf(m.Subject())
-			out = append(out, string(l))
-		}
-		return out
-	}
-
-	t.Run("a pull takes what the live lane has waiting first, then backfill", func(t *testing.T) {
-		publish(queue.LaneBackfill, 3)
-		publish(queue.LaneLive, 2)
-		if got := fetchLanes(3); !slices.Equal(got, []string{"live", "live", "backfill"}) {
-			t.Errorf("first pull: %v", got)
-		}
-		if got := fetchLanes(5); !slices.Equal(got, []string{"backfill", "backfill"}) {
-			t.Errorf("second pull: %v", got)
-		}
-	})
-
-	t.Run("the acknowledgement floor holds for both lanes", func(t *testing.T) {
-		info, err := c.Info(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		live, _ := lanes.Live.Info(ctx)
-		back, _ := lanes.Backfill.Info(ctx)
-		if want := min(live.AckFloor.Stream, back.AckFloor.Stream); info.AckFloor.Stream != want {
-			t.Errorf("floor %d with both lanes holding messages, want the lower, %d", info.AckFloor.Stream, want)
-		}
-		if info.Config.AckWait != r.top.AckWait || c.CachedInfo() == nil {
-			t.Errorf("settings: %+v", info.Config)
-		}
-	})
-}
 
 func TestLaneMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()

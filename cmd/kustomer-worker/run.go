@@ -184,9 +184,17 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	if err != nil {
 		return err
 	}
+	octx, cancel := context.WithTimeout(ctx, bindCallTimeout)
+	order, err := queue.NewOrderCheck(octx, js, top)
+	cancel()
+	if err != nil {
+		return err
+	}
 
 	pool := &worker.Pool{
-		Consumer:    &laneConsumer{lanes: lanes},
+		Consumer:    lanes.Live,
+		Backfill:    lanes.Backfill,
+		Order:       order,
 		Client:      newWatchedClient(client, c.KustomerURL, log),
 		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject},
 		HardStop:    e.hard(),
