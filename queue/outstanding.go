@@ -1,9 +1,11 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -27,34 +29,51 @@ type Outstanding struct {
 	Limit int
 }
 
-// Unacked lists the delivered, unacknowledged messages, oldest first: one request to read the
-// consumer's state, then one per message (the stream skips what was acknowledged).
+// Unacked lists the delivered, unacknowledged messages of both lanes, oldest first: one
+// request to read each lane's consumer, then one per message (the stream skips what was
+// acknowledged).
 func (o *Outstanding) Unacked(ctx context.Context) ([]Unacked, error) {
 	stream, err := o.JS.Stream(ctx, o.Topology.Stream)
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", o.Topology.Stream, err)
 	}
-	cons, err := stream.Consumer(ctx, o.Topology.Consumer)
-	if err != nil {
-		return nil, fmt.Errorf("consumer %s: %w", o.Topology.Consumer, err)
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("consumer %s: %w", o.Topology.Consumer, err)
-	}
-	limit := o.Limit
-	if limit <= 0 {
-		limit = 10 * max(info.Config.MaxAckPending, 1)
-	}
 	var out []Unacked
-	last := info.Delivered.Stream
-	for seq := info.AckFloor.Stream + 1; seq <= last && len(out) < limit; {
-		m, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(">"))
+	for _, l := range Lanes() {
+		name := o.Topology.LaneConsumer(l)
+		cons, err := stream.Consumer(ctx, name)
+		if err != nil {
+			return out, fmt.Errorf("consumer %s: %w", name, err)
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return out, fmt.Errorf("consumer %s: %w", name, err)
+		}
+		limit := o.Limit
+		if limit <= 0 {
+			limit = 10 * max(info.Config.MaxAckPending, 1)
+		}
+		for _, subject := range o.Topology.LaneSubjects(l) {
+			msgs, err := o.unacked(ctx, stream, subject, info.AckFloor.Stream, info.Delivered.Stream, limit)
+			out = append(out, msgs...)
+			if err != nil {
+				return out, err
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b Unacked) int { return cmp.Compare(a.Ref.Seq, b.Ref.Seq) })
+	return out, nil
+}
+
+// unacked reads the messages on subject after floor up to last, at most limit.
+func (o *Outstanding) unacked(ctx context.Context, stream jetstream.Stream, subject string, floor, last uint64, limit int) ([]Unacked, error) {
+	var out []Unacked
+	for seq := floor + 1; seq <= last && len(out) < limit; {
+		m, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}
 		if err != nil {
-			return out, fmt.Errorf("stream %s: message at or after %d: %w", o.Topology.Stream, seq, err)
+			return out, fmt.Errorf("stream %s: message on %s at or after %d: %w", o.Topology.Stream, subject, seq, err)
 		}
 		if m.Sequence > last {
 			break
