@@ -47,7 +47,7 @@
 //
 // # Invariants
 //
-//   - A conv in Pool.convs is in exactly one place: parked, the ready channel, one worker's
+//   - A conv in Pool.convs is in exactly one place: parked, a ready channel, one worker's
 //     hands, a retry timer, or the goroutine awaiting its head's acknowledgement. So one goroutine at a time touches a conversation's head job,
 //     and the job fields marked "owned by the goroutine that holds the conversation" need no
 //     lock. A conv is parked while an older message of it, taken by a process that died, has

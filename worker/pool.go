@@ -89,11 +89,13 @@ type Pool struct {
 	waitingUntil time.Time // then waiting is given up: those messages were never redelivered
 
 	fetchState fetchState // whether pulls fail, for Ready and the log
-	// ready holds conversations whose head message may be tried now. Sends happen only under
-	// mu and never block: every conversation in convs holds at least one slot, so there are
-	// never more than cap(slots) of them, and cap(ready) is one more than that. Workers
-	// receive without the lock.
-	ready chan *conv
+	// readyLive and readyBackfill hold conversations whose head message may be tried now, by
+	// the head's class: workers take live ones first. Sends happen only under mu and never
+	// block: every conversation in convs holds at least one slot (a conversation of messages
+	// read directly for the order across lanes is joined at once by the live message that
+	// found them, which holds one), so there are never more than cap(slots) of them, and each
+	// channel has room for twice that. Workers receive without the lock.
+	readyLive, readyBackfill chan *conv
 	// slots has one token per held message that a pull brought: a fetch goroutine puts one in
 	// before it pulls a message and whoever lets go of a held message takes one out. At most
 	// MaxAckPending. Messages read directly for the order across lanes hold none.
@@ -248,7 +250,8 @@ func (p *Pool) init() error {
 	p.bySeq = make(map[queue.MsgRef]*job)
 	p.applied = make(map[queue.MsgRef]struct{})
 	p.waiting = make(map[string]map[queue.MsgRef]struct{})
-	p.ready = make(chan *conv, p.cfg.MaxAckPending+1)
+	p.readyLive = make(chan *conv, 2*p.cfg.MaxAckPending+1)
+	p.readyBackfill = make(chan *conv, 2*p.cfg.MaxAckPending+1)
 	p.slots = make(chan struct{}, p.cfg.MaxAckPending)
 	p.lanes = []*source{{name: "live", cons: p.Consumer, class: PriorityLive}}
 	if p.Backfill != nil {
@@ -471,18 +474,35 @@ func (p *Pool) unpark(c *conv) {
 	}
 	delete(p.waiting, c.key)
 	c.parked = false
-	p.ready <- c
+	p.makeReady(c)
 }
 
 func (p *Pool) work(ctx, hard context.Context) {
 	for {
+		select { // a live conversation first, whenever one is ready
+		case c := <-p.readyLive:
+			p.process(ctx, hard, c)
+			continue
+		default:
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case c := <-p.ready:
+		case c := <-p.readyLive:
+			p.process(ctx, hard, c)
+		case c := <-p.readyBackfill:
 			p.process(ctx, hard, c)
 		}
 	}
+}
+
+// makeReady hands c to the workers, by its head message's class; p.mu is held.
+func (p *Pool) makeReady(c *conv) {
+	if c.jobs[0].class == PriorityBackfill {
+		p.readyBackfill <- c
+		return
+	}
+	p.readyLive <- c
 }
 
 // process makes one try at the head message of c (send), turns what happened into a decision
@@ -728,7 +748,7 @@ func (p *Pool) confirm(c *conv, j *job) {
 		delete(p.convs, c.key)
 		return
 	}
-	p.ready <- c
+	p.makeReady(c)
 }
 
 // forgetApplied drops the remembered sequences that the consumer's acknowledgement floor has
@@ -770,7 +790,7 @@ func (p *Pool) schedule(c *conv, d time.Duration) {
 		return
 	}
 	if d <= 0 {
-		p.ready <- c
+		p.makeReady(c)
 		return
 	}
 	c.timer = time.AfterFunc(d, func() {
@@ -780,7 +800,7 @@ func (p *Pool) schedule(c *conv, d time.Duration) {
 			return
 		}
 		c.timer = nil
-		p.ready <- c
+		p.makeReady(c)
 	})
 }
 
@@ -835,8 +855,11 @@ func (p *Pool) handBack() {
 	p.convs = make(map[string]*conv)
 	p.bySeq = make(map[queue.MsgRef]*job)
 	p.mu.Unlock()
-	for len(p.ready) > 0 {
-		<-p.ready
+	for len(p.readyLive) > 0 {
+		<-p.readyLive
+	}
+	for len(p.readyBackfill) > 0 {
+		<-p.readyBackfill
 	}
 	for _, j := range jobs {
 		if j.settled { // applied; only the acknowledgement was missing: never hand it back
