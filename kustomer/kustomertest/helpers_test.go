@@ -3,6 +3,7 @@ package kustomertest_test
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"io"
 	"net/http"
 	"strconv"
@@ -95,13 +96,7 @@ func id(n int) string { return fmt.Sprintf("%024x", n) }
 // eventually waits until cond holds, failing the test after 5 s.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testwait.Until(t, what, 5*time.Second, cond)
 }
 
 // errorItem is one item of either Kustomer error shape.
