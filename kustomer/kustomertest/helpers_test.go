@@ -3,7 +3,6 @@ package kustomertest_test
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"io"
 	"net/http"
 	"strconv"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 )
 
