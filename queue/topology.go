@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -23,6 +24,10 @@ const (
 	DefaultMaxAckPending  = 256
 	DefaultMaxDeliver     = 100
 	DefaultStreamReplicas = 1
+	DefaultPriorityGroup  = "active"
+	DefaultPinnedTTL      = 5 * time.Second
+	DefaultRolesBucket    = "KUSTOMER_WORKER_ROLES"
+	MinPinnedTTL          = time.Second // the least PinnedTTL Validate accepts
 	MinAckWait            = time.Second // the least AckWait Validate accepts
 	MaxStreamReplicas     = 5           // the most replicas a NATS cluster keeps of a stream
 )
@@ -41,7 +46,16 @@ type Topology struct {
 	AckWait        time.Duration // redelivery after this long without ack or progress; default DefaultAckWait (30s)
 	MaxAckPending  int           // unacknowledged messages across all replicas; default DefaultMaxAckPending (256)
 	MaxDeliver     int           // safety net above the worker's attempt limit; default DefaultMaxDeliver (100)
-	StreamReplicas int           // replicas of the streams and the bucket in a cluster; default DefaultStreamReplicas (1)
+	StreamReplicas int           // replicas of the streams and the buckets in a cluster; default DefaultStreamReplicas (1)
+	// PriorityGroup is the consumer's pinned-client priority group: of the replicas pulling in
+	// it, the server hands messages to one (the active), the others wait as standbys. Default
+	// DefaultPriorityGroup ("active").
+	PriorityGroup string
+	// PinnedTTL is how long the server keeps the pin of an active replica that sends no pull
+	// request: the longest a standby waits before it takes over from a replica that died.
+	// Default DefaultPinnedTTL (5s).
+	PinnedTTL   time.Duration
+	RolesBucket string // KV bucket where replicas publish their role (active, standby); default DefaultRolesBucket
 }
 
 // WithDefaults returns t with every zero field set to its default.
@@ -67,6 +81,9 @@ func (t Topology) WithDefaults() Topology {
 	def(&t.DLQSubject, DefaultDLQSubject)
 	def(&t.Consumer, DefaultConsumer)
 	def(&t.AttemptsBucket, DefaultAttemptsBucket)
+	def(&t.PriorityGroup, DefaultPriorityGroup)
+	def(&t.RolesBucket, DefaultRolesBucket)
+	defD(&t.PinnedTTL, DefaultPinnedTTL)
 	defD(&t.DedupWindow, DefaultDedupWindow)
 	defD(&t.AckWait, DefaultAckWait)
 	defI(&t.MaxAckPending, DefaultMaxAckPending)
@@ -82,6 +99,7 @@ func (t Topology) Validate() error {
 	}
 	for _, f := range []struct{ name, v string }{
 		{"Stream", t.Stream}, {"DLQStream", t.DLQStream}, {"Consumer", t.Consumer}, {"AttemptsBucket", t.AttemptsBucket},
+		{"RolesBucket", t.RolesBucket},
 	} {
 		if f.v == "" || strings.ContainsAny(f.v, " .*>\t/\\") {
 			return bad(f.name, "%q is not a valid name (no spaces, dots, wildcards or slashes)", f.v)
@@ -95,6 +113,10 @@ func (t Topology) Validate() error {
 	switch {
 	case t.Subject == t.DLQSubject || strings.HasPrefix(t.DLQSubject, t.Subject+"."):
 		return bad("DLQSubject", "%q overlaps the work subject %q", t.DLQSubject, t.Subject)
+	case !validGroup.MatchString(t.PriorityGroup):
+		return bad("PriorityGroup", "%q is not a valid group name (1 to 16 of letters, digits, /, _, = and -)", t.PriorityGroup)
+	case t.PinnedTTL < MinPinnedTTL:
+		return bad("PinnedTTL", "%s is under %s", t.PinnedTTL, MinPinnedTTL)
 	case t.AckWait < MinAckWait:
 		return bad("AckWait", "%s is under %s", t.AckWait, MinAckWait)
 	case t.StreamReplicas < 1 || t.StreamReplicas > MaxStreamReplicas:
@@ -108,6 +130,9 @@ func (t Topology) Validate() error {
 	}
 	return nil
 }
+
+// validGroup is the server's rule for priority group names.
+var validGroup = regexp.MustCompile(`^[a-zA-Z0-9/_=-]{1,16}$`)
 
 // WorkSubjects are the subjects of the work stream.
 func (t Topology) WorkSubjects() []string { return []string{t.Subject, t.Subject + ".>"} }
@@ -137,7 +162,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	}); err != nil {
 		return fmt.Errorf("stream %s: %w", t.DLQStream, err)
 	}
-	if _, err := js.CreateOrUpdateConsumer(ctx, t.Stream, t.ConsumerConfig()); err != nil {
+	if err := ensureConsumer(ctx, js, t); err != nil {
 		return fmt.Errorf("consumer %s: %w", t.Consumer, err)
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
@@ -148,6 +173,29 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		Replicas:    t.StreamReplicas,
 	}); err != nil {
 		return fmt.Errorf("bucket %s: %w", t.AttemptsBucket, err)
+	}
+	return nil
+}
+
+// ensureConsumer creates or updates the consumer. A consumer made by an earlier version has no
+// priority policy; a server that refuses to add one in place gets the consumer recreated, which
+// loses nothing on a work-queue stream: a message leaves the stream only when acknowledged, so
+// the new consumer (DeliverAll) delivers again whatever was not acknowledged yet.
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	want := t.ConsumerConfig()
+	_, err := js.CreateOrUpdateConsumer(ctx, t.Stream, want)
+	if err == nil {
+		return nil
+	}
+	cons, lerr := js.Consumer(ctx, t.Stream, t.Consumer)
+	if lerr != nil || cons.CachedInfo().Config.PriorityPolicy == want.PriorityPolicy {
+		return err // not a conversion, or another replica converted it meanwhile
+	}
+	if derr := js.DeleteConsumer(ctx, t.Stream, t.Consumer); derr != nil && !errors.Is(derr, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("converting to a pinned priority group: update refused (%w), delete failed: %w", err, derr)
+	}
+	if _, cerr := js.CreateOrUpdateConsumer(ctx, t.Stream, want); cerr != nil {
+		return fmt.Errorf("converting to a pinned priority group: update refused (%w), recreating failed: %w", err, cerr)
 	}
 	return nil
 }
@@ -164,6 +212,10 @@ func (t Topology) ConsumerConfig() jetstream.ConsumerConfig {
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		MaxWaiting:    512,
 		Replicas:      t.StreamReplicas,
+		// One replica active, the others standbys: see Pinned.
+		PriorityPolicy: jetstream.PriorityPolicyPinned,
+		PinnedTTL:      t.PinnedTTL,
+		PriorityGroups: []string{t.PriorityGroup},
 	}
 }
 
