@@ -258,6 +258,13 @@ func TestPinned(t *testing.T) {
 // without a priority policy.
 func createUnpinned(t *testing.T, js jetstream.JetStream, top queue.Topology) {
 	t.Helper()
+	createOld(t, js, top, 0)
+}
+
+// createOld is createUnpinned with another MaxWaiting, which no server updates in place, when
+// maxWaiting is not 0.
+func createOld(t *testing.T, js jetstream.JetStream, top queue.Topology, maxWaiting int) {
+	t.Helper()
 	ctx := context.Background()
 	if err := queue.Ensure(ctx, js, top); err != nil {
 		t.Fatal(err)
@@ -267,6 +274,9 @@ func createUnpinned(t *testing.T, js jetstream.JetStream, top queue.Topology) {
 	}
 	old := top.ConsumerConfig()
 	old.PriorityPolicy, old.PinnedTTL, old.PriorityGroups = jetstream.PriorityPolicyNone, 0, nil
+	if maxWaiting != 0 {
+		old.MaxWaiting = maxWaiting
+	}
 	if _, err := js.CreateConsumer(ctx, top.Stream, old); err != nil {
 		t.Fatal(err)
 	}
@@ -277,21 +287,28 @@ func createUnpinned(t *testing.T, js jetstream.JetStream, top queue.Topology) {
 // built with `GOBIN=/tmp/ns211 go install github.com/nats-io/nats-server/v2@v2.11.17`).
 func TestEnsureConvertsAConsumerWithoutPriorityPolicy(t *testing.T) {
 	t.Parallel()
-	servers := map[string]func(t *testing.T) string{
-		"embedded": func(t *testing.T) string { return queuetest.StartServer(t).URL() },
+	type server struct {
+		start    func(t *testing.T) string
+		refusing bool // the old consumer differs in what no server updates: Ensure must recreate it
+	}
+	embedded := func(t *testing.T) string { return queuetest.StartServer(t).URL() }
+	servers := map[string]server{
+		"embedded":                          {start: embedded},
+		"embedded, update in place refused": {start: embedded, refusing: true},
 	}
 	for _, bin := range strings.Split(os.Getenv("KW_NATS_SERVERS"), ",") {
 		if bin = strings.TrimSpace(bin); bin != "" {
-			servers[bin] = func(t *testing.T) string { return startBinary(t, bin) }
+			servers[bin] = server{start: func(t *testing.T) string { return startBinary(t, bin) }}
 		}
 	}
-	for name, start := range servers {
+	for name, srv := range servers {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			_, js := queuetest.Connect(t, start(t))
+			url := srv.start(t)
+			_, js := queuetest.Connect(t, url)
 			ctx := context.Background()
 			top := queue.Topology{PinnedTTL: pinTTL, AckWait: 2 * time.Second}.WithDefaults()
-			createUnpinned(t, js, top)
+			createOld(t, js, top, map[bool]int{true: 100}[srv.refusing])
 			publishN(t, js, top, "old", 10)
 			// An old replica holds 4 messages unacknowledged and acknowledged 2.
 			old, err := js.Consumer(ctx, top.Stream, top.Consumer)
@@ -318,6 +335,9 @@ func TestEnsureConvertsAConsumerWithoutPriorityPolicy(t *testing.T) {
 				t.Fatalf("after Ensure: policy %v, ttl %s, groups %v", cfg.PriorityPolicy, cfg.PinnedTTL, cfg.PriorityGroups)
 			}
 			recreated := !cons.CachedInfo().Created.Equal(before)
+			if recreated != srv.refusing {
+				t.Errorf("recreated = %v, want %v", recreated, srv.refusing)
+			}
 			t.Logf("converted %s: recreated=%v", map[bool]string{true: "by delete and create", false: "in place"}[recreated], recreated)
 
 			// Nothing is lost: the 8 unacknowledged come to a pinned replica (the 4 held ones
@@ -339,10 +359,84 @@ func TestEnsureConvertsAConsumerWithoutPriorityPolicy(t *testing.T) {
 				return len(seen) == 8
 			})
 			if !p.Active() {
-				t.Error("the replica that received the messages is not active")
+				t.Fatal("the replica that received the messages is not active")
+			}
+
+			// A rolling upgrade: a replica of the old version pulls without a priority group.
+			// The server refuses every such pull on a pinned consumer (400, "Priority Group
+			// missing"): the old replica gets nothing while the new ones work.
+			stop, oldGot, oldErrs := pullPlain(t, url, top)
+			publishN(t, js, top, "upgrade", 20)
+			testwait.Until(t, "the pinned replica to receive the 20", 10*time.Second, func() bool {
+				fctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+				defer cancel()
+				b, err := p.Fetch(20, jetstream.FetchContext(fctx))
+				if err != nil {
+					return false
+				}
+				for m := range b.Messages() {
+					seen[string(m.Data())] = true
+					_ = m.DoubleAck(ctx)
+				}
+				return len(seen) == 28
+			})
+			if n := len(oldGot); n != 0 {
+				t.Fatalf("the old replica received %d messages while a new one held the pin", n)
+			}
+			if err := p.Unpin(ctx); err != nil {
+				t.Fatal(err)
+			}
+			publishN(t, js, top, "after", 1)
+			err = testwait.Recv(t, "the old replica's pull to fail", 5*time.Second, oldErrs)
+			if !errors.Is(err, jetstream.ErrBadRequest) {
+				t.Errorf("an old replica's pull failed with %v, want jetstream.ErrBadRequest", err)
+			}
+			stop()
+			if n := len(oldGot); n != 0 {
+				t.Fatalf("the old replica received %d messages from a pinned consumer", n)
 			}
 		})
 	}
+}
+
+// pullPlain pulls as versions before standby did, without a priority group, acknowledging
+// what it receives, until the returned stop is called.
+func pullPlain(t *testing.T, url string, top queue.Topology) (stop func(), got <-chan jetstream.Msg, errs <-chan error) {
+	t.Helper()
+	_, js := queuetest.Connect(t, url)
+	cons, err := js.Consumer(context.Background(), top.Stream, top.Consumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan jetstream.Msg, 100)
+	ech := make(chan error, 1000)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			b, err := cons.Fetch(10, jetstream.FetchMaxWait(300*time.Millisecond))
+			if err != nil {
+				continue
+			}
+			for m := range b.Messages() {
+				_ = m.Ack()
+				ch <- m
+			}
+			if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+				select {
+				case ech <- err:
+				default:
+				}
+				select { // as the old pool backs off after a failed pull
+				case <-ctx.Done():
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		}
+	})
+	stop = func() { cancel(); wg.Wait() }
+	t.Cleanup(stop)
+	return stop, ch, ech
 }
 
 // startBinary runs the nats-server binary bin on a free loopback port with JetStream in a
