@@ -23,6 +23,12 @@ type Status struct {
 	AckPending    int    // consumer: delivered, not yet acknowledged
 	Redelivered   int    // consumer: delivered more than once and not yet acknowledged
 
+	Pinned    bool          // the consumer has a pinned priority group: one replica active, the others standbys
+	PinID     string        // the server's current pin; "" when no replica is pinned
+	PinnedAt  time.Time     // when the server pinned it
+	Replicas  []ReplicaRole // the replicas that published their role lately, the active first
+	RolesRead error         // why Replicas could not be read; nil when they were
+
 	DeadLetters uint64                  // messages in the dead-letter stream
 	ByClass     map[DeadLetterClass]int // dead letters by class; "" counts those without a class
 }
@@ -48,11 +54,19 @@ func ReadStatus(ctx context.Context, js jetstream.JetStream, t Topology, counter
 		st.Undelivered = ci.NumPending
 		st.AckPending = ci.NumAckPending
 		st.Redelivered = ci.NumRedelivered
+		st.Pinned = ci.Config.PriorityPolicy == jetstream.PriorityPolicyPinned
+		for _, g := range ci.PriorityGroups {
+			if g.Group == t.PriorityGroup {
+				st.PinID, st.PinnedAt = g.PinnedClientID, g.PinnedTS
+			}
+		}
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
 		st.Undelivered = st.Backlog
 	default:
 		return st, fmt.Errorf("consumer %s: %w", t.Consumer, err)
 	}
+	// The roles are a courtesy of the replicas: failing to read them fails nothing else.
+	st.Replicas, st.RolesRead = ReadRoles(ctx, js, t)
 	if counter == nil {
 		counter = &ClassCounter{}
 	}

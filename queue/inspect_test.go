@@ -26,7 +26,7 @@ func (b *broker) work(t *testing.T, ids ...string) jetstream.Consumer {
 			t.Fatal(err)
 		}
 	}
-	cons, err := b.js.Consumer(ctx, b.top.Stream, b.top.Consumer)
+	cons, _, err := queue.Bind(ctx, b.js, b.top) // pulls in the priority group
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,8 +108,12 @@ func TestReadStatus(t *testing.T) {
 			Backlog: 7, Processed: 3, LastSeq: 10, ConsumerFound: true,
 			Undelivered: uint64(5 - extra), AckPending: 2 + extra, Redelivered: 1,
 			DeadLetters: 1, ByClass: map[queue.DeadLetterClass]int{queue.ClassRejected: 1},
+			Pinned: true, PinID: cons.(*queue.Pinned).Role().PinID,
 		}
-		st.Time = time.Time{}
+		if st.PinID == "" || st.PinnedAt.IsZero() {
+			t.Errorf("the server pinned the replica that fetched, yet status has pin %q since %s", st.PinID, st.PinnedAt)
+		}
+		st.Time, st.PinnedAt = time.Time{}, time.Time{}
 		if fmt.Sprint(st) != fmt.Sprint(want) {
 			t.Fatalf("status =\n %+v\nwant\n %+v", st, want)
 		}

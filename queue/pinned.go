@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -35,9 +36,12 @@ const HeaderPinID = "Nats-Pin-Id"
 //     converted) every replica is active and messages are shared as before; Pinned switches to
 //     pinned mode as soon as a message carries a pin id.
 //
-// Fetch may be called from one goroutine at a time; the other methods from any.
+// Pinned is a jetstream.Consumer too: FetchBytes, Next, Consume and Messages pull in the
+// group (only Fetch and Next follow the pin), FetchNoWait is refused. Fetch may be called from
+// one goroutine at a time; the other methods from any.
 type Pinned struct {
-	cons     jetstream.Consumer
+	jetstream.Consumer // the consumer wrapped; its pull methods are overridden below
+	cons               jetstream.Consumer
 	stream   jetstream.Stream // for UnpinConsumer
 	consumer string
 	group    string
@@ -60,7 +64,7 @@ type Pinned struct {
 func NewPinned(cons jetstream.Consumer, stream jetstream.Stream, t Topology) *Pinned {
 	t = t.WithDefaults()
 	p := &Pinned{
-		cons: cons, stream: stream, consumer: t.Consumer, group: t.PriorityGroup, ttl: t.PinnedTTL, now: time.Now,
+		Consumer: cons, cons: cons, stream: stream, consumer: t.Consumer, group: t.PriorityGroup, ttl: t.PinnedTTL, now: time.Now,
 		lost: make(chan struct{}), gained: make(chan struct{}),
 	}
 	if info := cons.CachedInfo(); info != nil {
@@ -100,6 +104,42 @@ func (p *Pinned) Fetch(batch int, opts ...jetstream.FetchOpt) (jetstream.Message
 		close(out.msgs)
 	}()
 	return out, nil
+}
+
+// FetchBytes pulls in the group up to maxBytes of messages; it does not follow the pin.
+func (p *Pinned) FetchBytes(maxBytes int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch, error) {
+	return p.cons.FetchBytes(maxBytes, append(opts, jetstream.FetchPriorityGroup(p.group))...)
+}
+
+// ErrNoWaitInGroup is FetchNoWait's answer: nats.go has no way to send it in a priority group.
+var ErrNoWaitInGroup = fmt.Errorf("%w: FetchNoWait cannot pull in a priority group; use Fetch with FetchMaxWait", jetstream.ErrInvalidOption)
+
+// FetchNoWait is refused with ErrNoWaitInGroup.
+func (p *Pinned) FetchNoWait(int) (jetstream.MessageBatch, error) { return nil, ErrNoWaitInGroup }
+
+// Next pulls one message in the group, following the pin as Fetch does.
+func (p *Pinned) Next(opts ...jetstream.FetchOpt) (jetstream.Msg, error) {
+	b, err := p.Fetch(1, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if m, ok := <-b.Messages(); ok {
+		return m, nil
+	}
+	if err := b.Error(); err != nil {
+		return nil, err
+	}
+	return nil, nats.ErrTimeout
+}
+
+// Consume consumes in the group; it does not follow the pin.
+func (p *Pinned) Consume(h jetstream.MessageHandler, opts ...jetstream.PullConsumeOpt) (jetstream.ConsumeContext, error) {
+	return p.cons.Consume(h, append(opts, jetstream.PullPriorityGroup(p.group))...)
+}
+
+// Messages iterates in the group; it does not follow the pin.
+func (p *Pinned) Messages(opts ...jetstream.PullMessagesOpt) (jetstream.MessagesContext, error) {
+	return p.cons.Messages(append(opts, jetstream.PullPriorityGroup(p.group))...)
 }
 
 // CachedInfo is the consumer's configuration and state as last read.
@@ -324,3 +364,4 @@ type pinnedBatch struct {
 
 func (b *pinnedBatch) Messages() <-chan jetstream.Msg { return b.msgs }
 func (b *pinnedBatch) Error() error                   { return b.err }
+var _ jetstream.Consumer = (*Pinned)(nil)

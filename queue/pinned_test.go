@@ -43,15 +43,11 @@ func startReplica(t *testing.T, name, url string, top queue.Topology, run bool) 
 	t.Helper()
 	nc, js := queuetest.Connect(t, url)
 	ctx := context.Background()
-	cons, _, err := queue.Bind(ctx, js, top)
+	p, _, err := queue.BindPinned(ctx, js, top)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := js.Stream(ctx, top.Stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &replica{name: name, nc: nc, p: queue.NewPinned(cons, s, top), got: make(chan jetstream.Msg, 1000)}
+	r := &replica{name: name, nc: nc, p: p, got: make(chan jetstream.Msg, 1000)}
 	rctx, cancel := context.WithCancel(ctx)
 	r.stop = cancel
 	r.wg.Go(func() {

@@ -137,7 +137,7 @@ var validGroup = regexp.MustCompile(`^[a-zA-Z0-9/_=-]{1,16}$`)
 // WorkSubjects are the subjects of the work stream.
 func (t Topology) WorkSubjects() []string { return []string{t.Subject, t.Subject + ".>"} }
 
-// Ensure creates or updates the streams, the consumer and the attempts bucket so that they
+// Ensure creates or updates the streams, the consumer, the attempts and roles buckets so that they
 // match t. It is idempotent and safe to run from several replicas at once.
 func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
@@ -173,6 +173,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		Replicas:    t.StreamReplicas,
 	}); err != nil {
 		return fmt.Errorf("bucket %s: %w", t.AttemptsBucket, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, t.rolesConfig()); err != nil {
+		return fmt.Errorf("bucket %s: %w", t.RolesBucket, err)
 	}
 	return nil
 }
@@ -220,11 +223,31 @@ func (t Topology) ConsumerConfig() jetstream.ConsumerConfig {
 }
 
 // Bind looks up the consumer and the attempts bucket without changing anything, for operators
-// who manage streams elsewhere (manage-streams=false) and for the second replica onwards.
+// who manage streams elsewhere (manage-streams=false) and for the second replica onwards. The
+// consumer is a *Pinned (see BindPinned): a consumer with a pinned priority group refuses pull
+// requests without the group.
 func Bind(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Consumer, *Attempts, error) {
-	cons, err := js.Consumer(ctx, t.Stream, t.Consumer)
+	p, a, err := BindPinned(ctx, js, t)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, nil, err
+	}
+	return p, a, nil
+}
+
+// BindPinned is Bind with the consumer wrapped in a Pinned, which pulls in the priority group
+// and says whether this replica is the active one.
+func BindPinned(ctx context.Context, js jetstream.JetStream, t Topology) (*Pinned, *Attempts, error) {
+	t = t.WithDefaults()
+	s, err := js.Stream(ctx, t.Stream)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, nil, fmt.Errorf("consumer %s on stream %s: %w (create it, or run with manage-streams on)", t.Consumer, t.Stream, err)
+		}
+		return nil, nil, fmt.Errorf("consumer %s on stream %s: %w", t.Consumer, t.Stream, err)
+	}
+	cons, err := s.Consumer(ctx, t.Consumer)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return nil, nil, fmt.Errorf("consumer %s on stream %s: %w (create it, or run with manage-streams on)", t.Consumer, t.Stream, err)
 		}
 		return nil, nil, fmt.Errorf("consumer %s on stream %s: %w", t.Consumer, t.Stream, err)
@@ -233,5 +256,5 @@ func Bind(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Co
 	if err != nil {
 		return nil, nil, fmt.Errorf("bucket %s: %w", t.AttemptsBucket, err)
 	}
-	return cons, &Attempts{kv: kv}, nil
+	return NewPinned(cons, s, t), &Attempts{kv: kv}, nil
 }

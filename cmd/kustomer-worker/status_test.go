@@ -29,7 +29,7 @@ func (r *opsRig) enqueueN(n int) {
 // take fetches n messages from the worker's consumer, as a worker would, without acking them.
 func (r *opsRig) take(n int) []jetstream.Msg {
 	r.t.Helper()
-	cons, err := r.js.Consumer(context.Background(), r.top.Stream, r.top.Consumer)
+	cons, _, err := queue.Bind(context.Background(), r.js, r.top) // pulls in the priority group
 	if err != nil {
 		r.t.Fatal(err)
 	}
