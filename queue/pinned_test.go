@@ -391,6 +391,17 @@ func TestEnsureConvertsAConsumerWithoutPriorityPolicy(t *testing.T) {
 			if n := len(oldGot); n != 0 {
 				t.Fatalf("the old replica received %d messages from a pinned consumer", n)
 			}
+
+			// A rollback: the old version's Ensure updates the consumer back, in place.
+			prev := top.ConsumerConfig()
+			prev.PriorityPolicy, prev.PinnedTTL, prev.PriorityGroups = jetstream.PriorityPolicyNone, 0, nil
+			back, err := js.CreateOrUpdateConsumer(ctx, top.Stream, prev)
+			if err != nil {
+				t.Fatalf("rolling back to a consumer without priority policy: %v", err)
+			}
+			if back.CachedInfo().Config.PriorityPolicy != jetstream.PriorityPolicyNone {
+				t.Errorf("after the rollback the policy is %v", back.CachedInfo().Config.PriorityPolicy)
+			}
 		})
 	}
 }
