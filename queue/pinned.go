@@ -34,7 +34,7 @@ const HeaderPinID = "Nats-Pin-Id"
 //     at once; per-conversation order across that window rests on the pool, not on the pin.
 //   - On a consumer without a priority policy (created elsewhere, --no-manage-streams, not yet
 //     converted) every replica is active and messages are shared as before; Pinned switches to
-//     pinned mode as soon as a message carries a pin id.
+//     pinned mode as soon as a message carries a pin id, and back when one carries none.
 //
 // Pinned is a jetstream.Consumer too: FetchBytes, Next, Consume and Messages pull in the
 // group (only Fetch and Next follow the pin), FetchNoWait is refused. Fetch may be called from
@@ -295,11 +295,26 @@ func (p *Pinned) sending() sent {
 // received looks at the pin id of a message delivered to a pull request sent at s.
 func (p *Pinned) received(m jetstream.Msg, s sent) {
 	id := m.Headers().Get(HeaderPinID)
-	if id == "" {
-		return // no priority policy: shared consumer
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if id == "" {
+		if p.pinned {
+			// The consumer lost its priority policy while this replica ran (a rollback):
+			// every replica takes messages, so every one is active.
+			p.pinned, p.pin, p.since = false, "", p.now()
+			if p.expiry != nil {
+				p.expiry.Stop()
+			}
+			select {
+			case <-p.gained:
+			default:
+				p.lost = make(chan struct{})
+				close(p.gained)
+			}
+			p.changes++
+		}
+		return
+	}
 	if !p.pinned {
 		// The consumer was converted while this replica ran: from shared to pinned.
 		p.pinned = true
