@@ -236,6 +236,7 @@ func TestThreeNodeClusterLosesALeaderAndTheActiveWorkerMidBackfill(t *testing.T)
 
 	// (a) The node leading the work stream dies; the stream elects another leader.
 	leader := c.streamLeader(t, workStream)
+	nodeKilled := time.Now()
 	code, _ := kill(t, c.nodes[leader], "KILL", 30*time.Second)
 	killedAt := c.stats(t).Applied
 	t.Logf("killed NATS node %s, the work stream's leader, after %d applied (exit %d)", leader, killedAt, code)
@@ -243,6 +244,8 @@ func TestThreeNodeClusterLosesALeaderAndTheActiveWorkerMidBackfill(t *testing.T)
 	newLeader := c.streamLeader(t, workStream)
 	t.Logf("work stream leader now %s", newLeader)
 	c.waitApplied(t, killedAt+500, 2*time.Minute)
+	t.Logf("longest pause in requests from the node's death until 500 more were applied: %s",
+		c.longestGap(t, nodeKilled, time.Now()))
 	if err := c.nodes[leader].Start(context.Background()); err != nil {
 		t.Fatalf("starting NATS node %s again: %v", leader, err)
 	}
@@ -278,6 +281,24 @@ func TestThreeNodeClusterLosesALeaderAndTheActiveWorkerMidBackfill(t *testing.T)
 	checkNothingLost(t, ups, c.account(t), duplicatesAllowed)
 	c.checkFinalState(t, last)
 	c.checkNothingStuck(t)
+}
+
+// longestGap is the longest time between two requests the fake received from..to, counting
+// from and to themselves as the ends.
+func (r *rig) longestGap(tb testing.TB, from, to time.Time) time.Duration {
+	tb.Helper()
+	var reqs []kustomertest.Request
+	r.getJSON(tb, "/_mock/requests", &reqs)
+	var longest time.Duration
+	prev := from
+	for _, q := range reqs {
+		if q.Time.Before(from) || q.Time.After(to) {
+			continue
+		}
+		longest = max(longest, q.Time.Sub(prev))
+		prev = q.Time
+	}
+	return max(longest, to.Sub(prev)).Round(10 * time.Millisecond)
 }
 
 // firstRequestAfter is how long after t the fake received its first request; -1 if none yet.
