@@ -42,11 +42,11 @@ const HeaderPinID = "Nats-Pin-Id"
 type Pinned struct {
 	jetstream.Consumer // the consumer wrapped; its pull methods are overridden below
 	cons               jetstream.Consumer
-	stream   jetstream.Stream // for UnpinConsumer
-	consumer string
-	group    string
-	ttl      time.Duration
-	now      func() time.Time
+	stream             jetstream.Stream // for UnpinConsumer
+	consumer           string
+	group              string
+	ttl                time.Duration
+	now                func() time.Time
 
 	mu       sync.Mutex
 	pinned   bool          // the consumer has a pinned priority policy (or a message said so). Guarded by mu.
@@ -379,4 +379,5 @@ type pinnedBatch struct {
 
 func (b *pinnedBatch) Messages() <-chan jetstream.Msg { return b.msgs }
 func (b *pinnedBatch) Error() error                   { return b.err }
+
 var _ jetstream.Consumer = (*Pinned)(nil)
