@@ -25,6 +25,9 @@ const (
 	workStream  = "KUSTOMER_UPDATES"
 	dlqStream   = "KUSTOMER_UPDATES_DLQ"
 	consumer    = "kustomer-worker"
+	// The backfill lane's subject and consumer (docs/LANES.md).
+	backfillSubject  = "kustomer.conversations.backfill"
+	backfillConsumer = "kustomer-worker-backfill"
 )
 
 // rig is the test's side of a running setup: a NATS connection and an HTTP client for the
@@ -71,7 +74,8 @@ func (r *rig) connect(tb testing.TB, url string) {
 type update struct {
 	marker  string // body.name and Nats-Msg-Id: identifies the update at the fake and in the DLQ
 	data    []byte
-	invalid bool // fails the worker's validation: must be dead-lettered, never sent
+	invalid bool   // fails the worker's validation: must be dead-lettered, never sent
+	conv    string // the conversation, for updates of makeRounds
 }
 
 // makeUpdates makes n updates of distinct conversations, of which the given number (spread
@@ -103,14 +107,67 @@ func makeUpdates(prefix string, n, invalid int) []update {
 	return ups
 }
 
+// makeRounds makes rounds updates to each of convs conversations, round by round (so that a
+// conversation's updates are spread over the stream), invalid of them invalid (never in the
+// last round), markers as makeUpdates.
+func makeRounds(prefix string, convs, rounds, invalid int) []update {
+	ups := make([]update, 0, convs*rounds)
+	for r := range rounds {
+		for c := range convs {
+			i := len(ups)
+			u := update{marker: fmt.Sprintf("%s-%05d", prefix, i), conv: fmt.Sprintf("%024x", 0x5f00000000+c)}
+			body := map[string]any{"name": u.marker}
+			if r < rounds-1 && invalid > 0 && c%(convs/invalid) == 0 && r == 0 {
+				u.invalid = true
+				body["priority"] = 9
+				invalid--
+			}
+			u.data, _ = json.Marshal(map[string]any{"id": u.conv, "body": body})
+			ups = append(ups, u)
+		}
+	}
+	return ups
+}
+
+// checkFinalState checks that every conversation ended at its last valid update: no older
+// update was applied after a newer one of the same conversation.
+func (r *rig) checkFinalState(tb testing.TB, ups []update) {
+	tb.Helper()
+	last := make(map[string]string)
+	for _, u := range ups {
+		if u.conv != "" && !u.invalid {
+			last[u.conv] = u.marker
+		}
+	}
+	var stale []string
+	for _, conv := range slices.Sorted(maps.Keys(last)) {
+		var c kustomertest.Conversation
+		r.getJSON(tb, "/_mock/conversations/"+conv, &c)
+		if got, _ := c.Attributes["name"].(string); got != last[conv] {
+			stale = append(stale, fmt.Sprintf("%s at %s, want %s", conv, got, last[conv]))
+		}
+	}
+	tb.Logf("%d conversations checked for their final state: %d stale", len(last), len(stale))
+	if len(stale) > 0 {
+		tb.Errorf("%d of %d conversations ended at an older update than their last; the first ones:\n%s",
+			len(stale), len(last), strings.Join(stale[:min(len(stale), 25)], "\n"))
+	}
+}
+
 // publish enqueues the updates on the work subject, each with its marker as Nats-Msg-Id, and
 // fails the test unless JetStream stored every one as new.
 func (r *rig) publish(tb testing.TB, ups []update) {
 	tb.Helper()
+	r.publishTo(tb, workSubject, ups)
+}
+
+// publishTo is publish on another subject, for example the backfill lane's.
+func (r *rig) publishTo(tb testing.TB, subject string, ups []update) {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for _, u := range ups {
-		ack, err := r.js.Publish(ctx, workSubject, u.data, jetstream.WithMsgID(u.marker))
+		ack, err := r.js.Publish(ctx, subject, u.data, jetstream.WithMsgID(u.marker))
 		if err != nil {
 			tb.Fatalf("publishing %s: %v", u.marker, err)
 		}

@@ -36,7 +36,7 @@ func TestWorkerKilledTwiceMidRunLosesNothing(t *testing.T) {
 	env := map[string]string{"KUSTOMER_RATE_PER_MINUTE": "12000"}
 	w := c.startWorker(t, "worker", env)
 
-	ups := makeUpdates("killed", 2000, 6)
+	ups := makeRounds("killed", 400, 5, 6)
 	c.publish(t, ups)
 	for _, at := range []int{500, 1100} {
 		c.waitApplied(t, at, 2*time.Minute)
@@ -52,6 +52,7 @@ func TestWorkerKilledTwiceMidRunLosesNothing(t *testing.T) {
 	c.waitSettled(t, 3*time.Minute)
 
 	checkNothingLost(t, ups, c.account(t), duplicatesAllowed)
+	c.checkFinalState(t, ups)
 }
 
 func TestNATSRestartMidRunLosesNothingAndWorkerReconnects(t *testing.T) {
@@ -64,7 +65,7 @@ func TestNATSRestartMidRunLosesNothingAndWorkerReconnects(t *testing.T) {
 	}
 	readyURL := "http://" + c.endpoint(t, w, "9464/tcp") + "/readyz"
 
-	ups := makeUpdates("natsrestart", 2000, 6)
+	ups := makeRounds("natsrestart", 400, 5, 6)
 	c.publish(t, ups)
 	c.waitApplied(t, 500, 2*time.Minute)
 
@@ -98,6 +99,7 @@ func TestNATSRestartMidRunLosesNothingAndWorkerReconnects(t *testing.T) {
 	}
 	// Acknowledgements sent while NATS was down are lost, so their messages come again.
 	checkNothingLost(t, ups, c.account(t), duplicatesAllowed)
+	c.checkFinalState(t, ups)
 }
 
 func TestSIGTERMDrainsAndExitsZeroWithinTheShutdownTimeout(t *testing.T) {

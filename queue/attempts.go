@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -15,11 +16,28 @@ type Attempts struct {
 	kv jetstream.KeyValue
 }
 
-func key(seq uint64) string { return strconv.FormatUint(seq, 10) }
+// MsgRef names one message of a stream for as long as the stream lives and after: its
+// sequence, and when it was stored (Unix nanoseconds). A stream that is deleted and created
+// again starts its sequences again; the time tells its messages from the old ones of the
+// same sequence. It is comparable, for use as a map key.
+type MsgRef struct {
+	Seq    uint64
+	Stored int64
+}
 
-// Get returns the attempts recorded for the message with stream sequence seq, 0 if none.
-func (a *Attempts) Get(ctx context.Context, seq uint64) (int, error) {
-	e, err := a.kv.Get(ctx, key(seq))
+// NewMsgRef is the reference of the message stored at seq at time stored.
+func NewMsgRef(seq uint64, stored time.Time) MsgRef {
+	return MsgRef{Seq: seq, Stored: stored.UnixNano()}
+}
+
+// Key is the reference as a KV key.
+func (r MsgRef) Key() string {
+	return strconv.FormatUint(r.Seq, 10) + "-" + strconv.FormatInt(r.Stored, 10)
+}
+
+// Get returns the attempts recorded for the message, 0 if none.
+func (a *Attempts) Get(ctx context.Context, ref MsgRef) (int, error) {
+	e, err := a.kv.Get(ctx, ref.Key())
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return 0, nil
 	}
@@ -33,15 +51,15 @@ func (a *Attempts) Get(ctx context.Context, seq uint64) (int, error) {
 	return n, nil
 }
 
-// Set records n attempts for seq.
-func (a *Attempts) Set(ctx context.Context, seq uint64, n int) error {
-	_, err := a.kv.Put(ctx, key(seq), []byte(strconv.Itoa(n)))
+// Set records n attempts for the message.
+func (a *Attempts) Set(ctx context.Context, ref MsgRef, n int) error {
+	_, err := a.kv.Put(ctx, ref.Key(), []byte(strconv.Itoa(n)))
 	return err
 }
 
-// Delete forgets seq, once its message was acknowledged.
-func (a *Attempts) Delete(ctx context.Context, seq uint64) error {
-	err := a.kv.Purge(ctx, key(seq))
+// Delete forgets the message, once it was acknowledged.
+func (a *Attempts) Delete(ctx context.Context, ref MsgRef) error {
+	err := a.kv.Purge(ctx, ref.Key())
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil
 	}

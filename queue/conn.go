@@ -76,7 +76,54 @@ func (c ConnConfig) Validate() error {
 // Connect opens a connection that reconnects forever with capped exponential backoff and logs
 // every disconnect and reconnect. If the server is not up yet, Connect keeps trying in the
 // background and returns at once; JetStream calls fail until the first connect succeeds.
+// Errors that retrying cannot fix (an unreadable nkey file) come back as a *ConnectError.
 func Connect(cfg ConnConfig, log *slog.Logger) (*nats.Conn, error) {
+	opts, err := options(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := nats.Connect(cfg.URL, append(opts, nats.RetryOnFailedConnect(true))...)
+	if err != nil {
+		return nil, classify(cfg.URL, err)
+	}
+	return nc, nil
+}
+
+// ConnectWait connects like Connect, but makes the first connection itself, so that it can
+// tell why it fails: an error that waiting cannot fix (authorization or authentication
+// refused, a TLS failure, an unreadable credentials file) ends it at once with a *ConnectError;
+// one that may heal (refused, DNS, timeout) is reported to waiting, with the attempt (from 1),
+// and tried again after a growing delay until ctx ends. Once connected, the connection
+// reconnects forever as Connect's does.
+func ConnectWait(ctx context.Context, cfg ConnConfig, log *slog.Logger, waiting func(attempt int, err *ConnectError)) (*nats.Conn, error) {
+	opts, err := options(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	for attempt := 1; ; attempt++ {
+		nc, err := nats.Connect(cfg.URL, opts...)
+		if err == nil {
+			return nc, nil
+		}
+		ce := classify(cfg.URL, err)
+		if ce.Kind.Permanent() {
+			return nil, ce
+		}
+		if waiting != nil {
+			waiting(attempt, ce)
+		}
+		t := time.NewTimer(reconnectDelay(attempt))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("gave up waiting for NATS at %s (%v): %w", ce.URL, ce.Err, context.Cause(ctx))
+		case <-t.C:
+		}
+	}
+}
+
+// options are the connection options of cfg, without RetryOnFailedConnect.
+func options(cfg ConnConfig, log *slog.Logger) ([]nats.Option, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -87,7 +134,6 @@ func Connect(cfg ConnConfig, log *slog.Logger) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
-		nats.RetryOnFailedConnect(true),
 		nats.ReconnectBufSize(64 << 20),
 		nats.CustomReconnectDelay(reconnectDelay),
 		nats.ConnectHandler(func(nc *nats.Conn) {
@@ -114,7 +160,7 @@ func Connect(cfg ConnConfig, log *slog.Logger) (*nats.Conn, error) {
 	case cfg.NKeyFile != "":
 		opt, err := nats.NkeyOptionFromSeed(cfg.NKeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("nats-nkey: %w", err)
+			return nil, &ConnectError{URL: RedactURLs(cfg.URL), Kind: ConnectCredentials, Err: err}
 		}
 		opts = append(opts, opt)
 	case cfg.User != "":
@@ -128,11 +174,7 @@ func Connect(cfg ConnConfig, log *slog.Logger) (*nats.Conn, error) {
 	if cfg.TLSCert != "" {
 		opts = append(opts, nats.ClientCert(cfg.TLSCert, cfg.TLSKey))
 	}
-	nc, err := nats.Connect(cfg.URL, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("nats-url: connect: %w", err)
-	}
-	return nc, nil
+	return opts, nil
 }
 
 // reconnectDelay backs off from reconnectInitial to reconnectMax, with jitter from nats.go

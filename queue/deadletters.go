@@ -169,9 +169,9 @@ func (d *DeadLetterStore) Delete(ctx context.Context, seq uint64) error {
 
 // Replay publishes the dead letter l to the work stream again and, only once JetStream
 // acknowledged that, deletes it from the dead-letter stream. The message keeps its original
-// headers but none of the Dlq-* ones, and goes to its original subject when that belongs to
-// the work stream (else to the work subject). data, when not nil, replaces the message:
-// that is how a fixed message is replayed.
+// headers but none of the Dlq-* ones, and goes back to its original subject, in the lane it
+// came from, when that subject belongs to either lane (else to the live lane's subject).
+// data, when not nil, replaces the message: that is how a fixed message is replayed.
 //
 // The publish carries a Nats-Msg-Id made of the dead letter's sequence and a hash of the
 // data, so replaying the same dead letter again after a crash between the publish and the
@@ -182,8 +182,8 @@ func (d *DeadLetterStore) Replay(ctx context.Context, l *DeadLetter, data []byte
 		data = l.Data
 	}
 	m := nats.NewMsg(t.Subject)
-	if s := l.OriginalSubject; s == t.Subject || strings.HasPrefix(s, t.Subject+".") {
-		m.Subject = s
+	if _, ok := t.LaneOf(l.OriginalSubject); ok {
+		m.Subject = l.OriginalSubject
 	}
 	m.Data = data
 	for k, vs := range l.Header {

@@ -113,7 +113,14 @@ func TestReadStatus(t *testing.T) {
 		if st.PinID == "" || st.PinnedAt.IsZero() {
 			t.Errorf("the server pinned the replica that fetched, yet status has pin %q since %s", st.PinID, st.PinnedAt)
 		}
-		st.Time, st.PinnedAt = time.Time{}, time.Time{}
+		if st.Live.Backlog != 7 || st.Live.Undelivered != st.Undelivered || st.Live.AckPending != st.AckPending ||
+			st.Live.Delivered != uint64(6+extra) || st.Live.Oldest.IsZero() || st.Backfill.Backlog != 0 || !st.Backfill.Oldest.IsZero() {
+			t.Errorf("lanes: live %+v, backfill %+v", st.Live, st.Backfill)
+		}
+		if st.Live.PinID != st.PinID || !st.Live.Pinned || !st.Backfill.Pinned {
+			t.Errorf("lanes' pins: live %+v, backfill %+v", st.Live, st.Backfill)
+		}
+		st.Time, st.PinnedAt, st.Live, st.Backfill = time.Time{}, time.Time{}, queue.LaneStatus{}, queue.LaneStatus{}
 		if fmt.Sprint(st) != fmt.Sprint(want) {
 			t.Fatalf("status =\n %+v\nwant\n %+v", st, want)
 		}
@@ -126,8 +133,33 @@ func TestReadStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 		st := readStatus(t, b, nil)
-		if st.ConsumerFound || st.Backlog != 2 || st.Undelivered != 2 {
+		if st.ConsumerFound || st.Backlog != 2 || st.Undelivered != 2 || st.Live.ConsumerFound || !st.Backfill.ConsumerFound {
 			t.Fatalf("status = %+v, want no consumer and 2 undelivered", st)
+		}
+	})
+
+	t.Run("each lane has its own backlog and oldest message", func(t *testing.T) {
+		b := startBroker(t)
+		ctx := context.Background()
+		first := time.Now()
+		pub(t, b.js, b.top.ConversationSubject(queue.LaneBackfill, "a"), "b1")
+		pub(t, b.js, b.top.BackfillSubject, "b2")
+		pub(t, b.js, b.top.ConversationSubject(queue.LaneLive, "a"), "l1")
+		cs, _, _ := queue.BindLanes(ctx, b.js, b.top)
+		_, held := subjects(t, cs.Backfill, 1)
+		st := readStatus(t, b, nil)
+		bf, lv := st.Lane(queue.LaneBackfill), st.Lane(queue.LaneLive)
+		if bf.Backlog != 2 || bf.Undelivered != 1 || bf.AckPending != 1 || bf.Settled() != 0 || lv.Backlog != 1 || lv.Undelivered != 1 {
+			t.Errorf("backfill %+v, live %+v", bf, lv)
+		}
+		if bf.Oldest.Before(first.Add(-time.Second)) || lv.Oldest.Before(bf.Oldest) {
+			t.Errorf("oldest: backfill %s, live %s", bf.Oldest, lv.Oldest)
+		}
+		if err := held[0].DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if st := readStatus(t, b, nil); st.Backfill.Backlog != 1 || st.Backfill.Settled() != 1 || st.Backlog != 2 {
+			t.Errorf("after one backfill message was applied: %+v", st)
 		}
 	})
 
@@ -323,6 +355,33 @@ func TestDLQ(t *testing.T) {
 		}
 		if got := seqs(list(queue.DeadLetterFilter{Classes: []queue.DeadLetterClass{queue.ClassExhausted}}, true)); len(got) != 2 {
 			t.Fatalf("exhausted dead letters: %v, want the 2 replayed ones", got)
+		}
+	})
+	t.Run("a dead letter of the backfill lane goes back to the backfill lane", func(t *testing.T) {
+		pub(t, b.js, b.top.ConversationSubject(queue.LaneBackfill, "e"), `{"id":"e","body":{}}`)
+		lanes, _, err := queue.BindLanes(ctx, b.js, b.top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The backfill lane's consumer itself: lanes.Backfill, a replica of its own, would
+		// not pull while cons (another replica) holds the live lane's pin.
+		b.deadLetter(t, fetch(t, lanes.Backfill.Pinned, 1)[0], queue.ClassExhausted, 503, time.Now())
+		var l *queue.DeadLetter
+		for _, dl := range list(queue.DeadLetterFilter{}, false) {
+			if dl.OriginalSubject == b.top.BackfillSubject+".e" {
+				l = dl
+			}
+		}
+		if l == nil {
+			t.Fatal("the backfill message's dead letter is not listed")
+		}
+		ack, err := d.Replay(ctx, l, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, _ := b.js.Stream(ctx, b.top.Stream)
+		if m, err := s.GetMsg(ctx, ack.Sequence); err != nil || m.Subject != b.top.BackfillSubject+".e" {
+			t.Fatalf("replayed to %v (%v), want %s", m, err, b.top.BackfillSubject+".e")
 		}
 	})
 }

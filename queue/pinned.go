@@ -47,6 +47,9 @@ type Pinned struct {
 	group              string
 	ttl                time.Duration
 	now                func() time.Time
+	// keep, when set, says whether Run may renew the pin held now; a pin not renewed passes
+	// to another replica after PinnedTTL. Set by NewFollower before Run starts.
+	keep func(ctx context.Context) bool
 
 	mu       sync.Mutex
 	pinned   bool          // the consumer has a pinned priority policy (or a message said so). Guarded by mu.
@@ -60,7 +63,7 @@ type Pinned struct {
 	lastLoss string        // why the last pin was lost. Guarded by mu.
 }
 
-// NewPinned wraps cons, the consumer of t (as Bind returns it), on stream.
+// NewPinned wraps cons, a consumer of t (either lane's, as BindLanes returns them), on stream.
 func NewPinned(cons jetstream.Consumer, stream jetstream.Stream, t Topology) *Pinned {
 	t = t.WithDefaults()
 	p := &Pinned{
@@ -68,6 +71,9 @@ func NewPinned(cons jetstream.Consumer, stream jetstream.Stream, t Topology) *Pi
 		lost: make(chan struct{}), gained: make(chan struct{}),
 	}
 	if info := cons.CachedInfo(); info != nil {
+		if info.Name != "" {
+			p.consumer = info.Name
+		}
 		p.pinned = info.Config.PriorityPolicy == jetstream.PriorityPolicyPinned
 		if p.pinned && info.Config.PinnedTTL > 0 {
 			p.ttl = info.Config.PinnedTTL // the server's, which may differ from ours during an upgrade
@@ -209,7 +215,7 @@ func (p *Pinned) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		if p.Role().PinID == "" {
+		if p.Role().PinID == "" || (p.keep != nil && !p.keep(ctx)) {
 			continue
 		}
 		if err := p.renew(ctx); err != nil && ctx.Err() == nil {

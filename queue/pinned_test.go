@@ -268,7 +268,7 @@ func createOld(t *testing.T, js jetstream.JetStream, top queue.Topology, maxWait
 	if err := js.DeleteConsumer(ctx, top.Stream, top.Consumer); err != nil {
 		t.Fatal(err)
 	}
-	old := top.ConsumerConfig()
+	old := top.ConsumerConfig(queue.LaneLive)
 	old.PriorityPolicy, old.PinnedTTL, old.PriorityGroups = jetstream.PriorityPolicyNone, 0, nil
 	if maxWaiting != 0 {
 		old.MaxWaiting = maxWaiting
@@ -393,7 +393,7 @@ func TestEnsureConvertsAConsumerWithoutPriorityPolicy(t *testing.T) {
 			}
 
 			// A rollback: the old version's Ensure updates the consumer back, in place.
-			prev := top.ConsumerConfig()
+			prev := top.ConsumerConfig(queue.LaneLive)
 			prev.PriorityPolicy, prev.PinnedTTL, prev.PriorityGroups = jetstream.PriorityPolicyNone, 0, nil
 			back, err := js.CreateOrUpdateConsumer(ctx, top.Stream, prev)
 			if err != nil {

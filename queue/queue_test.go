@@ -148,21 +148,30 @@ func TestAttempts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := a.Get(ctx, 42); n != 0 || err != nil {
+	ref := queue.NewMsgRef(42, time.Now())
+	if n, err := a.Get(ctx, ref); n != 0 || err != nil {
 		t.Errorf("Get of an unknown message = %d, %v; want 0, nil", n, err)
 	}
-	if err := a.Set(ctx, 42, 3); err != nil {
+	if err := a.Set(ctx, ref, 3); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := a.Get(ctx, 42); n != 3 {
+	if n, _ := a.Get(ctx, ref); n != 3 {
 		t.Errorf("Get = %d; want 3", n)
 	}
-	if err := a.Delete(ctx, 42); err != nil {
+	if err := a.Delete(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := a.Get(ctx, 42); n != 0 {
+	if n, _ := a.Get(ctx, ref); n != 0 {
 		t.Errorf("Get after Delete = %d; want 0", n)
 	}
+	t.Run("a message of a recreated stream with the same sequence is another message", func(t *testing.T) {
+		if err := a.Set(ctx, ref, 2); err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := a.Get(ctx, queue.MsgRef{Seq: 42, Stored: ref.Stored + int64(time.Second)}); n != 0 {
+			t.Errorf("Get of a newer message with sequence 42 = %d; want 0", n)
+		}
+	})
 }
 
 func TestEmbeddedKeepsMessagesAcrossRestarts(t *testing.T) {
@@ -223,6 +232,10 @@ func TestConfigValidation(t *testing.T) {
 		{"a stream name with a dot", func(t *queue.Topology) { t.Stream = "a.b" }, "Stream", "not a valid name"},
 		{"a wildcard subject", func(t *queue.Topology) { t.Subject = "a.*" }, "Subject", "wildcards"},
 		{"a dead-letter subject inside the work subjects", func(t *queue.Topology) { t.DLQSubject = t.Subject + ".dlq" }, "DLQSubject", "overlaps"},
+		{"a dead-letter subject inside the backfill subjects", func(t *queue.Topology) { t.DLQSubject = t.BackfillSubject + ".dlq" }, "DLQSubject", "backfill"},
+		{"a backfill subject inside the live one", func(t *queue.Topology) { t.BackfillSubject = t.Subject + ".bf" }, "BackfillSubject", "overlaps"},
+		{"a live subject inside the backfill one", func(t *queue.Topology) { t.Subject = t.BackfillSubject + ".live" }, "BackfillSubject", "overlaps"},
+		{"one consumer for both lanes", func(t *queue.Topology) { t.BackfillConsumer = t.Consumer }, "BackfillConsumer", "live lane"},
 		{"a sub-second AckWait", func(t *queue.Topology) { t.AckWait = time.Millisecond }, "AckWait", "under 1s"},
 		{"six stream replicas", func(t *queue.Topology) { t.StreamReplicas = 6 }, "StreamReplicas", "from 1 to 5"},
 	}

@@ -33,15 +33,23 @@ const (
 
 // ReplicaRole is what a replica publishes about itself.
 type ReplicaRole struct {
-	ID      string    `json:"id"`      // the entry's key: host and pid
-	Role    string    `json:"role"`    // RoleActive or RoleStandby
-	Shared  bool      `json:"shared"`  // the consumer has no pinned priority group: every replica is active
-	Host    string    `json:"host"`    // os.Hostname
-	PID     int       `json:"pid"`     // process id
-	Version string    `json:"version"` // the worker's version
-	PinID   string    `json:"pin_id,omitempty"`
-	Since   time.Time `json:"since"`   // when the replica took this role
-	Updated time.Time `json:"updated"` // when the entry was written
+	ID      string `json:"id"`               // the entry's key: host and pid
+	Role    string `json:"role"`             // RoleActive or RoleStandby
+	Shared  bool   `json:"shared"`           // the consumer has no pinned priority group: every replica is active
+	Host    string `json:"host"`             // os.Hostname
+	PID     int    `json:"pid"`              // process id
+	Version string `json:"version"`          // the worker's version
+	PinID   string `json:"pin_id,omitempty"` // the live lane's pin it holds
+	// BackfillPinID is the backfill lane's pin it holds: while no replica holds the live
+	// lane's pin, the one holding this is the active one (see Follower).
+	BackfillPinID string    `json:"backfill_pin_id,omitempty"`
+	Since         time.Time `json:"since"`   // when the replica took this role
+	Updated       time.Time `json:"updated"` // when the entry was written
+}
+
+// Holds reports whether r published pin as one it holds, on either lane.
+func (r ReplicaRole) Holds(pin string) bool {
+	return pin != "" && (r.PinID == pin || r.BackfillPinID == pin)
 }
 
 // Roles is the roles bucket.
@@ -164,9 +172,13 @@ func ReadRoles(ctx context.Context, js jetstream.JetStream, t Topology) ([]Repli
 // RolePublisher keeps this replica's entry in the roles bucket up to date: at start, at every
 // role change of Pin, and every RolesRefresh; it removes the entry when it stops.
 type RolePublisher struct {
-	Roles   *Roles
-	Pin     *Pinned
-	Version string
+	Roles *Roles
+	Pin   *Pinned
+	// Backfill, optional, is the backfill lane's consumer: while it holds the backfill pin
+	// and no replica the live one, this replica is active too. Its changes are published at
+	// the next refresh.
+	Backfill *Follower
+	Version  string
 	// OnChange, if set, is called from Run's goroutine with each new role, for logs and
 	// metrics.
 	OnChange func(PinRole)
@@ -236,7 +248,10 @@ func (rp *RolePublisher) entry(id string, role PinRole) ReplicaRole {
 		ID: id, Role: RoleStandby, Shared: !role.Pinned, Host: rp.host, PID: rp.pid, Version: rp.Version,
 		PinID: role.PinID, Since: role.Since.UTC(), Updated: time.Now().UTC(),
 	}
-	if role.Active {
+	if rp.Backfill != nil {
+		r.BackfillPinID = rp.Backfill.Role().PinID
+	}
+	if role.Active || r.BackfillPinID != "" {
 		r.Role = RoleActive
 	}
 	return r

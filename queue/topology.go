@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -13,40 +14,43 @@ import (
 
 // Defaults of Topology, written once: the command line shows and uses these too.
 const (
-	DefaultStream         = "KUSTOMER_UPDATES"
-	DefaultSubject        = "kustomer.conversations.update"
-	DefaultDLQStream      = "KUSTOMER_UPDATES_DLQ"
-	DefaultDLQSubject     = "kustomer.conversations.dlq"
-	DefaultConsumer       = "kustomer-worker"
-	DefaultAttemptsBucket = "KUSTOMER_WORKER_ATTEMPTS"
-	DefaultDedupWindow    = 2 * time.Minute
-	DefaultAckWait        = 30 * time.Second
-	DefaultMaxAckPending  = 256
-	DefaultMaxDeliver     = 100
-	DefaultStreamReplicas = 1
-	DefaultPriorityGroup  = "active"
-	DefaultPinnedTTL      = 5 * time.Second
-	DefaultRolesBucket    = "KUSTOMER_WORKER_ROLES"
-	MinPinnedTTL          = time.Second // the least PinnedTTL Validate accepts
-	MinAckWait            = time.Second // the least AckWait Validate accepts
-	MaxStreamReplicas     = 5           // the most replicas a NATS cluster keeps of a stream
+	DefaultStream          = "KUSTOMER_UPDATES"
+	DefaultSubject         = "kustomer.conversations.update"
+	DefaultBackfillSubject = "kustomer.conversations.backfill"
+	DefaultDLQStream       = "KUSTOMER_UPDATES_DLQ"
+	DefaultDLQSubject      = "kustomer.conversations.dlq"
+	DefaultConsumer        = "kustomer-worker"
+	DefaultAttemptsBucket  = "KUSTOMER_WORKER_ATTEMPTS"
+	DefaultDedupWindow     = 2 * time.Minute
+	DefaultAckWait         = 30 * time.Second
+	DefaultMaxAckPending   = 256
+	DefaultMaxDeliver      = 100
+	DefaultStreamReplicas  = 1
+	DefaultPriorityGroup   = "active"
+	DefaultPinnedTTL       = 5 * time.Second
+	DefaultRolesBucket     = "KUSTOMER_WORKER_ROLES"
+	MinPinnedTTL           = time.Second // the least PinnedTTL Validate accepts
+	MinAckWait             = time.Second // the least AckWait Validate accepts
+	MaxStreamReplicas      = 5           // the most replicas a NATS cluster keeps of a stream
 )
 
 // Topology names the streams and the consumer, and how they are configured. The zero value of
 // every field means its default.
 type Topology struct {
-	Stream         string        // work stream; default DefaultStream
-	Subject        string        // work subject; the stream also takes Subject+".>" so producers may append the id; default DefaultSubject
-	DLQStream      string        // dead-letter stream; default DefaultDLQStream
-	DLQSubject     string        // dead-letter subject; default DefaultDLQSubject
-	DLQMaxAge      time.Duration // how long dead letters are kept; default 0, forever
-	Consumer       string        // durable pull consumer shared by every replica; default DefaultConsumer
-	AttemptsBucket string        // KV bucket with attempt counts of messages that failed; default DefaultAttemptsBucket
-	DedupWindow    time.Duration // Nats-Msg-Id duplicate window; default DefaultDedupWindow (2m)
-	AckWait        time.Duration // redelivery after this long without ack or progress; default DefaultAckWait (30s)
-	MaxAckPending  int           // unacknowledged messages across all replicas; default DefaultMaxAckPending (256)
-	MaxDeliver     int           // safety net above the worker's attempt limit; default DefaultMaxDeliver (100)
-	StreamReplicas int           // replicas of the streams and the buckets in a cluster; default DefaultStreamReplicas (1)
+	Stream           string        // work stream; default DefaultStream
+	Subject          string        // live lane's subject; the stream also takes Subject+".>" so producers may append the id; default DefaultSubject
+	BackfillSubject  string        // backfill lane's subject, with BackfillSubject+".>" likewise; default DefaultBackfillSubject
+	DLQStream        string        // dead-letter stream; default DefaultDLQStream
+	DLQSubject       string        // dead-letter subject; default DefaultDLQSubject
+	DLQMaxAge        time.Duration // how long dead letters are kept; default 0, forever
+	Consumer         string        // durable pull consumer of the live lane, shared by every replica; default DefaultConsumer
+	BackfillConsumer string        // durable pull consumer of the backfill lane; default Consumer+"-backfill"
+	AttemptsBucket   string        // KV bucket with attempt counts of messages that failed; default DefaultAttemptsBucket
+	DedupWindow      time.Duration // Nats-Msg-Id duplicate window; default DefaultDedupWindow (2m)
+	AckWait          time.Duration // redelivery after this long without ack or progress; default DefaultAckWait (30s)
+	MaxAckPending    int           // unacknowledged messages across all replicas; default DefaultMaxAckPending (256)
+	MaxDeliver       int           // safety net above the worker's attempt limit; default DefaultMaxDeliver (100)
+	StreamReplicas   int           // replicas of the streams and the buckets in a cluster; default DefaultStreamReplicas (1)
 	// PriorityGroup is the consumer's pinned-client priority group: of the replicas pulling in
 	// it, the server hands messages to one (the active), the others wait as standbys. Default
 	// DefaultPriorityGroup ("active").
@@ -77,9 +81,11 @@ func (t Topology) WithDefaults() Topology {
 	}
 	def(&t.Stream, DefaultStream)
 	def(&t.Subject, DefaultSubject)
+	def(&t.BackfillSubject, DefaultBackfillSubject)
 	def(&t.DLQStream, DefaultDLQStream)
 	def(&t.DLQSubject, DefaultDLQSubject)
 	def(&t.Consumer, DefaultConsumer)
+	def(&t.BackfillConsumer, t.Consumer+"-backfill")
 	def(&t.AttemptsBucket, DefaultAttemptsBucket)
 	def(&t.PriorityGroup, DefaultPriorityGroup)
 	def(&t.RolesBucket, DefaultRolesBucket)
@@ -98,25 +104,32 @@ func (t Topology) Validate() error {
 		return &ConfigError{Type: "Topology", Field: field, Problem: fmt.Sprintf(format, args...)}
 	}
 	for _, f := range []struct{ name, v string }{
-		{"Stream", t.Stream}, {"DLQStream", t.DLQStream}, {"Consumer", t.Consumer}, {"AttemptsBucket", t.AttemptsBucket},
+		{"Stream", t.Stream}, {"DLQStream", t.DLQStream}, {"Consumer", t.Consumer},
+		{"BackfillConsumer", t.BackfillConsumer}, {"AttemptsBucket", t.AttemptsBucket},
 		{"RolesBucket", t.RolesBucket},
 	} {
 		if f.v == "" || strings.ContainsAny(f.v, " .*>\t/\\") {
 			return bad(f.name, "%q is not a valid name (no spaces, dots, wildcards or slashes)", f.v)
 		}
 	}
-	for _, f := range []struct{ name, v string }{{"Subject", t.Subject}, {"DLQSubject", t.DLQSubject}} {
+	for _, f := range []struct{ name, v string }{{"Subject", t.Subject}, {"BackfillSubject", t.BackfillSubject}, {"DLQSubject", t.DLQSubject}} {
 		if f.v == "" || strings.ContainsAny(f.v, " *>\t") || strings.HasPrefix(f.v, ".") || strings.HasSuffix(f.v, ".") {
 			return bad(f.name, "%q is not a valid subject without wildcards", f.v)
 		}
 	}
 	switch {
-	case t.Subject == t.DLQSubject || strings.HasPrefix(t.DLQSubject, t.Subject+"."):
+	case within(t.DLQSubject, t.Subject):
 		return bad("DLQSubject", "%q overlaps the work subject %q", t.DLQSubject, t.Subject)
 	case !validGroup.MatchString(t.PriorityGroup):
 		return bad("PriorityGroup", "%q is not a valid group name (1 to 16 of letters, digits, /, _, = and -)", t.PriorityGroup)
 	case t.PinnedTTL < MinPinnedTTL:
 		return bad("PinnedTTL", "%s is under %s", t.PinnedTTL, MinPinnedTTL)
+	case within(t.DLQSubject, t.BackfillSubject):
+		return bad("DLQSubject", "%q overlaps the backfill subject %q", t.DLQSubject, t.BackfillSubject)
+	case nested(t.Subject, t.BackfillSubject):
+		return bad("BackfillSubject", "%q overlaps the work subject %q: the lanes need subjects of their own", t.BackfillSubject, t.Subject)
+	case t.Consumer == t.BackfillConsumer:
+		return bad("BackfillConsumer", "%q is the name of the live lane's Consumer too", t.BackfillConsumer)
 	case t.AckWait < MinAckWait:
 		return bad("AckWait", "%s is under %s", t.AckWait, MinAckWait)
 	case t.StreamReplicas < 1 || t.StreamReplicas > MaxStreamReplicas:
@@ -134,23 +147,28 @@ func (t Topology) Validate() error {
 // validGroup is the server's rule for priority group names.
 var validGroup = regexp.MustCompile(`^[a-zA-Z0-9/_=-]{1,16}$`)
 
-// WorkSubjects are the subjects of the work stream.
-func (t Topology) WorkSubjects() []string { return []string{t.Subject, t.Subject + ".>"} }
+// within reports whether subject s is one a stream of lane subject lane takes: lane itself or
+// a subject under it.
+func within(s, lane string) bool { return s == lane || strings.HasPrefix(s, lane+".") }
 
-// Ensure creates or updates the streams, the consumer, the attempts and roles buckets so that they
-// match t. It is idempotent and safe to run from several replicas at once.
+// nested reports whether the subjects two lanes take overlap: the lane subjects are equal or
+// one lies under the other.
+func nested(a, b string) bool { return within(a, b) || within(b, a) }
+
+// WorkSubjects are the subjects of the work stream: both lanes', each bare and with a suffix.
+func (t Topology) WorkSubjects() []string {
+	return append(t.LaneSubjects(LaneLive), t.LaneSubjects(LaneBackfill)...)
+}
+
+// Ensure creates or updates the streams, the lanes' consumers, the attempts and roles buckets
+// so that they match t. It is idempotent and safe to run from several replicas at once.
+//
+// It also converts the topology of versions before lanes, in place: the one consumer, named
+// Consumer, took every subject of the work stream. It keeps its name, its acknowledgement
+// state and the messages it holds and becomes the live lane's, filtered to the live subjects
+// before the stream takes the backfill subjects, so no backfill message is ever delivered
+// to it; then the backfill lane's consumer is created. See docs/LANES.md.
 func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        t.Stream,
-		Description: "Kustomer conversation updates waiting to be applied",
-		Subjects:    t.WorkSubjects(),
-		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     jetstream.FileStorage,
-		Duplicates:  t.DedupWindow,
-		Replicas:    t.StreamReplicas,
-	}); err != nil {
-		return fmt.Errorf("stream %s: %w", t.Stream, err)
-	}
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        t.DLQStream,
 		Description: "Kustomer conversation updates that can never succeed, with the reason",
@@ -162,8 +180,24 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	}); err != nil {
 		return fmt.Errorf("stream %s: %w", t.DLQStream, err)
 	}
-	if err := ensureConsumer(ctx, js, t); err != nil {
-		return fmt.Errorf("consumer %s: %w", t.Consumer, err)
+	if err := narrowLiveConsumer(ctx, js, t); err != nil {
+		return err
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        t.Stream,
+		Description: "Kustomer conversation updates waiting to be applied: a live lane and a backfill lane",
+		Subjects:    t.WorkSubjects(),
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Duplicates:  t.DedupWindow,
+		Replicas:    t.StreamReplicas,
+	}); err != nil {
+		return fmt.Errorf("stream %s: %w", t.Stream, err)
+	}
+	for _, l := range Lanes() {
+		if err := ensureConsumer(ctx, js, t, l); err != nil {
+			return fmt.Errorf("consumer %s: %w", t.LaneConsumer(l), err)
+		}
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      t.AttemptsBucket,
@@ -180,21 +214,22 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	return nil
 }
 
-// ensureConsumer creates or updates the consumer. A consumer made by an earlier version has no
-// priority policy; a server that refuses to add one in place gets the consumer recreated, which
-// loses nothing on a work-queue stream: a message leaves the stream only when acknowledged, so
-// the new consumer (DeliverAll) delivers again whatever was not acknowledged yet.
-func ensureConsumer(ctx context.Context, js jetstream.JetStream, t Topology) error {
-	want := t.ConsumerConfig()
+// ensureConsumer creates or updates lane l's consumer. A consumer made by an earlier version
+// has no priority policy; a server that refuses to add one in place gets the consumer
+// recreated, which loses nothing on a work-queue stream: a message leaves the stream only when
+// acknowledged, so the new consumer (DeliverAll) delivers again whatever was not acknowledged
+// yet.
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, t Topology, l Lane) error {
+	want := t.ConsumerConfig(l)
 	_, err := js.CreateOrUpdateConsumer(ctx, t.Stream, want)
 	if err == nil {
 		return nil
 	}
-	cons, lerr := js.Consumer(ctx, t.Stream, t.Consumer)
+	cons, lerr := js.Consumer(ctx, t.Stream, want.Durable)
 	if lerr != nil || cons.CachedInfo().Config.PriorityPolicy == want.PriorityPolicy {
 		return err // not a conversion, or another replica converted it meanwhile
 	}
-	if derr := js.DeleteConsumer(ctx, t.Stream, t.Consumer); derr != nil && !errors.Is(derr, jetstream.ErrConsumerNotFound) {
+	if derr := js.DeleteConsumer(ctx, t.Stream, want.Durable); derr != nil && !errors.Is(derr, jetstream.ErrConsumerNotFound) {
 		return fmt.Errorf("converting to a pinned priority group: update refused (%w), delete failed: %w", err, derr)
 	}
 	if _, cerr := js.CreateOrUpdateConsumer(ctx, t.Stream, want); cerr != nil {
@@ -203,29 +238,82 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, t Topology) err
 	return nil
 }
 
-// ConsumerConfig is the durable pull consumer's configuration.
-func (t Topology) ConsumerConfig() jetstream.ConsumerConfig {
+// narrowLiveConsumer filters an existing live consumer that takes more than the live lane
+// (the one unfiltered consumer of versions before lanes) to the live subjects, while the
+// stream does not take the backfill subjects yet. It changes the filter alone, so that a
+// server which refuses the priority policy in place (see ensureConsumer) still narrows it.
+// Without a stream or a consumer there is nothing to convert; a failure here is left for
+// the full update after the stream's to report, since that one is made with the stream as it
+// must be.
+func narrowLiveConsumer(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	cons, err := js.Consumer(ctx, t.Stream, t.Consumer)
+	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", t.Consumer, err)
+	}
+	cfg := cons.CachedInfo().Config
+	want := t.LaneSubjects(LaneLive)
+	if slices.Equal(filters(cfg), want) {
+		return nil
+	}
+	cfg.FilterSubject, cfg.FilterSubjects = "", want
+	_, _ = js.UpdateConsumer(ctx, t.Stream, cfg)
+	return nil
+}
+
+// filters are the subject filters of a consumer, in either of its two fields.
+func filters(cfg jetstream.ConsumerConfig) []string {
+	if cfg.FilterSubject != "" {
+		return []string{cfg.FilterSubject}
+	}
+	return cfg.FilterSubjects
+}
+
+// ConsumerConfig is the configuration of lane l's durable pull consumer: filtered to the
+// lane's subjects, so that on the work-queue stream both lanes' consumers may exist at once
+// and each delivers its own lane in stream order. Both have the pinned-client priority group:
+// the live lane's pin makes a replica the active one (see Pinned); the backfill lane's keeps
+// a second replica from pulling it meanwhile (see Follower).
+func (t Topology) ConsumerConfig(l Lane) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable:       t.Consumer,
-		Description:   "kustomer-worker pool",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       t.AckWait,
-		MaxAckPending: t.MaxAckPending,
-		MaxDeliver:    t.MaxDeliver,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		MaxWaiting:    512,
-		Replicas:      t.StreamReplicas,
-		// One replica active, the others standbys: see Pinned.
+		Durable:        t.LaneConsumer(l),
+		Description:    "kustomer-worker pool, " + string(l) + " lane",
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        t.AckWait,
+		MaxAckPending:  t.MaxAckPending,
+		MaxDeliver:     t.MaxDeliver,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		FilterSubjects: t.LaneSubjects(l),
+		MaxWaiting:     512,
+		Replicas:       t.StreamReplicas,
+		// One replica active, the others standbys: see Pinned and Follower.
 		PriorityPolicy: jetstream.PriorityPolicyPinned,
 		PinnedTTL:      t.PinnedTTL,
 		PriorityGroups: []string{t.PriorityGroup},
 	}
 }
 
-// Bind looks up the consumer and the attempts bucket without changing anything, for operators
-// who manage streams elsewhere (manage-streams=false) and for the second replica onwards. The
-// consumer is a *Pinned (see BindPinned): a consumer with a pinned priority group refuses pull
-// requests without the group.
+// Consumers are the durable consumers of both lanes, as BindLanes found them. Pass Live as the
+// pool's consumer and Backfill as its backfill consumer: then the replica the server pins on
+// the live lane is the active one and takes both lanes.
+type Consumers struct {
+	Live     *Pinned   // delivers the live lane (Topology.Subject) in stream order, to the active replica
+	Backfill *Follower // delivers the backfill lane (Topology.BackfillSubject) in stream order, to the active replica only
+}
+
+// Of returns lane l's consumer.
+func (c Consumers) Of(l Lane) jetstream.Consumer {
+	if l == LaneBackfill {
+		return c.Backfill
+	}
+	return c.Live
+}
+
+// Bind looks up the live lane's consumer and the attempts bucket without changing anything;
+// BindLanes looks up both lanes' consumers. The consumer is a *Pinned: a consumer with a
+// pinned priority group refuses pull requests without the group.
 func Bind(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Consumer, *Attempts, error) {
 	p, a, err := BindPinned(ctx, js, t)
 	if err != nil {
@@ -234,27 +322,40 @@ func Bind(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Co
 	return p, a, nil
 }
 
-// BindPinned is Bind with the consumer wrapped in a Pinned, which pulls in the priority group
-// and says whether this replica is the active one.
+// BindPinned is Bind with the live lane's consumer as a *Pinned, which pulls in the priority
+// group and says whether this replica is the active one.
 func BindPinned(ctx context.Context, js jetstream.JetStream, t Topology) (*Pinned, *Attempts, error) {
+	cs, attempts, err := BindLanes(ctx, js, t)
+	return cs.Live, attempts, err
+}
+
+// BindLanes looks up both lanes' consumers and the attempts bucket without changing
+// anything, for operators who manage streams elsewhere (manage-streams=false) and for the
+// second replica onwards.
+func BindLanes(ctx context.Context, js jetstream.JetStream, t Topology) (Consumers, *Attempts, error) {
 	t = t.WithDefaults()
 	s, err := js.Stream(ctx, t.Stream)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			return nil, nil, fmt.Errorf("consumer %s on stream %s: %w (create it, or run with manage-streams on)", t.Consumer, t.Stream, err)
+			return Consumers{}, nil, fmt.Errorf("consumer %s on stream %s: %w (create it, or run with manage-streams on)", t.Consumer, t.Stream, err)
 		}
-		return nil, nil, fmt.Errorf("consumer %s on stream %s: %w", t.Consumer, t.Stream, err)
+		return Consumers{}, nil, fmt.Errorf("consumer %s on stream %s: %w", t.Consumer, t.Stream, err)
 	}
-	cons, err := s.Consumer(ctx, t.Consumer)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return nil, nil, fmt.Errorf("consumer %s on stream %s: %w (create it, or run with manage-streams on)", t.Consumer, t.Stream, err)
+	var pinned [2]*Pinned
+	for i, l := range Lanes() {
+		name := t.LaneConsumer(l)
+		cons, err := s.Consumer(ctx, name)
+		if err != nil {
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return Consumers{}, nil, fmt.Errorf("consumer %s of the %s lane on stream %s: %w (create it, or run with manage-streams on)", name, l, t.Stream, err)
+			}
+			return Consumers{}, nil, fmt.Errorf("consumer %s on stream %s: %w", name, t.Stream, err)
 		}
-		return nil, nil, fmt.Errorf("consumer %s on stream %s: %w", t.Consumer, t.Stream, err)
+		pinned[i] = NewPinned(cons, s, t)
 	}
 	kv, err := js.KeyValue(ctx, t.AttemptsBucket)
 	if err != nil {
-		return nil, nil, fmt.Errorf("bucket %s: %w", t.AttemptsBucket, err)
+		return Consumers{}, nil, fmt.Errorf("bucket %s: %w", t.AttemptsBucket, err)
 	}
-	return NewPinned(cons, s, t), &Attempts{kv: kv}, nil
+	return Consumers{Live: pinned[0], Backfill: NewFollower(pinned[1], pinned[0])}, &Attempts{kv: kv}, nil
 }

@@ -14,6 +14,7 @@ const (
 	DefaultRetryMax         = 60 * time.Second
 	DefaultShutdownTimeout  = 30 * time.Second
 	DefaultFetchWait        = time.Second
+	DefaultOutageThreshold  = 5
 	maxConcurrency          = 1024
 	ackWaitFloor            = time.Second
 	defaultAckWaitIfUnknown = 30 * time.Second
@@ -40,6 +41,11 @@ type Config struct {
 	// ShutdownTimeout is how long in-flight requests may finish after shutdown begins; what is
 	// unfinished then is handed back for redelivery. Default DefaultShutdownTimeout (30s).
 	ShutdownTimeout time.Duration
+	// OutageThreshold is how many requests failing transiently in a row, across at least two
+	// conversations, open the outage breaker: the pool pauses and probes until Kustomer
+	// answers, spending no attempts. Negative turns the breaker off. Default
+	// DefaultOutageThreshold (5).
+	OutageThreshold int
 	// FetchWait is how long one pull request waits for messages; shutdown waits for the pull
 	// in progress. Default DefaultFetchWait (1s).
 	FetchWait time.Duration
@@ -64,6 +70,7 @@ func (c Config) WithDefaults() Config {
 	defD(&c.RetryMax, DefaultRetryMax)
 	defD(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	defD(&c.FetchWait, DefaultFetchWait)
+	def(&c.OutageThreshold, DefaultOutageThreshold)
 	return c
 }
 
@@ -94,6 +101,8 @@ func (c Config) Validate() error {
 		return bad("RetryMax", "%s is below RetryInitial %s", c.RetryMax, c.RetryInitial)
 	case c.ShutdownTimeout < 0:
 		return bad("ShutdownTimeout", "%s is negative", c.ShutdownTimeout)
+	case c.OutageThreshold == 1:
+		return bad("OutageThreshold", "1 cannot span two conversations; use 2 or more, or a negative number to turn the breaker off")
 	case c.FetchWait < 0:
 		return bad("FetchWait", "%s is negative", c.FetchWait)
 	}

@@ -24,6 +24,7 @@ type tries struct {
 	attempts  int    // requests spent on retryable failures so far, across deliveries
 	throttles int    // per-conversation 429s so far, in this process
 	delivered uint64 // the current delivery's number
+	outage    bool   // Kustomer looks down for everybody (the breaker): a failure spends no attempt
 }
 
 // policy is the configuration deciding reads.
@@ -131,6 +132,10 @@ func decide(o outcome, t tries, c policy, jitter float64) decision {
 // failed spends an attempt on a retryable failure: retry after the backoff (at least wait), or
 // dead-letter as exhausted once attempts or deliveries run out.
 func failed(t tries, c policy, jitter float64, status int, reason string, wait time.Duration, metric string, key keyVerdict) decision {
+	if t.outage && metric == "transient" {
+		return decision{verdict: verdictRetry, attempts: t.attempts, status: status, reason: reason, key: key,
+			metric: "outage", delay: max(backoffDelay(1, c.retryInitial, c.retryMax, jitter), wait)}
+	}
 	n := t.attempts + 1
 	if n >= c.maxAttempts || c.lastDelivery(t.delivered) {
 		return decision{verdict: verdictDeadLetter, attempts: n, class: queue.ClassExhausted, status: status, key: key,
@@ -153,4 +158,17 @@ func backoffDelay(n int, initial, maxD time.Duration, jitter float64) time.Durat
 	d = min(d, float64(maxD))
 	d *= 1 - backoffJitter + 2*backoffJitter*jitter
 	return time.Duration(d)
+}
+
+// reasonOf says in a few words what went wrong in a try, for log lines about many.
+func reasonOf(o outcome) string {
+	switch {
+	case o.err != nil:
+		return o.err.Error()
+	case o.invalid != nil:
+		return o.invalid.Error()
+	case o.panicked != nil:
+		return fmt.Sprint("panic: ", o.panicked)
+	}
+	return ""
 }

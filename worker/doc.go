@@ -32,10 +32,14 @@
 //     policy to a decision: ack; retry after a delay; dead-letter with class, status and reason;
 //     pause everything (org 429); back off one conversation (its own 429); hold for the key; or
 //     keep (shutdown).
-//  7. settled: settle carries the decision out, the one place that acks, dead-letters or
-//     schedules. Acking (directly, or after the dead letter was stored) drops the job, frees its
+//  7. settled: settle carries the decision out, the one place that acks (confirmed by
+//     JetStream), dead-letters or schedules. Acking (directly, or after the dead letter was stored) drops the job, frees its
 //     slot and makes the conv ready again if it has more jobs. A retry puts the conv on a timer
 //     that makes it ready later.
+//
+// Two gates stand before every request: the auth gate (Kustomer refuses the key) and the
+// outage breaker (requests fail transiently across conversations); while either is closed,
+// nothing is fetched and one probe at a time goes out.
 //
 // Meanwhile the heartbeat marks every held message in progress well before the consumer's
 // AckWait, so waiting for budget, order or backoff never causes a redelivery; and at shutdown
@@ -43,9 +47,14 @@
 //
 // # Invariants
 //
-//   - A conv in Pool.convs is in exactly one place: the ready channel, one worker's hands, or a
-//     retry timer. So one goroutine at a time touches a conversation's head job, and the job
-//     fields marked "owned by the goroutine that holds the conversation" need no lock.
+//   - A conv in Pool.convs is in exactly one place: parked, the ready channel, one worker's
+//     hands, a retry timer, or the goroutine awaiting its head's acknowledgement. So one goroutine at a time touches a conversation's head job,
+//     and the job fields marked "owned by the goroutine that holds the conversation" need no
+//     lock. A conv is parked while an older message of it, taken by a process that died, has
+//     not come back yet (recover.go).
+//   - A conversation's next job is tried only after the previous one's acknowledgement was
+//     confirmed, and a settled job is only acknowledged again, never sent: so no update is
+//     applied after a newer one of its conversation, even when an acknowledgement is lost.
 //   - Every held message holds one slot, so there are never more conversations than
 //     cap(Pool.slots) and a send on Pool.ready (capacity one more) never blocks, even under
 //     Pool.mu.

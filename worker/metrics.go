@@ -20,6 +20,8 @@ type Metrics struct {
 	Pending         prometheus.Gauge       // consumer: messages not yet delivered
 	AckPending      prometheus.Gauge       // consumer: delivered, not yet acked (all replicas)
 	AuthBlocked     prometheus.Gauge       // 1 while Kustomer refuses the key
+	KustomerDown    prometheus.Gauge       // 1 while the outage breaker is open
+	BreakerTrips    prometheus.Counter     // times the outage breaker opened
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -48,8 +50,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Messages delivered to the consumer (any replica) and not yet acknowledged."}),
 		AuthBlocked: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "auth_blocked",
 			Help: "1 while Kustomer refuses the API key and the pool has stopped taking messages."}),
+		KustomerDown: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "kustomer_unavailable",
+			Help: "1 while the outage breaker is open: requests failed transiently across conversations and the pool probes until Kustomer answers."}),
+		BreakerTrips: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "breaker_trips_total",
+			Help: "Times the outage breaker opened."}),
 	}
-	reg.MustRegister(m.Updates, m.Requests, m.RequestDuration, m.Retries, m.PacerWait, m.InFlight, m.Held,
+	reg.MustRegister(m.KustomerDown, m.BreakerTrips, m.Updates, m.Requests, m.RequestDuration, m.Retries, m.PacerWait, m.InFlight, m.Held,
 		m.DeadLetters, m.Pending, m.AckPending, m.AuthBlocked)
 	return m
 }
@@ -93,5 +99,11 @@ func (m *Metrics) pacerWait(seconds float64) {
 func (m *Metrics) gauge(g func(*Metrics) prometheus.Gauge, v float64) {
 	if m != nil {
 		g(m).Set(v)
+	}
+}
+
+func (m *Metrics) breakerTrip() {
+	if m != nil {
+		m.BreakerTrips.Inc()
 	}
 }

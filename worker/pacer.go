@@ -2,6 +2,8 @@ package worker
 
 import (
 	"context"
+	"slices"
+	"sort"
 	"sync"
 	"time"
 
@@ -10,143 +12,484 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 )
 
-// Pacer is the one gate every request to Kustomer passes. It is a token bucket at the
-// configured rate that also follows what Kustomer reports: it spreads the remaining budget of
-// the current window over the time left until reset, and a spent budget (a reading of zero or
-// an org-wide 429) pauses every caller until the window turns, so one 429 stops the whole pool.
+// Pacer is the one gate every request to Kustomer passes. It hands out the org's rate budget
+// to waiting requests in class order, at no more than the configured rate, and follows what
+// Kustomer reports on every answer:
 //
-// x-ratelimit-reset comes in whole seconds, so a window reported to end at R may really end up
-// to a second earlier. Rather than lose that second in every window, a pacer whose window is
-// spent resumes at the earliest moment the window can have ended and probes, one request a
-// step, until a request gets through.
+//   - It spreads what the headers say is left of the window over the time until the window's
+//     end, so that it neither leaves budget unspent nor spends the last of it early, when
+//     another client of the org still needs some.
+//   - When the window is spent (a reading of zero, or an org-wide 429) every caller pauses
+//     until the window turns, so one 429 stops the whole pool. A reading from the next window
+//     ends the pause at once.
+//   - x-ratelimit-reset comes in whole seconds, so a window reported to end at R ends up to a
+//     second earlier. The pacer learns how much earlier from the readings: the window has
+//     turned when a request is answered from the next window. Until it knows, it plans for
+//     the earliest end and probes, one request a probe step, for the next window.
+//
+// Nothing made before a pause or a change of rate holds up what comes after it: there is at
+// most one reservation at the rate limiter, for the next request to go, and it is taken back
+// whenever the plan changes. All times come from one [Clock].
 type Pacer struct {
-	lim     *rate.Limiter
-	ceiling rate.Limit
-	now     func() time.Time
+	clock   Clock
+	ceiling rate.Limit // the configured rate; rate.Inf without one
 
-	mu          sync.Mutex
+	mu sync.Mutex // guards every field below
+
+	// Handing out turns.
+	lim     *rate.Limiter
+	queues  [numPriorities][]*waiter // waiting callers of each class, oldest first
+	seq     uint64                   // arrival number of the last waiter
+	next    *rate.Reservation        // the token for the next turn; nil when none is held
+	spare   int                      // turns handed out whose caller had gone: given to the next
+	timer   Timer                    // wakes dispatch when the next turn is due
+	timerAt time.Time
+	granted int // turns handed out so far
+
+	// The budget as Kustomer reports it.
+	win         window
 	pausedUntil time.Time
-	window      time.Time // reset of the window the lowest reading belongs to
-	lowest      int       // lowest x-ratelimit-remaining seen in that window
-	blind       int       // org-wide 429s in a row that said nothing of when to retry
-	changed     chan struct{}
+	probing     bool          // until a reading from the next window: one request a probeStep
+	switchAt    time.Time     // the learned end of the window: from then on, the pace of a new one
+	offset      time.Duration // how much earlier than the rounded reset the last window ended, for a send
+	learned     bool          // offset holds; else the end is taken as the earliest possible
+	blind       int           // org-wide 429s in a row that said nothing of when to retry
+
+	// Matching answers to the requests they answer, roughly.
+	sent      []time.Time // when each request not yet answered got its turn, oldest first
+	recent    []time.Time // when the last recentKeep requests got their turn, oldest first
+	latencies []time.Duration
+	lastSent  time.Time // turn of the request the last answer is taken to answer
 }
 
-const (
-	// resetGranularity is how much earlier than x-ratelimit-reset a window may end.
-	resetGranularity = time.Second
-	// probeStep is the pace of requests while the spent window may have ended.
-	probeStep = 200 * time.Millisecond
-)
+// window is the current budget window as the readings show it.
+type window struct {
+	reset  time.Time     // lowest x-ratelimit-reset read for it; zero before the first reading
+	lowest int           // lowest x-ratelimit-remaining read for it
+	limit  int           // x-ratelimit-limit
+	length time.Duration // how long a window lasts, in whole seconds, as read at its first reading
+}
 
-// NewPacer returns a pacer allowing perMinute requests a minute; perMinute <= 0 means no limit
-// of our own (Kustomer's headers still pace it).
-func NewPacer(perMinute int) *Pacer {
-	ceiling := rate.Inf
-	if perMinute > 0 {
-		ceiling = rate.Limit(float64(perMinute) / 60)
-	}
-	return &Pacer{lim: rate.NewLimiter(ceiling, 1), ceiling: ceiling, now: time.Now, lowest: -1, changed: make(chan struct{})}
+// waiter is one caller of Wait.
+type waiter struct {
+	class   Priority
+	since   time.Time
+	seq     uint64
+	ready   chan struct{} // closed when the caller's turn has come
+	granted bool
 }
 
 // Priority is the class of a request waiting for budget: the pacer serves waiting requests in
-// class order, one budget for all.
+// class order, one budget for all. A request that has waited agingBound is served as if it
+// were live, so no class is starved for good.
 type Priority int
 
 const (
 	PriorityLive     Priority = iota // live updates from event producers: first
 	PriorityBulkRead                 // reads that follow bulk jobs
 	PriorityBackfill                 // backfill updates: whatever the others leave
+
+	numPriorities = 3
 )
 
-// Wait blocks until the caller may send one request of the given class, or ctx ends. When the
-// rate goes up while callers wait, they take new places in line at the new rate instead of
-// keeping the slow ones.
-func (p *Pacer) Wait(ctx context.Context, _ Priority) error {
-	for {
-		if err := p.waitPause(ctx); err != nil {
-			return err
-		}
-		changed := p.changedCh()
-		r := p.lim.Reserve()
-		d := r.Delay()
-		if d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				r.Cancel()
-				return context.Cause(ctx)
-			case <-changed:
-				t.Stop()
-				r.Cancel()
-				continue
-			case <-t.C:
-			}
-		}
-		// A pause may have begun while this caller waited for its turn.
-		if until := p.PausedUntil(); !until.IsZero() {
-			continue
-		}
+const (
+	// resetGranularity is how much earlier than x-ratelimit-reset a window may end.
+	resetGranularity = time.Second
+	// probeStep is the pace of requests while a spent window may have turned.
+	probeStep = 100 * time.Millisecond
+	// agingBound is how long a request of a lower class waits at most before it is served
+	// in arrival order with the live ones.
+	agingBound = 10 * time.Second
+	// learnGap is the largest gap between two turns around a window's turn that still
+	// tells where the window ended.
+	learnGap = 250 * time.Millisecond
+	// recentKeep is how many turns, and latencies, the pacer remembers.
+	recentKeep  = 256
+	latencyKeep = 64
+)
+
+// Clock is the pacer's source of time, so that tests can drive it.
+type Clock interface {
+	Now() time.Time
+	// AfterFunc calls f in its own goroutine once d has passed, unless stopped.
+	AfterFunc(d time.Duration, f func()) Timer
+}
+
+// Timer is a pending call of Clock.AfterFunc.
+type Timer interface {
+	// Stop prevents the call if it has not started; it reports whether it did.
+	Stop() bool
+}
+
+// SystemClock is the wall clock.
+type SystemClock struct{}
+
+func (SystemClock) Now() time.Time { return time.Now() }
+
+func (SystemClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
+
+// PacerOption configures a Pacer.
+type PacerOption func(*Pacer)
+
+// WithClock makes the pacer take every time from c. Default SystemClock.
+func WithClock(c Clock) PacerOption { return func(p *Pacer) { p.clock = c } }
+
+// NewPacer returns a pacer allowing perMinute requests a minute; perMinute <= 0 means no limit
+// of our own (Kustomer's headers still pace it).
+func NewPacer(perMinute int, opts ...PacerOption) *Pacer {
+	ceiling := rate.Inf
+	if perMinute > 0 {
+		ceiling = rate.Limit(float64(perMinute) / 60)
+	}
+	p := &Pacer{clock: SystemClock{}, ceiling: ceiling, lim: rate.NewLimiter(ceiling, 1)}
+	for _, o := range opts {
+		o(p)
+	}
+	return p
+}
+
+// Wait blocks until the caller may send one request of the given class, or ctx ends. Waiting
+// callers are served in class order, oldest first within a class; a caller that has waited
+// agingBound goes with the live ones.
+func (p *Pacer) Wait(ctx context.Context, class Priority) error {
+	if err := ctx.Err(); err != nil {
+		return context.Cause(ctx)
+	}
+	class = min(max(class, PriorityLive), PriorityBackfill)
+	p.mu.Lock()
+	now := p.clock.Now()
+	p.seq++
+	w := &waiter{class: class, since: now, seq: p.seq, ready: make(chan struct{})}
+	p.queues[class] = append(p.queues[class], w)
+	p.dispatch(now)
+	p.mu.Unlock()
+
+	select {
+	case <-w.ready:
 		return nil
+	case <-ctx.Done():
 	}
-}
-
-func (p *Pacer) waitPause(ctx context.Context) error {
-	for {
-		until := p.PausedUntil()
-		if until.IsZero() {
-			return nil
-		}
-		if err := sleep(ctx, until.Sub(p.now())); err != nil {
-			return err
-		}
-	}
-}
-
-func (p *Pacer) changedCh() <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.changed
+	now = p.clock.Now()
+	if w.granted {
+		// The turn came as the caller left: the next caller takes it.
+		p.spare++
+		p.unsend()
+	} else {
+		p.queues[class] = slices.DeleteFunc(p.queues[class], func(o *waiter) bool { return o == w })
+	}
+	p.dispatch(now)
+	return context.Cause(ctx)
 }
 
-// signal wakes callers waiting for their turn; p.mu is held.
-func (p *Pacer) signal() {
-	close(p.changed)
-	p.changed = make(chan struct{})
+// waiting is how many callers wait; p.mu is held.
+func (p *Pacer) waiting() int {
+	n := 0
+	for _, q := range p.queues {
+		n += len(q)
+	}
+	return n
+}
+
+// dispatch hands out every turn that is due at now and arms the timer for the next one;
+// p.mu is held. It is called after every change of the plan.
+func (p *Pacer) dispatch(now time.Time) {
+	if !p.switchAt.IsZero() && !now.Before(p.switchAt) {
+		p.switchAt = time.Time{}
+		p.setRate(now, p.windowRate())
+	}
+	for p.waiting() > 0 {
+		if now.Before(p.pausedUntil) {
+			p.release(now)
+			p.wakeAt(now, p.pausedUntil)
+			return
+		}
+		if p.spare > 0 {
+			p.spare--
+			p.grant(now)
+			continue
+		}
+		if p.next == nil {
+			p.next = p.lim.ReserveN(now, 1)
+		}
+		if d := p.next.DelayFrom(now); d > 0 {
+			at := now.Add(d)
+			if !p.switchAt.IsZero() && p.switchAt.Before(at) {
+				at = p.switchAt
+			}
+			p.wakeAt(now, at)
+			return
+		}
+		p.next = nil
+		p.grant(now)
+	}
+	p.release(now)
+	p.stopTimer()
+}
+
+// release gives back the token held for the next turn; p.mu is held. The token is the only
+// reservation at the limiter, so all of it comes back.
+func (p *Pacer) release(now time.Time) {
+	if p.next != nil {
+		p.next.CancelAt(now)
+		p.next = nil
+	}
+}
+
+// grant gives the turn to the first waiter in class order; p.mu is held.
+func (p *Pacer) grant(now time.Time) {
+	best, bestRank := -1, Priority(0)
+	for c, q := range p.queues {
+		if len(q) == 0 {
+			continue
+		}
+		rank := Priority(c)
+		if now.Sub(q[0].since) >= agingBound {
+			rank = PriorityLive
+		}
+		if best < 0 || rank < bestRank || rank == bestRank && q[0].seq < p.queues[best][0].seq {
+			best, bestRank = c, rank
+		}
+	}
+	w := p.queues[best][0]
+	p.queues[best] = p.queues[best][1:]
+	w.granted = true
+	close(w.ready)
+	p.granted++
+	p.sent = append(p.sent, now)
+	p.recent = append(p.recent, now)
+	if len(p.recent) > recentKeep {
+		p.recent = slices.Delete(p.recent, 0, len(p.recent)-recentKeep)
+	}
+}
+
+// unsend forgets the last turn handed out: its caller did not use it; p.mu is held.
+func (p *Pacer) unsend() {
+	if n := len(p.sent); n > 0 {
+		p.sent = p.sent[:n-1]
+	}
+}
+
+// wakeAt arms the timer to dispatch at t; p.mu is held.
+func (p *Pacer) wakeAt(now, t time.Time) {
+	if p.timer != nil && p.timerAt.Equal(t) {
+		return
+	}
+	p.stopTimer()
+	p.timerAt = t
+	var timer Timer
+	timer = p.clock.AfterFunc(t.Sub(now), func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.timer != timer {
+			return // stopped after it fired
+		}
+		p.timer = nil
+		p.dispatch(p.clock.Now())
+	})
+	p.timer = timer
+}
+
+// stopTimer; p.mu is held.
+func (p *Pacer) stopTimer() {
+	if p.timer != nil {
+		p.timer.Stop()
+		p.timer = nil
+	}
+}
+
+// setRate changes the pace of turns from now on; p.mu is held. A token held at the old pace
+// is given back, so the next turn comes at the new one.
+func (p *Pacer) setRate(now time.Time, r rate.Limit) {
+	r = min(r, p.ceiling)
+	if r == p.lim.Limit() {
+		return
+	}
+	p.release(now)
+	p.lim.SetLimitAt(now, r)
 }
 
 // PausedUntil is when the current pause ends; zero when not paused.
 func (p *Pacer) PausedUntil() time.Time {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.pausedUntil.IsZero() && !p.now().Before(p.pausedUntil) {
-		p.pausedUntil = time.Time{}
+	if !p.clock.Now().Before(p.pausedUntil) {
+		return time.Time{}
 	}
 	return p.pausedUntil
 }
 
-// pauseUntil extends the pause to t (capped at kustomer.MaxWait from now); p.mu is held.
-func (p *Pacer) pauseUntil(t time.Time) {
-	if limit := p.now().Add(kustomer.MaxWait); t.After(limit) {
+// pause stops every turn until t (at most kustomer.MaxWait from now); p.mu is held.
+func (p *Pacer) pause(now, t time.Time) {
+	if limit := now.Add(kustomer.MaxWait); t.After(limit) {
 		t = limit
 	}
 	if t.After(p.pausedUntil) {
 		p.pausedUntil = t
 	}
+	p.spare = 0
+	p.release(now)
 }
 
-// spent records that the window ending at reset has no budget left; p.mu is held. Requests
-// resume at the earliest moment the window can have ended, one probe a step.
-func (p *Pacer) spent(reset time.Time) time.Duration {
-	now := p.now()
-	earliest := reset.Add(-resetGranularity)
-	p.lim.SetLimitAt(now, min(rate.Every(probeStep), p.ceiling))
-	if now.Before(earliest) {
-		p.pauseUntil(earliest)
-		return earliest.Sub(now)
+// end is when, at the latest, a request must go to land in the current window; p.mu is held.
+// Before the pacer has seen a window turn, it is the earliest end the rounded reset allows.
+func (p *Pacer) end() time.Time {
+	if p.learned {
+		return p.win.reset.Add(-p.offset)
 	}
-	p.pauseUntil(now.Add(probeStep))
+	return p.win.reset.Add(-resetGranularity)
+}
+
+// Observe adapts the pace to the budget Kustomer reported on an answer. inflight is the number
+// of other requests sent but not yet answered, which the reported budget may not count yet.
+// Call it once for every answer, before OrgThrottled.
+func (p *Pacer) Observe(rl kustomer.RateLimit, inflight int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.clock.Now()
+	defer p.dispatch(now)
+	p.answered(now, inflight)
+	p.observe(now, rl, inflight)
+}
+
+// answered matches an answer to the request it most likely answers, the oldest one not yet
+// answered, and keeps how long that took; p.mu is held.
+func (p *Pacer) answered(now time.Time, inflight int) {
+	if extra := len(p.sent) - (max(inflight, 0) + 1); extra > 0 {
+		p.sent = slices.Delete(p.sent, 0, extra) // requests that ended without an answer
+	}
+	if len(p.sent) == 0 {
+		return
+	}
+	p.lastSent = p.sent[0]
+	p.sent = p.sent[1:]
+	p.latencies = append(p.latencies, now.Sub(p.lastSent))
+	if len(p.latencies) > latencyKeep {
+		p.latencies = p.latencies[1:]
+	}
+}
+
+// minLatency is the shortest recent time from a turn to its answer; p.mu is held. Answers
+// matched in turn order never make it shorter than the true shortest.
+func (p *Pacer) minLatency() time.Duration {
+	if len(p.latencies) == 0 {
+		return 0
+	}
+	return max(slices.Min(p.latencies), 0)
+}
+
+// observe takes one reading into the plan; p.mu is held.
+func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
+	if rl.Remaining < 0 || rl.Reset.IsZero() {
+		return
+	}
+	if rl.Remaining > 0 {
+		p.blind = 0
+	}
+	switch d := rl.Reset.Sub(p.win.reset); {
+	case p.win.reset.IsZero():
+		p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: wholeSeconds(rl.Reset.Sub(now))}
+	case d >= 1500*time.Millisecond || d >= 500*time.Millisecond && rl.Remaining > p.win.lowest+inflight+1:
+		p.turned(now, rl)
+	case d <= -500*time.Millisecond:
+		return // an answer from a window that has ended
+	default:
+		// Answers arrive out of order: within one window keep the lowest reading, and the
+		// lowest reset (read as seconds from now, it wobbles by up to a second).
+		if rl.Reset.Before(p.win.reset) {
+			p.win.reset = rl.Reset
+		}
+		if rl.Remaining >= p.win.lowest && rl.Remaining > 0 {
+			return
+		}
+		p.win.lowest = rl.Remaining
+	}
+	if rl.Remaining == 0 {
+		p.spent(now)
+		return
+	}
+	p.spread(now, inflight)
+}
+
+// turned takes the first reading from a new window; p.mu is held. The window before ended no
+// later than the turn of the request this reading answers, which was at most the answer's
+// time less the shortest latency: that tells how much earlier than its rounded reset the
+// window ended, and so, windows being whole seconds, where the new one will end.
+func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
+	p.learned = false
+	latest := now.Add(-p.minLatency())
+	// recent[i-1] is the last turn at or before latest.
+	i := sort.Search(len(p.recent), func(k int) bool { return p.recent[k].After(latest) })
+	if i >= 2 && p.recent[i-1].Sub(p.recent[i-2]) <= learnGap {
+		p.offset = min(max(p.win.reset.Sub(p.recent[i-1]), 0), resetGranularity)
+		p.learned = true
+	}
+	// Back to back, windows are as long as the step between their resets.
+	length := wholeSeconds(rl.Reset.Sub(now))
+	if step := wholeSeconds(rl.Reset.Sub(p.win.reset)); step <= length {
+		length = step
+	}
+	p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: length}
+	p.pausedUntil = time.Time{} // the spent window has turned: no need to wait it out
+	p.probing = false
+}
+
+// wholeSeconds is d rounded up to whole seconds.
+func wholeSeconds(d time.Duration) time.Duration {
+	return max((d+time.Second-1)/time.Second*time.Second, time.Second)
+}
+
+// spread paces what is left of the window over the time until its end; p.mu is held.
+// Requests in flight will spend part of what is left, but some of them are already counted
+// in the reading: keep at least one for the rest of the window.
+func (p *Pacer) spread(now time.Time, inflight int) {
+	if p.probing {
+		return
+	}
+	end := p.end()
+	p.switchAt = time.Time{}
+	if p.learned && end.After(now) {
+		p.switchAt = end
+	}
+	left := max(end.Sub(now), probeStep)
+	avail := max(p.win.lowest-inflight, 1)
+	p.setRate(now, rate.Limit(float64(avail)/left.Seconds()))
+}
+
+// windowRate is the pace at which a window's budget lasts the window; p.mu is held.
+func (p *Pacer) windowRate() rate.Limit {
+	return rate.Limit(float64(max(p.win.limit, 1)) / p.win.length.Seconds())
+}
+
+// spent stops every turn until the current window ends; p.mu is held. It returns how long
+// the pause lasts.
+func (p *Pacer) spent(now time.Time) time.Duration {
+	p.switchAt = time.Time{}
+	end := p.end()
+	switch {
+	case now.Before(end):
+		p.pause(now, end)
+		if p.learned {
+			// Resume at the pace that spends one window's budget over the window; the
+			// first readings from it adjust that.
+			p.probing = false
+			p.setRate(now, p.windowRate())
+		} else {
+			p.probing = true
+			p.setRate(now, rate.Every(probeStep))
+		}
+		return end.Sub(now)
+	case p.learned && p.lastSent.Before(end):
+		// The answer to a request sent before the end: by now the window has turned.
+		p.setRate(now, p.windowRate())
+		return 0
+	}
+	// Past the end, and the window has not turned (or the pacer cannot know): probe for
+	// the next window, one request a step.
+	p.learned = false
+	p.probing = true
+	p.setRate(now, rate.Every(probeStep))
 	return probeStep
 }
 
@@ -156,69 +499,29 @@ func (p *Pacer) spent(reset time.Time) time.Duration {
 func (p *Pacer) OrgThrottled(rl kustomer.RateLimit) time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	defer p.signal()
-	now := p.now()
+	now := p.clock.Now()
+	defer p.dispatch(now)
 	switch {
 	case rl.RetryAfter > 0:
 		d := min(rl.RetryAfter, kustomer.MaxWait)
-		p.pauseUntil(now.Add(d))
+		p.pause(now, now.Add(d))
 		return d
 	case rl.Reset.After(now):
-		return p.spent(rl.Reset)
+		rl.Remaining = 0
+		before := p.lim.Limit()
+		p.observe(now, rl, 0)
+		switch {
+		case now.Before(p.pausedUntil):
+			return p.pausedUntil.Sub(now)
+		case p.probing || p.lim.Limit() < before:
+			return probeStep
+		}
+		return 0
 	}
 	p.blind++
 	d := min(250*time.Millisecond<<min(p.blind-1, 8), kustomer.MaxWait)
-	p.pauseUntil(now.Add(d))
+	p.pause(now, now.Add(d))
 	return d
-}
-
-// Observe adapts the rate to the budget Kustomer reported on an answer. inflight is the number
-// of requests sent but not yet answered, which the reported budget may not count yet.
-func (p *Pacer) Observe(rl kustomer.RateLimit, inflight int) {
-	if rl.Remaining < 0 || rl.Reset.IsZero() {
-		return
-	}
-	now := p.now()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	// Answers arrive out of order: within one window keep the lowest reading. Resets read
-	// as seconds-from-now wobble by up to a second, so nearby resets are one window.
-	switch {
-	case p.lowest < 0:
-		p.window, p.lowest = rl.Reset, rl.Remaining
-	case rl.Reset.Sub(p.window) > 1500*time.Millisecond:
-		p.window, p.lowest = rl.Reset, rl.Remaining
-		if rl.Remaining > 0 {
-			p.pausedUntil = time.Time{} // the spent window has turned: no need to wait it out
-		}
-	case rl.Reset.Sub(p.window) < -1500*time.Millisecond || rl.Remaining >= p.lowest:
-		return // a stale answer from an older window or an earlier moment
-	default:
-		p.lowest = rl.Remaining
-	}
-	if rl.Remaining > 0 {
-		p.blind = 0
-	}
-	if rl.Remaining == 0 {
-		if rl.Reset.After(now) {
-			p.spent(rl.Reset)
-			p.signal()
-		}
-		return
-	}
-	// Spread what is left over the time until the earliest end the rounded header allows:
-	// should the window last longer, the budget runs out a little early and the pacer
-	// probes for the new window, which wastes less than budget left unspent at its end.
-	// Requests in flight will spend part of what is left, but some of them are already
-	// counted in the reading: keep at least one for the rest of the window.
-	left := max(rl.Reset.Sub(now)-resetGranularity, 100*time.Millisecond)
-	avail := max(rl.Remaining-inflight, 1)
-	target := min(rate.Limit(float64(avail)/left.Seconds()), p.ceiling)
-	old := p.lim.Limit()
-	p.lim.SetLimitAt(now, target)
-	if target > old*1.05 {
-		p.signal()
-	}
 }
 
 // sleep waits d or until ctx ends.

@@ -11,29 +11,40 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 )
 
+// t0 is a quarter past a whole second, so that a reset rounded up to whole seconds is later
+// than the window's real end.
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 250_000_000, time.UTC)
+
+// at is the time s seconds after 12:00:00.
+func at(s float64) time.Time {
+	return time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC).Add(time.Duration(s * float64(time.Second)))
+}
+
+func reading(limit, remaining int, reset time.Time) kustomer.RateLimit {
+	return kustomer.RateLimit{Limit: limit, Remaining: remaining, Reset: reset}
+}
+
 func fixedPacer(perMinute int, now time.Time) *Pacer {
-	p := NewPacer(perMinute)
-	p.now = func() time.Time { return now }
-	return p
+	return NewPacer(perMinute, WithClock(&fakeClock{now: now}))
 }
 
 func TestPacerFollowsTheReportedBudget(t *testing.T) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	reading := func(remaining int, resetIn time.Duration) kustomer.RateLimit {
-		return kustomer.RateLimit{Limit: 1000, Remaining: remaining, Reset: now.Add(resetIn)}
+	read := func(remaining int, resetIn time.Duration) kustomer.RateLimit {
+		return reading(1000, remaining, now.Add(resetIn))
 	}
 
 	t.Run("keeps the configured rate while the window has plenty left", func(t *testing.T) {
 		p := fixedPacer(600, now)
-		p.Observe(reading(900, 60*time.Second), 4)
+		p.Observe(read(900, 60*time.Second), 4)
 		if got := p.lim.Limit(); got != 10 {
 			t.Errorf("rate %v/s; want the configured 10/s", got)
 		}
 	})
 
-	t.Run("spreads what is left over the time until reset when it runs low", func(t *testing.T) {
+	t.Run("spreads what is left over the time until the earliest end it cannot rule out", func(t *testing.T) {
 		p := fixedPacer(600, now)
-		p.Observe(reading(104, 21*time.Second), 4)
+		p.Observe(read(104, 21*time.Second), 4)
 		if got := p.lim.Limit(); got != 5 {
 			t.Errorf("rate %v/s; want (104-4)/20s = 5/s (the window may end a second before the rounded reset)", got)
 		}
@@ -41,8 +52,8 @@ func TestPacerFollowsTheReportedBudget(t *testing.T) {
 
 	t.Run("ignores a late answer that read more budget than an earlier one", func(t *testing.T) {
 		p := fixedPacer(600, now)
-		p.Observe(reading(104, 21*time.Second), 4)
-		p.Observe(reading(300, 21*time.Second), 0)
+		p.Observe(read(104, 21*time.Second), 4)
+		p.Observe(read(300, 21*time.Second), 0)
 		if got := p.lim.Limit(); got != 5 {
 			t.Errorf("rate %v/s after a stale reading; want 5/s", got)
 		}
@@ -50,8 +61,8 @@ func TestPacerFollowsTheReportedBudget(t *testing.T) {
 
 	t.Run("takes a new window's reading", func(t *testing.T) {
 		p := fixedPacer(600, now)
-		p.Observe(reading(10, 5*time.Second), 0)
-		p.Observe(reading(999, 65*time.Second), 0)
+		p.Observe(read(10, 5*time.Second), 0)
+		p.Observe(read(999, 65*time.Second), 0)
 		if got := p.lim.Limit(); got != 10 {
 			t.Errorf("rate %v/s in a fresh window; want 10/s", got)
 		}
@@ -59,21 +70,21 @@ func TestPacerFollowsTheReportedBudget(t *testing.T) {
 
 	t.Run("pauses everyone until the window can have ended when the budget reads zero", func(t *testing.T) {
 		p := fixedPacer(600, now)
-		p.Observe(reading(0, 7*time.Second), 0)
+		p.Observe(read(0, 7*time.Second), 0)
 		if got, want := p.PausedUntil(), now.Add(6*time.Second); !got.Equal(want) {
 			t.Errorf("paused until %v; want a second before the reported reset, %v", got, want)
 		}
-		if got := p.lim.Limit(); got != 5 {
-			t.Errorf("rate %v/s after the pause; want one probe per 200ms", got)
+		if got := p.lim.Limit(); got != rate.Every(probeStep) {
+			t.Errorf("rate %v/s after the pause; want one probe per %s", got, probeStep)
 		}
 	})
 
 	t.Run("probes in short steps once the window may have ended", func(t *testing.T) {
 		p := fixedPacer(600, now)
-		if d := p.OrgThrottled(reading(0, 400*time.Millisecond)); d != probeStep {
+		if d := p.OrgThrottled(read(0, 400*time.Millisecond)); d != probeStep {
 			t.Errorf("pause %s after a 429 within a second of the reset; want %s", d, probeStep)
 		}
-		p.Observe(reading(599, 10*time.Second), 0)
+		p.Observe(read(599, 10*time.Second), 0)
 		if got := p.lim.Limit(); got != 10 {
 			t.Errorf("rate %v/s once a probe got through to the next window; want 10/s", got)
 		}
@@ -111,6 +122,238 @@ func TestPacerFollowsTheReportedBudget(t *testing.T) {
 	})
 }
 
+// near reports whether a is within a microsecond of b: the limiter rounds to nanoseconds.
+func near(a, b time.Time) bool { return a.Sub(b).Abs() <= time.Microsecond }
+
+func TestPacerResumesOnTimeAfterASpentWindow(t *testing.T) {
+	r := newPacerRig(t, 3600, t0) // 60 a second
+	for i := range 16 {
+		r.wait(i, PriorityLive)
+	}
+	r.advanceTo(at(0.30))
+	if n := len(r.got); n != 4 {
+		t.Fatalf("%d turns in the first 50ms at 60/s; want 4 (at 0, 16.7, 33.3 and 50 ms)", n)
+	}
+
+	// The window is spent. Its reset reads 12:00:02, so it ends after 12:00:01.
+	r.clk.advanceTo(at(0.31), func() {})
+	r.p.Observe(reading(600, 0, at(2)), 3)
+	if got := r.p.PausedUntil(); !got.Equal(at(1)) {
+		t.Fatalf("paused until %v; want the earliest end of the window, %v", got, at(1))
+	}
+	r.advanceTo(at(1).Add(-time.Nanosecond))
+	if n := len(r.got); n != 4 {
+		t.Fatalf("%d turns before the window can have ended; want still 4", n)
+	}
+	r.advanceTo(at(1))
+	if got := r.turnsSince(4); len(got) != 1 || !got[0].at.Equal(at(1)) {
+		t.Fatalf("turns at the window's earliest end: %v; want exactly one probe at %v, no debt from the 12 callers that waited", got, at(1))
+	}
+	r.advanceTo(at(1.05))
+	if n := len(r.got); n != 5 {
+		t.Fatalf("%d turns 50ms into probing; want 5 (one probe a %s)", n, probeStep)
+	}
+
+	// The probe is answered from the next window: the rest go at 60 a second at once.
+	r.p.Observe(reading(600, 599, at(12)), 0)
+	r.advanceTo(at(2))
+	rest := r.turnsSince(5)
+	if len(rest) != 11 {
+		t.Fatalf("%d more turns; want the 11 callers left", len(rest))
+	}
+	// Half a token had come at the probe pace: the other half takes 1/120 s at 60/s.
+	if want := at(1.05).Add(time.Second / 120); !near(rest[0].at, want) {
+		t.Errorf("first turn after the reading at %v; want %v", rest[0].at, want)
+	}
+	for i := 1; i < len(rest); i++ {
+		if gap := rest[i].at.Sub(rest[i-1].at); (gap - time.Second/60).Abs() > time.Microsecond {
+			t.Errorf("turn %d came %s after the one before; want 1/60 s", i+5, gap)
+		}
+	}
+}
+
+func TestPacerEndsAPauseOnAReadingFromTheNextWindow(t *testing.T) {
+	r := newPacerRig(t, 3600, t0)
+	r.wait(0, PriorityLive)
+	r.p.Observe(reading(600, 0, at(2)), 0)
+	for i := 1; i <= 3; i++ {
+		r.wait(i, PriorityLive)
+	}
+	r.advanceTo(at(0.6))
+	if n := len(r.got); n != 1 {
+		t.Fatalf("%d turns during the pause; want only the one before it", n)
+	}
+	r.p.Observe(reading(600, 590, at(11)), 0)
+	if got := r.p.PausedUntil(); !got.IsZero() {
+		t.Errorf("still paused until %v after a reading from the next window", got)
+	}
+	r.settle()
+	if got := r.turnsSince(1); len(got) != 1 || !got[0].at.Equal(at(0.6)) {
+		t.Fatalf("turns on the reading: %v; want one at once, at %v", got, at(0.6))
+	}
+	r.advanceTo(at(0.65))
+	if n := len(r.got); n != 4 {
+		t.Errorf("%d turns 50ms after the pause ended; want all 4 at 60/s", n)
+	}
+}
+
+func TestPacerFollowsARateChangedMidWindow(t *testing.T) {
+	t.Run("lowered: the next turn comes at the new pace, not the old", func(t *testing.T) {
+		r := newPacerRig(t, 3600, t0)
+		for i := range 3 {
+			r.wait(i, PriorityLive)
+		}
+		if n := len(r.got); n != 1 {
+			t.Fatalf("%d turns at once; want 1", n)
+		}
+		// 5 left for the 1.75s until the earliest end (12:00:02): 5 / 1.75s.
+		r.p.Observe(reading(600, 5, at(3)), 0)
+		r.advanceTo(at(1))
+		want := t0.Add(350 * time.Millisecond)
+		if got := r.turnsSince(1); len(got) != 2 || !near(got[0].at, want) {
+			t.Fatalf("turns after the rate was lowered: %v; want the next at %v", got, want)
+		}
+	})
+
+	t.Run("raised: waiting callers take the new pace at once", func(t *testing.T) {
+		r := newPacerRig(t, 3600, t0)
+		for i := range 4 {
+			r.wait(i, PriorityLive)
+		}
+		r.p.Observe(reading(600, 2, at(2.25)), 0) // 2 for 1s: one turn every 500ms
+		r.advanceTo(at(0.35))
+		if n := len(r.got); n != 1 {
+			t.Fatalf("%d turns 100ms after the rate was lowered to 2/s; want 1", n)
+		}
+		r.p.Observe(reading(6000, 6000, at(12)), 0) // the next window: back to 60/s
+		r.advanceTo(at(0.5))
+		got := r.turnsSince(1)
+		// 0.2 tokens came at 2/s; the other 0.8 take 0.8/60 s.
+		if want := at(0.35).Add(time.Second * 8 / 600); len(got) != 3 || !near(got[0].at, want) {
+			t.Fatalf("turns after the rate was raised: %v; want 3, the first at %v", got, want)
+		}
+	})
+}
+
+func TestPacerServesClassesInOrder(t *testing.T) {
+	t.Run("live, then bulk reads, then backfill, oldest first within a class", func(t *testing.T) {
+		r := newPacerRig(t, 3600, t0)
+		r.p.OrgThrottled(kustomer.RateLimit{Limit: -1, Remaining: -1, RetryAfter: time.Second})
+		classes := []Priority{PriorityBackfill, PriorityBulkRead, PriorityLive, PriorityBackfill, PriorityLive, PriorityBulkRead}
+		for i, c := range classes {
+			r.wait(i, c)
+		}
+		r.advanceTo(t0.Add(2 * time.Second))
+		var order []int
+		for _, g := range r.got {
+			order = append(order, g.id)
+		}
+		if want := []int{2, 4, 1, 5, 0, 3}; !equalInts(order, want) {
+			t.Errorf("served %v; want %v", order, want)
+		}
+	})
+
+	t.Run("a backfill request waits at most the aging bound", func(t *testing.T) {
+		r := newPacerRig(t, 60, t0) // one a second
+		r.wait(0, PriorityLive)     // takes the first token
+		r.wait(1, PriorityBackfill)
+		for i := 2; i < 40; i++ {
+			r.wait(i, PriorityLive)
+		}
+		r.advanceTo(t0.Add(agingBound + 2*time.Second))
+		for _, g := range r.got {
+			if g.id == 1 {
+				if g.at.After(t0.Add(agingBound)) {
+					t.Errorf("backfill request served at %v; want by %v", g.at, t0.Add(agingBound))
+				}
+				return
+			}
+		}
+		t.Errorf("backfill request not served in %s while live ones kept coming", agingBound+2*time.Second)
+	})
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestPacerLearnsWhereTheWindowEnds(t *testing.T) {
+	// A window that really ends at 12:00:01.2 reads reset 12:00:02.
+	setup := func(t *testing.T) *pacerRig {
+		r := newPacerRig(t, 3600, t0)
+		r.p.Observe(reading(600, 0, at(2)), 0)
+		for i := range 4 {
+			r.wait(i, PriorityLive)
+		}
+		r.advanceTo(at(1))                     // probe at 1.0
+		r.p.Observe(reading(600, 0, at(2)), 0) // answered 429 at once: minimum latency 0
+		r.advanceTo(at(1.2))                   // probes at 1.1, 1.2
+		r.p.Observe(reading(600, 0, at(2)), 1) // 1.1: still the old window
+		r.p.Observe(reading(600, 599, at(12)), 0)
+		return r
+	}
+
+	t.Run("from the first answer of the next window", func(t *testing.T) {
+		r := setup(t)
+		r.advanceTo(at(10.5))
+		r.p.Observe(reading(600, 0, at(12)), 0)
+		if got := r.p.PausedUntil(); !got.Equal(at(11.2)) {
+			t.Errorf("paused until %v after the next window was spent; want its learned end %v, not the earliest %v", got, at(11.2), at(11))
+		}
+	})
+
+	t.Run("and spreads the budget to that end, not a second early", func(t *testing.T) {
+		r := setup(t)
+		r.advanceTo(at(10.2))
+		r.p.Observe(reading(600, 30, at(12)), 0)
+		if got := r.p.lim.Limit(); got != 30 {
+			t.Errorf("rate %v/s with 30 left at 10.2s; want 30/s to the learned end 11.2s", got)
+		}
+	})
+
+	t.Run("and goes on at the window's pace once that end has passed", func(t *testing.T) {
+		r := setup(t)
+		r.advanceTo(at(10.2))
+		r.p.Observe(reading(600, 1, at(12)), 0) // one left for the last second: 1/s
+		for i := 10; i < 15; i++ {
+			r.wait(i, PriorityLive)
+		}
+		r.advanceTo(at(11.3))
+		got := r.turnsSince(4)
+		if len(got) != 5 || !near(got[1].at, at(11.2)) {
+			t.Fatalf("turns: %v; want one at once and the next at the learned end %v", got, at(11.2))
+		}
+		for i := 2; i < len(got); i++ {
+			if gap := got[i].at.Sub(got[i-1].at); (gap - time.Second/60).Abs() > time.Microsecond {
+				t.Errorf("turn %d came %s after the one before; want 1/60 s, the pace of 600 a 10s window", i, gap)
+			}
+		}
+	})
+
+	t.Run("and forgets it when refused after that end", func(t *testing.T) {
+		r := setup(t)
+		r.advanceTo(at(10.5))
+		r.p.Observe(reading(600, 0, at(12)), 0)
+		r.wait(10, PriorityLive)
+		r.advanceTo(at(11.25)) // a turn at 11.2
+		r.p.Observe(reading(600, 0, at(12)), 0)
+		if d := r.p.OrgThrottled(reading(600, 0, at(12))); d != probeStep {
+			t.Errorf("OrgThrottled = %s after a refusal past the learned end; want a probe step", d)
+		}
+		if got := r.p.lim.Limit(); got != rate.Every(probeStep) {
+			t.Errorf("rate %v/s; want one probe per %s", got, probeStep)
+		}
+	})
+}
+
 func TestPacerWaitEndsWithItsContext(t *testing.T) {
 	p := NewPacer(600)
 	p.OrgThrottled(kustomer.RateLimit{Remaining: -1, Limit: -1, RetryAfter: 30 * time.Second})
@@ -123,5 +366,23 @@ func TestPacerWaitEndsWithItsContext(t *testing.T) {
 	}
 	if el := time.Since(start); el > 5*time.Second {
 		t.Errorf("Wait took %s after its context ended", el)
+	}
+}
+
+func TestPacerGivesATurnBackWhenItsCallerLeaves(t *testing.T) {
+	r := newPacerRig(t, 60, t0)
+	r.wait(0, PriorityLive)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.p.Wait(ctx, PriorityLive) }()
+	r.until("the second caller is in line", func() bool { return r.callers() == 2 })
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait = %v; want context.Canceled", err)
+	}
+	r.wait(2, PriorityLive)
+	r.advanceTo(t0.Add(time.Second))
+	if got := r.turnsSince(1); len(got) != 1 || !got[0].at.Equal(t0.Add(time.Second)) {
+		t.Errorf("turns: %v; want the third caller served at %v, one second after the first", got, t0.Add(time.Second))
 	}
 }

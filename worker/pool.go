@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -36,50 +37,94 @@ type Pool struct {
 	Metrics     *Metrics     // optional
 	Log         *slog.Logger // default: discard
 	Config      Config
+	// Heal, optional, re-creates the consumer and the streams when pulls find them missing
+	// (deleted under a running worker); the command passes queue.Ensure when it manages them.
+	Heal func(ctx context.Context) error
+	// Backfill, optional, is the backfill lane's consumer: its messages get the budget that
+	// live ones (from Consumer) leave, and never more than MaxAckPending less a reserve for
+	// live ones are held. Without it, Consumer is the only lane and its messages are live.
+	Backfill Consumer
+	// Order, optional with Backfill, finds the older updates of a conversation still pending
+	// in the backfill lane when a live one arrives, so that the live update does not
+	// overtake them: they are applied first.
+	Order OlderFinder
+	// Outstanding, optional, reads the messages that were delivered and never acknowledged
+	// when the pool starts, so that a conversation whose older update a dead process held is
+	// not updated again before that one (see the package documentation).
+	Outstanding Outstanding
+	// HardStop, optional, cuts a graceful shutdown short when it ends (a second signal):
+	// requests in flight are abandoned at once and handed back, spending no attempt, as when
+	// ShutdownTimeout passes.
+	HardStop context.Context
 
 	// Written by Run before it starts any goroutine, read-only after.
 	cfg     Config
 	policy  policy
-	ackWait time.Duration // the consumer's
-	auth    *gate         // closed while Kustomer refuses the API key
+	ackWait time.Duration   // the consumer's
+	hard    context.Context // ends when requests in flight must be abandoned
+	auth    *gate           // closed while Kustomer refuses the API key
+	outage  *breaker        // open while Kustomer is down for everybody
 
 	running  atomic.Bool  // written by Run; read by Ready from any goroutine
 	inflight atomic.Int64 // requests sent and not answered
+	// confirming counts the acknowledgements being waited for: Run waits for them before it
+	// hands back what is left.
+	confirming sync.WaitGroup
 
 	// Dispatch state. mu guards the maps, closing, every conv's jobs and timer, and the fields
 	// of job marked "guarded by Pool.mu".
 	mu      sync.Mutex
-	convs   map[string]*conv // conversations with held messages, by key
-	bySeq   map[uint64]*job  // held messages by stream sequence
-	closing bool             // handBack began: no conversation is made ready again
+	convs   map[string]*conv      // conversations with held messages, by key
+	bySeq   map[queue.MsgRef]*job // held messages
+	closing bool                  // handBack began: no conversation is made ready again
 	// applied holds the sequences of messages settled (applied, or dead-lettered) whose
 	// acknowledgement JetStream confirmed, until the consumer's acknowledgement floor passes
 	// them: a broker that restarts right after confirming can still lose an acknowledgement,
 	// and a redelivery of one of these is acknowledged again without a second request.
-	applied map[uint64]struct{}
+	applied map[queue.MsgRef]struct{}
+	// waiting holds, by conversation, the older messages that a process that died held when
+	// this one started: delivered, unacknowledged, and not in this pool's hands yet. A
+	// conversation with any is parked, so that none of its newer updates overtakes them.
+	waiting      map[string]map[queue.MsgRef]struct{}
+	waitingUntil time.Time // then waiting is given up: those messages were never redelivered
+
+	fetchState fetchState // whether pulls fail, for Ready and the log
 	// ready holds conversations whose head message may be tried now. Sends happen only under
 	// mu and never block: every conversation in convs holds at least one slot, so there are
 	// never more than cap(slots) of them, and cap(ready) is one more than that. Workers
 	// receive without the lock.
 	ready chan *conv
-	// slots has one token per held message: the fetch goroutine puts one in before it pulls a
-	// message and whoever lets go of a held message takes one out. At most MaxAckPending.
+	// slots has one token per held message that a pull brought: a fetch goroutine puts one in
+	// before it pulls a message and whoever lets go of a held message takes one out. At most
+	// MaxAckPending. Messages read directly for the order across lanes hold none.
 	slots chan struct{}
+	lanes []*source // the live lane first; written by init
 }
 
-// conv is one conversation's held messages, in the order received. A conv in Pool.convs is
-// always in exactly one place: the ready channel, one worker's hands, or a retry timer. Its
+// source is one lane the pool pulls from.
+type source struct {
+	name  string
+	cons  Consumer
+	class Priority
+	slots chan struct{} // nil, or a cap of its own below MaxAckPending (the backfill lane)
+}
+
+// conv is one conversation's held messages, in stream order. A conv in Pool.convs is always in
+// exactly one place: parked, the ready channel, one worker's hands, or a retry timer. Its
 // fields are guarded by Pool.mu.
 type conv struct {
-	key   string
-	jobs  []*job
-	timer *time.Timer
+	key    string
+	jobs   []*job
+	timer  *time.Timer
+	parked bool // waiting for older messages that another process held (Pool.waiting)
 }
 
 // job is one held message.
 type job struct {
 	// Set when the message is taken, never changed after.
-	seq     uint64
+	src     *source // the lane whose pull brought it and holds its slots; nil if read directly
+	class   Priority
+	ref     queue.MsgRef
 	update  kustomer.Update
 	invalid error
 
@@ -114,7 +159,10 @@ func (p *Pool) Ready() error {
 	if closed, _ := p.auth.Closed(); closed {
 		return ErrAuthBlocked
 	}
-	return nil
+	if closed, since := p.outage.gate.Closed(); closed {
+		return &Unavailable{Since: since}
+	}
+	return p.fetchState.err()
 }
 
 // Run works until ctx ends, then shuts down gracefully: it stops taking messages, lets
@@ -126,9 +174,16 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHard()
+	if p.HardStop != nil {
+		defer context.AfterFunc(p.HardStop, cancelHard)()
+	}
+	p.hard = hard
 
+	p.recoverOrder(ctx)
 	var wg sync.WaitGroup
-	wg.Go(func() { p.fetch(ctx) })
+	for _, src := range p.lanes {
+		wg.Go(func() { p.fetch(ctx, src) })
+	}
 	for range p.cfg.Concurrency {
 		wg.Go(func() { p.work(ctx, hard) })
 	}
@@ -145,6 +200,7 @@ func (p *Pool) Run(ctx context.Context) error {
 		"in_flight", p.inflight.Load(), "timeout", p.cfg.ShutdownTimeout)
 	deadline := time.AfterFunc(p.cfg.ShutdownTimeout, cancelHard)
 	wg.Wait()
+	p.confirming.Wait()
 	deadline.Stop()
 	p.handBack()
 	close(hbStop)
@@ -179,11 +235,27 @@ func (p *Pool) init() error {
 		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.AuthBlocked }, 0)
 		p.Log.Info("Kustomer accepts the API key again: resuming")
 	})
+	p.outage = newBreaker(p.cfg.OutageThreshold, func(cause string) {
+		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.KustomerDown }, 1)
+		p.Metrics.breakerTrip()
+		p.Log.Error("Kustomer unavailable: pausing every request and probing until it answers (no attempts are spent, nothing is dead-lettered)",
+			"cause", cause)
+	}, func(down time.Duration) {
+		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.KustomerDown }, 0)
+		p.Log.Info("Kustomer answers again: resuming", "unavailable_for", down.Round(time.Millisecond))
+	})
 	p.convs = make(map[string]*conv)
-	p.bySeq = make(map[uint64]*job)
-	p.applied = make(map[uint64]struct{})
+	p.bySeq = make(map[queue.MsgRef]*job)
+	p.applied = make(map[queue.MsgRef]struct{})
+	p.waiting = make(map[string]map[queue.MsgRef]struct{})
 	p.ready = make(chan *conv, p.cfg.MaxAckPending+1)
 	p.slots = make(chan struct{}, p.cfg.MaxAckPending)
+	p.lanes = []*source{{name: "live", cons: p.Consumer, class: PriorityLive}}
+	if p.Backfill != nil {
+		reserve := max(p.cfg.Concurrency, p.cfg.MaxAckPending/4)
+		p.lanes = append(p.lanes, &source{name: "backfill", cons: p.Backfill, class: PriorityBackfill,
+			slots: make(chan struct{}, max(p.cfg.MaxAckPending-reserve, 1))})
+	}
 	p.closing = false
 	return nil
 }
@@ -198,13 +270,13 @@ const (
 	batchGather = 10 * time.Millisecond
 )
 
-// fetch takes messages from the consumer while there is room, and never while Kustomer
+// fetch takes messages from one lane's consumer while there is room, and never while Kustomer
 // refuses the key or the org budget is paused.
-func (p *Pool) fetch(ctx context.Context) {
+func (p *Pool) fetch(ctx context.Context, src *source) {
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(fetchRetryMin),
 		backoff.WithMaxInterval(fetchRetryMax), backoff.WithMaxElapsedTime(0))
 	for ctx.Err() == nil {
-		if closed, _ := p.auth.Closed(); closed {
+		if p.gated() {
 			_ = sleep(ctx, blockedRecheck)
 			continue
 		}
@@ -212,7 +284,7 @@ func (p *Pool) fetch(ctx context.Context) {
 			_ = sleep(ctx, time.Until(until))
 			continue
 		}
-		n, ok := p.room(ctx)
+		n, ok := p.room(ctx, src)
 		if !ok {
 			return
 		}
@@ -220,108 +292,185 @@ func (p *Pool) fetch(ctx context.Context) {
 		// cancelled pull would be lost to this process and wait out AckWait before anyone
 		// else gets them. A pull lasts FetchWait at most.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.FetchWait)
-		batch, err := p.Consumer.Fetch(n, jetstream.FetchContext(fctx))
+		batch, err := src.cons.Fetch(n, jetstream.FetchContext(fctx))
 		got := 0
 		if err == nil {
 			for msg := range batch.Messages() {
 				got++
-				p.add(msg)
+				p.add(msg, src)
 			}
 			err = batch.Error()
 		}
 		cancel()
 		for range n - got {
-			<-p.slots
+			p.release(src)
 		}
 		if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
-			p.Log.Debug("fetch failed", "error", err)
+			p.fetchFailed(ctx, err)
 			_ = sleep(ctx, retry.NextBackOff())
 			continue
 		}
+		p.fetchWorks()
 		retry.Reset()
 	}
+}
+
+// gated reports whether a gate stops every request: the key is refused, or Kustomer is down.
+func (p *Pool) gated() bool {
+	auth, _ := p.auth.Closed()
+	down, _ := p.outage.gate.Closed()
+	return auth || down
 }
 
 // room takes slots for the next pull: at least one (waiting for it), and while messages are
 // held it gathers more for a moment, so that a backlog is pulled in batches rather than one
 // pull request per message. ok is false when ctx ended.
-func (p *Pool) room(ctx context.Context) (n int, ok bool) {
-	select {
-	case p.slots <- struct{}{}:
-	case <-ctx.Done():
+func (p *Pool) room(ctx context.Context, src *source) (n int, ok bool) {
+	if !p.take(ctx, src, nil) {
 		return 0, false
 	}
 	n = 1
 	if len(p.slots) > 1 {
 		t := time.NewTimer(batchGather)
-	gather:
-		for n < p.cfg.MaxAckPending/2 {
-			select {
-			case p.slots <- struct{}{}:
-				n++
-			case <-t.C:
-				break gather
-			case <-ctx.Done():
-				break gather
-			}
+		for n < p.cfg.MaxAckPending/2 && p.take(ctx, src, t.C) {
+			n++
 		}
 		t.Stop()
 	}
-	for n < p.cfg.MaxAckPending {
-		select {
-		case p.slots <- struct{}{}:
-			n++
-		default:
-			return n, true
-		}
+	for n < p.cfg.MaxAckPending && p.take(ctx, src, closed) {
+		n++
 	}
 	return n, true
 }
 
-// add holds a fetched message behind any earlier one for the same conversation. The slot
-// taken for it stays with it until it is let go.
-func (p *Pool) add(msg jetstream.Msg) {
+// closed is a channel that is always ready: take with it does not wait.
+var closed = func() chan time.Time { c := make(chan time.Time); close(c); return c }()
+
+// take puts a token into src's slots (if it has its own) and the pool's, waiting until both
+// have room, stop fires (nil: never) or ctx ends; it reports whether it took them.
+func (p *Pool) take(ctx context.Context, src *source, stop <-chan time.Time) bool {
+	if src.slots != nil {
+		select {
+		case src.slots <- struct{}{}:
+		case <-stop:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+	select {
+	case p.slots <- struct{}{}:
+		return true
+	case <-stop:
+	case <-ctx.Done():
+	}
+	if src.slots != nil {
+		<-src.slots
+	}
+	return false
+}
+
+// release gives back the tokens a message of src held; nil src (read directly) holds none.
+func (p *Pool) release(src *source) {
+	if src == nil {
+		return
+	}
+	<-p.slots
+	if src.slots != nil {
+		<-src.slots
+	}
+}
+
+// add holds a fetched message of src behind any earlier one for the same conversation. The
+// slots taken for it stay with it until it is let go. A live message is first checked for
+// older updates of its conversation still pending in the backfill lane (Order); those are
+// held too, ahead of it.
+func (p *Pool) add(msg jetstream.Msg, src *source) {
 	md, err := msg.Metadata()
 	if err != nil { // not a JetStream message; cannot be acked either
 		p.Log.Error("message without JetStream metadata", "subject", msg.Subject(), "error", err)
-		<-p.slots
+		p.release(src)
 		return
 	}
+	ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
 	p.mu.Lock()
-	_, done := p.applied[md.Sequence.Stream]
+	_, done := p.applied[ref]
 	p.mu.Unlock()
 	if done {
 		// Settled and acknowledged before, but the acknowledgement was lost (a broker
 		// restart): acknowledge again, never apply again.
 		if err := msg.Ack(); err != nil {
-			p.Log.Debug("ack of a redelivered settled message failed", "seq", md.Sequence.Stream, "error", err)
+			p.Log.Debug("ack of a redelivered settled message failed", "seq", ref.Seq, "error", err)
 		}
-		<-p.slots
+		p.release(src)
 		return
 	}
 	update, invalid := kustomer.Decode(msg.Data()) // outside the lock: workers ack under it
+	if invalid == nil && src != nil && src.class == PriorityLive && p.Order != nil && p.Backfill != nil {
+		p.addOlder(update.ID, ref.Seq)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if j, ok := p.bySeq[md.Sequence.Stream]; ok {
-		// Redelivered while still held (AckWait ran out during a broker outage): keep one job,
-		// answering on the newest delivery.
+	if j, ok := p.bySeq[ref]; ok {
+		// Redelivered while still held (AckWait ran out during a broker outage), or delivered
+		// by its lane after it was read directly: keep one job, answering on the delivery.
 		j.msg, j.delivered, j.progress = msg, md.NumDelivered, time.Now()
-		<-p.slots
+		if j.src == nil && src != nil {
+			j.src = src // it holds the delivery's slots from now on
+		} else {
+			p.release(src)
+		}
 		return
 	}
-	j := &job{msg: msg, seq: md.Sequence.Stream, delivered: md.NumDelivered, progress: time.Now(), update: update, invalid: invalid}
+	class := PriorityLive
+	if src != nil {
+		class = src.class
+	}
+	j := &job{msg: msg, src: src, class: class, ref: ref, delivered: md.NumDelivered, progress: time.Now(), update: update, invalid: invalid}
 	key := j.update.ID
 	if j.invalid != nil {
-		key = "\x00" + strconv.FormatUint(j.seq, 10) // invalid: no conversation, no order
+		key = "\x00" + strconv.FormatUint(ref.Seq, 10) // invalid: no conversation, no order
 	}
-	p.bySeq[j.seq] = j
+	p.bySeq[ref] = j
+	p.file(j, key)
+}
+
+// file puts a new job under its conversation, in stream order, and makes the conversation
+// ready if it may go; p.mu is held.
+func (p *Pool) file(j *job, key string) {
 	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
-	if c, ok := p.convs[key]; ok {
-		c.jobs = append(c.jobs, j)
+	c, ok := p.convs[key]
+	if ok {
+		c.insert(j)
+	} else {
+		c = &conv{key: key, jobs: []*job{j}, parked: true}
+		p.convs[key] = c
+	}
+	if w := p.waiting[key]; w != nil {
+		delete(w, j.ref) // an older message a dead process held: here now, and first in line
+	}
+	p.unpark(c)
+}
+
+// insert files j in stream order among c's jobs, behind the head unless c is parked: the
+// head of a conversation that is not parked may be in a worker's hands. c is guarded by
+// Pool.mu.
+func (c *conv) insert(j *job) {
+	i := len(c.jobs)
+	for i > 0 && c.jobs[i-1].ref.Seq > j.ref.Seq && (c.parked || i > 1) {
+		i--
+	}
+	c.jobs = slices.Insert(c.jobs, i, j)
+}
+
+// unpark makes a parked conversation ready once no older message of it is outstanding
+// elsewhere; p.mu is held.
+func (p *Pool) unpark(c *conv) {
+	if !c.parked || len(p.waiting[c.key]) > 0 || len(c.jobs) == 0 {
 		return
 	}
-	c := &conv{key: key, jobs: []*job{j}}
-	p.convs[key] = c
+	delete(p.waiting, c.key)
+	c.parked = false
 	p.ready <- c
 }
 
@@ -343,7 +492,7 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	j := c.jobs[0]
 	t := tries{delivered: j.delivered}
 	p.mu.Unlock()
-	var tk *ticket
+	var tk, tkDown *ticket
 	defer func() {
 		if r := recover(); r != nil {
 			p.jobLog(j).Error("panic while handling a message; it will be retried", "panic", r, "stack", string(debug.Stack()))
@@ -355,12 +504,22 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 		p.ack(c, j)
 		return
 	}
-	o := p.try(ctx, hard, j, &tk)
+	o := p.try(ctx, hard, j, &tk, &tkDown)
+	// The tickets are handed back after settle: the gates' log lines follow the message's.
 	if tk != nil {
-		defer tk.Done() // after settle: the gate's log line follows the message's
+		defer tk.Done()
+	}
+	if tkDown != nil {
+		defer tkDown.Done()
 	}
 	if o == nil {
 		return // shutdown began while waiting: the message stays held for handBack
+	}
+	if p.outage.refund(j.ref.Seq) {
+		j.attempts = max(j.attempts-1, 0) // spent on a failure that turned out to be an outage
+	}
+	if tkDown != nil {
+		t.outage = p.outage.observe(tkDown, c.key, j.ref.Seq, healthOf(*o), reasonOf(*o))
 	}
 	t.attempts, t.throttles = j.attempts, j.throttles
 	d := decide(*o, t, p.policy, rand.Float64())
@@ -370,10 +529,10 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	p.settle(c, j, d)
 }
 
-// try sends j's update once the auth gate and the pacer let it, and says what happened; nil
-// when shutdown began before anything was sent. The gate's ticket, once taken, is left in tk
-// for the caller to hand back.
-func (p *Pool) try(ctx, hard context.Context, j *job, tk **ticket) *outcome {
+// try sends j's update once the gates (the key, Kustomer's health) and the pacer let it, and
+// says what happened; nil when shutdown began before anything was sent. The gates' tickets,
+// once taken, are left in tk and tkDown for the caller to hand back.
+func (p *Pool) try(ctx, hard context.Context, j *job, tk, tkDown **ticket) *outcome {
 	if j.invalid != nil {
 		return &outcome{invalid: j.invalid}
 	}
@@ -382,8 +541,11 @@ func (p *Pool) try(ctx, hard context.Context, j *job, tk **ticket) *outcome {
 	if *tk, err = p.auth.Acquire(ctx); err != nil {
 		return nil
 	}
+	if *tkDown, err = p.outage.gate.Acquire(ctx); err != nil {
+		return nil
+	}
 	start := time.Now()
-	err = p.Pacer.Wait(ctx, PriorityLive)
+	err = p.Pacer.Wait(ctx, j.class)
 	p.Metrics.pacerWait(time.Since(start).Seconds())
 	if err != nil {
 		return nil
@@ -417,7 +579,7 @@ func (p *Pool) loadAttempts(ctx context.Context, j *job) {
 	if delivered <= 1 || p.Attempts == nil {
 		return
 	}
-	n, err := p.Attempts.Get(ctx, j.seq)
+	n, err := p.Attempts.Get(ctx, j.ref)
 	if err != nil {
 		p.jobLog(j).Warn("cannot read attempts; counting from this delivery", "error", err)
 	}
@@ -476,9 +638,9 @@ func (p *Pool) recordAttempts(j *job) {
 	if p.Attempts == nil {
 		return
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	sctx, cancel := context.WithTimeout(p.hard, storeTimeout)
 	defer cancel()
-	if err := p.Attempts.Set(sctx, j.seq, j.attempts); err != nil {
+	if err := p.Attempts.Set(sctx, j.ref, j.attempts); err != nil {
 		p.jobLog(j).Warn("cannot record attempts", "error", err)
 		return
 	}
@@ -504,7 +666,7 @@ func (p *Pool) deadLetter(c *conv, j *job, d decision) {
 	p.mu.Lock()
 	msg := j.msg
 	p.mu.Unlock()
-	dctx, cancel := context.WithTimeout(context.Background(), deadLetterTimeout)
+	dctx, cancel := context.WithTimeout(p.hard, deadLetterTimeout)
 	err := p.DeadLetters.Publish(dctx, msg, queue.Failure{
 		Class: d.class, Reason: d.reason, Status: d.status, Attempts: j.attempts, FailedAt: time.Now(),
 	})
@@ -520,17 +682,24 @@ func (p *Pool) deadLetter(c *conv, j *job, d decision) {
 	p.ack(c, j)
 }
 
-// ack acknowledges j's message, waiting for JetStream to confirm, and moves on to the
+// ack acknowledges j's message and, once JetStream confirmed it, moves on to the
 // conversation's next job. The next update of the conversation waits for that confirmation:
 // were it applied while this acknowledgement may still be lost, a crash could bring this older
-// update back after the newer one. An acknowledgement that fails is tried again with backoff,
-// the job held (and kept in progress) meanwhile, and never sent again.
+// update back after the newer one. The confirmation is awaited by a goroutine of its own, so
+// the worker goes on with another conversation meanwhile; c is in that goroutine's hands until
+// then. An acknowledgement that fails is tried again with backoff, the job held (and kept in
+// progress) meanwhile, and never sent again.
 func (p *Pool) ack(c *conv, j *job) {
 	j.settled = true
+	p.confirming.Go(func() { p.confirm(c, j) })
+}
+
+// confirm is ack's second half: the acknowledgement, waited for.
+func (p *Pool) confirm(c *conv, j *job) {
 	p.mu.Lock()
 	msg := j.msg
 	p.mu.Unlock()
-	actx, cancel := context.WithTimeout(context.Background(), ackTimeout)
+	actx, cancel := context.WithTimeout(p.hard, ackTimeout)
 	err := msg.DoubleAck(actx)
 	cancel()
 	if err != nil {
@@ -541,18 +710,19 @@ func (p *Pool) ack(c *conv, j *job) {
 		return
 	}
 	if j.recorded {
-		dctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-		if err := p.Attempts.Delete(dctx, j.seq); err != nil {
+		dctx, cancel := context.WithTimeout(p.hard, storeTimeout)
+		if err := p.Attempts.Delete(dctx, j.ref); err != nil {
 			p.jobLog(j).Debug("cannot forget attempts", "error", err)
 		}
 		cancel()
 	}
+	p.outage.refund(j.ref.Seq) // a refund it never took
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.applied[j.seq] = struct{}{}
+	p.applied[j.ref] = struct{}{}
 	c.jobs = c.jobs[1:]
-	delete(p.bySeq, j.seq)
-	<-p.slots
+	delete(p.bySeq, j.ref)
+	p.release(j.src)
 	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
 	if len(c.jobs) == 0 {
 		delete(p.convs, c.key)
@@ -564,18 +734,30 @@ func (p *Pool) ack(c *conv, j *job) {
 // forgetApplied drops the remembered sequences that the consumer's acknowledgement floor has
 // passed: JetStream will not deliver those again.
 func (p *Pool) forgetApplied(ctx context.Context) {
-	ictx, cancel := context.WithTimeout(ctx, storeTimeout)
-	info, err := p.Consumer.Info(ictx)
-	cancel()
-	if err != nil {
-		return
+	// A floor that holds for every lane: the lowest of the lanes with messages in progress (a
+	// lane with none will deliver again nothing it delivered, so it sets no floor).
+	infos := make([]*jetstream.ConsumerInfo, 0, len(p.lanes))
+	var floor uint64
+	for _, src := range p.lanes {
+		ictx, cancel := context.WithTimeout(ctx, storeTimeout)
+		info, err := src.cons.Info(ictx)
+		cancel()
+		if err != nil {
+			return
+		}
+		infos = append(infos, info)
+		floor = max(floor, info.AckFloor.Stream)
 	}
-	floor := info.AckFloor.Stream
+	for _, info := range infos {
+		if info.NumAckPending > 0 {
+			floor = min(floor, info.AckFloor.Stream)
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for seq := range p.applied {
-		if seq <= floor {
-			delete(p.applied, seq)
+	for ref := range p.applied {
+		if ref.Seq <= floor {
+			delete(p.applied, ref)
 		}
 	}
 }
@@ -605,7 +787,7 @@ func (p *Pool) schedule(c *conv, d time.Duration) {
 // jobLog is the logger for lines about j. It is built only when a line is written: most
 // messages never need one.
 func (p *Pool) jobLog(j *job) *slog.Logger {
-	return p.Log.With("conversation", j.update.ID, "seq", j.seq)
+	return p.Log.With("conversation", j.update.ID, "seq", j.ref.Seq)
 }
 
 // heartbeat marks held messages in progress well before AckWait runs out, so that waiting for
@@ -622,6 +804,7 @@ func (p *Pool) heartbeat(stop <-chan struct{}) {
 		case now := <-t.C:
 			if now.Sub(forgot) >= forgetEvery {
 				p.forgetApplied(context.Background())
+				p.recheckWaiting(context.Background())
 				forgot = now
 			}
 			p.mu.Lock()
@@ -650,7 +833,7 @@ func (p *Pool) handBack() {
 		jobs = append(jobs, c.jobs...)
 	}
 	p.convs = make(map[string]*conv)
-	p.bySeq = make(map[uint64]*job)
+	p.bySeq = make(map[queue.MsgRef]*job)
 	p.mu.Unlock()
 	for len(p.ready) > 0 {
 		<-p.ready
@@ -658,7 +841,7 @@ func (p *Pool) handBack() {
 	for _, j := range jobs {
 		if j.settled { // applied; only the acknowledgement was missing: never hand it back
 			if err := j.msg.Ack(); err != nil {
-				p.Log.Debug("last ack of a settled message failed; its redelivery will be applied again", "seq", j.seq, "error", err)
+				p.Log.Debug("last ack of a settled message failed; its redelivery will be applied again", "seq", j.ref.Seq, "error", err)
 			}
 			continue
 		}
@@ -667,11 +850,16 @@ func (p *Pool) handBack() {
 			continue
 		}
 		if err := j.msg.Nak(); err != nil {
-			p.Log.Debug("hand back failed; redelivery follows AckWait", "seq", j.seq, "error", err)
+			p.Log.Debug("hand back failed; redelivery follows AckWait", "seq", j.ref.Seq, "error", err)
 		}
 	}
 	for len(p.slots) > 0 {
 		<-p.slots
+	}
+	for _, src := range p.lanes {
+		for src.slots != nil && len(src.slots) > 0 {
+			<-src.slots
+		}
 	}
 	if len(jobs) > 0 {
 		p.Log.Info("handed unfinished messages back for redelivery", "count", len(jobs))
@@ -692,4 +880,40 @@ func (p *Pool) lastDelivery(j *job) {
 		return
 	}
 	_ = j.msg.Ack()
+}
+
+// Tuned value: how long the check for older backfill updates of a live one may take.
+const orderCheckTimeout = 5 * time.Second
+
+// addOlder holds, ahead of a live update of conversation id at stream sequence seq, the older
+// updates of the conversation still pending in the backfill lane, read directly from the
+// stream: were the live update applied first, they would overwrite it later. They hold no
+// slot (the live update's conversation holds one) and are acknowledged by deleting them from
+// the stream. If the check fails, the live update goes on alone, and the failure is logged.
+func (p *Pool) addOlder(id string, seq uint64) {
+	ctx, cancel := context.WithTimeout(p.hard, orderCheckTimeout)
+	defer cancel()
+	older, err := p.Order.OlderPending(ctx, queue.LaneBackfill, id, seq)
+	if err != nil {
+		p.Log.Warn("cannot check for older backfill updates of a live update's conversation; applying it in arrival order",
+			"conversation", id, "seq", seq, "error", err)
+		return
+	}
+	for _, m := range older {
+		md, err := m.Metadata()
+		if err != nil {
+			continue
+		}
+		ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
+		update, invalid := kustomer.Decode(m.Data())
+		p.mu.Lock()
+		_, held := p.bySeq[ref]
+		_, done := p.applied[ref]
+		if !held && !done && invalid == nil {
+			j := &job{msg: m, class: PriorityLive, ref: ref, delivered: md.NumDelivered, progress: time.Now(), update: update}
+			p.bySeq[ref] = j
+			p.file(j, update.ID)
+		}
+		p.mu.Unlock()
+	}
 }

@@ -45,6 +45,9 @@ type options struct {
 	logLevel slog.Level
 	ackWait  time.Duration                               // the consumer's AckWait; default 5s
 	consumer func(jetstream.Consumer) jetstream.Consumer // wraps the bound consumer
+	heal     bool                                        // re-create a missing consumer, as the command does
+	recover  bool                                        // read what a dead process left unacknowledged, as the command does
+	lanes    bool                                        // pull from both lanes with the order check, as the command does
 }
 
 type updaterFunc func(ctx context.Context, u kustomer.Update) (*kustomer.Result, error)
@@ -123,6 +126,26 @@ func (f *fixture) start(o options) {
 		Pacer:       worker.NewPacer(rate),
 		Log:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 		Config:      cfg,
+	}
+	if o.lanes {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		lanes, _, err := queue.BindLanes(ctx, f.js, f.top)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		order, err := queue.NewOrderCheck(ctx, f.js, f.top)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		f.pool.Consumer, f.pool.Backfill, f.pool.Order = lanes.Live, lanes.Backfill, order
+	}
+	if o.recover {
+		f.pool.Outstanding = &queue.Outstanding{JS: f.js, Topology: f.top}
+	}
+	if o.heal {
+		top := f.top
+		f.pool.Heal = func(ctx context.Context) error { return queue.Ensure(ctx, f.js, top) }
 	}
 	rctx, rcancel := context.WithCancel(context.Background())
 	f.cancel = rcancel
@@ -234,7 +257,10 @@ func TestPool(t *testing.T) {
 	})
 
 	t.Run("applies each conversation's updates in stream order while earlier ones are retried", func(t *testing.T) {
-		f := setup(t, options{cfg: worker.Config{Concurrency: 8}, noStart: true})
+		// Every conversation's first update fails at once: the breaker would call that an
+		// outage; this test is about order under retries.
+		noBreaker := worker.Config{Concurrency: 8, OutageThreshold: -1}
+		f := setup(t, options{cfg: noBreaker, noStart: true})
 		const convs, per = 20, 5
 		for c := range convs {
 			// The first two tries of each conversation's first update fail, the first of its third.
@@ -245,7 +271,7 @@ func TestPool(t *testing.T) {
 				f.publishUpdate(c, fmt.Sprintf(`{"name":"v%d"}`, k))
 			}
 		}
-		f.start(options{cfg: worker.Config{Concurrency: 8}})
+		f.start(options{cfg: noBreaker})
 		f.waitDrained(60 * time.Second)
 		for c := range convs {
 			conv, _ := f.fake.Conversation(id(c))
@@ -329,7 +355,10 @@ func TestPool(t *testing.T) {
 	})
 
 	t.Run("rides out storms of 5xx and dropped connections", func(t *testing.T) {
-		f := setup(t, options{cfg: worker.Config{Concurrency: 8, MaxAttempts: 10}, noStart: true})
+		// Sixty failures in a row: the breaker (TestOutageBreaker) would pause for them; this
+		// test is about retries riding them out.
+		noBreaker := worker.Config{Concurrency: 8, MaxAttempts: 10, OutageThreshold: -1}
+		f := setup(t, options{cfg: noBreaker, noStart: true})
 		var storm []kustomertest.Answer
 		for i := range 60 {
 			if i%3 == 0 {
@@ -342,7 +371,7 @@ func TestPool(t *testing.T) {
 		for i := range 40 {
 			f.publishUpdate(i, `{"status":"open"}`)
 		}
-		f.start(options{cfg: worker.Config{Concurrency: 8, MaxAttempts: 10}})
+		f.start(options{cfg: noBreaker})
 		f.waitDrained(60 * time.Second)
 		if got := applied(f.fake.Requests()); got != 40 {
 			t.Errorf("%d applied; want 40", got)

@@ -11,6 +11,8 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 )
 
@@ -128,5 +130,46 @@ func TestOrderWhenAcknowledgementsAreLost(t *testing.T) {
 	}
 	if n := f.stale(convs, rounds-1); n != 0 {
 		t.Errorf("%d of %d conversations ended at an older update than their last (%d acknowledgements lost)", n, convs, c.lost.Load())
+	}
+}
+
+// crashingPool runs a pool on a connection of its own and kills it as a crash would: the
+// connection closes first, so nothing the pool held is acknowledged or handed back.
+func (f *fixture) crashingPool(cfg worker.Config) (crash func()) {
+	f.t.Helper()
+	nc, js := queuetest.Connect(f.t, f.srv.URL())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cons, attempts, err := queue.Bind(ctx, js, f.top)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	cfg.MaxAckPending = f.top.MaxAckPending
+	pool := &worker.Pool{Consumer: cons, Client: f.client, Attempts: attempts, Pacer: worker.NewPacer(-1), Config: cfg,
+		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: f.top.DLQSubject}}
+	rctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- pool.Run(rctx) }()
+	return func() {
+		nc.Close()
+		stop()
+		testwait.Recv(f.t, "the crashed pool to stop", 60*time.Second, done)
+	}
+}
+
+func TestOrderAcrossAWorkerCrash(t *testing.T) {
+	const convs, rounds = 300, 5
+	f := setup(t, options{fake: kustomertest.Config{Latency: 10 * time.Millisecond}, ackWait: 3 * time.Second, noStart: true})
+	f.publishRounds(convs, rounds)
+	crash := f.crashingPool(worker.Config{Concurrency: 8})
+	testwait.Until(t, "a third applied", 60*time.Second, func() bool { return f.fake.Stats().Applied >= convs*rounds/3 })
+	crash()
+	f.start(options{cfg: worker.Config{Concurrency: 8}, recover: true})
+	f.waitDrained(120 * time.Second)
+	if n := f.stale(convs, rounds-1); n != 0 {
+		t.Errorf("%d of %d conversations ended at an older update than their last after a crash", n, convs)
+	}
+	if n := len(f.deadLetters()); n != 0 {
+		t.Errorf("%d dead letters; want none", n)
 	}
 }

@@ -42,11 +42,11 @@ type DeadLetterer interface {
 }
 
 // AttemptStore remembers the attempts spent on a message across deliveries, restarts and
-// replicas, by stream sequence; *queue.Attempts is the real one.
+// replicas; *queue.Attempts is the real one.
 type AttemptStore interface {
-	Get(ctx context.Context, seq uint64) (int, error)
-	Set(ctx context.Context, seq uint64, n int) error
-	Delete(ctx context.Context, seq uint64) error
+	Get(ctx context.Context, ref queue.MsgRef) (int, error)
+	Set(ctx context.Context, ref queue.MsgRef, n int) error
+	Delete(ctx context.Context, ref queue.MsgRef) error
 }
 
 // Budget is what the pool asks of the pacer in front of every request; *Pacer is the real one.
@@ -62,7 +62,24 @@ type Budget interface {
 	PausedUntil() time.Time
 }
 
+// Outstanding reads what the work stream still holds of messages the consumer delivered and
+// nobody acknowledged; *queue.Outstanding is the real one.
+type Outstanding interface {
+	// Unacked lists them, oldest first.
+	Unacked(ctx context.Context) ([]queue.Unacked, error)
+	// Pending reports whether one is still unacknowledged.
+	Pending(ctx context.Context, ref queue.MsgRef) (bool, error)
+}
+
+// OlderFinder finds the messages of a conversation still pending in a lane with a stream
+// sequence below before, oldest first; *queue.OrderCheck is the real one.
+type OlderFinder interface {
+	OlderPending(ctx context.Context, lane queue.Lane, id string, before uint64) ([]*queue.DirectMsg, error)
+}
+
 var (
+	_ OlderFinder  = (*queue.OrderCheck)(nil)
+	_ Outstanding  = (*queue.Outstanding)(nil)
 	_ Consumer     = jetstream.Consumer(nil)
 	_ Updater      = (*kustomer.Client)(nil)
 	_ DeadLetterer = (*queue.DeadLetterPublisher)(nil)

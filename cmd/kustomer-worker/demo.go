@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -36,6 +37,7 @@ type demoCmd struct {
 	DataDir       string        `name:"data-dir" type:"path" help:"JetStream store of the demo's NATS server (default a temporary directory, removed afterwards)."`
 	Timeout       time.Duration `name:"timeout" default:"5m" help:"Give up if the backfill is not done by then (default 5m)."`
 	Progress      string        `name:"progress" enum:"auto,bar,plain,none" default:"auto" help:"Progress on stderr: auto, bar, plain or none (default auto)."`
+	LiveEvery     time.Duration `name:"live-every" default:"0s" help:"While the backfill runs, publish a live update this often (to the live lane, for conversations outside the backfill) and report how long each took from publish to the request at the fake; 0 publishes none (default ${default})."`
 }
 
 func (c *demoCmd) Help() string {
@@ -45,10 +47,17 @@ budget, the worker pool, and a generated backfill with some invalid updates, som
 conversations and random 5xx faults. It shows progress, then what happened, and removes
 everything it created.
 
+The backfill goes to the backfill lane. With --live-every, live updates arrive meanwhile on the
+live lane, as from an event producer, and the summary shows their latency: a backfill in the
+way costs them little, where one shared queue would make them wait for the whole backlog.
+
 Examples:
   kustomer-worker demo
   kustomer-worker demo --updates 10000 --budget 3000 --window 10s
-  kustomer-worker demo --fault-rate 0.2 --concurrency 4`
+  kustomer-worker demo --fault-rate 0.2 --concurrency 4
+
+  # A backfill saturating a budget of 60 per 10s, one live update a second:
+  kustomer-worker demo --updates 600 --budget 60 --window 10s --fault-rate 0 --live-every 1s`
 }
 
 // demoKey is the fake's API key: a test value, not a secret.
@@ -62,6 +71,66 @@ type demoResult struct {
 	deadLetters                uint64
 	stats                      kustomertest.Stats
 	elapsed                    time.Duration
+	live                       []time.Duration // each live update's time from publish to its accepted request
+}
+
+// demoLive publishes live updates while the backfill runs and remembers when.
+type demoLive struct {
+	mu   sync.Mutex // guards sent
+	sent []demoLiveSent
+}
+
+type demoLiveSent struct {
+	id string
+	at time.Time
+}
+
+// count is how many live updates were stored.
+func (l *demoLive) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.sent)
+}
+
+// run publishes one live update every interval until ctx ends, each for a conversation of
+// its own: one that no backfill update touches, since the order of a conversation's updates
+// across lanes is the pool's to keep (docs/LANES.md).
+func (l *demoLive) run(ctx context.Context, s *session, top queue.Topology, every time.Duration, seed int64) {
+	rng := rand.New(rand.NewPCG(uint64(seed), 0x6c697665))
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		id := fmt.Sprintf("%08x%08x%08x", rng.Uint32(), rng.Uint32(), rng.Uint32())
+		at := time.Now()
+		if _, err := s.js.Publish(ctx, top.ConversationSubject(queue.LaneLive, id), []byte(`{"id":"`+id+`","body":{"status":"open"}}`)); err != nil {
+			continue // ctx ended, or NATS refused it: it counts in nothing
+		}
+		l.mu.Lock()
+		l.sent = append(l.sent, demoLiveSent{id, at})
+		l.mu.Unlock()
+	}
+}
+
+// latencies are the times from each live update's publish to the request the fake accepted.
+func (l *demoLive) latencies(fake *kustomertest.Server) []time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []time.Duration
+	for _, s := range l.sent {
+		for _, r := range fake.RequestsFor(s.id) {
+			if r.Status >= 200 && r.Status < 300 {
+				out = append(out, r.Time.Sub(s.at))
+				break
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
@@ -78,6 +147,8 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return usagef("window: %s is not positive", c.Window)
 	case c.Concurrency < 1:
 		return usagef("concurrency: %d is below 1", c.Concurrency)
+	case c.LiveEvery < 0:
+		return usagef("live-every: %s is negative", c.LiveEvery)
 	}
 	log := slog.New(slog.DiscardHandler)
 	if g.LogLevel == "debug" {
@@ -86,7 +157,8 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 
 	fake, err := kustomertest.Start("127.0.0.1:0", kustomertest.Config{
 		APIKey: demoKey, Budget: c.Budget, Window: c.Window, FaultRate: c.FaultRate,
-		Latency: c.Latency, LatencyJitter: c.LatencyJitter, RandSeed: c.Seed, DisableLog: true,
+		Latency: c.Latency, LatencyJitter: c.LatencyJitter, RandSeed: c.Seed,
+		DisableLog: c.LiveEvery == 0, DiscardBodies: true, // the log times the live updates
 	})
 	if err != nil {
 		return err
@@ -130,7 +202,7 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 		cancel()
 		return err
 	}
-	consumer, att, err := queue.Bind(sctx, s.js, top)
+	lanes, att, err := queue.BindLanes(sctx, s.js, top)
 	cancel()
 	if err != nil {
 		return err
@@ -142,7 +214,7 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 	defer client.CloseIdleConnections()
 	reg := prometheus.NewRegistry()
 	pool := &worker.Pool{
-		Consumer: consumer, Client: client, Attempts: att,
+		Consumer: lanes.Live, Backfill: lanes.Backfill, Client: client, Attempts: att,
 		DeadLetters: &queue.DeadLetterPublisher{JS: s.js, Subject: top.DLQSubject},
 		Pacer:       worker.NewPacer(ratePerMinute),
 		Metrics:     worker.NewMetrics(reg),
@@ -163,7 +235,13 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 	if err := c.publish(ctx, s, top, backfill); err != nil {
 		return err
 	}
-	res, err := c.wait(ctx, e, s, top, fake, backfill)
+	live := &demoLive{}
+	liveCtx, stopLive := context.WithCancel(ctx)
+	if c.LiveEvery > 0 {
+		wg.Go(func() { live.run(liveCtx, s, top, c.LiveEvery, c.Seed) })
+	}
+	res, err := c.wait(ctx, e, s, top, fake, backfill, live, stopLive)
+	stopLive()
 	res.elapsed = time.Since(start)
 	stopPool()
 	wg.Wait()
@@ -175,6 +253,7 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 	}
 	res.applied = counterValue(reg, "kustomer_worker_updates_total", "outcome", "applied")
 	res.stats = fake.Stats()
+	res.live = live.latencies(fake)
 	c.summary(e, res)
 	return nil
 }
@@ -248,7 +327,7 @@ func (c *demoCmd) generate(fake *kustomertest.Server) demoBackfill {
 			}
 			data = `{"id":"` + id + `","body":` + body + `}`
 		}
-		b.updates[i] = demoUpdate{subject: top.Subject + "." + id, data: []byte(data)}
+		b.updates[i] = demoUpdate{subject: top.ConversationSubject(queue.LaneBackfill, id), data: []byte(data)}
 	}
 	return b
 }
@@ -268,7 +347,7 @@ func (c *demoCmd) publish(ctx context.Context, s *session, top queue.Topology, b
 }
 
 // wait shows progress until every update was applied or dead-lettered.
-func (c *demoCmd) wait(ctx context.Context, e *env, s *session, top queue.Topology, fake *kustomertest.Server, b demoBackfill) (demoResult, error) {
+func (c *demoCmd) wait(ctx context.Context, e *env, s *session, top queue.Topology, fake *kustomertest.Server, b demoBackfill, live *demoLive, stopLive func()) (demoResult, error) {
 	res := demoResult{updates: c.Updates, invalid: b.invalid, rejected: b.rejected}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
@@ -290,7 +369,10 @@ func (c *demoCmd) wait(ctx context.Context, e *env, s *session, top queue.Topolo
 			mu.Lock()
 			last = st
 			mu.Unlock()
-			if st.Processed >= uint64(c.Updates) && st.Backlog == 0 {
+			if st.Processed >= uint64(c.Updates) && st.Backfill.Backlog == 0 {
+				stopLive() // the backfill is done: no more live updates to measure
+			}
+			if st.Processed >= uint64(c.Updates+live.count()) && st.Backlog == 0 {
 				stop()
 				prog.finish(int64(st.Processed))
 				res.byClass, res.deadLetters = st.ByClass, st.DeadLetters
@@ -333,6 +415,15 @@ func (c *demoCmd) summary(e *env, r demoResult) {
 	fmt.Fprintf(w, "throughput     %8.1f  updates/s\n", float64(r.applied)/max(secs, 1e-3))
 	fmt.Fprintf(w, "elapsed        %8s  (the budget allows %s at best for %d requests: %.0f%% of the fastest pace)\n",
 		r.elapsed.Round(100*time.Millisecond), bound.Round(100*time.Millisecond), needed, 100*bound.Seconds()/max(secs, 1e-3))
+	if len(r.live) > 0 {
+		q := func(p float64) time.Duration {
+			return r.live[min(len(r.live)-1, int(p*float64(len(r.live))))].Round(time.Millisecond)
+		}
+		fmt.Fprintf(w, "live updates   %8d  applied during the backfill: publish to request p50 %s, p99 %s, max %s\n",
+			len(r.live), q(0.5), q(0.99), r.live[len(r.live)-1].Round(time.Millisecond))
+		fmt.Fprintf(w, "               %8s  (in one queue shared with the backfill, one published at the start would have waited about %s)\n",
+			"", bound.Round(time.Second))
+	}
 	fmt.Fprintln(w, "\nNext: a real backfill with `kustomer-worker run` and `kustomer-worker enqueue` (see the README, Operations).")
 }
 

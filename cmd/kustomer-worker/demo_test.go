@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -58,4 +59,32 @@ func TestDemoEndsWithTheExpectedSummary(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestDemoWithLiveUpdatesReportsTheirLatency(t *testing.T) {
+	checkNoLeaks(t)
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err := run(ctx, []string{"demo", "--updates", "60", "--budget", "30", "--window", "2s", "--latency", "0s", "--latency-jitter", "0s",
+		"--fault-rate", "0", "--invalid", "0", "--rejected", "0", "--concurrency", "4", "--live-every", "250ms", "--progress", "none"},
+		&env{stdout: &stdout, stderr: &stderr, getenv: func(string) string { return "" }})
+	if err != nil {
+		t.Fatalf("demo: %v\n%s%s", err, stdout.String(), stderr.String())
+	}
+	out := stdout.String()
+	s := summary(t, out)
+	applied, _ := strconv.Atoi(s["applied"])
+	live := 0
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 2 && f[0] == "live" && f[1] == "updates" {
+			live, _ = strconv.Atoi(f[2])
+		}
+	}
+	if live == 0 || applied != 60+live {
+		t.Fatalf("every live update applied and timed: %d applied, %d live timed\n%s", applied, live, out)
+	}
+	if !strings.Contains(out, "publish to request p50 ") || !strings.Contains(out, "in one queue shared with the backfill") {
+		t.Errorf("no latency line:\n%s", out)
+	}
 }

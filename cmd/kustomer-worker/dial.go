@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -27,21 +28,22 @@ type session struct {
 // this machine, and fails clearly when nothing answers.
 func dial(ctx context.Context, e *env, g *globals, f *natsFlags, d dialFlags, name string) (*session, error) {
 	cc := f.conn(e, name, defaultNATSURL)
-	nc, err := queue.Connect(cc, opsLogger(e, g))
-	if err != nil {
-		return nil, settingError(err)
-	}
 	wctx, cancel := context.WithTimeout(ctx, max(d.ConnectTimeout, 100*time.Millisecond))
 	defer cancel()
-	if err := queue.WaitConnected(wctx, nc); err != nil {
-		closeQuietly(nc)
-		if ctx.Err() != nil {
+	nc, err := queue.ConnectWait(wctx, cc, opsLogger(e, g), nil)
+	if err != nil {
+		var ce *queue.ConnectError
+		switch {
+		case errors.As(err, &ce) && ce.Kind.Permanent():
+			return nil, startError(err)
+		case ctx.Err() != nil:
 			return nil, context.Cause(ctx)
-		}
-		if f.NATSURL == "" {
+		case wctx.Err() == nil: // not a wait that ran out: bad settings
+			return nil, settingError(err)
+		case f.NATSURL == "":
 			return nil, fmt.Errorf("no NATS at %s: is `kustomer-worker run` running? set --nats-url", queue.RedactURLs(cc.URL))
 		}
-		return nil, fmt.Errorf("no NATS at %s within %s: check --nats-url and the credentials", queue.RedactURLs(cc.URL), d.ConnectTimeout)
+		return nil, fmt.Errorf("no NATS at %s within %s: check --nats-url", queue.RedactURLs(cc.URL), d.ConnectTimeout)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {

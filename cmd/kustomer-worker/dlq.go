@@ -297,7 +297,9 @@ type dlqReplayCmd struct {
 
 func (c *dlqReplayCmd) Help() string {
 	return `Each dead letter is published to the work stream with its original headers (minus the Dlq-*
-ones) and, only once JetStream acknowledged that publish, deleted from the dead-letter stream. A
+ones) and, only once JetStream acknowledged that publish, deleted from the dead-letter stream. It
+goes back to the lane it came from (its Dlq-Original-Subject): a backfill message to the backfill
+lane, a live update to the live lane; one from a subject of neither goes to the live lane. A
 running worker then applies it. A dead letter whose message is invalid is skipped unless
 --message-file gives a fixed one. Replaying the same dead letter twice within the dedup window
 publishes it once.

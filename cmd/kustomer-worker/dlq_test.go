@@ -24,7 +24,7 @@ import (
 func (r *opsRig) startWorker(fake *kustomertest.Server) {
 	r.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	cons, attempts, err := queue.Bind(ctx, r.js, r.top)
+	lanes, attempts, err := queue.BindLanes(ctx, r.js, r.top)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func (r *opsRig) startWorker(fake *kustomertest.Server) {
 		r.t.Fatal(err)
 	}
 	pool := &worker.Pool{
-		Consumer: cons, Client: client, Attempts: attempts,
+		Consumer: lanes.Live, Backfill: lanes.Backfill, Client: client, Attempts: attempts,
 		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
 		Pacer:       worker.NewPacer(0),
 		Config:      worker.Config{Concurrency: 4, ShutdownTimeout: time.Second, FetchWait: time.Second},
@@ -131,7 +131,7 @@ func TestDeadLetterFixedReplayedAndApplied(t *testing.T) {
 		}
 		for _, want := range []string{
 			"conversation " + convID(2), "Dlq-Class: rejected", "Dlq-Status: 400", "Dlq-Attempts: 1",
-			"Dlq-Original-Subject: " + r.top.Subject + "." + convID(2), "Dlq-Original-Msg-Id: ",
+			"Dlq-Original-Subject: " + r.top.BackfillSubject + "." + convID(2), "Dlq-Original-Msg-Id: ", // enqueue's lane
 			"\n" + updateLine(2, `{"status":"done"}`) + "\n",
 		} {
 			if !strings.Contains(out, want) {

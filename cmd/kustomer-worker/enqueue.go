@@ -34,6 +34,7 @@ type enqueueCmd struct {
 	Rejects     string `name:"rejects" type:"path" help:"With --skip-invalid: where invalid lines go, as JSON Lines (default INPUT.rejects.jsonl, or rejects.jsonl for stdin)."`
 	RunID       string `name:"run-id" env:"ENQUEUE_RUN_ID" help:"Mixed into every message id, so the same input enqueued again under another run id is published again even within the dedup window."`
 	DryRun      bool   `name:"dry-run" help:"Validate only; publish nothing and need no NATS."`
+	Lane        string `name:"lane" enum:"backfill,live" default:"backfill" help:"Lane to publish to: backfill (BACKFILL-SUBJECT.<id>, served with the budget live updates leave) or live (SUBJECT.<id>, served first: for a handful of urgent updates) (default ${default})."`
 	Window      int    `name:"window" default:"4096" help:"Publishes waiting for their acknowledgement at most (default 4096)."`
 	Progress    string `name:"progress" enum:"auto,bar,plain,none" default:"auto" help:"Progress on stderr: auto (a bar on a terminal, a line every few seconds otherwise), bar, plain or none (default auto)."`
 }
@@ -43,7 +44,13 @@ func (c *enqueueCmd) Help() string {
 number and reason, and nothing is published unless --skip-invalid. Each message gets a Nats-Msg-Id
 made of --run-id, its line number and its bytes, so enqueueing the same input again within the
 work stream's dedup window (--dedup-window of run, default 2m) publishes nothing twice. The command
-reports success only once JetStream confirmed every publish. Messages go to SUBJECT.<id>.
+reports success only once JetStream confirmed every publish.
+
+Messages go to the backfill lane, BACKFILL-SUBJECT.<id> (kustomer.conversations.backfill.<id> by
+default): the worker applies them with the budget live updates leave, so a backfill never delays
+them. Before lanes, enqueue published to SUBJECT.<id>; --lane live still does, for a few urgent
+updates that must not wait behind a backfill. Updates of one conversation are applied in the
+order they were published, whatever their lanes.
 
 A line is {"id": "<24-hex conversation id>", "replace": false, "body": {...}}; blank lines are
 skipped. Input of any size streams: valid lines are spooled to a temporary file ($TMPDIR)
@@ -61,6 +68,9 @@ Examples:
 
   # From another program, keeping the bad lines aside:
   ./make-updates | kustomer-worker enqueue - --skip-invalid --rejects bad.jsonl
+
+  # A few urgent fixes, ahead of any backfill:
+  kustomer-worker enqueue --lane live fixes.jsonl
 
   # Check a file without publishing:
   kustomer-worker enqueue backfill.jsonl --dry-run`
@@ -146,7 +156,7 @@ func (c *enqueueCmd) Run(ctx context.Context, e *env, g *globals) error {
 	pstart := time.Now()
 	st, err := c.publish(ctx, e, s, top, spool, v.valid)
 	elapsed := time.Since(pstart)
-	fmt.Fprintf(e.stdout, "published   %10d\n", st.Published)
+	fmt.Fprintf(e.stdout, "published   %10d  (%s lane, %s.<id>)\n", st.Published, c.Lane, top.LaneSubject(queue.Lane(c.Lane)))
 	fmt.Fprintf(e.stdout, "duplicates  %10d", st.Duplicates)
 	if st.Duplicates > 0 {
 		fmt.Fprint(e.stdout, "  (already in the stream within its dedup window: not published again)")
@@ -521,7 +531,7 @@ func (c *enqueueCmd) publish(ctx context.Context, e *env, s *session, top queue.
 
 func (c *enqueueCmd) publishSpool(ctx context.Context, pub *queue.Publisher, top queue.Topology, spool io.Reader) error {
 	lr := newLineReader(spool, maxLine+128)
-	prefix := top.Subject + "."
+	prefix := top.LaneSubject(queue.Lane(c.Lane)) + "."
 	var mem slab
 	for {
 		rec, _, err := lr.next()

@@ -264,8 +264,8 @@ func TestEnqueueTwicePublishesOnce(t *testing.T) {
 		if err != nil || string(m.Data) != lines[i] {
 			t.Fatalf("message %d = %s, want line %d: %s", i, m.Data, i+1, lines[i])
 		}
-		if m.Subject != r.top.Subject+"."+u.ID {
-			t.Fatalf("message %d went to %s, want the work subject with its id", i, m.Subject)
+		if m.Subject != r.top.BackfillSubject+"."+u.ID {
+			t.Fatalf("message %d went to %s, want the backfill subject with its id", i, m.Subject)
 		}
 		if m.Header.Get(jetstream.MsgIDHeader) == "" {
 			t.Fatalf("message %d has no Nats-Msg-Id", i)
@@ -281,6 +281,33 @@ func TestEnqueueTwicePublishesOnce(t *testing.T) {
 			t.Fatalf("summary:\n%s", stdout)
 		}
 	})
+}
+
+func TestEnqueueLanes(t *testing.T) {
+	checkNoLeaks(t)
+	r := newOpsRig(t)
+	file := writeFile(t, "urgent.jsonl", updateLine(1, `{"status":"done"}`)+"\n")
+	stdout, _, err := r.cli("", "enqueue", file, "--progress", "none", "--lane", "live")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stdout, "live lane, "+r.top.Subject+".<id>") {
+		t.Errorf("the summary does not name the lane:\n%s", stdout)
+	}
+	stdout, _, err = r.cli("", "enqueue", file, "--progress", "none", "--run-id", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stdout, "backfill lane, "+r.top.BackfillSubject+".<id>") {
+		t.Errorf("the summary does not name the lane:\n%s", stdout)
+	}
+	msgs := r.workMsgs()
+	if len(msgs) != 2 || msgs[0].Subject != r.top.Subject+"."+convID(1) || msgs[1].Subject != r.top.BackfillSubject+"."+convID(1) {
+		t.Fatalf("work stream holds %d messages: %v", len(msgs), msgs)
+	}
+	if _, _, err := r.cli("", "enqueue", file, "--lane", "fast"); err == nil {
+		t.Error("an unknown lane was accepted")
+	}
 }
 
 func TestEnqueueFromStdin(t *testing.T) {

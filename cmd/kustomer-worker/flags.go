@@ -45,21 +45,23 @@ const defaultNATSURL = "nats://127.0.0.1:4222"
 
 // topologyFlags name the streams and the consumer.
 type topologyFlags struct {
-	Stream         string `name:"stream" env:"WORKER_STREAM" default:"${default_stream}" help:"Work stream (default ${default})."`
-	Subject        string `name:"subject" env:"WORKER_SUBJECT" default:"${default_subject}" help:"Work subject; the stream also takes SUBJECT.> (default ${default})."`
-	DLQStream      string `name:"dlq-stream" env:"WORKER_DLQ_STREAM" default:"${default_dlq_stream}" help:"Dead-letter stream (default ${default})."`
-	DLQSubject     string `name:"dlq-subject" env:"WORKER_DLQ_SUBJECT" default:"${default_dlq_subject}" help:"Dead-letter subject (default ${default})."`
-	Consumer       string `name:"consumer" env:"WORKER_CONSUMER" default:"${default_consumer}" help:"Durable consumer shared by every replica (default ${default})."`
-	AttemptsBucket string `name:"attempts-bucket" env:"WORKER_ATTEMPTS_BUCKET" default:"${default_attempts_bucket}" help:"KV bucket counting attempts across restarts (default ${default})."`
-	PriorityGroup  string `name:"priority-group" env:"WORKER_PRIORITY_GROUP" default:"${default_priority_group}" help:"The consumer's pinned priority group: one replica pulling in it is active, the others standbys (default ${default})."`
-	RolesBucket    string `name:"roles-bucket" env:"WORKER_ROLES_BUCKET" default:"${default_roles_bucket}" help:"KV bucket where replicas publish their role, read by status (default ${default})."`
+	Stream           string `name:"stream" env:"WORKER_STREAM" default:"${default_stream}" help:"Work stream (default ${default})."`
+	Subject          string `name:"subject" env:"WORKER_SUBJECT" default:"${default_subject}" help:"Live lane's subject, for updates as they happen; the stream also takes SUBJECT.> (default ${default})."`
+	BackfillSubject  string `name:"backfill-subject" env:"WORKER_BACKFILL_SUBJECT" default:"${default_backfill_subject}" help:"Backfill lane's subject, for bulk loads that get the budget live updates leave; the stream also takes BACKFILL-SUBJECT.> (default ${default})."`
+	DLQStream        string `name:"dlq-stream" env:"WORKER_DLQ_STREAM" default:"${default_dlq_stream}" help:"Dead-letter stream (default ${default})."`
+	DLQSubject       string `name:"dlq-subject" env:"WORKER_DLQ_SUBJECT" default:"${default_dlq_subject}" help:"Dead-letter subject (default ${default})."`
+	Consumer         string `name:"consumer" env:"WORKER_CONSUMER" default:"${default_consumer}" help:"Durable consumer of the live lane, shared by every replica (default ${default})."`
+	BackfillConsumer string `name:"backfill-consumer" env:"WORKER_BACKFILL_CONSUMER" help:"Durable consumer of the backfill lane (default CONSUMER-backfill)."`
+	AttemptsBucket   string `name:"attempts-bucket" env:"WORKER_ATTEMPTS_BUCKET" default:"${default_attempts_bucket}" help:"KV bucket counting attempts across restarts (default ${default})."`
+	PriorityGroup    string `name:"priority-group" env:"WORKER_PRIORITY_GROUP" default:"${default_priority_group}" help:"The lanes' consumers' pinned priority group: one replica pulling in it is active, the others standbys (default ${default})."`
+	RolesBucket      string `name:"roles-bucket" env:"WORKER_ROLES_BUCKET" default:"${default_roles_bucket}" help:"KV bucket where replicas publish their role, read by status (default ${default})."`
 }
 
 func (f *topologyFlags) topology() queue.Topology {
 	return queue.Topology{
-		Stream: f.Stream, Subject: f.Subject, DLQStream: f.DLQStream, DLQSubject: f.DLQSubject,
-		Consumer: f.Consumer, AttemptsBucket: f.AttemptsBucket,
-		PriorityGroup: f.PriorityGroup, RolesBucket: f.RolesBucket,
+		Stream: f.Stream, Subject: f.Subject, BackfillSubject: f.BackfillSubject, DLQStream: f.DLQStream,
+		DLQSubject: f.DLQSubject, Consumer: f.Consumer, BackfillConsumer: f.BackfillConsumer,
+		AttemptsBucket: f.AttemptsBucket, PriorityGroup: f.PriorityGroup, RolesBucket: f.RolesBucket,
 	}.WithDefaults()
 }
 
@@ -92,6 +94,7 @@ func defaultVars() kong.Vars {
 	return kong.Vars{
 		"default_stream":           queue.DefaultStream,
 		"default_subject":          queue.DefaultSubject,
+		"default_backfill_subject": queue.DefaultBackfillSubject,
 		"default_dlq_stream":       queue.DefaultDLQStream,
 		"default_dlq_subject":      queue.DefaultDLQSubject,
 		"default_consumer":         queue.DefaultConsumer,
@@ -105,6 +108,7 @@ func defaultVars() kong.Vars {
 		"default_pinned_ttl":       d(queue.DefaultPinnedTTL),
 		"default_concurrency":      i(worker.DefaultConcurrency),
 		"default_max_attempts":     i(worker.DefaultMaxAttempts),
+		"default_outage_threshold": i(worker.DefaultOutageThreshold),
 		"min_max_ack_pending":      i(worker.MinMaxAckPending),
 		"default_shutdown_timeout": d(worker.DefaultShutdownTimeout),
 		"default_kustomer_url":     kustomer.DefaultBaseURL,
@@ -119,11 +123,12 @@ func defaultVars() kong.Vars {
 var flagNames = map[string]map[string]string{
 	"worker.Config": {
 		"Concurrency": "concurrency", "MaxAttempts": "max-attempts", "MaxAckPending": "max-ack-pending",
-		"ShutdownTimeout": "shutdown-timeout",
+		"ShutdownTimeout": "shutdown-timeout", "OutageThreshold": "outage-threshold",
 	},
 	"queue.Topology": {
-		"Stream": "stream", "Subject": "subject", "DLQStream": "dlq-stream", "DLQSubject": "dlq-subject",
-		"DLQMaxAge": "dlq-max-age", "Consumer": "consumer", "AttemptsBucket": "attempts-bucket",
+		"Stream": "stream", "Subject": "subject", "BackfillSubject": "backfill-subject", "DLQStream": "dlq-stream",
+		"DLQSubject": "dlq-subject", "DLQMaxAge": "dlq-max-age", "Consumer": "consumer",
+		"BackfillConsumer": "backfill-consumer", "AttemptsBucket": "attempts-bucket",
 		"DedupWindow": "dedup-window", "AckWait": "ack-wait", "MaxAckPending": "max-ack-pending",
 		"MaxDeliver": "max-deliver", "StreamReplicas": "stream-replicas",
 		"PriorityGroup": "priority-group", "PinnedTTL": "pinned-ttl", "RolesBucket": "roles-bucket",

@@ -29,6 +29,8 @@ func TestSettingErrorsNameFlags(t *testing.T) {
 		}(), "max-ack-pending: 4 is below concurrency 16"},
 		{"a topology field", queue.Topology{AckWait: time.Millisecond}.WithDefaults().Validate(), "ack-wait: 1ms is under 1s"},
 		{"a topology field renamed from Replicas", queue.Topology{StreamReplicas: 7}.WithDefaults().Validate(), "stream-replicas: 7 is not from 1 to 5"},
+		{"a backfill subject inside the live one", queue.Topology{BackfillSubject: "kustomer.conversations.update.bf"}.WithDefaults().Validate(),
+			`backfill-subject: "kustomer.conversations.update.bf" overlaps the work subject "kustomer.conversations.update": the lanes need subjects of their own`},
 		{"a connection field", queue.ConnConfig{URL: "nats://x", TLSCert: "c"}.Validate(), "nats-tls-cert: give both nats-tls-cert and nats-tls-key or neither"},
 	}
 	for _, c := range cases {

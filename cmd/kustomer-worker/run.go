@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -38,6 +39,7 @@ type runCmd struct {
 	HTTPAddr        string        `name:"http-addr" env:"WORKER_HTTP_ADDR" default:"127.0.0.1:9464" help:"Address serving /metrics, /healthz and /readyz; empty turns it off (default ${default})."`
 	AckWait         time.Duration `name:"ack-wait" env:"WORKER_ACK_WAIT" default:"${default_ack_wait}" help:"Consumer AckWait: a crashed worker's messages are redelivered after this long (default ${default})."`
 	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency, at least ${min_max_ack_pending} (default ${default})."`
+	OutageThreshold int           `name:"outage-threshold" env:"WORKER_OUTAGE_THRESHOLD" default:"${default_outage_threshold}" help:"Requests failing transiently in a row (5xx, timeouts, refused connections) across conversations that pause every request as a Kustomer outage: no attempts are spent, one probe at a time until it answers; negative turns it off (default ${default})."`
 	MaxDeliver      int           `name:"max-deliver" env:"WORKER_MAX_DELIVER" default:"${default_max_deliver}" help:"Consumer MaxDeliver, a safety net above max-attempts (default ${default})."`
 	DedupWindow     time.Duration `name:"dedup-window" env:"WORKER_DEDUP_WINDOW" default:"${default_dedup_window}" help:"Work stream's Nats-Msg-Id duplicate window (default ${default})."`
 	DLQMaxAge       time.Duration `name:"dlq-max-age" env:"WORKER_DLQ_MAX_AGE" default:"0s" help:"How long dead letters are kept; 0 keeps them until purged (default ${default})."`
@@ -69,7 +71,13 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 	case c.APIKeyFile != "":
 		kf := kustomer.NewKeyFile(c.APIKeyFile)
 		if _, err := kf.Key(context.Background()); err != nil {
-			return nil, queue.Topology{}, worker.Config{}, usagef("api-key-file: %v", err)
+			if errors.Is(err, fs.ErrNotExist) { // a wrong path: bad usage
+				return nil, queue.Topology{}, worker.Config{}, usagef("api-key-file: %v", err)
+			}
+			return nil, queue.Topology{}, worker.Config{}, &startupError{
+				err:  fmt.Errorf("api-key-file %s: Kustomer API key unreadable: %w", c.APIKeyFile, err),
+				hint: "make the file readable by this user and put the key in it, or set KUSTOMER_API_KEY",
+			}
 		}
 		key = kf
 	default:
@@ -86,6 +94,7 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 	wc := worker.Config{MaxAckPending: c.MaxAckPending, Concurrency: c.Concurrency}.WithDefaults()
 	// The flags carry their defaults already: a 0 given for these is a mistake, not "default".
 	wc.Concurrency, wc.MaxAttempts, wc.ShutdownTimeout = c.Concurrency, c.MaxAttempts, c.ShutdownTimeout
+	wc.OutageThreshold = c.OutageThreshold
 	if c.ShutdownTimeout == 0 {
 		wc.ShutdownTimeout = time.Millisecond // 0 means: hand everything back at once
 	}
@@ -111,7 +120,23 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	if err != nil {
 		return &usageError{fmt.Errorf("kustomer-url: %w", err)}
 	}
-	log := g.logger(e.stderr)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := worker.NewMetrics(reg)
+	log, flood := g.floodSafeLogger(e.stderr, reg)
+	var flushWG sync.WaitGroup
+	flushCtx, stopFlush := context.WithCancel(context.WithoutCancel(ctx))
+	flushWG.Go(func() { flushEvery(flushCtx, flood) })
+	defer func() { stopFlush(); flushWG.Wait() }()
+
+	// /healthz and /readyz answer from the first second, before NATS is there.
+	ready := &readiness{}
+	ready.set("starting")
+	stopHTTP, err := c.serveHTTP(ready, reg, log)
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
 
 	var emb *queue.Embedded
 	natsURL := c.NATSURL
@@ -130,59 +155,91 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		natsURL = emb.ClientURL()
 		log.Info("embedded NATS server started", "url", natsURL, "data_dir", ec.DataDir)
 	}
-	nc, err := queue.Connect(c.conn(e, "kustomer-worker", natsURL), log)
-	if err != nil {
+	cc := c.conn(e, "kustomer-worker", natsURL)
+	if err := cc.Validate(); err != nil {
 		return settingError(err)
 	}
+	wait := newOutageLog(log, "NATS", queue.RedactURLs(natsURL), ready)
+	nc, err := queue.ConnectWait(ctx, cc, log, func(_ int, err *queue.ConnectError) { wait.failing(err.Err) })
+	if err != nil {
+		return startError(err)
+	}
+	wait.ended()
 	defer drain(nc, e.hard(), log)
 
-	if err := queue.WaitConnected(ctx, nc); err != nil {
-		return err
-	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
 	}
-	cons, attempts, err := bindWithRetry(ctx, js, top, c.ManageStreams, log)
+	jctx, cancel := context.WithTimeout(ctx, bindCallTimeout)
+	err = queue.CheckJetStream(jctx, js, natsURL)
+	cancel()
+	if err != nil && ctx.Err() == nil {
+		var ce *queue.ConnectError
+		if errors.As(err, &ce) {
+			return startError(err)
+		}
+		log.Warn("cannot ask NATS about JetStream yet; going on", "error", err)
+	}
+	ready.set("setting up streams and consumer")
+	lanes, attempts, err := bindWithRetry(ctx, js, top, c.ManageStreams, log)
+	if err != nil {
+		return err
+	}
+	octx, cancel := context.WithTimeout(ctx, bindCallTimeout)
+	order, err := queue.NewOrderCheck(octx, js, top)
+	cancel()
 	if err != nil {
 		return err
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := worker.NewMetrics(reg)
+	if wc.FetchWait > 0 {
+		lanes.Backfill.MaxWait = wc.FetchWait // a standby's backfill pull waits no longer than a pull
+	}
 	pool := &worker.Pool{
-		Consumer:    cons,
-		Client:      cutShortUpdater{next: client, hardStop: e.hard()},
-		DeadLetters: cutShortDeadLetters{next: &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject}, hardStop: e.hard()},
+		Consumer:    lanes.Live,
+		Backfill:    lanes.Backfill,
+		Order:       order,
+		Client:      newWatchedClient(client, c.KustomerURL, log),
+		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject},
+		HardStop:    e.hard(),
+		Heal:        heal(js, top, c.ManageStreams),
+		Outstanding: &queue.Outstanding{JS: js, Topology: top},
 		Attempts:    attempts,
 		Pacer:       worker.NewPacer(c.RatePerMinute),
 		Metrics:     metrics,
 		Log:         log,
 		Config:      wc,
 	}
-	stopHTTP, err := c.serveHTTP(nc, pool, reg, log)
-	if err != nil {
-		return err
-	}
-	defer stopHTTP()
+	ready.running(nc, pool)
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var bgWG sync.WaitGroup
-	bgWG.Go(func() { watchConsumer(bg, cons, metrics) })
+	laneGauges := newLaneMetrics(reg)
+	bgWG.Go(func() { watchLanes(bg, js, top, metrics, laneGauges) })
+	bgWG.Go(func() { watchNATS(bg, nc, newOutageLog(log, "NATS", queue.RedactURLs(natsURL), nil)) })
 	defer func() { stopBG(); bgWG.Wait() }()
 
 	// Standby (issue 14): see standby.go. Deferred here, so that the pin is kept through the
 	// pool's drain and released after it, before the NATS connection drains.
-	defer startStandby(js, top, cons, c.ManageStreams, reg, log, e.hard())()
+	defer startStandby(js, top, lanes, c.ManageStreams, reg, log, e.hard())()
 
 	log.Info("kustomer-worker running", "version", version, "kustomer_url", c.KustomerURL,
-		"rate_per_minute", c.RatePerMinute, "concurrency", wc.Concurrency, "stream", top.Stream, "consumer", top.Consumer)
+		"rate_per_minute", c.RatePerMinute, "concurrency", wc.Concurrency, "stream", top.Stream, "consumer", top.Consumer, "backfill_consumer", top.BackfillConsumer)
 	if err := pool.Run(ctx); err != nil {
 		return err
 	}
 	log.Info("stopped cleanly")
 	return nil
+}
+
+// heal re-creates the streams, consumer and bucket when the pool finds them deleted, if the
+// worker manages them; nil otherwise.
+func heal(js jetstream.JetStream, top queue.Topology, manage bool) func(context.Context) error {
+	if !manage {
+		return nil
+	}
+	return func(ctx context.Context) error { return queue.Ensure(ctx, js, top) }
 }
 
 // Tuned waits of binding the topology at start.
@@ -194,9 +251,9 @@ const (
 
 // bindWithRetry declares (or only looks up) the topology, retrying while NATS or JetStream is
 // still starting, as in docker compose.
-func bindWithRetry(ctx context.Context, js jetstream.JetStream, top queue.Topology, manage bool, log *slog.Logger) (*queue.Pinned, *queue.Attempts, error) {
+func bindWithRetry(ctx context.Context, js jetstream.JetStream, top queue.Topology, manage bool, log *slog.Logger) (queue.Consumers, *queue.Attempts, error) {
 	type bound struct {
-		cons     *queue.Pinned
+		cons     queue.Consumers
 		attempts *queue.Attempts
 	}
 	bind := func() (bound, error) {
@@ -210,7 +267,7 @@ func bindWithRetry(ctx context.Context, js jetstream.JetStream, top queue.Topolo
 		}
 		cctx, cancel := context.WithTimeout(ctx, bindCallTimeout)
 		defer cancel()
-		cons, attempts, err := queue.BindPinned(cctx, js, top)
+		cons, attempts, err := queue.BindLanes(cctx, js, top)
 		return bound{cons, attempts}, err
 	}
 	schedule := backoff.NewExponentialBackOff(
@@ -222,16 +279,18 @@ func bindWithRetry(ctx context.Context, js jetstream.JetStream, top queue.Topolo
 		log.Warn("cannot set up streams and consumer yet; retrying", "error", err, "retry_in", next.Round(time.Millisecond))
 	})
 	if ctx.Err() != nil {
-		return nil, nil, fmt.Errorf("binding the consumer: %w", context.Cause(ctx))
+		return queue.Consumers{}, nil, fmt.Errorf("binding the consumers: %w", context.Cause(ctx))
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("binding the consumer: %w", err)
+		return queue.Consumers{}, nil, fmt.Errorf("binding the consumers: %w", err)
 	}
 	return b.cons, b.attempts, nil
 }
 
 // serveHTTP serves /metrics, /healthz and /readyz until the returned stop is called.
-func (c *runCmd) serveHTTP(nc *nats.Conn, pool *worker.Pool, reg *prometheus.Registry, log *slog.Logger) (func(), error) {
+// /healthz answers 200 while the process runs; /readyz answers 503 with the reason until the
+// daemon is connected and its pool takes messages.
+func (c *runCmd) serveHTTP(ready *readiness, reg *prometheus.Registry, log *slog.Logger) (func(), error) {
 	if c.HTTPAddr == "" {
 		return func() {}, nil
 	}
@@ -241,15 +300,11 @@ func (c *runCmd) serveHTTP(nc *nats.Conn, pool *worker.Pool, reg *prometheus.Reg
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !nc.IsConnected() {
-			http.Error(w, "not connected to NATS", http.StatusServiceUnavailable)
+		if reason := ready.notReady(); reason != "" {
+			http.Error(w, reason, http.StatusServiceUnavailable)
 			return
 		}
-		if err := pool.Ready(); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready ("+roleText(pool.Consumer)+")") // standby: a standby is ready to take over
+		fmt.Fprintln(w, "ready ("+ready.role()+")") // standby: a standby is ready to take over
 	})
 	ln, err := net.Listen("tcp", c.HTTPAddr)
 	if err != nil {
@@ -270,26 +325,6 @@ func (c *runCmd) serveHTTP(nc *nats.Conn, pool *worker.Pool, reg *prometheus.Reg
 		_ = srv.Shutdown(sctx)
 		<-done
 	}, nil
-}
-
-// watchConsumer copies the consumer's pending counts into the metrics every few seconds.
-func watchConsumer(ctx context.Context, cons jetstream.Consumer, m *worker.Metrics) {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for {
-		ictx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		info, err := cons.Info(ictx)
-		cancel()
-		if err == nil {
-			m.Pending.Set(float64(info.NumPending))
-			m.AckPending.Set(float64(info.NumAckPending))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 // Tuned waits of draining the NATS connection at exit.

@@ -19,7 +19,7 @@ type statusCmd struct {
 	topologyFlags
 	dialFlags
 
-	Watch    bool          `name:"watch" short:"w" help:"Refresh until interrupted, with throughput and the time until the backlog is empty."`
+	Watch    bool          `name:"watch" short:"w" help:"Refresh until interrupted, with throughput and the time until the backlog is empty, per lane."`
 	Interval time.Duration `name:"interval" default:"2s" help:"With --watch: time between refreshes (default 2s)."`
 	JSON     bool          `name:"json" help:"Print JSON: one object, or one a line per refresh with --watch."`
 }
@@ -27,9 +27,15 @@ type statusCmd struct {
 func (c *statusCmd) Help() string {
 	return `Backlog is every message in the work stream: waiting (not yet delivered to a worker) plus
 in progress (delivered, not yet acknowledged). Redelivered counts messages in progress that were
-delivered more than once. Dead letters are counted by class: invalid (failed validation),
-rejected (Kustomer answered a non-retryable 4xx), exhausted (retryable failures until the attempt
-limit).
+delivered more than once. Each lane (live: updates as they happen, served first; backfill: bulk
+loads, served with the budget live updates leave) shows its own backlog and the age of its
+oldest message. Dead letters are counted by class: invalid (failed validation), rejected
+(Kustomer answered a non-retryable 4xx), exhausted (retryable failures until the attempt limit).
+
+With --watch: throughput in all, per lane, and when the backlog will be empty. The live lane's
+throughput counts its consumer's acknowledgements (a redelivery counts once more); the
+backfill's is the rest, which is what the budget leaves it, so its time left is the ETA of the
+backfill while live traffic goes on as it does.
 
 Examples:
   kustomer-worker status
@@ -71,13 +77,16 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 	}
 
 	inPlace := !c.JSON && isTerminal(e.stdout)
-	var rate rateMeter
+	var rate, liveRate rateMeter
 	drawn := 0
 	t := time.NewTicker(c.Interval)
 	defer t.Stop()
 	for {
 		rate.add(st.Time, st.Processed)
+		liveRate.add(st.Time, st.Live.Settled())
 		tp := rate.throughput(st.Backlog)
+		tp.Live = liveRate.throughput(st.Live.Backlog).lane()
+		tp.Backfill = backfillThroughput(tp, st.Backfill.Backlog)
 		switch {
 		case c.JSON:
 			if err := writeJSON(e.stdout, statusJSON(top, st, &tp)); err != nil {
@@ -122,6 +131,28 @@ type throughput struct {
 	PerSecond float64       // messages leaving the work stream per second; 0 before two readings
 	ETA       time.Duration // until the backlog is empty at that pace; 0 when unknown or empty
 	Known     bool          // at least two readings
+
+	Live, Backfill laneThroughput // per lane; their Live and Backfill are unset
+}
+
+// laneThroughput is a lane's part of the throughput.
+type laneThroughput struct {
+	PerSecond float64       // the lane's messages leaving the stream per second
+	ETA       time.Duration // until the lane's backlog is empty at that pace; 0 when unknown or empty
+	Known     bool          // at least two readings
+}
+
+// backfillThroughput is what the live lane leaves of the whole throughput: the backfill's
+// pace, and its ETA at that pace.
+func backfillThroughput(all throughput, backlog uint64) laneThroughput {
+	if !all.Known || !all.Live.Known {
+		return laneThroughput{}
+	}
+	b := laneThroughput{Known: true, PerSecond: max(all.PerSecond-all.Live.PerSecond, 0)}
+	if b.PerSecond > 0 && backlog > 0 {
+		b.ETA = time.Duration(float64(backlog) / b.PerSecond * float64(time.Second)).Round(time.Second)
+	}
+	return b
 }
 
 // rateMeter measures the pace at which messages leave the work stream over the last readings.
@@ -163,6 +194,11 @@ func (r *rateMeter) throughput(backlog uint64) throughput {
 	return tp
 }
 
+// lane is the throughput as a lane's part.
+func (tp throughput) lane() laneThroughput {
+	return laneThroughput{PerSecond: tp.PerSecond, ETA: tp.ETA, Known: tp.Known}
+}
+
 // statusLines is the human form of a status.
 func statusLines(top queue.Topology, st queue.Status, tp *throughput) []string {
 	lines := []string{
@@ -170,13 +206,18 @@ func statusLines(top queue.Topology, st queue.Status, tp *throughput) []string {
 		fmt.Sprintf("  backlog       %8d  (waiting %d, in progress %d, redelivered %d)", st.Backlog, st.Undelivered, st.AckPending, st.Redelivered),
 		fmt.Sprintf("  processed     %8d  (applied or dead-lettered since the stream was created)", st.Processed),
 	}
-	if !st.ConsumerFound {
-		lines = append(lines, fmt.Sprintf("  consumer %s not found: no worker has run yet", top.Consumer))
+	for _, l := range queue.Lanes() {
+		lines = append(lines, laneLine(l, st.Lane(l), st.Time))
 	}
 	lines = append(lines, replicaLines(st)...)
 	lines = append(lines, strings.TrimRight(fmt.Sprintf("dead letters  %10d  %s", st.DeadLetters, classSummary(st.ByClass)), " "))
 	if tp != nil {
 		lines = append(lines, "throughput    "+throughputText(st, *tp))
+		if tp.Known && tp.Live.Known {
+			lines = append(lines,
+				"  live        "+laneThroughputText(st.Live, tp.Live, ""),
+				"  backfill    "+laneThroughputText(st.Backfill, tp.Backfill, " (the budget live updates leave)"))
+		}
 	}
 	return lines
 }
@@ -195,7 +236,7 @@ func replicaLines(st queue.Status) []string {
 	default:
 		name := "unknown replica (pin " + st.PinID + ")"
 		for _, r := range st.Replicas {
-			if r.PinID == st.PinID {
+			if r.Holds(st.PinID) {
 				name = r.Host + " pid " + strconv.Itoa(r.PID)
 			}
 		}
@@ -203,7 +244,7 @@ func replicaLines(st queue.Status) []string {
 	}
 	for _, r := range st.Replicas {
 		role := r.Role
-		if st.Pinned && r.Role == queue.RoleActive && r.PinID != st.PinID {
+		if st.Pinned && r.Role == queue.RoleActive && !r.Holds(st.PinID) {
 			role = "active?" // it believes so; the server pinned another (it hears at its next pull)
 		}
 		lines = append(lines, fmt.Sprintf("  %-8s %s pid %d, %s, since %s", role, r.Host, r.PID, r.Version, r.Since.Local().Format(time.RFC3339)))
@@ -212,6 +253,38 @@ func replicaLines(st queue.Status) []string {
 		lines = append(lines, "  replicas' roles not readable: "+st.RolesRead.Error())
 	}
 	return lines
+}
+
+// laneLine is a lane's backlog and oldest message, or why they are unknown.
+func laneLine(l queue.Lane, ls queue.LaneStatus, now time.Time) string {
+	name := fmt.Sprintf("  %-13s", string(l)+" lane")
+	if !ls.ConsumerFound {
+		return fmt.Sprintf("%s consumer %s not found: no worker has run yet", name, ls.Consumer)
+	}
+	s := fmt.Sprintf("%s %8d  (waiting %d, in progress %d)", name, ls.Backlog, ls.Undelivered, ls.AckPending)
+	if !ls.Oldest.IsZero() {
+		s += fmt.Sprintf(", oldest %s old", age(now, ls.Oldest))
+	}
+	return s
+}
+
+// age is how long before now t was, rounded for reading.
+func age(now, t time.Time) time.Duration {
+	d := max(now.Sub(t), 0)
+	if d < time.Minute {
+		return d.Round(100 * time.Millisecond)
+	}
+	return d.Round(time.Second)
+}
+
+func laneThroughputText(ls queue.LaneStatus, tp laneThroughput, note string) string {
+	switch {
+	case ls.Backlog == 0:
+		return fmt.Sprintf("%.1f/s%s, lane empty", tp.PerSecond, note)
+	case tp.PerSecond == 0:
+		return fmt.Sprintf("0/s%s: nothing is leaving the lane", note)
+	}
+	return fmt.Sprintf("%.1f/s%s, lane empty in about %s", tp.PerSecond, note, tp.ETA)
 }
 
 // statusLine is a status on one line, for --watch into a file or a pipe.
@@ -225,6 +298,25 @@ func statusLine(st queue.Status, tp *throughput) string {
 		s += fmt.Sprintf(" per_second=%.1f", tp.PerSecond)
 		if tp.ETA > 0 {
 			s += " eta=" + tp.ETA.String()
+		}
+	}
+	for _, l := range queue.Lanes() {
+		ls := st.Lane(l)
+		s += fmt.Sprintf(" %s_backlog=%d", l, ls.Backlog)
+		if !ls.Oldest.IsZero() {
+			s += fmt.Sprintf(" %s_oldest=%s", l, age(st.Time, ls.Oldest))
+		}
+		if tp != nil {
+			ltp := tp.Live
+			if l == queue.LaneBackfill {
+				ltp = tp.Backfill
+			}
+			if ltp.Known {
+				s += fmt.Sprintf(" %s_per_second=%.1f", l, ltp.PerSecond)
+				if ltp.ETA > 0 {
+					s += fmt.Sprintf(" %s_eta=%s", l, ltp.ETA)
+				}
+			}
 		}
 	}
 	return s
@@ -296,6 +388,41 @@ type statusDoc struct {
 	Replicas    []queue.ReplicaRole `json:"replicas"`
 	PerSecond   *float64            `json:"per_second,omitempty"`
 	ETASeconds  *float64            `json:"eta_seconds,omitempty"`
+	Lanes       map[string]laneDoc  `json:"lanes"`
+}
+
+// laneDoc is the JSON form of a lane's status.
+type laneDoc struct {
+	Subject          string   `json:"subject"`
+	Consumer         string   `json:"consumer"`
+	ConsumerFound    bool     `json:"consumer_found"`
+	Backlog          uint64   `json:"backlog"`
+	Waiting          uint64   `json:"waiting"`
+	InProgress       int      `json:"in_progress"`
+	Redelivered      int      `json:"redelivered"`
+	OldestAgeSeconds *float64 `json:"oldest_age_seconds,omitempty"` // absent when the lane is empty
+	PerSecond        *float64 `json:"per_second,omitempty"`
+	ETASeconds       *float64 `json:"eta_seconds,omitempty"`
+}
+
+func laneJSON(top queue.Topology, l queue.Lane, ls queue.LaneStatus, now time.Time, tp *laneThroughput) laneDoc {
+	d := laneDoc{
+		Subject: top.LaneSubject(l), Consumer: ls.Consumer, ConsumerFound: ls.ConsumerFound, Backlog: ls.Backlog,
+		Waiting: ls.Undelivered, InProgress: ls.AckPending, Redelivered: ls.Redelivered,
+	}
+	if !ls.Oldest.IsZero() {
+		a := max(now.Sub(ls.Oldest), 0).Seconds()
+		d.OldestAgeSeconds = &a
+	}
+	if tp != nil && tp.Known {
+		ps := tp.PerSecond
+		d.PerSecond = &ps
+		if tp.ETA > 0 || ls.Backlog == 0 {
+			eta := tp.ETA.Seconds()
+			d.ETASeconds = &eta
+		}
+	}
+	return d
 }
 
 // activeName names the replica the server pinned: host and pid as it published them, else
@@ -305,7 +432,7 @@ func activeName(st queue.Status) string {
 		return ""
 	}
 	for _, r := range st.Replicas {
-		if r.PinID == st.PinID {
+		if r.Holds(st.PinID) {
 			return r.Host + " pid " + strconv.Itoa(r.PID)
 		}
 	}
@@ -317,10 +444,20 @@ func statusJSON(top queue.Topology, st queue.Status, tp *throughput) statusDoc {
 		Time: st.Time.UTC(), Stream: top.Stream, Backlog: st.Backlog, Waiting: st.Undelivered,
 		InProgress: st.AckPending, Redelivered: st.Redelivered, Processed: st.Processed,
 		Consumer: st.ConsumerFound, DeadLetters: st.DeadLetters, ByClass: map[string]int{},
-		Shared: st.ConsumerFound && !st.Pinned, Replicas: st.Replicas, Active: activeName(st),
+		Shared: st.ConsumerFound && !st.Pinned, Replicas: st.Replicas, Active: activeName(st), Lanes: map[string]laneDoc{},
 	}
 	if d.Replicas == nil {
 		d.Replicas = []queue.ReplicaRole{}
+	}
+	for _, l := range queue.Lanes() {
+		var ltp *laneThroughput
+		if tp != nil {
+			ltp = &tp.Live
+			if l == queue.LaneBackfill {
+				ltp = &tp.Backfill
+			}
+		}
+		d.Lanes[string(l)] = laneJSON(top, l, st.Lane(l), st.Time, ltp)
 	}
 	for c, n := range st.ByClass {
 		d.ByClass[string(c)] = n

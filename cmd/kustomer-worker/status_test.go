@@ -26,15 +26,15 @@ func (r *opsRig) enqueueN(n int) {
 	}
 }
 
-// take fetches n messages from the worker's consumer, as a worker would, without acking them.
+// take fetches n messages from the backfill lane, where enqueueN put them, as a worker would, without acking them.
 func (r *opsRig) take(n int) []jetstream.Msg {
 	r.t.Helper()
 	if r.cons == nil {
-		cons, _, err := queue.Bind(context.Background(), r.js, r.top) // pulls in the priority group
+		cs, _, err := queue.BindLanes(context.Background(), r.js, r.top) // pulls in the priority group
 		if err != nil {
 			r.t.Fatal(err)
 		}
-		r.cons = cons
+		r.cons = cs.Backfill // enqueue publishes to the backfill lane
 	}
 	batch, err := r.cons.Fetch(n, jetstream.FetchMaxWait(5*time.Second))
 	if err != nil {
@@ -120,10 +120,15 @@ func TestStatusMatchesTheStreams(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
 		t.Fatal(err)
 	}
-	doc.Time = time.Time{}
+	bf, lv := doc.Lanes["backfill"], doc.Lanes["live"]
+	if bf.Backlog != 5 || bf.Waiting != uint64(3-extra) || bf.InProgress != 2+extra || bf.OldestAgeSeconds == nil ||
+		bf.Consumer != r.top.BackfillConsumer || lv.Backlog != 0 || lv.OldestAgeSeconds != nil || !lv.ConsumerFound {
+		t.Errorf("lanes: backfill %+v, live %+v", bf, lv)
+	}
+	doc.Time, doc.Lanes = time.Time{}, nil
 	want := statusDoc{Stream: r.top.Stream, Backlog: 5, Waiting: uint64(3 - extra), InProgress: 2 + extra, Redelivered: 1, Processed: 5,
 		Consumer: true, DeadLetters: 3, ByClass: map[string]int{"rejected": 2, "invalid": 1},
-		Active: "pin " + r.cons.(*queue.Pinned).Role().PinID, Replicas: []queue.ReplicaRole{}}
+		Active: "pin " + r.cons.(*queue.Follower).Role().PinID, Replicas: []queue.ReplicaRole{}}
 	if fmt.Sprint(doc) != fmt.Sprint(want) {
 		t.Fatalf("status =\n %+v\nwant\n %+v", doc, want)
 	}
@@ -138,10 +143,14 @@ func TestStatusMatchesTheStreams(t *testing.T) {
 			fmt.Sprintf("  backlog              5  (waiting %d, in progress %d, redelivered 1)", 3-extra, 2+extra),
 			"  processed            5  (applied or dead-lettered since the stream was created)",
 			"dead letters           3  (invalid 1, rejected 2)",
+			"  live lane            0  (waiting 0, in progress 0)",
 		} {
 			if !strings.Contains(out, line+"\n") {
 				t.Errorf("no line %q in\n%s", line, out)
 			}
+		}
+		if line := fmt.Sprintf("\n  backfill lane        5  (waiting %d, in progress %d), oldest ", 3-extra, 2+extra); !strings.Contains(out, line) {
+			t.Errorf("no line %q in\n%s", line, out)
 		}
 	})
 
@@ -169,7 +178,9 @@ func TestStatusMatchesTheStreams(t *testing.T) {
 		testwait.Until(t, "a refresh with throughput", 5*time.Second, func() bool {
 			d := lines()
 			last := d[len(d)-1]
-			return last.Processed == 7 && last.PerSecond != nil && *last.PerSecond > 0 && last.ETASeconds != nil && *last.ETASeconds > 0
+			bf := last.Lanes["backfill"]
+			return last.Processed == 7 && last.PerSecond != nil && *last.PerSecond > 0 && last.ETASeconds != nil && *last.ETASeconds > 0 &&
+				bf.PerSecond != nil && *bf.PerSecond == *last.PerSecond && bf.ETASeconds != nil && *bf.ETASeconds > 0
 		})
 		cancel()
 		if err := <-done; err != nil {
@@ -244,12 +255,12 @@ func TestStatusNamesTheActiveReplica(t *testing.T) {
 
 	// One replica pulls (and is pinned) and publishes its role, as run does.
 	r.take(1)
-	pin := r.cons.(*queue.Pinned)
+	bf := r.cons.(*queue.Follower)
 	roles, err := queue.BindRoles(context.Background(), r.js, r.top, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rp := &queue.RolePublisher{Roles: roles, Pin: pin, Version: "v-test"}
+	rp := &queue.RolePublisher{Roles: roles, Pin: bf.Live(), Backfill: bf, Version: "v-test"}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = rp.Run(ctx) }()
@@ -275,5 +286,19 @@ func TestStatusNamesTheActiveReplica(t *testing.T) {
 		if !strings.Contains(out, line) {
 			t.Errorf("no line starting %q in\n%s", line, out)
 		}
+	}
+}
+
+func TestBackfillETAIsAtTheBudgetLiveLeaves(t *testing.T) {
+	all := throughput{Known: true, PerSecond: 10, Live: laneThroughput{Known: true, PerSecond: 2}}
+	if b := backfillThroughput(all, 80); !b.Known || b.PerSecond != 8 || b.ETA != 10*time.Second {
+		t.Errorf("backfill %+v, want 8/s and 10s left", b)
+	}
+	all.Live.PerSecond = 12 // redeliveries counted in the live lane: never a negative pace
+	if b := backfillThroughput(all, 80); b.PerSecond != 0 || b.ETA != 0 {
+		t.Errorf("backfill %+v, want 0/s and no ETA", b)
+	}
+	if b := backfillThroughput(throughput{Known: true, PerSecond: 10}, 80); b.Known {
+		t.Errorf("backfill %+v known without the live lane's pace", b)
 	}
 }

@@ -205,6 +205,10 @@ func (s *Server) decide(r *http.Request, now time.Time, id string, matched bool,
 			unmatched: true,
 		}
 	}
+	if down := int(s.down.Load()); down != 0 {
+		b, ct := statusBody(down)
+		return reply{status: down, body: b, contentType: ct, rate: s.limiter.peek(now)}
+	}
 	if !s.authorized(r) {
 		b, ct := statusBody(http.StatusUnauthorized)
 		return reply{status: http.StatusUnauthorized, body: b, contentType: ct, rate: s.limiter.peek(now)}

@@ -25,6 +25,7 @@ type Server struct {
 	cfg            Config
 	key            atomic.Pointer[string]
 	forbidden      atomic.Bool
+	down           atomic.Int64 // while not 0, the status every API request answers (an outage)
 	bulkReadDenied atomic.Bool
 	limiter        *limiter
 	store          *store
@@ -158,6 +159,10 @@ func (s *Server) SetAPIKey(key string) { s.key.Store(&key) }
 // SetForbidden makes every authenticated request answer 403, as when the key loses the
 // role org.permission.conversation.update, until it is called with false.
 func (s *Server) SetForbidden(on bool) { s.forbidden.Store(on) }
+
+// SetDown makes every API request answer status (a 5xx) before any other check, as during an
+// outage of Kustomer, spending no budget; SetDown(0) ends it. Requests are still recorded.
+func (s *Server) SetDown(status int) { s.down.Store(int64(status)) }
 
 // Seed creates the conversation id, or resets it, with attrs as its attributes. A "rev" in
 // attrs sets its rev (default 0). Ids other than 24 lowercase hex characters can be seeded

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker"
+)
+
+// laneMetrics exposes each lane's backlog, throughput and oldest message, from the last
+// reading of the lanes (watchLanes), labelled lane="live" or lane="backfill".
+type laneMetrics struct {
+	backlog, waiting, inProgress, oldest, settled *prometheus.Desc
+
+	mu    sync.Mutex // guards read
+	read  time.Time
+	lanes map[queue.Lane]queue.LaneStatus
+}
+
+func newLaneMetrics(reg prometheus.Registerer) *laneMetrics {
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("kustomer_worker_lane_"+name, help, []string{"lane"}, nil)
+	}
+	m := &laneMetrics{
+		backlog:    d("backlog_messages", "Messages of the lane in the work stream: waiting plus in progress."),
+		waiting:    d("waiting_messages", "Messages of the lane not yet delivered to any worker."),
+		inProgress: d("in_progress_messages", "Messages of the lane delivered and not yet acknowledged (all replicas)."),
+		oldest:     d("oldest_message_age_seconds", "Age of the lane's oldest message in the work stream; 0 when the lane is empty."),
+		settled:    d("settled_messages_total", "Messages of the lane that left the stream through its consumer (applied or dead-lettered), plus redeliveries, since the consumer was created: its rate is the lane's throughput."),
+	}
+	reg.MustRegister(m)
+	return m
+}
+
+// set records a reading.
+func (m *laneMetrics) set(at time.Time, live, backfill queue.LaneStatus) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.read, m.lanes = at, map[queue.Lane]queue.LaneStatus{queue.LaneLive: live, queue.LaneBackfill: backfill}
+}
+
+func (m *laneMetrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{m.backlog, m.waiting, m.inProgress, m.oldest, m.settled} {
+		ch <- d
+	}
+}
+
+func (m *laneMetrics) Collect(ch chan<- prometheus.Metric) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for l, ls := range m.lanes {
+		if !ls.ConsumerFound {
+			continue
+		}
+		lane := string(l)
+		age := 0.0
+		if !ls.Oldest.IsZero() {
+			age = max(m.read.Sub(ls.Oldest).Seconds(), 0)
+		}
+		ch <- prometheus.MustNewConstMetric(m.backlog, prometheus.GaugeValue, float64(ls.Backlog), lane)
+		ch <- prometheus.MustNewConstMetric(m.waiting, prometheus.GaugeValue, float64(ls.Undelivered), lane)
+		ch <- prometheus.MustNewConstMetric(m.inProgress, prometheus.GaugeValue, float64(ls.AckPending), lane)
+		ch <- prometheus.MustNewConstMetric(m.oldest, prometheus.GaugeValue, age, lane)
+		ch <- prometheus.MustNewConstMetric(m.settled, prometheus.CounterValue, float64(ls.Settled()), lane)
+	}
+}
+
+// laneWatchInterval is how often watchLanes reads the lanes.
+const laneWatchInterval = 5 * time.Second
+
+// watchLanes reads both lanes every few seconds into the lane metrics and the pool's
+// consumer gauges (the sums of both lanes) until ctx ends.
+func watchLanes(ctx context.Context, js jetstream.JetStream, top queue.Topology, m *worker.Metrics, lm *laneMetrics) {
+	t := time.NewTicker(laneWatchInterval)
+	defer t.Stop()
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		live, backfill, err := queue.ReadLanes(rctx, js, top)
+		cancel()
+		if err == nil {
+			lm.set(time.Now(), live, backfill)
+			m.Pending.Set(float64(live.Undelivered + backfill.Undelivered))
+			m.AckPending.Set(float64(live.AckPending + backfill.AckPending))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

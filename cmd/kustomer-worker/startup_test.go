@@ -1,0 +1,306 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
+	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
+)
+
+// selfSigned writes a CA certificate for 127.0.0.1 to dir and returns its path and the server
+// side of it.
+func selfSigned(t *testing.T, dir string) (caFile string, cfg *tls.Config) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "kustomer-worker test NATS"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile = filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return caFile, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
+}
+
+// natsServer starts a real nats-server in the test, with or without JetStream, users and TLS.
+func natsServer(t *testing.T, jetStream bool, users []*server.User, tlsConfig *tls.Config, port int) string {
+	t.Helper()
+	opts := &server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true, JetStream: jetStream, StoreDir: t.TempDir(), Users: users}
+	if tlsConfig != nil {
+		opts.TLSConfig, opts.TLS, opts.TLSTimeout = tlsConfig, true, 2
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	if jetStream && !srv.JetStreamEnabled() {
+		t.Fatal("JetStream not enabled")
+	}
+	return "nats://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(srv.Addr().(*net.TCPAddr).Port))
+}
+
+// inProcess is `run` in this process, with a context the test ends.
+type inProcess struct {
+	logs   *syncWriter
+	http   string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startInProcess(t *testing.T, envs map[string]string, args ...string) *inProcess {
+	t.Helper()
+	p := &inProcess{logs: &syncWriter{}, http: freeAddr(t), done: make(chan error, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	e := &env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: p.logs, getenv: func(k string) string { return envs[k] }}
+	go func() {
+		p.done <- run(ctx, append([]string{"run", "--http-addr", p.http, "--log-level", "debug"}, args...), e)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-p.done
+		p.done <- nil
+		if t.Failed() {
+			t.Logf("log:\n%s", p.logs)
+		}
+	})
+	return p
+}
+
+func (p *inProcess) get(path string) (int, string) {
+	resp, err := http.Get("http://" + p.http + path)
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestStartFailsAtOnceOnWhatWaitingCannotFix(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	caFile, serverTLS := selfSigned(t, dir)
+	secure := natsServer(t, true, []*server.User{{Username: "app", Password: "right-password"}}, serverTLS, -1)
+	noJetStream := natsServer(t, false, nil, nil, -1)
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+	withKey := func(kv ...string) map[string]string {
+		m := map[string]string{"KUSTOMER_API_KEY": "test-key"}
+		for i := 0; i+1 < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	cases := []struct {
+		name  string
+		env   map[string]string
+		args  []string
+		wants []string
+	}{
+		{"a wrong password", withKey("NATS_PASSWORD", "wrong-password"),
+			[]string{"--nats-url", secure, "--nats-user", "app", "--nats-tls-ca", caFile},
+			[]string{"NATS at " + secure, "authorization refused", "hint: check --nats-user with NATS_PASSWORD"}},
+		{"an unknown user", withKey("NATS_PASSWORD", "right-password"),
+			[]string{"--nats-url", secure, "--nats-user", "nobody", "--nats-tls-ca", caFile},
+			[]string{"authorization refused"}},
+		{"a server certificate nobody vouches for", withKey("NATS_PASSWORD", "right-password"),
+			[]string{"--nats-url", secure, "--nats-user", "app"},
+			[]string{"NATS at " + secure, "TLS failure", "hint: check that --nats-tls-ca"}},
+		{"a server without JetStream", withKey(),
+			[]string{"--nats-url", noJetStream},
+			[]string{"NATS at " + noJetStream, "JetStream not enabled", "hint: enable JetStream"}},
+		{"credentials in the URL are not shown", withKey(),
+			[]string{"--nats-url", strings.Replace(secure, "nats://", "nats://app:wrong-password@", 1), "--nats-tls-ca", caFile},
+			[]string{"NATS at " + secure + ":", "authorization refused"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name+" ends run with one line and exit status 1", func(t *testing.T) {
+			t.Parallel()
+			start := time.Now()
+			_, stderr, err := runArgs(t, c.env, append([]string{"run", "--http-addr", "", "--kustomer-url", fake.URL}, c.args...)...)
+			if err == nil {
+				t.Fatal("run succeeded")
+			}
+			var ue *usageError
+			if errors.As(err, &ue) {
+				t.Errorf("err = %v: a usage error (exit 2); want exit 1", err)
+			}
+			if took := time.Since(start); took > 10*time.Second {
+				t.Errorf("took %s: waited for what waiting cannot fix", took)
+			}
+			msg := err.Error()
+			if strings.Contains(msg, "\n") {
+				t.Errorf("more than one line: %q", msg)
+			}
+			for _, want := range c.wants {
+				if !strings.Contains(msg, want) {
+					t.Errorf("err = %q; want it to contain %q", msg, want)
+				}
+			}
+			for _, secret := range []string{"wrong-password", "right-password", "test-key"} {
+				if strings.Contains(msg, secret) || strings.Contains(stderr, secret) {
+					t.Errorf("a secret in the output: %q\n%s", msg, stderr)
+				}
+			}
+		})
+	}
+
+	t.Run("the operator commands name a refused password too", func(t *testing.T) {
+		t.Parallel()
+		for _, cmd := range [][]string{{"status"}, {"dlq", "list"}} {
+			_, _, err := runArgs(t, withKey("NATS_PASSWORD", "wrong-password"),
+				append(cmd, "--nats-url", secure, "--nats-user", "app", "--nats-tls-ca", caFile)...)
+			if err == nil || !strings.Contains(err.Error(), "authorization refused") || strings.Contains(err.Error(), "wrong-password") {
+				t.Errorf("%v: err = %v; want the refusal named, without the password", cmd, err)
+			}
+		}
+	})
+
+	t.Run("the right password over TLS starts the daemon", func(t *testing.T) {
+		t.Parallel()
+		p := startInProcess(t, withKey("NATS_PASSWORD", "right-password"),
+			"--nats-url", secure, "--nats-user", "app", "--nats-tls-ca", caFile, "--kustomer-url", fake.URL)
+		testwait.Until(t, "/readyz to pass", 20*time.Second, func() bool { code, _ := p.get("/readyz"); return code == 200 })
+	})
+}
+
+func TestExitStatusOfAStartFailureIsOne(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary; skipped with -short")
+	}
+	t.Parallel()
+	noJetStream := natsServer(t, false, nil, nil, -1)
+	d := startDaemon(t, map[string]string{"KUSTOMER_API_KEY": "k"}, "--nats-url", noJetStream)
+	if code := d.wait(30 * time.Second); code != 1 {
+		t.Errorf("exit status %d; want 1\n%s", code, d.logs)
+	}
+	if !strings.Contains(d.logs.String(), "kustomer-worker: NATS at "+noJetStream+": JetStream not enabled") {
+		t.Errorf("the last line does not name the cause and the place:\n%s", d.logs)
+	}
+}
+
+func TestUnreachableNATSIsWaitedOutVisibly(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	_, portText, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portText)
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+	p := startInProcess(t, map[string]string{"KUSTOMER_API_KEY": "test-key"}, "--nats-url", "nats://"+addr, "--kustomer-url", fake.URL)
+
+	testwait.Until(t, "/healthz while NATS is away", 5*time.Second, func() bool { code, _ := p.get("/healthz"); return code == 200 })
+	code, body := p.get("/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "waiting for NATS at nats://"+addr) || !strings.Contains(body, "connection refused") {
+		t.Errorf("/readyz = %d %q; want 503 naming NATS, its URL and the cause", code, body)
+	}
+	testwait.Until(t, "a WARN naming the cause", 5*time.Second, func() bool {
+		return strings.Contains(p.logs.String(), `level=WARN msg="NATS unreachable; waiting for it" url=nats://`+addr+` error="connection refused`)
+	})
+
+	natsServer(t, true, nil, nil, port)
+	testwait.Until(t, "/readyz to pass once NATS is there", 30*time.Second, func() bool { code, _ := p.get("/readyz"); return code == 200 })
+	if n := strings.Count(p.logs.String(), `msg="NATS reachable; stopped waiting"`); n != 1 {
+		t.Errorf("%d INFO lines for the end of the wait; want 1", n)
+	}
+	if n := strings.Count(p.logs.String(), "NATS unreachable; waiting for it"); n != 1 {
+		t.Errorf("%d lines for the start of the wait; want 1 (then growing intervals)", n)
+	}
+}
+
+func TestKustomerUnreachableIsNamedOnce(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	closed := freeAddr(t) // nothing listens there
+	b.publishUpdates(t, 5)
+	p := startInProcess(t, map[string]string{"KUSTOMER_API_KEY": "test-key"}, "--nats-url", b.url,
+		"--kustomer-url", "http://"+closed, "--max-attempts", "50", "--max-deliver", "100")
+	testwait.Until(t, "the outage breaker to take over", 30*time.Second, func() bool {
+		return strings.Contains(p.logs.String(), "Kustomer unavailable: pausing every request")
+	})
+	logs := p.logs.String()
+	want := `level=ERROR msg="cannot reach Kustomer: connection refused: is --kustomer-url right?" kustomer_url=http://` + closed
+	if n := strings.Count(logs, want); n != 1 {
+		t.Errorf("%d lines %q; want exactly 1", n, want)
+	}
+}
+
+func TestAFloodOfInvalidMessagesKeepsTheLogReadable(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+	const n = 300
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range n {
+		if _, err := b.js.Publish(ctx, "kustomer.conversations.update", []byte(fmt.Sprintf(`{"id":"not-an-id-%d"}`, i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := startInProcess(t, map[string]string{"KUSTOMER_API_KEY": "test-key"}, "--nats-url", b.url, "--kustomer-url", fake.URL)
+	testwait.Until(t, "every message dead-lettered", 60*time.Second, func() bool {
+		return queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES_DLQ") == n
+	})
+	testwait.Until(t, "the held-back lines counted as a metric", 10*time.Second, func() bool {
+		_, body := p.get("/metrics")
+		return strings.Contains(body, `kustomer_worker_log_lines_held_back_total{kind="WARN dead-lettered class=invalid"}`)
+	})
+	p.cancel()
+	if err := testwait.Recv(t, "run to return", 30*time.Second, p.done); err != nil {
+		t.Fatal(err)
+	}
+	p.done <- nil
+	logs := p.logs.String()
+	if got := strings.Count(logs, `msg=dead-lettered`); got > 10 {
+		t.Errorf("%d dead-lettered lines for %d invalid messages; want a handful and a summary", got, n)
+	}
+	if !strings.Contains(logs, "× WARN dead-lettered class=invalid") {
+		t.Errorf("no summary of the held-back lines:\n%s", logs)
+	}
+	var buf bytes.Buffer
+	buf.WriteString(logs)
+	if lines := strings.Count(buf.String(), "\n"); lines > 60 {
+		t.Errorf("%d log lines for %d invalid messages", lines, n)
+	}
+}

@@ -1,0 +1,369 @@
+package queue_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
+)
+
+// pub publishes data to subject and returns its stream sequence.
+func pub(tb testing.TB, js jetstream.JetStream, subject, data string) uint64 {
+	tb.Helper()
+	ack, err := js.Publish(context.Background(), subject, []byte(data))
+	if err != nil {
+		tb.Fatalf("publish to %s: %v", subject, err)
+	}
+	return ack.Sequence
+}
+
+// subjects fetches up to n messages from cons and returns their subjects, acking none.
+func subjects(tb testing.TB, cons jetstream.Consumer, n int) ([]string, []jetstream.Msg) {
+	tb.Helper()
+	batch, err := cons.Fetch(n, jetstream.FetchMaxWait(300*time.Millisecond))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var subs []string
+	var msgs []jetstream.Msg
+	for m := range batch.Messages() {
+		subs = append(subs, m.Subject())
+		msgs = append(msgs, m)
+	}
+	return subs, msgs
+}
+
+func TestLanes(t *testing.T) {
+	t.Parallel()
+	t.Run("each lane's consumer delivers only its own lane, in stream order", func(t *testing.T) {
+		js, top := setup(t)
+		ctx := context.Background()
+		pub(t, js, top.ConversationSubject(queue.LaneBackfill, "a"), "b1")
+		pub(t, js, top.ConversationSubject(queue.LaneLive, "a"), "l1")
+		pub(t, js, top.BackfillSubject, "b2")
+		pub(t, js, top.Subject, "l2")
+		cs, _, err := queue.BindLanes(ctx, js, top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		live, _ := subjects(t, cs.Live, 10)
+		backfill, _ := subjects(t, cs.Backfill, 10)
+		if want := []string{top.Subject + ".a", top.Subject}; !slices.Equal(live, want) {
+			t.Errorf("live lane delivered %v, want %v", live, want)
+		}
+		if want := []string{top.BackfillSubject + ".a", top.BackfillSubject}; !slices.Equal(backfill, want) {
+			t.Errorf("backfill lane delivered %v, want %v", backfill, want)
+		}
+		if cs.Of(queue.LaneBackfill) != cs.Backfill || cs.Of(queue.LaneLive) != cs.Live {
+			t.Error("Of does not return the lane's consumer")
+		}
+	})
+
+	t.Run("the server refuses an unfiltered consumer beside the lanes' consumers", func(t *testing.T) {
+		js, top := setup(t)
+		_, err := js.CreateOrUpdateConsumer(context.Background(), top.Stream, jetstream.ConsumerConfig{
+			Durable: "other", AckPolicy: jetstream.AckExplicitPolicy,
+		})
+		if err == nil {
+			t.Fatal("a second, unfiltered consumer was created on the work-queue stream")
+		}
+	})
+
+	t.Run("an earlier version's Ensure would widen the live consumer again: the server allows it", func(t *testing.T) {
+		// Documents a server behaviour the upgrade steps of docs/LANES.md rest on: updating
+		// an existing consumer skips the check that refuses an unfiltered consumer beside
+		// others, so a replica of an earlier version that declares its topology at start
+		// makes the live consumer take the backfill lane too.
+		js, top := setup(t)
+		_, err := js.UpdateConsumer(context.Background(), top.Stream, jetstream.ConsumerConfig{
+			Durable: top.Consumer, AckPolicy: jetstream.AckExplicitPolicy, AckWait: top.AckWait,
+			MaxAckPending: top.MaxAckPending, MaxDeliver: top.MaxDeliver, MaxWaiting: 512,
+		})
+		if err != nil {
+			t.Fatalf("the server refuses it now (%v): good news; the upgrade note in docs/LANES.md and this test can go", err)
+		}
+		cs, _, _ := queue.BindLanes(context.Background(), js, top)
+		pub(t, js, top.ConversationSubject(queue.LaneBackfill, "a"), "b1")
+		live, _ := subjects(t, cs.Live, 1)
+		backfill, _ := subjects(t, cs.Backfill, 1)
+		if len(live) != 1 || len(backfill) != 1 {
+			t.Errorf("one backfill message delivered by the live consumer %d times and by the backfill consumer %d times", len(live), len(backfill))
+		}
+	})
+
+	t.Run("Ensure converts the one unfiltered consumer of earlier versions in place", func(t *testing.T) {
+		_, js := queuetest.Connect(t, queuetest.StartServer(t).URL())
+		top := queue.Topology{}.WithDefaults()
+		ctx := context.Background()
+		// The topology as versions before lanes declared it.
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+			Name: top.Stream, Subjects: []string{top.Subject, top.Subject + ".>"}, Retention: jetstream.WorkQueuePolicy,
+		}); err != nil {
+			t.Fatal(err)
+		}
+		old, err := js.CreateOrUpdateConsumer(ctx, top.Stream, jetstream.ConsumerConfig{
+			Durable: top.Consumer, AckPolicy: jetstream.AckExplicitPolicy, MaxWaiting: 512,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []string{"a", "b", "c"} {
+			pub(t, js, top.ConversationSubject(queue.LaneLive, id), id)
+		}
+		_, held := subjects(t, old, 2) // held by a running worker of the old version
+
+		if err := queue.Ensure(ctx, js, top); err != nil {
+			t.Fatalf("Ensure over the old topology: %v", err)
+		}
+		cs, _, err := queue.BindLanes(ctx, js, top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := cs.Live.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Name != queue.DefaultConsumer || !slices.Equal(info.Config.FilterSubjects, top.LaneSubjects(queue.LaneLive)) {
+			t.Errorf("live consumer %s filtered to %v, want %s on %v", info.Name, info.Config.FilterSubjects, queue.DefaultConsumer, top.LaneSubjects(queue.LaneLive))
+		}
+		if info.NumAckPending != 2 || info.NumPending != 1 {
+			t.Errorf("live consumer: %d in progress and %d waiting after the conversion, want 2 and 1", info.NumAckPending, info.NumPending)
+		}
+		for _, m := range held {
+			if err := m.DoubleAck(ctx); err != nil {
+				t.Errorf("acking a message held across the conversion: %v", err)
+			}
+		}
+		pub(t, js, top.ConversationSubject(queue.LaneBackfill, "d"), "d")
+		live, _ := subjects(t, cs.Live, 10)
+		backfill, _ := subjects(t, cs.Backfill, 10)
+		if !slices.Equal(live, []string{top.Subject + ".c"}) || !slices.Equal(backfill, []string{top.BackfillSubject + ".d"}) {
+			t.Errorf("after the conversion the live lane delivered %v and the backfill lane %v", live, backfill)
+		}
+		if n := queuetest.StreamMsgs(t, js, top.Stream); n != 2 {
+			t.Errorf("stream holds %d messages, want the 2 not acknowledged", n)
+		}
+	})
+
+	t.Run("subjects map to lanes and conversations", func(t *testing.T) {
+		top := queue.Topology{}.WithDefaults()
+		for _, c := range []struct {
+			subject  string
+			lane     queue.Lane
+			id       string
+			ok, idOK bool
+		}{
+			{"kustomer.conversations.update", queue.LaneLive, "", true, false},
+			{"kustomer.conversations.update.abc", queue.LaneLive, "abc", true, true},
+			{"kustomer.conversations.backfill.abc", queue.LaneBackfill, "abc", true, true},
+			{"kustomer.conversations.backfill", queue.LaneBackfill, "", true, false},
+			{"kustomer.conversations.updated", "", "", false, false},
+			{"kustomer.conversations.dlq", "", "", false, false},
+		} {
+			l, ok := top.LaneOf(c.subject)
+			cl, id, idOK := top.ConversationOf(c.subject)
+			if l != c.lane || ok != c.ok || id != c.id || idOK != c.idOK || (idOK && cl != c.lane) {
+				t.Errorf("%s: lane %q %v, conversation %q %v; want %q %v, %q %v", c.subject, l, ok, id, idOK, c.lane, c.ok, c.id, c.idOK)
+			}
+		}
+		if top.BackfillConsumer != "kustomer-worker-backfill" || (queue.Topology{Consumer: "w"}).WithDefaults().BackfillConsumer != "w-backfill" {
+			t.Errorf("backfill consumer defaults to %q", top.BackfillConsumer)
+		}
+	})
+}
+
+func TestOrderCheck(t *testing.T) {
+	t.Parallel()
+	setupCheck := func(t *testing.T) (jetstream.JetStream, queue.Topology, *queue.OrderCheck) {
+		js, top := setup(t)
+		oc, err := queue.NewOrderCheck(context.Background(), js, top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return js, top, oc
+	}
+	seqs := func(ms []*queue.DirectMsg) []uint64 {
+		var out []uint64
+		for _, m := range ms {
+			md, _ := m.Metadata()
+			out = append(out, md.Sequence.Stream)
+		}
+		return out
+	}
+
+	t.Run("finds exactly the older messages of the conversation in the other lane", func(t *testing.T) {
+		js, top, oc := setupCheck(t)
+		b1 := pub(t, js, top.ConversationSubject(queue.LaneBackfill, "a"), "b1")
+		pub(t, js, top.ConversationSubject(queue.LaneBackfill, "z"), "other conversation")
+		b2 := pub(t, js, top.ConversationSubject(queue.LaneBackfill, "a"), "b2")
+		live := pub(t, js, top.ConversationSubject(queue.LaneLive, "a"), "l1")
+		pub(t, js, top.ConversationSubject(queue.LaneBackfill, "a"), "b3: newer than the live one")
+
+		older, err := oc.OlderPending(context.Background(), queue.LaneBackfill, "a", live)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := seqs(older); !slices.Equal(got, []uint64{b1, b2}) {
+			t.Fatalf("older pending %v, want %v", got, []uint64{b1, b2})
+		}
+		if string(older[0].Data()) != "b1" || older[0].Subject() != top.BackfillSubject+".a" {
+			t.Errorf("first older message %s on %s", older[0].Data(), older[0].Subject())
+		}
+		none, err := oc.OlderPending(context.Background(), queue.LaneBackfill, "nobody", live)
+		if err != nil || len(none) != 0 {
+			t.Errorf("a conversation without backfill messages: %v, %v", seqs(none), err)
+		}
+	})
+
+	t.Run("acknowledging a message read by sequence removes it, and its lane's consumer skips it", func(t *testing.T) {
+		js, top, oc := setupCheck(t)
+		ctx := context.Background()
+		pub(t, js, top.ConversationSubject(queue.LaneBackfill, "a"), "b1")
+		b2 := pub(t, js, top.ConversationSubject(queue.LaneBackfill, "b"), "b2")
+		live := pub(t, js, top.ConversationSubject(queue.LaneLive, "b"), "l1")
+		older, err := oc.OlderPending(ctx, queue.LaneBackfill, "b", live)
+		if err != nil || len(older) != 1 {
+			t.Fatalf("older pending %v, %v", seqs(older), err)
+		}
+		if err := older[0].Nak(); err != nil {
+			t.Fatal(err)
+		}
+		if n := queuetest.StreamMsgs(t, js, top.Stream); n != 3 {
+			t.Fatalf("a Nak removed something: %d messages left", n)
+		}
+		if err := older[0].DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := older[0].Ack(); err != nil {
+			t.Errorf("acknowledging it again: %v", err)
+		}
+		cs, _, _ := queue.BindLanes(ctx, js, top)
+		got, _ := subjects(t, cs.Backfill, 10)
+		if !slices.Equal(got, []string{top.BackfillSubject + ".a"}) {
+			t.Errorf("backfill consumer delivered %v after message %d was applied out of turn", got, b2)
+		}
+	})
+
+	t.Run("a message removed while its lane's consumer holds it can still be acknowledged there", func(t *testing.T) {
+		js, top, oc := setupCheck(t)
+		ctx := context.Background()
+		pub(t, js, top.ConversationSubject(queue.LaneBackfill, "a"), "b1")
+		live := pub(t, js, top.ConversationSubject(queue.LaneLive, "a"), "l1")
+		cs, _, _ := queue.BindLanes(ctx, js, top)
+		_, delivered := subjects(t, cs.Backfill, 1)
+		older, _ := oc.OlderPending(ctx, queue.LaneBackfill, "a", live)
+		if len(older) != 1 || len(delivered) != 1 {
+			t.Fatalf("older %d, delivered %d", len(older), len(delivered))
+		}
+		if err := older[0].DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := delivered[0].DoubleAck(ctx); err != nil {
+			t.Errorf("acking the consumer's delivery after the removal: %v", err)
+		}
+		info, _ := cs.Backfill.Info(ctx)
+		if info.NumAckPending != 0 || info.NumPending != 0 {
+			t.Errorf("backfill consumer: %d in progress, %d waiting", info.NumAckPending, info.NumPending)
+		}
+	})
+
+	t.Run("messages on the bare subject are found only by reading them", func(t *testing.T) {
+		js, top, oc := setupCheck(t)
+		ctx := context.Background()
+		if s, err := oc.OldestBare(ctx, queue.LaneBackfill); s != 0 || err != nil {
+			t.Errorf("OldestBare of an empty lane: %d, %v", s, err)
+		}
+		first := pub(t, js, top.BackfillSubject, "a")
+		pub(t, js, top.BackfillSubject, "z")
+		second := pub(t, js, top.BackfillSubject, "a")
+		live := pub(t, js, top.ConversationSubject(queue.LaneLive, "a"), "l1")
+		if s, err := oc.OldestBare(ctx, queue.LaneBackfill); s != first || err != nil {
+			t.Errorf("OldestBare: %d, %v; want %d", s, err, first)
+		}
+		older, err := oc.OlderPendingBare(ctx, queue.LaneBackfill, "a", live, func(b []byte) string { return string(b) })
+		if err != nil || !slices.Equal(seqs(older), []uint64{first, second}) {
+			t.Errorf("OlderPendingBare: %v, %v", seqs(older), err)
+		}
+	})
+
+	t.Run("refuses a stream that answers reads from any replica", func(t *testing.T) {
+		js, top := setup(t)
+		ctx := context.Background()
+		s, _ := js.Stream(ctx, top.Stream)
+		cfg := s.CachedInfo().Config
+		cfg.AllowDirect = true
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := queue.NewOrderCheck(ctx, js, top); err == nil {
+			t.Error("NewOrderCheck accepted a stream with direct gets")
+		}
+	})
+}
+
+// BenchmarkOrderCheck measures the cross-lane order check on the embedded server over
+// loopback: a live update of a conversation with no backfill update pending (the common
+// case), with one pending, and of a conversation whose updates were published to the bare
+// subject behind 100 others.
+func BenchmarkOrderCheck(b *testing.B) {
+	_, js := queuetest.Connect(b, queuetest.StartServer(b).URL())
+	top := queue.Topology{}.WithDefaults()
+	ctx := context.Background()
+	if err := queue.Ensure(ctx, js, top); err != nil {
+		b.Fatal(err)
+	}
+	// A backfill of 5,000 conversations waiting, as in the lanes benchmark.
+	var ids []string
+	for i := range 5000 {
+		id := "c" + string(rune('a'+i%26)) + time.Duration(i).String()
+		ids = append(ids, id)
+		if _, err := js.PublishAsync(top.ConversationSubject(queue.LaneBackfill, id), []byte("{}")); err != nil {
+			b.Fatal(err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		b.Fatal("backfill not stored")
+	}
+	for range 100 {
+		pub(b, js, top.BackfillSubject, "other")
+	}
+	pub(b, js, top.BackfillSubject, "bare")
+	live := pub(b, js, top.ConversationSubject(queue.LaneLive, ids[2500]), "{}")
+	oc, err := queue.NewOrderCheck(ctx, js, top)
+	if err != nil {
+		b.Fatal(err)
+	}
+	check := func(b *testing.B, want int, f func() ([]*queue.DirectMsg, error)) {
+		for b.Loop() {
+			older, err := f()
+			if err != nil || len(older) != want {
+				b.Fatalf("found %d, want %d: %v", len(older), want, err)
+			}
+		}
+	}
+	b.Run("none pending", func(b *testing.B) {
+		check(b, 0, func() ([]*queue.DirectMsg, error) { return oc.OlderPending(ctx, queue.LaneBackfill, "nobody", live) })
+	})
+	b.Run("one pending", func(b *testing.B) {
+		check(b, 1, func() ([]*queue.DirectMsg, error) { return oc.OlderPending(ctx, queue.LaneBackfill, ids[2500], live) })
+	})
+	b.Run("oldest bare", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := oc.OldestBare(ctx, queue.LaneBackfill); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("bare subject, 101 read", func(b *testing.B) {
+		check(b, 1, func() ([]*queue.DirectMsg, error) {
+			return oc.OlderPendingBare(ctx, queue.LaneBackfill, "bare", live, func(d []byte) string { return string(d) })
+		})
+	})
+}

@@ -1,0 +1,101 @@
+package queue
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Unacked is a message of the work stream that the consumer delivered and nobody has
+// acknowledged yet.
+type Unacked struct {
+	Ref     MsgRef
+	Subject string
+	Data    []byte
+}
+
+// Outstanding reads what the work stream still holds of the messages the consumer delivered:
+// on a work-queue stream an acknowledged message is deleted, so every message still in the
+// stream at or below the consumer's delivered sequence is unacknowledged, held by a process
+// that may have died. A starting process reads them to keep each conversation's order.
+type Outstanding struct {
+	JS       jetstream.JetStream
+	Topology Topology
+	// Limit caps how many messages Unacked reads; default 10 × the consumer's MaxAckPending.
+	Limit int
+}
+
+// Unacked lists the delivered, unacknowledged messages of both lanes, oldest first: one
+// request to read each lane's consumer, then one per message (the stream skips what was
+// acknowledged).
+func (o *Outstanding) Unacked(ctx context.Context) ([]Unacked, error) {
+	stream, err := o.JS.Stream(ctx, o.Topology.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", o.Topology.Stream, err)
+	}
+	var out []Unacked
+	for _, l := range Lanes() {
+		name := o.Topology.LaneConsumer(l)
+		cons, err := stream.Consumer(ctx, name)
+		if err != nil {
+			return out, fmt.Errorf("consumer %s: %w", name, err)
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return out, fmt.Errorf("consumer %s: %w", name, err)
+		}
+		limit := o.Limit
+		if limit <= 0 {
+			limit = 10 * max(info.Config.MaxAckPending, 1)
+		}
+		for _, subject := range o.Topology.LaneSubjects(l) {
+			msgs, err := o.unacked(ctx, stream, subject, info.AckFloor.Stream, info.Delivered.Stream, limit)
+			out = append(out, msgs...)
+			if err != nil {
+				return out, err
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b Unacked) int { return cmp.Compare(a.Ref.Seq, b.Ref.Seq) })
+	return out, nil
+}
+
+// unacked reads the messages on subject after floor up to last, at most limit.
+func (o *Outstanding) unacked(ctx context.Context, stream jetstream.Stream, subject string, floor, last uint64, limit int) ([]Unacked, error) {
+	var out []Unacked
+	for seq := floor + 1; seq <= last && len(out) < limit; {
+		m, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return out, fmt.Errorf("stream %s: message on %s at or after %d: %w", o.Topology.Stream, subject, seq, err)
+		}
+		if m.Sequence > last {
+			break
+		}
+		out = append(out, Unacked{Ref: NewMsgRef(m.Sequence, m.Time), Subject: m.Subject, Data: m.Data})
+		seq = m.Sequence + 1
+	}
+	return out, nil
+}
+
+// Pending reports whether the message ref is still in the stream, unacknowledged.
+func (o *Outstanding) Pending(ctx context.Context, ref MsgRef) (bool, error) {
+	stream, err := o.JS.Stream(ctx, o.Topology.Stream)
+	if err != nil {
+		return false, fmt.Errorf("stream %s: %w", o.Topology.Stream, err)
+	}
+	m, err := stream.GetMsg(ctx, ref.Seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return m.Time.UnixNano() == ref.Stored, nil
+}

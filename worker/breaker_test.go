@@ -1,0 +1,70 @@
+package worker
+
+import (
+	"testing"
+	"time"
+)
+
+func TestBreaker(t *testing.T) {
+	newB := func() (*breaker, *int, *int) {
+		opens, closes := new(int), new(int)
+		b := newBreaker(DefaultOutageThreshold, func(string) { *opens++ }, func(time.Duration) { *closes++ })
+		return b, opens, closes
+	}
+	fail := func(b *breaker, conv string, seq uint64) bool {
+		tk := acquire(b.gate)
+		if tk == nil {
+			t.Fatalf("the breaker's gate stopped a request before it opened")
+		}
+		defer tk.Done()
+		return b.observe(tk, conv, seq, healthDown, "503")
+	}
+	t.Run("trips after failures in a row across conversations, and refunds their attempts", func(t *testing.T) {
+		b, opens, _ := newB()
+		if fail(b, "a", 1) {
+			t.Error("one failure counted as an outage")
+		}
+		for i, conv := range []string{"b", "c", "d"} {
+			if !fail(b, conv, uint64(2+i)) {
+				t.Errorf("failure %d across conversations not suspected", i+2)
+			}
+		}
+		if closed, _ := b.gate.Closed(); closed {
+			t.Fatal("open before the threshold")
+		}
+		if !fail(b, "e", 5) {
+			t.Error("the tripping failure spent an attempt")
+		}
+		if closed, _ := b.gate.Closed(); !closed || *opens != 1 {
+			t.Fatalf("closed %v, opened %d times; want closed, once", closed, *opens)
+		}
+		if !b.refund(1) || b.refund(1) {
+			t.Error("the first failure's attempt was not refunded exactly once")
+		}
+		if b.refund(2) {
+			t.Error("a failure that spent nothing was refunded")
+		}
+	})
+	t.Run("one conversation failing alone never trips it", func(t *testing.T) {
+		b, _, _ := newB()
+		for i := range 20 {
+			if fail(b, "a", uint64(i)) {
+				t.Fatal("a single conversation's failures counted as an outage")
+			}
+		}
+	})
+	t.Run("an answer in between breaks the streak", func(t *testing.T) {
+		b, _, _ := newB()
+		for i := range 20 {
+			fail(b, string(rune('a'+i%3)), uint64(i))
+			if i%3 == 2 {
+				tk := acquire(b.gate)
+				b.observe(tk, "z", 99, healthUp, "")
+				tk.Done()
+			}
+		}
+		if closed, _ := b.gate.Closed(); closed {
+			t.Error("tripped although Kustomer kept answering")
+		}
+	})
+}

@@ -1,0 +1,107 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// FetchError is Ready's answer while pulls from the consumer have been failing for a while
+// (NATS unreachable, the consumer or stream deleted, permissions).
+type FetchError struct {
+	Since time.Time
+	Err   error
+}
+
+func (e *FetchError) Error() string {
+	return fmt.Sprintf("cannot take messages from NATS since %s: %v", e.Since.UTC().Format(time.RFC3339), e.Err)
+}
+
+func (e *FetchError) Unwrap() error { return e.Err }
+
+// fetchState tracks a run of failing pulls: a short one is normal (a reconnect), one that
+// lasts is logged at growing intervals, makes the pool unready and, for a missing consumer or
+// stream, is healed.
+type fetchState struct {
+	mu       sync.Mutex
+	since    time.Time // first failure of the run; zero while pulls work
+	last     error
+	reported bool      // the run made the pool unready and was logged
+	nextLog  time.Time // when the run is logged again
+	logEvery time.Duration
+}
+
+// Tuned values: a run of failures shorter than fetchGrace is not reported; while it lasts it
+// is logged again at intervals doubling up to fetchLogMax.
+const (
+	fetchGrace  = 3 * time.Second
+	fetchLogMax = 5 * time.Minute
+	healTimeout = 10 * time.Second
+)
+
+func (f *fetchState) err() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.reported {
+		return nil
+	}
+	return &FetchError{Since: f.since, Err: f.last}
+}
+
+// missing reports whether err says the consumer or its stream is gone.
+func missing(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+		errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted)
+}
+
+// fetchFailed records a failed pull: after fetchGrace it makes the pool unready and logs the
+// cause (again at growing intervals), and re-creates a missing consumer or stream with Heal.
+func (p *Pool) fetchFailed(ctx context.Context, err error) {
+	f := &p.fetchState
+	now := time.Now()
+	f.mu.Lock()
+	if f.since.IsZero() {
+		f.since, f.logEvery = now, fetchGrace
+		f.nextLog = now.Add(fetchGrace)
+	}
+	f.last = err
+	log := !now.Before(f.nextLog)
+	if log {
+		f.reported = true
+		f.nextLog = now.Add(f.logEvery)
+		f.logEvery = min(2*f.logEvery, fetchLogMax)
+	}
+	since := f.since
+	f.mu.Unlock()
+	if !log {
+		return
+	}
+	p.Log.Warn("cannot take messages from NATS", "error", err, "since", since.Format(time.RFC3339), "for", now.Sub(since).Round(time.Second))
+	if p.Heal == nil || !missing(err) {
+		return
+	}
+	hctx, cancel := context.WithTimeout(ctx, healTimeout)
+	defer cancel()
+	if herr := p.Heal(hctx); herr != nil {
+		p.Log.Error("the consumer or its stream is missing and cannot be re-created", "error", herr)
+		return
+	}
+	p.Log.Warn("the consumer or its stream was missing: re-created it; work goes on")
+}
+
+// fetchWorks ends a run of failed pulls.
+func (p *Pool) fetchWorks() {
+	f := &p.fetchState
+	f.mu.Lock()
+	since, reported := f.since, f.reported
+	f.since, f.reported, f.last = time.Time{}, false, nil
+	f.mu.Unlock()
+	if reported {
+		p.Log.Info("taking messages from NATS again", "after", time.Since(since).Round(time.Second))
+	}
+}

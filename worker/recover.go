@@ -1,0 +1,99 @@
+package worker
+
+import (
+	"context"
+	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+)
+
+// recoverOrder reads the messages that were delivered and never acknowledged before this pool
+// started (a process that died held them; JetStream redelivers them after AckWait) and parks
+// their conversations until those messages have come back and been settled here, or are gone
+// from the stream. Other conversations go on at once. Without Outstanding it does nothing.
+func (p *Pool) recoverOrder(ctx context.Context) {
+	if p.Outstanding == nil {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, recoverTimeout)
+	defer cancel()
+	msgs, err := p.Outstanding.Unacked(rctx)
+	if err != nil {
+		p.Log.Warn("cannot read the messages a previous process left unacknowledged; their conversations are not held back", "error", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range msgs {
+		u, err := kustomer.Decode(m.Data)
+		if err != nil {
+			continue // invalid: no conversation, no order to keep
+		}
+		w := p.waiting[u.ID]
+		if w == nil {
+			w = make(map[queue.MsgRef]struct{})
+			p.waiting[u.ID] = w
+		}
+		w[m.Ref] = struct{}{}
+	}
+	p.waitingUntil = time.Now().Add(2*p.ackWait + recoverSlack)
+	if len(p.waiting) > 0 {
+		p.Log.Info("holding back conversations until the updates a previous process left unacknowledged are redelivered (within ack-wait)",
+			"conversations", len(p.waiting), "messages", len(msgs), "until", p.waitingUntil.Format(time.RFC3339))
+	}
+}
+
+// Tuned values of the recovery of order: how long reading the outstanding messages may take,
+// and the slack on top of twice AckWait after which a conversation is no longer held back for
+// a message that never came back (one on its last delivery when its process died, say).
+const (
+	recoverTimeout = 30 * time.Second
+	recoverSlack   = 10 * time.Second
+)
+
+// recheckWaiting lets go of the outstanding messages that were acknowledged elsewhere or
+// deleted, and of all of them once the wait ran out, and makes their conversations ready.
+func (p *Pool) recheckWaiting(ctx context.Context) {
+	p.mu.Lock()
+	if len(p.waiting) == 0 {
+		p.mu.Unlock()
+		return
+	}
+	expired := time.Now().After(p.waitingUntil)
+	var refs []queue.MsgRef
+	for _, w := range p.waiting {
+		for ref := range w {
+			refs = append(refs, ref)
+		}
+	}
+	p.mu.Unlock()
+
+	gone := make(map[queue.MsgRef]bool, len(refs))
+	if !expired {
+		for _, ref := range refs {
+			pctx, cancel := context.WithTimeout(ctx, storeTimeout)
+			pending, err := p.Outstanding.Pending(pctx, ref)
+			cancel()
+			gone[ref] = err == nil && !pending
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for key, w := range p.waiting {
+		for ref := range w {
+			if expired || gone[ref] {
+				if expired {
+					p.Log.Warn("an update a previous process left unacknowledged never came back; applying the conversation's newer updates",
+						"conversation", key, "seq", ref.Seq)
+				}
+				delete(w, ref)
+			}
+		}
+		if len(w) == 0 {
+			delete(p.waiting, key)
+			if c, ok := p.convs[key]; ok {
+				p.unpark(c)
+			}
+		}
+	}
+}
