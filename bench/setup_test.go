@@ -224,7 +224,7 @@ func (r *rig) startBaseline(c int) (stop func()) {
 	r.tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cons, err := r.js.Consumer(ctx, r.top.Stream, r.top.Consumer)
+	cons, _, err := queue.Bind(ctx, r.js, r.top) // pulls in the consumer's priority group
 	if err != nil {
 		r.tb.Fatal(err)
 	}

@@ -19,6 +19,7 @@ type compose struct {
 	cmd     []string // e.g. {"docker", "compose"}
 	file    string
 	project string   // -p; "" for the default
+	extra   []string // more -f files, overriding file
 	env     []string // added to this process's environment
 }
 
@@ -54,6 +55,7 @@ func (c compose) run(tb testing.TB, timeout time.Duration, args ...string) strin
 func (c compose) args(args ...string) []string {
 	all := append([]string{}, c.cmd...)
 	all = append(all, "-f", c.file)
+	all = append(all, c.extra...)
 	if c.project != "" {
 		all = append(all, "-p", c.project)
 	}
@@ -102,6 +104,24 @@ func TestComposeFile(t *testing.T) {
 		for _, want := range []string{"nats", "worker", "mock", "worker-mock"} {
 			if !strings.Contains(" "+strings.Join(services, " ")+" ", " "+want+" ") {
 				t.Errorf("services %v lack %s", services, want)
+			}
+		}
+	})
+
+	t.Run("the cluster override is valid with every profile and has three nodes under the workers", func(t *testing.T) {
+		cl := dc
+		cl.extra = []string{"-f", filepath.Join(suite.root, "docker-compose.cluster.yml")}
+		for _, profiles := range [][]string{nil, {"mock"}, {"kustomer"}} {
+			var args []string
+			for _, p := range profiles {
+				args = append(args, "--profile", p)
+			}
+			cl.run(t, time.Minute, append(args, "config", "--quiet")...)
+		}
+		cfg := cl.run(t, time.Minute, "--profile", "mock", "--profile", "kustomer", "config")
+		for _, want := range []string{"nats-2:", "nats-3:", "NATS_URL: nats://nats:4222,nats://nats-2:4222,nats://nats-3:4222", "WORKER_STREAM_REPLICAS: \"3\""} {
+			if !strings.Contains(cfg, want) && !strings.Contains(cfg, strings.ReplaceAll(want, `"`, "'")) {
+				t.Errorf("the merged configuration lacks %s", want)
 			}
 		}
 	})

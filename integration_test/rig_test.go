@@ -25,6 +25,9 @@ const (
 	workStream  = "KUSTOMER_UPDATES"
 	dlqStream   = "KUSTOMER_UPDATES_DLQ"
 	consumer    = "kustomer-worker"
+	// The backfill lane's subject and consumer (docs/LANES.md).
+	backfillSubject  = "kustomer.conversations.backfill"
+	backfillConsumer = "kustomer-worker-backfill"
 )
 
 // rig is the test's side of a running setup: a NATS connection and an HTTP client for the
@@ -155,10 +158,16 @@ func (r *rig) checkFinalState(tb testing.TB, ups []update) {
 // fails the test unless JetStream stored every one as new.
 func (r *rig) publish(tb testing.TB, ups []update) {
 	tb.Helper()
+	r.publishTo(tb, workSubject, ups)
+}
+
+// publishTo is publish on another subject, for example the backfill lane's.
+func (r *rig) publishTo(tb testing.TB, subject string, ups []update) {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for _, u := range ups {
-		ack, err := r.js.Publish(ctx, workSubject, u.data, jetstream.WithMsgID(u.marker))
+		ack, err := r.js.Publish(ctx, subject, u.data, jetstream.WithMsgID(u.marker))
 		if err != nil {
 			tb.Fatalf("publishing %s: %v", u.marker, err)
 		}

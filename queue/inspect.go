@@ -26,6 +26,12 @@ type Status struct {
 	Live     LaneStatus // the live lane
 	Backfill LaneStatus // the backfill lane
 
+	Pinned    bool          // the live lane's consumer has a pinned priority group: one replica active, the others standbys
+	PinID     string        // the active replica's pin: the live lane's, else the backfill lane's; "" when none is pinned
+	PinnedAt  time.Time     // when the server pinned it
+	Replicas  []ReplicaRole // the replicas that published their role lately, the active first
+	RolesRead error         // why Replicas could not be read; nil when they were
+
 	DeadLetters uint64                  // messages in the dead-letter stream
 	ByClass     map[DeadLetterClass]int // dead letters by class; "" counts those without a class
 }
@@ -51,6 +57,10 @@ type LaneStatus struct {
 	// left the stream through the consumer, and by one for every redelivery.
 	Delivered uint64
 	Oldest    time.Time // when the lane's oldest message was stored; zero when the lane is empty
+
+	Pinned   bool      // the consumer has a pinned priority group
+	PinID    string    // the server's current pin on the consumer; "" when no replica is pinned
+	PinnedAt time.Time // when the server pinned it
 }
 
 // Settled is Delivered minus AckPending: the lane's messages that left the stream through
@@ -86,12 +96,22 @@ func ReadStatus(ctx context.Context, js jetstream.JetStream, t Topology, counter
 			st.Backfill = ls
 		} else {
 			st.Live = ls
+			st.Pinned = ls.Pinned
+		}
+	}
+	// The live lane's pin names the active replica; while no replica holds it, the backfill
+	// lane's does (see Follower).
+	for _, ls := range []LaneStatus{st.Live, st.Backfill} {
+		if st.PinID == "" && ls.PinID != "" {
+			st.PinID, st.PinnedAt = ls.PinID, ls.PinnedAt
 		}
 	}
 	if !st.ConsumerFound {
 		// Messages of a lane without a consumer wait for it.
 		st.Undelivered = st.Backlog - min(st.Backlog, uint64(st.AckPending))
 	}
+	// The roles are a courtesy of the replicas: failing to read them fails nothing else.
+	st.Replicas, st.RolesRead = ReadRoles(ctx, js, t)
 	if counter == nil {
 		counter = &ClassCounter{}
 	}
@@ -128,6 +148,12 @@ func readLane(ctx context.Context, js jetstream.JetStream, work jetstream.Stream
 		ls.Undelivered, ls.AckPending, ls.Redelivered = ci.NumPending, ci.NumAckPending, ci.NumRedelivered
 		ls.Backlog = ci.NumPending + uint64(ci.NumAckPending)
 		ls.Delivered = ci.Delivered.Consumer
+		ls.Pinned = ci.Config.PriorityPolicy == jetstream.PriorityPolicyPinned
+		for _, g := range ci.PriorityGroups {
+			if g.Group == t.PriorityGroup {
+				ls.PinID, ls.PinnedAt = g.PinnedClientID, g.PinnedTS
+			}
+		}
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
 	default:
 		return ls, fmt.Errorf("consumer %s: %w", ls.Consumer, err)

@@ -26,7 +26,7 @@ func (b *broker) work(t *testing.T, ids ...string) jetstream.Consumer {
 			t.Fatal(err)
 		}
 	}
-	cons, err := b.js.Consumer(ctx, b.top.Stream, b.top.Consumer)
+	cons, _, err := queue.Bind(ctx, b.js, b.top) // pulls in the priority group
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,12 +108,19 @@ func TestReadStatus(t *testing.T) {
 			Backlog: 7, Processed: 3, LastSeq: 10, ConsumerFound: true,
 			Undelivered: uint64(5 - extra), AckPending: 2 + extra, Redelivered: 1,
 			DeadLetters: 1, ByClass: map[queue.DeadLetterClass]int{queue.ClassRejected: 1},
+			Pinned: true, PinID: cons.(*queue.Pinned).Role().PinID,
+		}
+		if st.PinID == "" || st.PinnedAt.IsZero() {
+			t.Errorf("the server pinned the replica that fetched, yet status has pin %q since %s", st.PinID, st.PinnedAt)
 		}
 		if st.Live.Backlog != 7 || st.Live.Undelivered != st.Undelivered || st.Live.AckPending != st.AckPending ||
 			st.Live.Delivered != uint64(6+extra) || st.Live.Oldest.IsZero() || st.Backfill.Backlog != 0 || !st.Backfill.Oldest.IsZero() {
 			t.Errorf("lanes: live %+v, backfill %+v", st.Live, st.Backfill)
 		}
-		st.Time, st.Live, st.Backfill = time.Time{}, queue.LaneStatus{}, queue.LaneStatus{}
+		if st.Live.PinID != st.PinID || !st.Live.Pinned || !st.Backfill.Pinned {
+			t.Errorf("lanes' pins: live %+v, backfill %+v", st.Live, st.Backfill)
+		}
+		st.Time, st.PinnedAt, st.Live, st.Backfill = time.Time{}, time.Time{}, queue.LaneStatus{}, queue.LaneStatus{}
 		if fmt.Sprint(st) != fmt.Sprint(want) {
 			t.Fatalf("status =\n %+v\nwant\n %+v", st, want)
 		}
@@ -356,7 +363,9 @@ func TestDLQ(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b.deadLetter(t, fetch(t, lanes.Backfill, 1)[0], queue.ClassExhausted, 503, time.Now())
+		// The backfill lane's consumer itself: lanes.Backfill, a replica of its own, would
+		// not pull while cons (another replica) holds the live lane's pin.
+		b.deadLetter(t, fetch(t, lanes.Backfill.Pinned, 1)[0], queue.ClassExhausted, 503, time.Now())
 		var l *queue.DeadLetter
 		for _, dl := range list(queue.DeadLetterFilter{}, false) {
 			if dl.OriginalSubject == b.top.BackfillSubject+".e" {

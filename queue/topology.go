@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -25,6 +26,10 @@ const (
 	DefaultMaxAckPending   = 256
 	DefaultMaxDeliver      = 100
 	DefaultStreamReplicas  = 1
+	DefaultPriorityGroup   = "active"
+	DefaultPinnedTTL       = 5 * time.Second
+	DefaultRolesBucket     = "KUSTOMER_WORKER_ROLES"
+	MinPinnedTTL           = time.Second // the least PinnedTTL Validate accepts
 	MinAckWait             = time.Second // the least AckWait Validate accepts
 	MaxStreamReplicas      = 5           // the most replicas a NATS cluster keeps of a stream
 )
@@ -45,7 +50,16 @@ type Topology struct {
 	AckWait          time.Duration // redelivery after this long without ack or progress; default DefaultAckWait (30s)
 	MaxAckPending    int           // unacknowledged messages across all replicas; default DefaultMaxAckPending (256)
 	MaxDeliver       int           // safety net above the worker's attempt limit; default DefaultMaxDeliver (100)
-	StreamReplicas   int           // replicas of the streams and the bucket in a cluster; default DefaultStreamReplicas (1)
+	StreamReplicas   int           // replicas of the streams and the buckets in a cluster; default DefaultStreamReplicas (1)
+	// PriorityGroup is the consumer's pinned-client priority group: of the replicas pulling in
+	// it, the server hands messages to one (the active), the others wait as standbys. Default
+	// DefaultPriorityGroup ("active").
+	PriorityGroup string
+	// PinnedTTL is how long the server keeps the pin of an active replica that sends no pull
+	// request: the longest a standby waits before it takes over from a replica that died.
+	// Default DefaultPinnedTTL (5s).
+	PinnedTTL   time.Duration
+	RolesBucket string // KV bucket where replicas publish their role (active, standby); default DefaultRolesBucket
 }
 
 // WithDefaults returns t with every zero field set to its default.
@@ -73,6 +87,9 @@ func (t Topology) WithDefaults() Topology {
 	def(&t.Consumer, DefaultConsumer)
 	def(&t.BackfillConsumer, t.Consumer+"-backfill")
 	def(&t.AttemptsBucket, DefaultAttemptsBucket)
+	def(&t.PriorityGroup, DefaultPriorityGroup)
+	def(&t.RolesBucket, DefaultRolesBucket)
+	defD(&t.PinnedTTL, DefaultPinnedTTL)
 	defD(&t.DedupWindow, DefaultDedupWindow)
 	defD(&t.AckWait, DefaultAckWait)
 	defI(&t.MaxAckPending, DefaultMaxAckPending)
@@ -89,6 +106,7 @@ func (t Topology) Validate() error {
 	for _, f := range []struct{ name, v string }{
 		{"Stream", t.Stream}, {"DLQStream", t.DLQStream}, {"Consumer", t.Consumer},
 		{"BackfillConsumer", t.BackfillConsumer}, {"AttemptsBucket", t.AttemptsBucket},
+		{"RolesBucket", t.RolesBucket},
 	} {
 		if f.v == "" || strings.ContainsAny(f.v, " .*>\t/\\") {
 			return bad(f.name, "%q is not a valid name (no spaces, dots, wildcards or slashes)", f.v)
@@ -102,6 +120,10 @@ func (t Topology) Validate() error {
 	switch {
 	case within(t.DLQSubject, t.Subject):
 		return bad("DLQSubject", "%q overlaps the work subject %q", t.DLQSubject, t.Subject)
+	case !validGroup.MatchString(t.PriorityGroup):
+		return bad("PriorityGroup", "%q is not a valid group name (1 to 16 of letters, digits, /, _, = and -)", t.PriorityGroup)
+	case t.PinnedTTL < MinPinnedTTL:
+		return bad("PinnedTTL", "%s is under %s", t.PinnedTTL, MinPinnedTTL)
 	case within(t.DLQSubject, t.BackfillSubject):
 		return bad("DLQSubject", "%q overlaps the backfill subject %q", t.DLQSubject, t.BackfillSubject)
 	case nested(t.Subject, t.BackfillSubject):
@@ -122,6 +144,9 @@ func (t Topology) Validate() error {
 	return nil
 }
 
+// validGroup is the server's rule for priority group names.
+var validGroup = regexp.MustCompile(`^[a-zA-Z0-9/_=-]{1,16}$`)
+
 // within reports whether subject s is one a stream of lane subject lane takes: lane itself or
 // a subject under it.
 func within(s, lane string) bool { return s == lane || strings.HasPrefix(s, lane+".") }
@@ -135,8 +160,8 @@ func (t Topology) WorkSubjects() []string {
 	return append(t.LaneSubjects(LaneLive), t.LaneSubjects(LaneBackfill)...)
 }
 
-// Ensure creates or updates the streams, the lanes' consumers and the attempts bucket so that
-// they match t. It is idempotent and safe to run from several replicas at once.
+// Ensure creates or updates the streams, the lanes' consumers, the attempts and roles buckets
+// so that they match t. It is idempotent and safe to run from several replicas at once.
 //
 // It also converts the topology of versions before lanes, in place: the one consumer, named
 // Consumer, took every subject of the work stream. It keeps its name, its acknowledgement
@@ -170,7 +195,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		return fmt.Errorf("stream %s: %w", t.Stream, err)
 	}
 	for _, l := range Lanes() {
-		if _, err := js.CreateOrUpdateConsumer(ctx, t.Stream, t.ConsumerConfig(l)); err != nil {
+		if err := ensureConsumer(ctx, js, t, l); err != nil {
 			return fmt.Errorf("consumer %s: %w", t.LaneConsumer(l), err)
 		}
 	}
@@ -183,14 +208,43 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	}); err != nil {
 		return fmt.Errorf("bucket %s: %w", t.AttemptsBucket, err)
 	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, t.rolesConfig()); err != nil {
+		return fmt.Errorf("bucket %s: %w", t.RolesBucket, err)
+	}
+	return nil
+}
+
+// ensureConsumer creates or updates lane l's consumer. A consumer made by an earlier version
+// has no priority policy; a server that refuses to add one in place gets the consumer
+// recreated, which loses nothing on a work-queue stream: a message leaves the stream only when
+// acknowledged, so the new consumer (DeliverAll) delivers again whatever was not acknowledged
+// yet.
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, t Topology, l Lane) error {
+	want := t.ConsumerConfig(l)
+	_, err := js.CreateOrUpdateConsumer(ctx, t.Stream, want)
+	if err == nil {
+		return nil
+	}
+	cons, lerr := js.Consumer(ctx, t.Stream, want.Durable)
+	if lerr != nil || cons.CachedInfo().Config.PriorityPolicy == want.PriorityPolicy {
+		return err // not a conversion, or another replica converted it meanwhile
+	}
+	if derr := js.DeleteConsumer(ctx, t.Stream, want.Durable); derr != nil && !errors.Is(derr, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("converting to a pinned priority group: update refused (%w), delete failed: %w", err, derr)
+	}
+	if _, cerr := js.CreateOrUpdateConsumer(ctx, t.Stream, want); cerr != nil {
+		return fmt.Errorf("converting to a pinned priority group: update refused (%w), recreating failed: %w", err, cerr)
+	}
 	return nil
 }
 
 // narrowLiveConsumer filters an existing live consumer that takes more than the live lane
 // (the one unfiltered consumer of versions before lanes) to the live subjects, while the
-// stream does not take the backfill subjects yet. Without a stream or a consumer there is
-// nothing to convert; a failure here is left for the full update after the stream's to
-// report, since that one is made with the stream as it must be.
+// stream does not take the backfill subjects yet. It changes the filter alone, so that a
+// server which refuses the priority policy in place (see ensureConsumer) still narrows it.
+// Without a stream or a consumer there is nothing to convert; a failure here is left for
+// the full update after the stream's to report, since that one is made with the stream as it
+// must be.
 func narrowLiveConsumer(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	cons, err := js.Consumer(ctx, t.Stream, t.Consumer)
 	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -204,7 +258,8 @@ func narrowLiveConsumer(ctx context.Context, js jetstream.JetStream, t Topology)
 	if slices.Equal(filters(cfg), want) {
 		return nil
 	}
-	_, _ = js.UpdateConsumer(ctx, t.Stream, t.ConsumerConfig(LaneLive))
+	cfg.FilterSubject, cfg.FilterSubjects = "", want
+	_, _ = js.UpdateConsumer(ctx, t.Stream, cfg)
 	return nil
 }
 
@@ -218,7 +273,9 @@ func filters(cfg jetstream.ConsumerConfig) []string {
 
 // ConsumerConfig is the configuration of lane l's durable pull consumer: filtered to the
 // lane's subjects, so that on the work-queue stream both lanes' consumers may exist at once
-// and each delivers its own lane in stream order.
+// and each delivers its own lane in stream order. Both have the pinned-client priority group:
+// the live lane's pin makes a replica the active one (see Pinned); the backfill lane's keeps
+// a second replica from pulling it meanwhile (see Follower).
 func (t Topology) ConsumerConfig(l Lane) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:        t.LaneConsumer(l),
@@ -231,13 +288,19 @@ func (t Topology) ConsumerConfig(l Lane) jetstream.ConsumerConfig {
 		FilterSubjects: t.LaneSubjects(l),
 		MaxWaiting:     512,
 		Replicas:       t.StreamReplicas,
+		// One replica active, the others standbys: see Pinned and Follower.
+		PriorityPolicy: jetstream.PriorityPolicyPinned,
+		PinnedTTL:      t.PinnedTTL,
+		PriorityGroups: []string{t.PriorityGroup},
 	}
 }
 
-// Consumers are the durable consumers of both lanes, as Bind found them.
+// Consumers are the durable consumers of both lanes, as BindLanes found them. Pass Live as the
+// pool's consumer and Backfill as its backfill consumer: then the replica the server pins on
+// the live lane is the active one and takes both lanes.
 type Consumers struct {
-	Live     jetstream.Consumer // delivers the live lane (Topology.Subject) in stream order
-	Backfill jetstream.Consumer // delivers the backfill lane (Topology.BackfillSubject) in stream order
+	Live     *Pinned   // delivers the live lane (Topology.Subject) in stream order, to the active replica
+	Backfill *Follower // delivers the backfill lane (Topology.BackfillSubject) in stream order, to the active replica only
 }
 
 // Of returns lane l's consumer.
@@ -249,8 +312,19 @@ func (c Consumers) Of(l Lane) jetstream.Consumer {
 }
 
 // Bind looks up the live lane's consumer and the attempts bucket without changing anything;
-// BindLanes looks up both lanes' consumers.
+// BindLanes looks up both lanes' consumers. The consumer is a *Pinned: a consumer with a
+// pinned priority group refuses pull requests without the group.
 func Bind(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Consumer, *Attempts, error) {
+	p, a, err := BindPinned(ctx, js, t)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p, a, nil
+}
+
+// BindPinned is Bind with the live lane's consumer as a *Pinned, which pulls in the priority
+// group and says whether this replica is the active one.
+func BindPinned(ctx context.Context, js jetstream.JetStream, t Topology) (*Pinned, *Attempts, error) {
 	cs, attempts, err := BindLanes(ctx, js, t)
 	return cs.Live, attempts, err
 }
@@ -259,25 +333,29 @@ func Bind(ctx context.Context, js jetstream.JetStream, t Topology) (jetstream.Co
 // anything, for operators who manage streams elsewhere (manage-streams=false) and for the
 // second replica onwards.
 func BindLanes(ctx context.Context, js jetstream.JetStream, t Topology) (Consumers, *Attempts, error) {
-	var cs Consumers
-	for _, l := range Lanes() {
+	t = t.WithDefaults()
+	s, err := js.Stream(ctx, t.Stream)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return Consumers{}, nil, fmt.Errorf("consumer %s on stream %s: %w (create it, or run with manage-streams on)", t.Consumer, t.Stream, err)
+		}
+		return Consumers{}, nil, fmt.Errorf("consumer %s on stream %s: %w", t.Consumer, t.Stream, err)
+	}
+	var pinned [2]*Pinned
+	for i, l := range Lanes() {
 		name := t.LaneConsumer(l)
-		cons, err := js.Consumer(ctx, t.Stream, name)
+		cons, err := s.Consumer(ctx, name)
 		if err != nil {
-			if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
 				return Consumers{}, nil, fmt.Errorf("consumer %s of the %s lane on stream %s: %w (create it, or run with manage-streams on)", name, l, t.Stream, err)
 			}
 			return Consumers{}, nil, fmt.Errorf("consumer %s on stream %s: %w", name, t.Stream, err)
 		}
-		if l == LaneBackfill {
-			cs.Backfill = cons
-		} else {
-			cs.Live = cons
-		}
+		pinned[i] = NewPinned(cons, s, t)
 	}
 	kv, err := js.KeyValue(ctx, t.AttemptsBucket)
 	if err != nil {
 		return Consumers{}, nil, fmt.Errorf("bucket %s: %w", t.AttemptsBucket, err)
 	}
-	return cs, &Attempts{kv: kv}, nil
+	return Consumers{Live: pinned[0], Backfill: NewFollower(pinned[1], pinned[0])}, &Attempts{kv: kv}, nil
 }

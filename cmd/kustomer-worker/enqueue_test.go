@@ -32,6 +32,9 @@ type opsRig struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
 	top queue.Topology
+	// cons is the worker's consumer as take pulls it: one, like one replica, so that it
+	// keeps the pin from one take to the next.
+	cons jetstream.Consumer
 }
 
 func newOpsRig(t *testing.T) *opsRig {

@@ -53,13 +53,15 @@ type topologyFlags struct {
 	Consumer         string `name:"consumer" env:"WORKER_CONSUMER" default:"${default_consumer}" help:"Durable consumer of the live lane, shared by every replica (default ${default})."`
 	BackfillConsumer string `name:"backfill-consumer" env:"WORKER_BACKFILL_CONSUMER" help:"Durable consumer of the backfill lane (default CONSUMER-backfill)."`
 	AttemptsBucket   string `name:"attempts-bucket" env:"WORKER_ATTEMPTS_BUCKET" default:"${default_attempts_bucket}" help:"KV bucket counting attempts across restarts (default ${default})."`
+	PriorityGroup    string `name:"priority-group" env:"WORKER_PRIORITY_GROUP" default:"${default_priority_group}" help:"The lanes' consumers' pinned priority group: one replica pulling in it is active, the others standbys (default ${default})."`
+	RolesBucket      string `name:"roles-bucket" env:"WORKER_ROLES_BUCKET" default:"${default_roles_bucket}" help:"KV bucket where replicas publish their role, read by status (default ${default})."`
 }
 
 func (f *topologyFlags) topology() queue.Topology {
 	return queue.Topology{
 		Stream: f.Stream, Subject: f.Subject, BackfillSubject: f.BackfillSubject, DLQStream: f.DLQStream,
 		DLQSubject: f.DLQSubject, Consumer: f.Consumer, BackfillConsumer: f.BackfillConsumer,
-		AttemptsBucket: f.AttemptsBucket,
+		AttemptsBucket: f.AttemptsBucket, PriorityGroup: f.PriorityGroup, RolesBucket: f.RolesBucket,
 	}.WithDefaults()
 }
 
@@ -101,6 +103,9 @@ func defaultVars() kong.Vars {
 		"default_ack_wait":         d(queue.DefaultAckWait),
 		"default_max_deliver":      i(queue.DefaultMaxDeliver),
 		"default_stream_replicas":  i(queue.DefaultStreamReplicas),
+		"default_priority_group":   queue.DefaultPriorityGroup,
+		"default_roles_bucket":     queue.DefaultRolesBucket,
+		"default_pinned_ttl":       d(queue.DefaultPinnedTTL),
 		"default_concurrency":      i(worker.DefaultConcurrency),
 		"default_max_attempts":     i(worker.DefaultMaxAttempts),
 		"default_outage_threshold": i(worker.DefaultOutageThreshold),
@@ -126,6 +131,7 @@ var flagNames = map[string]map[string]string{
 		"BackfillConsumer": "backfill-consumer", "AttemptsBucket": "attempts-bucket",
 		"DedupWindow": "dedup-window", "AckWait": "ack-wait", "MaxAckPending": "max-ack-pending",
 		"MaxDeliver": "max-deliver", "StreamReplicas": "stream-replicas",
+		"PriorityGroup": "priority-group", "PinnedTTL": "pinned-ttl", "RolesBucket": "roles-bucket",
 	},
 	"queue.ConnConfig": {
 		"URL": "nats-url", "CredsFile": "nats-creds", "NKeyFile": "nats-nkey", "User": "nats-user",

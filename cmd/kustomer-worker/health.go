@@ -56,6 +56,17 @@ func (r *readiness) notReady() string {
 	return ""
 }
 
+// role names this replica's role for /readyz once it runs (see roleText); "" before.
+func (r *readiness) role() string {
+	r.mu.Lock()
+	pool := r.pool
+	r.mu.Unlock()
+	if pool == nil {
+		return ""
+	}
+	return roleText(pool.Consumer, pool.Backfill)
+}
+
 // Tuned intervals of the lines about an outage.
 const (
 	outageFirstRepeat = 5 * time.Second // the first "still unreachable" line after the first

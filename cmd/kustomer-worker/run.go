@@ -44,6 +44,7 @@ type runCmd struct {
 	DedupWindow     time.Duration `name:"dedup-window" env:"WORKER_DEDUP_WINDOW" default:"${default_dedup_window}" help:"Work stream's Nats-Msg-Id duplicate window (default ${default})."`
 	DLQMaxAge       time.Duration `name:"dlq-max-age" env:"WORKER_DLQ_MAX_AGE" default:"0s" help:"How long dead letters are kept; 0 keeps them until purged (default ${default})."`
 	StreamReplicas  int           `name:"stream-replicas" env:"WORKER_STREAM_REPLICAS" default:"${default_stream_replicas}" help:"Replicas of the streams and bucket in a NATS cluster (default ${default})."`
+	PinnedTTL       time.Duration `name:"pinned-ttl" env:"WORKER_PINNED_TTL" default:"${default_pinned_ttl}" help:"Standby: how long the server keeps an active replica's pin without a pull from it, so the longest a standby waits to take over from a replica that died (default ${default})."`
 	ManageStreams   bool          `name:"manage-streams" env:"WORKER_MANAGE_STREAMS" default:"true" negatable:"" help:"Create or update the streams, consumer and bucket at start; --no-manage-streams for operators who manage them elsewhere (default true)."`
 }
 
@@ -103,6 +104,7 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 	top := c.topology()
 	top.AckWait, top.MaxAckPending, top.MaxDeliver = c.AckWait, wc.MaxAckPending, c.MaxDeliver
 	top.DedupWindow, top.DLQMaxAge, top.StreamReplicas = c.DedupWindow, c.DLQMaxAge, c.StreamReplicas
+	top.PinnedTTL = c.PinnedTTL // standby
 	if err := top.Validate(); err != nil {
 		return nil, queue.Topology{}, worker.Config{}, settingError(err)
 	}
@@ -191,6 +193,9 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return err
 	}
 
+	if wc.FetchWait > 0 {
+		lanes.Backfill.MaxWait = wc.FetchWait // a standby's backfill pull waits no longer than a pull
+	}
 	pool := &worker.Pool{
 		Consumer:    lanes.Live,
 		Backfill:    lanes.Backfill,
@@ -214,6 +219,10 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	bgWG.Go(func() { watchLanes(bg, js, top, metrics, laneGauges) })
 	bgWG.Go(func() { watchNATS(bg, nc, newOutageLog(log, "NATS", queue.RedactURLs(natsURL), nil)) })
 	defer func() { stopBG(); bgWG.Wait() }()
+
+	// Standby (issue 14): see standby.go. Deferred here, so that the pin is kept through the
+	// pool's drain and released after it, before the NATS connection drains.
+	defer startStandby(js, top, lanes, c.ManageStreams, reg, log, e.hard())()
 
 	log.Info("kustomer-worker running", "version", version, "kustomer_url", c.KustomerURL,
 		"rate_per_minute", c.RatePerMinute, "concurrency", wc.Concurrency, "stream", top.Stream, "consumer", top.Consumer, "backfill_consumer", top.BackfillConsumer)
@@ -295,7 +304,7 @@ func (c *runCmd) serveHTTP(ready *readiness, reg *prometheus.Registry, log *slog
 			http.Error(w, reason, http.StatusServiceUnavailable)
 			return
 		}
-		fmt.Fprintln(w, "ready")
+		fmt.Fprintln(w, "ready ("+ready.role()+")") // standby: a standby is ready to take over
 	})
 	ln, err := net.Listen("tcp", c.HTTPAddr)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -208,6 +209,7 @@ func statusLines(top queue.Topology, st queue.Status, tp *throughput) []string {
 	for _, l := range queue.Lanes() {
 		lines = append(lines, laneLine(l, st.Lane(l), st.Time))
 	}
+	lines = append(lines, replicaLines(st)...)
 	lines = append(lines, strings.TrimRight(fmt.Sprintf("dead letters  %10d  %s", st.DeadLetters, classSummary(st.ByClass)), " "))
 	if tp != nil {
 		lines = append(lines, "throughput    "+throughputText(st, *tp))
@@ -216,6 +218,39 @@ func statusLines(top queue.Topology, st queue.Status, tp *throughput) []string {
 				"  live        "+laneThroughputText(st.Live, tp.Live, ""),
 				"  backfill    "+laneThroughputText(st.Backfill, tp.Backfill, " (the budget live updates leave)"))
 		}
+	}
+	return lines
+}
+
+// replicaLines say which replica is active and which wait as standbys.
+func replicaLines(st queue.Status) []string {
+	if !st.ConsumerFound {
+		return nil
+	}
+	var lines []string
+	switch {
+	case !st.Pinned:
+		lines = append(lines, "replicas      shared consumer (no priority group): every replica takes messages")
+	case st.PinID == "":
+		lines = append(lines, "replicas      no replica is pinned (none running, or the next message pins one)")
+	default:
+		name := "unknown replica (pin " + st.PinID + ")"
+		for _, r := range st.Replicas {
+			if r.Holds(st.PinID) {
+				name = r.Host + " pid " + strconv.Itoa(r.PID)
+			}
+		}
+		lines = append(lines, fmt.Sprintf("replicas      active: %s since %s", name, st.PinnedAt.Local().Format(time.RFC3339)))
+	}
+	for _, r := range st.Replicas {
+		role := r.Role
+		if st.Pinned && r.Role == queue.RoleActive && !r.Holds(st.PinID) {
+			role = "active?" // it believes so; the server pinned another (it hears at its next pull)
+		}
+		lines = append(lines, fmt.Sprintf("  %-8s %s pid %d, %s, since %s", role, r.Host, r.PID, r.Version, r.Since.Local().Format(time.RFC3339)))
+	}
+	if st.RolesRead != nil {
+		lines = append(lines, "  replicas' roles not readable: "+st.RolesRead.Error())
 	}
 	return lines
 }
@@ -338,19 +373,22 @@ func classes(by map[queue.DeadLetterClass]int) []queue.DeadLetterClass {
 
 // statusDoc is the JSON form of a status.
 type statusDoc struct {
-	Time        time.Time          `json:"time"`
-	Stream      string             `json:"stream"`
-	Backlog     uint64             `json:"backlog"`
-	Waiting     uint64             `json:"waiting"`
-	InProgress  int                `json:"in_progress"`
-	Redelivered int                `json:"redelivered"`
-	Processed   uint64             `json:"processed"`
-	Consumer    bool               `json:"consumer_found"`
-	DeadLetters uint64             `json:"dead_letters"`
-	ByClass     map[string]int     `json:"dead_letters_by_class"`
-	PerSecond   *float64           `json:"per_second,omitempty"`
-	ETASeconds  *float64           `json:"eta_seconds,omitempty"`
-	Lanes       map[string]laneDoc `json:"lanes"`
+	Time        time.Time           `json:"time"`
+	Stream      string              `json:"stream"`
+	Backlog     uint64              `json:"backlog"`
+	Waiting     uint64              `json:"waiting"`
+	InProgress  int                 `json:"in_progress"`
+	Redelivered int                 `json:"redelivered"`
+	Processed   uint64              `json:"processed"`
+	Consumer    bool                `json:"consumer_found"`
+	DeadLetters uint64              `json:"dead_letters"`
+	ByClass     map[string]int      `json:"dead_letters_by_class"`
+	Active      string              `json:"active,omitempty"` // the server's pin: "host pid N", or the pin id of an unlisted replica
+	Shared      bool                `json:"shared"`           // the consumer has no priority group
+	Replicas    []queue.ReplicaRole `json:"replicas"`
+	PerSecond   *float64            `json:"per_second,omitempty"`
+	ETASeconds  *float64            `json:"eta_seconds,omitempty"`
+	Lanes       map[string]laneDoc  `json:"lanes"`
 }
 
 // laneDoc is the JSON form of a lane's status.
@@ -387,12 +425,29 @@ func laneJSON(top queue.Topology, l queue.Lane, ls queue.LaneStatus, now time.Ti
 	return d
 }
 
+// activeName names the replica the server pinned: host and pid as it published them, else
+// the pin id; "" when none is pinned.
+func activeName(st queue.Status) string {
+	if st.PinID == "" {
+		return ""
+	}
+	for _, r := range st.Replicas {
+		if r.Holds(st.PinID) {
+			return r.Host + " pid " + strconv.Itoa(r.PID)
+		}
+	}
+	return "pin " + st.PinID
+}
+
 func statusJSON(top queue.Topology, st queue.Status, tp *throughput) statusDoc {
 	d := statusDoc{
 		Time: st.Time.UTC(), Stream: top.Stream, Backlog: st.Backlog, Waiting: st.Undelivered,
 		InProgress: st.AckPending, Redelivered: st.Redelivered, Processed: st.Processed,
 		Consumer: st.ConsumerFound, DeadLetters: st.DeadLetters, ByClass: map[string]int{},
-		Lanes: map[string]laneDoc{},
+		Shared: st.ConsumerFound && !st.Pinned, Replicas: st.Replicas, Active: activeName(st), Lanes: map[string]laneDoc{},
+	}
+	if d.Replicas == nil {
+		d.Replicas = []queue.ReplicaRole{}
 	}
 	for _, l := range queue.Lanes() {
 		var ltp *laneThroughput

@@ -29,11 +29,14 @@ func (r *opsRig) enqueueN(n int) {
 // take fetches n messages from the backfill lane, where enqueueN put them, as a worker would, without acking them.
 func (r *opsRig) take(n int) []jetstream.Msg {
 	r.t.Helper()
-	cons, err := r.js.Consumer(context.Background(), r.top.Stream, r.top.BackfillConsumer) // enqueue publishes to the backfill lane
-	if err != nil {
-		r.t.Fatal(err)
+	if r.cons == nil {
+		cs, _, err := queue.BindLanes(context.Background(), r.js, r.top) // pulls in the priority group
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		r.cons = cs.Backfill // enqueue publishes to the backfill lane
 	}
-	batch, err := cons.Fetch(n, jetstream.FetchMaxWait(5*time.Second))
+	batch, err := r.cons.Fetch(n, jetstream.FetchMaxWait(5*time.Second))
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -124,7 +127,8 @@ func TestStatusMatchesTheStreams(t *testing.T) {
 	}
 	doc.Time, doc.Lanes = time.Time{}, nil
 	want := statusDoc{Stream: r.top.Stream, Backlog: 5, Waiting: uint64(3 - extra), InProgress: 2 + extra, Redelivered: 1, Processed: 5,
-		Consumer: true, DeadLetters: 3, ByClass: map[string]int{"rejected": 2, "invalid": 1}}
+		Consumer: true, DeadLetters: 3, ByClass: map[string]int{"rejected": 2, "invalid": 1},
+		Active: "pin " + r.cons.(*queue.Follower).Role().PinID, Replicas: []queue.ReplicaRole{}}
 	if fmt.Sprint(doc) != fmt.Sprint(want) {
 		t.Fatalf("status =\n %+v\nwant\n %+v", doc, want)
 	}
@@ -203,7 +207,8 @@ func TestStatusMatchesTheStreams(t *testing.T) {
 			t.Fatal(err)
 		}
 		first := strings.SplitN(stdout.String(), "\n", 2)[0]
-		if !strings.Contains(first, " backlog=3 waiting=3 in_progress=0 redelivered=0 processed=7 dead_letters=3 invalid=1 rejected=2") {
+		// The messages taken while waiting for the handed-back one (extra) are still held.
+		if !strings.Contains(first, fmt.Sprintf(" backlog=3 waiting=%d in_progress=%d redelivered=0 processed=7 dead_letters=3 invalid=1 rejected=2", 3-extra, extra)) {
 			t.Fatalf("line = %q", first)
 		}
 		if strings.Contains(stdout.String(), "\x1b[") {
@@ -233,6 +238,54 @@ func TestRateMeter(t *testing.T) {
 	m.add(t0.Add(30*time.Second), 3) // the stream was recreated
 	if tp := m.throughput(10); tp.Known {
 		t.Fatalf("after a reset: %+v", tp)
+	}
+}
+
+func TestStatusNamesTheActiveReplica(t *testing.T) {
+	checkNoLeaks(t)
+	r := newOpsRig(t)
+	r.enqueueN(3)
+	out, _, err := r.cli("", "status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "replicas      no replica is pinned") {
+		t.Errorf("before any worker pulled:\n%s", out)
+	}
+
+	// One replica pulls (and is pinned) and publishes its role, as run does.
+	r.take(1)
+	bf := r.cons.(*queue.Follower)
+	roles, err := queue.BindRoles(context.Background(), r.js, r.top, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := &queue.RolePublisher{Roles: roles, Pin: bf.Live(), Backfill: bf, Version: "v-test"}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = rp.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	var doc statusDoc
+	testwait.Until(t, "status --json to name the active replica", 10*time.Second, func() bool {
+		out, _, err := r.cli("", "status", "--json")
+		if err != nil || json.Unmarshal([]byte(out), &doc) != nil {
+			return false
+		}
+		return len(doc.Replicas) == 1 && !strings.HasPrefix(doc.Active, "pin ")
+	})
+	want := doc.Replicas[0].Host + " pid " + fmt.Sprint(doc.Replicas[0].PID)
+	if doc.Active != want || doc.Replicas[0].Role != queue.RoleActive || doc.Shared {
+		t.Errorf("status --json: active %q, replicas %+v, shared %v; want active %q", doc.Active, doc.Replicas, doc.Shared, want)
+	}
+	out, _, err = r.cli("", "status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{"replicas      active: " + want + " since ", "  active   " + want + ", v-test, since "} {
+		if !strings.Contains(out, line) {
+			t.Errorf("no line starting %q in\n%s", line, out)
+		}
 	}
 }
 
