@@ -211,9 +211,11 @@ func TestPinned(t *testing.T) {
 		start := time.Now()
 		publishN(t, js, top, "second", 1)
 		testwait.Recv(t, "the standby to receive the next message", pinTTL, standby.got)
-		testwait.Closed(t, "the old active to hear that its pin was refused", pinTTL, active.p.Lost())
-		if why := active.p.Role().Lost; !strings.Contains(why, "refused") {
-			t.Errorf("reason of the loss = %q, want the server's refusal", why)
+		// Its next pull normally hears the refusal within the TTL; on a loaded machine that pull
+		// may come later, when its own clock has already told it (no pull carried the pin).
+		testwait.Closed(t, "the old active to hear that it lost its pin", 5*pinTTL, active.p.Lost())
+		if why := active.p.Role().Lost; !strings.Contains(why, "refused") && !strings.Contains(why, "carried the pin") {
+			t.Errorf("reason of the loss = %q, want the server's refusal or the TTL", why)
 		}
 		t.Logf("handed over in %s", time.Since(start).Round(time.Millisecond))
 
