@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-
 	"io"
 	"net/http"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/queue"
 )
 
 // budgetCase is one way of meeting the org budget: the worker's own limit as a multiple of
@@ -209,7 +209,7 @@ func (r *rig) startFixed(c, perMinute int, window time.Duration) (stop func()) {
 	r.tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cons, err := r.js.Consumer(ctx, r.top.Stream, r.top.Consumer)
+	cons, _, err := queue.Bind(ctx, r.js, r.top) // pulls in the consumer's priority group
 	if err != nil {
 		r.tb.Fatal(err)
 	}
