@@ -55,8 +55,11 @@ func newOpsRig(t *testing.T) *opsRig {
 // runs after every other cleanup.
 func checkNoLeaks(t *testing.T) {
 	t.Helper()
-	opts := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opts) })
+	// nats.go starts this goroutine for asynchronous publishing and ends it only when the
+	// connection's status channel closes; it can outlive a test by a moment.
+	opts := []goleak.Option{goleak.IgnoreCurrent(),
+		goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect")}
+	t.Cleanup(func() { goleak.VerifyNone(t, opts...) })
 }
 
 // cli runs the command line in-process against the rig's NATS, with stdin as input.
