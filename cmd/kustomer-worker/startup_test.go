@@ -223,7 +223,8 @@ func TestExitStatusOfAStartFailureIsOne(t *testing.T) {
 }
 
 func TestUnreachableNATSIsWaitedOutVisibly(t *testing.T) {
-	t.Parallel()
+	// Not parallel: the port freeAddr found must stay free until the test starts NATS on it,
+	// and a NATS server of a parallel test could take it meanwhile.
 	addr := freeAddr(t)
 	_, portText, _ := net.SplitHostPort(addr)
 	port, _ := strconv.Atoi(portText)
@@ -231,8 +232,12 @@ func TestUnreachableNATSIsWaitedOutVisibly(t *testing.T) {
 	p := startInProcess(t, map[string]string{"KUSTOMER_API_KEY": "test-key"}, "--nats-url", "nats://"+addr, "--kustomer-url", fake.URL)
 
 	testwait.Until(t, "/healthz while NATS is away", 5*time.Second, func() bool { code, _ := p.get("/healthz"); return code == 200 })
-	code, body := p.get("/readyz")
-	if code != http.StatusServiceUnavailable || !strings.Contains(body, "waiting for NATS at nats://"+addr) || !strings.Contains(body, "connection refused") {
+	var code int
+	var body string
+	if !testwait.Within(5*time.Second, func() bool {
+		code, body = p.get("/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "waiting for NATS at nats://"+addr) && strings.Contains(body, "connection refused")
+	}) {
 		t.Errorf("/readyz = %d %q; want 503 naming NATS, its URL and the cause", code, body)
 	}
 	testwait.Until(t, "a WARN naming the cause", 5*time.Second, func() bool {
