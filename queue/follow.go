@@ -5,7 +5,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -97,17 +96,7 @@ func (f *Follower) Fetch(batch int, opts ...jetstream.FetchOpt) (jetstream.Messa
 
 // Next pulls one message as Fetch does; nats.ErrTimeout when none came.
 func (f *Follower) Next(opts ...jetstream.FetchOpt) (jetstream.Msg, error) {
-	b, err := f.Fetch(1, opts...)
-	if err != nil {
-		return nil, err
-	}
-	if m, ok := <-b.Messages(); ok {
-		return m, nil
-	}
-	if err := b.Error(); err != nil {
-		return nil, err
-	}
-	return nil, nats.ErrTimeout
+	return next(f.Fetch, opts)
 }
 
 // Run keeps the backfill pin while this replica holds it and may pull (see Pinned.Run).

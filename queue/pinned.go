@@ -125,7 +125,12 @@ func (p *Pinned) FetchNoWait(int) (jetstream.MessageBatch, error) { return nil, 
 
 // Next pulls one message in the group, following the pin as Fetch does.
 func (p *Pinned) Next(opts ...jetstream.FetchOpt) (jetstream.Msg, error) {
-	b, err := p.Fetch(1, opts...)
+	return next(p.Fetch, opts)
+}
+
+// next pulls one message with fetch; nats.ErrTimeout when none came.
+func next(fetch func(int, ...jetstream.FetchOpt) (jetstream.MessageBatch, error), opts []jetstream.FetchOpt) (jetstream.Msg, error) {
+	b, err := fetch(1, opts...)
 	if err != nil {
 		return nil, err
 	}
