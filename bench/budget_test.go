@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"net/http"
 	"strconv"
@@ -250,11 +249,8 @@ func (r *rig) startFixed(c, perMinute int, window time.Duration) (stop func()) {
 				if err != nil {
 					return
 				}
-				var u struct {
-					ID   string          `json:"id"`
-					Body json.RawMessage `json:"body"`
-				}
-				if err := json.Unmarshal(msg.Data(), &u); err != nil {
+				u, ok := parseBare(msg.Data())
+				if !ok {
 					_ = msg.Term()
 					continue
 				}
@@ -263,21 +259,12 @@ func (r *rig) startFixed(c, perMinute int, window time.Duration) (stop func()) {
 						_ = msg.Nak()
 						return
 					}
-					req, err := http.NewRequest(http.MethodPut, base+u.ID, bytes.NewReader(u.Body))
-					if err != nil {
-						_ = msg.Term()
-						break
-					}
-					req.Header.Set("Authorization", "Bearer "+apiKey)
-					req.Header.Set("Content-Type", "application/json")
-					resp, err := hc.Do(req)
+					status, err := putBare(hc, base, u)
 					if err != nil {
 						_ = msg.Nak()
 						break
 					}
-					_, _ = io.Copy(io.Discard, resp.Body)
-					_ = resp.Body.Close()
-					if resp.StatusCode == http.StatusTooManyRequests && !stopped.Load() {
+					if status == http.StatusTooManyRequests && !stopped.Load() {
 						mu.Lock()
 						backoff = min(max(2*backoff, window/20), window*8/10)
 						pausedUntil = time.Now().Add(backoff)
@@ -287,7 +274,7 @@ func (r *rig) startFixed(c, perMinute int, window time.Duration) (stop func()) {
 					mu.Lock()
 					backoff = 0
 					mu.Unlock()
-					if resp.StatusCode/100 == 2 {
+					if status/100 == 2 {
 						_ = msg.Ack()
 					} else {
 						_ = msg.Nak()
