@@ -68,14 +68,19 @@ func (p *Pool) recheckWaiting(ctx context.Context) {
 	}
 	p.mu.Unlock()
 
+	// One deadline for all the checks: this runs on the heartbeat's goroutine, which must
+	// not stall while NATS is slow.
 	gone := make(map[queue.MsgRef]bool, len(refs))
 	if !expired {
+		pctx, cancel := context.WithTimeout(ctx, storeTimeout)
 		for _, ref := range refs {
-			pctx, cancel := context.WithTimeout(ctx, storeTimeout)
+			if pctx.Err() != nil {
+				break
+			}
 			pending, err := p.Outstanding.Pending(pctx, ref)
-			cancel()
 			gone[ref] = err == nil && !pending
 		}
+		cancel()
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
