@@ -31,6 +31,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/leaktest"
 	"github.com/moby/moby/client"
 	"github.com/testcontainers/testcontainers-go"
 	"go.uber.org/goleak"
@@ -80,7 +81,7 @@ func runTests(m *testing.M) int {
 		removeImages(suite.docker, suite.images)
 	}
 	suite.docker.Close()
-	if err := goleak.Find(before); err != nil && code == 0 {
+	if err := leaktest.Find(before); err != nil && code == 0 {
 		fmt.Fprintln(os.Stderr, "integration_test: goroutines leaked:", err)
 		return 1
 	}

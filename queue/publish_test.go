@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/leaktest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
@@ -69,7 +70,7 @@ func (b *broker) streamMsgs(tb testing.TB, stream string) []*jetstream.RawStream
 
 func noLeaks(t *testing.T) {
 	t.Helper()
-	t.Cleanup(func() { goleak.VerifyNone(t, goleak.IgnoreCurrent()) })
+	t.Cleanup(func() { leaktest.VerifyNone(t, goleak.IgnoreCurrent()) })
 }
 
 func publishAll(t *testing.T, p *queue.Publisher, subject string, n int, runID string) {

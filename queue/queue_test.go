@@ -12,14 +12,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"go.uber.org/goleak"
+	"github.com/kustomer-worker/kustomer-worker/internal/leaktest"
 
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 )
 
 // TestMain fails the package's tests if any of them leaves a goroutine behind.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { leaktest.VerifyTestMain(m) }
 
 func setup(t *testing.T) (jetstream.JetStream, queue.Topology) {
 	t.Helper()

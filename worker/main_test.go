@@ -3,9 +3,9 @@ package worker_test
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/kustomer-worker/kustomer-worker/internal/leaktest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	leaktest.VerifyTestMain(m)
 }

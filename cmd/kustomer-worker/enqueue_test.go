@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/leaktest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
@@ -55,11 +56,7 @@ func newOpsRig(t *testing.T) *opsRig {
 // runs after every other cleanup.
 func checkNoLeaks(t *testing.T) {
 	t.Helper()
-	// nats.go starts this goroutine for asynchronous publishing and ends it only when the
-	// connection's status channel closes; it can outlive a test by a moment.
-	opts := []goleak.Option{goleak.IgnoreCurrent(),
-		goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect")}
-	t.Cleanup(func() { goleak.VerifyNone(t, opts...) })
+	t.Cleanup(func() { leaktest.VerifyNone(t, goleak.IgnoreCurrent()) })
 }
 
 // cli runs the command line in-process against the rig's NATS, with stdin as input.

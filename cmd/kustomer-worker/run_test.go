@@ -20,7 +20,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"go.uber.org/goleak"
+	"github.com/kustomer-worker/kustomer-worker/internal/leaktest"
 
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
@@ -64,7 +64,7 @@ func TestMain(m *testing.M) {
 	}
 	http.DefaultClient.CloseIdleConnections() // the probes of /healthz and /readyz
 	if code == 0 {
-		if err := goleak.Find(); err != nil {
+		if err := leaktest.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goleak: goroutines left behind:", err)
 			code = 1
 		}
