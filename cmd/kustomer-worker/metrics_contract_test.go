@@ -27,10 +27,10 @@ import (
 // /metrics joins the pool's metrics (worker.NewMetrics) with those the command registers
 // itself (lanes, role, log flood), so the test scrapes the built binary, not a pool.
 //
-// To cover a new family of metrics (the bulk mode's kustomer_worker_bulk_*, say): make
-// contractTraffic produce a series of each labelled one (an unlabelled counter, gauge or
-// histogram is served from the start), add them to contractMetrics, then use them in the
-// rules and the dashboard.
+// To cover a new family of metrics (the bulk mode's kustomer_worker_bulk_*, say): turn the
+// feature on in contractArgs if it has a flag, make contractTraffic produce a series of each
+// labelled metric (an unlabelled counter, gauge or histogram is served from the start), add
+// the metrics alerts rest on to contractMetrics, then use them in the rules and the dashboard.
 
 const (
 	rulesFile     = "../../deploy/prometheus/rules.yml"
@@ -52,6 +52,10 @@ var contractMetrics = []string{
 	"kustomer_worker_requests_total",              // Kustomer failing
 	"up",                                          // no replica ready
 }
+
+// contractArgs are the flags of the daemon scraped, besides where NATS and Kustomer are: add
+// those that turn on a feature whose metrics the rules or the dashboard read.
+var contractArgs = []string{"--rate-per-minute", "0", "--ack-wait", "2s"}
 
 // contractTraffic feeds the daemon what gives every labelled family a series: on the live
 // lane an update that applies, one retried after a 503, one rejected with 404 and one
@@ -79,8 +83,8 @@ func scrapeDaemon(t *testing.T) map[string]*dto.MetricFamily {
 	b := startBroker(t)
 	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
 	contractTraffic(t, b, fake)
-	d := startDaemon(t, map[string]string{"KUSTOMER_API_KEY": "test-key"},
-		"--nats-url", b.url, "--kustomer-url", fake.URL, "--rate-per-minute", "0", "--ack-wait", "2s")
+	args := append([]string{"--nats-url", b.url, "--kustomer-url", fake.URL}, contractArgs...)
+	d := startDaemon(t, map[string]string{"KUSTOMER_API_KEY": "test-key"}, args...)
 	testwait.Until(t, "the work stream to empty", 60*time.Second, func() bool {
 		return queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES") == 0
 	})
