@@ -283,8 +283,9 @@ const (
 var errTooLong = fmt.Errorf("line is longer than %d bytes", maxLine)
 
 // validate reads every line of in, validating lines on every core, and writes the valid ones
-// to spool as "EVENT-ID CONVERSATION-ID MESSAGE\n" in input order; the invalid ones are reported on stderr
-// and, with --skip-invalid, written to rej. Memory stays bounded whatever the input's size.
+// to spool as "EVENT-ID CONVERSATION-ID MESSAGE\n" in input order; the invalid ones are
+// reported on stderr and, with --skip-invalid, written to rej. Memory stays bounded whatever
+// the input's size.
 func (c *enqueueCmd) validate(outer context.Context, e *env, in *enqueueInput, spool io.Writer, rej *rejectsFile) (validation, error) {
 	ctx, cancel := context.WithCancel(outer)
 	defer cancel()
