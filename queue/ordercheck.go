@@ -174,10 +174,27 @@ func (c *OrderCheck) extend(ctx context.Context, ix *bareIndex, subject, id stri
 	if err != nil {
 		return nil, err
 	}
-	if first == nil || first.Sequence >= before {
+	if first == nil {
 		// before's own message is stored: nothing below it can be stored later.
 		ix.next = before
 		return nil, nil
+	}
+	fresh := make(map[uint64]*jetstream.RawStreamMsg)
+	remember := func(m *jetstream.RawStreamMsg) {
+		ix.next = m.Sequence + 1
+		conv := conversationOf(m.Data)
+		if conv == "" {
+			return // not an update: the worker dead-letters it, no order to keep
+		}
+		ix.seqs = append(ix.seqs, m.Sequence)
+		ix.byID[conv] = append(ix.byID[conv], m.Sequence)
+		if conv == id {
+			fresh[m.Sequence] = m
+		}
+	}
+	remember(first) // even past before: read once, and nothing lies between
+	if first.Sequence >= before {
+		return fresh, nil
 	}
 	// Ranges [bounds[i], bounds[i+1]) after first, each read by one reader.
 	from := first.Sequence + 1
@@ -206,20 +223,6 @@ func (c *OrderCheck) extend(ctx context.Context, ix *bareIndex, subject, id stri
 		})
 	}
 	wg.Wait()
-	fresh := make(map[uint64]*jetstream.RawStreamMsg)
-	remember := func(m *jetstream.RawStreamMsg) {
-		ix.next = m.Sequence + 1
-		conv := conversationOf(m.Data)
-		if conv == "" {
-			return // not an update: the worker dead-letters it, no order to keep
-		}
-		ix.seqs = append(ix.seqs, m.Sequence)
-		ix.byID[conv] = append(ix.byID[conv], m.Sequence)
-		if conv == id {
-			fresh[m.Sequence] = m
-		}
-	}
-	remember(first)
 	for i, msgs := range ranges {
 		for _, m := range msgs {
 			remember(m)
