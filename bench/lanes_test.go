@@ -211,7 +211,8 @@ func (r *rig) backlogIn(l queue.Lane, first, n int) {
 	}
 	defer js.CleanupPublisher()
 	for i := first; i < first+n; i++ {
-		if _, err := js.PublishAsync(r.top.ConversationSubject(l, convID(i)), update(i)); err != nil {
+		// A machine busy with other work can take a moment to confirm 4,096 messages.
+		if _, err := js.PublishAsync(r.top.ConversationSubject(l, convID(i)), update(i), jetstream.WithStallWait(time.Minute)); err != nil {
 			r.tb.Fatal(err)
 		}
 	}

@@ -180,19 +180,18 @@ func (c *OrderCheck) extend(ctx context.Context, ix *bareIndex, subject, id stri
 		return nil, nil
 	}
 	fresh := make(map[uint64]*jetstream.RawStreamMsg)
-	remember := func(m *jetstream.RawStreamMsg) {
-		ix.next = m.Sequence + 1
-		conv := conversationOf(m.Data)
-		if conv == "" {
+	remember := func(r bareRead) {
+		ix.next = r.seq + 1
+		if r.conv == "" {
 			return // not an update: the worker dead-letters it, no order to keep
 		}
-		ix.seqs = append(ix.seqs, m.Sequence)
-		ix.byID[conv] = append(ix.byID[conv], m.Sequence)
-		if conv == id {
-			fresh[m.Sequence] = m
+		ix.seqs = append(ix.seqs, r.seq)
+		ix.byID[r.conv] = append(ix.byID[r.conv], r.seq)
+		if r.msg != nil {
+			fresh[r.seq] = r.msg
 		}
 	}
-	remember(first) // even past before: read once, and nothing lies between
+	remember(readBare(first, id)) // even past before: read once, and nothing lies between
 	if first.Sequence >= before {
 		return fresh, nil
 	}
@@ -206,7 +205,7 @@ func (c *OrderCheck) extend(ctx context.Context, ix *bareIndex, subject, id stri
 	for i := range bounds {
 		bounds[i] = from + (before-from)*uint64(i)/uint64(n)
 	}
-	ranges := make([][]*jetstream.RawStreamMsg, n)
+	ranges := make([][]bareRead, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
@@ -217,15 +216,15 @@ func (c *OrderCheck) extend(ctx context.Context, ix *bareIndex, subject, id stri
 					errs[i] = err
 					return
 				}
-				ranges[i] = append(ranges[i], m)
+				ranges[i] = append(ranges[i], readBare(m, id))
 				seq = m.Sequence + 1
 			}
 		})
 	}
 	wg.Wait()
-	for i, msgs := range ranges {
-		for _, m := range msgs {
-			remember(m)
+	for i, reads := range ranges {
+		for _, r := range reads {
+			remember(r)
 		}
 		if errs[i] != nil {
 			return fresh, errs[i] // the next check reads on from where this range failed
@@ -233,6 +232,22 @@ func (c *OrderCheck) extend(ctx context.Context, ix *bareIndex, subject, id stri
 		ix.next = bounds[i+1]
 	}
 	return fresh, nil
+}
+
+// bareRead is what the index keeps of a bare message it read: its conversation, and the
+// message itself only if it is of the conversation being checked.
+type bareRead struct {
+	seq  uint64
+	conv string
+	msg  *jetstream.RawStreamMsg
+}
+
+func readBare(m *jetstream.RawStreamMsg, id string) bareRead {
+	r := bareRead{seq: m.Sequence, conv: conversationOf(m.Data)}
+	if r.conv == id {
+		r.msg = m
+	}
+	return r
 }
 
 // forget drops seq of conversation id: it is gone from the stream.
