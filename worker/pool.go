@@ -478,6 +478,10 @@ func (p *Pool) unpark(c *conv) {
 }
 
 func (p *Pool) work(ctx, hard context.Context) {
+	// The contexts of this worker's requests hang under a context of its own rather than all
+	// under hard, whose lock every worker would take twice a request.
+	hard, cancel := context.WithCancel(hard)
+	defer cancel()
 	for {
 		select { // a live conversation first, whenever one is ready
 		case c := <-p.readyLive:
