@@ -193,6 +193,7 @@ func (r *rig) startPool(ratePerMinute int) (stop func()) {
 		Client:      client,
 		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
 		Attempts:    attempts,
+		Outstanding: &queue.Outstanding{JS: r.js, Topology: r.top},
 		Pacer:       worker.NewPacer(ratePerMinute),
 		Metrics:     worker.NewMetrics(prometheus.NewRegistry()),
 		Log:         discard,

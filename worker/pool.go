@@ -50,7 +50,8 @@ type Pool struct {
 	Order OlderFinder
 	// Outstanding, optional, reads the messages that were delivered and never acknowledged
 	// when the pool starts, so that a conversation whose older update a dead process held is
-	// not updated again before that one (see the package documentation).
+	// not updated again before that one (see the package documentation). With it, the
+	// acknowledgement of a conversation's last held message is not waited for: see ack.
 	Outstanding Outstanding
 	// HardStop, optional, cuts a graceful shutdown short when it ends (a second signal):
 	// requests in flight are abandoned at once and handed back, spending no attempt, as when
@@ -82,6 +83,11 @@ type Pool struct {
 	// them: a broker that restarts right after confirming can still lose an acknowledgement,
 	// and a redelivery of one of these is acknowledged again without a second request.
 	applied map[queue.MsgRef]struct{}
+	// unconfirmed holds, by conversation, its last message acknowledged without waiting for
+	// JetStream's confirmation (no newer one was held then), until the acknowledgement floor
+	// passes it: the conversation's next update is sent only once that message is gone from
+	// the work stream (see ack).
+	unconfirmed map[string]queue.MsgRef
 	// waiting holds, by conversation, the older messages that a process that died held when
 	// this one started: delivered, unacknowledged, and not in this pool's hands yet. A
 	// conversation with any is parked, so that none of its newer updates overtakes them.
@@ -142,6 +148,7 @@ type job struct {
 	loaded    bool // attempts read from the store
 	recorded  bool // the store holds a count for this message
 	acks      int  // acknowledgements that failed
+	checks    int  // reads finding the conversation's unconfirmed message still in the stream
 	// settled: Kustomer applied the update (or its dead letter is stored) but the
 	// acknowledgement is not confirmed yet. The job is only acknowledged again, never sent.
 	settled bool
@@ -249,6 +256,7 @@ func (p *Pool) init() error {
 	p.convs = make(map[string]*conv)
 	p.bySeq = make(map[queue.MsgRef]*job)
 	p.applied = make(map[queue.MsgRef]struct{})
+	p.unconfirmed = make(map[string]queue.MsgRef)
 	p.waiting = make(map[string]map[queue.MsgRef]struct{})
 	p.readyLive = make(chan *conv, 2*p.cfg.MaxAckPending+1)
 	p.readyBackfill = make(chan *conv, 2*p.cfg.MaxAckPending+1)
@@ -515,7 +523,11 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	p.mu.Lock()
 	j := c.jobs[0]
 	t := tries{delivered: j.delivered}
+	prev, unconfirmed := p.unconfirmed[c.key]
 	p.mu.Unlock()
+	if unconfirmed && !j.settled && !p.previousGone(hard, c, j, prev) {
+		return // c is made ready again later
+	}
 	var tk, tkDown *ticket
 	defer func() {
 		if r := recover(); r != nil {
@@ -713,9 +725,65 @@ func (p *Pool) deadLetter(c *conv, j *job, d decision) {
 // the worker goes on with another conversation meanwhile; c is in that goroutine's hands until
 // then. An acknowledgement that fails is tried again with backoff, the job held (and kept in
 // progress) meanwhile, and never sent again.
+//
+// When no newer message of the conversation is held (the common case) and the pool can read
+// the work stream (Outstanding), nothing waits for the confirmation yet: the message is
+// acknowledged and let go at once, and remembered in unconfirmed. Should a newer update of the
+// conversation come later, it is sent only once that message is gone from the work stream
+// (previousGone), which on a work-queue stream is what the acknowledgement does: the same
+// promise, paid for only when a conversation's updates follow each other closely.
 func (p *Pool) ack(c *conv, j *job) {
 	j.settled = true
+	if p.ackNow(c, j) {
+		return
+	}
 	p.confirming.Go(func() { p.confirm(c, j) })
+}
+
+// ackNow acknowledges j without waiting for the confirmation and lets it go, if no newer
+// message of its conversation is held and nothing else is left to do for j; it reports
+// whether it did.
+func (p *Pool) ackNow(c *conv, j *job) bool {
+	if p.Outstanding == nil || j.recorded {
+		return false
+	}
+	p.mu.Lock()
+	msg, alone := j.msg, len(c.jobs) == 1
+	p.mu.Unlock()
+	if !alone || msg.Ack() != nil {
+		return false // a failed acknowledgement is retried, confirmed, by confirm
+	}
+	p.acked(c, j, false)
+	return true
+}
+
+// previousGone reports whether prev, the last message of c acknowledged without confirmation,
+// is gone from the work stream, so that j, the conversation's next, may be sent. If prev is
+// still there (the acknowledgement is on its way, or was lost and prev comes back after
+// AckWait to be acknowledged again) or the stream cannot be read, c is made ready again after
+// a while.
+func (p *Pool) previousGone(ctx context.Context, c *conv, j *job, prev queue.MsgRef) bool {
+	pctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	pending, err := p.Outstanding.Pending(pctx, prev)
+	cancel()
+	if err == nil && !pending {
+		p.mu.Lock()
+		if p.unconfirmed[c.key] == prev {
+			delete(p.unconfirmed, c.key)
+		}
+		p.mu.Unlock()
+		return true
+	}
+	if ctx.Err() != nil {
+		return false // shutdown: the message stays held for handBack
+	}
+	j.checks++
+	d := backoffDelay(j.checks, ackRetryMin, ackRetryMax, rand.Float64())
+	if err != nil {
+		p.jobLog(j).Warn("cannot check that the conversation's previous update was acknowledged; trying again", "error", err, "retry_in", d)
+	}
+	p.schedule(c, d)
+	return false
 }
 
 // confirm is ack's second half: the acknowledgement, waited for.
@@ -733,6 +801,11 @@ func (p *Pool) confirm(c *conv, j *job) {
 		p.schedule(c, d)
 		return
 	}
+	p.acked(c, j, true)
+}
+
+// acked lets go of j, acknowledged (confirmed or not), and moves on to c's next job.
+func (p *Pool) acked(c *conv, j *job, confirmed bool) {
 	if j.recorded {
 		dctx, cancel := context.WithTimeout(p.hard, storeTimeout)
 		if err := p.Attempts.Delete(dctx, j.ref); err != nil {
@@ -744,6 +817,9 @@ func (p *Pool) confirm(c *conv, j *job) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.applied[j.ref] = struct{}{}
+	if !confirmed && j.invalid == nil {
+		p.unconfirmed[c.key] = j.ref
+	}
 	c.jobs = c.jobs[1:]
 	delete(p.bySeq, j.ref)
 	p.release(j.src)
@@ -782,6 +858,11 @@ func (p *Pool) forgetApplied(ctx context.Context) {
 	for ref := range p.applied {
 		if ref.Seq <= floor {
 			delete(p.applied, ref)
+		}
+	}
+	for key, ref := range p.unconfirmed {
+		if ref.Seq <= floor {
+			delete(p.unconfirmed, key)
 		}
 	}
 }

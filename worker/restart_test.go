@@ -114,11 +114,23 @@ func (c *lossy) Fetch(n int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch
 }
 
 func TestOrderWhenAcknowledgementsAreLost(t *testing.T) {
+	// Without Outstanding every acknowledgement is confirmed before the conversation goes on;
+	// with it, one whose conversation has nothing newer held is not waited for, and the next
+	// update waits for its message to leave the stream instead.
+	for _, tc := range []struct {
+		name   string
+		stream bool
+	}{{"every acknowledgement confirmed", false}, {"the last of a conversation checked in the stream", true}} {
+		t.Run(tc.name, func(t *testing.T) { testOrderWhenAcknowledgementsAreLost(t, tc.stream) })
+	}
+}
+
+func testOrderWhenAcknowledgementsAreLost(t *testing.T, stream bool) {
 	const convs, rounds = 200, 5
 	f := setup(t, options{fake: kustomertest.Config{Latency: 5 * time.Millisecond}, cfg: worker.Config{Concurrency: 8}, ackWait: 2 * time.Second, noStart: true})
 	f.publishRounds(convs, rounds)
 	var c *lossy
-	f.start(options{cfg: worker.Config{Concurrency: 8}, consumer: func(cons jetstream.Consumer) jetstream.Consumer {
+	f.start(options{cfg: worker.Config{Concurrency: 8}, recover: stream, consumer: func(cons jetstream.Consumer) jetstream.Consumer {
 		c = &lossy{Consumer: cons}
 		return c
 	}})
