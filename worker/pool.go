@@ -87,7 +87,7 @@ type Pool struct {
 	// JetStream's confirmation (no newer one was held then), until the acknowledgement floor
 	// passes it: the conversation's next update is sent only once that message is gone from
 	// the work stream (see ack).
-	unconfirmed map[string]queue.MsgRef
+	unconfirmed map[string]unconfirmed
 	// waiting holds, by conversation, the older messages that a process that died held when
 	// this one started: delivered, unacknowledged, and not in this pool's hands yet. A
 	// conversation with any is parked, so that none of its newer updates overtakes them.
@@ -115,6 +115,19 @@ type source struct {
 	cons  Consumer
 	class Priority
 	slots chan struct{} // nil, or a cap of its own below MaxAckPending (the backfill lane)
+
+	// The lane's acknowledgement floor as last read for previousGone, and when that read
+	// began. Guarded by floorMu, which is held while it is read.
+	floorMu sync.Mutex
+	floor   uint64
+	floorAt time.Time
+}
+
+// unconfirmed is a message acknowledged without waiting for the confirmation.
+type unconfirmed struct {
+	ref queue.MsgRef
+	src *source   // its lane; nil if read directly
+	at  time.Time // when it was acknowledged
 }
 
 // conv is one conversation's held messages, in stream order. A conv in Pool.convs is always in
@@ -256,7 +269,7 @@ func (p *Pool) init() error {
 	p.convs = make(map[string]*conv)
 	p.bySeq = make(map[queue.MsgRef]*job)
 	p.applied = make(map[queue.MsgRef]struct{})
-	p.unconfirmed = make(map[string]queue.MsgRef)
+	p.unconfirmed = make(map[string]unconfirmed)
 	p.waiting = make(map[string]map[queue.MsgRef]struct{})
 	p.readyLive = make(chan *conv, 2*p.cfg.MaxAckPending+1)
 	p.readyBackfill = make(chan *conv, 2*p.cfg.MaxAckPending+1)
@@ -523,9 +536,9 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	p.mu.Lock()
 	j := c.jobs[0]
 	t := tries{delivered: j.delivered}
-	prev, unconfirmed := p.unconfirmed[c.key]
+	prev, unsure := p.unconfirmed[c.key]
 	p.mu.Unlock()
-	if unconfirmed && !j.settled && !p.previousGone(hard, c, j, prev) {
+	if unsure && !j.settled && !p.previousGone(hard, c, j, prev) {
 		return // c is made ready again later
 	}
 	var tk, tkDown *ticket
@@ -758,17 +771,29 @@ func (p *Pool) ackNow(c *conv, j *job) bool {
 }
 
 // previousGone reports whether prev, the last message of c acknowledged without confirmation,
-// is gone from the work stream, so that j, the conversation's next, may be sent. If prev is
-// still there (the acknowledgement is on its way, or was lost and prev comes back after
-// AckWait to be acknowledged again) or the stream cannot be read, c is made ready again after
-// a while.
-func (p *Pool) previousGone(ctx context.Context, c *conv, j *job, prev queue.MsgRef) bool {
-	pctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	pending, err := p.Outstanding.Pending(pctx, prev)
-	cancel()
-	if err == nil && !pending {
+// has been acknowledged for good, so that j, the conversation's next, may be sent: its lane's
+// acknowledgement floor, read after the acknowledgement was sent, has passed it, or (when the
+// floor is held back, or prev was read directly) it is gone from the work stream. If not yet
+// (the acknowledgement is on its way, or was lost and prev comes back after AckWait to be
+// acknowledged again), or if NATS cannot be read, c is made ready again after a while.
+func (p *Pool) previousGone(ctx context.Context, c *conv, j *job, prev unconfirmed) bool {
+	gone := false
+	var err error
+	if prev.src != nil {
+		var floor uint64
+		floor, err = p.laneFloor(ctx, prev.src, prev.at)
+		gone = err == nil && prev.ref.Seq <= floor
+	}
+	if !gone && (prev.src == nil || j.checks >= floorChecks) {
+		pctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		var pending bool
+		pending, err = p.Outstanding.Pending(pctx, prev.ref)
+		cancel()
+		gone = err == nil && !pending
+	}
+	if gone {
 		p.mu.Lock()
-		if p.unconfirmed[c.key] == prev {
+		if p.unconfirmed[c.key].ref == prev.ref {
 			delete(p.unconfirmed, c.key)
 		}
 		p.mu.Unlock()
@@ -778,12 +803,40 @@ func (p *Pool) previousGone(ctx context.Context, c *conv, j *job, prev queue.Msg
 		return false // shutdown: the message stays held for handBack
 	}
 	j.checks++
-	d := backoffDelay(j.checks, ackRetryMin, ackRetryMax, rand.Float64())
+	d := backoffDelay(j.checks, floorEvery, ackRetryMax, rand.Float64())
 	if err != nil {
 		p.jobLog(j).Warn("cannot check that the conversation's previous update was acknowledged; trying again", "error", err, "retry_in", d)
 	}
 	p.schedule(c, d)
 	return false
+}
+
+// Tuned values of previousGone: the least time between two reads of a lane's acknowledgement
+// floor, and how many checks of the floor are made before the stream itself is read.
+const (
+	floorEvery  = 20 * time.Millisecond
+	floorChecks = 3
+)
+
+// laneFloor is src's acknowledgement floor (a stream sequence) as read after after, when a
+// read began then; it reads it again if the last read is older and began at least floorEvery
+// ago, and otherwise returns the last one read, which may not pass a message acknowledged
+// since. Every message of the lane at or below it is acknowledged.
+func (p *Pool) laneFloor(ctx context.Context, src *source, after time.Time) (uint64, error) {
+	src.floorMu.Lock()
+	defer src.floorMu.Unlock()
+	start := time.Now()
+	if src.floorAt.After(after) || start.Sub(src.floorAt) < floorEvery {
+		return src.floor, nil
+	}
+	ictx, cancel := context.WithTimeout(ctx, storeTimeout)
+	info, err := src.cons.Info(ictx)
+	cancel()
+	if err != nil {
+		return 0, err
+	}
+	src.floor, src.floorAt = info.AckFloor.Stream, start
+	return src.floor, nil
 }
 
 // confirm is ack's second half: the acknowledgement, waited for.
@@ -818,7 +871,7 @@ func (p *Pool) acked(c *conv, j *job, confirmed bool) {
 	defer p.mu.Unlock()
 	p.applied[j.ref] = struct{}{}
 	if !confirmed && j.invalid == nil {
-		p.unconfirmed[c.key] = j.ref
+		p.unconfirmed[c.key] = unconfirmed{ref: j.ref, src: j.src, at: time.Now()}
 	}
 	c.jobs = c.jobs[1:]
 	delete(p.bySeq, j.ref)
@@ -860,8 +913,8 @@ func (p *Pool) forgetApplied(ctx context.Context) {
 			delete(p.applied, ref)
 		}
 	}
-	for key, ref := range p.unconfirmed {
-		if ref.Seq <= floor {
+	for key, u := range p.unconfirmed {
+		if u.ref.Seq <= floor {
 			delete(p.unconfirmed, key)
 		}
 	}
