@@ -101,7 +101,7 @@ const warmup = 1000
 
 // start runs a replica until the test ends. Its requests, but those of conversation warmup,
 // wait until gate is closed (nil: they go at once).
-func (h *handover) start(cfg worker.Config, gate <-chan struct{}) *replica {
+func (h *handover) start(name string, cfg worker.Config, gate <-chan struct{}) *replica {
 	h.t.Helper()
 	_, js := queuetest.Connect(h.t, h.srv.URL())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -130,9 +130,9 @@ func (h *handover) start(cfg worker.Config, gate <-chan struct{}) *replica {
 		}
 		return h.client.UpdateConversation(ctx, u)
 	}
-	var sink io.Writer = r.logs
+	var log = slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if os.Getenv("WORKER_TEST_LOG") != "" {
-		sink = io.MultiWriter(r.logs, os.Stderr)
+		log = slog.New(slog.NewTextHandler(io.MultiWriter(r.logs, os.Stderr), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	r.pool = &worker.Pool{
 		Consumer:    lanes.Live,
@@ -143,7 +143,7 @@ func (h *handover) start(cfg worker.Config, gate <-chan struct{}) *replica {
 		Attempts:    attempts,
 		Outstanding: &queue.Outstanding{JS: js, Topology: h.top},
 		Pacer:       worker.NewPacer(-1),
-		Log:         slog.New(slog.NewTextHandler(sink, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Log:         log.With("replica", name),
 		Config:      cfg,
 	}
 	pctx, stopPool := context.WithCancel(context.Background())
@@ -230,7 +230,7 @@ func TestHandoverToARunningStandby(t *testing.T) {
 			const rounds, concurrency = 5, 4
 			h := handoverSetup(t)
 			gate := make(chan struct{})
-			a := h.start(worker.Config{Concurrency: concurrency, MaxAckPending: 16}, gate)
+			a := h.start("a", worker.Config{Concurrency: concurrency, MaxAckPending: 16}, gate)
 			// A first update pins the first replica; the standby starts once it is applied,
 			// so that the standby's own start finds nothing held elsewhere: what follows
 			// happens while both processes run.
@@ -238,7 +238,7 @@ func TestHandoverToARunningStandby(t *testing.T) {
 			testwait.Until(t, "the first replica to be active", 20*time.Second, func() bool {
 				return a.pin(tc.lane).Active() && queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0
 			})
-			b := h.start(worker.Config{Concurrency: concurrency, MaxAckPending: 128}, nil)
+			b := h.start("b", worker.Config{Concurrency: concurrency, MaxAckPending: 128}, nil)
 
 			// The active replica takes every conversation's first update, sends as many as it
 			// may at once (they wait at the gate: requests in flight) and holds the others.
