@@ -77,10 +77,11 @@ func handoverSetup(t *testing.T) *handover {
 	t.Helper()
 	h := &handover{t: t, srv: queuetest.StartServer(t)}
 	_, h.js = queuetest.Connect(t, h.srv.URL())
-	// AckWait is long enough that nothing is redelivered by its expiry while the test runs:
+	// AckWait is long enough that nothing is redelivered by its expiry, and the hold-back
+	// (twice AckWait) does not run out, while the test runs:
 	// what moves comes from the handover alone. MaxAckPending is the consumer's, above the
 	// first replica's own limit, so that this replica stops pulling once it holds its share.
-	h.top = queue.Topology{AckWait: 20 * time.Second, MaxAckPending: 128, PinnedTTL: 2 * time.Second, DedupWindow: time.Minute}.WithDefaults()
+	h.top = queue.Topology{AckWait: time.Minute, MaxAckPending: 128, PinnedTTL: 2 * time.Second, DedupWindow: time.Minute}.WithDefaults()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := queue.Ensure(ctx, h.js, h.top); err != nil {
@@ -223,10 +224,14 @@ func (h *handover) applied(n int) []string {
 
 func TestHandoverToARunningStandby(t *testing.T) {
 	for _, tc := range []struct {
+		name  string
 		lane  queue.Lane
 		convs int // what the first replica can hold of the lane: its MaxAckPending 16, or the backfill lane's share (16 less a reserve of 4)
-	}{{queue.LaneLive, 16}, {queue.LaneBackfill, 12}} {
-		t.Run(fmt.Sprintf("on the %s lane the new active applies no update before the older ones the old active held", tc.lane), func(t *testing.T) {
+	}{
+		{"on the live lane", queue.LaneLive, 16},
+		{"on the backfill lane", queue.LaneBackfill, 12},
+	} {
+		t.Run(tc.name+" the new active applies no update before the older ones the old active held", func(t *testing.T) {
 			const rounds, concurrency = 5, 4
 			h := handoverSetup(t)
 			gate := make(chan struct{})
@@ -238,6 +243,8 @@ func TestHandoverToARunningStandby(t *testing.T) {
 			testwait.Until(t, "the first replica to be active", 20*time.Second, func() bool {
 				return a.pin(tc.lane).Active() && queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0
 			})
+			// The new active has room for the newer updates and the older ones (see
+			// docs/STANDBY.md, "Order and budget").
 			b := h.start("b", worker.Config{Concurrency: concurrency, MaxAckPending: 128}, nil)
 
 			// The active replica takes every conversation's first update, sends as many as it
@@ -271,7 +278,7 @@ func TestHandoverToARunningStandby(t *testing.T) {
 			// updates at once (no hold-back), or the messages the old active handed back and
 			// everything behind them (hold-back and hand back).
 			want := (tc.convs - concurrency) * rounds
-			testwait.Until(t, fmt.Sprintf("%d updates applied", want), 30*time.Second, func() bool { return h.fake.Stats().Applied >= want })
+			testwait.Until(t, fmt.Sprintf("%d updates applied", want), 60*time.Second, func() bool { return h.fake.Stats().Applied >= want })
 			for _, conv := range inFlight {
 				if n := len(h.fake.RequestsFor(conv)); n != 0 {
 					t.Errorf("conversation %s: %d newer updates applied while the old active still had its first one in flight", conv, n)
