@@ -7,6 +7,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kustomer-worker/kustomer-worker/queue"
 )
 
 // Role is what the pool uses of a consumer whose replicas take turns: the server hands the
@@ -106,7 +108,7 @@ func (p *Pool) admit(ctx context.Context, msg jetstream.Msg, src *source) {
 		p.mu.Lock()
 		src.turn = turn
 		p.mu.Unlock()
-		p.Log.Info("active: taking messages", "lane", src.name)
+		p.Log.Debug("active: taking messages", "lane", src.name)
 	}
 	p.add(msg, src)
 }
@@ -240,3 +242,8 @@ func (p *Pool) nakAll(msgs []jetstream.Msg, why string) {
 		}
 	}
 }
+
+var (
+	_ Role = (*queue.Pinned)(nil)
+	_ Role = (*queue.Follower)(nil)
+)
