@@ -323,3 +323,83 @@ func TestHandoverToARunningStandby(t *testing.T) {
 		})
 	}
 }
+
+// When the new active's live update finds an older backfill update of its conversation still
+// pending, which the old active is applying at that moment, the order check must not apply
+// that backfill update ahead of the live one: the old active's request would land after both.
+func TestHandoverWithTheOrderCheckAcrossLanes(t *testing.T) {
+	const convs, concurrency = 12, 4
+	h := handoverSetup(t)
+	gate := make(chan struct{})
+	a := h.start("a", worker.Config{Concurrency: concurrency, MaxAckPending: 16}, gate)
+	h.publish(queue.LaneBackfill, warmup, 0)
+	testwait.Until(t, "the first replica to be active on the backfill lane", 20*time.Second, func() bool {
+		return a.pin(queue.LaneBackfill).Active() && queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0
+	})
+	b := h.start("b", worker.Config{Concurrency: concurrency, MaxAckPending: 128}, nil)
+
+	// The backfill goes to the active replica, which sends four updates (they wait at the
+	// gate) and holds the others.
+	h.publishRound(queue.LaneBackfill, convs, 0)
+	testwait.Until(t, "the first replica to hold the backfill", 20*time.Second, func() bool {
+		info := h.info(queue.LaneBackfill)
+		return info.NumAckPending == convs && info.NumPending == 0 && len(a.held()) == concurrency
+	})
+	inFlight := a.held()
+
+	// A live update pins the second replica on the live lane, which makes it the active one
+	// (it takes the backfill lane too, and the first one lets go of it).
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := h.js.Stream(ctx, h.top.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := 1; !b.pin(queue.LaneLive).Active(); round++ {
+		if a.pin(queue.LaneLive).Active() {
+			if err := s.UnpinConsumer(ctx, h.top.Consumer, h.top.PriorityGroup); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h.publish(queue.LaneLive, warmup, round)
+		testwait.Until(t, "a replica pinned on the live lane", 20*time.Second, func() bool {
+			return a.pin(queue.LaneLive).Active() || b.pin(queue.LaneLive).Active()
+		})
+		if round > 20 {
+			t.Fatal("the second replica never got the live pin")
+		}
+	}
+	testwait.Until(t, "the first replica to let go of the backfill lane", 20*time.Second, func() bool {
+		return !a.pin(queue.LaneBackfill).Active()
+	})
+
+	// Newer live updates of every conversation: each finds its older backfill update pending.
+	h.publishRound(queue.LaneLive, convs, 1)
+	want := (convs - concurrency) * 2
+	testwait.Until(t, fmt.Sprintf("%d updates applied", want), 60*time.Second, func() bool {
+		n := 0
+		for i := range convs {
+			if !slices.Contains(inFlight, id(i)) {
+				n += len(h.applied(i))
+			}
+		}
+		return n >= want
+	})
+	for _, conv := range inFlight {
+		if n := len(h.fake.RequestsFor(conv)); n != 0 {
+			t.Errorf("conversation %s: %d updates applied while the old active still had its backfill update in flight", conv, n)
+		}
+	}
+	close(gate)
+	testwait.Until(t, "work stream to empty", 60*time.Second, func() bool { return queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0 })
+	stale := 0
+	for i := range convs {
+		if c, ok := h.fake.Conversation(id(i)); !ok || c.Attributes["name"] != "u-1" {
+			stale++
+		}
+	}
+	if stale != 0 {
+		t.Errorf("%d of %d conversations ended at their backfill update, older than their live one", stale, convs)
+	}
+	t.Logf("handover with the order check across lanes, %d backfill updates held (%d in flight): %d of %d conversations stale", convs, concurrency, stale, convs)
+}

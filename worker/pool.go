@@ -459,8 +459,10 @@ func (p *Pool) file(j *job, key string) {
 		c = &conv{key: key, jobs: []*job{j}, parked: true}
 		p.convs[key] = c
 	}
-	if w := p.waiting[key]; w != nil {
-		delete(w, j.ref) // an older message a dead process held: here now, and first in line
+	if w := p.waiting[key]; w != nil && j.src != nil {
+		// An older message held elsewhere: here now, and first in line. One read directly is
+		// not: its holder may be applying it (recover.go lets go once its lane delivers it).
+		delete(w, j.ref)
 	}
 	p.unpark(c)
 }

@@ -30,7 +30,7 @@ func (p *Pool) recoverOrder(ctx context.Context, after recoverCause) {
 	defer p.mu.Unlock()
 	held := 0
 	for _, m := range msgs {
-		if _, ok := p.bySeq[m.Ref]; ok {
+		if p.delivered(m.Ref) {
 			continue // here already
 		}
 		if _, ok := p.applied[m.Ref]; ok {
@@ -74,7 +74,8 @@ const (
 )
 
 // recheckWaiting lets go of the outstanding messages that were acknowledged elsewhere or
-// deleted, and of all of them once the wait ran out, and makes their conversations ready.
+// deleted, or that this pool now holds as delivered by their lane (having read them directly
+// before), and of all of them once the wait ran out, and makes their conversations ready.
 func (p *Pool) recheckWaiting(ctx context.Context) {
 	p.mu.Lock()
 	if len(p.waiting) == 0 {
@@ -108,7 +109,7 @@ func (p *Pool) recheckWaiting(ctx context.Context) {
 	defer p.mu.Unlock()
 	for key, w := range p.waiting {
 		for ref := range w {
-			if expired || gone[ref] {
+			if expired || gone[ref] || p.delivered(ref) {
 				if expired {
 					p.Log.Warn("an update left unacknowledged elsewhere never came back; applying the conversation's newer updates",
 						"conversation", key, "seq", ref.Seq)
@@ -123,4 +124,12 @@ func (p *Pool) recheckWaiting(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// delivered reports whether this pool holds ref as delivered by its lane (not only read
+// directly for the order across lanes: such a message may still be in another replica's
+// hands); p.mu is held.
+func (p *Pool) delivered(ref queue.MsgRef) bool {
+	j, ok := p.bySeq[ref]
+	return ok && j.src != nil
 }
