@@ -28,8 +28,10 @@ const DefaultFollowWait = time.Second
 //     replica holds is released (Unpin) and no longer renewed, so that it passes to the
 //     active replica.
 //
-// Messages this replica already holds when it stops pulling stay its own until settled, as
-// after the loss of the live pin; per-conversation order across that window rests on the pool.
+// Messages this replica already holds when it stops pulling are its own until settled or
+// handed back, as after the loss of the live pin; the pool hands back what it has not sent
+// when the backfill pin is lost (Lost), and per-conversation order across that window rests
+// on the pool (worker.Role).
 // Only Fetch and Next follow the rule; the other pull methods of the embedded Pinned do not.
 type Follower struct {
 	*Pinned // the backfill lane's consumer, in the priority group

@@ -31,7 +31,8 @@ const HeaderPinID = "Nats-Pin-Id"
 //   - The pin is not replicated in a cluster: when the consumer's leader changes, the new
 //     leader may pin another replica before this one hears of it (it hears at its next pull,
 //     or when a message is waiting). Two replicas may then hold messages of the same consumer
-//     at once; per-conversation order across that window rests on the pool, not on the pin.
+//     at once; per-conversation order across that window rests on the pool, not on the pin
+//     (worker.Role: Lost and Gained are what the pool follows).
 //   - On a consumer without a priority policy (created elsewhere, --no-manage-streams, not yet
 //     converted) every replica is active and messages are shared as before; Pinned switches to
 //     pinned mode as soon as a message carries a pin id, and back when one carries none.

@@ -50,8 +50,8 @@
 //   - A conv in Pool.convs is in exactly one place: parked, a ready channel, one worker's
 //     hands, a retry timer, or the goroutine awaiting its head's acknowledgement. So one goroutine at a time touches a conversation's head job,
 //     and the job fields marked "owned by the goroutine that holds the conversation" need no
-//     lock. A conv is parked while an older message of it, taken by a process that died, has
-//     not come back yet (recover.go).
+//     lock. A conv is parked while an older message of it, taken by a process that died or
+//     by the replica active before this one, has not come back yet (recover.go, handover.go).
 //   - A conversation's next job is tried only after the previous one's acknowledgement was
 //     confirmed (JetStream's reply to a double ack, or, for a message acknowledged without
 //     waiting because nothing newer of its conversation was held, the message gone from the
@@ -62,7 +62,8 @@
 //     cap(Pool.slots) and a send on Pool.ready (capacity one more) never blocks, even under
 //     Pool.mu.
 //   - A message leaves Pool.bySeq only through ack (after Kustomer or the dead-letter stream
-//     confirmed) or handBack (nak).
+//     confirmed), handBack (nak), or, once this replica is a standby on its lane, cut
+//     (handover.go: nak, unsent messages only; a conversation's head only when nobody holds it).
 //   - Every request passes the auth gate with a ticket whose Done is deferred where it is
 //     taken: a probe is always answered or given back.
 //

@@ -105,3 +105,12 @@ func (p *Pool) fetchWorks() {
 		p.Log.Info("taking messages from NATS again", "after", time.Since(since).Round(time.Second))
 	}
 }
+
+// pullFailed reports whether a pull's err is a failure to record (fetchFailed): not the end
+// of the pull's wait, nor a shutdown, nor the server's refusal of a pin that passed to another
+// replica (jetstream.ErrPinIDMismatch: this replica is a standby now, which is no failure; the
+// consumer's Role says so and the pool hands back what it holds, see handover.go).
+func pullFailed(ctx context.Context, err error) bool {
+	return err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) &&
+		!errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, jetstream.ErrPinIDMismatch)
+}

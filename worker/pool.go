@@ -108,6 +108,8 @@ type Pool struct {
 	// MaxAckPending. Messages read directly for the order across lanes hold none.
 	slots chan struct{}
 	lanes []*source // the live lane first; written by init
+	// handover keeps order when this replica becomes or stops being the active one (handover.go).
+	handover handover
 }
 
 // source is one lane the pool pulls from.
@@ -116,6 +118,11 @@ type source struct {
 	cons  Consumer
 	class Priority
 	slots chan struct{} // nil, or a cap of its own below MaxAckPending (the backfill lane)
+	// role is cons's, if it has one (handover.go); turn is role's Lost channel of the turn as
+	// the active replica the pool works for, closed while a standby. Written by the lane's
+	// fetch goroutine under Pool.mu.
+	role Role
+	turn <-chan struct{}
 
 	// The lane's acknowledgement floor as last read for previousGone, and when that read
 	// began. Guarded by floorMu, which is held while it is read.
@@ -202,7 +209,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	p.hard = hard
 
-	p.recoverOrder(ctx)
+	p.recoverOrder(ctx, recoverStart)
 	var wg sync.WaitGroup
 	for _, src := range p.lanes {
 		wg.Go(func() { p.fetch(ctx, src) })
@@ -298,6 +305,7 @@ const (
 // fetch takes messages from one lane's consumer while there is room, and never while Kustomer
 // refuses the key or the org budget is paused.
 func (p *Pool) fetch(ctx context.Context, src *source) {
+	defer p.followRole(ctx, src)() // active and standby (handover.go)
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(fetchRetryMin),
 		backoff.WithMaxInterval(fetchRetryMax), backoff.WithMaxElapsedTime(0))
 	for ctx.Err() == nil {
@@ -322,7 +330,7 @@ func (p *Pool) fetch(ctx context.Context, src *source) {
 		if err == nil {
 			for msg := range batch.Messages() {
 				got++
-				p.add(msg, src)
+				p.admit(ctx, msg, src)
 			}
 			err = batch.Error()
 		}
@@ -330,7 +338,7 @@ func (p *Pool) fetch(ctx context.Context, src *source) {
 		for range n - got {
 			p.release(src)
 		}
-		if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
+		if pullFailed(ctx, err) {
 			p.fetchFailed(ctx, err)
 			_ = sleep(ctx, retry.NextBackOff())
 			continue
@@ -472,8 +480,10 @@ func (p *Pool) file(j *job, key string) {
 		c = &conv{key: key, jobs: []*job{j}, parked: true}
 		p.convs[key] = c
 	}
-	if w := p.waiting[key]; w != nil {
-		delete(w, j.ref) // an older message a dead process held: here now, and first in line
+	if w := p.waiting[key]; w != nil && j.src != nil {
+		// An older message held elsewhere: here now, and first in line. One read directly is
+		// not: its holder may be applying it (recover.go lets go once its lane delivers it).
+		delete(w, j.ref)
 	}
 	p.unpark(c)
 }
@@ -535,6 +545,9 @@ func (p *Pool) makeReady(c *conv) {
 // process makes one try at the head message of c (send), turns what happened into a decision
 // (decide) and carries it out (settle). Shutdown leaves the message held for handBack.
 func (p *Pool) process(ctx, hard context.Context, c *conv) {
+	if p.giveBack(c) { // this replica is a standby now: handed back (handover.go)
+		return
+	}
 	p.mu.Lock()
 	j := c.jobs[0]
 	t := tries{delivered: j.delivered}
@@ -929,7 +942,7 @@ func (p *Pool) schedule(c *conv, d time.Duration) {
 	if p.closing {
 		return
 	}
-	if d <= 0 {
+	if d <= 0 || p.giveBackFrom(c, true) == 0 { // a standby hands it back now (handover.go)
 		p.makeReady(c)
 		return
 	}

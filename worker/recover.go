@@ -8,11 +8,15 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/queue"
 )
 
-// recoverOrder reads the messages that were delivered and never acknowledged before this pool
-// started (a process that died held them; JetStream redelivers them after AckWait) and parks
-// their conversations until those messages have come back and been settled here, or are gone
-// from the stream. Other conversations go on at once. Without Outstanding it does nothing.
-func (p *Pool) recoverOrder(ctx context.Context) {
+// recoverOrder reads the messages that were delivered and never acknowledged, and are not in
+// this pool's hands (a process that died held them, or the replica that was active before this
+// one; JetStream redelivers them after AckWait, or at once when handed back), and parks their
+// conversations until those messages have come here and been settled, or are gone from the
+// stream (acknowledged where they were held). Other conversations go on at once. A
+// conversation this pool already works on goes on with what it holds; what comes for it
+// later waits. after says when it runs: at start, or on becoming the active replica. Without
+// Outstanding it does nothing.
+func (p *Pool) recoverOrder(ctx context.Context, after recoverCause) {
 	if p.Outstanding == nil {
 		return
 	}
@@ -20,11 +24,18 @@ func (p *Pool) recoverOrder(ctx context.Context) {
 	defer cancel()
 	msgs, err := p.Outstanding.Unacked(rctx)
 	if err != nil {
-		p.Log.Warn("cannot read the messages a previous process left unacknowledged; their conversations are not held back", "error", err)
+		p.Log.Warn("cannot read the messages left unacknowledged elsewhere; their conversations are not held back", "after", after, "error", err)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	held := 0
 	for _, m := range msgs {
+		if p.delivered(m.Ref) {
+			continue // here already
+		}
+		if _, ok := p.applied[m.Ref]; ok {
+			continue // settled here, its acknowledgement on its way
+		}
 		u, err := kustomer.Decode(m.Data)
 		if err != nil {
 			continue // invalid: no conversation, no order to keep
@@ -35,13 +46,24 @@ func (p *Pool) recoverOrder(ctx context.Context) {
 			p.waiting[u.ID] = w
 		}
 		w[m.Ref] = struct{}{}
+		held++
 	}
-	p.waitingUntil = time.Now().Add(2*p.ackWait + recoverSlack)
-	if len(p.waiting) > 0 {
-		p.Log.Info("holding back conversations until the updates a previous process left unacknowledged are redelivered (within ack-wait)",
-			"conversations", len(p.waiting), "messages", len(msgs), "until", p.waitingUntil.Format(time.RFC3339))
+	if until := time.Now().Add(2*p.ackWait + recoverSlack); until.After(p.waitingUntil) {
+		p.waitingUntil = until
+	}
+	if held > 0 {
+		p.Log.Info("holding back conversations until the updates left unacknowledged elsewhere are redelivered and settled (within twice ack-wait)",
+			"after", after, "conversations", len(p.waiting), "messages", held, "until", p.waitingUntil.Format(time.RFC3339))
 	}
 }
+
+// recoverCause says when the recovery of order runs.
+type recoverCause string
+
+const (
+	recoverStart    recoverCause = "start"    // the pool starts: a process that died may have held messages
+	recoverHandover recoverCause = "handover" // this replica became the active one: the one before may hold messages
+)
 
 // Tuned values of the recovery of order: how long reading the outstanding messages may take,
 // and the slack on top of twice AckWait after which a conversation is no longer held back for
@@ -52,7 +74,8 @@ const (
 )
 
 // recheckWaiting lets go of the outstanding messages that were acknowledged elsewhere or
-// deleted, and of all of them once the wait ran out, and makes their conversations ready.
+// deleted, or that this pool now holds as delivered by their lane (having read them directly
+// before), and of all of them once the wait ran out, and makes their conversations ready.
 func (p *Pool) recheckWaiting(ctx context.Context) {
 	p.mu.Lock()
 	if len(p.waiting) == 0 {
@@ -86,9 +109,9 @@ func (p *Pool) recheckWaiting(ctx context.Context) {
 	defer p.mu.Unlock()
 	for key, w := range p.waiting {
 		for ref := range w {
-			if expired || gone[ref] {
+			if expired || gone[ref] || p.delivered(ref) {
 				if expired {
-					p.Log.Warn("an update a previous process left unacknowledged never came back; applying the conversation's newer updates",
+					p.Log.Warn("an update left unacknowledged elsewhere never came back; applying the conversation's newer updates",
 						"conversation", key, "seq", ref.Seq)
 				}
 				delete(w, ref)
@@ -101,4 +124,12 @@ func (p *Pool) recheckWaiting(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// delivered reports whether this pool holds ref as delivered by its lane (not only read
+// directly for the order across lanes: such a message may still be in another replica's
+// hands); p.mu is held.
+func (p *Pool) delivered(ref queue.MsgRef) bool {
+	j, ok := p.bySeq[ref]
+	return ok && j.src != nil
 }

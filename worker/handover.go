@@ -1,0 +1,249 @@
+package worker
+
+import (
+	"context"
+	"slices"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kustomer-worker/kustomer-worker/queue"
+)
+
+// Role is what the pool uses of a consumer whose replicas take turns: the server hands the
+// messages to one replica, the active, while the others wait as standbys (a pinned priority
+// group; queue.Pinned and queue.Follower are ones). A Consumer without it is always active.
+//
+// With it the pool keeps per-conversation order across a handover, while both processes run:
+//   - when this replica stops being active (Lost), the pool stops sending the messages it took
+//     from that consumer and hands back, for prompt redelivery to the new active, every one it
+//     holds and has not sent; requests in flight finish and are settled as usual;
+//   - when it becomes active (Gained), before it files the first message of its turn, it holds
+//     back the conversations whose older messages are delivered and unacknowledged elsewhere
+//     (Outstanding), until those are redelivered here and settled, or acknowledged by the
+//     replica that held them: the recovery of order of a process start (recover.go).
+type Role interface {
+	// Lost returns a channel that is closed once this replica is not active: closed already
+	// while it is a standby. Each turn as the active replica has a channel of its own.
+	Lost() <-chan struct{}
+	// Gained returns a channel that is closed once this replica is active.
+	Gained() <-chan struct{}
+}
+
+// handover is the pool's state for its consumers' roles.
+type handover struct {
+	// recovering is held by a lane's fetch goroutine while it holds back the conversations
+	// another replica holds messages of, so that the lanes do not read the stream twice at once.
+	recovering sync.Mutex
+}
+
+// isClosed reports whether c is closed; a nil channel never is.
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// followRole notes src's role, if its consumer has one, and until ctx ends hands back what the
+// pool holds of src whenever this replica stops being active on it. It is called by src's
+// fetch goroutine, and the returned function waits for it to stop.
+func (p *Pool) followRole(ctx context.Context, src *source) (wait func()) {
+	r, ok := src.cons.(Role)
+	if !ok {
+		return func() {}
+	}
+	p.mu.Lock()
+	src.role, src.turn = r, r.Lost() // a standby's is closed: its first turn holds back first
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.Lost():
+			}
+			p.yield(src)
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.Gained():
+			}
+		}
+	})
+	return wg.Wait
+}
+
+// admit files a message src's pull brought (add). While this replica is a standby on src it
+// hands the message back instead; the first message of a new turn as the active replica
+// first holds back the conversations whose older messages another replica holds.
+func (p *Pool) admit(ctx context.Context, msg jetstream.Msg, src *source) {
+	if src.role == nil {
+		p.add(msg, src)
+		return
+	}
+	turn := src.role.Lost()
+	if isClosed(turn) {
+		if md, err := msg.Metadata(); err == nil && p.policy.lastDelivery(md.NumDelivered) {
+			p.add(msg, src) // never delivered again: it is settled here, standby or not
+			return
+		}
+		if err := msg.Nak(); err != nil {
+			p.Log.Debug("hand back failed; redelivery follows AckWait", "subject", msg.Subject(), "error", err)
+		}
+		p.release(src)
+		return
+	}
+	p.mu.Lock()
+	fresh := turn != src.turn
+	p.mu.Unlock()
+	if fresh {
+		p.handover.recovering.Lock()
+		p.recoverOrder(ctx, recoverHandover)
+		p.handover.recovering.Unlock()
+		p.mu.Lock()
+		src.turn = turn
+		p.mu.Unlock()
+		p.Log.Debug("active: taking messages", "lane", src.name)
+	}
+	p.add(msg, src)
+}
+
+// standbyOn reports whether this replica is a standby on the lane j came from (a message
+// read directly counts as the live lane's, whose message found it); p.mu is held.
+func (p *Pool) standbyOn(j *job) bool {
+	src := j.src
+	if src == nil {
+		src = p.lanes[0]
+	}
+	return src.role != nil && isClosed(src.turn)
+}
+
+// giveBackFrom is the index of c's first job to hand back: c's jobs from there on are
+// unsent, and the first of them came from a lane where this replica is a standby now;
+// len(c.jobs) if none. A settled job (applied, its acknowledgement pending) and a message on
+// its last delivery are never handed back, nor anything before them. head says whether the
+// caller holds c, so that its head may be handed back too. p.mu is held.
+func (p *Pool) giveBackFrom(c *conv, head bool) int {
+	from, first := len(c.jobs), 1
+	if head {
+		first = 0
+	}
+	for i := len(c.jobs) - 1; i >= first; i-- {
+		j := c.jobs[i]
+		if j.settled || p.policy.lastDelivery(j.delivered) {
+			break
+		}
+		if p.standbyOn(j) {
+			from = i
+		}
+	}
+	return from
+}
+
+// cut takes c's jobs from index from out of the pool, with their slots, and drops c when
+// none remain; it returns them for handing back. p.mu is held.
+func (p *Pool) cut(c *conv, from int) []*job {
+	if from >= len(c.jobs) {
+		return nil
+	}
+	jobs := slices.Clone(c.jobs[from:])
+	c.jobs = slices.Delete(c.jobs, from, len(c.jobs))
+	for _, j := range jobs {
+		delete(p.bySeq, j.ref)
+		p.release(j.src)
+	}
+	if len(c.jobs) == 0 && p.convs[c.key] == c {
+		delete(p.convs, c.key)
+	}
+	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
+	return jobs
+}
+
+// giveBack, called by the worker that took c, hands back what c holds from lanes where this
+// replica is a standby now, and reports whether nothing is left to send.
+func (p *Pool) giveBack(c *conv) (gone bool) {
+	p.mu.Lock()
+	jobs := p.cut(c, p.giveBackFrom(c, true))
+	gone = len(c.jobs) == 0
+	msgs := heldMsgs(jobs)
+	p.mu.Unlock()
+	p.nakAll(msgs, "this replica is a standby now")
+	return gone
+}
+
+// yield hands back everything the pool holds of src and has not sent, once this replica is
+// a standby on it: conversations at rest (parked, waiting for a worker or for a retry) at
+// once, and the messages queued behind one that is being sent; a conversation a worker took
+// meanwhile is handed back by that worker (giveBack), and the rest of one being sent once its
+// head is settled.
+func (p *Pool) yield(src *source) {
+	p.mu.Lock()
+	if p.closing {
+		p.mu.Unlock()
+		return
+	}
+	var jobs []*job
+	// A conversation waiting for a worker is at rest too: take it out of its ready channel
+	// (sends happen only under p.mu, so nothing is added meanwhile) and put back what stays.
+	for _, ready := range []chan *conv{p.readyLive, p.readyBackfill} {
+		var stay []*conv
+	drain:
+		for {
+			select {
+			case c := <-ready:
+				if jobs = append(jobs, p.cut(c, p.giveBackFrom(c, true))...); len(c.jobs) > 0 {
+					stay = append(stay, c)
+				}
+			default:
+				break drain
+			}
+		}
+		for _, c := range stay {
+			p.makeReady(c)
+		}
+	}
+	for _, c := range p.convs {
+		// Parked or on a retry timer, c is at rest: nobody holds its head, which may go too
+		// (once the timer is stopped). Otherwise only what is queued behind the head.
+		atRest := c.parked || c.timer != nil
+		from := p.giveBackFrom(c, atRest)
+		if from == 0 && !c.parked && !c.timer.Stop() {
+			from = 1 // the timer fired: its goroutine makes c ready, head and all
+		}
+		jobs = append(jobs, p.cut(c, from)...)
+	}
+	msgs := heldMsgs(jobs)
+	p.mu.Unlock()
+	p.nakAll(msgs, "lost the pin")
+	if len(msgs) > 0 {
+		p.Log.Info("standby: handed back the messages held and not sent, for the active replica", "lane", src.name, "count", len(msgs))
+	}
+}
+
+// heldMsgs are the deliveries of jobs; p.mu is held.
+func heldMsgs(jobs []*job) []jetstream.Msg {
+	msgs := make([]jetstream.Msg, len(jobs))
+	for i, j := range jobs {
+		msgs[i] = j.msg
+	}
+	return msgs
+}
+
+// nakAll hands msgs back for prompt redelivery.
+func (p *Pool) nakAll(msgs []jetstream.Msg, why string) {
+	for _, m := range msgs {
+		if err := m.Nak(); err != nil {
+			p.Log.Debug("hand back failed; redelivery follows AckWait", "why", why, "subject", m.Subject(), "error", err)
+		}
+	}
+}
+
+var (
+	_ Role = (*queue.Pinned)(nil)
+	_ Role = (*queue.Follower)(nil)
+)
