@@ -343,8 +343,11 @@ func (b *bulker) submitAndFollow(bj *bulkJob) {
 		case p.hard.Err() != nil:
 			b.mu.Lock()
 			bj.rec.Ambiguous = time.Now()
+			rec = bj.rec
+			bj.finished = true
+			delete(b.jobs, bj.key)
 			b.mu.Unlock()
-			b.put(bj.rec)
+			b.put(rec)
 			return // cut short by the shutdown deadline: the record tells the next process
 		case errors.Is(err, kustomer.ErrInvalid):
 			b.fallback(bj, "invalid", time.Time{}, false)
@@ -705,7 +708,10 @@ func (b *bulker) deny(err error) {
 	b.pending = nil
 	b.mu.Unlock()
 	for _, bj := range jobs {
-		b.fallback(bj, "read_denied", bj.rec.Submitted.Add(b.cfg.Deadline), false)
+		b.mu.Lock()
+		fence := bj.rec.Submitted.Add(b.cfg.Deadline)
+		b.mu.Unlock()
+		b.fallback(bj, "read_denied", fence, false)
 	}
 	for _, it := range pending {
 		b.single(it, "single")
