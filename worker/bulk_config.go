@@ -71,7 +71,7 @@ func (b BulkConfig) validate() error {
 	case b.Linger < 0:
 		return bad("Linger", "%s is negative", b.Linger)
 	case b.Min < 1 || b.Min > b.Size:
-		return bad("Min", "%d is not from 1 to Bulk.Size %d", b.Min, b.Size)
+		return bad("Min", "%d is not from 1 to the job size %d", b.Min, b.Size)
 	case b.Deadline < MinBulkDeadline:
 		return bad("Deadline", "%s is under %s", b.Deadline, MinBulkDeadline)
 	}

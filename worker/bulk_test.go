@@ -21,7 +21,7 @@ import (
 func (f *fixture) bulkOptions(size int, deadline time.Duration) options {
 	return options{
 		recover: true, // as the command does
-		cfg: worker.Config{Concurrency: 4, Bulk: worker.BulkConfig{Enabled: true, Size: size, Min: 2, Linger: 100 * time.Millisecond, Deadline: deadline}},
+		cfg:     worker.Config{Concurrency: 4, Bulk: worker.BulkConfig{Enabled: true, Size: size, Min: 2, Linger: 100 * time.Millisecond, Deadline: deadline}},
 		before: func(p *worker.Pool) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
