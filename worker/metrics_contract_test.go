@@ -379,3 +379,64 @@ func TestMetricRefsFindsMetricNames(t *testing.T) {
 		}
 	}
 }
+
+// The metrics of bulk mode (issue 15) that rules and panels may read: each is served, with its
+// labels, by a pool in bulk mode that had a job refused, one applied, and an item failed.
+func TestBulkMetricsAreServed(t *testing.T) {
+	f := bulkSetup(t, kustomertest.Config{})
+	reg := prometheus.NewRegistry()
+	metrics := worker.NewMetrics(reg)
+	o := f.bulkOptions(10, time.Minute)
+	before := o.before
+	o.before = func(p *worker.Pool) { before(p); p.Metrics = metrics }
+	f.fake.ScriptBulkSubmit(kustomertest.Status(400))
+	f.fake.FailBulk(id(13), "injected")
+	for c := range 10 {
+		f.publishUpdate(c, `{"name":"u-0"}`)
+	}
+	f.start(o)
+	f.waitDrained(30 * time.Second)
+	for c := 10; c < 20; c++ {
+		f.publishUpdate(c, `{"name":"u-0"}`)
+	}
+	f.waitDrained(30 * time.Second)
+	got, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fams := map[string]*dto.MetricFamily{}
+	for _, fam := range got {
+		fams[fam.GetName()] = fam
+	}
+	for name, labels := range map[string][]string{
+		"kustomer_worker_bulk_jobs_submitted_total": nil,
+		"kustomer_worker_bulk_jobs_completed_total": nil,
+		"kustomer_worker_bulk_jobs_failed_total":    {"reason"},
+		"kustomer_worker_bulk_items_total":          {"outcome"},
+		"kustomer_worker_budget_units_total":        nil,
+		"kustomer_worker_bulk_job_duration_seconds": {"le"},
+		"kustomer_worker_updates_total":             {"outcome"},
+	} {
+		fam, ok := exposed(fams, name)
+		if !ok {
+			t.Errorf("metric %s is not served", name)
+			continue
+		}
+		for _, l := range labels {
+			if !hasLabel(fam, l) {
+				t.Errorf("metric %s has no label %q", name, l)
+			}
+		}
+	}
+	value := func(name string) float64 {
+		var sum float64
+		for _, m := range fams[name].GetMetric() {
+			sum += m.GetCounter().GetValue()
+		}
+		return sum
+	}
+	st := f.fake.Stats()
+	if units := value("kustomer_worker_budget_units_total"); int(units) != st.Units {
+		t.Errorf("budget_units_total = %v; the fake counted %d units", units, st.Units)
+	}
+}
