@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"runtime"
@@ -224,8 +225,15 @@ func (r *rig) rounds(convs, rounds int) {
 	for k := range rounds {
 		for c := range convs {
 			msg := fmt.Appendf(nil, `{"id":%q,"body":{"status":"open","priority":%d,"custom":{"roundNum":%d}}}`, convID(c), c%5+1, k)
-			if _, err := js.PublishAsync(r.top.Subject, msg); err != nil {
-				r.tb.Fatal(err)
+			for {
+				_, err := js.PublishAsync(r.top.Subject, msg)
+				if err == nil {
+					break
+				}
+				if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+					r.tb.Fatal(err)
+				}
+				<-js.PublishAsyncComplete() // a slow machine: let the acknowledgements catch up
 			}
 		}
 	}

@@ -811,10 +811,17 @@ func (b *bulker) housekeep(ctx context.Context, now time.Time) {
 		}
 	}
 	var keys []string
+	gone := make(map[string]bool)
 	for key, at := range b.forget {
 		if !now.Before(at) {
 			keys = append(keys, key)
+			gone[key] = true
 			delete(b.forget, key)
+		}
+	}
+	for ref, bj := range b.known {
+		if gone[bj.key] {
+			delete(b.known, ref) // its redeliveries are over: the record goes too
 		}
 	}
 	b.mu.Unlock()
