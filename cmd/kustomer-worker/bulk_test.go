@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -107,5 +108,28 @@ func TestDaemonBulkKilledWithJobsInFlight(t *testing.T) {
 	t.Logf("%d jobs before the kill, %d after; %d first updates sent again as single PUTs; %d units", killed, st.BulkJobs-killed, resent, st.Units)
 	if resent > 0 {
 		t.Errorf("%d first updates sent again as single PUTs; want none: their jobs' results settle them", resent)
+	}
+}
+
+func TestDemoBulk(t *testing.T) {
+	checkNoLeaks(t)
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err := run(ctx, []string{"demo", "--bulk", "--bulk-duration", "200ms", "--updates", "400", "--budget", "100", "--window", "1s",
+		"--latency", "0s", "--latency-jitter", "0s", "--fault-rate", "0", "--data-dir", t.TempDir(), "--progress", "none"},
+		&env{stdout: &stdout, stderr: &stderr, getenv: func(string) string { return "" }})
+	if err != nil {
+		t.Fatalf("demo: %v\n%s%s", err, stdout.String(), stderr.String())
+	}
+	out := stdout.String()
+	s := summary(t, out)
+	if s["applied"] != "390" {
+		t.Fatalf("summary:\n%s", out)
+	}
+	for _, want := range []string{"bulk ", "updates applied in bulk", "budget units", "units per 100 updates applied"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("summary lacks %q:\n%s", want, out)
+		}
 	}
 }
