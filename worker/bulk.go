@@ -63,6 +63,7 @@ const (
 	bulkLearnWeight  = 0.3         // weight of the newest job in the learned duration
 	bulkReloadEvery  = 2 * time.Second
 	bulkTick         = 20 * time.Millisecond // the batcher's check of Linger
+	bulkLingerMax    = 4                     // times Linger a job waits at most while items still come
 )
 
 // bulker batches conversations' head updates into bulk jobs and follows the jobs; see above.
@@ -81,6 +82,7 @@ type bulker struct {
 	mu      sync.Mutex // guards every field below
 	pending []bulkItem // the job gathering
 	since   time.Time  // when pending's first item came
+	last    time.Time  // when pending's last item came
 	fences  map[string]bulkFence
 	known   map[queue.MsgRef]*bulkJob // items of jobs this process did not submit, by message
 	jobs    map[string]*bulkJob       // jobs followed by this process, by record key
@@ -182,6 +184,7 @@ func (b *bulker) take(c *conv, j *job, delivered uint64) bool {
 		b.since = now
 	}
 	b.pending = append(b.pending, bulkItem{c, j})
+	b.last = now
 	full := len(b.pending) >= b.cfg.Size
 	b.mu.Unlock()
 	if full {
@@ -237,7 +240,10 @@ func (b *bulker) gather(ctx context.Context, now time.Time) {
 		jobs = nil
 		singles, b.pending = append(singles, b.pending...), nil
 	}
-	if len(b.pending) > 0 && now.Sub(b.since) >= b.cfg.Linger {
+	// Linger runs from the first item; while items still trickle in (a backlog being
+	// fetched), the job waits for them a little longer, up to bulkLingerMax times Linger.
+	quiet := now.Sub(b.last) >= b.cfg.Linger/5 || now.Sub(b.since) >= bulkLingerMax*b.cfg.Linger
+	if len(b.pending) > 0 && now.Sub(b.since) >= b.cfg.Linger && quiet {
 		if len(b.pending) >= b.cfg.Min {
 			jobs = append(jobs, b.pending)
 		} else {

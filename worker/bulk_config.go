@@ -29,7 +29,9 @@ type BulkConfig struct {
 	// Size is the most items in one job, 1 to 100. Default DefaultBulkSize (100).
 	Size int
 	// Linger is how long the first item waits for the job to fill. Then the job goes out if
-	// it has Min items; with fewer, they go as single PUTs. Default DefaultBulkLinger (250ms).
+	// it has Min items; with fewer, they go as single PUTs. While items still arrive (none
+	// more than Linger/5 apart), a job waits on for them, up to 4 × Linger. Default
+	// DefaultBulkLinger (250ms).
 	Linger time.Duration
 	// Min is the fewest items worth a job (a submit and at least one read): with fewer after
 	// Linger, they go as single PUTs. Default DefaultBulkMin (10).

@@ -277,7 +277,9 @@ func (p *Pool) init() error {
 	p.closing = false
 	p.bulk = nil
 	if p.cfg.Bulk.Enabled {
-		p.bulk = newBulker(p)
+		if p.bulk = newBulker(p); p.bulk == nil {
+			return errors.New("worker: Config.Bulk needs a BulkClient (or a Client that is one)")
+		}
 	}
 	return nil
 }
