@@ -181,6 +181,29 @@ func TestBulk(t *testing.T) {
 		}
 	})
 
+	t.Run("retries a submit without an answer and holds newer updates until the lost submit's deadline", func(t *testing.T) {
+		f := bulkSetup(t, kustomertest.Config{})
+		f.fake.ScriptBulkSubmit(kustomertest.Drop())
+		const convs = 10
+		for c := range convs {
+			f.publishUpdate(c, `{"name":"u-0"}`)
+		}
+		for c := range convs {
+			f.publishUpdate(c, `{"name":"u-1"}`)
+		}
+		start := time.Now()
+		f.start(f.bulkOptions(10, 5*time.Second))
+		f.waitDrained(60 * time.Second)
+		f.wantState(convs, func(int) string { return "u-1" })
+		jobs := f.fake.BulkJobs()
+		if st := f.fake.Stats(); st.BulkSubmits != 3 || len(jobs) != 2 {
+			t.Fatalf("%d submits, %d jobs; want the dropped one, its retry, and a job of the newer updates", st.BulkSubmits, len(jobs))
+		}
+		if held := jobs[1].Submitted.Sub(start); held < 5*time.Second {
+			t.Errorf("the newer updates went %s after the start; want them held until the dropped submit's deadline (5s)", held)
+		}
+	})
+
 	t.Run("turns bulk off and finishes with single PUTs when the key may not read jobs", func(t *testing.T) {
 		f := bulkSetup(t, kustomertest.Config{BulkReadDenied: true})
 		var logs syncBuffer
