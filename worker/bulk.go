@@ -84,6 +84,7 @@ type bulker struct {
 	since   time.Time  // when pending's first item came
 	last    time.Time  // when pending's last item came
 	fences  map[string]bulkFence
+	fenced  map[string]bulkItem       // conversations held back by a fence, in the bulker's hands
 	known   map[queue.MsgRef]*bulkJob // items of jobs this process did not submit, by message
 	jobs    map[string]*bulkJob       // jobs followed by this process, by record key
 	forget  map[string]time.Time      // records to delete from the store, and when
@@ -131,7 +132,7 @@ func newBulker(p *Pool) *bulker {
 	}
 	return &bulker{
 		p: p, cfg: p.cfg.Bulk, cli: cli, store: p.BulkJobs, kick: make(chan struct{}, 1),
-		fences: make(map[string]bulkFence), known: make(map[queue.MsgRef]*bulkJob),
+		fences: make(map[string]bulkFence), fenced: make(map[string]bulkItem), known: make(map[queue.MsgRef]*bulkJob),
 		jobs: make(map[string]*bulkJob), forget: make(map[string]time.Time), est: bulkEstimate0,
 	}
 }
@@ -155,9 +156,9 @@ func (b *bulker) take(c *conv, j *job, delivered uint64) bool {
 		case !now.Before(f.until):
 			delete(b.fences, c.key)
 		case j.ref.Seq > f.seq:
+			b.fenced[c.key] = bulkItem{c, j} // released by release
 			b.mu.Unlock()
 			b.p.jobLog(j).Debug("holding an update until an older bulk job of its conversation is complete or lost", "until", f.until)
-			b.p.schedule(c, f.until.Sub(now))
 			return true
 		}
 	}
@@ -683,11 +684,30 @@ func (b *bulker) finish(bj *bulkJob, lift bool) {
 		b.forget[rec.Key] = keep
 	}
 	b.mu.Unlock()
+	if lift {
+		b.release()
+	}
 	if !keep.IsZero() {
 		b.put(rec)
 		return
 	}
 	b.del(rec.Key)
+}
+
+// release hands the conversations whose fence is gone back to the workers.
+func (b *bulker) release() {
+	b.mu.Lock()
+	var free []bulkItem
+	for conv, it := range b.fenced {
+		if _, held := b.fences[conv]; !held {
+			free = append(free, it)
+			delete(b.fenced, conv)
+		}
+	}
+	b.mu.Unlock()
+	for _, it := range free {
+		b.p.schedule(it.c, 0)
+	}
 }
 
 // follow follows a job another process submitted, once one of its items came here.
@@ -816,6 +836,9 @@ func (b *bulker) housekeep(ctx context.Context, now time.Time) {
 			delete(b.fences, conv)
 		}
 	}
+	b.mu.Unlock()
+	b.release()
+	b.mu.Lock()
 	var keys []string
 	gone := make(map[string]bool)
 	for key, at := range b.forget {
