@@ -579,8 +579,12 @@ func TestUpdateConversationReusesOneConnection(t *testing.T) {
 			t.Fatalf("call %d: %v", i, err)
 		}
 	}
-	if n := conns.Load(); n != 1 {
-		t.Errorf("50 sequential calls opened %d connections, want 1", n)
+	// Each answer's body is drained, so the connection serves the next call: one connection,
+	// or two when net/http had not yet put the first back in its idle pool as the next call
+	// began (it does so on a goroutine of its own, which a loaded machine can delay). Without
+	// the drain, every answer with an unread body would cost a new connection: 20 or more here.
+	if n := conns.Load(); n > 2 {
+		t.Errorf("50 sequential calls opened %d connections, want 1 (2 at most)", n)
 	}
 }
 

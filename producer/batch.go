@@ -35,7 +35,7 @@ type Batch struct {
 	subject string
 }
 
-// NewBatch returns a Batch publishing on the Producer's connection, subject and stream.
+// NewBatch returns a Batch publishing on the Producer's connection, lane and stream.
 func (p *Producer) NewBatch(cfg BatchConfig) (*Batch, error) {
 	pub, err := queue.NewPublisher(p.nc, queue.PublisherConfig{
 		Window:     cfg.Window,
@@ -46,7 +46,7 @@ func (p *Producer) NewBatch(cfg BatchConfig) (*Batch, error) {
 	if err != nil {
 		return nil, fmt.Errorf("producer: batch: %w", err)
 	}
-	return &Batch{pub: pub, subject: p.cfg.Subject}, nil
+	return &Batch{pub: pub, subject: p.cfg.LaneSubject()}, nil
 }
 
 // Publish validates u and eventID and sends the message, waiting only while the window is
@@ -64,11 +64,31 @@ func (b *Batch) Publish(ctx context.Context, eventID string, u kustomer.Update) 
 // PublishJSON is Publish for a message in its JSON form, checked with kustomer.Decode and
 // sent as given. The Batch keeps a copy of msg: the caller may reuse it.
 func (b *Batch) PublishJSON(ctx context.Context, eventID string, msg []byte) error {
-	id, err := check(eventID, msg)
+	id, err := CheckJSON(eventID, msg)
 	if err != nil {
 		return err
 	}
 	return b.send(ctx, eventID, id, bytes.Clone(msg))
+}
+
+// PublishChecked publishes msg, a message in JSON form that already passed CheckJSON for
+// eventID and conversationID, without decoding it again: for a producer that validates a
+// whole input before it publishes any of it, in a pass of its own (kustomer-worker enqueue
+// checks every line of a file on every core, then publishes), and would otherwise pay for
+// the validation twice. The event id and the conversation id, which make the header and
+// the subject, are checked again; the rest of msg is sent as given, so a msg that did not
+// pass CheckJSON reaches the worker's dead letters instead of being refused here. Unlike
+// PublishJSON it does not copy msg: the Batch keeps it until Wait returns, and the caller
+// must not change it.
+func (b *Batch) PublishChecked(ctx context.Context, eventID, conversationID string, msg []byte) error {
+	if err := CheckEventID(eventID); err != nil {
+		return err
+	}
+	if !kustomer.ValidID(conversationID) {
+		return invalid(eventID, &kustomer.ValidationError{Problems: []kustomer.FieldError{
+			{Field: "id", Problem: fmt.Sprintf("%q is not a conversation id (24 hex characters)", conversationID)}}})
+	}
+	return b.send(ctx, eventID, conversationID, msg)
 }
 
 func (b *Batch) send(ctx context.Context, eventID, id string, data []byte) error {

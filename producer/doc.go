@@ -1,8 +1,10 @@
 // Package producer publishes "update this conversation" messages for kustomer-worker to apply,
 // for event producers written in Go. It checks every update with the worker's own rules
 // (kustomer.Update.Validate, kustomer.Decode) before anything is sent, publishes it to
-// <subject>.<conversation id> (the live lane, kustomer.conversations.update, by default) and
-// waits until JetStream has stored it.
+// <subject>.<conversation id> and waits until JetStream has stored it. The subject is the
+// live lane's, kustomer.conversations.update, by default; Config.Lane = Backfill publishes
+// bulk loads to the backfill lane, kustomer.conversations.backfill, which the worker serves
+// with the budget live updates leave.
 //
 // # Deduplication: the caller's event id
 //
@@ -22,7 +24,9 @@
 //
 // Producer.Publish returns once JetStream has stored the message (or recognised it as a
 // duplicate): the right call for one event at a time. A Batch keeps many publishes in flight
-// and reports failures from Batch.Wait, for bursts and backfills.
+// and reports failures from Batch.Wait, for bursts and backfills. A producer that validates
+// its whole input before publishing any of it checks each message with CheckJSON and
+// publishes it with Batch.PublishChecked, which does not decode it a second time.
 //
 // # Errors
 //

@@ -170,3 +170,72 @@ func ExampleBatch() {
 	// Output:
 	// stored 1000
 }
+
+// A bulk load goes to the backfill lane: the worker applies it with the budget live updates
+// leave, so it never delays them.
+func ExampleConfig_backfill() {
+	nc, stop := exampleBroker()
+	defer stop()
+	ctx := context.Background()
+	p, err := producer.New(nc, producer.Config{Lane: producer.Backfill})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	u := kustomer.Update{ID: "5f3c9a1b2c3d4e5f60718293", Body: json.RawMessage(`{"tags": ["q3-cleanup"]}`)}
+	r, err := p.Publish(ctx, "cleanup-2025-q3-5f3c9a1b2c3d4e5f60718293", u)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(r.Subject)
+	// Output:
+	// kustomer.conversations.backfill.5f3c9a1b2c3d4e5f60718293
+}
+
+// Validate a whole input first, publish only if all of it is valid: CheckJSON in the first
+// pass, PublishChecked in the second, so that no message is decoded twice.
+func ExampleBatch_PublishChecked() {
+	nc, stop := exampleBroker()
+	defer stop()
+	ctx := context.Background()
+	input := []string{
+		`{"id": "5f3c9a1b2c3d4e5f60718293", "body": {"status": "done"}}`,
+		`{"id": "5f3c9a1b2c3d4e5f60718294", "body": {"status": "done"}}`,
+	}
+	type checked struct{ event, id string }
+	var ok []checked
+	for i, line := range input {
+		event := fmt.Sprintf("import-42-line-%d", i+1)
+		id, err := producer.CheckJSON(event, []byte(line))
+		if err != nil {
+			fmt.Println("nothing published:", err)
+			return
+		}
+		ok = append(ok, checked{event, id})
+	}
+	p, err := producer.New(nc, producer.Config{Lane: producer.Backfill})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	batch, err := p.NewBatch(producer.BatchConfig{})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer batch.Close()
+	for i, c := range ok {
+		if err := batch.PublishChecked(ctx, c.event, c.id, []byte(input[i])); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	if err := batch.Wait(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("stored", batch.Stats().Published)
+	// Output:
+	// stored 2
+}

@@ -10,23 +10,45 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/queue"
 )
 
 const (
 	// DefaultSubject is the subject prefix of the worker's live lane, the default of its
 	// --subject flag. Messages go to DefaultSubject + "." + conversation id.
-	DefaultSubject = "kustomer.conversations.update"
+	DefaultSubject = queue.DefaultSubject
+	// DefaultBackfillSubject is the subject prefix of the worker's backfill lane, the default
+	// of its --backfill-subject flag.
+	DefaultBackfillSubject = queue.DefaultBackfillSubject
 	// DefaultStream is the worker's work stream, the default of its --stream flag.
-	DefaultStream = "KUSTOMER_UPDATES"
+	DefaultStream = queue.DefaultStream
 	// MaxEventIDBytes is the longest event id accepted.
 	MaxEventIDBytes = 256
 )
 
-// Config says where a Producer publishes. The zero value publishes to the worker's defaults.
+// Lane is one of the worker's two lanes (see the worker's docs/LANES.md). Updates of one
+// conversation are applied in the order they were stored, whatever their lanes.
+type Lane = queue.Lane
+
+const (
+	// Live is the lane for updates as things happen: the worker serves it first. The default.
+	Live = queue.LaneLive
+	// Backfill is the lane for bulk loads: the worker applies them with the rate budget the
+	// live lane leaves, so a backfill never delays live updates.
+	Backfill = queue.LaneBackfill
+)
+
+// Config says where a Producer publishes. The zero value publishes to the worker's live lane
+// with its default subjects and stream.
 type Config struct {
-	// Subject is the subject prefix: an update to conversation ID goes to Subject.ID. It must
-	// be one the worker's stream takes (its --subject). Default DefaultSubject.
+	// Subject is the live lane's subject prefix: an update to conversation ID goes to
+	// Subject.ID. It must be the worker's --subject. Default DefaultSubject.
 	Subject string
+	// BackfillSubject is the backfill lane's subject prefix, the worker's --backfill-subject.
+	// Default DefaultBackfillSubject.
+	BackfillSubject string
+	// Lane is the lane the Producer publishes to: Live or Backfill. Default Live.
+	Lane Lane
 	// Stream is the stream every message must be stored in (the worker's --stream): an
 	// acknowledgement from another stream is an ErrWrongStream. Default DefaultStream.
 	Stream string
@@ -37,6 +59,12 @@ func (c Config) WithDefaults() Config {
 	if c.Subject == "" {
 		c.Subject = DefaultSubject
 	}
+	if c.BackfillSubject == "" {
+		c.BackfillSubject = DefaultBackfillSubject
+	}
+	if c.Lane == "" {
+		c.Lane = Live
+	}
 	if c.Stream == "" {
 		c.Stream = DefaultStream
 	}
@@ -45,14 +73,31 @@ func (c Config) WithDefaults() Config {
 
 // Validate names the first field of c that cannot work.
 func (c Config) Validate() error {
-	if c.Subject == "" || strings.HasPrefix(c.Subject, ".") || strings.HasSuffix(c.Subject, ".") ||
-		strings.Contains(c.Subject, "..") || strings.ContainsAny(c.Subject, "*> \t\r\n") {
-		return fmt.Errorf("producer: Subject %q is not a plain NATS subject (no wildcards, spaces or empty tokens)", c.Subject)
+	for _, f := range []struct{ name, subject string }{{"Subject", c.Subject}, {"BackfillSubject", c.BackfillSubject}} {
+		s := f.subject
+		if s == "" || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") ||
+			strings.Contains(s, "..") || strings.ContainsAny(s, "*> \t\r\n") {
+			return fmt.Errorf("producer: %s %q is not a plain NATS subject (no wildcards, spaces or empty tokens)", f.name, s)
+		}
+	}
+	if c.Subject == c.BackfillSubject {
+		return fmt.Errorf("producer: Subject and BackfillSubject are both %q; the lanes need subjects of their own", c.Subject)
+	}
+	if c.Lane != Live && c.Lane != Backfill {
+		return fmt.Errorf("producer: Lane %q is not a lane; use %q or %q", c.Lane, Live, Backfill)
 	}
 	if c.Stream == "" || strings.ContainsAny(c.Stream, ".*> \t\r\n") {
 		return fmt.Errorf("producer: Stream %q is not a stream name", c.Stream)
 	}
 	return nil
+}
+
+// LaneSubject is the subject prefix of c's lane: Subject or BackfillSubject.
+func (c Config) LaneSubject() string {
+	if c.Lane == Backfill {
+		return c.BackfillSubject
+	}
+	return c.Subject
 }
 
 // Producer publishes validated updates one at a time and waits for JetStream to store each.
@@ -81,7 +126,7 @@ func (p *Producer) Config() Config { return p.cfg }
 
 // Receipt is JetStream's acknowledgement of one message.
 type Receipt struct {
-	Subject   string // where the message was published: Subject.<conversation id>
+	Subject   string // where the message was published: the lane's subject.<conversation id>
 	Stream    string // the stream that stored it
 	Sequence  uint64 // its sequence in that stream; for a duplicate, the first copy's
 	Duplicate bool   // a message with this event id was already stored within the dedup window; nothing new was stored
@@ -102,7 +147,7 @@ func (p *Producer) Publish(ctx context.Context, eventID string, u kustomer.Updat
 // PublishJSON is Publish for a message already in its JSON form
 // ({"id": ..., "replace": ..., "body": {...}}), checked with kustomer.Decode and sent as given.
 func (p *Producer) PublishJSON(ctx context.Context, eventID string, msg []byte) (Receipt, error) {
-	id, err := check(eventID, msg)
+	id, err := CheckJSON(eventID, msg)
 	if err != nil {
 		return Receipt{}, err
 	}
@@ -110,7 +155,7 @@ func (p *Producer) PublishJSON(ctx context.Context, eventID string, msg []byte) 
 }
 
 func (p *Producer) publish(ctx context.Context, eventID, id string, data []byte) (Receipt, error) {
-	subject := p.cfg.Subject + "." + id
+	subject := p.cfg.LaneSubject() + "." + id
 	m := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{jetstream.MsgIDHeader: []string{eventID}}}
 	ack, err := p.js.PublishMsg(ctx, m)
 	if err != nil {
@@ -140,8 +185,10 @@ func Marshal(eventID string, u kustomer.Update) ([]byte, error) {
 	return data, nil
 }
 
-// check validates eventID and msg, returning the conversation id.
-func check(eventID string, msg []byte) (string, error) {
+// CheckJSON validates eventID and msg by the rules PublishJSON applies, without publishing,
+// and returns the id of the conversation msg updates. An invalid msg matches ErrInvalid and
+// unwraps to the *kustomer.ValidationError listing every problem.
+func CheckJSON(eventID string, msg []byte) (conversationID string, err error) {
 	if err := CheckEventID(eventID); err != nil {
 		return "", err
 	}

@@ -308,3 +308,111 @@ func TestBatchReportsMessagesStoredElsewhere(t *testing.T) {
 		t.Errorf("Wait = %v, want the stream named", err)
 	}
 }
+
+func TestLanes(t *testing.T) {
+	t.Parallel()
+	f := setup(t, queue.Topology{})
+	ctx := context.Background()
+	t.Run("the backfill lane publishes to BackfillSubject.<id>", func(t *testing.T) {
+		p := f.producer(t, producer.Config{Lane: producer.Backfill})
+		r, err := p.Publish(ctx, "evt-backfill", update(`{"status": "done"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Subject != "kustomer.conversations.backfill."+convID {
+			t.Errorf("published to %s", r.Subject)
+		}
+		b, err := p.NewBatch(producer.BatchConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		if err := b.Publish(ctx, "evt-backfill-batch", update(`{"status": "open"}`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("the live lane is the default", func(t *testing.T) {
+		p := f.producer(t, producer.Config{})
+		if got := p.Config(); got.Lane != producer.Live || got.LaneSubject() != producer.DefaultSubject {
+			t.Errorf("config = %+v", got)
+		}
+		if _, err := p.Publish(ctx, "evt-live", update(`{"status": "done"}`)); err != nil {
+			t.Fatal(err)
+		}
+	})
+	var subjects []string
+	for _, m := range f.stored(t) {
+		subjects = append(subjects, strings.TrimSuffix(m.Subject, "."+convID))
+	}
+	want := []string{producer.DefaultBackfillSubject, producer.DefaultBackfillSubject, producer.DefaultSubject}
+	if fmt.Sprint(subjects) != fmt.Sprint(want) {
+		t.Errorf("stored on %v, want %v", subjects, want)
+	}
+	t.Run("an unknown lane or lanes sharing a subject are refused by New", func(t *testing.T) {
+		for _, c := range []struct {
+			cfg  producer.Config
+			want string
+		}{
+			{producer.Config{Lane: "urgent"}, `Lane "urgent"`},
+			{producer.Config{BackfillSubject: producer.DefaultSubject}, "subjects of their own"},
+			{producer.Config{BackfillSubject: "a.>"}, "BackfillSubject"},
+		} {
+			if _, err := producer.New(nil, c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("New(%+v) = %v, want an error naming %s", c.cfg, err, c.want)
+			}
+		}
+	})
+}
+
+func TestCheckJSONThenPublishChecked(t *testing.T) {
+	t.Parallel()
+	f := setup(t, queue.Topology{})
+	p := f.producer(t, producer.Config{})
+	ctx := context.Background()
+	msg := []byte(`{"id": "` + convID + `", "body": {"status": "done"}}`)
+	t.Run("CheckJSON returns the conversation id of a valid message", func(t *testing.T) {
+		id, err := producer.CheckJSON("evt-1", msg)
+		if err != nil || id != convID {
+			t.Fatalf("CheckJSON = %q, %v", id, err)
+		}
+	})
+	t.Run("CheckJSON names what is wrong and sends nothing", func(t *testing.T) {
+		_, err := producer.CheckJSON("evt-2", []byte(`{"id": "`+convID+`", "body": {"status": "closed"}}`))
+		var ve *kustomer.ValidationError
+		if !errors.As(err, &ve) || ve.Problems[0].Field != "body.status" {
+			t.Errorf("err = %v, want a ValidationError naming body.status", err)
+		}
+		if _, err := producer.CheckJSON("", msg); !errors.Is(err, producer.ErrEventID) {
+			t.Errorf("empty event id: err = %v", err)
+		}
+	})
+	b, err := p.NewBatch(producer.BatchConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	t.Run("PublishChecked refuses what would make a wrong subject or header", func(t *testing.T) {
+		if err := b.PublishChecked(ctx, "evt-3", "../customers/x", msg); !errors.Is(err, producer.ErrInvalid) || !strings.Contains(err.Error(), "id: ") {
+			t.Errorf("bad conversation id: err = %v", err)
+		}
+		if err := b.PublishChecked(ctx, "evt\r\n", convID, msg); !errors.Is(err, producer.ErrEventID) {
+			t.Errorf("bad event id: err = %v", err)
+		}
+	})
+	t.Run("PublishChecked sends the checked message as given", func(t *testing.T) {
+		if err := b.PublishChecked(ctx, "evt-1", convID, msg); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		msgs := f.stored(t)
+		if len(msgs) != 1 || string(msgs[0].Data) != string(msg) || msgs[0].Header.Get(jetstream.MsgIDHeader) != "evt-1" ||
+			msgs[0].Subject != producer.DefaultSubject+"."+convID {
+			t.Errorf("stored %d messages, the first %+v", len(msgs), msgs)
+		}
+	})
+}

@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -272,22 +273,130 @@ func TestOrderCheck(t *testing.T) {
 		}
 	})
 
-	t.Run("messages on the bare subject are found only by reading them", func(t *testing.T) {
+	t.Run("finds the conversation's older messages on the bare subject by their body", func(t *testing.T) {
 		js, top, oc := setupCheck(t)
 		ctx := context.Background()
 		if s, err := oc.OldestBare(ctx, queue.LaneBackfill); s != 0 || err != nil {
 			t.Errorf("OldestBare of an empty lane: %d, %v", s, err)
 		}
-		first := pub(t, js, top.BackfillSubject, "a")
-		pub(t, js, top.BackfillSubject, "z")
-		second := pub(t, js, top.BackfillSubject, "a")
+		first := pub(t, js, top.BackfillSubject, `{"id":"a","body":{}}`)
+		pub(t, js, top.BackfillSubject, `{"id":"z","body":{}}`)
+		pub(t, js, top.BackfillSubject, `not an update`)
+		perID := pub(t, js, top.ConversationSubject(queue.LaneBackfill, "a"), `{"id":"a","body":{}}`)
+		second := pub(t, js, top.BackfillSubject, `{"id":"a","body":{}}`)
 		live := pub(t, js, top.ConversationSubject(queue.LaneLive, "a"), "l1")
+		pub(t, js, top.BackfillSubject, `{"id":"a","body":{"newer":"than the live one"}}`)
 		if s, err := oc.OldestBare(ctx, queue.LaneBackfill); s != first || err != nil {
 			t.Errorf("OldestBare: %d, %v; want %d", s, err, first)
 		}
-		older, err := oc.OlderPendingBare(ctx, queue.LaneBackfill, "a", live, func(b []byte) string { return string(b) })
-		if err != nil || !slices.Equal(seqs(older), []uint64{first, second}) {
-			t.Errorf("OlderPendingBare: %v, %v", seqs(older), err)
+		older, err := oc.OlderPending(ctx, queue.LaneBackfill, "a", live)
+		if want := []uint64{first, perID, second}; err != nil || !slices.Equal(seqs(older), want) {
+			t.Fatalf("OlderPending: %v, %v; want %v", seqs(older), err, want)
+		}
+		if older[0].Subject() != top.BackfillSubject || string(older[0].Data()) != `{"id":"a","body":{}}` {
+			t.Errorf("first older message %s on %s", older[0].Data(), older[0].Subject())
+		}
+		// Asked again, after one of them was applied: the others only.
+		if err := older[2].DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+		again, err := oc.OlderPending(ctx, queue.LaneBackfill, "a", live)
+		if want := []uint64{first, perID}; err != nil || !slices.Equal(seqs(again), want) {
+			t.Errorf("OlderPending after %d was removed: %v, %v; want %v", second, seqs(again), err, want)
+		}
+		if none, err := oc.OlderPending(ctx, queue.LaneBackfill, "z", first); err != nil || len(none) != 0 {
+			t.Errorf("nothing is older than the first message: %v, %v", seqs(none), err)
+		}
+	})
+
+	t.Run("reads a long bare backlog once, in ranges, and misses none of it", func(t *testing.T) {
+		js, top, oc := setupCheck(t)
+		ctx := context.Background()
+		var want []uint64
+		for i := range 3000 {
+			conv := "other"
+			if i%97 == 0 {
+				conv = "a"
+			}
+			subject := top.BackfillSubject
+			if i%3 == 0 {
+				subject = top.ConversationSubject(queue.LaneBackfill, "x") // gaps between bare ones
+			}
+			seq := pub(t, js, subject, `{"id":"`+conv+`","body":{}}`)
+			if conv == "a" && subject == top.BackfillSubject {
+				want = append(want, seq)
+			}
+		}
+		live := pub(t, js, top.ConversationSubject(queue.LaneLive, "a"), "l1")
+		older, err := oc.OlderPending(ctx, queue.LaneBackfill, "a", live)
+		if err != nil || !slices.Equal(seqs(older), want) {
+			t.Fatalf("OlderPending: %v, %v; want %v", seqs(older), err, want)
+		}
+		// Another conversation, after more bare messages: only those are read.
+		b := pub(t, js, top.BackfillSubject, `{"id":"b","body":{}}`)
+		live2 := pub(t, js, top.ConversationSubject(queue.LaneLive, "b"), "l2")
+		older, err = oc.OlderPending(ctx, queue.LaneBackfill, "b", live2)
+		if err != nil || !slices.Equal(seqs(older), []uint64{b}) {
+			t.Errorf("OlderPending of b: %v, %v; want [%d]", seqs(older), err, b)
+		}
+	})
+
+	t.Run("forgets the bare messages that are gone and still finds the others", func(t *testing.T) {
+		js, top, oc := setupCheck(t)
+		ctx := context.Background()
+		stream, err := js.Stream(ctx, top.Stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var all, as []uint64
+		publish := func(n int) {
+			for i := range n {
+				conv := []string{"a", "b"}[i%2]
+				seq := pub(t, js, top.BackfillSubject, `{"id":"`+conv+`","body":{}}`)
+				all = append(all, seq)
+				if conv == "a" {
+					as = append(as, seq)
+				}
+			}
+		}
+		check := func(what string) {
+			t.Helper()
+			live := pub(t, js, top.ConversationSubject(queue.LaneLive, "a"), "l")
+			older, err := oc.OlderPending(ctx, queue.LaneBackfill, "a", live)
+			if err != nil || !slices.Equal(seqs(older), as) {
+				t.Fatalf("%s: OlderPending found %d messages (%v), want %d", what, len(older), err, len(as))
+			}
+		}
+		applyFirst := func(n int) { // as the backfill lane's consumer would, oldest first
+			for _, seq := range all[:n] {
+				if err := stream.DeleteMsg(ctx, seq); err != nil {
+					t.Fatal(err)
+				}
+				if i, ok := slices.BinarySearch(as, seq); ok {
+					as = slices.Delete(as, i, i+1)
+				}
+			}
+			all = all[n:]
+		}
+		publish(1000)
+		check("a thousand pending")
+		applyFirst(500)
+		publish(100)
+		check("half of them applied, more published (the index prunes)")
+		applyFirst(550)
+		publish(2000)
+		check("most applied, many more published")
+	})
+
+	t.Run("finds older live updates for a backfill one, on both live subjects", func(t *testing.T) {
+		js, top, oc := setupCheck(t)
+		ctx := context.Background()
+		l1 := pub(t, js, top.Subject, `{"id":"a","body":{}}`)
+		l2 := pub(t, js, top.ConversationSubject(queue.LaneLive, "a"), `{"id":"a","body":{}}`)
+		b := pub(t, js, top.ConversationSubject(queue.LaneBackfill, "a"), `{"id":"a","body":{}}`)
+		older, err := oc.OlderPending(ctx, queue.LaneLive, "a", b)
+		if err != nil || !slices.Equal(seqs(older), []uint64{l1, l2}) {
+			t.Errorf("OlderPending: %v, %v; want [%d %d]", seqs(older), err, l1, l2)
 		}
 	})
 
@@ -332,9 +441,9 @@ func BenchmarkOrderCheck(b *testing.B) {
 		b.Fatal("backfill not stored")
 	}
 	for range 100 {
-		pub(b, js, top.BackfillSubject, "other")
+		pub(b, js, top.BackfillSubject, `{"id":"other","body":{}}`)
 	}
-	pub(b, js, top.BackfillSubject, "bare")
+	pub(b, js, top.BackfillSubject, `{"id":"bare","body":{}}`)
 	live := pub(b, js, top.ConversationSubject(queue.LaneLive, ids[2500]), "{}")
 	oc, err := queue.NewOrderCheck(ctx, js, top)
 	if err != nil {
@@ -354,16 +463,58 @@ func BenchmarkOrderCheck(b *testing.B) {
 	b.Run("one pending", func(b *testing.B) {
 		check(b, 1, func() ([]*queue.DirectMsg, error) { return oc.OlderPending(ctx, queue.LaneBackfill, ids[2500], live) })
 	})
-	b.Run("oldest bare", func(b *testing.B) {
+	b.Run("bare subject, 101 read once", func(b *testing.B) {
+		check(b, 1, func() ([]*queue.DirectMsg, error) { return oc.OlderPending(ctx, queue.LaneBackfill, "bare", live) })
+	})
+}
+
+// BenchmarkOrderCheckBare measures the check of a live update against a backfill of 5,000
+// updates published on the bare subject (their conversations only in their bodies): the first
+// check after it was published reads all of it, later ones only what was stored since.
+func BenchmarkOrderCheckBare(b *testing.B) {
+	_, js := queuetest.Connect(b, queuetest.StartServer(b).URL())
+	top := queue.Topology{}.WithDefaults()
+	ctx := context.Background()
+	if err := queue.Ensure(ctx, js, top); err != nil {
+		b.Fatal(err)
+	}
+	for i := range 5000 {
+		if _, err := js.PublishAsync(top.BackfillSubject, fmt.Appendf(nil, `{"id":"c%d","body":{}}`, i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		b.Fatal("backfill not stored")
+	}
+	live := pub(b, js, top.ConversationSubject(queue.LaneLive, "c2500"), "{}")
+	b.Run("first check, 5000 bare messages read", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := oc.OldestBare(ctx, queue.LaneBackfill); err != nil {
+			b.StopTimer()
+			oc, err := queue.NewOrderCheck(ctx, js, top)
+			if err != nil {
 				b.Fatal(err)
+			}
+			b.StartTimer()
+			if older, err := oc.OlderPending(ctx, queue.LaneBackfill, "c2500", live); err != nil || len(older) != 1 {
+				b.Fatalf("found %d: %v", len(older), err)
 			}
 		}
 	})
-	b.Run("bare subject, 101 read", func(b *testing.B) {
-		check(b, 1, func() ([]*queue.DirectMsg, error) {
-			return oc.OlderPendingBare(ctx, queue.LaneBackfill, "bare", live, func(d []byte) string { return string(d) })
-		})
+	b.Run("later checks, one message stored since, one found", func(b *testing.B) {
+		oc, err := queue.NewOrderCheck(ctx, js, top)
+		if err != nil {
+			b.Fatal(err)
+		}
+		before := live
+		for b.Loop() {
+			b.StopTimer()
+			before = pub(b, js, top.ConversationSubject(queue.LaneLive, "c2500"), "{}")
+			b.StartTimer()
+			if older, err := oc.OlderPending(ctx, queue.LaneBackfill, "c2500", before); err != nil || len(older) != 1 {
+				b.Fatalf("found %d: %v", len(older), err)
+			}
+		}
 	})
 }

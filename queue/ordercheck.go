@@ -1,9 +1,13 @@
 package queue
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -17,15 +21,16 @@ import (
 // still in the stream is pending: not yet applied, or in progress.
 //
 // It asks the stream's leader (never a direct get from a replica, which may lag behind and
-// show a message already acknowledged, or miss one just stored), one request per message
-// found plus one, on the subject <lane subject>.<id>. Messages published to a lane's bare
-// subject carry their conversation only in their body: OldestBare says whether any is older,
-// and OlderPendingBare reads them one by one.
+// show a message already acknowledged, or miss one just stored). Messages on <lane
+// subject>.<id> are found by their subject: one request, plus one per message found.
+// Messages on a lane's bare subject carry their conversation only in their body: the check
+// reads each of them once, remembering its conversation (see OlderPending for the cost).
 //
 // An OrderCheck is safe for concurrent use.
 type OrderCheck struct {
 	top    Topology
 	stream jetstream.Stream
+	bare   map[Lane]*bareIndex // one per lane; the map is never written after NewOrderCheck
 }
 
 // NewOrderCheck looks up the work stream of t.
@@ -38,19 +43,40 @@ func NewOrderCheck(ctx context.Context, js jetstream.JetStream, t Topology) (*Or
 		// GetMsg would use direct gets, answered by any replica: see the type's doc.
 		return nil, fmt.Errorf("stream %s allows direct gets: the order check needs answers from its leader; turn allow_direct off", t.Stream)
 	}
-	return &OrderCheck{top: t, stream: s}, nil
+	c := &OrderCheck{top: t, stream: s, bare: make(map[Lane]*bareIndex)}
+	for _, l := range Lanes() {
+		c.bare[l] = &bareIndex{next: 1, byID: make(map[string][]uint64), pruneAt: bareFirstPrune}
+	}
+	return c, nil
 }
 
-// OlderPending returns the messages on lane's subject for conversation id
-// (<lane subject>.<id>) whose stream sequence is below before, oldest first: the updates
-// that must be applied before the message with sequence before. It costs one request to the
-// stream's leader when there is none, and one more for each one found.
+// OlderPending returns the messages of conversation id in lane whose stream sequence is
+// below before, oldest first: the updates that must be applied before the message with
+// sequence before. Both the lane's subjects count: <lane subject>.<id>, and the bare lane
+// subject, whose messages name their conversation in their body's "id".
+//
+// Cost, in requests to the stream's leader: one for <lane subject>.<id>, plus one per
+// message found there; and for the bare subject, one per bare message stored since the last
+// check of the lane (zero when before is below the last one read, one when none was
+// stored), plus one per bare message of the conversation remembered as pending. Each bare
+// message is read once: a backfill published on the bare subject costs one extra read per
+// message, spread over the checks (up to bareReaders at a time), and memory for the
+// conversation of each one not yet known to be gone.
 //
 // Each message returned is a *DirectMsg: not delivered by the lane's consumer, which will
 // deliver it in its turn unless it is removed first (DirectMsg.Ack). A worker that holds the
 // consumer's delivery of the same sequence already should use that one instead.
 func (c *OrderCheck) OlderPending(ctx context.Context, lane Lane, id string, before uint64) ([]*DirectMsg, error) {
-	return c.older(ctx, c.top.ConversationSubject(lane, id), before, nil)
+	out, err := c.older(ctx, c.top.ConversationSubject(lane, id), before)
+	if err != nil {
+		return out, err
+	}
+	bare, err := c.olderBare(ctx, lane, id, before)
+	if len(bare) > 0 {
+		out = append(out, bare...)
+		slices.SortFunc(out, func(a, b *DirectMsg) int { return cmp.Compare(a.raw.Sequence, b.raw.Sequence) })
+	}
+	return out, err
 }
 
 // OldestBare returns the sequence of the oldest message on lane's bare subject (one without
@@ -63,19 +89,8 @@ func (c *OrderCheck) OldestBare(ctx context.Context, lane Lane) (uint64, error) 
 	return m.Sequence, nil
 }
 
-// OlderPendingBare returns the messages on lane's bare subject whose sequence is below
-// before and whose body names conversation id, by idOf, oldest first. It reads every
-// message on the bare subject below before, one request each: its cost grows with the
-// backlog published that way, so producers should publish to <lane subject>.<id>.
-func (c *OrderCheck) OlderPendingBare(ctx context.Context, lane Lane, id string, before uint64, idOf func(data []byte) string) ([]*DirectMsg, error) {
-	return c.older(ctx, c.top.LaneSubject(lane), before, func(m *jetstream.RawStreamMsg) bool {
-		return idOf(m.Data) == id
-	})
-}
-
-// older reads the messages on subject below before, keeping those keep accepts (all when
-// keep is nil).
-func (c *OrderCheck) older(ctx context.Context, subject string, before uint64, keep func(*jetstream.RawStreamMsg) bool) ([]*DirectMsg, error) {
+// older reads the messages on subject below before.
+func (c *OrderCheck) older(ctx context.Context, subject string, before uint64) ([]*DirectMsg, error) {
 	var out []*DirectMsg
 	for from := uint64(1); from < before; {
 		m, err := c.next(ctx, subject, from)
@@ -85,12 +100,205 @@ func (c *OrderCheck) older(ctx context.Context, subject string, before uint64, k
 		if m == nil || m.Sequence >= before {
 			break
 		}
-		if keep == nil || keep(m) {
-			out = append(out, &DirectMsg{raw: m, stream: c.stream, streamName: c.top.Stream})
-		}
+		out = append(out, c.direct(m))
 		from = m.Sequence + 1
 	}
 	return out, nil
+}
+
+func (c *OrderCheck) direct(m *jetstream.RawStreamMsg) *DirectMsg {
+	return &DirectMsg{raw: m, stream: c.stream, streamName: c.top.Stream}
+}
+
+// Tuned values of the index of bare-subject messages: how many are read at once when the
+// index is behind by many, and how many it remembers before it first forgets the gone ones.
+const (
+	bareReaders    = 8
+	bareFirstPrune = 1024
+)
+
+// bareIndex remembers the conversation of every message read on one lane's bare subject
+// that is not known to be gone. Its fields are guarded by mu, which is held while the index
+// reads from the stream: one check of a lane's bare subject at a time.
+type bareIndex struct {
+	mu      sync.Mutex
+	next    uint64              // every bare message below next was read (or gone when reached)
+	seqs    []uint64            // sequences remembered, ascending
+	byID    map[string][]uint64 // sequences remembered by conversation, ascending
+	pruneAt int                 // prune when len(seqs) reaches it
+}
+
+// olderBare returns the messages on lane's bare subject of conversation id below before.
+func (c *OrderCheck) olderBare(ctx context.Context, lane Lane, id string, before uint64) ([]*DirectMsg, error) {
+	ix := c.bare[lane]
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	subject := c.top.LaneSubject(lane)
+	fresh, err := c.extend(ctx, ix, subject, id, before)
+	if err != nil {
+		return nil, err
+	}
+	var out []*DirectMsg
+	for _, seq := range slices.Clone(ix.byID[id]) {
+		if seq >= before {
+			break
+		}
+		m := fresh[seq]
+		if m == nil { // read in an earlier check: is it still pending?
+			var gerr error
+			m, gerr = c.stream.GetMsg(ctx, seq)
+			if errors.Is(gerr, jetstream.ErrMsgNotFound) {
+				ix.forget(id, seq)
+				continue
+			}
+			if gerr != nil {
+				return out, fmt.Errorf("stream %s: reading message %d: %w", c.top.Stream, seq, gerr)
+			}
+		}
+		out = append(out, c.direct(m))
+	}
+	if len(ix.seqs) >= ix.pruneAt {
+		return out, c.prune(ctx, ix, subject)
+	}
+	return out, nil
+}
+
+// extend reads the bare messages from ix.next up to before, remembering their
+// conversations, and returns those of conversation id, by sequence. One request when there
+// is none; a long way behind, it reads bareReaders ranges at once.
+func (c *OrderCheck) extend(ctx context.Context, ix *bareIndex, subject, id string, before uint64) (map[uint64]*jetstream.RawStreamMsg, error) {
+	if ix.next >= before {
+		return nil, nil
+	}
+	first, err := c.next(ctx, subject, ix.next)
+	if err != nil {
+		return nil, err
+	}
+	if first == nil {
+		// before's own message is stored: nothing below it can be stored later.
+		ix.next = before
+		return nil, nil
+	}
+	fresh := make(map[uint64]*jetstream.RawStreamMsg)
+	remember := func(r bareRead) {
+		ix.next = r.seq + 1
+		if r.conv == "" {
+			return // not an update: the worker dead-letters it, no order to keep
+		}
+		ix.seqs = append(ix.seqs, r.seq)
+		ix.byID[r.conv] = append(ix.byID[r.conv], r.seq)
+		if r.msg != nil {
+			fresh[r.seq] = r.msg
+		}
+	}
+	remember(readBare(first, id)) // even past before: read once, and nothing lies between
+	if first.Sequence >= before {
+		return fresh, nil
+	}
+	// Ranges [bounds[i], bounds[i+1]) after first, each read by one reader.
+	from := first.Sequence + 1
+	n := bareReaders
+	if before-from < 4*bareReaders {
+		n = 1
+	}
+	bounds := make([]uint64, n+1)
+	for i := range bounds {
+		bounds[i] = from + (before-from)*uint64(i)/uint64(n)
+	}
+	ranges := make([][]bareRead, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			for seq := bounds[i]; seq < bounds[i+1]; {
+				m, err := c.next(ctx, subject, seq)
+				if err != nil || m == nil || m.Sequence >= bounds[i+1] {
+					errs[i] = err
+					return
+				}
+				ranges[i] = append(ranges[i], readBare(m, id))
+				seq = m.Sequence + 1
+			}
+		})
+	}
+	wg.Wait()
+	for i, reads := range ranges {
+		for _, r := range reads {
+			remember(r)
+		}
+		if errs[i] != nil {
+			return fresh, errs[i] // the next check reads on from where this range failed
+		}
+		ix.next = bounds[i+1]
+	}
+	return fresh, nil
+}
+
+// bareRead is what the index keeps of a bare message it read: its conversation, and the
+// message itself only if it is of the conversation being checked.
+type bareRead struct {
+	seq  uint64
+	conv string
+	msg  *jetstream.RawStreamMsg
+}
+
+func readBare(m *jetstream.RawStreamMsg, id string) bareRead {
+	r := bareRead{seq: m.Sequence, conv: conversationOf(m.Data)}
+	if r.conv == id {
+		r.msg = m
+	}
+	return r
+}
+
+// forget drops seq of conversation id: it is gone from the stream.
+func (ix *bareIndex) forget(id string, seq uint64) {
+	s := ix.byID[id]
+	if i, ok := slices.BinarySearch(s, seq); ok {
+		s = slices.Delete(s, i, i+1)
+	}
+	if len(s) == 0 {
+		delete(ix.byID, id)
+		return
+	}
+	ix.byID[id] = s
+}
+
+// prune forgets the sequences below the oldest message still on the bare subject (one
+// request): a lane's consumer takes its messages in order, so most that were read are gone
+// by then. The next prune comes when the index has doubled.
+func (c *OrderCheck) prune(ctx context.Context, ix *bareIndex, subject string) error {
+	oldest := ix.next
+	m, err := c.next(ctx, subject, 1)
+	if err != nil {
+		return err
+	}
+	if m != nil {
+		oldest = m.Sequence
+	}
+	i, _ := slices.BinarySearch(ix.seqs, oldest)
+	for id, s := range ix.byID {
+		j, _ := slices.BinarySearch(s, oldest)
+		if j == len(s) {
+			delete(ix.byID, id)
+		} else if j > 0 {
+			ix.byID[id] = slices.Delete(s, 0, j)
+		}
+	}
+	ix.seqs = slices.Delete(ix.seqs, 0, i)
+	ix.pruneAt = max(bareFirstPrune, 2*len(ix.seqs))
+	return nil
+}
+
+// conversationOf is the conversation an update message names in its "id"; empty when the
+// message is not a JSON object with a string id (the worker dead-letters such a message).
+func conversationOf(data []byte) string {
+	var u struct {
+		ID string `json:"id"`
+	}
+	if json.Unmarshal(data, &u) != nil {
+		return ""
+	}
+	return u.ID
 }
 
 // next returns the first message on subject at or after sequence from, or nil when there is

@@ -250,7 +250,7 @@ func TestPinned(t *testing.T) {
 			t.Fatal("replicas of a shared consumer are not active")
 		}
 		publishN(t, js, top, "shared", 200)
-		testwait.Until(t, "all 200 to arrive", 10*time.Second, func() bool { return len(a.got)+len(b.got) == 200 })
+		testwait.Until(t, "all 200 to arrive", time.Minute, func() bool { return len(a.got)+len(b.got) == 200 })
 		if len(a.got) == 0 || len(b.got) == 0 {
 			t.Errorf("a shared consumer gave a %d and b %d messages; want both some", len(a.got), len(b.got))
 		}

@@ -26,7 +26,20 @@ func newBulkMetrics(ns string) BulkMetrics {
 	}
 }
 
+// Reasons and outcomes of the labelled bulk metrics: each series is served from the start, at
+// zero, so that rates and alerts work before the first of its kind.
+var (
+	bulkFailReasons  = []string{"rejected", "auth", "deadline", "read_denied", "unknown", "invalid", "store", "error"}
+	bulkItemOutcomes = []string{"succeeded", "failed", "single", "few"}
+)
+
 func (b BulkMetrics) register(reg prometheus.Registerer) {
+	for _, r := range bulkFailReasons {
+		b.JobsFailed.WithLabelValues(r)
+	}
+	for _, o := range bulkItemOutcomes {
+		b.Items.WithLabelValues(o)
+	}
 	reg.MustRegister(b.JobsSubmitted, b.JobsCompleted, b.JobsFailed, b.Items, b.JobDuration)
 }
 

@@ -45,8 +45,9 @@ type Pool struct {
 	// live ones are held. Without it, Consumer is the only lane and its messages are live.
 	Backfill Consumer
 	// Order, optional with Backfill, finds the older updates of a conversation still pending
-	// in the backfill lane when a live one arrives, so that the live update does not
-	// overtake them: they are applied first.
+	// in the other lane when a message arrives, so that it does not overtake them (a live
+	// update an older backfill one, a backfill update an older live one): they are applied
+	// first.
 	Order OlderFinder
 	// Outstanding, optional, reads the messages that were delivered and never acknowledged
 	// when the pool starts, so that a conversation whose older update a dead process held is
@@ -406,9 +407,9 @@ func (p *Pool) release(src *source) {
 }
 
 // add holds a fetched message of src behind any earlier one for the same conversation. The
-// slots taken for it stay with it until it is let go. A live message is first checked for
-// older updates of its conversation still pending in the backfill lane (Order); those are
-// held too, ahead of it.
+// slots taken for it stay with it until it is let go. A message is first checked for older
+// updates of its conversation still pending in the other lane (Order); those are held too,
+// ahead of it.
 func (p *Pool) add(msg jetstream.Msg, src *source) {
 	md, err := msg.Metadata()
 	if err != nil { // not a JetStream message; cannot be acked either
@@ -419,6 +420,7 @@ func (p *Pool) add(msg jetstream.Msg, src *source) {
 	ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
 	p.mu.Lock()
 	_, done := p.applied[ref]
+	_, held := p.bySeq[ref]
 	p.mu.Unlock()
 	if done {
 		// Settled and acknowledged before, but the acknowledgement was lost (a broker
@@ -430,8 +432,8 @@ func (p *Pool) add(msg jetstream.Msg, src *source) {
 		return
 	}
 	update, invalid := kustomer.Decode(msg.Data()) // outside the lock: workers ack under it
-	if invalid == nil && src != nil && src.class == PriorityLive && p.Order != nil && p.Backfill != nil {
-		p.addOlder(update.ID, ref.Seq)
+	if invalid == nil && !held && src != nil && p.Order != nil && p.Backfill != nil {
+		p.addOlder(update.ID, ref.Seq, src.class)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -929,22 +931,28 @@ func (p *Pool) lastDelivery(j *job) {
 	_ = j.msg.Ack()
 }
 
-// Tuned value: how long the check for older backfill updates of a live one may take.
+// Tuned value: how long the check for older updates in the other lane may take.
 const orderCheckTimeout = 5 * time.Second
 
-// addOlder holds, ahead of a live update of conversation id at stream sequence seq, the older
-// updates of the conversation still pending in the backfill lane, read directly from the
-// stream: were the live update applied first, they would overwrite it later. They hold no
-// slot (the live update's conversation holds one) and are acknowledged by deleting them from
-// the stream. If the check fails, the live update goes on alone, and the failure is logged.
-func (p *Pool) addOlder(id string, seq uint64) {
+// addOlder holds, ahead of an update of conversation id at stream sequence seq from the lane
+// of class, the older updates of the conversation still pending in the other lane, read
+// directly from the stream: a live update must not overtake an older backfill one (applied
+// later, it would overwrite the live change), nor a backfill update an older live one that
+// another process holds or that is not pulled yet. They hold no slot (the conversation is
+// joined at once by the message that found them, which holds one), go first as live ones,
+// and are acknowledged by deleting them from the stream. If the check fails, the update goes
+// on alone, and the failure is logged.
+func (p *Pool) addOlder(id string, seq uint64, class Priority) {
+	other := queue.LaneBackfill
+	if class == PriorityBackfill {
+		other = queue.LaneLive
+	}
 	ctx, cancel := context.WithTimeout(p.hard, orderCheckTimeout)
 	defer cancel()
-	older, err := p.Order.OlderPending(ctx, queue.LaneBackfill, id, seq)
+	older, err := p.Order.OlderPending(ctx, other, id, seq)
 	if err != nil {
-		p.Log.Warn("cannot check for older backfill updates of a live update's conversation; applying it in arrival order",
-			"conversation", id, "seq", seq, "error", err)
-		return
+		p.Log.Warn("cannot check for older updates of a conversation in the other lane; applying this one in arrival order",
+			"conversation", id, "seq", seq, "other_lane", other, "error", err)
 	}
 	for _, m := range older {
 		md, err := m.Metadata()
@@ -956,7 +964,7 @@ func (p *Pool) addOlder(id string, seq uint64) {
 		p.mu.Lock()
 		_, held := p.bySeq[ref]
 		_, done := p.applied[ref]
-		if !held && !done && invalid == nil {
+		if !held && !done && invalid == nil && update.ID == id {
 			j := &job{msg: m, class: PriorityLive, ref: ref, delivered: md.NumDelivered, progress: time.Now(), update: update}
 			p.bySeq[ref] = j
 			p.file(j, update.ID)

@@ -48,6 +48,7 @@ type options struct {
 	heal     bool                                        // re-create a missing consumer, as the command does
 	recover  bool                                        // read what a dead process left unacknowledged, as the command does
 	lanes    bool                                        // pull from both lanes with the order check, as the command does
+	live     func(worker.Consumer) worker.Consumer       // wraps the live lane's consumer (with lanes)
 	before   func(*worker.Pool)                          // last changes to the pool before it runs
 }
 
@@ -140,6 +141,9 @@ func (f *fixture) start(o options) {
 			f.t.Fatal(err)
 		}
 		f.pool.Consumer, f.pool.Backfill, f.pool.Order = lanes.Live, lanes.Backfill, order
+		if o.live != nil {
+			f.pool.Consumer = o.live(lanes.Live)
+		}
 	}
 	if o.recover {
 		f.pool.Outstanding = &queue.Outstanding{JS: f.js, Topology: f.top}

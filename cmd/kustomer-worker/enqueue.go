@@ -16,6 +16,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/internal/logtext"
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/producer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 )
 
@@ -257,12 +258,13 @@ type validation struct {
 
 // chunk is a run of lines validated together and handed on in input order.
 type chunk struct {
-	buf  []byte
-	ends []int   // end of each line in buf; a line starts where the previous one ended
-	nums []int64 // line numbers
-	ids  []string
-	errs []error
-	done chan struct{} // closed once validated
+	buf    []byte
+	ends   []int    // end of each line in buf; a line starts where the previous one ended
+	nums   []int64  // line numbers
+	events []string // event ids (Nats-Msg-Id) of the valid lines
+	ids    []string // conversation ids of the valid lines
+	errs   []error
+	done   chan struct{} // closed once validated
 }
 
 func (ch *chunk) line(i int) []byte {
@@ -281,8 +283,9 @@ const (
 var errTooLong = fmt.Errorf("line is longer than %d bytes", maxLine)
 
 // validate reads every line of in, validating lines on every core, and writes the valid ones
-// to spool as "LINE ID MESSAGE\n" in input order; the invalid ones are reported on stderr
-// and, with --skip-invalid, written to rej. Memory stays bounded whatever the input's size.
+// to spool as "EVENT-ID CONVERSATION-ID MESSAGE\n" in input order; the invalid ones are
+// reported on stderr and, with --skip-invalid, written to rej. Memory stays bounded whatever
+// the input's size.
 func (c *enqueueCmd) validate(outer context.Context, e *env, in *enqueueInput, spool io.Writer, rej *rejectsFile) (validation, error) {
 	ctx, cancel := context.WithCancel(outer)
 	defer cancel()
@@ -299,9 +302,10 @@ func (c *enqueueCmd) validate(outer context.Context, e *env, in *enqueueInput, s
 	for range workers {
 		wg.Go(func() {
 			for ch := range work {
+				var msg []byte
 				for i := range ch.ends {
 					if ch.errs[i] == nil {
-						ch.ids[i], ch.errs[i] = checkLine(in, ch.line(i))
+						ch.events[i], ch.ids[i], ch.errs[i] = c.checkLine(in, ch.nums[i], ch.line(i), &msg)
 					}
 				}
 				close(ch.done)
@@ -335,7 +339,7 @@ func (c *enqueueCmd) validate(outer context.Context, e *env, in *enqueueInput, s
 				continue
 			}
 			v.valid++
-			rec = strconv.AppendInt(rec[:0], n, 10)
+			rec = append(rec[:0], ch.events[i]...)
 			rec = append(rec, ' ')
 			rec = append(rec, ch.ids[i]...)
 			rec = append(rec, ' ')
@@ -405,6 +409,7 @@ func readChunks(ctx context.Context, r io.Reader, ordered, work chan<- *chunk) e
 		ch.buf = append(ch.buf, line...)
 		ch.ends = append(ch.ends, len(ch.buf))
 		ch.nums = append(ch.nums, lr.n)
+		ch.events = append(ch.events, "")
 		ch.ids = append(ch.ids, "")
 		if long {
 			ch.errs = append(ch.errs, errTooLong)
@@ -419,19 +424,28 @@ func readChunks(ctx context.Context, r io.Reader, ordered, work chan<- *chunk) e
 	}
 }
 
-// checkLine validates one line and returns the conversation id it names.
-func checkLine(in *enqueueInput, line []byte) (string, error) {
+// checkLine validates line n and returns the event id (Nats-Msg-Id) of its message and the
+// conversation id it names. A JSON line is checked by the producer package's rules; with
+// --ids-file the body was checked once and each line must be a conversation id. msg is
+// scratch space for building an --ids-file message.
+func (c *enqueueCmd) checkLine(in *enqueueInput, n int64, line []byte, msg *[]byte) (event, id string, err error) {
 	if in.ids {
 		if !kustomer.ValidID(string(line)) {
-			return "", fmt.Errorf("%s is not a conversation id (24 hex characters)", strconv.Quote(logtext.Truncate(string(line), 80, "…")))
+			return "", "", fmt.Errorf("%s is not a conversation id (24 hex characters)", strconv.Quote(logtext.Truncate(string(line), 80, "…")))
 		}
-		return string(line), nil
+		*msg = appendMessage((*msg)[:0], in, string(line), line)
+		return queue.MsgID(c.RunID, n, *msg), string(line), nil
 	}
-	u, err := kustomer.Decode(line)
-	if err != nil {
-		return "", err
+	event = queue.MsgID(c.RunID, n, line)
+	if id, err = producer.CheckJSON(event, line); err != nil {
+		// The reason alone: the line number says which message, and the event id is ours.
+		var ve *kustomer.ValidationError
+		if errors.As(err, &ve) {
+			err = ve
+		}
+		return "", "", err
 	}
-	return u.ID, nil
+	return event, id, nil
 }
 
 // appendMessage appends the message to publish for a valid line: the line itself, or with
@@ -504,34 +518,45 @@ func (r *rejectsFile) close() error {
 	return nil
 }
 
-// publish publishes every message of the spool and waits until each is confirmed.
+// publish publishes every message of the spool to the lane chosen and waits until each is
+// confirmed.
 func (c *enqueueCmd) publish(ctx context.Context, e *env, s *session, top queue.Topology, spool io.Reader, total int64) (queue.PublishStats, error) {
-	pub, err := queue.NewPublisher(s.nc, queue.PublisherConfig{Window: c.Window, Stream: top.Stream})
+	p, err := producer.New(s.nc, producer.Config{
+		Subject:         top.Subject,
+		BackfillSubject: top.BackfillSubject,
+		Lane:            producer.Lane(c.Lane),
+		Stream:          top.Stream,
+	})
 	if err != nil {
 		return queue.PublishStats{}, err
 	}
-	defer pub.Close()
+	batch, err := p.NewBatch(producer.BatchConfig{Window: c.Window})
+	if err != nil {
+		return queue.PublishStats{}, err
+	}
+	defer batch.Close()
 	prog := newProgress(e.stderr, c.Progress, "publishing", total)
-	stop := showProgress(prog, func() (int64, string) { return pub.Stats().Confirmed(), "" })
+	stop := showProgress(prog, func() (int64, string) { return batch.Stats().Confirmed(), "" })
 
-	err = c.publishSpool(ctx, pub, top, spool)
+	err = publishSpool(ctx, batch, spool)
 	if err == nil {
-		err = pub.Wait(ctx)
+		err = batch.Wait(ctx)
 	} else if ctx.Err() != nil {
 		// Interrupted: give what is in flight a moment, so the counts say what was stored.
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		_ = pub.Wait(wctx)
+		_ = batch.Wait(wctx)
 		cancel()
 	}
 	stop()
-	st := pub.Stats()
+	st := batch.Stats()
 	prog.finish(st.Confirmed())
 	return st, err
 }
 
-func (c *enqueueCmd) publishSpool(ctx context.Context, pub *queue.Publisher, top queue.Topology, spool io.Reader) error {
+// publishSpool publishes the spool's records, which the validation pass checked with
+// producer.CheckJSON (or built from a checked body and id), without decoding them again.
+func publishSpool(ctx context.Context, batch *producer.Batch, spool io.Reader) error {
 	lr := newLineReader(spool, maxLine+128)
-	prefix := top.LaneSubject(queue.Lane(c.Lane)) + "."
 	var mem slab
 	for {
 		rec, _, err := lr.next()
@@ -541,17 +566,12 @@ func (c *enqueueCmd) publishSpool(ctx context.Context, pub *queue.Publisher, top
 		if err != nil {
 			return fmt.Errorf("spool file: %w", err)
 		}
-		sp1 := bytes.IndexByte(rec, ' ')
-		if sp1 < 0 {
+		event, rest, ok1 := bytes.Cut(rec, []byte{' '})
+		id, msg, ok2 := bytes.Cut(rest, []byte{' '})
+		if !ok1 || !ok2 {
 			return errors.New("spool file: corrupt record")
 		}
-		sp2 := sp1 + 1 + bytes.IndexByte(rec[sp1+1:], ' ')
-		n, err := strconv.ParseInt(string(rec[:sp1]), 10, 64)
-		if sp2 <= sp1 || err != nil {
-			return errors.New("spool file: corrupt record")
-		}
-		data := mem.copy(rec[sp2+1:])
-		if err := pub.Publish(ctx, prefix+string(rec[sp1+1:sp2]), data, queue.MsgID(c.RunID, n, data)); err != nil {
+		if err := batch.PublishChecked(ctx, string(event), string(id), mem.copy(msg)); err != nil {
 			return err
 		}
 	}

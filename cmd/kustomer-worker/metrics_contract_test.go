@@ -1,12 +1,9 @@
-package worker_test
+package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"regexp"
 	"slices"
@@ -15,82 +12,115 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
-	"github.com/kustomer-worker/kustomer-worker/queue"
-	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 )
 
-// The alerting rules and the dashboard in deploy/ may only use metrics that a running worker
-// really serves: a renamed metric would otherwise leave an alert that never fires.
+// The alerting rules and the dashboard in deploy/ may only use metrics that the daemon really
+// serves: a renamed metric would otherwise leave an alert that never fires. The daemon's
+// /metrics joins the pool's metrics (worker.NewMetrics) with those the command registers
+// itself (lanes, role, log flood), so the test scrapes the built binary, not a pool.
+//
+// To cover a new family of metrics (the bulk mode's kustomer_worker_bulk_*, say): turn the
+// feature on in contractArgs if it has a flag, make contractTraffic produce a series of each
+// labelled metric (an unlabelled counter, gauge or histogram is served from the start), add
+// the metrics alerts rest on to contractMetrics, then use them in the rules and the dashboard.
 
 const (
-	rulesFile     = "../deploy/prometheus/rules.yml"
-	dashboardFile = "../deploy/grafana/dashboard.json"
+	rulesFile     = "../../deploy/prometheus/rules.yml"
+	dashboardFile = "../../deploy/grafana/dashboard.json"
 )
 
 // fromPrometheus are the series Prometheus itself adds for every scrape target.
 var fromPrometheus = []string{"up"}
 
-// scrapeRunningPool runs a pool with metrics between embedded NATS and the fake Kustomer,
-// feeds it an update that applies, one retried after a 503, one rejected with 404 and one
-// invalid, so every labelled family has a series, and returns what its /metrics serves.
-func scrapeRunningPool(t *testing.T) map[string]*dto.MetricFamily {
+// contractMetrics are served metrics that the rules or the dashboard must read: the ones an
+// alert of the issue rests on, so that a rule deleted by mistake fails here too.
+var contractMetrics = []string{
+	"kustomer_worker_lane_backlog_messages",       // backlog growing, not draining (per lane)
+	"kustomer_worker_lane_settled_messages_total", // not draining
+	"kustomer_worker_active",                      // no active replica
+	"kustomer_worker_dead_letters_total",          // dead letters rising
+	"kustomer_worker_auth_blocked",                // API key refused, no replica ready
+	"kustomer_worker_kustomer_unavailable",        // Kustomer unavailable (breaker)
+	"kustomer_worker_requests_total",              // Kustomer failing
+	"up",                                          // no replica ready
+}
+
+// contractArgs are the flags of the daemon scraped, besides where NATS and Kustomer are: add
+// those that turn on a feature whose metrics the rules or the dashboard read.
+// --bulk: bulk mode's families (kustomer_worker_bulk_*, budget_units_total) are served with
+// every reason and outcome from the start; contractTraffic's few updates go as single PUTs.
+var contractArgs = []string{"--rate-per-minute", "0", "--ack-wait", "2s", "--bulk"}
+
+// contractTraffic feeds the daemon what gives every labelled family a series: on the live
+// lane an update that applies, one retried after a 503, one rejected with 404 and one
+// invalid (two dead letters), and one update on the backfill lane.
+func contractTraffic(t *testing.T, b *broker, fake *kustomertest.Server) {
 	t.Helper()
-	f := setup(t, options{noStart: true})
-	reg := prometheus.NewRegistry()
-	metrics := worker.NewMetrics(reg)
-	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	t.Cleanup(srv.Close)
-
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cons, attempts, err := queue.Bind(ctx, f.js, f.top)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := &worker.Pool{
-		Consumer:    cons,
-		Client:      f.client,
-		DeadLetters: &queue.DeadLetterPublisher{JS: f.js, Subject: f.top.DLQSubject},
-		Attempts:    attempts,
-		Pacer:       worker.NewPacer(-1),
-		Metrics:     metrics,
-		Log:         slog.New(slog.DiscardHandler),
-		Config:      worker.Config{MaxAckPending: f.top.MaxAckPending, FetchWait: time.Second, RetryInitial: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond},
-	}
-	rctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- pool.Run(rctx) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
+	fake.Script(fmt.Sprintf("%024x", 2), kustomertest.Answer{Status: 503})
+	fake.Reject(fmt.Sprintf("%024x", 3), 404)
+	b.publishUpdates(t, 3) // ids 1, 2, 3
+	for subject, msg := range map[string]string{
+		"kustomer.conversations.update." + fmt.Sprintf("%024x", 4):   `{"id":"` + fmt.Sprintf("%024x", 4) + `","body":{"status":"closed"}}`,
+		"kustomer.conversations.backfill." + fmt.Sprintf("%024x", 5): `{"id":"` + fmt.Sprintf("%024x", 5) + `","body":{"status":"done"}}`,
+	} {
+		if _, err := b.js.Publish(t.Context(), subject, []byte(msg)); err != nil {
+			t.Fatal(err)
 		}
-	})
+	}
+}
 
-	f.fake.Script(id(1), kustomertest.Answer{Status: 503})
-	f.fake.Reject(id(2), 404)
-	f.publishUpdate(0, `{"status":"done"}`)
-	f.publishUpdate(1, `{"status":"done"}`)
-	f.publishUpdate(2, `{"status":"done"}`)
-	f.publishUpdate(3, `{"status":"closed"}`)
-	f.waitDrained(30 * time.Second)
-	if n := len(f.deadLetters()); n != 2 {
+// scrapeDaemon runs the built binary against embedded NATS and the fake, feeds it
+// contractTraffic, waits until the work stream is empty and the lanes were read since,
+// and returns what its /metrics serves.
+func scrapeDaemon(t *testing.T) map[string]*dto.MetricFamily {
+	t.Helper()
+	b := startBroker(t)
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+	contractTraffic(t, b, fake)
+	args := append([]string{"--nats-url", b.url, "--kustomer-url", fake.URL}, contractArgs...)
+	d := startDaemon(t, map[string]string{"KUSTOMER_API_KEY": "test-key"}, args...)
+	testwait.Until(t, "the work stream to empty", 60*time.Second, func() bool {
+		return queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES") == 0
+	})
+	if n := queuetest.StreamMsgs(t, b.js, "KUSTOMER_UPDATES_DLQ"); n != 2 {
 		t.Fatalf("%d dead letters, want 2 (rejected, invalid)", n)
 	}
+	var fams map[string]*dto.MetricFamily
+	// The lanes are read every few seconds: wait for a reading of both lanes after the drain.
+	testwait.Until(t, "/metrics to show both lanes drained", 30*time.Second, func() bool {
+		fams = scrape(t, "http://"+d.http+"/metrics")
+		backlog := fams["kustomer_worker_lane_backlog_messages"]
+		if len(backlog.GetMetric()) != 2 {
+			return false
+		}
+		for _, m := range backlog.GetMetric() {
+			if m.GetGauge().GetValue() != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	return fams
+}
 
-	resp, err := http.Get(srv.URL)
+func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
@@ -189,7 +219,10 @@ func queries(t *testing.T) (exprs map[string]string, records []string) {
 }
 
 func TestRulesAndDashboardUseOnlyExposedMetrics(t *testing.T) {
-	fams := scrapeRunningPool(t)
+	if testing.Short() {
+		t.Skip("builds and runs the binary; skipped with -short")
+	}
+	fams := scrapeDaemon(t)
 	exprs, records := queries(t)
 	keys := make([]string, 0, len(exprs))
 	for k := range exprs {
@@ -214,7 +247,7 @@ func TestRulesAndDashboardUseOnlyExposedMetrics(t *testing.T) {
 			default:
 				fam, ok := exposed(fams, ref.name)
 				if !ok {
-					t.Errorf("%s: metric %s is not served by the worker", where, ref.name)
+					t.Errorf("%s: metric %s is not served by kustomer-worker run", where, ref.name)
 					continue
 				}
 				for _, l := range ref.labels {
@@ -225,7 +258,7 @@ func TestRulesAndDashboardUseOnlyExposedMetrics(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"kustomer_worker_consumer_pending_messages", "kustomer_worker_dead_letters_total", "kustomer_worker_auth_blocked", "up"} {
+	for _, want := range contractMetrics {
 		if !used[want] {
 			t.Errorf("no rule or panel reads %s", want)
 		}
@@ -377,66 +410,5 @@ func TestMetricRefsFindsMetricNames(t *testing.T) {
 		if strings.Join(got, " ") != want {
 			t.Errorf("metricRefs(%s) = %v, want %s", expr, got, want)
 		}
-	}
-}
-
-// The metrics of bulk mode (issue 15) that rules and panels may read: each is served, with its
-// labels, by a pool in bulk mode that had a job refused, one applied, and an item failed.
-func TestBulkMetricsAreServed(t *testing.T) {
-	f := bulkSetup(t, kustomertest.Config{})
-	reg := prometheus.NewRegistry()
-	metrics := worker.NewMetrics(reg)
-	o := f.bulkOptions(10, time.Minute)
-	before := o.before
-	o.before = func(p *worker.Pool) { before(p); p.Metrics = metrics }
-	f.fake.ScriptBulkSubmit(kustomertest.Status(400))
-	f.fake.FailBulk(id(13), "injected")
-	for c := range 10 {
-		f.publishUpdate(c, `{"name":"u-0"}`)
-	}
-	f.start(o)
-	f.waitDrained(30 * time.Second)
-	for c := 10; c < 20; c++ {
-		f.publishUpdate(c, `{"name":"u-0"}`)
-	}
-	f.waitDrained(30 * time.Second)
-	got, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fams := map[string]*dto.MetricFamily{}
-	for _, fam := range got {
-		fams[fam.GetName()] = fam
-	}
-	for name, labels := range map[string][]string{
-		"kustomer_worker_bulk_jobs_submitted_total": nil,
-		"kustomer_worker_bulk_jobs_completed_total": nil,
-		"kustomer_worker_bulk_jobs_failed_total":    {"reason"},
-		"kustomer_worker_bulk_items_total":          {"outcome"},
-		"kustomer_worker_budget_units_total":        nil,
-		"kustomer_worker_bulk_job_duration_seconds": {"le"},
-		"kustomer_worker_updates_total":             {"outcome"},
-	} {
-		fam, ok := exposed(fams, name)
-		if !ok {
-			t.Errorf("metric %s is not served", name)
-			continue
-		}
-		for _, l := range labels {
-			if !hasLabel(fam, l) {
-				t.Errorf("metric %s has no label %q", name, l)
-			}
-		}
-	}
-	value := func(name string) float64 {
-		var sum float64
-		for _, m := range fams[name].GetMetric() {
-			sum += m.GetCounter().GetValue()
-		}
-		return sum
-	}
-	st := f.fake.Stats()
-	if units := value("kustomer_worker_budget_units_total"); int(units) != st.Units {
-		t.Errorf("budget_units_total = %v; the fake counted %d units", units, st.Units)
 	}
 }
