@@ -79,6 +79,9 @@ type rig struct {
 	top    queue.Topology
 	wc     worker.Config
 	fake   *kustomertest.Server
+	// convs, when above 0, is how many conversations backlog spreads its updates over, in
+	// turn (update i goes to conversation i mod convs); 0: every update a conversation of its own.
+	convs int
 }
 
 // newRig starts NATS and the fake, and declares the topology the run command declares with
@@ -106,9 +109,12 @@ func newRig(tb testing.TB, fake kustomertest.Config, concurrency int) *rig {
 func convID(i int) string { return fmt.Sprintf("%024x", i+1) }
 
 // update is a typical update message for conversation i: a partial update of a few attributes.
-func update(i int) []byte {
+func update(i int) []byte { return updateOf(i, i) }
+
+// updateOf is update i for conversation conv.
+func updateOf(conv, i int) []byte {
 	return fmt.Appendf(nil, `{"id":%q,"body":{"status":"open","priority":%d,"tags":["5f3c9a1b2c3d4e5f6071a001","5f3c9a1b2c3d4e5f6071a002"],"custom":{"tierStr":"gold","seq":%d}}}`,
-		convID(i), i%5+1, i)
+		convID(conv), i%5+1, i)
 }
 
 // freshConsumer replaces the durable consumer with a new one of the same configuration, so a
@@ -135,7 +141,11 @@ func (r *rig) backlog(first, n int) {
 	}
 	defer js.CleanupPublisher()
 	for i := first; i < first+n; i++ {
-		if _, err := js.PublishAsync(r.top.Subject, update(i)); err != nil {
+		msg := update(i)
+		if r.convs > 0 {
+			msg = updateOf(i%r.convs, i)
+		}
+		if _, err := js.PublishAsync(r.top.Subject, msg); err != nil {
 			r.tb.Fatal(err)
 		}
 	}
@@ -193,6 +203,7 @@ func (r *rig) startPool(ratePerMinute int) (stop func()) {
 		Client:      client,
 		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
 		Attempts:    attempts,
+		Outstanding: &queue.Outstanding{JS: r.js, Topology: r.top},
 		Pacer:       worker.NewPacer(ratePerMinute),
 		Metrics:     worker.NewMetrics(prometheus.NewRegistry()),
 		Log:         discard,

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"flag"
 	"fmt"
 	"runtime"
 	"testing"
@@ -16,11 +17,19 @@ import (
 // fake. Reported: the medians of the worker's and the baseline's updates/s and CPU time per
 // update (the whole process: NATS and the fake run in it too, for both), and the median of the
 // per-repetition ratios worker/baseline. Target: a ratio of 0.8 or better.
+//
+// Every update is to a conversation of its own unless -bench.per-conversation says otherwise:
+// with k, the backlog holds n/k conversations of k updates each, in turns, so that most
+// updates find the acknowledgement of their conversation's previous one recent.
 func BenchmarkThroughput(b *testing.B) {
 	n := pick("bench.updates", updatesFlag, 500)
+	perConv := max(*perConvFlag, 1)
 	for _, c := range []int{1, 8, 32} {
 		b.Run(fmt.Sprintf("concurrency=%d", c), func(b *testing.B) {
 			r := newRig(b, kustomertest.Config{Budget: -1, DisableLog: true}, c)
+			if perConv > 1 {
+				r.convs = max(n/perConv, 1)
+			}
 			var pool, base []drain
 			var speed, cpu []float64
 			for i := range repetitions(b) {
@@ -64,6 +73,8 @@ func (r *rig) drainWith(n int, start func() (stop func())) drain {
 	stop()
 	return d
 }
+
+var perConvFlag = flag.Int("bench.per-conversation", 1, "updates per conversation in BenchmarkThroughput, spread over the backlog (1: a conversation of its own each)")
 
 func mapDrains(ds []drain, f func(drain) float64) []float64 {
 	out := make([]float64, len(ds))

@@ -51,9 +51,10 @@ type Options struct {
 	Key KeySource
 	// HTTPClient sends the requests; the Client never follows its redirects. Default: a client of
 	// its own whose Transport is cloned from http.DefaultTransport with up to 256 idle connections
-	// to the host, and whose Timeout is Timeout.
+	// to the host.
 	HTTPClient *http.Client
-	// Timeout bounds each request, from sending it to reading the answer. Default: 30s.
+	// Timeout bounds each request, from sending it to reading the answer, through the request's
+	// context (whatever HTTPClient's own Timeout). Default: 30s.
 	Timeout time.Duration
 	// UserAgent is sent with every request. Default: "kustomer-worker/" + Version.
 	UserAgent string
@@ -128,7 +129,9 @@ func New(opts Options) (*Client, error) {
 	if opts.HTTPClient != nil {
 		hc = *opts.HTTPClient
 	} else {
-		hc = http.Client{Transport: newTransport(), Timeout: opts.Timeout}
+		// No Timeout of its own: do bounds every request with a context, and a client Timeout
+		// would add a timer and a goroutine to every request for the same bound.
+		hc = http.Client{Transport: newTransport()}
 	}
 	// A redirect would turn the PUT into a GET that "succeeds"; report it instead.
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
@@ -322,6 +325,14 @@ func (e *timeoutError) Timeout() bool { return true }
 
 // parseRev reads data.attributes.rev from a 2xx answer; 0 when absent or unreadable.
 func parseRev(body []byte) int64 {
+	if rev, ok := revOf(body); ok {
+		return rev
+	}
+	return unmarshalRev(body)
+}
+
+// unmarshalRev is parseRev by json.Unmarshal: the reference, and the answer when revOf gives up.
+func unmarshalRev(body []byte) int64 {
 	var doc struct {
 		Data struct {
 			Attributes struct {

@@ -765,8 +765,8 @@ func TestNewChecksOptions(t *testing.T) {
 			t.Errorf("client = %#v, want the defaults", c)
 		}
 		tr, ok := c.http.Transport.(*http.Transport)
-		if !ok || tr.MaxIdleConnsPerHost != 256 || c.http.Timeout != DefaultTimeout {
-			t.Errorf("HTTP client = %+v, want own transport with 256 idle connections per host and the timeout", c.http)
+		if !ok || tr.MaxIdleConnsPerHost != 256 {
+			t.Errorf("HTTP client = %+v, want own transport with 256 idle connections per host", c.http)
 		}
 		if tr == http.DefaultTransport {
 			t.Error("the client shares http.DefaultTransport")

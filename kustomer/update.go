@@ -91,13 +91,22 @@ func ValidID(s string) bool {
 // after its other problems. Malformed JSON is reported alone, as one problem of field
 // "message". Decode never panics.
 func Decode(data []byte) (Update, error) {
-	c := &checker{}
+	if u, err := decode(data, newLexer); err == nil {
+		return u, nil
+	}
+	return decode(data, newDecoder) // the reference: its problems are the ones reported
+}
+
+// decode is Decode reading the tokens of data through open: newLexer is quick and exact for
+// valid messages, newDecoder is the reference for the problems of invalid ones.
+func decode(data []byte, open func([]byte) tokenReader) (Update, error) {
+	c := &checker{open: open}
 	if !utf8.Valid(data) {
 		c.push("message")
 		c.add("not valid UTF-8")
 		return Update{}, c.result()
 	}
-	c.dec = newDecoder(data)
+	c.dec = c.open(data)
 	tok, ok := c.token()
 	if !ok {
 		c.syntaxProblem("message", 0)
@@ -195,7 +204,14 @@ func Decode(data []byte) (Update, error) {
 // Validate checks an Update built in code by the rules Decode applies: ID must be a valid id
 // and Body must pass ValidateBody. The error is a *ValidationError or nil.
 func (u Update) Validate() error {
-	c := &checker{}
+	if u.validate(newLexer) == nil {
+		return nil
+	}
+	return u.validate(newDecoder)
+}
+
+func (u Update) validate(open func([]byte) tokenReader) error {
+	c := &checker{open: open}
 	c.push("id")
 	switch {
 	case u.ID == "":
@@ -212,14 +228,18 @@ func (u Update) Validate() error {
 // {"customer": "<id>"}, at most MaxBodyBytes once compacted. Problems name fields starting
 // with "body". The error is a *ValidationError or nil.
 func ValidateBody(body []byte) error {
-	c := &checker{}
+	c := &checker{open: newLexer}
+	if c.body(body); c.result() == nil {
+		return nil
+	}
+	c = &checker{open: newDecoder}
 	c.body(body)
 	return c.result()
 }
 
 var errTrailing = errors.New("unexpected data after the JSON value")
 
-func newDecoder(data []byte) *json.Decoder {
+func newDecoder(data []byte) tokenReader {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	return dec
@@ -378,7 +398,8 @@ var (
 
 // checker walks JSON tokens once, checking them against rules and collecting problems.
 type checker struct {
-	dec      *json.Decoder
+	open     func([]byte) tokenReader // newLexer or newDecoder
+	dec      tokenReader
 	depth    int
 	syntax   error // the first error reading tokens; every walk stops at once
 	path     []segment
@@ -486,7 +507,7 @@ func (c *checker) body(raw []byte) {
 		return
 	}
 	keep := len(c.problems)
-	c.dec, c.depth = newDecoder(raw), 0
+	c.dec, c.depth = c.open(raw), 0
 	if tok, ok := c.token(); ok {
 		c.value(bodyRule, tok)
 	}
@@ -500,19 +521,15 @@ func (c *checker) body(raw []byte) {
 	}
 }
 
-// compact returns raw as compact JSON, or nil after recording why it cannot be sent.
+// compact returns raw, valid JSON, as compact JSON, or nil after recording that it is too
+// long to be sent.
 func (c *checker) compact(raw []byte) []byte {
-	var buf bytes.Buffer
-	buf.Grow(len(raw))
-	if err := json.Compact(&buf, raw); err != nil {
-		c.add("invalid JSON: " + err.Error())
+	buf := appendCompact(make([]byte, 0, len(raw)), raw)
+	if len(buf) > MaxBodyBytes {
+		c.add(fmt.Sprintf("%d bytes of compact JSON; at most %d allowed", len(buf), MaxBodyBytes))
 		return nil
 	}
-	if buf.Len() > MaxBodyBytes {
-		c.add(fmt.Sprintf("%d bytes of compact JSON; at most %d allowed", buf.Len(), MaxBodyBytes))
-		return nil
-	}
-	return buf.Bytes()
+	return buf
 }
 
 // mismatch records that tok is not what was wanted and skips the rest of tok's value.

@@ -64,8 +64,11 @@
 //     lock. A conv is parked while an older message of it, taken by a process that died, has
 //     not come back yet (recover.go).
 //   - A conversation's next job is tried only after the previous one's acknowledgement was
-//     confirmed, and a settled job is only acknowledged again, never sent: so no update is
-//     applied after a newer one of its conversation, even when an acknowledgement is lost.
+//     confirmed (JetStream's reply to a double ack, or, for a message acknowledged without
+//     waiting because nothing newer of its conversation was held, the message gone from the
+//     work stream: Pool.unconfirmed), and a settled job is only acknowledged again, never
+//     sent: so no update is applied after a newer one of its conversation, even when an
+//     acknowledgement is lost.
 //   - Every held message holds one slot, so there are never more conversations than
 //     cap(Pool.slots) and a send on Pool.ready (capacity one more) never blocks, even under
 //     Pool.mu.

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"strconv"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -24,6 +25,11 @@ type Metrics struct {
 	BreakerTrips    prometheus.Counter     // times the outage breaker opened
 	Bulk            BulkMetrics            // bulk mode (bulk_metrics.go)
 	BudgetUnits     prometheus.Counter     // requests that cost a unit of the org budget: every PUT, bulk submit and read answered other than 401, 403, 429
+
+	// The children of Updates and Requests used so far, by outcome and by status (0: error),
+	// so that counting one does not look it up by its labels again: every message counts one
+	// of each.
+	outcomes, codes sync.Map
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -69,7 +75,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 
 func (m *Metrics) update(outcome string) {
 	if m != nil {
-		m.Updates.WithLabelValues(outcome).Inc()
+		child(&m.outcomes, outcome, func() prometheus.Counter { return m.Updates.WithLabelValues(outcome) }).Inc()
 	}
 }
 
@@ -77,15 +83,26 @@ func (m *Metrics) request(status int, seconds float64) {
 	if m == nil {
 		return
 	}
-	code := "error"
-	if status != 0 {
-		code = strconv.Itoa(status)
-	}
-	m.Requests.WithLabelValues(code).Inc()
+	child(&m.codes, status, func() prometheus.Counter {
+		code := "error"
+		if status != 0 {
+			code = strconv.Itoa(status)
+		}
+		return m.Requests.WithLabelValues(code)
+	}).Inc()
 	m.RequestDuration.Observe(seconds)
 	if status != 401 && status != 403 && status != 429 {
 		m.BudgetUnits.Inc()
 	}
+}
+
+// child is the counter cached in children under key, resolved by resolve the first time.
+func child[K comparable](children *sync.Map, key K, resolve func() prometheus.Counter) prometheus.Counter {
+	if c, ok := children.Load(key); ok {
+		return c.(prometheus.Counter)
+	}
+	c, _ := children.LoadOrStore(key, resolve())
+	return c.(prometheus.Counter)
 }
 
 func (m *Metrics) retry(reason string) {

@@ -51,7 +51,8 @@ type Pool struct {
 	Order OlderFinder
 	// Outstanding, optional, reads the messages that were delivered and never acknowledged
 	// when the pool starts, so that a conversation whose older update a dead process held is
-	// not updated again before that one (see the package documentation).
+	// not updated again before that one (see the package documentation). With it, the
+	// acknowledgement of a conversation's last held message is not waited for: see ack.
 	Outstanding Outstanding
 	// BulkClient, with Config.Bulk.Enabled, submits and reads bulk jobs; default Client, if it
 	// is one. Without either, bulk mode stays off.
@@ -90,6 +91,11 @@ type Pool struct {
 	// them: a broker that restarts right after confirming can still lose an acknowledgement,
 	// and a redelivery of one of these is acknowledged again without a second request.
 	applied map[queue.MsgRef]struct{}
+	// unconfirmed holds, by conversation, its last message acknowledged without waiting for
+	// JetStream's confirmation (no newer one was held then), until the acknowledgement floor
+	// passes it: the conversation's next update is sent only once that message is gone from
+	// the work stream (see ack).
+	unconfirmed map[string]unconfirmed
 	// waiting holds, by conversation, the older messages that a process that died held when
 	// this one started: delivered, unacknowledged, and not in this pool's hands yet. A
 	// conversation with any is parked, so that none of its newer updates overtakes them.
@@ -117,6 +123,19 @@ type source struct {
 	cons  Consumer
 	class Priority
 	slots chan struct{} // nil, or a cap of its own below MaxAckPending (the backfill lane)
+
+	// The lane's acknowledgement floor as last read for previousGone, and when that read
+	// began. Guarded by floorMu, which is held while it is read.
+	floorMu sync.Mutex
+	floor   uint64
+	floorAt time.Time
+}
+
+// unconfirmed is a message acknowledged without waiting for the confirmation.
+type unconfirmed struct {
+	ref queue.MsgRef
+	src *source   // its lane; nil if read directly
+	at  time.Time // when it was acknowledged
 }
 
 // conv is one conversation's held messages, in stream order. A conv in Pool.convs is always in
@@ -150,6 +169,7 @@ type job struct {
 	loaded    bool // attempts read from the store
 	recorded  bool // the store holds a count for this message
 	acks      int  // acknowledgements that failed
+	checks    int  // reads finding the conversation's unconfirmed message still in the stream
 	noBulk    bool // bulk mode: send it as a single PUT (bulk.go)
 	// settled: Kustomer applied the update (or its dead letter is stored) but the
 	// acknowledgement is not confirmed yet. The job is only acknowledged again, never sent.
@@ -265,6 +285,7 @@ func (p *Pool) init() error {
 	p.convs = make(map[string]*conv)
 	p.bySeq = make(map[queue.MsgRef]*job)
 	p.applied = make(map[queue.MsgRef]struct{})
+	p.unconfirmed = make(map[string]unconfirmed)
 	p.waiting = make(map[string]map[queue.MsgRef]struct{})
 	p.readyLive = make(chan *conv, 2*p.cfg.MaxAckPending+1)
 	p.readyBackfill = make(chan *conv, 2*p.cfg.MaxAckPending+1)
@@ -501,6 +522,10 @@ func (p *Pool) unpark(c *conv) {
 }
 
 func (p *Pool) work(ctx, hard context.Context) {
+	// The contexts of this worker's requests hang under a context of its own rather than all
+	// under hard, whose lock every worker would take twice a request.
+	hard, cancel := context.WithCancel(hard)
+	defer cancel()
 	for {
 		select { // a live conversation first, whenever one is ready
 		case c := <-p.readyLive:
@@ -534,7 +559,11 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	p.mu.Lock()
 	j := c.jobs[0]
 	t := tries{delivered: j.delivered}
+	prev, unsure := p.unconfirmed[c.key]
 	p.mu.Unlock()
+	if unsure && !j.settled && !p.previousGone(hard, c, j, prev) {
+		return // c is made ready again later
+	}
 	var tk, tkDown *ticket
 	defer func() {
 		if r := recover(); r != nil {
@@ -735,9 +764,105 @@ func (p *Pool) deadLetter(c *conv, j *job, d decision) {
 // the worker goes on with another conversation meanwhile; c is in that goroutine's hands until
 // then. An acknowledgement that fails is tried again with backoff, the job held (and kept in
 // progress) meanwhile, and never sent again.
+//
+// When no newer message of the conversation is held (the common case) and the pool can read
+// the work stream (Outstanding), nothing waits for the confirmation yet: the message is
+// acknowledged and let go at once, and remembered in unconfirmed. Should a newer update of the
+// conversation come later, it is sent only once that message is gone from the work stream
+// (previousGone), which on a work-queue stream is what the acknowledgement does: the same
+// promise, paid for only when a conversation's updates follow each other closely.
 func (p *Pool) ack(c *conv, j *job) {
 	j.settled = true
+	if p.ackNow(c, j) {
+		return
+	}
 	p.confirming.Go(func() { p.confirm(c, j) })
+}
+
+// ackNow acknowledges j without waiting for the confirmation and lets it go, if no newer
+// message of its conversation is held and nothing else is left to do for j; it reports
+// whether it did.
+func (p *Pool) ackNow(c *conv, j *job) bool {
+	if p.Outstanding == nil || j.recorded {
+		return false
+	}
+	p.mu.Lock()
+	msg, alone := j.msg, len(c.jobs) == 1
+	p.mu.Unlock()
+	if !alone || msg.Ack() != nil {
+		return false // a failed acknowledgement is retried, confirmed, by confirm
+	}
+	p.acked(c, j, false)
+	return true
+}
+
+// previousGone reports whether prev, the last message of c acknowledged without confirmation,
+// has been acknowledged for good, so that j, the conversation's next, may be sent: its lane's
+// acknowledgement floor, read after the acknowledgement was sent, has passed it, or (when the
+// floor is held back, or prev was read directly) it is gone from the work stream. If not yet
+// (the acknowledgement is on its way, or was lost and prev comes back after AckWait to be
+// acknowledged again), or if NATS cannot be read, c is made ready again after a while.
+func (p *Pool) previousGone(ctx context.Context, c *conv, j *job, prev unconfirmed) bool {
+	gone := false
+	var err error
+	if prev.src != nil {
+		var floor uint64
+		floor, err = p.laneFloor(ctx, prev.src, prev.at)
+		gone = err == nil && prev.ref.Seq <= floor
+	}
+	if !gone && (prev.src == nil || j.checks >= floorChecks) {
+		pctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		var pending bool
+		pending, err = p.Outstanding.Pending(pctx, prev.ref)
+		cancel()
+		gone = err == nil && !pending
+	}
+	if gone {
+		p.mu.Lock()
+		if p.unconfirmed[c.key].ref == prev.ref {
+			delete(p.unconfirmed, c.key)
+		}
+		p.mu.Unlock()
+		return true
+	}
+	if ctx.Err() != nil {
+		return false // shutdown: the message stays held for handBack
+	}
+	j.checks++
+	d := backoffDelay(j.checks, floorEvery, ackRetryMax, rand.Float64())
+	if err != nil {
+		p.jobLog(j).Warn("cannot check that the conversation's previous update was acknowledged; trying again", "error", err, "retry_in", d)
+	}
+	p.schedule(c, d)
+	return false
+}
+
+// Tuned values of previousGone: the least time between two reads of a lane's acknowledgement
+// floor, and how many checks of the floor are made before the stream itself is read.
+const (
+	floorEvery  = 20 * time.Millisecond
+	floorChecks = 3
+)
+
+// laneFloor is src's acknowledgement floor (a stream sequence) as read after after, when a
+// read began then; it reads it again if the last read is older and began at least floorEvery
+// ago, and otherwise returns the last one read, which may not pass a message acknowledged
+// since. Every message of the lane at or below it is acknowledged.
+func (p *Pool) laneFloor(ctx context.Context, src *source, after time.Time) (uint64, error) {
+	src.floorMu.Lock()
+	defer src.floorMu.Unlock()
+	start := time.Now()
+	if src.floorAt.After(after) || start.Sub(src.floorAt) < floorEvery {
+		return src.floor, nil
+	}
+	ictx, cancel := context.WithTimeout(ctx, storeTimeout)
+	info, err := src.cons.Info(ictx)
+	cancel()
+	if err != nil {
+		return 0, err
+	}
+	src.floor, src.floorAt = info.AckFloor.Stream, start
+	return src.floor, nil
 }
 
 // confirm is ack's second half: the acknowledgement, waited for.
@@ -755,6 +880,11 @@ func (p *Pool) confirm(c *conv, j *job) {
 		p.schedule(c, d)
 		return
 	}
+	p.acked(c, j, true)
+}
+
+// acked lets go of j, acknowledged (confirmed or not), and moves on to c's next job.
+func (p *Pool) acked(c *conv, j *job, confirmed bool) {
 	if j.recorded {
 		dctx, cancel := context.WithTimeout(p.hard, storeTimeout)
 		if err := p.Attempts.Delete(dctx, j.ref); err != nil {
@@ -766,6 +896,9 @@ func (p *Pool) confirm(c *conv, j *job) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.applied[j.ref] = struct{}{}
+	if !confirmed && j.invalid == nil {
+		p.unconfirmed[c.key] = unconfirmed{ref: j.ref, src: j.src, at: time.Now()}
+	}
 	c.jobs = c.jobs[1:]
 	delete(p.bySeq, j.ref)
 	p.release(j.src)
@@ -804,6 +937,11 @@ func (p *Pool) forgetApplied(ctx context.Context) {
 	for ref := range p.applied {
 		if ref.Seq <= floor {
 			delete(p.applied, ref)
+		}
+	}
+	for key, u := range p.unconfirmed {
+		if u.ref.Seq <= floor {
+			delete(p.unconfirmed, key)
 		}
 	}
 }

@@ -114,11 +114,23 @@ func (c *lossy) Fetch(n int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch
 }
 
 func TestOrderWhenAcknowledgementsAreLost(t *testing.T) {
+	// Without Outstanding every acknowledgement is confirmed before the conversation goes on;
+	// with it, one whose conversation has nothing newer held is not waited for, and the next
+	// update waits for its message to leave the stream instead.
+	for _, tc := range []struct {
+		name   string
+		stream bool
+	}{{"every acknowledgement confirmed", false}, {"the last of a conversation checked in the stream", true}} {
+		t.Run(tc.name, func(t *testing.T) { testOrderWhenAcknowledgementsAreLost(t, tc.stream) })
+	}
+}
+
+func testOrderWhenAcknowledgementsAreLost(t *testing.T, stream bool) {
 	const convs, rounds = 200, 5
 	f := setup(t, options{fake: kustomertest.Config{Latency: 5 * time.Millisecond}, cfg: worker.Config{Concurrency: 8}, ackWait: 2 * time.Second, noStart: true})
 	f.publishRounds(convs, rounds)
 	var c *lossy
-	f.start(options{cfg: worker.Config{Concurrency: 8}, consumer: func(cons jetstream.Consumer) jetstream.Consumer {
+	f.start(options{cfg: worker.Config{Concurrency: 8}, recover: stream, consumer: func(cons jetstream.Consumer) jetstream.Consumer {
 		c = &lossy{Consumer: cons}
 		return c
 	}})
@@ -134,8 +146,11 @@ func TestOrderWhenAcknowledgementsAreLost(t *testing.T) {
 }
 
 // crashingPool runs a pool on a connection of its own and kills it as a crash would: the
-// connection closes first, so nothing the pool held is acknowledged or handed back.
-func (f *fixture) crashingPool(cfg worker.Config) (crash func()) {
+// connection closes first, so nothing the pool held is acknowledged or handed back, and
+// acknowledgements not yet sent are lost. With stream, the pool reads the work stream
+// (Outstanding) and so does not wait for the confirmation of a conversation's last message.
+// wrap, if not nil, wraps the pool's consumer.
+func (f *fixture) crashingPool(cfg worker.Config, stream bool, wrap func(jetstream.Consumer) jetstream.Consumer) (crash func()) {
 	f.t.Helper()
 	nc, js := queuetest.Connect(f.t, f.srv.URL())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -145,8 +160,14 @@ func (f *fixture) crashingPool(cfg worker.Config) (crash func()) {
 		f.t.Fatal(err)
 	}
 	cfg.MaxAckPending = f.top.MaxAckPending
+	if wrap != nil {
+		cons = wrap(cons)
+	}
 	pool := &worker.Pool{Consumer: cons, Client: f.client, Attempts: attempts, Pacer: worker.NewPacer(-1), Config: cfg,
 		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: f.top.DLQSubject}}
+	if stream {
+		pool.Outstanding = &queue.Outstanding{JS: js, Topology: f.top}
+	}
 	rctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- pool.Run(rctx) }()
@@ -158,10 +179,19 @@ func (f *fixture) crashingPool(cfg worker.Config) (crash func()) {
 }
 
 func TestOrderAcrossAWorkerCrash(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		stream bool
+	}{{"every acknowledgement confirmed", false}, {"the last of a conversation checked in the stream", true}} {
+		t.Run(tc.name, func(t *testing.T) { testOrderAcrossAWorkerCrash(t, tc.stream) })
+	}
+}
+
+func testOrderAcrossAWorkerCrash(t *testing.T, stream bool) {
 	const convs, rounds = 300, 5
 	f := setup(t, options{fake: kustomertest.Config{Latency: 10 * time.Millisecond}, ackWait: 3 * time.Second, noStart: true})
 	f.publishRounds(convs, rounds)
-	crash := f.crashingPool(worker.Config{Concurrency: 8})
+	crash := f.crashingPool(worker.Config{Concurrency: 8}, stream, nil)
 	testwait.Until(t, "a third applied", 60*time.Second, func() bool { return f.fake.Stats().Applied >= convs*rounds/3 })
 	crash()
 	f.start(options{cfg: worker.Config{Concurrency: 8}, recover: true})
@@ -171,5 +201,32 @@ func TestOrderAcrossAWorkerCrash(t *testing.T) {
 	}
 	if n := len(f.deadLetters()); n != 0 {
 		t.Errorf("%d dead letters; want none", n)
+	}
+}
+
+// Acknowledgements lost by a worker that crashes soon after: had a conversation's next update
+// been sent before its previous acknowledgement took effect, the restarted worker would apply
+// the older update again, after the newer one.
+func TestOrderWhenAcknowledgementsAreLostBeforeACrash(t *testing.T) {
+	const convs, rounds = 200, 5
+	f := setup(t, options{fake: kustomertest.Config{Latency: 5 * time.Millisecond}, ackWait: 2 * time.Second, noStart: true})
+	f.publishRounds(convs, rounds)
+	var c *lossy
+	crash := f.crashingPool(worker.Config{Concurrency: 8}, true, func(cons jetstream.Consumer) jetstream.Consumer {
+		c = &lossy{Consumer: cons}
+		return c
+	})
+	// Lose acknowledgements of the fourth round, so that the last round would overtake them,
+	// and crash before AckWait brings them back.
+	testwait.Until(t, "three rounds applied", 60*time.Second, func() bool { return f.fake.Stats().Applied >= 3*convs })
+	c.lose.Store(40)
+	testwait.Until(t, "40 acknowledgements lost", 60*time.Second, func() bool { return c.lost.Load() >= 40 })
+	applied := f.fake.Stats().Applied
+	testwait.Until(t, "150 more applied", 60*time.Second, func() bool { return f.fake.Stats().Applied >= applied+150 })
+	crash()
+	f.start(options{cfg: worker.Config{Concurrency: 8}, recover: true})
+	f.waitDrained(120 * time.Second)
+	if n := f.stale(convs, rounds-1); n != 0 {
+		t.Errorf("%d of %d conversations ended at an older update than their last (40 acknowledgements lost, then a crash)", n, convs)
 	}
 }
