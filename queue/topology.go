@@ -60,6 +60,7 @@ type Topology struct {
 	// Default DefaultPinnedTTL (5s).
 	PinnedTTL   time.Duration
 	RolesBucket string // KV bucket where replicas publish their role (active, standby); default DefaultRolesBucket
+	BulkBucket  string // KV bucket of the bulk jobs in flight (bulk mode); default DefaultBulkBucket
 }
 
 // WithDefaults returns t with every zero field set to its default.
@@ -89,6 +90,7 @@ func (t Topology) WithDefaults() Topology {
 	def(&t.AttemptsBucket, DefaultAttemptsBucket)
 	def(&t.PriorityGroup, DefaultPriorityGroup)
 	def(&t.RolesBucket, DefaultRolesBucket)
+	def(&t.BulkBucket, DefaultBulkBucket)
 	defD(&t.PinnedTTL, DefaultPinnedTTL)
 	defD(&t.DedupWindow, DefaultDedupWindow)
 	defD(&t.AckWait, DefaultAckWait)
@@ -106,7 +108,7 @@ func (t Topology) Validate() error {
 	for _, f := range []struct{ name, v string }{
 		{"Stream", t.Stream}, {"DLQStream", t.DLQStream}, {"Consumer", t.Consumer},
 		{"BackfillConsumer", t.BackfillConsumer}, {"AttemptsBucket", t.AttemptsBucket},
-		{"RolesBucket", t.RolesBucket},
+		{"RolesBucket", t.RolesBucket}, {"BulkBucket", t.BulkBucket},
 	} {
 		if f.v == "" || strings.ContainsAny(f.v, " .*>\t/\\") {
 			return bad(f.name, "%q is not a valid name (no spaces, dots, wildcards or slashes)", f.v)
@@ -160,7 +162,7 @@ func (t Topology) WorkSubjects() []string {
 	return append(t.LaneSubjects(LaneLive), t.LaneSubjects(LaneBackfill)...)
 }
 
-// Ensure creates or updates the streams, the lanes' consumers, the attempts and roles buckets
+// Ensure creates or updates the streams, the lanes' consumers, the attempts, roles and bulk buckets
 // so that they match t. It is idempotent and safe to run from several replicas at once.
 //
 // It also converts the topology of versions before lanes, in place: the one consumer, named
@@ -210,6 +212,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, t.rolesConfig()); err != nil {
 		return fmt.Errorf("bucket %s: %w", t.RolesBucket, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, t.bulkConfig()); err != nil {
+		return fmt.Errorf("bucket %s: %w", t.BulkBucket, err)
 	}
 	return nil
 }

@@ -33,7 +33,8 @@ type Config struct {
 	// MaxAckPending is how many messages the pool holds (taken from the consumer, not yet
 	// acknowledged), including those waiting behind an earlier update to the same
 	// conversation. Keep it at or below the consumer's MaxAckPending. Default 4 × Concurrency,
-	// at least MinMaxAckPending (32).
+	// at least MinMaxAckPending (32); in bulk mode at least DefaultBulkJobsHeld × Bulk.Size
+	// (1000), so that several jobs can be in flight.
 	MaxAckPending int
 	// RetryInitial and RetryMax bound the exponential backoff (with jitter) between retries of
 	// one message. Defaults DefaultRetryInitial (500ms) and DefaultRetryMax (60s).
@@ -49,6 +50,8 @@ type Config struct {
 	// FetchWait is how long one pull request waits for messages; shutdown waits for the pull
 	// in progress. Default DefaultFetchWait (1s).
 	FetchWait time.Duration
+	// Bulk turns on bulk mode and tunes it (see BulkConfig). Default off.
+	Bulk BulkConfig
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -65,6 +68,10 @@ func (c Config) WithDefaults() Config {
 	}
 	def(&c.Concurrency, DefaultConcurrency)
 	def(&c.MaxAttempts, DefaultMaxAttempts)
+	if c.Bulk.Enabled {
+		c.Bulk = c.Bulk.withDefaults()
+		def(&c.MaxAckPending, max(4*c.Concurrency, MinMaxAckPending, DefaultBulkJobsHeld*c.Bulk.Size))
+	}
 	def(&c.MaxAckPending, max(4*c.Concurrency, MinMaxAckPending))
 	defD(&c.RetryInitial, DefaultRetryInitial)
 	defD(&c.RetryMax, DefaultRetryMax)
@@ -106,5 +113,5 @@ func (c Config) Validate() error {
 	case c.FetchWait < 0:
 		return bad("FetchWait", "%s is negative", c.FetchWait)
 	}
-	return nil
+	return c.Bulk.validate()
 }

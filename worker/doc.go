@@ -37,6 +37,16 @@
 //     slot and makes the conv ready again if it has more jobs. A retry puts the conv on a timer
 //     that makes it ready later.
 //
+// In bulk mode (Config.Bulk, bulk.go), step 5 differs for partial updates: process hands the
+// conversation to the bulker (take), which puts its head job into the bulk job being filled,
+// one job per conversation at most. A full job, or one that lingered with enough items, is
+// stored in the bulk bucket, submitted and read through the Budget by a goroutine of its own;
+// each item is then settled by Kustomer's outcome for it: acknowledged through ack, as an
+// applied single PUT is, or handed back to the workers as a single PUT that goes through
+// steps 4 to 7 (an item the job failed, a job refused or past its deadline, too few items to
+// fill a job in time). A conversation whose older update may still be applied late by a job
+// is held back by the bulker until that job is complete or known lost.
+//
 // Two gates stand before every request: the auth gate (Kustomer refuses the key) and the
 // outage breaker (requests fail transiently across conversations); while either is closed,
 // nothing is fetched and one probe at a time goes out.
@@ -48,7 +58,8 @@
 // # Invariants
 //
 //   - A conv in Pool.convs is in exactly one place: parked, a ready channel, one worker's
-//     hands, a retry timer, or the goroutine awaiting its head's acknowledgement. So one goroutine at a time touches a conversation's head job,
+//     hands, a retry timer, the bulker's hands (bulk mode), or the goroutine awaiting its
+//     head's acknowledgement. So one goroutine at a time touches a conversation's head job,
 //     and the job fields marked "owned by the goroutine that holds the conversation" need no
 //     lock. A conv is parked while an older message of it, taken by a process that died or
 //     by the replica active before this one, has not come back yet (recover.go, handover.go).

@@ -23,6 +23,8 @@ type Metrics struct {
 	AuthBlocked     prometheus.Gauge       // 1 while Kustomer refuses the key
 	KustomerDown    prometheus.Gauge       // 1 while the outage breaker is open
 	BreakerTrips    prometheus.Counter     // times the outage breaker opened
+	Bulk            BulkMetrics            // bulk mode (bulk_metrics.go)
+	BudgetUnits     prometheus.Counter     // requests that cost a unit of the org budget: every PUT, bulk submit and read answered other than 401, 403, 429
 
 	// The children of Updates and Requests used so far, by outcome and by status (0: error),
 	// so that counting one does not look it up by its labels again: every message counts one
@@ -61,6 +63,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		BreakerTrips: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "breaker_trips_total",
 			Help: "Times the outage breaker opened."}),
 	}
+	m.BudgetUnits = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "budget_units_total",
+		Help: "Units of the org rate budget spent: every request to Kustomer (update, bulk submit, bulk read) except those answered 401, 403 or 429. Divide by updates_total{outcome=\"applied\"} for units per update."})
+	m.Bulk = newBulkMetrics(ns)
+	reg.MustRegister(m.BudgetUnits)
+	m.Bulk.register(reg)
 	reg.MustRegister(m.KustomerDown, m.BreakerTrips, m.Updates, m.Requests, m.RequestDuration, m.Retries, m.PacerWait, m.InFlight, m.Held,
 		m.DeadLetters, m.Pending, m.AckPending, m.AuthBlocked)
 	return m
@@ -84,6 +91,9 @@ func (m *Metrics) request(status int, seconds float64) {
 		return m.Requests.WithLabelValues(code)
 	}).Inc()
 	m.RequestDuration.Observe(seconds)
+	if status != 401 && status != 403 && status != 429 {
+		m.BudgetUnits.Inc()
+	}
 }
 
 // child is the counter cached in children under key, resolved by resolve the first time.

@@ -54,6 +54,12 @@ type Pool struct {
 	// not updated again before that one (see the package documentation). With it, the
 	// acknowledgement of a conversation's last held message is not waited for: see ack.
 	Outstanding Outstanding
+	// BulkClient, with Config.Bulk.Enabled, submits and reads bulk jobs; default Client, if it
+	// is one. Without either, bulk mode stays off.
+	BulkClient BulkClient
+	// BulkJobs, optional with Config.Bulk.Enabled, keeps the bulk jobs in flight so that a
+	// process started after this one reads their results instead of re-sending their items.
+	BulkJobs BulkStore
 	// HardStop, optional, cuts a graceful shutdown short when it ends (a second signal):
 	// requests in flight are abandoned at once and handed back, spending no attempt, as when
 	// ShutdownTimeout passes.
@@ -66,6 +72,7 @@ type Pool struct {
 	hard    context.Context // ends when requests in flight must be abandoned
 	auth    *gate           // closed while Kustomer refuses the API key
 	outage  *breaker        // open while Kustomer is down for everybody
+	bulk    *bulker         // nil unless bulk mode is on (bulk.go)
 
 	running  atomic.Bool  // written by Run; read by Ready from any goroutine
 	inflight atomic.Int64 // requests sent and not answered
@@ -170,6 +177,7 @@ type job struct {
 	recorded  bool // the store holds a count for this message
 	acks      int  // acknowledgements that failed
 	checks    int  // reads finding the conversation's unconfirmed message still in the stream
+	noBulk    bool // bulk mode: send it as a single PUT (bulk.go)
 	// settled: Kustomer applied the update (or its dead letter is stored) but the
 	// acknowledgement is not confirmed yet. The job is only acknowledged again, never sent.
 	settled bool
@@ -217,6 +225,10 @@ func (p *Pool) Run(ctx context.Context) error {
 	for range p.cfg.Concurrency {
 		wg.Go(func() { p.work(ctx, hard) })
 	}
+	if p.bulk != nil {
+		p.bulk.ctx = ctx
+		wg.Go(func() { p.bulk.run(ctx) })
+	}
 	hbStop := make(chan struct{})
 	var hb sync.WaitGroup
 	hb.Go(func() { p.heartbeat(hbStop) })
@@ -230,6 +242,9 @@ func (p *Pool) Run(ctx context.Context) error {
 		"in_flight", p.inflight.Load(), "timeout", p.cfg.ShutdownTimeout)
 	deadline := time.AfterFunc(p.cfg.ShutdownTimeout, cancelHard)
 	wg.Wait()
+	if p.bulk != nil {
+		p.bulk.wait()
+	}
 	p.confirming.Wait()
 	deadline.Stop()
 	p.handBack()
@@ -289,6 +304,12 @@ func (p *Pool) init() error {
 			slots: make(chan struct{}, max(p.cfg.MaxAckPending-reserve, 1))})
 	}
 	p.closing = false
+	p.bulk = nil
+	if p.cfg.Bulk.Enabled {
+		if p.bulk = newBulker(p); p.bulk == nil {
+			return errors.New("worker: Config.Bulk needs a BulkClient (or a Client that is one)")
+		}
+	}
 	return nil
 }
 
@@ -567,6 +588,9 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	if j.settled { // only its acknowledgement is missing
 		p.ack(c, j)
 		return
+	}
+	if p.bulk != nil && p.bulk.take(c, j, t.delivered) {
+		return // in a bulk job, or held back for an older one (bulk.go)
 	}
 	o := p.try(ctx, hard, j, &tk, &tkDown)
 	// The tickets are handed back after settle: the gates' log lines follow the message's.

@@ -49,6 +49,7 @@ type options struct {
 	recover  bool                                        // read what a dead process left unacknowledged, as the command does
 	lanes    bool                                        // pull from both lanes with the order check, as the command does
 	live     func(worker.Consumer) worker.Consumer       // wraps the live lane's consumer (with lanes)
+	before   func(*worker.Pool)                          // last changes to the pool before it runs
 }
 
 type updaterFunc func(ctx context.Context, u kustomer.Update) (*kustomer.Result, error)
@@ -150,6 +151,9 @@ func (f *fixture) start(o options) {
 	if o.heal {
 		top := f.top
 		f.pool.Heal = func(ctx context.Context) error { return queue.Ensure(ctx, f.js, top) }
+	}
+	if o.before != nil {
+		o.before(f.pool)
 	}
 	rctx, rcancel := context.WithCancel(context.Background())
 	f.cancel = rcancel

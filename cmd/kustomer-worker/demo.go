@@ -37,6 +37,8 @@ type demoCmd struct {
 	DataDir       string        `name:"data-dir" type:"path" help:"JetStream store of the demo's NATS server (default a temporary directory, removed afterwards)."`
 	Timeout       time.Duration `name:"timeout" default:"5m" help:"Give up if the backfill is not done by then (default 5m)."`
 	Progress      string        `name:"progress" enum:"auto,bar,plain,none" default:"auto" help:"Progress on stderr: auto, bar, plain or none (default auto)."`
+	Bulk          bool          `name:"bulk" help:"Bulk mode (see run --bulk): the backfill goes in bulk jobs, each taking bulk-duration at the fake; the summary shows the budget units spent (default false)."`
+	BulkDuration  time.Duration `name:"bulk-duration" default:"2s" help:"With --bulk: how long the fake takes to run a bulk job (default ${default})."`
 	LiveEvery     time.Duration `name:"live-every" default:"0s" help:"While the backfill runs, publish a live update this often (to the live lane, for conversations outside the backfill) and report how long each took from publish to the request at the fake; 0 publishes none (default ${default})."`
 }
 
@@ -55,6 +57,9 @@ Examples:
   kustomer-worker demo
   kustomer-worker demo --updates 10000 --budget 3000 --window 10s
   kustomer-worker demo --fault-rate 0.2 --concurrency 4
+
+  # Bulk mode: the same backfill in jobs of up to 100, a fraction of the budget:
+  kustomer-worker demo --bulk --updates 5000 --budget 100 --window 6s
 
   # A backfill saturating a budget of 60 per 10s, one live update a second:
   kustomer-worker demo --updates 600 --budget 60 --window 10s --fault-rate 0 --live-every 1s`
@@ -159,6 +164,7 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 		APIKey: demoKey, Budget: c.Budget, Window: c.Window, FaultRate: c.FaultRate,
 		Latency: c.Latency, LatencyJitter: c.LatencyJitter, RandSeed: c.Seed,
 		DisableLog: c.LiveEvery == 0, DiscardBodies: true, // the log times the live updates
+		BulkDuration: c.BulkDuration,
 	})
 	if err != nil {
 		return err
@@ -194,7 +200,7 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 	ratePerMinute := int(math.Round(float64(c.Budget) * float64(time.Minute) / float64(c.Window)))
 	wc := worker.Config{
 		Concurrency: c.Concurrency, MaxAttempts: 10, RetryInitial: 100 * time.Millisecond, RetryMax: 2 * time.Second,
-		ShutdownTimeout: 5 * time.Second, FetchWait: time.Second,
+		ShutdownTimeout: 5 * time.Second, FetchWait: time.Second, Bulk: worker.BulkConfig{Enabled: c.Bulk},
 	}.WithDefaults()
 	top := queue.Topology{MaxAckPending: wc.MaxAckPending}.WithDefaults()
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -220,6 +226,14 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 		Metrics:     worker.NewMetrics(reg),
 		Log:         log,
 		Config:      wc,
+	}
+	if c.Bulk {
+		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := (&bulkFlags{Bulk: true}).wireBulk(bctx, s.js, top, true, pool, client)
+		cancel()
+		if err != nil {
+			return err
+		}
 	}
 
 	fmt.Fprintf(e.stdout, "demo: %d updates through an embedded NATS server, the worker (%d at once) and a fake Kustomer allowing %d requests per %s\n",
@@ -415,6 +429,9 @@ func (c *demoCmd) summary(e *env, r demoResult) {
 	fmt.Fprintf(w, "throughput     %8.1f  updates/s\n", float64(r.applied)/max(secs, 1e-3))
 	fmt.Fprintf(w, "elapsed        %8s  (the budget allows %s at best for %d requests: %.0f%% of the fastest pace)\n",
 		r.elapsed.Round(100*time.Millisecond), bound.Round(100*time.Millisecond), needed, 100*bound.Seconds()/max(secs, 1e-3))
+	if c.Bulk {
+		demoBulkSummary(w, r.stats, r.applied)
+	}
 	if len(r.live) > 0 {
 		q := func(p float64) time.Duration {
 			return r.live[min(len(r.live)-1, int(p*float64(len(r.live))))].Round(time.Millisecond)

@@ -55,6 +55,7 @@ type topologyFlags struct {
 	AttemptsBucket   string `name:"attempts-bucket" env:"WORKER_ATTEMPTS_BUCKET" default:"${default_attempts_bucket}" help:"KV bucket counting attempts across restarts (default ${default})."`
 	PriorityGroup    string `name:"priority-group" env:"WORKER_PRIORITY_GROUP" default:"${default_priority_group}" help:"The lanes' consumers' pinned priority group: one replica pulling in it is active, the others standbys (default ${default})."`
 	RolesBucket      string `name:"roles-bucket" env:"WORKER_ROLES_BUCKET" default:"${default_roles_bucket}" help:"KV bucket where replicas publish their role, read by status (default ${default})."`
+	BulkBucket       string `name:"bulk-bucket" env:"WORKER_BULK_BUCKET" default:"${default_bulk_bucket}" help:"KV bucket of the bulk jobs in flight (bulk mode), read by status (default ${default})."`
 }
 
 func (f *topologyFlags) topology() queue.Topology {
@@ -62,6 +63,7 @@ func (f *topologyFlags) topology() queue.Topology {
 		Stream: f.Stream, Subject: f.Subject, BackfillSubject: f.BackfillSubject, DLQStream: f.DLQStream,
 		DLQSubject: f.DLQSubject, Consumer: f.Consumer, BackfillConsumer: f.BackfillConsumer,
 		AttemptsBucket: f.AttemptsBucket, PriorityGroup: f.PriorityGroup, RolesBucket: f.RolesBucket,
+		BulkBucket: f.BulkBucket,
 	}.WithDefaults()
 }
 
@@ -91,7 +93,7 @@ const defaultRatePerMinute = 1000
 func defaultVars() kong.Vars {
 	d := func(v interface{ String() string }) string { return v.String() }
 	i := strconv.Itoa
-	return kong.Vars{
+	vars := kong.Vars{
 		"default_stream":           queue.DefaultStream,
 		"default_subject":          queue.DefaultSubject,
 		"default_backfill_subject": queue.DefaultBackfillSubject,
@@ -115,6 +117,10 @@ func defaultVars() kong.Vars {
 		"default_request_timeout":  d(kustomer.DefaultTimeout),
 		"default_rate_per_minute":  i(defaultRatePerMinute),
 	}
+	for k, v := range bulkVars() {
+		vars[k] = v
+	}
+	return vars
 }
 
 // flagNames maps the Go fields of the libraries' configuration to the flags (or environment
@@ -124,6 +130,7 @@ var flagNames = map[string]map[string]string{
 	"worker.Config": {
 		"Concurrency": "concurrency", "MaxAttempts": "max-attempts", "MaxAckPending": "max-ack-pending",
 		"ShutdownTimeout": "shutdown-timeout", "OutageThreshold": "outage-threshold",
+		"Bulk.Size": "bulk-size", "Bulk.Linger": "bulk-linger", "Bulk.Min": "bulk-min", "Bulk.Deadline": "bulk-deadline",
 	},
 	"queue.Topology": {
 		"Stream": "stream", "Subject": "subject", "BackfillSubject": "backfill-subject", "DLQStream": "dlq-stream",
@@ -132,6 +139,7 @@ var flagNames = map[string]map[string]string{
 		"DedupWindow": "dedup-window", "AckWait": "ack-wait", "MaxAckPending": "max-ack-pending",
 		"MaxDeliver": "max-deliver", "StreamReplicas": "stream-replicas",
 		"PriorityGroup": "priority-group", "PinnedTTL": "pinned-ttl", "RolesBucket": "roles-bucket",
+		"BulkBucket": "bulk-bucket",
 	},
 	"queue.ConnConfig": {
 		"URL": "nats-url", "CredsFile": "nats-creds", "NKeyFile": "nats-nkey", "User": "nats-user",

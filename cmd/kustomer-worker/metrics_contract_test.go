@@ -55,7 +55,9 @@ var contractMetrics = []string{
 
 // contractArgs are the flags of the daemon scraped, besides where NATS and Kustomer are: add
 // those that turn on a feature whose metrics the rules or the dashboard read.
-var contractArgs = []string{"--rate-per-minute", "0", "--ack-wait", "2s"}
+// --bulk: bulk mode's families (kustomer_worker_bulk_*, budget_units_total) are served with
+// every reason and outcome from the start; contractTraffic's few updates go as single PUTs.
+var contractArgs = []string{"--rate-per-minute", "0", "--ack-wait", "2s", "--bulk"}
 
 // contractTraffic feeds the daemon what gives every labelled family a series: on the live
 // lane an update that applies, one retried after a 503, one rejected with 404 and one

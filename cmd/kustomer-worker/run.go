@@ -28,6 +28,7 @@ type runCmd struct {
 	natsFlags
 	embeddedFlags
 	topologyFlags
+	bulkFlags // bulk mode: bulk.go
 
 	KustomerURL     string        `name:"kustomer-url" env:"KUSTOMER_BASE_URL" default:"${default_kustomer_url}" help:"Kustomer API base URL; org hosts (https://ORG.api.kustomerapp.com) and the EU host (https://api.prod2.kustomerapp.com) work too (default ${default})."`
 	APIKeyFile      string        `name:"api-key-file" env:"KUSTOMER_API_KEY_FILE" type:"path" help:"File holding the Kustomer API key, re-read when it changes. Or set KUSTOMER_API_KEY. Never a plain flag: it would show in ps."`
@@ -38,7 +39,7 @@ type runCmd struct {
 	ShutdownTimeout time.Duration `name:"shutdown-timeout" env:"WORKER_SHUTDOWN_TIMEOUT" default:"${default_shutdown_timeout}" help:"After SIGINT/SIGTERM, how long requests in flight may finish; the rest is handed back for redelivery; a second signal cuts it short (default ${default})."`
 	HTTPAddr        string        `name:"http-addr" env:"WORKER_HTTP_ADDR" default:"127.0.0.1:9464" help:"Address serving /metrics, /healthz and /readyz; empty turns it off (default ${default})."`
 	AckWait         time.Duration `name:"ack-wait" env:"WORKER_ACK_WAIT" default:"${default_ack_wait}" help:"Consumer AckWait: a crashed worker's messages are redelivered after this long (default ${default})."`
-	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency, at least ${min_max_ack_pending} (default ${default})."`
+	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency, at least ${min_max_ack_pending}, and with --bulk at least 10 × bulk-size (default ${default})."`
 	OutageThreshold int           `name:"outage-threshold" env:"WORKER_OUTAGE_THRESHOLD" default:"${default_outage_threshold}" help:"Requests failing transiently in a row (5xx, timeouts, refused connections) across conversations that pause every request as a Kustomer outage: no attempts are spent, one probe at a time until it answers; negative turns it off (default ${default})."`
 	MaxDeliver      int           `name:"max-deliver" env:"WORKER_MAX_DELIVER" default:"${default_max_deliver}" help:"Consumer MaxDeliver, a safety net above max-attempts (default ${default})."`
 	DedupWindow     time.Duration `name:"dedup-window" env:"WORKER_DEDUP_WINDOW" default:"${default_dedup_window}" help:"Work stream's Nats-Msg-Id duplicate window (default ${default})."`
@@ -91,7 +92,7 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 	case c.MaxDeliver <= c.MaxAttempts && c.MaxDeliver > 0:
 		return nil, queue.Topology{}, worker.Config{}, usagef("max-deliver: %d must be above max-attempts %d", c.MaxDeliver, c.MaxAttempts)
 	}
-	wc := worker.Config{MaxAckPending: c.MaxAckPending, Concurrency: c.Concurrency}.WithDefaults()
+	wc := worker.Config{MaxAckPending: c.MaxAckPending, Concurrency: c.Concurrency, Bulk: c.bulkConfig()}.WithDefaults()
 	// The flags carry their defaults already: a 0 given for these is a mistake, not "default".
 	wc.Concurrency, wc.MaxAttempts, wc.ShutdownTimeout = c.Concurrency, c.MaxAttempts, c.ShutdownTimeout
 	wc.OutageThreshold = c.OutageThreshold
@@ -211,6 +212,9 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		Log:         log,
 		Config:      wc,
 	}
+	if err := c.wireBulk(ctx, js, top, c.ManageStreams, pool, client); err != nil {
+		return err
+	}
 	ready.running(nc, pool)
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
@@ -225,7 +229,7 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	defer startStandby(js, top, lanes, c.ManageStreams, reg, log, e.hard())()
 
 	log.Info("kustomer-worker running", "version", version, "kustomer_url", c.KustomerURL,
-		"rate_per_minute", c.RatePerMinute, "concurrency", wc.Concurrency, "stream", top.Stream, "consumer", top.Consumer, "backfill_consumer", top.BackfillConsumer)
+		"rate_per_minute", c.RatePerMinute, "concurrency", wc.Concurrency, "bulk", wc.Bulk.Enabled, "max_ack_pending", wc.MaxAckPending, "stream", top.Stream, "consumer", top.Consumer, "backfill_consumer", top.BackfillConsumer)
 	if err := pool.Run(ctx); err != nil {
 		return err
 	}

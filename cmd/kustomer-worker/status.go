@@ -69,10 +69,19 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return err
 	}
 	if !c.Watch {
-		if c.JSON {
-			return writeJSON(e.stdout, statusJSON(top, st, nil))
+		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		bulk, err := readBulkJobs(bctx, s.js, top) // bulk mode: bulk.go
+		cancel()
+		if err != nil {
+			return err
 		}
-		_, err := io.WriteString(e.stdout, strings.Join(statusLines(top, st, nil), "\n")+"\n")
+		if c.JSON {
+			doc := statusJSON(top, st, nil)
+			doc.BulkJobs = bulkDocs(bulk)
+			return writeJSON(e.stdout, doc)
+		}
+		lines := append(statusLines(top, st, nil), bulkLines(bulk, st.Time)...)
+		_, err = io.WriteString(e.stdout, strings.Join(lines, "\n")+"\n")
 		return err
 	}
 
@@ -389,6 +398,7 @@ type statusDoc struct {
 	PerSecond   *float64            `json:"per_second,omitempty"`
 	ETASeconds  *float64            `json:"eta_seconds,omitempty"`
 	Lanes       map[string]laneDoc  `json:"lanes"`
+	BulkJobs    []bulkJobDoc        `json:"bulk_jobs,omitempty"` // bulk mode: the jobs in flight (without --watch)
 }
 
 // laneDoc is the JSON form of a lane's status.

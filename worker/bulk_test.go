@@ -1,0 +1,349 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
+	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker"
+)
+
+// bulkOptions are the options of a pool in bulk mode with jobs of up to size items, kept in
+// the bulk bucket.
+func (f *fixture) bulkOptions(size int, deadline time.Duration) options {
+	return options{
+		recover: true, // as the command does
+		cfg:     worker.Config{Concurrency: 4, Bulk: worker.BulkConfig{Enabled: true, Size: size, Min: 2, Linger: 100 * time.Millisecond, Deadline: deadline}},
+		before: func(p *worker.Pool) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			store, err := queue.BindBulk(ctx, f.js, f.top, false)
+			if err != nil {
+				f.t.Fatal(err)
+			}
+			p.BulkClient, p.BulkJobs = f.client, store
+		},
+	}
+}
+
+// bulkSetup is setup for bulk mode, the pool not started yet.
+func bulkSetup(t *testing.T, fake kustomertest.Config) *fixture {
+	t.Helper()
+	return setup(t, options{fake: fake, noStart: true})
+}
+
+// singles are the single PUTs the fake answered for conversation c, in order.
+func (f *fixture) singles(c int) []kustomertest.Request {
+	var out []kustomertest.Request
+	for _, r := range f.fake.RequestsFor(id(c)) {
+		if r.Kind == kustomertest.KindUpdate {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// records lists the bulk bucket.
+func (f *fixture) records() []queue.BulkRecord {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	store, err := queue.BindBulk(ctx, f.js, f.top, false)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	recs, err := store.List(ctx)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return recs
+}
+
+func (f *fixture) wantState(convs int, want func(c int) string) {
+	f.t.Helper()
+	for c := range convs {
+		conv, _ := f.fake.Conversation(id(c))
+		if got := fmt.Sprint(conv.Attributes["name"]); got != want(c) {
+			f.t.Errorf("conversation %d ends as %v; want %s", c, got, want(c))
+		}
+	}
+}
+
+func TestBulk(t *testing.T) {
+	t.Run("sends a backlog in bulk jobs, one unit per job and its reads, each conversation's updates in order", func(t *testing.T) {
+		f := bulkSetup(t, kustomertest.Config{BulkDuration: 300 * time.Millisecond})
+		const convs, rounds = 40, 3
+		f.publishRounds(convs, rounds)
+		f.start(f.bulkOptions(20, time.Minute))
+		f.waitDrained(60 * time.Second)
+		f.wantState(convs, func(int) string { return fmt.Sprintf("u-%d", rounds-1) })
+		st := f.fake.Stats()
+		if st.BulkItemsDone < convs*rounds*8/10 {
+			t.Errorf("%d of %d updates applied in bulk; want most", st.BulkItemsDone, convs*rounds)
+		}
+		if st.Units > convs*rounds/2 {
+			t.Errorf("%d units spent on %d updates; want well under one per update", st.Units, convs*rounds)
+		}
+		for c := range convs { // a conversation's items are applied in order, one job after the other
+			var order []string
+			for _, r := range f.fake.RequestsFor(id(c)) {
+				if r.Kind == kustomertest.KindBulkSubmit {
+					order = append(order, bulkName(t, r.Body, id(c)))
+				} else if r.Kind == kustomertest.KindUpdate && r.Status == 200 {
+					order = append(order, bulkName(t, r.Body, ""))
+				}
+			}
+			for k, name := range order {
+				if name != fmt.Sprintf("u-%d", k) {
+					t.Fatalf("conversation %d sent in order %v", c, order)
+				}
+			}
+		}
+		if n := len(f.records()); n != 0 {
+			t.Errorf("%d bulk jobs left in the bucket; want none", n)
+		}
+		t.Logf("%d updates: %d units, %d submits, %d reads", convs*rounds, st.Units, st.BulkSubmits, st.BulkReads)
+	})
+
+	t.Run("sends a failed item once as a single PUT, whose answer decides", func(t *testing.T) {
+		f := bulkSetup(t, kustomertest.Config{BulkDuration: 200 * time.Millisecond})
+		const convs = 20
+		f.fake.FailBulk(id(3), "injected") // the single PUT applies it
+		f.fake.FailBulk(id(4), "injected") //
+		f.fake.Reject(id(5), 400)          // fails in bulk and as a single PUT: dead-lettered
+		for c := range convs {
+			f.publishUpdate(c, `{"name":"u-0"}`)
+		}
+		f.start(f.bulkOptions(20, time.Minute))
+		f.waitDrained(30 * time.Second)
+		f.wantState(convs, func(c int) string {
+			if c == 5 {
+				return "<nil>"
+			}
+			return "u-0"
+		})
+		for c := range convs {
+			n := len(f.singles(c))
+			want := 0
+			if c >= 3 && c <= 5 {
+				want = 1
+			}
+			if n != want {
+				t.Errorf("conversation %d got %d single PUTs; want %d", c, n, want)
+			}
+		}
+		dls := f.deadLetters()
+		if len(dls) != 1 || !strings.Contains(dls[0].data, id(5)) || dls[0].header.Get(queue.HeaderStatus) != "400" {
+			t.Errorf("dead letters %+v; want conversation 5's, with status 400", dls)
+		}
+	})
+
+	t.Run("sends the items of a job refused as a whole (400) as single PUTs", func(t *testing.T) {
+		f := bulkSetup(t, kustomertest.Config{BulkStrict: true})
+		f.fake.ScriptBulkSubmit(kustomertest.Status(400))
+		const convs = 10
+		for c := range convs {
+			f.publishUpdate(c, `{"name":"u-0"}`)
+		}
+		f.start(f.bulkOptions(10, time.Minute))
+		f.waitDrained(30 * time.Second)
+		f.wantState(convs, func(int) string { return "u-0" })
+		for c := range convs {
+			if n := len(f.singles(c)); n != 1 {
+				t.Errorf("conversation %d got %d single PUTs; want 1", c, n)
+			}
+		}
+		if st := f.fake.Stats(); st.BulkJobs != 0 || st.BulkSubmits != 1 {
+			t.Errorf("%d submits, %d jobs; want the one refused", st.BulkSubmits, st.BulkJobs)
+		}
+	})
+
+	t.Run("retries a submit answered 429 and pauses for the window", func(t *testing.T) {
+		f := bulkSetup(t, kustomertest.Config{})
+		f.fake.ScriptBulkSubmit(kustomertest.Status(429))
+		const convs = 10
+		for c := range convs {
+			f.publishUpdate(c, `{"name":"u-0"}`)
+		}
+		f.start(f.bulkOptions(10, time.Minute))
+		f.waitDrained(30 * time.Second)
+		f.wantState(convs, func(int) string { return "u-0" })
+		if st := f.fake.Stats(); st.BulkJobs != 1 || st.BulkSubmits != 2 || st.BulkItemsDone != convs {
+			t.Errorf("%d submits, %d jobs, %d items applied; want 2, 1, %d", st.BulkSubmits, st.BulkJobs, st.BulkItemsDone, convs)
+		}
+	})
+
+	t.Run("retries a submit without an answer and holds newer updates until the lost submit's deadline", func(t *testing.T) {
+		f := bulkSetup(t, kustomertest.Config{})
+		f.fake.ScriptBulkSubmit(kustomertest.Drop())
+		const convs = 10
+		for c := range convs {
+			f.publishUpdate(c, `{"name":"u-0"}`)
+		}
+		for c := range convs {
+			f.publishUpdate(c, `{"name":"u-1"}`)
+		}
+		start := time.Now()
+		f.start(f.bulkOptions(10, 5*time.Second))
+		f.waitDrained(60 * time.Second)
+		f.wantState(convs, func(int) string { return "u-1" })
+		jobs := f.fake.BulkJobs()
+		if st := f.fake.Stats(); st.BulkSubmits != 3 || len(jobs) != 2 {
+			t.Fatalf("%d submits, %d jobs; want the dropped one, its retry, and a job of the newer updates", st.BulkSubmits, len(jobs))
+		}
+		if held := jobs[1].Submitted.Sub(start); held < 5*time.Second {
+			t.Errorf("the newer updates went %s after the start; want them held until the dropped submit's deadline (5s)", held)
+		}
+	})
+
+	t.Run("turns bulk off and finishes with single PUTs when the key may not read jobs", func(t *testing.T) {
+		f := bulkSetup(t, kustomertest.Config{BulkReadDenied: true})
+		var logs syncBuffer
+		const convs = 10
+		for c := range convs {
+			f.publishUpdate(c, `{"name":"u-0"}`)
+		}
+		o := f.bulkOptions(10, time.Minute)
+		before := o.before
+		o.before = func(p *worker.Pool) {
+			before(p)
+			p.Log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		}
+		f.start(o)
+		f.waitDrained(30 * time.Second)
+		// Bulk is off: the next updates go as single PUTs at once.
+		for c := range convs {
+			f.publishUpdate(c+convs, `{"name":"u-1"}`)
+		}
+		f.waitDrained(30 * time.Second)
+		f.wantState(2*convs, func(c int) string { return fmt.Sprintf("u-%d", c/convs) })
+		if st := f.fake.Stats(); st.BulkSubmits != 1 {
+			t.Errorf("%d bulk submits; want 1 (then bulk is off)", st.BulkSubmits)
+		}
+		if n := strings.Count(logs.String(), "lacks the role org.permission.bulk.read; bulk mode is off"); n != 1 {
+			t.Errorf("%d log lines say bulk is off for the role org.permission.bulk.read; want 1:\n%s", n, logs.String())
+		}
+	})
+
+	t.Run("sends a job's items as single PUTs past its deadline and holds newer updates until it is complete", func(t *testing.T) {
+		f := bulkSetup(t, kustomertest.Config{BulkDuration: 7 * time.Second})
+		const convs = 10
+		for c := range convs {
+			f.publishUpdate(c, `{"name":"u-0"}`)
+		}
+		f.start(f.bulkOptions(10, 5*time.Second))
+		testwait.Until(t, "the job to be submitted", 10*time.Second, func() bool { return len(f.fake.BulkJobs()) == 1 })
+		for c := range convs {
+			f.publishUpdate(c, `{"name":"u-1"}`)
+		}
+		f.waitDrained(60 * time.Second)
+		f.wantState(convs, func(int) string { return "u-1" })
+		job := f.fake.BulkJobs()[0]
+		for c := range convs {
+			s := f.singles(c)
+			if len(s) != 2 || bulkName(t, s[0].Body, "") != "u-0" || bulkName(t, s[1].Body, "") != "u-1" {
+				t.Fatalf("conversation %d got single PUTs %v; want u-0 past the deadline, then u-1", c, s)
+			}
+			if s[1].Time.Before(job.CompleteAt) {
+				t.Errorf("conversation %d's newer update went at %s, before the job completed at %s", c, s[1].Time, job.CompleteAt)
+			}
+		}
+	})
+}
+
+// TestBulkCrash stops a pool hard while its job is in flight: the next pool settles the
+// redelivered items by the job's result, without sending them again, and applies the
+// conversations' newer updates after them.
+func TestBulkCrash(t *testing.T) {
+	f := bulkSetup(t, kustomertest.Config{BulkDuration: 3 * time.Second})
+	const convs = 20
+	for c := range convs {
+		f.publishUpdate(c, `{"name":"u-0"}`)
+	}
+	for c := range convs {
+		f.publishUpdate(c, `{"name":"u-1"}`)
+	}
+	o := f.bulkOptions(20, time.Minute)
+	o.cfg.ShutdownTimeout = time.Millisecond
+	f.start(o)
+	testwait.Until(t, "the job to be submitted and stored", 10*time.Second, func() bool {
+		recs := f.records()
+		return len(recs) == 1 && recs[0].JobID != ""
+	})
+	f.stop() // the held items are handed back; the job runs on at Kustomer
+
+	f.start(f.bulkOptions(20, time.Minute))
+	f.waitDrained(60 * time.Second)
+	f.wantState(convs, func(int) string { return "u-1" })
+	st := f.fake.Stats()
+	jobs := f.fake.BulkJobs()
+	if st.BulkJobs != 2 || len(jobs) != 2 || len(jobs[0].Items) != convs {
+		t.Fatalf("%d jobs; want the first one's %d items, then a second for the newer updates", st.BulkJobs, convs)
+	}
+	for c := range convs {
+		if n := len(f.singles(c)); n != 0 {
+			t.Errorf("conversation %d got %d single PUTs; want none: the job's result settles its item", c, n)
+		}
+	}
+	if !jobs[1].Submitted.After(jobs[0].CompleteAt) {
+		t.Errorf("the newer updates' job went at %s, before the first completed at %s", jobs[1].Submitted, jobs[0].CompleteAt)
+	}
+	testwait.Until(t, "the bucket to empty", 10*time.Second, func() bool {
+		for _, r := range f.records() {
+			if r.Settled.IsZero() {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// bulkName is the "name" of the item of conversation conv in a bulk submit body, or of a single
+// update's body when conv is "".
+func bulkName(t *testing.T, body []byte, conv string) string {
+	t.Helper()
+	if conv == "" {
+		var b struct{ Name string }
+		if err := json.Unmarshal(body, &b); err != nil {
+			t.Fatal(err)
+		}
+		return b.Name
+	}
+	var items []struct{ ID, Name string }
+	if err := json.Unmarshal(body, &items); err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range items {
+		if it.ID == conv {
+			return it.Name
+		}
+	}
+	t.Fatalf("no item for %s in %s", conv, body)
+	return ""
+}
+
+// syncBuffer is a log sink safe for the pool's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,158 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/worker"
+)
+
+// memBulk runs bulk jobs in memory: a job is complete when read (a third of them only at
+// their second read), and a share of its items fail. Applied items land in the same record
+// as flaky's single PUTs, so that order holds across both.
+type memBulk struct {
+	t     *testing.T
+	f     *flaky
+	mu    sync.Mutex
+	rnd   *rand.Rand
+	jobs  map[string]*memJob
+	sizes []int
+}
+
+type memJob struct {
+	items   []kustomer.BulkItem
+	reads   int
+	results []kustomer.BulkResult
+	done    time.Time
+}
+
+var unlimited = kustomer.RateLimit{Limit: -1, Remaining: -1}
+
+func (m *memBulk) SubmitBulk(_ context.Context, items []kustomer.BulkItem) (*kustomer.BulkJob, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := map[string]bool{}
+	for _, it := range items {
+		if seen[it.Update.ID] {
+			m.t.Errorf("conversation %s twice in one job", it.Update.ID)
+		}
+		seen[it.Update.ID] = true
+	}
+	id := fmt.Sprint(len(m.jobs) + 1)
+	m.jobs[id] = &memJob{items: slices.Clone(items)}
+	m.sizes = append(m.sizes, len(items))
+	return &kustomer.BulkJob{ID: id, Status: 201, RateLimit: unlimited}, nil
+}
+
+func (m *memBulk) ReadBulkBatches(_ context.Context, id string) (*kustomer.BulkBatches, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	j := m.jobs[id]
+	j.reads++
+	if j.reads == 1 && m.rnd.IntN(3) == 0 {
+		return &kustomer.BulkBatches{JobID: id, RateLimit: unlimited,
+			Batches: []kustomer.BulkBatch{{State: "queued", SuccessCount: -1, FailureCount: -1}}}, nil
+	}
+	if j.results == nil {
+		j.done = time.Now()
+		m.f.mu.Lock()
+		for _, it := range j.items {
+			r := kustomer.BulkResult{Ref: it.Ref, ObjectID: it.Update.ID, Status: "updated"}
+			if m.rnd.IntN(5) == 0 {
+				r.Status, r.Error = "error", "injected"
+			} else {
+				var body struct {
+					Custom struct{ NNum int } `json:"custom"`
+				}
+				if err := json.Unmarshal(it.Update.Body, &body); err != nil {
+					m.t.Error(err)
+				}
+				m.f.applied[it.Update.ID] = append(m.f.applied[it.Update.ID], body.Custom.NNum)
+			}
+			j.results = append(j.results, r)
+		}
+		m.f.mu.Unlock()
+	}
+	return &kustomer.BulkBatches{JobID: id, RateLimit: unlimited, Batches: []kustomer.BulkBatch{{
+		State: "complete", CompletedAt: j.done, SuccessCount: -1, FailureCount: -1, Results: j.results}}}, nil
+}
+
+// Batching and item settlement through the seams alone: no NATS server, no HTTP.
+func TestBulkWithoutABroker(t *testing.T) {
+	t.Parallel()
+	run := func(t *testing.T, convs, updates int, cfg worker.BulkConfig) (*memQueue, *flaky, *memBulk) {
+		q := &memQueue{acked: map[uint64]int{}}
+		seq := uint64(0)
+		for n := range updates {
+			for c := range convs {
+				seq++
+				q.pending = append(q.pending, &memMsg{q: q, seq: seq, delivered: 1,
+					data: fmt.Appendf(nil, `{"id":%q,"body":{"name":"x","custom":{"nNum":%d}}}`, id(c), n)})
+			}
+		}
+		up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
+		bulk := &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}
+		cfg.Enabled = true
+		pool := &worker.Pool{
+			Consumer: q, Client: bodyN{up}, BulkClient: bulk, DeadLetters: noDeadLetters{t}, Pacer: worker.NewPacer(-1),
+			Log: slog.New(slog.DiscardHandler),
+			Config: worker.Config{Concurrency: 8, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond,
+				MaxAckPending: 200, Bulk: cfg},
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error)
+		go func() { done <- pool.Run(ctx) }()
+		testwait.Until(t, "every message acknowledged", 60*time.Second, func() bool { return q.done(int(seq)) })
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		for s := uint64(1); s <= seq; s++ {
+			if q.acked[s] != 1 {
+				t.Fatalf("message %d acked %d times; want once", s, q.acked[s])
+			}
+		}
+		for c := range convs {
+			got := up.applied[id(c)]
+			if len(got) != updates {
+				t.Fatalf("conversation %d: %d updates applied; want %d: %v", c, len(got), updates, got)
+			}
+			for i, n := range got {
+				if n != i {
+					t.Fatalf("conversation %d: updates applied in order %v; want stream order", c, got)
+				}
+			}
+		}
+		return q, up, bulk
+	}
+
+	t.Run("jobs hold one update per conversation, at most Size and at least Min, and every item is settled once in order", func(t *testing.T) {
+		t.Parallel()
+		_, _, bulk := run(t, 60, 6, worker.BulkConfig{Size: 25, Min: 5, Linger: 20 * time.Millisecond})
+		if len(bulk.sizes) == 0 {
+			t.Fatal("no bulk job")
+		}
+		for _, n := range bulk.sizes {
+			if n > 25 || n < 5 {
+				t.Errorf("a job of %d items; want 5 to 25", n)
+			}
+		}
+	})
+
+	t.Run("fewer updates than Min after Linger go as single PUTs", func(t *testing.T) {
+		t.Parallel()
+		_, _, bulk := run(t, 3, 1, worker.BulkConfig{Size: 25, Min: 5, Linger: 20 * time.Millisecond})
+		if len(bulk.sizes) != 0 {
+			t.Errorf("jobs of %v items; want none", bulk.sizes)
+		}
+	})
+}
