@@ -177,7 +177,11 @@ func (b *bulker) take(c *conv, j *job, delivered uint64) bool {
 		}
 		return true
 	}
-	if b.off.Load() || j.noBulk || j.invalid != nil || j.update.Replace {
+	// With two lanes, live updates go as single PUTs: a job takes seconds to minutes, and a
+	// live update must not wait behind a backfill's job (issue 13). With the live lane alone,
+	// its backlog is what bulk mode is for.
+	liveBesideBackfill := j.class == PriorityLive && b.p.Backfill != nil
+	if b.off.Load() || j.noBulk || j.invalid != nil || j.update.Replace || liveBesideBackfill {
 		b.mu.Unlock()
 		return false
 	}
