@@ -51,6 +51,9 @@ var contractMetrics = []string{
 	"kustomer_worker_kustomer_unavailable",        // Kustomer unavailable (breaker)
 	"kustomer_worker_requests_total",              // Kustomer failing
 	"up",                                          // no replica ready
+	"kustomer_worker_bulk_jobs_failed_total",      // bulk reads denied, bulk jobs failing
+	"kustomer_worker_bulk_jobs_submitted_total",   // bulk jobs failing
+	"kustomer_worker_budget_units_total",          // dashboard: units per update applied
 }
 
 // contractArgs are the flags of the daemon scraped, besides where NATS and Kustomer are: add
