@@ -112,6 +112,29 @@ func TestBulk(t *testing.T) {
 		t.Logf("%d updates: %d units, %d submits, %d reads", convs*rounds, st.Units, st.BulkSubmits, st.BulkReads)
 	})
 
+	t.Run("with two lanes, bulks the backfill and sends every live update as a single PUT", func(t *testing.T) {
+		f := bulkSetup(t, kustomertest.Config{BulkDuration: 300 * time.Millisecond})
+		const backfill, live = 60, 10
+		for c := range backfill {
+			f.publishLane(queue.LaneBackfill, c, `{"name":"backfill"}`)
+		}
+		for c := range live {
+			f.publishLane(queue.LaneLive, backfill+c, `{"name":"live"}`)
+		}
+		o := f.bulkOptions(20, time.Minute)
+		o.lanes = true
+		f.start(o)
+		f.waitDrained(60 * time.Second)
+		for c := range live {
+			if n := len(f.singles(backfill + c)); n != 1 {
+				t.Errorf("live update %d went as %d single PUTs; want 1 (never in a job)", c, n)
+			}
+		}
+		if st := f.fake.Stats(); st.BulkItemsDone < backfill*8/10 {
+			t.Errorf("%d of %d backfill updates applied in bulk; want most", st.BulkItemsDone, backfill)
+		}
+	})
+
 	t.Run("sends a failed item once as a single PUT, whose answer decides", func(t *testing.T) {
 		f := bulkSetup(t, kustomertest.Config{BulkDuration: 200 * time.Millisecond})
 		const convs = 20
