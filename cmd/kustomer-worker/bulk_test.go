@@ -53,7 +53,8 @@ func TestDaemonBulkKilledWithJobsInFlight(t *testing.T) {
 	for round := range 2 {
 		for i := range convs {
 			msg := fmt.Sprintf(`{"id":"%024x","body":{"name":"u-%d"}}`, i+1, round)
-			if _, err := b.js.Publish(ctx, "kustomer.conversations.update", []byte(msg)); err != nil {
+			// The backfill lane, as enqueue publishes: with both lanes only it goes in bulk.
+			if _, err := b.js.Publish(ctx, "kustomer.conversations.backfill", []byte(msg)); err != nil {
 				t.Fatal(err)
 			}
 		}
