@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -58,12 +59,16 @@ func BenchmarkBudget(b *testing.B) {
 
 // budgetRun is what one drain of the backlog got.
 type budgetRun struct {
-	elapsed  time.Duration
-	used     float64 // % of the budget left by the other client
-	tooMany  float64 // % of the runner's requests answered 429
-	other    float64 // % of the other client's requests answered 429
-	gap      time.Duration
-	requests int
+	elapsed       time.Duration
+	used          float64 // % of the budget left by the other client, over the run's whole windows
+	windows       float64 // how many windows' time "used" covers
+	usedElapsed   float64 // the same over the elapsed time, start and end included
+	tooMany       float64 // % of the runner's requests answered 429
+	tooManyN      int
+	other         float64 // % of the other client's requests answered 429
+	otherRequests int
+	gap           time.Duration
+	requests      int
 }
 
 func benchBudget(b *testing.B, c budgetCase) {
@@ -79,17 +84,18 @@ func benchBudget(b *testing.B, c budgetCase) {
 		{"worker", func(r *rig) func() { return r.startPool(perMinute) }},
 		{"fixed", func(r *rig) func() { return r.startFixed(concurrency, perMinute, window) }},
 	}
+	bound := float64(n) / (float64(budget) * (1 - c.share)) * window.Seconds()
 	runs := make(map[string][]budgetRun)
 	for i := range repetitions(b) {
 		for _, rn := range runners {
-			run := drainBudget(b, n, budget, window, concurrency, c.share, rn.start)
+			run := drainBudget(b, c.name+"-"+rn.name, n, budget, window, concurrency, c.share, rn.start)
 			runs[rn.name] = append(runs[rn.name], run)
-			b.Logf("%s %s repetition %d: %.2fs, %.2f%% of the budget used, %d requests, %.2f%% answered 429, other client refused %.2f%%, longest idle gap with budget %s",
-				c.name, rn.name, i+1, run.elapsed.Seconds(), run.used, run.requests, run.tooMany, run.other, run.gap.Round(time.Millisecond))
+			b.Logf("%s %s repetition %d: %.2fs (lower bound %.2fs), %.2f%% of the budget used over %.2f whole windows (%.2f%% over the elapsed time), %d requests, %d answered 429 (%.2f%%), other client refused %.2f%% of %d, longest idle gap with budget %s",
+				c.name, rn.name, i+1, run.elapsed.Seconds(), bound, run.used, run.windows, run.usedElapsed, run.requests, run.tooManyN, run.tooMany, run.other, run.otherRequests, run.gap.Round(time.Millisecond))
 		}
 	}
 	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(float64(n)/(float64(budget)*(1-c.share))*window.Seconds(), "lower_bound_s")
+	b.ReportMetric(bound, "lower_bound_s")
 	for _, rn := range runners {
 		rs := runs[rn.name]
 		pickF := func(f func(budgetRun) float64) []float64 {
@@ -101,6 +107,8 @@ func benchBudget(b *testing.B, c budgetCase) {
 		}
 		b.ReportMetric(median(pickF(func(r budgetRun) float64 { return r.elapsed.Seconds() })), rn.name+"_elapsed_s")
 		b.ReportMetric(median(pickF(func(r budgetRun) float64 { return r.used })), rn.name+"_used_%")
+		b.ReportMetric(percentile(pickF(func(r budgetRun) float64 { return r.used }), 0), rn.name+"_used_min_%")
+		b.ReportMetric(percentile(pickF(func(r budgetRun) float64 { return r.tooMany }), 100), rn.name+"_429_max_%")
 		b.ReportMetric(median(pickF(func(r budgetRun) float64 { return r.tooMany })), rn.name+"_429_%")
 		b.ReportMetric(percentile(pickF(func(r budgetRun) float64 { return ms(r.gap) }), 100), rn.name+"_max_gap_ms")
 		if c.share > 0 {
@@ -110,7 +118,7 @@ func benchBudget(b *testing.B, c budgetCase) {
 }
 
 // drainBudget runs one runner through a backlog of n against a fresh NATS server and fake.
-func drainBudget(b *testing.B, n, budget int, window time.Duration, concurrency int, share float64, start func(*rig) func()) budgetRun {
+func drainBudget(b *testing.B, name string, n, budget int, window time.Duration, concurrency int, share float64, start func(*rig) func()) budgetRun {
 	r := newRig(b, kustomertest.Config{
 		Budget: budget, Window: window, Latency: 50 * time.Millisecond, LatencyJitter: 100 * time.Millisecond,
 		DiscardBodies: true,
@@ -130,6 +138,7 @@ func drainBudget(b *testing.B, n, budget int, window time.Duration, concurrency 
 		o = other.stop()
 	}
 	reqs := r.fake.Requests()
+	dumpLog(name, reqs)
 	var run budgetRun
 	var ok, tooMany int
 	for _, q := range reqs {
@@ -146,13 +155,69 @@ func drainBudget(b *testing.B, n, budget int, window time.Duration, concurrency 
 	}
 	available := float64(budget)*el.Seconds()/window.Seconds() - float64(o.ok)
 	run.elapsed = el
-	run.used = 100 * float64(ok) / available
+	run.usedElapsed = 100 * float64(ok) / available
+	run.used, run.windows = usedInWholeWindows(reqs, budget, window)
 	run.tooMany = 100 * float64(tooMany) / float64(max(run.requests, 1))
+	run.tooManyN, run.otherRequests = tooMany, o.requests
 	if o.requests > 0 {
 		run.other = 100 * float64(o.tooMany) / float64(o.requests)
 	}
 	run.gap = idleGap(reqs, budget, window)
 	return run
+}
+
+// usedInWholeWindows is the share of the budget the runner used (in %) over the whole windows
+// of its run, and how many windows' time that covers. It replays the fake's windows from its
+// request log (a window starts with the first request at or after the end of the one before,
+// whoever sends it) and looks at the span from the start of the first window that starts at or
+// after the runner's first request to the start of the window of its last request: the
+// runner's updates applied in it, over the budget of that span (budget per window length, so
+// that time with no window open counts too) less what the other client got in it. The window
+// in which the backlog runs out is left out, and so is a window the runner joined midway: in
+// them no runner could have used the whole budget. Both runners are measured alike. NaN when
+// the run spans no whole window.
+func usedInWholeWindows(reqs []kustomertest.Request, budget int, window time.Duration) (used, windows float64) {
+	var first, last time.Time
+	for _, q := range reqs {
+		if strings.HasPrefix(q.Path, "/v1/conversations/") && !isOther(q.ID) {
+			if first.IsZero() {
+				first = q.Time
+			}
+			last = q.Time
+		}
+	}
+	var from, to, end time.Time // the span [from, to); end of the window being replayed
+	for _, q := range reqs {
+		if !strings.HasPrefix(q.Path, "/v1/conversations/") {
+			continue
+		}
+		if end.IsZero() || !q.Time.Before(end) {
+			start := q.Time
+			end = start.Add(window)
+			if from.IsZero() && !start.Before(first) {
+				from = start
+			}
+			if !start.After(last) {
+				to = start // the latest window start at or before the last request
+			}
+		}
+	}
+	if from.IsZero() || !to.After(from) {
+		return math.NaN(), 0
+	}
+	var mine, theirs int
+	for _, q := range reqs {
+		if !strings.HasPrefix(q.Path, "/v1/conversations/") || q.Status != http.StatusOK || q.Time.Before(from) || !q.Time.Before(to) {
+			continue
+		}
+		if isOther(q.ID) {
+			theirs++
+		} else {
+			mine++
+		}
+	}
+	windows = float64(to.Sub(from)) / float64(window)
+	return 100 * float64(mine) / (float64(budget)*windows - float64(theirs)), windows
 }
 
 // otherBase is where the other client's conversation numbers start.

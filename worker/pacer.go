@@ -49,17 +49,28 @@ type Pacer struct {
 	// The budget as Kustomer reports it.
 	win         window
 	pausedUntil time.Time
+	paused      bool          // a pause was set and dispatch has not yet seen it end
 	probing     bool          // until a reading from the next window: one request a probeStep
 	switchAt    time.Time     // the learned end of the window: from then on, the pace of a new one
 	offset      time.Duration // how much earlier than the rounded reset the last window ended, for a send
 	learned     bool          // offset holds; else the end is taken as the earliest possible
 	blind       int           // org-wide 429s in a row that said nothing of when to retry
 
+	// The org's other clients: how fast they spend the budget, in units a second, as the
+	// readings of the current window show it, and as the last window's showed it.
+	foreign, foreignBefore float64
+
 	// Matching answers to the requests they answer, roughly.
-	sent      []time.Time // when each request not yet answered got its turn, oldest first
+	sent      []sentTurn  // the turns of the requests not yet answered, oldest first
 	recent    []time.Time // when the last recentKeep requests got their turn, oldest first
 	latencies []time.Duration
-	lastSent  time.Time // turn of the request the last answer is taken to answer
+	last      sentTurn // turn of the request the last answer is taken to answer
+}
+
+// sentTurn is one turn handed out: when, and how many turns had been handed out with it.
+type sentTurn struct {
+	at time.Time
+	n  int
 }
 
 // window is the current budget window as the readings show it.
@@ -68,6 +79,11 @@ type window struct {
 	lowest int           // lowest x-ratelimit-remaining read for it
 	limit  int           // x-ratelimit-limit
 	length time.Duration // how long a window lasts, in whole seconds, as read at its first reading
+
+	// The first reading of the window and the turn it answered: what the org has spent
+	// since, less the pacer's own turns since, is what other clients spent.
+	first     int
+	firstTurn sentTurn
 }
 
 // waiter is one caller of Wait.
@@ -103,6 +119,11 @@ const (
 	// learnGap is the largest gap between two turns around a window's turn that still
 	// tells where the window ended.
 	learnGap = 250 * time.Millisecond
+	// foreignPrior is how long the readings of a window must span before the estimate of
+	// what other clients spend leans more on them than on the last window's.
+	foreignPrior = time.Second
+	// catchUp is how long a time with no caller waiting the pacer makes up for afterwards.
+	catchUp = 250 * time.Millisecond
 	// recentKeep is how many turns, and latencies, the pacer remembers.
 	recentKeep  = 256
 	latencyKeep = 64
@@ -141,10 +162,13 @@ func NewPacer(perMinute int, opts ...PacerOption) *Pacer {
 	if perMinute > 0 {
 		ceiling = rate.Limit(float64(perMinute) / 60)
 	}
-	p := &Pacer{clock: SystemClock{}, ceiling: ceiling, lim: rate.NewLimiter(ceiling, 1)}
+	p := &Pacer{clock: SystemClock{}, ceiling: ceiling}
 	for _, o := range opts {
 		o(p)
 	}
+	// One token to begin with, as after a pause.
+	p.lim = rate.NewLimiter(ceiling, burstFor(ceiling))
+	p.lim.AllowN(p.clock.Now(), p.lim.Burst()-1)
 	return p
 }
 
@@ -198,6 +222,10 @@ func (p *Pacer) dispatch(now time.Time) {
 	if !p.switchAt.IsZero() && !now.Before(p.switchAt) {
 		p.switchAt = time.Time{}
 		p.setRate(now, p.windowRate())
+	}
+	if p.paused && !now.Before(p.pausedUntil) {
+		p.paused = false
+		p.drain(now)
 	}
 	for p.waiting() > 0 {
 		if now.Before(p.pausedUntil) {
@@ -257,7 +285,7 @@ func (p *Pacer) grant(now time.Time) {
 	w.granted = true
 	close(w.ready)
 	p.granted++
-	p.sent = append(p.sent, now)
+	p.sent = append(p.sent, sentTurn{at: now, n: p.granted})
 	p.recent = append(p.recent, now)
 	if len(p.recent) > recentKeep {
 		p.recent = slices.Delete(p.recent, 0, len(p.recent)-recentKeep)
@@ -308,6 +336,29 @@ func (p *Pacer) setRate(now time.Time, r rate.Limit) {
 	}
 	p.release(now)
 	p.lim.SetLimitAt(now, r)
+	b := burstFor(r)
+	if p.probing {
+		b = 1
+	}
+	p.lim.SetBurstAt(now, b)
+}
+
+// burstFor is how many turns may go at once at rate r: those that came due in the last
+// catchUp while no caller was waiting, so that a moment with no caller ready does not lose
+// budget for good. Over any time t the pacer still hands out at most r*t + burstFor(r) turns.
+func burstFor(r rate.Limit) int {
+	if r == rate.Inf {
+		return 1
+	}
+	return max(int(float64(r)*catchUp.Seconds()), 1)
+}
+
+// drain gives up the turns saved for catching up; p.mu is held. After a pause the pacer
+// starts again with one turn, not a burst.
+func (p *Pacer) drain(now time.Time) {
+	b := p.lim.Burst()
+	p.lim.SetBurstAt(now, 1)
+	p.lim.SetBurstAt(now, b)
 }
 
 // PausedUntil is when the current pause ends; zero when not paused.
@@ -328,6 +379,7 @@ func (p *Pacer) pause(now, t time.Time) {
 	if t.After(p.pausedUntil) {
 		p.pausedUntil = t
 	}
+	p.paused = true
 	p.spare = 0
 	p.release(now)
 }
@@ -362,9 +414,9 @@ func (p *Pacer) answered(now time.Time, inflight int) {
 	if len(p.sent) == 0 {
 		return
 	}
-	p.lastSent = p.sent[0]
+	p.last = p.sent[0]
 	p.sent = p.sent[1:]
-	p.latencies = append(p.latencies, now.Sub(p.lastSent))
+	p.latencies = append(p.latencies, now.Sub(p.last.at))
 	if len(p.latencies) > latencyKeep {
 		p.latencies = p.latencies[1:]
 	}
@@ -389,7 +441,8 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 	}
 	switch d := rl.Reset.Sub(p.win.reset); {
 	case p.win.reset.IsZero():
-		p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: wholeSeconds(rl.Reset.Sub(now))}
+		p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: wholeSeconds(rl.Reset.Sub(now)),
+			first: rl.Remaining, firstTurn: p.last}
 	case d >= 1500*time.Millisecond || d >= 500*time.Millisecond && rl.Remaining > p.win.lowest+inflight+1:
 		p.turned(now, rl)
 	case d <= -500*time.Millisecond:
@@ -404,6 +457,7 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 			return
 		}
 		p.win.lowest = rl.Remaining
+		p.estimateForeign()
 	}
 	if rl.Remaining == 0 {
 		p.spent(now)
@@ -430,7 +484,8 @@ func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
 	if step := wholeSeconds(rl.Reset.Sub(p.win.reset)); step <= length {
 		length = step
 	}
-	p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: length}
+	p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: length, first: rl.Remaining, firstTurn: p.last}
+	p.foreignBefore = p.foreign
 	p.pausedUntil = time.Time{} // the spent window has turned: no need to wait it out
 	p.probing = false
 }
@@ -453,8 +508,23 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 		p.switchAt = end
 	}
 	left := max(end.Sub(now), probeStep)
-	avail := max(p.win.lowest-inflight, 1)
-	p.setRate(now, rate.Limit(float64(avail)/left.Seconds()))
+	avail := max(float64(p.win.lowest-inflight)-p.foreign*left.Seconds(), 1)
+	p.setRate(now, rate.Limit(avail/left.Seconds()))
+}
+
+// estimateForeign updates how fast the org's other clients spend the budget from the lowest
+// reading of the window; p.mu is held. Between the window's first reading and this one the
+// org spent first-lowest units, the pacer's own turns between the two requests they answer
+// being some of them. Answers are matched to turns roughly, so over a short time the count is
+// noisy: until foreignPrior has passed it leans on the last window's figure.
+func (p *Pacer) estimateForeign() {
+	dt := p.last.at.Sub(p.win.firstTurn.at).Seconds()
+	if dt <= 0 || p.win.firstTurn.n == 0 {
+		return
+	}
+	theirs := float64(p.win.first - p.win.lowest - (p.last.n - p.win.firstTurn.n))
+	prior := foreignPrior.Seconds()
+	p.foreign = max((theirs+p.foreignBefore*prior)/(dt+prior), 0)
 }
 
 // windowRate is the pace at which a window's budget lasts the window; p.mu is held.
@@ -480,7 +550,7 @@ func (p *Pacer) spent(now time.Time) time.Duration {
 			p.setRate(now, rate.Every(probeStep))
 		}
 		return end.Sub(now)
-	case p.learned && p.lastSent.Before(end):
+	case p.learned && p.last.at.Before(end):
 		// The answer to a request sent before the end: by now the window has turned.
 		p.setRate(now, p.windowRate())
 		return 0
