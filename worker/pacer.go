@@ -122,6 +122,8 @@ const (
 	// foreignPrior is how long the readings of a window must span before the estimate of
 	// what other clients spend leans more on them than on the last window's.
 	foreignPrior = time.Second
+	// sendGrace is how long after its turn a request may take to count as in flight.
+	sendGrace = 20 * time.Millisecond
 	// catchUp is how long a time with no caller waiting the pacer makes up for afterwards.
 	catchUp = 250 * time.Millisecond
 	// recentKeep is how many turns, and latencies, the pacer remembers.
@@ -403,12 +405,15 @@ func (p *Pacer) Observe(rl kustomer.RateLimit, inflight int) {
 	defer p.dispatch(now)
 	p.answered(now, inflight)
 	p.observe(now, rl, inflight)
+
 }
 
 // answered matches an answer to the request it most likely answers, the oldest one not yet
 // answered, and keeps how long that took; p.mu is held.
 func (p *Pacer) answered(now time.Time, inflight int) {
-	if extra := len(p.sent) - (max(inflight, 0) + 1); extra > 0 {
+	// Turns handed out within sendGrace may not be in flight yet, nor counted in inflight.
+	fresh := len(p.sent) - sort.Search(len(p.sent), func(k int) bool { return !p.sent[k].at.Before(now.Add(-sendGrace)) })
+	if extra := len(p.sent) - fresh - (max(inflight, 0) + 1); extra > 0 {
 		p.sent = slices.Delete(p.sent, 0, extra) // requests that ended without an answer
 	}
 	if len(p.sent) == 0 {
@@ -457,7 +462,7 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 			return
 		}
 		p.win.lowest = rl.Remaining
-		p.estimateForeign()
+		p.estimateForeign(now)
 	}
 	if rl.Remaining == 0 {
 		p.spent(now)
@@ -479,6 +484,7 @@ func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
 		p.offset = min(max(p.win.reset.Sub(p.recent[i-1]), 0), resetGranularity)
 		p.learned = true
 	}
+
 	// Back to back, windows are as long as the step between their resets.
 	length := wholeSeconds(rl.Reset.Sub(now))
 	if step := wholeSeconds(rl.Reset.Sub(p.win.reset)); step <= length {
@@ -504,8 +510,15 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 	}
 	end := p.end()
 	p.switchAt = time.Time{}
-	if p.learned && end.After(now) {
+	switch {
+	case p.learned && end.After(now):
 		p.switchAt = end
+	case p.learned:
+		// Past the learned end, and no reading from the next window yet: the learned end
+		// can be a little early, and the next window has its own budget. Go on at a
+		// window's pace; a refusal ends that.
+		p.setRate(now, p.windowRate())
+		return
 	}
 	left := max(end.Sub(now), probeStep)
 	avail := max(float64(p.win.lowest-inflight)-p.foreign*left.Seconds(), 1)
@@ -517,12 +530,17 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 // org spent first-lowest units, the pacer's own turns between the two requests they answer
 // being some of them. Answers are matched to turns roughly, so over a short time the count is
 // noisy: until foreignPrior has passed it leans on the last window's figure.
-func (p *Pacer) estimateForeign() {
-	dt := p.last.at.Sub(p.win.firstTurn.at).Seconds()
+func (p *Pacer) estimateForeign(now time.Time) {
+	// The reading counts the turns until its request's, which went no later than the
+	// shortest latency ago. Count every turn so far as counted, those in flight too, so
+	// that noise in matching answers to turns never makes the pacer see another client
+	// when it is alone: the estimate errs low by the few requests in flight.
+	dt := now.Add(-p.minLatency()).Sub(p.win.firstTurn.at).Seconds()
 	if dt <= 0 || p.win.firstTurn.n == 0 {
 		return
 	}
-	theirs := float64(p.win.first - p.win.lowest - (p.last.n - p.win.firstTurn.n))
+	mine := p.granted - p.win.firstTurn.n
+	theirs := float64(p.win.first - p.win.lowest - mine)
 	prior := foreignPrior.Seconds()
 	p.foreign = max((theirs+p.foreignBefore*prior)/(dt+prior), 0)
 }
