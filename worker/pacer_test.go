@@ -345,6 +345,15 @@ func TestPacerLearnsWhereTheWindowEnds(t *testing.T) {
 		}
 	})
 
+	t.Run("and is not slowed past that end by a late reading of the window", func(t *testing.T) {
+		r := setup(t)
+		r.advanceTo(at(11.25))
+		r.p.Observe(reading(600, 5, at(12)), 4) // not (5-4) over a probe step
+		if got := r.p.lim.Limit(); got != 60 {
+			t.Errorf("rate %v/s on a reading of the window after its learned end; want the window's pace, 60/s", got)
+		}
+	})
+
 	t.Run("and forgets it when refused after that end", func(t *testing.T) {
 		r := setup(t)
 		r.advanceTo(at(10.5))
@@ -392,4 +401,52 @@ func TestPacerGivesATurnBackWhenItsCallerLeaves(t *testing.T) {
 	if got := r.turnsSince(1); len(got) != 1 || !got[0].at.Equal(t0.Add(time.Second)) {
 		t.Errorf("turns: %v; want the third caller served at %v, one second after the first", got, t0.Add(time.Second))
 	}
+}
+
+func TestPacerMakesUpForAMomentWithNoCallerWaiting(t *testing.T) {
+	t.Run("what came due while no one waited goes at once, the rest at the pace", func(t *testing.T) {
+		r := newPacerRig(t, 3600, t0) // 60 a second
+		r.wait(0, PriorityLive)
+		r.advanceTo(t0.Add(100 * time.Millisecond)) // six turns came due, no one waiting
+		for i := 1; i <= 10; i++ {
+			r.wait(i, PriorityLive)
+		}
+		got := r.turnsSince(1)
+		if len(got) != 6 {
+			t.Fatalf("%d turns at once after 100ms with no caller; want the 6 that came due", len(got))
+		}
+		r.advanceTo(t0.Add(200 * time.Millisecond))
+		if want := t0.Add(100*time.Millisecond + time.Second/60); !near(r.got[7].at, want) {
+			t.Errorf("the next turn at %v; want %v, at the pace", r.got[7].at, want)
+		}
+	})
+
+	t.Run("but at most a quarter of a second's worth", func(t *testing.T) {
+		r := newPacerRig(t, 3600, t0)
+		r.wait(0, PriorityLive)
+		r.advanceTo(t0.Add(5 * time.Second))
+		for i := 1; i <= 30; i++ {
+			r.wait(i, PriorityLive)
+		}
+		if got := len(r.turnsSince(1)); got != 15 {
+			t.Errorf("%d turns at once after 5s with no caller; want 15, a quarter of a second at 60/s", got)
+		}
+	})
+
+	t.Run("and none after a pause: it starts again with one turn", func(t *testing.T) {
+		r := newPacerRig(t, 3600, t0)
+		r.wait(0, PriorityLive)
+		r.p.OrgThrottled(kustomer.RateLimit{Limit: -1, Remaining: -1, RetryAfter: time.Second})
+		for i := 1; i <= 10; i++ {
+			r.wait(i, PriorityLive)
+		}
+		r.advanceTo(t0.Add(time.Second))
+		if got := r.turnsSince(1); len(got) != 1 || !got[0].at.Equal(t0.Add(time.Second)) {
+			t.Fatalf("turns when the pause ended: %v; want one, at %v", got, t0.Add(time.Second))
+		}
+		r.advanceTo(t0.Add(1100 * time.Millisecond))
+		if got := len(r.turnsSince(1)); got != 7 {
+			t.Errorf("%d turns in the 100ms after the pause; want 7 at 60/s", got)
+		}
+	})
 }
