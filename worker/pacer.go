@@ -521,8 +521,18 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 		return
 	}
 	left := max(end.Sub(now), probeStep)
-	avail := max(float64(p.win.lowest-inflight)-p.foreign*left.Seconds(), 1)
+	avail := max(float64(p.win.lowest)-p.uncounted(now, inflight)-p.foreign*left.Seconds(), 1)
 	p.setRate(now, rate.Limit(avail/left.Seconds()))
+}
+
+// uncounted is how many of the pacer's own requests in flight the lowest reading is taken
+// not to count yet; p.mu is held. Those that got their turn within the shortest latency
+// went after the request it answers; of the others in flight, sent before them, about half
+// did (answers come back out of order).
+func (p *Pacer) uncounted(now time.Time, inflight int) float64 {
+	latest := now.Add(-p.minLatency())
+	sure := min(len(p.recent)-sort.Search(len(p.recent), func(k int) bool { return p.recent[k].After(latest) }), inflight)
+	return float64(inflight+sure) / 2
 }
 
 // estimateForeign updates how fast the org's other clients spend the budget from the lowest
