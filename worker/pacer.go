@@ -49,12 +49,12 @@ type Pacer struct {
 	// The budget as Kustomer reports it.
 	win         window
 	pausedUntil time.Time
-	paused      bool          // a pause was set and dispatch has not yet seen it end
-	probing     bool          // until a reading from the next window: one request a probeStep
-	switchAt    time.Time     // the learned end of the window: from then on, the pace of a new one
-	offset      time.Duration // how much earlier than the rounded reset the last window ended, for a send
-	learned     bool          // offset holds; else the end is taken as the earliest possible
-	blind       int           // org-wide 429s in a row that said nothing of when to retry
+	paused      bool      // a pause was set and dispatch has not yet seen it end
+	probing     bool      // until a reading from the next window: one request a probeStep
+	switchAt    time.Time // the learned end of the window: from then on, the pace of a new one
+	learnedEnd  time.Time // when the current window ends, for a send, as learned when it began
+	learned     bool      // learnedEnd holds; else the end is taken as the earliest possible
+	blind       int       // org-wide 429s in a row that said nothing of when to retry
 
 	// The org's other clients: how fast they spend the budget, in units a second, as the
 	// readings of the current window show it, and as the last window's showed it.
@@ -390,7 +390,7 @@ func (p *Pacer) pause(now, t time.Time) {
 // Before the pacer has seen a window turn, it is the earliest end the rounded reset allows.
 func (p *Pacer) end() time.Time {
 	if p.learned {
-		return p.win.reset.Add(-p.offset)
+		return p.learnedEnd
 	}
 	return p.win.reset.Add(-resetGranularity)
 }
@@ -471,24 +471,34 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 	p.spread(now, inflight)
 }
 
-// turned takes the first reading from a new window; p.mu is held. The window before ended no
+// turned takes the first reading from a new window; p.mu is held. The new window began no
 // later than the turn of the request this reading answers, which was at most the answer's
-// time less the shortest latency: that tells how much earlier than its rounded reset the
-// window ended, and so, windows being whole seconds, where the new one will end.
+// time less the shortest latency: windows being whole seconds, that tells where it ends,
+// more closely than its rounded reset does. (A window need not begin where the one before
+// ended: it begins with the first request after that.)
 func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
+	// Back to back, windows are as long as the step between their resets.
+	length := wholeSeconds(rl.Reset.Sub(now))
+	if step := wholeSeconds(rl.Reset.Sub(p.win.reset)); step <= length {
+		length = step
+	}
+
 	p.learned = false
 	latest := now.Add(-p.minLatency())
 	// recent[i-1] is the last turn at or before latest.
 	i := sort.Search(len(p.recent), func(k int) bool { return p.recent[k].After(latest) })
 	if i >= 2 && p.recent[i-1].Sub(p.recent[i-2]) <= learnGap {
-		p.offset = min(max(p.win.reset.Sub(p.recent[i-1]), 0), resetGranularity)
+		// It ends after its rounded reset less a second: it is at least this long. (Both
+		// bounds above are too long when the window began just after a whole second.)
+		length = min(length, wholeSeconds(rl.Reset.Add(-resetGranularity).Sub(p.recent[i-1])))
+		p.learnedEnd = p.recent[i-1].Add(length)
+		if earliest := rl.Reset.Add(-resetGranularity); p.learnedEnd.Before(earliest) {
+			p.learnedEnd = earliest
+		}
+		if p.learnedEnd.After(rl.Reset) {
+			p.learnedEnd = rl.Reset
+		}
 		p.learned = true
-	}
-
-	// Back to back, windows are as long as the step between their resets.
-	length := wholeSeconds(rl.Reset.Sub(now))
-	if step := wholeSeconds(rl.Reset.Sub(p.win.reset)); step <= length {
-		length = step
 	}
 	p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: length, first: rl.Remaining, firstTurn: p.last}
 	p.foreignBefore = p.foreign

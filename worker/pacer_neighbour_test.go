@@ -48,8 +48,8 @@ type neighbourRun struct {
 
 // simulateNeighbour runs a pacer at the budget's rate with ten callers always waiting, each
 // answered 50 to 150 ms after its turn, against an org window of 600 a 10 s that another
-// client spends otherPerSecond of, evenly (none at 0). Everything runs on the fake clock, in 1 ms steps.
-func simulateNeighbour(t *testing.T, otherPerSecond float64, windows int) neighbourRun {
+// client spends otherPerSecond of, evenly (none at 0), from lead before the pacer's first turn. Everything runs on the fake clock, in 1 ms steps.
+func simulateNeighbour(t *testing.T, otherPerSecond float64, lead time.Duration, windows int) neighbourRun {
 	t.Helper()
 	r := newPacerRig(t, 3600, t0)
 	org := &orgWindow{budget: 600, length: 10 * time.Second}
@@ -71,7 +71,7 @@ func simulateNeighbour(t *testing.T, otherPerSecond float64, windows int) neighb
 	var (
 		inflight []answer
 		seen     int // turns taken to the org so far
-		nextO    = t0
+		nextO    = t0.Add(-lead)
 		id       int
 	)
 	end := t0.Add(time.Duration(windows) * 10 * time.Second)
@@ -122,8 +122,7 @@ func simulateNeighbour(t *testing.T, otherPerSecond float64, windows int) neighb
 			id++
 		}
 	}
-	// The counts were made per window with the window's first arrival; "their" refusals
-	// include the other client's and the pacer's own as separate slices of equal length.
+	// One count of each kind for every window, none missing at the end.
 	for _, xs := range []*[]int{&run.theirs, &run.refusedTheirs, &run.refusedMine} {
 		for len(*xs) < len(run.mine) {
 			*xs = append(*xs, 0)
@@ -140,24 +139,20 @@ func (r *pacerRig) waitingNow() int {
 }
 
 func TestPacerIsAGoodNeighbour(t *testing.T) {
-	t.Run("another client spending 30 % steadily is not refused, and the rest is used", func(t *testing.T) {
-		run := simulateNeighbour(t, 18, 4)
-		// The first window is the pacer's first: it learns there. Judge the whole ones after.
-		for w := 1; w < len(run.mine)-1; w++ {
-			admitted := run.mine[w] - run.refusedMine[w]
-			got := run.theirs[w] - run.refusedTheirs[w]
-			t.Logf("window %d: the pacer %d admitted (%d refused), the other client %d of %d", w+1, admitted, run.refusedMine[w], got, run.theirs[w])
-			if run.refusedTheirs[w] > run.theirs[w]/100 {
-				t.Errorf("window %d: the other client was refused %d of %d requests; want at most 1 %%", w+1, run.refusedTheirs[w], run.theirs[w])
-			}
-			if left := 600 - got; admitted < left*95/100 {
-				t.Errorf("window %d: the pacer used %d of the %d the other client left; want at least 95 %%", w+1, admitted, left)
-			}
-		}
-	})
+	for _, tc := range []struct {
+		name string
+		lead time.Duration
+	}{
+		{"another client spending 30 % steadily is not refused, and the rest is used", 0},
+		// The window the pacer joins is spent early; the next begins just after a whole
+		// second, so its rounded reset is nearly a second late.
+		{"nor when it began the window 300ms before the pacer", 300 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) { goodNeighbour(t, simulateNeighbour(t, 18, tc.lead, 4)) })
+	}
 
 	t.Run("alone, it spends the whole window", func(t *testing.T) {
-		run := simulateNeighbour(t, 0, 4)
+		run := simulateNeighbour(t, 0, 0, 4)
 		for w := 1; w < len(run.mine)-1; w++ {
 			admitted := run.mine[w] - run.refusedMine[w]
 			t.Logf("window %d: %d admitted, %d refused", w+1, admitted, run.refusedMine[w])
@@ -166,4 +161,21 @@ func TestPacerIsAGoodNeighbour(t *testing.T) {
 			}
 		}
 	})
+}
+
+// goodNeighbour checks the whole windows of a run shared with a client spending 30 %: the
+// first is the pacer's first, where it learns, and the last is cut short.
+func goodNeighbour(t *testing.T, run neighbourRun) {
+	t.Helper()
+	for w := 1; w < len(run.mine)-1; w++ {
+		admitted := run.mine[w] - run.refusedMine[w]
+		got := run.theirs[w] - run.refusedTheirs[w]
+		t.Logf("window %d: the pacer %d admitted (%d refused), the other client %d of %d", w+1, admitted, run.refusedMine[w], got, run.theirs[w])
+		if run.refusedTheirs[w] > run.theirs[w]/100 {
+			t.Errorf("window %d: the other client was refused %d of %d requests; want at most 1 %%", w+1, run.refusedTheirs[w], run.theirs[w])
+		}
+		if left := 600 - got; admitted < left*95/100 {
+			t.Errorf("window %d: the pacer used %d of the %d the other client left; want at least 95 %%", w+1, admitted, left)
+		}
+	}
 }
