@@ -13,19 +13,24 @@ import (
 )
 
 // Pacer is the one gate every request to Kustomer passes. It hands out the org's rate budget
-// to waiting requests in class order, at no more than the configured rate, and follows what
-// Kustomer reports on every answer:
+// to waiting requests in class order, at no more than the configured rate on average, and
+// follows what Kustomer reports on every answer:
 //
 //   - It spreads what the headers say is left of the window over the time until the window's
 //     end, so that it neither leaves budget unspent nor spends the last of it early, when
-//     another client of the org still needs some.
+//     another client of the org still needs some: what other clients spent since the
+//     window's first reading (the budget gone, less the pacer's own turns) tells how fast
+//     they spend, and the pacer leaves them that much until the end.
 //   - When the window is spent (a reading of zero, or an org-wide 429) every caller pauses
 //     until the window turns, so one 429 stops the whole pool. A reading from the next window
 //     ends the pause at once.
 //   - x-ratelimit-reset comes in whole seconds, so a window reported to end at R ends up to a
-//     second earlier. The pacer learns how much earlier from the readings: the window has
-//     turned when a request is answered from the next window. Until it knows, it plans for
-//     the earliest end and probes, one request a probe step, for the next window.
+//     second earlier. The pacer learns where from the readings: a window began no later than
+//     the turn of the first request answered from it, and lasts whole seconds. Until it
+//     knows, it plans for the earliest end and probes, one request a probe step, for the
+//     next window.
+//   - A moment with no caller waiting does not lose budget for good: what came due in the
+//     last quarter second goes when callers come back (never right after a pause).
 //
 // Nothing made before a pause or a change of rate holds up what comes after it: there is at
 // most one reservation at the rate limiter, for the next request to go, and it is taken back
