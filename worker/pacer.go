@@ -54,12 +54,13 @@ type Pacer struct {
 	// The budget as Kustomer reports it.
 	win         window
 	pausedUntil time.Time
-	paused      bool      // a pause was set and dispatch has not yet seen it end
-	probing     bool      // until a reading from the next window: one request a probeStep
-	switchAt    time.Time // the learned end of the window: from then on, the pace of a new one
-	learnedEnd  time.Time // when the current window ends, for a send, as learned when it began
-	learned     bool      // learnedEnd holds; else the end is taken as the earliest possible
-	blind       int       // org-wide 429s in a row that said nothing of when to retry
+	paused      bool          // a pause was set and dispatch has not yet seen it end
+	probing     bool          // until a reading from the next window: one request a probeStep
+	switchAt    time.Time     // the learned end of the window: from then on, the pace of a new one
+	learnedEnd  time.Time     // when the current window ends, for a send, as learned when it began
+	step        time.Duration // the shortest step yet between two windows' resets; 0 before a turn
+	learned     bool          // learnedEnd holds; else the end is taken as the earliest possible
+	blind       int           // org-wide 429s in a row that said nothing of when to retry
 
 	// The org's other clients: how fast they spend the budget, in units a second, as the
 	// readings of the current window show it, and as the last window's showed it.
@@ -482,19 +483,22 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 // more closely than its rounded reset does. (A window need not begin where the one before
 // ended: it begins with the first request after that.)
 func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
-	// Back to back, windows are as long as the step between their resets.
-	length := wholeSeconds(rl.Reset.Sub(now))
-	if step := wholeSeconds(rl.Reset.Sub(p.win.reset)); step <= length {
-		length = step
+	// The step between two windows' resets is never shorter than a window, and as long as
+	// one unless the second began after a gap or just after a whole second: windows all
+	// last as long, so the shortest step yet is the best guess.
+	step := wholeSeconds(rl.Reset.Sub(p.win.reset))
+	if p.step == 0 || step < p.step {
+		p.step = step
 	}
+	length := min(wholeSeconds(rl.Reset.Sub(now)), p.step)
 
 	p.learned = false
 	latest := now.Add(-p.minLatency())
 	// recent[i-1] is the last turn at or before latest.
 	i := sort.Search(len(p.recent), func(k int) bool { return p.recent[k].After(latest) })
 	if i >= 2 && p.recent[i-1].Sub(p.recent[i-2]) <= learnGap {
-		// It ends after its rounded reset less a second: it is at least this long. (Both
-		// bounds above are too long when the window began just after a whole second.)
+		// It ends after its rounded reset less a second: it is at least this long. (The
+		// bounds above can be a second too long when it began just after a whole second.)
 		length = min(length, wholeSeconds(rl.Reset.Add(-resetGranularity).Sub(p.recent[i-1])))
 		p.learnedEnd = p.recent[i-1].Add(length)
 		if earliest := rl.Reset.Add(-resetGranularity); p.learnedEnd.Before(earliest) {

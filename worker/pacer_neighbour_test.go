@@ -49,9 +49,9 @@ type neighbourRun struct {
 // simulateNeighbour runs a pacer at the budget's rate with ten callers always waiting, each
 // answered 50 to 150 ms after its turn, against an org window of 600 a 10 s that another
 // client spends otherPerSecond of, evenly (none at 0), from lead before the pacer's first turn. Everything runs on the fake clock, in 1 ms steps.
-func simulateNeighbour(t *testing.T, otherPerSecond float64, lead time.Duration, windows int) neighbourRun {
+func simulateNeighbour(t *testing.T, start time.Time, otherPerSecond float64, lead time.Duration, windows int) neighbourRun {
 	t.Helper()
-	r := newPacerRig(t, 3600, t0)
+	r := newPacerRig(t, 3600, start)
 	org := &orgWindow{budget: 600, length: 10 * time.Second}
 	var run neighbourRun
 	count := func(xs *[]int) {
@@ -71,17 +71,17 @@ func simulateNeighbour(t *testing.T, otherPerSecond float64, lead time.Duration,
 	var (
 		inflight []answer
 		seen     int // turns taken to the org so far
-		nextO    = t0.Add(-lead)
+		nextO    = start.Add(-lead)
 		id       int
 	)
-	end := t0.Add(time.Duration(windows) * 10 * time.Second)
-	otherEvery := 2 * end.Sub(t0) // alone
+	end := start.Add(time.Duration(windows) * 10 * time.Second)
+	otherEvery := 2 * end.Sub(start) // alone
 	if otherPerSecond > 0 {
 		otherEvery = time.Duration(float64(time.Second) / otherPerSecond)
 	} else {
 		nextO = end
 	}
-	for now := t0; now.Before(end); now = now.Add(time.Millisecond) {
+	for now := start; now.Before(end); now = now.Add(time.Millisecond) {
 		r.advanceTo(now)
 		for ; !nextO.After(now); nextO = nextO.Add(otherEvery) {
 			ok, _ := arrive(nextO)
@@ -148,19 +148,28 @@ func TestPacerIsAGoodNeighbour(t *testing.T) {
 		// second, so its rounded reset is nearly a second late.
 		{"nor when it began the window 300ms before the pacer", 300 * time.Millisecond},
 	} {
-		t.Run(tc.name, func(t *testing.T) { goodNeighbour(t, simulateNeighbour(t, 18, tc.lead, 4)) })
+		t.Run(tc.name, func(t *testing.T) { goodNeighbour(t, simulateNeighbour(t, t0, 18, tc.lead, 4)) })
 	}
 
-	t.Run("alone, it spends the whole window", func(t *testing.T) {
-		run := simulateNeighbour(t, 0, 0, 4)
-		for w := 1; w < len(run.mine)-1; w++ {
-			admitted := run.mine[w] - run.refusedMine[w]
-			t.Logf("window %d: %d admitted, %d refused", w+1, admitted, run.refusedMine[w])
-			if admitted < 594 || run.refusedMine[w] > 3 {
-				t.Errorf("window %d: %d of 600 used, %d refused; want at least 99 %% and at most 3 refused", w+1, admitted, run.refusedMine[w])
-			}
-		}
+	t.Run("alone, it spends the whole window", func(t *testing.T) { spendsAll(t, simulateNeighbour(t, t0, 0, 0, 4)) })
+
+	// Each window begins a little after the one before ended; the third begins just after a
+	// whole second, and the step between the resets is a second longer than a window.
+	t.Run("alone, a window that begins just after a whole second is not taken for a second longer", func(t *testing.T) {
+		spendsAll(t, simulateNeighbour(t, at(0.96), 0, 0, 6))
 	})
+}
+
+// spendsAll checks the whole windows of a run alone.
+func spendsAll(t *testing.T, run neighbourRun) {
+	t.Helper()
+	for w := 1; w < len(run.mine)-1; w++ {
+		admitted := run.mine[w] - run.refusedMine[w]
+		t.Logf("window %d: %d admitted, %d refused", w+1, admitted, run.refusedMine[w])
+		if admitted < 594 || run.refusedMine[w] > 3 {
+			t.Errorf("window %d: %d of 600 used, %d refused; want at least 99 %% and at most 3 refused", w+1, admitted, run.refusedMine[w])
+		}
+	}
 }
 
 // goodNeighbour checks the whole windows of a run shared with a client spending 30 %: the
