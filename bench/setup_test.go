@@ -34,7 +34,7 @@ import (
 // usage applies unless the flag is given.
 var (
 	updatesFlag       = flag.Int("bench.updates", 20000, "updates per repetition of BenchmarkThroughput (-short: 500)")
-	budgetUpdatesFlag = flag.Int("bench.budget-updates", 3000, "updates of BenchmarkBudget and BenchmarkSharedBudget (-short: 100)")
+	budgetUpdatesFlag = flag.Int("bench.budget-updates", 3000, "updates of BenchmarkBudget, every case (-short: 100)")
 	budgetFlag        = flag.Int("bench.budget", 600, "the fake's org budget per window in the budget benchmarks (-short: 60)")
 	windowFlag        = flag.Duration("bench.window", 10*time.Second, "the fake's budget window in the budget benchmarks (-short: 1s)")
 	smallBacklogFlag  = flag.Int("bench.small-backlog", 1000, "the small backlog of BenchmarkMemory (-short: 200)")

@@ -13,19 +13,24 @@ import (
 )
 
 // Pacer is the one gate every request to Kustomer passes. It hands out the org's rate budget
-// to waiting requests in class order, at no more than the configured rate, and follows what
-// Kustomer reports on every answer:
+// to waiting requests in class order, at no more than the configured rate on average, and
+// follows what Kustomer reports on every answer:
 //
 //   - It spreads what the headers say is left of the window over the time until the window's
 //     end, so that it neither leaves budget unspent nor spends the last of it early, when
-//     another client of the org still needs some.
+//     another client of the org still needs some: what other clients spent since the
+//     window's first reading (the budget gone, less the pacer's own turns) tells how fast
+//     they spend, and the pacer leaves them that much until the end.
 //   - When the window is spent (a reading of zero, or an org-wide 429) every caller pauses
 //     until the window turns, so one 429 stops the whole pool. A reading from the next window
 //     ends the pause at once.
 //   - x-ratelimit-reset comes in whole seconds, so a window reported to end at R ends up to a
-//     second earlier. The pacer learns how much earlier from the readings: the window has
-//     turned when a request is answered from the next window. Until it knows, it plans for
-//     the earliest end and probes, one request a probe step, for the next window.
+//     second earlier. The pacer learns where from the readings: a window began no later than
+//     the turn of the first request answered from it, and lasts whole seconds. Until it
+//     knows, it plans for the earliest end and probes, one request a probe step, for the
+//     next window.
+//   - A moment with no caller waiting does not lose budget for good: what came due in the
+//     last quarter second goes when callers come back (never right after a pause).
 //
 // Nothing made before a pause or a change of rate holds up what comes after it: there is at
 // most one reservation at the rate limiter, for the next request to go, and it is taken back
@@ -49,17 +54,29 @@ type Pacer struct {
 	// The budget as Kustomer reports it.
 	win         window
 	pausedUntil time.Time
+	paused      bool          // a pause was set and dispatch has not yet seen it end
 	probing     bool          // until a reading from the next window: one request a probeStep
 	switchAt    time.Time     // the learned end of the window: from then on, the pace of a new one
-	offset      time.Duration // how much earlier than the rounded reset the last window ended, for a send
-	learned     bool          // offset holds; else the end is taken as the earliest possible
+	learnedEnd  time.Time     // when the current window ends, for a send, as learned when it began
+	step        time.Duration // the shortest step yet between two windows' resets; 0 before a turn
+	learned     bool          // learnedEnd holds; else the end is taken as the earliest possible
 	blind       int           // org-wide 429s in a row that said nothing of when to retry
 
+	// The org's other clients: how fast they spend the budget, in units a second, as the
+	// readings of the current window show it, and as the last window's showed it.
+	foreign, foreignBefore float64
+
 	// Matching answers to the requests they answer, roughly.
-	sent      []time.Time // when each request not yet answered got its turn, oldest first
+	sent      []sentTurn  // the turns of the requests not yet answered, oldest first
 	recent    []time.Time // when the last recentKeep requests got their turn, oldest first
 	latencies []time.Duration
-	lastSent  time.Time // turn of the request the last answer is taken to answer
+	last      sentTurn // turn of the request the last answer is taken to answer
+}
+
+// sentTurn is one turn handed out: when, and how many turns had been handed out with it.
+type sentTurn struct {
+	at time.Time
+	n  int
 }
 
 // window is the current budget window as the readings show it.
@@ -68,6 +85,11 @@ type window struct {
 	lowest int           // lowest x-ratelimit-remaining read for it
 	limit  int           // x-ratelimit-limit
 	length time.Duration // how long a window lasts, in whole seconds, as read at its first reading
+
+	// The first reading of the window and the turn it answered: what the org has spent
+	// since, less the pacer's own turns since, is what other clients spent.
+	first     int
+	firstTurn sentTurn
 }
 
 // waiter is one caller of Wait.
@@ -103,6 +125,13 @@ const (
 	// learnGap is the largest gap between two turns around a window's turn that still
 	// tells where the window ended.
 	learnGap = 250 * time.Millisecond
+	// foreignPrior is how long the readings of a window must span before the estimate of
+	// what other clients spend leans more on them than on the last window's.
+	foreignPrior = time.Second
+	// sendGrace is how long after its turn a request may take to count as in flight.
+	sendGrace = 20 * time.Millisecond
+	// catchUp is how long a time with no caller waiting the pacer makes up for afterwards.
+	catchUp = 250 * time.Millisecond
 	// recentKeep is how many turns, and latencies, the pacer remembers.
 	recentKeep  = 256
 	latencyKeep = 64
@@ -141,10 +170,13 @@ func NewPacer(perMinute int, opts ...PacerOption) *Pacer {
 	if perMinute > 0 {
 		ceiling = rate.Limit(float64(perMinute) / 60)
 	}
-	p := &Pacer{clock: SystemClock{}, ceiling: ceiling, lim: rate.NewLimiter(ceiling, 1)}
+	p := &Pacer{clock: SystemClock{}, ceiling: ceiling}
 	for _, o := range opts {
 		o(p)
 	}
+	// One token to begin with, as after a pause.
+	p.lim = rate.NewLimiter(ceiling, burstFor(ceiling))
+	p.lim.AllowN(p.clock.Now(), p.lim.Burst()-1)
 	return p
 }
 
@@ -198,6 +230,10 @@ func (p *Pacer) dispatch(now time.Time) {
 	if !p.switchAt.IsZero() && !now.Before(p.switchAt) {
 		p.switchAt = time.Time{}
 		p.setRate(now, p.windowRate())
+	}
+	if p.paused && !now.Before(p.pausedUntil) {
+		p.paused = false
+		p.drain(now)
 	}
 	for p.waiting() > 0 {
 		if now.Before(p.pausedUntil) {
@@ -257,7 +293,7 @@ func (p *Pacer) grant(now time.Time) {
 	w.granted = true
 	close(w.ready)
 	p.granted++
-	p.sent = append(p.sent, now)
+	p.sent = append(p.sent, sentTurn{at: now, n: p.granted})
 	p.recent = append(p.recent, now)
 	if len(p.recent) > recentKeep {
 		p.recent = slices.Delete(p.recent, 0, len(p.recent)-recentKeep)
@@ -308,6 +344,29 @@ func (p *Pacer) setRate(now time.Time, r rate.Limit) {
 	}
 	p.release(now)
 	p.lim.SetLimitAt(now, r)
+	b := burstFor(r)
+	if p.probing {
+		b = 1
+	}
+	p.lim.SetBurstAt(now, b)
+}
+
+// burstFor is how many turns may go at once at rate r: those that came due in the last
+// catchUp while no caller was waiting, so that a moment with no caller ready does not lose
+// budget for good. Over any time t the pacer still hands out at most r*t + burstFor(r) turns.
+func burstFor(r rate.Limit) int {
+	if r == rate.Inf {
+		return 1
+	}
+	return max(int(float64(r)*catchUp.Seconds()), 1)
+}
+
+// drain gives up the turns saved for catching up; p.mu is held. After a pause the pacer
+// starts again with one turn, not a burst.
+func (p *Pacer) drain(now time.Time) {
+	b := p.lim.Burst()
+	p.lim.SetBurstAt(now, 1)
+	p.lim.SetBurstAt(now, b)
 }
 
 // PausedUntil is when the current pause ends; zero when not paused.
@@ -328,6 +387,7 @@ func (p *Pacer) pause(now, t time.Time) {
 	if t.After(p.pausedUntil) {
 		p.pausedUntil = t
 	}
+	p.paused = true
 	p.spare = 0
 	p.release(now)
 }
@@ -336,7 +396,7 @@ func (p *Pacer) pause(now, t time.Time) {
 // Before the pacer has seen a window turn, it is the earliest end the rounded reset allows.
 func (p *Pacer) end() time.Time {
 	if p.learned {
-		return p.win.reset.Add(-p.offset)
+		return p.learnedEnd
 	}
 	return p.win.reset.Add(-resetGranularity)
 }
@@ -351,20 +411,23 @@ func (p *Pacer) Observe(rl kustomer.RateLimit, inflight int) {
 	defer p.dispatch(now)
 	p.answered(now, inflight)
 	p.observe(now, rl, inflight)
+
 }
 
 // answered matches an answer to the request it most likely answers, the oldest one not yet
 // answered, and keeps how long that took; p.mu is held.
 func (p *Pacer) answered(now time.Time, inflight int) {
-	if extra := len(p.sent) - (max(inflight, 0) + 1); extra > 0 {
+	// Turns handed out within sendGrace may not be in flight yet, nor counted in inflight.
+	fresh := len(p.sent) - sort.Search(len(p.sent), func(k int) bool { return !p.sent[k].at.Before(now.Add(-sendGrace)) })
+	if extra := len(p.sent) - fresh - (max(inflight, 0) + 1); extra > 0 {
 		p.sent = slices.Delete(p.sent, 0, extra) // requests that ended without an answer
 	}
 	if len(p.sent) == 0 {
 		return
 	}
-	p.lastSent = p.sent[0]
+	p.last = p.sent[0]
 	p.sent = p.sent[1:]
-	p.latencies = append(p.latencies, now.Sub(p.lastSent))
+	p.latencies = append(p.latencies, now.Sub(p.last.at))
 	if len(p.latencies) > latencyKeep {
 		p.latencies = p.latencies[1:]
 	}
@@ -389,7 +452,8 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 	}
 	switch d := rl.Reset.Sub(p.win.reset); {
 	case p.win.reset.IsZero():
-		p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: wholeSeconds(rl.Reset.Sub(now))}
+		p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: wholeSeconds(rl.Reset.Sub(now)),
+			first: rl.Remaining, firstTurn: p.last}
 	case d >= 1500*time.Millisecond || d >= 500*time.Millisecond && rl.Remaining > p.win.lowest+inflight+1:
 		p.turned(now, rl)
 	case d <= -500*time.Millisecond:
@@ -404,6 +468,7 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 			return
 		}
 		p.win.lowest = rl.Remaining
+		p.estimateForeign(now)
 	}
 	if rl.Remaining == 0 {
 		p.spent(now)
@@ -412,25 +477,40 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 	p.spread(now, inflight)
 }
 
-// turned takes the first reading from a new window; p.mu is held. The window before ended no
+// turned takes the first reading from a new window; p.mu is held. The new window began no
 // later than the turn of the request this reading answers, which was at most the answer's
-// time less the shortest latency: that tells how much earlier than its rounded reset the
-// window ended, and so, windows being whole seconds, where the new one will end.
+// time less the shortest latency: windows being whole seconds, that tells where it ends,
+// more closely than its rounded reset does. (A window need not begin where the one before
+// ended: it begins with the first request after that.)
 func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
+	// The step between two windows' resets is never shorter than a window, and as long as
+	// one unless the second began after a gap or just after a whole second: windows all
+	// last as long, so the shortest step yet is the best guess.
+	step := wholeSeconds(rl.Reset.Sub(p.win.reset))
+	if p.step == 0 || step < p.step {
+		p.step = step
+	}
+	length := min(wholeSeconds(rl.Reset.Sub(now)), p.step)
+
 	p.learned = false
 	latest := now.Add(-p.minLatency())
 	// recent[i-1] is the last turn at or before latest.
 	i := sort.Search(len(p.recent), func(k int) bool { return p.recent[k].After(latest) })
 	if i >= 2 && p.recent[i-1].Sub(p.recent[i-2]) <= learnGap {
-		p.offset = min(max(p.win.reset.Sub(p.recent[i-1]), 0), resetGranularity)
+		// It ends after its rounded reset less a second: it is at least this long. (The
+		// bounds above can be a second too long when it began just after a whole second.)
+		length = min(length, wholeSeconds(rl.Reset.Add(-resetGranularity).Sub(p.recent[i-1])))
+		p.learnedEnd = p.recent[i-1].Add(length)
+		if earliest := rl.Reset.Add(-resetGranularity); p.learnedEnd.Before(earliest) {
+			p.learnedEnd = earliest
+		}
+		if p.learnedEnd.After(rl.Reset) {
+			p.learnedEnd = rl.Reset
+		}
 		p.learned = true
 	}
-	// Back to back, windows are as long as the step between their resets.
-	length := wholeSeconds(rl.Reset.Sub(now))
-	if step := wholeSeconds(rl.Reset.Sub(p.win.reset)); step <= length {
-		length = step
-	}
-	p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: length}
+	p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: length, first: rl.Remaining, firstTurn: p.last}
+	p.foreignBefore = p.foreign
 	p.pausedUntil = time.Time{} // the spent window has turned: no need to wait it out
 	p.probing = false
 }
@@ -449,12 +529,49 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 	}
 	end := p.end()
 	p.switchAt = time.Time{}
-	if p.learned && end.After(now) {
+	switch {
+	case p.learned && end.After(now):
 		p.switchAt = end
+	case p.learned:
+		// Past the learned end, and no reading from the next window yet: the learned end
+		// can be a little early, and the next window has its own budget. Go on at a
+		// window's pace; a refusal ends that.
+		p.setRate(now, p.windowRate())
+		return
 	}
 	left := max(end.Sub(now), probeStep)
-	avail := max(p.win.lowest-inflight, 1)
-	p.setRate(now, rate.Limit(float64(avail)/left.Seconds()))
+	avail := max(float64(p.win.lowest)-p.uncounted(now, inflight)-p.foreign*left.Seconds(), 1)
+	p.setRate(now, rate.Limit(avail/left.Seconds()))
+}
+
+// uncounted is how many of the pacer's own requests in flight the lowest reading is taken
+// not to count yet; p.mu is held. Those that got their turn within the shortest latency
+// went after the request it answers; of the others in flight, sent before them, about half
+// did (answers come back out of order).
+func (p *Pacer) uncounted(now time.Time, inflight int) float64 {
+	latest := now.Add(-p.minLatency())
+	sure := min(len(p.recent)-sort.Search(len(p.recent), func(k int) bool { return p.recent[k].After(latest) }), inflight)
+	return float64(inflight+sure) / 2
+}
+
+// estimateForeign updates how fast the org's other clients spend the budget from the lowest
+// reading of the window; p.mu is held. Between the window's first reading and this one the
+// org spent first-lowest units, the pacer's own turns between the two requests they answer
+// being some of them. Answers are matched to turns roughly, so over a short time the count is
+// noisy: until foreignPrior has passed it leans on the last window's figure.
+func (p *Pacer) estimateForeign(now time.Time) {
+	// The reading counts the turns until its request's, which went no later than the
+	// shortest latency ago. Count every turn so far as counted, those in flight too, so
+	// that noise in matching answers to turns never makes the pacer see another client
+	// when it is alone: the estimate errs low by the few requests in flight.
+	dt := now.Add(-p.minLatency()).Sub(p.win.firstTurn.at).Seconds()
+	if dt <= 0 || p.win.firstTurn.n == 0 {
+		return
+	}
+	mine := p.granted - p.win.firstTurn.n
+	theirs := float64(p.win.first - p.win.lowest - mine)
+	prior := foreignPrior.Seconds()
+	p.foreign = max((theirs+p.foreignBefore*prior)/(dt+prior), 0)
 }
 
 // windowRate is the pace at which a window's budget lasts the window; p.mu is held.
@@ -480,7 +597,7 @@ func (p *Pacer) spent(now time.Time) time.Duration {
 			p.setRate(now, rate.Every(probeStep))
 		}
 		return end.Sub(now)
-	case p.learned && p.lastSent.Before(end):
+	case p.learned && p.last.at.Before(end):
 		// The answer to a request sent before the end: by now the window has turned.
 		p.setRate(now, p.windowRate())
 		return 0

@@ -44,15 +44,16 @@ func TestPacerFollowsTheReportedBudget(t *testing.T) {
 
 	t.Run("spreads what is left over the time until the earliest end it cannot rule out", func(t *testing.T) {
 		p := fixedPacer(600, now)
-		p.Observe(read(104, 21*time.Second), 4)
+		// Of the 4 in flight, half are taken as counted in the reading already.
+		p.Observe(read(102, 21*time.Second), 4)
 		if got := p.lim.Limit(); got != 5 {
-			t.Errorf("rate %v/s; want (104-4)/20s = 5/s (the window may end a second before the rounded reset)", got)
+			t.Errorf("rate %v/s; want (102-2)/20s = 5/s (the window may end a second before the rounded reset)", got)
 		}
 	})
 
 	t.Run("ignores a late answer that read more budget than an earlier one", func(t *testing.T) {
 		p := fixedPacer(600, now)
-		p.Observe(read(104, 21*time.Second), 4)
+		p.Observe(read(102, 21*time.Second), 4)
 		p.Observe(read(300, 21*time.Second), 0)
 		if got := p.lim.Limit(); got != 5 {
 			t.Errorf("rate %v/s after a stale reading; want 5/s", got)
@@ -312,10 +313,17 @@ func TestPacerLearnsWhereTheWindowEnds(t *testing.T) {
 
 	t.Run("and spreads the budget to that end, not a second early", func(t *testing.T) {
 		r := setup(t)
+		// Alone: what the window lost since its first reading went to the pacer's own turns.
+		for i := 10; i < 600; i++ {
+			r.wait(i, PriorityLive)
+		}
 		r.advanceTo(at(10.2))
-		r.p.Observe(reading(600, 30, at(12)), 0)
-		if got := r.p.lim.Limit(); got != 30 {
-			t.Errorf("rate %v/s with 30 left at 10.2s; want 30/s to the learned end 11.2s", got)
+		r.p.mu.Lock()
+		left := 599 - (r.p.granted - 3) // the turns after the one the first reading answered
+		r.p.mu.Unlock()
+		r.p.Observe(reading(600, left, at(12)), 0)
+		if got := r.p.lim.Limit(); got != rate.Limit(left) {
+			t.Errorf("rate %v/s with %d left at 10.2s; want %d/s to the learned end 11.2s", got, left, left)
 		}
 	})
 
@@ -335,6 +343,15 @@ func TestPacerLearnsWhereTheWindowEnds(t *testing.T) {
 			if gap := got[i].at.Sub(got[i-1].at); (gap - time.Second/60).Abs() > time.Microsecond {
 				t.Errorf("turn %d came %s after the one before; want 1/60 s, the pace of 600 a 10s window", i, gap)
 			}
+		}
+	})
+
+	t.Run("and is not slowed past that end by a late reading of the window", func(t *testing.T) {
+		r := setup(t)
+		r.advanceTo(at(11.25))
+		r.p.Observe(reading(600, 5, at(12)), 4) // not (5-4) over a probe step
+		if got := r.p.lim.Limit(); got != 60 {
+			t.Errorf("rate %v/s on a reading of the window after its learned end; want the window's pace, 60/s", got)
 		}
 	})
 
@@ -385,4 +402,52 @@ func TestPacerGivesATurnBackWhenItsCallerLeaves(t *testing.T) {
 	if got := r.turnsSince(1); len(got) != 1 || !got[0].at.Equal(t0.Add(time.Second)) {
 		t.Errorf("turns: %v; want the third caller served at %v, one second after the first", got, t0.Add(time.Second))
 	}
+}
+
+func TestPacerMakesUpForAMomentWithNoCallerWaiting(t *testing.T) {
+	t.Run("what came due while no one waited goes at once, the rest at the pace", func(t *testing.T) {
+		r := newPacerRig(t, 3600, t0) // 60 a second
+		r.wait(0, PriorityLive)
+		r.advanceTo(t0.Add(100 * time.Millisecond)) // six turns came due, no one waiting
+		for i := 1; i <= 10; i++ {
+			r.wait(i, PriorityLive)
+		}
+		got := r.turnsSince(1)
+		if len(got) != 6 {
+			t.Fatalf("%d turns at once after 100ms with no caller; want the 6 that came due", len(got))
+		}
+		r.advanceTo(t0.Add(200 * time.Millisecond))
+		if want := t0.Add(100*time.Millisecond + time.Second/60); !near(r.got[7].at, want) {
+			t.Errorf("the next turn at %v; want %v, at the pace", r.got[7].at, want)
+		}
+	})
+
+	t.Run("but at most a quarter of a second's worth", func(t *testing.T) {
+		r := newPacerRig(t, 3600, t0)
+		r.wait(0, PriorityLive)
+		r.advanceTo(t0.Add(5 * time.Second))
+		for i := 1; i <= 30; i++ {
+			r.wait(i, PriorityLive)
+		}
+		if got := len(r.turnsSince(1)); got != 15 {
+			t.Errorf("%d turns at once after 5s with no caller; want 15, a quarter of a second at 60/s", got)
+		}
+	})
+
+	t.Run("and none after a pause: it starts again with one turn", func(t *testing.T) {
+		r := newPacerRig(t, 3600, t0)
+		r.wait(0, PriorityLive)
+		r.p.OrgThrottled(kustomer.RateLimit{Limit: -1, Remaining: -1, RetryAfter: time.Second})
+		for i := 1; i <= 10; i++ {
+			r.wait(i, PriorityLive)
+		}
+		r.advanceTo(t0.Add(time.Second))
+		if got := r.turnsSince(1); len(got) != 1 || !got[0].at.Equal(t0.Add(time.Second)) {
+			t.Fatalf("turns when the pause ended: %v; want one, at %v", got, t0.Add(time.Second))
+		}
+		r.advanceTo(t0.Add(1100 * time.Millisecond))
+		if got := len(r.turnsSince(1)); got != 7 {
+			t.Errorf("%d turns in the 100ms after the pause; want 7 at 60/s", got)
+		}
+	})
 }
