@@ -181,19 +181,18 @@ func (p *Publisher) send(ctx context.Context, m *nats.Msg, st pubState) error {
 	for {
 		p.mu.Lock()
 		p.inflight[m] = st
-		p.mu.Unlock()
 		p.pending.Add(1)
+		p.mu.Unlock()
 		_, err := p.js.PublishMsgAsync(m)
 		if err == nil {
 			return nil
 		}
 		p.mu.Lock()
-		_, ok := p.inflight[m]
-		delete(p.inflight, m)
-		p.mu.Unlock()
-		if ok {
+		if _, ok := p.inflight[m]; ok {
+			delete(p.inflight, m)
 			p.pending.Add(-1)
 		}
+		p.mu.Unlock()
 		if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
 			return p.fail(fmt.Errorf("publish to %s: %w", m.Subject, err))
 		}
@@ -214,27 +213,30 @@ func (p *Publisher) fail(err error) error {
 }
 
 func (p *Publisher) onAck(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) {
+	// The counts change under the lock that removes m from inflight, so that Wait, which
+	// returns once inflight is empty, never returns before the counts say so.
 	p.mu.Lock()
 	st, ok := p.inflight[m]
-	delete(p.inflight, m)
-	p.mu.Unlock()
 	if !ok {
+		p.mu.Unlock()
 		return
 	}
+	delete(p.inflight, m)
 	p.pending.Add(-1)
-	if p.cfg.Stream != "" && ack.Stream != p.cfg.Stream {
+	switch {
+	case p.cfg.Stream != "" && ack.Stream != p.cfg.Stream:
 		p.failed.Add(1)
-		p.fail(fmt.Errorf("publish to %s: stored in stream %s, not %s: subjects overlap", m.Subject, ack.Stream, p.cfg.Stream))
-		p.signal()
-		return
-	}
-	// A retried message refused as a duplicate was most likely stored by its own first send,
-	// whose acknowledgement was lost: it counts as published.
-	if ack.Duplicate && st.attempts == 0 {
+		if p.err == nil {
+			p.err = fmt.Errorf("publish to %s: stored in stream %s, not %s: subjects overlap", m.Subject, ack.Stream, p.cfg.Stream)
+		}
+	case ack.Duplicate && st.attempts == 0:
 		p.duplicates.Add(1)
-	} else {
+	default:
+		// Stored; or a retried message refused as a duplicate, most likely stored by its own
+		// first send, whose acknowledgement was lost: it counts as published.
 		p.published.Add(1)
 	}
+	p.mu.Unlock()
 	p.signal()
 }
 
