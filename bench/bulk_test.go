@@ -195,21 +195,7 @@ func (r *rig) startBulkPool(perMinute int, bulk bool, metrics *worker.Metrics) (
 		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
 		Attempts:    attempts, Pacer: worker.NewPacer(perMinute), Metrics: metrics, Log: discard, Config: cfg,
 	}
-	rctx, rcancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- pool.Run(rctx) }()
-	return func() {
-		rcancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				r.tb.Errorf("pool: %v", err)
-			}
-		case <-time.After(time.Minute):
-			r.tb.Fatal("pool did not stop within a minute")
-		}
-		client.CloseIdleConnections()
-	}
+	return r.runPool(pool, client)
 }
 
 // rounds publishes rounds updates to each of convs conversations, round by round, and waits

@@ -257,21 +257,7 @@ func (r *rig) startLanes(ratePerMinute int, order worker.OlderFinder) (stop func
 		Log:         discard,
 		Config:      r.wc,
 	}
-	rctx, rcancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- pool.Run(rctx) }()
-	return func() {
-		rcancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				r.tb.Errorf("pool: %v", err)
-			}
-		case <-time.After(time.Minute):
-			r.tb.Fatal("pool did not stop within a minute")
-		}
-		client.CloseIdleConnections()
-	}
+	return r.runPool(pool, client)
 }
 
 // timedCheck is the real order check, timed: one queue.OrderCheck per lane checked, each on

@@ -209,6 +209,12 @@ func (r *rig) startPool(ratePerMinute int) (stop func()) {
 		Log:         discard,
 		Config:      r.wc,
 	}
+	return r.runPool(pool, client)
+}
+
+// runPool runs pool until the returned function is called, which stops it (failing the
+// benchmark if it does not stop within a minute) and closes client's idle connections.
+func (r *rig) runPool(pool *worker.Pool, client *kustomer.Client) (stop func()) {
 	rctx, rcancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- pool.Run(rctx) }()
