@@ -99,7 +99,7 @@ func scrapeDaemon(t *testing.T) map[string]*dto.MetricFamily {
 	var fams map[string]*dto.MetricFamily
 	// The lanes are read every few seconds: wait for a reading of both lanes after the drain.
 	testwait.Until(t, "/metrics to show both lanes drained", 30*time.Second, func() bool {
-		fams = scrape(t, "http://"+d.http+"/metrics")
+		fams = scrape(t, d.url("/metrics"))
 		backlog := fams["kustomer_worker_lane_backlog_messages"]
 		if len(backlog.GetMetric()) != 2 {
 			return false

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -133,15 +134,35 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 type daemon struct {
 	t      *testing.T
 	cmd    *exec.Cmd
-	http   string
 	logs   *syncWriter
 	exited chan error
 }
 
+// servingAddr finds the address the daemon logged it serves /metrics, /healthz and /readyz on.
+var servingAddr = regexp.MustCompile(`serving /metrics, /healthz and /readyz"?[ ,]"?addr"?[=:]"?([0-9.]+:[0-9]+)`)
+
+// addr is the address of the daemon's /metrics, /healthz and /readyz, or "" until it serves
+// them. The daemon listens on a port of its own choosing (--http-addr 127.0.0.1:0) and logs
+// it: a port chosen by the test could be taken by a parallel test's server before the daemon
+// binds it.
+func (d *daemon) addr() string {
+	if m := servingAddr.FindStringSubmatch(d.logs.String()); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// url is http://addr/path once the daemon serves it, waiting up to 30 seconds.
+func (d *daemon) url(path string) string {
+	d.t.Helper()
+	testwait.Until(d.t, "the daemon to serve /metrics, /healthz and /readyz", 30*time.Second, func() bool { return d.addr() != "" })
+	return "http://" + d.addr() + path
+}
+
 func startDaemon(t *testing.T, envs map[string]string, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, http: freeAddr(t), logs: &syncWriter{}, exited: make(chan error, 1)}
-	d.cmd = exec.Command(buildBinary(t), append([]string{"run", "--http-addr", d.http, "--log-level", "debug"}, args...)...)
+	d := &daemon{t: t, logs: &syncWriter{}, exited: make(chan error, 1)}
+	d.cmd = exec.Command(buildBinary(t), append([]string{"run", "--http-addr", "127.0.0.1:0", "--log-level", "debug"}, args...)...)
 	d.cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	for k, v := range envs {
 		d.cmd.Env = append(d.cmd.Env, k+"="+v)
@@ -180,7 +201,11 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 }
 
 func (d *daemon) status(path string) int {
-	resp, err := http.Get("http://" + d.http + path)
+	addr := d.addr()
+	if addr == "" {
+		return 0
+	}
+	resp, err := http.Get("http://" + addr + path)
 	if err != nil {
 		return 0
 	}

@@ -16,7 +16,7 @@ import (
 
 // gauge reads one unlabelled metric of the daemon's /metrics, or -1.
 func (d *daemon) gauge(name string) float64 {
-	resp, err := http.Get("http://" + d.http + "/metrics")
+	resp, err := http.Get(d.url("/metrics"))
 	if err != nil {
 		return -1
 	}
