@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 )
@@ -108,30 +107,8 @@ func TestBulkWithoutABroker(t *testing.T) {
 			Config: worker.Config{Concurrency: 8, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond,
 				MaxAckPending: 200, Bulk: cfg},
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error)
-		go func() { done <- pool.Run(ctx) }()
-		testwait.Until(t, "every message acknowledged", 60*time.Second, func() bool { return q.done(int(seq)) })
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
-		for s := uint64(1); s <= seq; s++ {
-			if q.acked[s] != 1 {
-				t.Fatalf("message %d acked %d times; want once", s, q.acked[s])
-			}
-		}
-		for c := range convs {
-			got := up.applied[id(c)]
-			if len(got) != updates {
-				t.Fatalf("conversation %d: %d updates applied; want %d: %v", c, len(got), updates, got)
-			}
-			for i, n := range got {
-				if n != i {
-					t.Fatalf("conversation %d: updates applied in order %v; want stream order", c, got)
-				}
-			}
-		}
+		runUntilAcked(t, pool, q, seq, 60*time.Second)
+		wantEachOnceInOrder(t, q, up, seq, convs, updates)
 		return q, up, bulk
 	}
 

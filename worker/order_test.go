@@ -137,14 +137,27 @@ func TestOrderWithoutABroker(t *testing.T) {
 		Log:    slog.New(slog.DiscardHandler),
 		Config: worker.Config{Concurrency: 16, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond},
 	}
+	runUntilAcked(t, pool, q, seq, 30*time.Second)
+	wantEachOnceInOrder(t, q, up, seq, convs, updates)
+}
+
+// runUntilAcked runs pool until q has acknowledged messages 1..seq, then stops it.
+func runUntilAcked(t *testing.T, pool *worker.Pool, q *memQueue, seq uint64, timeout time.Duration) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- pool.Run(ctx) }()
-	testwait.Until(t, "every message acknowledged", 30*time.Second, func() bool { return q.done(int(seq)) })
+	testwait.Until(t, "every message acknowledged", timeout, func() bool { return q.done(int(seq)) })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// wantEachOnceInOrder checks that each of messages 1..seq was acknowledged once and that each
+// of convs conversations got its updates updates applied in stream order.
+func wantEachOnceInOrder(t *testing.T, q *memQueue, up *flaky, seq uint64, convs, updates int) {
+	t.Helper()
 	for s := uint64(1); s <= seq; s++ {
 		if q.acked[s] != 1 {
 			t.Fatalf("message %d acked %d times; want once", s, q.acked[s])
@@ -153,7 +166,7 @@ func TestOrderWithoutABroker(t *testing.T) {
 	for c := range convs {
 		got := up.applied[id(c)]
 		if len(got) != updates {
-			t.Fatalf("conversation %d: %d updates applied; want %d", c, len(got), updates)
+			t.Fatalf("conversation %d: %d updates applied; want %d: %v", c, len(got), updates, got)
 		}
 		for i, n := range got {
 			if n != i {
