@@ -37,7 +37,8 @@
 //     slot and makes the conv ready again if it has more jobs. A retry puts the conv on a timer
 //     that makes it ready later.
 //
-// In bulk mode (Config.Bulk, bulk.go), step 5 differs for partial updates: process hands the
+// In bulk mode (Config.Bulk, bulk.go), step 5 differs for partial updates (with a Backfill
+// lane, only the backfill lane's: live updates always go as single PUTs): process hands the
 // conversation to the bulker (take), which puts its head job into the bulk job being filled,
 // one job per conversation at most. A full job, or one that lingered with enough items, is
 // stored in the bulk bucket, submitted and read through the Budget by a goroutine of its own;
