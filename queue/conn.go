@@ -2,11 +2,13 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 
 	"github.com/kustomer-worker/kustomer-worker/internal/logtext"
@@ -100,26 +102,33 @@ func ConnectWait(ctx context.Context, cfg ConnConfig, log *slog.Logger, waiting 
 	if err != nil {
 		return nil, err
 	}
-	for attempt := 1; ; attempt++ {
+	var (
+		attempt int
+		last    *ConnectError // the last failure that may heal
+	)
+	connect := func() (*nats.Conn, error) {
+		attempt++
 		nc, err := nats.Connect(cfg.URL, opts...)
 		if err == nil {
 			return nc, nil
 		}
 		ce := classify(cfg.URL, err)
 		if ce.Kind.Permanent() {
-			return nil, ce
+			return nil, backoff.Permanent(ce)
 		}
+		last = ce
+		return nil, ce
+	}
+	notify := func(error, time.Duration) {
 		if waiting != nil {
-			waiting(attempt, ce)
-		}
-		t := time.NewTimer(reconnectDelay(attempt))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("gave up waiting for NATS at %s (%v): %w", ce.URL, ce.Err, context.Cause(ctx))
-		case <-t.C:
+			waiting(attempt, last)
 		}
 	}
+	nc, err := backoff.RetryNotifyWithData(connect, backoff.WithContext(reconnectSchedule(), ctx), notify)
+	if cerr := ctx.Err(); cerr != nil && last != nil && errors.Is(err, cerr) {
+		return nil, fmt.Errorf("gave up waiting for NATS at %s (%v): %w", last.URL, last.Err, context.Cause(ctx))
+	}
+	return nc, err
 }
 
 // options are the connection options of cfg, without RetryOnFailedConnect.
@@ -181,6 +190,18 @@ func options(cfg ConnConfig, log *slog.Logger) ([]nats.Option, error) {
 // on top.
 func reconnectDelay(attempts int) time.Duration {
 	return nthDelay(reconnectInitial, reconnectMax, attempts)
+}
+
+// reconnectSchedule is reconnectDelay's schedule, without nats.go's jitter, for ConnectWait's
+// own attempts: doubling from reconnectInitial up to reconnectMax, without end.
+func reconnectSchedule() backoff.BackOff {
+	return backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(reconnectInitial),
+		backoff.WithMaxInterval(reconnectMax),
+		backoff.WithMultiplier(2),
+		backoff.WithRandomizationFactor(0),
+		backoff.WithMaxElapsedTime(0),
+	)
 }
 
 // WaitConnected blocks until nc is connected or ctx ends.
