@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
@@ -171,16 +172,13 @@ func (r *rig) streamMsgs() uint64 {
 func (r *rig) waitDrained(want int, timeout time.Duration) {
 	r.tb.Helper()
 	deadline := time.Now().Add(timeout)
-	waitUntil := func(what string, every time.Duration, done func() bool) {
-		for !done() {
-			if time.Now().After(deadline) {
-				r.tb.Fatalf("timed out after %s waiting for %s (fake: %+v)", timeout, what, r.fake.Stats())
-			}
-			time.Sleep(every)
+	waitUntil := func(what string, done func() bool) {
+		if !testwait.WithinEvery(time.Until(deadline), time.Millisecond, done) {
+			r.tb.Fatalf("timed out after %s waiting for %s (fake: %+v)", timeout, what, r.fake.Stats())
 		}
 	}
-	waitUntil(fmt.Sprintf("%d updates applied", want), time.Millisecond, func() bool { return r.fake.Stats().Applied >= want })
-	waitUntil("the work stream to empty", time.Millisecond, func() bool { return r.streamMsgs() == 0 })
+	waitUntil(fmt.Sprintf("%d updates applied", want), func() bool { return r.fake.Stats().Applied >= want })
+	waitUntil("the work stream to empty", func() bool { return r.streamMsgs() == 0 })
 }
 
 // startPool runs a worker pool wired as the run command wires it, with --rate-per-minute

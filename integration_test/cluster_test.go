@@ -18,6 +18,8 @@ import (
 	tclog "github.com/testcontainers/testcontainers-go/log"
 	"github.com/testcontainers/testcontainers-go/network"
 	"github.com/testcontainers/testcontainers-go/wait"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 )
 
 // Settings every worker of these tests runs with, short so that the tests are fast.
@@ -103,7 +105,7 @@ func (c *cluster) startWorker(tb testing.TB, name string, env map[string]string)
 	tb.Helper()
 	all := map[string]string{
 		"NATS_URL":                 "nats://nats:4222",
-		"KUSTOMER_BASE_URL":        "http://mock:8080",
+		"KUSTOMER_URL":             "http://mock:8080",
 		"KUSTOMER_API_KEY":         "test-key", // the fake's key, not a secret
 		"KUSTOMER_RATE_PER_MINUTE": "0",        // pace by the fake's rate-limit headers alone
 		"KUSTOMER_REQUEST_TIMEOUT": "5s",
@@ -232,24 +234,13 @@ func logTail(tb testing.TB, name string, ctr *testcontainers.DockerContainer, n 
 	tb.Logf("last %d log lines of %s:\n%s", len(lines), name, strings.Join(lines, "\n"))
 }
 
-// waitFor polls cond every 200ms until it holds, and fails the test with what, timeout and
+// waitFor checks cond every 200ms until it holds, and fails the test with what, timeout and
 // cond's last status if it does not within timeout.
 func waitFor(tb testing.TB, timeout time.Duration, what string, cond func() (ok bool, status string)) {
 	tb.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(200 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, status := cond()
-		if ok {
-			return
-		}
-		select {
-		case <-deadline.C:
-			tb.Fatalf("waited %s for %s; last status: %s", timeout, what, status)
-		case <-tick.C:
-		}
+	var status string
+	if !testwait.WithinEvery(timeout, 200*time.Millisecond, func() (ok bool) { ok, status = cond(); return ok }) {
+		tb.Fatalf("waited %s for %s; last status: %s", timeout, what, status)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 )
 
@@ -472,20 +473,18 @@ func fakeClient(tb testing.TB, cfg kustomertest.Config) (*kustomertest.Server, *
 // settle reads the job's batches until it is complete, failing the test after 5 s.
 func settle(tb testing.TB, c *Client, jobID string) *BulkBatches {
 	tb.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		b, err := c.ReadBulkBatches(tb.Context(), jobID)
-		if err != nil {
+	var b *BulkBatches
+	complete := testwait.Within(5*time.Second, func() bool {
+		var err error
+		if b, err = c.ReadBulkBatches(tb.Context(), jobID); err != nil {
 			tb.Fatalf("ReadBulkBatches: %v", err)
 		}
-		if b.Complete() {
-			return b
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("job %s not complete after 5 s: %+v", jobID, b)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return b.Complete()
+	})
+	if !complete {
+		tb.Fatalf("job %s not complete after 5 s: %+v", jobID, b)
 	}
+	return b
 }
 
 func TestBulkAgainstTheFake(t *testing.T) {

@@ -28,16 +28,29 @@ func Until(tb testing.TB, what string, timeout time.Duration, cond func() bool) 
 // Within reports whether cond held within timeout, polling it as Until does, for tests that
 // fail in their own words or expect a condition never to hold.
 func Within(timeout time.Duration, cond func() bool) bool {
+	return poll(timeout, firstPoll, maxPoll, cond)
+}
+
+// WithinEvery is Within with a fixed interval between checks: for conditions costly to check
+// (a request to a container), or whose moment a test measures (the end of a benchmark run,
+// then seen within about every).
+func WithinEvery(timeout, every time.Duration, cond func() bool) bool {
+	return poll(timeout, every, every, cond)
+}
+
+// poll checks cond at once, then after first, doubling the interval up to ceiling, until cond
+// holds (true) or timeout has passed (false).
+func poll(timeout, first, ceiling time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
-	poll := firstPoll
+	every := first
 	for !cond() {
 		left := time.Until(deadline)
 		if left <= 0 {
 			return false
 		}
-		t := time.NewTimer(min(poll, left))
+		t := time.NewTimer(min(every, left))
 		<-t.C
-		poll = min(2*poll, maxPoll)
+		every = min(2*every, ceiling)
 	}
 	return true
 }

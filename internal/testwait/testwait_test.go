@@ -46,6 +46,27 @@ func TestUntil(t *testing.T) {
 	})
 }
 
+func TestWithinEvery(t *testing.T) {
+	t.Parallel()
+	t.Run("checks at once, then once per interval", func(t *testing.T) {
+		t.Parallel()
+		checks := 0
+		if testwait.WithinEvery(100*time.Millisecond, 40*time.Millisecond, func() bool { checks++; return false }) {
+			t.Fatal("WithinEvery = true for a condition that never holds")
+		}
+		if checks < 2 || checks > 4 { // at 0, 40, 80 and the deadline at 100 ms
+			t.Errorf("checked %d times in 100 ms at 40 ms intervals; want 2 to 4", checks)
+		}
+	})
+	t.Run("returns at once when the condition holds", func(t *testing.T) {
+		t.Parallel()
+		start := time.Now()
+		if !testwait.WithinEvery(time.Minute, time.Minute, func() bool { return true }) || time.Since(start) > 10*time.Second {
+			t.Errorf("WithinEvery took %s for a condition that holds", time.Since(start))
+		}
+	})
+}
+
 func TestRecv(t *testing.T) {
 	t.Parallel()
 	t.Run("returns the value sent", func(t *testing.T) {

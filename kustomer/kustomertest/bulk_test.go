@@ -95,6 +95,7 @@ func batchesOf(t testing.TB, a answer) []batchDoc {
 }
 
 func TestBulkJobsApplyItemsLikeSinglePUTs(t *testing.T) {
+	t.Parallel()
 	f := setup(t, kustomertest.Config{Budget: 10})
 	f.srv.Seed(id(1), map[string]any{"name": "old", "tags": []string{"a"}, "rev": 4})
 	a := f.submit(`[
@@ -150,6 +151,7 @@ func TestBulkJobsApplyItemsLikeSinglePUTs(t *testing.T) {
 }
 
 func TestBulkJobsProgressOnTheClock(t *testing.T) {
+	t.Parallel()
 	const d = time.Second
 	f := setup(t, kustomertest.Config{Budget: -1, BulkDuration: d, BulkBatchSize: 2})
 	start := time.Now()
@@ -218,7 +220,9 @@ func stateOrder(states []string) []int {
 }
 
 func TestBulkItemFailures(t *testing.T) {
+	t.Parallel()
 	t.Run("a bad attribute, FailBulk and Reject fail their items only", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		f.srv.FailBulk(id(2), "locked by a test")
 		f.srv.Reject(id(3), http.StatusNotFound)
@@ -256,6 +260,7 @@ func TestBulkItemFailures(t *testing.T) {
 	})
 
 	t.Run("without _clientRef there are no results, objectIds list the successes", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{RequireSeeded: true})
 		f.srv.Seed(id(1), nil)
 		a := f.submit(items(false, `"status":"done"`, 1, 2))
@@ -272,6 +277,7 @@ func TestBulkItemFailures(t *testing.T) {
 	})
 
 	t.Run("BulkFailRate 1 fails every item", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{BulkFailRate: 1, RandSeed: 7})
 		a := f.submit(items(true, `"name":"x"`, 1, 2, 3))
 		mustStatus(t, a, http.StatusCreated)
@@ -284,6 +290,7 @@ func TestBulkItemFailures(t *testing.T) {
 	})
 
 	t.Run("BulkFailRate fails a reproducible share", func(t *testing.T) {
+		t.Parallel()
 		failedOf := func() []string {
 			f := setup(t, kustomertest.Config{BulkFailRate: 0.3, RandSeed: 42})
 			ns := make([]int, 100)
@@ -312,6 +319,7 @@ func TestBulkItemFailures(t *testing.T) {
 }
 
 func TestBulkRefusals(t *testing.T) {
+	t.Parallel()
 	tooMany := make([]int, 101)
 	for i := range tooMany {
 		tooMany[i] = i + 1
@@ -336,6 +344,7 @@ func TestBulkRefusals(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is answered 400 for the whole request", func(t *testing.T) {
+			t.Parallel()
 			tt.cfg.Budget = 5
 			f := setup(t, tt.cfg)
 			a := f.submit(tt.body)
@@ -352,12 +361,14 @@ func TestBulkRefusals(t *testing.T) {
 		})
 	}
 	t.Run("a submit without Content-Type application/json is refused", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		req, _ := http.NewRequest(http.MethodPut, f.srv.URL+"/v1/conversations/bulk", strings.NewReader(items(true, `"name":"x"`, 1)))
 		req.Header.Set("Authorization", "Bearer "+kustomertest.DefaultAPIKey)
 		mustStatus(t, f.do(req), http.StatusBadRequest)
 	})
 	t.Run("an unknown job is answered 404", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		mustStatus(t, f.read("/v1/bulk/"+id(9)), http.StatusNotFound)
 		mustStatus(t, f.read("/v1/bulk/"+id(9)+"/batches"), http.StatusNotFound)
@@ -368,6 +379,7 @@ func TestBulkRefusals(t *testing.T) {
 func (a answer) String() string { return string(a.body) }
 
 func TestBulkReadsDenied(t *testing.T) {
+	t.Parallel()
 	f := setup(t, kustomertest.Config{Budget: 10, BulkReadDenied: true})
 	a := f.submit(items(true, `"name":"x"`, 1))
 	mustStatus(t, a, http.StatusCreated)
@@ -398,6 +410,7 @@ func TestBulkReadsDenied(t *testing.T) {
 }
 
 func TestBulkRequestsSpendTheOrgBudget(t *testing.T) {
+	t.Parallel()
 	f := setup(t, kustomertest.Config{Budget: 3, RetryAfter: true})
 	a := f.submit(items(true, `"name":"x"`, 1, 2))
 	mustStatus(t, a, http.StatusCreated)
@@ -420,7 +433,9 @@ func TestBulkRequestsSpendTheOrgBudget(t *testing.T) {
 }
 
 func TestBulkScriptsAndShapes(t *testing.T) {
+	t.Parallel()
 	t.Run("a scripted submit status creates no job", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		f.srv.ScriptBulkSubmit(kustomertest.Status(http.StatusServiceUnavailable))
 		mustStatus(t, f.submit(items(true, `"name":"x"`, 1)), http.StatusServiceUnavailable)
@@ -430,6 +445,7 @@ func TestBulkScriptsAndShapes(t *testing.T) {
 		mustStatus(t, f.submit(items(true, `"name":"x"`, 1)), http.StatusCreated)
 	})
 	t.Run("a slow submit creates the job although the client gave up", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		f.srv.ScriptBulkSubmit(kustomertest.Slow(time.Minute))
 		f.client.Timeout = 50 * time.Millisecond
@@ -442,6 +458,7 @@ func TestBulkScriptsAndShapes(t *testing.T) {
 		}
 	})
 	t.Run("a scripted read status is answered once", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		a := f.submit(items(true, `"name":"x"`, 1))
 		f.srv.ScriptBulkRead(kustomertest.Status(http.StatusBadGateway))
@@ -450,6 +467,7 @@ func TestBulkScriptsAndShapes(t *testing.T) {
 		mustStatus(t, f.read("/v1/bulk/"+job+"/batches"), http.StatusOK)
 	})
 	t.Run("BulkFlat puts the fields on the objects", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{BulkFlat: true})
 		a := f.submit(items(true, `"name":"x"`, 1))
 		mustStatus(t, a, http.StatusCreated)
@@ -466,6 +484,7 @@ func TestBulkScriptsAndShapes(t *testing.T) {
 }
 
 func TestBulkMockEndpoints(t *testing.T) {
+	t.Parallel()
 	f := setup(t, kustomertest.Config{BulkDuration: time.Hour})
 	a := f.submit(items(true, `"name":"x"`, 1, 2))
 	mustStatus(t, a, http.StatusCreated)
@@ -496,6 +515,7 @@ func TestBulkMockEndpoints(t *testing.T) {
 }
 
 func TestBulkConfigIsChecked(t *testing.T) {
+	t.Parallel()
 	for _, cfg := range []kustomertest.Config{{BulkDuration: -time.Second}, {BulkBatchSize: -1}, {BulkFailRate: 2}} {
 		if _, err := kustomertest.Start("127.0.0.1:0", cfg); err == nil {
 			t.Fatalf("Start accepted %+v", cfg)

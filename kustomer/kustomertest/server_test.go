@@ -14,7 +14,9 @@ import (
 )
 
 func TestUpdate(t *testing.T) {
+	t.Parallel()
 	t.Run("a partial update changes only the fields sent, replacing arrays and objects whole", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		f.srv.Seed(id(1), map[string]any{
 			"name": "a", "tags": []string{"x", "y"}, "priority": 2,
@@ -36,6 +38,7 @@ func TestUpdate(t *testing.T) {
 	})
 
 	t.Run("replace=true replaces the attributes but keeps the customer", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		f.srv.Seed(id(1), map[string]any{"name": "a", "priority": 2, "customer": id(9)})
 		mustStatus(t, f.send(http.MethodPut, "/v1/conversations/"+id(1)+"?replace=true", `{"name":"b"}`, "test-key"), http.StatusOK)
@@ -51,6 +54,7 @@ func TestUpdate(t *testing.T) {
 	})
 
 	t.Run("a customer body moves the conversation and keeps its fields", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		f.srv.Seed(id(1), map[string]any{"name": "a", "customer": id(8)})
 		a := f.put(id(1), `{"customer":"`+id(9)+`"}`)
@@ -66,6 +70,7 @@ func TestUpdate(t *testing.T) {
 	})
 
 	t.Run("rev goes up by one per applied update and only then", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		for i := 1; i <= 3; i++ {
 			a := f.put(id(1), `{"priority":`+strconv.Itoa(i)+`}`)
@@ -88,6 +93,7 @@ func TestUpdate(t *testing.T) {
 	})
 
 	t.Run("a rev in the body is ignored", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		f.srv.Seed(id(1), map[string]any{"rev": 7})
 		a := f.put(id(1), `{"rev":1,"name":"x"}`)
@@ -100,6 +106,7 @@ func TestUpdate(t *testing.T) {
 }
 
 func TestBadRequests(t *testing.T) {
+	t.Parallel()
 	f := setup(t, kustomertest.Config{Budget: 100})
 	tests := []struct {
 		name, path, body, contentType string
@@ -144,7 +151,9 @@ func TestBadRequests(t *testing.T) {
 }
 
 func TestAuthentication(t *testing.T) {
+	t.Parallel()
 	t.Run("a wrong or missing key is answered 401 and costs no budget", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{Budget: 1})
 		for _, key := range []string{"wrong-key", ""} {
 			a := f.send(http.MethodPut, "/v1/conversations/"+id(1), `{}`, key)
@@ -167,6 +176,7 @@ func TestAuthentication(t *testing.T) {
 	})
 
 	t.Run("SetAPIKey rotates the accepted key", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{APIKey: "old"})
 		mustStatus(t, f.send(http.MethodPut, "/v1/conversations/"+id(1), `{}`, "old"), http.StatusOK)
 		f.srv.SetAPIKey("new")
@@ -175,6 +185,7 @@ func TestAuthentication(t *testing.T) {
 	})
 
 	t.Run("SetForbidden answers 403 until switched off", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{Budget: 5})
 		f.srv.SetForbidden(true)
 		a := f.put(id(1), `{}`)
@@ -189,6 +200,7 @@ func TestAuthentication(t *testing.T) {
 }
 
 func TestBudgetUnderConcurrentLoad(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name                  string
 		delta                 bool
@@ -262,6 +274,7 @@ func TestBudgetUnderConcurrentLoad(t *testing.T) {
 	}
 }
 
+// Not parallel: three requests must fit in a 200 ms window, which a loaded machine can miss.
 func TestWindowReset(t *testing.T) {
 	const window = 200 * time.Millisecond
 	f := setup(t, kustomertest.Config{Budget: 2, Window: window})
@@ -297,6 +310,8 @@ func TestWindowReset(t *testing.T) {
 	}
 }
 
+// Not parallel: two requests must fit in a 100 ms conversation window, which a loaded machine
+// can miss.
 func TestConversationLimit(t *testing.T) {
 	t.Run("is answered 429 while the org budget remains, without consuming it", func(t *testing.T) {
 		f := setup(t, kustomertest.Config{Budget: 10, ConversationLimit: 2, RetryAfter: true})
@@ -329,7 +344,9 @@ func TestConversationLimit(t *testing.T) {
 }
 
 func TestScripts(t *testing.T) {
+	t.Parallel()
 	t.Run("per-id scripts come first, then ScriptAny, then Reject", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		f.srv.Reject(id(1), http.StatusNotFound)
 		f.srv.ScriptAny(kustomertest.Status(503))
@@ -351,6 +368,7 @@ func TestScripts(t *testing.T) {
 	})
 
 	t.Run("ScriptAny answers whichever id comes next", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		f.srv.ScriptAny(kustomertest.Status(500))
 		mustStatus(t, f.put(id(7), `{}`), http.StatusInternalServerError)
@@ -358,6 +376,7 @@ func TestScripts(t *testing.T) {
 	})
 
 	t.Run("scripted answers consume budget and keep the rate headers", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{Budget: 2})
 		f.srv.Script(id(1), kustomertest.Status(503))
 		a := f.put(id(1), `{}`)
@@ -370,6 +389,7 @@ func TestScripts(t *testing.T) {
 	})
 
 	t.Run("requests refused by authentication do not use up a scripted answer", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		f.srv.Script(id(1), kustomertest.Status(500))
 		mustStatus(t, f.send(http.MethodPut, "/v1/conversations/"+id(1), `{}`, "bad"), http.StatusUnauthorized)
@@ -377,6 +397,7 @@ func TestScripts(t *testing.T) {
 	})
 
 	t.Run("a 502 has an HTML body like a load balancer's", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		f.srv.Script(id(1), kustomertest.Status(502))
 		a := f.put(id(1), `{}`)
@@ -387,6 +408,7 @@ func TestScripts(t *testing.T) {
 	})
 
 	t.Run("Body replaces the answer body", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		f.srv.Script(id(1), kustomertest.Answer{Status: 422, Body: `{"errors":[{"code":"custom","message":"m","meta":{}}]}`})
 		a := f.put(id(1), `{}`)
@@ -397,6 +419,7 @@ func TestScripts(t *testing.T) {
 	})
 
 	t.Run("a scripted 429 carries Retry-After", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{RetryAfter: true})
 		f.srv.Script(id(1), kustomertest.Status(429))
 		a := f.put(id(1), `{}`)
@@ -408,6 +431,7 @@ func TestScripts(t *testing.T) {
 }
 
 func TestFaultRate(t *testing.T) {
+	t.Parallel()
 	run := func(t *testing.T) []int {
 		f := setup(t, kustomertest.Config{Budget: -1, FaultRate: 0.2, RandSeed: 42})
 		statuses := make([]int, 500)
@@ -436,7 +460,9 @@ func TestFaultRate(t *testing.T) {
 }
 
 func TestDrop(t *testing.T) {
+	t.Parallel()
 	t.Run("a scripted drop closes the connection without applying", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		f.srv.Script(id(1), kustomertest.Drop())
 		if a := f.put(id(1), `{"name":"x"}`); a.err == nil {
@@ -457,6 +483,7 @@ func TestDrop(t *testing.T) {
 	})
 
 	t.Run("DropRate 1 drops every request", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{DropRate: 1})
 		for range 3 {
 			if a := f.put(id(1), `{}`); a.err == nil {
@@ -470,7 +497,9 @@ func TestDrop(t *testing.T) {
 }
 
 func TestSlow(t *testing.T) {
+	t.Parallel()
 	t.Run("a slow answer outlasts the client's timeout, but the update is applied", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{})
 		f.client.Timeout = 100 * time.Millisecond
 		f.srv.Script(id(1), kustomertest.Slow(time.Minute))
@@ -492,6 +521,7 @@ func TestSlow(t *testing.T) {
 	})
 
 	t.Run("SlowRate with the default 35 s delay does not hold up Close", func(t *testing.T) {
+		t.Parallel()
 		srv, err := kustomertest.Start("127.0.0.1:0", kustomertest.Config{SlowRate: 1})
 		if err != nil {
 			t.Fatal(err)
@@ -523,6 +553,7 @@ func TestSlow(t *testing.T) {
 }
 
 func TestLatency(t *testing.T) {
+	t.Parallel()
 	f := setup(t, kustomertest.Config{Latency: 50 * time.Millisecond, LatencyJitter: 10 * time.Millisecond})
 	start := time.Now()
 	mustStatus(t, f.put(id(1), `{}`), http.StatusOK)
@@ -533,6 +564,7 @@ func TestLatency(t *testing.T) {
 }
 
 func TestRequireSeeded(t *testing.T) {
+	t.Parallel()
 	f := setup(t, kustomertest.Config{RequireSeeded: true})
 	f.srv.Seed(id(1), nil)
 	a := f.put(id(2), `{}`)
@@ -547,6 +579,7 @@ func TestRequireSeeded(t *testing.T) {
 }
 
 func TestUnmatchedRoutes(t *testing.T) {
+	t.Parallel()
 	f := setup(t, kustomertest.Config{Budget: 3})
 	for _, r := range []struct{ method, path string }{
 		{http.MethodGet, "/v1/conversations/" + id(1)},
@@ -570,6 +603,7 @@ func TestUnmatchedRoutes(t *testing.T) {
 }
 
 func TestUnlimitedBudgetSendsNoRateHeaders(t *testing.T) {
+	t.Parallel()
 	f := setup(t, kustomertest.Config{Budget: -1})
 	for range 3 {
 		a := f.put(id(1), `{}`)
@@ -583,7 +617,9 @@ func TestUnlimitedBudgetSendsNoRateHeaders(t *testing.T) {
 }
 
 func TestLog(t *testing.T) {
+	t.Parallel()
 	t.Run("records requests in arrival order without credentials", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{Budget: 1})
 		f.put(id(1), `{"name":"a"}`)
 		f.put(id(2), `{"name":"b"}`)
@@ -612,6 +648,7 @@ func TestLog(t *testing.T) {
 	})
 
 	t.Run("DiscardBodies keeps everything but bodies", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{DiscardBodies: true})
 		f.put(id(1), `{"name":"a"}`)
 		if reqs := f.srv.Requests(); len(reqs) != 1 || reqs[0].Body != nil || reqs[0].Status != 200 {
@@ -620,6 +657,7 @@ func TestLog(t *testing.T) {
 	})
 
 	t.Run("DisableLog keeps only the counters", func(t *testing.T) {
+		t.Parallel()
 		f := setup(t, kustomertest.Config{DisableLog: true})
 		f.put(id(1), `{"name":"a"}`)
 		f.put(id(1), `{"name":"b"}`)
@@ -633,6 +671,7 @@ func TestLog(t *testing.T) {
 }
 
 func TestMockEndpoints(t *testing.T) {
+	t.Parallel()
 	f := setup(t, kustomertest.Config{})
 	f.put(id(1), `{"name":"a"}`)
 	f.put(id(2), `not json`)
@@ -696,6 +735,7 @@ func stripTime(t *testing.T, reqs, want []kustomertest.Request) []kustomertest.R
 }
 
 func TestConfig(t *testing.T) {
+	t.Parallel()
 	bad := []kustomertest.Config{
 		{Window: -time.Second},
 		{FaultRate: 1.5},
@@ -717,6 +757,7 @@ func TestConfig(t *testing.T) {
 }
 
 func TestStart(t *testing.T) {
+	t.Parallel()
 	srv, err := kustomertest.Start(":0", kustomertest.Config{})
 	if err != nil {
 		t.Fatal(err)
