@@ -170,13 +170,13 @@ func parseBaseURL(s string) (*url.URL, string) {
 	case err != nil:
 		return nil, fmt.Sprintf("%q is not a URL", redactURL(s))
 	case u.Scheme != "http" && u.Scheme != "https":
-		return nil, fmt.Sprintf("%q must start with https:// or http://", u.Redacted())
+		return nil, fmt.Sprintf("%q must start with https:// or http://", redactedURL(u))
 	case u.Host == "":
-		return nil, fmt.Sprintf("%q has no host", u.Redacted())
+		return nil, fmt.Sprintf("%q has no host", redactedURL(u))
 	case u.User != nil:
-		return nil, fmt.Sprintf("%q must not hold credentials; the API key comes from Options.Key", u.Redacted())
+		return nil, fmt.Sprintf("%q must not hold credentials; the API key comes from Options.Key", redactedURL(u))
 	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
-		return nil, fmt.Sprintf("%q must not have a query or fragment", u.Redacted())
+		return nil, fmt.Sprintf("%q must not have a query or fragment", redactedURL(u))
 	}
 	return u, ""
 }
@@ -400,7 +400,19 @@ func redactURL(s string) string {
 		}
 		return s
 	}
-	return u.Redacted()
+	return redactedURL(u)
+}
+
+// redactedURL is u with its password, if it has one, replaced by the redaction marker
+// (url.URL.Redacted writes another, and would escape this one).
+func redactedURL(u *url.URL) string {
+	if _, ok := u.User.Password(); !ok {
+		return u.String()
+	}
+	ru := *u
+	ru.User = url.User(u.User.Username())
+	// The first '@' ends the user name: String escapes any in it.
+	return strings.Replace(ru.String(), "@", ":"+redacted+"@", 1)
 }
 
 // idProblem says what is wrong with an invalid id, quoting at most its start.

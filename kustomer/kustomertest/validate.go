@@ -5,6 +5,8 @@ import (
 	"math"
 	"sort"
 	"strings"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/logtext"
 )
 
 // maxAssigned is Kustomer's limit on assignedUsers and assignedTeams.
@@ -126,8 +128,5 @@ func show(v any) string {
 	default:
 		s = fmt.Sprint(v)
 	}
-	if len(s) > 60 {
-		s = s[:57] + "..."
-	}
-	return s
+	return logtext.Truncate(s, 60, "...")
 }
