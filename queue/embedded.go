@@ -1,21 +1,29 @@
 package queue
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 )
 
+// Defaults of EmbeddedConfig: a server for producers on this machine, at NATS's usual port,
+// with its store beside the working directory.
+const (
+	DefaultEmbeddedHost = "127.0.0.1"
+	DefaultEmbeddedPort = 4222
+	DefaultDataDir      = "./data"
+)
+
 // EmbeddedConfig configures the NATS server started inside the process when no URL is given.
 type EmbeddedConfig struct {
-	Host    string // listen address; default "127.0.0.1" so producers on this machine can publish
-	Port    int    // client port; default 4222; -1 picks a free port (tests)
-	DataDir string // JetStream file store; default "./data"
+	Host    string // listen address; default DefaultEmbeddedHost so producers on this machine can publish
+	Port    int    // client port; default DefaultEmbeddedPort; -1 picks a free port (tests)
+	DataDir string // JetStream file store; default DefaultDataDir
 }
 
 // Embedded is a nats-server running in this process, with JetStream on a file store.
@@ -25,15 +33,17 @@ type Embedded struct {
 
 // StartEmbedded starts the server and waits until it accepts connections with JetStream on.
 // The caller owns it and must call Shutdown last, after its own connections are drained.
+// JetStream failing to start, most often on a DataDir it cannot use, comes back as a
+// *ConfigError for DataDir.
 func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 	if cfg.Host == "" {
-		cfg.Host = "127.0.0.1"
+		cfg.Host = DefaultEmbeddedHost
 	}
 	if cfg.Port == 0 {
-		cfg.Port = 4222
+		cfg.Port = DefaultEmbeddedPort
 	}
 	if cfg.DataDir == "" {
-		cfg.DataDir = "./data"
+		cfg.DataDir = DefaultDataDir
 	}
 	opts := &server.Options{
 		ServerName: "kustomer-worker-embedded",
@@ -47,16 +57,27 @@ func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
 	}
-	srv.SetLoggerV2(&serverLog{log: log.With("component", "nats-server")}, false, false, false)
-	srv.Start()
+	sl := &serverLog{log: log.With("component", "nats-server"), fatal: make(chan string, 1)}
+	srv.SetLoggerV2(sl, false, false, false)
+	addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
+	srv.Start() // returns early, after a fatal error, if JetStream or the listener fails
+	select {
+	case fatal := <-sl.fatal:
+		srv.Shutdown()
+		// The server names no cause but in its message; JetStream fails on its store.
+		if strings.Contains(fatal, "JetStream") {
+			return nil, dataDirError(cfg.DataDir, fatal)
+		}
+		return nil, fmt.Errorf("embedded NATS on %s: %s", addr, fatal)
+	default:
+	}
 	if !srv.ReadyForConnections(30 * time.Second) {
 		srv.Shutdown()
-		return nil, fmt.Errorf("embedded NATS: not ready to accept connections on %s within 30s",
-			net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+		return nil, fmt.Errorf("embedded NATS: not ready to accept connections on %s within 30s", addr)
 	}
 	if !srv.JetStreamEnabled() {
 		srv.Shutdown()
-		return nil, errors.New("embedded NATS: JetStream did not start (see data-dir)")
+		return nil, dataDirError(cfg.DataDir, "JetStream is not enabled")
 	}
 	return &Embedded{srv: srv}, nil
 }
@@ -70,12 +91,29 @@ func (e *Embedded) Shutdown() {
 	e.srv.WaitForShutdown()
 }
 
-// serverLog adapts nats-server's logger to slog.
-type serverLog struct{ log *slog.Logger }
+// dataDirError says that JetStream did not start on the store in dir, and why.
+func dataDirError(dir, why string) error {
+	return &ConfigError{Type: "EmbeddedConfig", Field: "DataDir",
+		Problem: fmt.Sprintf("the embedded NATS server's JetStream did not start with its store in %q: %s", dir, why)}
+}
+
+// serverLog adapts nats-server's logger to slog, and hands the first fatal error (after which
+// the server stops starting) to StartEmbedded.
+type serverLog struct {
+	log   *slog.Logger
+	fatal chan string // buffered: the first fatal error; later ones are only logged
+}
 
 func (l *serverLog) Noticef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
 func (l *serverLog) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
-func (l *serverLog) Fatalf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
-func (l *serverLog) Errorf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
-func (l *serverLog) Debugf(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }
-func (l *serverLog) Tracef(format string, v ...any)  {}
+func (l *serverLog) Fatalf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	l.log.Error(msg)
+	select {
+	case l.fatal <- msg:
+	default:
+	}
+}
+func (l *serverLog) Errorf(format string, v ...any) { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l *serverLog) Debugf(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l *serverLog) Tracef(format string, v ...any) {}

@@ -49,11 +49,12 @@ func (f *bulkFlags) wireBulk(ctx context.Context, js jetstream.JetStream, top qu
 // bulkVars are the bulk flags' defaults, from worker's constants.
 func bulkVars() map[string]string {
 	return map[string]string{
-		"default_bulk_size":     fmt.Sprint(worker.DefaultBulkSize),
-		"default_bulk_linger":   worker.DefaultBulkLinger.String(),
-		"default_bulk_min":      fmt.Sprint(worker.DefaultBulkMin),
-		"default_bulk_deadline": worker.DefaultBulkDeadline.String(),
-		"default_bulk_bucket":   queue.DefaultBulkBucket,
+		"default_bulk_size":      fmt.Sprint(worker.DefaultBulkSize),
+		"default_bulk_linger":    worker.DefaultBulkLinger.String(),
+		"default_bulk_min":       fmt.Sprint(worker.DefaultBulkMin),
+		"default_bulk_deadline":  worker.DefaultBulkDeadline.String(),
+		"default_bulk_bucket":    queue.DefaultBulkBucket,
+		"default_bulk_jobs_held": fmt.Sprint(worker.DefaultBulkJobsHeld),
 	}
 }
 

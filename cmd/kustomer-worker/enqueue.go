@@ -36,18 +36,18 @@ type enqueueCmd struct {
 	RunID       string `name:"run-id" env:"ENQUEUE_RUN_ID" help:"Mixed into every message id, so the same input enqueued again under another run id is published again even within the dedup window."`
 	DryRun      bool   `name:"dry-run" help:"Validate only; publish nothing and need no NATS."`
 	Lane        string `name:"lane" enum:"backfill,live" default:"backfill" help:"Lane to publish to: backfill (BACKFILL-SUBJECT.<id>, served with the budget live updates leave) or live (SUBJECT.<id>, served first: for a handful of urgent updates) (default ${default})."`
-	Window      int    `name:"window" default:"4096" help:"Publishes waiting for their acknowledgement at most (default 4096)."`
-	Progress    string `name:"progress" enum:"auto,bar,plain,none" default:"auto" help:"Progress on stderr: auto (a bar on a terminal, a line every few seconds otherwise), bar, plain or none (default auto)."`
+	Window      int    `name:"window" default:"4096" help:"Publishes waiting for their acknowledgement at most (default ${default})."`
+	Progress    string `name:"progress" enum:"auto,bar,plain,none" default:"auto" help:"Progress on stderr: auto (a bar on a terminal, a line every few seconds otherwise), bar, plain or none (default ${default})."`
 }
 
 func (c *enqueueCmd) Help() string {
 	return `Every line is validated before anything is published: bad lines are reported with their line
 number and reason, and nothing is published unless --skip-invalid. Each message gets a Nats-Msg-Id
 made of --run-id, its line number and its bytes, so enqueueing the same input again within the
-work stream's dedup window (--dedup-window of run, default 2m) publishes nothing twice. The command
+work stream's dedup window (--dedup-window of run, default ` + queue.DefaultDedupWindow.String() + `) publishes nothing twice. The command
 reports success only once JetStream confirmed every publish.
 
-Messages go to the backfill lane, BACKFILL-SUBJECT.<id> (kustomer.conversations.backfill.<id> by
+Messages go to the backfill lane, BACKFILL-SUBJECT.<id> (` + queue.DefaultBackfillSubject + `.<id> by
 default): the worker applies them with the budget live updates leave, so a backfill never delays
 them. Before lanes, enqueue published to SUBJECT.<id>; --lane live still does, for a few urgent
 updates that must not wait behind a backfill. Updates of one conversation are applied in the
@@ -472,6 +472,9 @@ type rejectsFile struct {
 	w    *bufio.Writer
 }
 
+// maxRejectInput is the most of a line too long to publish that the rejects file keeps.
+const maxRejectInput = 4096
+
 // reject is one line of the rejects file.
 type reject struct {
 	Line      int64  `json:"line"`
@@ -489,8 +492,8 @@ func (r *rejectsFile) write(line int64, reason error, input []byte) error {
 		r.f, r.w = f, bufio.NewWriter(f)
 	}
 	rec := reject{Line: line, Reason: reason.Error(), Input: string(input)}
-	if errors.Is(reason, errTooLong) && len(input) > 4096 {
-		rec.Input, rec.Truncated = string(input[:4096]), true
+	if errors.Is(reason, errTooLong) && len(input) > maxRejectInput {
+		rec.Input, rec.Truncated = logtext.Truncate(rec.Input, maxRejectInput, ""), true
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 )
@@ -32,6 +33,11 @@ func TestSettingErrorsNameFlags(t *testing.T) {
 		{"a backfill subject inside the live one", queue.Topology{BackfillSubject: "kustomer.conversations.update.bf"}.WithDefaults().Validate(),
 			`backfill-subject: "kustomer.conversations.update.bf" overlaps the work subject "kustomer.conversations.update": the lanes need subjects of their own`},
 		{"a connection field", queue.ConnConfig{URL: "nats://x", TLSCert: "c"}.Validate(), "nats-tls-cert: give both nats-tls-cert and nats-tls-key or neither"},
+		{"an embedded server field", &queue.ConfigError{Type: "EmbeddedConfig", Field: "DataDir", Problem: "unusable"}, "data-dir: unusable"},
+		{"a Kustomer client option", func() error {
+			_, err := kustomer.New(kustomer.Options{BaseURL: "ftp://x", Key: kustomer.StaticKey("k")})
+			return err
+		}(), `kustomer-url: "ftp://x" must start with https:// or http://`},
 	}
 	for _, c := range cases {
 		t.Run(c.name+" reads in flag names", func(t *testing.T) {
@@ -69,5 +75,35 @@ func TestHelpShowsLibraryDefaults(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("help lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+func TestKustomerURLFromEitherVariable(t *testing.T) {
+	t.Parallel()
+	// An unusable URL stops run before it connects anywhere, and the error quotes it: so the
+	// error shows which variable the flag took its value from.
+	const newer, older = "ftp://newer.example", "ftp://older.example"
+	cases := []struct {
+		name      string
+		env       map[string]string
+		want, not string
+	}{
+		{"KUSTOMER_URL, its name", map[string]string{"KUSTOMER_URL": newer}, newer, older},
+		{"KUSTOMER_BASE_URL, its older name", map[string]string{"KUSTOMER_BASE_URL": older}, older, newer},
+		{"KUSTOMER_URL over KUSTOMER_BASE_URL when both are set", map[string]string{"KUSTOMER_URL": newer, "KUSTOMER_BASE_URL": older}, newer, older},
+	}
+	for _, c := range cases {
+		t.Run("kustomer-url is read from "+c.name, func(t *testing.T) {
+			t.Parallel()
+			c.env["KUSTOMER_API_KEY"] = "k"
+			_, _, err := runArgs(t, c.env, "run", "--http-addr", "")
+			var ue *usageError
+			if !errors.As(err, &ue) || !strings.HasPrefix(err.Error(), "kustomer-url: ") {
+				t.Fatalf("err = %v; want a usage error for kustomer-url", err)
+			}
+			if !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), c.not) {
+				t.Errorf("err = %q; want it to quote %s, not %s", err, c.want, c.not)
+			}
+		})
 	}
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
@@ -10,28 +12,51 @@ import (
 
 // mockCmd serves the fake Kustomer API of package kustomertest.
 type mockCmd struct {
-	Addr               string        `name:"addr" env:"MOCK_ADDR" default:"127.0.0.1:8080" help:"Listen address (default 127.0.0.1:8080)."`
-	APIKey             string        `name:"api-key" env:"MOCK_API_KEY" default:"test-key" help:"The bearer key the fake accepts; a test value, not a secret (default test-key)."`
-	Budget             int           `name:"budget" env:"MOCK_BUDGET" default:"1000" help:"Org budget per window; --budget=-1 for none (default 1000)."`
-	Window             time.Duration `name:"window" env:"MOCK_WINDOW" default:"60s" help:"Rate-limit window (default 60s)."`
+	Addr               string        `name:"addr" env:"MOCK_ADDR" default:"127.0.0.1:8080" help:"Listen address (default ${default})."`
+	APIKey             string        `name:"api-key" env:"MOCK_API_KEY" default:"${default_mock_api_key}" help:"The bearer key the fake accepts; a test value, not a secret (default ${default})."`
+	Budget             int           `name:"budget" env:"MOCK_BUDGET" default:"${default_mock_budget}" help:"Org budget per window; --budget=-1 for none (default ${default})."`
+	Window             time.Duration `name:"window" env:"MOCK_WINDOW" default:"${default_mock_window}" help:"Rate-limit window (default ${default})."`
 	ResetDelta         bool          `name:"reset-delta" env:"MOCK_RESET_DELTA" help:"Send x-ratelimit-reset as seconds from now instead of epoch seconds."`
 	RetryAfter         bool          `name:"retry-after" env:"MOCK_RETRY_AFTER" help:"Send Retry-After on 429s."`
-	ConversationLimit  int           `name:"conversation-limit" env:"MOCK_CONVERSATION_LIMIT" default:"0" help:"Updates per conversation per conversation-window; 0 is off (default 0)."`
-	ConversationWindow time.Duration `name:"conversation-window" env:"MOCK_CONVERSATION_WINDOW" default:"10s" help:"Window of the per-conversation limit (default 10s)."`
-	Latency            time.Duration `name:"latency" env:"MOCK_LATENCY" default:"0s" help:"Added to every answer (default 0)."`
-	LatencyJitter      time.Duration `name:"latency-jitter" env:"MOCK_LATENCY_JITTER" default:"0s" help:"Random extra latency up to this (default 0)."`
-	FaultRate          float64       `name:"fault-rate" env:"MOCK_FAULT_RATE" default:"0" help:"Share of requests answered 500, 502 or 503 (default 0)."`
-	DropRate           float64       `name:"drop-rate" env:"MOCK_DROP_RATE" default:"0" help:"Share of requests whose connection is dropped (default 0)."`
-	SlowRate           float64       `name:"slow-rate" env:"MOCK_SLOW_RATE" default:"0" help:"Share of requests answered after slow-delay (default 0)."`
-	SlowDelay          time.Duration `name:"slow-delay" env:"MOCK_SLOW_DELAY" default:"35s" help:"Delay of slow answers (default 35s)."`
+	ConversationLimit  int           `name:"conversation-limit" env:"MOCK_CONVERSATION_LIMIT" default:"0" help:"Updates per conversation per conversation-window; 0 is off (default ${default})."`
+	ConversationWindow time.Duration `name:"conversation-window" env:"MOCK_CONVERSATION_WINDOW" default:"${default_mock_conversation_window}" help:"Window of the per-conversation limit (default ${default})."`
+	Latency            time.Duration `name:"latency" env:"MOCK_LATENCY" default:"0s" help:"Added to every answer (default ${default})."`
+	LatencyJitter      time.Duration `name:"latency-jitter" env:"MOCK_LATENCY_JITTER" default:"0s" help:"Random extra latency up to this (default ${default})."`
+	FaultRate          float64       `name:"fault-rate" env:"MOCK_FAULT_RATE" default:"0" help:"Share of requests answered ${mock_fault_statuses} (default ${default})."`
+	DropRate           float64       `name:"drop-rate" env:"MOCK_DROP_RATE" default:"0" help:"Share of requests whose connection is dropped (default ${default})."`
+	SlowRate           float64       `name:"slow-rate" env:"MOCK_SLOW_RATE" default:"0" help:"Share of requests answered after slow-delay (default ${default})."`
+	SlowDelay          time.Duration `name:"slow-delay" env:"MOCK_SLOW_DELAY" default:"${default_mock_slow_delay}" help:"Delay of slow answers (default ${default})."`
 	RequireSeeded      bool          `name:"require-seeded" env:"MOCK_REQUIRE_SEEDED" help:"Answer 404 for every conversation (none is seeded)."`
 	DiscardBodies      bool          `name:"discard-bodies" env:"MOCK_DISCARD_BODIES" help:"Keep no request bodies in the request log (long runs)."`
-	BulkDuration       time.Duration `name:"bulk-duration" env:"MOCK_BULK_DURATION" default:"0s" help:"How long a bulk job takes until complete: queued half the time, then running (default 0: complete at once)."`
-	BulkBatchSize      int           `name:"bulk-batch-size" env:"MOCK_BULK_BATCH_SIZE" default:"25" help:"Items per batch of a bulk job (default 25)."`
-	BulkFailRate       float64       `name:"bulk-fail-rate" env:"MOCK_BULK_FAIL_RATE" default:"0" help:"Share of bulk items that fail with an injected error (default 0)."`
+	BulkDuration       time.Duration `name:"bulk-duration" env:"MOCK_BULK_DURATION" default:"0s" help:"How long a bulk job takes until complete: queued half the time, then running; 0 completes it at once (default ${default})."`
+	BulkBatchSize      int           `name:"bulk-batch-size" env:"MOCK_BULK_BATCH_SIZE" default:"${default_mock_bulk_batch_size}" help:"Items per batch of a bulk job (default ${default})."`
+	BulkFailRate       float64       `name:"bulk-fail-rate" env:"MOCK_BULK_FAIL_RATE" default:"0" help:"Share of bulk items that fail with an injected error (default ${default})."`
 	BulkStrict         bool          `name:"bulk-strict" env:"MOCK_BULK_STRICT" help:"Answer 400 for a whole bulk update when one item has a bad attribute."`
 	BulkReadDenied     bool          `name:"bulk-read-denied" env:"MOCK_BULK_READ_DENIED" help:"Answer 403 to reads of bulk jobs, as for a key without org.permission.bulk.read."`
 	BulkFlat           bool          `name:"bulk-flat" env:"MOCK_BULK_FLAT" help:"Put the fields of bulk jobs and batches on the objects instead of under attributes."`
+}
+
+// mockVars are the mock flags' defaults, from kustomertest's constants, and the fault
+// statuses their help names.
+func mockVars() map[string]string {
+	statuses := kustomertest.DefaultFaultStatuses()
+	names := make([]string, len(statuses))
+	for i, st := range statuses {
+		names[i] = strconv.Itoa(st)
+	}
+	faults := strings.Join(names, ", ")
+	if n := len(names); n > 1 {
+		faults = strings.Join(names[:n-1], ", ") + " or " + names[n-1]
+	}
+	return map[string]string{
+		"default_mock_api_key":             kustomertest.DefaultAPIKey,
+		"default_mock_budget":              strconv.Itoa(kustomertest.DefaultBudget),
+		"default_mock_window":              kustomertest.DefaultWindow.String(),
+		"default_mock_conversation_window": kustomertest.DefaultConversationWindow.String(),
+		"default_mock_slow_delay":          kustomertest.DefaultSlowDelay.String(),
+		"default_mock_bulk_batch_size":     strconv.Itoa(kustomertest.DefaultBulkBatchSize),
+		"mock_fault_statuses":              faults,
+	}
 }
 
 func (c *mockCmd) Help() string {

@@ -309,3 +309,21 @@ func TestAFloodOfInvalidMessagesKeepsTheLogReadable(t *testing.T) {
 		t.Errorf("%d log lines for %d invalid messages", lines, n)
 	}
 }
+
+func TestAnUnusableDataDirIsNamed(t *testing.T) {
+	t.Parallel()
+	notADir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notADir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, _, err := runArgs(t, map[string]string{"KUSTOMER_API_KEY": "k"}, "run", "--http-addr", "",
+		"--kustomer-url", "http://127.0.0.1:1", "--data-dir", notADir, "--nats-listen", "127.0.0.1:-1")
+	var ue *usageError
+	if !errors.As(err, &ue) || !strings.HasPrefix(err.Error(), "data-dir: ") || !strings.Contains(err.Error(), notADir) {
+		t.Fatalf("err = %v; want a usage error for data-dir, quoting it", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("took %s to report it", took)
+	}
+}

@@ -20,7 +20,7 @@ type statusCmd struct {
 	dialFlags
 
 	Watch    bool          `name:"watch" short:"w" help:"Refresh until interrupted, with throughput and the time until the backlog is empty, per lane."`
-	Interval time.Duration `name:"interval" default:"2s" help:"With --watch: time between refreshes (default 2s)."`
+	Interval time.Duration `name:"interval" default:"2s" help:"With --watch: time between refreshes (default ${default})."`
 	JSON     bool          `name:"json" help:"Print JSON: one object, or one a line per refresh with --watch."`
 }
 

@@ -145,8 +145,11 @@ func readRunCLI(t *testing.T) runCLI {
 	for _, m := range regexp.MustCompile(`(?m)^\s+(?:-\w, )?--([a-z0-9-]+)`).FindAllStringSubmatch(string(help), -1) {
 		cli.flags[m[1]] = true
 	}
-	for _, m := range regexp.MustCompile(`\(\$([A-Z0-9_]+)\)`).FindAllStringSubmatch(string(help), -1) {
-		cli.env[m[1]] = true
+	// A flag's variables close its help: ($NAME), or ($NAME, $OLDER_NAME) with an alias.
+	for _, list := range regexp.MustCompile(`\(\$[A-Z0-9_]+(?:,\s+\$[A-Z0-9_]+)*\)`).FindAllString(string(help), -1) {
+		for _, m := range regexp.MustCompile(`\$([A-Z0-9_]+)`).FindAllStringSubmatch(list, -1) {
+			cli.env[m[1]] = true
+		}
 	}
 	files, err := filepath.Glob("../../cmd/kustomer-worker/*.go")
 	if err != nil || len(files) == 0 {
