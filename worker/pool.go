@@ -577,12 +577,23 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	if unsure && !j.settled && !p.previousGone(hard, c, j, prev) {
 		return // c is made ready again later
 	}
-	var tk, tkDown *ticket
+	var tk, tkDown *ticket // the gates' tickets, once try took them
 	defer func() {
 		if r := recover(); r != nil {
 			p.jobLog(j).Error("panic while handling a message; it will be retried", "panic", r, "stack", string(debug.Stack()))
 			t.attempts, t.throttles = j.attempts, j.throttles
 			p.settle(c, j, decide(outcome{panicked: r}, t, p.policy, rand.Float64()))
+		}
+	}()
+	// Every ticket try takes is handed back here, panic or not: a probe that panicked learned
+	// nothing and is given back (deferred after the recover, this runs before it). On the
+	// normal path it runs after settle, so that the gates' log lines follow the message's.
+	defer func() {
+		if tkDown != nil {
+			tkDown.Done()
+		}
+		if tk != nil {
+			tk.Done()
 		}
 	}()
 	if j.settled { // only its acknowledgement is missing
@@ -593,13 +604,6 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 		return // in a bulk job, or held back for an older one (bulk.go)
 	}
 	o := p.try(ctx, hard, j, &tk, &tkDown)
-	// The tickets are handed back after settle: the gates' log lines follow the message's.
-	if tk != nil {
-		defer tk.Done()
-	}
-	if tkDown != nil {
-		defer tkDown.Done()
-	}
 	if o == nil {
 		return // shutdown began while waiting: the message stays held for handBack
 	}
@@ -618,8 +622,9 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 }
 
 // try sends j's update once the gates (the key, Kustomer's health) and the pacer let it, and
-// says what happened; nil when shutdown began before anything was sent. The gates' tickets,
-// once taken, are left in tk and tkDown for the caller to hand back.
+// says what happened; nil when shutdown began before anything was sent. Each gate's ticket
+// is stored in tk or tkDown the moment it is taken, even if try then panics, for the caller's
+// deferred hand-back.
 func (p *Pool) try(ctx, hard context.Context, j *job, tk, tkDown **ticket) *outcome {
 	if j.invalid != nil {
 		return &outcome{invalid: j.invalid}
