@@ -320,26 +320,34 @@ func (b *bulker) submitAndFollow(bj *bulkJob) {
 		return
 	}
 	deadline := rec.Submitted.Add(b.cfg.Deadline)
+	// Waiting for the gates and the budget ends at the job's deadline: a job submitted after
+	// it would be given up before Kustomer had time to apply it.
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	retries := 0
 	for {
 		if time.Now().After(deadline) {
 			b.fallback(bj, "deadline", b.ambiguousFence(bj), false)
 			return
 		}
-		if err := p.Pacer.Wait(ctx, class); err != nil {
-			b.shutdownBeforeSubmit(bj)
-			return
-		}
 		var job *kustomer.BulkJob
-		sent := time.Now()
-		err := b.request(func(ctx context.Context) (kustomer.RateLimit, error) {
+		var sent time.Time
+		went, err := b.pass(wctx, class, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
 			var err error
+			sent = time.Now()
 			job, err = b.cli.SubmitBulk(ctx, bj.kitems)
 			if job != nil {
 				return job.RateLimit, err
 			}
 			return kustomer.RateLimit{}, err
 		})
+		if !went {
+			if ctx.Err() == nil {
+				continue // the deadline passed while waiting: the check above falls back
+			}
+			b.shutdownBeforeSubmit(bj)
+			return
+		}
 		var apiErr *kustomer.APIError
 		switch {
 		case err == nil:
@@ -422,6 +430,36 @@ func (b *bulker) ambiguousFence(bj *bulkJob) time.Time {
 	return bj.rec.Submitted.Add(b.cfg.Deadline)
 }
 
+// pass makes one bulk request (do) as a single PUT is made: through the auth gate and the
+// outage breaker, each handing out a ticket that goes back when pass returns, panic or not,
+// then through the pacer's budget for class; it tells the gates what the answer taught. The
+// breaker counts the failures of one job (key) as those of one conversation. went is false,
+// with ctx's cause, when ctx ended before the request went out.
+func (b *bulker) pass(ctx context.Context, class Priority, key string, do func(ctx context.Context) (kustomer.RateLimit, error)) (went bool, err error) {
+	p := b.p
+	tk, err := p.auth.Acquire(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer tk.Done()
+	tkDown, err := p.outage.gate.Acquire(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer tkDown.Done()
+	if err := p.Pacer.Wait(ctx, class); err != nil {
+		return false, err
+	}
+	err = b.request(do)
+	o := outcome{err: err}
+	if err != nil && p.hard.Err() != nil {
+		o = outcome{canceled: true} // cut short by the shutdown deadline: nothing learned
+	}
+	tk.Report(keyOf(o))
+	p.outage.observe(tkDown, "bulk job "+key, 0, healthOf(o), reasonOf(o))
+	return true, err
+}
+
 // request makes one bulk request, counted in flight and in the metrics, and feeds its
 // rate-limit reading to the pacer.
 func (b *bulker) request(do func(ctx context.Context) (kustomer.RateLimit, error)) error {
@@ -474,12 +512,8 @@ func (b *bulker) followLoop(ctx context.Context, bj *bulkJob) {
 			b.stopFollowing(bj)
 			return
 		}
-		if err := p.Pacer.Wait(ctx, PriorityBulkRead); err != nil {
-			b.stopFollowing(bj)
-			return
-		}
 		var bb *kustomer.BulkBatches
-		err := b.request(func(ctx context.Context) (kustomer.RateLimit, error) {
+		went, err := b.pass(ctx, PriorityBulkRead, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
 			var err error
 			bb, err = b.cli.ReadBulkBatches(ctx, rec.JobID)
 			if bb != nil {
@@ -487,6 +521,10 @@ func (b *bulker) followLoop(ctx context.Context, bj *bulkJob) {
 			}
 			return kustomer.RateLimit{}, err
 		})
+		if !went {
+			b.stopFollowing(bj)
+			return
+		}
 		var apiErr *kustomer.APIError
 		switch {
 		case err == nil:

@@ -376,6 +376,7 @@ func TestBulkGates(t *testing.T) {
 		if testwait.Within(3*time.Second, func() bool { return refused()-before > 3 }) {
 			t.Errorf("%d requests answered 401 within 3s of the gate closing; want a probe at a time", refused()-before)
 		}
+		t.Logf("%d requests answered 401 within 3s of the gate closing", refused()-before)
 		f.fake.SetAPIKey("test-key")
 		f.waitDrained(60 * time.Second)
 		f.wantState(convs, func(int) string { return "u-0" })
@@ -411,6 +412,7 @@ func TestBulkGates(t *testing.T) {
 		if testwait.Within(2500*time.Millisecond, func() bool { return submits()-before > 3 }) {
 			t.Errorf("%d bulk submits within 2.5s of the breaker opening; want a probe at a time", submits()-before)
 		}
+		t.Logf("%d bulk submits within 2.5s of the breaker opening", submits()-before)
 		f.waitDrained(60 * time.Second)
 		f.wantState(convs, func(int) string { return "u-0" })
 		if err := f.pool.Ready(); err != nil {
