@@ -3,12 +3,12 @@ package worker
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
@@ -324,7 +324,8 @@ func (b *bulker) submitAndFollow(bj *bulkJob) {
 	// it would be given up before Kustomer had time to apply it.
 	wctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	retries := 0
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(p.cfg.RetryInitial),
+		backoff.WithMaxInterval(p.cfg.RetryMax), backoff.WithMaxElapsedTime(0)) // the deadline ends it
 	for {
 		if time.Now().After(deadline) {
 			b.fallback(bj, "deadline", b.ambiguousFence(bj), false)
@@ -396,8 +397,7 @@ func (b *bulker) submitAndFollow(bj *bulkJob) {
 			b.fallback(bj, "rejected", b.ambiguousFence(bj), false)
 			return
 		}
-		retries++
-		d := backoffDelay(retries, p.cfg.RetryInitial, p.cfg.RetryMax, rand.Float64())
+		d := retry.NextBackOff()
 		p.Metrics.retry("transient")
 		p.Log.Info("bulk submit failed; retrying", "error", err, "retry_in", d)
 		if sleep(ctx, d) != nil {

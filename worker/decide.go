@@ -185,7 +185,10 @@ func failed(t tries, c policy, jitter float64, status int, reason string, wait t
 }
 
 // Exponential backoff with jitter, as cenkalti/backoff's defaults: the n-th retry waits
-// initial × 1.5^(n-1), capped at max, randomized by ±50 %.
+// initial × 1.5^(n-1), capped at max, randomized by ±50 %. backoffDelay computes it from a
+// count, with the jitter given, for decide (which stays pure) and for the retries of a job
+// that one goroutine after another takes up (its count lives in the job); a loop in one
+// goroutine keeps a backoff.ExponentialBackOff instead (fetch, a bulk submit).
 const (
 	backoffMultiplier = 1.5
 	backoffJitter     = 0.5
