@@ -33,7 +33,7 @@ type Pool struct {
 	Client      Updater      // sends the PUT
 	DeadLetters DeadLetterer // stores dead letters
 	Attempts    AttemptStore // optional: without it attempts are counted per delivery only
-	Pacer       Budget       // paces every request; default NewPacer(1000)
+	Pacer       Budget       // paces every request; default NewPacer(DefaultRatePerMinute)
 	Metrics     *Metrics     // optional
 	Log         *slog.Logger // default: discard
 	Config      Config
@@ -263,7 +263,7 @@ func (p *Pool) init() error {
 		return errors.New("worker: Pool needs Consumer, Client and DeadLetters")
 	}
 	if p.Pacer == nil {
-		p.Pacer = NewPacer(1000)
+		p.Pacer = NewPacer(DefaultRatePerMinute)
 	}
 	if p.Log == nil {
 		p.Log = slog.New(slog.DiscardHandler)
