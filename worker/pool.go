@@ -102,7 +102,7 @@ type Pool struct {
 	waiting      map[string]map[queue.MsgRef]struct{}
 	waitingUntil time.Time // then waiting is given up: those messages were never redelivered
 
-	fetchState fetchState // whether pulls fail, for Ready and the log
+	fetchState fetchState // whether pulls fail, for Ready and the log; guarded by its own mu
 	// readyLive and readyBackfill hold conversations whose head message may be tried now, by
 	// the head's class: workers take live ones first. Sends happen only under mu and never
 	// block: every conversation in convs holds at least one slot (a conversation of messages
@@ -121,10 +121,15 @@ type Pool struct {
 
 // source is one lane the pool pulls from.
 type source struct {
-	name  string
-	cons  Consumer
-	class Priority
-	slots chan struct{} // nil, or a cap of its own below MaxAckPending (the backfill lane)
+	// Set by init before Run starts any goroutine, never changed after; read without a lock
+	// by the lane's fetch goroutine, the workers and the heartbeat.
+	name  string   // for the log
+	cons  Consumer // pulled by the lane's fetch goroutine; its Info read by laneFloor and forgetApplied
+	class Priority // the class of the lane's messages (add)
+	// slots is nil, or a cap of the lane's own below MaxAckPending (the backfill lane): its
+	// fetch goroutine puts a token in (take), whoever lets go of a message takes one out
+	// (release); the channel is its own lock.
+	slots chan struct{}
 	// role is cons's, if it has one (handover.go); turn is role's Lost channel of the turn as
 	// the active replica the pool works for, closed while a standby. Written by the lane's
 	// fetch goroutine under Pool.mu.
