@@ -23,8 +23,8 @@ import (
 // until this one is settled, as with a single PUT. Items gather into the next job; a job goes
 // out when it is full, or after Linger with at least Min items; with fewer, they go back to
 // the workers as single PUTs. Each job has a goroutine of its own that stores it in the bulk
-// bucket (BulkStore), submits it through the pacer, reads its batches through the pacer
-// (class PriorityBulkRead) at times learned from the jobs before, and settles each item once
+// bucket (BulkStore), submits it through the gates and the pacer, reads its batches the same
+// way (class PriorityBulkRead) at times learned from the jobs before, and settles each item once
 // its outcome is known: a succeeded item is acknowledged like an applied single PUT; a failed
 // one goes back to the workers as a single PUT whose answer decides as for any other. What
 // cannot go in bulk (a refused submit, a job past its deadline, reads the key may not make)

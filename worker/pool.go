@@ -151,8 +151,9 @@ type unconfirmed struct {
 }
 
 // conv is one conversation's held messages, in stream order. A conv in Pool.convs is always in
-// exactly one place: parked, the ready channel, one worker's hands, or a retry timer. Its
-// fields are guarded by Pool.mu.
+// exactly one place (see the package documentation's invariants): parked, a ready channel, one
+// worker's hands, a retry timer, the bulker's hands, or the goroutine awaiting its head's
+// acknowledgement. Its fields are guarded by Pool.mu.
 type conv struct {
 	key    string
 	jobs   []*job
