@@ -90,7 +90,8 @@ func newBreaker(threshold int, onOpen func(cause string), onClose func(down time
 
 // observe records what a try that passed the breaker with tk learned about Kustomer, reports
 // the verdict on tk, and says whether Kustomer is to be treated as down for this failure: then
-// it spends no attempt.
+// it spends no attempt. conv is the conversation tried and seq its message; a bulk request
+// gives its job as conv and seq 0, and has no attempt to give back.
 func (b *breaker) observe(tk *ticket, conv string, seq uint64, h health, reason string) (outage bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -112,7 +113,7 @@ func (b *breaker) observe(tk *ticket, conv string, seq uint64, h health, reason 
 		return true
 	}
 	suspect := b.convsInStreak(conv) >= 2
-	b.streak = append(b.streak, failure{conv: conv, seq: seq, spent: !suspect})
+	b.streak = append(b.streak, failure{conv: conv, seq: seq, spent: !suspect && seq != 0})
 	if len(b.streak) < b.threshold || !suspect {
 		return suspect
 	}

@@ -6,12 +6,14 @@ import (
 )
 
 func TestBreaker(t *testing.T) {
+	t.Parallel()
 	newB := func() (*breaker, *int, *int) {
 		opens, closes := new(int), new(int)
 		b := newBreaker(DefaultOutageThreshold, func(string) { *opens++ }, func(time.Duration) { *closes++ })
 		return b, opens, closes
 	}
-	fail := func(b *breaker, conv string, seq uint64) bool {
+	fail := func(t *testing.T, b *breaker, conv string, seq uint64) bool {
+		t.Helper()
 		tk := acquire(b.gate)
 		if tk == nil {
 			t.Fatalf("the breaker's gate stopped a request before it opened")
@@ -20,19 +22,20 @@ func TestBreaker(t *testing.T) {
 		return b.observe(tk, conv, seq, healthDown, "503")
 	}
 	t.Run("trips after failures in a row across conversations, and refunds their attempts", func(t *testing.T) {
+		t.Parallel()
 		b, opens, _ := newB()
-		if fail(b, "a", 1) {
+		if fail(t, b, "a", 1) {
 			t.Error("one failure counted as an outage")
 		}
 		for i, conv := range []string{"b", "c", "d"} {
-			if !fail(b, conv, uint64(2+i)) {
+			if !fail(t, b, conv, uint64(2+i)) {
 				t.Errorf("failure %d across conversations not suspected", i+2)
 			}
 		}
 		if closed, _ := b.gate.Closed(); closed {
 			t.Fatal("open before the threshold")
 		}
-		if !fail(b, "e", 5) {
+		if !fail(t, b, "e", 5) {
 			t.Error("the tripping failure spent an attempt")
 		}
 		if closed, _ := b.gate.Closed(); !closed || *opens != 1 {
@@ -46,17 +49,19 @@ func TestBreaker(t *testing.T) {
 		}
 	})
 	t.Run("one conversation failing alone never trips it", func(t *testing.T) {
+		t.Parallel()
 		b, _, _ := newB()
 		for i := range 20 {
-			if fail(b, "a", uint64(i)) {
+			if fail(t, b, "a", uint64(i)) {
 				t.Fatal("a single conversation's failures counted as an outage")
 			}
 		}
 	})
 	t.Run("an answer in between breaks the streak", func(t *testing.T) {
+		t.Parallel()
 		b, _, _ := newB()
 		for i := range 20 {
-			fail(b, string(rune('a'+i%3)), uint64(i))
+			fail(t, b, string(rune('a'+i%3)), uint64(i))
 			if i%3 == 2 {
 				tk := acquire(b.gate)
 				b.observe(tk, "z", 99, healthUp, "")
@@ -67,4 +72,23 @@ func TestBreaker(t *testing.T) {
 			t.Error("tripped although Kustomer kept answering")
 		}
 	})
+}
+
+func TestBreakerCountsBulkRequests(t *testing.T) {
+	t.Parallel()
+	b := newBreaker(DefaultOutageThreshold, func(string) {}, func(time.Duration) {})
+	for i := range DefaultOutageThreshold {
+		tk := acquire(b.gate)
+		if tk == nil {
+			t.Fatal("the breaker's gate stopped a request before it opened")
+		}
+		b.observe(tk, string(rune('a'+i%2)), 0, healthDown, "503") // two jobs' submits
+		tk.Done()
+	}
+	if closed, _ := b.gate.Closed(); !closed {
+		t.Fatal("bulk requests failing across jobs did not trip the breaker")
+	}
+	if b.refund(0) {
+		t.Error("a bulk request's failure was refunded: it spent no attempt")
+	}
 }

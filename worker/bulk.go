@@ -3,12 +3,12 @@ package worker
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
@@ -23,8 +23,8 @@ import (
 // until this one is settled, as with a single PUT. Items gather into the next job; a job goes
 // out when it is full, or after Linger with at least Min items; with fewer, they go back to
 // the workers as single PUTs. Each job has a goroutine of its own that stores it in the bulk
-// bucket (BulkStore), submits it through the pacer, reads its batches through the pacer
-// (class PriorityBulkRead) at times learned from the jobs before, and settles each item once
+// bucket (BulkStore), submits it through the gates and the pacer, reads its batches the same
+// way (class PriorityBulkRead) at times learned from the jobs before, and settles each item once
 // its outcome is known: a succeeded item is acknowledged like an applied single PUT; a failed
 // one goes back to the workers as a single PUT whose answer decides as for any other. What
 // cannot go in bulk (a refused submit, a job past its deadline, reads the key may not make)
@@ -320,26 +320,35 @@ func (b *bulker) submitAndFollow(bj *bulkJob) {
 		return
 	}
 	deadline := rec.Submitted.Add(b.cfg.Deadline)
-	retries := 0
+	// Waiting for the gates and the budget ends at the job's deadline: a job submitted after
+	// it would be given up before Kustomer had time to apply it.
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(p.cfg.RetryInitial),
+		backoff.WithMaxInterval(p.cfg.RetryMax), backoff.WithMaxElapsedTime(0)) // the deadline ends it
 	for {
 		if time.Now().After(deadline) {
 			b.fallback(bj, "deadline", b.ambiguousFence(bj), false)
 			return
 		}
-		if err := p.Pacer.Wait(ctx, class); err != nil {
-			b.shutdownBeforeSubmit(bj)
-			return
-		}
 		var job *kustomer.BulkJob
-		sent := time.Now()
-		err := b.request(func(ctx context.Context) (kustomer.RateLimit, error) {
+		var sent time.Time
+		went, err := b.pass(wctx, class, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
 			var err error
+			sent = time.Now()
 			job, err = b.cli.SubmitBulk(ctx, bj.kitems)
 			if job != nil {
 				return job.RateLimit, err
 			}
 			return kustomer.RateLimit{}, err
 		})
+		if !went {
+			if ctx.Err() == nil {
+				continue // the deadline passed while waiting: the check above falls back
+			}
+			b.shutdownBeforeSubmit(bj)
+			return
+		}
 		var apiErr *kustomer.APIError
 		switch {
 		case err == nil:
@@ -388,8 +397,7 @@ func (b *bulker) submitAndFollow(bj *bulkJob) {
 			b.fallback(bj, "rejected", b.ambiguousFence(bj), false)
 			return
 		}
-		retries++
-		d := backoffDelay(retries, p.cfg.RetryInitial, p.cfg.RetryMax, rand.Float64())
+		d := retry.NextBackOff()
 		p.Metrics.retry("transient")
 		p.Log.Info("bulk submit failed; retrying", "error", err, "retry_in", d)
 		if sleep(ctx, d) != nil {
@@ -420,6 +428,36 @@ func (b *bulker) ambiguousFence(bj *bulkJob) time.Time {
 		return time.Time{}
 	}
 	return bj.rec.Submitted.Add(b.cfg.Deadline)
+}
+
+// pass makes one bulk request (do) as a single PUT is made: through the auth gate and the
+// outage breaker, each handing out a ticket that goes back when pass returns, panic or not,
+// then through the pacer's budget for class; it tells the gates what the answer taught. The
+// breaker counts the failures of one job (key) as those of one conversation. went is false,
+// with ctx's cause, when ctx ended before the request went out.
+func (b *bulker) pass(ctx context.Context, class Priority, key string, do func(ctx context.Context) (kustomer.RateLimit, error)) (went bool, err error) {
+	p := b.p
+	tk, err := p.auth.Acquire(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer tk.Done()
+	tkDown, err := p.outage.gate.Acquire(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer tkDown.Done()
+	if err := p.Pacer.Wait(ctx, class); err != nil {
+		return false, err
+	}
+	err = b.request(do)
+	o := outcome{err: err}
+	if err != nil && p.hard.Err() != nil {
+		o = outcome{canceled: true} // cut short by the shutdown deadline: nothing learned
+	}
+	tk.Report(keyOf(o))
+	p.outage.observe(tkDown, "bulk job "+key, 0, healthOf(o), reasonOf(o))
+	return true, err
 }
 
 // request makes one bulk request, counted in flight and in the metrics, and feeds its
@@ -474,12 +512,8 @@ func (b *bulker) followLoop(ctx context.Context, bj *bulkJob) {
 			b.stopFollowing(bj)
 			return
 		}
-		if err := p.Pacer.Wait(ctx, PriorityBulkRead); err != nil {
-			b.stopFollowing(bj)
-			return
-		}
 		var bb *kustomer.BulkBatches
-		err := b.request(func(ctx context.Context) (kustomer.RateLimit, error) {
+		went, err := b.pass(ctx, PriorityBulkRead, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
 			var err error
 			bb, err = b.cli.ReadBulkBatches(ctx, rec.JobID)
 			if bb != nil {
@@ -487,6 +521,10 @@ func (b *bulker) followLoop(ctx context.Context, bj *bulkJob) {
 			}
 			return kustomer.RateLimit{}, err
 		})
+		if !went {
+			b.stopFollowing(bj)
+			return
+		}
 		var apiErr *kustomer.APIError
 		switch {
 		case err == nil:

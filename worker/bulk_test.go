@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -350,4 +351,75 @@ func bulkName(t *testing.T, body []byte, conv string) string {
 	}
 	t.Fatalf("no item for %s in %s", conv, body)
 	return ""
+}
+
+// Bulk submits and reads pass the auth gate and the outage breaker as single PUTs do: while
+// either is closed, one probe at a time goes out, and once Kustomer answers every item is
+// applied.
+func TestBulkGates(t *testing.T) {
+	t.Run("while the key is refused, bulk requests go out one probe at a time, and every item is applied once it works", func(t *testing.T) {
+		f := bulkSetup(t, kustomertest.Config{BulkDuration: 4 * time.Second})
+		const convs = 40
+		for c := range convs {
+			f.publishUpdate(c, `{"name":"u-0"}`)
+		}
+		f.start(f.bulkOptions(10, time.Minute))
+		testwait.Until(t, "the jobs to be submitted", 10*time.Second, func() bool { return len(f.fake.BulkJobs()) == convs/10 })
+		f.fake.SetAPIKey("rotated-key")
+		f.publish(fmt.Sprintf(`{"id":%q,"replace":true,"body":{"name":"single"}}`, id(convs))) // a single PUT besides
+		testwait.Until(t, "the pool to report the refused key", 10*time.Second, func() bool {
+			return errors.Is(f.pool.Ready(), worker.ErrAuthBlocked)
+		})
+		// Probes wait 1s, then 2s: within 3s at most two, and one that was on its way.
+		refused := func() int { return f.fake.Stats().ByStatus[401] }
+		before := refused()
+		if testwait.Within(3*time.Second, func() bool { return refused()-before > 3 }) {
+			t.Errorf("%d requests answered 401 within 3s of the gate closing; want a probe at a time", refused()-before)
+		}
+		t.Logf("%d requests answered 401 within 3s of the gate closing", refused()-before)
+		f.fake.SetAPIKey("test-key")
+		f.waitDrained(60 * time.Second)
+		f.wantState(convs, func(int) string { return "u-0" })
+		if c, _ := f.fake.Conversation(id(convs)); c.Attributes["name"] != "single" {
+			t.Errorf("the single update ends as %v; want applied", c.Attributes["name"])
+		}
+		if err := f.pool.Ready(); err != nil {
+			t.Errorf("Ready after the key works again = %v; want nil", err)
+		}
+		if n := len(f.deadLetters()); n != 0 {
+			t.Errorf("%d dead letters for a key problem; want none", n)
+		}
+	})
+
+	t.Run("bulk submits failing across jobs open the outage breaker, which lets one probe at a time through", func(t *testing.T) {
+		f := bulkSetup(t, kustomertest.Config{})
+		answers := make([]kustomertest.Answer, 7)
+		for i := range answers {
+			answers[i] = kustomertest.Status(503)
+		}
+		f.fake.ScriptBulkSubmit(answers...)
+		const convs = 40
+		for c := range convs {
+			f.publishUpdate(c, `{"name":"u-0"}`)
+		}
+		f.start(f.bulkOptions(10, time.Minute))
+		var unavailable *worker.Unavailable
+		testwait.Until(t, "the pool to report Kustomer unavailable", 10*time.Second, func() bool {
+			return errors.As(f.pool.Ready(), &unavailable)
+		})
+		submits := func() int { return f.fake.Stats().BulkSubmits }
+		before := submits()
+		if testwait.Within(2500*time.Millisecond, func() bool { return submits()-before > 3 }) {
+			t.Errorf("%d bulk submits within 2.5s of the breaker opening; want a probe at a time", submits()-before)
+		}
+		t.Logf("%d bulk submits within 2.5s of the breaker opening", submits()-before)
+		f.waitDrained(60 * time.Second)
+		f.wantState(convs, func(int) string { return "u-0" })
+		if err := f.pool.Ready(); err != nil {
+			t.Errorf("Ready once Kustomer answers = %v; want nil", err)
+		}
+		if n := len(f.deadLetters()); n != 0 {
+			t.Errorf("%d dead letters for an outage; want none", n)
+		}
+	})
 }

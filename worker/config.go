@@ -3,21 +3,31 @@ package worker
 import (
 	"fmt"
 	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/queue"
 )
 
 // Defaults of Config, written once: the command line shows and uses these too.
 const (
-	DefaultConcurrency      = 8
-	DefaultMaxAttempts      = 10
-	MinMaxAckPending        = 32 // the least MaxAckPending defaults to, whatever the concurrency
-	DefaultRetryInitial     = 500 * time.Millisecond
-	DefaultRetryMax         = 60 * time.Second
-	DefaultShutdownTimeout  = 30 * time.Second
-	DefaultFetchWait        = time.Second
-	DefaultOutageThreshold  = 5
-	maxConcurrency          = 1024
-	ackWaitFloor            = time.Second
-	defaultAckWaitIfUnknown = 30 * time.Second
+	DefaultConcurrency     = 8
+	DefaultMaxAttempts     = 10
+	MinMaxAckPending       = 32 // the least MaxAckPending defaults to, whatever the concurrency
+	DefaultRetryInitial    = 500 * time.Millisecond
+	DefaultRetryMax        = 60 * time.Second
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultFetchWait       = time.Second
+	DefaultOutageThreshold = 5
+	// DefaultRatePerMinute is the pace of the Pacer a Pool makes when given none: an
+	// Enterprise org's budget, the smallest Kustomer sells.
+	DefaultRatePerMinute = 1000
+)
+
+const (
+	maxConcurrency = 1024
+	ackWaitFloor   = time.Second
+	// defaultAckWaitIfUnknown is the AckWait assumed of a consumer whose info was never read:
+	// the streams' default.
+	defaultAckWaitIfUnknown = queue.DefaultAckWait
 )
 
 // Config tunes the pool. The zero value of every field means its default. AckWait and

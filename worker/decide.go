@@ -68,6 +68,37 @@ const (
 	keyNoAnswer                   // no usable answer (5xx, timeout): a probe learned nothing good
 )
 
+// keyOf reads an outcome for the auth gate: what the try says about the API key. It is
+// decide's key verdict, and the bulk requests' (bulk.go).
+func keyOf(o outcome) keyVerdict {
+	switch {
+	case o.invalid != nil || o.canceled || o.panicked != nil:
+		return keyUnknown
+	case o.err == nil:
+		return keyWorks
+	}
+	var apiErr *kustomer.APIError
+	if !errors.As(o.err, &apiErr) {
+		if errors.Is(o.err, kustomer.ErrInvalid) {
+			return keyUnknown // nothing was sent
+		}
+		return keyNoAnswer
+	}
+	switch {
+	case apiErr.BulkReadDenied():
+		// The key may not read bulk jobs (bulk mode turns itself off, bulk.go); whether it
+		// may update conversations, this answer does not say.
+		return keyUnknown
+	case apiErr.Class == kustomer.ClassAuth:
+		return keyRefused
+	case apiErr.Malformed():
+		return keyWorks // a 2xx the client could not read: the key got through
+	case apiErr.Class == kustomer.ClassTransient:
+		return keyNoAnswer
+	}
+	return keyWorks // throttled or rejected: the answer got past Kustomer's key check
+}
+
 // decision is the pure result of deciding: what to do with the message, and what the try
 // says about the key and the budget. Carrying it out is settle's job.
 type decision struct {
@@ -87,6 +118,13 @@ type decision struct {
 // and jitter (uniform in [0, 1)) give the same decision. It is the whole of the README's "What
 // happens to a message" table.
 func decide(o outcome, t tries, c policy, jitter float64) decision {
+	d := verdictOf(o, t, c, jitter)
+	d.key = keyOf(o)
+	return d
+}
+
+// verdictOf is decide less the key verdict, which keyOf reads alone: bulk requests ask it too.
+func verdictOf(o outcome, t tries, c policy, jitter float64) decision {
 	switch {
 	case o.invalid != nil:
 		return decision{verdict: verdictDeadLetter, attempts: t.attempts, class: queue.ClassInvalid,
@@ -94,9 +132,9 @@ func decide(o outcome, t tries, c policy, jitter float64) decision {
 	case o.canceled:
 		return decision{verdict: verdictKeep, attempts: t.attempts}
 	case o.panicked != nil:
-		return failed(t, c, jitter, 0, fmt.Sprintf("panic: %v", o.panicked), 0, "panic", keyUnknown)
+		return failed(t, c, jitter, 0, fmt.Sprintf("panic: %v", o.panicked), 0, "panic")
 	case o.err == nil:
-		return decision{verdict: verdictAck, attempts: t.attempts, key: keyWorks, metric: "applied"}
+		return decision{verdict: verdictAck, attempts: t.attempts, metric: "applied"}
 	}
 	var apiErr *kustomer.APIError
 	if !errors.As(o.err, &apiErr) {
@@ -104,15 +142,15 @@ func decide(o outcome, t tries, c policy, jitter float64) decision {
 			return decision{verdict: verdictDeadLetter, attempts: t.attempts, class: queue.ClassInvalid,
 				reason: o.err.Error(), metric: string(queue.ClassInvalid)}
 		}
-		return failed(t, c, jitter, 0, o.err.Error(), 0, "transient", keyNoAnswer)
+		return failed(t, c, jitter, 0, o.err.Error(), 0, "transient")
 	}
 	switch apiErr.Class {
 	case kustomer.ClassAuth:
 		return decision{verdict: verdictHoldForKey, attempts: t.attempts, status: apiErr.Status,
-			reason: apiErr.Reason, key: keyRefused, apiErr: apiErr, metric: "auth"}
+			reason: apiErr.Reason, apiErr: apiErr, metric: "auth"}
 	case kustomer.ClassThrottled:
-		d := decision{attempts: t.attempts, status: apiErr.Status, reason: apiErr.Error(), key: keyWorks,
-			apiErr: apiErr, throttle: apiErr.Scope}
+		d := decision{attempts: t.attempts, status: apiErr.Status, reason: apiErr.Error(), apiErr: apiErr,
+			throttle: apiErr.Scope}
 		if apiErr.Scope == kustomer.ScopeConversation {
 			d.verdict, d.metric = verdictBackOff, "throttled_conversation"
 			d.delay = max(apiErr.Wait, backoffDelay(t.throttles+1, c.retryInitial, c.retryMax, jitter))
@@ -122,32 +160,35 @@ func decide(o outcome, t tries, c policy, jitter float64) decision {
 		return d
 	case kustomer.ClassPermanent:
 		return decision{verdict: verdictDeadLetter, attempts: t.attempts + 1, class: queue.ClassRejected,
-			status: apiErr.Status, reason: apiErr.Error(), key: keyWorks, apiErr: apiErr, metric: string(queue.ClassRejected)}
+			status: apiErr.Status, reason: apiErr.Error(), apiErr: apiErr, metric: string(queue.ClassRejected)}
 	}
-	d := failed(t, c, jitter, apiErr.Status, apiErr.Error(), apiErr.Wait, "transient", keyNoAnswer)
+	d := failed(t, c, jitter, apiErr.Status, apiErr.Error(), apiErr.Wait, "transient")
 	d.apiErr = apiErr
 	return d
 }
 
 // failed spends an attempt on a retryable failure: retry after the backoff (at least wait), or
 // dead-letter as exhausted once attempts or deliveries run out.
-func failed(t tries, c policy, jitter float64, status int, reason string, wait time.Duration, metric string, key keyVerdict) decision {
+func failed(t tries, c policy, jitter float64, status int, reason string, wait time.Duration, metric string) decision {
 	if t.outage && metric == "transient" {
-		return decision{verdict: verdictRetry, attempts: t.attempts, status: status, reason: reason, key: key,
+		return decision{verdict: verdictRetry, attempts: t.attempts, status: status, reason: reason,
 			metric: "outage", delay: max(backoffDelay(1, c.retryInitial, c.retryMax, jitter), wait)}
 	}
 	n := t.attempts + 1
 	if n >= c.maxAttempts || c.lastDelivery(t.delivered) {
-		return decision{verdict: verdictDeadLetter, attempts: n, class: queue.ClassExhausted, status: status, key: key,
+		return decision{verdict: verdictDeadLetter, attempts: n, class: queue.ClassExhausted, status: status,
 			reason: fmt.Sprintf("gave up after %d attempts (delivery %d): %s", n, t.delivered, reason),
 			metric: string(queue.ClassExhausted)}
 	}
-	return decision{verdict: verdictRetry, attempts: n, status: status, reason: reason, key: key, metric: metric,
+	return decision{verdict: verdictRetry, attempts: n, status: status, reason: reason, metric: metric,
 		delay: max(backoffDelay(n, c.retryInitial, c.retryMax, jitter), wait)}
 }
 
 // Exponential backoff with jitter, as cenkalti/backoff's defaults: the n-th retry waits
-// initial × 1.5^(n-1), capped at max, randomized by ±50 %.
+// initial × 1.5^(n-1), capped at max, randomized by ±50 %. backoffDelay computes it from a
+// count, with the jitter given, for decide (which stays pure) and for the retries of a job
+// that one goroutine after another takes up (its count lives in the job); a loop in one
+// goroutine keeps a backoff.ExponentialBackOff instead (fetch, a bulk submit).
 const (
 	backoffMultiplier = 1.5
 	backoffJitter     = 0.5

@@ -18,6 +18,7 @@ func apiErr(status int, class kustomer.Class, scope kustomer.Scope, wait time.Du
 
 // TestDecide is the README's "What happens to a message" table, row by row.
 func TestDecide(t *testing.T) {
+	t.Parallel()
 	pol := policy{maxAttempts: 10, maxDeliver: 100, retryInitial: 500 * time.Millisecond, retryMax: 60 * time.Second}
 	first := tries{delivered: 1}
 	const mid = 0.5 // jitter that leaves the backoff as computed
@@ -87,6 +88,7 @@ func TestDecide(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			d := decide(c.o, c.t, pol, mid)
 			got := want{verdict: d.verdict, attempts: d.attempts, class: d.class, status: d.status, key: d.key, delay: d.delay, metric: d.metric}
 			w := c.want
@@ -105,7 +107,9 @@ func TestDecide(t *testing.T) {
 }
 
 func TestBackoffDelay(t *testing.T) {
+	t.Parallel()
 	t.Run("caps at the maximum, then jitters by half either way", func(t *testing.T) {
+		t.Parallel()
 		for _, c := range []struct {
 			n      int
 			jitter float64
@@ -119,4 +123,29 @@ func TestBackoffDelay(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestKeyOf covers the answers only bulk requests get; decide's table covers the rest.
+func TestKeyOf(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name string
+		err  error
+		want keyVerdict
+	}{
+		{"a 403 to a bulk read (the role org.permission.bulk.read) says nothing of the key",
+			&kustomer.APIError{Op: kustomer.OpReadBulkBatches, Status: 403, Class: kustomer.ClassAuth}, keyUnknown},
+		{"a 403 to a bulk submit refuses the key",
+			&kustomer.APIError{Op: kustomer.OpSubmitBulk, Status: 403, Class: kustomer.ClassAuth}, keyRefused},
+		{"a 401 to a bulk read refuses the key",
+			&kustomer.APIError{Op: kustomer.OpReadBulkBatches, Status: 401, Class: kustomer.ClassAuth}, keyRefused},
+		{"a 2xx the client could not read got past the key check",
+			&kustomer.APIError{Op: kustomer.OpSubmitBulk, Status: 201, Class: kustomer.ClassTransient}, keyWorks},
+		{"a dropped bulk submit learned nothing good",
+			&kustomer.APIError{Op: kustomer.OpSubmitBulk, Class: kustomer.ClassTransient, Reason: "EOF"}, keyNoAnswer},
+	} {
+		if got := keyOf(outcome{err: c.err}); got != c.want {
+			t.Errorf("%s: keyOf = %d; want %d", c.name, got, c.want)
+		}
+	}
 }

@@ -19,14 +19,16 @@
 //
 // Follow one message through pool.go from top to bottom:
 //
-//  1. fetch: the fetch goroutine takes a slot (Pool.slots: one per held message, at most
-//     Config.MaxAckPending), pulls a batch from the Consumer and hands each message to add.
+//  1. fetch: each lane has a fetch goroutine (the live lane, Pool.Consumer, and with
+//     Pool.Backfill the backfill lane). It takes a slot per message it will pull (Pool.slots,
+//     at most Config.MaxAckPending; the backfill lane also has a smaller cap of its own),
+//     pulls a batch from its consumer and hands each message to add.
 //  2. held: add decodes and validates the message once and files it as a job under its
 //     conversation (conv); a conversation with no earlier job goes onto the ready channel. An
 //     invalid message gets a conversation of its own: it has no order to keep.
 //  3. per-conversation queue: a conv's jobs are in receive order; only the head is ever tried.
-//  4. paced: a worker takes a ready conv (process), passes the auth gate (a ticket) and waits
-//     for the Budget (the Pacer) in its priority class.
+//  4. paced: a worker takes a ready conv (process), passes the two gates (below) with a
+//     ticket each and waits for the Budget (the Pacer) in its priority class.
 //  5. sent: try sends the head job's update through the Updater and returns an outcome.
 //  6. decided: decide, a pure function (decide.go), maps the outcome, the job's attempts and the
 //     policy to a decision: ack; retry after a delay; dead-letter with class, status and reason;
@@ -41,16 +43,17 @@
 // lane, only the backfill lane's: live updates always go as single PUTs): process hands the
 // conversation to the bulker (take), which puts its head job into the bulk job being filled,
 // one job per conversation at most. A full job, or one that lingered with enough items, is
-// stored in the bulk bucket, submitted and read through the Budget by a goroutine of its own;
-// each item is then settled by Kustomer's outcome for it: acknowledged through ack, as an
-// applied single PUT is, or handed back to the workers as a single PUT that goes through
+// stored in the bulk bucket, submitted and read through the gates and the Budget by a goroutine
+// of its own; each item is then settled by Kustomer's outcome for it: acknowledged through ack,
+// as an applied single PUT is, or handed back to the workers as a single PUT that goes through
 // steps 4 to 7 (an item the job failed, a job refused or past its deadline, too few items to
-// fill a job in time). A conversation whose older update may still be applied late by a job
-// is held back by the bulker until that job is complete or known lost.
+// fill a job in time). A conversation whose older update may still be applied late by a job is
+// held back by the bulker until that job is complete or known lost.
 //
-// Two gates stand before every request: the auth gate (Kustomer refuses the key) and the
-// outage breaker (requests fail transiently across conversations); while either is closed,
-// nothing is fetched and one probe at a time goes out.
+// Two gates stand before every request, single PUT or bulk submit or read: the auth gate
+// (gate.go: Kustomer refuses the key) and the outage breaker (breaker.go: requests fail
+// transiently across conversations); while either is closed, nothing is fetched and one probe
+// at a time goes out.
 //
 // Meanwhile the heartbeat marks every held message in progress well before the consumer's
 // AckWait, so waiting for budget, order or backoff never causes a redelivery; and at shutdown
@@ -70,18 +73,31 @@
 //     work stream: Pool.unconfirmed), and a settled job is only acknowledged again, never
 //     sent: so no update is applied after a newer one of its conversation, even when an
 //     acknowledgement is lost.
-//   - Every held message holds one slot, so there are never more conversations than
-//     cap(Pool.slots) and a send on Pool.ready (capacity one more) never blocks, even under
-//     Pool.mu.
+//   - Every message a pull brought holds one slot until it is let go; a message read directly
+//     by the order check across lanes (addOlder) holds none, but its conversation is joined at
+//     once by the pulled message that found it. So every conversation in Pool.convs has a
+//     message with a slot, there are never more conversations than cap(Pool.slots), and a
+//     send on Pool.readyLive or Pool.readyBackfill (each with room for 2×MaxAckPending+1)
+//     never blocks, even under Pool.mu.
 //   - A message leaves Pool.bySeq only through ack (after Kustomer or the dead-letter stream
 //     confirmed), handBack (nak), or, once this replica is a standby on its lane, cut
 //     (handover.go: nak, unsent messages only; a conversation's head only when nobody holds it).
-//   - Every request passes the auth gate with a ticket whose Done is deferred where it is
-//     taken: a probe is always answered or given back.
+//   - Every request passes both gates with a ticket each, handed back by a deferred call in
+//     the function that makes the request (process for a single PUT, bulker.pass for a bulk
+//     submit or read), panic or not: a probe is always answered or given back, so a closed
+//     gate is never left waiting for a probe that is gone.
 //
 // # Seams
 //
-// The pool depends on small interfaces (Consumer, Updater, DeadLetterer, AttemptStore, Budget),
-// so that tests of order and decisions run without NATS (see order_test.go) and new sources of
-// work, request kinds and limits are implementations, not edits of the pool.
+// The pool depends on small interfaces, each the little it uses of a collaborator, so that
+// tests of order and decisions run without NATS (see order_test.go and bulk_unit_test.go) and
+// new sources of work, request kinds and limits are implementations, not edits of the pool:
+//
+//   - seams.go: Consumer (a lane's pull consumer), Updater (the single PUT), DeadLetterer,
+//     AttemptStore (attempts across deliveries), Budget (the pacer), Outstanding (what the
+//     work stream still holds unacknowledged: recover.go, ack) and OlderFinder (the order
+//     check across lanes);
+//   - handover.go: Role (whether this replica is the active one on a lane);
+//   - bulk.go: BulkClient (submits and reads bulk jobs) and BulkStore (the jobs in flight,
+//     kept across processes).
 package worker

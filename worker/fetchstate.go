@@ -26,14 +26,16 @@ func (e *FetchError) Unwrap() error { return e.Err }
 
 // fetchState tracks a run of failing pulls: a short one is normal (a reconnect), one that
 // lasts is logged at growing intervals, makes the pool unready and, for a missing consumer or
-// stream, is healed.
+// stream, is healed. The lanes' fetch goroutines share it: each writes it through
+// fetchFailed and fetchWorks after every pull, and Ready reads it (err) from any goroutine.
 type fetchState struct {
-	mu       sync.Mutex
-	since    time.Time // first failure of the run; zero while pulls work
-	last     error
-	reported bool      // the run made the pool unready and was logged
-	nextLog  time.Time // when the run is logged again
-	logEvery time.Duration
+	mu sync.Mutex // guards every field below
+	// Written by fetchFailed and fetchWorks; read by them and by err.
+	since    time.Time     // first failure of the run; zero while pulls work
+	last     error         // the run's last failure, for Ready
+	reported bool          // the run made the pool unready and was logged
+	nextLog  time.Time     // when the run is logged again
+	logEvery time.Duration // the wait before the log line after next: doubles up to fetchLogMax
 }
 
 // Tuned values: a run of failures shorter than fetchGrace is not reported; while it lasts it

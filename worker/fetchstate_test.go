@@ -11,6 +11,7 @@ import (
 )
 
 func TestPullFailed(t *testing.T) {
+	t.Parallel()
 	live := context.Background()
 	ended, cancel := context.WithCancel(context.Background())
 	cancel()

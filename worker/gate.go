@@ -10,9 +10,11 @@ import (
 // the API key): nothing is dead-lettered, no message is taken, and one request at a time
 // probes with growing intervals until an answer shows the fault is gone.
 //
-// Every request passes the gate with Acquire, which hands out a ticket; the ticket's single
-// Done, deferred where it was taken, reports what the try learned. A probe cannot be left
-// hanging: a ticket whose Done learned nothing gives the probe back.
+// Every request, single PUT or bulk, passes the gate with Acquire, which hands out a ticket;
+// the ticket's single Done reports what the request learned. Done is deferred by the function
+// that makes the request, as soon as the ticket is taken (Pool.process, bulker.pass), so that
+// it runs on every path, a panic included. A probe cannot be left hanging: a ticket whose
+// Done learned nothing gives the probe back.
 type gate struct {
 	minDelay, maxDelay time.Duration
 	now                func() time.Time

@@ -31,7 +31,9 @@ func pass(g *gate, v keyVerdict) {
 }
 
 func TestGate(t *testing.T) {
+	t.Parallel()
 	t.Run("an open gate lets everyone through without probes", func(t *testing.T) {
+		t.Parallel()
 		now := time.Now()
 		g, _, _ := testGate(&now)
 		for range 3 {
@@ -42,6 +44,7 @@ func TestGate(t *testing.T) {
 	})
 
 	t.Run("a refused key closes it once and lets one probe through after the delay", func(t *testing.T) {
+		t.Parallel()
 		now := time.Now()
 		g, closes, _ := testGate(&now)
 		a, b := acquire(g), acquire(g) // two requests in flight when the key is refused
@@ -66,6 +69,7 @@ func TestGate(t *testing.T) {
 	})
 
 	t.Run("a probe that learned nothing is given back, so the gate never freezes", func(t *testing.T) {
+		t.Parallel()
 		now := time.Now()
 		g, _, _ := testGate(&now)
 		pass(g, keyRefused)
@@ -78,6 +82,7 @@ func TestGate(t *testing.T) {
 	})
 
 	t.Run("a failed probe doubles the wait, up to the cap", func(t *testing.T) {
+		t.Parallel()
 		now := time.Now()
 		g, _, _ := testGate(&now)
 		pass(g, keyRefused)
@@ -97,6 +102,7 @@ func TestGate(t *testing.T) {
 	})
 
 	t.Run("a working answer opens it, once", func(t *testing.T) {
+		t.Parallel()
 		now := time.Now()
 		g, _, opens := testGate(&now)
 		late := acquire(g) // sent before the refusal, answered after it

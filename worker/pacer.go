@@ -132,6 +132,11 @@ const (
 	sendGrace = 20 * time.Millisecond
 	// catchUp is how long a time with no caller waiting the pacer makes up for afterwards.
 	catchUp = 250 * time.Millisecond
+	// blindPauseMin is the pause after an org-wide 429 that says nothing of when to retry;
+	// it doubles with each such 429 in a row, at most blindPauseDoublings times, and never
+	// exceeds kustomer.MaxWait.
+	blindPauseMin       = 250 * time.Millisecond
+	blindPauseDoublings = 8
 	// recentKeep is how many turns, and latencies, the pacer remembers.
 	recentKeep  = 256
 	latencyKeep = 64
@@ -636,7 +641,7 @@ func (p *Pacer) OrgThrottled(rl kustomer.RateLimit) time.Duration {
 		return 0
 	}
 	p.blind++
-	d := min(250*time.Millisecond<<min(p.blind-1, 8), kustomer.MaxWait)
+	d := min(blindPauseMin<<min(p.blind-1, blindPauseDoublings), kustomer.MaxWait)
 	p.pause(now, now.Add(d))
 	return d
 }

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 )
 
 // fakeClock is a Clock that moves only when the test says, firing due timers in order.
@@ -110,7 +112,8 @@ func (r *pacerRig) wait(id int, class Priority) {
 			r.results <- turn{id: id, class: class, at: r.clk.Now()}
 		}
 	})
-	r.until("the caller is in line", func() bool { return r.callers() > before })
+	runtime.Gosched() // mostly enough for the caller to get in line, sparing Until's first poll
+	testwait.Until(r.tb, "the caller is in line", 10*time.Second, func() bool { return r.callers() > before })
 	r.settle()
 }
 
@@ -128,12 +131,7 @@ func (r *pacerRig) settle() {
 	granted := r.p.granted
 	r.p.mu.Unlock()
 	for len(r.got) < granted {
-		select {
-		case t := <-r.results:
-			r.got = append(r.got, t)
-		case <-time.After(10 * time.Second):
-			r.tb.Fatalf("only %d of %d served callers returned from Wait", len(r.got), granted)
-		}
+		r.got = append(r.got, testwait.Recv(r.tb, "a served caller to return from Wait", 10*time.Second, r.results))
 	}
 }
 
@@ -146,14 +144,3 @@ func (r *pacerRig) advanceTo(t time.Time) {
 
 // turnsSince is the turns served from the i-th on.
 func (r *pacerRig) turnsSince(i int) []turn { return r.got[min(i, len(r.got)):] }
-
-func (r *pacerRig) until(what string, cond func() bool) {
-	r.tb.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			r.tb.Fatalf("timed out waiting for %s", what)
-		}
-		runtime.Gosched()
-	}
-}

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 )
 
@@ -392,7 +393,7 @@ func TestPacerGivesATurnBackWhenItsCallerLeaves(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.p.Wait(ctx, PriorityLive) }()
-	r.until("the second caller is in line", func() bool { return r.callers() == 2 })
+	testwait.Until(t, "the second caller is in line", 10*time.Second, func() bool { return r.callers() == 2 })
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Wait = %v; want context.Canceled", err)

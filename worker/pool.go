@@ -33,7 +33,7 @@ type Pool struct {
 	Client      Updater      // sends the PUT
 	DeadLetters DeadLetterer // stores dead letters
 	Attempts    AttemptStore // optional: without it attempts are counted per delivery only
-	Pacer       Budget       // paces every request; default NewPacer(1000)
+	Pacer       Budget       // paces every request; default NewPacer(DefaultRatePerMinute)
 	Metrics     *Metrics     // optional
 	Log         *slog.Logger // default: discard
 	Config      Config
@@ -102,7 +102,7 @@ type Pool struct {
 	waiting      map[string]map[queue.MsgRef]struct{}
 	waitingUntil time.Time // then waiting is given up: those messages were never redelivered
 
-	fetchState fetchState // whether pulls fail, for Ready and the log
+	fetchState fetchState // whether pulls fail, for Ready and the log; guarded by its own mu
 	// readyLive and readyBackfill hold conversations whose head message may be tried now, by
 	// the head's class: workers take live ones first. Sends happen only under mu and never
 	// block: every conversation in convs holds at least one slot (a conversation of messages
@@ -121,10 +121,15 @@ type Pool struct {
 
 // source is one lane the pool pulls from.
 type source struct {
-	name  string
-	cons  Consumer
-	class Priority
-	slots chan struct{} // nil, or a cap of its own below MaxAckPending (the backfill lane)
+	// Set by init before Run starts any goroutine, never changed after; read without a lock
+	// by the lane's fetch goroutine, the workers and the heartbeat.
+	name  string   // for the log
+	cons  Consumer // pulled by the lane's fetch goroutine; its Info read by laneFloor and forgetApplied
+	class Priority // the class of the lane's messages (add)
+	// slots is nil, or a cap of the lane's own below MaxAckPending (the backfill lane): its
+	// fetch goroutine puts a token in (take), whoever lets go of a message takes one out
+	// (release); the channel is its own lock.
+	slots chan struct{}
 	// role is cons's, if it has one (handover.go); turn is role's Lost channel of the turn as
 	// the active replica the pool works for, closed while a standby. Written by the lane's
 	// fetch goroutine under Pool.mu.
@@ -146,8 +151,9 @@ type unconfirmed struct {
 }
 
 // conv is one conversation's held messages, in stream order. A conv in Pool.convs is always in
-// exactly one place: parked, the ready channel, one worker's hands, or a retry timer. Its
-// fields are guarded by Pool.mu.
+// exactly one place (see the package documentation's invariants): parked, a ready channel, one
+// worker's hands, a retry timer, the bulker's hands, or the goroutine awaiting its head's
+// acknowledgement. Its fields are guarded by Pool.mu.
 type conv struct {
 	key    string
 	jobs   []*job
@@ -263,7 +269,7 @@ func (p *Pool) init() error {
 		return errors.New("worker: Pool needs Consumer, Client and DeadLetters")
 	}
 	if p.Pacer == nil {
-		p.Pacer = NewPacer(1000)
+		p.Pacer = NewPacer(DefaultRatePerMinute)
 	}
 	if p.Log == nil {
 		p.Log = slog.New(slog.DiscardHandler)
@@ -577,12 +583,23 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	if unsure && !j.settled && !p.previousGone(hard, c, j, prev) {
 		return // c is made ready again later
 	}
-	var tk, tkDown *ticket
+	var tk, tkDown *ticket // the gates' tickets, once try took them
 	defer func() {
 		if r := recover(); r != nil {
 			p.jobLog(j).Error("panic while handling a message; it will be retried", "panic", r, "stack", string(debug.Stack()))
 			t.attempts, t.throttles = j.attempts, j.throttles
 			p.settle(c, j, decide(outcome{panicked: r}, t, p.policy, rand.Float64()))
+		}
+	}()
+	// Every ticket try takes is handed back here, panic or not: a probe that panicked learned
+	// nothing and is given back (deferred after the recover, this runs before it). On the
+	// normal path it runs after settle, so that the gates' log lines follow the message's.
+	defer func() {
+		if tkDown != nil {
+			tkDown.Done()
+		}
+		if tk != nil {
+			tk.Done()
 		}
 	}()
 	if j.settled { // only its acknowledgement is missing
@@ -593,13 +610,6 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 		return // in a bulk job, or held back for an older one (bulk.go)
 	}
 	o := p.try(ctx, hard, j, &tk, &tkDown)
-	// The tickets are handed back after settle: the gates' log lines follow the message's.
-	if tk != nil {
-		defer tk.Done()
-	}
-	if tkDown != nil {
-		defer tkDown.Done()
-	}
 	if o == nil {
 		return // shutdown began while waiting: the message stays held for handBack
 	}
@@ -618,8 +628,9 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 }
 
 // try sends j's update once the gates (the key, Kustomer's health) and the pacer let it, and
-// says what happened; nil when shutdown began before anything was sent. The gates' tickets,
-// once taken, are left in tk and tkDown for the caller to hand back.
+// says what happened; nil when shutdown began before anything was sent. Each gate's ticket
+// is stored in tk or tkDown the moment it is taken, even if try then panics, for the caller's
+// deferred hand-back.
 func (p *Pool) try(ctx, hard context.Context, j *job, tk, tkDown **ticket) *outcome {
 	if j.invalid != nil {
 		return &outcome{invalid: j.invalid}
