@@ -88,9 +88,6 @@ func (f *embeddedFlags) embedded() (queue.EmbeddedConfig, error) {
 	return queue.EmbeddedConfig{Host: host, Port: p, DataDir: f.DataDir}, nil
 }
 
-// defaultRatePerMinute is an Enterprise org's budget, the smallest Kustomer sells.
-// TODO(merge): use worker.DefaultRatePerMinute
-const defaultRatePerMinute = 1000
 
 // defaultVars are the defaults the flags take from the libraries' exported constants, so that
 // each default is written once: a flag says default:"${default_x}" and help "(default ${default})".
@@ -120,7 +117,7 @@ func defaultVars() kong.Vars {
 		"default_shutdown_timeout":  d(worker.DefaultShutdownTimeout),
 		"default_kustomer_url":      kustomer.DefaultBaseURL,
 		"default_request_timeout":   d(kustomer.DefaultTimeout),
-		"default_rate_per_minute":   i(defaultRatePerMinute),
+		"default_rate_per_minute":   i(worker.DefaultRatePerMinute),
 		"default_nats_listen":       defaultNATSListen,
 		"default_nats_url":          defaultNATSURL,
 		"default_data_dir":          queue.DefaultDataDir,
