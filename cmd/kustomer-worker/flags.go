@@ -88,7 +88,6 @@ func (f *embeddedFlags) embedded() (queue.EmbeddedConfig, error) {
 	return queue.EmbeddedConfig{Host: host, Port: p, DataDir: f.DataDir}, nil
 }
 
-
 // defaultVars are the defaults the flags take from the libraries' exported constants, so that
 // each default is written once: a flag says default:"${default_x}" and help "(default ${default})".
 func defaultVars() kong.Vars {
