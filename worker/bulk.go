@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -173,7 +174,7 @@ func (b *bulker) take(c *conv, j *job, delivered uint64) bool {
 		if !bj.follows {
 			bj.follows = true
 			b.p.jobLog(j).Info("redelivered update belongs to a bulk job a previous process submitted; reading its result instead of sending it again", "job", bj.rec.JobID)
-			b.wg.Go(func() { b.follow(bj) })
+			b.wg.Go(func() { b.guard(bj, b.follow) })
 		}
 		return true
 	}
@@ -294,7 +295,7 @@ func (b *bulker) start(items []bulkItem) {
 	}
 	b.jobs[key] = bj
 	b.mu.Unlock()
-	b.wg.Go(func() { b.submitAndFollow(bj) })
+	b.wg.Go(func() { b.guard(bj, b.submitAndFollow) })
 }
 
 // class is the pacer class of a job: live if any item is.
@@ -304,6 +305,28 @@ func (bj *bulkJob) class() Priority {
 		c = min(c, it.j.class)
 	}
 	return c
+}
+
+// guard runs run(bj) on a job's goroutine. A panic there (a bug, say in the BulkClient) must
+// not end the daemon: it is logged, and the job's unsettled items go as single PUTs, their
+// conversations' newer updates fenced until the job's deadline as after a submit whose answer
+// was lost, since the job may exist all the same.
+func (b *bulker) guard(bj *bulkJob, run func(*bulkJob)) {
+	defer func() {
+		r := recover()
+		if r == nil {
+			return
+		}
+		b.mu.Lock()
+		if bj.rec.Ambiguous.IsZero() {
+			bj.rec.Ambiguous = time.Now()
+		}
+		id := bj.rec.JobID
+		b.mu.Unlock()
+		b.p.Log.Error("panic in a bulk job; its items go as single PUTs", "job", id, "panic", r, "stack", string(debug.Stack()))
+		b.fallback(bj, "panic", b.ambiguousFence(bj), false)
+	}()
+	run(bj)
 }
 
 // submitAndFollow submits bj, retrying what may heal, and follows it to its end.

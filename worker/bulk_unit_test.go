@@ -133,3 +133,42 @@ func TestBulkWithoutABroker(t *testing.T) {
 		}
 	})
 }
+
+// panicBulk panics at its first submit, as a bug in a BulkClient would, before anything is
+// submitted.
+type panicBulk struct {
+	*memBulk
+	once sync.Once
+}
+
+func (p *panicBulk) SubmitBulk(ctx context.Context, items []kustomer.BulkItem) (*kustomer.BulkJob, error) {
+	p.once.Do(func() { panic("bug in the bulk client") })
+	return p.memBulk.SubmitBulk(ctx, items)
+}
+
+// A panic in a bulk job's goroutine does not end the process: the job's items go as single
+// PUTs and every update is applied once, in order.
+func TestBulkJobPanic(t *testing.T) {
+	t.Parallel()
+	const convs, updates = 20, 3
+	q := &memQueue{acked: map[uint64]int{}}
+	seq := uint64(0)
+	for n := range updates {
+		for c := range convs {
+			seq++
+			q.pending = append(q.pending, &memMsg{q: q, seq: seq, delivered: 1,
+				data: fmt.Appendf(nil, `{"id":%q,"body":{"name":"x","custom":{"nNum":%d}}}`, id(c), n)})
+		}
+	}
+	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
+	bulk := &panicBulk{memBulk: &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}}
+	pool := &worker.Pool{
+		Consumer: q, Client: bodyN{up}, BulkClient: bulk, DeadLetters: noDeadLetters{t}, Pacer: worker.NewPacer(-1),
+		Log: slog.New(slog.DiscardHandler),
+		Config: worker.Config{Concurrency: 4, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond,
+			MaxAckPending: 100, Bulk: worker.BulkConfig{Enabled: true, Size: 10, Min: 2, Linger: 20 * time.Millisecond,
+				Deadline: worker.MinBulkDeadline}},
+	}
+	runUntilAcked(t, pool, q, seq, 60*time.Second)
+	wantEachOnceInOrder(t, q, up, seq, convs, updates)
+}
