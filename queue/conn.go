@@ -80,7 +80,7 @@ func (c ConnConfig) Validate() error {
 // background and returns at once; JetStream calls fail until the first connect succeeds.
 // Errors that retrying cannot fix (an unreadable nkey file) come back as a *ConnectError.
 func Connect(cfg ConnConfig, log *slog.Logger) (*nats.Conn, error) {
-	opts, err := options(cfg, log)
+	opts, err := options(cfg, log, true)
 	if err != nil {
 		return nil, err
 	}
@@ -98,10 +98,11 @@ func Connect(cfg ConnConfig, log *slog.Logger) (*nats.Conn, error) {
 // and tried again after a growing delay until ctx ends. Once connected, the connection
 // reconnects forever as Connect's does.
 func ConnectWait(ctx context.Context, cfg ConnConfig, log *slog.Logger, waiting func(attempt int, err *ConnectError)) (*nats.Conn, error) {
-	opts, err := options(cfg, log)
+	opts, err := options(cfg, log, false)
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	var (
 		attempt int
 		last    *ConnectError // the last failure that may heal
@@ -128,11 +129,19 @@ func ConnectWait(ctx context.Context, cfg ConnConfig, log *slog.Logger, waiting 
 	if cerr := ctx.Err(); cerr != nil && last != nil && errors.Is(err, cerr) {
 		return nil, fmt.Errorf("gave up waiting for NATS at %s (%v): %w", last.URL, last.Err, context.Cause(ctx))
 	}
+	if err == nil { // one line, also the end of a wait
+		args := []any{"server", nc.ConnectedUrlRedacted()}
+		if attempt > 1 {
+			args = append(args, "waited", time.Since(start).Round(time.Millisecond))
+		}
+		log.Info("connected to NATS", args...)
+	}
 	return nc, err
 }
 
-// options are the connection options of cfg, without RetryOnFailedConnect.
-func options(cfg ConnConfig, log *slog.Logger) ([]nats.Option, error) {
+// options are the connection options of cfg, without RetryOnFailedConnect; connectLine: log
+// the first connection from nats.go's handler.
+func options(cfg ConnConfig, log *slog.Logger, connectLine bool) ([]nats.Option, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -146,17 +155,26 @@ func options(cfg ConnConfig, log *slog.Logger) ([]nats.Option, error) {
 		nats.ReconnectBufSize(64 << 20),
 		nats.CustomReconnectDelay(reconnectDelay),
 		nats.ConnectHandler(func(nc *nats.Conn) {
-			log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
+			if connectLine {
+				log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
+			}
 		}),
+		// An outage after the first connection: one WARN with the cause when it starts, the
+		// cause of every failed attempt kept for Outage, one INFO when it ends.
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
-			if err != nil { // nil: we closed it ourselves
+			if err != nil && stateOf(nc).lost(err) { // nil: we closed it ourselves
 				log.Warn("disconnected from NATS; reconnecting", "error", err)
 			}
 		}),
+		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
+			stateOf(nc).failed(err)
+		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted())
+			log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted(),
+				"after", stateOf(nc).back().Round(time.Millisecond))
 		}),
 		nats.ClosedHandler(func(nc *nats.Conn) {
+			states.Delete(nc)
 			log.Debug("NATS connection closed")
 		}),
 		nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {

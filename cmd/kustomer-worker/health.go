@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 )
 
@@ -45,8 +46,8 @@ func (r *readiness) notReady() string {
 		return reason
 	}
 	if !nc.IsConnected() {
-		if err := nc.LastError(); err != nil {
-			return "not connected to NATS: " + err.Error()
+		if _, cause := queue.Outage(nc); cause != nil {
+			return "not connected to NATS: " + causeOf(cause).Error()
 		}
 		return "not connected to NATS"
 	}
@@ -83,6 +84,7 @@ type outageLog struct {
 	where      string     // its URL, credentials removed
 	ready      *readiness // when set, told the reason while the outage lasts
 	quietStart bool       // the start of the outage is logged elsewhere (nats.go's disconnect handler)
+	quietEnd   bool       // so is its end (the connect or reconnect line, with the time waited)
 
 	since time.Time     // start of the current outage; zero when there is none
 	next  time.Time     // when the next "still" line is due
@@ -119,14 +121,17 @@ func (o *outageLog) ended() {
 	if o.since.IsZero() {
 		return
 	}
-	o.log.Info(o.what+" reachable; stopped waiting", "url", o.where, "after", time.Since(o.since).Round(time.Millisecond))
+	if !o.quietEnd {
+		o.log.Info(o.what+" reachable; stopped waiting", "url", o.where, "after", time.Since(o.since).Round(time.Millisecond))
+	}
 	o.since = time.Time{}
 }
 
-// watchNATS writes the lines of NATS outages after start until ctx ends; nats.go reconnects
-// on its own.
+// watchNATS writes the "still unreachable" lines of NATS outages after start, with the cause
+// of the last failed attempt, until ctx ends; nats.go reconnects on its own, and its handlers
+// (queue.Connect) write the first line and the last.
 func watchNATS(ctx context.Context, nc *nats.Conn, o *outageLog) {
-	o.quietStart = true
+	o.quietStart, o.quietEnd = true, true
 	t := time.NewTicker(natsWatchEvery)
 	defer t.Stop()
 	for {
@@ -141,11 +146,25 @@ func watchNATS(ctx context.Context, nc *nats.Conn, o *outageLog) {
 		case nc.IsConnected():
 			o.ended()
 		default:
-			err := nc.LastError()
-			if err == nil {
-				err = errors.New("reconnecting")
+			if _, cause := queue.Outage(nc); cause != nil {
+				o.failing(causeOf(cause))
+			} else {
+				o.failing(errors.New("reconnecting"))
 			}
-			o.failing(err)
 		}
 	}
+}
+
+// causeOf is the cause of a NATS connection failure for a log line or /readyz that names the
+// server already: a *queue.ConnectError without its URL, its kind kept unless it is a
+// failure that may heal (whose error says what happened: connection refused, no such host).
+func causeOf(err error) error {
+	var ce *queue.ConnectError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	if ce.Kind.Permanent() {
+		return fmt.Errorf("%v: %w", ce.Kind, ce.Err)
+	}
+	return ce.Err
 }

@@ -72,12 +72,13 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 	case c.APIKeyFile != "":
 		kf := kustomer.NewKeyFile(c.APIKeyFile)
 		if _, err := kf.Key(context.Background()); err != nil {
-			if errors.Is(err, fs.ErrNotExist) { // a wrong path: bad usage
-				return nil, queue.Topology{}, worker.Config{}, usagef("api-key-file: %v", err)
+			hint := "make the file readable by this user and put the key in it, or set KUSTOMER_API_KEY"
+			if errors.Is(err, fs.ErrNotExist) {
+				hint = "check the path given to --api-key-file (a Kubernetes or Docker secret: that it is mounted there), or set KUSTOMER_API_KEY"
 			}
 			return nil, queue.Topology{}, worker.Config{}, &startupError{
 				err:  fmt.Errorf("api-key-file %s: Kustomer API key unreadable: %w", c.APIKeyFile, err),
-				hint: "make the file readable by this user and put the key in it, or set KUSTOMER_API_KEY",
+				hint: hint,
 			}
 		}
 		key = kf
@@ -161,8 +162,13 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return settingError(err)
 	}
 	wait := newOutageLog(log, "NATS", queue.RedactURLs(natsURL), ready)
-	nc, err := queue.ConnectWait(ctx, cc, log, func(_ int, err *queue.ConnectError) { wait.failing(err.Err) })
+	wait.quietEnd = true // ConnectWait's "connected to NATS" says how long it waited
+	nc, err := queue.ConnectWait(ctx, cc, log, func(_ int, err *queue.ConnectError) { wait.failing(causeOf(err)) })
 	if err != nil {
+		if ctx.Err() != nil { // a signal while waiting: a normal stop
+			log.Info("stopped before NATS could be reached", "url", queue.RedactURLs(natsURL))
+			return nil
+		}
 		return startError(err)
 	}
 	wait.ended()
@@ -185,6 +191,10 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	ready.set("setting up streams and consumer")
 	lanes, attempts, err := bindWithRetry(ctx, js, top, c.ManageStreams, log)
 	if err != nil {
+		if ctx.Err() != nil { // a signal while waiting: a normal stop
+			log.Info("stopped before the streams and consumer could be set up")
+			return nil
+		}
 		return err
 	}
 	octx, cancel := context.WithTimeout(ctx, bindCallTimeout)

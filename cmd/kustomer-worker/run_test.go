@@ -103,7 +103,6 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 		setting string
 	}{
 		{"no key at all", nil, nil, "KUSTOMER_API_KEY or api-key-file"},
-		{"a key file that does not exist", nil, []string{"--api-key-file", keyFile}, "api-key-file"},
 		{"both a key and a key file", map[string]string{"KUSTOMER_API_KEY": "k"}, []string{"--api-key-file", keyFile}, "KUSTOMER_API_KEY and api-key-file"},
 		{"a negative rate", map[string]string{"KUSTOMER_API_KEY": "k"}, []string{"--rate-per-minute", "-5"}, "rate-per-minute"},
 		{"a rate from the environment that is not a number", map[string]string{"KUSTOMER_API_KEY": "k", "KUSTOMER_RATE_PER_MINUTE": "fast"}, nil, "rate-per-minute"},

@@ -152,6 +152,9 @@ func TestStartFailsAtOnceOnWhatWaitingCannotFix(t *testing.T) {
 		{"a server without JetStream", withKey(),
 			[]string{"--nats-url", noJetStream},
 			[]string{"NATS at " + noJetStream, "JetStream not enabled", "hint: enable JetStream"}},
+		{"a key file that does not exist", map[string]string{},
+			[]string{"--nats-url", secure, "--api-key-file", filepath.Join(dir, "no-such-key")},
+			[]string{"api-key-file " + filepath.Join(dir, "no-such-key"), "Kustomer API key unreadable", "hint: check the path given to --api-key-file"}},
 		{"credentials in the URL are not shown", withKey(),
 			[]string{"--nats-url", strings.Replace(secure, "nats://", "nats://app:wrong-password@", 1), "--nats-tls-ca", caFile},
 			[]string{"NATS at " + secure + ":", "authorization refused"}},
@@ -246,11 +249,72 @@ func TestUnreachableNATSIsWaitedOutVisibly(t *testing.T) {
 
 	natsServer(t, true, nil, nil, port)
 	testwait.Until(t, "/readyz to pass once NATS is there", 30*time.Second, func() bool { code, _ := p.get("/readyz"); return code == 200 })
-	if n := strings.Count(p.logs.String(), `msg="NATS reachable; stopped waiting"`); n != 1 {
-		t.Errorf("%d INFO lines for the end of the wait; want 1", n)
+	testwait.Until(t, "the end of the wait logged", 5*time.Second, func() bool {
+		return strings.Contains(p.logs.String(), `level=INFO msg="connected to NATS" server=nats://`+addr+` waited=`)
+	})
+	logs := p.logs.String()
+	if n := strings.Count(logs, `msg="connected to NATS"`) + strings.Count(logs, "NATS reachable"); n != 1 {
+		t.Errorf("%d INFO lines for the end of the wait; want 1 (connected, with the time waited)", n)
 	}
 	if n := strings.Count(p.logs.String(), "NATS unreachable; waiting for it"); n != 1 {
 		t.Errorf("%d lines for the start of the wait; want 1 (then growing intervals)", n)
+	}
+}
+
+func TestASignalWhileWaitingForNATSIsANormalStop(t *testing.T) {
+	t.Parallel()
+	closed := freeAddr(t) // nothing listens there
+	p := startInProcess(t, map[string]string{"KUSTOMER_API_KEY": "test-key"}, "--nats-url", "nats://"+closed)
+	testwait.Until(t, "the wait to begin", 5*time.Second, func() bool {
+		return strings.Contains(p.logs.String(), "NATS unreachable; waiting for it")
+	})
+	p.cancel()
+	err := <-p.done
+	p.done <- err
+	if err != nil {
+		t.Errorf("run = %v; want nil (exit status 0): a signal is a normal stop", err)
+	}
+	if !strings.Contains(p.logs.String(), `msg="stopped before NATS could be reached"`) {
+		t.Errorf("no line saying why it stopped:\n%s", p.logs)
+	}
+}
+
+// Issue 10: after start, a lost NATS server was reported as "error=reconnecting" every time,
+// /readyz said only "not connected to NATS", and its return wrote two INFO lines.
+func TestNATSLostAfterStartIsWaitedOutVisibly(t *testing.T) {
+	// Not parallel: the stopped server's port must stay free until it starts again.
+	srv := queuetest.StartServer(t)
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+	p := startInProcess(t, map[string]string{"KUSTOMER_API_KEY": "test-key"}, "--nats-url", srv.URL(), "--kustomer-url", fake.URL)
+	testwait.Until(t, "/readyz to pass", 20*time.Second, func() bool { code, _ := p.get("/readyz"); return code == 200 })
+
+	srv.Embedded().Shutdown()
+	var code int
+	var body string
+	if !testwait.Within(10*time.Second, func() bool {
+		code, body = p.get("/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "not connected to NATS: ") && strings.Contains(body, "connection refused")
+	}) {
+		t.Errorf("/readyz = %d %q; want 503 with the cause", code, body)
+	}
+	testwait.Until(t, "a repeated WARN naming the cause", 20*time.Second, func() bool {
+		return strings.Contains(p.logs.String(), `level=WARN msg="NATS still unreachable; waiting for it" url=`+srv.URL()+` error="dial tcp`)
+	})
+
+	queuetest.StartServer(t, queuetest.WithPort(srv.Port()), queuetest.WithStoreDir(srv.DataDir()))
+	testwait.Until(t, "/readyz to pass once NATS is back", 30*time.Second, func() bool { code, _ := p.get("/readyz"); return code == 200 })
+	logs := p.logs.String()
+	if n := strings.Count(logs, `msg="disconnected from NATS; reconnecting"`); n != 1 {
+		t.Errorf("%d lines for the start of the outage; want 1", n)
+	}
+	if n := strings.Count(logs, "error=reconnecting"); n != 0 {
+		t.Errorf("%d lines without the cause", n)
+	}
+	if n := strings.Count(logs, `level=INFO msg="reconnected to NATS"`) + strings.Count(logs, "NATS reachable"); n != 1 {
+		t.Errorf("%d INFO lines for the end of the outage; want 1", n)
+	}
+	if !strings.Contains(logs, `level=INFO msg="reconnected to NATS" server=`+srv.URL()+` after=`) {
+		t.Errorf("the end of the outage does not say how long it lasted:\n%s", logs)
 	}
 }
 
