@@ -89,15 +89,7 @@ func (m *memBulk) ReadBulkBatches(_ context.Context, id string) (*kustomer.BulkB
 func TestBulkWithoutABroker(t *testing.T) {
 	t.Parallel()
 	run := func(t *testing.T, convs, updates int, cfg worker.BulkConfig) (*memQueue, *flaky, *memBulk) {
-		q := &memQueue{acked: map[uint64]int{}}
-		seq := uint64(0)
-		for n := range updates {
-			for c := range convs {
-				seq++
-				q.pending = append(q.pending, &memMsg{q: q, seq: seq, delivered: 1,
-					data: fmt.Appendf(nil, `{"id":%q,"body":{"name":"x","custom":{"nNum":%d}}}`, id(c), n)})
-			}
-		}
+		q, seq := memBacklog(convs, updates)
 		up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
 		bulk := &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}
 		cfg.Enabled = true
@@ -151,15 +143,7 @@ func (p *panicBulk) SubmitBulk(ctx context.Context, items []kustomer.BulkItem) (
 func TestBulkJobPanic(t *testing.T) {
 	t.Parallel()
 	const convs, updates = 20, 3
-	q := &memQueue{acked: map[uint64]int{}}
-	seq := uint64(0)
-	for n := range updates {
-		for c := range convs {
-			seq++
-			q.pending = append(q.pending, &memMsg{q: q, seq: seq, delivered: 1,
-				data: fmt.Appendf(nil, `{"id":%q,"body":{"name":"x","custom":{"nNum":%d}}}`, id(c), n)})
-		}
-	}
+	q, seq := memBacklog(convs, updates)
 	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
 	bulk := &panicBulk{memBulk: &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}}
 	pool := &worker.Pool{

@@ -118,10 +118,10 @@ func (d noDeadLetters) Publish(_ context.Context, m jetstream.Msg, f queue.Failu
 	return nil
 }
 
-// The per-conversation order promise, through the seams alone: no NATS server, no HTTP.
-func TestOrderWithoutABroker(t *testing.T) {
-	t.Parallel()
-	const convs, updates = 50, 8
+// memBacklog is a queue of updates to convs conversations, updates each, in turns: update n
+// of every conversation, then n+1; each body's custom.nNum is its n. It returns the last
+// sequence.
+func memBacklog(convs, updates int) (*memQueue, uint64) {
 	q := &memQueue{acked: map[uint64]int{}}
 	seq := uint64(0)
 	for n := range updates {
@@ -131,6 +131,14 @@ func TestOrderWithoutABroker(t *testing.T) {
 				data: fmt.Appendf(nil, `{"id":%q,"body":{"name":"x","custom":{"nNum":%d}}}`, id(c), n)})
 		}
 	}
+	return q, seq
+}
+
+// The per-conversation order promise, through the seams alone: no NATS server, no HTTP.
+func TestOrderWithoutABroker(t *testing.T) {
+	t.Parallel()
+	const convs, updates = 50, 8
+	q, seq := memBacklog(convs, updates)
 	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
 	pool := &worker.Pool{
 		Consumer: q, Client: bodyN{up}, DeadLetters: noDeadLetters{t}, Pacer: worker.NewPacer(-1),
