@@ -14,20 +14,21 @@ import (
 // FetchError is Ready's answer while pulls from the consumer have been failing for a while
 // (NATS unreachable, the consumer or stream deleted, permissions).
 type FetchError struct {
+	Lane  string // "live" or "backfill"
 	Since time.Time
 	Err   error
 }
 
 func (e *FetchError) Error() string {
-	return fmt.Sprintf("cannot take messages from NATS since %s: %v", e.Since.UTC().Format(time.RFC3339), e.Err)
+	return fmt.Sprintf("cannot take messages from NATS (%s lane) since %s: %v", e.Lane, e.Since.UTC().Format(time.RFC3339), e.Err)
 }
 
 func (e *FetchError) Unwrap() error { return e.Err }
 
-// fetchState tracks a run of failing pulls: a short one is normal (a reconnect), one that
-// lasts is logged at growing intervals, makes the pool unready and, for a missing consumer or
-// stream, is healed. The lanes' fetch goroutines share it: each writes it through
-// fetchFailed and fetchWorks after every pull, and Ready reads it (err) from any goroutine.
+// fetchState tracks a lane's run of failing pulls: a short one is normal (a reconnect), one
+// that lasts is logged at growing intervals, makes the pool unready and, for a missing
+// consumer or stream, is healed. The lane's fetch goroutine writes it through fetchFailed and
+// fetchWorks after every pull, and Ready reads it (err) from any goroutine.
 type fetchState struct {
 	mu sync.Mutex // guards every field below
 	// Written by fetchFailed and fetchWorks; read by them and by err.
@@ -46,13 +47,14 @@ const (
 	healTimeout = 10 * time.Second
 )
 
-func (f *fetchState) err() error {
+// err is Ready's answer for the lane named lane.
+func (f *fetchState) err(lane string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.reported {
 		return nil
 	}
-	return &FetchError{Since: f.since, Err: f.last}
+	return &FetchError{Lane: lane, Since: f.since, Err: f.last}
 }
 
 // missing reports whether err says the consumer or its stream is gone.
@@ -63,8 +65,8 @@ func missing(err error) bool {
 
 // fetchFailed records a failed pull: after fetchGrace it makes the pool unready and logs the
 // cause (again at growing intervals), and re-creates a missing consumer or stream with Heal.
-func (p *Pool) fetchFailed(ctx context.Context, err error) {
-	f := &p.fetchState
+func (p *Pool) fetchFailed(ctx context.Context, src *source, err error) {
+	f := &src.fetch
 	now := time.Now()
 	f.mu.Lock()
 	if f.since.IsZero() {
@@ -83,7 +85,7 @@ func (p *Pool) fetchFailed(ctx context.Context, err error) {
 	if !log {
 		return
 	}
-	p.Log.Warn("cannot take messages from NATS", "error", err, "since", since.Format(time.RFC3339), "for", now.Sub(since).Round(time.Second))
+	p.Log.Warn("cannot take messages from NATS", "lane", src.name, "error", err, "since", since.Format(time.RFC3339), "for", now.Sub(since).Round(time.Second))
 	if p.Heal == nil || !missing(err) {
 		return
 	}
@@ -96,15 +98,15 @@ func (p *Pool) fetchFailed(ctx context.Context, err error) {
 	p.Log.Warn("the consumer or its stream was missing: re-created it; work goes on")
 }
 
-// fetchWorks ends a run of failed pulls.
-func (p *Pool) fetchWorks() {
-	f := &p.fetchState
+// fetchWorks ends a run of src's failed pulls.
+func (p *Pool) fetchWorks(src *source) {
+	f := &src.fetch
 	f.mu.Lock()
 	since, reported := f.since, f.reported
 	f.since, f.reported, f.last = time.Time{}, false, nil
 	f.mu.Unlock()
 	if reported {
-		p.Log.Info("taking messages from NATS again", "after", time.Since(since).Round(time.Second))
+		p.Log.Info("taking messages from NATS again", "lane", src.name, "after", time.Since(since).Round(time.Second))
 	}
 }
 

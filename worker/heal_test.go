@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,5 +58,29 @@ func TestConsumerDeletedUnderARunningPool(t *testing.T) {
 			t.Fatal(err)
 		}
 		testwait.Until(t, "Ready again", 15*time.Second, func() bool { return f.pool.Ready() == nil })
+	})
+	t.Run("a lane whose pulls fail is reported while the other lane's pulls work", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t, options{cfg: worker.Config{Concurrency: 2, FetchWait: 100 * time.Millisecond}, lanes: true})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := f.js.DeleteConsumer(ctx, f.top.Stream, f.top.BackfillConsumer); err != nil {
+			t.Fatal(err)
+		}
+		var fe *worker.FetchError
+		if !testwait.Within(15*time.Second, func() bool { return errors.As(f.pool.Ready(), &fe) }) {
+			t.Fatalf("Ready = %v; want a FetchError for the backfill lane while the live lane's pulls work", f.pool.Ready())
+		}
+		if fe.Lane != "backfill" || !strings.Contains(fe.Error(), "(backfill lane)") {
+			t.Errorf("Ready = %q; want it to name the backfill lane", fe)
+		}
+		f.publishUpdate(1, `{"name":"live"}`)
+		testwait.Until(t, "the live lane to go on", 15*time.Second, func() bool {
+			c, ok := f.fake.Conversation(id(1))
+			return ok && c.Attributes["name"] == "live"
+		})
+		if !errors.As(f.pool.Ready(), &fe) {
+			t.Errorf("Ready = %v after the live lane's pulls worked; want the backfill lane's failure still reported", f.pool.Ready())
+		}
 	})
 }

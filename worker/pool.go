@@ -102,7 +102,6 @@ type Pool struct {
 	waiting      map[string]map[queue.MsgRef]struct{}
 	waitingUntil time.Time // then waiting is given up: those messages were never redelivered
 
-	fetchState fetchState // whether pulls fail, for Ready and the log; guarded by its own mu
 	// readyLive and readyBackfill hold conversations whose head message may be tried now, by
 	// the head's class: workers take live ones first. Sends happen only under mu and never
 	// block: every conversation in convs holds at least one slot (a conversation of messages
@@ -135,6 +134,11 @@ type source struct {
 	// fetch goroutine under Pool.mu.
 	role Role
 	turn <-chan struct{}
+
+	// fetch is whether the lane's pulls fail, for Ready and the log: each lane has its own,
+	// so that pulls that work on one lane cannot hide a lane whose pulls keep failing.
+	// Guarded by its own mu.
+	fetch fetchState
 
 	// The lane's acknowledgement floor as last read for previousGone, and when that read
 	// began. Guarded by floorMu, which is held while it is read.
@@ -206,7 +210,12 @@ func (p *Pool) Ready() error {
 	if closed, since := p.outage.gate.Closed(); closed {
 		return &Unavailable{Since: since}
 	}
-	return p.fetchState.err()
+	for _, src := range p.lanes {
+		if err := src.fetch.err(src.name); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Run works until ctx ends, then shuts down gracefully: it stops taking messages, lets
@@ -366,11 +375,11 @@ func (p *Pool) fetch(ctx context.Context, src *source) {
 			p.release(src)
 		}
 		if pullFailed(ctx, err) {
-			p.fetchFailed(ctx, err)
+			p.fetchFailed(ctx, src, err)
 			_ = sleep(ctx, retry.NextBackOff())
 			continue
 		}
-		p.fetchWorks()
+		p.fetchWorks(src)
 		retry.Reset()
 	}
 }
