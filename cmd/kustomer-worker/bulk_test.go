@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"syscall"
 	"testing"
@@ -71,6 +72,17 @@ func TestDaemonBulkKilledWithJobsInFlight(t *testing.T) {
 	}
 	if !strings.Contains(out, "bulk jobs") {
 		t.Errorf("status does not list the bulk jobs in flight:\n%s", out)
+	}
+	var watched bytes.Buffer
+	wctx, wcancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	err = run(wctx, []string{"status", "--nats-url", b.url, "--watch", "--json", "--interval", "500ms"},
+		&env{stdin: strings.NewReader(""), stdout: &watched, stderr: io.Discard, getenv: func(string) string { return "" }})
+	wcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first, _, _ := strings.Cut(watched.String(), "\n"); !strings.Contains(first, `"bulk_jobs":[{`) {
+		t.Errorf("status --watch --json does not list the bulk jobs in flight:\n%s", first)
 	}
 	d.signal(syscall.SIGKILL)
 	d.wait(10 * time.Second)

@@ -64,17 +64,20 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 		defer cancel()
 		return queue.ReadStatus(rctx, s.js, top, &counter)
 	}
+	readBulk := func() ([]queue.BulkRecord, error) {
+		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return readBulkJobs(bctx, s.js, top) // bulk mode: bulk.go
+	}
 	st, err := read()
 	if err != nil {
 		return err
 	}
+	bulk, err := readBulk()
+	if err != nil {
+		return err
+	}
 	if !c.Watch {
-		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		bulk, err := readBulkJobs(bctx, s.js, top) // bulk mode: bulk.go
-		cancel()
-		if err != nil {
-			return err
-		}
 		if c.JSON {
 			doc := statusJSON(top, st, nil)
 			doc.BulkJobs = bulkDocs(bulk)
@@ -98,11 +101,13 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 		tp.Backfill = backfillThroughput(tp, st.Backfill.Backlog)
 		switch {
 		case c.JSON:
-			if err := writeJSON(e.stdout, statusJSON(top, st, &tp)); err != nil {
+			doc := statusJSON(top, st, &tp)
+			doc.BulkJobs = bulkDocs(bulk)
+			if err := writeJSON(e.stdout, doc); err != nil {
 				return err
 			}
 		case inPlace:
-			lines := statusLines(top, st, &tp)
+			lines := append(statusLines(top, st, &tp), bulkLines(bulk, st.Time)...)
 			var b strings.Builder
 			if drawn > 0 {
 				fmt.Fprintf(&b, "\x1b[%dA\x1b[J", drawn) // back to the first line drawn, clear below
@@ -115,7 +120,11 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 				return err
 			}
 		default:
-			if _, err := fmt.Fprintln(e.stdout, statusLine(st, &tp)); err != nil {
+			line := statusLine(st, &tp)
+			if len(bulk) > 0 {
+				line += fmt.Sprintf(" bulk_jobs=%d", len(bulk))
+			}
+			if _, err := fmt.Fprintln(e.stdout, line); err != nil {
 				return err
 			}
 		}
@@ -125,6 +134,9 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 		case <-t.C:
 		}
 		next, err := read()
+		if err == nil {
+			bulk, err = readBulk()
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -398,7 +410,7 @@ type statusDoc struct {
 	PerSecond   *float64            `json:"per_second,omitempty"`
 	ETASeconds  *float64            `json:"eta_seconds,omitempty"`
 	Lanes       map[string]laneDoc  `json:"lanes"`
-	BulkJobs    []bulkJobDoc        `json:"bulk_jobs,omitempty"` // bulk mode: the jobs in flight (without --watch)
+	BulkJobs    []bulkJobDoc        `json:"bulk_jobs,omitempty"` // bulk mode: the jobs in flight
 }
 
 // laneDoc is the JSON form of a lane's status.
