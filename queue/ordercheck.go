@@ -146,7 +146,7 @@ func (c *OrderCheck) olderBare(ctx context.Context, lane Lane, id string, before
 		m := fresh[seq]
 		if m == nil { // read in an earlier check: is it still pending?
 			var gerr error
-			m, gerr = c.stream.GetMsg(ctx, seq)
+			m, gerr = getMsg(ctx, c.stream, seq)
 			if errors.Is(gerr, jetstream.ErrMsgNotFound) {
 				ix.forget(id, seq)
 				continue
@@ -304,7 +304,7 @@ func conversationOf(data []byte) string {
 // next returns the first message on subject at or after sequence from, or nil when there is
 // none.
 func (c *OrderCheck) next(ctx context.Context, subject string, from uint64) (*jetstream.RawStreamMsg, error) {
-	m, err := c.stream.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
+	m, err := getMsg(ctx, c.stream, from, jetstream.WithGetMsgSubject(subject))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, nil
 	}

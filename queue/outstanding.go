@@ -44,7 +44,7 @@ func (o *Outstanding) Unacked(ctx context.Context) ([]Unacked, error) {
 		if err != nil {
 			return out, fmt.Errorf("consumer %s: %w", name, err)
 		}
-		info, err := cons.Info(ctx)
+		info, err := readLeader(ctx, cons.Info)
 		if err != nil {
 			return out, fmt.Errorf("consumer %s: %w", name, err)
 		}
@@ -68,7 +68,7 @@ func (o *Outstanding) Unacked(ctx context.Context) ([]Unacked, error) {
 func (o *Outstanding) unacked(ctx context.Context, stream jetstream.Stream, subject string, floor, last uint64, limit int) ([]Unacked, error) {
 	var out []Unacked
 	for seq := floor + 1; seq <= last && len(out) < limit; {
-		m, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		m, err := getMsg(ctx, stream, seq, jetstream.WithGetMsgSubject(subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}
@@ -90,7 +90,7 @@ func (o *Outstanding) Pending(ctx context.Context, ref MsgRef) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("stream %s: %w", o.Topology.Stream, err)
 	}
-	m, err := stream.GetMsg(ctx, ref.Seq)
+	m, err := getMsg(ctx, stream, ref.Seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return false, nil
 	}
