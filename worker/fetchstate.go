@@ -86,16 +86,26 @@ func (p *Pool) fetchFailed(ctx context.Context, src *source, err error) {
 		return
 	}
 	p.Log.Warn("cannot take messages from NATS", "lane", src.name, "error", err, "since", since.Format(time.RFC3339), "for", now.Sub(since).Round(time.Second))
-	if p.Heal == nil || !missing(err) {
+	if p.Heal == nil || !missing(err) || !p.healing.CompareAndSwap(false, true) {
 		return
 	}
-	hctx, cancel := context.WithTimeout(ctx, healTimeout)
-	defer cancel()
-	if herr := p.Heal(hctx); herr != nil {
-		p.Log.Error("the consumer or its stream is missing and cannot be re-created", "error", herr)
-		return
-	}
-	p.Log.Warn("the consumer or its stream was missing: re-created it; work goes on")
+	// Not on the fetch goroutine: "no responders" also means a consumer whose stream elects
+	// a new leader (its node died), where Heal waits out its timeout, and the lane's pulls
+	// must go on meanwhile to take messages the moment the leader is there.
+	p.healWG.Go(func() {
+		defer p.healing.Store(false)
+		hctx, cancel := context.WithTimeout(ctx, healTimeout)
+		defer cancel()
+		herr := p.Heal(hctx)
+		switch {
+		case herr == nil:
+			p.Log.Warn("the consumer or its stream was missing: re-created it; work goes on")
+		case errors.Is(herr, context.DeadlineExceeded) && ctx.Err() == nil:
+			p.Log.Warn("the consumer or its stream does not answer (NATS may be electing a leader); pulls go on being retried", "error", herr)
+		case ctx.Err() == nil:
+			p.Log.Error("the consumer or its stream is missing and cannot be re-created", "error", herr)
+		}
+	})
 }
 
 // fetchWorks ends a run of src's failed pulls.

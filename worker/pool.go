@@ -74,7 +74,11 @@ type Pool struct {
 	outage  *breaker        // open while Kustomer is down for everybody
 	bulk    *bulker         // nil unless bulk mode is on (bulk.go)
 
-	running  atomic.Bool  // written by Run; read by Ready from any goroutine
+	running atomic.Bool // written by Run; read by Ready from any goroutine
+	// healing is set while a goroutine runs Heal (fetchFailed starts it, at most one at a
+	// time, so that the lanes' pulls go on being retried meanwhile); Run waits for healWG.
+	healing  atomic.Bool
+	healWG   sync.WaitGroup
 	inflight atomic.Int64 // requests sent and not answered
 	// confirming counts the acknowledgements being waited for: Run waits for them before it
 	// hands back what is left.
@@ -257,6 +261,7 @@ func (p *Pool) Run(ctx context.Context) error {
 		"in_flight", p.inflight.Load(), "timeout", p.cfg.ShutdownTimeout)
 	deadline := time.AfterFunc(p.cfg.ShutdownTimeout, cancelHard)
 	wg.Wait()
+	p.healWG.Wait()
 	if p.bulk != nil {
 		p.bulk.wait()
 	}
