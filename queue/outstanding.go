@@ -33,14 +33,14 @@ type Outstanding struct {
 // request to read each lane's consumer, then one per message (the stream skips what was
 // acknowledged).
 func (o *Outstanding) Unacked(ctx context.Context) ([]Unacked, error) {
-	stream, err := o.JS.Stream(ctx, o.Topology.Stream)
+	stream, err := o.stream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", o.Topology.Stream, err)
 	}
 	var out []Unacked
 	for _, l := range Lanes() {
 		name := o.Topology.LaneConsumer(l)
-		cons, err := stream.Consumer(ctx, name)
+		cons, err := readLeader(ctx, func(ctx context.Context) (jetstream.Consumer, error) { return stream.Consumer(ctx, name) })
 		if err != nil {
 			return out, fmt.Errorf("consumer %s: %w", name, err)
 		}
@@ -86,7 +86,7 @@ func (o *Outstanding) unacked(ctx context.Context, stream jetstream.Stream, subj
 
 // Pending reports whether the message ref is still in the stream, unacknowledged.
 func (o *Outstanding) Pending(ctx context.Context, ref MsgRef) (bool, error) {
-	stream, err := o.JS.Stream(ctx, o.Topology.Stream)
+	stream, err := o.stream(ctx)
 	if err != nil {
 		return false, fmt.Errorf("stream %s: %w", o.Topology.Stream, err)
 	}
@@ -98,4 +98,10 @@ func (o *Outstanding) Pending(ctx context.Context, ref MsgRef) (bool, error) {
 		return false, err
 	}
 	return m.Time.UnixNano() == ref.Stored, nil
+}
+
+// stream looks up the work stream; while it elects a leader, the lookup is tried again each
+// second (readLeader) instead of waiting out ctx for an answer that never comes.
+func (o *Outstanding) stream(ctx context.Context) (jetstream.Stream, error) {
+	return readLeader(ctx, func(ctx context.Context) (jetstream.Stream, error) { return o.JS.Stream(ctx, o.Topology.Stream) })
 }
