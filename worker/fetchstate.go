@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -101,11 +102,28 @@ func (p *Pool) fetchFailed(ctx context.Context, src *source, err error) {
 		case herr == nil:
 			p.Log.Warn("the consumer or its stream was missing: re-created it; work goes on")
 		case errors.Is(herr, context.DeadlineExceeded) && ctx.Err() == nil:
-			p.Log.Warn("the consumer or its stream does not answer (NATS may be electing a leader); pulls go on being retried", "error", herr)
+			level := slog.LevelWarn
+			if !p.pullsFail() { // the leader answered the pulls meanwhile: nothing to act on
+				level = slog.LevelDebug
+			}
+			p.Log.Log(ctx, level, "the consumer or its stream does not answer (NATS may be electing a leader); pulls go on being retried", "error", herr)
 		case ctx.Err() == nil:
 			p.Log.Error("the consumer or its stream is missing and cannot be re-created", "error", herr)
 		}
 	})
+}
+
+// pullsFail reports whether a lane's pulls are failing now.
+func (p *Pool) pullsFail() bool {
+	for _, src := range p.lanes {
+		src.fetch.mu.Lock()
+		failing := !src.fetch.since.IsZero()
+		src.fetch.mu.Unlock()
+		if failing {
+			return true
+		}
+	}
+	return false
 }
 
 // fetchWorks ends a run of src's failed pulls.
