@@ -46,12 +46,23 @@ func TestReadLeader(t *testing.T) {
 		t.Parallel()
 		ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
 		defer cancel()
-		_, err := readLeader(ctx, func(actx context.Context) (int, error) {
-			<-actx.Done()
-			return 0, actx.Err()
-		})
-		if !errors.Is(err, context.DeadlineExceeded) {
-			t.Errorf("readLeader = %v; want the deadline's error", err)
+		attempts := 0
+		done := make(chan error, 1)
+		go func() {
+			_, err := readLeader(ctx, func(actx context.Context) (int, error) {
+				attempts++
+				<-actx.Done()
+				return 0, actx.Err()
+			})
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.DeadlineExceeded) || ctx.Err() == nil || attempts < 2 {
+				t.Errorf("readLeader = %v after %d attempts, caller's context %v; want the deadline's error, after 2 or more attempts, once the caller's context ended", err, attempts, ctx.Err())
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("readLeader still running 7.5 s after the caller's context ended")
 		}
 	})
 }

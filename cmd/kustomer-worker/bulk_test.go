@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -144,5 +146,20 @@ func TestDemoBulk(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("summary lacks %q:\n%s", want, out)
 		}
+	}
+	// Bulk mode worked: updates went in jobs, and the run spent fewer units than updates.
+	number := func(re string) int {
+		m := regexp.MustCompile(re).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("summary lacks %s:\n%s", re, out)
+		}
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+	if inBulk := number(`(\d+) updates applied in bulk`); inBulk == 0 {
+		t.Errorf("no update applied in bulk:\n%s", out)
+	}
+	if units := number(`budget units +(\d+)`); units >= 390 {
+		t.Errorf("%d budget units for 390 updates: bulk jobs saved nothing:\n%s", units, out)
 	}
 }

@@ -85,19 +85,18 @@ func natsServer(t *testing.T, jetStream bool, users []*server.User, tlsConfig *t
 // inProcess is `run` in this process, with a context the test ends.
 type inProcess struct {
 	logs   *syncWriter
-	http   string
 	cancel context.CancelFunc
 	done   chan error
 }
 
 func startInProcess(t *testing.T, envs map[string]string, args ...string) *inProcess {
 	t.Helper()
-	p := &inProcess{logs: &syncWriter{}, http: freeAddr(t), done: make(chan error, 1)}
+	p := &inProcess{logs: &syncWriter{}, done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	e := &env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: p.logs, getenv: func(k string) string { return envs[k] }}
 	go func() {
-		p.done <- run(ctx, append([]string{"run", "--http-addr", p.http, "--log-level", "debug"}, args...), e)
+		p.done <- run(ctx, append([]string{"run", "--http-addr", "127.0.0.1:0", "--log-level", "debug"}, args...), e)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -111,7 +110,11 @@ func startInProcess(t *testing.T, envs map[string]string, args ...string) *inPro
 }
 
 func (p *inProcess) get(path string) (int, string) {
-	resp, err := http.Get("http://" + p.http + path)
+	m := servingAddr.FindStringSubmatch(p.logs.String()) // the port the daemon picked
+	if m == nil {
+		return 0, ""
+	}
+	resp, err := http.Get("http://" + m[1] + path)
 	if err != nil {
 		return 0, ""
 	}
@@ -263,13 +266,12 @@ func TestUnreachableNATSIsWaitedOutVisibly(t *testing.T) {
 
 func TestASignalWhileWaitingForNATSIsANormalStop(t *testing.T) {
 	t.Parallel()
-	closed := freeAddr(t) // nothing listens there
-	p := startInProcess(t, map[string]string{"KUSTOMER_API_KEY": "test-key"}, "--nats-url", "nats://"+closed)
+	p := startInProcess(t, map[string]string{"KUSTOMER_API_KEY": "test-key"}, "--nats-url", "nats://127.0.0.1:1") // nothing listens there
 	testwait.Until(t, "the wait to begin", 5*time.Second, func() bool {
 		return strings.Contains(p.logs.String(), "NATS unreachable; waiting for it")
 	})
 	p.cancel()
-	err := <-p.done
+	err := testwait.Recv(t, "run to return after the signal", 10*time.Second, p.done)
 	p.done <- err
 	if err != nil {
 		t.Errorf("run = %v; want nil (exit status 0): a signal is a normal stop", err)
