@@ -309,8 +309,10 @@ func (bj *bulkJob) class() Priority {
 
 // guard runs run(bj) on a job's goroutine. A panic there (a bug, say in the BulkClient) must
 // not end the daemon: it is logged, and the job's unsettled items go as single PUTs, their
-// conversations' newer updates fenced until the job's deadline as after a submit whose answer
-// was lost, since the job may exist all the same.
+// conversations' newer updates fenced as long as Kustomer may still apply the job: until its
+// deadline if it may have been submitted (as after a submit whose answer was lost), until
+// twice the deadline once Kustomer gave it an id (as for a job overdue while followed).
+// (A panic while b.mu is held, in the bulker's own code, would still block here.)
 func (b *bulker) guard(bj *bulkJob, run func(*bulkJob)) {
 	defer func() {
 		r := recover()
@@ -322,9 +324,13 @@ func (b *bulker) guard(bj *bulkJob, run func(*bulkJob)) {
 			bj.rec.Ambiguous = time.Now()
 		}
 		id := bj.rec.JobID
+		fence := bj.rec.Submitted.Add(b.cfg.Deadline)
+		if id != "" {
+			fence = bj.rec.Submitted.Add(2 * b.cfg.Deadline)
+		}
 		b.mu.Unlock()
 		b.p.Log.Error("panic in a bulk job; its items go as single PUTs", "job", id, "panic", r, "stack", string(debug.Stack()))
-		b.fallback(bj, "panic", b.ambiguousFence(bj), false)
+		b.fallback(bj, "panic", fence, false)
 	}()
 	run(bj)
 }

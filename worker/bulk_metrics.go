@@ -18,7 +18,7 @@ func newBulkMetrics(ns string) BulkMetrics {
 		JobsCompleted: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "bulk_jobs_completed_total",
 			Help: "Bulk jobs followed until Kustomer reported every item."}),
 		JobsFailed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "bulk_jobs_failed_total",
-			Help: "Bulk jobs whose unsettled items went as single PUTs, by reason (rejected, auth, deadline, read_denied, unknown, invalid, store, error)."}, []string{"reason"}),
+			Help: "Bulk jobs whose unsettled items went as single PUTs, by reason (rejected, auth, deadline, read_denied, unknown, invalid, store, error, panic)."}, []string{"reason"}),
 		Items: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "bulk_items_total",
 			Help: "Updates that went to a bulk job or nearly did, by outcome: succeeded (applied by the job), failed (Kustomer failed the item; sent again as a single PUT), single (the job failed; sent as a single PUT), few (too few to fill a job in time; sent as a single PUT)."}, []string{"outcome"}),
 		JobDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "bulk_job_duration_seconds",
@@ -29,7 +29,7 @@ func newBulkMetrics(ns string) BulkMetrics {
 // Reasons and outcomes of the labelled bulk metrics: each series is served from the start, at
 // zero, so that rates and alerts work before the first of its kind.
 var (
-	bulkFailReasons  = []string{"rejected", "auth", "deadline", "read_denied", "unknown", "invalid", "store", "error"}
+	bulkFailReasons  = []string{"rejected", "auth", "deadline", "read_denied", "unknown", "invalid", "store", "error", "panic"}
 	bulkItemOutcomes = []string{"succeeded", "failed", "single", "few"}
 )
 

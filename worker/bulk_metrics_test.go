@@ -98,5 +98,22 @@ func checkBulkFamilies(t *testing.T, reg *prometheus.Registry) map[string]*dto.M
 			t.Errorf("metric %s has no label %q", name, label)
 		}
 	}
+	// Every reason and outcome the README lists is served from the start, at zero.
+	for name, values := range map[string][]string{
+		"kustomer_worker_bulk_jobs_failed_total": {"rejected", "auth", "deadline", "read_denied", "unknown", "invalid", "store", "error", "panic"},
+		"kustomer_worker_bulk_items_total":       {"succeeded", "failed", "single", "few"},
+	} {
+		served := map[string]bool{}
+		for _, m := range fams[name].GetMetric() {
+			if len(m.GetLabel()) > 0 {
+				served[m.GetLabel()[0].GetValue()] = true
+			}
+		}
+		for _, v := range values {
+			if !served[v] {
+				t.Errorf("metric %s is not served with %q", name, v)
+			}
+		}
+	}
 	return fams
 }
