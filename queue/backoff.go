@@ -23,16 +23,21 @@ const (
 // backoff.ExponentialBackOff. It is for callers that count attempts themselves (nats.go's
 // reconnect handler, the Publisher's batches) rather than run a retry loop.
 func nthDelay(initial, ceiling time.Duration, n int) time.Duration {
-	b := backoff.NewExponentialBackOff(
+	b := doubling(initial, ceiling)
+	d := b.NextBackOff()
+	for i := 1; i < n && d < ceiling; i++ {
+		d = b.NextBackOff()
+	}
+	return d
+}
+
+// doubling is an endless schedule that doubles from initial up to ceiling, without jitter.
+func doubling(initial, ceiling time.Duration) *backoff.ExponentialBackOff {
+	return backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(initial),
 		backoff.WithMaxInterval(ceiling),
 		backoff.WithMultiplier(2),
 		backoff.WithRandomizationFactor(0),
 		backoff.WithMaxElapsedTime(0),
 	)
-	d := b.NextBackOff()
-	for i := 1; i < n && d < ceiling; i++ {
-		d = b.NextBackOff()
-	}
-	return d
 }

@@ -125,7 +125,7 @@ func ConnectWait(ctx context.Context, cfg ConnConfig, log *slog.Logger, waiting 
 			waiting(attempt, last)
 		}
 	}
-	nc, err := backoff.RetryNotifyWithData(connect, backoff.WithContext(reconnectSchedule(), ctx), notify)
+	nc, err := backoff.RetryNotifyWithData(connect, backoff.WithContext(doubling(reconnectInitial, reconnectMax), ctx), notify)
 	if cerr := ctx.Err(); cerr != nil && last != nil && errors.Is(err, cerr) {
 		return nil, fmt.Errorf("gave up waiting for NATS at %s (%v): %w", last.URL, last.Err, context.Cause(ctx))
 	}
@@ -155,6 +155,7 @@ func options(cfg ConnConfig, log *slog.Logger, connectLine bool) ([]nats.Option,
 		nats.ReconnectBufSize(64 << 20),
 		nats.CustomReconnectDelay(reconnectDelay),
 		nats.ConnectHandler(func(nc *nats.Conn) {
+			stateOf(nc, cfg.URL).back() // Connect's first attempts may have failed
 			if connectLine {
 				log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
 			}
@@ -162,16 +163,16 @@ func options(cfg ConnConfig, log *slog.Logger, connectLine bool) ([]nats.Option,
 		// An outage after the first connection: one WARN with the cause when it starts, the
 		// cause of every failed attempt kept for Outage, one INFO when it ends.
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
-			if err != nil && stateOf(nc).lost(err) { // nil: we closed it ourselves
+			if err != nil && stateOf(nc, cfg.URL).lost(err) { // nil: we closed it ourselves
 				log.Warn("disconnected from NATS; reconnecting", "error", err)
 			}
 		}),
 		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
-			stateOf(nc).failed(err)
+			stateOf(nc, cfg.URL).failed(err)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted(),
-				"after", stateOf(nc).back().Round(time.Millisecond))
+				"after", stateOf(nc, cfg.URL).back().Round(time.Millisecond))
 		}),
 		nats.ClosedHandler(func(nc *nats.Conn) {
 			states.Delete(nc)
@@ -208,18 +209,6 @@ func options(cfg ConnConfig, log *slog.Logger, connectLine bool) ([]nats.Option,
 // on top.
 func reconnectDelay(attempts int) time.Duration {
 	return nthDelay(reconnectInitial, reconnectMax, attempts)
-}
-
-// reconnectSchedule is reconnectDelay's schedule, without nats.go's jitter, for ConnectWait's
-// own attempts: doubling from reconnectInitial up to reconnectMax, without end.
-func reconnectSchedule() backoff.BackOff {
-	return backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(reconnectInitial),
-		backoff.WithMaxInterval(reconnectMax),
-		backoff.WithMultiplier(2),
-		backoff.WithRandomizationFactor(0),
-		backoff.WithMaxElapsedTime(0),
-	)
 }
 
 // WaitConnected blocks until nc is connected or ctx ends.

@@ -3,14 +3,19 @@ package queue_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 )
 
 func TestConnectWaitTellsWaitingFromGivingUp(t *testing.T) {
@@ -61,4 +66,50 @@ func TestConnectWaitTellsWaitingFromGivingUp(t *testing.T) {
 			t.Fatalf("err = %v after %v; want three waits for an unreachable server, then the context's end", err, kinds)
 		}
 	})
+}
+
+// lockedBuffer is a log sink for handlers that write from nats.go's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A connection whose first attempts failed (Connect keeps trying in the background) reports
+// its later outages like any other: the failed first attempts must not count as an outage
+// that never ended.
+func TestConnectAfterFailedFirstAttemptsReportsLaterOutages(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	var logs lockedBuffer
+	nc, err := queue.Connect(queue.ConnConfig{URL: fmt.Sprintf("nats://127.0.0.1:%d", port)}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	testwait.Until(t, "a failed first attempt", 10*time.Second, func() bool { return queue.OutageCause(nc) != nil })
+	srv := queuetest.StartServer(t, queuetest.WithPort(port))
+	testwait.Until(t, "the connection", 20*time.Second, nc.IsConnected)
+	srv.Embedded().Shutdown()
+	testwait.Until(t, "the outage's WARN", 10*time.Second, func() bool {
+		return strings.Contains(logs.String(), "disconnected from NATS; reconnecting")
+	})
+	if err := queue.OutageCause(nc); err == nil {
+		t.Error("OutageCause = nil while the server is down")
+	}
 }

@@ -9,8 +9,10 @@ import (
 
 // connState is what the handlers of one connection learned about its current outage.
 type connState struct {
+	url string // the configured URL(s), for the cause's *ConnectError
+
 	mu    sync.Mutex
-	since time.Time // when the connection was lost; zero while connected
+	since time.Time // when the connection was lost (or first tried); zero while connected
 	cause error     // the disconnect's error, then the last failed reconnect's
 }
 
@@ -18,8 +20,11 @@ type connState struct {
 // connection: nats.go's handlers get the connection, not a value of ours.
 var states sync.Map // *nats.Conn -> *connState
 
-func stateOf(nc *nats.Conn) *connState {
-	s, _ := states.LoadOrStore(nc, &connState{})
+func stateOf(nc *nats.Conn, url string) *connState {
+	if s, ok := states.Load(nc); ok {
+		return s.(*connState)
+	}
+	s, _ := states.LoadOrStore(nc, &connState{url: url})
 	return s.(*connState)
 }
 
@@ -60,23 +65,19 @@ func (s *connState) back() time.Duration {
 	return d
 }
 
-// Outage says whether nc, made by Connect or ConnectWait, is lost and reconnecting: since
-// when, and the cause (the error of the last failed attempt to reconnect, else the
-// disconnect's), classified as a *ConnectError like ConnectWait's; since is zero while nc is
-// connected or closed.
-func Outage(nc *nats.Conn) (since time.Time, cause error) {
+// OutageCause is why nc, made by Connect or ConnectWait, is not connected while it
+// reconnects: the error of its last failed attempt, else the disconnect's, classified as a
+// *ConnectError like ConnectWait's; nil while nc is connected or closed, or nothing is known.
+func OutageCause(nc *nats.Conn) error {
 	v, ok := states.Load(nc)
 	if !ok || nc.IsConnected() || nc.IsClosed() {
-		return time.Time{}, nil
+		return nil
 	}
 	s := v.(*connState)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.since.IsZero() {
-		return time.Time{}, nil
+	if s.since.IsZero() || s.cause == nil {
+		return nil
 	}
-	if s.cause != nil {
-		cause = classify(nc.Opts.Url, s.cause)
-	}
-	return s.since, cause
+	return classify(s.url, s.cause)
 }

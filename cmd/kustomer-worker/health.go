@@ -46,7 +46,7 @@ func (r *readiness) notReady() string {
 		return reason
 	}
 	if !nc.IsConnected() {
-		if _, cause := queue.Outage(nc); cause != nil {
+		if cause := queue.OutageCause(nc); cause != nil {
 			return "not connected to NATS: " + causeOf(cause).Error()
 		}
 		return "not connected to NATS"
@@ -146,7 +146,7 @@ func watchNATS(ctx context.Context, nc *nats.Conn, o *outageLog) {
 		case nc.IsConnected():
 			o.ended()
 		default:
-			if _, cause := queue.Outage(nc); cause != nil {
+			if cause := queue.OutageCause(nc); cause != nil {
 				o.failing(causeOf(cause))
 			} else {
 				o.failing(errors.New("reconnecting"))
