@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -24,6 +25,7 @@ const (
 // would wait out its whole deadline for it, seconds after the new leader is there. An answer,
 // an error among them (no such message), ends it at once.
 func readLeader[T any](ctx context.Context, read func(context.Context) (T, error)) (T, error) {
+	var last error // the last unanswered attempt's, for the error when ctx ends between attempts
 	attempt := func() (T, error) {
 		actx, cancel := context.WithTimeout(ctx, leaderAttempt)
 		defer cancel()
@@ -31,6 +33,7 @@ func readLeader[T any](ctx context.Context, read func(context.Context) (T, error
 		if err != nil && (ctx.Err() != nil || !unanswered(err)) {
 			return v, backoff.Permanent(err)
 		}
+		last = err
 		return v, err
 	}
 	schedule := backoff.NewExponentialBackOff(
@@ -38,7 +41,11 @@ func readLeader[T any](ctx context.Context, read func(context.Context) (T, error
 		backoff.WithMaxInterval(leaderRetryMax),
 		backoff.WithMaxElapsedTime(0), // until ctx ends
 	)
-	return backoff.RetryWithData(attempt, backoff.WithContext(schedule, ctx))
+	v, err := backoff.RetryWithData(attempt, backoff.WithContext(schedule, ctx))
+	if err != nil && last != nil && err == ctx.Err() {
+		err = fmt.Errorf("%w (the last attempt: %v)", err, last)
+	}
+	return v, err
 }
 
 // unanswered reports whether err says a request got no answer in time, as during a leader

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -27,6 +28,9 @@ type Outstanding struct {
 	Topology Topology
 	// Limit caps how many messages Unacked reads; default 10 × the consumer's MaxAckPending.
 	Limit int
+
+	mu   sync.Mutex
+	work jetstream.Stream // the work stream once looked up: a handle by name, good for a stream re-created since
 }
 
 // Unacked lists the delivered, unacknowledged messages of both lanes, oldest first: one
@@ -44,10 +48,7 @@ func (o *Outstanding) Unacked(ctx context.Context) ([]Unacked, error) {
 		if err != nil {
 			return out, fmt.Errorf("consumer %s: %w", name, err)
 		}
-		info, err := readLeader(ctx, cons.Info)
-		if err != nil {
-			return out, fmt.Errorf("consumer %s: %w", name, err)
-		}
+		info := cons.CachedInfo() // as the lookup just read it
 		limit := o.Limit
 		if limit <= 0 {
 			limit = 10 * max(info.Config.MaxAckPending, 1)
@@ -100,8 +101,22 @@ func (o *Outstanding) Pending(ctx context.Context, ref MsgRef) (bool, error) {
 	return m.Time.UnixNano() == ref.Stored, nil
 }
 
-// stream looks up the work stream; while it elects a leader, the lookup is tried again each
-// second (readLeader) instead of waiting out ctx for an answer that never comes.
+// stream is the work stream, looked up once; while the stream elects a leader, the lookup
+// is tried again each second (readLeader) instead of waiting out ctx for an answer that never
+// comes.
 func (o *Outstanding) stream(ctx context.Context) (jetstream.Stream, error) {
-	return readLeader(ctx, func(ctx context.Context) (jetstream.Stream, error) { return o.JS.Stream(ctx, o.Topology.Stream) })
+	o.mu.Lock()
+	work := o.work
+	o.mu.Unlock()
+	if work != nil {
+		return work, nil
+	}
+	work, err := readLeader(ctx, func(ctx context.Context) (jetstream.Stream, error) { return o.JS.Stream(ctx, o.Topology.Stream) })
+	if err != nil {
+		return nil, err
+	}
+	o.mu.Lock()
+	o.work = work
+	o.mu.Unlock()
+	return work, nil
 }
