@@ -79,16 +79,6 @@ func (c *OrderCheck) OlderPending(ctx context.Context, lane Lane, id string, bef
 	return out, err
 }
 
-// OldestBare returns the sequence of the oldest message on lane's bare subject (one without
-// a conversation id in the subject), or 0 when there is none. One request.
-func (c *OrderCheck) OldestBare(ctx context.Context, lane Lane) (uint64, error) {
-	m, err := c.next(ctx, c.top.LaneSubject(lane), 1)
-	if err != nil || m == nil {
-		return 0, err
-	}
-	return m.Sequence, nil
-}
-
 // older reads the messages on subject below before.
 func (c *OrderCheck) older(ctx context.Context, subject string, before uint64) ([]*DirectMsg, error) {
 	var out []*DirectMsg
