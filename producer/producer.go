@@ -80,8 +80,8 @@ func (c Config) Validate() error {
 			return fmt.Errorf("producer: %s %q is not a plain NATS subject (no wildcards, spaces or empty tokens)", f.name, s)
 		}
 	}
-	if c.Subject == c.BackfillSubject {
-		return fmt.Errorf("producer: Subject and BackfillSubject are both %q; the lanes need subjects of their own", c.Subject)
+	if queue.LanesOverlap(c.Subject, c.BackfillSubject) {
+		return fmt.Errorf("producer: Subject %q and BackfillSubject %q overlap; the lanes need subjects of their own", c.Subject, c.BackfillSubject)
 	}
 	if c.Lane != Live && c.Lane != Backfill {
 		return fmt.Errorf("producer: Lane %q is not a lane; use %q or %q", c.Lane, Live, Backfill)

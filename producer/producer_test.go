@@ -358,6 +358,7 @@ func TestLanes(t *testing.T) {
 		}{
 			{producer.Config{Lane: "urgent"}, `Lane "urgent"`},
 			{producer.Config{BackfillSubject: producer.DefaultSubject}, "subjects of their own"},
+			{producer.Config{BackfillSubject: producer.DefaultSubject + ".backfill"}, "subjects of their own"}, // under the live lane's
 			{producer.Config{BackfillSubject: "a.>"}, "BackfillSubject"},
 		} {
 			if _, err := producer.New(nil, c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {

@@ -128,7 +128,7 @@ func (t Topology) Validate() error {
 		return bad("PinnedTTL", "%s is under %s", t.PinnedTTL, MinPinnedTTL)
 	case within(t.DLQSubject, t.BackfillSubject):
 		return bad("DLQSubject", "%q overlaps the backfill subject %q", t.DLQSubject, t.BackfillSubject)
-	case nested(t.Subject, t.BackfillSubject):
+	case LanesOverlap(t.Subject, t.BackfillSubject):
 		return bad("BackfillSubject", "%q overlaps the work subject %q: the lanes need subjects of their own", t.BackfillSubject, t.Subject)
 	case t.Consumer == t.BackfillConsumer:
 		return bad("BackfillConsumer", "%q is the name of the live lane's Consumer too", t.BackfillConsumer)
@@ -153,9 +153,9 @@ var validGroup = regexp.MustCompile(`^[a-zA-Z0-9/_=-]{1,16}$`)
 // a subject under it.
 func within(s, lane string) bool { return s == lane || strings.HasPrefix(s, lane+".") }
 
-// nested reports whether the subjects two lanes take overlap: the lane subjects are equal or
-// one lies under the other.
-func nested(a, b string) bool { return within(a, b) || within(b, a) }
+// LanesOverlap reports whether the subjects two lanes take overlap: the lane subjects are
+// equal or one lies under the other (a lane takes its subject and every subject under it).
+func LanesOverlap(a, b string) bool { return within(a, b) || within(b, a) }
 
 // WorkSubjects are the subjects of the work stream: both lanes', each bare and with a suffix.
 func (t Topology) WorkSubjects() []string {
