@@ -58,17 +58,22 @@ func bulkVars() map[string]string {
 	}
 }
 
-// readBulkJobs reads the bulk jobs in flight for status; none when the bucket does not exist
-// (no worker ran in bulk mode yet).
-func readBulkJobs(ctx context.Context, js jetstream.JetStream, top queue.Topology) ([]queue.BulkRecord, error) {
-	store, err := queue.BindBulk(ctx, js, top, false)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		return nil, nil
+// bulkJobs reads the bulk jobs in flight for status, binding their bucket once it exists.
+type bulkJobs struct{ store *queue.BulkJobs }
+
+// read lists the jobs; none while the bucket does not exist (no worker ran in bulk mode yet).
+func (b *bulkJobs) read(ctx context.Context, js jetstream.JetStream, top queue.Topology) ([]queue.BulkRecord, error) {
+	if b.store == nil {
+		store, err := queue.BindBulk(ctx, js, top, false)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		b.store = store
 	}
-	if err != nil {
-		return nil, err
-	}
-	return store.List(ctx)
+	return b.store.List(ctx)
 }
 
 // bulkJobDoc is a bulk job in flight in status --json.

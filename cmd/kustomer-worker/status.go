@@ -64,10 +64,11 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 		defer cancel()
 		return queue.ReadStatus(rctx, s.js, top, &counter)
 	}
+	var jobs bulkJobs // bulk mode: bulk.go
 	readBulk := func() ([]queue.BulkRecord, error) {
 		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		return readBulkJobs(bctx, s.js, top) // bulk mode: bulk.go
+		return jobs.read(bctx, s.js, top)
 	}
 	st, err := read()
 	if err != nil {
@@ -134,9 +135,6 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 		case <-t.C:
 		}
 		next, err := read()
-		if err == nil {
-			bulk, err = readBulk()
-		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -144,6 +142,9 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 			return err
 		}
 		st = next
+		if b, err := readBulk(); err == nil { // else the jobs as last read: they are a detail
+			bulk = b
+		}
 	}
 }
 
