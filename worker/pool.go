@@ -154,8 +154,7 @@ type source struct {
 // unconfirmed is a message acknowledged without waiting for the confirmation.
 type unconfirmed struct {
 	ref queue.MsgRef
-	src *source   // its lane; nil if read directly
-	at  time.Time // when it was acknowledged
+	src *source // its lane (one read directly is acknowledged confirmed)
 }
 
 // conv is one conversation's held messages, in stream order. A conv in Pool.convs is always in
@@ -830,25 +829,22 @@ func (p *Pool) ackNow(c *conv, j *job) bool {
 	if !alone || msg.Ack() != nil {
 		return false // a failed acknowledgement is retried, confirmed, by confirm
 	}
-	p.acked(c, j, false)
+	// A message read directly is settled by deleting it from the stream, and its Ack returns
+	// once the leader confirmed that: nothing to check later.
+	p.acked(c, j, j.src == nil)
 	return true
 }
 
 // previousGone reports whether prev, the last message of c acknowledged without confirmation,
 // has been acknowledged for good, so that j, the conversation's next, may be sent: its lane's
-// acknowledgement floor, read after the acknowledgement was sent, has passed it, or (when the
-// floor is held back, or prev was read directly) it is gone from the work stream. If not yet
+// acknowledgement floor has passed it, or (when the floor is held back) it is gone from the
+// work stream. If not yet
 // (the acknowledgement is on its way, or was lost and prev comes back after AckWait to be
 // acknowledged again), or if NATS cannot be read, c is made ready again after a while.
 func (p *Pool) previousGone(ctx context.Context, c *conv, j *job, prev unconfirmed) bool {
-	gone := false
-	var err error
-	if prev.src != nil {
-		var floor uint64
-		floor, err = p.laneFloor(ctx, prev.src, prev.at)
-		gone = err == nil && prev.ref.Seq <= floor
-	}
-	if !gone && (prev.src == nil || j.checks >= floorChecks) {
+	floor, err := p.laneFloor(ctx, prev.src, prev.ref.Seq)
+	gone := err == nil && prev.ref.Seq <= floor
+	if !gone && j.checks >= floorChecks {
 		pctx, cancel := context.WithTimeout(ctx, storeTimeout)
 		var pending bool
 		pending, err = p.Outstanding.Pending(pctx, prev.ref)
@@ -882,15 +878,15 @@ const (
 	floorChecks = 3
 )
 
-// laneFloor is src's acknowledgement floor (a stream sequence) as read after after, when a
-// read began then; it reads it again if the last read is older and began at least floorEvery
-// ago, and otherwise returns the last one read, which may not pass a message acknowledged
-// since. Every message of the lane at or below it is acknowledged.
-func (p *Pool) laneFloor(ctx context.Context, src *source, after time.Time) (uint64, error) {
+// laneFloor is src's acknowledgement floor (a stream sequence): every message of the lane at
+// or below it is acknowledged, and it only grows. The last one read is returned while it
+// passes seq (whenever it was read, that proves seq acknowledged) or began less than
+// floorEvery ago; otherwise it is read again.
+func (p *Pool) laneFloor(ctx context.Context, src *source, seq uint64) (uint64, error) {
 	src.floorMu.Lock()
 	defer src.floorMu.Unlock()
 	start := time.Now()
-	if src.floorAt.After(after) || start.Sub(src.floorAt) < floorEvery {
+	if src.floor >= seq || start.Sub(src.floorAt) < floorEvery {
 		return src.floor, nil
 	}
 	ictx, cancel := context.WithTimeout(ctx, storeTimeout)
@@ -935,7 +931,7 @@ func (p *Pool) acked(c *conv, j *job, confirmed bool) {
 	defer p.mu.Unlock()
 	p.applied[j.ref] = struct{}{}
 	if !confirmed && j.invalid == nil {
-		p.unconfirmed[c.key] = unconfirmed{ref: j.ref, src: j.src, at: time.Now()}
+		p.unconfirmed[c.key] = unconfirmed{ref: j.ref, src: j.src}
 	}
 	c.jobs = c.jobs[1:]
 	delete(p.bySeq, j.ref)
