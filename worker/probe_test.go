@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -18,6 +19,10 @@ import (
 type scripted struct {
 	before []error
 	n      atomic.Int32
+	// gated reports whether a gate stops the pool; the panicking request checks that it is a
+	// probe, sent while a gate was closed.
+	gated    func() bool
+	notProbe atomic.Bool
 }
 
 func (s *scripted) UpdateConversation(context.Context, kustomer.Update) (*kustomer.Result, error) {
@@ -26,6 +31,9 @@ func (s *scripted) UpdateConversation(context.Context, kustomer.Update) (*kustom
 	case n <= len(s.before):
 		return nil, s.before[n-1]
 	case n == len(s.before)+1:
+		if !s.gated() {
+			s.notProbe.Store(true)
+		}
 		panic("the client panicked")
 	}
 	return &kustomer.Result{Status: 200, RateLimit: unlimited}, nil
@@ -59,6 +67,11 @@ func TestPanickingProbeIsGivenBack(t *testing.T) {
 				// One worker: the request after those that closed the gate is its probe.
 				Config: worker.Config{Concurrency: 1, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond},
 			}
+			up.gated = func() bool {
+				var down *worker.Unavailable
+				err := pool.Ready()
+				return errors.Is(err, worker.ErrAuthBlocked) || errors.As(err, &down)
+			}
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- pool.Run(ctx) }()
@@ -69,6 +82,9 @@ func TestPanickingProbeIsGivenBack(t *testing.T) {
 				}
 			})
 			testwait.Until(t, "the probe to panic", 10*time.Second, func() bool { return int(up.n.Load()) > len(tc.before) })
+			if up.notProbe.Load() {
+				t.Fatal("the panicking request went out with no gate closed: it was no probe")
+			}
 			// The next probe goes out at once (the panicking one learned nothing) and opens
 			// the gate; then everything is applied. A probe left out would freeze the pool.
 			testwait.Until(t, "every message acknowledged after the panicking probe", 10*time.Second, func() bool { return q.done(convs) })
