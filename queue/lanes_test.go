@@ -326,12 +326,19 @@ func TestOrderCheck(t *testing.T) {
 		if err != nil || !slices.Equal(seqs(older), want) {
 			t.Fatalf("OlderPending: %v, %v; want %v", seqs(older), err, want)
 		}
+		const bare = 2000 // of the 3000, those not on a conversation's subject
+		if next, n := queue.BareIndexState(oc, queue.LaneBackfill); next < live || n != bare {
+			t.Errorf("bare index read up to %d, remembers %d; want up to %d, each of the %d bare messages once", next, n, live, bare)
+		}
 		// Another conversation, after more bare messages: only those are read.
 		b := pub(t, js, top.BackfillSubject, `{"id":"b","body":{}}`)
 		live2 := pub(t, js, top.ConversationSubject(queue.LaneLive, "b"), "l2")
 		older, err = oc.OlderPending(ctx, queue.LaneBackfill, "b", live2)
 		if err != nil || !slices.Equal(seqs(older), []uint64{b}) {
 			t.Errorf("OlderPending of b: %v, %v; want [%d]", seqs(older), err, b)
+		}
+		if next, n := queue.BareIndexState(oc, queue.LaneBackfill); next < live2 || n != bare+1 {
+			t.Errorf("bare index read up to %d, remembers %d; want up to %d, %d: the new bare message added once", next, n, live2, bare+1)
 		}
 	})
 
@@ -377,6 +384,9 @@ func TestOrderCheck(t *testing.T) {
 		applyFirst(500)
 		publish(100)
 		check("half of them applied, more published (the index prunes)")
+		if _, n := queue.BareIndexState(oc, queue.LaneBackfill); n >= 1100 {
+			t.Errorf("the index remembers %d bare messages; want the 500 applied ones forgotten", n)
+		}
 		applyFirst(550)
 		publish(2000)
 		check("most applied, many more published")
