@@ -100,6 +100,32 @@ func handoverSetup(t *testing.T) *handover {
 // warmup is the conversation whose update pins the first replica; its requests never wait.
 const warmup = 1000
 
+// activeAndStandby starts replica a, whose requests wait for gate, pinned on lane by a first
+// update (of conversation warmup), then replica b, a running standby: b starts once a applied
+// that update, so that b's own start finds nothing held elsewhere, and what follows happens
+// while both run. b has room for the newer updates and the older ones (see docs/STANDBY.md,
+// "Order and budget").
+func (h *handover) activeAndStandby(lane queue.Lane, concurrency int, gate <-chan struct{}) (a, b *replica) {
+	h.t.Helper()
+	a = h.start("a", worker.Config{Concurrency: concurrency, MaxAckPending: 16}, gate)
+	h.publish(lane, warmup, 0)
+	testwait.Until(h.t, "the first replica to be active on the "+string(lane)+" lane", 20*time.Second, func() bool {
+		return a.pin(lane).Active() && queuetest.StreamMsgs(h.t, h.js, h.top.Stream) == 0
+	})
+	return a, h.start("b", worker.Config{Concurrency: concurrency, MaxAckPending: 128}, nil)
+}
+
+// appliedBut counts the updates applied to conversations 0..convs-1 but those in skip.
+func (h *handover) appliedBut(convs int, skip []string) int {
+	n := 0
+	for i := range convs {
+		if !slices.Contains(skip, id(i)) {
+			n += len(h.applied(i))
+		}
+	}
+	return n
+}
+
 // start runs a replica until the test ends. Its requests, but those of conversation warmup,
 // wait until gate is closed (nil: they go at once).
 func (h *handover) start(name string, cfg worker.Config, gate <-chan struct{}) *replica {
@@ -235,17 +261,7 @@ func TestHandoverToARunningStandby(t *testing.T) {
 			const rounds, concurrency = 5, 4
 			h := handoverSetup(t)
 			gate := make(chan struct{})
-			a := h.start("a", worker.Config{Concurrency: concurrency, MaxAckPending: 16}, gate)
-			// A first update pins the first replica; the standby starts once it is applied,
-			// so that the standby's own start finds nothing held elsewhere: what follows
-			// happens while both processes run.
-			h.publish(tc.lane, warmup, 0)
-			testwait.Until(t, "the first replica to be active", 20*time.Second, func() bool {
-				return a.pin(tc.lane).Active() && queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0
-			})
-			// The new active has room for the newer updates and the older ones (see
-			// docs/STANDBY.md, "Order and budget").
-			b := h.start("b", worker.Config{Concurrency: concurrency, MaxAckPending: 128}, nil)
+			a, b := h.activeAndStandby(tc.lane, concurrency, gate)
 
 			// The active replica takes every conversation's first update, sends as many as it
 			// may at once (they wait at the gate: requests in flight) and holds the others.
@@ -278,7 +294,7 @@ func TestHandoverToARunningStandby(t *testing.T) {
 			// updates at once (no hold-back), or the messages the old active handed back and
 			// everything behind them (hold-back and hand back).
 			want := (tc.convs - concurrency) * rounds
-			testwait.Until(t, fmt.Sprintf("%d updates applied", want), 60*time.Second, func() bool { return h.fake.Stats().Applied >= want })
+			testwait.Until(t, fmt.Sprintf("%d updates applied", want), 60*time.Second, func() bool { return h.appliedBut(tc.convs, inFlight) >= want })
 			for _, conv := range inFlight {
 				if n := len(h.fake.RequestsFor(conv)); n != 0 {
 					t.Errorf("conversation %s: %d newer updates applied while the old active still had its first one in flight", conv, n)
@@ -295,12 +311,7 @@ func TestHandoverToARunningStandby(t *testing.T) {
 			close(gate)
 
 			testwait.Until(t, "work stream to empty", 60*time.Second, func() bool { return queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0 })
-			stale := 0
-			for i := range tc.convs {
-				if c, ok := h.fake.Conversation(id(i)); !ok || c.Attributes["name"] != fmt.Sprintf("u-%d", rounds-1) {
-					stale++
-				}
-			}
+			stale := notEndedAt(h.fake, tc.convs, fmt.Sprintf("u-%d", rounds-1))
 			if stale != 0 {
 				t.Errorf("%d of %d conversations ended at an older update than their last", stale, tc.convs)
 			}
@@ -331,12 +342,7 @@ func TestHandoverWithTheOrderCheckAcrossLanes(t *testing.T) {
 	const convs, concurrency = 12, 4
 	h := handoverSetup(t)
 	gate := make(chan struct{})
-	a := h.start("a", worker.Config{Concurrency: concurrency, MaxAckPending: 16}, gate)
-	h.publish(queue.LaneBackfill, warmup, 0)
-	testwait.Until(t, "the first replica to be active on the backfill lane", 20*time.Second, func() bool {
-		return a.pin(queue.LaneBackfill).Active() && queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0
-	})
-	b := h.start("b", worker.Config{Concurrency: concurrency, MaxAckPending: 128}, nil)
+	a, b := h.activeAndStandby(queue.LaneBackfill, concurrency, gate)
 
 	// The backfill goes to the active replica, which sends four updates (they wait at the
 	// gate) and holds the others.
@@ -376,15 +382,7 @@ func TestHandoverWithTheOrderCheckAcrossLanes(t *testing.T) {
 	// Newer live updates of every conversation: each finds its older backfill update pending.
 	h.publishRound(queue.LaneLive, convs, 1)
 	want := (convs - concurrency) * 2
-	testwait.Until(t, fmt.Sprintf("%d updates applied", want), 60*time.Second, func() bool {
-		n := 0
-		for i := range convs {
-			if !slices.Contains(inFlight, id(i)) {
-				n += len(h.applied(i))
-			}
-		}
-		return n >= want
-	})
+	testwait.Until(t, fmt.Sprintf("%d updates applied", want), 60*time.Second, func() bool { return h.appliedBut(convs, inFlight) >= want })
 	for _, conv := range inFlight {
 		if n := len(h.fake.RequestsFor(conv)); n != 0 {
 			t.Errorf("conversation %s: %d updates applied while the old active still had its backfill update in flight", conv, n)
@@ -392,12 +390,7 @@ func TestHandoverWithTheOrderCheckAcrossLanes(t *testing.T) {
 	}
 	close(gate)
 	testwait.Until(t, "work stream to empty", 60*time.Second, func() bool { return queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0 })
-	stale := 0
-	for i := range convs {
-		if c, ok := h.fake.Conversation(id(i)); !ok || c.Attributes["name"] != "u-1" {
-			stale++
-		}
-	}
+	stale := notEndedAt(h.fake, convs, "u-1")
 	if stale != 0 {
 		t.Errorf("%d of %d conversations ended at their backfill update, older than their live one", stale, convs)
 	}

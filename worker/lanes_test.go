@@ -9,7 +9,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
-	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 )
@@ -64,16 +63,19 @@ func (noMessages) Messages() <-chan jetstream.Msg {
 }
 func (noMessages) Error() error { return nil }
 
-// notEndedAt counts the conversations 0..convs-1 whose name at the fake is not want.
-func (f *fixture) notEndedAt(convs int, want string) int {
-	n := 0
-	for i := range convs {
-		if c, _ := f.fake.Conversation(id(i)); c.Attributes["name"] != want {
-			n++
-		}
+// publishAs publishes an update of conversation conv to lane l, on the lane's bare subject if
+// bare, else on <lane subject>.<id>.
+func (f *fixture) publishAs(bare bool, l queue.Lane, conv int, body string) {
+	f.t.Helper()
+	if bare {
+		f.publishBare(l, conv, body)
+	} else {
+		f.publishLane(l, conv, body)
 	}
-	return n
 }
+
+// notEndedAt counts the conversations 0..convs-1 whose name at the fake is not want.
+func (f *fixture) notEndedAt(convs int, want string) int { return notEndedAt(f.fake, convs, want) }
 
 func TestLanes(t *testing.T) {
 	t.Parallel()
@@ -96,67 +98,44 @@ func TestLanes(t *testing.T) {
 		}
 		f.waitDrained(60 * time.Second)
 	})
-	t.Run("a live update never overtakes an older pending backfill update of its conversation", func(t *testing.T) {
-		t.Parallel()
-		f := setup(t, options{fake: kustomertest.Config{}, noStart: true})
-		const convs = 50
-		for i := range 200 {
-			f.publishLane(queue.LaneBackfill, 1000+i, `{"name":"filler"}`)
+	for _, bare := range []bool{false, true} {
+		name := "a live update never overtakes an older pending backfill update of its conversation"
+		if bare {
+			name += ", published on the bare subject"
 		}
-		for i := range convs {
-			f.publishLane(queue.LaneBackfill, i, `{"name":"backfill"}`)
-		}
-		for i := range convs {
-			f.publishLane(queue.LaneLive, i, `{"name":"live"}`)
-		}
-		f.start(options{cfg: worker.Config{Concurrency: 4}, rate: 3000, lanes: true})
-		f.waitDrained(60 * time.Second)
-		stale := 0
-		for i := range convs {
-			if c, _ := f.fake.Conversation(id(i)); c.Attributes["name"] != "live" {
-				stale++
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f := setup(t, options{noStart: true})
+			const convs = 50
+			for i := range 200 {
+				f.publishAs(bare, queue.LaneBackfill, 1000+i, `{"name":"filler"}`)
 			}
-		}
-		if stale != 0 {
-			t.Errorf("%d of %d conversations ended at their older backfill update; want the live one last", stale, convs)
-		}
-		if n := len(f.deadLetters()); n != 0 {
-			t.Errorf("%d dead letters; want none", n)
-		}
-	})
-	t.Run("a live update never overtakes an older backfill update published on the bare subject", func(t *testing.T) {
-		t.Parallel()
-		f := setup(t, options{noStart: true})
-		const convs = 50
-		for i := range 200 {
-			f.publishBare(queue.LaneBackfill, 1000+i, `{"name":"filler"}`)
-		}
-		for i := range convs {
-			f.publishBare(queue.LaneBackfill, i, `{"name":"backfill"}`)
-		}
-		for i := range convs {
-			f.publishLane(queue.LaneLive, i, `{"name":"live"}`)
-		}
-		f.start(options{cfg: worker.Config{Concurrency: 4}, rate: 3000, lanes: true})
-		f.waitDrained(60 * time.Second)
-		if n := f.notEndedAt(convs, "live"); n != 0 {
-			t.Errorf("%d of %d conversations ended at their older backfill update; want the live one last", n, convs)
-		}
-		if got, want := f.fake.Stats().Applied, 200+2*convs; got != want {
-			t.Errorf("the fake applied %d updates; want %d, each once", got, want)
-		}
-	})
+			for i := range convs {
+				f.publishAs(bare, queue.LaneBackfill, i, `{"name":"backfill"}`)
+			}
+			for i := range convs {
+				f.publishLane(queue.LaneLive, i, `{"name":"live"}`)
+			}
+			f.start(options{cfg: worker.Config{Concurrency: 4}, rate: 3000, lanes: true})
+			f.waitDrained(60 * time.Second)
+			if n := f.notEndedAt(convs, "live"); n != 0 {
+				t.Errorf("%d of %d conversations ended at their older backfill update; want the live one last", n, convs)
+			}
+			if got, want := f.fake.Stats().Applied, 200+2*convs; got != want {
+				t.Errorf("the fake applied %d updates; want %d, each once", got, want)
+			}
+			if n := len(f.deadLetters()); n != 0 {
+				t.Errorf("%d dead letters; want none", n)
+			}
+		})
+	}
 	t.Run("a backfill update never overtakes an older live update of its conversation still pending", func(t *testing.T) {
 		t.Parallel()
 		for _, bare := range []bool{false, true} {
 			f := setup(t, options{noStart: true})
 			const convs = 20
 			for i := range convs {
-				if bare {
-					f.publishBare(queue.LaneLive, i, `{"name":"live"}`)
-				} else {
-					f.publishLane(queue.LaneLive, i, `{"name":"live"}`)
-				}
+				f.publishAs(bare, queue.LaneLive, i, `{"name":"live"}`)
 			}
 			for i := range convs {
 				f.publishLane(queue.LaneBackfill, i, `{"name":"backfill"}`)

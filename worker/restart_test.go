@@ -18,9 +18,14 @@ import (
 
 // stale counts the conversations whose final state is not their last update "u-<last>".
 func (f *fixture) stale(convs, last int) int {
+	return notEndedAt(f.fake, convs, fmt.Sprintf("u-%d", last))
+}
+
+// notEndedAt counts the conversations 0..convs-1 that fake does not hold with name want.
+func notEndedAt(fake *kustomertest.Server, convs int, want string) int {
 	n := 0
 	for i := range convs {
-		if c, ok := f.fake.Conversation(id(i)); !ok || c.Attributes["name"] != fmt.Sprintf("u-%d", last) {
+		if c, ok := fake.Conversation(id(i)); !ok || c.Attributes["name"] != want {
 			n++
 		}
 	}
@@ -113,15 +118,20 @@ func (c *lossy) Fetch(n int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch
 	return lossyBatch{b, ch}, nil
 }
 
+// ackModes are the pool's two ways of acknowledging: without Outstanding every acknowledgement
+// is confirmed before the conversation goes on (stream false); with it, the last held one of
+// a conversation is not waited for, and the next update checks the stream instead.
+var ackModes = []struct {
+	name   string
+	stream bool
+}{{"every acknowledgement confirmed", false}, {"the last of a conversation checked in the stream", true}}
+
 func TestOrderWhenAcknowledgementsAreLost(t *testing.T) {
 	// Without Outstanding every acknowledgement is confirmed before the conversation goes on;
 	// with it, one whose conversation has nothing newer held is not waited for, and the next
 	// update waits for its message to leave the stream instead.
-	for _, tc := range []struct {
-		name   string
-		stream bool
-	}{{"every acknowledgement confirmed", false}, {"the last of a conversation checked in the stream", true}} {
-		t.Run(tc.name, func(t *testing.T) { testOrderWhenAcknowledgementsAreLost(t, tc.stream) })
+	for _, m := range ackModes {
+		t.Run(m.name, func(t *testing.T) { testOrderWhenAcknowledgementsAreLost(t, m.stream) })
 	}
 }
 
@@ -179,11 +189,8 @@ func (f *fixture) crashingPool(cfg worker.Config, stream bool, wrap func(jetstre
 }
 
 func TestOrderAcrossAWorkerCrash(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		stream bool
-	}{{"every acknowledgement confirmed", false}, {"the last of a conversation checked in the stream", true}} {
-		t.Run(tc.name, func(t *testing.T) { testOrderAcrossAWorkerCrash(t, tc.stream) })
+	for _, m := range ackModes {
+		t.Run(m.name, func(t *testing.T) { testOrderAcrossAWorkerCrash(t, m.stream) })
 	}
 }
 
