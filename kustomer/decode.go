@@ -312,8 +312,8 @@ func appendCompact(dst, src []byte) []byte {
 	return append(dst, src[start:]...)
 }
 
-// revOf reads data.attributes.rev from a 2xx answer as parseRev does, with the lexer and
-// without allocating; ok is false when the lexer gave up, and then parseRev's answer is the
+// revOf reads data.attributes.rev from a 2xx answer as parseRev does, with the lexer and one
+// allocation (the lexer itself); ok is false when the lexer gave up, and then parseRev's answer is the
 // one. As json.Unmarshal into parseRev's struct, keys match case-insensitively, a later key
 // wins, null leaves a value as it is, and any value of the wrong type makes the rev 0.
 func revOf(body []byte) (rev int64, ok bool) {

@@ -169,3 +169,21 @@ func BenchmarkParseRev(b *testing.B) {
 		})
 	}
 }
+
+// The quick paths are taken: the lexer decodes the valid seeds itself (a lexer that always
+// gave up would leave every other test green, the reference decoding each message again), and
+// revOf reads an answer's rev without falling back, allocating only its lexer.
+func TestQuickPathsAreTaken(t *testing.T) {
+	for _, s := range decodeSeeds[:3] {
+		if _, err := decode([]byte(s), newLexer); err != nil {
+			t.Errorf("the lexer gave up on a valid message %q: %v", s, err)
+		}
+	}
+	answer := []byte(`{"data":{"type":"conversation","id":"x","attributes":{"status":"open","rev":12,"custom":{"rev":3}}}}`)
+	if rev, ok := revOf(answer); rev != 12 || !ok {
+		t.Errorf("revOf = %d, %v; want 12, read by the lexer", rev, ok)
+	}
+	if n := testing.AllocsPerRun(100, func() { revOf(answer) }); n > 1 {
+		t.Errorf("revOf allocates %.0f times; want its lexer only", n)
+	}
+}
