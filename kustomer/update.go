@@ -91,10 +91,17 @@ func ValidID(s string) bool {
 // after its other problems. Malformed JSON is reported alone, as one problem of field
 // "message". Decode never panics.
 func Decode(data []byte) (Update, error) {
-	if u, err := decode(data, newLexer); err == nil {
-		return u, nil
+	return quickFirst(func(open func([]byte) tokenReader) (Update, error) { return decode(data, open) })
+}
+
+// quickFirst runs check with the lexer, and again with the reference json.Decoder when the
+// lexer finds a problem or gives up: the reference's problems are the ones reported, word
+// for word, so the lexer only has to be right about what is valid.
+func quickFirst[T any](check func(open func([]byte) tokenReader) (T, error)) (T, error) {
+	if v, err := check(newLexer); err == nil {
+		return v, nil
 	}
-	return decode(data, newDecoder) // the reference: its problems are the ones reported
+	return check(newDecoder)
 }
 
 // decode is Decode reading the tokens of data through open: newLexer is quick and exact for
@@ -204,10 +211,8 @@ func decode(data []byte, open func([]byte) tokenReader) (Update, error) {
 // Validate checks an Update built in code by the rules Decode applies: ID must be a valid id
 // and Body must pass ValidateBody. The error is a *ValidationError or nil.
 func (u Update) Validate() error {
-	if u.validate(newLexer) == nil {
-		return nil
-	}
-	return u.validate(newDecoder)
+	_, err := quickFirst(func(open func([]byte) tokenReader) (struct{}, error) { return struct{}{}, u.validate(open) })
+	return err
 }
 
 func (u Update) validate(open func([]byte) tokenReader) error {
@@ -228,13 +233,12 @@ func (u Update) validate(open func([]byte) tokenReader) error {
 // {"customer": "<id>"}, at most MaxBodyBytes once compacted. Problems name fields starting
 // with "body". The error is a *ValidationError or nil.
 func ValidateBody(body []byte) error {
-	c := &checker{open: newLexer}
-	if c.body(body); c.result() == nil {
-		return nil
-	}
-	c = &checker{open: newDecoder}
-	c.body(body)
-	return c.result()
+	_, err := quickFirst(func(open func([]byte) tokenReader) (struct{}, error) {
+		c := &checker{open: open}
+		c.body(body)
+		return struct{}{}, c.result()
+	})
+	return err
 }
 
 var errTrailing = errors.New("unexpected data after the JSON value")
