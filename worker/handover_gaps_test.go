@@ -1,0 +1,129 @@
+package worker_test
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
+	"github.com/kustomer-worker/kustomer-worker/worker"
+)
+
+// roleQueue is a memQueue whose consumer has a role (worker.Role) the test switches, and
+// which counts the messages handed back (Nak) while this replica is a standby.
+type roleQueue struct {
+	*memQueue
+	mu     sync.Mutex
+	lost   chan struct{}
+	gained chan struct{}
+	naks   atomic.Int32
+}
+
+func newRoleQueue(q *memQueue) *roleQueue {
+	gained := make(chan struct{})
+	close(gained)
+	return &roleQueue{memQueue: q, lost: make(chan struct{}), gained: gained}
+}
+
+func (r *roleQueue) Lost() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lost
+}
+
+func (r *roleQueue) Gained() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.gained
+}
+
+// lose makes this replica a standby.
+func (r *roleQueue) lose() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	close(r.lost)
+	r.gained = make(chan struct{})
+}
+
+// redeliver puts message seq back in the queue, delivered once more, as JetStream does with a
+// message whose acknowledgement was lost.
+func (r *roleQueue) redeliver(seq uint64, data []byte, delivered uint64) {
+	r.memQueue.mu.Lock()
+	defer r.memQueue.mu.Unlock()
+	r.pending = append(r.pending, &memMsg{q: r.memQueue, seq: seq, delivered: delivered, data: data})
+}
+
+func (r *roleQueue) acks(seq uint64) int {
+	r.memQueue.mu.Lock()
+	defer r.memQueue.mu.Unlock()
+	return r.acked[seq]
+}
+
+type countingMsg struct {
+	*memMsg
+	naks *atomic.Int32
+}
+
+func (m countingMsg) Nak() error {
+	m.naks.Add(1)
+	return m.memMsg.Nak()
+}
+
+func (r *roleQueue) Fetch(n int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch, error) {
+	b, err := r.memQueue.Fetch(n, opts...)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan jetstream.Msg, n)
+	for m := range b.Messages() {
+		ch <- countingMsg{m.(*memMsg), &r.naks}
+	}
+	close(ch)
+	return memBatch{ch}, nil
+}
+
+var _ worker.Role = (*roleQueue)(nil)
+
+// A standby that gets a redelivery of an update it applied itself (its acknowledgement was
+// lost) acknowledges it again rather than handing it back: handed back, the active replica
+// would apply the old update again, maybe after a newer one.
+func TestHandoverStandbyAcksARedeliveryItApplied(t *testing.T) {
+	t.Parallel()
+	q, seq := memBacklog(1, 1)
+	data := q.pending[0].data
+	rq := newRoleQueue(q)
+	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
+	pool := &worker.Pool{
+		Consumer: rq, Client: bodyN{up}, DeadLetters: noDeadLetters{t}, Pacer: worker.NewPacer(-1),
+		Log:    slog.New(slog.DiscardHandler),
+		Config: worker.Config{Concurrency: 2, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- pool.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	testwait.Until(t, "the update applied and acknowledged while active", 10*time.Second, func() bool { return rq.acks(seq) == 1 })
+
+	rq.lose()
+	rq.redeliver(seq, data, 2)
+	testwait.Until(t, "the redelivery settled", 10*time.Second, func() bool { return rq.acks(seq) == 2 || rq.naks.Load() > 0 })
+	if n := rq.naks.Load(); n > 0 {
+		t.Fatalf("the standby handed back (%d times) a redelivery of an update it applied; want it acknowledged again", n)
+	}
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	if got := up.applied[id(0)]; len(got) != 1 {
+		t.Fatalf("updates applied %v; want the one once", got)
+	}
+}
