@@ -190,11 +190,18 @@ func (p *Pool) giveBack(c *conv) (gone bool) {
 }
 
 // yield hands back everything the pool holds of src and has not sent, once this replica is
-// a standby on it: conversations at rest (parked, waiting for a worker or for a retry) at
-// once, and the messages queued behind one that is being sent; a conversation a worker took
-// meanwhile is handed back by that worker (giveBack), and the rest of one being sent once its
-// head is settled.
+// a standby on it: conversations at rest (parked, waiting for a worker, for a retry or for a
+// bulk job's fence) at once, and the messages queued behind one that is being sent; a
+// conversation a worker took meanwhile is handed back by that worker (giveBack), and the
+// rest of one being sent once its head is settled.
 func (p *Pool) yield(src *source) {
+	if p.bulk != nil {
+		// Held back by a bulk job's fence, a conversation is at rest too: its worker hands
+		// its head back (giveBack) rather than wait for the fence to end.
+		for _, it := range p.bulk.yieldFenced() {
+			p.schedule(it.c, 0)
+		}
+	}
 	p.mu.Lock()
 	if p.closing {
 		p.mu.Unlock()

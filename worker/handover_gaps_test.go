@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -125,5 +126,51 @@ func TestHandoverStandbyAcksARedeliveryItApplied(t *testing.T) {
 	defer up.mu.Unlock()
 	if got := up.applied[id(0)]; len(got) != 1 {
 		t.Fatalf("updates applied %v; want the one once", got)
+	}
+}
+
+// A conversation that a bulk job's fence holds back (an older update of it may still be
+// applied late by the job) is at rest: when this replica becomes a standby, its head is
+// handed back at once, as a parked one is, rather than held here (and kept in progress) until
+// the fence ends, long after the new active replica gave up waiting for it and applied newer
+// updates of the conversation.
+func TestHandoverHandsBackAConversationHeldByABulkFence(t *testing.T) {
+	t.Parallel()
+	q, _ := memBacklog(1, 2) // update 0 (seq 1), then update 1 (seq 2), of one conversation
+	rq := newRoleQueue(q)
+	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
+	// The first job's submit panics: its item goes as a single PUT, and the conversation's
+	// newer update is fenced until the job's deadline, as after a submit with no answer.
+	bulk := &panicBulk{memBulk: &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}}
+	logs := &syncBuffer{}
+	pool := &worker.Pool{
+		Consumer: rq, Client: bodyN{up}, BulkClient: bulk, DeadLetters: noDeadLetters{t}, Pacer: worker.NewPacer(-1),
+		Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Config: worker.Config{Concurrency: 2, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond,
+			MaxAckPending: 10, Bulk: worker.BulkConfig{Enabled: true, Size: 10, Min: 1, Linger: 20 * time.Millisecond,
+				Deadline: time.Minute}},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- pool.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	testwait.Until(t, "update 0 applied and update 1 held by the fence", 10*time.Second, func() bool {
+		return rq.acks(1) == 1 && strings.Contains(logs.String(), "holding an update until an older bulk job")
+	})
+	if n := rq.naks.Load(); n != 0 {
+		t.Fatalf("%d messages handed back while active", n)
+	}
+
+	rq.lose()
+	if !testwait.Within(5*time.Second, func() bool { return rq.naks.Load() > 0 }) {
+		t.Fatal("the fenced update is still held after the pin was lost; want it handed back at once (the fence lasts a minute)")
+	}
+	if n := rq.acks(2); n != 0 {
+		t.Fatalf("update 1 acknowledged %d times by the standby; want it handed back", n)
 	}
 }
