@@ -17,10 +17,12 @@ import (
 )
 
 // roleQueue is a memQueue whose consumer has a role (worker.Role) the test switches, and
-// which counts the messages handed back (Nak) while this replica is a standby.
+// which counts the messages handed back (Nak). A standby's pulls get nothing, as from a
+// pinned group, unless standbyPulls (a pull in flight when the pin moved).
 type roleQueue struct {
 	*memQueue
-	mu     sync.Mutex
+	standbyPulls bool
+	mu           sync.Mutex
 	lost   chan struct{}
 	gained chan struct{}
 	naks   atomic.Int32
@@ -77,6 +79,12 @@ func (m countingMsg) Nak() error {
 }
 
 func (r *roleQueue) Fetch(n int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch, error) {
+	if !r.standbyPulls && isClosed(r.Lost()) {
+		time.Sleep(2 * time.Millisecond) // a pull that found nothing waits a little
+		ch := make(chan jetstream.Msg)
+		close(ch)
+		return memBatch{ch}, nil
+	}
 	b, err := r.memQueue.Fetch(n, opts...)
 	if err != nil {
 		return nil, err
@@ -89,6 +97,15 @@ func (r *roleQueue) Fetch(n int, opts ...jetstream.FetchOpt) (jetstream.MessageB
 	return memBatch{ch}, nil
 }
 
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
 var _ worker.Role = (*roleQueue)(nil)
 
 // A standby that gets a redelivery of an update it applied itself (its acknowledgement was
@@ -99,6 +116,7 @@ func TestHandoverStandbyAcksARedeliveryItApplied(t *testing.T) {
 	q, seq := memBacklog(1, 1)
 	data := q.pending[0].data
 	rq := newRoleQueue(q)
+	rq.standbyPulls = true
 	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
 	pool := &worker.Pool{
 		Consumer: rq, Client: bodyN{up}, DeadLetters: noDeadLetters{t}, Pacer: worker.NewPacer(-1),
