@@ -23,9 +23,9 @@ type roleQueue struct {
 	*memQueue
 	standbyPulls bool
 	mu           sync.Mutex
-	lost   chan struct{}
-	gained chan struct{}
-	naks   atomic.Int32
+	lost         chan struct{}
+	gained       chan struct{}
+	naks         atomic.Int32
 }
 
 func newRoleQueue(q *memQueue) *roleQueue {
