@@ -157,7 +157,17 @@ func (b *bulker) take(c *conv, j *job, delivered uint64) bool {
 		case !now.Before(f.until):
 			delete(b.fences, c.key)
 		case j.ref.Seq > f.seq:
-			b.fenced[c.key] = bulkItem{c, j} // released by release
+			// A standby hands the head back rather than hold it for the fence (yieldFenced
+			// covers a pin lost after this check: it waits for b.mu).
+			b.p.mu.Lock()
+			standby := b.p.giveBackFrom(c, true) == 0
+			b.p.mu.Unlock()
+			if standby {
+				b.mu.Unlock()
+				b.p.schedule(c, 0) // its worker hands it back (Pool.giveBack)
+				return true
+			}
+			b.fenced[c.key] = bulkItem{c, j} // released by release, or by yieldFenced
 			b.mu.Unlock()
 			b.p.jobLog(j).Debug("holding an update until an older bulk job of its conversation is complete or lost", "until", f.until)
 			return true
@@ -779,6 +789,28 @@ func (b *bulker) release() {
 	for _, it := range free {
 		b.p.schedule(it.c, 0)
 	}
+}
+
+// yieldFenced takes out of b's hands, for handing back, the conversations a fence holds back
+// whose head goes back now that this replica is a standby on its lane (Pool.giveBackFrom). Such a
+// conversation is at rest, as a parked one is: held here until the fence ends (minutes), its
+// head would come back to the workers long after the new active replica stopped waiting for
+// it (recover.go) and applied the conversation's newer updates. Pool.yield calls it, then
+// hands these to the workers (Pool.schedule), whose giveBack hands them back. b.mu is taken
+// before Pool.mu, as everywhere.
+func (b *bulker) yieldFenced() []bulkItem {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.p.mu.Lock()
+	defer b.p.mu.Unlock()
+	var out []bulkItem
+	for conv, it := range b.fenced {
+		if b.p.giveBackFrom(it.c, true) == 0 {
+			out = append(out, it)
+			delete(b.fenced, conv)
+		}
+	}
+	return out
 }
 
 // follow follows a job another process submitted, once one of its items came here.

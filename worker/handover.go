@@ -88,8 +88,11 @@ func (p *Pool) admit(ctx context.Context, msg jetstream.Msg, src *source) {
 	}
 	turn := src.role.Lost()
 	if isClosed(turn) {
-		if md, err := msg.Metadata(); err == nil && p.policy.lastDelivery(md.NumDelivered) {
-			p.add(msg, src) // never delivered again: it is settled here, standby or not
+		if md, err := msg.Metadata(); err == nil && (p.policy.lastDelivery(md.NumDelivered) || p.appliedHere(md)) {
+			// Never delivered again, or applied here already and only its acknowledgement
+			// was lost: it is settled here (add acknowledges the latter again), standby or
+			// not. Handed back, an applied update would be applied again by the active.
+			p.add(msg, src)
 			return
 		}
 		if err := msg.Nak(); err != nil {
@@ -111,6 +114,16 @@ func (p *Pool) admit(ctx context.Context, msg jetstream.Msg, src *source) {
 		p.Log.Debug("active: taking messages", "lane", src.name)
 	}
 	p.add(msg, src)
+}
+
+// appliedHere reports whether the message of md is one this pool settled and acknowledged
+// (Pool.applied), so that add acknowledges it again.
+func (p *Pool) appliedHere(md *jetstream.MsgMetadata) bool {
+	ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, done := p.applied[ref]
+	return done
 }
 
 // standbyOn reports whether this replica is a standby on the lane j came from (a message
@@ -177,11 +190,18 @@ func (p *Pool) giveBack(c *conv) (gone bool) {
 }
 
 // yield hands back everything the pool holds of src and has not sent, once this replica is
-// a standby on it: conversations at rest (parked, waiting for a worker or for a retry) at
-// once, and the messages queued behind one that is being sent; a conversation a worker took
-// meanwhile is handed back by that worker (giveBack), and the rest of one being sent once its
-// head is settled.
+// a standby on it: conversations at rest (parked, waiting for a worker, for a retry or for a
+// bulk job's fence) at once, and the messages queued behind one that is being sent; a
+// conversation a worker took meanwhile is handed back by that worker (giveBack), and the
+// rest of one being sent once its head is settled.
 func (p *Pool) yield(src *source) {
+	if p.bulk != nil {
+		// Held back by a bulk job's fence, a conversation is at rest too: its worker hands
+		// its head back (giveBack) rather than wait for the fence to end.
+		for _, it := range p.bulk.yieldFenced() {
+			p.schedule(it.c, 0)
+		}
+	}
 	p.mu.Lock()
 	if p.closing {
 		p.mu.Unlock()
