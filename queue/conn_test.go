@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -68,24 +67,6 @@ func TestConnectWaitTellsWaitingFromGivingUp(t *testing.T) {
 	})
 }
 
-// lockedBuffer is a log sink for handlers that write from nats.go's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // A connection whose first attempts failed (Connect keeps trying in the background) reports
 // its later outages like any other: the failed first attempts must not count as an outage
 // that never ended.
@@ -96,7 +77,7 @@ func TestConnectAfterFailedFirstAttemptsReportsLaterOutages(t *testing.T) {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	var logs lockedBuffer
+	var logs testwait.Buffer // nats.go's handlers write it from their goroutines
 	nc, err := queue.Connect(queue.ConnConfig{URL: fmt.Sprintf("nats://127.0.0.1:%d", port)}, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package worker_test
 
 import (
-	"context"
 	"log/slog"
 	"math/rand/v2"
 	"strings"
@@ -123,15 +122,7 @@ func TestHandoverStandbyAcksARedeliveryItApplied(t *testing.T) {
 		Log:    slog.New(slog.DiscardHandler),
 		Config: worker.Config{Concurrency: 2, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond},
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- pool.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	runInBackground(t, pool)
 	testwait.Until(t, "the update applied and acknowledged while active", 10*time.Second, func() bool { return rq.acks(seq) == 1 })
 
 	rq.lose()
@@ -168,15 +159,7 @@ func TestHandoverHandsBackAConversationHeldByABulkFence(t *testing.T) {
 			MaxAckPending: 10, Bulk: worker.BulkConfig{Enabled: true, Size: 10, Min: 1, Linger: 20 * time.Millisecond,
 				Deadline: time.Minute}},
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- pool.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	runInBackground(t, pool)
 	testwait.Until(t, "update 0 applied and update 1 held by the fence", 10*time.Second, func() bool {
 		return rq.acks(1) == 1 && strings.Contains(logs.String(), "holding an update until an older bulk job")
 	})

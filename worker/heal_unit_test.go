@@ -51,16 +51,8 @@ func TestPullsGoOnWhileHealRuns(t *testing.T) {
 		},
 		Config: worker.Config{Concurrency: 4, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond},
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- pool.Run(ctx) }()
-	t.Cleanup(func() {
-		releaseOnce.Do(func() { close(release) })
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	runInBackground(t, pool)
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) }) // runs first: Run waits for Heal
 
 	testwait.Closed(t, "Heal to be called for the failing pulls", 30*time.Second, healing)
 	l.elected.Store(true)

@@ -162,6 +162,20 @@ func runUntilAcked(t *testing.T, pool *worker.Pool, q *memQueue, seq uint64, tim
 	}
 }
 
+// runInBackground runs pool until the test ends, then stops it and checks what Run returned.
+func runInBackground(t *testing.T, pool *worker.Pool) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- pool.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := testwait.Recv(t, "Run to return", 30*time.Second, done); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
 // wantEachOnceInOrder checks that each of messages 1..seq was acknowledged once and that each
 // of convs conversations got its updates updates applied in stream order.
 func wantEachOnceInOrder(t *testing.T, q *memQueue, up *flaky, seq uint64, convs, updates int) {

@@ -72,15 +72,7 @@ func TestPanickingProbeIsGivenBack(t *testing.T) {
 				err := pool.Ready()
 				return errors.Is(err, worker.ErrAuthBlocked) || errors.As(err, &down)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- pool.Run(ctx) }()
-			t.Cleanup(func() {
-				cancel()
-				if err := testwait.Recv(t, "Run to return", 30*time.Second, done); err != nil {
-					t.Error(err)
-				}
-			})
+			runInBackground(t, pool)
 			testwait.Until(t, "the probe to panic", 10*time.Second, func() bool { return int(up.n.Load()) > len(tc.before) })
 			if up.notProbe.Load() {
 				t.Fatal("the panicking request went out with no gate closed: it was no probe")

@@ -182,22 +182,7 @@ func startDaemon(t *testing.T, envs map[string]string, args ...string) *daemon {
 }
 
 // syncWriter collects a process's output for reading while it runs.
-type syncWriter struct {
-	mu sync.Mutex
-	w  bytes.Buffer
-}
-
-func (s *syncWriter) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.String()
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
-}
+type syncWriter = testwait.Buffer
 
 func (d *daemon) status(path string) int {
 	addr := d.addr()
