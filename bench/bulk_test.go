@@ -18,6 +18,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 var (
@@ -193,7 +194,7 @@ func (r *rig) startBulkPool(perMinute int, bulk bool, metrics *worker.Metrics) (
 	pool := &worker.Pool{
 		Consumer: cons, Client: client, BulkClient: client, BulkJobs: store,
 		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
-		Attempts:    attempts, Pacer: worker.NewPacer(perMinute), Metrics: metrics, Log: discard, Config: cfg,
+		Attempts:    attempts, Pacer: pacer.New(perMinute), Metrics: metrics, Log: discard, Config: cfg,
 	}
 	return r.runPool(pool, client)
 }

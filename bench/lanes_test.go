@@ -18,6 +18,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 var (
@@ -252,7 +253,7 @@ func (r *rig) startLanes(ratePerMinute int, order worker.OlderFinder) (stop func
 		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
 		Outstanding: &queue.Outstanding{JS: r.js, Topology: r.top},
 		Attempts:    attempts,
-		Pacer:       worker.NewPacer(ratePerMinute),
+		Pacer:       pacer.New(ratePerMinute),
 		Metrics:     worker.NewMetrics(prometheus.NewRegistry()),
 		Log:         discard,
 		Config:      r.wc,

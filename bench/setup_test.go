@@ -29,6 +29,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // Sizes. Each default is the full size of the issue; under -short the small size named in the
@@ -202,7 +203,7 @@ func (r *rig) startPool(ratePerMinute int) (stop func()) {
 		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
 		Attempts:    attempts,
 		Outstanding: &queue.Outstanding{JS: r.js, Topology: r.top},
-		Pacer:       worker.NewPacer(ratePerMinute),
+		Pacer:       pacer.New(ratePerMinute),
 		Metrics:     worker.NewMetrics(prometheus.NewRegistry()),
 		Log:         discard,
 		Config:      r.wc,

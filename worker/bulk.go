@@ -14,6 +14,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // Bulk mode (Config.Bulk): partial updates of distinct conversations go to Kustomer in bulk
@@ -25,7 +26,7 @@ import (
 // out when it is full, or after Linger with at least Min items; with fewer, they go back to
 // the workers as single PUTs. Each job has a goroutine of its own that stores it in the bulk
 // bucket (BulkStore), submits it through the gates and the pacer, reads its batches the same
-// way (class PriorityBulkRead) at times learned from the jobs before, and settles each item once
+// way (class pacer.BulkRead) at times learned from the jobs before, and settles each item once
 // its outcome is known: a succeeded item is acknowledged like an applied single PUT; a failed
 // one goes back to the workers as a single PUT whose answer decides as for any other. What
 // cannot go in bulk (a refused submit, a job past its deadline, reads the key may not make)
@@ -191,7 +192,7 @@ func (b *bulker) take(c *conv, j *job, delivered uint64) bool {
 	// With two lanes, live updates go as single PUTs: a job takes seconds to minutes, and a
 	// live update must not wait behind a backfill's job (issue 13). With the live lane alone,
 	// its backlog is what bulk mode is for.
-	liveBesideBackfill := j.class == PriorityLive && b.p.Backfill != nil
+	liveBesideBackfill := j.class == pacer.Live && b.p.Backfill != nil
 	if b.off.Load() || j.noBulk || j.invalid != nil || j.update.Replace || liveBesideBackfill {
 		b.mu.Unlock()
 		return false
@@ -309,8 +310,8 @@ func (b *bulker) start(items []bulkItem) {
 }
 
 // class is the pacer class of a job: live if any item is.
-func (bj *bulkJob) class() Priority {
-	c := PriorityBackfill
+func (bj *bulkJob) class() pacer.Priority {
+	c := pacer.Backfill
 	for _, it := range bj.held {
 		c = min(c, it.j.class)
 	}
@@ -474,7 +475,7 @@ func (b *bulker) ambiguousFence(bj *bulkJob) time.Time {
 // then through the pacer's budget for class; it tells the gates what the answer taught. The
 // breaker counts the failures of one job (key) as those of one conversation. went is false,
 // with ctx's cause, when ctx ended before the request went out.
-func (b *bulker) pass(ctx context.Context, class Priority, key string, do func(ctx context.Context) (kustomer.RateLimit, error)) (went bool, err error) {
+func (b *bulker) pass(ctx context.Context, class pacer.Priority, key string, do func(ctx context.Context) (kustomer.RateLimit, error)) (went bool, err error) {
 	p := b.p
 	tk, err := p.auth.Acquire(ctx)
 	if err != nil {
@@ -552,7 +553,7 @@ func (b *bulker) followLoop(ctx context.Context, bj *bulkJob) {
 			return
 		}
 		var bb *kustomer.BulkBatches
-		went, err := b.pass(ctx, PriorityBulkRead, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
+		went, err := b.pass(ctx, pacer.BulkRead, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
 			var err error
 			bb, err = b.cli.ReadBulkBatches(ctx, rec.JobID)
 			if bb != nil {

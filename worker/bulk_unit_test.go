@@ -13,6 +13,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // memBulk runs bulk jobs in memory: a job is complete when read (a third of them only at
@@ -94,7 +95,7 @@ func TestBulkWithoutABroker(t *testing.T) {
 		bulk := &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}
 		cfg.Enabled = true
 		pool := &worker.Pool{
-			Consumer: q, Client: bodyN{up}, BulkClient: bulk, DeadLetters: noDeadLetters{t}, Pacer: worker.NewPacer(-1),
+			Consumer: q, Client: bodyN{up}, BulkClient: bulk, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
 			Log: slog.New(slog.DiscardHandler),
 			Config: worker.Config{Concurrency: 8, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond,
 				MaxAckPending: 200, Bulk: cfg},
@@ -147,7 +148,7 @@ func TestBulkJobPanic(t *testing.T) {
 	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
 	bulk := &panicBulk{memBulk: &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}}
 	pool := &worker.Pool{
-		Consumer: q, Client: bodyN{up}, BulkClient: bulk, DeadLetters: noDeadLetters{t}, Pacer: worker.NewPacer(-1),
+		Consumer: q, Client: bodyN{up}, BulkClient: bulk, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
 		Log: slog.New(slog.DiscardHandler),
 		Config: worker.Config{Concurrency: 4, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond,
 			MaxAckPending: 100, Bulk: worker.BulkConfig{Enabled: true, Size: 10, Min: 2, Linger: 20 * time.Millisecond,

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // roleQueue is a memQueue whose consumer has a role (worker.Role) the test switches, and
@@ -118,7 +119,7 @@ func TestHandoverStandbyAcksARedeliveryItApplied(t *testing.T) {
 	rq.standbyPulls = true
 	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
 	pool := &worker.Pool{
-		Consumer: rq, Client: bodyN{up}, DeadLetters: noDeadLetters{t}, Pacer: worker.NewPacer(-1),
+		Consumer: rq, Client: bodyN{up}, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
 		Log:    slog.New(slog.DiscardHandler),
 		Config: worker.Config{Concurrency: 2, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond},
 	}
@@ -153,7 +154,7 @@ func TestHandoverHandsBackAConversationHeldByABulkFence(t *testing.T) {
 	bulk := &panicBulk{memBulk: &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}}
 	logs := &syncBuffer{}
 	pool := &worker.Pool{
-		Consumer: rq, Client: bodyN{up}, BulkClient: bulk, DeadLetters: noDeadLetters{t}, Pacer: worker.NewPacer(-1),
+		Consumer: rq, Client: bodyN{up}, BulkClient: bulk, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
 		Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Config: worker.Config{Concurrency: 2, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond,
 			MaxAckPending: 10, Bulk: worker.BulkConfig{Enabled: true, Size: 10, Min: 1, Linger: 20 * time.Millisecond,

@@ -21,6 +21,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // handover is one embedded NATS server whose consumers have the pinned priority group, the
@@ -153,7 +154,7 @@ func (h *handover) start(name string, cfg worker.Config, gate <-chan struct{}) *
 		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: h.top.DLQSubject},
 		Attempts:    attempts,
 		Outstanding: &queue.Outstanding{JS: js, Topology: h.top},
-		Pacer:       worker.NewPacer(-1),
+		Pacer:       pacer.New(-1),
 		Log:         log.With("replica", name),
 		Config:      cfg,
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // leaderless fails its pulls with "no responders", as a consumer does while its stream elects
@@ -42,7 +43,7 @@ func TestPullsGoOnWhileHealRuns(t *testing.T) {
 	var healOnce, releaseOnce sync.Once
 	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
 	pool := &worker.Pool{
-		Consumer: l, Client: bodyN{up}, DeadLetters: noDeadLetters{t}, Pacer: worker.NewPacer(-1),
+		Consumer: l, Client: bodyN{up}, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
 		Log: slog.New(slog.DiscardHandler),
 		Heal: func(context.Context) error { // one that takes as long as the test says
 			healOnce.Do(func() { close(healing) })

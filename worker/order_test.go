@@ -17,6 +17,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // memQueue is an in-memory stand-in for a JetStream consumer on a work-queue stream, through
@@ -141,7 +142,7 @@ func TestOrderWithoutABroker(t *testing.T) {
 	q, seq := memBacklog(convs, updates)
 	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
 	pool := &worker.Pool{
-		Consumer: q, Client: bodyN{up}, DeadLetters: noDeadLetters{t}, Pacer: worker.NewPacer(-1),
+		Consumer: q, Client: bodyN{up}, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
 		Log:    slog.New(slog.DiscardHandler),
 		Config: worker.Config{Concurrency: 16, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond},
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // Pool applies update messages from a JetStream pull consumer to Kustomer.
@@ -33,7 +34,7 @@ type Pool struct {
 	Client      Updater      // sends the PUT
 	DeadLetters DeadLetterer // stores dead letters
 	Attempts    AttemptStore // optional: without it attempts are counted per delivery only
-	Pacer       Budget       // paces every request; default NewPacer(DefaultRatePerMinute)
+	Pacer       Budget       // paces every request; default pacer.New(DefaultRatePerMinute)
 	Metrics     *Metrics     // optional
 	Log         *slog.Logger // default: discard
 	Config      Config
@@ -126,9 +127,9 @@ type Pool struct {
 type source struct {
 	// Set by init before Run starts any goroutine, never changed after; read without a lock
 	// by the lane's fetch goroutine, the workers and the heartbeat.
-	name  string   // for the log
-	cons  Consumer // pulled by the lane's fetch goroutine; its Info read by laneFloor and forgetApplied
-	class Priority // the class of the lane's messages (add)
+	name  string         // for the log
+	cons  Consumer       // pulled by the lane's fetch goroutine; its Info read by laneFloor and forgetApplied
+	class pacer.Priority // the class of the lane's messages (add)
 	// slots is nil, or a cap of the lane's own below MaxAckPending (the backfill lane): its
 	// fetch goroutine puts a token in (take), whoever lets go of a message takes one out
 	// (release); the channel is its own lock.
@@ -172,7 +173,7 @@ type conv struct {
 type job struct {
 	// Set when the message is taken, never changed after.
 	src     *source // the lane whose pull brought it and holds its slots; nil if read directly
-	class   Priority
+	class   pacer.Priority
 	ref     queue.MsgRef
 	update  kustomer.Update
 	invalid error
@@ -282,7 +283,7 @@ func (p *Pool) init() error {
 		return errors.New("worker: Pool needs Consumer, Client and DeadLetters")
 	}
 	if p.Pacer == nil {
-		p.Pacer = NewPacer(DefaultRatePerMinute)
+		p.Pacer = pacer.New(DefaultRatePerMinute)
 	}
 	if p.Log == nil {
 		p.Log = slog.New(slog.DiscardHandler)
@@ -316,10 +317,10 @@ func (p *Pool) init() error {
 	p.readyLive = make(chan *conv, 2*p.cfg.MaxAckPending+1)
 	p.readyBackfill = make(chan *conv, 2*p.cfg.MaxAckPending+1)
 	p.slots = make(chan struct{}, p.cfg.MaxAckPending)
-	p.lanes = []*source{{name: "live", cons: p.Consumer, class: PriorityLive}}
+	p.lanes = []*source{{name: "live", cons: p.Consumer, class: pacer.Live}}
 	if p.Backfill != nil {
 		reserve := max(p.cfg.Concurrency, p.cfg.MaxAckPending/4)
-		p.lanes = append(p.lanes, &source{name: "backfill", cons: p.Backfill, class: PriorityBackfill,
+		p.lanes = append(p.lanes, &source{name: "backfill", cons: p.Backfill, class: pacer.Backfill,
 			slots: make(chan struct{}, max(p.cfg.MaxAckPending-reserve, 1))})
 	}
 	p.closing = false
@@ -496,7 +497,7 @@ func (p *Pool) add(msg jetstream.Msg, src *source) {
 		}
 		return
 	}
-	class := PriorityLive
+	class := pacer.Live
 	if src != nil {
 		class = src.class
 	}
@@ -575,7 +576,7 @@ func (p *Pool) work(ctx, hard context.Context) {
 
 // makeReady hands c to the workers, by its head message's class; p.mu is held.
 func (p *Pool) makeReady(c *conv) {
-	if c.jobs[0].class == PriorityBackfill {
+	if c.jobs[0].class == pacer.Backfill {
 		p.readyBackfill <- c
 		return
 	}
@@ -1114,9 +1115,9 @@ const orderCheckTimeout = 5 * time.Second
 // joined at once by the message that found them, which holds one), go first as live ones,
 // and are acknowledged by deleting them from the stream. If the check fails, the update goes
 // on alone, and the failure is logged.
-func (p *Pool) addOlder(id string, seq uint64, class Priority) {
+func (p *Pool) addOlder(id string, seq uint64, class pacer.Priority) {
 	other := queue.LaneBackfill
-	if class == PriorityBackfill {
+	if class == pacer.Backfill {
 		other = queue.LaneLive
 	}
 	ctx, cancel := context.WithTimeout(p.hard, orderCheckTimeout)
@@ -1137,10 +1138,25 @@ func (p *Pool) addOlder(id string, seq uint64, class Priority) {
 		_, held := p.bySeq[ref]
 		_, done := p.applied[ref]
 		if !held && !done && invalid == nil && update.ID == id {
-			j := &job{msg: m, class: PriorityLive, ref: ref, delivered: md.NumDelivered, progress: time.Now(), update: update}
+			j := &job{msg: m, class: pacer.Live, ref: ref, delivered: md.NumDelivered, progress: time.Now(), update: update}
 			p.bySeq[ref] = j
 			p.file(j, update.ID)
 		}
 		p.mu.Unlock()
+	}
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-t.C:
+		return nil
 	}
 }

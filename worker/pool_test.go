@@ -21,6 +21,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // fixture is one embedded NATS server, the fake Kustomer server and a pool between them.
@@ -125,7 +126,7 @@ func (f *fixture) start(o options) {
 		Client:      up,
 		DeadLetters: &queue.DeadLetterPublisher{JS: f.js, Subject: f.top.DLQSubject},
 		Attempts:    attempts,
-		Pacer:       worker.NewPacer(rate),
+		Pacer:       pacer.New(rate),
 		Log:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 		Config:      cfg,
 	}

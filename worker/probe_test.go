@@ -12,6 +12,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // scripted answers its n-th request with the n-th error of before, panics at the request
@@ -62,7 +63,7 @@ func TestPanickingProbeIsGivenBack(t *testing.T) {
 			}
 			up := &scripted{before: tc.before}
 			pool := &worker.Pool{
-				Consumer: q, Client: up, DeadLetters: noDeadLetters{t}, Pacer: worker.NewPacer(-1),
+				Consumer: q, Client: up, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
 				Log: slog.New(slog.DiscardHandler),
 				// One worker: the request after those that closed the gate is its probe.
 				Config: worker.Config{Concurrency: 1, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond},

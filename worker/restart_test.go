@@ -14,6 +14,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // stale counts the conversations whose final state is not their last update "u-<last>".
@@ -173,7 +174,7 @@ func (f *fixture) crashingPool(cfg worker.Config, stream bool, wrap func(jetstre
 	if wrap != nil {
 		cons = wrap(cons)
 	}
-	pool := &worker.Pool{Consumer: cons, Client: f.client, Attempts: attempts, Pacer: worker.NewPacer(-1), Config: cfg,
+	pool := &worker.Pool{Consumer: cons, Client: f.client, Attempts: attempts, Pacer: pacer.New(-1), Config: cfg,
 		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: f.top.DLQSubject}}
 	if stream {
 		pool.Outstanding = &queue.Outstanding{JS: js, Topology: f.top}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // The pool's seams: each is the little it uses of a collaborator, so that tests of ordering and
@@ -52,7 +53,7 @@ type AttemptStore interface {
 // Budget is what the pool asks of the pacer in front of every request; *Pacer is the real one.
 type Budget interface {
 	// Wait blocks until a request of the class may go out, or ctx ends.
-	Wait(ctx context.Context, class Priority) error
+	Wait(ctx context.Context, class pacer.Priority) error
 	// Observe adapts the pace to a rate-limit reading; inflight is the number of requests
 	// sent and not yet answered.
 	Observe(rl kustomer.RateLimit, inflight int)
@@ -84,5 +85,5 @@ var (
 	_ Updater      = (*kustomer.Client)(nil)
 	_ DeadLetterer = (*queue.DeadLetterPublisher)(nil)
 	_ AttemptStore = (*queue.Attempts)(nil)
-	_ Budget       = (*Pacer)(nil)
+	_ Budget       = (*pacer.Pacer)(nil)
 )

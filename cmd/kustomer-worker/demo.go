@@ -20,6 +20,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // demoCmd runs the whole system in one process against a fake Kustomer.
@@ -225,7 +226,7 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 	pool := &worker.Pool{
 		Consumer: lanes.Live, Backfill: lanes.Backfill, Client: client, Attempts: att,
 		DeadLetters: &queue.DeadLetterPublisher{JS: s.js, Subject: top.DLQSubject},
-		Pacer:       worker.NewPacer(ratePerMinute),
+		Pacer:       pacer.New(ratePerMinute),
 		Metrics:     worker.NewMetrics(reg),
 		Log:         log,
 		Config:      wc,

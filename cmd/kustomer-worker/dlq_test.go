@@ -18,6 +18,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // startWorker runs a worker pool against fake until the test ends, as `run` would.
@@ -35,7 +36,7 @@ func (r *opsRig) startWorker(fake *kustomertest.Server) {
 	pool := &worker.Pool{
 		Consumer: lanes.Live, Backfill: lanes.Backfill, Client: client, Attempts: attempts,
 		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
-		Pacer:       worker.NewPacer(0),
+		Pacer:       pacer.New(0),
 		Config:      worker.Config{Concurrency: 4, ShutdownTimeout: time.Second, FetchWait: time.Second},
 	}
 	done := make(chan error, 1)

@@ -21,6 +21,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // runCmd is the daemon.
@@ -217,7 +218,7 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		Heal:        heal(js, top, c.ManageStreams),
 		Outstanding: &queue.Outstanding{JS: js, Topology: top},
 		Attempts:    attempts,
-		Pacer:       worker.NewPacer(c.RatePerMinute),
+		Pacer:       pacer.New(c.RatePerMinute),
 		Metrics:     metrics,
 		Log:         log,
 		Config:      wc,

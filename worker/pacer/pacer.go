@@ -1,4 +1,8 @@
-package worker
+// Package pacer hands out an org's Kustomer rate budget to the requests that wait for it: one
+// Pacer in front of every request of a process, serving waiting requests in class order and
+// following the x-ratelimit-* readings of every answer. It knows nothing of what the requests
+// carry; package worker is its user.
+package pacer
 
 import (
 	"context"
@@ -107,9 +111,9 @@ type waiter struct {
 type Priority int
 
 const (
-	PriorityLive     Priority = iota // live updates from event producers: first
-	PriorityBulkRead                 // reads that follow bulk jobs
-	PriorityBackfill                 // backfill updates: whatever the others leave
+	Live     Priority = iota // live updates from event producers: first
+	BulkRead                 // reads that follow bulk jobs
+	Backfill                 // backfill updates: whatever the others leave
 
 	numPriorities = 3
 )
@@ -162,15 +166,15 @@ func (SystemClock) Now() time.Time { return time.Now() }
 
 func (SystemClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
 
-// PacerOption configures a Pacer.
-type PacerOption func(*Pacer)
+// Option configures a Pacer.
+type Option func(*Pacer)
 
 // WithClock makes the pacer take every time from c. Default SystemClock.
-func WithClock(c Clock) PacerOption { return func(p *Pacer) { p.clock = c } }
+func WithClock(c Clock) Option { return func(p *Pacer) { p.clock = c } }
 
 // NewPacer returns a pacer allowing perMinute requests a minute; perMinute <= 0 means no limit
 // of our own (Kustomer's headers still pace it).
-func NewPacer(perMinute int, opts ...PacerOption) *Pacer {
+func New(perMinute int, opts ...Option) *Pacer {
 	ceiling := rate.Inf
 	if perMinute > 0 {
 		ceiling = rate.Limit(float64(perMinute) / 60)
@@ -192,7 +196,7 @@ func (p *Pacer) Wait(ctx context.Context, class Priority) error {
 	if err := ctx.Err(); err != nil {
 		return context.Cause(ctx)
 	}
-	class = min(max(class, PriorityLive), PriorityBackfill)
+	class = min(max(class, Live), Backfill)
 	p.mu.Lock()
 	now := p.clock.Now()
 	p.seq++
@@ -242,7 +246,7 @@ func (p *Pacer) dispatch(now time.Time) {
 	}
 	for p.waiting() > 0 {
 		if now.Before(p.pausedUntil) {
-			p.release(now)
+			p.cancelNext(now)
 			p.wakeAt(now, p.pausedUntil)
 			return
 		}
@@ -265,13 +269,13 @@ func (p *Pacer) dispatch(now time.Time) {
 		p.next = nil
 		p.grant(now)
 	}
-	p.release(now)
+	p.cancelNext(now)
 	p.stopTimer()
 }
 
-// release gives back the token held for the next turn; p.mu is held. The token is the only
+// cancelNext gives back the token held for the next turn; p.mu is held. The token is the only
 // reservation at the limiter, so all of it comes back.
-func (p *Pacer) release(now time.Time) {
+func (p *Pacer) cancelNext(now time.Time) {
 	if p.next != nil {
 		p.next.CancelAt(now)
 		p.next = nil
@@ -287,7 +291,7 @@ func (p *Pacer) grant(now time.Time) {
 		}
 		rank := Priority(c)
 		if now.Sub(q[0].since) >= agingBound {
-			rank = PriorityLive
+			rank = Live
 		}
 		if best < 0 || rank < bestRank || rank == bestRank && q[0].seq < p.queues[best][0].seq {
 			best, bestRank = c, rank
@@ -347,7 +351,7 @@ func (p *Pacer) setRate(now time.Time, r rate.Limit) {
 	if r == p.lim.Limit() {
 		return
 	}
-	p.release(now)
+	p.cancelNext(now)
 	p.lim.SetLimitAt(now, r)
 	b := burstFor(r)
 	if p.probing {
@@ -394,7 +398,7 @@ func (p *Pacer) pause(now, t time.Time) {
 	}
 	p.paused = true
 	p.spare = 0
-	p.release(now)
+	p.cancelNext(now)
 }
 
 // end is when, at the latest, a request must go to land in the current window; p.mu is held.
@@ -644,19 +648,4 @@ func (p *Pacer) OrgThrottled(rl kustomer.RateLimit) time.Duration {
 	d := min(blindPauseMin<<min(p.blind-1, blindPauseDoublings), kustomer.MaxWait)
 	p.pause(now, now.Add(d))
 	return d
-}
-
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	case <-t.C:
-		return nil
-	}
 }

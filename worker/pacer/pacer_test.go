@@ -1,4 +1,4 @@
-package worker
+package pacer
 
 import (
 	"context"
@@ -26,7 +26,7 @@ func reading(limit, remaining int, reset time.Time) kustomer.RateLimit {
 }
 
 func fixedPacer(perMinute int, now time.Time) *Pacer {
-	return NewPacer(perMinute, WithClock(&fakeClock{now: now}))
+	return New(perMinute, WithClock(&fakeClock{now: now}))
 }
 
 func TestPacerFollowsTheReportedBudget(t *testing.T) {
@@ -130,7 +130,7 @@ func near(a, b time.Time) bool { return a.Sub(b).Abs() <= time.Microsecond }
 func TestPacerResumesOnTimeAfterASpentWindow(t *testing.T) {
 	r := newPacerRig(t, 3600, t0) // 60 a second
 	for i := range 16 {
-		r.wait(i, PriorityLive)
+		r.wait(i, Live)
 	}
 	r.advanceTo(at(0.30))
 	if n := len(r.got); n != 4 {
@@ -176,10 +176,10 @@ func TestPacerResumesOnTimeAfterASpentWindow(t *testing.T) {
 
 func TestPacerEndsAPauseOnAReadingFromTheNextWindow(t *testing.T) {
 	r := newPacerRig(t, 3600, t0)
-	r.wait(0, PriorityLive)
+	r.wait(0, Live)
 	r.p.Observe(reading(600, 0, at(2)), 0)
 	for i := 1; i <= 3; i++ {
-		r.wait(i, PriorityLive)
+		r.wait(i, Live)
 	}
 	r.advanceTo(at(0.6))
 	if n := len(r.got); n != 1 {
@@ -203,7 +203,7 @@ func TestPacerFollowsARateChangedMidWindow(t *testing.T) {
 	t.Run("lowered: the next turn comes at the new pace, not the old", func(t *testing.T) {
 		r := newPacerRig(t, 3600, t0)
 		for i := range 3 {
-			r.wait(i, PriorityLive)
+			r.wait(i, Live)
 		}
 		if n := len(r.got); n != 1 {
 			t.Fatalf("%d turns at once; want 1", n)
@@ -220,7 +220,7 @@ func TestPacerFollowsARateChangedMidWindow(t *testing.T) {
 	t.Run("raised: waiting callers take the new pace at once", func(t *testing.T) {
 		r := newPacerRig(t, 3600, t0)
 		for i := range 4 {
-			r.wait(i, PriorityLive)
+			r.wait(i, Live)
 		}
 		r.p.Observe(reading(600, 2, at(2.25)), 0) // 2 for 1s: one turn every 500ms
 		r.advanceTo(at(0.35))
@@ -241,7 +241,7 @@ func TestPacerServesClassesInOrder(t *testing.T) {
 	t.Run("live, then bulk reads, then backfill, oldest first within a class", func(t *testing.T) {
 		r := newPacerRig(t, 3600, t0)
 		r.p.OrgThrottled(kustomer.RateLimit{Limit: -1, Remaining: -1, RetryAfter: time.Second})
-		classes := []Priority{PriorityBackfill, PriorityBulkRead, PriorityLive, PriorityBackfill, PriorityLive, PriorityBulkRead}
+		classes := []Priority{Backfill, BulkRead, Live, Backfill, Live, BulkRead}
 		for i, c := range classes {
 			r.wait(i, c)
 		}
@@ -257,10 +257,10 @@ func TestPacerServesClassesInOrder(t *testing.T) {
 
 	t.Run("a backfill request waits at most the aging bound", func(t *testing.T) {
 		r := newPacerRig(t, 60, t0) // one a second
-		r.wait(0, PriorityLive)     // takes the first token
-		r.wait(1, PriorityBackfill)
+		r.wait(0, Live)             // takes the first token
+		r.wait(1, Backfill)
 		for i := 2; i < 40; i++ {
-			r.wait(i, PriorityLive)
+			r.wait(i, Live)
 		}
 		r.advanceTo(t0.Add(agingBound + 2*time.Second))
 		for _, g := range r.got {
@@ -293,7 +293,7 @@ func TestPacerLearnsWhereTheWindowEnds(t *testing.T) {
 		r := newPacerRig(t, 3600, t0)
 		r.p.Observe(reading(600, 0, at(2)), 0)
 		for i := range 4 {
-			r.wait(i, PriorityLive)
+			r.wait(i, Live)
 		}
 		r.advanceTo(at(1))                     // probe at 1.0
 		r.p.Observe(reading(600, 0, at(2)), 0) // answered 429 at once: minimum latency 0
@@ -316,7 +316,7 @@ func TestPacerLearnsWhereTheWindowEnds(t *testing.T) {
 		r := setup(t)
 		// Alone: what the window lost since its first reading went to the pacer's own turns.
 		for i := 10; i < 600; i++ {
-			r.wait(i, PriorityLive)
+			r.wait(i, Live)
 		}
 		r.advanceTo(at(10.2))
 		r.p.mu.Lock()
@@ -333,7 +333,7 @@ func TestPacerLearnsWhereTheWindowEnds(t *testing.T) {
 		r.advanceTo(at(10.2))
 		r.p.Observe(reading(600, 1, at(12)), 0) // one left for the last second: 1/s
 		for i := 10; i < 15; i++ {
-			r.wait(i, PriorityLive)
+			r.wait(i, Live)
 		}
 		r.advanceTo(at(11.3))
 		got := r.turnsSince(4)
@@ -360,7 +360,7 @@ func TestPacerLearnsWhereTheWindowEnds(t *testing.T) {
 		r := setup(t)
 		r.advanceTo(at(10.5))
 		r.p.Observe(reading(600, 0, at(12)), 0)
-		r.wait(10, PriorityLive)
+		r.wait(10, Live)
 		r.advanceTo(at(11.25)) // a turn at 11.2
 		r.p.Observe(reading(600, 0, at(12)), 0)
 		if d := r.p.OrgThrottled(reading(600, 0, at(12))); d != probeStep {
@@ -373,12 +373,12 @@ func TestPacerLearnsWhereTheWindowEnds(t *testing.T) {
 }
 
 func TestPacerWaitEndsWithItsContext(t *testing.T) {
-	p := NewPacer(600)
+	p := New(600)
 	p.OrgThrottled(kustomer.RateLimit{Remaining: -1, Limit: -1, RetryAfter: 30 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err := p.Wait(ctx, PriorityLive)
+	err := p.Wait(ctx, Live)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Wait during a pause = %v; want the context's error", err)
 	}
@@ -389,16 +389,16 @@ func TestPacerWaitEndsWithItsContext(t *testing.T) {
 
 func TestPacerGivesATurnBackWhenItsCallerLeaves(t *testing.T) {
 	r := newPacerRig(t, 60, t0)
-	r.wait(0, PriorityLive)
+	r.wait(0, Live)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- r.p.Wait(ctx, PriorityLive) }()
+	go func() { done <- r.p.Wait(ctx, Live) }()
 	testwait.Until(t, "the second caller is in line", 10*time.Second, func() bool { return r.callers() == 2 })
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Wait = %v; want context.Canceled", err)
 	}
-	r.wait(2, PriorityLive)
+	r.wait(2, Live)
 	r.advanceTo(t0.Add(time.Second))
 	if got := r.turnsSince(1); len(got) != 1 || !got[0].at.Equal(t0.Add(time.Second)) {
 		t.Errorf("turns: %v; want the third caller served at %v, one second after the first", got, t0.Add(time.Second))
@@ -408,10 +408,10 @@ func TestPacerGivesATurnBackWhenItsCallerLeaves(t *testing.T) {
 func TestPacerMakesUpForAMomentWithNoCallerWaiting(t *testing.T) {
 	t.Run("what came due while no one waited goes at once, the rest at the pace", func(t *testing.T) {
 		r := newPacerRig(t, 3600, t0) // 60 a second
-		r.wait(0, PriorityLive)
+		r.wait(0, Live)
 		r.advanceTo(t0.Add(100 * time.Millisecond)) // six turns came due, no one waiting
 		for i := 1; i <= 10; i++ {
-			r.wait(i, PriorityLive)
+			r.wait(i, Live)
 		}
 		got := r.turnsSince(1)
 		if len(got) != 6 {
@@ -425,10 +425,10 @@ func TestPacerMakesUpForAMomentWithNoCallerWaiting(t *testing.T) {
 
 	t.Run("but at most a quarter of a second's worth", func(t *testing.T) {
 		r := newPacerRig(t, 3600, t0)
-		r.wait(0, PriorityLive)
+		r.wait(0, Live)
 		r.advanceTo(t0.Add(5 * time.Second))
 		for i := 1; i <= 30; i++ {
-			r.wait(i, PriorityLive)
+			r.wait(i, Live)
 		}
 		if got := len(r.turnsSince(1)); got != 15 {
 			t.Errorf("%d turns at once after 5s with no caller; want 15, a quarter of a second at 60/s", got)
@@ -437,10 +437,10 @@ func TestPacerMakesUpForAMomentWithNoCallerWaiting(t *testing.T) {
 
 	t.Run("and none after a pause: it starts again with one turn", func(t *testing.T) {
 		r := newPacerRig(t, 3600, t0)
-		r.wait(0, PriorityLive)
+		r.wait(0, Live)
 		r.p.OrgThrottled(kustomer.RateLimit{Limit: -1, Remaining: -1, RetryAfter: time.Second})
 		for i := 1; i <= 10; i++ {
-			r.wait(i, PriorityLive)
+			r.wait(i, Live)
 		}
 		r.advanceTo(t0.Add(time.Second))
 		if got := r.turnsSince(1); len(got) != 1 || !got[0].at.Equal(t0.Add(time.Second)) {

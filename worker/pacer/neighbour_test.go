@@ -1,4 +1,4 @@
-package worker
+package pacer
 
 import (
 	"testing"
@@ -118,7 +118,7 @@ func simulateNeighbour(t *testing.T, start time.Time, otherPerSecond float64, le
 			send()
 		}
 		for r.waitingNow() < 10 {
-			r.wait(id, PriorityLive)
+			r.wait(id, Live)
 			id++
 		}
 	}

@@ -1,4 +1,4 @@
-package worker
+package pacer
 
 import (
 	"context"
@@ -98,7 +98,7 @@ func newPacerRig(tb testing.TB, perMinute int, start time.Time) *pacerRig {
 	tb.Helper()
 	clk := &fakeClock{now: start}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &pacerRig{tb: tb, clk: clk, p: NewPacer(perMinute, WithClock(clk)), ctx: ctx, results: make(chan turn, 1024)}
+	r := &pacerRig{tb: tb, clk: clk, p: New(perMinute, WithClock(clk)), ctx: ctx, results: make(chan turn, 1024)}
 	tb.Cleanup(func() { cancel(); r.wg.Wait() })
 	return r
 }
