@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
@@ -156,4 +159,27 @@ func TestBulkJobPanic(t *testing.T) {
 	}
 	runUntilAcked(t, pool, q, seq, 60*time.Second)
 	wantEachOnceInOrder(t, q, up, seq, convs, updates)
+}
+
+// A request that panics is no longer in flight: the in-flight count, which the pacer reads
+// with every answer and /metrics serves, goes back to zero once the panicking submit is
+// recovered and its items went as single PUTs.
+func TestBulkJobPanicLeavesNothingInFlight(t *testing.T) {
+	t.Parallel()
+	const convs, updates = 20, 3
+	q, seq := memBacklog(convs, updates)
+	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
+	bulk := &panicBulk{memBulk: &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}}
+	metrics := worker.NewMetrics(prometheus.NewRegistry())
+	pool := &worker.Pool{
+		Consumer: q, Client: bodyN{up}, BulkClient: bulk, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
+		Log: slog.New(slog.DiscardHandler), Metrics: metrics,
+		Config: worker.Config{Concurrency: 4, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond,
+			MaxAckPending: 100, Bulk: worker.BulkConfig{Enabled: true, Size: 10, Min: 2, Linger: 20 * time.Millisecond,
+				Deadline: worker.MinBulkDeadline}},
+	}
+	runUntilAcked(t, pool, q, seq, 60*time.Second)
+	if n := testutil.ToFloat64(metrics.InFlight); n != 0 {
+		t.Errorf("%v requests in flight after every update was applied; want 0", n)
+	}
 }
