@@ -18,6 +18,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
@@ -105,7 +106,7 @@ func BenchmarkBulk(b *testing.B) {
 func newBulkRig(tb testing.TB, fake kustomertest.Config) *rig {
 	tb.Helper()
 	r := newRig(tb, fake, 16)
-	r.wc = worker.Config{Concurrency: 16, Bulk: worker.BulkConfig{Enabled: true}}.WithDefaults()
+	r.wc = worker.Config{Concurrency: 16, Bulk: bulk.Config{Enabled: true}}.WithDefaults()
 	r.top.MaxAckPending = r.wc.MaxAckPending
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

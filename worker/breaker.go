@@ -152,10 +152,3 @@ func (b *breaker) refund(seq uint64) bool {
 	}
 	return false
 }
-
-// Unavailable is the readiness error while the breaker is open.
-type Unavailable struct{ Since time.Time }
-
-func (e *Unavailable) Error() string {
-	return "Kustomer unavailable since " + e.Since.UTC().Format(time.RFC3339) + " (requests fail transiently; probing)"
-}

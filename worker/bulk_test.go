@@ -14,6 +14,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 )
 
 // bulkOptions are the options of a pool in bulk mode with jobs of up to size items, kept in
@@ -21,7 +22,7 @@ import (
 func (f *fixture) bulkOptions(size int, deadline time.Duration) options {
 	return options{
 		recover: true, // as the command does
-		cfg:     worker.Config{Concurrency: 4, Bulk: worker.BulkConfig{Enabled: true, Size: size, Min: 2, Linger: 100 * time.Millisecond, Deadline: deadline}},
+		cfg:     worker.Config{Concurrency: 4, Bulk: bulk.Config{Enabled: true, Size: size, Min: 2, Linger: 100 * time.Millisecond, Deadline: deadline}},
 		before: func(p *worker.Pool) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
@@ -92,29 +93,29 @@ func (m *memBulk) ReadBulkBatches(_ context.Context, id string) (*kustomer.BulkB
 // Batching and item settlement through the seams alone: no NATS server, no HTTP.
 func TestBulkWithoutABroker(t *testing.T) {
 	t.Parallel()
-	run := func(t *testing.T, convs, updates int, cfg worker.BulkConfig) (*memQueue, *flaky, *memBulk) {
+	run := func(t *testing.T, convs, updates int, cfg bulk.Config) (*memQueue, *flaky, *memBulk) {
 		q, seq := memBacklog(convs, updates)
 		up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
-		bulk := &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}
+		bc := &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}
 		cfg.Enabled = true
 		pool := &worker.Pool{
-			Consumer: q, Client: bodyN{up}, BulkClient: bulk, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
+			Consumer: q, Client: bodyN{up}, BulkClient: bc, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
 			Log: slog.New(slog.DiscardHandler),
 			Config: worker.Config{Concurrency: 8, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond,
 				MaxAckPending: 200, Bulk: cfg},
 		}
 		runUntilAcked(t, pool, q, seq, 60*time.Second)
 		wantEachOnceInOrder(t, q, up, seq, convs, updates)
-		return q, up, bulk
+		return q, up, bc
 	}
 
 	t.Run("jobs hold one update per conversation, at most Size and at least Min, and every item is settled once in order", func(t *testing.T) {
 		t.Parallel()
-		_, _, bulk := run(t, 60, 6, worker.BulkConfig{Size: 25, Min: 5, Linger: 20 * time.Millisecond})
-		if len(bulk.sizes) == 0 {
+		_, _, bc := run(t, 60, 6, bulk.Config{Size: 25, Min: 5, Linger: 20 * time.Millisecond})
+		if len(bc.sizes) == 0 {
 			t.Fatal("no bulk job")
 		}
-		for _, n := range bulk.sizes {
+		for _, n := range bc.sizes {
 			if n > 25 || n < 5 {
 				t.Errorf("a job of %d items; want 5 to 25", n)
 			}
@@ -123,9 +124,9 @@ func TestBulkWithoutABroker(t *testing.T) {
 
 	t.Run("fewer updates than Min after Linger go as single PUTs", func(t *testing.T) {
 		t.Parallel()
-		_, _, bulk := run(t, 3, 1, worker.BulkConfig{Size: 25, Min: 5, Linger: 20 * time.Millisecond})
-		if len(bulk.sizes) != 0 {
-			t.Errorf("jobs of %v items; want none", bulk.sizes)
+		_, _, bc := run(t, 3, 1, bulk.Config{Size: 25, Min: 5, Linger: 20 * time.Millisecond})
+		if len(bc.sizes) != 0 {
+			t.Errorf("jobs of %v items; want none", bc.sizes)
 		}
 	})
 }
@@ -149,13 +150,13 @@ func TestBulkJobPanic(t *testing.T) {
 	const convs, updates = 20, 3
 	q, seq := memBacklog(convs, updates)
 	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
-	bulk := &panicBulk{memBulk: &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}}
+	bc := &panicBulk{memBulk: &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}}
 	pool := &worker.Pool{
-		Consumer: q, Client: bodyN{up}, BulkClient: bulk, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
+		Consumer: q, Client: bodyN{up}, BulkClient: bc, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
 		Log: slog.New(slog.DiscardHandler),
 		Config: worker.Config{Concurrency: 4, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond,
-			MaxAckPending: 100, Bulk: worker.BulkConfig{Enabled: true, Size: 10, Min: 2, Linger: 20 * time.Millisecond,
-				Deadline: worker.MinBulkDeadline}},
+			MaxAckPending: 100, Bulk: bulk.Config{Enabled: true, Size: 10, Min: 2, Linger: 20 * time.Millisecond,
+				Deadline: bulk.MinDeadline}},
 	}
 	runUntilAcked(t, pool, q, seq, 60*time.Second)
 	wantEachOnceInOrder(t, q, up, seq, convs, updates)
@@ -169,14 +170,14 @@ func TestBulkJobPanicLeavesNothingInFlight(t *testing.T) {
 	const convs, updates = 20, 3
 	q, seq := memBacklog(convs, updates)
 	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
-	bulk := &panicBulk{memBulk: &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}}
+	bc := &panicBulk{memBulk: &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}}
 	metrics := worker.NewMetrics(prometheus.NewRegistry())
 	pool := &worker.Pool{
-		Consumer: q, Client: bodyN{up}, BulkClient: bulk, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
+		Consumer: q, Client: bodyN{up}, BulkClient: bc, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
 		Log: slog.New(slog.DiscardHandler), Metrics: metrics,
 		Config: worker.Config{Concurrency: 4, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond,
-			MaxAckPending: 100, Bulk: worker.BulkConfig{Enabled: true, Size: 10, Min: 2, Linger: 20 * time.Millisecond,
-				Deadline: worker.MinBulkDeadline}},
+			MaxAckPending: 100, Bulk: bulk.Config{Enabled: true, Size: 10, Min: 2, Linger: 20 * time.Millisecond,
+				Deadline: bulk.MinDeadline}},
 	}
 	runUntilAcked(t, pool, q, seq, 60*time.Second)
 	if n := testutil.ToFloat64(metrics.InFlight); n != 0 {

@@ -1,10 +1,12 @@
 package worker
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 )
 
 // Defaults of Config, written once: the command line shows and uses these too.
@@ -43,7 +45,7 @@ type Config struct {
 	// MaxAckPending is how many messages the pool holds (taken from the consumer, not yet
 	// acknowledged), including those waiting behind an earlier update to the same
 	// conversation. Keep it at or below the consumer's MaxAckPending. Default 4 × Concurrency,
-	// at least MinMaxAckPending (32); in bulk mode at least DefaultBulkJobsHeld × Bulk.Size
+	// at least MinMaxAckPending (32); in bulk mode at least bulk.DefaultJobsHeld × Bulk.Size
 	// (1000), so that several jobs can be in flight.
 	MaxAckPending int
 	// RetryInitial and RetryMax bound the exponential backoff (with jitter) between retries of
@@ -60,8 +62,8 @@ type Config struct {
 	// FetchWait is how long one pull request waits for messages; shutdown waits for the pull
 	// in progress. Default DefaultFetchWait (1s).
 	FetchWait time.Duration
-	// Bulk turns on bulk mode and tunes it (see BulkConfig). Default off.
-	Bulk BulkConfig
+	// Bulk turns on bulk mode and tunes it (see bulk.Config). Default off.
+	Bulk bulk.Config
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -79,8 +81,8 @@ func (c Config) WithDefaults() Config {
 	def(&c.Concurrency, DefaultConcurrency)
 	def(&c.MaxAttempts, DefaultMaxAttempts)
 	if c.Bulk.Enabled {
-		c.Bulk = c.Bulk.withDefaults()
-		def(&c.MaxAckPending, max(4*c.Concurrency, MinMaxAckPending, DefaultBulkJobsHeld*c.Bulk.Size))
+		c.Bulk = c.Bulk.WithDefaults()
+		def(&c.MaxAckPending, max(4*c.Concurrency, MinMaxAckPending, bulk.DefaultJobsHeld*c.Bulk.Size))
 	}
 	def(&c.MaxAckPending, max(4*c.Concurrency, MinMaxAckPending))
 	defD(&c.RetryInitial, DefaultRetryInitial)
@@ -90,15 +92,6 @@ func (c Config) WithDefaults() Config {
 	def(&c.OutageThreshold, DefaultOutageThreshold)
 	return c
 }
-
-// ConfigError names the Config field that cannot work and why. Callers that expose the
-// settings under other names (the command line's flags) map Field to theirs.
-type ConfigError struct {
-	Field   string // the Go field name, such as "MaxAttempts"
-	Problem string
-}
-
-func (e *ConfigError) Error() string { return "worker: Config." + e.Field + ": " + e.Problem }
 
 // Validate returns a *ConfigError for the first field that cannot work.
 func (c Config) Validate() error {
@@ -123,5 +116,9 @@ func (c Config) Validate() error {
 	case c.FetchWait < 0:
 		return bad("FetchWait", "%s is negative", c.FetchWait)
 	}
-	return c.Bulk.validate()
+	var be *bulk.ConfigError
+	if err := c.Bulk.Validate(); errors.As(err, &be) {
+		return &ConfigError{Field: "Bulk." + be.Field, Problem: be.Problem}
+	}
+	return nil
 }

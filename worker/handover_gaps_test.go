@@ -13,6 +13,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
@@ -151,13 +152,13 @@ func TestHandoverHandsBackAConversationHeldByABulkFence(t *testing.T) {
 	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
 	// The first job's submit panics: its item goes as a single PUT, and the conversation's
 	// newer update is fenced until the job's deadline, as after a submit with no answer.
-	bulk := &panicBulk{memBulk: &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}}
+	bc := &panicBulk{memBulk: &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}}
 	logs := &syncBuffer{}
 	pool := &worker.Pool{
-		Consumer: rq, Client: bodyN{up}, BulkClient: bulk, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
+		Consumer: rq, Client: bodyN{up}, BulkClient: bc, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
 		Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Config: worker.Config{Concurrency: 2, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond,
-			MaxAckPending: 10, Bulk: worker.BulkConfig{Enabled: true, Size: 10, Min: 1, Linger: 20 * time.Millisecond,
+			MaxAckPending: 10, Bulk: bulk.Config{Enabled: true, Size: 10, Min: 1, Linger: 20 * time.Millisecond,
 				Deadline: time.Minute}},
 	}
 	runInBackground(t, pool)

@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -23,7 +24,7 @@ type Metrics struct {
 	AuthBlocked     prometheus.Gauge       // 1 while Kustomer refuses the key
 	KustomerDown    prometheus.Gauge       // 1 while the outage breaker is open
 	BreakerTrips    prometheus.Counter     // times the outage breaker opened
-	Bulk            BulkMetrics            // bulk mode (bulk_metrics.go)
+	Bulk            bulk.Metrics           // bulk mode
 	BudgetUnits     prometheus.Counter     // requests that cost a unit of the org budget: every PUT, bulk submit and read answered other than 401, 403, 429
 
 	// The children of Updates and Requests used so far, by outcome and by status (0: error),
@@ -65,9 +66,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.BudgetUnits = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "budget_units_total",
 		Help: "Units of the org rate budget spent: every request to Kustomer (update, bulk submit, bulk read) except those answered 401, 403 or 429. Divide by updates_total{outcome=\"applied\"} for units per update."})
-	m.Bulk = newBulkMetrics(ns)
 	reg.MustRegister(m.BudgetUnits)
-	m.Bulk.register(reg)
+	m.Bulk = bulk.NewMetrics(reg, ns, m.Retries)
 	reg.MustRegister(m.KustomerDown, m.BreakerTrips, m.Updates, m.Requests, m.RequestDuration, m.Retries, m.PacerWait, m.InFlight, m.Held,
 		m.DeadLetters, m.Pending, m.AckPending, m.AuthBlocked)
 	return m

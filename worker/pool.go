@@ -4,21 +4,17 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"math/rand/v2"
-	"runtime/debug"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Pool applies update messages from a JetStream pull consumer to Kustomer.
@@ -57,10 +53,10 @@ type Pool struct {
 	Outstanding Outstanding
 	// BulkClient, with Config.Bulk.Enabled, submits and reads bulk jobs; default Client, if it
 	// is one. Without either, bulk mode stays off.
-	BulkClient BulkClient
+	BulkClient bulk.Client
 	// BulkJobs, optional with Config.Bulk.Enabled, keeps the bulk jobs in flight so that a
 	// process started after this one reads their results instead of re-sending their items.
-	BulkJobs BulkStore
+	BulkJobs bulk.Store
 	// HardStop, optional, cuts a graceful shutdown short when it ends (a second signal):
 	// requests in flight are abandoned at once and handed back, spending no attempt, as when
 	// ShutdownTimeout passes.
@@ -73,7 +69,7 @@ type Pool struct {
 	hard    context.Context // ends when requests in flight must be abandoned
 	auth    *gate           // closed while Kustomer refuses the API key
 	outage  *breaker        // open while Kustomer is down for everybody
-	bulk    *bulker         // nil unless bulk mode is on (bulk.go)
+	bulk    *bulk.Bulker    // nil unless bulk mode is on; made by Run
 
 	running atomic.Bool // written by Run; read by Ready from any goroutine
 	// healing is set while a goroutine runs Heal (fetchFailed starts it, at most one at a
@@ -191,17 +187,11 @@ type job struct {
 	recorded  bool // the store holds a count for this message
 	acks      int  // acknowledgements that failed
 	checks    int  // reads finding the conversation's unconfirmed message still in the stream
-	noBulk    bool // bulk mode: send it as a single PUT (bulk.go)
+	noBulk    bool // bulk mode: send it as a single PUT (bulkhost.go)
 	// settled: Kustomer applied the update (or its dead letter is stored) but the
 	// acknowledgement is not confirmed yet. The job is only acknowledged again, never sent.
 	settled bool
 }
-
-// ErrAuthBlocked is Ready's answer while Kustomer refuses the API key.
-var ErrAuthBlocked = errors.New("Kustomer refuses the API key (401/403): not taking messages")
-
-// ErrNotRunning is Ready's answer before Run binds the consumer or after it returned.
-var ErrNotRunning = errors.New("worker pool not running")
 
 // Ready reports whether the pool is taking messages.
 func (p *Pool) Ready() error {
@@ -244,9 +234,9 @@ func (p *Pool) Run(ctx context.Context) error {
 	for range p.cfg.Concurrency {
 		wg.Go(func() { p.work(ctx, hard) })
 	}
-	if p.bulk != nil {
-		p.bulk.ctx = ctx
-		wg.Go(func() { p.bulk.run(ctx) })
+	if p.cfg.Bulk.Enabled {
+		p.bulk = bulk.New(ctx, bulkHost{p}, p.bulkClient(), p.BulkJobs, p.bulkSettings())
+		wg.Go(p.bulk.Run)
 	}
 	hbStop := make(chan struct{})
 	var hb sync.WaitGroup
@@ -263,7 +253,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	wg.Wait()
 	p.healWG.Wait()
 	if p.bulk != nil {
-		p.bulk.wait()
+		p.bulk.Wait()
 	}
 	p.confirming.Wait()
 	deadline.Stop()
@@ -325,688 +315,10 @@ func (p *Pool) init() error {
 	}
 	p.closing = false
 	p.bulk = nil
-	if p.cfg.Bulk.Enabled {
-		if p.bulk = newBulker(p); p.bulk == nil {
-			return errors.New("worker: Config.Bulk needs a BulkClient (or a Client that is one)")
-		}
+	if p.cfg.Bulk.Enabled && p.bulkClient() == nil {
+		return errors.New("worker: Config.Bulk needs a BulkClient (or a Client that is one)")
 	}
 	return nil
-}
-
-// Waits of the fetch loop: while the key is refused it checks again this often, and a failing
-// pull is retried with backoff from fetchRetryMin to fetchRetryMax.
-const (
-	blockedRecheck = 200 * time.Millisecond
-	fetchRetryMin  = 100 * time.Millisecond
-	fetchRetryMax  = 2 * time.Second
-	// batchGather is how long the fetch loop waits for room for a batch while messages are held.
-	batchGather = 10 * time.Millisecond
-)
-
-// fetch takes messages from one lane's consumer while there is room, and never while Kustomer
-// refuses the key or the org budget is paused.
-func (p *Pool) fetch(ctx context.Context, src *source) {
-	defer p.followRole(ctx, src)() // active and standby (handover.go)
-	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(fetchRetryMin),
-		backoff.WithMaxInterval(fetchRetryMax), backoff.WithMaxElapsedTime(0))
-	for ctx.Err() == nil {
-		if p.gated() {
-			_ = sleep(ctx, blockedRecheck)
-			continue
-		}
-		if until := p.Pacer.PausedUntil(); !until.IsZero() {
-			_ = sleep(ctx, time.Until(until))
-			continue
-		}
-		n, ok := p.room(ctx, src)
-		if !ok {
-			return
-		}
-		// The pull is not cut short by shutdown: messages the server already sent to a
-		// cancelled pull would be lost to this process and wait out AckWait before anyone
-		// else gets them. A pull lasts FetchWait at most.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.FetchWait)
-		batch, err := src.cons.Fetch(n, jetstream.FetchContext(fctx))
-		got := 0
-		if err == nil {
-			for msg := range batch.Messages() {
-				got++
-				p.admit(ctx, msg, src)
-			}
-			err = batch.Error()
-		}
-		cancel()
-		for range n - got {
-			p.release(src)
-		}
-		if pullFailed(ctx, err) {
-			p.fetchFailed(ctx, src, err)
-			_ = sleep(ctx, retry.NextBackOff())
-			continue
-		}
-		p.fetchWorks(src)
-		retry.Reset()
-	}
-}
-
-// gated reports whether a gate stops every request: the key is refused, or Kustomer is down.
-func (p *Pool) gated() bool {
-	auth, _ := p.auth.Closed()
-	down, _ := p.outage.gate.Closed()
-	return auth || down
-}
-
-// room takes slots for the next pull: at least one (waiting for it), and while messages are
-// held it gathers more for a moment, so that a backlog is pulled in batches rather than one
-// pull request per message. ok is false when ctx ended.
-func (p *Pool) room(ctx context.Context, src *source) (n int, ok bool) {
-	if !p.take(ctx, src, nil) {
-		return 0, false
-	}
-	n = 1
-	if len(p.slots) > 1 {
-		t := time.NewTimer(batchGather)
-		for n < p.cfg.MaxAckPending/2 && p.take(ctx, src, t.C) {
-			n++
-		}
-		t.Stop()
-	}
-	for n < p.cfg.MaxAckPending && p.take(ctx, src, closed) {
-		n++
-	}
-	return n, true
-}
-
-// closed is a channel that is always ready: take with it does not wait.
-var closed = func() chan time.Time { c := make(chan time.Time); close(c); return c }()
-
-// take puts a token into src's slots (if it has its own) and the pool's, waiting until both
-// have room, stop fires (nil: never) or ctx ends; it reports whether it took them.
-func (p *Pool) take(ctx context.Context, src *source, stop <-chan time.Time) bool {
-	if src.slots != nil {
-		select {
-		case src.slots <- struct{}{}:
-		case <-stop:
-			return false
-		case <-ctx.Done():
-			return false
-		}
-	}
-	select {
-	case p.slots <- struct{}{}:
-		return true
-	case <-stop:
-	case <-ctx.Done():
-	}
-	if src.slots != nil {
-		<-src.slots
-	}
-	return false
-}
-
-// release gives back the tokens a message of src held; nil src (read directly) holds none.
-func (p *Pool) release(src *source) {
-	if src == nil {
-		return
-	}
-	<-p.slots
-	if src.slots != nil {
-		<-src.slots
-	}
-}
-
-// add holds a fetched message of src behind any earlier one for the same conversation. The
-// slots taken for it stay with it until it is let go. A message is first checked for older
-// updates of its conversation still pending in the other lane (Order); those are held too,
-// ahead of it.
-func (p *Pool) add(msg jetstream.Msg, src *source) {
-	md, err := msg.Metadata()
-	if err != nil { // not a JetStream message; cannot be acked either
-		p.Log.Error("message without JetStream metadata", "subject", msg.Subject(), "error", err)
-		p.release(src)
-		return
-	}
-	ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
-	p.mu.Lock()
-	_, done := p.applied[ref]
-	_, held := p.bySeq[ref]
-	p.mu.Unlock()
-	if done {
-		// Settled and acknowledged before, but the acknowledgement was lost (a broker
-		// restart): acknowledge again, never apply again.
-		if err := msg.Ack(); err != nil {
-			p.Log.Debug("ack of a redelivered settled message failed", "seq", ref.Seq, "error", err)
-		}
-		p.release(src)
-		return
-	}
-	update, invalid := kustomer.Decode(msg.Data()) // outside the lock: workers ack under it
-	if invalid == nil && !held && src != nil && p.Order != nil && p.Backfill != nil {
-		p.addOlder(update.ID, ref.Seq, src.class)
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if j, ok := p.bySeq[ref]; ok {
-		// Redelivered while still held (AckWait ran out during a broker outage), or delivered
-		// by its lane after it was read directly: keep one job, answering on the delivery.
-		j.msg, j.delivered, j.progress = msg, md.NumDelivered, time.Now()
-		if j.src == nil && src != nil {
-			j.src = src // it holds the delivery's slots from now on
-		} else {
-			p.release(src)
-		}
-		return
-	}
-	class := pacer.Live
-	if src != nil {
-		class = src.class
-	}
-	j := &job{msg: msg, src: src, class: class, ref: ref, delivered: md.NumDelivered, progress: time.Now(), update: update, invalid: invalid}
-	key := j.update.ID
-	if j.invalid != nil {
-		key = "\x00" + strconv.FormatUint(ref.Seq, 10) // invalid: no conversation, no order
-	}
-	p.bySeq[ref] = j
-	p.file(j, key)
-}
-
-// file puts a new job under its conversation, in stream order, and makes the conversation
-// ready if it may go; p.mu is held.
-func (p *Pool) file(j *job, key string) {
-	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
-	c, ok := p.convs[key]
-	if ok {
-		c.insert(j)
-	} else {
-		c = &conv{key: key, jobs: []*job{j}, parked: true}
-		p.convs[key] = c
-	}
-	if w := p.waiting[key]; w != nil && j.src != nil {
-		// An older message held elsewhere: here now, and first in line. One read directly is
-		// not: its holder may be applying it (recover.go lets go once its lane delivers it).
-		delete(w, j.ref)
-	}
-	p.unpark(c)
-}
-
-// insert files j in stream order among c's jobs, behind the head unless c is parked: the
-// head of a conversation that is not parked may be in a worker's hands. c is guarded by
-// Pool.mu.
-func (c *conv) insert(j *job) {
-	i := len(c.jobs)
-	for i > 0 && c.jobs[i-1].ref.Seq > j.ref.Seq && (c.parked || i > 1) {
-		i--
-	}
-	c.jobs = slices.Insert(c.jobs, i, j)
-}
-
-// unpark makes a parked conversation ready once no older message of it is outstanding
-// elsewhere; p.mu is held.
-func (p *Pool) unpark(c *conv) {
-	if !c.parked || len(p.waiting[c.key]) > 0 || len(c.jobs) == 0 {
-		return
-	}
-	delete(p.waiting, c.key)
-	c.parked = false
-	p.makeReady(c)
-}
-
-func (p *Pool) work(ctx, hard context.Context) {
-	// The contexts of this worker's requests hang under a context of its own rather than all
-	// under hard, whose lock every worker would take twice a request.
-	hard, cancel := context.WithCancel(hard)
-	defer cancel()
-	for {
-		select { // a live conversation first, whenever one is ready
-		case c := <-p.readyLive:
-			p.process(ctx, hard, c)
-			continue
-		default:
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case c := <-p.readyLive:
-			p.process(ctx, hard, c)
-		case c := <-p.readyBackfill:
-			p.process(ctx, hard, c)
-		}
-	}
-}
-
-// makeReady hands c to the workers, by its head message's class; p.mu is held.
-func (p *Pool) makeReady(c *conv) {
-	if c.jobs[0].class == pacer.Backfill {
-		p.readyBackfill <- c
-		return
-	}
-	p.readyLive <- c
-}
-
-// process makes one try at the head message of c (send), turns what happened into a decision
-// (decide) and carries it out (settle). Shutdown leaves the message held for handBack.
-func (p *Pool) process(ctx, hard context.Context, c *conv) {
-	if p.giveBack(c) { // this replica is a standby now: handed back (handover.go)
-		return
-	}
-	p.mu.Lock()
-	j := c.jobs[0]
-	t := tries{delivered: j.delivered}
-	prev, unsure := p.unconfirmed[c.key]
-	p.mu.Unlock()
-	if unsure && !j.settled && !p.previousGone(hard, c, j, prev) {
-		return // c is made ready again later
-	}
-	var tk, tkDown *ticket // the gates' tickets, once try took them
-	defer func() {
-		if r := recover(); r != nil {
-			p.jobLog(j).Error("panic while handling a message; it will be retried", "panic", r, "stack", string(debug.Stack()))
-			t.attempts, t.throttles = j.attempts, j.throttles
-			p.settle(c, j, decide(outcome{panicked: r}, t, p.policy, rand.Float64()))
-		}
-	}()
-	// Every ticket try takes is handed back here, panic or not: a probe that panicked learned
-	// nothing and is given back (deferred after the recover, this runs before it). On the
-	// normal path it runs after settle, so that the gates' log lines follow the message's.
-	defer func() {
-		if tkDown != nil {
-			tkDown.Done()
-		}
-		if tk != nil {
-			tk.Done()
-		}
-	}()
-	if j.settled { // only its acknowledgement is missing
-		p.ack(c, j)
-		return
-	}
-	if p.bulk != nil && p.bulk.take(c, j, t.delivered) {
-		return // in a bulk job, or held back for an older one (bulk.go)
-	}
-	o := p.try(ctx, hard, j, &tk, &tkDown)
-	if o == nil {
-		return // shutdown began while waiting: the message stays held for handBack
-	}
-	if p.outage.refund(j.ref.Seq) {
-		j.attempts = max(j.attempts-1, 0) // spent on a failure that turned out to be an outage
-	}
-	if tkDown != nil {
-		t.outage = p.outage.observe(tkDown, c.key, j.ref.Seq, healthOf(*o), reasonOf(*o))
-	}
-	t.attempts, t.throttles = j.attempts, j.throttles
-	d := decide(*o, t, p.policy, rand.Float64())
-	if tk != nil {
-		tk.Report(d.key)
-	}
-	p.settle(c, j, d)
-}
-
-// try sends j's update once the gates (the key, Kustomer's health) and the pacer let it, and
-// says what happened; nil when shutdown began before anything was sent. Each gate's ticket
-// is stored in tk or tkDown the moment it is taken, even if try then panics, for the caller's
-// deferred hand-back.
-func (p *Pool) try(ctx, hard context.Context, j *job, tk, tkDown **ticket) *outcome {
-	if j.invalid != nil {
-		return &outcome{invalid: j.invalid}
-	}
-	p.loadAttempts(hard, j)
-	var err error
-	if *tk, err = p.auth.Acquire(ctx); err != nil {
-		return nil
-	}
-	if *tkDown, err = p.outage.gate.Acquire(ctx); err != nil {
-		return nil
-	}
-	start := time.Now()
-	err = p.Pacer.Wait(ctx, j.class)
-	p.Metrics.pacerWait(time.Since(start).Seconds())
-	if err != nil {
-		return nil
-	}
-	res, elapsed, err := p.send(hard, j)
-	var apiErr *kustomer.APIError
-	switch {
-	case err == nil:
-		p.Metrics.request(res.Status, elapsed)
-		p.Pacer.Observe(res.RateLimit, int(p.inflight.Load()))
-	case hard.Err() != nil:
-		return &outcome{canceled: true} // cut short by the shutdown deadline: handed back
-	case errors.As(err, &apiErr):
-		p.Metrics.request(apiErr.Status, elapsed)
-		p.Pacer.Observe(apiErr.RateLimit, int(p.inflight.Load()))
-	case !errors.Is(err, kustomer.ErrInvalid):
-		p.Metrics.request(0, elapsed)
-	}
-	return &outcome{err: err}
-}
-
-// loadAttempts reads the attempts an earlier delivery spent on j, once per job.
-func (p *Pool) loadAttempts(ctx context.Context, j *job) {
-	if j.loaded {
-		return
-	}
-	j.loaded = true
-	p.mu.Lock()
-	delivered := j.delivered
-	p.mu.Unlock()
-	if delivered <= 1 || p.Attempts == nil {
-		return
-	}
-	n, err := p.Attempts.Get(ctx, j.ref)
-	if err != nil {
-		p.jobLog(j).Warn("cannot read attempts; counting from this delivery", "error", err)
-	}
-	j.attempts = max(j.attempts, n)
-	j.recorded = n > 0
-}
-
-// send makes the request, counting it in flight until it returns, panic or not.
-func (p *Pool) send(ctx context.Context, j *job) (*kustomer.Result, float64, error) {
-	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.InFlight }, float64(p.inflight.Add(1)))
-	defer func() {
-		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.InFlight }, float64(p.inflight.Add(-1)))
-	}()
-	start := time.Now()
-	res, err := p.Client.UpdateConversation(ctx, j.update)
-	return res, time.Since(start).Seconds(), err
-}
-
-// settle carries out a decision: the one place where a message is acknowledged,
-// dead-lettered, retried or held.
-func (p *Pool) settle(c *conv, j *job, d decision) {
-	j.attempts = d.attempts
-	switch d.verdict {
-	case verdictAck:
-		p.Metrics.update(d.metric)
-		p.ack(c, j)
-	case verdictDeadLetter:
-		p.deadLetter(c, j, d)
-	case verdictRetry:
-		p.recordAttempts(j)
-		p.Metrics.retry(d.metric)
-		p.jobLog(j).Info("request failed; retrying", "attempt", j.attempts, "max_attempts", p.cfg.MaxAttempts,
-			"status", d.status, "reason", d.reason, "retry_in", d.delay)
-		p.schedule(c, d.delay)
-	case verdictBackOff:
-		j.throttles++
-		p.Metrics.retry(d.metric)
-		p.jobLog(j).Info("conversation rate-limited; retrying it later", "status", d.status, "retry_in", d.delay)
-		p.schedule(c, d.delay)
-	case verdictPauseAll:
-		pause := p.Pacer.OrgThrottled(d.apiErr.RateLimit)
-		p.Metrics.retry(d.metric)
-		p.jobLog(j).Info("org rate budget spent; pausing every request", "status", d.status, "pause", pause)
-		p.schedule(c, 0)
-	case verdictHoldForKey:
-		p.Metrics.retry(d.metric)
-		p.jobLog(j).Debug("Kustomer refused the API key", "status", d.status, "reason", d.reason)
-		p.schedule(c, 0)
-	case verdictKeep:
-	}
-}
-
-// recordAttempts stores j's attempts so that a redelivery, a restart or another replica
-// counts on from them.
-func (p *Pool) recordAttempts(j *job) {
-	if p.Attempts == nil {
-		return
-	}
-	sctx, cancel := context.WithTimeout(p.hard, storeTimeout)
-	defer cancel()
-	if err := p.Attempts.Set(sctx, j.ref, j.attempts); err != nil {
-		p.jobLog(j).Warn("cannot record attempts", "error", err)
-		return
-	}
-	j.recorded = true
-}
-
-// Timeouts of the pool's own calls to NATS, and how soon a dead letter that could not be
-// stored is tried again.
-const (
-	storeTimeout      = 5 * time.Second
-	ackTimeout        = 5 * time.Second
-	ackRetryMin       = 100 * time.Millisecond
-	ackRetryMax       = 5 * time.Second
-	forgetEvery       = 5 * time.Second // how often the acknowledgement floor is read
-	deadLetterTimeout = 10 * time.Second
-	deadLetterRetry   = 2 * time.Second
-)
-
-// deadLetter stores the message in the dead-letter stream and, once JetStream acknowledged
-// that, acks the original. If the dead letter cannot be stored the message stays held and is
-// tried again later: it is never acked without its dead letter.
-func (p *Pool) deadLetter(c *conv, j *job, d decision) {
-	p.mu.Lock()
-	msg := j.msg
-	p.mu.Unlock()
-	dctx, cancel := context.WithTimeout(p.hard, deadLetterTimeout)
-	err := p.DeadLetters.Publish(dctx, msg, queue.Failure{
-		Class: d.class, Reason: d.reason, Status: d.status, Attempts: j.attempts, FailedAt: time.Now(),
-	})
-	cancel()
-	if err != nil {
-		p.jobLog(j).Error("cannot store dead letter; keeping the message and trying again", "class", d.class, "error", err)
-		p.schedule(c, deadLetterRetry)
-		return
-	}
-	p.jobLog(j).Warn("dead-lettered", "class", d.class, "status", d.status, "attempts", j.attempts, "reason", d.reason)
-	p.Metrics.deadLetter(string(d.class))
-	p.Metrics.update(d.metric)
-	p.ack(c, j)
-}
-
-// ack acknowledges j's message and, once JetStream confirmed it, moves on to the
-// conversation's next job. The next update of the conversation waits for that confirmation:
-// were it applied while this acknowledgement may still be lost, a crash could bring this older
-// update back after the newer one. The confirmation is awaited by a goroutine of its own, so
-// the worker goes on with another conversation meanwhile; c is in that goroutine's hands until
-// then. An acknowledgement that fails is tried again with backoff, the job held (and kept in
-// progress) meanwhile, and never sent again.
-//
-// When no newer message of the conversation is held (the common case) and the pool can read
-// the work stream (Outstanding), nothing waits for the confirmation yet: the message is
-// acknowledged and let go at once, and remembered in unconfirmed. Should a newer update of the
-// conversation come later, it is sent only once that message is gone from the work stream
-// (previousGone), which on a work-queue stream is what the acknowledgement does: the same
-// promise, paid for only when a conversation's updates follow each other closely.
-func (p *Pool) ack(c *conv, j *job) {
-	j.settled = true
-	if p.ackNow(c, j) {
-		return
-	}
-	p.confirming.Go(func() { p.confirm(c, j) })
-}
-
-// ackNow acknowledges j without waiting for the confirmation and lets it go, if no newer
-// message of its conversation is held and nothing else is left to do for j; it reports
-// whether it did.
-func (p *Pool) ackNow(c *conv, j *job) bool {
-	if p.Outstanding == nil || j.recorded {
-		return false
-	}
-	p.mu.Lock()
-	msg, alone := j.msg, len(c.jobs) == 1
-	p.mu.Unlock()
-	if !alone || msg.Ack() != nil {
-		return false // a failed acknowledgement is retried, confirmed, by confirm
-	}
-	// A message read directly is settled by deleting it from the stream, and its Ack returns
-	// once the leader confirmed that: nothing to check later.
-	p.acked(c, j, j.src == nil)
-	return true
-}
-
-// previousGone reports whether prev, the last message of c acknowledged without confirmation,
-// has been acknowledged for good, so that j, the conversation's next, may be sent: its lane's
-// acknowledgement floor has passed it, or (when the floor is held back) it is gone from the
-// work stream. If not yet
-// (the acknowledgement is on its way, or was lost and prev comes back after AckWait to be
-// acknowledged again), or if NATS cannot be read, c is made ready again after a while.
-func (p *Pool) previousGone(ctx context.Context, c *conv, j *job, prev unconfirmed) bool {
-	floor, err := p.laneFloor(ctx, prev.src, prev.ref.Seq)
-	gone := err == nil && prev.ref.Seq <= floor
-	if !gone && j.checks >= floorChecks {
-		pctx, cancel := context.WithTimeout(ctx, storeTimeout)
-		var pending bool
-		pending, err = p.Outstanding.Pending(pctx, prev.ref)
-		cancel()
-		gone = err == nil && !pending
-	}
-	if gone {
-		p.mu.Lock()
-		if p.unconfirmed[c.key].ref == prev.ref {
-			delete(p.unconfirmed, c.key)
-		}
-		p.mu.Unlock()
-		return true
-	}
-	if ctx.Err() != nil {
-		return false // shutdown: the message stays held for handBack
-	}
-	j.checks++
-	d := backoffDelay(j.checks, floorEvery, ackRetryMax, rand.Float64())
-	if err != nil {
-		p.jobLog(j).Warn("cannot check that the conversation's previous update was acknowledged; trying again", "error", err, "retry_in", d)
-	}
-	p.schedule(c, d)
-	return false
-}
-
-// Tuned values of previousGone: the least time between two reads of a lane's acknowledgement
-// floor, and how many checks of the floor are made before the stream itself is read.
-const (
-	floorEvery  = 20 * time.Millisecond
-	floorChecks = 3
-)
-
-// laneFloor is src's acknowledgement floor (a stream sequence): every message of the lane at
-// or below it is acknowledged, and it only grows. The last one read is returned while it
-// passes seq (whenever it was read, that proves seq acknowledged) or began less than
-// floorEvery ago; otherwise it is read again.
-func (p *Pool) laneFloor(ctx context.Context, src *source, seq uint64) (uint64, error) {
-	src.floorMu.Lock()
-	defer src.floorMu.Unlock()
-	start := time.Now()
-	if src.floor >= seq || start.Sub(src.floorAt) < floorEvery {
-		return src.floor, nil
-	}
-	ictx, cancel := context.WithTimeout(ctx, storeTimeout)
-	info, err := src.cons.Info(ictx)
-	cancel()
-	if err != nil {
-		return 0, err
-	}
-	src.floor, src.floorAt = info.AckFloor.Stream, start
-	return src.floor, nil
-}
-
-// confirm is ack's second half: the acknowledgement, waited for.
-func (p *Pool) confirm(c *conv, j *job) {
-	p.mu.Lock()
-	msg := j.msg
-	p.mu.Unlock()
-	actx, cancel := context.WithTimeout(p.hard, ackTimeout)
-	err := msg.DoubleAck(actx)
-	cancel()
-	if err != nil {
-		j.acks++
-		d := backoffDelay(j.acks, ackRetryMin, ackRetryMax, rand.Float64())
-		p.jobLog(j).Warn("acknowledgement not confirmed; trying again (the update is not sent again)", "error", err, "retry_in", d)
-		p.schedule(c, d)
-		return
-	}
-	p.acked(c, j, true)
-}
-
-// acked lets go of j, acknowledged (confirmed or not), and moves on to c's next job.
-func (p *Pool) acked(c *conv, j *job, confirmed bool) {
-	if j.recorded {
-		dctx, cancel := context.WithTimeout(p.hard, storeTimeout)
-		if err := p.Attempts.Delete(dctx, j.ref); err != nil {
-			p.jobLog(j).Debug("cannot forget attempts", "error", err)
-		}
-		cancel()
-	}
-	p.outage.refund(j.ref.Seq) // a refund it never took
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.applied[j.ref] = struct{}{}
-	if !confirmed && j.invalid == nil {
-		p.unconfirmed[c.key] = unconfirmed{ref: j.ref, src: j.src}
-	}
-	c.jobs = c.jobs[1:]
-	delete(p.bySeq, j.ref)
-	p.release(j.src)
-	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
-	if len(c.jobs) == 0 {
-		delete(p.convs, c.key)
-		return
-	}
-	p.makeReady(c)
-}
-
-// forgetApplied drops the remembered sequences that the consumer's acknowledgement floor has
-// passed: JetStream will not deliver those again.
-func (p *Pool) forgetApplied(ctx context.Context) {
-	// A floor that holds for every lane: the lowest of the lanes with messages in progress (a
-	// lane with none will deliver again nothing it delivered, so it sets no floor).
-	infos := make([]*jetstream.ConsumerInfo, 0, len(p.lanes))
-	var floor uint64
-	for _, src := range p.lanes {
-		ictx, cancel := context.WithTimeout(ctx, storeTimeout)
-		info, err := src.cons.Info(ictx)
-		cancel()
-		if err != nil {
-			return
-		}
-		infos = append(infos, info)
-		floor = max(floor, info.AckFloor.Stream)
-	}
-	for _, info := range infos {
-		if info.NumAckPending > 0 {
-			floor = min(floor, info.AckFloor.Stream)
-		}
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for ref := range p.applied {
-		if ref.Seq <= floor {
-			delete(p.applied, ref)
-		}
-	}
-	for key, u := range p.unconfirmed {
-		if u.ref.Seq <= floor {
-			delete(p.unconfirmed, key)
-		}
-	}
-}
-
-// schedule makes c ready again after d.
-func (p *Pool) schedule(c *conv, d time.Duration) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closing {
-		return
-	}
-	if d <= 0 || p.giveBackFrom(c, true) == 0 { // a standby hands it back now (handover.go)
-		p.makeReady(c)
-		return
-	}
-	c.timer = time.AfterFunc(d, func() {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if p.closing {
-			return
-		}
-		c.timer = nil
-		p.makeReady(c)
-	})
-}
-
-// jobLog is the logger for lines about j. It is built only when a line is written: most
-// messages never need one.
-func (p *Pool) jobLog(j *job) *slog.Logger {
-	return p.Log.With("conversation", j.update.ID, "seq", j.ref.Seq)
 }
 
 // heartbeat marks held messages in progress well before AckWait runs out, so that waiting for
@@ -1104,59 +416,8 @@ func (p *Pool) lastDelivery(j *job) {
 	_ = j.msg.Ack()
 }
 
-// Tuned value: how long the check for older updates in the other lane may take.
-const orderCheckTimeout = 5 * time.Second
-
-// addOlder holds, ahead of an update of conversation id at stream sequence seq from the lane
-// of class, the older updates of the conversation still pending in the other lane, read
-// directly from the stream: a live update must not overtake an older backfill one (applied
-// later, it would overwrite the live change), nor a backfill update an older live one that
-// another process holds or that is not pulled yet. They hold no slot (the conversation is
-// joined at once by the message that found them, which holds one), go first as live ones,
-// and are acknowledged by deleting them from the stream. If the check fails, the update goes
-// on alone, and the failure is logged.
-func (p *Pool) addOlder(id string, seq uint64, class pacer.Priority) {
-	other := queue.LaneBackfill
-	if class == pacer.Backfill {
-		other = queue.LaneLive
-	}
-	ctx, cancel := context.WithTimeout(p.hard, orderCheckTimeout)
-	defer cancel()
-	older, err := p.Order.OlderPending(ctx, other, id, seq)
-	if err != nil {
-		p.Log.Warn("cannot check for older updates of a conversation in the other lane; applying this one in arrival order",
-			"conversation", id, "seq", seq, "other_lane", other, "error", err)
-	}
-	for _, m := range older {
-		md, err := m.Metadata()
-		if err != nil {
-			continue
-		}
-		ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
-		update, invalid := kustomer.Decode(m.Data())
-		p.mu.Lock()
-		_, held := p.bySeq[ref]
-		_, done := p.applied[ref]
-		if !held && !done && invalid == nil && update.ID == id {
-			j := &job{msg: m, class: pacer.Live, ref: ref, delivered: md.NumDelivered, progress: time.Now(), update: update}
-			p.bySeq[ref] = j
-			p.file(j, update.ID)
-		}
-		p.mu.Unlock()
-	}
-}
-
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	case <-t.C:
-		return nil
-	}
+// jobLog is the logger for lines about j. It is built only when a line is written: most
+// messages never need one.
+func (p *Pool) jobLog(j *job) *slog.Logger {
+	return p.Log.With("conversation", j.update.ID, "seq", j.ref.Seq)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 )
 
 // bulkFlags turn on bulk mode (issue 15): partial updates go to Kustomer in bulk jobs of up to
@@ -26,8 +27,8 @@ type bulkFlags struct {
 }
 
 // bulkConfig is the pool's bulk configuration as the flags give it.
-func (f *bulkFlags) bulkConfig() worker.BulkConfig {
-	return worker.BulkConfig{Enabled: f.Bulk, Size: f.BulkSize, Linger: f.BulkLinger, Min: f.BulkMin, Deadline: f.BulkDeadline}
+func (f *bulkFlags) bulkConfig() bulk.Config {
+	return bulk.Config{Enabled: f.Bulk, Size: f.BulkSize, Linger: f.BulkLinger, Min: f.BulkMin, Deadline: f.BulkDeadline}
 }
 
 // wireBulk gives the pool what bulk mode needs: the client, which submits and reads jobs, and
@@ -49,12 +50,12 @@ func (f *bulkFlags) wireBulk(ctx context.Context, js jetstream.JetStream, top qu
 // bulkVars are the bulk flags' defaults, from worker's constants.
 func bulkVars() map[string]string {
 	return map[string]string{
-		"default_bulk_size":      fmt.Sprint(worker.DefaultBulkSize),
-		"default_bulk_linger":    worker.DefaultBulkLinger.String(),
-		"default_bulk_min":       fmt.Sprint(worker.DefaultBulkMin),
-		"default_bulk_deadline":  worker.DefaultBulkDeadline.String(),
+		"default_bulk_size":      fmt.Sprint(bulk.DefaultSize),
+		"default_bulk_linger":    bulk.DefaultLinger.String(),
+		"default_bulk_min":       fmt.Sprint(bulk.DefaultMin),
+		"default_bulk_deadline":  bulk.DefaultDeadline.String(),
 		"default_bulk_bucket":    queue.DefaultBulkBucket,
-		"default_bulk_jobs_held": fmt.Sprint(worker.DefaultBulkJobsHeld),
+		"default_bulk_jobs_held": fmt.Sprint(bulk.DefaultJobsHeld),
 	}
 }
 

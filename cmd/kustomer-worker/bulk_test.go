@@ -17,12 +17,13 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 )
 
 func TestBulkFlags(t *testing.T) {
 	t.Parallel()
 	t.Run("a bulk setting out of range reads in flag names", func(t *testing.T) {
-		c := worker.Config{Bulk: worker.BulkConfig{Enabled: true, Min: 200}}.WithDefaults()
+		c := worker.Config{Bulk: bulk.Config{Enabled: true, Min: 200}}.WithDefaults()
 		err := settingError(c.Validate())
 		var ue *usageError
 		if !errors.As(err, &ue) || err.Error() != "bulk-min: 200 is not from 1 to the job size 100" {

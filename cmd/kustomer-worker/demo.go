@@ -20,6 +20,7 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
@@ -204,7 +205,7 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 	ratePerMinute := int(math.Round(float64(c.Budget) * float64(time.Minute) / float64(c.Window)))
 	wc := worker.Config{
 		Concurrency: c.Concurrency, MaxAttempts: 10, RetryInitial: 100 * time.Millisecond, RetryMax: 2 * time.Second,
-		ShutdownTimeout: 5 * time.Second, FetchWait: time.Second, Bulk: worker.BulkConfig{Enabled: c.Bulk},
+		ShutdownTimeout: 5 * time.Second, FetchWait: time.Second, Bulk: bulk.Config{Enabled: c.Bulk},
 	}.WithDefaults()
 	top := queue.Topology{MaxAckPending: wc.MaxAckPending}.WithDefaults()
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)

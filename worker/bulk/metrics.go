@@ -1,18 +1,23 @@
-package worker
+package bulk
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// BulkMetrics are the metrics of bulk mode, part of Metrics.
-type BulkMetrics struct {
+// Metrics are the metrics of bulk mode, part of the pool's (worker.Metrics.Bulk). The zero of
+// *Metrics (nil) records nothing.
+type Metrics struct {
 	JobsSubmitted prometheus.Counter     // jobs Kustomer accepted
 	JobsCompleted prometheus.Counter     // jobs followed to their end
 	JobsFailed    *prometheus.CounterVec // by reason: jobs whose unsettled items went as single PUTs
 	Items         *prometheus.CounterVec // by outcome: succeeded, failed, single, few
 	JobDuration   prometheus.Histogram   // from submit to complete, as Kustomer reports it
+
+	retries *prometheus.CounterVec // the pool's retry decisions, by reason: a submit's or read's count there too
 }
 
-func newBulkMetrics(ns string) BulkMetrics {
-	return BulkMetrics{
+// NewMetrics creates the bulk metrics in namespace ns and registers them on reg; retries is
+// the pool's counter of retry decisions by reason, which bulk requests count in too.
+func NewMetrics(reg prometheus.Registerer, ns string, retries *prometheus.CounterVec) Metrics {
+	m := Metrics{
 		JobsSubmitted: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "bulk_jobs_submitted_total",
 			Help: "Bulk jobs Kustomer accepted."}),
 		JobsCompleted: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "bulk_jobs_completed_total",
@@ -23,47 +28,53 @@ func newBulkMetrics(ns string) BulkMetrics {
 			Help: "Updates that went to a bulk job or nearly did, by outcome: succeeded (applied by the job), failed (Kustomer failed the item; sent again as a single PUT), single (the job failed; sent as a single PUT), few (too few to fill a job in time; sent as a single PUT)."}, []string{"outcome"}),
 		JobDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "bulk_job_duration_seconds",
 			Help: "How long bulk jobs took from their submit until complete.", Buckets: prometheus.ExponentialBuckets(0.25, 2, 12)}),
+		retries: retries,
 	}
+	// Each labelled series is served from the start, at zero, so that rates and alerts work
+	// before the first of its kind.
+	for _, r := range failReasons {
+		m.JobsFailed.WithLabelValues(r)
+	}
+	for _, o := range itemOutcomes {
+		m.Items.WithLabelValues(o)
+	}
+	reg.MustRegister(m.JobsSubmitted, m.JobsCompleted, m.JobsFailed, m.Items, m.JobDuration)
+	return m
 }
 
-// Reasons and outcomes of the labelled bulk metrics: each series is served from the start, at
-// zero, so that rates and alerts work before the first of its kind.
+// Reasons and outcomes of the labelled bulk metrics.
 var (
-	bulkFailReasons  = []string{"rejected", "auth", "deadline", "read_denied", "unknown", "invalid", "store", "error", "panic"}
-	bulkItemOutcomes = []string{"succeeded", "failed", "single", "few"}
+	failReasons  = []string{"rejected", "auth", "deadline", "read_denied", "unknown", "invalid", "store", "error", "panic"}
+	itemOutcomes = []string{"succeeded", "failed", "single", "few"}
 )
 
-func (b BulkMetrics) register(reg prometheus.Registerer) {
-	for _, r := range bulkFailReasons {
-		b.JobsFailed.WithLabelValues(r)
-	}
-	for _, o := range bulkItemOutcomes {
-		b.Items.WithLabelValues(o)
-	}
-	reg.MustRegister(b.JobsSubmitted, b.JobsCompleted, b.JobsFailed, b.Items, b.JobDuration)
-}
-
-func (m *Metrics) bulkSubmitted() {
+func (m *Metrics) submitted() {
 	if m != nil {
-		m.Bulk.JobsSubmitted.Inc()
+		m.JobsSubmitted.Inc()
 	}
 }
 
-func (m *Metrics) bulkCompleted(seconds float64) {
+func (m *Metrics) completed(seconds float64) {
 	if m != nil {
-		m.Bulk.JobsCompleted.Inc()
-		m.Bulk.JobDuration.Observe(seconds)
+		m.JobsCompleted.Inc()
+		m.JobDuration.Observe(seconds)
 	}
 }
 
-func (m *Metrics) bulkFailed(reason string) {
+func (m *Metrics) failed(reason string) {
 	if m != nil {
-		m.Bulk.JobsFailed.WithLabelValues(reason).Inc()
+		m.JobsFailed.WithLabelValues(reason).Inc()
 	}
 }
 
-func (m *Metrics) bulkItem(outcome string) {
+func (m *Metrics) item(outcome string) {
 	if m != nil {
-		m.Bulk.Items.WithLabelValues(outcome).Inc()
+		m.Items.WithLabelValues(outcome).Inc()
+	}
+}
+
+func (m *Metrics) retry(reason string) {
+	if m != nil && m.retries != nil {
+		m.retries.WithLabelValues(reason).Inc()
 	}
 }

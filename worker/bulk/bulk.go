@@ -1,8 +1,9 @@
-package worker
+package bulk
 
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -10,113 +11,141 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/ctxtime"
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
-// Bulk mode (Config.Bulk): partial updates of distinct conversations go to Kustomer in bulk
-// jobs, up to 100 updates for one unit of the org budget.
-//
-// The bulker takes a conversation's head job when a worker would send it (Pool.process calls
-// take): from then on the conversation is in the bulker's hands, so its next update waits
-// until this one is settled, as with a single PUT. Items gather into the next job; a job goes
-// out when it is full, or after Linger with at least Min items; with fewer, they go back to
-// the workers as single PUTs. Each job has a goroutine of its own that stores it in the bulk
-// bucket (BulkStore), submits it through the gates and the pacer, reads its batches the same
-// way (class pacer.BulkRead) at times learned from the jobs before, and settles each item once
-// its outcome is known: a succeeded item is acknowledged like an applied single PUT; a failed
-// one goes back to the workers as a single PUT whose answer decides as for any other. What
-// cannot go in bulk (a refused submit, a job past its deadline, reads the key may not make)
-// goes as single PUTs too.
-//
-// Order: a job that Kustomer may still apply after its items were re-sent (a submit without
-// an answer, a job past its deadline or unreadable) fences its conversations: their newer
-// updates wait until the job is complete or known lost (its deadline, or twice it, passed).
-// Fences and jobs live in the bucket, so that a process started after a crash settles a
-// redelivered item by its job's result instead of sending it again.
-
-// BulkClient is what bulk mode uses of the client; *kustomer.Client is the real one.
-type BulkClient interface {
+// Client is what bulk mode uses of the Kustomer client; *kustomer.Client is the real one.
+type Client interface {
 	SubmitBulk(ctx context.Context, items []kustomer.BulkItem) (*kustomer.BulkJob, error)
 	ReadBulkBatches(ctx context.Context, jobID string) (*kustomer.BulkBatches, error)
 }
 
-// BulkStore keeps the bulk jobs in flight across processes; *queue.BulkJobs is the real one.
-type BulkStore interface {
+// Store keeps the bulk jobs in flight across processes; *queue.BulkJobs is the real one.
+type Store interface {
 	Put(ctx context.Context, r queue.BulkRecord) error
 	Delete(ctx context.Context, key string) error
 	List(ctx context.Context) ([]queue.BulkRecord, error)
 }
 
+// Host is what the bulker uses of the pool whose held updates it takes: the pool's gates for
+// its requests, and the way back to the pool for each item. Every Item the host gets back
+// is one it handed to Take.
+type Host interface {
+	// Request makes one bulk request (do) as a single PUT is made: through the pool's gates
+	// and the budget for class, counted in flight and in the metrics, its answer told to
+	// the gates; job names the bulk job for the outage breaker. went is false, with ctx's
+	// cause, when ctx ended before the request went out.
+	Request(ctx context.Context, class pacer.Priority, job string, do func(ctx context.Context) (kustomer.RateLimit, error)) (went bool, err error)
+	// Throttled pauses every request after an org-wide 429 and says for how long.
+	Throttled(rl kustomer.RateLimit) time.Duration
+	// Applied acknowledges an item Kustomer applied in a job, as an applied single PUT.
+	Applied(it Item)
+	// Single hands an item back to go as a single PUT.
+	Single(it Item)
+	// Resume hands an item back as it came: the fence that held it back is gone.
+	Resume(it Item)
+	// Standby reports whether the item goes back to the active replica now: this replica is
+	// a standby on its lane, and nobody else holds it.
+	Standby(it Item) bool
+	// Hard ends when requests in flight must be abandoned (the end of a shutdown).
+	Hard() context.Context
+}
+
 var (
-	_ BulkClient = (*kustomer.Client)(nil)
-	_ BulkStore  = (*queue.BulkJobs)(nil)
+	_ Client = (*kustomer.Client)(nil)
+	_ Store  = (*queue.BulkJobs)(nil)
 )
 
-// Tuned values of following jobs.
+// Item is a conversation's head update that the host offers the bulker (Take).
+type Item struct {
+	Conv      string // the conversation's key in the host
+	Ref       queue.MsgRef
+	Update    kustomer.Update
+	Class     pacer.Priority
+	Delivered uint64 // the delivery's number: a redelivery may belong to a job another process submitted
+	// Single says it goes as a single PUT (a replace, an invalid message, a live update beside
+	// a backfill lane, an item a job failed): the bulker only holds it back for a fence.
+	Single bool
+	// Handle is the host's own, opaque to the bulker.
+	Handle any
+}
+
+// Settings are what the bulker reads of the pool's configuration.
+type Settings struct {
+	Config
+	// RetryInitial and RetryMax bound the backoff between submits that failed transiently.
+	RetryInitial, RetryMax time.Duration
+	// Redeliveries is how long after a job ends redeliveries of its items may still come (a
+	// job another process submitted): its record is kept that long.
+	Redeliveries time.Duration
+	Log          *slog.Logger // default: discard
+	Metrics      *Metrics     // optional
+}
+
+// Tuned values of following jobs, and the timeout of a call to the store.
 const (
-	bulkReadMin      = time.Second      // the first wait after a read that found the job unfinished
-	bulkReadMax      = 15 * time.Second // the longest wait between two reads of a job
-	bulkFirstReadMin = 200 * time.Millisecond
-	bulkEstimate0    = time.Second // what a job is taken to last before one was seen
-	bulkLearnWeight  = 0.3         // weight of the newest job in the learned duration
-	bulkReloadEvery  = 2 * time.Second
-	bulkTick         = 20 * time.Millisecond // the batcher's check of Linger
-	bulkLingerMax    = 4                     // times Linger a job waits at most while items still come
+	readMin      = time.Second      // the first wait after a read that found the job unfinished
+	readMax      = 15 * time.Second // the longest wait between two reads of a job
+	firstReadMin = 200 * time.Millisecond
+	estimate0    = time.Second // what a job is taken to last before one was seen
+	learnWeight  = 0.3         // weight of the newest job in the learned duration
+	reloadEvery  = 2 * time.Second
+	tick         = 20 * time.Millisecond // the batcher's check of Linger
+	lingerMax    = 4                     // times Linger a job waits at most while items still come
+	storeTimeout = 5 * time.Second
 )
 
-// bulker batches conversations' head updates into bulk jobs and follows the jobs; see above.
-type bulker struct {
-	p     *Pool
-	cfg   BulkConfig
-	cli   BulkClient
-	store BulkStore // nil: jobs are not kept across processes
+// Bulker batches conversations' head updates into bulk jobs and follows the jobs; see the
+// package documentation.
+type Bulker struct {
+	host    Host
+	cli     Client
+	store   Store // nil: jobs are not kept across processes
+	cfg     Config
+	set     Settings
+	log     *slog.Logger
+	metrics *Metrics
 
 	off atomic.Bool // the key may not read jobs: bulk is off for the process
 
-	ctx context.Context // ends when the pool begins to shut down; written by Pool.Run before any goroutine starts
+	ctx context.Context // ends when the pool begins to shut down
 
 	kick chan struct{} // cap 1: the gathering job is full
 
 	mu      sync.Mutex // guards every field below
-	pending []bulkItem // the job gathering
+	pending []Item     // the job gathering
 	since   time.Time  // when pending's first item came
 	last    time.Time  // when pending's last item came
-	fences  map[string]bulkFence
-	fenced  map[string]bulkItem       // conversations held back by a fence, in the bulker's hands
-	known   map[queue.MsgRef]*bulkJob // items of jobs this process did not submit, by message
-	jobs    map[string]*bulkJob       // jobs followed by this process, by record key
-	forget  map[string]time.Time      // records to delete from the store, and when
-	loaded  time.Time                 // when the store was last read
-	est     time.Duration             // how long a job takes, as learned
-	seq     uint64                    // for record keys
-	warned  bool                      // the read refusal was logged
+	fences  map[string]fence
+	fenced  map[string]Item       // conversations held back by a fence, in the bulker's hands
+	known   map[queue.MsgRef]*job // items of jobs this process did not submit, by message
+	jobs    map[string]*job       // jobs followed by this process, by record key
+	forget  map[string]time.Time  // records to delete from the store, and when
+	loaded  time.Time             // when the store was last read
+	est     time.Duration         // how long a job takes, as learned
+	seq     uint64                // for record keys
+	warned  bool                  // the read refusal was logged
 
 	wg sync.WaitGroup // the jobs' goroutines
 }
 
-// bulkItem is a held message in the bulker's hands: its conversation and head job.
-type bulkItem struct {
-	c *conv
-	j *job
-}
-
-// bulkFence holds back a conversation's updates newer than seq until until.
-type bulkFence struct {
+// fence holds back a conversation's updates newer than seq until until.
+type fence struct {
 	seq   uint64
 	until time.Time
 }
 
-// bulkJob is one job followed by this process. Its fields are guarded by bulker.mu, except
+// job is one job followed by this process. Its fields are guarded by Bulker.mu, except
 // kitems and key, set before it is shared.
-type bulkJob struct {
+type job struct {
 	key      string
 	kitems   []kustomer.BulkItem
 	rec      queue.BulkRecord
-	held     map[queue.MsgRef]bulkItem // items in the bulker's hands, not settled yet
+	held     map[queue.MsgRef]Item // items in the bulker's hands, not settled yet
 	outcome  map[queue.MsgRef]kustomer.ItemOutcome
 	sent     time.Time // when the submit that created the job went out
 	adopted  bool      // submitted by another process
@@ -124,83 +153,83 @@ type bulkJob struct {
 	finished bool
 }
 
-func newBulker(p *Pool) *bulker {
-	cli := p.BulkClient
-	if cli == nil {
-		cli, _ = p.Client.(BulkClient)
+// New returns a bulker for host that submits through cli and keeps its jobs in store (nil:
+// not across processes). ctx ends when the host begins to shut down: jobs stop being
+// followed, their unsettled items stay with the host.
+func New(ctx context.Context, host Host, cli Client, store Store, s Settings) *Bulker {
+	if s.Log == nil {
+		s.Log = slog.New(slog.DiscardHandler)
 	}
-	if cli == nil {
-		return nil
-	}
-	return &bulker{
-		p: p, cfg: p.cfg.Bulk, cli: cli, store: p.BulkJobs, kick: make(chan struct{}, 1),
-		fences: make(map[string]bulkFence), fenced: make(map[string]bulkItem), known: make(map[queue.MsgRef]*bulkJob),
-		jobs: make(map[string]*bulkJob), forget: make(map[string]time.Time), est: bulkEstimate0,
+	return &Bulker{
+		host: host, cli: cli, store: store, cfg: s.Config, set: s, log: s.Log, metrics: s.Metrics, ctx: ctx,
+		kick:   make(chan struct{}, 1),
+		fences: make(map[string]fence), fenced: make(map[string]Item), known: make(map[queue.MsgRef]*job),
+		jobs: make(map[string]*job), forget: make(map[string]time.Time), est: estimate0,
 	}
 }
 
-// take is called for c's head job j (delivered that many times) by the worker that holds c,
-// before it would send j. It reports whether the bulker took c: then c is in its hands until
-// j is settled or handed back as a single PUT.
-func (b *bulker) take(c *conv, j *job, delivered uint64) bool {
-	if delivered > 1 && b.store != nil {
+// itemLog is the logger for lines about it.
+func (b *Bulker) itemLog(it Item) *slog.Logger {
+	return b.log.With("conversation", it.Update.ID, "seq", it.Ref.Seq)
+}
+
+// Take is called for a conversation's head update by the host's goroutine that holds the
+// conversation, before it would send it as a single PUT. It reports whether the bulker took
+// it: then the conversation is in the bulker's hands until the item goes back to the host
+// (Applied, Single, Resume).
+func (b *Bulker) Take(it Item) bool {
+	if it.Delivered > 1 && b.store != nil {
 		b.mu.Lock()
-		stale := time.Since(b.loaded) >= bulkReloadEvery
+		stale := time.Since(b.loaded) >= reloadEvery
 		b.mu.Unlock()
 		if stale {
-			b.load(b.p.hard)
+			b.load(b.hard())
 		}
 	}
 	now := time.Now()
 	b.mu.Lock()
-	if f, ok := b.fences[c.key]; ok {
+	if f, ok := b.fences[it.Conv]; ok {
 		switch {
 		case !now.Before(f.until):
-			delete(b.fences, c.key)
-		case j.ref.Seq > f.seq:
-			// A standby hands the head back rather than hold it for the fence (yieldFenced
-			// covers a pin lost after this check: it waits for b.mu).
-			b.p.mu.Lock()
-			standby := b.p.giveBackFrom(c, true) == 0
-			b.p.mu.Unlock()
-			if standby {
-				b.mu.Unlock()
-				b.p.schedule(c, 0) // its worker hands it back (Pool.giveBack)
+			delete(b.fences, it.Conv)
+		case it.Ref.Seq > f.seq:
+			b.fenced[it.Conv] = it // released by release, or by YieldFenced
+			b.mu.Unlock()
+			// A standby hands the head back rather than hold it for the fence (YieldFenced
+			// covers a pin lost after this check: the item is already in fenced).
+			if b.host.Standby(it) && b.unfence(it) {
+				b.host.Resume(it) // its worker hands it back
 				return true
 			}
-			b.fenced[c.key] = bulkItem{c, j} // released by release, or by yieldFenced
-			b.mu.Unlock()
-			b.p.jobLog(j).Debug("holding an update until an older bulk job of its conversation is complete or lost", "until", f.until)
+			b.itemLog(it).Debug("holding an update until an older bulk job of its conversation is complete or lost", "until", f.until)
 			return true
 		}
 	}
-	if bj := b.known[j.ref]; bj != nil {
-		defer b.mu.Unlock()
-		if o, ok := bj.outcome[j.ref]; ok {
-			delete(b.known, j.ref)
-			b.settleItem(bj, bulkItem{c, j}, o, "recovered")
+	if bj := b.known[it.Ref]; bj != nil {
+		if o, ok := bj.outcome[it.Ref]; ok {
+			delete(b.known, it.Ref)
+			id := bj.rec.JobID
+			b.mu.Unlock()
+			b.settleItem(id, it, o, "recovered")
 			return true
 		}
-		bj.held[j.ref] = bulkItem{c, j}
+		defer b.mu.Unlock()
+		bj.held[it.Ref] = it
 		if !bj.follows {
 			bj.follows = true
-			b.p.jobLog(j).Info("redelivered update belongs to a bulk job a previous process submitted; reading its result instead of sending it again", "job", bj.rec.JobID)
+			b.itemLog(it).Info("redelivered update belongs to a bulk job a previous process submitted; reading its result instead of sending it again", "job", bj.rec.JobID)
 			b.wg.Go(func() { b.guard(bj, b.follow) })
 		}
 		return true
 	}
-	// With two lanes, live updates go as single PUTs: a job takes seconds to minutes, and a
-	// live update must not wait behind a backfill's job (issue 13). With the live lane alone,
-	// its backlog is what bulk mode is for.
-	liveBesideBackfill := j.class == pacer.Live && b.p.Backfill != nil
-	if b.off.Load() || j.noBulk || j.invalid != nil || j.update.Replace || liveBesideBackfill {
+	if b.off.Load() || it.Single {
 		b.mu.Unlock()
 		return false
 	}
 	if len(b.pending) == 0 {
 		b.since = now
 	}
-	b.pending = append(b.pending, bulkItem{c, j})
+	b.pending = append(b.pending, it)
 	b.last = now
 	full := len(b.pending) >= b.cfg.Size
 	b.mu.Unlock()
@@ -213,11 +242,26 @@ func (b *bulker) take(c *conv, j *job, delivered uint64) bool {
 	return true
 }
 
-// run gathers jobs and sends them until ctx ends. The jobs' goroutines end soon after,
-// leaving their unsettled items held for handBack; Pool.Run waits for them (wait).
-func (b *bulker) run(ctx context.Context) {
+// unfence takes it out of the fenced conversations if it is still there, and reports whether
+// it did: whoever takes it out hands it back.
+func (b *Bulker) unfence(it Item) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if f, ok := b.fenced[it.Conv]; ok && f.Ref == it.Ref {
+		delete(b.fenced, it.Conv)
+		return true
+	}
+	return false
+}
+
+func (b *Bulker) hard() context.Context { return b.host.Hard() }
+
+// Run gathers jobs and sends them until the context given to New ends. The jobs' goroutines
+// end soon after, leaving their unsettled items with the host; Wait waits for them.
+func (b *Bulker) Run() {
+	ctx := b.ctx
 	b.load(ctx)
-	t := time.NewTicker(min(bulkTick, max(b.cfg.Linger/5, time.Millisecond)))
+	t := time.NewTicker(min(tick, max(b.cfg.Linger/5, time.Millisecond)))
 	defer t.Stop()
 	var housekeeping time.Time
 	for {
@@ -235,21 +279,21 @@ func (b *bulker) run(ctx context.Context) {
 	}
 }
 
-// wait returns once every job's goroutine has ended; only after the workers stopped, since
-// a worker may start one.
-func (b *bulker) wait() { b.wg.Wait() }
+// Wait returns once every job's goroutine has ended; only after the host stopped calling
+// Take, since Take may start one.
+func (b *Bulker) Wait() { b.wg.Wait() }
 
 // gather sends the jobs that are ready: full ones, and one that lingered long enough with
 // at least Min items; items that lingered in a smaller one go as single PUTs.
-func (b *bulker) gather(ctx context.Context, now time.Time) {
+func (b *Bulker) gather(ctx context.Context, now time.Time) {
 	b.mu.Lock()
-	var jobs [][]bulkItem
+	var jobs [][]Item
 	for len(b.pending) >= b.cfg.Size {
 		jobs = append(jobs, b.pending[:b.cfg.Size:b.cfg.Size])
 		b.pending = b.pending[b.cfg.Size:]
 		b.since = now
 	}
-	var singles []bulkItem
+	var singles []Item
 	if b.off.Load() {
 		for _, items := range jobs {
 			singles = append(singles, items...)
@@ -258,8 +302,8 @@ func (b *bulker) gather(ctx context.Context, now time.Time) {
 		singles, b.pending = append(singles, b.pending...), nil
 	}
 	// Linger runs from the first item; while items still trickle in (a backlog being
-	// fetched), the job waits for them a little longer, up to bulkLingerMax times Linger.
-	quiet := now.Sub(b.last) >= b.cfg.Linger/5 || now.Sub(b.since) >= bulkLingerMax*b.cfg.Linger
+	// fetched), the job waits for them a little longer, up to lingerMax times Linger.
+	quiet := now.Sub(b.last) >= b.cfg.Linger/5 || now.Sub(b.since) >= lingerMax*b.cfg.Linger
 	if len(b.pending) > 0 && now.Sub(b.since) >= b.cfg.Linger && quiet {
 		if len(b.pending) >= b.cfg.Min {
 			jobs = append(jobs, b.pending)
@@ -284,25 +328,24 @@ func (b *bulker) gather(ctx context.Context, now time.Time) {
 }
 
 // single hands an item back to the workers to go as a single PUT, decided as any other.
-func (b *bulker) single(it bulkItem, why string) {
-	it.j.noBulk = true
-	b.p.Metrics.bulkItem(why)
-	b.p.schedule(it.c, 0)
+func (b *Bulker) single(it Item, why string) {
+	b.metrics.item(why)
+	b.host.Single(it)
 }
 
 // start makes a job of items and follows it in a goroutine of its own.
-func (b *bulker) start(items []bulkItem) {
+func (b *Bulker) start(items []Item) {
 	b.mu.Lock()
 	b.seq++
 	key := strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + strconv.FormatUint(b.seq, 36)
-	bj := &bulkJob{key: key, held: make(map[queue.MsgRef]bulkItem, len(items)),
+	bj := &job{key: key, held: make(map[queue.MsgRef]Item, len(items)),
 		outcome: make(map[queue.MsgRef]kustomer.ItemOutcome), follows: true}
 	bj.rec = queue.BulkRecord{Key: key, Submitted: time.Now()}
 	for _, it := range items {
-		ref := it.j.ref.Key()
-		bj.kitems = append(bj.kitems, kustomer.BulkItem{Ref: ref, Update: it.j.update})
-		bj.rec.Items = append(bj.rec.Items, queue.BulkRecordItem{Conv: it.j.update.ID, Seq: it.j.ref.Seq, Stored: it.j.ref.Stored, Ref: ref})
-		bj.held[it.j.ref] = it
+		ref := it.Ref.Key()
+		bj.kitems = append(bj.kitems, kustomer.BulkItem{Ref: ref, Update: it.Update})
+		bj.rec.Items = append(bj.rec.Items, queue.BulkRecordItem{Conv: it.Update.ID, Seq: it.Ref.Seq, Stored: it.Ref.Stored, Ref: ref})
+		bj.held[it.Ref] = it
 	}
 	b.jobs[key] = bj
 	b.mu.Unlock()
@@ -310,10 +353,10 @@ func (b *bulker) start(items []bulkItem) {
 }
 
 // class is the pacer class of a job: live if any item is.
-func (bj *bulkJob) class() pacer.Priority {
+func (bj *job) class() pacer.Priority {
 	c := pacer.Backfill
 	for _, it := range bj.held {
-		c = min(c, it.j.class)
+		c = min(c, it.Class)
 	}
 	return c
 }
@@ -324,7 +367,7 @@ func (bj *bulkJob) class() pacer.Priority {
 // deadline if it may have been submitted (as after a submit whose answer was lost), until
 // twice the deadline once Kustomer gave it an id (as for a job overdue while followed).
 // (A panic while b.mu is held, in the bulker's own code, would still block here.)
-func (b *bulker) guard(bj *bulkJob, run func(*bulkJob)) {
+func (b *Bulker) guard(bj *job, run func(*job)) {
 	defer func() {
 		r := recover()
 		if r == nil {
@@ -340,15 +383,14 @@ func (b *bulker) guard(bj *bulkJob, run func(*bulkJob)) {
 			fence = bj.rec.Submitted.Add(2 * b.cfg.Deadline)
 		}
 		b.mu.Unlock()
-		b.p.Log.Error("panic in a bulk job; its items go as single PUTs", "job", id, "panic", r, "stack", string(debug.Stack()))
+		b.log.Error("panic in a bulk job; its items go as single PUTs", "job", id, "panic", r, "stack", string(debug.Stack()))
 		b.fallback(bj, "panic", fence, false)
 	}()
 	run(bj)
 }
 
 // submitAndFollow submits bj, retrying what may heal, and follows it to its end.
-func (b *bulker) submitAndFollow(bj *bulkJob) {
-	p := b.p
+func (b *Bulker) submitAndFollow(bj *job) {
 	ctx := b.ctx
 	b.mu.Lock()
 	class, rec := bj.class(), bj.rec
@@ -364,8 +406,8 @@ func (b *bulker) submitAndFollow(bj *bulkJob) {
 	// it would be given up before Kustomer had time to apply it.
 	wctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(p.cfg.RetryInitial),
-		backoff.WithMaxInterval(p.cfg.RetryMax), backoff.WithMaxElapsedTime(0)) // the deadline ends it
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(b.set.RetryInitial),
+		backoff.WithMaxInterval(b.set.RetryMax), backoff.WithMaxElapsedTime(0)) // the deadline ends it
 	for {
 		if time.Now().After(deadline) {
 			b.fallback(bj, "deadline", b.ambiguousFence(bj), false)
@@ -373,7 +415,7 @@ func (b *bulker) submitAndFollow(bj *bulkJob) {
 		}
 		var job *kustomer.BulkJob
 		var sent time.Time
-		went, err := b.pass(wctx, class, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
+		went, err := b.host.Request(wctx, class, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
 			var err error
 			sent = time.Now()
 			job, err = b.cli.SubmitBulk(ctx, bj.kitems)
@@ -392,7 +434,7 @@ func (b *bulker) submitAndFollow(bj *bulkJob) {
 		var apiErr *kustomer.APIError
 		switch {
 		case err == nil:
-			p.Metrics.bulkSubmitted()
+			b.metrics.submitted()
 			b.mu.Lock()
 			bj.rec.JobID, bj.sent = job.ID, sent
 			rec = bj.rec
@@ -400,7 +442,7 @@ func (b *bulker) submitAndFollow(bj *bulkJob) {
 			b.put(rec)
 			b.followLoop(ctx, bj)
 			return
-		case p.hard.Err() != nil:
+		case b.hard().Err() != nil:
 			b.mu.Lock()
 			bj.rec.Ambiguous = time.Now()
 			rec = bj.rec
@@ -425,22 +467,22 @@ func (b *bulker) submitAndFollow(bj *bulkJob) {
 			b.mu.Unlock()
 			b.put(rec)
 		case apiErr.Class == kustomer.ClassThrottled:
-			pause := p.Pacer.OrgThrottled(apiErr.RateLimit)
-			p.Metrics.retry("throttled_org")
-			p.Log.Info("org rate budget spent at a bulk submit; pausing every request", "status", apiErr.Status, "pause", pause)
+			pause := b.host.Throttled(apiErr.RateLimit)
+			b.metrics.retry("throttled_org")
+			b.log.Info("org rate budget spent at a bulk submit; pausing every request", "status", apiErr.Status, "pause", pause)
 			continue
 		case apiErr.Class == kustomer.ClassAuth:
 			b.fallback(bj, "auth", b.ambiguousFence(bj), false)
 			return
 		case apiErr.Class == kustomer.ClassPermanent:
-			p.Log.Warn("Kustomer refused a bulk submit as a whole; sending its items as single PUTs", "status", apiErr.Status, "reason", apiErr.Reason, "items", len(bj.kitems))
+			b.log.Warn("Kustomer refused a bulk submit as a whole; sending its items as single PUTs", "status", apiErr.Status, "reason", apiErr.Reason, "items", len(bj.kitems))
 			b.fallback(bj, "rejected", b.ambiguousFence(bj), false)
 			return
 		}
 		d := retry.NextBackOff()
-		p.Metrics.retry("transient")
-		p.Log.Info("bulk submit failed; retrying", "error", err, "retry_in", d)
-		if sleep(ctx, d) != nil {
+		b.metrics.retry("transient")
+		b.log.Info("bulk submit failed; retrying", "error", err, "retry_in", d)
+		if ctxtime.Sleep(ctx, d) != nil {
 			b.shutdownBeforeSubmit(bj)
 			return
 		}
@@ -449,7 +491,7 @@ func (b *bulker) submitAndFollow(bj *bulkJob) {
 
 // shutdownBeforeSubmit ends a job at shutdown before a submit was answered: its items stay
 // held for handBack; the record stays if a submit may have taken effect.
-func (b *bulker) shutdownBeforeSubmit(bj *bulkJob) {
+func (b *Bulker) shutdownBeforeSubmit(bj *job) {
 	b.mu.Lock()
 	rec := bj.rec
 	bj.finished = true
@@ -461,7 +503,7 @@ func (b *bulker) shutdownBeforeSubmit(bj *bulkJob) {
 }
 
 // ambiguousFence is until when a job with a submit that got no answer may still be applied.
-func (b *bulker) ambiguousFence(bj *bulkJob) time.Time {
+func (b *Bulker) ambiguousFence(bj *job) time.Time {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if bj.rec.Ambiguous.IsZero() {
@@ -470,77 +512,19 @@ func (b *bulker) ambiguousFence(bj *bulkJob) time.Time {
 	return bj.rec.Submitted.Add(b.cfg.Deadline)
 }
 
-// pass makes one bulk request (do) as a single PUT is made: through the auth gate and the
-// outage breaker, each handing out a ticket that goes back when pass returns, panic or not,
-// then through the pacer's budget for class; it tells the gates what the answer taught. The
-// breaker counts the failures of one job (key) as those of one conversation. went is false,
-// with ctx's cause, when ctx ended before the request went out.
-func (b *bulker) pass(ctx context.Context, class pacer.Priority, key string, do func(ctx context.Context) (kustomer.RateLimit, error)) (went bool, err error) {
-	p := b.p
-	tk, err := p.auth.Acquire(ctx)
-	if err != nil {
-		return false, err
-	}
-	defer tk.Done()
-	tkDown, err := p.outage.gate.Acquire(ctx)
-	if err != nil {
-		return false, err
-	}
-	defer tkDown.Done()
-	if err := p.Pacer.Wait(ctx, class); err != nil {
-		return false, err
-	}
-	err = b.request(do)
-	o := outcome{err: err}
-	if err != nil && p.hard.Err() != nil {
-		o = outcome{canceled: true} // cut short by the shutdown deadline: nothing learned
-	}
-	tk.Report(keyOf(o))
-	p.outage.observe(tkDown, "bulk job "+key, 0, healthOf(o), reasonOf(o))
-	return true, err
-}
-
-// request makes one bulk request, counted in flight and in the metrics, and feeds its
-// rate-limit reading to the pacer.
-func (b *bulker) request(do func(ctx context.Context) (kustomer.RateLimit, error)) error {
-	p := b.p
-	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.InFlight }, float64(p.inflight.Add(1)))
-	start := time.Now()
-	rl, err := do(p.hard)
-	elapsed := time.Since(start).Seconds()
-	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.InFlight }, float64(p.inflight.Add(-1)))
-	var apiErr *kustomer.APIError
-	switch {
-	case err == nil:
-		p.Metrics.request(okStatus, elapsed)
-		p.Pacer.Observe(rl, int(p.inflight.Load()))
-	case errors.As(err, &apiErr):
-		p.Metrics.request(apiErr.Status, elapsed)
-		p.Pacer.Observe(apiErr.RateLimit, int(p.inflight.Load()))
-	case errors.Is(err, kustomer.ErrInvalid), p.hard.Err() != nil:
-	default:
-		p.Metrics.request(0, elapsed)
-	}
-	return err
-}
-
-// okStatus stands for the 2xx of a bulk answer in the metrics.
-const okStatus = 200
-
 // followLoop reads bj's batches until every item is settled, the job is past its deadline,
 // or the pool shuts down.
-func (b *bulker) followLoop(ctx context.Context, bj *bulkJob) {
-	p := b.p
+func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 	b.mu.Lock()
 	rec, est, adopted, sent := bj.rec, b.est, bj.adopted, bj.sent
 	b.mu.Unlock()
 	deadline := rec.Submitted.Add(b.cfg.Deadline)
 	lost := rec.Submitted.Add(2 * b.cfg.Deadline)
-	wait := min(max(est+est/10+50*time.Millisecond-time.Since(sent), bulkFirstReadMin), bulkReadMax)
+	wait := min(max(est+est/10+50*time.Millisecond-time.Since(sent), firstReadMin), readMax)
 	if adopted {
 		wait = 0
 	}
-	next := bulkReadMin
+	next := readMin
 	overdue := false
 	for {
 		// Wake at the deadline and at the end, at the latest: a read then decides.
@@ -548,12 +532,12 @@ func (b *bulker) followLoop(ctx context.Context, bj *bulkJob) {
 			wait = min(wait, time.Until(deadline))
 		}
 		wait = max(min(wait, time.Until(lost)), 0)
-		if sleep(ctx, wait) != nil {
+		if ctxtime.Sleep(ctx, wait) != nil {
 			b.stopFollowing(bj)
 			return
 		}
 		var bb *kustomer.BulkBatches
-		went, err := b.pass(ctx, pacer.BulkRead, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
+		went, err := b.host.Request(ctx, pacer.BulkRead, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
 			var err error
 			bb, err = b.cli.ReadBulkBatches(ctx, rec.JobID)
 			if bb != nil {
@@ -571,43 +555,43 @@ func (b *bulker) followLoop(ctx context.Context, bj *bulkJob) {
 			if b.apply(bj, bb) {
 				return
 			}
-		case p.hard.Err() != nil:
+		case b.hard().Err() != nil:
 			b.stopFollowing(bj)
 			return
 		case errors.Is(err, kustomer.ErrBulkReadDenied):
 			b.deny(err)
 			return
 		case errors.As(err, &apiErr) && apiErr.Class == kustomer.ClassThrottled:
-			p.Pacer.OrgThrottled(apiErr.RateLimit)
-			p.Metrics.retry("throttled_org")
+			b.host.Throttled(apiErr.RateLimit)
+			b.metrics.retry("throttled_org")
 			wait = 0
 			continue
 		case errors.As(err, &apiErr) && apiErr.Class == kustomer.ClassPermanent:
-			p.Log.Warn("Kustomer does not know a bulk job any more; sending its items as single PUTs", "job", rec.JobID, "status", apiErr.Status, "reason", apiErr.Reason)
+			b.log.Warn("Kustomer does not know a bulk job any more; sending its items as single PUTs", "job", rec.JobID, "status", apiErr.Status, "reason", apiErr.Reason)
 			b.fallback(bj, "unknown", time.Time{}, false)
 			return
 		default:
-			p.Log.Info("cannot read a bulk job; reading it again later", "job", rec.JobID, "error", err)
+			b.log.Info("cannot read a bulk job; reading it again later", "job", rec.JobID, "error", err)
 		}
 		now := time.Now()
 		if !now.Before(lost) {
-			p.Log.Warn("bulk job given up as lost: not complete within twice its deadline; its conversations go on", "job", rec.JobID)
+			b.log.Warn("bulk job given up as lost: not complete within twice its deadline; its conversations go on", "job", rec.JobID)
 			b.finish(bj, true)
 			return
 		}
 		if !overdue && !now.Before(deadline) {
 			overdue = true
-			p.Log.Warn("bulk job past its deadline; sending its unsettled items as single PUTs and holding their conversations' newer updates until it is complete",
+			b.log.Warn("bulk job past its deadline; sending its unsettled items as single PUTs and holding their conversations' newer updates until it is complete",
 				"job", rec.JobID, "deadline", b.cfg.Deadline, "lost_after", lost.Format(time.RFC3339))
 			b.fallback(bj, "deadline", lost, true)
 		}
-		wait, next = next, min(2*next, bulkReadMax)
+		wait, next = next, min(2*next, readMax)
 	}
 }
 
 // stopFollowing leaves bj at shutdown: its items stay held for handBack, its record for the
 // next process.
-func (b *bulker) stopFollowing(bj *bulkJob) {
+func (b *Bulker) stopFollowing(bj *job) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	bj.finished = true
@@ -615,8 +599,9 @@ func (b *bulker) stopFollowing(bj *bulkJob) {
 }
 
 // apply settles bj's items that the batches settle and reports whether the job is over.
-func (b *bulker) apply(bj *bulkJob, bb *kustomer.BulkBatches) bool {
+func (b *Bulker) apply(bj *job, bb *kustomer.BulkBatches) bool {
 	outs := bb.Outcomes(bj.kitems)
+	var now []settlement
 	b.mu.Lock()
 	settled := 0
 	for i, o := range outs {
@@ -635,7 +620,7 @@ func (b *bulker) apply(bj *bulkJob, bb *kustomer.BulkBatches) bool {
 		}
 		if it, ok := bj.held[ref]; ok {
 			delete(bj.held, ref)
-			b.settleItem(bj, it, o, "")
+			now = append(now, settlement{it, o})
 		}
 	}
 	done := settled == len(outs)
@@ -651,29 +636,37 @@ func (b *bulker) apply(bj *bulkJob, bb *kustomer.BulkBatches) bool {
 			took = d
 		}
 		if !bj.adopted {
-			b.est = time.Duration(float64(b.est)*(1-bulkLearnWeight) + float64(took)*bulkLearnWeight)
+			b.est = time.Duration(float64(b.est)*(1-learnWeight) + float64(took)*learnWeight)
 		}
-		b.p.Metrics.bulkCompleted(took.Seconds())
+		b.metrics.completed(took.Seconds())
 	}
+	id := bj.rec.JobID
 	b.mu.Unlock()
+	for _, s := range now {
+		b.settleItem(id, s.it, s.o, "")
+	}
 	if done {
 		b.finish(bj, true)
 	}
 	return done
 }
 
-// settleItem carries out an item's outcome; b.mu is held.
-func (b *bulker) settleItem(bj *bulkJob, it bulkItem, o kustomer.ItemOutcome, how string) {
+// settlement is an item and its outcome, to carry out once b.mu is let go.
+type settlement struct {
+	it Item
+	o  kustomer.ItemOutcome
+}
+
+// settleItem carries out the outcome job gave an item; b.mu is not held.
+func (b *Bulker) settleItem(job string, it Item, o kustomer.ItemOutcome, how string) {
 	switch o.State {
 	case kustomer.ItemSucceeded:
-		b.p.Metrics.bulkItem("succeeded")
-		b.p.Metrics.update("applied")
-		b.p.ack(it.c, it.j)
+		b.metrics.item("succeeded")
+		b.host.Applied(it)
 	default:
-		b.p.Metrics.bulkItem("failed")
-		b.p.jobLog(it.j).Info("bulk item failed; sending it as a single PUT", "job", bj.rec.JobID, "reason", o.Reason, "how", how)
-		it.j.noBulk = true
-		b.p.schedule(it.c, 0)
+		b.metrics.item("failed")
+		b.itemLog(it).Info("bulk item failed; sending it as a single PUT", "job", job, "reason", o.Reason, "how", how)
+		b.host.Single(it)
 	}
 }
 
@@ -681,11 +674,11 @@ func (b *bulker) settleItem(bj *bulkJob, it bulkItem, o kustomer.ItemOutcome, ho
 // With a fence time, the job may still apply them late: their conversations' newer updates
 // wait until then (or until the job is complete), and the record keeps the fence for the
 // next process. Unless following, b stops following the job.
-func (b *bulker) fallback(bj *bulkJob, reason string, fence time.Time, following bool) {
-	b.p.Metrics.bulkFailed(reason)
+func (b *Bulker) fallback(bj *job, reason string, fence time.Time, following bool) {
+	b.metrics.failed(reason)
 	b.mu.Lock()
 	held := bj.held
-	bj.held = make(map[queue.MsgRef]bulkItem)
+	bj.held = make(map[queue.MsgRef]Item)
 	if !fence.IsZero() {
 		bj.rec.FenceUntil = later(bj.rec.FenceUntil, fence)
 		for _, it := range bj.rec.Items {
@@ -706,9 +699,9 @@ func (b *bulker) fallback(bj *bulkJob, reason string, fence time.Time, following
 }
 
 // addFence holds conversation conv's updates newer than seq until until; b.mu is held.
-func (b *bulker) addFence(conv string, seq uint64, until time.Time) {
+func (b *Bulker) addFence(conv string, seq uint64, until time.Time) {
 	f := b.fences[conv]
-	b.fences[conv] = bulkFence{seq: max(f.seq, seq), until: later(f.until, until)}
+	b.fences[conv] = fence{seq: max(f.seq, seq), until: later(f.until, until)}
 }
 
 func later(a, b time.Time) time.Time {
@@ -723,7 +716,7 @@ func later(a, b time.Time) time.Time {
 // job, whose fence stays until that one would be past its deadline. The record is deleted,
 // or kept while a fence holds, and for a job another process submitted, while redeliveries
 // of its items may still come.
-func (b *bulker) finish(bj *bulkJob, lift bool) {
+func (b *Bulker) finish(bj *job, lift bool) {
 	now := time.Now()
 	b.mu.Lock()
 	if bj.finished {
@@ -755,7 +748,7 @@ func (b *bulker) finish(bj *bulkJob, lift bool) {
 		keep = rec.FenceUntil
 	}
 	if bj.adopted {
-		keep = later(keep, now.Add(2*b.p.ackWait+recoverSlack))
+		keep = later(keep, now.Add(b.set.Redeliveries))
 	}
 	for ref, kb := range b.known {
 		if kb == bj && bj.outcome[ref].State == kustomer.ItemPending {
@@ -767,7 +760,7 @@ func (b *bulker) finish(bj *bulkJob, lift bool) {
 	}
 	b.mu.Unlock()
 	if lift {
-		b.release()
+		b.resumeUnfenced()
 	}
 	if !keep.IsZero() {
 		b.put(rec)
@@ -777,9 +770,9 @@ func (b *bulker) finish(bj *bulkJob, lift bool) {
 }
 
 // release hands the conversations whose fence is gone back to the workers.
-func (b *bulker) release() {
+func (b *Bulker) resumeUnfenced() {
 	b.mu.Lock()
-	var free []bulkItem
+	var free []Item
 	for conv, it := range b.fenced {
 		if _, held := b.fences[conv]; !held {
 			free = append(free, it)
@@ -788,49 +781,48 @@ func (b *bulker) release() {
 	}
 	b.mu.Unlock()
 	for _, it := range free {
-		b.p.schedule(it.c, 0)
+		b.host.Resume(it)
 	}
 }
 
-// yieldFenced takes out of b's hands, for handing back, the conversations a fence holds back
-// whose head goes back now that this replica is a standby on its lane (Pool.giveBackFrom). Such a
-// conversation is at rest, as a parked one is: held here until the fence ends (minutes), its
-// head would come back to the workers long after the new active replica stopped waiting for
-// it (recover.go) and applied the conversation's newer updates. Pool.yield calls it, then
-// hands these to the workers (Pool.schedule), whose giveBack hands them back. b.mu is taken
-// before Pool.mu, as everywhere.
-func (b *bulker) yieldFenced() []bulkItem {
+// YieldFenced takes out of b's hands, for handing back, the items a fence holds back that go
+// back to the active replica now (Host.Standby). Such a conversation is at rest, as a parked
+// one is: held here until the fence ends (minutes), its head would come back long after the
+// new active replica stopped waiting for it and applied the conversation's newer updates.
+// The host calls it when this replica becomes a standby and hands the items back itself.
+func (b *Bulker) YieldFenced() []Item {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.p.mu.Lock()
-	defer b.p.mu.Unlock()
-	var out []bulkItem
-	for conv, it := range b.fenced {
-		if b.p.giveBackFrom(it.c, true) == 0 {
+	items := make([]Item, 0, len(b.fenced))
+	for _, it := range b.fenced {
+		items = append(items, it)
+	}
+	b.mu.Unlock()
+	var out []Item
+	for _, it := range items {
+		if b.host.Standby(it) && b.unfence(it) {
 			out = append(out, it)
-			delete(b.fenced, conv)
 		}
 	}
 	return out
 }
 
 // follow follows a job another process submitted, once one of its items came here.
-func (b *bulker) follow(bj *bulkJob) {
+func (b *Bulker) follow(bj *job) {
 	b.followLoop(b.ctx, bj)
 }
 
 // deny turns bulk off for the process: the key may not read jobs. Every unsettled item goes
 // as a single PUT; the jobs' conversations wait for their newer updates until the jobs'
 // deadlines, since nobody can tell when Kustomer applies them.
-func (b *bulker) deny(err error) {
+func (b *Bulker) deny(err error) {
 	b.off.Store(true)
 	b.mu.Lock()
 	if !b.warned {
 		b.warned = true
-		b.p.Log.Warn("the API key may submit bulk jobs but not read them: it lacks the role org.permission.bulk.read; bulk mode is off until restart, pending items go as single PUTs",
+		b.log.Warn("the API key may submit bulk jobs but not read them: it lacks the role org.permission.bulk.read; bulk mode is off until restart, pending items go as single PUTs",
 			"error", err)
 	}
-	jobs := make([]*bulkJob, 0, len(b.jobs))
+	jobs := make([]*job, 0, len(b.jobs))
 	for _, bj := range b.jobs {
 		jobs = append(jobs, bj)
 	}
@@ -850,7 +842,7 @@ func (b *bulker) deny(err error) {
 
 // load reads the store: jobs another process submitted become known, so that their
 // redelivered items are settled by their results; their fences hold here too.
-func (b *bulker) load(ctx context.Context) {
+func (b *Bulker) load(ctx context.Context) {
 	if b.store == nil {
 		return
 	}
@@ -862,7 +854,7 @@ func (b *bulker) load(ctx context.Context) {
 	defer b.mu.Unlock()
 	b.loaded = now
 	if err != nil {
-		b.p.Log.Warn("cannot read the bulk jobs in flight; redelivered items of a job another process submitted are sent again", "error", err)
+		b.log.Warn("cannot read the bulk jobs in flight; redelivered items of a job another process submitted are sent again", "error", err)
 		return
 	}
 	for _, r := range recs {
@@ -909,7 +901,7 @@ func (b *bulker) load(ctx context.Context) {
 			}
 			continue
 		}
-		bj := &bulkJob{key: r.Key, rec: r, adopted: true, sent: r.Submitted, held: make(map[queue.MsgRef]bulkItem),
+		bj := &job{key: r.Key, rec: r, adopted: true, sent: r.Submitted, held: make(map[queue.MsgRef]Item),
 			outcome: make(map[queue.MsgRef]kustomer.ItemOutcome)}
 		for _, it := range r.Items {
 			bj.kitems = append(bj.kitems, kustomer.BulkItem{Ref: it.Ref, Update: kustomer.Update{ID: it.Conv}})
@@ -933,7 +925,7 @@ func (b *bulker) load(ctx context.Context) {
 }
 
 // housekeep lifts fences that ran out and deletes the records nobody needs any more.
-func (b *bulker) housekeep(ctx context.Context, now time.Time) {
+func (b *Bulker) housekeep(ctx context.Context, now time.Time) {
 	b.mu.Lock()
 	for conv, f := range b.fences {
 		if !now.Before(f.until) {
@@ -941,7 +933,7 @@ func (b *bulker) housekeep(ctx context.Context, now time.Time) {
 		}
 	}
 	b.mu.Unlock()
-	b.release()
+	b.resumeUnfenced()
 	b.mu.Lock()
 	var keys []string
 	gone := make(map[string]bool)
@@ -967,26 +959,26 @@ func (b *bulker) housekeep(ctx context.Context, now time.Time) {
 }
 
 // put stores rec, reporting whether it could.
-func (b *bulker) put(rec queue.BulkRecord) bool {
+func (b *Bulker) put(rec queue.BulkRecord) bool {
 	if b.store == nil {
 		return true
 	}
-	sctx, cancel := context.WithTimeout(b.p.hard, storeTimeout)
+	sctx, cancel := context.WithTimeout(b.hard(), storeTimeout)
 	defer cancel()
 	if err := b.store.Put(sctx, rec); err != nil {
-		b.p.Log.Warn("cannot store a bulk job in flight", "job", rec.JobID, "error", err)
+		b.log.Warn("cannot store a bulk job in flight", "job", rec.JobID, "error", err)
 		return false
 	}
 	return true
 }
 
-func (b *bulker) del(key string) {
+func (b *Bulker) del(key string) {
 	if b.store == nil {
 		return
 	}
-	sctx, cancel := context.WithTimeout(b.p.hard, storeTimeout)
+	sctx, cancel := context.WithTimeout(b.hard(), storeTimeout)
 	defer cancel()
 	if err := b.store.Delete(sctx, key); err != nil {
-		b.p.Log.Debug("cannot delete a bulk job's record", "error", err)
+		b.log.Debug("cannot delete a bulk job's record", "error", err)
 	}
 }

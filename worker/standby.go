@@ -2,13 +2,10 @@ package worker
 
 import (
 	"context"
-	"slices"
 	"sync"
 
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Role is what the pool uses of a consumer whose replicas take turns: the server hands the
@@ -158,25 +155,6 @@ func (p *Pool) giveBackFrom(c *conv, head bool) int {
 	return from
 }
 
-// cut takes c's jobs from index from out of the pool, with their slots, and drops c when
-// none remain; it returns them for handing back. p.mu is held.
-func (p *Pool) cut(c *conv, from int) []*job {
-	if from >= len(c.jobs) {
-		return nil
-	}
-	jobs := slices.Clone(c.jobs[from:])
-	c.jobs = slices.Delete(c.jobs, from, len(c.jobs))
-	for _, j := range jobs {
-		delete(p.bySeq, j.ref)
-		p.release(j.src)
-	}
-	if len(c.jobs) == 0 && p.convs[c.key] == c {
-		delete(p.convs, c.key)
-	}
-	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
-	return jobs
-}
-
 // giveBack, called by the worker that took c, hands back what c holds from lanes where this
 // replica is a standby now, and reports whether nothing is left to send.
 func (p *Pool) giveBack(c *conv) (gone bool) {
@@ -198,8 +176,8 @@ func (p *Pool) yield(src *source) {
 	if p.bulk != nil {
 		// Held back by a bulk job's fence, a conversation is at rest too: its worker hands
 		// its head back (giveBack) rather than wait for the fence to end.
-		for _, it := range p.bulk.yieldFenced() {
-			p.schedule(it.c, 0)
+		for _, it := range p.bulk.YieldFenced() {
+			bulkHost{p}.Resume(it)
 		}
 	}
 	p.mu.Lock()

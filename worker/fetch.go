@@ -3,28 +3,137 @@ package worker
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
+	"github.com/kustomer-worker/kustomer-worker/internal/ctxtime"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// FetchError is Ready's answer while pulls from the consumer have been failing for a while
-// (NATS unreachable, the consumer or stream deleted, permissions).
-type FetchError struct {
-	Lane  string // "live" or "backfill"
-	Since time.Time
-	Err   error
+// Waits of the fetch loop: while the key is refused it checks again this often, and a failing
+// pull is retried with backoff from fetchRetryMin to fetchRetryMax.
+const (
+	blockedRecheck = 200 * time.Millisecond
+	fetchRetryMin  = 100 * time.Millisecond
+	fetchRetryMax  = 2 * time.Second
+	// batchGather is how long the fetch loop waits for room for a batch while messages are held.
+	batchGather = 10 * time.Millisecond
+)
+
+// fetch takes messages from one lane's consumer while there is room, and never while Kustomer
+// refuses the key or the org budget is paused.
+func (p *Pool) fetch(ctx context.Context, src *source) {
+	defer p.followRole(ctx, src)() // active and standby (handover.go)
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(fetchRetryMin),
+		backoff.WithMaxInterval(fetchRetryMax), backoff.WithMaxElapsedTime(0))
+	for ctx.Err() == nil {
+		if p.gated() {
+			_ = ctxtime.Sleep(ctx, blockedRecheck)
+			continue
+		}
+		if until := p.Pacer.PausedUntil(); !until.IsZero() {
+			_ = ctxtime.Sleep(ctx, time.Until(until))
+			continue
+		}
+		n, ok := p.room(ctx, src)
+		if !ok {
+			return
+		}
+		// The pull is not cut short by shutdown: messages the server already sent to a
+		// cancelled pull would be lost to this process and wait out AckWait before anyone
+		// else gets them. A pull lasts FetchWait at most.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.FetchWait)
+		batch, err := src.cons.Fetch(n, jetstream.FetchContext(fctx))
+		got := 0
+		if err == nil {
+			for msg := range batch.Messages() {
+				got++
+				p.admit(ctx, msg, src)
+			}
+			err = batch.Error()
+		}
+		cancel()
+		for range n - got {
+			p.release(src)
+		}
+		if pullFailed(ctx, err) {
+			p.fetchFailed(ctx, src, err)
+			_ = ctxtime.Sleep(ctx, retry.NextBackOff())
+			continue
+		}
+		p.fetchWorks(src)
+		retry.Reset()
+	}
 }
 
-func (e *FetchError) Error() string {
-	return fmt.Sprintf("cannot take messages from NATS (%s lane) since %s: %v", e.Lane, e.Since.UTC().Format(time.RFC3339), e.Err)
+// gated reports whether a gate stops every request: the key is refused, or Kustomer is down.
+func (p *Pool) gated() bool {
+	auth, _ := p.auth.Closed()
+	down, _ := p.outage.gate.Closed()
+	return auth || down
 }
 
-func (e *FetchError) Unwrap() error { return e.Err }
+// room takes slots for the next pull: at least one (waiting for it), and while messages are
+// held it gathers more for a moment, so that a backlog is pulled in batches rather than one
+// pull request per message. ok is false when ctx ended.
+func (p *Pool) room(ctx context.Context, src *source) (n int, ok bool) {
+	if !p.take(ctx, src, nil) {
+		return 0, false
+	}
+	n = 1
+	if len(p.slots) > 1 {
+		t := time.NewTimer(batchGather)
+		for n < p.cfg.MaxAckPending/2 && p.take(ctx, src, t.C) {
+			n++
+		}
+		t.Stop()
+	}
+	for n < p.cfg.MaxAckPending && p.take(ctx, src, closed) {
+		n++
+	}
+	return n, true
+}
+
+// closed is a channel that is always ready: take with it does not wait.
+var closed = func() chan time.Time { c := make(chan time.Time); close(c); return c }()
+
+// take puts a token into src's slots (if it has its own) and the pool's, waiting until both
+// have room, stop fires (nil: never) or ctx ends; it reports whether it took them.
+func (p *Pool) take(ctx context.Context, src *source, stop <-chan time.Time) bool {
+	if src.slots != nil {
+		select {
+		case src.slots <- struct{}{}:
+		case <-stop:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+	select {
+	case p.slots <- struct{}{}:
+		return true
+	case <-stop:
+	case <-ctx.Done():
+	}
+	if src.slots != nil {
+		<-src.slots
+	}
+	return false
+}
+
+// release gives back the tokens a message of src held; nil src (read directly) holds none.
+func (p *Pool) release(src *source) {
+	if src == nil {
+		return
+	}
+	<-p.slots
+	if src.slots != nil {
+		<-src.slots
+	}
+}
 
 // fetchState tracks a lane's run of failing pulls: a short one is normal (a reconnect), one
 // that lasts is logged at growing intervals, makes the pool unready and, for a missing

@@ -1,0 +1,104 @@
+package worker
+
+import (
+	"context"
+	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
+)
+
+// In bulk mode (Config.Bulk) process offers each head message to the bulker (package bulk)
+// before it would send it; the bulker reaches the pool only through bulkHost, with items
+// whose handle is the conversation and its head job. While the bulker holds an item, the
+// conversation is in its hands (see the package documentation's invariants).
+
+// heldItem is a bulk.Item's handle: the conversation and its head job.
+type heldItem struct {
+	c *conv
+	j *job
+}
+
+// bulkItem is c's head job j, delivered that many times, as the bulker sees it.
+func (p *Pool) bulkItem(c *conv, j *job, delivered uint64) bulk.Item {
+	// With two lanes, live updates go as single PUTs: a job takes seconds to minutes, and a
+	// live update must not wait behind a backfill's job. With the live lane alone, its
+	// backlog is what bulk mode is for.
+	liveBesideBackfill := j.class == pacer.Live && p.Backfill != nil
+	return bulk.Item{Conv: c.key, Ref: j.ref, Update: j.update, Class: j.class, Delivered: delivered,
+		Single: j.noBulk || j.invalid != nil || j.update.Replace || liveBesideBackfill, Handle: &heldItem{c, j}}
+}
+
+// bulkClient is the client of bulk mode: BulkClient, else Client if it is one; nil if none.
+func (p *Pool) bulkClient() bulk.Client {
+	if p.BulkClient != nil {
+		return p.BulkClient
+	}
+	cli, _ := p.Client.(bulk.Client)
+	return cli
+}
+
+// bulkSettings are what the bulker reads of the pool's configuration.
+func (p *Pool) bulkSettings() bulk.Settings {
+	s := bulk.Settings{Config: p.cfg.Bulk, RetryInitial: p.cfg.RetryInitial, RetryMax: p.cfg.RetryMax,
+		Redeliveries: 2*p.ackWait + recoverSlack, Log: p.Log}
+	if p.Metrics != nil {
+		s.Metrics = &p.Metrics.Bulk
+	}
+	return s
+}
+
+// bulkHost is the pool as the bulker sees it.
+type bulkHost struct{ p *Pool }
+
+var _ bulk.Host = bulkHost{}
+
+func held(it bulk.Item) *heldItem { return it.Handle.(*heldItem) }
+
+// Request makes a bulk request through the passage a single PUT takes.
+func (h bulkHost) Request(ctx context.Context, class pacer.Priority, job string, do func(ctx context.Context) (kustomer.RateLimit, error)) (bool, error) {
+	ps := &passage{p: h.p}
+	defer ps.done()
+	if !ps.enter(ctx, class) {
+		return false, context.Cause(ctx)
+	}
+	var err error
+	o := ps.send(h.p.hard, func(ctx context.Context) (int, kustomer.RateLimit, error) {
+		var rl kustomer.RateLimit
+		rl, err = do(ctx)
+		return okStatus, rl, err
+	})
+	ps.report(o, "bulk job "+job, 0)
+	return true, err
+}
+
+// okStatus stands for the 2xx of a bulk answer in the metrics.
+const okStatus = 200
+
+func (h bulkHost) Throttled(rl kustomer.RateLimit) time.Duration { return h.p.Pacer.OrgThrottled(rl) }
+
+// Applied acknowledges an item a job applied, as an applied single PUT.
+func (h bulkHost) Applied(it bulk.Item) {
+	h.p.Metrics.update("applied")
+	h.p.ack(held(it).c, held(it).j)
+}
+
+// Single makes the item's conversation ready again, its head to go as a single PUT.
+func (h bulkHost) Single(it bulk.Item) {
+	held(it).j.noBulk = true
+	h.p.schedule(held(it).c, 0)
+}
+
+// Resume makes the item's conversation ready again.
+func (h bulkHost) Resume(it bulk.Item) { h.p.schedule(held(it).c, 0) }
+
+// Standby reports whether the item's conversation goes back to the active replica: the
+// standby decision of a conversation in the bulker's hands (giveBackFrom).
+func (h bulkHost) Standby(it bulk.Item) bool {
+	h.p.mu.Lock()
+	defer h.p.mu.Unlock()
+	return h.p.giveBackFrom(held(it).c, true) == 0
+}
+
+func (h bulkHost) Hard() context.Context { return h.p.hard }

@@ -1,0 +1,225 @@
+package worker
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// add holds a fetched message of src behind any earlier one for the same conversation. The
+// slots taken for it stay with it until it is let go. A message is first checked for older
+// updates of its conversation still pending in the other lane (Order); those are held too,
+// ahead of it.
+func (p *Pool) add(msg jetstream.Msg, src *source) {
+	md, err := msg.Metadata()
+	if err != nil { // not a JetStream message; cannot be acked either
+		p.Log.Error("message without JetStream metadata", "subject", msg.Subject(), "error", err)
+		p.release(src)
+		return
+	}
+	ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
+	p.mu.Lock()
+	_, done := p.applied[ref]
+	_, held := p.bySeq[ref]
+	p.mu.Unlock()
+	if done {
+		// Settled and acknowledged before, but the acknowledgement was lost (a broker
+		// restart): acknowledge again, never apply again.
+		if err := msg.Ack(); err != nil {
+			p.Log.Debug("ack of a redelivered settled message failed", "seq", ref.Seq, "error", err)
+		}
+		p.release(src)
+		return
+	}
+	update, invalid := kustomer.Decode(msg.Data()) // outside the lock: workers ack under it
+	if invalid == nil && !held && src != nil && p.Order != nil && p.Backfill != nil {
+		p.addOlder(update.ID, ref.Seq, src.class)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if j, ok := p.bySeq[ref]; ok {
+		// Redelivered while still held (AckWait ran out during a broker outage), or delivered
+		// by its lane after it was read directly: keep one job, answering on the delivery.
+		j.msg, j.delivered, j.progress = msg, md.NumDelivered, time.Now()
+		if j.src == nil && src != nil {
+			j.src = src // it holds the delivery's slots from now on
+		} else {
+			p.release(src)
+		}
+		return
+	}
+	class := pacer.Live
+	if src != nil {
+		class = src.class
+	}
+	j := &job{msg: msg, src: src, class: class, ref: ref, delivered: md.NumDelivered, progress: time.Now(), update: update, invalid: invalid}
+	key := j.update.ID
+	if j.invalid != nil {
+		key = "\x00" + strconv.FormatUint(ref.Seq, 10) // invalid: no conversation, no order
+	}
+	p.bySeq[ref] = j
+	p.file(j, key)
+}
+
+// Tuned value: how long the check for older updates in the other lane may take.
+const orderCheckTimeout = 5 * time.Second
+
+// addOlder holds, ahead of an update of conversation id at stream sequence seq from the lane
+// of class, the older updates of the conversation still pending in the other lane, read
+// directly from the stream: a live update must not overtake an older backfill one (applied
+// later, it would overwrite the live change), nor a backfill update an older live one that
+// another process holds or that is not pulled yet. They hold no slot (the conversation is
+// joined at once by the message that found them, which holds one), go first as live ones,
+// and are acknowledged by deleting them from the stream. If the check fails, the update goes
+// on alone, and the failure is logged.
+func (p *Pool) addOlder(id string, seq uint64, class pacer.Priority) {
+	other := queue.LaneBackfill
+	if class == pacer.Backfill {
+		other = queue.LaneLive
+	}
+	ctx, cancel := context.WithTimeout(p.hard, orderCheckTimeout)
+	defer cancel()
+	older, err := p.Order.OlderPending(ctx, other, id, seq)
+	if err != nil {
+		p.Log.Warn("cannot check for older updates of a conversation in the other lane; applying this one in arrival order",
+			"conversation", id, "seq", seq, "other_lane", other, "error", err)
+	}
+	for _, m := range older {
+		md, err := m.Metadata()
+		if err != nil {
+			continue
+		}
+		ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
+		update, invalid := kustomer.Decode(m.Data())
+		p.mu.Lock()
+		_, held := p.bySeq[ref]
+		_, done := p.applied[ref]
+		if !held && !done && invalid == nil && update.ID == id {
+			j := &job{msg: m, class: pacer.Live, ref: ref, delivered: md.NumDelivered, progress: time.Now(), update: update}
+			p.bySeq[ref] = j
+			p.file(j, update.ID)
+		}
+		p.mu.Unlock()
+	}
+}
+
+// file puts a new job under its conversation, in stream order, and makes the conversation
+// ready if it may go; p.mu is held.
+func (p *Pool) file(j *job, key string) {
+	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
+	c, ok := p.convs[key]
+	if ok {
+		c.insert(j)
+	} else {
+		c = &conv{key: key, jobs: []*job{j}, parked: true}
+		p.convs[key] = c
+	}
+	if w := p.waiting[key]; w != nil && j.src != nil {
+		// An older message held elsewhere: here now, and first in line. One read directly is
+		// not: its holder may be applying it (recover.go lets go once its lane delivers it).
+		delete(w, j.ref)
+	}
+	p.unpark(c)
+}
+
+// insert files j in stream order among c's jobs, behind the head unless c is parked: the
+// head of a conversation that is not parked may be in a worker's hands. c is guarded by
+// Pool.mu.
+func (c *conv) insert(j *job) {
+	i := len(c.jobs)
+	for i > 0 && c.jobs[i-1].ref.Seq > j.ref.Seq && (c.parked || i > 1) {
+		i--
+	}
+	c.jobs = slices.Insert(c.jobs, i, j)
+}
+
+// unpark makes a parked conversation ready once no older message of it is outstanding
+// elsewhere; p.mu is held.
+func (p *Pool) unpark(c *conv) {
+	if !c.parked || len(p.waiting[c.key]) > 0 || len(c.jobs) == 0 {
+		return
+	}
+	delete(p.waiting, c.key)
+	c.parked = false
+	p.makeReady(c)
+}
+
+// makeReady hands c to the workers, by its head message's class; p.mu is held.
+func (p *Pool) makeReady(c *conv) {
+	if c.jobs[0].class == pacer.Backfill {
+		p.readyBackfill <- c
+		return
+	}
+	p.readyLive <- c
+}
+
+func (p *Pool) work(ctx, hard context.Context) {
+	// The contexts of this worker's requests hang under a context of its own rather than all
+	// under hard, whose lock every worker would take twice a request.
+	hard, cancel := context.WithCancel(hard)
+	defer cancel()
+	for {
+		select { // a live conversation first, whenever one is ready
+		case c := <-p.readyLive:
+			p.process(ctx, hard, c)
+			continue
+		default:
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case c := <-p.readyLive:
+			p.process(ctx, hard, c)
+		case c := <-p.readyBackfill:
+			p.process(ctx, hard, c)
+		}
+	}
+}
+
+// schedule makes c ready again after d.
+func (p *Pool) schedule(c *conv, d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return
+	}
+	if d <= 0 || p.giveBackFrom(c, true) == 0 { // a standby hands it back now (handover.go)
+		p.makeReady(c)
+		return
+	}
+	c.timer = time.AfterFunc(d, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.closing {
+			return
+		}
+		c.timer = nil
+		p.makeReady(c)
+	})
+}
+
+// cut takes c's jobs from index from out of the pool, with their slots, and drops c when
+// none remain; it returns them for handing back. p.mu is held.
+func (p *Pool) cut(c *conv, from int) []*job {
+	if from >= len(c.jobs) {
+		return nil
+	}
+	jobs := slices.Clone(c.jobs[from:])
+	c.jobs = slices.Delete(c.jobs, from, len(c.jobs))
+	for _, j := range jobs {
+		delete(p.bySeq, j.ref)
+		p.release(j.src)
+	}
+	if len(c.jobs) == 0 && p.convs[c.key] == c {
+		delete(p.convs, c.key)
+	}
+	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
+	return jobs
+}
