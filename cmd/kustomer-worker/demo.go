@@ -141,6 +141,35 @@ func (l *demoLive) latencies(fake *kustomertest.Server) []time.Duration {
 }
 
 func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
+	if err := c.validate(); err != nil {
+		return err
+	}
+	log := demoLogger(e, g)
+	fake, err := c.startFake()
+	if err != nil {
+		return err
+	}
+	defer fake.Close()
+	dir, removeDir, err := c.dataDir()
+	if err != nil {
+		return err
+	}
+	defer removeDir()
+	emb, err := startDemoNATS(dir, log)
+	if err != nil {
+		return err
+	}
+	defer emb.Shutdown() // last, after the connection closed
+	s, err := connectDemo(ctx, emb, log)
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(s.nc)
+	return c.runWorker(ctx, e, s, fake, log)
+}
+
+// validate rejects, as bad usage, settings the demo cannot run with.
+func (c *demoCmd) validate() error {
 	switch {
 	case c.Updates < 1:
 		return usagef("updates: %d is below 1", c.Updates)
@@ -157,64 +186,78 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 	case c.LiveEvery < 0:
 		return usagef("live-every: %s is negative", c.LiveEvery)
 	}
-	log := slog.New(slog.DiscardHandler)
-	if g.LogLevel == "debug" {
-		log = g.logger(e.stderr)
-	}
+	return nil
+}
 
-	fake, err := kustomertest.Start("127.0.0.1:0", kustomertest.Config{
+// demoLogger is the demo's log: none, since the progress and the summary tell what happens,
+// unless --log-level debug asks for everything.
+func demoLogger(e *env, g *globals) *slog.Logger {
+	if g.LogLevel == "debug" {
+		return g.logger(e.stderr)
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// startFake starts the fake Kustomer with the demo's budget, faults and latency.
+func (c *demoCmd) startFake() (*kustomertest.Server, error) {
+	return kustomertest.Start("127.0.0.1:0", kustomertest.Config{
 		APIKey: demoKey, Budget: c.Budget, Window: c.Window, FaultRate: c.FaultRate,
 		Latency: c.Latency, LatencyJitter: c.LatencyJitter, RandSeed: c.Seed,
 		DisableLog: c.LiveEvery == 0, DiscardBodies: true, // the log times the live updates
 		BulkDuration: c.BulkDuration,
 	})
-	if err != nil {
-		return err
-	}
-	defer fake.Close()
+}
 
-	dir := c.DataDir
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "kustomer-worker-demo-*"); err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
+// dataDir is where the demo's NATS server stores its streams: --data-dir, or else a
+// temporary directory, which the returned remove deletes.
+func (c *demoCmd) dataDir() (dir string, remove func(), err error) {
+	if c.DataDir != "" {
+		return c.DataDir, func() {}, nil
 	}
+	if dir, err = os.MkdirTemp("", "kustomer-worker-demo-*"); err != nil {
+		return "", nil, err
+	}
+	return dir, func() { os.RemoveAll(dir) }, nil
+}
+
+// startDemoNATS starts the demo's embedded NATS server on a free port of the loopback,
+// beside any running daemon, storing in dir.
+func startDemoNATS(dir string, log *slog.Logger) (*queue.Embedded, error) {
 	emb, err := queue.StartEmbedded(queue.EmbeddedConfig{Host: "127.0.0.1", Port: -1, DataDir: dir}, log)
 	if ce, ok := errors.AsType[*queue.ConfigError](err); ok && ce.Field == "DataDir" {
-		return settingError(err) // data-dir: the only setting of the server that demo takes
+		return nil, settingError(err) // data-dir: the only setting of the server that demo takes
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer emb.Shutdown() // last, after the connection closed
+	return emb, nil
+}
+
+// connectDemo connects to the demo's NATS server and waits until the connection is up.
+func connectDemo(ctx context.Context, emb *queue.Embedded, log *slog.Logger) (*session, error) {
 	nc, err := queue.Connect(queue.ConnConfig{URL: emb.ClientURL(), Name: "kustomer-worker demo"}, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer closeQuietly(nc)
-	if err := queue.WaitConnected(ctx, nc); err != nil {
-		return err
+	err = queue.WaitConnected(ctx, nc)
+	var js jetstream.JetStream
+	if err == nil {
+		js, err = jetstream.New(nc)
 	}
-	js, err := jetstream.New(nc)
 	if err != nil {
-		return err
+		closeQuietly(nc)
+		return nil, err
 	}
-	s := &session{nc: nc, js: js}
+	return &session{nc: nc, js: js}, nil
+}
 
+// runWorker wires a worker pool to the demo's NATS server and to the fake, paced at the
+// fake's budget, and puts the backfill through it.
+func (c *demoCmd) runWorker(ctx context.Context, e *env, s *session, fake *kustomertest.Server, log *slog.Logger) error {
 	ratePerMinute := int(math.Round(float64(c.Budget) * float64(time.Minute) / float64(c.Window)))
-	wc := worker.Config{
-		Concurrency: c.Concurrency, MaxAttempts: 10, RetryInitial: 100 * time.Millisecond, RetryMax: 2 * time.Second,
-		ShutdownTimeout: 5 * time.Second, FetchWait: time.Second, Bulk: bulk.Config{Enabled: c.Bulk},
-	}.WithDefaults()
+	wc := c.workerConfig()
 	top := queue.Topology{MaxAckPending: wc.MaxAckPending}.WithDefaults()
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	if err := queue.Ensure(sctx, s.js, top); err != nil {
-		cancel()
-		return err
-	}
-	lanes, att, err := queue.BindLanes(sctx, s.js, top)
-	cancel()
+	lanes, att, err := bindDemo(ctx, s, top)
 	if err != nil {
 		return err
 	}
@@ -232,15 +275,45 @@ func (c *demoCmd) Run(ctx context.Context, e *env, g *globals) error {
 		Log:         log,
 		Config:      wc,
 	}
-	if c.Bulk {
-		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := (&bulkFlags{Bulk: true}).wireBulk(bctx, s.js, top, true, pool, client)
-		cancel()
-		if err != nil {
-			return err
-		}
+	if err := c.wireBulk(ctx, s, top, pool, client); err != nil {
+		return err
 	}
+	return c.runBackfill(ctx, e, s, top, fake, pool, reg)
+}
 
+// workerConfig is the demo's pool: quick retries and a short shutdown, so that the demo's
+// faults are retried and its end comes soon.
+func (c *demoCmd) workerConfig() worker.Config {
+	return worker.Config{
+		Concurrency: c.Concurrency, MaxAttempts: 10, RetryInitial: 100 * time.Millisecond, RetryMax: 2 * time.Second,
+		ShutdownTimeout: 5 * time.Second, FetchWait: time.Second, Bulk: bulk.Config{Enabled: c.Bulk},
+	}.WithDefaults()
+}
+
+// bindDemo creates the demo's streams and consumers and binds the lanes.
+func bindDemo(ctx context.Context, s *session, top queue.Topology) (queue.Consumers, *queue.Attempts, error) {
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := queue.Ensure(sctx, s.js, top); err != nil {
+		return queue.Consumers{}, nil, err
+	}
+	return queue.BindLanes(sctx, s.js, top)
+}
+
+// wireBulk gives the pool what bulk mode needs, with --bulk (see bulkFlags.wireBulk).
+func (c *demoCmd) wireBulk(ctx context.Context, s *session, top queue.Topology, pool *worker.Pool, client *kustomer.Client) error {
+	if !c.Bulk {
+		return nil
+	}
+	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return (&bulkFlags{Bulk: true}).wireBulk(bctx, s.js, top, true, pool, client)
+}
+
+// runBackfill runs the pool while it publishes the generated backfill (and, with
+// --live-every, live updates), shows progress until every update was applied or
+// dead-lettered, stops the pool and prints the summary.
+func (c *demoCmd) runBackfill(ctx context.Context, e *env, s *session, top queue.Topology, fake *kustomertest.Server, pool *worker.Pool, reg *prometheus.Registry) error {
 	fmt.Fprintf(e.stdout, "demo: %d updates through an embedded NATS server, the worker (%d at once) and a fake Kustomer allowing %d requests per %s\n",
 		c.Updates, c.Concurrency, c.Budget, c.Window)
 	poolCtx, stopPool := context.WithCancel(context.WithoutCancel(ctx))

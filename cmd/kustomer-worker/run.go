@@ -115,14 +115,63 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 }
 
 func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
-	key, top, wc, err := c.settings(e)
+	cfg, err := c.config(e)
 	if err != nil {
 		return err
 	}
+	rep, stopReporting := startReporting(ctx, e, g)
+	defer stopReporting()
+	// /healthz and /readyz answer from the first second, before NATS is there.
+	stopHTTP, err := c.serveHTTP(rep.ready, rep.reg, rep.log)
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
+	natsURL, stopNATS, err := c.startNATS(rep.log)
+	if err != nil {
+		return err
+	}
+	defer stopNATS() // last, after the connection drained
+	nc, err := c.connect(ctx, e, natsURL, rep)
+	if nc == nil {
+		return err // nil when a signal came while waiting: a normal stop
+	}
+	defer drain(nc, e.hard(), rep.log)
+	return c.work(ctx, e, nc, natsURL, cfg, rep)
+}
+
+// runConfig is the daemon's validated configuration, with the client that calls Kustomer.
+type runConfig struct {
+	top    queue.Topology
+	wc     worker.Config
+	client *kustomer.Client
+}
+
+// config turns the flags into the daemon's configuration; errors are bad usage or settings.
+func (c *runCmd) config(e *env) (runConfig, error) {
+	key, top, wc, err := c.settings(e)
+	if err != nil {
+		return runConfig{}, err
+	}
 	client, err := kustomer.New(kustomer.Options{BaseURL: c.KustomerURL, Key: key, Timeout: c.RequestTimeout})
 	if err != nil {
-		return settingError(err)
+		return runConfig{}, settingError(err)
 	}
+	return runConfig{top: top, wc: wc, client: client}, nil
+}
+
+// reporting is how the daemon tells what it does: its log, its metrics, and what /readyz
+// answers.
+type reporting struct {
+	log     *slog.Logger // flood-safe: see logging.go
+	reg     *prometheus.Registry
+	metrics *worker.Metrics
+	ready   *readiness
+}
+
+// startReporting sets up the daemon's metrics, its log and its readiness, not ready yet
+// ("starting"). The returned stop writes the log's last summary of lines held back.
+func startReporting(ctx context.Context, e *env, g *globals) (*reporting, func()) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := worker.NewMetrics(reg)
@@ -130,54 +179,81 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	var flushWG sync.WaitGroup
 	flushCtx, stopFlush := context.WithCancel(context.WithoutCancel(ctx))
 	flushWG.Go(func() { flushEvery(flushCtx, flood) })
-	defer func() { stopFlush(); flushWG.Wait() }()
-
-	// /healthz and /readyz answer from the first second, before NATS is there.
 	ready := &readiness{}
 	ready.set("starting")
-	stopHTTP, err := c.serveHTTP(ready, reg, log)
-	if err != nil {
-		return err
-	}
-	defer stopHTTP()
+	return &reporting{log: log, reg: reg, metrics: metrics, ready: ready}, func() { stopFlush(); flushWG.Wait() }
+}
 
-	var emb *queue.Embedded
-	natsURL := c.NATSURL
-	if natsURL == "" {
-		ec, err := c.embedded()
-		if err != nil {
-			return err
-		}
-		if emb, err = queue.StartEmbedded(ec, log); err != nil {
-			return settingError(err)
-		}
-		defer func() { // last, after the connection drained
-			emb.Shutdown()
-			log.Info("embedded NATS server stopped")
-		}()
-		natsURL = emb.ClientURL()
-		log.Info("embedded NATS server started", "url", natsURL, "data_dir", ec.DataDir)
+// startNATS starts the embedded NATS server when no --nats-url names one, and gives the URL
+// to connect to. The returned stop shuts the embedded server down.
+func (c *runCmd) startNATS(log *slog.Logger) (natsURL string, stop func(), err error) {
+	if c.NATSURL != "" {
+		return c.NATSURL, func() {}, nil
 	}
+	ec, err := c.embedded()
+	if err != nil {
+		return "", nil, err
+	}
+	emb, err := queue.StartEmbedded(ec, log)
+	if err != nil {
+		return "", nil, settingError(err)
+	}
+	natsURL = emb.ClientURL()
+	log.Info("embedded NATS server started", "url", natsURL, "data_dir", ec.DataDir)
+	return natsURL, func() {
+		emb.Shutdown()
+		log.Info("embedded NATS server stopped")
+	}, nil
+}
+
+// connect waits for NATS at natsURL, telling the log and /readyz while it cannot be reached.
+// A signal during the wait is a normal stop: then connect logs it and returns neither a
+// connection nor an error.
+func (c *runCmd) connect(ctx context.Context, e *env, natsURL string, rep *reporting) (*nats.Conn, error) {
 	cc := c.conn(e, "kustomer-worker", natsURL)
 	if err := cc.Validate(); err != nil {
-		return settingError(err)
+		return nil, settingError(err)
 	}
-	wait := newOutageLog(log, "NATS", queue.RedactURLs(natsURL), ready)
+	wait := newOutageLog(rep.log, "NATS", queue.RedactURLs(natsURL), rep.ready)
 	wait.quietEnd = true // ConnectWait's "connected to NATS" says how long it waited
-	nc, err := queue.ConnectWait(ctx, cc, log, func(_ int, err *queue.ConnectError) { wait.failing(causeOf(err)) })
+	nc, err := queue.ConnectWait(ctx, cc, rep.log, func(_ int, err *queue.ConnectError) { wait.failing(causeOf(err)) })
 	if err != nil {
 		if ctx.Err() != nil { // a signal while waiting: a normal stop
-			log.Info("stopped before NATS could be reached", "url", queue.RedactURLs(natsURL))
-			return nil
+			rep.log.Info("stopped before NATS could be reached", "url", queue.RedactURLs(natsURL))
+			return nil, nil
 		}
-		return startError(err)
+		return nil, startError(err)
 	}
 	wait.ended()
-	defer drain(nc, e.hard(), log)
+	return nc, nil
+}
 
-	js, err := jetstream.New(nc)
+// work sets the pool up on the connection and runs it until ctx ends and the pool has
+// drained, with the watchers of the lanes and of the connection, and the standby's pins,
+// around it.
+func (c *runCmd) work(ctx context.Context, e *env, nc *nats.Conn, natsURL string, cfg runConfig, rep *reporting) error {
+	js, err := openJetStream(ctx, nc, natsURL, rep.log)
 	if err != nil {
 		return err
+	}
+	pool, lanes, err := c.pool(ctx, e, js, cfg, rep)
+	if pool == nil {
+		return err // nil when a signal came while binding: a normal stop
+	}
+	rep.ready.running(nc, pool)
+	defer startWatchers(ctx, js, nc, natsURL, cfg.top, rep)()
+	// Standby (issue 14): see standby.go. Deferred here, so that the pin is kept through the
+	// pool's drain and released after it, before the NATS connection drains.
+	defer startStandby(js, cfg.top, lanes, c.ManageStreams, rep.reg, rep.log, e.hard())()
+	return c.serve(ctx, pool, cfg, rep.log)
+}
+
+// openJetStream is the connection's JetStream, checked at once so that a server without
+// JetStream fails the start clearly; a server that cannot tell yet is only warned about.
+func openJetStream(ctx context.Context, nc *nats.Conn, natsURL string, log *slog.Logger) (jetstream.JetStream, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
 	}
 	jctx, cancel := context.WithTimeout(ctx, bindCallTimeout)
 	err = queue.CheckJetStream(jctx, js, natsURL)
@@ -185,62 +261,72 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 	if err != nil && ctx.Err() == nil {
 		var ce *queue.ConnectError
 		if errors.As(err, &ce) {
-			return startError(err)
+			return nil, startError(err)
 		}
 		log.Warn("cannot ask NATS about JetStream yet; going on", "error", err)
 	}
-	ready.set("setting up streams and consumer")
-	lanes, attempts, err := bindWithRetry(ctx, js, top, c.ManageStreams, log)
+	return js, nil
+}
+
+// pool binds the lanes (bindWithRetry) and makes the worker pool that takes from them. A
+// signal while binding is a normal stop: then pool logs it and returns neither a pool nor an
+// error.
+func (c *runCmd) pool(ctx context.Context, e *env, js jetstream.JetStream, cfg runConfig, rep *reporting) (*worker.Pool, queue.Consumers, error) {
+	rep.ready.set("setting up streams and consumer")
+	lanes, attempts, err := bindWithRetry(ctx, js, cfg.top, c.ManageStreams, rep.log)
 	if err != nil {
 		if ctx.Err() != nil { // a signal while waiting: a normal stop
-			log.Info("stopped before the streams and consumer could be set up")
-			return nil
+			rep.log.Info("stopped before the streams and consumer could be set up")
+			return nil, queue.Consumers{}, nil
 		}
-		return err
+		return nil, queue.Consumers{}, err
 	}
 	octx, cancel := context.WithTimeout(ctx, bindCallTimeout)
-	order, err := queue.NewOrderCheck(octx, js, top)
+	order, err := queue.NewOrderCheck(octx, js, cfg.top)
 	cancel()
 	if err != nil {
-		return err
+		return nil, queue.Consumers{}, err
 	}
 
-	if wc.FetchWait > 0 {
-		lanes.Backfill.MaxWait = wc.FetchWait // a standby's backfill pull waits no longer than a pull
+	if cfg.wc.FetchWait > 0 {
+		lanes.Backfill.MaxWait = cfg.wc.FetchWait // a standby's backfill pull waits no longer than a pull
 	}
 	pool := &worker.Pool{
 		Consumer:    lanes.Live,
 		Backfill:    lanes.Backfill,
 		Order:       order,
-		Client:      newWatchedClient(client, c.KustomerURL, log),
-		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject},
+		Client:      newWatchedClient(cfg.client, c.KustomerURL, rep.log),
+		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: cfg.top.DLQSubject},
 		HardStop:    e.hard(),
-		Heal:        heal(js, top, c.ManageStreams),
-		Outstanding: &queue.Outstanding{JS: js, Topology: top},
+		Heal:        heal(js, cfg.top, c.ManageStreams),
+		Outstanding: &queue.Outstanding{JS: js, Topology: cfg.top},
 		Attempts:    attempts,
 		Pacer:       pacer.New(c.RatePerMinute),
-		Metrics:     metrics,
-		Log:         log,
-		Config:      wc,
+		Metrics:     rep.metrics,
+		Log:         rep.log,
+		Config:      cfg.wc,
 	}
-	if err := c.wireBulk(ctx, js, top, c.ManageStreams, pool, client); err != nil {
-		return err
+	if err := c.wireBulk(ctx, js, cfg.top, c.ManageStreams, pool, cfg.client); err != nil {
+		return nil, queue.Consumers{}, err
 	}
-	ready.running(nc, pool)
+	return pool, lanes, nil
+}
 
+// startWatchers runs, in the background, the gauges of the lanes' backlogs and the log of the
+// NATS connection's outages; the returned stop ends them.
+func startWatchers(ctx context.Context, js jetstream.JetStream, nc *nats.Conn, natsURL string, top queue.Topology, rep *reporting) (stop func()) {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var bgWG sync.WaitGroup
-	laneGauges := newLaneMetrics(reg)
-	bgWG.Go(func() { watchLanes(bg, js, top, metrics, laneGauges) })
-	bgWG.Go(func() { watchNATS(bg, nc, newOutageLog(log, "NATS", queue.RedactURLs(natsURL), nil)) })
-	defer func() { stopBG(); bgWG.Wait() }()
+	laneGauges := newLaneMetrics(rep.reg)
+	bgWG.Go(func() { watchLanes(bg, js, top, rep.metrics, laneGauges) })
+	bgWG.Go(func() { watchNATS(bg, nc, newOutageLog(rep.log, "NATS", queue.RedactURLs(natsURL), nil)) })
+	return func() { stopBG(); bgWG.Wait() }
+}
 
-	// Standby (issue 14): see standby.go. Deferred here, so that the pin is kept through the
-	// pool's drain and released after it, before the NATS connection drains.
-	defer startStandby(js, top, lanes, c.ManageStreams, reg, log, e.hard())()
-
+// serve runs the pool until ctx ends and the pool has drained, saying so in the log.
+func (c *runCmd) serve(ctx context.Context, pool *worker.Pool, cfg runConfig, log *slog.Logger) error {
 	log.Info("kustomer-worker running", "version", version, "kustomer_url", c.KustomerURL,
-		"rate_per_minute", c.RatePerMinute, "concurrency", wc.Concurrency, "bulk", wc.Bulk.Enabled, "max_ack_pending", wc.MaxAckPending, "stream", top.Stream, "consumer", top.Consumer, "backfill_consumer", top.BackfillConsumer)
+		"rate_per_minute", c.RatePerMinute, "concurrency", cfg.wc.Concurrency, "bulk", cfg.wc.Bulk.Enabled, "max_ack_pending", cfg.wc.MaxAckPending, "stream", cfg.top.Stream, "consumer", cfg.top.Consumer, "backfill_consumer", cfg.top.BackfillConsumer)
 	if err := pool.Run(ctx); err != nil {
 		return err
 	}

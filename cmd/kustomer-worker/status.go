@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/kustomer-worker/kustomer-worker/queue"
 )
 
@@ -45,96 +47,128 @@ Examples:
 }
 
 func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
-	if c.Interval < 100*time.Millisecond {
-		return usagef("interval: %s is under 100ms", c.Interval)
-	}
-	top := c.topology()
-	if err := top.Validate(); err != nil {
-		return settingError(err)
+	top, err := c.settings()
+	if err != nil {
+		return err
 	}
 	s, err := dial(ctx, e, g, &c.natsFlags, c.dialFlags, "kustomer-worker status")
 	if err != nil {
 		return err
 	}
 	defer s.close()
-
-	var counter queue.ClassCounter
-	read := func() (queue.Status, error) {
-		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		return queue.ReadStatus(rctx, s.js, top, &counter)
-	}
-	var jobs bulkJobs // bulk mode: bulk.go
-	readBulk := func() ([]queue.BulkRecord, error) {
-		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		return jobs.read(bctx, s.js, top)
-	}
-	st, err := read()
+	r := &statusReader{js: s.js, top: top}
+	st, err := r.status(ctx)
 	if err != nil {
 		return err
 	}
-	bulk, err := readBulk()
+	bulk, err := r.bulk(ctx)
 	if err != nil {
 		return err
 	}
+	v := c.view(e)
 	if !c.Watch {
-		if c.JSON {
-			doc := statusJSON(top, st, nil)
-			doc.BulkJobs = bulkDocs(bulk)
-			return writeJSON(e.stdout, doc)
+		return v.show(top, st, nil, bulk)
+	}
+	return c.refresh(ctx, r, v, st, bulk)
+}
+
+// settings checks the flags and gives the topology whose status is read.
+func (c *statusCmd) settings() (queue.Topology, error) {
+	if c.Interval < 100*time.Millisecond {
+		return queue.Topology{}, usagef("interval: %s is under 100ms", c.Interval)
+	}
+	top := c.topology()
+	if err := top.Validate(); err != nil {
+		return queue.Topology{}, settingError(err)
+	}
+	return top, nil
+}
+
+// statusReader reads the status of a topology and its bulk jobs, each read within
+// statusReadTimeout.
+type statusReader struct {
+	js      jetstream.JetStream
+	top     queue.Topology
+	counter queue.ClassCounter // a later read counts only the dead letters added since
+	jobs    bulkJobs           // bulk mode: bulk.go
+}
+
+// statusReadTimeout bounds one read of the status, or of the bulk jobs.
+const statusReadTimeout = 30 * time.Second
+
+// status reads the streams, the consumers and the dead letters.
+func (r *statusReader) status(ctx context.Context) (queue.Status, error) {
+	rctx, cancel := context.WithTimeout(ctx, statusReadTimeout)
+	defer cancel()
+	return queue.ReadStatus(rctx, r.js, r.top, &r.counter)
+}
+
+// bulk reads the bulk jobs in flight.
+func (r *statusReader) bulk(ctx context.Context) ([]queue.BulkRecord, error) {
+	bctx, cancel := context.WithTimeout(ctx, statusReadTimeout)
+	defer cancel()
+	return r.jobs.read(bctx, r.js, r.top)
+}
+
+// view is how the flags ask status to write what it reads.
+func (c *statusCmd) view(e *env) *statusView {
+	return &statusView{w: e.stdout, json: c.JSON, oneLine: c.Watch && !c.JSON && !isTerminal(e.stdout)}
+}
+
+// statusView writes each reading of the status: as JSON; as one line, for --watch into a
+// file or a pipe; or else as lines for reading, each refresh drawn over the last.
+type statusView struct {
+	w       io.Writer
+	json    bool // --json: one JSON object a reading
+	oneLine bool // one line a reading
+	drawn   int  // lines drawn by the last reading, which the next draws over
+}
+
+// show writes one reading; tp is the throughput, nil without --watch.
+func (v *statusView) show(top queue.Topology, st queue.Status, tp *throughput, bulk []queue.BulkRecord) error {
+	switch {
+	case v.json:
+		doc := statusJSON(top, st, tp)
+		doc.BulkJobs = bulkDocs(bulk)
+		return writeJSON(v.w, doc)
+	case v.oneLine:
+		line := statusLine(st, tp)
+		if len(bulk) > 0 {
+			line += fmt.Sprintf(" bulk_jobs=%d", len(bulk))
 		}
-		lines := append(statusLines(top, st, nil), bulkLines(bulk, st.Time)...)
-		_, err = io.WriteString(e.stdout, strings.Join(lines, "\n")+"\n")
+		_, err := fmt.Fprintln(v.w, line)
 		return err
 	}
+	lines := append(statusLines(top, st, tp), bulkLines(bulk, st.Time)...)
+	var b strings.Builder
+	if v.drawn > 0 {
+		fmt.Fprintf(&b, "\x1b[%dA\x1b[J", v.drawn) // back to the first line drawn, clear below
+	}
+	for _, l := range lines {
+		b.WriteString(l + "\n")
+	}
+	v.drawn = len(lines)
+	_, err := io.WriteString(v.w, b.String())
+	return err
+}
 
-	inPlace := !c.JSON && isTerminal(e.stdout)
-	var rate, liveRate rateMeter
-	drawn := 0
+// refresh shows st and bulk with the throughput, then reads and shows them again every
+// --interval until ctx ends.
+func (c *statusCmd) refresh(ctx context.Context, r *statusReader, v *statusView, st queue.Status, bulk []queue.BulkRecord) error {
+	var pace paceMeter
 	t := time.NewTicker(c.Interval)
 	defer t.Stop()
 	for {
-		rate.add(st.Time, st.Processed)
-		liveRate.add(st.Time, st.Live.Settled())
-		tp := rate.throughput(st.Backlog)
-		tp.Live = liveRate.throughput(st.Live.Backlog).lane()
-		tp.Backfill = backfillThroughput(tp, st.Backfill.Backlog)
-		switch {
-		case c.JSON:
-			doc := statusJSON(top, st, &tp)
-			doc.BulkJobs = bulkDocs(bulk)
-			if err := writeJSON(e.stdout, doc); err != nil {
-				return err
-			}
-		case inPlace:
-			lines := append(statusLines(top, st, &tp), bulkLines(bulk, st.Time)...)
-			var b strings.Builder
-			if drawn > 0 {
-				fmt.Fprintf(&b, "\x1b[%dA\x1b[J", drawn) // back to the first line drawn, clear below
-			}
-			for _, l := range lines {
-				b.WriteString(l + "\n")
-			}
-			drawn = len(lines)
-			if _, err := io.WriteString(e.stdout, b.String()); err != nil {
-				return err
-			}
-		default:
-			line := statusLine(st, &tp)
-			if len(bulk) > 0 {
-				line += fmt.Sprintf(" bulk_jobs=%d", len(bulk))
-			}
-			if _, err := fmt.Fprintln(e.stdout, line); err != nil {
-				return err
-			}
+		tp := pace.measure(st)
+		if err := v.show(r.top, st, &tp, bulk); err != nil {
+			return err
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
-		next, err := read()
+		next, err := r.status(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -142,10 +176,23 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 			return err
 		}
 		st = next
-		if b, err := readBulk(); err == nil { // else the jobs as last read: they are a detail
+		if b, err := r.bulk(ctx); err == nil { // else the jobs as last read: they are a detail
 			bulk = b
 		}
 	}
+}
+
+// paceMeter measures the throughput of --watch, in all and on the live lane.
+type paceMeter struct{ all, live rateMeter }
+
+// measure adds the reading st and gives the throughput over the last readings.
+func (m *paceMeter) measure(st queue.Status) throughput {
+	m.all.add(st.Time, st.Processed)
+	m.live.add(st.Time, st.Live.Settled())
+	tp := m.all.throughput(st.Backlog)
+	tp.Live = m.live.throughput(st.Live.Backlog).lane()
+	tp.Backfill = backfillThroughput(tp, st.Backfill.Backlog)
+	return tp
 }
 
 // throughput is what --watch adds to a status.
