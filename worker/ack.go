@@ -141,7 +141,7 @@ func (p *Pool) acked(c *conv, j *job, confirmed bool) {
 		}
 		cancel()
 	}
-	p.outage.refund(j.ref.Seq) // a refund it never took
+	p.outage.Refund(j.ref.Seq) // a refund it never took
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.applied[j.ref] = struct{}{}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/kustomer-worker/kustomer-worker/worker/gate"
+
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 )
@@ -18,7 +20,7 @@ const (
 	DefaultRetryMax        = 60 * time.Second
 	DefaultShutdownTimeout = 30 * time.Second
 	DefaultFetchWait       = time.Second
-	DefaultOutageThreshold = 5
+	DefaultOutageThreshold = gate.DefaultThreshold
 	// DefaultRatePerMinute is the pace of the Pacer a Pool makes when given none: an
 	// Enterprise org's budget, the smallest Kustomer sells.
 	DefaultRatePerMinute = 1000

@@ -6,6 +6,8 @@ import (
 	"math"
 	"time"
 
+	"github.com/kustomer-worker/kustomer-worker/worker/gate"
+
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 )
@@ -58,45 +60,56 @@ var verdictNames = map[verdict]string{
 
 func (v verdict) String() string { return verdictNames[v] }
 
-// keyVerdict is what a try says about the API key, for the auth gate.
-type keyVerdict int
-
-const (
-	keyUnknown  keyVerdict = iota // nothing was learned (nothing sent, or the try was cut short)
-	keyWorks                      // an answer got past Kustomer's key check
-	keyRefused                    // 401 or 403
-	keyNoAnswer                   // no usable answer (5xx, timeout): a probe learned nothing good
-)
-
 // keyOf reads an outcome for the auth gate: what the try says about the API key. It is
 // decide's key verdict, and the bulk requests' (bulk.go).
-func keyOf(o outcome) keyVerdict {
+func keyOf(o outcome) gate.Verdict {
 	switch {
 	case o.invalid != nil || o.canceled || o.panicked != nil:
-		return keyUnknown
+		return gate.Unknown
 	case o.err == nil:
-		return keyWorks
+		return gate.Works
 	}
 	var apiErr *kustomer.APIError
 	if !errors.As(o.err, &apiErr) {
 		if errors.Is(o.err, kustomer.ErrInvalid) {
-			return keyUnknown // nothing was sent
+			return gate.Unknown // nothing was sent
 		}
-		return keyNoAnswer
+		return gate.NoAnswer
 	}
 	switch {
 	case apiErr.BulkReadDenied():
 		// The key may not read bulk jobs (bulk mode turns itself off, bulk.go); whether it
 		// may update conversations, this answer does not say.
-		return keyUnknown
+		return gate.Unknown
 	case apiErr.Class == kustomer.ClassAuth:
-		return keyRefused
+		return gate.Refused
 	case apiErr.Malformed():
-		return keyWorks // a 2xx the client could not read: the key got through
+		return gate.Works // a 2xx the client could not read: the key got through
 	case apiErr.Class == kustomer.ClassTransient:
-		return keyNoAnswer
+		return gate.NoAnswer
 	}
-	return keyWorks // throttled or rejected: the answer got past Kustomer's key check
+	return gate.Works // throttled or rejected: the answer got past Kustomer's key check
+}
+
+// healthOf reads an outcome for the outage breaker.
+func healthOf(o outcome) gate.Health {
+	switch {
+	case o.invalid != nil || o.canceled || o.panicked != nil:
+		return gate.HealthUnknown
+	case o.err == nil:
+		return gate.Up
+	}
+	var apiErr *kustomer.APIError
+	if errors.As(o.err, &apiErr) {
+		if apiErr.Class == kustomer.ClassTransient {
+			return gate.Down
+		}
+		return gate.Up
+	}
+	if errors.Is(o.err, kustomer.ErrInvalid) {
+		return gate.HealthUnknown
+	}
+	return gate.Down
 }
 
 // decision is the pure result of deciding: what to do with the message, and what the try
@@ -108,7 +121,7 @@ type decision struct {
 	class    queue.DeadLetterClass // verdictDeadLetter
 	status   int                   // HTTP status, 0 if none
 	reason   string                // for the dead letter and the log
-	key      keyVerdict            // for the auth gate
+	key      gate.Verdict          // for the auth gate
 	apiErr   *kustomer.APIError    // the answer, when there was one: its rate-limit reading
 	metric   string                // the retry reason or the update outcome for the metrics
 	throttle kustomer.Scope        // verdictPauseAll, verdictBackOff: whose limit

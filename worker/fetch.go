@@ -72,7 +72,7 @@ func (p *Pool) fetch(ctx context.Context, src *source) {
 // gated reports whether a gate stops every request: the key is refused, or Kustomer is down.
 func (p *Pool) gated() bool {
 	auth, _ := p.auth.Closed()
-	down, _ := p.outage.gate.Closed()
+	down, _ := p.outage.Gate.Closed()
 	return auth || down
 }
 

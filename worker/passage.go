@@ -5,6 +5,8 @@ import (
 	"errors"
 	"time"
 
+	"github.com/kustomer-worker/kustomer-worker/worker/gate"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
@@ -19,7 +21,7 @@ import (
 // probe is answered or given back and a closed gate is never left waiting for it.
 type passage struct {
 	p         *Pool
-	key, down *ticket // the auth gate's and the breaker's, once enter took them
+	key, down *gate.Ticket // the auth gate's and the breaker's, once enter took them
 }
 
 // enter waits for both gates and then for the budget of class; false when ctx ended first:
@@ -30,7 +32,7 @@ func (ps *passage) enter(ctx context.Context, class pacer.Priority) bool {
 	if ps.key, err = p.auth.Acquire(ctx); err != nil {
 		return false
 	}
-	if ps.down, err = p.outage.gate.Acquire(ctx); err != nil {
+	if ps.down, err = p.outage.Gate.Acquire(ctx); err != nil {
 		return false
 	}
 	start := time.Now()
@@ -74,7 +76,7 @@ func (ps *passage) send(hard context.Context, do func(ctx context.Context) (int,
 // gives its job as conv and seq 0, and has no attempt to give back.
 func (ps *passage) report(o outcome, conv string, seq uint64) (outage bool) {
 	if ps.down != nil {
-		outage = ps.p.outage.observe(ps.down, conv, seq, healthOf(o), reasonOf(o))
+		outage = ps.p.outage.Observe(ps.down, conv, seq, healthOf(o), reasonOf(o))
 	}
 	if ps.key != nil {
 		ps.key.Report(keyOf(o))

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kustomer-worker/kustomer-worker/worker/gate"
+
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
@@ -67,8 +69,8 @@ type Pool struct {
 	policy  policy
 	ackWait time.Duration   // the consumer's
 	hard    context.Context // ends when requests in flight must be abandoned
-	auth    *gate           // closed while Kustomer refuses the API key
-	outage  *breaker        // open while Kustomer is down for everybody
+	auth    *gate.Gate      // closed while Kustomer refuses the API key
+	outage  *gate.Breaker   // open while Kustomer is down for everybody
 	bulk    *bulk.Bulker    // nil unless bulk mode is on; made by Run
 
 	running atomic.Bool // written by Run; read by Ready from any goroutine
@@ -201,7 +203,7 @@ func (p *Pool) Ready() error {
 	if closed, _ := p.auth.Closed(); closed {
 		return ErrAuthBlocked
 	}
-	if closed, since := p.outage.gate.Closed(); closed {
+	if closed, since := p.outage.Gate.Closed(); closed {
 		return &Unavailable{Since: since}
 	}
 	for _, src := range p.lanes {
@@ -283,14 +285,14 @@ func (p *Pool) init() error {
 	if info := p.Consumer.CachedInfo(); info != nil {
 		p.ackWait, p.policy.maxDeliver = max(info.Config.AckWait, ackWaitFloor), info.Config.MaxDeliver
 	}
-	p.auth = newGate(authProbeMin, authProbeMax, func() {
+	p.auth = gate.New(gate.ProbeMin, gate.ProbeMax, func() {
 		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.AuthBlocked }, 1)
 		p.Log.Error("Kustomer refused the API key: stopped taking messages; probing until it works again (fix the key or its role; nothing is dead-lettered)")
 	}, func() {
 		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.AuthBlocked }, 0)
 		p.Log.Info("Kustomer accepts the API key again: resuming")
 	})
-	p.outage = newBreaker(p.cfg.OutageThreshold, func(cause string) {
+	p.outage = gate.NewBreaker(p.cfg.OutageThreshold, func(cause string) {
 		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.KustomerDown }, 1)
 		p.Metrics.breakerTrip()
 		p.Log.Error("Kustomer unavailable: pausing every request and probing until it answers (no attempts are spent, nothing is dead-lettered)",

@@ -48,7 +48,7 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	if o == nil {
 		return // shutdown began while waiting: the message stays held for handBack
 	}
-	if p.outage.refund(j.ref.Seq) {
+	if p.outage.Refund(j.ref.Seq) {
 		j.attempts = max(j.attempts-1, 0) // spent on a failure that turned out to be an outage
 	}
 	t.outage = ps.report(*o, c.key, j.ref.Seq)

@@ -1,53 +1,29 @@
-package worker
+package gate
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 	"time"
-
-	"github.com/kustomer-worker/kustomer-worker/kustomer"
 )
 
-// health is what one try says about Kustomer as a whole.
-type health int
+// Health is what one request says about Kustomer as a whole.
+type Health int
 
 const (
-	healthUnknown health = iota // nothing was sent, or the try was cut short
-	healthUp                    // Kustomer answered (2xx, 4xx, 429, 401/403): it is there
-	healthDown                  // 5xx, timeout, refused or reset connection
+	HealthUnknown Health = iota // nothing was sent, or the try was cut short
+	Up                          // Kustomer answered (2xx, 4xx, 429, 401/403): it is there
+	Down                        // 5xx, timeout, refused or reset connection
 )
 
-// healthOf reads an outcome for the outage breaker.
-func healthOf(o outcome) health {
-	switch {
-	case o.invalid != nil || o.canceled || o.panicked != nil:
-		return healthUnknown
-	case o.err == nil:
-		return healthUp
-	}
-	var apiErr *kustomer.APIError
-	if errors.As(o.err, &apiErr) {
-		if apiErr.Class == kustomer.ClassTransient {
-			return healthDown
-		}
-		return healthUp
-	}
-	if errors.Is(o.err, kustomer.ErrInvalid) {
-		return healthUnknown
-	}
-	return healthDown
-}
-
-// breaker pauses every request while Kustomer is down for everybody: when requests fail
+// Breaker pauses every request while Kustomer is down for everybody: when requests fail
 // transiently several times in a row across different conversations, it closes its gate, as
 // an org-wide 429 pauses the pacer. While it is closed no attempt is spent, held messages stay
 // in progress, and one probe at a time goes out with growing intervals; the first answer
 // opens it. The failures that tripped it get their attempts back, so an outage of any length
 // dead-letters nothing. A single conversation that keeps failing while others succeed never
 // trips it: its streak is broken by their answers, and it runs out of attempts as before.
-type breaker struct {
-	gate      *gate
+type Breaker struct {
+	Gate      *Gate
 	threshold int // failures in a row that trip it, across at least two conversations
 
 	mu      sync.Mutex
@@ -63,23 +39,20 @@ type failure struct {
 	spent bool // the failure spent an attempt
 }
 
-// Tuned values of the breaker: the probe intervals.
-const (
-	breakerProbeMin = time.Second
-	breakerProbeMax = 30 * time.Second
-)
+// DefaultThreshold is the failures in a row that trip a breaker unless told otherwise.
+const DefaultThreshold = 5
 
-// newBreaker returns a breaker that trips after threshold failures in a row; a threshold
+// NewBreaker returns a breaker that trips after threshold failures in a row; a threshold
 // below 1 makes one that never trips.
-func newBreaker(threshold int, onOpen func(cause string), onClose func(down time.Duration)) *breaker {
-	b := &breaker{threshold: threshold, refunds: make(map[uint64]struct{})}
-	b.gate = newGate(breakerProbeMin, breakerProbeMax, func() {
+func NewBreaker(threshold int, onOpen func(cause string), onClose func(down time.Duration)) *Breaker {
+	b := &Breaker{threshold: threshold, refunds: make(map[uint64]struct{})}
+	b.Gate = New(ProbeMin, ProbeMax, func() {
 		b.mu.Lock()
 		cause := b.cause
 		b.mu.Unlock()
 		onOpen(cause)
 	}, nil)
-	b.gate.onOpen = func() {
+	b.Gate.onOpen = func() {
 		b.mu.Lock()
 		d := time.Since(b.since)
 		b.mu.Unlock()
@@ -92,23 +65,23 @@ func newBreaker(threshold int, onOpen func(cause string), onClose func(down time
 // the verdict on tk, and says whether Kustomer is to be treated as down for this failure: then
 // it spends no attempt. conv is the conversation tried and seq its message; a bulk request
 // gives its job as conv and seq 0, and has no attempt to give back.
-func (b *breaker) observe(tk *ticket, conv string, seq uint64, h health, reason string) (outage bool) {
+func (b *Breaker) Observe(tk *Ticket, conv string, seq uint64, h Health, reason string) (outage bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch h {
-	case healthUp:
+	case Up:
 		b.streak = b.streak[:0]
-		tk.Report(keyWorks)
+		tk.Report(Works)
 		return false
-	case healthUnknown:
+	case HealthUnknown:
 		return false
 	}
 	if b.threshold < 1 {
 		return false
 	}
-	if closed, _ := b.gate.Closed(); closed {
+	if closed, _ := b.Gate.Closed(); closed {
 		if tk.probe {
-			tk.Report(keyNoAnswer) // a failed probe: wait longer for the next
+			tk.Report(NoAnswer) // a failed probe: wait longer for the next
 		}
 		return true
 	}
@@ -126,12 +99,12 @@ func (b *breaker) observe(tk *ticket, conv string, seq uint64, h health, reason 
 		len(b.streak), b.convsInStreak(""), reason)
 	b.streak = b.streak[:0]
 	b.since = time.Now()
-	tk.Report(keyRefused) // closes the gate
+	tk.Report(Refused) // closes the gate
 	return true
 }
 
 // convsInStreak counts the distinct conversations of the streak and extra.
-func (b *breaker) convsInStreak(extra string) int {
+func (b *Breaker) convsInStreak(extra string) int {
 	seen := make(map[string]struct{}, len(b.streak)+1)
 	if extra != "" {
 		seen[extra] = struct{}{}
@@ -143,7 +116,7 @@ func (b *breaker) convsInStreak(extra string) int {
 }
 
 // refund reports, once, whether seq's last spent attempt was given back by a trip.
-func (b *breaker) refund(seq uint64) bool {
+func (b *Breaker) Refund(seq uint64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if _, ok := b.refunds[seq]; ok {

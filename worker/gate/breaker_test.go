@@ -1,4 +1,4 @@
-package worker
+package gate
 
 import (
 	"testing"
@@ -7,19 +7,19 @@ import (
 
 func TestBreaker(t *testing.T) {
 	t.Parallel()
-	newB := func() (*breaker, *int, *int) {
+	newB := func() (*Breaker, *int, *int) {
 		opens, closes := new(int), new(int)
-		b := newBreaker(DefaultOutageThreshold, func(string) { *opens++ }, func(time.Duration) { *closes++ })
+		b := NewBreaker(DefaultThreshold, func(string) { *opens++ }, func(time.Duration) { *closes++ })
 		return b, opens, closes
 	}
-	fail := func(t *testing.T, b *breaker, conv string, seq uint64) bool {
+	fail := func(t *testing.T, b *Breaker, conv string, seq uint64) bool {
 		t.Helper()
-		tk := acquire(b.gate)
+		tk := acquire(b.Gate)
 		if tk == nil {
 			t.Fatalf("the breaker's gate stopped a request before it opened")
 		}
 		defer tk.Done()
-		return b.observe(tk, conv, seq, healthDown, "503")
+		return b.Observe(tk, conv, seq, Down, "503")
 	}
 	t.Run("trips after failures in a row across conversations, and refunds their attempts", func(t *testing.T) {
 		t.Parallel()
@@ -32,19 +32,19 @@ func TestBreaker(t *testing.T) {
 				t.Errorf("failure %d across conversations not suspected", i+2)
 			}
 		}
-		if closed, _ := b.gate.Closed(); closed {
+		if closed, _ := b.Gate.Closed(); closed {
 			t.Fatal("open before the threshold")
 		}
 		if !fail(t, b, "e", 5) {
 			t.Error("the tripping failure spent an attempt")
 		}
-		if closed, _ := b.gate.Closed(); !closed || *opens != 1 {
+		if closed, _ := b.Gate.Closed(); !closed || *opens != 1 {
 			t.Fatalf("closed %v, opened %d times; want closed, once", closed, *opens)
 		}
-		if !b.refund(1) || b.refund(1) {
+		if !b.Refund(1) || b.Refund(1) {
 			t.Error("the first failure's attempt was not refunded exactly once")
 		}
-		if b.refund(2) {
+		if b.Refund(2) {
 			t.Error("a failure that spent nothing was refunded")
 		}
 	})
@@ -63,12 +63,12 @@ func TestBreaker(t *testing.T) {
 		for i := range 20 {
 			fail(t, b, string(rune('a'+i%3)), uint64(i))
 			if i%3 == 2 {
-				tk := acquire(b.gate)
-				b.observe(tk, "z", 99, healthUp, "")
+				tk := acquire(b.Gate)
+				b.Observe(tk, "z", 99, Up, "")
 				tk.Done()
 			}
 		}
-		if closed, _ := b.gate.Closed(); closed {
+		if closed, _ := b.Gate.Closed(); closed {
 			t.Error("tripped although Kustomer kept answering")
 		}
 	})
@@ -76,19 +76,19 @@ func TestBreaker(t *testing.T) {
 
 func TestBreakerCountsBulkRequests(t *testing.T) {
 	t.Parallel()
-	b := newBreaker(DefaultOutageThreshold, func(string) {}, func(time.Duration) {})
-	for i := range DefaultOutageThreshold {
-		tk := acquire(b.gate)
+	b := NewBreaker(DefaultThreshold, func(string) {}, func(time.Duration) {})
+	for i := range DefaultThreshold {
+		tk := acquire(b.Gate)
 		if tk == nil {
 			t.Fatal("the breaker's gate stopped a request before it opened")
 		}
-		b.observe(tk, string(rune('a'+i%2)), 0, healthDown, "503") // two jobs' submits
+		b.Observe(tk, string(rune('a'+i%2)), 0, Down, "503") // two jobs' submits
 		tk.Done()
 	}
-	if closed, _ := b.gate.Closed(); !closed {
+	if closed, _ := b.Gate.Closed(); !closed {
 		t.Fatal("bulk requests failing across jobs did not trip the breaker")
 	}
-	if b.refund(0) {
+	if b.Refund(0) {
 		t.Error("a bulk request's failure was refunded: it spent no attempt")
 	}
 }

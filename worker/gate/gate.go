@@ -1,4 +1,4 @@
-package worker
+package gate
 
 import (
 	"context"
@@ -6,16 +6,15 @@ import (
 	"time"
 )
 
-// gate stops every request while something outside the messages is wrong (Kustomer refuses
-// the API key): nothing is dead-lettered, no message is taken, and one request at a time
-// probes with growing intervals until an answer shows the fault is gone.
+// Gate stops every request while something outside the messages is wrong (Kustomer refuses
+// the API key, or is down: Breaker): one request at a time probes with growing intervals until
+// an answer shows the fault is gone.
 //
-// Every request, single PUT or bulk, passes the gate with Acquire, which hands out a ticket;
-// the ticket's single Done reports what the request learned. Done is deferred by the function
-// that makes the request, as soon as the ticket is taken (Pool.process, bulker.pass), so that
-// it runs on every path, a panic included. A probe cannot be left hanging: a ticket whose
-// Done learned nothing gives the probe back.
-type gate struct {
+// Every request passes the gate with Acquire, which hands out a ticket; the ticket's single
+// Done reports what the request learned. Done is deferred by the function that makes the
+// request, as soon as the ticket is taken, so that it runs on every path, a panic included. A
+// probe cannot be left hanging: a ticket whose Done learned nothing gives the probe back.
+type Gate struct {
 	minDelay, maxDelay time.Duration
 	now                func() time.Time
 	// onClose and onOpen are called (outside the lock) when the gate closes or opens, for the
@@ -31,14 +30,25 @@ type gate struct {
 	changed chan struct{} // closed and replaced on every change of state
 }
 
-// Tuned waits of the auth gate: the first probe after a refused key, and the longest wait
-// between probes.
+// Verdict is what a request says about the fault a gate stands for (the API key refused,
+// Kustomer down): reported on its Ticket.
+type Verdict int
+
 const (
-	authProbeMin = time.Second
-	authProbeMax = 30 * time.Second
+	Unknown  Verdict = iota // nothing was learned (nothing sent, or the request was cut short)
+	Works                   // an answer got past the fault: it is gone
+	Refused                 // the fault is there (for the auth gate: 401 or 403)
+	NoAnswer                // no usable answer (5xx, timeout): a probe learned nothing good
 )
 
-func newGate(minDelay, maxDelay time.Duration, onClose, onOpen func()) *gate {
+// The default waits of a gate: the first probe after it closed, and the longest wait between
+// probes.
+const (
+	ProbeMin = time.Second
+	ProbeMax = 30 * time.Second
+)
+
+func New(minDelay, maxDelay time.Duration, onClose, onOpen func()) *Gate {
 	nop := func() {}
 	if onClose == nil {
 		onClose = nop
@@ -46,42 +56,42 @@ func newGate(minDelay, maxDelay time.Duration, onClose, onOpen func()) *gate {
 	if onOpen == nil {
 		onOpen = nop
 	}
-	return &gate{minDelay: minDelay, maxDelay: maxDelay, now: time.Now, onClose: onClose, onOpen: onOpen,
+	return &Gate{minDelay: minDelay, maxDelay: maxDelay, now: time.Now, onClose: onClose, onOpen: onOpen,
 		changed: make(chan struct{})}
 }
 
 // Closed reports whether the gate is closed, and since when.
-func (g *gate) Closed() (bool, time.Time) {
+func (g *Gate) Closed() (bool, time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.closed, g.since
 }
 
-// ticket is one pass through the gate. Report what the try learned, then Done, once.
-type ticket struct {
-	g       *gate
+// Ticket is one pass through the gate. Report what the try learned, then Done, once.
+type Ticket struct {
+	g       *Gate
 	probe   bool // the gate was closed: this is its one probe
-	verdict keyVerdict
+	verdict Verdict
 }
 
 // Report records what the try learned; the last report before Done counts.
-func (t *ticket) Report(v keyVerdict) { t.verdict = v }
+func (t *Ticket) Report(v Verdict) { t.verdict = v }
 
 // Done hands the ticket back: a working answer opens the gate, a refusal closes it (or, for a
 // probe, keeps it closed with a longer wait), and a probe that learned nothing is given back.
-func (t *ticket) Done() {
+func (t *Ticket) Done() {
 	switch t.verdict {
-	case keyWorks:
+	case Works:
 		t.g.open(t.probe)
-	case keyRefused:
+	case Refused:
 		t.g.fail()
-	case keyNoAnswer:
+	case NoAnswer:
 		if t.probe {
 			t.g.fail()
 		}
 	default:
 		if t.probe {
-			t.g.release()
+			t.g.giveBackProbe()
 		}
 	}
 }
@@ -89,18 +99,18 @@ func (t *ticket) Done() {
 // Acquire returns a ticket when the caller may send a request: at once while the gate is
 // open, or as the single prober once the probe delay has passed. It returns ctx's cause if
 // ctx ends first.
-func (g *gate) Acquire(ctx context.Context) (*ticket, error) {
+func (g *Gate) Acquire(ctx context.Context) (*Ticket, error) {
 	for {
 		g.mu.Lock()
 		if !g.closed {
 			g.mu.Unlock()
-			return &ticket{g: g}, nil
+			return &Ticket{g: g}, nil
 		}
 		wait := g.probeAt.Sub(g.now())
 		if !g.probing && wait <= 0 {
 			g.probing = true
 			g.mu.Unlock()
-			return &ticket{g: g, probe: true}, nil
+			return &Ticket{g: g, probe: true}, nil
 		}
 		changed := g.changed
 		g.mu.Unlock()
@@ -120,7 +130,7 @@ func (g *gate) Acquire(ctx context.Context) (*ticket, error) {
 }
 
 // fail closes the gate, or after a failed probe doubles the wait for the next one.
-func (g *gate) fail() {
+func (g *Gate) fail() {
 	g.mu.Lock()
 	first := !g.closed
 	if first {
@@ -140,7 +150,7 @@ func (g *gate) fail() {
 
 // open opens a closed gate after a working answer. An answer to a request that went out
 // before the gate closed opens it too: the fault is gone.
-func (g *gate) open(probe bool) {
+func (g *Gate) open(probe bool) {
 	g.mu.Lock()
 	reopened := g.closed
 	if reopened || probe {
@@ -155,7 +165,7 @@ func (g *gate) open(probe bool) {
 }
 
 // release gives back a probe that learned nothing, so that another caller may probe.
-func (g *gate) release() {
+func (g *Gate) giveBackProbe() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.probing {
@@ -165,7 +175,7 @@ func (g *gate) release() {
 }
 
 // signal wakes the callers waiting in Acquire; g.mu is held.
-func (g *gate) signal() {
+func (g *Gate) signal() {
 	close(g.changed)
 	g.changed = make(chan struct{})
 }

@@ -1,4 +1,4 @@
-package worker
+package gate
 
 import (
 	"context"
@@ -6,15 +6,15 @@ import (
 	"time"
 )
 
-func testGate(now *time.Time) (g *gate, closes, opens *int) {
+func testGate(now *time.Time) (g *Gate, closes, opens *int) {
 	closes, opens = new(int), new(int)
-	g = newGate(authProbeMin, authProbeMax, func() { *closes++ }, func() { *opens++ })
+	g = New(ProbeMin, ProbeMax, func() { *closes++ }, func() { *opens++ })
 	g.now = func() time.Time { return *now }
 	return g, closes, opens
 }
 
 // acquire takes a ticket if the gate lets the caller through within a moment.
-func acquire(g *gate) *ticket {
+func acquire(g *Gate) *Ticket {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	defer cancel()
 	tk, err := g.Acquire(ctx)
@@ -24,7 +24,7 @@ func acquire(g *gate) *ticket {
 	return tk
 }
 
-func pass(g *gate, v keyVerdict) {
+func pass(g *Gate, v Verdict) {
 	tk := acquire(g)
 	tk.Report(v)
 	tk.Done()
@@ -48,9 +48,9 @@ func TestGate(t *testing.T) {
 		now := time.Now()
 		g, closes, _ := testGate(&now)
 		a, b := acquire(g), acquire(g) // two requests in flight when the key is refused
-		a.Report(keyRefused)
+		a.Report(Refused)
 		a.Done()
-		b.Report(keyRefused)
+		b.Report(Refused)
 		b.Done()
 		if *closes != 1 {
 			t.Errorf("closed %d times; want one log line for the refusal", *closes)
@@ -72,7 +72,7 @@ func TestGate(t *testing.T) {
 		t.Parallel()
 		now := time.Now()
 		g, _, _ := testGate(&now)
-		pass(g, keyRefused)
+		pass(g, Refused)
 		now = now.Add(time.Hour)
 		probe := acquire(g)
 		probe.Done() // e.g. the message turned out invalid, or shutdown: no verdict
@@ -85,16 +85,16 @@ func TestGate(t *testing.T) {
 		t.Parallel()
 		now := time.Now()
 		g, _, _ := testGate(&now)
-		pass(g, keyRefused)
-		want := authProbeMin
+		pass(g, Refused)
+		want := ProbeMin
 		for range 8 {
 			now = now.Add(want - time.Millisecond)
 			if acquire(g) != nil {
 				t.Fatalf("probe allowed before %s", want)
 			}
 			now = now.Add(time.Millisecond)
-			pass(g, keyNoAnswer)
-			want = min(2*want, authProbeMax)
+			pass(g, NoAnswer)
+			want = min(2*want, ProbeMax)
 		}
 		if closed, _ := g.Closed(); !closed {
 			t.Error("gate opened after probes without an answer")
@@ -106,13 +106,13 @@ func TestGate(t *testing.T) {
 		now := time.Now()
 		g, _, opens := testGate(&now)
 		late := acquire(g) // sent before the refusal, answered after it
-		pass(g, keyRefused)
-		late.Report(keyWorks)
+		pass(g, Refused)
+		late.Report(Works)
 		late.Done()
 		if closed, _ := g.Closed(); closed || *opens != 1 {
 			t.Fatalf("closed %v after a working answer, opened %d times; want open, once", closed, *opens)
 		}
-		pass(g, keyWorks)
+		pass(g, Works)
 		if *opens != 1 {
 			t.Errorf("opened %d times; want 1", *opens)
 		}
