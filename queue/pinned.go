@@ -22,9 +22,11 @@ const HeaderPinID = "Nats-Pin-Id"
 //
 // What it promises, and what it cannot:
 //   - Active turns true when a message arrives with a pin id (the server pinned this replica),
-//     and false when the server refuses the pin id (ErrPinIDMismatch), when no pull carrying
-//     the pin was sent for a whole PinnedTTL (so the server may have given the pin away), or
-//     when Unpin released it. The Lost channel closes at that moment.
+//     and false when the server refuses any pull request's pin id (ErrPinIDMismatch: nats.go
+//     then forgets the pin it carries, even a newer one; see refused), when no pull carrying
+//     the pin was sent for a whole PinnedTTL (so the server may have given the pin away), when
+//     Run finds the server pinning another replica or none, or when Unpin released it. The
+//     Lost channel closes at that moment.
 //   - The server keeps the pin only while pull requests carrying it arrive, at least one per
 //     PinnedTTL. Fetch and Run send them; an active replica that stops fetching (paused, all
 //     slots full) keeps its pin only while Run runs.
@@ -106,7 +108,7 @@ func (p *Pinned) Fetch(batch int, opts ...jetstream.FetchOpt) (jetstream.Message
 		}
 		out.err = inner.Error()
 		if errors.Is(out.err, jetstream.ErrPinIDMismatch) {
-			p.lose(sent.pin, "the server refused the pin (another replica is active)")
+			p.refused(sent.pin)
 		}
 		close(out.msgs)
 	}()
@@ -215,6 +217,7 @@ func (p *Pinned) renewEvery() time.Duration { return max(p.ttl/4, 50*time.Millis
 func (p *Pinned) Run(ctx context.Context) error {
 	t := time.NewTicker(p.renewEvery())
 	defer t.Stop()
+	var checked time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -227,6 +230,34 @@ func (p *Pinned) Run(ctx context.Context) error {
 		if err := p.renew(ctx); err != nil && ctx.Err() == nil {
 			// The next tick tries again; the expiry timer turns this into a loss if it lasts.
 			continue
+		}
+		if time.Since(checked) >= p.ttl/2 {
+			checked = time.Now()
+			p.check(ctx)
+		}
+	}
+}
+
+// check reads the server's pin and loses the pin held if the server's is another (or none):
+// the pin was received before the read, and the server never gives a pin id back, so it is
+// gone. Pull requests cannot tell this replica in every case: nats.go and Pinned learn of a
+// pin and of a refusal in goroutines of their own, and when Pinned hears of a refusal before
+// a message whose pin nats.go stored before the refusal cleared it, Pinned holds a pin that
+// no pull request carries; the server drops it after PinnedTTL, and check notices.
+func (p *Pinned) check(ctx context.Context) {
+	pin := p.Role().PinID
+	if pin == "" {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+	defer cancel()
+	info, err := p.cons.Info(cctx)
+	if err != nil {
+		return // the next check tries again
+	}
+	for _, g := range info.PriorityGroups {
+		if g.Group == p.group && g.PinnedClientID != pin {
+			p.lose(pin, "the server pins another replica, or none")
 		}
 	}
 }
@@ -250,9 +281,62 @@ func (p *Pinned) renew(ctx context.Context) error {
 	}
 	err = b.Error()
 	if errors.Is(err, jetstream.ErrPinIDMismatch) {
-		p.lose(sent.pin, "the server refused the pin (another replica is active)")
+		p.refused(sent.pin)
 	}
 	return err
+}
+
+// refused follows the server's refusal (ErrPinIDMismatch) of a pull request sent when this
+// replica held pin sentPin. nats.go keeps one pin id per consumer, not one per request: it
+// puts it on every pull request, sets it from every message's header and clears it on every
+// refusal. So a refusal of a request that carried an older pin (one sent before the newer
+// pin's message came, or while nats.go still carried the pin Pinned had lost) clears the
+// newer pin too: from then on no pull request carries it, none is refused, and the pin held
+// would look renewed for ever while the server lets it expire or, when a message put it back
+// in nats.go meanwhile, keeps it for a replica that acts as a standby. Whatever pin is held
+// is therefore lost on any refusal; one that is not the pin refused is released at the
+// server too (if the server still pins it), so that the server, nats.go and Pinned agree
+// again at once: no replica holds it and the next message pins a replica afresh.
+func (p *Pinned) refused(sentPin string) {
+	p.mu.Lock()
+	held := p.pin
+	if held == "" {
+		p.mu.Unlock()
+		return
+	}
+	stale := held != sentPin
+	if stale {
+		p.loseLocked("a pull request carrying an older pin was refused, which made the client forget the pin held")
+	} else {
+		p.loseLocked("the server refused the pin (another replica is active)")
+	}
+	p.mu.Unlock()
+	if stale {
+		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+		defer cancel()
+		_ = p.release(ctx, held) // on failure the pin expires at the server after PinnedTTL
+	}
+}
+
+// releaseTimeout bounds refused's release of a pin at the server.
+const releaseTimeout = 2 * time.Second
+
+// release unpins pin at the server if the server still pins it. The server's unpin names no
+// pin id: the window between the check and the unpin is a few milliseconds, and an unpin
+// that lands on a newer active costs it one pull, not its messages.
+func (p *Pinned) release(ctx context.Context, pin string) error {
+	info, err := p.cons.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("unpin: %w", err)
+	}
+	for _, g := range info.PriorityGroups {
+		if g.Group == p.group && g.PinnedClientID == pin {
+			if err := p.stream.UnpinConsumer(ctx, p.consumer, p.group); err != nil {
+				return fmt.Errorf("unpin: %w", err)
+			}
+		}
+	}
+	return nil
 }
 
 // Unpin releases the pin this replica holds, so that a standby takes over at once instead of
@@ -265,20 +349,8 @@ func (p *Pinned) Unpin(ctx context.Context) error {
 	if pin == "" {
 		return nil
 	}
-	info, err := p.cons.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("unpin: %w", err)
-	}
-	held := false
-	for _, g := range info.PriorityGroups {
-		if g.Group == p.group && g.PinnedClientID == pin {
-			held = true
-		}
-	}
-	if held {
-		if err := p.stream.UnpinConsumer(ctx, p.consumer, p.group); err != nil {
-			return fmt.Errorf("unpin: %w", err)
-		}
+	if err := p.release(ctx, pin); err != nil {
+		return err
 	}
 	p.lose(pin, "released (Unpin)")
 	return nil
