@@ -150,7 +150,7 @@ func (p *Pool) acked(c *conv, j *job, confirmed bool) {
 	}
 	c.jobs = c.jobs[1:]
 	delete(p.bySeq, j.ref)
-	p.release(j.src)
+	p.freeSlots(j.src)
 	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
 	if len(c.jobs) == 0 {
 		delete(p.convs, c.key)

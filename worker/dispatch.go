@@ -21,7 +21,7 @@ func (p *Pool) add(msg jetstream.Msg, src *source) {
 	md, err := msg.Metadata()
 	if err != nil { // not a JetStream message; cannot be acked either
 		p.Log.Error("message without JetStream metadata", "subject", msg.Subject(), "error", err)
-		p.release(src)
+		p.freeSlots(src)
 		return
 	}
 	ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
@@ -35,7 +35,7 @@ func (p *Pool) add(msg jetstream.Msg, src *source) {
 		if err := msg.Ack(); err != nil {
 			p.Log.Debug("ack of a redelivered settled message failed", "seq", ref.Seq, "error", err)
 		}
-		p.release(src)
+		p.freeSlots(src)
 		return
 	}
 	update, invalid := kustomer.Decode(msg.Data()) // outside the lock: workers ack under it
@@ -51,7 +51,7 @@ func (p *Pool) add(msg jetstream.Msg, src *source) {
 		if j.src == nil && src != nil {
 			j.src = src // it holds the delivery's slots from now on
 		} else {
-			p.release(src)
+			p.freeSlots(src)
 		}
 		return
 	}
@@ -215,7 +215,7 @@ func (p *Pool) cut(c *conv, from int) []*job {
 	c.jobs = slices.Delete(c.jobs, from, len(c.jobs))
 	for _, j := range jobs {
 		delete(p.bySeq, j.ref)
-		p.release(j.src)
+		p.freeSlots(j.src)
 	}
 	if len(c.jobs) == 0 && p.convs[c.key] == c {
 		delete(p.convs, c.key)

@@ -57,7 +57,7 @@ func (p *Pool) fetch(ctx context.Context, src *source) {
 		}
 		cancel()
 		for range n - got {
-			p.release(src)
+			p.freeSlots(src)
 		}
 		if pullFailed(ctx, err) {
 			p.fetchFailed(ctx, src, err)
@@ -80,29 +80,29 @@ func (p *Pool) gated() bool {
 // held it gathers more for a moment, so that a backlog is pulled in batches rather than one
 // pull request per message. ok is false when ctx ended.
 func (p *Pool) room(ctx context.Context, src *source) (n int, ok bool) {
-	if !p.take(ctx, src, nil) {
+	if !p.takeSlots(ctx, src, nil) {
 		return 0, false
 	}
 	n = 1
 	if len(p.slots) > 1 {
 		t := time.NewTimer(batchGather)
-		for n < p.cfg.MaxAckPending/2 && p.take(ctx, src, t.C) {
+		for n < p.cfg.MaxAckPending/2 && p.takeSlots(ctx, src, t.C) {
 			n++
 		}
 		t.Stop()
 	}
-	for n < p.cfg.MaxAckPending && p.take(ctx, src, closed) {
+	for n < p.cfg.MaxAckPending && p.takeSlots(ctx, src, noWait) {
 		n++
 	}
 	return n, true
 }
 
-// closed is a channel that is always ready: take with it does not wait.
-var closed = func() chan time.Time { c := make(chan time.Time); close(c); return c }()
+// noWait is a channel that is always ready: takeSlots with it does not wait.
+var noWait = func() chan time.Time { c := make(chan time.Time); close(c); return c }()
 
-// take puts a token into src's slots (if it has its own) and the pool's, waiting until both
+// takeSlots puts a token into src's slots (if it has its own) and the pool's, waiting until both
 // have room, stop fires (nil: never) or ctx ends; it reports whether it took them.
-func (p *Pool) take(ctx context.Context, src *source, stop <-chan time.Time) bool {
+func (p *Pool) takeSlots(ctx context.Context, src *source, stop <-chan time.Time) bool {
 	if src.slots != nil {
 		select {
 		case src.slots <- struct{}{}:
@@ -124,8 +124,8 @@ func (p *Pool) take(ctx context.Context, src *source, stop <-chan time.Time) boo
 	return false
 }
 
-// release gives back the tokens a message of src held; nil src (read directly) holds none.
-func (p *Pool) release(src *source) {
+// freeSlots gives back the tokens a message of src held; nil src (read directly) holds none.
+func (p *Pool) freeSlots(src *source) {
 	if src == nil {
 		return
 	}

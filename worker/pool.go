@@ -129,8 +129,8 @@ type source struct {
 	cons  Consumer       // pulled by the lane's fetch goroutine; its Info read by laneFloor and forgetApplied
 	class pacer.Priority // the class of the lane's messages (add)
 	// slots is nil, or a cap of the lane's own below MaxAckPending (the backfill lane): its
-	// fetch goroutine puts a token in (take), whoever lets go of a message takes one out
-	// (release); the channel is its own lock.
+	// fetch goroutine puts a token in (takeSlots), whoever lets go of a message takes one out
+	// (freeSlots); the channel is its own lock.
 	slots chan struct{}
 	// role is cons's, if it has one (handover.go); turn is role's Lost channel of the turn as
 	// the active replica the pool works for, closed while a standby. Written by the lane's
@@ -382,7 +382,7 @@ func (p *Pool) handBack() {
 			continue
 		}
 		if p.policy.lastDelivery(j.delivered) {
-			p.lastDelivery(j)
+			p.deadLetterLastDelivery(j)
 			continue
 		}
 		if err := j.msg.Nak(); err != nil {
@@ -402,8 +402,8 @@ func (p *Pool) handBack() {
 	}
 }
 
-// lastDelivery dead-letters a message the consumer will not deliver again, at shutdown.
-func (p *Pool) lastDelivery(j *job) {
+// deadLetterLastDelivery dead-letters a message the consumer will not deliver again, at shutdown.
+func (p *Pool) deadLetterLastDelivery(j *job) {
 	dctx, cancel := context.WithTimeout(context.Background(), deadLetterTimeout)
 	defer cancel()
 	err := p.DeadLetters.Publish(dctx, j.msg, queue.Failure{

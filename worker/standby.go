@@ -95,7 +95,7 @@ func (p *Pool) admit(ctx context.Context, msg jetstream.Msg, src *source) {
 		if err := msg.Nak(); err != nil {
 			p.Log.Debug("hand back failed; redelivery follows AckWait", "subject", msg.Subject(), "error", err)
 		}
-		p.release(src)
+		p.freeSlots(src)
 		return
 	}
 	p.mu.Lock()
