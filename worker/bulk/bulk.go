@@ -178,48 +178,19 @@ func (b *Bulker) itemLog(it Item) *slog.Logger {
 // it: then the conversation is in the bulker's hands until the item goes back to the host
 // (Applied, Single, Resume).
 func (b *Bulker) Take(it Item) bool {
-	if it.Delivered > 1 && b.store != nil {
-		b.mu.Lock()
-		stale := time.Since(b.loaded) >= reloadEvery
-		b.mu.Unlock()
-		if stale {
-			b.load(b.hard())
-		}
+	if it.Delivered > 1 {
+		b.reloadIfStale()
 	}
 	now := time.Now()
 	b.mu.Lock()
-	if f, ok := b.fences[it.Conv]; ok {
-		switch {
-		case !now.Before(f.until):
-			delete(b.fences, it.Conv)
-		case it.Ref.Seq > f.seq:
-			b.fenced[it.Conv] = it // released by release, or by YieldFenced
-			b.mu.Unlock()
-			// A standby hands the head back rather than hold it for the fence (YieldFenced
-			// covers a pin lost after this check: the item is already in fenced).
-			if b.host.Standby(it) && b.unfence(it) {
-				b.host.Resume(it) // its worker hands it back
-				return true
-			}
-			b.itemLog(it).Debug("holding an update until an older bulk job of its conversation is complete or lost", "until", f.until)
-			return true
-		}
+	if until, ok := b.fencedAt(it, now); ok {
+		b.fenced[it.Conv] = it // released by resumeUnfenced, or by YieldFenced
+		b.mu.Unlock()
+		b.holdBack(it, until)
+		return true
 	}
 	if bj := b.known[it.Ref]; bj != nil {
-		if o, ok := bj.outcome[it.Ref]; ok {
-			delete(b.known, it.Ref)
-			id := bj.rec.JobID
-			b.mu.Unlock()
-			b.settleItem(id, it, o, "recovered")
-			return true
-		}
-		defer b.mu.Unlock()
-		bj.held[it.Ref] = it
-		if !bj.follows {
-			bj.follows = true
-			b.itemLog(it).Info("redelivered update belongs to a bulk job a previous process submitted; reading its result instead of sending it again", "job", bj.rec.JobID)
-			b.wg.Go(func() { b.guard(bj, b.follow) })
-		}
+		b.takeKnown(bj, it)
 		return true
 	}
 	if b.off.Load() || it.Single {
@@ -240,6 +211,63 @@ func (b *Bulker) Take(it Item) bool {
 		}
 	}
 	return true
+}
+
+// reloadIfStale reads the store again if it was last read reloadEvery ago: a redelivered
+// item may belong to a job another process submitted since.
+func (b *Bulker) reloadIfStale() {
+	if b.store == nil {
+		return
+	}
+	b.mu.Lock()
+	stale := time.Since(b.loaded) >= reloadEvery
+	b.mu.Unlock()
+	if stale {
+		b.load(b.hard())
+	}
+}
+
+// fencedAt reports whether a fence holds it back at now, and until when; a fence that ran
+// out is lifted. b.mu is held.
+func (b *Bulker) fencedAt(it Item, now time.Time) (time.Time, bool) {
+	f, ok := b.fences[it.Conv]
+	switch {
+	case !ok:
+		return time.Time{}, false
+	case !now.Before(f.until):
+		delete(b.fences, it.Conv)
+		return time.Time{}, false
+	}
+	return f.until, it.Ref.Seq > f.seq
+}
+
+// holdBack keeps it, fenced, until the fence ends; a standby hands it back at once instead
+// (YieldFenced covers a pin lost after this check: it is in fenced already).
+func (b *Bulker) holdBack(it Item, until time.Time) {
+	if b.host.Standby(it) && b.unfence(it) {
+		b.host.Resume(it) // its worker hands it back
+		return
+	}
+	b.itemLog(it).Debug("holding an update until an older bulk job of its conversation is complete or lost", "until", until)
+}
+
+// takeKnown settles it, a redelivered item of bj, a job another process submitted, by bj's
+// outcome for it, or holds it until a read of bj tells. b.mu is held, and let go.
+func (b *Bulker) takeKnown(bj *job, it Item) {
+	if o, ok := bj.outcome[it.Ref]; ok {
+		delete(b.known, it.Ref)
+		id := bj.rec.JobID
+		b.mu.Unlock()
+		b.settleItem(id, it, o, "recovered")
+		return
+	}
+	defer b.mu.Unlock()
+	bj.held[it.Ref] = it
+	if !bj.follows {
+		bj.follows = true
+		b.itemLog(it).Info("redelivered update belongs to a bulk job a previous process submitted; reading its result instead of sending it again", "job", bj.rec.JobID)
+		b.wg.Go(func() { b.guard(bj, b.follow) })
+	}
 }
 
 // unfence takes it out of the fenced conversations if it is still there, and reports whether
@@ -413,17 +441,7 @@ func (b *Bulker) submitAndFollow(bj *job) {
 			b.fallback(bj, "deadline", b.ambiguousFence(bj), false)
 			return
 		}
-		var job *kustomer.BulkJob
-		var sent time.Time
-		went, err := b.host.Request(wctx, class, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
-			var err error
-			sent = time.Now()
-			job, err = b.cli.SubmitBulk(ctx, bj.kitems)
-			if job != nil {
-				return job.RateLimit, err
-			}
-			return kustomer.RateLimit{}, err
-		})
+		job, sent, went, err := b.submit(wctx, class, bj)
 		if !went {
 			if ctx.Err() == nil {
 				continue // the deadline passed while waiting: the check above falls back
@@ -431,53 +449,11 @@ func (b *Bulker) submitAndFollow(bj *job) {
 			b.shutdownBeforeSubmit(bj)
 			return
 		}
-		var apiErr *kustomer.APIError
-		switch {
-		case err == nil:
-			b.metrics.submitted()
-			b.mu.Lock()
-			bj.rec.JobID, bj.sent = job.ID, sent
-			rec = bj.rec
-			b.mu.Unlock()
-			b.put(rec)
-			b.followLoop(ctx, bj)
+		switch b.submitted(ctx, bj, job, sent, err) {
+		case submitOver:
 			return
-		case b.hard().Err() != nil:
-			b.mu.Lock()
-			bj.rec.Ambiguous = time.Now()
-			rec = bj.rec
-			bj.finished = true
-			delete(b.jobs, bj.key)
-			b.mu.Unlock()
-			b.put(rec)
-			return // cut short by the shutdown deadline: the record tells the next process
-		case errors.Is(err, kustomer.ErrInvalid):
-			b.fallback(bj, "invalid", time.Time{}, false)
-			return
-		case !errors.As(err, &apiErr):
-			b.fallback(bj, "error", b.ambiguousFence(bj), false)
-			return
-		case apiErr.Malformed() || apiErr.Status == 0:
-			// The job may exist all the same: remember that, then retry.
-			b.mu.Lock()
-			if bj.rec.Ambiguous.IsZero() {
-				bj.rec.Ambiguous = time.Now()
-			}
-			rec = bj.rec
-			b.mu.Unlock()
-			b.put(rec)
-		case apiErr.Class == kustomer.ClassThrottled:
-			pause := b.host.Throttled(apiErr.RateLimit)
-			b.metrics.retry("throttled_org")
-			b.log.Info("org rate budget spent at a bulk submit; pausing every request", "status", apiErr.Status, "pause", pause)
+		case submitAgain:
 			continue
-		case apiErr.Class == kustomer.ClassAuth:
-			b.fallback(bj, "auth", b.ambiguousFence(bj), false)
-			return
-		case apiErr.Class == kustomer.ClassPermanent:
-			b.log.Warn("Kustomer refused a bulk submit as a whole; sending its items as single PUTs", "status", apiErr.Status, "reason", apiErr.Reason, "items", len(bj.kitems))
-			b.fallback(bj, "rejected", b.ambiguousFence(bj), false)
-			return
 		}
 		d := retry.NextBackOff()
 		b.metrics.retry("transient")
@@ -487,6 +463,83 @@ func (b *Bulker) submitAndFollow(bj *job) {
 			return
 		}
 	}
+}
+
+// submit sends bj's submit request through the host once the gates and the budget let it;
+// went is false when wctx ended first.
+func (b *Bulker) submit(wctx context.Context, class pacer.Priority, bj *job) (job *kustomer.BulkJob, sent time.Time, went bool, err error) {
+	went, err = b.host.Request(wctx, class, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
+		var err error
+		sent = time.Now()
+		job, err = b.cli.SubmitBulk(ctx, bj.kitems)
+		if job != nil {
+			return job.RateLimit, err
+		}
+		return kustomer.RateLimit{}, err
+	})
+	return job, sent, went, err
+}
+
+// submitStep is what follows a submit's answer.
+type submitStep int
+
+const (
+	submitOver    submitStep = iota // the job is followed to its end, fell back, or shutdown cut it
+	submitAgain                     // submit again at once (after an org-wide pause)
+	submitBackOff                   // submit again after the backoff
+)
+
+// submitted carries out what the answer to bj's submit (job, sent at sent, or err) says.
+func (b *Bulker) submitted(ctx context.Context, bj *job, job *kustomer.BulkJob, sent time.Time, err error) submitStep {
+	var apiErr *kustomer.APIError
+	switch {
+	case err == nil:
+		b.metrics.submitted()
+		b.mu.Lock()
+		bj.rec.JobID, bj.sent = job.ID, sent
+		rec := bj.rec
+		b.mu.Unlock()
+		b.put(rec)
+		b.followLoop(ctx, bj)
+		return submitOver
+	case b.hard().Err() != nil:
+		b.mu.Lock()
+		bj.rec.Ambiguous = time.Now()
+		rec := bj.rec
+		bj.finished = true
+		delete(b.jobs, bj.key)
+		b.mu.Unlock()
+		b.put(rec)
+		return submitOver // cut short by the shutdown deadline: the record tells the next process
+	case errors.Is(err, kustomer.ErrInvalid):
+		b.fallback(bj, "invalid", time.Time{}, false)
+		return submitOver
+	case !errors.As(err, &apiErr):
+		b.fallback(bj, "error", b.ambiguousFence(bj), false)
+		return submitOver
+	case apiErr.Malformed() || apiErr.Status == 0:
+		// The job may exist all the same: remember that, then retry.
+		b.mu.Lock()
+		if bj.rec.Ambiguous.IsZero() {
+			bj.rec.Ambiguous = time.Now()
+		}
+		rec := bj.rec
+		b.mu.Unlock()
+		b.put(rec)
+	case apiErr.Class == kustomer.ClassThrottled:
+		pause := b.host.Throttled(apiErr.RateLimit)
+		b.metrics.retry("throttled_org")
+		b.log.Info("org rate budget spent at a bulk submit; pausing every request", "status", apiErr.Status, "pause", pause)
+		return submitAgain
+	case apiErr.Class == kustomer.ClassAuth:
+		b.fallback(bj, "auth", b.ambiguousFence(bj), false)
+		return submitOver
+	case apiErr.Class == kustomer.ClassPermanent:
+		b.log.Warn("Kustomer refused a bulk submit as a whole; sending its items as single PUTs", "status", apiErr.Status, "reason", apiErr.Reason, "items", len(bj.kitems))
+		b.fallback(bj, "rejected", b.ambiguousFence(bj), false)
+		return submitOver
+	}
+	return submitBackOff
 }
 
 // shutdownBeforeSubmit ends a job at shutdown before a submit was answered: its items stay
@@ -536,42 +589,17 @@ func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 			b.stopFollowing(bj)
 			return
 		}
-		var bb *kustomer.BulkBatches
-		went, err := b.host.Request(ctx, pacer.BulkRead, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
-			var err error
-			bb, err = b.cli.ReadBulkBatches(ctx, rec.JobID)
-			if bb != nil {
-				return bb.RateLimit, err
-			}
-			return kustomer.RateLimit{}, err
-		})
+		bb, went, err := b.read(ctx, bj.key, rec.JobID)
 		if !went {
 			b.stopFollowing(bj)
 			return
 		}
-		var apiErr *kustomer.APIError
-		switch {
-		case err == nil:
-			if b.apply(bj, bb) {
-				return
-			}
-		case b.hard().Err() != nil:
-			b.stopFollowing(bj)
+		switch b.readAnswer(bj, rec.JobID, bb, err) {
+		case readOver:
 			return
-		case errors.Is(err, kustomer.ErrBulkReadDenied):
-			b.deny(err)
-			return
-		case errors.As(err, &apiErr) && apiErr.Class == kustomer.ClassThrottled:
-			b.host.Throttled(apiErr.RateLimit)
-			b.metrics.retry("throttled_org")
+		case readAgain:
 			wait = 0
 			continue
-		case errors.As(err, &apiErr) && apiErr.Class == kustomer.ClassPermanent:
-			b.log.Warn("Kustomer does not know a bulk job any more; sending its items as single PUTs", "job", rec.JobID, "status", apiErr.Status, "reason", apiErr.Reason)
-			b.fallback(bj, "unknown", time.Time{}, false)
-			return
-		default:
-			b.log.Info("cannot read a bulk job; reading it again later", "job", rec.JobID, "error", err)
 		}
 		now := time.Now()
 		if !now.Before(lost) {
@@ -587,6 +615,57 @@ func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 		}
 		wait, next = next, min(2*next, readMax)
 	}
+}
+
+// read reads job id's batches through the host once the gates and the budget let it; went is
+// false when ctx ended first.
+func (b *Bulker) read(ctx context.Context, key, id string) (bb *kustomer.BulkBatches, went bool, err error) {
+	went, err = b.host.Request(ctx, pacer.BulkRead, key, func(ctx context.Context) (kustomer.RateLimit, error) {
+		var err error
+		bb, err = b.cli.ReadBulkBatches(ctx, id)
+		if bb != nil {
+			return bb.RateLimit, err
+		}
+		return kustomer.RateLimit{}, err
+	})
+	return bb, went, err
+}
+
+// readStep is what follows the answer to a read of a job.
+type readStep int
+
+const (
+	readLater readStep = iota // read again after the wait
+	readAgain                 // read again at once (after an org-wide pause)
+	readOver                  // the job is settled, given up, or no longer followed
+)
+
+// readAnswer carries out what the answer to a read of bj (job id) says: bb, or err.
+func (b *Bulker) readAnswer(bj *job, id string, bb *kustomer.BulkBatches, err error) readStep {
+	var apiErr *kustomer.APIError
+	switch {
+	case err == nil:
+		if b.apply(bj, bb) {
+			return readOver
+		}
+	case b.hard().Err() != nil:
+		b.stopFollowing(bj)
+		return readOver
+	case errors.Is(err, kustomer.ErrBulkReadDenied):
+		b.deny(err)
+		return readOver
+	case errors.As(err, &apiErr) && apiErr.Class == kustomer.ClassThrottled:
+		b.host.Throttled(apiErr.RateLimit)
+		b.metrics.retry("throttled_org")
+		return readAgain
+	case errors.As(err, &apiErr) && apiErr.Class == kustomer.ClassPermanent:
+		b.log.Warn("Kustomer does not know a bulk job any more; sending its items as single PUTs", "job", id, "status", apiErr.Status, "reason", apiErr.Reason)
+		b.fallback(bj, "unknown", time.Time{}, false)
+		return readOver
+	default:
+		b.log.Info("cannot read a bulk job; reading it again later", "job", id, "error", err)
+	}
+	return readLater
 }
 
 // stopFollowing leaves bj at shutdown: its items stay held for handBack, its record for the
@@ -858,67 +937,79 @@ func (b *Bulker) load(ctx context.Context) {
 		return
 	}
 	for _, r := range recs {
-		if _, own := b.jobs[r.Key]; own {
-			continue
+		if _, own := b.jobs[r.Key]; !own {
+			b.remember(r, now)
 		}
-		if r.FenceUntil.After(now) {
-			for _, it := range r.Items {
-				b.addFence(it.Conv, it.Seq, r.FenceUntil)
-			}
-		}
-		if r.JobID == "" {
-			// A submit that was never answered: its job, if any, is unknown. The items go
-			// again; their conversations' newer updates wait until it would be past its
-			// deadline.
-			if until := r.Submitted.Add(b.cfg.Deadline); until.After(now) {
-				for _, it := range r.Items {
-					b.addFence(it.Conv, it.Seq, until)
-				}
-				if _, ok := b.forget[r.Key]; !ok {
-					b.forget[r.Key] = until
-				}
-			} else if _, ok := b.forget[r.Key]; !ok {
-				b.forget[r.Key] = now
-			}
-			continue
-		}
-		if !r.Ambiguous.IsZero() {
-			if until := r.Submitted.Add(b.cfg.Deadline); until.After(now) {
-				for _, it := range r.Items {
-					b.addFence(it.Conv, it.Seq, until)
-				}
-			}
-		}
-		if len(r.Items) == 0 {
-			continue
-		}
-		if _, ok := b.known[r.Items[0].MsgRef()]; ok {
-			continue
-		}
-		if r.Submitted.Add(2 * b.cfg.Deadline).Before(now) {
-			if _, ok := b.forget[r.Key]; !ok {
-				b.forget[r.Key] = now // nobody came for its items: they were settled
-			}
-			continue
-		}
-		bj := &job{key: r.Key, rec: r, adopted: true, sent: r.Submitted, held: make(map[queue.MsgRef]Item),
-			outcome: make(map[queue.MsgRef]kustomer.ItemOutcome)}
+	}
+}
+
+// remember takes in the record of a job another process submitted, read from the store at
+// now: its fences hold here, and its items become known unless the record is done with;
+// b.mu is held.
+func (b *Bulker) remember(r queue.BulkRecord, now time.Time) {
+	if r.FenceUntil.After(now) {
 		for _, it := range r.Items {
-			bj.kitems = append(bj.kitems, kustomer.BulkItem{Ref: it.Ref, Update: kustomer.Update{ID: it.Conv}})
-			switch it.Outcome {
-			case queue.BulkSucceeded:
-				bj.outcome[it.MsgRef()] = kustomer.ItemOutcome{State: kustomer.ItemSucceeded}
-			case queue.BulkFailed:
-				bj.outcome[it.MsgRef()] = kustomer.ItemOutcome{State: kustomer.ItemFailed, Reason: it.Reason}
-			}
-			b.known[it.MsgRef()] = bj
+			b.addFence(it.Conv, it.Seq, r.FenceUntil)
 		}
-		if !r.Settled.IsZero() {
-			bj.follows, bj.finished = true, true // nothing to read: the outcomes are stored
+	}
+	if r.JobID == "" {
+		// A submit that was never answered: its job, if any, is unknown. The items go
+		// again; their conversations' newer updates wait until it would be past its
+		// deadline.
+		if until := r.Submitted.Add(b.cfg.Deadline); until.After(now) {
 			for _, it := range r.Items {
-				if it.Outcome == "" {
-					delete(b.known, it.MsgRef())
-				}
+				b.addFence(it.Conv, it.Seq, until)
+			}
+			if _, ok := b.forget[r.Key]; !ok {
+				b.forget[r.Key] = until
+			}
+		} else if _, ok := b.forget[r.Key]; !ok {
+			b.forget[r.Key] = now
+		}
+		return
+	}
+	if !r.Ambiguous.IsZero() {
+		if until := r.Submitted.Add(b.cfg.Deadline); until.After(now) {
+			for _, it := range r.Items {
+				b.addFence(it.Conv, it.Seq, until)
+			}
+		}
+	}
+	if len(r.Items) == 0 {
+		return
+	}
+	if _, ok := b.known[r.Items[0].MsgRef()]; ok {
+		return
+	}
+	if r.Submitted.Add(2 * b.cfg.Deadline).Before(now) {
+		if _, ok := b.forget[r.Key]; !ok {
+			b.forget[r.Key] = now // nobody came for its items: they were settled
+		}
+		return
+	}
+	b.adopt(r)
+}
+
+// adopt makes r's job known, so that a redelivery of one of its items is settled by the job's
+// outcome for it; b.mu is held.
+func (b *Bulker) adopt(r queue.BulkRecord) {
+	bj := &job{key: r.Key, rec: r, adopted: true, sent: r.Submitted, held: make(map[queue.MsgRef]Item),
+		outcome: make(map[queue.MsgRef]kustomer.ItemOutcome)}
+	for _, it := range r.Items {
+		bj.kitems = append(bj.kitems, kustomer.BulkItem{Ref: it.Ref, Update: kustomer.Update{ID: it.Conv}})
+		switch it.Outcome {
+		case queue.BulkSucceeded:
+			bj.outcome[it.MsgRef()] = kustomer.ItemOutcome{State: kustomer.ItemSucceeded}
+		case queue.BulkFailed:
+			bj.outcome[it.MsgRef()] = kustomer.ItemOutcome{State: kustomer.ItemFailed, Reason: it.Reason}
+		}
+		b.known[it.MsgRef()] = bj
+	}
+	if !r.Settled.IsZero() {
+		bj.follows, bj.finished = true, true // nothing to read: the outcomes are stored
+		for _, it := range r.Items {
+			if it.Outcome == "" {
+				delete(b.known, it.MsgRef())
 			}
 		}
 	}
