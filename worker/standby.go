@@ -76,61 +76,71 @@ func (p *Pool) followRole(ctx context.Context, src *source) (wait func()) {
 }
 
 // admit files a message src's pull brought (add). While this replica is a standby on src it
-// hands the message back instead; the first message of a new turn as the active replica
-// first holds back the conversations whose older messages another replica holds.
+// hands the message back instead (goesBack); the first message of a new turn as the active
+// replica first holds back the conversations whose older messages another replica holds.
 func (p *Pool) admit(ctx context.Context, msg jetstream.Msg, src *source) {
-	if src.role == nil {
-		p.add(msg, src)
-		return
-	}
-	turn := src.role.Lost()
-	if isClosed(turn) {
-		if md, err := msg.Metadata(); err == nil && (p.policy.lastDelivery(md.NumDelivered) || p.appliedHere(md)) {
-			// Never delivered again, or applied here already and only its acknowledgement
-			// was lost: it is settled here (add acknowledges the latter again), standby or
-			// not. Handed back, an applied update would be applied again by the active.
-			p.add(msg, src)
+	if src.role != nil {
+		p.takeTurn(ctx, src)
+		if md, err := msg.Metadata(); err == nil && p.goesBack(src, md) {
+			if err := msg.Nak(); err != nil {
+				p.Log.Debug("hand back failed; redelivery follows AckWait", "subject", msg.Subject(), "error", err)
+			}
+			p.freeSlots(src)
 			return
 		}
-		if err := msg.Nak(); err != nil {
-			p.Log.Debug("hand back failed; redelivery follows AckWait", "subject", msg.Subject(), "error", err)
-		}
-		p.freeSlots(src)
-		return
-	}
-	p.mu.Lock()
-	fresh := turn != src.turn
-	p.mu.Unlock()
-	if fresh {
-		p.handover.recovering.Lock()
-		p.recoverOrder(ctx, recoverHandover)
-		p.handover.recovering.Unlock()
-		p.mu.Lock()
-		src.turn = turn
-		p.mu.Unlock()
-		p.Log.Debug("active: taking messages", "lane", src.name)
 	}
 	p.add(msg, src)
 }
 
-// appliedHere reports whether the message of md is one this pool settled and acknowledged
-// (Pool.applied), so that add acknowledges it again.
-func (p *Pool) appliedHere(md *jetstream.MsgMetadata) bool {
-	ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
+// takeTurn makes the pool work for src's role's current turn as the active replica, if that
+// is a new one: first it holds back the conversations whose older messages another replica
+// holds (recover.go).
+func (p *Pool) takeTurn(ctx context.Context, src *source) {
+	turn := src.role.Lost()
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	_, done := p.applied[ref]
-	return done
+	fresh := turn != src.turn
+	p.mu.Unlock()
+	if !fresh || isClosed(turn) {
+		return
+	}
+	p.handover.recovering.Lock()
+	p.recoverOrder(ctx, recoverHandover)
+	p.handover.recovering.Unlock()
+	p.mu.Lock()
+	src.turn = turn
+	p.mu.Unlock()
+	p.Log.Debug("active: taking messages", "lane", src.name)
 }
 
-// standbyOn reports whether this replica is a standby on the lane j came from (a message
-// read directly counts as the live lane's, whose message found it); p.mu is held.
-func (p *Pool) standbyOn(j *job) bool {
-	src := j.src
+// goesBack reports whether a message src's pull brought, with metadata md, goes back to the
+// active replica: this replica is a standby on src, and the message is not one to keep here
+// (a redelivery of one this pool applied, whose acknowledgement was lost, is kept here and
+// acknowledged again by add).
+func (p *Pool) goesBack(src *source, md *jetstream.MsgMetadata) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, applied := p.applied[queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)]
+	return p.standbyOn(src) && !p.keptHere(applied, md.NumDelivered)
+}
+
+// The standby decision is made here and nowhere else, for a message that arrives (goesBack)
+// and for the conversations held (giveBackFrom) alike: standbyOn and keptHere.
+
+// standbyOn reports whether this replica is a standby on lane src (nil: a message read
+// directly, which counts as the live lane's, whose message found it): the turn as the active
+// replica that the pool works for on it has ended. p.mu is held.
+func (p *Pool) standbyOn(src *source) bool {
 	if src == nil {
 		src = p.lanes[0]
 	}
 	return src.role != nil && isClosed(src.turn)
+}
+
+// keptHere reports whether a message stays here even on a standby: one settled here (applied,
+// only its acknowledgement pending or lost: handed back, it would be applied again by the
+// active replica), or on its last delivery (it would never be delivered again).
+func (p *Pool) keptHere(settled bool, delivered uint64) bool {
+	return settled || p.policy.lastDelivery(delivered)
 }
 
 // giveBackFrom is the index of c's first job to hand back: c's jobs from there on are
@@ -145,10 +155,10 @@ func (p *Pool) giveBackFrom(c *conv, head bool) int {
 	}
 	for i := len(c.jobs) - 1; i >= first; i-- {
 		j := c.jobs[i]
-		if j.settled || p.policy.lastDelivery(j.delivered) {
+		if p.keptHere(j.settled, j.delivered) {
 			break
 		}
-		if p.standbyOn(j) {
+		if p.standbyOn(j.src) {
 			from = i
 		}
 	}
