@@ -61,7 +61,7 @@ var verdictNames = map[verdict]string{
 func (v verdict) String() string { return verdictNames[v] }
 
 // keyOf reads an outcome for the auth gate: what the try says about the API key. It is
-// decide's key verdict, and the bulk requests' (bulk.go).
+// decide's key verdict, and the bulk requests' (passage.go).
 func keyOf(o outcome) gate.Verdict {
 	switch {
 	case o.invalid != nil || o.canceled || o.panicked != nil:
@@ -78,7 +78,7 @@ func keyOf(o outcome) gate.Verdict {
 	}
 	switch {
 	case apiErr.BulkReadDenied():
-		// The key may not read bulk jobs (bulk mode turns itself off, bulk.go); whether it
+		// The key may not read bulk jobs (bulk mode turns itself off, package bulk); whether it
 		// may update conversations, this answer does not say.
 		return gate.Unknown
 	case apiErr.Class == kustomer.ClassAuth:

@@ -190,7 +190,7 @@ func (p *Pool) schedule(c *conv, d time.Duration) {
 	if p.closing {
 		return
 	}
-	if d <= 0 || p.giveBackFrom(c, true) == 0 { // a standby hands it back now (handover.go)
+	if d <= 0 || p.giveBackFrom(c, true) == 0 { // a standby hands it back now (standby.go)
 		p.makeReady(c)
 		return
 	}

@@ -17,47 +17,60 @@
 //
 // # How a message flows
 //
-// Follow one message through pool.go from top to bottom:
+// One message, from fetch to settle, through the files in this order:
 //
-//  1. fetch: each lane has a fetch goroutine (the live lane, Pool.Consumer, and with
-//     Pool.Backfill the backfill lane). It takes a slot per message it will pull (Pool.slots,
-//     at most Config.MaxAckPending; the backfill lane also has a smaller cap of its own),
-//     pulls a batch from its consumer and hands each message to add.
-//  2. held: add decodes and validates the message once and files it as a job under its
-//     conversation (conv); a conversation with no earlier job goes onto the ready channel. An
-//     invalid message gets a conversation of its own: it has no order to keep.
-//  3. per-conversation queue: a conv's jobs are in receive order; only the head is ever tried.
-//  4. paced: a worker takes a ready conv (process), passes the two gates (below) with a
-//     ticket each and waits for the Budget (the Pacer) in its priority class.
-//  5. sent: try sends the head job's update through the Updater and returns an outcome.
-//  6. decided: decide, a pure function (decide.go), maps the outcome, the job's attempts and the
-//     policy to a decision: ack; retry after a delay; dead-letter with class, status and reason;
-//     pause everything (org 429); back off one conversation (its own 429); hold for the key; or
-//     keep (shutdown).
-//  7. settled: settle carries the decision out, the one place that acks (confirmed by
-//     JetStream), dead-letters or schedules. Acking (directly, or after the dead letter was stored) drops the job, frees its
-//     slot and makes the conv ready again if it has more jobs. A retry puts the conv on a timer
-//     that makes it ready later.
+//  1. fetch (fetch.go): each lane has a fetch goroutine (the live lane, Pool.Consumer, and with
+//     Pool.Backfill the backfill lane). It takes a slot per message it will pull (takeSlots:
+//     Pool.slots, at most Config.MaxAckPending; the backfill lane also has a smaller cap of
+//     its own), pulls a batch from its consumer and hands each message to admit.
+//  2. admitted (standby.go): admit hands the message back at once while this replica is a
+//     standby on the lane (goesBack), and before the first message of a new turn as the
+//     active replica holds back the conversations another replica held messages of
+//     (takeTurn, recover.go); then it hands the message to add.
+//  3. held (dispatch.go): add decodes and validates the message once, puts ahead of it the
+//     older updates of its conversation still pending in the other lane (addOlder), and
+//     files it as a job under its conversation (conv, in stream order); a conversation
+//     that may go is made ready (makeReady: the ready channel of its head's class). An
+//     invalid message gets a conversation of its own: it has no order to keep. Only a
+//     conversation's head is ever tried.
+//  4. taken (process.go): a worker (work) takes a ready conversation to process, which hands
+//     it back if this replica became a standby meanwhile (giveBack, standby.go), and waits
+//     until the conversation's previous update, acknowledged without waiting for the
+//     confirmation, is gone from the stream (previousGone, ack.go). In bulk mode it offers
+//     the head to the bulker first (bulkhost.go, package bulk).
+//  5. sent (process.go, passage.go): try sends the head's update along a passage: the auth
+//     gate and the outage breaker (package gate) each hand out a ticket, the Budget (the
+//     pacer, package pacer) a turn in the message's class; the request is counted in flight
+//     and in the metrics, and what its answer taught goes to the gates and the budget.
+//  6. decided (decide.go): decide, a pure function, maps the outcome, the message's attempts
+//     and the policy to a decision: ack; retry after a delay; dead-letter with class, status
+//     and reason; pause everything (org 429); back off one conversation (its own 429); hold
+//     for the key; or keep (shutdown).
+//  7. settled (settle.go): settle is the one place a decision is carried out: it acks,
+//     dead-letters, or schedules a retry (a timer that makes the conversation ready later).
+//  8. acknowledged (ack.go): ack acknowledges, confirmed by JetStream (confirm), or, when no
+//     newer message of the conversation is held, at once (ackNow; the next update then waits
+//     in previousGone). acked lets the message go, frees its slot and makes the conversation
+//     ready again if it has more jobs.
 //
-// In bulk mode (Config.Bulk, bulk.go), step 5 differs for partial updates (with a Backfill
-// lane, only the backfill lane's: live updates always go as single PUTs): process hands the
-// conversation to the bulker (take), which puts its head job into the bulk job being filled,
-// one job per conversation at most. A full job, or one that lingered with enough items, is
-// stored in the bulk bucket, submitted and read through the gates and the Budget by a goroutine
-// of its own; each item is then settled by Kustomer's outcome for it: acknowledged through ack,
-// as an applied single PUT is, or handed back to the workers as a single PUT that goes through
-// steps 4 to 7 (an item the job failed, a job refused or past its deadline, too few items to
-// fill a job in time). A conversation whose older update may still be applied late by a job is
-// held back by the bulker until that job is complete or known lost.
+// Every acknowledgement of a message this pool tried goes through ack: settle's, the bulker's
+// for an item a job applied (bulkHost.Applied), and process's for a settled message whose
+// acknowledgement is missing. Three more acknowledge without a try: add, a redelivery of a
+// message settled before whose acknowledgement was lost; handBack, at shutdown, a settled
+// message whose confirmation did not come; deadLetterLastDelivery, at shutdown, a message on
+// its last delivery once its dead letter is stored.
 //
-// Two gates stand before every request, single PUT or bulk submit or read: the auth gate
-// (gate.go: Kustomer refuses the key) and the outage breaker (breaker.go: requests fail
-// transiently across conversations); while either is closed, nothing is fetched and one probe
-// at a time goes out.
+// In bulk mode (Config.Bulk, package bulk) step 5 differs for partial updates (with a
+// Backfill lane, only the backfill lane's: live updates always go as single PUTs): the
+// bulker takes the head into the bulk job being filled, one job per conversation at most,
+// submits and reads jobs along the same passage (bulk.Host.Request), and gives each item
+// back: applied (acknowledged through ack, as an applied single PUT is), or to go as a
+// single PUT through steps 4 to 8. A conversation whose older update a job may still apply
+// late is held back by the bulker until that job is complete or known lost.
 //
-// Meanwhile the heartbeat marks every held message in progress well before the consumer's
-// AckWait, so waiting for budget, order or backoff never causes a redelivery; and at shutdown
-// handBack naks every held message for prompt redelivery elsewhere.
+// Meanwhile the heartbeat (pool.go) marks every held message in progress well before the
+// consumer's AckWait, so waiting for budget, order or backoff never causes a redelivery; and
+// at shutdown handBack naks every held message for prompt redelivery elsewhere.
 //
 // # Invariants
 //
@@ -66,7 +79,7 @@
 //     head's acknowledgement. So one goroutine at a time touches a conversation's head job,
 //     and the job fields marked "owned by the goroutine that holds the conversation" need no
 //     lock. A conv is parked while an older message of it, taken by a process that died or
-//     by the replica active before this one, has not come back yet (recover.go, handover.go).
+//     by the replica active before this one, has not come back yet (recover.go, standby.go).
 //   - A conversation's next job is tried only after the previous one's acknowledgement was
 //     confirmed (JetStream's reply to a double ack, or, for a message acknowledged without
 //     waiting because nothing newer of its conversation was held, the message gone from the
@@ -79,13 +92,17 @@
 //     message with a slot, there are never more conversations than cap(Pool.slots), and a
 //     send on Pool.readyLive or Pool.readyBackfill (each with room for 2×MaxAckPending+1)
 //     never blocks, even under Pool.mu.
-//   - A message leaves Pool.bySeq only through ack (after Kustomer or the dead-letter stream
+//   - A message leaves Pool.bySeq only through acked (after Kustomer or the dead-letter stream
 //     confirmed), handBack (nak), or, once this replica is a standby on its lane, cut
-//     (handover.go: nak, unsent messages only; a conversation's head only when nobody holds it).
-//   - Every request passes both gates with a ticket each, handed back by a deferred call in
-//     the function that makes the request (process for a single PUT, bulker.pass for a bulk
-//     submit or read), panic or not: a probe is always answered or given back, so a closed
-//     gate is never left waiting for a probe that is gone.
+//     (dispatch.go: nak, unsent messages only; a conversation's head only when nobody holds
+//     it).
+//   - Every request passes both gates with a ticket each, on a passage whose done is deferred
+//     by the function that makes the request (process for a single PUT, bulkHost.Request for
+//     a bulk submit or read), panic or not: a probe is always answered or given back, so a
+//     closed gate is never left waiting for a probe that is gone; and a request is counted in
+//     flight until it returns, panic or not.
+//   - The bulker holds no lock of its own while it calls the pool, and the pool none while it
+//     calls the bulker.
 //
 // # Seams
 //
@@ -97,7 +114,7 @@
 //     AttemptStore (attempts across deliveries), Budget (the pacer), Outstanding (what the
 //     work stream still holds unacknowledged: recover.go, ack) and OlderFinder (the order
 //     check across lanes);
-//   - handover.go: Role (whether this replica is the active one on a lane);
-//   - bulk.go: BulkClient (submits and reads bulk jobs) and BulkStore (the jobs in flight,
-//     kept across processes).
+//   - standby.go: Role (whether this replica is the active one on a lane);
+//   - package bulk: bulk.Client (submits and reads bulk jobs) and bulk.Store (the jobs in
+//     flight, kept across processes); the pool is the bulker's bulk.Host.
 package worker

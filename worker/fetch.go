@@ -26,7 +26,7 @@ const (
 // fetch takes messages from one lane's consumer while there is room, and never while Kustomer
 // refuses the key or the org budget is paused.
 func (p *Pool) fetch(ctx context.Context, src *source) {
-	defer p.followRole(ctx, src)() // active and standby (handover.go)
+	defer p.followRole(ctx, src)() // active and standby (standby.go)
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(fetchRetryMin),
 		backoff.WithMaxInterval(fetchRetryMax), backoff.WithMaxElapsedTime(0))
 	for ctx.Err() == nil {
@@ -250,7 +250,7 @@ func (p *Pool) fetchWorks(src *source) {
 // pullFailed reports whether a pull's err is a failure to record (fetchFailed): not the end
 // of the pull's wait, nor a shutdown, nor the server's refusal of a pin that passed to another
 // replica (jetstream.ErrPinIDMismatch: this replica is a standby now, which is no failure; the
-// consumer's Role says so and the pool hands back what it holds, see handover.go).
+// consumer's Role says so and the pool hands back what it holds, see standby.go).
 func pullFailed(ctx context.Context, err error) bool {
 	return err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) &&
 		!errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, jetstream.ErrPinIDMismatch)

@@ -117,7 +117,7 @@ type Pool struct {
 	// MaxAckPending. Messages read directly for the order across lanes hold none.
 	slots chan struct{}
 	lanes []*source // the live lane first; written by init
-	// handover keeps order when this replica becomes or stops being the active one (handover.go).
+	// handover keeps order when this replica becomes or stops being the active one (standby.go).
 	handover handover
 }
 
@@ -132,7 +132,7 @@ type source struct {
 	// fetch goroutine puts a token in (takeSlots), whoever lets go of a message takes one out
 	// (freeSlots); the channel is its own lock.
 	slots chan struct{}
-	// role is cons's, if it has one (handover.go); turn is role's Lost channel of the turn as
+	// role is cons's, if it has one (standby.go); turn is role's Lost channel of the turn as
 	// the active replica the pool works for, closed while a standby. Written by the lane's
 	// fetch goroutine under Pool.mu.
 	role Role
