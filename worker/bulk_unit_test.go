@@ -147,19 +147,8 @@ func (p *panicBulk) SubmitBulk(ctx context.Context, items []kustomer.BulkItem) (
 // PUTs and every update is applied once, in order.
 func TestBulkJobPanic(t *testing.T) {
 	t.Parallel()
-	const convs, updates = 20, 3
-	q, seq := memBacklog(convs, updates)
-	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
-	bc := &panicBulk{memBulk: &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}}
-	pool := &worker.Pool{
-		Consumer: q, Client: bodyN{up}, BulkClient: bc, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
-		Log: slog.New(slog.DiscardHandler),
-		Config: worker.Config{Concurrency: 4, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond,
-			MaxAckPending: 100, Bulk: bulk.Config{Enabled: true, Size: 10, Min: 2, Linger: 20 * time.Millisecond,
-				Deadline: bulk.MinDeadline}},
-	}
-	runUntilAcked(t, pool, q, seq, 60*time.Second)
-	wantEachOnceInOrder(t, q, up, seq, convs, updates)
+	q, up, seq, _ := runPanickingBulk(t)
+	wantEachOnceInOrder(t, q, up, seq, panicConvs, panicUpdates)
 }
 
 // A request that panics is no longer in flight: the in-flight count, which the pacer reads
@@ -167,8 +156,18 @@ func TestBulkJobPanic(t *testing.T) {
 // recovered and its items went as single PUTs.
 func TestBulkJobPanicLeavesNothingInFlight(t *testing.T) {
 	t.Parallel()
-	const convs, updates = 20, 3
-	q, seq := memBacklog(convs, updates)
+	_, _, _, metrics := runPanickingBulk(t)
+	if n := testutil.ToFloat64(metrics.InFlight); n != 0 {
+		t.Errorf("%v requests in flight after every update was applied; want 0", n)
+	}
+}
+
+const panicConvs, panicUpdates = 20, 3
+
+// runPanickingBulk runs a backlog through a pool in bulk mode whose bulk client panics at its
+// first submit, until every update is acknowledged.
+func runPanickingBulk(t *testing.T) (*memQueue, *flaky, uint64, *worker.Metrics) {
+	q, seq := memBacklog(panicConvs, panicUpdates)
 	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
 	bc := &panicBulk{memBulk: &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}}
 	metrics := worker.NewMetrics(prometheus.NewRegistry())
@@ -180,7 +179,5 @@ func TestBulkJobPanicLeavesNothingInFlight(t *testing.T) {
 				Deadline: bulk.MinDeadline}},
 	}
 	runUntilAcked(t, pool, q, seq, 60*time.Second)
-	if n := testutil.ToFloat64(metrics.InFlight); n != 0 {
-		t.Errorf("%v requests in flight after every update was applied; want 0", n)
-	}
+	return q, up, seq, metrics
 }
