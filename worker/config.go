@@ -5,10 +5,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/kustomer-worker/kustomer-worker/worker/gate"
-
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
+	"github.com/kustomer-worker/kustomer-worker/worker/gate"
 )
 
 // Defaults of Config, written once: the command line shows and uses these too.

@@ -6,10 +6,9 @@ import (
 	"math"
 	"time"
 
-	"github.com/kustomer-worker/kustomer-worker/worker/gate"
-
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker/gate"
 )
 
 // outcome is what happened to one try of a message: the value that sending returns and

@@ -8,9 +8,10 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/kustomer-worker/kustomer-worker/internal/ctxtime"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/ctxtime"
 )
 
 // Waits of the fetch loop: while the key is refused it checks again this often, and a failing

@@ -4,8 +4,9 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 )
 
 // Metrics are the pool's Prometheus metrics. Register them on a registry of your own; the zero

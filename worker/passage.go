@@ -5,11 +5,10 @@ import (
 	"errors"
 	"time"
 
-	"github.com/kustomer-worker/kustomer-worker/worker/gate"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/worker/gate"
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 

@@ -9,14 +9,14 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/kustomer-worker/kustomer-worker/worker/gate"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
+	"github.com/kustomer-worker/kustomer-worker/worker/gate"
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Pool applies update messages from a JetStream pull consumer to Kustomer.
@@ -230,15 +230,15 @@ func (p *Pool) Run(ctx context.Context) error {
 
 	p.recoverOrder(ctx, recoverStart)
 	var wg sync.WaitGroup
+	if p.cfg.Bulk.Enabled { // before the workers, which hand it messages
+		p.bulk = bulk.New(ctx, bulkHost{p}, p.bulkClient(), p.BulkJobs, p.bulkSettings())
+		wg.Go(p.bulk.Run)
+	}
 	for _, src := range p.lanes {
 		wg.Go(func() { p.fetch(ctx, src) })
 	}
 	for range p.cfg.Concurrency {
 		wg.Go(func() { p.work(ctx, hard) })
-	}
-	if p.cfg.Bulk.Enabled {
-		p.bulk = bulk.New(ctx, bulkHost{p}, p.bulkClient(), p.BulkJobs, p.bulkSettings())
-		wg.Go(p.bulk.Run)
 	}
 	hbStop := make(chan struct{})
 	var hb sync.WaitGroup

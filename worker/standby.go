@@ -4,8 +4,9 @@ import (
 	"context"
 	"sync"
 
-	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kustomer-worker/kustomer-worker/queue"
 )
 
 // Role is what the pool uses of a consumer whose replicas take turns: the server hands the
