@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -263,9 +264,13 @@ func TestStatusNamesTheActiveReplica(t *testing.T) {
 	}
 	rp := &queue.RolePublisher{Roles: roles, Pin: bf.Live(), Backfill: bf, Version: "v-test"}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = rp.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = rp.Run(ctx) })
+	// The pins are kept while this replica renews them (run does it too), else they lapse
+	// after PinnedTTL on a slow machine, before the checks below.
+	wg.Go(func() { _ = bf.Live().Run(ctx) })
+	wg.Go(func() { _ = bf.Run(ctx) })
+	defer func() { cancel(); wg.Wait() }()
 
 	var doc statusDoc
 	testwait.Until(t, "status --json to name the active replica", 10*time.Second, func() bool {
