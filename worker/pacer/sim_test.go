@@ -1,0 +1,224 @@
+package pacer
+
+import (
+	"testing"
+	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+)
+
+// resetReading is one reading of x-ratelimit-reset that Kustomer's documentation leaves open.
+type resetReading int
+
+const (
+	epochUp   resetReading = iota // UTC epoch seconds of the window's end, rounded up
+	epochDown                     // the same, rounded down
+	deltaUp                       // seconds from the moment the request was served, rounded up
+	deltaDown                     // the same, rounded down
+)
+
+func (r resetReading) String() string {
+	return [...]string{"epoch seconds rounded up", "epoch seconds rounded down", "seconds from now rounded up", "seconds from now rounded down"}[r]
+}
+
+// orgWindow is Kustomer's org budget as one reading models it: budget units per window of
+// length, a refused request spending nothing. Windows begin with the first request after the
+// one before ended, or, with a non-zero origin, at origin and every length after it.
+type orgWindow struct {
+	budget     int
+	length     time.Duration
+	origin     time.Time
+	reset      resetReading
+	retryAfter bool // a 429 says when to retry, in whole seconds rounded up
+
+	end   time.Time
+	used  int
+	begun int // windows begun so far
+}
+
+// take is one request arriving at t: whether it was admitted, and what is left.
+func (w *orgWindow) take(t time.Time) (bool, int, time.Time) {
+	if w.end.IsZero() || !t.Before(w.end) {
+		w.end, w.used = t.Add(w.length), 0
+		if !w.origin.IsZero() {
+			w.end = w.origin.Add((t.Sub(w.origin)/w.length + 1) * w.length)
+		}
+		w.begun++
+	}
+	ok := w.used < w.budget
+	if ok {
+		w.used++
+	}
+	return ok, w.budget - w.used, w.end
+}
+
+// reading is the rate-limit reading, as the client parses it, of the answer received at
+// received to a request served at served, with what its take returned.
+func (w *orgWindow) reading(ok bool, remaining int, end, served, received time.Time) kustomer.RateLimit {
+	rl := kustomer.RateLimit{Limit: w.budget, Remaining: remaining}
+	if !ok {
+		rl.Remaining = 0
+		if w.retryAfter {
+			rl.RetryAfter = ceilSecond(end.Sub(served))
+		}
+	}
+	switch w.reset {
+	case epochUp:
+		rl.Reset = end.Add(time.Second - 1).Truncate(time.Second)
+	case epochDown:
+		rl.Reset = end.Truncate(time.Second)
+	case deltaUp:
+		rl.Reset = received.Add(ceilSecond(end.Sub(served)))
+	case deltaDown:
+		rl.Reset = received.Add(end.Sub(served).Truncate(time.Second))
+	}
+	return rl
+}
+
+// ceilSecond is d rounded up to whole seconds.
+func ceilSecond(d time.Duration) time.Duration {
+	return (d + time.Second - 1).Truncate(time.Second)
+}
+
+// simConfig is one cell of the simulation: the org's budget and how Kustomer reports it, the
+// pacer's ceiling and callers, the latency, and the org's other client.
+type simConfig struct {
+	org        orgWindow
+	perMinute  int           // the pacer's ceiling
+	callers    int           // callers always waiting for a turn
+	latency    time.Duration // the shortest answer: request and answer take half each
+	jitter     time.Duration // answers take up to this much longer
+	other      float64       // the other client's steady requests a second; 0: alone
+	otherLead  time.Duration // how long before the pacer the other client starts
+	windows    int           // how long the run lasts, in windows
+	originLead time.Duration // with fixed windows, how long before the pacer they started
+}
+
+// simRun is what each of the org's windows got in a simulated run, window by window.
+type simRun struct {
+	mine, theirs, refusedTheirs, refusedMine []int
+}
+
+// count adds one to the counter of window w (from 0).
+func count(xs *[]int, w int) {
+	for len(*xs) <= w {
+		*xs = append(*xs, 0)
+	}
+	(*xs)[w]++
+}
+
+// simRequest is one of the pacer's requests: it reaches the org at served and is answered
+// at due.
+type simRequest struct {
+	served, due time.Time
+	arrived     bool // it has reached the org
+	ok          bool
+	remaining   int
+	end         time.Time // the end of the window it was served in
+}
+
+// simulation is the state of one simulated run.
+type simulation struct {
+	cfg      simConfig
+	r        *pacerRig
+	org      *orgWindow
+	run      simRun
+	requests []*simRequest // sent, not yet answered, in the order sent
+	seen     int           // turns sent so far
+	nextO    time.Time     // the other client's next request
+	every    time.Duration // between two of the other client's requests
+	id       int
+}
+
+// simulate runs a pacer against cfg on the fake clock, in 1 ms steps.
+func simulate(t *testing.T, start time.Time, cfg simConfig) simRun {
+	t.Helper()
+	org := cfg.org
+	if cfg.originLead > 0 {
+		org.origin = start.Add(-cfg.originLead)
+	}
+	s := &simulation{cfg: cfg, r: newPacerRig(t, cfg.perMinute, start), org: &org}
+	end := start.Add(time.Duration(cfg.windows) * org.length)
+	s.nextO, s.every = end, 2*end.Sub(start)
+	if cfg.other > 0 {
+		s.nextO, s.every = start.Add(-cfg.otherLead), time.Duration(float64(time.Second)/cfg.other)
+	}
+	for now := start; now.Before(end); now = now.Add(time.Millisecond) {
+		s.step(now)
+	}
+	w := org.begun - 1
+	for _, xs := range []*[]int{&s.run.mine, &s.run.theirs, &s.run.refusedTheirs, &s.run.refusedMine} {
+		for len(*xs) <= w {
+			*xs = append(*xs, 0)
+		}
+	}
+	return s.run
+}
+
+// step moves the run to now: the pacer's turns, the requests that reach the org, the answers
+// that come back, and callers enough waiting.
+func (s *simulation) step(now time.Time) {
+	s.r.advanceTo(now)
+	s.send()
+	s.arrive(now)
+	for i := 0; i < len(s.requests); {
+		q := s.requests[i]
+		if !q.arrived || q.due.After(now) {
+			i++
+			continue
+		}
+		s.requests = append(s.requests[:i], s.requests[i+1:]...)
+		rl := s.org.reading(q.ok, q.remaining, q.end, q.served, now)
+		s.r.p.Observe(rl, len(s.requests))
+		if !q.ok {
+			s.r.p.OrgThrottled(rl)
+		}
+		s.send()
+		s.arrive(now)
+	}
+	for s.r.waitingNow() < s.cfg.callers {
+		s.r.wait(s.id, Live)
+		s.id++
+	}
+}
+
+// send takes the turns handed out so far as requests on their way.
+func (s *simulation) send() {
+	s.r.settle()
+	for ; s.seen < len(s.r.got); s.seen++ {
+		lat := s.cfg.latency + time.Duration(s.seen*37%101)*s.cfg.jitter/100
+		turn := s.r.got[s.seen].at
+		s.requests = append(s.requests, &simRequest{served: turn.Add(lat / 2), due: turn.Add(lat)})
+	}
+}
+
+// arrive takes to the org, in the order they reach it, every request of the pacer's and of the
+// other client's that reaches it by now.
+func (s *simulation) arrive(now time.Time) {
+	for {
+		var first *simRequest
+		for _, q := range s.requests {
+			if !q.arrived && !q.served.After(now) && (first == nil || q.served.Before(first.served)) {
+				first = q
+			}
+		}
+		switch {
+		case !s.nextO.After(now) && (first == nil || s.nextO.Before(first.served)):
+			ok, _, _ := s.org.take(s.nextO)
+			count(&s.run.theirs, s.org.begun-1)
+			if !ok {
+				count(&s.run.refusedTheirs, s.org.begun-1)
+			}
+			s.nextO = s.nextO.Add(s.every)
+		case first != nil:
+			first.arrived = true
+			first.ok, first.remaining, first.end = s.org.take(first.served)
+			count(&s.run.mine, s.org.begun-1)
+			if !first.ok {
+				count(&s.run.refusedMine, s.org.begun-1)
+			}
+		default:
+			return
+		}
+	}
+}
