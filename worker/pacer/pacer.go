@@ -62,7 +62,9 @@ type Pacer struct {
 	probing     bool          // until a reading from the next window: one request a probeStep
 	switchAt    time.Time     // the learned end of the window: from then on, the pace of a new one
 	learnedEnd  time.Time     // when the current window ends, for a send, as learned when it began
-	step        time.Duration // the shortest step yet between two windows' resets; 0 before a turn
+	step        time.Duration // the shortest step yet between two windows; 0 before a turn
+	lastStart   time.Time     // when the current window began, at the latest, if learned
+	resetBefore time.Time     // the lowest reset read for the window before the current one
 	learned     bool          // learnedEnd holds; else the end is taken as the earliest possible
 	blind       int           // org-wide 429s in a row that said nothing of when to retry
 
@@ -410,6 +412,16 @@ func (p *Pacer) end() time.Time {
 	return p.win.reset.Add(-resetGranularity)
 }
 
+// lastEnd is when the current window may end at the latest: until then the org's other
+// clients keep their share; p.mu is held. Before the pacer has seen a window turn, it is the
+// latest end the reset allows, rounded either way.
+func (p *Pacer) lastEnd() time.Time {
+	if p.learned {
+		return p.learnedEnd
+	}
+	return p.win.reset.Add(resetGranularity)
+}
+
 // Observe adapts the pace to the budget Kustomer reported on an answer. inflight is the number
 // of other requests sent but not yet answered, which the reported budget may not count yet.
 // Call it once for every answer, before OrgThrottled.
@@ -472,6 +484,7 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 		// lowest reset (read as seconds from now, it wobbles by up to a second).
 		if rl.Reset.Before(p.win.reset) {
 			p.win.reset = rl.Reset
+			p.resetLowered()
 		}
 		if rl.Remaining >= p.win.lowest && rl.Remaining > 0 {
 			return
@@ -492,36 +505,75 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 // more closely than its rounded reset does. (A window need not begin where the one before
 // ended: it begins with the first request after that.)
 func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
-	// The step between two windows' resets is never shorter than a window, and as long as
-	// one unless the second began after a gap or just after a whole second: windows all
-	// last as long, so the shortest step yet is the best guess.
+	// The step between two windows' resets is never much shorter than a window, and as
+	// long as one unless the second began after a gap or the reset wobbles: windows all
+	// last as long, so the shortest step yet is a fair guess. Two starts the pacer saw
+	// closely are a better one: they are whole windows apart.
 	step := wholeSeconds(rl.Reset.Sub(p.win.reset))
 	if p.step == 0 || step < p.step {
 		p.step = step
 	}
-	length := min(wholeSeconds(rl.Reset.Sub(now)), p.step)
-
-	p.learned = false
-	latest := now.Add(-p.minLatency())
-	// recent[i-1] is the last turn at or before latest.
-	i := sort.Search(len(p.recent), func(k int) bool { return p.recent[k].After(latest) })
-	if i >= 2 && p.recent[i-1].Sub(p.recent[i-2]) <= learnGap {
-		// It ends after its rounded reset less a second: it is at least this long. (The
-		// bounds above can be a second too long when it began just after a whole second.)
-		length = min(length, wholeSeconds(rl.Reset.Add(-resetGranularity).Sub(p.recent[i-1])))
-		p.learnedEnd = p.recent[i-1].Add(length)
+	start, learned := p.windowStart(now)
+	if learned && !p.lastStart.IsZero() {
+		if d := start.Sub(p.lastStart).Round(time.Second); d >= time.Second && d < p.step {
+			p.step = d
+		}
+	}
+	p.lastStart = time.Time{}
+	length := min(wholeSeconds(rl.Reset.Add(resetGranularity).Sub(now)), p.step)
+	p.learned = learned
+	if learned {
+		p.lastStart = start
+		// The window ends within a rounding of its reset, whichever way it was rounded.
+		p.learnedEnd = start.Add(length)
 		if earliest := rl.Reset.Add(-resetGranularity); p.learnedEnd.Before(earliest) {
 			p.learnedEnd = earliest
 		}
-		if p.learnedEnd.After(rl.Reset) {
-			p.learnedEnd = rl.Reset
+		if latest := rl.Reset.Add(resetGranularity); p.learnedEnd.After(latest) {
+			p.learnedEnd = latest
 		}
-		p.learned = true
 	}
+	p.resetBefore = p.win.reset
 	p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: length, first: rl.Remaining, firstTurn: p.last}
 	p.foreignBefore = p.foreign
 	p.pausedUntil = time.Time{} // the spent window has turned: no need to wait it out
 	p.probing = false
+}
+
+// resetLowered takes a lower reset read for the current window; p.mu is held. Read as
+// seconds from now, resets wobble by up to a second, but the lowest of two windows read
+// alike are whole windows apart: a shorter step than the shortest yet brings the learned end
+// closer.
+func (p *Pacer) resetLowered() {
+	if p.resetBefore.IsZero() {
+		return
+	}
+	d := p.win.reset.Sub(p.resetBefore).Round(time.Second)
+	if d < time.Second || d >= p.step {
+		return
+	}
+	p.step = d
+	if p.learned && p.lastStart.Add(d).Before(p.learnedEnd) {
+		p.learnedEnd = p.lastStart.Add(d)
+		if earliest := p.win.reset.Add(-resetGranularity); p.learnedEnd.Before(earliest) {
+			p.learnedEnd = earliest
+		}
+		p.win.length = min(p.win.length, d)
+	}
+}
+
+// windowStart is when, at the latest, the window a reading at now comes from began, and
+// whether the pacer sent closely enough around then to tell; p.mu is held. The window began
+// before the request the reading answers reached Kustomer, about half its latency after its
+// turn, and that turn was no later than the shortest latency ago.
+func (p *Pacer) windowStart(now time.Time) (time.Time, bool) {
+	latest := now.Add(-p.minLatency())
+	// recent[i-1] is the last turn at or before latest.
+	i := sort.Search(len(p.recent), func(k int) bool { return p.recent[k].After(latest) })
+	if i < 2 || p.recent[i-1].Sub(p.recent[i-2]) > learnGap {
+		return time.Time{}, false
+	}
+	return p.recent[i-1].Add(p.minLatency() / 2), true
 }
 
 // wholeSeconds is d rounded up to whole seconds.
@@ -537,6 +589,10 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 		return
 	}
 	end := p.end()
+	if p.foreign > 0 {
+		// Other clients spend too: until the latest end, they keep their share.
+		end = p.lastEnd()
+	}
 	p.switchAt = time.Time{}
 	switch {
 	case p.learned && end.After(now):
