@@ -28,11 +28,13 @@ import (
 //   - When the window is spent (a reading of zero, or an org-wide 429) every caller pauses
 //     until the window turns, so one 429 stops the whole pool. A reading from the next window
 //     ends the pause at once.
-//   - x-ratelimit-reset comes in whole seconds, so a window reported to end at R ends up to a
-//     second earlier. The pacer learns where from the readings: a window began no later than
-//     the turn of the first request answered from it, and lasts whole seconds. Until it
-//     knows, it plans for the earliest end and probes, one request a probe step, for the
-//     next window.
+//   - x-ratelimit-reset comes in whole seconds, rounded either way, as epoch seconds or
+//     seconds from now: a window reported to end at R ends within a second of it, before or
+//     after. The pacer learns where from the readings: a window began no later than the
+//     first request answered from it reached Kustomer, and lasts whole seconds. Until it
+//     knows, it plans for the earliest end while no other client spends, and for the
+//     latest while others do, so that they keep their share to the real end; once the
+//     window is spent it probes, one request a probe step, for the next window.
 //   - A moment with no caller waiting does not lose budget for good: what came due in the
 //     last quarter second goes when callers come back (never right after a pause).
 //
