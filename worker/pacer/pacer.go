@@ -66,7 +66,7 @@ type Pacer struct {
 	learnedEnd  time.Time     // when the current window ends, for a send, as learned when it began
 	step        time.Duration // the shortest step yet between two windows; 0 before a turn
 	lastStart   time.Time     // when the current window began, at the latest, if learned
-	resetBefore time.Time     // the lowest reset read for the window before the current one
+	resetBefore time.Time     // the lowest reset read for the window before the current one, if sampled
 	learned     bool          // learnedEnd holds; else the end is taken as the earliest possible
 	blind       int           // org-wide 429s in a row that said nothing of when to retry
 
@@ -93,6 +93,8 @@ type window struct {
 	lowest int           // lowest x-ratelimit-remaining read for it
 	limit  int           // x-ratelimit-limit
 	length time.Duration // how long a window lasts, in whole seconds, as read at its first reading
+	began  time.Time     // when its first reading came
+	read   int           // how many readings came for it
 
 	// The first reading of the window and the turn it answered: what the org has spent
 	// since, less the pacer's own turns since, is what other clients spent.
@@ -123,6 +125,9 @@ const (
 )
 
 const (
+	// sampledReadings is how many readings of a window, over a second at least, make its
+	// lowest reset a fair reading of its end.
+	sampledReadings = 10
 	// resetGranularity is how much earlier than x-ratelimit-reset a window may end.
 	resetGranularity = time.Second
 	// probeStep is the pace of requests while a spent window may have turned.
@@ -476,14 +481,18 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 	switch d := rl.Reset.Sub(p.win.reset); {
 	case p.win.reset.IsZero():
 		p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: wholeSeconds(rl.Reset.Sub(now)),
-			first: rl.Remaining, firstTurn: p.last}
-	case d >= 1500*time.Millisecond || d >= 500*time.Millisecond && rl.Remaining > p.win.lowest+inflight+1:
+			began: now, read: 1, first: rl.Remaining, firstTurn: p.last}
+	case d >= 1500*time.Millisecond || d >= 500*time.Millisecond && rl.Remaining > p.win.lowest+max(inflight+1, rl.Limit/10):
+		// A reset read as seconds from now wobbles by up to a second, and answers come
+		// out of order, each a little above the lowest: a turn shows a reset well later,
+		// or a later one and much more left.
 		p.turned(now, rl)
 	case d <= -500*time.Millisecond:
 		return // an answer from a window that has ended
 	default:
 		// Answers arrive out of order: within one window keep the lowest reading, and the
 		// lowest reset (read as seconds from now, it wobbles by up to a second).
+		p.win.read++
 		if rl.Reset.Before(p.win.reset) {
 			p.win.reset = rl.Reset
 			p.resetLowered()
@@ -512,6 +521,9 @@ func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
 	// last as long, so the shortest step yet is a fair guess. Two starts the pacer saw
 	// closely are a better one: they are whole windows apart.
 	step := wholeSeconds(rl.Reset.Sub(p.win.reset))
+	if d := rl.Reset.Sub(p.win.reset).Round(time.Second); d >= time.Second && p.win.sampled(now) {
+		step = min(step, d)
+	}
 	if p.step == 0 || step < p.step {
 		p.step = step
 	}
@@ -535,11 +547,22 @@ func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
 			p.learnedEnd = latest
 		}
 	}
-	p.resetBefore = p.win.reset
-	p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: length, first: rl.Remaining, firstTurn: p.last}
+	p.resetBefore = time.Time{}
+	if p.win.sampled(now) {
+		p.resetBefore = p.win.reset
+	}
+	p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: length,
+		began: now, read: 1, first: rl.Remaining, firstTurn: p.last}
 	p.foreignBefore = p.foreign
 	p.pausedUntil = time.Time{} // the spent window has turned: no need to wait it out
 	p.probing = false
+}
+
+// sampled reports whether the window's readings came often enough over long enough for the
+// lowest reset to be within a rounding of its end read the lowest way, whichever way the
+// reset is written; p.mu is held.
+func (w window) sampled(now time.Time) bool {
+	return w.read >= sampledReadings && now.Sub(w.began) >= time.Second
 }
 
 // resetLowered takes a lower reset read for the current window; p.mu is held. Read as
