@@ -71,8 +71,11 @@ type Pacer struct {
 	blind       int           // org-wide 429s in a row that said nothing of when to retry
 
 	// The org's other clients: how fast they spend the budget, in units a second, as the
-	// readings of the current window show it, and as the last window's showed it.
+	// readings of the current window show it, and as the last window's showed it; and how
+	// much they spent of the last window, if the pacer saw one turn.
 	foreign, foreignBefore float64
+	theirsLast             float64
+	theirsKnown            bool
 
 	// Matching answers to the requests they answer, roughly.
 	sent      []sentTurn  // the turns of the requests not yet answered, oldest first
@@ -100,6 +103,11 @@ type window struct {
 	// since, less the pacer's own turns since, is what other clients spent.
 	first     int
 	firstTurn sentTurn
+	// What other clients spent of it before its first reading, and in all so far. The first
+	// window's spending before its first reading is unknown (it may be the pacer's own,
+	// before it started): only a window seen to begin counts it.
+	before, theirs float64
+	seenBegin      bool
 }
 
 // waiter is one caller of Wait.
@@ -138,6 +146,9 @@ const (
 	// learnGap is the largest gap between two turns around a window's turn that still
 	// tells where the window ended.
 	learnGap = 250 * time.Millisecond
+	// theirsMargin is the share above what other clients spent of the last window that the
+	// pacer leaves them of the current one.
+	theirsMargin = 0
 	// foreignPrior is how long the readings of a window must span before the estimate of
 	// what other clients spend leans more on them than on the last window's.
 	foreignPrior = time.Second
@@ -551,8 +562,14 @@ func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
 	if p.win.sampled(now) {
 		p.resetBefore = p.win.reset
 	}
+	if p.win.seenBegin {
+		p.theirsLast, p.theirsKnown = p.win.theirs, true
+	}
 	p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: length,
 		began: now, read: 1, first: rl.Remaining, firstTurn: p.last}
+	p.win.before = max(float64(rl.Limit-rl.Remaining-1-p.mineSince(p.last.at)), 0)
+	p.win.seenBegin = true
+	p.win.theirs = p.win.before
 	p.foreignBefore = p.foreign
 	p.pausedUntil = time.Time{} // the spent window has turned: no need to wait it out
 	p.probing = false
@@ -630,7 +647,7 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 		return
 	}
 	left := max(end.Sub(now), probeStep)
-	avail := max(float64(p.win.lowest)-p.uncounted(now, inflight)-p.foreign*left.Seconds(), 1)
+	avail := max(float64(p.win.lowest)-p.uncounted(now, inflight)-p.reserve(left), 1)
 	p.setRate(now, rate.Limit(avail/left.Seconds()))
 }
 
@@ -660,8 +677,40 @@ func (p *Pacer) estimateForeign(now time.Time) {
 	}
 	mine := p.granted - p.win.firstTurn.n
 	theirs := float64(p.win.first - p.win.lowest - mine)
+	p.win.theirs = max(p.win.theirs, p.win.before+theirs)
 	prior := foreignPrior.Seconds()
 	p.foreign = max((theirs+p.foreignBefore*prior)/(dt+prior), 0)
+}
+
+// reserve is what the pacer leaves the org's other clients of the current window, left being
+// the time until its end; p.mu is held. Once the pacer has seen a window turn, it is what
+// they spent of the last window and have yet to spend of this one, and a little more:
+// whether they spend evenly, all at the start or in bursts, their share is theirs. Before,
+// they are taken to spend evenly, at the pace seen so far.
+func (p *Pacer) reserve(left time.Duration) float64 {
+	if !p.theirsKnown {
+		// At the pace seen so far, but no more than twice what they have spent of the
+		// window yet: a client that spent its share at the window's start is not
+		// taken to go on at that pace.
+		return min(p.foreign*left.Seconds(), 2*p.win.theirs)
+	}
+	if p.theirsLast < 1 && p.foreign == 0 {
+		return 0
+	}
+	return max(p.theirsLast*(1+theirsMargin)+1-p.win.theirs, 0)
+}
+
+// mineSince is how many of the pacer's turns came after t that a window beginning then may
+// count before its first reading, the turn at t aside; p.mu is held. It counts them only
+// when the pacer knows where the window began.
+func (p *Pacer) mineSince(t time.Time) int {
+	if !p.learned {
+		return 0
+	}
+	from := p.lastStart.Add(-p.minLatency() / 2)
+	i := sort.Search(len(p.recent), func(k int) bool { return !p.recent[k].Before(from) })
+	j := sort.Search(len(p.recent), func(k int) bool { return !p.recent[k].Before(t) })
+	return max(j-i, 0)
 }
 
 // windowRate is the pace at which a window's budget lasts the window; p.mu is held.

@@ -1,6 +1,8 @@
 package pacer
 
 import (
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -11,14 +13,17 @@ import (
 type resetReading int
 
 const (
-	epochUp   resetReading = iota // UTC epoch seconds of the window's end, rounded up
-	epochDown                     // the same, rounded down
-	deltaUp                       // seconds from the moment the request was served, rounded up
-	deltaDown                     // the same, rounded down
+	epochUp     resetReading = iota // UTC epoch seconds of the window's end, rounded up
+	epochDown                       // the same, rounded down
+	deltaUp                         // seconds from the moment the request was served, rounded up
+	deltaDown                       // the same, rounded down
+	resetAbsent                     // no x-ratelimit-reset; the limit and what is left are sent
+	allAbsent                       // no rate-limit headers at all
 )
 
 func (r resetReading) String() string {
-	return [...]string{"epoch seconds rounded up", "epoch seconds rounded down", "seconds from now rounded up", "seconds from now rounded down"}[r]
+	return [...]string{"epoch seconds rounded up", "epoch seconds rounded down", "seconds from now rounded up",
+		"seconds from now rounded down", "no reset", "no rate-limit headers"}[r]
 }
 
 // orgWindow is Kustomer's org budget as one reading models it: budget units per window of
@@ -71,6 +76,8 @@ func (w *orgWindow) reading(ok bool, remaining int, end, served, received time.T
 		rl.Reset = received.Add(ceilSecond(end.Sub(served)))
 	case deltaDown:
 		rl.Reset = received.Add(end.Sub(served).Truncate(time.Second))
+	case allAbsent:
+		rl.Limit, rl.Remaining = -1, -1
 	}
 	return rl
 }
@@ -88,10 +95,82 @@ type simConfig struct {
 	callers    int           // callers always waiting for a turn
 	latency    time.Duration // the shortest answer: request and answer take half each
 	jitter     time.Duration // answers take up to this much longer
-	other      float64       // the other client's steady requests a second; 0: alone
+	other      float64       // the other client's requests a second, on average; 0: alone
 	otherLead  time.Duration // how long before the pacer the other client starts
+	pattern    otherPattern  // how the other client spends
+	otherFrom  time.Duration // when the other client starts, after the pacer; with otherLead 0
+	otherUntil time.Duration // when the other client stops, after the pacer; 0: never
 	windows    int           // how long the run lasts, in windows
 	originLead time.Duration // with fixed windows, how long before the pacer they started
+	wallClock  bool          // windows fixed to whole multiples of their length since the epoch
+	fixed      bool          // a fixed limiter, not the pacer: the headers of answers go unread
+}
+
+// otherPattern is how the org's other client spends its share.
+type otherPattern int
+
+const (
+	steady      otherPattern = iota // evenly
+	frontLoaded                     // its whole share in the first second of each window
+	bursts                          // three bursts a window at random moments, its share in all
+)
+
+func (o otherPattern) String() string { return [...]string{"steady", "front-loaded", "in bursts"}[o] }
+
+// otherClient is the org's other client in a simulated run: when it sends.
+type otherClient struct {
+	pattern  otherPattern
+	every    time.Duration // between two steady requests
+	share    int           // requests a window, for the patterns that follow windows
+	from     time.Time
+	until    time.Time // zero: never stops
+	rng      *rand.Rand
+	planned  []time.Time // the requests of the window planned, earliest first
+	next     time.Time   // the next request; zero when none is left
+	lastPlan time.Time   // the start of the window planned last
+}
+
+// advance moves to the client's next request, planning the next window's when needed, given
+// the org's current window.
+func (c *otherClient) advance(org *orgWindow) {
+	switch {
+	case c.pattern == steady && c.next.IsZero():
+		c.next = c.from
+	case c.pattern == steady:
+		c.next = c.next.Add(c.every)
+	default:
+		if len(c.planned) == 0 {
+			c.plan(org)
+		}
+		c.next, c.planned = c.planned[0], c.planned[1:]
+	}
+	if !c.until.IsZero() && !c.next.Before(c.until) {
+		c.next = time.Time{}
+	}
+}
+
+// plan lays out the requests of the window after the org's current one (the first: from
+// when the client starts).
+func (c *otherClient) plan(org *orgWindow) {
+	start := c.from
+	if org.end.After(c.lastPlan) && org.end.After(start) {
+		start = org.end
+	}
+	c.lastPlan = start
+	switch c.pattern {
+	case frontLoaded:
+		for i := range c.share {
+			c.planned = append(c.planned, start.Add(time.Duration(i)*time.Second/time.Duration(c.share)))
+		}
+	case bursts:
+		for b := range 3 {
+			at := start.Add(time.Duration(c.rng.Int64N(int64(org.length - time.Second))))
+			for i := b; i < c.share; i += 3 {
+				c.planned = append(c.planned, at.Add(time.Duration(i/3)*10*time.Millisecond))
+			}
+		}
+		slices.SortFunc(c.planned, func(a, b time.Time) int { return a.Compare(b) })
+	}
 }
 
 // simRun is what each of the org's windows got in a simulated run, window by window.
@@ -125,8 +204,7 @@ type simulation struct {
 	run      simRun
 	requests []*simRequest // sent, not yet answered, in the order sent
 	seen     int           // turns sent so far
-	nextO    time.Time     // the other client's next request
-	every    time.Duration // between two of the other client's requests
+	other    *otherClient
 	id       int
 }
 
@@ -134,15 +212,14 @@ type simulation struct {
 func simulate(t *testing.T, start time.Time, cfg simConfig) simRun {
 	t.Helper()
 	org := cfg.org
-	if cfg.originLead > 0 {
+	switch {
+	case cfg.wallClock:
+		org.origin = start.Truncate(org.length)
+	case cfg.originLead > 0:
 		org.origin = start.Add(-cfg.originLead)
 	}
-	s := &simulation{cfg: cfg, r: newPacerRig(t, cfg.perMinute, start), org: &org}
+	s := &simulation{cfg: cfg, r: newPacerRig(t, cfg.perMinute, start), org: &org, other: newOther(start, cfg)}
 	end := start.Add(time.Duration(cfg.windows) * org.length)
-	s.nextO, s.every = end, 2*end.Sub(start)
-	if cfg.other > 0 {
-		s.nextO, s.every = start.Add(-cfg.otherLead), time.Duration(float64(time.Second)/cfg.other)
-	}
 	for now := start; now.Before(end); now = now.Add(time.Millisecond) {
 		s.step(now)
 	}
@@ -153,6 +230,21 @@ func simulate(t *testing.T, start time.Time, cfg simConfig) simRun {
 		}
 	}
 	return s.run
+}
+
+// newOther is the other client of cfg, for a run from start.
+func newOther(start time.Time, cfg simConfig) *otherClient {
+	c := &otherClient{pattern: cfg.pattern, from: start.Add(cfg.otherFrom - cfg.otherLead), rng: rand.New(rand.NewPCG(1, 2))}
+	if cfg.otherUntil > 0 {
+		c.until = start.Add(cfg.otherUntil)
+	}
+	if cfg.other <= 0 {
+		return c // next stays zero: it never sends
+	}
+	c.every = time.Duration(float64(time.Second) / cfg.other)
+	c.share = int(cfg.other*cfg.org.length.Seconds() + 0.5)
+	c.advance(&orgWindow{length: cfg.org.length})
+	return c
 }
 
 // step moves the run to now: the pacer's turns, the requests that reach the org, the answers
@@ -169,9 +261,11 @@ func (s *simulation) step(now time.Time) {
 		}
 		s.requests = append(s.requests[:i], s.requests[i+1:]...)
 		rl := s.org.reading(q.ok, q.remaining, q.end, q.served, now)
-		s.r.p.Observe(rl, len(s.requests))
+		if !s.cfg.fixed {
+			s.r.p.Observe(rl, len(s.requests))
+		}
 		if !q.ok {
-			s.r.p.OrgThrottled(rl)
+			s.r.p.OrgThrottled(s.throttled(rl, now))
 		}
 		s.send()
 		s.arrive(now)
@@ -180,6 +274,23 @@ func (s *simulation) step(now time.Time) {
 		s.r.wait(s.id, Live)
 		s.id++
 	}
+}
+
+// throttled is the reading of a 429 as the pacer is given it: a fixed limiter only waits as
+// long as the answer says, Retry-After or else the reset, or else a second.
+func (s *simulation) throttled(rl kustomer.RateLimit, now time.Time) kustomer.RateLimit {
+	if !s.cfg.fixed {
+		return rl
+	}
+	wait := rl.RetryAfter
+	switch {
+	case wait > 0:
+	case rl.Reset.After(now):
+		wait = rl.Reset.Sub(now)
+	default:
+		wait = time.Second
+	}
+	return kustomer.RateLimit{Limit: -1, Remaining: -1, RetryAfter: wait}
 }
 
 // send takes the turns handed out so far as requests on their way.
@@ -203,13 +314,13 @@ func (s *simulation) arrive(now time.Time) {
 			}
 		}
 		switch {
-		case !s.nextO.After(now) && (first == nil || s.nextO.Before(first.served)):
-			ok, _, _ := s.org.take(s.nextO)
+		case !s.other.next.IsZero() && !s.other.next.After(now) && (first == nil || s.other.next.Before(first.served)):
+			ok, _, _ := s.org.take(s.other.next)
 			count(&s.run.theirs, s.org.begun-1)
 			if !ok {
 				count(&s.run.refusedTheirs, s.org.begun-1)
 			}
-			s.nextO = s.nextO.Add(s.every)
+			s.other.advance(s.org)
 		case first != nil:
 			first.arrived = true
 			first.ok, first.remaining, first.end = s.org.take(first.served)
