@@ -562,9 +562,7 @@ func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
 	if p.win.sampled(now) {
 		p.resetBefore = p.win.reset
 	}
-	if p.win.seenBegin {
-		p.theirsLast, p.theirsKnown = p.win.theirs, true
-	}
+	p.learnTheirs(now, length)
 	p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: length,
 		began: now, read: 1, first: rl.Remaining, firstTurn: p.last}
 	p.win.before = max(float64(rl.Limit-rl.Remaining-1-p.mineSince(p.last.at)), 0)
@@ -700,6 +698,23 @@ func (p *Pacer) reserve(left time.Duration) float64 {
 	return max(p.theirsLast*(1+theirsMargin)+1-p.win.theirs, 0)
 }
 
+// learnTheirs takes what the org's other clients spent of the window that has just ended
+// as their share of the next ones; p.mu is held. Of a window the pacer joined midway it saw
+// only a part: what they spent in that part counts for the whole window, at the same pace,
+// if the part was a quarter of it at least.
+func (p *Pacer) learnTheirs(now time.Time, length time.Duration) {
+	if p.win.seenBegin {
+		p.theirsLast, p.theirsKnown = p.win.theirs, true
+		return
+	}
+	seen := now.Sub(p.win.firstTurn.at)
+	if p.win.firstTurn.n == 0 || seen < length/4 {
+		return
+	}
+	p.theirsLast = min(p.win.theirs*max(length.Seconds()/seen.Seconds(), 1), float64(p.win.limit))
+	p.theirsKnown = true
+}
+
 // mineSince is how many of the pacer's turns came after t that a window beginning then may
 // count before its first reading, the turn at t aside; p.mu is held. It counts them only
 // when the pacer knows where the window began.
@@ -762,7 +777,8 @@ func (p *Pacer) OrgThrottled(rl kustomer.RateLimit) time.Duration {
 		d := min(rl.RetryAfter, kustomer.MaxWait)
 		p.pause(now, now.Add(d))
 		return d
-	case rl.Reset.After(now):
+	case rl.Reset.After(now.Add(-resetGranularity)):
+		// The window may have a second to run past a reset rounded down.
 		rl.Remaining = 0
 		before := p.lim.Limit()
 		p.observe(now, rl, 0)
