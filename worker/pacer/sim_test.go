@@ -176,6 +176,7 @@ func (c *otherClient) plan(org *orgWindow) {
 // simRun is what each of the org's windows got in a simulated run, window by window.
 type simRun struct {
 	mine, theirs, refusedTheirs, refusedMine []int
+	sides                                    [][]int // each deployment's requests that reached the org
 }
 
 // count adds one to the counter of window w (from 0).
@@ -198,18 +199,31 @@ type simRequest struct {
 
 // simulation is the state of one simulated run.
 type simulation struct {
-	cfg      simConfig
+	cfg   simConfig
+	sides []*side // the deployments of the worker, each with a pacer of its own
+	org   *orgWindow
+	run   simRun
+	other *otherClient
+}
+
+// side is one deployment of the worker: a pacer and the requests it sent.
+type side struct {
 	r        *pacerRig
-	org      *orgWindow
-	run      simRun
 	requests []*simRequest // sent, not yet answered, in the order sent
 	seen     int           // turns sent so far
-	other    *otherClient
 	id       int
+	mine     []int // requests that reached the org, per window
 }
 
 // simulate runs a pacer against cfg on the fake clock, in 1 ms steps.
 func simulate(t *testing.T, start time.Time, cfg simConfig) simRun {
+	t.Helper()
+	return simulateSides(t, start, cfg, 1)
+}
+
+// simulateSides runs n deployments, each with a pacer and cfg.callers, against cfg on the fake
+// clock, in 1 ms steps. Run.mine counts them all; Run.sides each.
+func simulateSides(t *testing.T, start time.Time, cfg simConfig, n int) simRun {
 	t.Helper()
 	org := cfg.org
 	switch {
@@ -218,18 +232,33 @@ func simulate(t *testing.T, start time.Time, cfg simConfig) simRun {
 	case cfg.originLead > 0:
 		org.origin = start.Add(-cfg.originLead)
 	}
-	s := &simulation{cfg: cfg, r: newPacerRig(t, cfg.perMinute, start), org: &org, other: newOther(start, cfg)}
+	s := &simulation{cfg: cfg, org: &org, other: newOther(start, cfg)}
+	for k := range n {
+		// A second deployment starts a little later, at another sub-second.
+		s.sides = append(s.sides, &side{r: newPacerRig(t, cfg.perMinute, start.Add(time.Duration(k)*1370*time.Millisecond))})
+	}
 	end := start.Add(time.Duration(cfg.windows) * org.length)
 	for now := start; now.Before(end); now = now.Add(time.Millisecond) {
 		s.step(now)
 	}
 	w := org.begun - 1
-	for _, xs := range []*[]int{&s.run.mine, &s.run.theirs, &s.run.refusedTheirs, &s.run.refusedMine} {
+	for _, sd := range s.sides {
+		s.run.sides = append(s.run.sides, sd.mine)
+	}
+	for _, xs := range append([]*[]int{&s.run.mine, &s.run.theirs, &s.run.refusedTheirs, &s.run.refusedMine}, sidesOf(s.run.sides)...) {
 		for len(*xs) <= w {
 			*xs = append(*xs, 0)
 		}
 	}
 	return s.run
+}
+
+func sidesOf(xs [][]int) []*[]int {
+	var ps []*[]int
+	for i := range xs {
+		ps = append(ps, &xs[i])
+	}
+	return ps
 }
 
 // newOther is the other client of cfg, for a run from start.
@@ -247,32 +276,46 @@ func newOther(start time.Time, cfg simConfig) *otherClient {
 	return c
 }
 
-// step moves the run to now: the pacer's turns, the requests that reach the org, the answers
+// step moves the run to now: the pacers' turns, the requests that reach the org, the answers
 // that come back, and callers enough waiting.
 func (s *simulation) step(now time.Time) {
-	s.r.advanceTo(now)
-	s.send()
+	for _, sd := range s.sides {
+		if sd.r.clk.Now().After(now) {
+			continue // not started yet
+		}
+		sd.r.advanceTo(now)
+		s.send(sd)
+	}
 	s.arrive(now)
-	for i := 0; i < len(s.requests); {
-		q := s.requests[i]
+	for _, sd := range s.sides {
+		if !sd.r.clk.Now().After(now) {
+			s.answer(sd, now)
+		}
+	}
+}
+
+// answer gives sd's pacer the answers due by now, and keeps callers enough waiting.
+func (s *simulation) answer(sd *side, now time.Time) {
+	for i := 0; i < len(sd.requests); {
+		q := sd.requests[i]
 		if !q.arrived || q.due.After(now) {
 			i++
 			continue
 		}
-		s.requests = append(s.requests[:i], s.requests[i+1:]...)
+		sd.requests = append(sd.requests[:i], sd.requests[i+1:]...)
 		rl := s.org.reading(q.ok, q.remaining, q.end, q.served, now)
 		if !s.cfg.fixed {
-			s.r.p.Observe(rl, len(s.requests))
+			sd.r.p.Observe(rl, len(sd.requests))
 		}
 		if !q.ok {
-			s.r.p.OrgThrottled(s.throttled(rl, now))
+			sd.r.p.OrgThrottled(s.throttled(rl, now))
 		}
-		s.send()
+		s.send(sd)
 		s.arrive(now)
 	}
-	for s.r.waitingNow() < s.cfg.callers {
-		s.r.wait(s.id, Live)
-		s.id++
+	for sd.r.waitingNow() < s.cfg.callers {
+		sd.r.wait(sd.id, Live)
+		sd.id++
 	}
 }
 
@@ -293,26 +336,21 @@ func (s *simulation) throttled(rl kustomer.RateLimit, now time.Time) kustomer.Ra
 	return kustomer.RateLimit{Limit: -1, Remaining: -1, RetryAfter: wait}
 }
 
-// send takes the turns handed out so far as requests on their way.
-func (s *simulation) send() {
-	s.r.settle()
-	for ; s.seen < len(s.r.got); s.seen++ {
-		lat := s.cfg.latency + time.Duration(s.seen*37%101)*s.cfg.jitter/100
-		turn := s.r.got[s.seen].at
-		s.requests = append(s.requests, &simRequest{served: turn.Add(lat / 2), due: turn.Add(lat)})
+// send takes the turns sd's pacer handed out so far as requests on their way.
+func (s *simulation) send(sd *side) {
+	sd.r.settle()
+	for ; sd.seen < len(sd.r.got); sd.seen++ {
+		lat := s.cfg.latency + time.Duration(sd.seen*37%101)*s.cfg.jitter/100
+		turn := sd.r.got[sd.seen].at
+		sd.requests = append(sd.requests, &simRequest{served: turn.Add(lat / 2), due: turn.Add(lat)})
 	}
 }
 
-// arrive takes to the org, in the order they reach it, every request of the pacer's and of the
-// other client's that reaches it by now.
+// arrive takes to the org, in the order they reach it, every request of the pacers' and of
+// the other client's that reaches it by now.
 func (s *simulation) arrive(now time.Time) {
 	for {
-		var first *simRequest
-		for _, q := range s.requests {
-			if !q.arrived && !q.served.After(now) && (first == nil || q.served.Before(first.served)) {
-				first = q
-			}
-		}
+		first, from := s.firstArrival(now)
 		switch {
 		case !s.other.next.IsZero() && !s.other.next.After(now) && (first == nil || s.other.next.Before(first.served)):
 			ok, _, _ := s.org.take(s.other.next)
@@ -325,6 +363,7 @@ func (s *simulation) arrive(now time.Time) {
 			first.arrived = true
 			first.ok, first.remaining, first.end = s.org.take(first.served)
 			count(&s.run.mine, s.org.begun-1)
+			count(&from.mine, s.org.begun-1)
 			if !first.ok {
 				count(&s.run.refusedMine, s.org.begun-1)
 			}
@@ -332,4 +371,18 @@ func (s *simulation) arrive(now time.Time) {
 			return
 		}
 	}
+}
+
+// firstArrival is the pacers' request that reaches the org first by now, and whose it is.
+func (s *simulation) firstArrival(now time.Time) (*simRequest, *side) {
+	var first *simRequest
+	var from *side
+	for _, sd := range s.sides {
+		for _, q := range sd.requests {
+			if !q.arrived && !q.served.After(now) && (first == nil || q.served.Before(first.served)) {
+				first, from = q, sd
+			}
+		}
+	}
+	return first, from
 }
