@@ -76,6 +76,7 @@ type Pacer struct {
 	foreign, foreignBefore float64
 	theirsLast             float64
 	theirsKnown            bool
+	mineLast               float64 // what the pacer's own requests spent of the last window
 
 	// Matching answers to the requests they answer, roughly.
 	sent      []sentTurn  // the turns of the requests not yet answered, oldest first
@@ -398,6 +399,37 @@ func (p *Pacer) drain(now time.Time) {
 	p.lim.SetBurstAt(now, b)
 }
 
+// Estimate is what the pacer makes of the org's budget, for an operator to read.
+type Estimate struct {
+	Limit int // x-ratelimit-limit at the last reading; -1 before one
+	Left  int // the least x-ratelimit-remaining read of the current window; -1 before a reading
+	// OthersPerSecond is how fast the org's other clients spend the budget, in units a
+	// second: what they spent of the last window over its length, or before the pacer has
+	// seen one turn, their pace in the current window.
+	OthersPerSecond float64
+	// OwnShare is the part of the last window's spent budget that the pacer's own requests
+	// spent, 0 to 1; -1 before the pacer has seen a window turn.
+	OwnShare float64
+}
+
+// Estimate returns the pacer's current reading of the org's budget.
+func (p *Pacer) Estimate() Estimate {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := Estimate{Limit: -1, Left: -1, OthersPerSecond: p.foreign, OwnShare: -1}
+	if p.win.reset.IsZero() {
+		return e
+	}
+	e.Limit, e.Left = p.win.limit, p.win.lowest
+	if p.theirsKnown && p.win.length > 0 {
+		e.OthersPerSecond = p.theirsLast / p.win.length.Seconds()
+		if spent := p.theirsLast + p.mineLast; spent > 0 {
+			e.OwnShare = p.mineLast / spent
+		}
+	}
+	return e
+}
+
 // PausedUntil is when the current pause ends; zero when not paused.
 func (p *Pacer) PausedUntil() time.Time {
 	p.mu.Lock()
@@ -703,6 +735,7 @@ func (p *Pacer) reserve(left time.Duration) float64 {
 // only a part: what they spent in that part counts for the whole window, at the same pace,
 // if the part was a quarter of it at least.
 func (p *Pacer) learnTheirs(now time.Time, length time.Duration) {
+	p.mineLast = max(float64(p.win.limit-p.win.lowest)-p.win.theirs, 0)
 	if p.win.seenBegin {
 		p.theirsLast, p.theirsKnown = p.win.theirs, true
 		return
