@@ -22,9 +22,11 @@ import (
 //
 //   - It spreads what the headers say is left of the window over the time until the window's
 //     end, so that it neither leaves budget unspent nor spends the last of it early, when
-//     another client of the org still needs some: what other clients spent since the
-//     window's first reading (the budget gone, less the pacer's own turns) tells how fast
-//     they spend, and the pacer leaves them that much until the end.
+//     another client of the org still needs some: what other clients spent of the last
+//     window (the budget gone, less the pacer's own turns) is their share, and the pacer
+//     leaves them what they have yet to spend of it in this one, whether they spend evenly,
+//     at the window's start or in bursts. Another deployment of the worker on the same org
+//     is one of those clients.
 //   - When the window is spent (a reading of zero, or an org-wide 429) every caller pauses
 //     until the window turns, so one 429 stops the whole pool. A reading from the next window
 //     ends the pause at once.
