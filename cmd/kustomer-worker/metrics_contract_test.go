@@ -54,6 +54,9 @@ var contractMetrics = []string{
 	"kustomer_worker_bulk_jobs_failed_total",      // bulk reads denied, bulk jobs failing
 	"kustomer_worker_bulk_jobs_submitted_total",   // bulk jobs failing
 	"kustomer_worker_budget_units_total",          // dashboard: units per update applied
+	"kustomer_worker_budget_left",                 // dashboard: org budget
+	"kustomer_worker_budget_others_rate",          // dashboard: org budget
+	"kustomer_worker_budget_own_share",            // dashboard: org budget
 }
 
 // contractArgs are the flags of the daemon scraped, besides where NATS and Kustomer are: add

@@ -291,6 +291,8 @@ func (c *runCmd) pool(ctx context.Context, e *env, js jetstream.JetStream, cfg r
 	if cfg.wc.FetchWait > 0 {
 		lanes.Backfill.MaxWait = cfg.wc.FetchWait // a standby's backfill pull waits no longer than a pull
 	}
+	budget := pacer.New(c.RatePerMinute)
+	pacer.RegisterMetrics(rep.reg, "kustomer_worker", budget)
 	pool := &worker.Pool{
 		Consumer:    lanes.Live,
 		Backfill:    lanes.Backfill,
@@ -301,7 +303,7 @@ func (c *runCmd) pool(ctx context.Context, e *env, js jetstream.JetStream, cfg r
 		Heal:        heal(js, cfg.top, c.ManageStreams),
 		Outstanding: &queue.Outstanding{JS: js, Topology: cfg.top},
 		Attempts:    attempts,
-		Pacer:       pacer.New(c.RatePerMinute),
+		Pacer:       budget,
 		Metrics:     rep.metrics,
 		Log:         rep.log,
 		Config:      cfg.wc,

@@ -22,8 +22,7 @@ type Config struct {
 	// headers. Default 1000.
 	Budget int
 
-	// Window is the length of the fixed budget window. A window starts with the first
-	// request after the previous one ended. Default 60s.
+	// Window is the length of the budget window. Default 60s.
 	Window time.Duration
 
 	// ResetDelta sends x-ratelimit-reset as whole seconds from now instead of UTC epoch
@@ -34,6 +33,30 @@ type Config struct {
 	// RetryAfter adds a Retry-After header (whole seconds, rounded up) to every 429.
 	// Default false.
 	RetryAfter bool
+
+	// ResetRoundDown rounds x-ratelimit-reset down to whole seconds, epoch seconds or seconds
+	// from now alike, so that the window may end up to a second after it. Default false
+	// (rounded up).
+	ResetRoundDown bool
+
+	// ResetAbsent leaves x-ratelimit-reset out; x-ratelimit-limit and x-ratelimit-remaining
+	// are still sent. Default false.
+	ResetAbsent bool
+
+	// RateHeadersAbsent leaves out all three x-ratelimit-* headers; the budget still holds.
+	// Default false.
+	RateHeadersAbsent bool
+
+	// WindowStart is where budget windows begin. Default WindowFromFirstRequest.
+	WindowStart WindowStart
+
+	// WindowOffset shifts fixed windows (WindowFromStart, WindowOnClock) by this much, from
+	// 0 to less than Window. Default 0.
+	WindowOffset time.Duration
+
+	// Others are the org's other clients, spending from the same budget inside the fake.
+	// Default none.
+	Others []OtherClient
 
 	// ConversationLimit is how many updates one conversation may receive per
 	// ConversationWindow; more are answered 429 while the org budget remains.
@@ -113,6 +136,21 @@ type Config struct {
 	BulkFlat bool
 }
 
+// WindowStart is where the org's budget windows begin.
+type WindowStart int
+
+const (
+	// WindowFromFirstRequest begins a window with the first request after the last one
+	// ended.
+	WindowFromFirstRequest WindowStart = iota
+	// WindowFromStart begins windows at the fake's start plus Config.WindowOffset and every
+	// Config.Window after, whatever the requests.
+	WindowFromStart
+	// WindowOnClock begins windows at whole multiples of Config.Window since the Unix epoch,
+	// plus Config.WindowOffset.
+	WindowOnClock
+)
+
 // Defaults used when the corresponding Config field is zero.
 const (
 	DefaultAPIKey             = "test-key"
@@ -146,6 +184,7 @@ func (c Config) Validate() error {
 			bad(d.name, "%v is negative", d.d)
 		}
 	}
+	c.validateBudget(bad)
 	if c.ConversationLimit < 0 {
 		bad("ConversationLimit", "%d is negative", c.ConversationLimit)
 	}
@@ -178,6 +217,32 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// validateBudget reports the impossible values of the fields that shape the org budget.
+func (c Config) validateBudget(bad func(field, format string, args ...any)) {
+	window := c.Window
+	if window == 0 {
+		window = DefaultWindow
+	}
+	if c.WindowStart < WindowFromFirstRequest || c.WindowStart > WindowOnClock {
+		bad("WindowStart", "%d is not a WindowStart", c.WindowStart)
+	}
+	if c.WindowOffset < 0 || c.WindowOffset >= window {
+		bad("WindowOffset", "%v is not from 0 to less than the window, %v", c.WindowOffset, window)
+	}
+	for i, o := range c.Others {
+		field := fmt.Sprintf("Others[%d]", i)
+		if math.IsNaN(o.Share) || o.Share < 0 || o.Share > 1 {
+			bad(field+".Share", "%v is not a share from 0 to 1", o.Share)
+		}
+		if o.Pattern < OtherSteady || o.Pattern > OtherBursts {
+			bad(field+".Pattern", "%d is not an OtherPattern", o.Pattern)
+		}
+		if o.Start < 0 || o.Stop < 0 || o.Stop > 0 && o.Stop <= o.Start {
+			bad(field+".Stop", "start %v and stop %v are not a span after the fake's start", o.Start, o.Stop)
+		}
+	}
+}
+
 // LogValue keeps the API key out of logs.
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
@@ -186,6 +251,12 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("Window", c.Window),
 		slog.Bool("ResetDelta", c.ResetDelta),
 		slog.Bool("RetryAfter", c.RetryAfter),
+		slog.Bool("ResetRoundDown", c.ResetRoundDown),
+		slog.Bool("ResetAbsent", c.ResetAbsent),
+		slog.Bool("RateHeadersAbsent", c.RateHeadersAbsent),
+		slog.Int("WindowStart", int(c.WindowStart)),
+		slog.Duration("WindowOffset", c.WindowOffset),
+		slog.Int("Others", len(c.Others)),
 		slog.Int("ConversationLimit", c.ConversationLimit),
 		slog.Duration("ConversationWindow", c.ConversationWindow),
 		slog.Bool("RequireSeeded", c.RequireSeeded),
@@ -222,6 +293,7 @@ func (c Config) withDefaults() Config {
 	if c.ConversationWindow == 0 {
 		c.ConversationWindow = DefaultConversationWindow
 	}
+	c.Others = append([]OtherClient(nil), c.Others...)
 	if len(c.FaultStatuses) == 0 {
 		c.FaultStatuses = DefaultFaultStatuses()
 	} else {

@@ -43,7 +43,11 @@
 //
 // What the fake assumes where Kustomer's documentation is silent: conversation ids are 24
 // lowercase hex characters (anything else is answered 400); x-ratelimit-reset is UTC epoch
-// seconds rounded up (Config.ResetDelta switches to seconds from now); 401, 403, unmatched
+// seconds rounded up (Config.ResetDelta switches to seconds from now, Config.ResetRoundDown
+// rounds down, Config.ResetAbsent and Config.RateHeadersAbsent leave headers out); a budget
+// window begins with the first request after the last one ended (Config.WindowStart fixes
+// windows to the fake's start or to the wall clock); the org has no other client spending
+// its budget (Config.Others adds them, simulated inside the fake); 401, 403, unmatched
 // routes and both kinds of 429 consume no budget, every other answer does, scripted answers
 // and injected faults included; a 502 has an HTML body, as from a load balancer; a request
 // without Content-Type application/json is answered 400 (the real API would likely ignore

@@ -349,14 +349,12 @@ func (s *Server) update(r *http.Request, id string, body []byte, readErr error) 
 // write sends rep, with the rate-limit headers as of now.
 func (s *Server) write(w http.ResponseWriter, rep reply, now time.Time) {
 	h := w.Header()
-	if !rep.rate.unlimited {
+	if !rep.rate.unlimited && !s.cfg.RateHeadersAbsent {
 		h.Set("X-Ratelimit-Limit", strconv.Itoa(rep.rate.limit))
 		h.Set("X-Ratelimit-Remaining", strconv.Itoa(rep.rate.remaining))
-		reset := ceilUnix(rep.rate.reset)
-		if s.cfg.ResetDelta {
-			reset = ceilSeconds(rep.rate.reset.Sub(now))
+		if !s.cfg.ResetAbsent {
+			h.Set("X-Ratelimit-Reset", strconv.FormatInt(s.resetValue(rep.rate.reset, now), 10))
 		}
-		h.Set("X-Ratelimit-Reset", strconv.FormatInt(reset, 10))
 	}
 	if rep.status == http.StatusTooManyRequests && s.cfg.RetryAfter {
 		h.Set("Retry-After", strconv.FormatInt(max(1, ceilSeconds(rep.retryAt.Sub(now))), 10))
@@ -370,6 +368,19 @@ func (s *Server) write(w http.ResponseWriter, rep reply, now time.Time) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(rep.status)
 	_, _ = w.Write(rep.body)
+}
+
+// resetValue is x-ratelimit-reset for a window ending at end, answered at now.
+func (s *Server) resetValue(end, now time.Time) int64 {
+	switch {
+	case s.cfg.ResetDelta && s.cfg.ResetRoundDown:
+		return floorSeconds(end.Sub(now))
+	case s.cfg.ResetDelta:
+		return ceilSeconds(end.Sub(now))
+	case s.cfg.ResetRoundDown:
+		return floorUnix(end)
+	}
+	return ceilUnix(end)
 }
 
 // dropConnection closes the client's connection without an answer.

@@ -103,6 +103,8 @@ type Stats struct {
 	BulkItems       int `json:"bulkItems"`       // items of the jobs created
 	BulkItemsDone   int `json:"bulkItemsDone"`   // items applied (also counted in Applied)
 	BulkItemsFailed int `json:"bulkItemsFailed"` // items that failed
+
+	Others OthersStats `json:"others"` // the requests of the org's other clients (Config.Others), not counted above
 }
 
 // outcome is what finish records about a request.

@@ -33,27 +33,95 @@ type convWindow struct {
 type limiter struct {
 	budget     int // < 0: unlimited
 	window     time.Duration
-	convLimit  int // 0: off
+	start      WindowStart
+	origin     time.Time // where fixed windows are counted from
+	convLimit  int       // 0: off
 	convWindow time.Duration
 
 	mu      sync.Mutex
 	end     time.Time // end of the current org window; zero before the first request
 	used    int
+	others  []*other
 	convs   map[string]convWindow
 	pruneAt int
 }
 
 const minPrune = 1024
 
-func newLimiter(cfg Config) *limiter {
-	return &limiter{
+// newLimiter is the budget of cfg for a fake started at start.
+func newLimiter(cfg Config, start time.Time) *limiter {
+	l := &limiter{
 		budget:     cfg.Budget,
 		window:     cfg.Window,
+		start:      cfg.WindowStart,
+		origin:     start.Add(cfg.WindowOffset),
 		convLimit:  cfg.ConversationLimit,
 		convWindow: cfg.ConversationWindow,
 		convs:      make(map[string]convWindow),
 		pruneAt:    minPrune,
 	}
+	if cfg.WindowStart == WindowOnClock {
+		l.origin = time.Unix(0, 0).Add(cfg.WindowOffset)
+	}
+	for i, c := range cfg.Others {
+		l.others = append(l.others, newOther(c, cfg.Budget, cfg.Window, start, uint64(cfg.RandSeed)+uint64(i)))
+	}
+	return l
+}
+
+// turn begins a new window if the current one has ended by t; l.mu is held.
+func (l *limiter) turn(t time.Time) {
+	if l.end.IsZero() || !t.Before(l.end) {
+		l.used, l.end = 0, l.endAfter(t)
+	}
+}
+
+// endAfter is the end of a window that a request at t would begin.
+func (l *limiter) endAfter(t time.Time) time.Time {
+	switch {
+	case l.start == WindowFromFirstRequest:
+		return t.Add(l.window)
+	case t.Before(l.origin):
+		return l.origin.Add(-(l.origin.Sub(t) / l.window) * l.window)
+	}
+	return l.origin.Add((t.Sub(l.origin)/l.window + 1) * l.window)
+}
+
+// catchUp spends, in the order they come, the requests the org's other clients made until
+// now; l.mu is held.
+func (l *limiter) catchUp(now time.Time) {
+	for {
+		var first *other
+		for _, o := range l.others {
+			if !o.next.IsZero() && !o.next.After(now) && (first == nil || o.next.Before(first.next)) {
+				first = o
+			}
+		}
+		if first == nil {
+			return
+		}
+		l.turn(first.next)
+		first.sent++
+		if l.used < l.budget {
+			l.used++
+		} else {
+			first.refused++
+		}
+		first.advance(l.end, l.window)
+	}
+}
+
+// othersStats counts the requests of the org's other clients until now.
+func (l *limiter) othersStats(now time.Time) OthersStats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.catchUp(now)
+	var st OthersStats
+	for _, o := range l.others {
+		st.Requests += o.sent
+		st.Refused += o.refused
+	}
+	return st
 }
 
 // peek reports the budget without consuming any, for answers that cost nothing (401, 403,
@@ -64,8 +132,9 @@ func (l *limiter) peek(now time.Time) rateState {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.catchUp(now)
 	if l.end.IsZero() || !now.Before(l.end) {
-		return rateState{limit: l.budget, remaining: l.budget, reset: now.Add(l.window)}
+		return rateState{limit: l.budget, remaining: l.budget, reset: l.endAfter(now)}
 	}
 	return rateState{limit: l.budget, remaining: l.budget - l.used, reset: l.end}
 }
@@ -77,10 +146,8 @@ func (l *limiter) take(id string, now time.Time) rateState {
 	defer l.mu.Unlock()
 	st := rateState{unlimited: l.budget < 0}
 	if !st.unlimited {
-		if l.end.IsZero() || !now.Before(l.end) {
-			l.end = now.Add(l.window)
-			l.used = 0
-		}
+		l.catchUp(now)
+		l.turn(now)
 		st.limit, st.reset = l.budget, l.end
 		if l.used >= l.budget {
 			st.verdict, st.retryAt = orgLimited, l.end
@@ -133,6 +200,12 @@ func ceilSeconds(d time.Duration) int64 {
 	}
 	return int64((d + time.Second - 1) / time.Second)
 }
+
+// floorSeconds is d in whole seconds, rounded down; never negative.
+func floorSeconds(d time.Duration) int64 { return int64(max(d, 0) / time.Second) }
+
+// floorUnix is t as Unix seconds, rounded down.
+func floorUnix(t time.Time) int64 { return t.Unix() }
 
 // ceilUnix is t as Unix seconds, rounded up.
 func ceilUnix(t time.Time) int64 {

@@ -85,7 +85,7 @@ func newServer(cfg Config) (*Server, error) {
 	cfg = cfg.withDefaults()
 	s := &Server{
 		cfg:     cfg,
-		limiter: newLimiter(cfg),
+		limiter: newLimiter(cfg, time.Now()),
 		store:   newStore(),
 		log:     newRequestLog(cfg),
 		bulk:    newBulkJobs(),
@@ -200,7 +200,11 @@ func (s *Server) RequestsFor(id string) []Request {
 }
 
 // Stats returns the counters so far.
-func (s *Server) Stats() Stats { return s.log.stats() }
+func (s *Server) Stats() Stats {
+	st := s.log.stats()
+	st.Others = s.limiter.othersStats(time.Now())
+	return st
+}
 
 // Conversation is the fake's state of one conversation: what Kustomer would now hold.
 type Conversation struct {

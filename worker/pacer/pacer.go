@@ -22,17 +22,21 @@ import (
 //
 //   - It spreads what the headers say is left of the window over the time until the window's
 //     end, so that it neither leaves budget unspent nor spends the last of it early, when
-//     another client of the org still needs some: what other clients spent since the
-//     window's first reading (the budget gone, less the pacer's own turns) tells how fast
-//     they spend, and the pacer leaves them that much until the end.
+//     another client of the org still needs some: what other clients spent of the last
+//     window (the budget gone, less the pacer's own turns) is their share, and the pacer
+//     leaves them what they have yet to spend of it in this one, whether they spend evenly,
+//     at the window's start or in bursts. Another deployment of the worker on the same org
+//     is one of those clients.
 //   - When the window is spent (a reading of zero, or an org-wide 429) every caller pauses
 //     until the window turns, so one 429 stops the whole pool. A reading from the next window
 //     ends the pause at once.
-//   - x-ratelimit-reset comes in whole seconds, so a window reported to end at R ends up to a
-//     second earlier. The pacer learns where from the readings: a window began no later than
-//     the turn of the first request answered from it, and lasts whole seconds. Until it
-//     knows, it plans for the earliest end and probes, one request a probe step, for the
-//     next window.
+//   - x-ratelimit-reset comes in whole seconds, rounded either way, as epoch seconds or
+//     seconds from now: a window reported to end at R ends within a second of it, before or
+//     after. The pacer learns where from the readings: a window began no later than the
+//     first request answered from it reached Kustomer, and lasts whole seconds. Until it
+//     knows, it plans for the earliest end while no other client spends, and for the
+//     latest while others do, so that they keep their share to the real end; once the
+//     window is spent it probes, one request a probe step, for the next window.
 //   - A moment with no caller waiting does not lose budget for good: what came due in the
 //     last quarter second goes when callers come back (never right after a pause).
 //
@@ -62,13 +66,19 @@ type Pacer struct {
 	probing     bool          // until a reading from the next window: one request a probeStep
 	switchAt    time.Time     // the learned end of the window: from then on, the pace of a new one
 	learnedEnd  time.Time     // when the current window ends, for a send, as learned when it began
-	step        time.Duration // the shortest step yet between two windows' resets; 0 before a turn
+	step        time.Duration // the shortest step yet between two windows; 0 before a turn
+	lastStart   time.Time     // when the current window began, at the latest, if learned
+	resetBefore time.Time     // the lowest reset read for the window before the current one, if sampled
 	learned     bool          // learnedEnd holds; else the end is taken as the earliest possible
 	blind       int           // org-wide 429s in a row that said nothing of when to retry
 
 	// The org's other clients: how fast they spend the budget, in units a second, as the
-	// readings of the current window show it, and as the last window's showed it.
+	// readings of the current window show it, and as the last window's showed it; and how
+	// much they spent of the last window, if the pacer saw one turn.
 	foreign, foreignBefore float64
+	theirsLast             float64
+	theirsKnown            bool
+	mineLast               float64 // what the pacer's own requests spent of the last window
 
 	// Matching answers to the requests they answer, roughly.
 	sent      []sentTurn  // the turns of the requests not yet answered, oldest first
@@ -89,11 +99,18 @@ type window struct {
 	lowest int           // lowest x-ratelimit-remaining read for it
 	limit  int           // x-ratelimit-limit
 	length time.Duration // how long a window lasts, in whole seconds, as read at its first reading
+	began  time.Time     // when its first reading came
+	read   int           // how many readings came for it
 
 	// The first reading of the window and the turn it answered: what the org has spent
 	// since, less the pacer's own turns since, is what other clients spent.
 	first     int
 	firstTurn sentTurn
+	// What other clients spent of it before its first reading, and in all so far. The first
+	// window's spending before its first reading is unknown (it may be the pacer's own,
+	// before it started): only a window seen to begin counts it.
+	before, theirs float64
+	seenBegin      bool
 }
 
 // waiter is one caller of Wait.
@@ -119,6 +136,9 @@ const (
 )
 
 const (
+	// sampledReadings is how many readings of a window, over a second at least, make its
+	// lowest reset a fair reading of its end.
+	sampledReadings = 10
 	// resetGranularity is how much earlier than x-ratelimit-reset a window may end.
 	resetGranularity = time.Second
 	// probeStep is the pace of requests while a spent window may have turned.
@@ -129,6 +149,9 @@ const (
 	// learnGap is the largest gap between two turns around a window's turn that still
 	// tells where the window ended.
 	learnGap = 250 * time.Millisecond
+	// theirsMargin is the share above what other clients spent of the last window that the
+	// pacer leaves them of the current one.
+	theirsMargin = 0
 	// foreignPrior is how long the readings of a window must span before the estimate of
 	// what other clients spend leans more on them than on the last window's.
 	foreignPrior = time.Second
@@ -378,6 +401,37 @@ func (p *Pacer) drain(now time.Time) {
 	p.lim.SetBurstAt(now, b)
 }
 
+// Estimate is what the pacer makes of the org's budget, for an operator to read.
+type Estimate struct {
+	Limit int // x-ratelimit-limit at the last reading; -1 before one
+	Left  int // the least x-ratelimit-remaining read of the current window; -1 before a reading
+	// OthersPerSecond is how fast the org's other clients spend the budget, in units a
+	// second: what they spent of the last window over its length, or before the pacer has
+	// seen one turn, their pace in the current window.
+	OthersPerSecond float64
+	// OwnShare is the part of the last window's spent budget that the pacer's own requests
+	// spent, 0 to 1; -1 before the pacer has seen a window turn.
+	OwnShare float64
+}
+
+// Estimate returns the pacer's current reading of the org's budget.
+func (p *Pacer) Estimate() Estimate {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := Estimate{Limit: -1, Left: -1, OthersPerSecond: p.foreign, OwnShare: -1}
+	if p.win.reset.IsZero() {
+		return e
+	}
+	e.Limit, e.Left = p.win.limit, p.win.lowest
+	if p.theirsKnown && p.win.length > 0 {
+		e.OthersPerSecond = p.theirsLast / p.win.length.Seconds()
+		if spent := p.theirsLast + p.mineLast; spent > 0 {
+			e.OwnShare = p.mineLast / spent
+		}
+	}
+	return e
+}
+
 // PausedUntil is when the current pause ends; zero when not paused.
 func (p *Pacer) PausedUntil() time.Time {
 	p.mu.Lock()
@@ -408,6 +462,16 @@ func (p *Pacer) end() time.Time {
 		return p.learnedEnd
 	}
 	return p.win.reset.Add(-resetGranularity)
+}
+
+// lastEnd is when the current window may end at the latest: until then the org's other
+// clients keep their share; p.mu is held. Before the pacer has seen a window turn, it is the
+// latest end the reset allows, rounded either way.
+func (p *Pacer) lastEnd() time.Time {
+	if p.learned {
+		return p.learnedEnd
+	}
+	return p.win.reset.Add(resetGranularity)
 }
 
 // Observe adapts the pace to the budget Kustomer reported on an answer. inflight is the number
@@ -462,16 +526,21 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 	switch d := rl.Reset.Sub(p.win.reset); {
 	case p.win.reset.IsZero():
 		p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: wholeSeconds(rl.Reset.Sub(now)),
-			first: rl.Remaining, firstTurn: p.last}
-	case d >= 1500*time.Millisecond || d >= 500*time.Millisecond && rl.Remaining > p.win.lowest+inflight+1:
+			began: now, read: 1, first: rl.Remaining, firstTurn: p.last}
+	case d >= 1500*time.Millisecond || d >= 500*time.Millisecond && rl.Remaining > p.win.lowest+max(inflight+1, rl.Limit/10):
+		// A reset read as seconds from now wobbles by up to a second, and answers come
+		// out of order, each a little above the lowest: a turn shows a reset well later,
+		// or a later one and much more left.
 		p.turned(now, rl)
 	case d <= -500*time.Millisecond:
 		return // an answer from a window that has ended
 	default:
 		// Answers arrive out of order: within one window keep the lowest reading, and the
 		// lowest reset (read as seconds from now, it wobbles by up to a second).
+		p.win.read++
 		if rl.Reset.Before(p.win.reset) {
 			p.win.reset = rl.Reset
+			p.resetLowered()
 		}
 		if rl.Remaining >= p.win.lowest && rl.Remaining > 0 {
 			return
@@ -492,36 +561,93 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 // more closely than its rounded reset does. (A window need not begin where the one before
 // ended: it begins with the first request after that.)
 func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
-	// The step between two windows' resets is never shorter than a window, and as long as
-	// one unless the second began after a gap or just after a whole second: windows all
-	// last as long, so the shortest step yet is the best guess.
+	// The step between two windows' resets is never much shorter than a window, and as
+	// long as one unless the second began after a gap or the reset wobbles: windows all
+	// last as long, so the shortest step yet is a fair guess. Two starts the pacer saw
+	// closely are a better one: they are whole windows apart.
 	step := wholeSeconds(rl.Reset.Sub(p.win.reset))
+	if d := rl.Reset.Sub(p.win.reset).Round(time.Second); d >= time.Second && p.win.sampled(now) {
+		step = min(step, d)
+	}
 	if p.step == 0 || step < p.step {
 		p.step = step
 	}
-	length := min(wholeSeconds(rl.Reset.Sub(now)), p.step)
-
-	p.learned = false
-	latest := now.Add(-p.minLatency())
-	// recent[i-1] is the last turn at or before latest.
-	i := sort.Search(len(p.recent), func(k int) bool { return p.recent[k].After(latest) })
-	if i >= 2 && p.recent[i-1].Sub(p.recent[i-2]) <= learnGap {
-		// It ends after its rounded reset less a second: it is at least this long. (The
-		// bounds above can be a second too long when it began just after a whole second.)
-		length = min(length, wholeSeconds(rl.Reset.Add(-resetGranularity).Sub(p.recent[i-1])))
-		p.learnedEnd = p.recent[i-1].Add(length)
+	start, learned := p.windowStart(now)
+	if learned && !p.lastStart.IsZero() {
+		if d := start.Sub(p.lastStart).Round(time.Second); d >= time.Second && d < p.step {
+			p.step = d
+		}
+	}
+	p.lastStart = time.Time{}
+	length := min(wholeSeconds(rl.Reset.Add(resetGranularity).Sub(now)), p.step)
+	p.learned = learned
+	if learned {
+		p.lastStart = start
+		// The window ends within a rounding of its reset, whichever way it was rounded.
+		p.learnedEnd = start.Add(length)
 		if earliest := rl.Reset.Add(-resetGranularity); p.learnedEnd.Before(earliest) {
 			p.learnedEnd = earliest
 		}
-		if p.learnedEnd.After(rl.Reset) {
-			p.learnedEnd = rl.Reset
+		if latest := rl.Reset.Add(resetGranularity); p.learnedEnd.After(latest) {
+			p.learnedEnd = latest
 		}
-		p.learned = true
 	}
-	p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: length, first: rl.Remaining, firstTurn: p.last}
+	p.resetBefore = time.Time{}
+	if p.win.sampled(now) {
+		p.resetBefore = p.win.reset
+	}
+	p.learnTheirs(now, length)
+	p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: length,
+		began: now, read: 1, first: rl.Remaining, firstTurn: p.last}
+	p.win.before = max(float64(rl.Limit-rl.Remaining-1-p.mineSince(p.last.at)), 0)
+	p.win.seenBegin = true
+	p.win.theirs = p.win.before
 	p.foreignBefore = p.foreign
 	p.pausedUntil = time.Time{} // the spent window has turned: no need to wait it out
 	p.probing = false
+}
+
+// sampled reports whether the window's readings came often enough over long enough for the
+// lowest reset to be within a rounding of its end read the lowest way, whichever way the
+// reset is written; p.mu is held.
+func (w window) sampled(now time.Time) bool {
+	return w.read >= sampledReadings && now.Sub(w.began) >= time.Second
+}
+
+// resetLowered takes a lower reset read for the current window; p.mu is held. Read as
+// seconds from now, resets wobble by up to a second, but the lowest of two windows read
+// alike are whole windows apart: a shorter step than the shortest yet brings the learned end
+// closer.
+func (p *Pacer) resetLowered() {
+	if p.resetBefore.IsZero() {
+		return
+	}
+	d := p.win.reset.Sub(p.resetBefore).Round(time.Second)
+	if d < time.Second || d >= p.step {
+		return
+	}
+	p.step = d
+	if p.learned && p.lastStart.Add(d).Before(p.learnedEnd) {
+		p.learnedEnd = p.lastStart.Add(d)
+		if earliest := p.win.reset.Add(-resetGranularity); p.learnedEnd.Before(earliest) {
+			p.learnedEnd = earliest
+		}
+		p.win.length = min(p.win.length, d)
+	}
+}
+
+// windowStart is when, at the latest, the window a reading at now comes from began, and
+// whether the pacer sent closely enough around then to tell; p.mu is held. The window began
+// before the request the reading answers reached Kustomer, about half its latency after its
+// turn, and that turn was no later than the shortest latency ago.
+func (p *Pacer) windowStart(now time.Time) (time.Time, bool) {
+	latest := now.Add(-p.minLatency())
+	// recent[i-1] is the last turn at or before latest.
+	i := sort.Search(len(p.recent), func(k int) bool { return p.recent[k].After(latest) })
+	if i < 2 || p.recent[i-1].Sub(p.recent[i-2]) > learnGap {
+		return time.Time{}, false
+	}
+	return p.recent[i-1].Add(p.minLatency() / 2), true
 }
 
 // wholeSeconds is d rounded up to whole seconds.
@@ -537,6 +663,10 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 		return
 	}
 	end := p.end()
+	if p.foreign > 0 {
+		// Other clients spend too: until the latest end, they keep their share.
+		end = p.lastEnd()
+	}
 	p.switchAt = time.Time{}
 	switch {
 	case p.learned && end.After(now):
@@ -549,7 +679,7 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 		return
 	}
 	left := max(end.Sub(now), probeStep)
-	avail := max(float64(p.win.lowest)-p.uncounted(now, inflight)-p.foreign*left.Seconds(), 1)
+	avail := max(float64(p.win.lowest)-p.uncounted(now, inflight)-p.reserve(left), 1)
 	p.setRate(now, rate.Limit(avail/left.Seconds()))
 }
 
@@ -579,8 +709,58 @@ func (p *Pacer) estimateForeign(now time.Time) {
 	}
 	mine := p.granted - p.win.firstTurn.n
 	theirs := float64(p.win.first - p.win.lowest - mine)
+	p.win.theirs = max(p.win.theirs, p.win.before+theirs)
 	prior := foreignPrior.Seconds()
 	p.foreign = max((theirs+p.foreignBefore*prior)/(dt+prior), 0)
+}
+
+// reserve is what the pacer leaves the org's other clients of the current window, left being
+// the time until its end; p.mu is held. Once the pacer has seen a window turn, it is what
+// they spent of the last window and have yet to spend of this one, and a little more:
+// whether they spend evenly, all at the start or in bursts, their share is theirs. Before,
+// they are taken to spend evenly, at the pace seen so far.
+func (p *Pacer) reserve(left time.Duration) float64 {
+	if !p.theirsKnown {
+		// At the pace seen so far, but no more than twice what they have spent of the
+		// window yet: a client that spent its share at the window's start is not
+		// taken to go on at that pace.
+		return min(p.foreign*left.Seconds(), 2*p.win.theirs)
+	}
+	if p.theirsLast < 1 && p.foreign == 0 {
+		return 0
+	}
+	return max(p.theirsLast*(1+theirsMargin)+1-p.win.theirs, 0)
+}
+
+// learnTheirs takes what the org's other clients spent of the window that has just ended
+// as their share of the next ones; p.mu is held. Of a window the pacer joined midway it saw
+// only a part: what they spent in that part counts for the whole window, at the same pace,
+// if the part was a quarter of it at least.
+func (p *Pacer) learnTheirs(now time.Time, length time.Duration) {
+	p.mineLast = max(float64(p.win.limit-p.win.lowest)-p.win.theirs, 0)
+	if p.win.seenBegin {
+		p.theirsLast, p.theirsKnown = p.win.theirs, true
+		return
+	}
+	seen := now.Sub(p.win.firstTurn.at)
+	if p.win.firstTurn.n == 0 || seen < length/4 {
+		return
+	}
+	p.theirsLast = min(p.win.theirs*max(length.Seconds()/seen.Seconds(), 1), float64(p.win.limit))
+	p.theirsKnown = true
+}
+
+// mineSince is how many of the pacer's turns came after t that a window beginning then may
+// count before its first reading, the turn at t aside; p.mu is held. It counts them only
+// when the pacer knows where the window began.
+func (p *Pacer) mineSince(t time.Time) int {
+	if !p.learned {
+		return 0
+	}
+	from := p.lastStart.Add(-p.minLatency() / 2)
+	i := sort.Search(len(p.recent), func(k int) bool { return !p.recent[k].Before(from) })
+	j := sort.Search(len(p.recent), func(k int) bool { return !p.recent[k].Before(t) })
+	return max(j-i, 0)
 }
 
 // windowRate is the pace at which a window's budget lasts the window; p.mu is held.
@@ -632,7 +812,8 @@ func (p *Pacer) OrgThrottled(rl kustomer.RateLimit) time.Duration {
 		d := min(rl.RetryAfter, kustomer.MaxWait)
 		p.pause(now, now.Add(d))
 		return d
-	case rl.Reset.After(now):
+	case rl.Reset.After(now.Add(-resetGranularity)):
+		// The window may have a second to run past a reset rounded down.
 		rl.Remaining = 0
 		before := p.lim.Limit()
 		p.observe(now, rl, 0)

@@ -452,3 +452,34 @@ func TestPacerMakesUpForAMomentWithNoCallerWaiting(t *testing.T) {
 		}
 	})
 }
+
+func TestPacerEstimatesTheBudget(t *testing.T) {
+	t.Run("before a reading, nothing is known", func(t *testing.T) {
+		if e := fixedPacer(600, t0).Estimate(); e.Limit != -1 || e.Left != -1 || e.OwnShare != -1 {
+			t.Errorf("estimate %+v; want limit, left and own share -1", e)
+		}
+	})
+
+	t.Run("with a steady client at 30 %, its rate and the pacer's share of the rest", func(t *testing.T) {
+		c := simConfig{
+			org:       orgWindow{budget: 200, length: 5 * time.Second, reset: epochUp},
+			perMinute: 2400, callers: 16, latency: 20 * time.Millisecond, jitter: 40 * time.Millisecond,
+			other: 12, otherLead: 3 * time.Second, windows: 4,
+		}
+		org := c.org
+		s := &simulation{cfg: c, org: &org, other: newOther(t0, c), sides: []*side{{r: newPacerRig(t, c.perMinute, t0)}}}
+		for now := t0; now.Before(t0.Add(20 * time.Second)); now = now.Add(time.Millisecond) {
+			s.step(now)
+		}
+		e := s.sides[0].r.p.Estimate()
+		if e.Limit != 200 || e.Left < 0 || e.Left > 200 {
+			t.Errorf("limit %d, left %d; want 200 and what is left of it", e.Limit, e.Left)
+		}
+		if e.OthersPerSecond < 11 || e.OthersPerSecond > 13 {
+			t.Errorf("others' rate %.1f/s; want about 12/s", e.OthersPerSecond)
+		}
+		if e.OwnShare < 0.65 || e.OwnShare > 0.72 {
+			t.Errorf("own share %.2f; want about 0.7, the rest of the window", e.OwnShare)
+		}
+	})
+}

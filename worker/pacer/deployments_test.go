@@ -1,0 +1,60 @@
+package pacer
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+func TestTwoDeploymentsShareTheOrg(t *testing.T) {
+	// Two deployments of the worker on one org, each paced at the whole budget, the second
+	// starting 1.37 s after the first: windows of 200 a 5 s, latency 20-60 ms.
+	for _, reset := range []resetReading{epochUp, epochDown, deltaUp, deltaDown} {
+		for _, fixed := range []bool{false, true} {
+			for _, other := range []float64{0, 12} {
+				c := simConfig{
+					org:       orgWindow{budget: 200, length: 5 * time.Second, reset: reset},
+					perMinute: 2400, callers: 16, latency: 20 * time.Millisecond, jitter: 40 * time.Millisecond,
+					other: other, otherLead: 3 * time.Second, windows: 10,
+				}
+				if fixed {
+					c.originLead = 2370 * time.Millisecond
+				}
+				name := fmt.Sprintf("%v, windows fixed %v, another client at %v/s", reset, fixed, other)
+				t.Run(name, func(t *testing.T) {
+					t.Parallel()
+					bothUseTheirShare(t, simulateSides(t, t0, c, 2), c.org.budget)
+				})
+			}
+		}
+	}
+}
+
+// bothUseTheirShare checks the windows of a run of two deployments once they have converged,
+// from the fifth, but the last, cut short: together at least 97 % of what the other client
+// leaves and at most 1 % of their requests refused, the other client refused at most 2 %,
+// over those windows; and each deployment sending in every window. (The three windows after
+// the one they start in are a transient: each takes the other for a client of the org whose
+// share it learns; there together they use 85-100 % of what is left, up to 2.5 % of their
+// requests are refused and up to 7 % of the other client's.)
+func bothUseTheirShare(t *testing.T, run simRun, budget int) {
+	t.Helper()
+	var admitted, left, sent, refused, theirs, refusedTheirs int
+	for w := 4; w < len(run.mine)-1; w++ {
+		admitted += run.mine[w] - run.refusedMine[w]
+		left += budget - (run.theirs[w] - run.refusedTheirs[w])
+		sent, refused = sent+run.mine[w], refused+run.refusedMine[w]
+		theirs, refusedTheirs = theirs+run.theirs[w], refusedTheirs+run.refusedTheirs[w]
+		t.Logf("window %d: %d and %d sent, %d refused; the other client refused %d of %d",
+			w+1, run.sides[0][w], run.sides[1][w], run.refusedMine[w], run.refusedTheirs[w], run.theirs[w])
+		if run.sides[0][w] == 0 || run.sides[1][w] == 0 {
+			t.Errorf("window %d: the deployments sent %d and %d; want both to send", w+1, run.sides[0][w], run.sides[1][w])
+		}
+	}
+	if admitted*100 < left*97 || refused*100 > sent {
+		t.Errorf("together %d of the %d left, %d of %d refused; want at least 97 %% and at most 1 %%", admitted, left, refused, sent)
+	}
+	if refusedTheirs*50 > theirs {
+		t.Errorf("the other client was refused %d of %d; want at most 2 %%", refusedTheirs, theirs)
+	}
+}
