@@ -1,0 +1,175 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
+)
+
+// The cases the bulk contract leaves open, through the seams alone: jobs that Kustomer
+// applies late (memBulk's delay), answers that say less than they seem to.
+
+// memBulkSetup is a backlog of convs conversations with updates each, a single-PUT client and a
+// bulk client, and a pool in bulk mode over them (Budget: unlimited unless set later).
+type memBulkSetup struct {
+	q    *memQueue
+	seq  uint64
+	up   *flaky
+	bc   *memBulk
+	pool *worker.Pool
+}
+
+func setupBulk(t *testing.T, convs, updates int, cfg bulk.Config) *memBulkSetup {
+	t.Helper()
+	q, seq := memBacklog(convs, updates)
+	up := &flaky{rnd: rand.New(rand.NewPCG(1, 2)), applied: map[string][]int{}}
+	bc := &memBulk{t: t, f: up, rnd: rand.New(rand.NewPCG(3, 4)), jobs: map[string]*memJob{}}
+	t.Cleanup(bc.stop)
+	cfg.Enabled = true
+	if cfg.Deadline == 0 {
+		cfg.Deadline = bulk.MinDeadline
+	}
+	pool := &worker.Pool{
+		Consumer: q, Client: bodyN{up}, BulkClient: bc, DeadLetters: noDeadLetters{t}, Pacer: pacer.New(-1),
+		Log: slog.New(slog.DiscardHandler),
+		Config: worker.Config{Concurrency: 4, MaxAttempts: 50, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond,
+			MaxAckPending: 100, Bulk: cfg},
+	}
+	return &memBulkSetup{q: q, seq: seq, up: up, bc: bc, pool: pool}
+}
+
+// untilJobsApplied waits until every job submitted has been applied: an old update a late
+// job applies shows only then.
+func (s *memBulkSetup) untilJobsApplied(t *testing.T) {
+	t.Helper()
+	testwait.Until(t, "every bulk job applied", 30*time.Second, s.bc.allApplied)
+}
+
+// wantNoneStale checks that every conversation ended at its newest update: whatever was
+// applied twice, nothing older was applied after it.
+func wantNoneStale(t *testing.T, up *flaky, convs, updates int) {
+	t.Helper()
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	stale := 0
+	for c := range convs {
+		got := up.applied[id(c)]
+		if len(got) == 0 || got[len(got)-1] != updates-1 {
+			stale++
+			t.Logf("conversation %d: applied %v", c, got)
+		}
+	}
+	if stale > 0 {
+		t.Errorf("%d of %d conversations ended at an older update; want 0", stale, convs)
+	}
+}
+
+// holdSecond is an unlimited budget that holds the second request of a class other than
+// bulk reads until release is closed.
+type holdSecond struct {
+	worker.Budget
+	n       atomic.Int32
+	release chan struct{}
+}
+
+func (h *holdSecond) Wait(ctx context.Context, class pacer.Priority) error {
+	if class != pacer.BulkRead && h.n.Add(1) == 2 {
+		select {
+		case <-h.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return h.Budget.Wait(ctx, class)
+}
+
+// A job that waits for budget when reads are refused is never submitted: its items go as
+// single PUTs, each applied once.
+func TestBulkReadsRefusedWhileAJobWaits(t *testing.T) {
+	t.Parallel()
+	s := setupBulk(t, 20, 1, bulk.Config{Size: 10, Min: 10, Linger: 20 * time.Millisecond})
+	s.bc.delay = func(int) time.Duration { return time.Hour } // never applied: only singles apply
+	s.bc.readErr = func(int) error {
+		return &kustomer.APIError{Op: kustomer.OpReadBulkBatches, Status: 403, Class: kustomer.ClassAuth, Reason: "role", RateLimit: unlimited}
+	}
+	budget := &holdSecond{Budget: pacer.New(-1), release: make(chan struct{})}
+	s.pool.Pacer = budget
+	go func() {
+		// The first job's read was refused once one of its items went as a single PUT.
+		if testwait.Within(30*time.Second, func() bool {
+			s.up.mu.Lock()
+			defer s.up.mu.Unlock()
+			return len(s.up.applied) > 0
+		}) {
+			close(budget.release)
+		}
+	}()
+	runUntilAcked(t, s.pool, s.q, s.seq, 60*time.Second)
+	wantEachOnceInOrder(t, s.q, s.up, s.seq, 20, 1)
+	s.bc.mu.Lock()
+	defer s.bc.mu.Unlock()
+	if s.bc.submits != 1 {
+		t.Errorf("%d submits; want 1: the job waiting for budget when reads were refused went out", s.bc.submits)
+	}
+}
+
+// A read answered 404 right after the submit's 201 (Kustomer not showing the job yet) does
+// not make the job lost: its updates are not re-sent under a job that applies them later.
+func TestBulkJobNotFoundRightAfterItsSubmit(t *testing.T) {
+	t.Parallel()
+	const convs, updates = 10, 2
+	s := setupBulk(t, convs, updates, bulk.Config{Size: 10, Min: 10, Linger: 20 * time.Millisecond})
+	s.bc.delay = func(n int) time.Duration {
+		if n == 1 {
+			return 4 * time.Second // applied late, but before the deadline
+		}
+		return 100 * time.Millisecond
+	}
+	s.bc.readErr = func(n int) error {
+		if n > 1 {
+			return nil
+		}
+		return &kustomer.APIError{Op: kustomer.OpReadBulkBatches, Status: 404, Class: kustomer.ClassPermanent, Reason: "not found", RateLimit: unlimited}
+	}
+	runUntilAcked(t, s.pool, s.q, s.seq, 60*time.Second)
+	s.untilJobsApplied(t)
+	wantNoneStale(t, s.up, convs, updates)
+}
+
+// A submit answered with a 5xx may have created a job all the same: the conversations'
+// newer updates wait for it as for a submit whose answer was lost.
+func TestBulkSubmitAnswered5xx(t *testing.T) {
+	t.Parallel()
+	for _, status := range []int{500, 502, 503, 504} {
+		t.Run(fmt.Sprint("submit answered ", status), func(t *testing.T) {
+			t.Parallel()
+			const convs, updates = 10, 2
+			s := setupBulk(t, convs, updates, bulk.Config{Size: 10, Min: 10, Linger: 20 * time.Millisecond})
+			s.bc.delay = func(n int) time.Duration {
+				if n == 1 {
+					return 3 * time.Second // the job the 5xx hid, applied late but before the deadline
+				}
+				return 100 * time.Millisecond
+			}
+			s.bc.submitErr = func(n int) error {
+				if n > 1 {
+					return nil
+				}
+				return &kustomer.APIError{Op: kustomer.OpSubmitBulk, Status: status, Class: kustomer.ClassTransient, Reason: "gateway", RateLimit: unlimited}
+			}
+			runUntilAcked(t, s.pool, s.q, s.seq, 60*time.Second)
+			s.untilJobsApplied(t)
+			wantNoneStale(t, s.up, convs, updates)
+		})
+	}
+}
