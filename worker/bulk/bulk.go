@@ -151,6 +151,10 @@ type job struct {
 	adopted  bool      // submitted by another process
 	follows  bool      // a goroutine follows it
 	finished bool
+	// submitting: a submit request went out (or is going out) after the gates let it; until
+	// then a job that is finished (fell back) is never submitted.
+	submitting bool
+	stop       context.CancelFunc // ends the wait for the gates before the submit; nil before it
 }
 
 // New returns a bulker for host that submits through cli and keeps its jobs in store (nil:
@@ -430,18 +434,28 @@ func (b *Bulker) submitAndFollow(bj *job) {
 		return
 	}
 	deadline := rec.Submitted.Add(b.cfg.Deadline)
-	// Waiting for the gates and the budget ends at the job's deadline: a job submitted after
-	// it would be given up before Kustomer had time to apply it.
+	// Waiting for the gates and the budget ends at the job's deadline (a job submitted after
+	// it would be given up before Kustomer had time to apply it), or when the job falls back
+	// meanwhile (finish).
 	wctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	b.mu.Lock()
+	bj.stop = cancel
+	b.mu.Unlock()
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(b.set.RetryInitial),
 		backoff.WithMaxInterval(b.set.RetryMax), backoff.WithMaxElapsedTime(0)) // the deadline ends it
 	for {
+		if b.over(bj) {
+			return // fell back while it waited: its items went as single PUTs
+		}
 		if time.Now().After(deadline) {
 			b.fallback(bj, "deadline", b.ambiguousFence(bj), false)
 			return
 		}
 		job, sent, went, err := b.submit(wctx, class, bj)
+		if errors.Is(err, errNotSubmitted) {
+			return
+		}
 		if !went {
 			if ctx.Err() == nil {
 				continue // the deadline passed while waiting: the check above falls back
@@ -465,10 +479,27 @@ func (b *Bulker) submitAndFollow(bj *job) {
 	}
 }
 
-// submit sends bj's submit request through the host once the gates and the budget let it;
-// went is false when wctx ended first.
+// over reports whether bj is finished: settled, fallen back or left.
+func (b *Bulker) over(bj *job) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bj.finished
+}
+
+// errNotSubmitted: the job fell back while its submit waited for the gates.
+var errNotSubmitted = errors.New("bulk: the job fell back before its submit")
+
+// submit sends bj's submit request through the host once the gates and the budget let it,
+// unless bj fell back meanwhile (errNotSubmitted); went is false when wctx ended first.
 func (b *Bulker) submit(wctx context.Context, class pacer.Priority, bj *job) (job *kustomer.BulkJob, sent time.Time, went bool, err error) {
 	went, err = b.host.Request(wctx, class, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
+		b.mu.Lock()
+		over := bj.finished
+		bj.submitting = !over
+		b.mu.Unlock()
+		if over {
+			return kustomer.RateLimit{}, errNotSubmitted
+		}
 		var err error
 		sent = time.Now()
 		job, err = b.cli.SubmitBulk(ctx, bj.kitems)
@@ -497,10 +528,15 @@ func (b *Bulker) submitted(ctx context.Context, bj *job, job *kustomer.BulkJob, 
 		b.metrics.submitted()
 		b.mu.Lock()
 		bj.rec.JobID, bj.sent = job.ID, sent
-		rec := bj.rec
+		rec, over := bj.rec, bj.finished
 		b.mu.Unlock()
+		if over && !rec.FenceUntil.After(time.Now()) {
+			return submitOver // fell back while the submit went out; its fence is kept, if any
+		}
 		b.put(rec)
-		b.followLoop(ctx, bj)
+		if !over {
+			b.followLoop(ctx, bj)
+		}
 		return submitOver
 	case b.hard().Err() != nil:
 		b.mu.Lock()
@@ -517,8 +553,9 @@ func (b *Bulker) submitted(ctx context.Context, bj *job, job *kustomer.BulkJob, 
 	case !errors.As(err, &apiErr):
 		b.fallback(bj, "error", b.ambiguousFence(bj), false)
 		return submitOver
-	case apiErr.Malformed() || apiErr.Status == 0:
-		// The job may exist all the same: remember that, then retry.
+	case apiErr.Malformed() || apiErr.Status == 0 || apiErr.Status >= 500:
+		// The job may exist all the same (a 5xx may come from a proxy after Kustomer made
+		// it): remember that, then retry.
 		b.mu.Lock()
 		if bj.rec.Ambiguous.IsZero() {
 			bj.rec.Ambiguous = time.Now()
@@ -578,7 +615,7 @@ func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 		wait = 0
 	}
 	next := readMin
-	overdue := false
+	overdue, unknown := false, false
 	for {
 		// Wake at the deadline and at the end, at the latest: a read then decides.
 		if !overdue {
@@ -594,13 +631,15 @@ func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 			b.stopFollowing(bj)
 			return
 		}
-		switch b.readAnswer(bj, rec.JobID, bb, err) {
+		step := b.readAnswer(bj, rec.JobID, bb, err)
+		switch step {
 		case readOver:
 			return
 		case readAgain:
 			wait = 0
 			continue
 		}
+		unknown = step == readUnknown
 		now := time.Now()
 		if !now.Before(lost) {
 			b.log.Warn("bulk job given up as lost: not complete within twice its deadline; its conversations go on", "job", rec.JobID)
@@ -611,7 +650,7 @@ func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 			overdue = true
 			b.log.Warn("bulk job past its deadline; sending its unsettled items as single PUTs and holding their conversations' newer updates until it is complete",
 				"job", rec.JobID, "deadline", b.cfg.Deadline, "lost_after", lost.Format(time.RFC3339))
-			b.fallback(bj, "deadline", lost, true)
+			b.fallback(bj, cond(unknown, "unknown", "deadline"), lost, true)
 		}
 		wait, next = next, min(2*next, readMax)
 	}
@@ -635,9 +674,10 @@ func (b *Bulker) read(ctx context.Context, key, id string) (bb *kustomer.BulkBat
 type readStep int
 
 const (
-	readLater readStep = iota // read again after the wait
-	readAgain                 // read again at once (after an org-wide pause)
-	readOver                  // the job is settled, given up, or no longer followed
+	readLater   readStep = iota // read again after the wait
+	readAgain                   // read again at once (after an org-wide pause)
+	readOver                    // the job is settled, given up, or no longer followed
+	readUnknown                 // Kustomer did not show the job: read again after the wait
 )
 
 // readAnswer carries out what the answer to a read of bj (job id) says: bb, or err.
@@ -659,9 +699,11 @@ func (b *Bulker) readAnswer(bj *job, id string, bb *kustomer.BulkBatches, err er
 		b.metrics.retry("throttled_org")
 		return readAgain
 	case errors.As(err, &apiErr) && apiErr.Class == kustomer.ClassPermanent:
-		b.log.Warn("Kustomer does not know a bulk job any more; sending its items as single PUTs", "job", id, "status", apiErr.Status, "reason", apiErr.Reason)
-		b.fallback(bj, "unknown", time.Time{}, false)
-		return readOver
+		// Kustomer accepted the job: a 404 (or another refusal) may only mean it does not
+		// show it yet, and it may still apply it. Its deadline decides, as for a job that
+		// stays unfinished.
+		b.log.Warn("Kustomer does not show a bulk job it accepted; reading it again until its deadline", "job", id, "status", apiErr.Status, "reason", apiErr.Reason)
+		return readUnknown
 	default:
 		b.log.Info("cannot read a bulk job; reading it again later", "job", id, "error", err)
 	}
@@ -804,6 +846,9 @@ func (b *Bulker) finish(bj *job, lift bool) {
 	}
 	bj.finished = true
 	delete(b.jobs, bj.key)
+	if bj.stop != nil {
+		bj.stop() // a submit still waiting for the gates never goes
+	}
 	if lift && !bj.rec.FenceUntil.IsZero() {
 		for _, it := range bj.rec.Items {
 			if f, ok := b.fences[it.Conv]; ok && !f.until.After(bj.rec.FenceUntil) {
@@ -910,7 +955,10 @@ func (b *Bulker) deny(err error) {
 	b.mu.Unlock()
 	for _, bj := range jobs {
 		b.mu.Lock()
-		fence := bj.rec.Submitted.Add(b.cfg.Deadline)
+		var fence time.Time // none for a job whose submit never went out: it never will
+		if bj.submitting || !bj.rec.Ambiguous.IsZero() {
+			fence = bj.rec.Submitted.Add(b.cfg.Deadline)
+		}
 		b.mu.Unlock()
 		b.fallback(bj, "read_denied", fence, false)
 	}
@@ -1072,4 +1120,12 @@ func (b *Bulker) del(key string) {
 	if err := b.store.Delete(sctx, key); err != nil {
 		b.log.Debug("cannot delete a bulk job's record", "error", err)
 	}
+}
+
+// cond is a if c, else b.
+func cond[T any](c bool, a, b T) T {
+	if c {
+		return a
+	}
+	return b
 }
