@@ -2,12 +2,16 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
@@ -171,5 +175,103 @@ func TestBulkSubmitAnswered5xx(t *testing.T) {
 			s.untilJobsApplied(t)
 			wantNoneStale(t, s.up, convs, updates)
 		})
+	}
+}
+
+// nilBulk answers its first submit with neither a job nor an error, as a buggy BulkClient
+// might: reading the job id panics while the bulker holds its lock.
+type nilBulk struct {
+	*memBulk
+	once sync.Once
+}
+
+func (n *nilBulk) SubmitBulk(ctx context.Context, items []kustomer.BulkItem) (job *kustomer.BulkJob, err error) {
+	first := false
+	n.once.Do(func() { first = true })
+	if first {
+		return nil, nil
+	}
+	return n.memBulk.SubmitBulk(ctx, items)
+}
+
+// A panic on a job's goroutine while the bulker holds its lock does not block the bulker:
+// the job's items go as single PUTs, and the jobs after it go on.
+func TestBulkPanicUnderTheBulkersLock(t *testing.T) {
+	t.Parallel()
+	const convs = 30
+	s := setupBulk(t, convs, 1, bulk.Config{Size: 10, Min: 10, Linger: 20 * time.Millisecond})
+	s.pool.BulkClient = &nilBulk{memBulk: s.bc}
+	runUntilAcked(t, s.pool, s.q, s.seq, 20*time.Second)
+	wantEachOnceInOrder(t, s.q, s.up, s.seq, convs, 1)
+}
+
+// blockedAck holds the first confirmed acknowledgement (DoubleAck) of any message until
+// release is closed, and then reports it failed, as when JetStream's reply is slow and then
+// lost: the update is applied, its acknowledgement pending.
+type blockedAck struct {
+	*roleQueue
+	calls   atomic.Int32
+	release chan struct{}
+}
+
+type blockedAckMsg struct {
+	countingMsg
+	b *blockedAck
+}
+
+func (m blockedAckMsg) DoubleAck(ctx context.Context) error {
+	if m.b.calls.Add(1) == 1 {
+		select {
+		case <-m.b.release:
+		case <-ctx.Done():
+		}
+		return errors.New("acknowledgement not confirmed")
+	}
+	return m.countingMsg.DoubleAck(ctx)
+}
+
+func (b *blockedAck) Fetch(n int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch, error) {
+	batch, err := b.roleQueue.Fetch(n, opts...)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan jetstream.Msg, n)
+	for m := range batch.Messages() {
+		ch <- blockedAckMsg{m.(countingMsg), b}
+	}
+	close(ch)
+	return memBatch{ch}, nil
+}
+
+// A standby that gets a redelivery of an update a bulk job applied here, whose
+// acknowledgement is still pending, keeps it and acknowledges it rather than handing it
+// back: handed back, the active replica would apply the old update again.
+func TestHandoverStandbyKeepsARedeliveryAppliedInAJob(t *testing.T) {
+	t.Parallel()
+	s := setupBulk(t, 1, 1, bulk.Config{Size: 10, Min: 1, Linger: 20 * time.Millisecond})
+	data := s.q.pending[0].data
+	rq := newRoleQueue(s.q)
+	rq.standbyPulls = true
+	bq := &blockedAck{roleQueue: rq, release: make(chan struct{})}
+	s.pool.Consumer = bq
+	runInBackground(t, s.pool)
+	testwait.Until(t, "the job applied the update and its acknowledgement waits", 10*time.Second, func() bool { return bq.calls.Load() == 1 })
+
+	rq.lose()
+	rq.redeliver(s.seq, data, 2)
+	testwait.Until(t, "the redelivery pulled", 10*time.Second, func() bool {
+		s.q.mu.Lock()
+		defer s.q.mu.Unlock()
+		return len(s.q.pending) == 0 || rq.naks.Load() > 0
+	})
+	close(bq.release)
+	testwait.Until(t, "the update acknowledged or handed back", 10*time.Second, func() bool { return rq.acks(s.seq) > 0 || rq.naks.Load() > 0 })
+	if n := rq.naks.Load(); n > 0 {
+		t.Fatalf("the standby handed back (%d times) a redelivery of an update a job applied here; want it acknowledged", n)
+	}
+	s.up.mu.Lock()
+	defer s.up.mu.Unlock()
+	if got := s.up.applied[id(0)]; len(got) != 1 {
+		t.Fatalf("updates applied %v; want the one once", got)
 	}
 }
