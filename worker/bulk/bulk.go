@@ -398,35 +398,50 @@ func (bj *job) class() pacer.Priority {
 // conversations' newer updates fenced as long as Kustomer may still apply the job: until its
 // deadline if it may have been submitted (as after a submit whose answer was lost), until
 // twice the deadline once Kustomer gave it an id (as for a job overdue while followed).
-// (A panic while b.mu is held, in the bulker's own code, would still block here.)
+// Code on a job's goroutine holds b.mu only through locked, so that a panic there lets it go.
 func (b *Bulker) guard(bj *job, run func(*job)) {
 	defer func() {
 		r := recover()
 		if r == nil {
 			return
 		}
-		b.mu.Lock()
-		if bj.rec.Ambiguous.IsZero() {
-			bj.rec.Ambiguous = time.Now()
-		}
-		id := bj.rec.JobID
-		fence := bj.rec.Submitted.Add(b.cfg.Deadline)
-		if id != "" {
-			fence = bj.rec.Submitted.Add(2 * b.cfg.Deadline)
-		}
-		b.mu.Unlock()
+		var (
+			id    string
+			fence time.Time
+		)
+		b.locked(func() {
+			if bj.rec.Ambiguous.IsZero() {
+				bj.rec.Ambiguous = time.Now()
+			}
+			id = bj.rec.JobID
+			fence = bj.rec.Submitted.Add(b.cfg.Deadline)
+			if id != "" {
+				fence = bj.rec.Submitted.Add(2 * b.cfg.Deadline)
+			}
+		})
 		b.log.Error("panic in a bulk job; its items go as single PUTs", "job", id, "panic", r, "stack", string(debug.Stack()))
 		b.fallback(bj, "panic", fence, false)
 	}()
 	run(bj)
 }
 
+// locked runs f with b.mu held, and lets b.mu go even when f panics: a panic on a job's
+// goroutine (a bug, or an answer the code did not expect) is recovered by guard, which takes
+// b.mu again.
+func (b *Bulker) locked(f func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	f()
+}
+
 // submitAndFollow submits bj, retrying what may heal, and follows it to its end.
 func (b *Bulker) submitAndFollow(bj *job) {
 	ctx := b.ctx
-	b.mu.Lock()
-	class, rec := bj.class(), bj.rec
-	b.mu.Unlock()
+	var (
+		class pacer.Priority
+		rec   queue.BulkRecord
+	)
+	b.locked(func() { class, rec = bj.class(), bj.rec })
 	if !b.put(rec) {
 		// Without its record a crash would re-send the items blindly; single PUTs do not
 		// need one.
@@ -439,9 +454,7 @@ func (b *Bulker) submitAndFollow(bj *job) {
 	// meanwhile (finish).
 	wctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	b.mu.Lock()
-	bj.stop = cancel
-	b.mu.Unlock()
+	b.locked(func() { bj.stop = cancel })
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(b.set.RetryInitial),
 		backoff.WithMaxInterval(b.set.RetryMax), backoff.WithMaxElapsedTime(0)) // the deadline ends it
 	for {
@@ -493,10 +506,11 @@ var errNotSubmitted = errors.New("bulk: the job fell back before its submit")
 // unless bj fell back meanwhile (errNotSubmitted); went is false when wctx ended first.
 func (b *Bulker) submit(wctx context.Context, class pacer.Priority, bj *job) (job *kustomer.BulkJob, sent time.Time, went bool, err error) {
 	went, err = b.host.Request(wctx, class, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
-		b.mu.Lock()
-		over := bj.finished
-		bj.submitting = !over
-		b.mu.Unlock()
+		var over bool
+		b.locked(func() {
+			over = bj.finished
+			bj.submitting = !over
+		})
 		if over {
 			return kustomer.RateLimit{}, errNotSubmitted
 		}
@@ -525,26 +539,16 @@ func (b *Bulker) submitted(ctx context.Context, bj *job, job *kustomer.BulkJob, 
 	var apiErr *kustomer.APIError
 	switch {
 	case err == nil:
-		b.metrics.submitted()
-		b.mu.Lock()
-		bj.rec.JobID, bj.sent = job.ID, sent
-		rec, over := bj.rec, bj.finished
-		b.mu.Unlock()
-		if over && !rec.FenceUntil.After(time.Now()) {
-			return submitOver // fell back while the submit went out; its fence is kept, if any
-		}
-		b.put(rec)
-		if !over {
-			b.followLoop(ctx, bj)
-		}
+		b.accepted(ctx, bj, job, sent)
 		return submitOver
 	case b.hard().Err() != nil:
-		b.mu.Lock()
-		bj.rec.Ambiguous = time.Now()
-		rec := bj.rec
-		bj.finished = true
-		delete(b.jobs, bj.key)
-		b.mu.Unlock()
+		var rec queue.BulkRecord
+		b.locked(func() {
+			bj.rec.Ambiguous = time.Now()
+			rec = bj.rec
+			bj.finished = true
+			delete(b.jobs, bj.key)
+		})
 		b.put(rec)
 		return submitOver // cut short by the shutdown deadline: the record tells the next process
 	case errors.Is(err, kustomer.ErrInvalid):
@@ -556,12 +560,13 @@ func (b *Bulker) submitted(ctx context.Context, bj *job, job *kustomer.BulkJob, 
 	case apiErr.Malformed() || apiErr.Status == 0 || apiErr.Status >= 500:
 		// The job may exist all the same (a 5xx may come from a proxy after Kustomer made
 		// it): remember that, then retry.
-		b.mu.Lock()
-		if bj.rec.Ambiguous.IsZero() {
-			bj.rec.Ambiguous = time.Now()
-		}
-		rec := bj.rec
-		b.mu.Unlock()
+		var rec queue.BulkRecord
+		b.locked(func() {
+			if bj.rec.Ambiguous.IsZero() {
+				bj.rec.Ambiguous = time.Now()
+			}
+			rec = bj.rec
+		})
 		b.put(rec)
 	case apiErr.Class == kustomer.ClassThrottled:
 		pause := b.host.Throttled(apiErr.RateLimit)
@@ -579,14 +584,35 @@ func (b *Bulker) submitted(ctx context.Context, bj *job, job *kustomer.BulkJob, 
 	return submitBackOff
 }
 
+// accepted follows bj, which Kustomer accepted as job (submitted at sent), to its end.
+func (b *Bulker) accepted(ctx context.Context, bj *job, job *kustomer.BulkJob, sent time.Time) {
+	b.metrics.submitted()
+	var (
+		rec  queue.BulkRecord
+		over bool
+	)
+	b.locked(func() {
+		bj.rec.JobID, bj.sent = job.ID, sent
+		rec, over = bj.rec, bj.finished
+	})
+	if over && !rec.FenceUntil.After(time.Now()) {
+		return // fell back while the submit went out; its fence is kept, if any
+	}
+	b.put(rec)
+	if !over {
+		b.followLoop(ctx, bj)
+	}
+}
+
 // shutdownBeforeSubmit ends a job at shutdown before a submit was answered: its items stay
 // held for handBack; the record stays if a submit may have taken effect.
 func (b *Bulker) shutdownBeforeSubmit(bj *job) {
-	b.mu.Lock()
-	rec := bj.rec
-	bj.finished = true
-	delete(b.jobs, bj.key)
-	b.mu.Unlock()
+	var rec queue.BulkRecord
+	b.locked(func() {
+		rec = bj.rec
+		bj.finished = true
+		delete(b.jobs, bj.key)
+	})
 	if rec.Ambiguous.IsZero() {
 		b.del(rec.Key)
 	}
@@ -605,9 +631,13 @@ func (b *Bulker) ambiguousFence(bj *job) time.Time {
 // followLoop reads bj's batches until every item is settled, the job is past its deadline,
 // or the pool shuts down.
 func (b *Bulker) followLoop(ctx context.Context, bj *job) {
-	b.mu.Lock()
-	rec, est, adopted, sent := bj.rec, b.est, bj.adopted, bj.sent
-	b.mu.Unlock()
+	var (
+		rec     queue.BulkRecord
+		est     time.Duration
+		adopted bool
+		sent    time.Time
+	)
+	b.locked(func() { rec, est, adopted, sent = bj.rec, b.est, bj.adopted, bj.sent })
 	deadline := rec.Submitted.Add(b.cfg.Deadline)
 	lost := rec.Submitted.Add(2 * b.cfg.Deadline)
 	wait := min(max(est+est/10+50*time.Millisecond-time.Since(sent), firstReadMin), readMax)
@@ -722,8 +752,24 @@ func (b *Bulker) stopFollowing(bj *job) {
 // apply settles bj's items that the batches settle and reports whether the job is over.
 func (b *Bulker) apply(bj *job, bb *kustomer.BulkBatches) bool {
 	outs := bb.Outcomes(bj.kitems)
-	var now []settlement
+	now, done, id := b.record(bj, outs)
+	if done {
+		b.learn(bj, bb)
+	}
+	for _, s := range now {
+		b.settleItem(id, s.it, s.o, "")
+	}
+	if done {
+		b.finish(bj, true)
+	}
+	return done
+}
+
+// record notes in bj the outcomes outs tell, returning the held items they settle, whether
+// every item is settled, and the job's id.
+func (b *Bulker) record(bj *job, outs []kustomer.ItemOutcome) (now []settlement, done bool, id string) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	settled := 0
 	for i, o := range outs {
 		ref := bj.rec.Items[i].MsgRef()
@@ -744,32 +790,28 @@ func (b *Bulker) apply(bj *job, bb *kustomer.BulkBatches) bool {
 			now = append(now, settlement{it, o})
 		}
 	}
-	done := settled == len(outs)
-	if done {
-		var last time.Time
-		for _, bt := range bb.Batches {
-			if bt.CompletedAt.After(last) {
-				last = bt.CompletedAt
-			}
+	return now, settled == len(outs), bj.rec.JobID
+}
+
+// learn takes in how long bj, complete by bb, took: the first read of the next jobs comes then.
+func (b *Bulker) learn(bj *job, bb *kustomer.BulkBatches) {
+	var last time.Time
+	for _, bt := range bb.Batches {
+		if bt.CompletedAt.After(last) {
+			last = bt.CompletedAt
 		}
-		took := time.Since(bj.sent)
+	}
+	var took time.Duration
+	b.locked(func() {
+		took = time.Since(bj.sent)
 		if d := last.Sub(bj.sent); !last.IsZero() && d > 0 && d < took {
 			took = d
 		}
 		if !bj.adopted {
 			b.est = time.Duration(float64(b.est)*(1-learnWeight) + float64(took)*learnWeight)
 		}
-		b.metrics.completed(took.Seconds())
-	}
-	id := bj.rec.JobID
-	b.mu.Unlock()
-	for _, s := range now {
-		b.settleItem(id, s.it, s.o, "")
-	}
-	if done {
-		b.finish(bj, true)
-	}
-	return done
+	})
+	b.metrics.completed(took.Seconds())
 }
 
 // settlement is an item and its outcome, to carry out once b.mu is let go.
@@ -797,17 +839,21 @@ func (b *Bulker) settleItem(job string, it Item, o kustomer.ItemOutcome, how str
 // next process. Unless following, b stops following the job.
 func (b *Bulker) fallback(bj *job, reason string, fence time.Time, following bool) {
 	b.metrics.failed(reason)
-	b.mu.Lock()
-	held := bj.held
-	bj.held = make(map[queue.MsgRef]Item)
-	if !fence.IsZero() {
-		bj.rec.FenceUntil = later(bj.rec.FenceUntil, fence)
-		for _, it := range bj.rec.Items {
-			b.addFence(it.Conv, it.Seq, fence)
+	var (
+		held map[queue.MsgRef]Item
+		rec  queue.BulkRecord
+	)
+	b.locked(func() {
+		held = bj.held
+		bj.held = make(map[queue.MsgRef]Item)
+		if !fence.IsZero() {
+			bj.rec.FenceUntil = later(bj.rec.FenceUntil, fence)
+			for _, it := range bj.rec.Items {
+				b.addFence(it.Conv, it.Seq, fence)
+			}
 		}
-	}
-	rec := bj.rec
-	b.mu.Unlock()
+		rec = bj.rec
+	})
 	if following && !fence.IsZero() {
 		b.put(rec)
 	}
@@ -838,11 +884,27 @@ func later(a, b time.Time) time.Time {
 // or kept while a fence holds, and for a job another process submitted, while redeliveries
 // of its items may still come.
 func (b *Bulker) finish(bj *job, lift bool) {
-	now := time.Now()
-	b.mu.Lock()
-	if bj.finished {
-		b.mu.Unlock()
+	rec, keep, ok := b.finished(bj, lift, time.Now())
+	if !ok {
 		return
+	}
+	if lift {
+		b.resumeUnfenced()
+	}
+	if !keep.IsZero() {
+		b.put(rec)
+		return
+	}
+	b.del(rec.Key)
+}
+
+// finished marks bj finished at now, as finish says, and returns its record and until when
+// to keep it (zero: delete it now); ok is false if bj was finished already.
+func (b *Bulker) finished(bj *job, lift bool, now time.Time) (rec queue.BulkRecord, keep time.Time, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if bj.finished {
+		return rec, keep, false
 	}
 	bj.finished = true
 	delete(b.jobs, bj.key)
@@ -866,8 +928,7 @@ func (b *Bulker) finish(bj *job, lift bool) {
 		}
 	}
 	bj.rec.Settled = now
-	rec := bj.rec
-	var keep time.Time
+	rec = bj.rec
 	if rec.FenceUntil.After(now) {
 		keep = rec.FenceUntil
 	}
@@ -882,28 +943,20 @@ func (b *Bulker) finish(bj *job, lift bool) {
 	if !keep.IsZero() {
 		b.forget[rec.Key] = keep
 	}
-	b.mu.Unlock()
-	if lift {
-		b.resumeUnfenced()
-	}
-	if !keep.IsZero() {
-		b.put(rec)
-		return
-	}
-	b.del(rec.Key)
+	return rec, keep, true
 }
 
-// release hands the conversations whose fence is gone back to the workers.
+// resumeUnfenced hands the conversations whose fence is gone back to the workers.
 func (b *Bulker) resumeUnfenced() {
-	b.mu.Lock()
 	var free []Item
-	for conv, it := range b.fenced {
-		if _, held := b.fences[conv]; !held {
-			free = append(free, it)
-			delete(b.fenced, conv)
+	b.locked(func() {
+		for conv, it := range b.fenced {
+			if _, held := b.fences[conv]; !held {
+				free = append(free, it)
+				delete(b.fenced, conv)
+			}
 		}
-	}
-	b.mu.Unlock()
+	})
 	for _, it := range free {
 		b.host.Resume(it)
 	}
@@ -940,26 +993,29 @@ func (b *Bulker) follow(bj *job) {
 // deadlines, since nobody can tell when Kustomer applies them.
 func (b *Bulker) deny(err error) {
 	b.off.Store(true)
-	b.mu.Lock()
-	if !b.warned {
-		b.warned = true
+	var (
+		warn    bool
+		jobs    []*job
+		pending []Item
+	)
+	b.locked(func() {
+		warn, b.warned = !b.warned, true
+		for _, bj := range b.jobs {
+			jobs = append(jobs, bj)
+		}
+		pending, b.pending = b.pending, nil
+	})
+	if warn {
 		b.log.Warn("the API key may submit bulk jobs but not read them: it lacks the role org.permission.bulk.read; bulk mode is off until restart, pending items go as single PUTs",
 			"error", err)
 	}
-	jobs := make([]*job, 0, len(b.jobs))
-	for _, bj := range b.jobs {
-		jobs = append(jobs, bj)
-	}
-	pending := b.pending
-	b.pending = nil
-	b.mu.Unlock()
 	for _, bj := range jobs {
-		b.mu.Lock()
 		var fence time.Time // none for a job whose submit never went out: it never will
-		if bj.submitting || !bj.rec.Ambiguous.IsZero() {
-			fence = bj.rec.Submitted.Add(b.cfg.Deadline)
-		}
-		b.mu.Unlock()
+		b.locked(func() {
+			if bj.submitting || !bj.rec.Ambiguous.IsZero() {
+				fence = bj.rec.Submitted.Add(b.cfg.Deadline)
+			}
+		})
 		b.fallback(bj, "read_denied", fence, false)
 	}
 	for _, it := range pending {
