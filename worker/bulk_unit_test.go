@@ -125,6 +125,15 @@ func (m *memBulk) ReadBulkBatches(_ context.Context, id string) (*kustomer.BulkB
 		State: "complete", CompletedAt: j.done, SuccessCount: -1, FailureCount: -1, Results: j.results}}}, nil
 }
 
+// ReadBulkJob says whether the job was applied: one batch, done once applied.
+func (m *memBulk) ReadBulkJob(_ context.Context, id string) (*kustomer.BulkJob, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	done := m.jobs[id].results != nil
+	return &kustomer.BulkJob{ID: id, Completed: done, BatchesComplete: min(len(m.jobs[id].results), 1), BatchesTotal: 1,
+		Status: 200, RateLimit: unlimited}, nil
+}
+
 // apply applies j's items once, failing a share of them; m.mu is held.
 func (m *memBulk) apply(j *memJob) {
 	if j.results != nil {

@@ -22,6 +22,9 @@ import (
 type Client interface {
 	SubmitBulk(ctx context.Context, items []kustomer.BulkItem) (*kustomer.BulkJob, error)
 	ReadBulkBatches(ctx context.Context, jobID string) (*kustomer.BulkBatches, error)
+	// ReadBulkJob reads a job's own status: only when its batches give no counts and cannot
+	// tell whether it is complete (kustomer.BulkBatches.NeedsJob).
+	ReadBulkJob(ctx context.Context, jobID string) (*kustomer.BulkJob, error)
 }
 
 // Store keeps the bulk jobs in flight across processes; *queue.BulkJobs is the real one.
@@ -656,7 +659,7 @@ func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 			b.stopFollowing(bj)
 			return
 		}
-		bb, went, err := b.read(ctx, bj.key, rec.JobID)
+		bb, went, err := b.read(ctx, bj, rec.JobID)
 		if !went {
 			b.stopFollowing(bj)
 			return
@@ -686,16 +689,28 @@ func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 	}
 }
 
-// read reads job id's batches through the host once the gates and the budget let it; went is
+// read reads bj's batches (job id) through the host once the gates and the budget let it,
+// and the job's own status too when the batches cannot tell whether it is complete; went is
 // false when ctx ended first.
-func (b *Bulker) read(ctx context.Context, key, id string) (bb *kustomer.BulkBatches, went bool, err error) {
-	went, err = b.host.Request(ctx, pacer.BulkRead, key, func(ctx context.Context) (kustomer.RateLimit, error) {
+func (b *Bulker) read(ctx context.Context, bj *job, id string) (bb *kustomer.BulkBatches, went bool, err error) {
+	went, err = b.host.Request(ctx, pacer.BulkRead, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
 		var err error
 		bb, err = b.cli.ReadBulkBatches(ctx, id)
 		if bb != nil {
 			return bb.RateLimit, err
 		}
 		return kustomer.RateLimit{}, err
+	})
+	if !went || err != nil || !bb.NeedsJob(bj.kitems) {
+		return bb, went, err
+	}
+	went, err = b.host.Request(ctx, pacer.BulkRead, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
+		job, err := b.cli.ReadBulkJob(ctx, id)
+		if job == nil {
+			return kustomer.RateLimit{}, err
+		}
+		bb.Job = job
+		return job.RateLimit, err
 	})
 	return bb, went, err
 }
