@@ -33,6 +33,8 @@ type handover struct {
 	top    queue.Topology
 	fake   *kustomertest.Server
 	client *kustomer.Client
+	// wire, when set, completes each replica's pool before it runs (js: the replica's own).
+	wire func(p *worker.Pool, js jetstream.JetStream)
 }
 
 // replica is one worker process sharing the pinned consumers, wired as the command wires it:
@@ -60,19 +62,26 @@ type syncBuffer = testwait.Buffer
 
 func handoverSetup(t *testing.T) *handover {
 	t.Helper()
-	h := &handover{t: t, srv: queuetest.StartServer(t)}
-	_, h.js = queuetest.Connect(t, h.srv.URL())
 	// AckWait is long enough that nothing is redelivered by its expiry, and the hold-back
 	// (twice AckWait) does not run out, while the test runs:
-	// what moves comes from the handover alone. MaxAckPending is the consumer's, above the
-	// first replica's own limit, so that this replica stops pulling once it holds its share.
-	h.top = queue.Topology{AckWait: time.Minute, MaxAckPending: 128, PinnedTTL: 2 * time.Second, DedupWindow: time.Minute}.WithDefaults()
+	// what moves comes from the handover alone.
+	return handoverSetupWith(t, time.Minute, kustomertest.Config{Budget: -1})
+}
+
+// handoverSetupWith is handoverSetup with the consumers' AckWait and the fake's config.
+func handoverSetupWith(t *testing.T, ackWait time.Duration, fake kustomertest.Config) *handover {
+	t.Helper()
+	h := &handover{t: t, srv: queuetest.StartServer(t)}
+	_, h.js = queuetest.Connect(t, h.srv.URL())
+	// MaxAckPending is the consumer's, above the first replica's own limit, so that this
+	// replica stops pulling once it holds its share.
+	h.top = queue.Topology{AckWait: ackWait, MaxAckPending: 128, PinnedTTL: 2 * time.Second, DedupWindow: time.Minute}.WithDefaults()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := queue.Ensure(ctx, h.js, h.top); err != nil {
 		t.Fatal(err)
 	}
-	h.fake = kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+	h.fake = kustomertest.NewServer(t, fake)
 	client, err := kustomer.New(kustomer.Options{BaseURL: h.fake.URL, Key: kustomer.StaticKey("test-key"), Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -205,6 +214,9 @@ func (h *handover) start(name string, cfg worker.Config, gate <-chan struct{}) *
 		Pacer:       pacer.New(-1),
 		Log:         log.With("replica", name),
 		Config:      cfg,
+	}
+	if h.wire != nil {
+		h.wire(r.pool, js)
 	}
 	pctx, stopPool := context.WithCancel(context.Background())
 	rctx, stopPins := context.WithCancel(context.Background())
