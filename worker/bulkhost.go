@@ -101,4 +101,16 @@ func (h bulkHost) Standby(it bulk.Item) bool {
 	return h.p.giveBackFrom(held(it).c, true) == 0
 }
 
+// Active reports whether this replica is the active one on some lane.
+func (h bulkHost) Active() bool {
+	h.p.mu.Lock()
+	defer h.p.mu.Unlock()
+	for _, src := range h.p.lanes {
+		if !h.p.standbyOn(src) {
+			return true
+		}
+	}
+	return false
+}
+
 func (h bulkHost) Hard() context.Context { return h.p.hard }

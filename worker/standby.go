@@ -189,9 +189,10 @@ func (p *Pool) giveBack(c *conv) (gone bool) {
 // rest of one being sent once its head is settled.
 func (p *Pool) yield(src *source) {
 	if p.bulk != nil {
-		// Held back by a bulk job's fence, a conversation is at rest too: its worker hands
-		// its head back (giveBack) rather than wait for the fence to end.
-		for _, it := range p.bulk.YieldFenced() {
+		// Held back by a bulk job's fence, or by a job that may run for minutes, a
+		// conversation is at rest too: its worker hands its head back (giveBack) rather
+		// than wait for the fence or the job to end.
+		for _, it := range p.bulk.Yield() {
 			bulkHost{p}.Resume(it)
 		}
 	}

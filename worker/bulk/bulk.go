@@ -54,6 +54,10 @@ type Host interface {
 	// Standby reports whether the item goes back to the active replica now: this replica is
 	// a standby on its lane, and nobody else holds it.
 	Standby(it Item) bool
+	// Active reports whether this replica is the active one on some lane (always, without
+	// replicas taking turns): its updates may then overtake a job another replica submitted,
+	// which it follows (handover.go).
+	Active() bool
 	// Hard ends when requests in flight must be abandoned (the end of a shutdown).
 	Hard() context.Context
 }
@@ -94,11 +98,11 @@ const (
 	readMin      = time.Second      // the first wait after a read that found the job unfinished
 	readMax      = 15 * time.Second // the longest wait between two reads of a job
 	firstReadMin = 200 * time.Millisecond
-	estimate0    = time.Second // what a job is taken to last before one was seen
-	learnWeight  = 0.3         // weight of the newest job in the learned duration
-	reloadEvery  = 2 * time.Second
-	tick         = 20 * time.Millisecond // the batcher's check of Linger
-	lingerMax    = 4                     // times Linger a job waits at most while items still come
+	estimate0    = time.Second            // what a job is taken to last before one was seen
+	learnWeight  = 0.3                    // weight of the newest job in the learned duration
+	reloadEvery  = 200 * time.Millisecond // at most this often for redelivered items not known
+	tick         = 20 * time.Millisecond  // the batcher's check of Linger
+	lingerMax    = 4                      // times Linger a job waits at most while items still come
 	storeTimeout = 5 * time.Second
 )
 
@@ -119,6 +123,8 @@ type Bulker struct {
 
 	kick chan struct{} // cap 1: the gathering job is full
 
+	reloading sync.Mutex // held by a Take that reads the store again for a redelivery
+
 	mu      sync.Mutex // guards every field below
 	pending []Item     // the job gathering
 	since   time.Time  // when pending's first item came
@@ -132,6 +138,8 @@ type Bulker struct {
 	est     time.Duration         // how long a job takes, as learned
 	seq     uint64                // for record keys
 	warned  bool                  // the read refusal was logged
+
+	wasActive bool // the host was active at the last housekeeping; owned by Run's goroutine
 
 	wg sync.WaitGroup // the jobs' goroutines
 }
@@ -186,7 +194,7 @@ func (b *Bulker) itemLog(it Item) *slog.Logger {
 // (Applied, Single, Resume).
 func (b *Bulker) Take(it Item) bool {
 	if it.Delivered > 1 {
-		b.reloadIfStale()
+		b.reloadIfStale(it)
 	}
 	now := time.Now()
 	b.mu.Lock()
@@ -220,14 +228,19 @@ func (b *Bulker) Take(it Item) bool {
 	return true
 }
 
-// reloadIfStale reads the store again if it was last read reloadEvery ago: a redelivered
-// item may belong to a job another process submitted since.
-func (b *Bulker) reloadIfStale() {
+// reloadIfStale reads the store again for it, a redelivered item not known here, if it was
+// last read reloadEvery ago: it may belong to a job another process submitted since (a
+// replica that lost its turn hands back the items of its jobs at once).
+func (b *Bulker) reloadIfStale(it Item) {
 	if b.store == nil {
 		return
 	}
+	// A burst of redeliveries waits for one reload, which may make them known.
+	b.reloading.Lock()
+	defer b.reloading.Unlock()
 	b.mu.Lock()
-	stale := time.Since(b.loaded) >= reloadEvery
+	_, known := b.known[it.Ref]
+	stale := !known && time.Since(b.loaded) >= reloadEvery
 	b.mu.Unlock()
 	if stale {
 		b.load(b.hard())
@@ -659,6 +672,9 @@ func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 			b.stopFollowing(bj)
 			return
 		}
+		if b.leftHere(bj) {
+			return
+		}
 		bb, went, err := b.read(ctx, bj, rec.JobID)
 		if !went {
 			b.stopFollowing(bj)
@@ -687,6 +703,16 @@ func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 		}
 		wait, next = next, min(2*next, readMax)
 	}
+}
+
+// leftHere hands back what bj holds that goes to the active replica now, and reports
+// whether bj is no longer followed here (handOver).
+func (b *Bulker) leftHere(bj *job) bool {
+	items, stop := b.handOver(bj)
+	for _, it := range items {
+		b.host.Resume(it)
+	}
+	return stop
 }
 
 // read reads bj's batches (job id) through the host once the gates and the budget let it,
@@ -977,27 +1003,6 @@ func (b *Bulker) resumeUnfenced() {
 	}
 }
 
-// YieldFenced takes out of b's hands, for handing back, the items a fence holds back that go
-// back to the active replica now (Host.Standby). Such a conversation is at rest, as a parked
-// one is: held here until the fence ends (minutes), its head would come back long after the
-// new active replica stopped waiting for it and applied the conversation's newer updates.
-// The host calls it when this replica becomes a standby and hands the items back itself.
-func (b *Bulker) YieldFenced() []Item {
-	b.mu.Lock()
-	items := make([]Item, 0, len(b.fenced))
-	for _, it := range b.fenced {
-		items = append(items, it)
-	}
-	b.mu.Unlock()
-	var out []Item
-	for _, it := range items {
-		if b.host.Standby(it) && b.unfence(it) {
-			out = append(out, it)
-		}
-	}
-	return out
-}
-
 // follow follows a job another process submitted, once one of its items came here.
 func (b *Bulker) follow(bj *job) {
 	b.followLoop(b.ctx, bj)
@@ -1044,6 +1049,7 @@ func (b *Bulker) load(ctx context.Context) {
 	if b.store == nil {
 		return
 	}
+	active := b.host.Active()
 	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	recs, err := b.store.List(lctx)
 	cancel()
@@ -1060,6 +1066,7 @@ func (b *Bulker) load(ctx context.Context) {
 			b.remember(r, now)
 		}
 	}
+	b.takeOverLocked(active, now)
 }
 
 // remember takes in the record of a job another process submitted, read from the store at
@@ -1136,6 +1143,7 @@ func (b *Bulker) adopt(r queue.BulkRecord) {
 
 // housekeep lifts fences that ran out and deletes the records nobody needs any more.
 func (b *Bulker) housekeep(ctx context.Context, now time.Time) {
+	b.activated(ctx)
 	b.mu.Lock()
 	for conv, f := range b.fences {
 		if !now.Before(f.until) {
