@@ -275,3 +275,23 @@ func TestHandoverStandbyKeepsARedeliveryAppliedInAJob(t *testing.T) {
 		t.Fatalf("updates applied %v; want the one once", got)
 	}
 }
+
+// A job too large for Kustomer (413) is split, not sent as single PUTs: every update still
+// goes in bulk, in jobs Kustomer takes.
+func TestBulkJobTooLargeIsSplit(t *testing.T) {
+	t.Parallel()
+	const convs = 40
+	s := setupBulk(t, convs, 1, bulk.Config{Size: convs, Min: 2, Linger: 20 * time.Millisecond})
+	body := len(s.q.pending[0].data) // a little more than the update's body
+	s.bc.maxBytes = 10 * body
+	runUntilAcked(t, s.pool, s.q, s.seq, 60*time.Second)
+	s.bc.mu.Lock()
+	defer s.bc.mu.Unlock()
+	sum := 0
+	for _, n := range s.bc.sizes {
+		sum += n
+	}
+	if sum != convs {
+		t.Errorf("%d updates went in jobs (sizes %v); want all %d", sum, s.bc.sizes, convs)
+	}
+}

@@ -27,10 +27,12 @@ import (
 // flaky's single PUTs, so that order holds across both. submitErr and readErr, when set,
 // script answers: submitErr(n) replaces the answer to the nth submit once its job was made
 // (Kustomer created it, the worker hears an error); readErr(n) answers the nth read of a job
-// instead; nil goes on as usual.
+// instead; nil goes on as usual. A submit of more than maxBytes bytes of bodies (0: no
+// limit) is answered 413, and makes no job.
 type memBulk struct {
 	t         *testing.T
 	f         *flaky
+	maxBytes  int
 	delay     func(n int) time.Duration
 	submitErr func(n int) error
 	readErr   func(n int) error
@@ -38,6 +40,7 @@ type memBulk struct {
 	rnd       *rand.Rand
 	jobs      map[string]*memJob
 	sizes     []int
+	bytes     []int // of each job, its items' bodies
 	submits   int
 	timers    []*time.Timer
 }
@@ -55,6 +58,13 @@ func (m *memBulk) SubmitBulk(_ context.Context, items []kustomer.BulkItem) (*kus
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.submits++
+	size := 0
+	for _, it := range items {
+		size += len(it.Update.Body)
+	}
+	if m.maxBytes > 0 && size > m.maxBytes {
+		return nil, &kustomer.APIError{Op: kustomer.OpSubmitBulk, Status: 413, Class: kustomer.ClassPermanent, Reason: "request entity too large", RateLimit: unlimited}
+	}
 	seen := map[string]bool{}
 	for _, it := range items {
 		if seen[it.Update.ID] {
@@ -66,6 +76,7 @@ func (m *memBulk) SubmitBulk(_ context.Context, items []kustomer.BulkItem) (*kus
 	j := &memJob{items: slices.Clone(items)}
 	m.jobs[id] = j
 	m.sizes = append(m.sizes, len(items))
+	m.bytes = append(m.bytes, size)
 	if m.delay != nil {
 		m.timers = append(m.timers, time.AfterFunc(m.delay(m.submits), func() {
 			m.mu.Lock()
