@@ -295,3 +295,22 @@ func TestBulkJobTooLargeIsSplit(t *testing.T) {
 		t.Errorf("%d updates went in jobs (sizes %v); want all %d", sum, s.bc.sizes, convs)
 	}
 }
+
+// A job holds at most MaxBytes of update bodies.
+func TestBulkJobBytesCapped(t *testing.T) {
+	t.Parallel()
+	const convs = 40
+	s := setupBulk(t, convs, 1, bulk.Config{Size: convs, Min: 2, Linger: 20 * time.Millisecond})
+	s.pool.Config.Bulk.MaxBytes = 500
+	runUntilAcked(t, s.pool, s.q, s.seq, 60*time.Second)
+	s.bc.mu.Lock()
+	defer s.bc.mu.Unlock()
+	if len(s.bc.bytes) < 2 {
+		t.Errorf("jobs of %v bytes; want the updates split over several", s.bc.bytes)
+	}
+	for _, n := range s.bc.bytes {
+		if n > 500 {
+			t.Errorf("a job of %d bytes of bodies; want at most 500", n)
+		}
+	}
+}

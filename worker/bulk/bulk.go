@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -217,7 +218,7 @@ func (b *Bulker) Take(it Item) bool {
 	}
 	b.pending = append(b.pending, it)
 	b.last = now
-	full := len(b.pending) >= b.cfg.Size
+	full := b.full(b.pending) > 0
 	b.mu.Unlock()
 	if full {
 		select {
@@ -336,9 +337,9 @@ func (b *Bulker) Wait() { b.wg.Wait() }
 func (b *Bulker) gather(ctx context.Context, now time.Time) {
 	b.mu.Lock()
 	var jobs [][]Item
-	for len(b.pending) >= b.cfg.Size {
-		jobs = append(jobs, b.pending[:b.cfg.Size:b.cfg.Size])
-		b.pending = b.pending[b.cfg.Size:]
+	for n := b.full(b.pending); n > 0; n = b.full(b.pending) {
+		jobs = append(jobs, b.pending[:n:n])
+		b.pending = b.pending[n:]
 		b.since = now
 	}
 	var singles []Item
@@ -373,6 +374,25 @@ func (b *Bulker) gather(ctx context.Context, now time.Time) {
 		}
 		b.start(items)
 	}
+}
+
+// full is how many of items, from the first, make a full job: Size of them, or as many as
+// fit in MaxBytes of update bodies before the next (at least one); 0 while they fill none.
+func (b *Bulker) full(items []Item) int {
+	size := 0
+	for i, it := range items {
+		if i == b.cfg.Size {
+			return i
+		}
+		size += len(it.Update.Body)
+		if size > b.cfg.MaxBytes {
+			return max(i, 1)
+		}
+	}
+	if len(items) == b.cfg.Size {
+		return len(items)
+	}
+	return 0
 }
 
 // single hands an item back to the workers to go as a single PUT, decided as any other.
@@ -592,6 +612,10 @@ func (b *Bulker) submitted(ctx context.Context, bj *job, job *kustomer.BulkJob, 
 	case apiErr.Class == kustomer.ClassAuth:
 		b.fallback(bj, "auth", b.ambiguousFence(bj), false)
 		return submitOver
+	case apiErr.Status == http.StatusRequestEntityTooLarge && len(bj.kitems) > 1 && b.ambiguousFence(bj).IsZero():
+		b.log.Info("Kustomer found a bulk job too large; splitting it in two", "items", len(bj.kitems))
+		b.split(bj)
+		return submitOver
 	case apiErr.Class == kustomer.ClassPermanent:
 		b.log.Warn("Kustomer refused a bulk submit as a whole; sending its items as single PUTs", "status", apiErr.Status, "reason", apiErr.Reason, "items", len(bj.kitems))
 		b.fallback(bj, "rejected", b.ambiguousFence(bj), false)
@@ -617,6 +641,31 @@ func (b *Bulker) accepted(ctx context.Context, bj *job, job *kustomer.BulkJob, s
 	b.put(rec)
 	if !over {
 		b.followLoop(ctx, bj)
+	}
+}
+
+// split ends bj, a job Kustomer refused as too large (no job made), and makes two jobs of its
+// items instead.
+func (b *Bulker) split(bj *job) {
+	var items []Item
+	b.locked(func() {
+		for _, ri := range bj.rec.Items {
+			if it, ok := bj.held[ri.MsgRef()]; ok {
+				items = append(items, it)
+			}
+		}
+		bj.held = make(map[queue.MsgRef]Item)
+		bj.finished = true
+		delete(b.jobs, bj.key)
+	})
+	b.del(bj.key)
+	if len(items) == 0 {
+		return
+	}
+	half := max(len(items)/2, 1)
+	b.start(items[:half])
+	if len(items) > half {
+		b.start(items[half:])
 	}
 }
 
