@@ -233,6 +233,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	if p.cfg.Bulk.Enabled { // before the workers, which hand it messages
 		p.bulk = bulk.New(ctx, bulkHost{p}, p.bulkClient(), p.BulkJobs, p.bulkSettings())
+		p.sayBulkLane()
 		wg.Go(p.bulk.Run)
 	}
 	for _, src := range p.lanes {

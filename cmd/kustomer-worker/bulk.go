@@ -81,7 +81,8 @@ func (b *bulkJobs) read(ctx context.Context, js jetstream.JetStream, top queue.T
 
 // bulkJobDoc is a bulk job in flight in status --json.
 type bulkJobDoc struct {
-	Job        string     `json:"job"` // Kustomer's job id; "" while the submit is unanswered
+	Job        string     `json:"job"`            // Kustomer's job id; "" while the submit is unanswered
+	Lane       string     `json:"lane,omitempty"` // the lane whose updates go in bulk
 	Submitted  time.Time  `json:"submitted"`
 	Items      int        `json:"items"`
 	Settled    int        `json:"settled"`               // items Kustomer reported on
@@ -92,7 +93,7 @@ type bulkJobDoc struct {
 func bulkDocs(recs []queue.BulkRecord) []bulkJobDoc {
 	out := make([]bulkJobDoc, 0, len(recs))
 	for _, r := range recs {
-		d := bulkJobDoc{Job: r.JobID, Submitted: r.Submitted.UTC(), Items: len(r.Items), Done: !r.Settled.IsZero()}
+		d := bulkJobDoc{Job: r.JobID, Lane: r.Lane, Submitted: r.Submitted.UTC(), Items: len(r.Items), Done: !r.Settled.IsZero()}
 		for _, it := range r.Items {
 			if it.Outcome != "" {
 				d.Settled++
@@ -119,6 +120,9 @@ func bulkLines(recs []queue.BulkRecord, now time.Time) []string {
 			job = "(submit unanswered)"
 		}
 		s := fmt.Sprintf("  %-24s %3d items, %3d reported, submitted %s ago", job, d.Items, d.Settled, age(now, d.Submitted))
+		if d.Lane != "" {
+			s += ", " + d.Lane + " lane"
+		}
 		if d.Done {
 			s += ", done"
 		}

@@ -90,8 +90,10 @@ type Settings struct {
 	// Redeliveries is how long after a job ends redeliveries of its items may still come (a
 	// job another process submitted): its record is kept that long.
 	Redeliveries time.Duration
-	Log          *slog.Logger // default: discard
-	Metrics      *Metrics     // optional
+	// Lane names the lane whose updates go in bulk, for the records (status shows it).
+	Lane    string
+	Log     *slog.Logger // default: discard
+	Metrics *Metrics     // optional
 }
 
 // Tuned values of following jobs, and the timeout of a call to the store.
@@ -408,7 +410,7 @@ func (b *Bulker) start(items []Item) {
 	key := strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + strconv.FormatUint(b.seq, 36)
 	bj := &job{key: key, held: make(map[queue.MsgRef]Item, len(items)),
 		outcome: make(map[queue.MsgRef]kustomer.ItemOutcome), follows: true}
-	bj.rec = queue.BulkRecord{Key: key, Submitted: time.Now()}
+	bj.rec = queue.BulkRecord{Key: key, Lane: b.set.Lane, Submitted: time.Now()}
 	for _, it := range items {
 		ref := it.Ref.Key()
 		bj.kitems = append(bj.kitems, kustomer.BulkItem{Ref: ref, Update: it.Update})
