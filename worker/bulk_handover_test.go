@@ -44,15 +44,7 @@ func TestBulkHandoverMidJob(t *testing.T) {
 
 	// Both pins move to the running standby mid-job; a newer live update of each
 	// conversation follows.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	s, err := h.js.Stream(ctx, h.top.Stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.UnpinConsumer(ctx, h.top.LaneConsumer(queue.LaneBackfill), h.top.PriorityGroup); err != nil {
-		t.Fatal(err)
-	}
+	h.unpin(queue.LaneBackfill)
 	h.publish(queue.LaneBackfill, warmup, 1) // the next delivery pins the puller: the second replica
 	testwait.Until(t, "the second replica pinned on the backfill lane, and the first to know it lost the pin", 20*time.Second, func() bool {
 		return b.pin(queue.LaneBackfill).Active() && !a.pin(queue.LaneBackfill).Active()

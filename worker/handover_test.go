@@ -258,6 +258,21 @@ func (h *handover) publish(l queue.Lane, n, round int) {
 	}
 }
 
+// unpin makes the server drop the pin of lane l's consumer: the next delivery pins whichever
+// replica pulls.
+func (h *handover) unpin(l queue.Lane) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := h.js.Stream(ctx, h.top.Stream)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := s.UnpinConsumer(ctx, h.top.LaneConsumer(l), h.top.PriorityGroup); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
 // info reads lane l's consumer.
 func (h *handover) info(l queue.Lane) *jetstream.ConsumerInfo {
 	h.t.Helper()
@@ -319,15 +334,7 @@ func TestHandoverToARunningStandby(t *testing.T) {
 
 			// The pin moves to the running standby while the active one still holds them, as
 			// when a cluster's consumer leader changes; the newer updates go to the new active.
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			s, err := h.js.Stream(ctx, h.top.Stream)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.UnpinConsumer(ctx, h.top.LaneConsumer(tc.lane), h.top.PriorityGroup); err != nil {
-				t.Fatal(err)
-			}
+			h.unpin(tc.lane)
 			for r := 1; r < rounds; r++ {
 				h.publishRound(tc.lane, tc.convs, r)
 			}

@@ -202,7 +202,7 @@ func (b *Bulker) Take(it Item) bool {
 	now := time.Now()
 	b.mu.Lock()
 	if until, ok := b.fencedAt(it, now); ok {
-		b.fenced[it.Conv] = it // released by resumeUnfenced, or by YieldFenced
+		b.fenced[it.Conv] = it // released by resumeUnfenced, or by Yield
 		b.mu.Unlock()
 		b.holdBack(it, until)
 		return true
@@ -265,7 +265,7 @@ func (b *Bulker) fencedAt(it Item, now time.Time) (time.Time, bool) {
 }
 
 // holdBack keeps it, fenced, until the fence ends; a standby hands it back at once instead
-// (YieldFenced covers a pin lost after this check: it is in fenced already).
+// (Yield covers a pin lost after this check: it is in fenced already).
 func (b *Bulker) holdBack(it Item, until time.Time) {
 	if b.host.Standby(it) && b.unfence(it) {
 		b.host.Resume(it) // its worker hands it back
