@@ -282,29 +282,18 @@ func (c *runCmd) pool(ctx context.Context, e *env, js jetstream.JetStream, cfg r
 		return nil, queue.Consumers{}, err
 	}
 	octx, cancel := context.WithTimeout(ctx, bindCallTimeout)
-	order, err := queue.NewOrderCheck(octx, js, cfg.top)
+	pool, err := worker.NewPool(octx, js, cfg.top, lanes, attempts, worker.Wiring{
+		Client:   newWatchedClient(cfg.client, c.KustomerURL, rep.log),
+		Pacer:    pacer.New(c.RatePerMinute),
+		Metrics:  rep.metrics,
+		Log:      rep.log,
+		Config:   cfg.wc,
+		HardStop: e.hard(),
+		Heal:     heal(js, cfg.top, c.ManageStreams),
+	})
 	cancel()
 	if err != nil {
 		return nil, queue.Consumers{}, err
-	}
-
-	if cfg.wc.FetchWait > 0 {
-		lanes.Backfill.MaxWait = cfg.wc.FetchWait // a standby's backfill pull waits no longer than a pull
-	}
-	pool := &worker.Pool{
-		Consumer:    lanes.Live,
-		Backfill:    lanes.Backfill,
-		Order:       order,
-		Client:      newWatchedClient(cfg.client, c.KustomerURL, rep.log),
-		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: cfg.top.DLQSubject},
-		HardStop:    e.hard(),
-		Heal:        heal(js, cfg.top, c.ManageStreams),
-		Outstanding: &queue.Outstanding{JS: js, Topology: cfg.top},
-		Attempts:    attempts,
-		Pacer:       pacer.New(c.RatePerMinute),
-		Metrics:     rep.metrics,
-		Log:         rep.log,
-		Config:      cfg.wc,
 	}
 	if err := c.wireBulk(ctx, js, cfg.top, c.ManageStreams, pool, cfg.client); err != nil {
 		return nil, queue.Consumers{}, err
