@@ -39,6 +39,7 @@ type runCmd struct {
 	RequestTimeout  time.Duration `name:"request-timeout" env:"KUSTOMER_REQUEST_TIMEOUT" default:"${default_request_timeout}" help:"Timeout of one request to Kustomer (default ${default})."`
 	ShutdownTimeout time.Duration `name:"shutdown-timeout" env:"WORKER_SHUTDOWN_TIMEOUT" default:"${default_shutdown_timeout}" help:"After SIGINT/SIGTERM, how long requests in flight may finish; the rest is handed back for redelivery; a second signal cuts it short (default ${default})."`
 	HTTPAddr        string        `name:"http-addr" env:"WORKER_HTTP_ADDR" default:"127.0.0.1:9464" help:"Address serving /metrics, /healthz and /readyz; empty turns it off (default ${default})."`
+	PProf           bool          `name:"pprof" env:"WORKER_PPROF" help:"Also serve Go's profiles on http-addr under /debug/pprof/ (CPU, heap, goroutines, and block and mutex profiles, which it turns on), to profile a live daemon; keep http-addr private then (default false)."`
 	AckWait         time.Duration `name:"ack-wait" env:"WORKER_ACK_WAIT" default:"${default_ack_wait}" help:"Consumer AckWait: a crashed worker's messages are redelivered after this long (default ${default})."`
 	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency, at least ${min_max_ack_pending}, and with --bulk at least ${default_bulk_jobs_held} × bulk-size (default ${default})."`
 	OutageThreshold int           `name:"outage-threshold" env:"WORKER_OUTAGE_THRESHOLD" default:"${default_outage_threshold}" help:"Requests failing transiently in a row (5xx, timeouts, refused connections) across conversations that pause every request as a Kustomer outage: no attempts are spent, one probe at a time until it answers; negative turns it off (default ${default})."`
@@ -396,6 +397,9 @@ func (c *runCmd) serveHTTP(ready *readiness, reg *prometheus.Registry, log *slog
 		}
 		fmt.Fprintln(w, "ready ("+ready.role()+")") // standby: a standby is ready to take over
 	})
+	if c.PProf {
+		servePProf(mux)
+	}
 	ln, err := net.Listen("tcp", c.HTTPAddr)
 	if err != nil {
 		return nil, usagef("http-addr: %v", err)
@@ -408,7 +412,7 @@ func (c *runCmd) serveHTTP(ready *readiness, reg *prometheus.Registry, log *slog
 			log.Error("http server", "error", err)
 		}
 	}()
-	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String(), "pprof", c.PProf)
 	return func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
