@@ -155,7 +155,7 @@ func (r *rig) backlog(first, n int) {
 		if r.bySubject {
 			subject = r.top.ConversationSubject(queue.LaneLive, convID(conv))
 		}
-		if _, err := js.PublishAsync(subject, updateOf(conv, i)); err != nil {
+		if _, err := js.PublishAsync(subject, updateOf(conv, i), jetstream.WithStallWait(time.Minute)); err != nil {
 			r.tb.Fatal(err)
 		}
 	}
