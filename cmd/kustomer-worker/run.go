@@ -133,6 +133,9 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return err
 	}
 	defer stopNATS() // last, after the connection drained
+	if c.PProf {
+		startProfiling()
+	}
 	nc, err := c.connect(ctx, e, natsURL, rep)
 	if nc == nil {
 		return err // nil when a signal came while waiting: a normal stop
