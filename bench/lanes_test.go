@@ -11,14 +11,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 	"github.com/kustomer-worker/kustomer-worker/worker"
-	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 var (
@@ -227,38 +224,10 @@ func (r *rig) backlogIn(l queue.Lane, first, n int) {
 	}
 }
 
-// startLanes runs a worker pool wired as the run command wires it, both lanes and the order
-// check order, with --rate-per-minute ratePerMinute, until the returned function is called;
-// that function returns once the pool has stopped.
+// startLanes is startPool with the order check order.
 func (r *rig) startLanes(ratePerMinute int, order worker.OlderFinder) (stop func()) {
 	r.tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	lanes, attempts, err := queue.BindLanes(ctx, r.js, r.top)
-	if err != nil {
-		r.tb.Fatal(err)
-	}
-	if r.wc.FetchWait > 0 {
-		lanes.Backfill.MaxWait = r.wc.FetchWait
-	}
-	client, err := kustomer.New(kustomer.Options{BaseURL: r.fake.URL, Key: kustomer.StaticKey(apiKey), Timeout: 30 * time.Second})
-	if err != nil {
-		r.tb.Fatal(err)
-	}
-	pool := &worker.Pool{
-		Consumer:    lanes.Live,
-		Backfill:    lanes.Backfill,
-		Order:       order,
-		Client:      client,
-		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
-		Outstanding: &queue.Outstanding{JS: r.js, Topology: r.top},
-		Attempts:    attempts,
-		Pacer:       pacer.New(ratePerMinute),
-		Metrics:     worker.NewMetrics(prometheus.NewRegistry()),
-		Log:         discard,
-		Config:      r.wc,
-	}
-	return r.runPool(pool, client)
+	return r.startDaemon(r.js, ratePerMinute, order)
 }
 
 // timedCheck is the real order check, timed: one queue.OrderCheck per lane checked, each on

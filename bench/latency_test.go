@@ -27,7 +27,9 @@ func BenchmarkLatency(b *testing.B) {
 	next := 0 // conversations used so far: each message goes to a new one
 	for i := range repetitions(b) {
 		runPool := func() []float64 { return r.latencies(samples, &next, func() func() { return r.startPool(1000) }) }
-		runBase := func() []float64 { return r.latencies(samples, &next, func() func() { return r.startBaseline(8) }) }
+		runBase := func() []float64 {
+			return r.latencies(samples, &next, func() func() { return r.startBaseline(r.js, 8) })
+		}
 		var p, q []float64
 		if i%2 == 0 {
 			p, q = runPool(), runBase()

@@ -84,6 +84,8 @@ type rig struct {
 	// convs, when above 0, is how many conversations backlog spreads its updates over, in
 	// turn (update i goes to conversation i mod convs); 0: every update a conversation of its own.
 	convs int
+	// bySubject: backlog publishes each update to <live subject>.<id>, not the bare subject.
+	bySubject bool
 }
 
 // newRig starts NATS and the fake, and declares the topology the run command declares with
@@ -119,14 +121,16 @@ func updateOf(conv, i int) []byte {
 		convID(conv), i%5+1, i)
 }
 
-// freshConsumer replaces the durable consumer with a new one of the same configuration, so a
-// run finds no pull request or delivery state left by the one before.
+// freshConsumer replaces both lanes' durable consumers with new ones of the same
+// configuration, so a run finds no pull request, pin or delivery state left by the one before.
 func (r *rig) freshConsumer() {
 	r.tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := r.js.DeleteConsumer(ctx, r.top.Stream, r.top.Consumer); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		r.tb.Fatal(err)
+	for _, l := range queue.Lanes() {
+		if err := r.js.DeleteConsumer(ctx, r.top.Stream, r.top.LaneConsumer(l)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			r.tb.Fatal(err)
+		}
 	}
 	if err := queue.Ensure(ctx, r.js, r.top); err != nil {
 		r.tb.Fatal(err)
@@ -143,11 +147,15 @@ func (r *rig) backlog(first, n int) {
 	}
 	defer js.CleanupPublisher()
 	for i := first; i < first+n; i++ {
-		msg := update(i)
+		conv := i
 		if r.convs > 0 {
-			msg = updateOf(i%r.convs, i)
+			conv = i % r.convs
 		}
-		if _, err := js.PublishAsync(r.top.Subject, msg); err != nil {
+		subject := r.top.Subject
+		if r.bySubject {
+			subject = r.top.ConversationSubject(queue.LaneLive, convID(conv))
+		}
+		if _, err := js.PublishAsync(subject, updateOf(conv, i), jetstream.WithStallWait(time.Minute)); err != nil {
 			r.tb.Fatal(err)
 		}
 	}
@@ -182,33 +190,85 @@ func (r *rig) waitDrained(want int, timeout time.Duration) {
 	waitUntil("the work stream to empty", func() bool { return r.streamMsgs() == 0 })
 }
 
-// startPool runs a worker pool wired as the run command wires it, with --rate-per-minute
-// ratePerMinute, until the returned function is called; that function returns once the pool
-// has stopped.
+// startPool runs the worker pool of the run command, built by worker.NewPool as run builds it
+// (both lanes, the order check, standby pins renewed, Outstanding), with --rate-per-minute
+// ratePerMinute, on the rig's connection, until the returned function is called; that
+// function returns once the pool has stopped.
 func (r *rig) startPool(ratePerMinute int) (stop func()) {
+	r.tb.Helper()
+	return r.startDaemon(r.js, ratePerMinute, nil)
+}
+
+// startDaemon is startPool on js; order, when not nil, replaces the pool's order check.
+func (r *rig) startDaemon(js jetstream.JetStream, ratePerMinute int, order worker.OlderFinder) (stop func()) {
 	r.tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cons, attempts, err := queue.Bind(ctx, r.js, r.top)
+	lanes, attempts, err := queue.BindLanes(ctx, js, r.top)
 	if err != nil {
 		r.tb.Fatal(err)
 	}
-	client, err := kustomer.New(kustomer.Options{BaseURL: r.fake.URL, Key: kustomer.StaticKey(apiKey), Timeout: 30 * time.Second})
+	client := r.client()
+	pool, err := worker.NewPool(ctx, js, r.top, lanes, attempts, worker.Wiring{
+		Client: client, Pacer: pacer.New(ratePerMinute), Metrics: worker.NewMetrics(prometheus.NewRegistry()),
+		Log: discard, Config: r.wc,
+	})
 	if err != nil {
 		r.tb.Fatal(err)
 	}
+	if order != nil {
+		pool.Order = order
+	}
+	// The pins are renewed as run renews them (startStandby), and released at the end.
+	pctx, pcancel := context.WithCancel(context.Background())
+	var pins sync.WaitGroup
+	pins.Go(func() { _ = lanes.Live.Run(pctx) })
+	pins.Go(func() { _ = lanes.Backfill.Run(pctx) })
+	stopPool := r.runPool(pool, client)
+	return func() {
+		stopPool()
+		uctx, ucancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = lanes.Live.Unpin(uctx)
+		_ = lanes.Backfill.Unpin(uctx)
+		ucancel()
+		pcancel()
+		pins.Wait()
+	}
+}
+
+// startStripped runs the pool as it was built before lanes, the order check and standby:
+// the live lane only, no order check, no Outstanding (every acknowledgement confirmed), on js.
+// It shows what those mechanisms cost.
+func (r *rig) startStripped(js jetstream.JetStream) (stop func()) {
+	r.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cons, attempts, err := queue.Bind(ctx, js, r.top)
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	client := r.client()
 	pool := &worker.Pool{
 		Consumer:    cons,
 		Client:      client,
-		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
+		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: r.top.DLQSubject},
 		Attempts:    attempts,
-		Outstanding: &queue.Outstanding{JS: r.js, Topology: r.top},
-		Pacer:       pacer.New(ratePerMinute),
+		Pacer:       pacer.New(0),
 		Metrics:     worker.NewMetrics(prometheus.NewRegistry()),
 		Log:         discard,
 		Config:      r.wc,
 	}
 	return r.runPool(pool, client)
+}
+
+// client is a Kustomer client of the fake.
+func (r *rig) client() *kustomer.Client {
+	r.tb.Helper()
+	client, err := kustomer.New(kustomer.Options{BaseURL: r.fake.URL, Key: kustomer.StaticKey(apiKey), Timeout: 30 * time.Second})
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	return client
 }
 
 // runPool runs pool until the returned function is called, which stops it (failing the
@@ -231,16 +291,16 @@ func (r *rig) runPool(pool *worker.Pool, client *kustomer.Client) (stop func()) 
 	}
 }
 
-// startBaseline runs the simplest consumer that does the pool's job, until the returned
-// function is called: c goroutines share one Messages iterator on the same durable consumer;
+// startBaseline runs the simplest consumer that does the pool's job, on js, until the
+// returned function is called: c goroutines share one Messages iterator on the same durable consumer;
 // each decodes a message, sends its PUT with a plain http.Client and acks it on a 2xx, naks it
 // otherwise. No pacing, no retries, no per-conversation order, no dead letters, no metrics.
 // The returned function returns once every goroutine has stopped.
-func (r *rig) startBaseline(c int) (stop func()) {
+func (r *rig) startBaseline(js jetstream.JetStream, c int) (stop func()) {
 	r.tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cons, _, err := queue.Bind(ctx, r.js, r.top) // pulls in the consumer's priority group
+	cons, _, err := queue.Bind(ctx, js, r.top) // pulls in the consumer's priority group
 	if err != nil {
 		r.tb.Fatal(err)
 	}
@@ -299,7 +359,10 @@ type drain struct {
 	elapsed time.Duration
 	cpu     time.Duration
 	n       int
+	trips   map[string]int // round trips of the consumer's connection, by kind; nil if not counted
 }
+
+func (d drain) roundTripsPerUpdate() float64 { return float64(total(d.trips)) / float64(d.n) }
 
 func (d drain) perSecond() float64 { return float64(d.n) / d.elapsed.Seconds() }
 

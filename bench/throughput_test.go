@@ -7,74 +7,118 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 )
 
 // BenchmarkThroughput measures updates per second end to end (fetch from JetStream, PUT to the
-// fake, ack) through a backlog, against a fake with no budget and no added latency, at
-// --concurrency 1, 8 and 32. Each repetition drains the same backlog once with the worker pool
-// and once with the baseline of startBaseline, in alternating order, on the same stream and
-// fake. Reported: the medians of the worker's and the baseline's updates/s and CPU time per
-// update (the whole process: NATS and the fake run in it too, for both), and the median of the
-// per-repetition ratios worker/baseline. Target: a ratio of 0.8 or better.
-//
-// Every update is to a conversation of its own unless -bench.per-conversation says otherwise:
-// with k, the backlog holds n/k conversations of k updates each, in turns, so that most
-// updates find the acknowledgement of their conversation's previous one recent.
+// fake, ack) through a backlog, against a fake with no budget and no added latency, in every
+// cell of: the bare live subject or <live subject>.<id>; 1 or 4 updates per conversation (with
+// 4, the backlog holds n/4 conversations of 4 updates each, in turns); --concurrency 8 and 32.
+// Each repetition drains the same backlog once with the daemon's pool (startPool: built by
+// worker.NewPool, as `kustomer-worker run` builds it, every default on) and once with the plain
+// loop of startBaseline, in alternating order, on the same stream and fake; with
+// -bench.stripped also with the pool without lanes, order check and standby (startStripped).
+// Each runner has a NATS connection of its own whose requests that wait for an answer are
+// counted (roundTrips). Reported, medians: updates/s, CPU time per update (the whole process:
+// NATS and the fake run in it too, for all), round trips per update, and the per-repetition
+// ratios pool/baseline. Targets: a ratio of 0.8 or better, CPU at most 1.5 times the
+// baseline's, at most 1.5 round trips per update beyond the baseline's.
 func BenchmarkThroughput(b *testing.B) {
 	n := pick("bench.updates", updatesFlag, 500)
-	perConv := max(*perConvFlag, 1)
-	for _, c := range []int{1, 8, 32} {
-		b.Run(fmt.Sprintf("concurrency=%d", c), func(b *testing.B) {
-			r := newRig(b, kustomertest.Config{Budget: -1, DisableLog: true}, c)
-			if perConv > 1 {
-				r.convs = max(n/perConv, 1)
+	for _, subject := range []string{"bare", "conversation"} {
+		for _, perConv := range []int{1, 4} {
+			for _, c := range []int{8, 32} {
+				b.Run(fmt.Sprintf("subject=%s/per-conversation=%d/concurrency=%d", subject, perConv, c), func(b *testing.B) {
+					r := newRig(b, kustomertest.Config{Budget: -1, DisableLog: true}, c)
+					r.bySubject = subject == "conversation"
+					if perConv > 1 {
+						r.convs = max(n/perConv, 1)
+					}
+					throughputCell(b, r, n, c)
+				})
 			}
-			var pool, base []drain
-			var speed, cpu []float64
-			for i := range repetitions(b) {
-				runPool := func() drain { return r.drainWith(n, func() func() { return r.startPool(0) }) }
-				runBase := func() drain { return r.drainWith(n, func() func() { return r.startBaseline(c) }) }
-				var p, q drain
-				if i%2 == 0 {
-					q, p = runBase(), runPool()
-				} else {
-					p, q = runPool(), runBase()
-				}
-				pool, base = append(pool, p), append(base, q)
-				speed = append(speed, p.perSecond()/q.perSecond())
-				cpu = append(cpu, p.cpuPerUpdate()/q.cpuPerUpdate())
-				b.Logf("repetition %d: worker %.0f updates/s, %.3f cpu-ms/update; baseline %.0f updates/s, %.3f cpu-ms/update",
-					i+1, p.perSecond(), p.cpuPerUpdate(), q.perSecond(), q.cpuPerUpdate())
-			}
-			b.ReportMetric(0, "ns/op")
-			b.ReportMetric(median(mapDrains(pool, drain.perSecond)), "updates/s")
-			b.ReportMetric(median(mapDrains(base, drain.perSecond)), "baseline_updates/s")
-			b.ReportMetric(median(speed), "ratio_vs_baseline")
-			b.ReportMetric(median(mapDrains(pool, drain.cpuPerUpdate)), "cpu-ms/update")
-			b.ReportMetric(median(mapDrains(base, drain.cpuPerUpdate)), "baseline_cpu-ms/update")
-			b.ReportMetric(median(cpu), "cpu_ratio_vs_baseline")
-		})
+		}
 	}
 }
 
-// drainWith publishes a backlog of n updates to a fresh consumer, then starts a consumer with
-// start and times it until every update was applied and acknowledged.
-func (r *rig) drainWith(n int, start func() (stop func())) drain {
+// runner is one way of draining the backlog, on a counted connection of its own.
+type runner struct {
+	name  string
+	rt    *roundTrips
+	start func(js jetstream.JetStream) (stop func())
+	js    jetstream.JetStream
+	runs  []drain
+}
+
+// throughputCell runs the repetitions of one cell and reports them.
+func throughputCell(b *testing.B, r *rig, n, c int) {
+	runners := []*runner{
+		{name: "worker", start: func(js jetstream.JetStream) func() { return r.startDaemon(js, 0, nil) }},
+		{name: "baseline", start: func(js jetstream.JetStream) func() { return r.startBaseline(js, c) }},
+	}
+	if *strippedFlag {
+		runners = append(runners, &runner{name: "stripped", start: r.startStripped})
+	}
+	for _, run := range runners {
+		run.rt = &roundTrips{byKind: make(map[string]int)}
+		_, run.js = r.countedConn(run.rt)
+	}
+	pool, base := runners[0], runners[1]
+	var speed, cpu, extra []float64
+	for i := range repetitions(b) {
+		for k := range runners {
+			run := runners[(k+i)%len(runners)] // alternating who goes first
+			d := r.drainWith(n, run.rt, func() func() { return run.start(run.js) })
+			run.runs = append(run.runs, d)
+			b.Logf("repetition %d, %s: %.0f updates/s, %.3f cpu-ms/update, %.3f round trips/update (%s)",
+				i+1, run.name, d.perSecond(), d.cpuPerUpdate(), d.roundTripsPerUpdate(), perUpdate(d.trips, d.n))
+		}
+		p, q := pool.runs[i], base.runs[i]
+		speed = append(speed, p.perSecond()/q.perSecond())
+		cpu = append(cpu, p.cpuPerUpdate()/q.cpuPerUpdate())
+		extra = append(extra, p.roundTripsPerUpdate()-q.roundTripsPerUpdate())
+	}
+	b.ReportMetric(0, "ns/op")
+	for _, run := range runners {
+		prefix := ""
+		if run != pool {
+			prefix = run.name + "_"
+		}
+		b.ReportMetric(median(mapDrains(run.runs, drain.perSecond)), prefix+"updates/s")
+		b.ReportMetric(median(mapDrains(run.runs, drain.cpuPerUpdate)), prefix+"cpu-ms/update")
+		b.ReportMetric(median(mapDrains(run.runs, drain.roundTripsPerUpdate)), prefix+"round-trips/update")
+	}
+	b.ReportMetric(median(speed), "ratio_vs_baseline")
+	b.ReportMetric(median(cpu), "cpu_ratio_vs_baseline")
+	b.ReportMetric(median(extra), "extra_round-trips/update")
+}
+
+// drainWith publishes a backlog of n updates to fresh consumers, then starts a consumer with
+// start and times it until every update was applied and acknowledged; rt counts the round
+// trips of the consumer's connection meanwhile.
+func (r *rig) drainWith(n int, rt *roundTrips, start func() (stop func())) drain {
 	r.tb.Helper()
 	r.freshConsumer()
 	want := r.fake.Stats().Applied + n
 	r.backlog(0, n)
 	runtime.GC()
+	if rt != nil {
+		rt.take()
+	}
 	cpu0, t0 := cpuTime(), time.Now()
 	stop := start()
 	r.waitDrained(want, 10*time.Minute)
 	d := drain{elapsed: time.Since(t0), cpu: cpuTime() - cpu0, n: n}
+	if rt != nil {
+		d.trips = rt.take()
+	}
 	stop()
 	return d
 }
 
-var perConvFlag = flag.Int("bench.per-conversation", 1, "updates per conversation in BenchmarkThroughput, spread over the backlog (1: a conversation of its own each)")
+var strippedFlag = flag.Bool("bench.stripped", false, "BenchmarkThroughput: also drain each backlog with the pool without lanes, order check and standby")
 
 func mapDrains(ds []drain, f func(drain) float64) []float64 {
 	out := make([]float64, len(ds))

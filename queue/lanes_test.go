@@ -392,6 +392,23 @@ func TestOrderCheck(t *testing.T) {
 		check("most applied, many more published")
 	})
 
+	t.Run("finds a message stored after a check that found the other lane empty", func(t *testing.T) {
+		js, top, oc := setupCheck(t)
+		ctx := context.Background()
+		first := pub(t, js, top.ConversationSubject(queue.LaneLive, "a"), `{"id":"a","body":{}}`)
+		pub(t, js, top.ConversationSubject(queue.LaneLive, "b"), `{"id":"b","body":{}}`)
+		if none, err := oc.OlderPending(ctx, queue.LaneBackfill, "a", first); err != nil || len(none) != 0 {
+			t.Fatalf("an empty backfill lane: %v, %v", seqs(none), err)
+		}
+		b1 := pub(t, js, top.ConversationSubject(queue.LaneBackfill, "a"), `{"id":"a","body":{}}`)
+		b2 := pub(t, js, top.BackfillSubject, `{"id":"a","body":{}}`)
+		live := pub(t, js, top.ConversationSubject(queue.LaneLive, "a"), `{"id":"a","body":{}}`)
+		older, err := oc.OlderPending(ctx, queue.LaneBackfill, "a", live)
+		if err != nil || !slices.Equal(seqs(older), []uint64{b1, b2}) {
+			t.Errorf("OlderPending: %v, %v; want [%d %d]", seqs(older), err, b1, b2)
+		}
+	})
+
 	t.Run("finds older live updates for a backfill one, on both live subjects", func(t *testing.T) {
 		js, top, oc := setupCheck(t)
 		ctx := context.Background()

@@ -31,6 +31,7 @@ type OrderCheck struct {
 	top    Topology
 	stream jetstream.Stream
 	bare   map[Lane]*bareIndex // one per lane; the map is never written after NewOrderCheck
+	clear  map[Lane]*laneMark  // one per lane; the map is never written after NewOrderCheck
 }
 
 // NewOrderCheck looks up the work stream of t.
@@ -43,9 +44,10 @@ func NewOrderCheck(ctx context.Context, js jetstream.JetStream, t Topology) (*Or
 		// GetMsg would use direct gets, answered by any replica: see the type's doc.
 		return nil, fmt.Errorf("stream %s allows direct gets: the order check needs answers from its leader; turn allow_direct off", t.Stream)
 	}
-	c := &OrderCheck{top: t, stream: s, bare: make(map[Lane]*bareIndex)}
+	c := &OrderCheck{top: t, stream: s, bare: make(map[Lane]*bareIndex), clear: make(map[Lane]*laneMark)}
 	for _, l := range Lanes() {
 		c.bare[l] = &bareIndex{next: 1, byID: make(map[string][]uint64), pruneAt: bareFirstPrune}
+		c.clear[l] = &laneMark{below: 1}
 	}
 	return c, nil
 }
@@ -55,8 +57,10 @@ func NewOrderCheck(ctx context.Context, js jetstream.JetStream, t Topology) (*Or
 // sequence before. Both the lane's subjects count: <lane subject>.<id>, and the bare lane
 // subject, whose messages name their conversation in their body's "id".
 //
-// Cost, in requests to the stream's leader: one for <lane subject>.<id>, plus one per
-// message found there; and for the bare subject, one per bare message stored since the last
+// Cost, in requests to the stream's leader: none while the lane holds no message below
+// before (see clearBelow: three requests find that out for every message stored so far, so
+// a backlog drained while the other lane is empty costs a few requests in all). Otherwise:
+// one for <lane subject>.<id>, plus one per message found there; and for the bare subject, one per bare message stored since the last
 // check of the lane (zero when before is below the last one read, one when none was
 // stored), plus one per bare message of the conversation remembered as pending. Each bare
 // message is read once: a backfill published on the bare subject costs one extra read per
@@ -67,6 +71,9 @@ func NewOrderCheck(ctx context.Context, js jetstream.JetStream, t Topology) (*Or
 // deliver it in its turn unless it is removed first (DirectMsg.Ack). A worker that holds the
 // consumer's delivery of the same sequence already should use that one instead.
 func (c *OrderCheck) OlderPending(ctx context.Context, lane Lane, id string, before uint64) ([]*DirectMsg, error) {
+	if c.clearBelow(ctx, lane, before) {
+		return nil, nil
+	}
 	out, err := c.older(ctx, c.top.ConversationSubject(lane, id), before)
 	if err != nil {
 		return out, err
@@ -77,6 +84,45 @@ func (c *OrderCheck) OlderPending(ctx context.Context, lane Lane, id string, bef
 		slices.SortFunc(out, func(a, b *DirectMsg) int { return cmp.Compare(a.raw.Sequence, b.raw.Sequence) })
 	}
 	return out, err
+}
+
+// laneMark is a sequence below which a lane holds no message in the stream. It only grows:
+// a message stored later has a higher sequence than any stored before. Guarded by mu, held
+// across a refresh, so that one refresh serves the checks that wait for it.
+type laneMark struct {
+	mu    sync.Mutex
+	below uint64
+}
+
+// clearBelow reports whether lane holds no message below before: then no check is needed.
+// When before is above the mark, it reads the stream's last sequence, and then the lane's
+// oldest message on each of its subjects: every message up to that last sequence was stored
+// before these reads, so none of the lane's is older than the oldest found, and if none was
+// found the lane holds nothing up to the last sequence. Three requests, for every message
+// stored so far; on a failure it reports false, and the check proper runs.
+func (c *OrderCheck) clearBelow(ctx context.Context, lane Lane, before uint64) bool {
+	m := c.clear[lane]
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if before <= m.below {
+		return true
+	}
+	info, err := readLeader(ctx, func(ctx context.Context) (*jetstream.StreamInfo, error) { return c.stream.Info(ctx) })
+	if err != nil {
+		return false
+	}
+	below := info.State.LastSeq + 1
+	for _, subject := range c.top.LaneSubjects(lane) {
+		first, err := c.next(ctx, subject, m.below)
+		if err != nil {
+			return false
+		}
+		if first != nil {
+			below = min(below, first.Sequence)
+		}
+	}
+	m.below = max(m.below, below)
+	return before <= m.below
 }
 
 // older reads the messages on subject below before.

@@ -22,13 +22,16 @@
 //  1. fetch (fetch.go): each lane has a fetch goroutine (the live lane, Pool.Consumer, and with
 //     Pool.Backfill the backfill lane). It takes a slot per message it will pull (takeSlots:
 //     Pool.slots, at most Config.MaxAckPending; the backfill lane also has a smaller cap of
-//     its own), pulls a batch from its consumer and hands each message to admit.
+//     its own; one only after a pull that brought nothing, so that a pull waiting on an empty
+//     lane holds no room the other lane could use), pulls a batch from its consumer and hands
+//     each message to admit.
 //  2. admitted (standby.go): admit hands the message back at once while this replica is a
 //     standby on the lane (goesBack), and before the first message of a new turn as the
 //     active replica holds back the conversations another replica held messages of
 //     (takeTurn, recover.go); then it hands the message to add.
 //  3. held (dispatch.go): add decodes and validates the message once, puts ahead of it the
-//     older updates of its conversation still pending in the other lane (addOlder), and
+//     older updates of its conversation still pending in the other lane (addOlder; no request
+//     while the other lane holds nothing older, see queue.OrderCheck), and
 //     files it as a job under its conversation (conv, in stream order); a conversation
 //     that may go is made ready (makeReady: the ready channel of its head's class). An
 //     invalid message gets a conversation of its own: it has no order to keep. Only a

@@ -30,6 +30,7 @@ func (p *Pool) fetch(ctx context.Context, src *source) {
 	defer p.followRole(ctx, src)() // active and standby (standby.go)
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(fetchRetryMin),
 		backoff.WithMaxInterval(fetchRetryMax), backoff.WithMaxElapsedTime(0))
+	idle := false // the last pull brought nothing
 	for ctx.Err() == nil {
 		if p.gated() {
 			_ = ctxtime.Sleep(ctx, blockedRecheck)
@@ -39,7 +40,7 @@ func (p *Pool) fetch(ctx context.Context, src *source) {
 			_ = ctxtime.Sleep(ctx, time.Until(until))
 			continue
 		}
-		n, ok := p.room(ctx, src)
+		n, ok := p.room(ctx, src, idle)
 		if !ok {
 			return
 		}
@@ -60,6 +61,7 @@ func (p *Pool) fetch(ctx context.Context, src *source) {
 		for range n - got {
 			p.freeSlots(src)
 		}
+		idle = got == 0
 		if pullFailed(ctx, err) {
 			p.fetchFailed(ctx, src, err)
 			_ = ctxtime.Sleep(ctx, retry.NextBackOff())
@@ -79,12 +81,17 @@ func (p *Pool) gated() bool {
 
 // room takes slots for the next pull: at least one (waiting for it), and while messages are
 // held it gathers more for a moment, so that a backlog is pulled in batches rather than one
-// pull request per message. ok is false when ctx ended.
-func (p *Pool) room(ctx context.Context, src *source) (n int, ok bool) {
+// pull request per message. After a pull that brought nothing (idle) it takes one only: a
+// pull that waits on an empty lane holds its slots all the while, and those would starve
+// the other lane. ok is false when ctx ended.
+func (p *Pool) room(ctx context.Context, src *source, idle bool) (n int, ok bool) {
 	if !p.takeSlots(ctx, src, nil) {
 		return 0, false
 	}
 	n = 1
+	if idle {
+		return n, true
+	}
 	if len(p.slots) > 1 {
 		t := time.NewTimer(batchGather)
 		for n < p.cfg.MaxAckPending/2 && p.takeSlots(ctx, src, t.C) {

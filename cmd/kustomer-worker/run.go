@@ -39,6 +39,7 @@ type runCmd struct {
 	RequestTimeout  time.Duration `name:"request-timeout" env:"KUSTOMER_REQUEST_TIMEOUT" default:"${default_request_timeout}" help:"Timeout of one request to Kustomer (default ${default})."`
 	ShutdownTimeout time.Duration `name:"shutdown-timeout" env:"WORKER_SHUTDOWN_TIMEOUT" default:"${default_shutdown_timeout}" help:"After SIGINT/SIGTERM, how long requests in flight may finish; the rest is handed back for redelivery; a second signal cuts it short (default ${default})."`
 	HTTPAddr        string        `name:"http-addr" env:"WORKER_HTTP_ADDR" default:"127.0.0.1:9464" help:"Address serving /metrics, /healthz and /readyz; empty turns it off (default ${default})."`
+	PProf           bool          `name:"pprof" env:"WORKER_PPROF" help:"Also serve Go's profiles on http-addr under /debug/pprof/ (CPU, heap, goroutines, and block and mutex profiles, which it turns on), to profile a live daemon; keep http-addr private then (default false)."`
 	AckWait         time.Duration `name:"ack-wait" env:"WORKER_ACK_WAIT" default:"${default_ack_wait}" help:"Consumer AckWait: a crashed worker's messages are redelivered after this long (default ${default})."`
 	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency, at least ${min_max_ack_pending}, and with --bulk at least ${default_bulk_jobs_held} × bulk-size (default ${default})."`
 	OutageThreshold int           `name:"outage-threshold" env:"WORKER_OUTAGE_THRESHOLD" default:"${default_outage_threshold}" help:"Requests failing transiently in a row (5xx, timeouts, refused connections) across conversations that pause every request as a Kustomer outage: no attempts are spent, one probe at a time until it answers; negative turns it off (default ${default})."`
@@ -132,6 +133,9 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return err
 	}
 	defer stopNATS() // last, after the connection drained
+	if c.PProf {
+		startProfiling()
+	}
 	nc, err := c.connect(ctx, e, natsURL, rep)
 	if nc == nil {
 		return err // nil when a signal came while waiting: a normal stop
@@ -281,32 +285,21 @@ func (c *runCmd) pool(ctx context.Context, e *env, js jetstream.JetStream, cfg r
 		}
 		return nil, queue.Consumers{}, err
 	}
+	budget := pacer.New(c.RatePerMinute)
+	pacer.RegisterMetrics(rep.reg, "kustomer_worker", budget)
 	octx, cancel := context.WithTimeout(ctx, bindCallTimeout)
-	order, err := queue.NewOrderCheck(octx, js, cfg.top)
+	pool, err := worker.NewPool(octx, js, cfg.top, lanes, attempts, worker.Wiring{
+		Client:   newWatchedClient(cfg.client, c.KustomerURL, rep.log),
+		Pacer:    budget,
+		Metrics:  rep.metrics,
+		Log:      rep.log,
+		Config:   cfg.wc,
+		HardStop: e.hard(),
+		Heal:     heal(js, cfg.top, c.ManageStreams),
+	})
 	cancel()
 	if err != nil {
 		return nil, queue.Consumers{}, err
-	}
-
-	if cfg.wc.FetchWait > 0 {
-		lanes.Backfill.MaxWait = cfg.wc.FetchWait // a standby's backfill pull waits no longer than a pull
-	}
-	budget := pacer.New(c.RatePerMinute)
-	pacer.RegisterMetrics(rep.reg, "kustomer_worker", budget)
-	pool := &worker.Pool{
-		Consumer:    lanes.Live,
-		Backfill:    lanes.Backfill,
-		Order:       order,
-		Client:      newWatchedClient(cfg.client, c.KustomerURL, rep.log),
-		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: cfg.top.DLQSubject},
-		HardStop:    e.hard(),
-		Heal:        heal(js, cfg.top, c.ManageStreams),
-		Outstanding: &queue.Outstanding{JS: js, Topology: cfg.top},
-		Attempts:    attempts,
-		Pacer:       budget,
-		Metrics:     rep.metrics,
-		Log:         rep.log,
-		Config:      cfg.wc,
 	}
 	if err := c.wireBulk(ctx, js, cfg.top, c.ManageStreams, pool, cfg.client); err != nil {
 		return nil, queue.Consumers{}, err
@@ -409,6 +402,9 @@ func (c *runCmd) serveHTTP(ready *readiness, reg *prometheus.Registry, log *slog
 		}
 		fmt.Fprintln(w, "ready ("+ready.role()+")") // standby: a standby is ready to take over
 	})
+	if c.PProf {
+		servePProf(mux)
+	}
 	ln, err := net.Listen("tcp", c.HTTPAddr)
 	if err != nil {
 		return nil, usagef("http-addr: %v", err)
@@ -421,7 +417,7 @@ func (c *runCmd) serveHTTP(ready *readiness, reg *prometheus.Registry, log *slog
 			log.Error("http server", "error", err)
 		}
 	}()
-	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String(), "pprof", c.PProf)
 	return func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -328,6 +328,24 @@ func TestDaemonLosesNothing(t *testing.T) {
 		}
 	})
 
+	t.Run("serves Go's profiles on the metrics address only with --pprof", func(t *testing.T) {
+		b := startBroker(t)
+		fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+		plain := startDaemon(t, key, args(b, fake)...)
+		profiled := startDaemon(t, key, append(args(b, fake), "--pprof")...)
+		for _, d := range []*daemon{plain, profiled} {
+			testwait.Until(t, "/healthz", 20*time.Second, func() bool { return d.status("/healthz") == 200 })
+		}
+		if got := plain.status("/debug/pprof/"); got != http.StatusNotFound {
+			t.Errorf("without --pprof, /debug/pprof/ answers %d; want 404", got)
+		}
+		for _, path := range []string{"/debug/pprof/", "/debug/pprof/goroutine?debug=1", "/debug/pprof/block", "/debug/pprof/profile?seconds=1"} {
+			if got := profiled.status(path); got != http.StatusOK {
+				t.Errorf("with --pprof, %s answers %d; want 200", path, got)
+			}
+		}
+	})
+
 	t.Run("with no NATS URL it runs on the embedded server and keeps the backlog across restarts", func(t *testing.T) {
 		fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1, Latency: 5 * time.Millisecond})
 		dataDir, listen := t.TempDir(), freeAddr(t)
