@@ -112,11 +112,13 @@ const (
 // Bulker batches conversations' head updates into bulk jobs and follows the jobs; see the
 // package documentation.
 type Bulker struct {
-	// Set by New, never changed after.
-	host  Host
-	cli   Client
-	store Store // nil: jobs are not kept across processes
-	set   Settings
+	host    Host
+	cli     Client
+	store   Store // nil: jobs are not kept across processes
+	cfg     Config
+	set     Settings
+	log     *slog.Logger
+	metrics *Metrics
 
 	off atomic.Bool // the key may not read jobs: bulk is off for the process
 
@@ -177,7 +179,7 @@ func New(ctx context.Context, host Host, cli Client, store Store, s Settings) *B
 		s.Log = slog.New(slog.DiscardHandler)
 	}
 	return &Bulker{
-		host: host, cli: cli, store: store, set: s, ctx: ctx,
+		host: host, cli: cli, store: store, cfg: s.Config, set: s, log: s.Log, metrics: s.Metrics, ctx: ctx,
 		kick:   make(chan struct{}, 1),
 		fences: make(map[string]fence), fenced: make(map[string]Item), known: make(map[queue.MsgRef]*job),
 		jobs: make(map[string]*job), forget: make(map[string]time.Time), est: estimate0,
@@ -186,7 +188,7 @@ func New(ctx context.Context, host Host, cli Client, store Store, s Settings) *B
 
 // itemLog is the logger for lines about it.
 func (b *Bulker) itemLog(it Item) *slog.Logger {
-	return b.set.Log.With("conversation", it.Update.ID, "seq", it.Ref.Seq)
+	return b.log.With("conversation", it.Update.ID, "seq", it.Ref.Seq)
 }
 
 // Take is called for a conversation's head update by the host's goroutine that holds the
@@ -310,7 +312,7 @@ func (b *Bulker) hard() context.Context { return b.host.Hard() }
 func (b *Bulker) Run() {
 	ctx := b.ctx
 	b.load(ctx)
-	t := time.NewTicker(min(tick, max(b.set.Linger/5, time.Millisecond)))
+	t := time.NewTicker(min(tick, max(b.cfg.Linger/5, time.Millisecond)))
 	defer t.Stop()
 	var housekeeping time.Time
 	for {
@@ -352,9 +354,9 @@ func (b *Bulker) gather(ctx context.Context, now time.Time) {
 	}
 	// Linger runs from the first item; while items still trickle in (a backlog being
 	// fetched), the job waits for them a little longer, up to lingerMax times Linger.
-	quiet := now.Sub(b.last) >= b.set.Linger/5 || now.Sub(b.since) >= lingerMax*b.set.Linger
-	if len(b.pending) > 0 && now.Sub(b.since) >= b.set.Linger && quiet {
-		if len(b.pending) >= b.set.Min {
+	quiet := now.Sub(b.last) >= b.cfg.Linger/5 || now.Sub(b.since) >= lingerMax*b.cfg.Linger
+	if len(b.pending) > 0 && now.Sub(b.since) >= b.cfg.Linger && quiet {
+		if len(b.pending) >= b.cfg.Min {
 			jobs = append(jobs, b.pending)
 		} else {
 			singles = b.pending
@@ -381,15 +383,15 @@ func (b *Bulker) gather(ctx context.Context, now time.Time) {
 func (b *Bulker) full(items []Item) int {
 	size := 0
 	for i, it := range items {
-		if i == b.set.Size {
+		if i == b.cfg.Size {
 			return i
 		}
 		size += len(it.Update.Body)
-		if size > b.set.MaxBytes {
+		if size > b.cfg.MaxBytes {
 			return max(i, 1)
 		}
 	}
-	if len(items) == b.set.Size {
+	if len(items) == b.cfg.Size {
 		return len(items)
 	}
 	return 0
@@ -397,7 +399,7 @@ func (b *Bulker) full(items []Item) int {
 
 // single hands an item back to the workers to go as a single PUT, decided as any other.
 func (b *Bulker) single(it Item, why string) {
-	b.set.Metrics.item(why)
+	b.metrics.item(why)
 	b.host.Single(it)
 }
 
@@ -450,12 +452,12 @@ func (b *Bulker) guard(bj *job, run func(*job)) {
 				bj.rec.Ambiguous = time.Now()
 			}
 			id = bj.rec.JobID
-			fence = bj.rec.Submitted.Add(b.set.Deadline)
+			fence = bj.rec.Submitted.Add(b.cfg.Deadline)
 			if id != "" {
-				fence = bj.rec.Submitted.Add(2 * b.set.Deadline)
+				fence = bj.rec.Submitted.Add(2 * b.cfg.Deadline)
 			}
 		})
-		b.set.Log.Error("panic in a bulk job; its items go as single PUTs", "job", id, "panic", r, "stack", string(debug.Stack()))
+		b.log.Error("panic in a bulk job; its items go as single PUTs", "job", id, "panic", r, "stack", string(debug.Stack()))
 		b.fallback(bj, "panic", fence, false)
 	}()
 	run(bj)
@@ -484,7 +486,7 @@ func (b *Bulker) submitAndFollow(bj *job) {
 		b.fallback(bj, "store", time.Time{}, false)
 		return
 	}
-	deadline := rec.Submitted.Add(b.set.Deadline)
+	deadline := rec.Submitted.Add(b.cfg.Deadline)
 	// Waiting for the gates and the budget ends at the job's deadline (a job submitted after
 	// it would be given up before Kustomer had time to apply it), or when the job falls back
 	// meanwhile (finish).
@@ -519,8 +521,8 @@ func (b *Bulker) submitAndFollow(bj *job) {
 			continue
 		}
 		d := retry.NextBackOff()
-		b.set.Metrics.retry("transient")
-		b.set.Log.Info("bulk submit failed; retrying", "error", err, "retry_in", d)
+		b.metrics.retry("transient")
+		b.log.Info("bulk submit failed; retrying", "error", err, "retry_in", d)
 		if ctxtime.Sleep(ctx, d) != nil {
 			b.shutdownBeforeSubmit(bj)
 			return
@@ -606,18 +608,18 @@ func (b *Bulker) submitted(ctx context.Context, bj *job, job *kustomer.BulkJob, 
 		b.put(rec)
 	case apiErr.Class == kustomer.ClassThrottled:
 		pause := b.host.Throttled(apiErr.RateLimit)
-		b.set.Metrics.retry("throttled_org")
-		b.set.Log.Info("org rate budget spent at a bulk submit; pausing every request", "status", apiErr.Status, "pause", pause)
+		b.metrics.retry("throttled_org")
+		b.log.Info("org rate budget spent at a bulk submit; pausing every request", "status", apiErr.Status, "pause", pause)
 		return submitAgain
 	case apiErr.Class == kustomer.ClassAuth:
 		b.fallback(bj, "auth", b.ambiguousFence(bj), false)
 		return submitOver
 	case apiErr.Status == http.StatusRequestEntityTooLarge && len(bj.kitems) > 1 && b.ambiguousFence(bj).IsZero():
-		b.set.Log.Info("Kustomer found a bulk job too large; splitting it in two", "items", len(bj.kitems))
+		b.log.Info("Kustomer found a bulk job too large; splitting it in two", "items", len(bj.kitems))
 		b.split(bj)
 		return submitOver
 	case apiErr.Class == kustomer.ClassPermanent:
-		b.set.Log.Warn("Kustomer refused a bulk submit as a whole; sending its items as single PUTs", "status", apiErr.Status, "reason", apiErr.Reason, "items", len(bj.kitems))
+		b.log.Warn("Kustomer refused a bulk submit as a whole; sending its items as single PUTs", "status", apiErr.Status, "reason", apiErr.Reason, "items", len(bj.kitems))
 		b.fallback(bj, "rejected", b.ambiguousFence(bj), false)
 		return submitOver
 	}
@@ -626,7 +628,7 @@ func (b *Bulker) submitted(ctx context.Context, bj *job, job *kustomer.BulkJob, 
 
 // accepted follows bj, which Kustomer accepted as job (submitted at sent), to its end.
 func (b *Bulker) accepted(ctx context.Context, bj *job, job *kustomer.BulkJob, sent time.Time) {
-	b.set.Metrics.submitted()
+	b.metrics.submitted()
 	var (
 		rec  queue.BulkRecord
 		over bool
@@ -690,7 +692,7 @@ func (b *Bulker) ambiguousFence(bj *job) time.Time {
 	if bj.rec.Ambiguous.IsZero() {
 		return time.Time{}
 	}
-	return bj.rec.Submitted.Add(b.set.Deadline)
+	return bj.rec.Submitted.Add(b.cfg.Deadline)
 }
 
 // followLoop reads bj's batches until every item is settled, the job is past its deadline,
@@ -703,8 +705,8 @@ func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 		sent    time.Time
 	)
 	b.locked(func() { rec, est, adopted, sent = bj.rec, b.est, bj.adopted, bj.sent })
-	deadline := rec.Submitted.Add(b.set.Deadline)
-	lost := rec.Submitted.Add(2 * b.set.Deadline)
+	deadline := rec.Submitted.Add(b.cfg.Deadline)
+	lost := rec.Submitted.Add(2 * b.cfg.Deadline)
 	wait := min(max(est+est/10+50*time.Millisecond-time.Since(sent), firstReadMin), readMax)
 	if adopted {
 		wait = 0
@@ -740,14 +742,14 @@ func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 		unknown = step == readUnknown
 		now := time.Now()
 		if !now.Before(lost) {
-			b.set.Log.Warn("bulk job given up as lost: not complete within twice its deadline; its conversations go on", "job", rec.JobID)
+			b.log.Warn("bulk job given up as lost: not complete within twice its deadline; its conversations go on", "job", rec.JobID)
 			b.finish(bj, true)
 			return
 		}
 		if !overdue && !now.Before(deadline) {
 			overdue = true
-			b.set.Log.Warn("bulk job past its deadline; sending its unsettled items as single PUTs and holding their conversations' newer updates until it is complete",
-				"job", rec.JobID, "deadline", b.set.Deadline, "lost_after", lost.Format(time.RFC3339))
+			b.log.Warn("bulk job past its deadline; sending its unsettled items as single PUTs and holding their conversations' newer updates until it is complete",
+				"job", rec.JobID, "deadline", b.cfg.Deadline, "lost_after", lost.Format(time.RFC3339))
 			b.fallback(bj, cond(unknown, "unknown", "deadline"), lost, true)
 		}
 		wait, next = next, min(2*next, readMax)
@@ -816,16 +818,16 @@ func (b *Bulker) readAnswer(bj *job, id string, bb *kustomer.BulkBatches, err er
 		return readOver
 	case errors.As(err, &apiErr) && apiErr.Class == kustomer.ClassThrottled:
 		b.host.Throttled(apiErr.RateLimit)
-		b.set.Metrics.retry("throttled_org")
+		b.metrics.retry("throttled_org")
 		return readAgain
 	case errors.As(err, &apiErr) && apiErr.Class == kustomer.ClassPermanent:
 		// Kustomer accepted the job: a 404 (or another refusal) may only mean it does not
 		// show it yet, and it may still apply it. Its deadline decides, as for a job that
 		// stays unfinished.
-		b.set.Log.Warn("Kustomer does not show a bulk job it accepted; reading it again until its deadline", "job", id, "status", apiErr.Status, "reason", apiErr.Reason)
+		b.log.Warn("Kustomer does not show a bulk job it accepted; reading it again until its deadline", "job", id, "status", apiErr.Status, "reason", apiErr.Reason)
 		return readUnknown
 	default:
-		b.set.Log.Info("cannot read a bulk job; reading it again later", "job", id, "error", err)
+		b.log.Info("cannot read a bulk job; reading it again later", "job", id, "error", err)
 	}
 	return readLater
 }
@@ -901,7 +903,7 @@ func (b *Bulker) learn(bj *job, bb *kustomer.BulkBatches) {
 			b.est = time.Duration(float64(b.est)*(1-learnWeight) + float64(took)*learnWeight)
 		}
 	})
-	b.set.Metrics.completed(took.Seconds())
+	b.metrics.completed(took.Seconds())
 }
 
 // settlement is an item and its outcome, to carry out once b.mu is let go.
@@ -914,10 +916,10 @@ type settlement struct {
 func (b *Bulker) settleItem(job string, it Item, o kustomer.ItemOutcome, how string) {
 	switch o.State {
 	case kustomer.ItemSucceeded:
-		b.set.Metrics.item("succeeded")
+		b.metrics.item("succeeded")
 		b.host.Applied(it)
 	default:
-		b.set.Metrics.item("failed")
+		b.metrics.item("failed")
 		b.itemLog(it).Info("bulk item failed; sending it as a single PUT", "job", job, "reason", o.Reason, "how", how)
 		b.host.Single(it)
 	}
@@ -928,7 +930,7 @@ func (b *Bulker) settleItem(job string, it Item, o kustomer.ItemOutcome, how str
 // wait until then (or until the job is complete), and the record keeps the fence for the
 // next process. Unless following, b stops following the job.
 func (b *Bulker) fallback(bj *job, reason string, fence time.Time, following bool) {
-	b.set.Metrics.failed(reason)
+	b.metrics.failed(reason)
 	var (
 		held map[queue.MsgRef]Item
 		rec  queue.BulkRecord
@@ -1010,7 +1012,7 @@ func (b *Bulker) finished(bj *job, lift bool, now time.Time) (rec queue.BulkReco
 		bj.rec.FenceUntil = time.Time{}
 	}
 	if !bj.rec.Ambiguous.IsZero() {
-		if until := bj.rec.Submitted.Add(b.set.Deadline); until.After(now) {
+		if until := bj.rec.Submitted.Add(b.cfg.Deadline); until.After(now) {
 			for _, it := range bj.rec.Items {
 				b.addFence(it.Conv, it.Seq, until)
 			}
@@ -1075,14 +1077,14 @@ func (b *Bulker) deny(err error) {
 		pending, b.pending = b.pending, nil
 	})
 	if warn {
-		b.set.Log.Warn("the API key may submit bulk jobs but not read them: it lacks the role org.permission.bulk.read; bulk mode is off until restart, pending items go as single PUTs",
+		b.log.Warn("the API key may submit bulk jobs but not read them: it lacks the role org.permission.bulk.read; bulk mode is off until restart, pending items go as single PUTs",
 			"error", err)
 	}
 	for _, bj := range jobs {
 		var fence time.Time // none for a job whose submit never went out: it never will
 		b.locked(func() {
 			if bj.submitting || !bj.rec.Ambiguous.IsZero() {
-				fence = bj.rec.Submitted.Add(b.set.Deadline)
+				fence = bj.rec.Submitted.Add(b.cfg.Deadline)
 			}
 		})
 		b.fallback(bj, "read_denied", fence, false)
@@ -1107,7 +1109,7 @@ func (b *Bulker) load(ctx context.Context) {
 	defer b.mu.Unlock()
 	b.loaded = now
 	if err != nil {
-		b.set.Log.Warn("cannot read the bulk jobs in flight; redelivered items of a job another process submitted are sent again", "error", err)
+		b.log.Warn("cannot read the bulk jobs in flight; redelivered items of a job another process submitted are sent again", "error", err)
 		return
 	}
 	for _, r := range recs {
@@ -1131,7 +1133,7 @@ func (b *Bulker) remember(r queue.BulkRecord, now time.Time) {
 		// A submit that was never answered: its job, if any, is unknown. The items go
 		// again; their conversations' newer updates wait until it would be past its
 		// deadline.
-		if until := r.Submitted.Add(b.set.Deadline); until.After(now) {
+		if until := r.Submitted.Add(b.cfg.Deadline); until.After(now) {
 			for _, it := range r.Items {
 				b.addFence(it.Conv, it.Seq, until)
 			}
@@ -1144,7 +1146,7 @@ func (b *Bulker) remember(r queue.BulkRecord, now time.Time) {
 		return
 	}
 	if !r.Ambiguous.IsZero() {
-		if until := r.Submitted.Add(b.set.Deadline); until.After(now) {
+		if until := r.Submitted.Add(b.cfg.Deadline); until.After(now) {
 			for _, it := range r.Items {
 				b.addFence(it.Conv, it.Seq, until)
 			}
@@ -1156,7 +1158,7 @@ func (b *Bulker) remember(r queue.BulkRecord, now time.Time) {
 	if _, ok := b.known[r.Items[0].MsgRef()]; ok {
 		return
 	}
-	if r.Submitted.Add(2 * b.set.Deadline).Before(now) {
+	if r.Submitted.Add(2 * b.cfg.Deadline).Before(now) {
 		if _, ok := b.forget[r.Key]; !ok {
 			b.forget[r.Key] = now // nobody came for its items: they were settled
 		}
@@ -1233,7 +1235,7 @@ func (b *Bulker) put(rec queue.BulkRecord) bool {
 	sctx, cancel := context.WithTimeout(b.hard(), storeTimeout)
 	defer cancel()
 	if err := b.store.Put(sctx, rec); err != nil {
-		b.set.Log.Warn("cannot store a bulk job in flight", "job", rec.JobID, "error", err)
+		b.log.Warn("cannot store a bulk job in flight", "job", rec.JobID, "error", err)
 		return false
 	}
 	return true
@@ -1246,7 +1248,7 @@ func (b *Bulker) del(key string) {
 	sctx, cancel := context.WithTimeout(b.hard(), storeTimeout)
 	defer cancel()
 	if err := b.store.Delete(sctx, key); err != nil {
-		b.set.Log.Debug("cannot delete a bulk job's record", "error", err)
+		b.log.Debug("cannot delete a bulk job's record", "error", err)
 	}
 }
 

@@ -186,7 +186,7 @@ func (b *Bulker) takeOverLocked(active bool, now time.Time) {
 		return
 	}
 	for _, bj := range b.followedLocked() {
-		lost := bj.rec.Submitted.Add(2 * b.set.Deadline)
+		lost := bj.rec.Submitted.Add(2 * b.cfg.Deadline)
 		if !bj.adopted || bj.follows || bj.finished || bj.rec.JobID == "" || !bj.rec.Settled.IsZero() || !lost.After(now) {
 			continue
 		}
@@ -197,7 +197,7 @@ func (b *Bulker) takeOverLocked(active bool, now time.Time) {
 		}
 		bj.rec.FenceUntil = later(bj.rec.FenceUntil, lost)
 		bj.follows = true
-		b.set.Log.Info("following a bulk job another replica submitted; its conversations' newer updates wait until it is complete", "job", bj.rec.JobID)
+		b.log.Info("following a bulk job another replica submitted; its conversations' newer updates wait until it is complete", "job", bj.rec.JobID)
 		b.wg.Go(func() { b.guard(bj, b.follow) })
 	}
 }
