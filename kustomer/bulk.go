@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -65,6 +66,9 @@ type BulkBatches struct {
 	Batches   []BulkBatch
 	Status    int       // HTTP status of the answer
 	RateLimit RateLimit // the rate-limit headers of the answer
+	// Job is the job's own status (ReadBulkJob), set by the caller when NeedsJob says the
+	// batches cannot tell whether the job is complete; nil until then.
+	Job *BulkJob
 }
 
 // BulkBatch is one batch of a bulk job.
@@ -272,6 +276,9 @@ func (b *BulkBatches) Complete() bool {
 // Outcomes says what became of each of items (the items of the job, as submitted; only Ref
 // and Update.ID are used), index by index.
 //
+// A result with an error, or one an error of its batch names, is a failure whatever its
+// status says.
+//
 // An item is settled by its result (matched by Ref, else by conversation id), by a batch
 // error naming it, or, in a done batch without results, by its conversation being listed in
 // objectIds. Items still unsettled stay ItemPending while the job is not Complete, or while
@@ -281,7 +288,46 @@ func (b *BulkBatches) Complete() bool {
 // objectIds as it had items, settles its items as failed too: a failed item is meant to be
 // sent again as a single PUT, which is safe for one that did succeed, while the other
 // mistake would lose an update.
+//
+// When the batches give no counts, every batch listed being done does not prove the job
+// complete: batches not listed yet may follow. With Job set (see NeedsJob), the job's own
+// status and batch total decide; without it, the listed batches do.
 func (b *BulkBatches) Outcomes(items []BulkItem) []ItemOutcome {
+	return b.outcomes(items, true)
+}
+
+// NeedsJob reports whether Outcomes would count some of items failed only because every
+// batch listed is done, while the batches give no counts: the caller should first read the
+// job's own status (ReadBulkJob) into Job.
+func (b *BulkBatches) NeedsJob(items []BulkItem) bool {
+	if b.Job != nil || !b.Complete() {
+		return false
+	}
+	for _, bt := range b.Batches {
+		if bt.SuccessCount < 0 || bt.FailureCount < 0 {
+			return slices.ContainsFunc(b.outcomes(items, false), func(o ItemOutcome) bool { return o.State == ItemPending })
+		}
+	}
+	return false
+}
+
+// completeFor reports whether the job of n items is complete, its batches done and, as far
+// as reported says (when counted), accounting for every item; without counts, Job decides
+// when set.
+func (b *BulkBatches) completeFor(n, reported int, counted bool) bool {
+	switch {
+	case !b.Complete():
+		return false
+	case counted:
+		return reported >= n
+	case b.Job != nil:
+		return b.Job.Completed && (b.Job.BatchesTotal < 0 || len(b.Batches) >= b.Job.BatchesTotal)
+	}
+	return true
+}
+
+// outcomes is Outcomes; unless mayComplete, unsettled items stay pending.
+func (b *BulkBatches) outcomes(items []BulkItem, mayComplete bool) []ItemOutcome {
 	type listed struct {
 		batch     int
 		ambiguous bool // the batch failed items without naming them
@@ -327,7 +373,7 @@ func (b *BulkBatches) Outcomes(items []BulkItem) []ItemOutcome {
 			reported += bt.SuccessCount + bt.FailureCount
 		}
 	}
-	complete := b.Complete() && (!counted || reported >= len(items))
+	complete := mayComplete && b.completeFor(len(items), reported, counted)
 
 	out := make([]ItemOutcome, len(items))
 	for i, it := range items {
@@ -337,7 +383,12 @@ func (b *BulkBatches) Outcomes(items []BulkItem) []ItemOutcome {
 			r, found = byID[id]
 		}
 		if found {
-			if st := resultState(r); st != ItemPending {
+			st := resultState(r)
+			if named, ok := namedError(errByRef, it.Ref, errByID, id); ok && st == ItemSucceeded {
+				out[i] = ItemOutcome{State: ItemFailed, Reason: orDefault(named, "Kustomer reported an error for the item")}
+				continue
+			}
+			if st != ItemPending {
 				out[i] = ItemOutcome{State: st}
 				if st == ItemFailed {
 					out[i].Reason = orDefault(r.Error, "Kustomer reported the item as "+orDefault(r.Status, "failed"))
@@ -374,15 +425,25 @@ func (b *BulkBatches) Outcomes(items []BulkItem) []ItemOutcome {
 	return out
 }
 
-// resultState reads a result's status; an unknown status with an error counts as failed.
+// namedError is the reason of a batch error naming the item (by ref, else by conversation id).
+func namedError(byRef map[string]string, ref string, byID map[string]string, id string) (string, bool) {
+	if reason, ok := byRef[ref]; ok && ref != "" {
+		return reason, true
+	}
+	reason, ok := byID[id]
+	return reason, ok
+}
+
+// resultState reads a result's status; a result with an error counts as failed, whatever its
+// status says.
 func resultState(r BulkResult) ItemState {
+	if r.Error != "" {
+		return ItemFailed
+	}
 	switch r.Status {
 	case "updated", "update", "success", "succeeded", "successful", "ok", "complete", "completed", "done", "modified":
 		return ItemSucceeded
 	case "error", "errored", "failed", "failure", "rejected", "invalid":
-		return ItemFailed
-	}
-	if r.Error != "" {
 		return ItemFailed
 	}
 	return ItemPending

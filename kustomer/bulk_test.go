@@ -462,6 +462,58 @@ func TestBulkBatchesSettleEveryItem(t *testing.T) {
 	}
 }
 
+// Results are read strictly: an error means not applied whatever the status says, and
+// batches without counts prove a job complete only with the job's own totals.
+func TestBulkBatchesReadStrictly(t *testing.T) {
+	items := []BulkItem{item(1, `{"name":"a"}`), item(2, `{"name":"b"}`)}
+	t.Run("a result with an error is a failure whatever its status", func(t *testing.T) {
+		for _, status := range []string{"complete", "done", "ok", "modified", "updated"} {
+			b := &BulkBatches{Batches: []BulkBatch{{State: "complete", SuccessCount: -1, FailureCount: -1,
+				Results: []BulkResult{{Ref: "r1", Status: status, Error: "locked"}, {Ref: "r2", Status: status}}}}}
+			got := b.Outcomes(items)
+			if got[0] != (ItemOutcome{State: ItemFailed, Reason: "locked"}) || got[1].State != ItemSucceeded {
+				t.Errorf("status %q: Outcomes = %v; want the item with an error failed, the other applied", status, got)
+			}
+		}
+	})
+	t.Run("a result a batch error names is a failure", func(t *testing.T) {
+		b := &BulkBatches{Batches: []BulkBatch{{State: "complete", SuccessCount: -1, FailureCount: -1,
+			Results: []BulkResult{{Ref: "r1", Status: "updated"}, {Ref: "r2", Status: "updated"}},
+			Errors:  []BulkError{{ObjectID: convID(2), Reason: "locked"}}}}}
+		if got := b.Outcomes(items); got[0].State != ItemSucceeded || got[1] != (ItemOutcome{State: ItemFailed, Reason: "locked"}) {
+			t.Errorf("Outcomes = %v; want the named item failed", got)
+		}
+	})
+	// One batch listed and done, without counts, reporting the first item only.
+	partial := func(job *BulkJob) *BulkBatches {
+		return &BulkBatches{Job: job, Batches: []BulkBatch{{State: "complete", SuccessCount: -1, FailureCount: -1,
+			Results: []BulkResult{{Ref: "r1", Status: "updated"}}}}}
+	}
+	if !partial(nil).NeedsJob(items) {
+		t.Error("NeedsJob = false for done batches without counts missing an item; want true")
+	}
+	counted := &BulkBatches{Batches: []BulkBatch{{State: "complete", SuccessCount: 1, FailureCount: 0,
+		Results: []BulkResult{{Ref: "r1", Status: "updated"}}}}}
+	if counted.NeedsJob(items) || partial(nil).NeedsJob(items[:1]) {
+		t.Error("NeedsJob = true with counts, or with every item reported; want false")
+	}
+	for _, tt := range []struct {
+		name string
+		job  *BulkJob
+		want ItemState
+	}{
+		{"the job still running", &BulkJob{Completed: false, BatchesTotal: -1}, ItemPending},
+		{"the job complete with a batch not listed yet", &BulkJob{Completed: true, BatchesTotal: 2}, ItemPending},
+		{"the job complete with every batch listed", &BulkJob{Completed: true, BatchesTotal: 1}, ItemFailed},
+	} {
+		t.Run("without counts, an unreported item with "+tt.name, func(t *testing.T) {
+			if got := partial(tt.job).Outcomes(items); got[0].State != ItemSucceeded || got[1].State != tt.want {
+				t.Errorf("Outcomes = %v; want the unreported item %v", got, tt.want)
+			}
+		})
+	}
+}
+
 // fakeClient starts the fake with cfg and returns it with a Client for it.
 func fakeClient(tb testing.TB, cfg kustomertest.Config) (*kustomertest.Server, *Client) {
 	tb.Helper()

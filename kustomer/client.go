@@ -13,8 +13,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/kustomer-worker/kustomer-worker/internal/logtext"
@@ -272,19 +274,25 @@ func (c *Client) do(ctx context.Context, cl call) (*reply, error) {
 		req.Header["Content-Type"] = []string{"application/json"}
 	}
 
+	var writes atomic.Int32
+	req = req.WithContext(httptrace.WithClientTrace(rctx, &httptrace.ClientTrace{
+		WroteRequest: func(httptrace.WroteRequestInfo) { writes.Add(1) },
+	}))
 	resp, err := c.http.Do(req)
+	lost := max(int(writes.Load())-1, 0) // attempts before the last one
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, fmt.Errorf("kustomer: %s: %w", cl.subject, ctxErr)
 		}
 		apiErr := c.transportError(err, key)
-		apiErr.Op = cl.op
+		apiErr.Op, apiErr.RateLimit.Lost = cl.op, lost
 		return nil, apiErr
 	}
 	defer drainAndClose(resp.Body)
 
 	now := c.now()
 	rl := ParseRateLimit(resp.Header, now)
+	rl.Lost = lost
 	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
 		b, readErr := io.ReadAll(io.LimitReader(resp.Body, cl.limit+1))
 		ans := &reply{status: resp.StatusCode, rateLimit: rl, body: b, readErr: readErr, key: key}

@@ -15,6 +15,10 @@ type RateLimit struct {
 	Remaining  int           // x-ratelimit-remaining; -1 when absent
 	Reset      time.Time     // x-ratelimit-reset as an absolute time; zero when absent
 	RetryAfter time.Duration // Retry-After; 0 when absent
+	// Lost counts earlier attempts of the request that got no answer: the HTTP transport
+	// writes a request again on a new connection when a reused one dropped first (reads
+	// only). Each may or may not have spent a unit of the org budget.
+	Lost int
 }
 
 // epochThreshold separates the two readings of x-ratelimit-reset: above it the value is UTC epoch

@@ -24,6 +24,7 @@ const bulkTTL = 7 * 24 * time.Hour
 type BulkRecord struct {
 	Key       string    `json:"-"`               // the record's key in the bucket; set by Put's caller
 	JobID     string    `json:"jobId,omitempty"` // Kustomer's job id; "" while the submit is unanswered
+	Lane      string    `json:"lane,omitempty"`  // the lane whose updates it carries ("live", "backfill")
 	Submitted time.Time `json:"submitted"`       // when the (first) submit went out
 	// Ambiguous is when a submit of these items got no usable answer (a timeout, a dropped
 	// connection, an unreadable 2xx): a job Kustomer may run all the same, whose id nobody

@@ -24,7 +24,9 @@ import (
 // (previousGone), which on a work-queue stream is what the acknowledgement does: the same
 // promise, paid for only when a conversation's updates follow each other closely.
 func (p *Pool) ack(c *conv, j *job) {
-	j.settled = true
+	p.mu.Lock()
+	j.settled = true // read by goesBack for a redelivery that arrives meanwhile
+	p.mu.Unlock()
 	if p.ackNow(c, j) {
 		return
 	}

@@ -114,6 +114,19 @@ func TestBulk(t *testing.T) {
 		t.Logf("%d updates: %d units, %d submits, %d reads", convs*rounds, st.Units, st.BulkSubmits, st.BulkReads)
 	})
 
+	t.Run("follows a job whose batches give no counts and list only those done to its end, re-sending nothing", func(t *testing.T) {
+		f := bulkSetup(t, kustomertest.Config{BulkUncounted: true, BulkBatchSize: 5, BulkDuration: 2 * time.Second})
+		const convs, rounds = 20, 2
+		f.publishRounds(convs, rounds)
+		f.start(f.bulkOptions(20, time.Minute))
+		f.waitDrained(60 * time.Second)
+		f.wantState(convs, func(int) string { return fmt.Sprintf("u-%d", rounds-1) })
+		for c := range convs {
+			if n := len(f.singles(c)); n != 0 {
+				t.Errorf("conversation %d: %d single PUTs; want none (no item failed)", c, n)
+			}
+		}
+	})
 	t.Run("with two lanes, bulks the backfill and sends every live update as a single PUT", func(t *testing.T) {
 		f := bulkSetup(t, kustomertest.Config{BulkDuration: 300 * time.Millisecond})
 		const backfill, live = 60, 10

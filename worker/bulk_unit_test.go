@@ -20,16 +20,29 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
-// memBulk runs bulk jobs in memory: a job is complete when read (a third of them only at
-// their second read), and a share of its items fail. Applied items land in the same record
-// as flaky's single PUTs, so that order holds across both.
+// memBulk runs bulk jobs in memory, and a share of its items fail. By default a job is
+// applied when read (a third of them only at their second read); with delay, the job of the
+// nth submit (counted from 1) is applied delay(n) after its submit, on its own clock, read or
+// not, and reads before then find it queued. Applied items land in the same record as
+// flaky's single PUTs, so that order holds across both. submitErr and readErr, when set,
+// script answers: submitErr(n) replaces the answer to the nth submit once its job was made
+// (Kustomer created it, the worker hears an error); readErr(n) answers the nth read of a job
+// instead; nil goes on as usual. A submit of more than maxBytes bytes of bodies (0: no
+// limit) is answered 413, and makes no job.
 type memBulk struct {
-	t     *testing.T
-	f     *flaky
-	mu    sync.Mutex
-	rnd   *rand.Rand
-	jobs  map[string]*memJob
-	sizes []int
+	t         *testing.T
+	f         *flaky
+	maxBytes  int
+	delay     func(n int) time.Duration
+	submitErr func(n int) error
+	readErr   func(n int) error
+	mu        sync.Mutex
+	rnd       *rand.Rand
+	jobs      map[string]*memJob
+	sizes     []int
+	bytes     []int // of each job, its items' bodies
+	submits   int
+	timers    []*time.Timer
 }
 
 type memJob struct {
@@ -44,6 +57,14 @@ var unlimited = kustomer.RateLimit{Limit: -1, Remaining: -1}
 func (m *memBulk) SubmitBulk(_ context.Context, items []kustomer.BulkItem) (*kustomer.BulkJob, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.submits++
+	size := 0
+	for _, it := range items {
+		size += len(it.Update.Body)
+	}
+	if m.maxBytes > 0 && size > m.maxBytes {
+		return nil, &kustomer.APIError{Op: kustomer.OpSubmitBulk, Status: 413, Class: kustomer.ClassPermanent, Reason: "request entity too large", RateLimit: unlimited}
+	}
 	seen := map[string]bool{}
 	for _, it := range items {
 		if seen[it.Update.ID] {
@@ -52,9 +73,44 @@ func (m *memBulk) SubmitBulk(_ context.Context, items []kustomer.BulkItem) (*kus
 		seen[it.Update.ID] = true
 	}
 	id := fmt.Sprint(len(m.jobs) + 1)
-	m.jobs[id] = &memJob{items: slices.Clone(items)}
+	j := &memJob{items: slices.Clone(items)}
+	m.jobs[id] = j
 	m.sizes = append(m.sizes, len(items))
+	m.bytes = append(m.bytes, size)
+	if m.delay != nil {
+		m.timers = append(m.timers, time.AfterFunc(m.delay(m.submits), func() {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			m.apply(j)
+		}))
+	}
+	if m.submitErr != nil {
+		if err := m.submitErr(m.submits); err != nil {
+			return nil, err
+		}
+	}
 	return &kustomer.BulkJob{ID: id, Status: 201, RateLimit: unlimited}, nil
+}
+
+// stop stops the timers of jobs not applied yet.
+func (m *memBulk) stop() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, t := range m.timers {
+		t.Stop()
+	}
+}
+
+// allApplied reports whether every job submitted so far has been applied.
+func (m *memBulk) allApplied() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, j := range m.jobs {
+		if j.results == nil {
+			return false
+		}
+	}
+	return true
 }
 
 func (m *memBulk) ReadBulkBatches(_ context.Context, id string) (*kustomer.BulkBatches, error) {
@@ -62,32 +118,56 @@ func (m *memBulk) ReadBulkBatches(_ context.Context, id string) (*kustomer.BulkB
 	defer m.mu.Unlock()
 	j := m.jobs[id]
 	j.reads++
-	if j.reads == 1 && m.rnd.IntN(3) == 0 {
-		return &kustomer.BulkBatches{JobID: id, RateLimit: unlimited,
-			Batches: []kustomer.BulkBatch{{State: "queued", SuccessCount: -1, FailureCount: -1}}}, nil
-	}
-	if j.results == nil {
-		j.done = time.Now()
-		m.f.mu.Lock()
-		for _, it := range j.items {
-			r := kustomer.BulkResult{Ref: it.Ref, ObjectID: it.Update.ID, Status: "updated"}
-			if m.rnd.IntN(5) == 0 {
-				r.Status, r.Error = "error", "injected"
-			} else {
-				var body struct {
-					Custom struct{ NNum int } `json:"custom"`
-				}
-				if err := json.Unmarshal(it.Update.Body, &body); err != nil {
-					m.t.Error(err)
-				}
-				m.f.applied[it.Update.ID] = append(m.f.applied[it.Update.ID], body.Custom.NNum)
-			}
-			j.results = append(j.results, r)
+	if m.readErr != nil {
+		if err := m.readErr(j.reads); err != nil {
+			return nil, err
 		}
-		m.f.mu.Unlock()
 	}
+	queued := &kustomer.BulkBatches{JobID: id, RateLimit: unlimited,
+		Batches: []kustomer.BulkBatch{{State: "queued", SuccessCount: -1, FailureCount: -1}}}
+	switch {
+	case m.delay != nil && j.results == nil:
+		return queued, nil
+	case m.delay == nil && j.reads == 1 && m.rnd.IntN(3) == 0:
+		return queued, nil
+	}
+	m.apply(j)
 	return &kustomer.BulkBatches{JobID: id, RateLimit: unlimited, Batches: []kustomer.BulkBatch{{
 		State: "complete", CompletedAt: j.done, SuccessCount: -1, FailureCount: -1, Results: j.results}}}, nil
+}
+
+// ReadBulkJob says whether the job was applied: one batch, done once applied.
+func (m *memBulk) ReadBulkJob(_ context.Context, id string) (*kustomer.BulkJob, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	done := m.jobs[id].results != nil
+	return &kustomer.BulkJob{ID: id, Completed: done, BatchesComplete: min(len(m.jobs[id].results), 1), BatchesTotal: 1,
+		Status: 200, RateLimit: unlimited}, nil
+}
+
+// apply applies j's items once, failing a share of them; m.mu is held.
+func (m *memBulk) apply(j *memJob) {
+	if j.results != nil {
+		return
+	}
+	j.done = time.Now()
+	m.f.mu.Lock()
+	defer m.f.mu.Unlock()
+	for _, it := range j.items {
+		r := kustomer.BulkResult{Ref: it.Ref, ObjectID: it.Update.ID, Status: "updated"}
+		if m.rnd.IntN(5) == 0 {
+			r.Status, r.Error = "error", "injected"
+		} else {
+			var body struct {
+				Custom struct{ NNum int } `json:"custom"`
+			}
+			if err := json.Unmarshal(it.Update.Body, &body); err != nil {
+				m.t.Error(err)
+			}
+			m.f.applied[it.Update.ID] = append(m.f.applied[it.Update.ID], body.Custom.NNum)
+		}
+		j.results = append(j.results, r)
+	}
 }
 
 // Batching and item settlement through the seams alone: no NATS server, no HTTP.

@@ -30,6 +30,21 @@ func (p *Pool) bulkItem(c *conv, j *job, delivered uint64) bulk.Item {
 		Single: j.noBulk || j.invalid != nil || j.update.Replace || liveBesideBackfill, Handle: &heldItem{c, j}}
 }
 
+// bulkLane is the lane whose partial updates go in bulk jobs: the backfill lane if there is
+// one, else the live lane.
+func (p *Pool) bulkLane() string { return p.lanes[len(p.lanes)-1].name }
+
+// sayBulkLane logs, at start, which lane goes in bulk: with both lanes, a backfill published
+// on the live subject gets no bulk at all.
+func (p *Pool) sayBulkLane() {
+	if len(p.lanes) > 1 {
+		p.Log.Info("bulk mode: partial updates of the backfill lane go in bulk jobs; live updates go as single PUTs, so publish backfills on the backfill subject",
+			"bulk_lane", p.bulkLane())
+		return
+	}
+	p.Log.Info("bulk mode: partial updates of the live lane go in bulk jobs", "bulk_lane", p.bulkLane())
+}
+
 // bulkClient is the client of bulk mode: BulkClient, else Client if it is one; nil if none.
 func (p *Pool) bulkClient() bulk.Client {
 	if p.BulkClient != nil {
@@ -42,7 +57,7 @@ func (p *Pool) bulkClient() bulk.Client {
 // bulkSettings are what the bulker reads of the pool's configuration.
 func (p *Pool) bulkSettings() bulk.Settings {
 	s := bulk.Settings{Config: p.cfg.Bulk, RetryInitial: p.cfg.RetryInitial, RetryMax: p.cfg.RetryMax,
-		Redeliveries: 2*p.ackWait + recoverSlack, Log: p.Log}
+		Redeliveries: 2*p.ackWait + recoverSlack, Lane: p.bulkLane(), Log: p.Log}
 	if p.Metrics != nil {
 		s.Metrics = &p.Metrics.Bulk
 	}
@@ -99,6 +114,18 @@ func (h bulkHost) Standby(it bulk.Item) bool {
 	h.p.mu.Lock()
 	defer h.p.mu.Unlock()
 	return h.p.giveBackFrom(held(it).c, true) == 0
+}
+
+// Active reports whether this replica is the active one on some lane.
+func (h bulkHost) Active() bool {
+	h.p.mu.Lock()
+	defer h.p.mu.Unlock()
+	for _, src := range h.p.lanes {
+		if !h.p.standbyOn(src) {
+			return true
+		}
+	}
+	return false
 }
 
 func (h bulkHost) Hard() context.Context { return h.p.hard }

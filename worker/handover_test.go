@@ -33,6 +33,8 @@ type handover struct {
 	top    queue.Topology
 	fake   *kustomertest.Server
 	client *kustomer.Client
+	// wire, when set, completes each replica's pool before it runs (js: the replica's own).
+	wire func(p *worker.Pool, js jetstream.JetStream)
 }
 
 // replica is one worker process sharing the pinned consumers, wired as the command wires it:
@@ -60,19 +62,26 @@ type syncBuffer = testwait.Buffer
 
 func handoverSetup(t *testing.T) *handover {
 	t.Helper()
-	h := &handover{t: t, srv: queuetest.StartServer(t)}
-	_, h.js = queuetest.Connect(t, h.srv.URL())
 	// AckWait is long enough that nothing is redelivered by its expiry, and the hold-back
 	// (twice AckWait) does not run out, while the test runs:
-	// what moves comes from the handover alone. MaxAckPending is the consumer's, above the
-	// first replica's own limit, so that this replica stops pulling once it holds its share.
-	h.top = queue.Topology{AckWait: time.Minute, MaxAckPending: 128, PinnedTTL: 2 * time.Second, DedupWindow: time.Minute}.WithDefaults()
+	// what moves comes from the handover alone.
+	return handoverSetupWith(t, time.Minute, kustomertest.Config{Budget: -1})
+}
+
+// handoverSetupWith is handoverSetup with the consumers' AckWait and the fake's config.
+func handoverSetupWith(t *testing.T, ackWait time.Duration, fake kustomertest.Config) *handover {
+	t.Helper()
+	h := &handover{t: t, srv: queuetest.StartServer(t)}
+	_, h.js = queuetest.Connect(t, h.srv.URL())
+	// MaxAckPending is the consumer's, above the first replica's own limit, so that this
+	// replica stops pulling once it holds its share.
+	h.top = queue.Topology{AckWait: ackWait, MaxAckPending: 128, PinnedTTL: 2 * time.Second, DedupWindow: time.Minute}.WithDefaults()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := queue.Ensure(ctx, h.js, h.top); err != nil {
 		t.Fatal(err)
 	}
-	h.fake = kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+	h.fake = kustomertest.NewServer(t, fake)
 	client, err := kustomer.New(kustomer.Options{BaseURL: h.fake.URL, Key: kustomer.StaticKey("test-key"), Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -206,6 +215,9 @@ func (h *handover) start(name string, cfg worker.Config, gate <-chan struct{}) *
 		Log:         log.With("replica", name),
 		Config:      cfg,
 	}
+	if h.wire != nil {
+		h.wire(r.pool, js)
+	}
 	pctx, stopPool := context.WithCancel(context.Background())
 	rctx, stopPins := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -242,6 +254,21 @@ func (h *handover) publish(l queue.Lane, n, round int) {
 	defer cancel()
 	msg := fmt.Sprintf(`{"id":%q,"body":{"name":"u-%d"}}`, id(n), round)
 	if _, err := h.js.Publish(ctx, h.top.ConversationSubject(l, id(n)), []byte(msg)); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// unpin makes the server drop the pin of lane l's consumer: the next delivery pins whichever
+// replica pulls.
+func (h *handover) unpin(l queue.Lane) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := h.js.Stream(ctx, h.top.Stream)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := s.UnpinConsumer(ctx, h.top.LaneConsumer(l), h.top.PriorityGroup); err != nil {
 		h.t.Fatal(err)
 	}
 }
@@ -307,15 +334,7 @@ func TestHandoverToARunningStandby(t *testing.T) {
 
 			// The pin moves to the running standby while the active one still holds them, as
 			// when a cluster's consumer leader changes; the newer updates go to the new active.
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			s, err := h.js.Stream(ctx, h.top.Stream)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.UnpinConsumer(ctx, h.top.LaneConsumer(tc.lane), h.top.PriorityGroup); err != nil {
-				t.Fatal(err)
-			}
+			h.unpin(tc.lane)
 			for r := 1; r < rounds; r++ {
 				h.publishRound(tc.lane, tc.convs, r)
 			}

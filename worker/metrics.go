@@ -27,6 +27,9 @@ type Metrics struct {
 	BreakerTrips    prometheus.Counter     // times the outage breaker opened
 	Bulk            bulk.Metrics           // bulk mode
 	BudgetUnits     prometheus.Counter     // requests that cost a unit of the org budget: every PUT, bulk submit and read answered other than 401, 403, 429
+	// BudgetUnanswered counts requests that got no answer (a timeout, a dropped connection,
+	// an attempt the HTTP transport made again): each may or may not have cost a unit.
+	BudgetUnanswered prometheus.Counter
 
 	// The children of Updates and Requests used so far, by outcome and by status (0: error),
 	// so that counting one does not look it up by its labels again: every message counts one
@@ -67,7 +70,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.BudgetUnits = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "budget_units_total",
 		Help: "Units of the org rate budget spent: every request to Kustomer (update, bulk submit, bulk read) except those answered 401, 403 or 429. Divide by updates_total{outcome=\"applied\"} for units per update."})
-	reg.MustRegister(m.BudgetUnits)
+	m.BudgetUnanswered = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "budget_units_unanswered_total",
+		Help: "Requests to Kustomer that got no answer (a timeout, a dropped connection, an attempt the HTTP transport made again): each may or may not have spent a unit of the org budget, and budget_units_total does not count them. Kustomer's own count lies between budget_units_total and the sum of both."})
+	reg.MustRegister(m.BudgetUnits, m.BudgetUnanswered)
 	m.Bulk = bulk.NewMetrics(reg, ns, m.Retries)
 	reg.MustRegister(m.KustomerDown, m.BreakerTrips, m.Updates, m.Requests, m.RequestDuration, m.Retries, m.PacerWait, m.InFlight, m.Held,
 		m.DeadLetters, m.Pending, m.AckPending, m.AuthBlocked)
@@ -92,9 +97,22 @@ func (m *Metrics) request(status int, seconds float64) {
 		return m.Requests.WithLabelValues(code)
 	}).Inc()
 	m.RequestDuration.Observe(seconds)
-	if status != 401 && status != 403 && status != 429 {
+	switch status {
+	case 0:
+		m.BudgetUnanswered.Inc()
+	case 401, 403, 429:
+	default:
 		m.BudgetUnits.Inc()
 	}
+}
+
+// unanswered counts n requests that got no answer and were not counted by request: earlier
+// attempts the HTTP transport made of a request, or one cut short by the shutdown deadline.
+func (m *Metrics) unanswered(n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.BudgetUnanswered.Add(float64(n))
 }
 
 // child is the counter cached in children under key, resolved by resolve the first time.

@@ -57,11 +57,14 @@ func (ps *passage) send(hard context.Context, do func(ctx context.Context) (int,
 	switch {
 	case err == nil:
 		p.Metrics.request(status, elapsed)
+		p.Metrics.unanswered(rl.Lost)
 		p.Pacer.Observe(rl, int(p.inflight.Load())-1) // the others: this one is answered
 	case hard.Err() != nil:
+		p.Metrics.unanswered(1)
 		return outcome{canceled: true} // cut short by the shutdown deadline: nothing learned
 	case errors.As(err, &apiErr):
 		p.Metrics.request(apiErr.Status, elapsed)
+		p.Metrics.unanswered(apiErr.RateLimit.Lost)
 		p.Pacer.Observe(apiErr.RateLimit, int(p.inflight.Load())-1)
 	case !errors.Is(err, kustomer.ErrInvalid):
 		p.Metrics.request(0, elapsed)

@@ -192,6 +192,7 @@ type job struct {
 	noBulk    bool // bulk mode: send it as a single PUT (bulkhost.go)
 	// settled: Kustomer applied the update (or its dead letter is stored) but the
 	// acknowledgement is not confirmed yet. The job is only acknowledged again, never sent.
+	// Written under Pool.mu by the holder (ack), so that others may read it under Pool.mu.
 	settled bool
 }
 
@@ -232,6 +233,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	if p.cfg.Bulk.Enabled { // before the workers, which hand it messages
 		p.bulk = bulk.New(ctx, bulkHost{p}, p.bulkClient(), p.BulkJobs, p.bulkSettings())
+		p.sayBulkLane()
 		wg.Go(p.bulk.Run)
 	}
 	for _, src := range p.lanes {

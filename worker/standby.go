@@ -115,12 +115,16 @@ func (p *Pool) takeTurn(ctx context.Context, src *source) {
 
 // goesBack reports whether a message src's pull brought, with metadata md, goes back to the
 // active replica: this replica is a standby on src, and the message is not one to keep here
-// (a redelivery of one this pool applied, whose acknowledgement was lost, is kept here and
-// acknowledged again by add).
+// (a redelivery of one this pool applied, whose acknowledgement was lost or is still
+// pending, in a single PUT or a bulk job, is kept here and acknowledged by add or ack).
 func (p *Pool) goesBack(src *source, md *jetstream.MsgMetadata) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	_, applied := p.applied[queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)]
+	ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
+	_, applied := p.applied[ref]
+	if j, held := p.bySeq[ref]; held && j.settled {
+		applied = true
+	}
 	return p.standbyOn(src) && !p.keptHere(applied, md.NumDelivered)
 }
 
@@ -185,9 +189,10 @@ func (p *Pool) giveBack(c *conv) (gone bool) {
 // rest of one being sent once its head is settled.
 func (p *Pool) yield(src *source) {
 	if p.bulk != nil {
-		// Held back by a bulk job's fence, a conversation is at rest too: its worker hands
-		// its head back (giveBack) rather than wait for the fence to end.
-		for _, it := range p.bulk.YieldFenced() {
+		// Held back by a bulk job's fence, or by a job that may run for minutes, a
+		// conversation is at rest too: its worker hands its head back (giveBack) rather
+		// than wait for the fence or the job to end.
+		for _, it := range p.bulk.Yield() {
 			bulkHost{p}.Resume(it)
 		}
 	}

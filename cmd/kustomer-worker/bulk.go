@@ -23,12 +23,13 @@ type bulkFlags struct {
 	BulkSize     int           `name:"bulk-size" env:"KUSTOMER_BULK_SIZE" default:"${default_bulk_size}" help:"Bulk mode: the most updates in one job, 1 to 100 (default ${default})."`
 	BulkLinger   time.Duration `name:"bulk-linger" env:"KUSTOMER_BULK_LINGER" default:"${default_bulk_linger}" help:"Bulk mode: how long a job waits to fill; then it goes out with bulk-min updates or more, and fewer go as single PUTs (default ${default})."`
 	BulkMin      int           `name:"bulk-min" env:"KUSTOMER_BULK_MIN" default:"${default_bulk_min}" help:"Bulk mode: the fewest updates worth a job (default ${default})."`
+	BulkMaxBytes int           `name:"bulk-max-bytes" env:"KUSTOMER_BULK_MAX_BYTES" default:"${default_bulk_max_bytes}" help:"Bulk mode: the most bytes of update bodies in one job; a job goes out before an update that would pass it, and one Kustomer refuses as too large (413) is split (default ${default})."`
 	BulkDeadline time.Duration `name:"bulk-deadline" env:"KUSTOMER_BULK_DEADLINE" default:"${default_bulk_deadline}" help:"Bulk mode: how long a job may take; then its unsettled updates go as single PUTs and the conversations' newer updates wait until it is complete or twice this passed (default ${default})."`
 }
 
 // bulkConfig is the pool's bulk configuration as the flags give it.
 func (f *bulkFlags) bulkConfig() bulk.Config {
-	return bulk.Config{Enabled: f.Bulk, Size: f.BulkSize, Linger: f.BulkLinger, Min: f.BulkMin, Deadline: f.BulkDeadline}
+	return bulk.Config{Enabled: f.Bulk, Size: f.BulkSize, Linger: f.BulkLinger, Min: f.BulkMin, Deadline: f.BulkDeadline, MaxBytes: f.BulkMaxBytes}
 }
 
 // wireBulk gives the pool what bulk mode needs: the client, which submits and reads jobs, and
@@ -54,6 +55,7 @@ func bulkVars() map[string]string {
 		"default_bulk_linger":    bulk.DefaultLinger.String(),
 		"default_bulk_min":       fmt.Sprint(bulk.DefaultMin),
 		"default_bulk_deadline":  bulk.DefaultDeadline.String(),
+		"default_bulk_max_bytes": fmt.Sprint(bulk.DefaultMaxBytes),
 		"default_bulk_bucket":    queue.DefaultBulkBucket,
 		"default_bulk_jobs_held": fmt.Sprint(bulk.DefaultJobsHeld),
 	}
@@ -79,7 +81,8 @@ func (b *bulkJobs) read(ctx context.Context, js jetstream.JetStream, top queue.T
 
 // bulkJobDoc is a bulk job in flight in status --json.
 type bulkJobDoc struct {
-	Job        string     `json:"job"` // Kustomer's job id; "" while the submit is unanswered
+	Job        string     `json:"job"`            // Kustomer's job id; "" while the submit is unanswered
+	Lane       string     `json:"lane,omitempty"` // the lane whose updates go in bulk
 	Submitted  time.Time  `json:"submitted"`
 	Items      int        `json:"items"`
 	Settled    int        `json:"settled"`               // items Kustomer reported on
@@ -90,7 +93,7 @@ type bulkJobDoc struct {
 func bulkDocs(recs []queue.BulkRecord) []bulkJobDoc {
 	out := make([]bulkJobDoc, 0, len(recs))
 	for _, r := range recs {
-		d := bulkJobDoc{Job: r.JobID, Submitted: r.Submitted.UTC(), Items: len(r.Items), Done: !r.Settled.IsZero()}
+		d := bulkJobDoc{Job: r.JobID, Lane: r.Lane, Submitted: r.Submitted.UTC(), Items: len(r.Items), Done: !r.Settled.IsZero()}
 		for _, it := range r.Items {
 			if it.Outcome != "" {
 				d.Settled++
@@ -117,6 +120,9 @@ func bulkLines(recs []queue.BulkRecord, now time.Time) []string {
 			job = "(submit unanswered)"
 		}
 		s := fmt.Sprintf("  %-24s %3d items, %3d reported, submitted %s ago", job, d.Items, d.Settled, age(now, d.Submitted))
+		if d.Lane != "" {
+			s += ", " + d.Lane + " lane"
+		}
 		if d.Done {
 			s += ", done"
 		}

@@ -138,6 +138,7 @@ var flagNames = map[string]map[string]string{
 		"Concurrency": "concurrency", "MaxAttempts": "max-attempts", "MaxAckPending": "max-ack-pending",
 		"ShutdownTimeout": "shutdown-timeout", "OutageThreshold": "outage-threshold",
 		"Bulk.Size": "bulk-size", "Bulk.Linger": "bulk-linger", "Bulk.Min": "bulk-min", "Bulk.Deadline": "bulk-deadline",
+		"Bulk.MaxBytes": "bulk-max-bytes",
 	},
 	"queue.Topology": {
 		"Stream": "stream", "Subject": "subject", "BackfillSubject": "backfill-subject", "DLQStream": "dlq-stream",

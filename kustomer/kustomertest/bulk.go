@@ -515,6 +515,9 @@ func (s *Server) batchesBody(j *bulkJob, now time.Time) []byte {
 	state := j.state(now)
 	list := make([]any, 0, len(j.batches))
 	for bi, bt := range j.batches {
+		if s.cfg.BulkUncounted && !bt.done {
+			continue
+		}
 		status := "queued"
 		if state != JobQueued {
 			status = "scheduled"
@@ -551,6 +554,10 @@ func (s *Server) batchesBody(j *bulkJob, now time.Time) []byte {
 		}
 		if results != nil {
 			attrs["results"] = results
+		}
+		if s.cfg.BulkUncounted {
+			delete(attrs, "successCount")
+			delete(attrs, "failureCount")
 		}
 		list = append(list, s.resource("batch", j.id+"-"+strconv.Itoa(bi), attrs))
 	}

@@ -466,6 +466,21 @@ func TestBulkScriptsAndShapes(t *testing.T) {
 		mustStatus(t, f.read("/v1/bulk/"+job+"/batches"), http.StatusBadGateway)
 		mustStatus(t, f.read("/v1/bulk/"+job+"/batches"), http.StatusOK)
 	})
+	t.Run("BulkUncounted lists only the batches done, without counts", func(t *testing.T) {
+		t.Parallel()
+		running := setup(t, kustomertest.Config{BulkUncounted: true, BulkDuration: time.Hour})
+		a := running.submit(items(true, `"name":"x"`, 1))
+		b := running.read("/v1/bulk/" + jobOf(t, a).Data.ID + "/batches")
+		if string(b.body) != `{"data":[]}` {
+			t.Fatalf("batches of a running job %s; want none listed", b.body)
+		}
+		done := setup(t, kustomertest.Config{BulkUncounted: true})
+		a = done.submit(items(true, `"name":"x"`, 1))
+		b = done.read("/v1/bulk/" + jobOf(t, a).Data.ID + "/batches")
+		if !strings.Contains(string(b.body), `"status":"complete"`) || strings.Contains(string(b.body), "Count") {
+			t.Fatalf("batches of a complete job %s; want it listed complete, without counts", b.body)
+		}
+	})
 	t.Run("BulkFlat puts the fields on the objects", func(t *testing.T) {
 		t.Parallel()
 		f := setup(t, kustomertest.Config{BulkFlat: true})

@@ -134,6 +134,12 @@ type Config struct {
 	// BulkFlat puts the fields of bulk jobs and batches directly on their objects instead of
 	// under the JSON:API "attributes". Default false.
 	BulkFlat bool
+
+	// BulkUncounted is the reading of the batches list that says least: batches give no
+	// successCount or failureCount, and the list shows only the batches done so far, so that
+	// every batch listed may be done while the job is not. GET /v1/bulk/{id} still gives the
+	// job's own totals. Default false.
+	BulkUncounted bool
 }
 
 // WindowStart is where the org's budget windows begin.

@@ -28,7 +28,8 @@
 // a single PUT of its attributes would be (rev up by one). Knobs fail items (Config.BulkFailRate,
 // [Server.FailBulk]), refuse the whole submit for one bad item (Config.BulkStrict), deny the
 // reads (Config.BulkReadDenied, [Server.SetBulkReadDenied]), change the answers' shape
-// (Config.BulkFlat) and script answers ([Server.ScriptBulkSubmit], [Server.ScriptBulkRead]);
+// (Config.BulkFlat) or say less in them (Config.BulkUncounted), and script answers
+// ([Server.ScriptBulkSubmit], [Server.ScriptBulkRead]);
 // [Server.BulkJob] shows a job's items as they stand. Stats count budget units spent, bulk
 // submits, jobs, reads and items, so a benchmark can tell what a run cost.
 //

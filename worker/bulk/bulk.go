@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -22,6 +23,9 @@ import (
 type Client interface {
 	SubmitBulk(ctx context.Context, items []kustomer.BulkItem) (*kustomer.BulkJob, error)
 	ReadBulkBatches(ctx context.Context, jobID string) (*kustomer.BulkBatches, error)
+	// ReadBulkJob reads a job's own status: only when its batches give no counts and cannot
+	// tell whether it is complete (kustomer.BulkBatches.NeedsJob).
+	ReadBulkJob(ctx context.Context, jobID string) (*kustomer.BulkJob, error)
 }
 
 // Store keeps the bulk jobs in flight across processes; *queue.BulkJobs is the real one.
@@ -51,6 +55,10 @@ type Host interface {
 	// Standby reports whether the item goes back to the active replica now: this replica is
 	// a standby on its lane, and nobody else holds it.
 	Standby(it Item) bool
+	// Active reports whether this replica is the active one on some lane (always, without
+	// replicas taking turns): its updates may then overtake a job another replica submitted,
+	// which it follows (handover.go).
+	Active() bool
 	// Hard ends when requests in flight must be abandoned (the end of a shutdown).
 	Hard() context.Context
 }
@@ -82,8 +90,10 @@ type Settings struct {
 	// Redeliveries is how long after a job ends redeliveries of its items may still come (a
 	// job another process submitted): its record is kept that long.
 	Redeliveries time.Duration
-	Log          *slog.Logger // default: discard
-	Metrics      *Metrics     // optional
+	// Lane names the lane whose updates go in bulk, for the records (status shows it).
+	Lane    string
+	Log     *slog.Logger // default: discard
+	Metrics *Metrics     // optional
 }
 
 // Tuned values of following jobs, and the timeout of a call to the store.
@@ -91,11 +101,11 @@ const (
 	readMin      = time.Second      // the first wait after a read that found the job unfinished
 	readMax      = 15 * time.Second // the longest wait between two reads of a job
 	firstReadMin = 200 * time.Millisecond
-	estimate0    = time.Second // what a job is taken to last before one was seen
-	learnWeight  = 0.3         // weight of the newest job in the learned duration
-	reloadEvery  = 2 * time.Second
-	tick         = 20 * time.Millisecond // the batcher's check of Linger
-	lingerMax    = 4                     // times Linger a job waits at most while items still come
+	estimate0    = time.Second            // what a job is taken to last before one was seen
+	learnWeight  = 0.3                    // weight of the newest job in the learned duration
+	reloadEvery  = 200 * time.Millisecond // at most this often for redelivered items not known
+	tick         = 20 * time.Millisecond  // the batcher's check of Linger
+	lingerMax    = 4                      // times Linger a job waits at most while items still come
 	storeTimeout = 5 * time.Second
 )
 
@@ -116,6 +126,8 @@ type Bulker struct {
 
 	kick chan struct{} // cap 1: the gathering job is full
 
+	reloading sync.Mutex // held by a Take that reads the store again for a redelivery
+
 	mu      sync.Mutex // guards every field below
 	pending []Item     // the job gathering
 	since   time.Time  // when pending's first item came
@@ -129,6 +141,8 @@ type Bulker struct {
 	est     time.Duration         // how long a job takes, as learned
 	seq     uint64                // for record keys
 	warned  bool                  // the read refusal was logged
+
+	wasActive bool // the host was active at the last housekeeping; owned by Run's goroutine
 
 	wg sync.WaitGroup // the jobs' goroutines
 }
@@ -151,6 +165,10 @@ type job struct {
 	adopted  bool      // submitted by another process
 	follows  bool      // a goroutine follows it
 	finished bool
+	// submitting: a submit request went out (or is going out) after the gates let it; until
+	// then a job that is finished (fell back) is never submitted.
+	submitting bool
+	stop       context.CancelFunc // ends the wait for the gates before the submit; nil before it
 }
 
 // New returns a bulker for host that submits through cli and keeps its jobs in store (nil:
@@ -179,12 +197,12 @@ func (b *Bulker) itemLog(it Item) *slog.Logger {
 // (Applied, Single, Resume).
 func (b *Bulker) Take(it Item) bool {
 	if it.Delivered > 1 {
-		b.reloadIfStale()
+		b.reloadIfStale(it)
 	}
 	now := time.Now()
 	b.mu.Lock()
 	if until, ok := b.fencedAt(it, now); ok {
-		b.fenced[it.Conv] = it // released by resumeUnfenced, or by YieldFenced
+		b.fenced[it.Conv] = it // released by resumeUnfenced, or by Yield
 		b.mu.Unlock()
 		b.holdBack(it, until)
 		return true
@@ -202,7 +220,7 @@ func (b *Bulker) Take(it Item) bool {
 	}
 	b.pending = append(b.pending, it)
 	b.last = now
-	full := len(b.pending) >= b.cfg.Size
+	full := b.full(b.pending) > 0
 	b.mu.Unlock()
 	if full {
 		select {
@@ -213,14 +231,19 @@ func (b *Bulker) Take(it Item) bool {
 	return true
 }
 
-// reloadIfStale reads the store again if it was last read reloadEvery ago: a redelivered
-// item may belong to a job another process submitted since.
-func (b *Bulker) reloadIfStale() {
+// reloadIfStale reads the store again for it, a redelivered item not known here, if it was
+// last read reloadEvery ago: it may belong to a job another process submitted since (a
+// replica that lost its turn hands back the items of its jobs at once).
+func (b *Bulker) reloadIfStale(it Item) {
 	if b.store == nil {
 		return
 	}
+	// A burst of redeliveries waits for one reload, which may make them known.
+	b.reloading.Lock()
+	defer b.reloading.Unlock()
 	b.mu.Lock()
-	stale := time.Since(b.loaded) >= reloadEvery
+	_, known := b.known[it.Ref]
+	stale := !known && time.Since(b.loaded) >= reloadEvery
 	b.mu.Unlock()
 	if stale {
 		b.load(b.hard())
@@ -242,7 +265,7 @@ func (b *Bulker) fencedAt(it Item, now time.Time) (time.Time, bool) {
 }
 
 // holdBack keeps it, fenced, until the fence ends; a standby hands it back at once instead
-// (YieldFenced covers a pin lost after this check: it is in fenced already).
+// (Yield covers a pin lost after this check: it is in fenced already).
 func (b *Bulker) holdBack(it Item, until time.Time) {
 	if b.host.Standby(it) && b.unfence(it) {
 		b.host.Resume(it) // its worker hands it back
@@ -316,9 +339,9 @@ func (b *Bulker) Wait() { b.wg.Wait() }
 func (b *Bulker) gather(ctx context.Context, now time.Time) {
 	b.mu.Lock()
 	var jobs [][]Item
-	for len(b.pending) >= b.cfg.Size {
-		jobs = append(jobs, b.pending[:b.cfg.Size:b.cfg.Size])
-		b.pending = b.pending[b.cfg.Size:]
+	for n := b.full(b.pending); n > 0; n = b.full(b.pending) {
+		jobs = append(jobs, b.pending[:n:n])
+		b.pending = b.pending[n:]
 		b.since = now
 	}
 	var singles []Item
@@ -355,6 +378,25 @@ func (b *Bulker) gather(ctx context.Context, now time.Time) {
 	}
 }
 
+// full is how many of items, from the first, make a full job: Size of them, or as many as
+// fit in MaxBytes of update bodies before the next (at least one); 0 while they fill none.
+func (b *Bulker) full(items []Item) int {
+	size := 0
+	for i, it := range items {
+		if i == b.cfg.Size {
+			return i
+		}
+		size += len(it.Update.Body)
+		if size > b.cfg.MaxBytes {
+			return max(i, 1)
+		}
+	}
+	if len(items) == b.cfg.Size {
+		return len(items)
+	}
+	return 0
+}
+
 // single hands an item back to the workers to go as a single PUT, decided as any other.
 func (b *Bulker) single(it Item, why string) {
 	b.metrics.item(why)
@@ -368,7 +410,7 @@ func (b *Bulker) start(items []Item) {
 	key := strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + strconv.FormatUint(b.seq, 36)
 	bj := &job{key: key, held: make(map[queue.MsgRef]Item, len(items)),
 		outcome: make(map[queue.MsgRef]kustomer.ItemOutcome), follows: true}
-	bj.rec = queue.BulkRecord{Key: key, Submitted: time.Now()}
+	bj.rec = queue.BulkRecord{Key: key, Lane: b.set.Lane, Submitted: time.Now()}
 	for _, it := range items {
 		ref := it.Ref.Key()
 		bj.kitems = append(bj.kitems, kustomer.BulkItem{Ref: ref, Update: it.Update})
@@ -394,35 +436,50 @@ func (bj *job) class() pacer.Priority {
 // conversations' newer updates fenced as long as Kustomer may still apply the job: until its
 // deadline if it may have been submitted (as after a submit whose answer was lost), until
 // twice the deadline once Kustomer gave it an id (as for a job overdue while followed).
-// (A panic while b.mu is held, in the bulker's own code, would still block here.)
+// Code on a job's goroutine holds b.mu only through locked, so that a panic there lets it go.
 func (b *Bulker) guard(bj *job, run func(*job)) {
 	defer func() {
 		r := recover()
 		if r == nil {
 			return
 		}
-		b.mu.Lock()
-		if bj.rec.Ambiguous.IsZero() {
-			bj.rec.Ambiguous = time.Now()
-		}
-		id := bj.rec.JobID
-		fence := bj.rec.Submitted.Add(b.cfg.Deadline)
-		if id != "" {
-			fence = bj.rec.Submitted.Add(2 * b.cfg.Deadline)
-		}
-		b.mu.Unlock()
+		var (
+			id    string
+			fence time.Time
+		)
+		b.locked(func() {
+			if bj.rec.Ambiguous.IsZero() {
+				bj.rec.Ambiguous = time.Now()
+			}
+			id = bj.rec.JobID
+			fence = bj.rec.Submitted.Add(b.cfg.Deadline)
+			if id != "" {
+				fence = bj.rec.Submitted.Add(2 * b.cfg.Deadline)
+			}
+		})
 		b.log.Error("panic in a bulk job; its items go as single PUTs", "job", id, "panic", r, "stack", string(debug.Stack()))
 		b.fallback(bj, "panic", fence, false)
 	}()
 	run(bj)
 }
 
+// locked runs f with b.mu held, and lets b.mu go even when f panics: a panic on a job's
+// goroutine (a bug, or an answer the code did not expect) is recovered by guard, which takes
+// b.mu again.
+func (b *Bulker) locked(f func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	f()
+}
+
 // submitAndFollow submits bj, retrying what may heal, and follows it to its end.
 func (b *Bulker) submitAndFollow(bj *job) {
 	ctx := b.ctx
-	b.mu.Lock()
-	class, rec := bj.class(), bj.rec
-	b.mu.Unlock()
+	var (
+		class pacer.Priority
+		rec   queue.BulkRecord
+	)
+	b.locked(func() { class, rec = bj.class(), bj.rec })
 	if !b.put(rec) {
 		// Without its record a crash would re-send the items blindly; single PUTs do not
 		// need one.
@@ -430,18 +487,26 @@ func (b *Bulker) submitAndFollow(bj *job) {
 		return
 	}
 	deadline := rec.Submitted.Add(b.cfg.Deadline)
-	// Waiting for the gates and the budget ends at the job's deadline: a job submitted after
-	// it would be given up before Kustomer had time to apply it.
+	// Waiting for the gates and the budget ends at the job's deadline (a job submitted after
+	// it would be given up before Kustomer had time to apply it), or when the job falls back
+	// meanwhile (finish).
 	wctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	b.locked(func() { bj.stop = cancel })
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(b.set.RetryInitial),
 		backoff.WithMaxInterval(b.set.RetryMax), backoff.WithMaxElapsedTime(0)) // the deadline ends it
 	for {
+		if b.over(bj) {
+			return // fell back while it waited: its items went as single PUTs
+		}
 		if time.Now().After(deadline) {
 			b.fallback(bj, "deadline", b.ambiguousFence(bj), false)
 			return
 		}
 		job, sent, went, err := b.submit(wctx, class, bj)
+		if errors.Is(err, errNotSubmitted) {
+			return
+		}
 		if !went {
 			if ctx.Err() == nil {
 				continue // the deadline passed while waiting: the check above falls back
@@ -465,10 +530,28 @@ func (b *Bulker) submitAndFollow(bj *job) {
 	}
 }
 
-// submit sends bj's submit request through the host once the gates and the budget let it;
-// went is false when wctx ended first.
+// over reports whether bj is finished: settled, fallen back or left.
+func (b *Bulker) over(bj *job) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bj.finished
+}
+
+// errNotSubmitted: the job fell back while its submit waited for the gates.
+var errNotSubmitted = errors.New("bulk: the job fell back before its submit")
+
+// submit sends bj's submit request through the host once the gates and the budget let it,
+// unless bj fell back meanwhile (errNotSubmitted); went is false when wctx ended first.
 func (b *Bulker) submit(wctx context.Context, class pacer.Priority, bj *job) (job *kustomer.BulkJob, sent time.Time, went bool, err error) {
 	went, err = b.host.Request(wctx, class, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
+		var over bool
+		b.locked(func() {
+			over = bj.finished
+			bj.submitting = !over
+		})
+		if over {
+			return kustomer.RateLimit{}, errNotSubmitted
+		}
 		var err error
 		sent = time.Now()
 		job, err = b.cli.SubmitBulk(ctx, bj.kitems)
@@ -494,21 +577,16 @@ func (b *Bulker) submitted(ctx context.Context, bj *job, job *kustomer.BulkJob, 
 	var apiErr *kustomer.APIError
 	switch {
 	case err == nil:
-		b.metrics.submitted()
-		b.mu.Lock()
-		bj.rec.JobID, bj.sent = job.ID, sent
-		rec := bj.rec
-		b.mu.Unlock()
-		b.put(rec)
-		b.followLoop(ctx, bj)
+		b.accepted(ctx, bj, job, sent)
 		return submitOver
 	case b.hard().Err() != nil:
-		b.mu.Lock()
-		bj.rec.Ambiguous = time.Now()
-		rec := bj.rec
-		bj.finished = true
-		delete(b.jobs, bj.key)
-		b.mu.Unlock()
+		var rec queue.BulkRecord
+		b.locked(func() {
+			bj.rec.Ambiguous = time.Now()
+			rec = bj.rec
+			bj.finished = true
+			delete(b.jobs, bj.key)
+		})
 		b.put(rec)
 		return submitOver // cut short by the shutdown deadline: the record tells the next process
 	case errors.Is(err, kustomer.ErrInvalid):
@@ -517,14 +595,16 @@ func (b *Bulker) submitted(ctx context.Context, bj *job, job *kustomer.BulkJob, 
 	case !errors.As(err, &apiErr):
 		b.fallback(bj, "error", b.ambiguousFence(bj), false)
 		return submitOver
-	case apiErr.Malformed() || apiErr.Status == 0:
-		// The job may exist all the same: remember that, then retry.
-		b.mu.Lock()
-		if bj.rec.Ambiguous.IsZero() {
-			bj.rec.Ambiguous = time.Now()
-		}
-		rec := bj.rec
-		b.mu.Unlock()
+	case apiErr.Malformed() || apiErr.Status == 0 || apiErr.Status >= 500:
+		// The job may exist all the same (a 5xx may come from a proxy after Kustomer made
+		// it): remember that, then retry.
+		var rec queue.BulkRecord
+		b.locked(func() {
+			if bj.rec.Ambiguous.IsZero() {
+				bj.rec.Ambiguous = time.Now()
+			}
+			rec = bj.rec
+		})
 		b.put(rec)
 	case apiErr.Class == kustomer.ClassThrottled:
 		pause := b.host.Throttled(apiErr.RateLimit)
@@ -534,6 +614,10 @@ func (b *Bulker) submitted(ctx context.Context, bj *job, job *kustomer.BulkJob, 
 	case apiErr.Class == kustomer.ClassAuth:
 		b.fallback(bj, "auth", b.ambiguousFence(bj), false)
 		return submitOver
+	case apiErr.Status == http.StatusRequestEntityTooLarge && len(bj.kitems) > 1 && b.ambiguousFence(bj).IsZero():
+		b.log.Info("Kustomer found a bulk job too large; splitting it in two", "items", len(bj.kitems))
+		b.split(bj)
+		return submitOver
 	case apiErr.Class == kustomer.ClassPermanent:
 		b.log.Warn("Kustomer refused a bulk submit as a whole; sending its items as single PUTs", "status", apiErr.Status, "reason", apiErr.Reason, "items", len(bj.kitems))
 		b.fallback(bj, "rejected", b.ambiguousFence(bj), false)
@@ -542,14 +626,60 @@ func (b *Bulker) submitted(ctx context.Context, bj *job, job *kustomer.BulkJob, 
 	return submitBackOff
 }
 
+// accepted follows bj, which Kustomer accepted as job (submitted at sent), to its end.
+func (b *Bulker) accepted(ctx context.Context, bj *job, job *kustomer.BulkJob, sent time.Time) {
+	b.metrics.submitted()
+	var (
+		rec  queue.BulkRecord
+		over bool
+	)
+	b.locked(func() {
+		bj.rec.JobID, bj.sent = job.ID, sent
+		rec, over = bj.rec, bj.finished
+	})
+	if over && !rec.FenceUntil.After(time.Now()) {
+		return // fell back while the submit went out; its fence is kept, if any
+	}
+	b.put(rec)
+	if !over {
+		b.followLoop(ctx, bj)
+	}
+}
+
+// split ends bj, a job Kustomer refused as too large (no job made), and makes two jobs of its
+// items instead.
+func (b *Bulker) split(bj *job) {
+	var items []Item
+	b.locked(func() {
+		for _, ri := range bj.rec.Items {
+			if it, ok := bj.held[ri.MsgRef()]; ok {
+				items = append(items, it)
+			}
+		}
+		bj.held = make(map[queue.MsgRef]Item)
+		bj.finished = true
+		delete(b.jobs, bj.key)
+	})
+	b.del(bj.key)
+	if len(items) == 0 {
+		return
+	}
+	half := max(len(items)/2, 1)
+	b.start(items[:half])
+	if len(items) > half {
+		b.start(items[half:])
+	}
+}
+
 // shutdownBeforeSubmit ends a job at shutdown before a submit was answered: its items stay
 // held for handBack; the record stays if a submit may have taken effect.
 func (b *Bulker) shutdownBeforeSubmit(bj *job) {
-	b.mu.Lock()
-	rec := bj.rec
-	bj.finished = true
-	delete(b.jobs, bj.key)
-	b.mu.Unlock()
+	var rec queue.BulkRecord
+	b.locked(func() {
+		rec = bj.rec
+		bj.finished = true
+		delete(b.jobs, bj.key)
+	})
 	if rec.Ambiguous.IsZero() {
 		b.del(rec.Key)
 	}
@@ -568,9 +698,13 @@ func (b *Bulker) ambiguousFence(bj *job) time.Time {
 // followLoop reads bj's batches until every item is settled, the job is past its deadline,
 // or the pool shuts down.
 func (b *Bulker) followLoop(ctx context.Context, bj *job) {
-	b.mu.Lock()
-	rec, est, adopted, sent := bj.rec, b.est, bj.adopted, bj.sent
-	b.mu.Unlock()
+	var (
+		rec     queue.BulkRecord
+		est     time.Duration
+		adopted bool
+		sent    time.Time
+	)
+	b.locked(func() { rec, est, adopted, sent = bj.rec, b.est, bj.adopted, bj.sent })
 	deadline := rec.Submitted.Add(b.cfg.Deadline)
 	lost := rec.Submitted.Add(2 * b.cfg.Deadline)
 	wait := min(max(est+est/10+50*time.Millisecond-time.Since(sent), firstReadMin), readMax)
@@ -578,7 +712,7 @@ func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 		wait = 0
 	}
 	next := readMin
-	overdue := false
+	overdue, unknown := false, false
 	for {
 		// Wake at the deadline and at the end, at the latest: a read then decides.
 		if !overdue {
@@ -589,18 +723,23 @@ func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 			b.stopFollowing(bj)
 			return
 		}
-		bb, went, err := b.read(ctx, bj.key, rec.JobID)
+		if b.leftHere(bj) {
+			return
+		}
+		bb, went, err := b.read(ctx, bj, rec.JobID)
 		if !went {
 			b.stopFollowing(bj)
 			return
 		}
-		switch b.readAnswer(bj, rec.JobID, bb, err) {
+		step := b.readAnswer(bj, rec.JobID, bb, err)
+		switch step {
 		case readOver:
 			return
 		case readAgain:
 			wait = 0
 			continue
 		}
+		unknown = step == readUnknown
 		now := time.Now()
 		if !now.Before(lost) {
 			b.log.Warn("bulk job given up as lost: not complete within twice its deadline; its conversations go on", "job", rec.JobID)
@@ -611,22 +750,44 @@ func (b *Bulker) followLoop(ctx context.Context, bj *job) {
 			overdue = true
 			b.log.Warn("bulk job past its deadline; sending its unsettled items as single PUTs and holding their conversations' newer updates until it is complete",
 				"job", rec.JobID, "deadline", b.cfg.Deadline, "lost_after", lost.Format(time.RFC3339))
-			b.fallback(bj, "deadline", lost, true)
+			b.fallback(bj, cond(unknown, "unknown", "deadline"), lost, true)
 		}
 		wait, next = next, min(2*next, readMax)
 	}
 }
 
-// read reads job id's batches through the host once the gates and the budget let it; went is
+// leftHere hands back what bj holds that goes to the active replica now, and reports
+// whether bj is no longer followed here (handOver).
+func (b *Bulker) leftHere(bj *job) bool {
+	items, stop := b.handOver(bj)
+	for _, it := range items {
+		b.host.Resume(it)
+	}
+	return stop
+}
+
+// read reads bj's batches (job id) through the host once the gates and the budget let it,
+// and the job's own status too when the batches cannot tell whether it is complete; went is
 // false when ctx ended first.
-func (b *Bulker) read(ctx context.Context, key, id string) (bb *kustomer.BulkBatches, went bool, err error) {
-	went, err = b.host.Request(ctx, pacer.BulkRead, key, func(ctx context.Context) (kustomer.RateLimit, error) {
+func (b *Bulker) read(ctx context.Context, bj *job, id string) (bb *kustomer.BulkBatches, went bool, err error) {
+	went, err = b.host.Request(ctx, pacer.BulkRead, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
 		var err error
 		bb, err = b.cli.ReadBulkBatches(ctx, id)
 		if bb != nil {
 			return bb.RateLimit, err
 		}
 		return kustomer.RateLimit{}, err
+	})
+	if !went || err != nil || !bb.NeedsJob(bj.kitems) {
+		return bb, went, err
+	}
+	went, err = b.host.Request(ctx, pacer.BulkRead, bj.key, func(ctx context.Context) (kustomer.RateLimit, error) {
+		job, err := b.cli.ReadBulkJob(ctx, id)
+		if job == nil {
+			return kustomer.RateLimit{}, err
+		}
+		bb.Job = job
+		return job.RateLimit, err
 	})
 	return bb, went, err
 }
@@ -635,9 +796,10 @@ func (b *Bulker) read(ctx context.Context, key, id string) (bb *kustomer.BulkBat
 type readStep int
 
 const (
-	readLater readStep = iota // read again after the wait
-	readAgain                 // read again at once (after an org-wide pause)
-	readOver                  // the job is settled, given up, or no longer followed
+	readLater   readStep = iota // read again after the wait
+	readAgain                   // read again at once (after an org-wide pause)
+	readOver                    // the job is settled, given up, or no longer followed
+	readUnknown                 // Kustomer did not show the job: read again after the wait
 )
 
 // readAnswer carries out what the answer to a read of bj (job id) says: bb, or err.
@@ -659,9 +821,11 @@ func (b *Bulker) readAnswer(bj *job, id string, bb *kustomer.BulkBatches, err er
 		b.metrics.retry("throttled_org")
 		return readAgain
 	case errors.As(err, &apiErr) && apiErr.Class == kustomer.ClassPermanent:
-		b.log.Warn("Kustomer does not know a bulk job any more; sending its items as single PUTs", "job", id, "status", apiErr.Status, "reason", apiErr.Reason)
-		b.fallback(bj, "unknown", time.Time{}, false)
-		return readOver
+		// Kustomer accepted the job: a 404 (or another refusal) may only mean it does not
+		// show it yet, and it may still apply it. Its deadline decides, as for a job that
+		// stays unfinished.
+		b.log.Warn("Kustomer does not show a bulk job it accepted; reading it again until its deadline", "job", id, "status", apiErr.Status, "reason", apiErr.Reason)
+		return readUnknown
 	default:
 		b.log.Info("cannot read a bulk job; reading it again later", "job", id, "error", err)
 	}
@@ -680,8 +844,24 @@ func (b *Bulker) stopFollowing(bj *job) {
 // apply settles bj's items that the batches settle and reports whether the job is over.
 func (b *Bulker) apply(bj *job, bb *kustomer.BulkBatches) bool {
 	outs := bb.Outcomes(bj.kitems)
-	var now []settlement
+	now, done, id := b.record(bj, outs)
+	if done {
+		b.learn(bj, bb)
+	}
+	for _, s := range now {
+		b.settleItem(id, s.it, s.o, "")
+	}
+	if done {
+		b.finish(bj, true)
+	}
+	return done
+}
+
+// record notes in bj the outcomes outs tell, returning the held items they settle, whether
+// every item is settled, and the job's id.
+func (b *Bulker) record(bj *job, outs []kustomer.ItemOutcome) (now []settlement, done bool, id string) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	settled := 0
 	for i, o := range outs {
 		ref := bj.rec.Items[i].MsgRef()
@@ -702,32 +882,28 @@ func (b *Bulker) apply(bj *job, bb *kustomer.BulkBatches) bool {
 			now = append(now, settlement{it, o})
 		}
 	}
-	done := settled == len(outs)
-	if done {
-		var last time.Time
-		for _, bt := range bb.Batches {
-			if bt.CompletedAt.After(last) {
-				last = bt.CompletedAt
-			}
+	return now, settled == len(outs), bj.rec.JobID
+}
+
+// learn takes in how long bj, complete by bb, took: the first read of the next jobs comes then.
+func (b *Bulker) learn(bj *job, bb *kustomer.BulkBatches) {
+	var last time.Time
+	for _, bt := range bb.Batches {
+		if bt.CompletedAt.After(last) {
+			last = bt.CompletedAt
 		}
-		took := time.Since(bj.sent)
+	}
+	var took time.Duration
+	b.locked(func() {
+		took = time.Since(bj.sent)
 		if d := last.Sub(bj.sent); !last.IsZero() && d > 0 && d < took {
 			took = d
 		}
 		if !bj.adopted {
 			b.est = time.Duration(float64(b.est)*(1-learnWeight) + float64(took)*learnWeight)
 		}
-		b.metrics.completed(took.Seconds())
-	}
-	id := bj.rec.JobID
-	b.mu.Unlock()
-	for _, s := range now {
-		b.settleItem(id, s.it, s.o, "")
-	}
-	if done {
-		b.finish(bj, true)
-	}
-	return done
+	})
+	b.metrics.completed(took.Seconds())
 }
 
 // settlement is an item and its outcome, to carry out once b.mu is let go.
@@ -755,17 +931,21 @@ func (b *Bulker) settleItem(job string, it Item, o kustomer.ItemOutcome, how str
 // next process. Unless following, b stops following the job.
 func (b *Bulker) fallback(bj *job, reason string, fence time.Time, following bool) {
 	b.metrics.failed(reason)
-	b.mu.Lock()
-	held := bj.held
-	bj.held = make(map[queue.MsgRef]Item)
-	if !fence.IsZero() {
-		bj.rec.FenceUntil = later(bj.rec.FenceUntil, fence)
-		for _, it := range bj.rec.Items {
-			b.addFence(it.Conv, it.Seq, fence)
+	var (
+		held map[queue.MsgRef]Item
+		rec  queue.BulkRecord
+	)
+	b.locked(func() {
+		held = bj.held
+		bj.held = make(map[queue.MsgRef]Item)
+		if !fence.IsZero() {
+			bj.rec.FenceUntil = later(bj.rec.FenceUntil, fence)
+			for _, it := range bj.rec.Items {
+				b.addFence(it.Conv, it.Seq, fence)
+			}
 		}
-	}
-	rec := bj.rec
-	b.mu.Unlock()
+		rec = bj.rec
+	})
 	if following && !fence.IsZero() {
 		b.put(rec)
 	}
@@ -796,14 +976,33 @@ func later(a, b time.Time) time.Time {
 // or kept while a fence holds, and for a job another process submitted, while redeliveries
 // of its items may still come.
 func (b *Bulker) finish(bj *job, lift bool) {
-	now := time.Now()
-	b.mu.Lock()
-	if bj.finished {
-		b.mu.Unlock()
+	rec, keep, ok := b.finished(bj, lift, time.Now())
+	if !ok {
 		return
+	}
+	if lift {
+		b.resumeUnfenced()
+	}
+	if !keep.IsZero() {
+		b.put(rec)
+		return
+	}
+	b.del(rec.Key)
+}
+
+// finished marks bj finished at now, as finish says, and returns its record and until when
+// to keep it (zero: delete it now); ok is false if bj was finished already.
+func (b *Bulker) finished(bj *job, lift bool, now time.Time) (rec queue.BulkRecord, keep time.Time, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if bj.finished {
+		return rec, keep, false
 	}
 	bj.finished = true
 	delete(b.jobs, bj.key)
+	if bj.stop != nil {
+		bj.stop() // a submit still waiting for the gates never goes
+	}
 	if lift && !bj.rec.FenceUntil.IsZero() {
 		for _, it := range bj.rec.Items {
 			if f, ok := b.fences[it.Conv]; ok && !f.until.After(bj.rec.FenceUntil) {
@@ -821,8 +1020,7 @@ func (b *Bulker) finish(bj *job, lift bool) {
 		}
 	}
 	bj.rec.Settled = now
-	rec := bj.rec
-	var keep time.Time
+	rec = bj.rec
 	if rec.FenceUntil.After(now) {
 		keep = rec.FenceUntil
 	}
@@ -837,52 +1035,23 @@ func (b *Bulker) finish(bj *job, lift bool) {
 	if !keep.IsZero() {
 		b.forget[rec.Key] = keep
 	}
-	b.mu.Unlock()
-	if lift {
-		b.resumeUnfenced()
-	}
-	if !keep.IsZero() {
-		b.put(rec)
-		return
-	}
-	b.del(rec.Key)
+	return rec, keep, true
 }
 
-// release hands the conversations whose fence is gone back to the workers.
+// resumeUnfenced hands the conversations whose fence is gone back to the workers.
 func (b *Bulker) resumeUnfenced() {
-	b.mu.Lock()
 	var free []Item
-	for conv, it := range b.fenced {
-		if _, held := b.fences[conv]; !held {
-			free = append(free, it)
-			delete(b.fenced, conv)
+	b.locked(func() {
+		for conv, it := range b.fenced {
+			if _, held := b.fences[conv]; !held {
+				free = append(free, it)
+				delete(b.fenced, conv)
+			}
 		}
-	}
-	b.mu.Unlock()
+	})
 	for _, it := range free {
 		b.host.Resume(it)
 	}
-}
-
-// YieldFenced takes out of b's hands, for handing back, the items a fence holds back that go
-// back to the active replica now (Host.Standby). Such a conversation is at rest, as a parked
-// one is: held here until the fence ends (minutes), its head would come back long after the
-// new active replica stopped waiting for it and applied the conversation's newer updates.
-// The host calls it when this replica becomes a standby and hands the items back itself.
-func (b *Bulker) YieldFenced() []Item {
-	b.mu.Lock()
-	items := make([]Item, 0, len(b.fenced))
-	for _, it := range b.fenced {
-		items = append(items, it)
-	}
-	b.mu.Unlock()
-	var out []Item
-	for _, it := range items {
-		if b.host.Standby(it) && b.unfence(it) {
-			out = append(out, it)
-		}
-	}
-	return out
 }
 
 // follow follows a job another process submitted, once one of its items came here.
@@ -895,23 +1064,29 @@ func (b *Bulker) follow(bj *job) {
 // deadlines, since nobody can tell when Kustomer applies them.
 func (b *Bulker) deny(err error) {
 	b.off.Store(true)
-	b.mu.Lock()
-	if !b.warned {
-		b.warned = true
+	var (
+		warn    bool
+		jobs    []*job
+		pending []Item
+	)
+	b.locked(func() {
+		warn, b.warned = !b.warned, true
+		for _, bj := range b.jobs {
+			jobs = append(jobs, bj)
+		}
+		pending, b.pending = b.pending, nil
+	})
+	if warn {
 		b.log.Warn("the API key may submit bulk jobs but not read them: it lacks the role org.permission.bulk.read; bulk mode is off until restart, pending items go as single PUTs",
 			"error", err)
 	}
-	jobs := make([]*job, 0, len(b.jobs))
-	for _, bj := range b.jobs {
-		jobs = append(jobs, bj)
-	}
-	pending := b.pending
-	b.pending = nil
-	b.mu.Unlock()
 	for _, bj := range jobs {
-		b.mu.Lock()
-		fence := bj.rec.Submitted.Add(b.cfg.Deadline)
-		b.mu.Unlock()
+		var fence time.Time // none for a job whose submit never went out: it never will
+		b.locked(func() {
+			if bj.submitting || !bj.rec.Ambiguous.IsZero() {
+				fence = bj.rec.Submitted.Add(b.cfg.Deadline)
+			}
+		})
 		b.fallback(bj, "read_denied", fence, false)
 	}
 	for _, it := range pending {
@@ -925,6 +1100,7 @@ func (b *Bulker) load(ctx context.Context) {
 	if b.store == nil {
 		return
 	}
+	active := b.host.Active()
 	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	recs, err := b.store.List(lctx)
 	cancel()
@@ -941,6 +1117,7 @@ func (b *Bulker) load(ctx context.Context) {
 			b.remember(r, now)
 		}
 	}
+	b.takeOverLocked(active, now)
 }
 
 // remember takes in the record of a job another process submitted, read from the store at
@@ -1017,6 +1194,7 @@ func (b *Bulker) adopt(r queue.BulkRecord) {
 
 // housekeep lifts fences that ran out and deletes the records nobody needs any more.
 func (b *Bulker) housekeep(ctx context.Context, now time.Time) {
+	b.activated(ctx)
 	b.mu.Lock()
 	for conv, f := range b.fences {
 		if !now.Before(f.until) {
@@ -1072,4 +1250,12 @@ func (b *Bulker) del(key string) {
 	if err := b.store.Delete(sctx, key); err != nil {
 		b.log.Debug("cannot delete a bulk job's record", "error", err)
 	}
+}
+
+// cond is a if c, else b.
+func cond[T any](c bool, a, b T) T {
+	if c {
+		return a
+	}
+	return b
 }

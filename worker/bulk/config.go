@@ -13,6 +13,8 @@ const (
 	DefaultLinger   = 250 * time.Millisecond
 	DefaultMin      = 10
 	DefaultDeadline = 10 * time.Minute
+	// DefaultMaxBytes bounds a job's request: 100 bodies of up to 400 KiB would be 40 MB.
+	DefaultMaxBytes = 4 << 20
 	// DefaultJobsHeld is how many full jobs' worth of messages the pool holds in bulk mode
 	// by default: MaxAckPending defaults to DefaultJobsHeld × Size.
 	DefaultJobsHeld = 10
@@ -40,6 +42,10 @@ type Config struct {
 	// single PUTs, and the conversations' newer updates wait until the job is complete or
 	// twice Deadline passed. Default DefaultDeadline (10m).
 	Deadline time.Duration
+	// MaxBytes is the most bytes of update bodies in one job: a job goes out before an update
+	// that would pass it (an update larger alone goes in a job of its own). A job Kustomer
+	// refuses as too large (413) is split in two. Default DefaultMaxBytes (4 MiB).
+	MaxBytes int
 }
 
 // WithDefaults returns b with every zero field set to its default.
@@ -55,6 +61,9 @@ func (b Config) WithDefaults() Config {
 	}
 	if b.Deadline == 0 {
 		b.Deadline = DefaultDeadline
+	}
+	if b.MaxBytes == 0 {
+		b.MaxBytes = DefaultMaxBytes
 	}
 	return b
 }
@@ -76,6 +85,8 @@ func (b Config) Validate() error {
 		return bad("Min", "%d is not from 1 to the job size %d", b.Min, b.Size)
 	case b.Deadline < MinDeadline:
 		return bad("Deadline", "%s is under %s", b.Deadline, MinDeadline)
+	case b.MaxBytes < 1:
+		return bad("MaxBytes", "%d is not positive", b.MaxBytes)
 	}
 	return nil
 }

@@ -17,9 +17,14 @@
 // an answer, a job past its deadline or unreadable) fences its conversations: their newer
 // updates wait until the job is complete or known lost (its deadline, or twice it, passed).
 // Fences and jobs live in the bucket, so that a process started after a crash settles a
-// redelivered item by its job's result instead of sending it again. A conversation a fence
-// holds back goes back to the active replica at once when this one becomes a standby
-// (Host.Standby, YieldFenced).
+// redelivered item by its job's result instead of sending it again.
+//
+// Handover (handover.go): when this replica becomes a standby on a lane, what the bulker
+// holds of that lane goes back to the active replica at once (Host.Standby, Yield): items
+// held back by a fence, items gathering, jobs not submitted (never submitted now), and the
+// items of submitted jobs, which it stops following. A replica active on some lane
+// (Host.Active) follows every job in the bucket that another one submitted and nobody
+// finished, holding its conversations' newer updates until the job is complete or known lost.
 //
 // The bulker reaches the host only through Host, with the Items the host gave it; it calls
 // the host without holding a lock of its own.

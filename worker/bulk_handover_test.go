@@ -1,0 +1,79 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
+	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
+	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
+)
+
+// Order across a handover in bulk mode: a backfill job that Kustomer applies long after the
+// new active replica stopped waiting for the old one's messages (2 x AckWait + slack) must
+// still not apply an older update after a newer one.
+func TestBulkHandoverMidJob(t *testing.T) {
+	const (
+		ackWait = 4 * time.Second
+		jobTime = 30 * time.Second // longer than 2 x AckWait + 10 s
+		convs   = 12               // the first replica's share of the backfill lane: it pulls no more
+	)
+	h := handoverSetupWith(t, ackWait, kustomertest.Config{Budget: -1, BulkDuration: jobTime})
+	h.wire = func(p *worker.Pool, js jetstream.JetStream) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		store, err := queue.BindBulk(ctx, js, h.top, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Config.Bulk = bulk.Config{Enabled: true, Size: 100, Min: 2, Linger: 100 * time.Millisecond, Deadline: 2 * time.Minute}
+		p.BulkClient, p.BulkJobs = h.client, store
+	}
+	a, b := h.activeAndStandby(queue.LaneBackfill, 4, nil)
+
+	// The active replica puts every conversation's backfill update in one job.
+	h.publishRound(queue.LaneBackfill, convs, 0)
+	testwait.Until(t, "the first replica to submit the job", 20*time.Second, func() bool { return h.fake.Stats().BulkJobs == 1 })
+
+	// Both pins move to the running standby mid-job; a newer live update of each
+	// conversation follows.
+	h.unpin(queue.LaneBackfill)
+	h.publish(queue.LaneBackfill, warmup, 1) // the next delivery pins the puller: the second replica
+	testwait.Until(t, "the second replica pinned on the backfill lane, and the first to know it lost the pin", 20*time.Second, func() bool {
+		return b.pin(queue.LaneBackfill).Active() && !a.pin(queue.LaneBackfill).Active()
+	})
+	h.pinLive(b, a)
+	h.publishRound(queue.LaneLive, convs, 1)
+
+	testwait.Until(t, "the job complete and every update settled", 3*jobTime, func() bool {
+		job := h.fake.BulkJobs()
+		return len(job) >= 1 && job[0].State == kustomertest.JobComplete && queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0
+	})
+	stale := 0
+	for c := range convs {
+		conv, _ := h.fake.Conversation(id(c))
+		if got := fmt.Sprint(conv.Attributes["name"]); got != "u-1" {
+			stale++
+			t.Logf("conversation %d ends as %s", c, got)
+		}
+	}
+	singles := 0
+	for c := range convs {
+		for _, r := range h.fake.RequestsFor(id(c)) {
+			if r.Kind == kustomertest.KindUpdate && r.Status == 200 && string(r.Body) == `{"name":"u-0"}` {
+				singles++
+			}
+		}
+	}
+	t.Logf("%d of %d old updates also sent as single PUTs; %d jobs", singles, convs, h.fake.Stats().BulkJobs)
+	if stale > 0 {
+		t.Errorf("%d of %d conversations ended at their older update; want 0", stale, convs)
+	}
+}
