@@ -33,10 +33,21 @@ type Outstanding struct {
 	work jetstream.Stream // the work stream once looked up: a handle by name, good for a stream re-created since
 }
 
+// Own marks what a replica's own pull brought on one lane, so that Unacked does not list it:
+// when the first message of a replica's turn as the active one is a first delivery at stream
+// sequence Below, the consumer delivered every message it gave another replica before it,
+// at a lower sequence, and every message of that lane at Below or above came to this
+// replica. The zero Own marks nothing.
+type Own struct {
+	Lane  Lane
+	Below uint64
+}
+
 // Unacked lists the delivered, unacknowledged messages of both lanes, oldest first: one
 // request to read each lane's consumer, then one per message (the stream skips what was
-// acknowledged).
-func (o *Outstanding) Unacked(ctx context.Context) ([]Unacked, error) {
+// acknowledged). On the lane of own, if set, it lists only those below own.Below: the
+// messages the consumer delivered before this replica's own pull (see Own).
+func (o *Outstanding) Unacked(ctx context.Context, own Own) ([]Unacked, error) {
 	stream, err := o.stream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", o.Topology.Stream, err)
@@ -53,8 +64,12 @@ func (o *Outstanding) Unacked(ctx context.Context) ([]Unacked, error) {
 		if limit <= 0 {
 			limit = 10 * max(info.Config.MaxAckPending, 1)
 		}
+		last := info.Delivered.Stream
+		if own.Lane == l && own.Below > 0 {
+			last = min(last, own.Below-1)
+		}
 		for _, subject := range o.Topology.LaneSubjects(l) {
-			msgs, err := o.unacked(ctx, stream, subject, info.AckFloor.Stream, info.Delivered.Stream, limit)
+			msgs, err := o.unacked(ctx, stream, subject, info.AckFloor.Stream, last, limit)
 			out = append(out, msgs...)
 			if err != nil {
 				return out, err

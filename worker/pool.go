@@ -229,7 +229,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	p.hard = hard
 
-	p.recoverOrder(ctx, recoverStart)
+	p.recoverOrder(ctx, recoverStart, queue.Own{})
 	var wg sync.WaitGroup
 	if p.cfg.Bulk.Enabled { // before the workers, which hand it messages
 		p.bulk = bulk.New(ctx, bulkHost{p}, p.bulkClient(), p.BulkJobs, p.bulkSettings())

@@ -14,15 +14,16 @@ import (
 // conversations until those messages have come here and been settled, or are gone from the
 // stream (acknowledged where they were held). Other conversations go on at once. A
 // conversation this pool already works on goes on with what it holds; what comes for it
-// later waits. after says when it runs: at start, or on becoming the active replica. Without
-// Outstanding it does nothing.
-func (p *Pool) recoverOrder(ctx context.Context, after recoverCause) {
+// later waits. after says when it runs: at start, or on becoming the active replica; own marks
+// the messages this replica's own pull brought (queue.Own). Without Outstanding it does
+// nothing.
+func (p *Pool) recoverOrder(ctx context.Context, after recoverCause, own queue.Own) {
 	if p.Outstanding == nil {
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, recoverTimeout)
 	defer cancel()
-	msgs, err := p.Outstanding.Unacked(rctx)
+	msgs, err := p.Outstanding.Unacked(rctx, own)
 	if err != nil {
 		p.Log.Warn("cannot read the messages left unacknowledged elsewhere; their conversations are not held back", "after", after, "error", err)
 	}

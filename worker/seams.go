@@ -67,7 +67,7 @@ type Budget interface {
 // nobody acknowledged; *queue.Outstanding is the real one.
 type Outstanding interface {
 	// Unacked lists them, oldest first.
-	Unacked(ctx context.Context) ([]queue.Unacked, error)
+	Unacked(ctx context.Context, own queue.Own) ([]queue.Unacked, error)
 	// Pending reports whether one is still unacknowledged.
 	Pending(ctx context.Context, ref queue.MsgRef) (bool, error)
 }

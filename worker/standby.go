@@ -59,18 +59,20 @@ func (p *Pool) followRole(ctx context.Context, src *source) (wait func()) {
 	p.mu.Unlock()
 	var wg sync.WaitGroup
 	wg.Go(func() {
+		// A replica that starts as a standby holds nothing of src yet: it yields only when a
+		// turn as the active replica ends.
 		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.Gained():
+			}
 			select {
 			case <-ctx.Done():
 				return
 			case <-r.Lost():
 			}
 			p.yield(src)
-			select {
-			case <-ctx.Done():
-				return
-			case <-r.Gained():
-			}
 		}
 	})
 	return wg.Wait
@@ -81,8 +83,9 @@ func (p *Pool) followRole(ctx context.Context, src *source) (wait func()) {
 // replica first holds back the conversations whose older messages another replica holds.
 func (p *Pool) admit(ctx context.Context, msg jetstream.Msg, src *source) {
 	if src.role != nil {
-		p.takeTurn(ctx, src)
-		if md, err := msg.Metadata(); err == nil && p.goesBack(src, md) {
+		md, err := msg.Metadata()
+		p.takeTurn(ctx, src, md)
+		if err == nil && p.goesBack(src, md) {
 			if err := msg.Nak(); err != nil {
 				p.Log.Debug("hand back failed; redelivery follows AckWait", "subject", msg.Subject(), "error", err)
 			}
@@ -95,8 +98,10 @@ func (p *Pool) admit(ctx context.Context, msg jetstream.Msg, src *source) {
 
 // takeTurn makes the pool work for src's role's current turn as the active replica, if that
 // is a new one: first it holds back the conversations whose older messages another replica
-// holds (recover.go).
-func (p *Pool) takeTurn(ctx context.Context, src *source) {
+// holds (recover.go). first is the metadata of the turn's first message (nil if unread): when
+// it is a first delivery, the messages of src at its sequence and above came to this replica
+// (the rest of its pull, not yet filed), and are not taken for another replica's.
+func (p *Pool) takeTurn(ctx context.Context, src *source, first *jetstream.MsgMetadata) {
 	turn := src.role.Lost()
 	p.mu.Lock()
 	fresh := turn != src.turn
@@ -105,7 +110,11 @@ func (p *Pool) takeTurn(ctx context.Context, src *source) {
 		return
 	}
 	p.handover.recovering.Lock()
-	p.recoverOrder(ctx, recoverHandover)
+	var own queue.Own
+	if first != nil && first.NumDelivered == 1 {
+		own = queue.Own{Lane: queue.Lane(src.name), Below: first.Sequence.Stream}
+	}
+	p.recoverOrder(ctx, recoverHandover, own)
 	p.handover.recovering.Unlock()
 	p.mu.Lock()
 	src.turn = turn

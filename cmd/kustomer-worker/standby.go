@@ -47,8 +47,15 @@ func startStandby(js jetstream.JetStream, top queue.Topology, lanes queue.Consum
 				"consumer", top.Consumer)
 		case r.Active:
 			log.Info("role: active", "role", queue.RoleActive, "pin_id", r.PinID)
+		case r.Lost == "" && !pinHeldElsewhere(ctx, pin):
+			// Never pinned yet, and nobody is: the server pins this replica at its first pull.
+			log.Info("role: not pinned yet: the server makes this replica the active one when its first pull brings a message", "role", queue.RoleStandby)
 		default:
-			log.Info("role: standby", "role", queue.RoleStandby, "reason", r.Lost)
+			reason := r.Lost
+			if reason == "" {
+				reason = "another replica holds the pin"
+			}
+			log.Info("role: standby", "role", queue.RoleStandby, "reason", reason)
 		}
 	}
 	if err != nil {
@@ -74,6 +81,24 @@ func startStandby(js jetstream.JetStream, top queue.Topology, lanes queue.Consum
 		cancel()
 		wg.Wait()
 	}
+}
+
+// pinHeldElsewhere reports whether the server pins some replica on pin's consumer: read at
+// start, before this replica ever held the pin, it tells a standby from a replica that nobody
+// has pinned yet. A failed read counts as no.
+func pinHeldElsewhere(ctx context.Context, pin *queue.Pinned) bool {
+	ictx, cancel := context.WithTimeout(ctx, bindCallTimeout)
+	defer cancel()
+	info, err := pin.Info(ictx)
+	if err != nil {
+		return false
+	}
+	for _, g := range info.PriorityGroups {
+		if g.PinnedClientID != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // watchRole calls onChange at start and at every change of role, until ctx ends.

@@ -393,3 +393,35 @@ func TestAnUnusableDataDirIsNamed(t *testing.T) {
 		t.Errorf("took %s to report it", took)
 	}
 }
+
+// A single replica starting on a fresh stream is the active one from its first pull: it says
+// so, and it does not take the messages of its own first pull for another replica's.
+func TestASingleReplicaStartsActiveAndHoldsNothingBack(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary; skipped with -short")
+	}
+	const convs, updates = 40, 200
+	b := startBroker(t)
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d := startDaemon(t, map[string]string{"KUSTOMER_API_KEY": "test-key"},
+		"--nats-url", b.url, "--kustomer-url", fake.URL, "--rate-per-minute", "0")
+	testwait.Until(t, "the daemon to create the stream", 30*time.Second, func() bool { return strings.Contains(d.logs.String(), "serving /metrics") })
+	for i := range updates {
+		msg := fmt.Sprintf(`{"id":"%024x","body":{"name":"u-%d"}}`, i%convs+1, i)
+		if _, err := b.js.Publish(ctx, "kustomer.conversations.update", []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testwait.Until(t, "every update applied", 60*time.Second, func() bool { return fake.Stats().Applied >= updates })
+	logs := d.logs.String()
+	if !strings.Contains(logs, "role: active") {
+		t.Errorf("the log never says the replica is active:\n%s", logs)
+	}
+	for _, lie := range []string{"role: standby", "holding back conversations"} {
+		if strings.Contains(logs, lie) {
+			t.Errorf("a single replica on a fresh stream logs %q:\n%s", lie, logs)
+		}
+	}
+}
