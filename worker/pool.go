@@ -132,9 +132,9 @@ type source struct {
 	// fetch goroutine puts a token in (takeSlots), whoever lets go of a message takes one out
 	// (freeSlots); the channel is its own lock.
 	slots chan struct{}
-	// role is cons's, if it has one (standby.go); turn is role's Lost channel of the turn as
-	// the active replica the pool works for, closed while a standby. Written by the lane's
-	// fetch goroutine under Pool.mu.
+	// role is cons's, if it has one (standby.go), set by init. turn is role's Lost channel of
+	// the turn as the active replica the pool works for, closed while a standby: set by init,
+	// then written by the lane's fetch goroutine under Pool.mu.
 	role Role
 	turn <-chan struct{}
 
@@ -316,6 +316,13 @@ func (p *Pool) init() error {
 		reserve := max(p.cfg.Concurrency, p.cfg.MaxAckPending/4)
 		p.lanes = append(p.lanes, &source{name: "backfill", cons: p.Backfill, class: pacer.Backfill,
 			slots: make(chan struct{}, max(p.cfg.MaxAckPending-reserve, 1))})
+	}
+	for _, src := range p.lanes {
+		// Known before any goroutine starts: until its first turn a lane with a role is a
+		// standby's, for the bulker's Active as for the fetch loop.
+		if r, ok := src.cons.(Role); ok {
+			src.role, src.turn = r, r.Lost()
+		}
 	}
 	p.closing = false
 	p.bulk = nil

@@ -46,17 +46,14 @@ func isClosed(c <-chan struct{}) bool {
 	}
 }
 
-// followRole notes src's role, if its consumer has one, and until ctx ends hands back what the
-// pool holds of src whenever this replica stops being active on it. It is called by src's
-// fetch goroutine, and the returned function waits for it to stop.
+// followRole, if src's consumer has a role, hands back what the pool holds of src whenever
+// this replica stops being active on it, until ctx ends. It is called by src's fetch
+// goroutine, and the returned function waits for it to stop.
 func (p *Pool) followRole(ctx context.Context, src *source) (wait func()) {
-	r, ok := src.cons.(Role)
-	if !ok {
+	r := src.role
+	if r == nil {
 		return func() {}
 	}
-	p.mu.Lock()
-	src.role, src.turn = r, r.Lost() // a standby's is closed: its first turn holds back first
-	p.mu.Unlock()
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		// A replica that starts as a standby holds nothing of src yet: it yields only when a
