@@ -42,9 +42,12 @@ type ReplicaRole struct {
 	PinID   string `json:"pin_id,omitempty"` // the live lane's pin it holds
 	// BackfillPinID is the backfill lane's pin it holds: while no replica holds the live
 	// lane's pin, the one holding this is the active one (see Follower).
-	BackfillPinID string    `json:"backfill_pin_id,omitempty"`
-	Since         time.Time `json:"since"`   // when the replica took this role
-	Updated       time.Time `json:"updated"` // when the entry was written
+	BackfillPinID string `json:"backfill_pin_id,omitempty"`
+	// BulkLane is the lane whose partial updates this replica sends in bulk jobs; "" when it
+	// runs without bulk mode.
+	BulkLane string    `json:"bulk_lane,omitempty"`
+	Since    time.Time `json:"since"`   // when the replica took this role
+	Updated  time.Time `json:"updated"` // when the entry was written
 }
 
 // Holds reports whether r published pin as one it holds, on either lane.
@@ -179,6 +182,7 @@ type RolePublisher struct {
 	// the next refresh.
 	Backfill *Follower
 	Version  string
+	BulkLane string // see ReplicaRole.BulkLane
 	// OnChange, if set, is called from Run's goroutine with each new role, for logs and
 	// metrics.
 	OnChange func(PinRole)
@@ -246,7 +250,7 @@ func (rp *RolePublisher) Run(ctx context.Context) error {
 func (rp *RolePublisher) entry(id string, role PinRole) ReplicaRole {
 	r := ReplicaRole{
 		ID: id, Role: RoleStandby, Shared: !role.Pinned, Host: rp.host, PID: rp.pid, Version: rp.Version,
-		PinID: role.PinID, Since: role.Since.UTC(), Updated: time.Now().UTC(),
+		PinID: role.PinID, BulkLane: rp.BulkLane, Since: role.Since.UTC(), Updated: time.Now().UTC(),
 	}
 	if rp.Backfill != nil {
 		r.BackfillPinID = rp.Backfill.Role().PinID

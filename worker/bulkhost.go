@@ -30,19 +30,28 @@ func (p *Pool) bulkItem(c *conv, j *job, delivered uint64) bulk.Item {
 		Single: j.noBulk || j.invalid != nil || j.update.Replace || liveBesideBackfill, Handle: &heldItem{c, j}}
 }
 
-// bulkLane is the lane whose partial updates go in bulk jobs: the backfill lane if there is
-// one, else the live lane.
-func (p *Pool) bulkLane() string { return p.lanes[len(p.lanes)-1].name }
+// BulkLane names the lane whose partial updates go in bulk jobs: "backfill" if the pool has a
+// backfill lane, else "live"; "" without bulk mode. It reads only the pool's fields, so it
+// may be called before Run.
+func (p *Pool) BulkLane() string {
+	switch {
+	case !p.Config.Bulk.Enabled:
+		return ""
+	case p.Backfill != nil:
+		return "backfill"
+	}
+	return "live"
+}
 
 // sayBulkLane logs, at start, which lane goes in bulk: with both lanes, a backfill published
 // on the live subject gets no bulk at all.
 func (p *Pool) sayBulkLane() {
 	if len(p.lanes) > 1 {
 		p.Log.Info("bulk mode: partial updates of the backfill lane go in bulk jobs; live updates go as single PUTs, so publish backfills on the backfill subject",
-			"bulk_lane", p.bulkLane())
+			"bulk_lane", p.BulkLane())
 		return
 	}
-	p.Log.Info("bulk mode: partial updates of the live lane go in bulk jobs", "bulk_lane", p.bulkLane())
+	p.Log.Info("bulk mode: partial updates of the live lane go in bulk jobs", "bulk_lane", p.BulkLane())
 }
 
 // bulkClient is the client of bulk mode: BulkClient, else Client if it is one; nil if none.
@@ -57,7 +66,7 @@ func (p *Pool) bulkClient() bulk.Client {
 // bulkSettings are what the bulker reads of the pool's configuration.
 func (p *Pool) bulkSettings() bulk.Settings {
 	s := bulk.Settings{Config: p.cfg.Bulk, RetryInitial: p.cfg.RetryInitial, RetryMax: p.cfg.RetryMax,
-		Redeliveries: 2*p.ackWait + recoverSlack, Lane: p.bulkLane(), Log: p.Log}
+		Redeliveries: 2*p.ackWait + recoverSlack, Lane: p.BulkLane(), Log: p.Log}
 	if p.Metrics != nil {
 		s.Metrics = &p.Metrics.Bulk
 	}

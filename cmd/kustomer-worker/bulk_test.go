@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"regexp"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
@@ -75,6 +77,9 @@ func TestDaemonBulkKilledWithJobsInFlight(t *testing.T) {
 	}
 	if !strings.Contains(out, "bulk jobs") {
 		t.Errorf("status does not list the bulk jobs in flight:\n%s", out)
+	}
+	if !strings.Contains(out, "bulk mode     on the backfill lane") || !strings.Contains(out, ", bulk on the backfill lane,") {
+		t.Errorf("status does not say which lane goes in bulk:\n%s", out)
 	}
 	var watched bytes.Buffer
 	wctx, wcancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
@@ -162,5 +167,41 @@ func TestDemoBulk(t *testing.T) {
 	}
 	if units := number(`budget units +(\d+)`); units >= 390 {
 		t.Errorf("%d budget units for 390 updates: bulk jobs saved nothing:\n%s", units, out)
+	}
+}
+
+func TestStatusSaysWhichLaneGoesInBulk(t *testing.T) {
+	t.Parallel()
+	top := queue.Topology{}.WithDefaults()
+	bulkOnBackfill := []queue.ReplicaRole{{Role: queue.RoleActive, BulkLane: "backfill"}}
+	t.Run("with no job in flight, and no note while the live lane is quiet", func(t *testing.T) {
+		lines := strings.Join(bulkModeLines(top, queue.Status{Replicas: bulkOnBackfill}), "\n")
+		if !strings.Contains(lines, "bulk mode     on the backfill lane") || strings.Contains(lines, "note:") {
+			t.Errorf("lines:\n%s", lines)
+		}
+	})
+	t.Run("a backlog on the live lane is named, with the subject to publish backfills on", func(t *testing.T) {
+		st := queue.Status{Replicas: bulkOnBackfill, Live: queue.LaneStatus{Backlog: 5000}}
+		lines := strings.Join(bulkModeLines(top, st), "\n")
+		if !strings.Contains(lines, "5000 updates wait on the live lane") || !strings.Contains(lines, top.BackfillSubject) {
+			t.Errorf("lines:\n%s", lines)
+		}
+	})
+	t.Run("nothing without bulk mode", func(t *testing.T) {
+		if lines := bulkModeLines(top, queue.Status{Replicas: []queue.ReplicaRole{{Role: queue.RoleActive}}, Live: queue.LaneStatus{Backlog: 5000}}); lines != nil {
+			t.Errorf("lines: %q", lines)
+		}
+	})
+}
+
+func TestTheWorkerWarnsOfABacklogBesideBulk(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	w := &backlogBesideBulk{bulkLane: "backfill", subject: "kustomer.conversations.backfill", log: slog.New(slog.NewTextHandler(&logs, nil))}
+	for _, backlog := range []int{10, 5000, 6000, 10, 7000} {
+		w.check(queue.LaneStatus{Backlog: uint64(backlog)})
+	}
+	if n := strings.Count(logs.String(), "a backlog builds on the live lane"); n != 2 {
+		t.Errorf("%d warnings; want one each time the backlog grows past the mark (2):\n%s", n, logs.String())
 	}
 }

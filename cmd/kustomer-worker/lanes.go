@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -75,7 +76,7 @@ const laneWatchInterval = 5 * time.Second
 
 // watchLanes reads both lanes every few seconds into the lane metrics and the pool's
 // consumer gauges (the sums of both lanes) until ctx ends.
-func watchLanes(ctx context.Context, js jetstream.JetStream, top queue.Topology, m *worker.Metrics, lm *laneMetrics) {
+func watchLanes(ctx context.Context, js jetstream.JetStream, top queue.Topology, m *worker.Metrics, lm *laneMetrics, warn *backlogBesideBulk) {
 	t := time.NewTicker(laneWatchInterval)
 	defer t.Stop()
 	for {
@@ -86,6 +87,7 @@ func watchLanes(ctx context.Context, js jetstream.JetStream, top queue.Topology,
 			lm.set(time.Now(), live, backfill)
 			m.Pending.Set(float64(live.Undelivered + backfill.Undelivered))
 			m.AckPending.Set(float64(live.AckPending + backfill.AckPending))
+			warn.check(live)
 		}
 		select {
 		case <-ctx.Done():
@@ -93,4 +95,27 @@ func watchLanes(ctx context.Context, js jetstream.JetStream, top queue.Topology,
 		case <-t.C:
 		}
 	}
+}
+
+// liveBacklogBesideBulk is the live lane's backlog, in messages, above which a worker whose bulk
+// mode takes the backfill lane says that the live lane's updates go as single PUTs.
+const liveBacklogBesideBulk = 1000
+
+// backlogBesideBulk warns, once each time the live lane's backlog grows past
+// liveBacklogBesideBulk, when bulk mode takes the backfill lane only: a backfill published on
+// the live subject costs a unit per update. Owned by watchLanes' goroutine.
+type backlogBesideBulk struct {
+	bulkLane string // the worker's Pool.BulkLane
+	subject  string // the backfill lane's subject, to name in the warning
+	log      *slog.Logger
+	warned   bool
+}
+
+func (w *backlogBesideBulk) check(live queue.LaneStatus) {
+	over := w.bulkLane == string(queue.LaneBackfill) && live.Backlog > liveBacklogBesideBulk
+	if over && !w.warned {
+		w.log.Warn("a backlog builds on the live lane, which bulk mode does not take: its updates go as single PUTs, a unit each; publish backfills on the backfill subject",
+			"live_backlog", live.Backlog, "backfill_subject", w.subject)
+	}
+	w.warned = over
 }

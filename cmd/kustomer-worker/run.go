@@ -245,10 +245,10 @@ func (c *runCmd) work(ctx context.Context, e *env, nc *nats.Conn, natsURL string
 		return err // nil when a signal came while binding: a normal stop
 	}
 	rep.ready.running(nc, pool)
-	defer startWatchers(ctx, js, nc, natsURL, cfg.top, rep)()
+	defer startWatchers(ctx, js, nc, natsURL, cfg.top, pool.BulkLane(), rep)()
 	// Standby (issue 14): see standby.go. Deferred here, so that the pin is kept through the
 	// pool's drain and released after it, before the NATS connection drains.
-	defer startStandby(js, cfg.top, lanes, c.ManageStreams, rep.reg, rep.log, e.hard())()
+	defer startStandby(js, cfg.top, lanes, c.ManageStreams, pool.BulkLane(), rep.reg, rep.log, e.hard())()
 	return c.serve(ctx, pool, cfg, rep.log)
 }
 
@@ -307,13 +307,15 @@ func (c *runCmd) pool(ctx context.Context, e *env, js jetstream.JetStream, cfg r
 	return pool, lanes, nil
 }
 
-// startWatchers runs, in the background, the gauges of the lanes' backlogs and the log of the
-// NATS connection's outages; the returned stop ends them.
-func startWatchers(ctx context.Context, js jetstream.JetStream, nc *nats.Conn, natsURL string, top queue.Topology, rep *reporting) (stop func()) {
+// startWatchers runs, in the background, the gauges of the lanes' backlogs (with the warning
+// of a backlog on a lane that bulk mode does not take, bulkLane being the one it does) and
+// the log of the NATS connection's outages; the returned stop ends them.
+func startWatchers(ctx context.Context, js jetstream.JetStream, nc *nats.Conn, natsURL string, top queue.Topology, bulkLane string, rep *reporting) (stop func()) {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var bgWG sync.WaitGroup
 	laneGauges := newLaneMetrics(rep.reg)
-	bgWG.Go(func() { watchLanes(bg, js, top, rep.metrics, laneGauges) })
+	warn := &backlogBesideBulk{bulkLane: bulkLane, subject: top.BackfillSubject, log: rep.log}
+	bgWG.Go(func() { watchLanes(bg, js, top, rep.metrics, laneGauges, warn) })
 	bgWG.Go(func() { watchNATS(bg, nc, newOutageLog(rep.log, "NATS", queue.RedactURLs(natsURL), nil)) })
 	return func() { stopBG(); bgWG.Wait() }
 }

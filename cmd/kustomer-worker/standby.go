@@ -20,7 +20,7 @@ const unpinTimeout = 3 * time.Second
 // (Pinned.Run, Follower.Run), the role's publication in the roles bucket, a log line and the
 // kustomer_worker_active gauge at every change of role. The returned stop, called once the
 // pool has drained, releases the pins (so that a standby takes over at once) and stops all.
-func startStandby(js jetstream.JetStream, top queue.Topology, lanes queue.Consumers, manage bool, reg prometheus.Registerer, log *slog.Logger, hard context.Context) (stop func()) {
+func startStandby(js jetstream.JetStream, top queue.Topology, lanes queue.Consumers, manage bool, bulkLane string, reg prometheus.Registerer, log *slog.Logger, hard context.Context) (stop func()) {
 	pin := lanes.Live
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "kustomer_worker", Name: "active",
@@ -62,7 +62,7 @@ func startStandby(js jetstream.JetStream, top queue.Topology, lanes queue.Consum
 		log.Warn("cannot publish this replica's role; status will not list it", "error", err)
 		wg.Go(func() { watchRole(ctx, pin, onChange) })
 	} else {
-		rp := &queue.RolePublisher{Roles: roles, Pin: pin, Backfill: lanes.Backfill, Version: version, OnChange: onChange}
+		rp := &queue.RolePublisher{Roles: roles, Pin: pin, Backfill: lanes.Backfill, Version: version, BulkLane: bulkLane, OnChange: onChange}
 		wg.Go(func() { _ = rp.Run(ctx) })
 	}
 

@@ -279,6 +279,7 @@ func statusLines(top queue.Topology, st queue.Status, tp *throughput) []string {
 		lines = append(lines, laneLine(l, st.Lane(l), st.Time))
 	}
 	lines = append(lines, replicaLines(st)...)
+	lines = append(lines, bulkModeLines(top, st)...)
 	lines = append(lines, strings.TrimRight(fmt.Sprintf("dead letters  %10d  %s", st.DeadLetters, classSummary(st.ByClass)), " "))
 	if tp != nil {
 		lines = append(lines, "throughput    "+throughputText(st, *tp))
@@ -316,10 +317,38 @@ func replicaLines(st queue.Status) []string {
 		if st.Pinned && r.Role == queue.RoleActive && !r.Holds(st.PinID) {
 			role = "active?" // it believes so; the server pinned another (it hears at its next pull)
 		}
-		lines = append(lines, fmt.Sprintf("  %-8s %s pid %d, %s, since %s", role, r.Host, r.PID, r.Version, r.Since.Local().Format(time.RFC3339)))
+		bulk := ""
+		if r.BulkLane != "" {
+			bulk = ", bulk on the " + r.BulkLane + " lane"
+		}
+		lines = append(lines, fmt.Sprintf("  %-8s %s pid %d, %s%s, since %s", role, r.Host, r.PID, r.Version, bulk, r.Since.Local().Format(time.RFC3339)))
 	}
 	if st.RolesRead != nil {
 		lines = append(lines, "  replicas' roles not readable: "+st.RolesRead.Error())
+	}
+	return lines
+}
+
+// bulkModeLines say which lane the replicas send in bulk jobs, and warn when a backlog waits on
+// the live lane while bulk mode takes the backfill lane only: those updates go as single PUTs.
+func bulkModeLines(top queue.Topology, st queue.Status) []string {
+	lanes := map[string]bool{}
+	for _, r := range st.Replicas {
+		if r.BulkLane != "" {
+			lanes[r.BulkLane] = true
+		}
+	}
+	if len(lanes) == 0 {
+		return nil
+	}
+	var lines []string
+	for _, l := range queue.Lanes() {
+		if lanes[string(l)] {
+			lines = append(lines, fmt.Sprintf("bulk mode     on the %s lane: its partial updates go in bulk jobs", l))
+		}
+	}
+	if lanes[string(queue.LaneBackfill)] && !lanes[string(queue.LaneLive)] && st.Live.Backlog > liveBacklogBesideBulk {
+		lines = append(lines, fmt.Sprintf("  note: %d updates wait on the live lane, which goes as single PUTs (a unit each); publish backfills on %s", st.Live.Backlog, top.BackfillSubject))
 	}
 	return lines
 }
