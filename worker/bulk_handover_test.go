@@ -3,12 +3,16 @@ package worker_test
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
@@ -76,4 +80,77 @@ func TestBulkHandoverMidJob(t *testing.T) {
 	if stale > 0 {
 		t.Errorf("%d of %d conversations ended at their older update; want 0", stale, convs)
 	}
+}
+
+// A replica whose bulk submit got no clear answer (a 503: the job may exist) stops submitting
+// once it is no longer the active replica: a job it submitted later could apply its old
+// updates after the new active replica applied newer ones. The new active sends the items
+// again and holds their conversations' newer updates until the first job would be past its
+// deadline.
+func TestBulkHandoverStopsAnAmbiguousSubmit(t *testing.T) {
+	const (
+		ackWait  = 4 * time.Second
+		deadline = 20 * time.Second
+		convs    = 12
+	)
+	h := handoverSetupWith(t, ackWait, kustomertest.Config{Budget: -1})
+	var submits []*submitCounter // one per replica, in the order they start
+	h.wire = func(p *worker.Pool, js jetstream.JetStream) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		store, err := queue.BindBulk(ctx, js, h.top, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Config.Bulk = bulk.Config{Enabled: true, Size: 100, Min: 2, Linger: 100 * time.Millisecond, Deadline: deadline}
+		sc := &submitCounter{Client: h.client}
+		submits = append(submits, sc)
+		p.BulkClient, p.BulkJobs = sc, store
+	}
+	a, b := h.activeAndStandby(queue.LaneBackfill, 4, nil)
+	answers := make([]kustomertest.Answer, 40) // 503s: the first replica retries every 200 ms at most
+	for i := range answers {
+		answers[i] = kustomertest.Status(http.StatusServiceUnavailable)
+	}
+	h.fake.ScriptBulkSubmit(answers...)
+
+	h.publishRound(queue.LaneBackfill, convs, 0)
+	testwait.Until(t, "the first replica to retry its submit", 20*time.Second, func() bool { return submits[0].n.Load() >= 3 })
+	h.unpin(queue.LaneBackfill)
+	h.publish(queue.LaneBackfill, warmup, 1) // the next delivery pins the puller: the second replica
+	testwait.Until(t, "the second replica pinned on the backfill lane, and the first to know it lost the pin", 20*time.Second, func() bool {
+		return b.pin(queue.LaneBackfill).Active() && !a.pin(queue.LaneBackfill).Active()
+	})
+	h.pinLive(b, a)
+	testwait.Until(t, "the first replica to stop submitting", 20*time.Second, func() bool {
+		return strings.Contains(a.logs.String(), "no longer the active replica: stopped submitting a bulk job")
+	})
+	stopped := submits[0].n.Load()
+	h.publishRound(queue.LaneLive, convs, 1)
+	testwait.Until(t, "every update settled", 4*deadline, func() bool { return queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0 })
+	stale := 0
+	for c := range convs {
+		conv, _ := h.fake.Conversation(id(c))
+		if got := fmt.Sprint(conv.Attributes["name"]); got != "u-1" {
+			stale++
+			t.Logf("conversation %d ends as %s", c, got)
+		}
+	}
+	if stale > 0 {
+		t.Errorf("%d of %d conversations ended at their older update; want 0", stale, convs)
+	}
+	if more := submits[0].n.Load() - stopped; more > 0 {
+		t.Errorf("the first replica submitted %d more times after it said it stopped; want none", more)
+	}
+}
+
+// submitCounter counts the bulk submits one replica sends through the real client.
+type submitCounter struct {
+	*kustomer.Client
+	n atomic.Int64
+}
+
+func (c *submitCounter) SubmitBulk(ctx context.Context, items []kustomer.BulkItem) (*kustomer.BulkJob, error) {
+	c.n.Add(1)
+	return c.Client.SubmitBulk(ctx, items)
 }

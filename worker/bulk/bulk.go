@@ -499,6 +499,9 @@ func (b *Bulker) submitAndFollow(bj *job) {
 		if b.over(bj) {
 			return // fell back while it waited: its items went as single PUTs
 		}
+		if b.leaveAmbiguous(bj) {
+			return
+		}
 		if time.Now().After(deadline) {
 			b.fallback(bj, "deadline", b.ambiguousFence(bj), false)
 			return

@@ -212,3 +212,43 @@ func (b *Bulker) activated(ctx context.Context) {
 	}
 	b.wasActive = active
 }
+
+// leaveAmbiguous ends bj, a job whose submit got no clear answer (it may exist in Kustomer),
+// once its items go back to the active replica: a submit from here now could create a second
+// job beside what the new active replica sends. The items are handed back; the record stays,
+// marked ambiguous, so that the new active replica holds their conversations until the job
+// would be past its deadline (remember). It reports whether it did.
+func (b *Bulker) leaveAmbiguous(bj *job) bool {
+	var held []Item
+	b.locked(func() {
+		if !bj.rec.Ambiguous.IsZero() && bj.rec.JobID == "" && !bj.finished {
+			for _, it := range bj.held {
+				held = append(held, it)
+			}
+		}
+	})
+	if len(b.standby(held)) == 0 {
+		return false
+	}
+	var items []Item
+	b.locked(func() {
+		if bj.finished {
+			return
+		}
+		bj.finished = true
+		delete(b.jobs, bj.key)
+		for _, it := range bj.held {
+			items = append(items, it)
+		}
+		bj.held = make(map[queue.MsgRef]Item)
+	})
+	if len(items) == 0 {
+		return false
+	}
+	b.log.Warn("no longer the active replica: stopped submitting a bulk job whose submit got no clear answer; the active replica holds its conversations until the job's deadline",
+		"items", len(items), "submitted", bj.rec.Submitted.Format(time.RFC3339))
+	for _, it := range items {
+		b.host.Resume(it)
+	}
+	return true
+}
