@@ -150,7 +150,7 @@ var flagNames = map[string]map[string]string{
 		"BulkBucket": "bulk-bucket",
 	},
 	"queue.EmbeddedConfig": {"Host": "nats-listen", "Port": "nats-listen", "DataDir": "data-dir"},
-	"kustomer.Options":     {"BaseURL": "kustomer-url", "Timeout": "request-timeout", "Key": "KUSTOMER_API_KEY or api-key-file"},
+	"kustomer.Options":     {"BaseURL": "kustomer-url", "Timeout": "request-timeout", "Key": "KUSTOMER_API_KEY or api-key-file", "AllowInsecure": "--kustomer-allow-insecure"},
 	"queue.ConnConfig": {
 		"URL": "nats-url", "CredsFile": "nats-creds", "NKeyFile": "nats-nkey", "User": "nats-user",
 		"Password": "NATS_PASSWORD", "Token": "NATS_TOKEN", "TLSCA": "nats-tls-ca",

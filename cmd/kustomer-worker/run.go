@@ -32,6 +32,7 @@ type runCmd struct {
 	bulkFlags // bulk mode: bulk.go
 
 	KustomerURL     string        `name:"kustomer-url" env:"KUSTOMER_URL,KUSTOMER_BASE_URL" default:"${default_kustomer_url}" help:"Kustomer API base URL; org hosts (https://ORG.api.kustomerapp.com) and the EU host (https://api.prod2.kustomerapp.com) work too; KUSTOMER_BASE_URL is an older name of KUSTOMER_URL, still read (default ${default})."`
+	AllowInsecure   bool          `name:"kustomer-allow-insecure" env:"KUSTOMER_ALLOW_INSECURE" help:"Allow an http:// kustomer-url to a host other than this machine's loopback, which sends the API key in clear: for a test server such as the mock in a container (default false)."`
 	APIKeyFile      string        `name:"api-key-file" env:"KUSTOMER_API_KEY_FILE" type:"path" help:"File holding the Kustomer API key, re-read when it changes. Or set KUSTOMER_API_KEY. Never a plain flag: it would show in ps."`
 	RatePerMinute   int           `name:"rate-per-minute" env:"KUSTOMER_RATE_PER_MINUTE" default:"${default_rate_per_minute}" help:"Requests a minute at most: your org's budget (Enterprise 1000, Ultimate 2000) or your share of it; 0 leaves pacing to Kustomer's headers alone (default ${default})."`
 	Concurrency     int           `name:"concurrency" env:"WORKER_CONCURRENCY" default:"${default_concurrency}" help:"Requests in flight at once (default ${default})."`
@@ -157,7 +158,7 @@ func (c *runCmd) config(e *env) (runConfig, error) {
 	if err != nil {
 		return runConfig{}, err
 	}
-	client, err := kustomer.New(kustomer.Options{BaseURL: c.KustomerURL, Key: key, Timeout: c.RequestTimeout})
+	client, err := kustomer.New(kustomer.Options{BaseURL: c.KustomerURL, Key: key, Timeout: c.RequestTimeout, AllowInsecure: c.AllowInsecure})
 	if err != nil {
 		return runConfig{}, settingError(err)
 	}
