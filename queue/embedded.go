@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
 )
 
 // Defaults of EmbeddedConfig: a server for producers on this machine, at NATS's usual port,
@@ -20,24 +22,75 @@ const (
 )
 
 // EmbeddedConfig configures the NATS server started inside the process when no URL is given.
+//
+// With User and Password, NKey or Token set (one of them), the server accepts only clients
+// that present it; without, anyone who reaches the port may publish, read or delete the
+// streams, so StartEmbedded refuses a Host beyond this machine's loopback then.
 type EmbeddedConfig struct {
 	Host    string // listen address; default DefaultEmbeddedHost so producers on this machine can publish
 	Port    int    // client port; default DefaultEmbeddedPort; -1 picks a free port (tests)
 	DataDir string // JetStream file store; default DefaultDataDir
+
+	User     string // with Password: the one user the server accepts; default none
+	Password string // User's password; default none. Never logged
+	NKey     string // the public nkey (U...) of the one user the server accepts; default none
+	Token    string // the token the server accepts; default none. Never logged
+}
+
+// authenticated reports whether the server is to require credentials.
+func (c EmbeddedConfig) authenticated() bool { return c.User != "" || c.NKey != "" || c.Token != "" }
+
+// validate checks the credentials and that a server beyond loopback requires them.
+func (c EmbeddedConfig) validate() error {
+	bad := func(field, problem string) error {
+		return &ConfigError{Type: "EmbeddedConfig", Field: field, Problem: problem}
+	}
+	n := 0
+	for _, s := range []string{c.User, c.NKey, c.Token} {
+		if s != "" {
+			n++
+		}
+	}
+	switch {
+	case n > 1:
+		return bad("User", "give at most one of User (with Password), NKey and Token")
+	case (c.User == "") != (c.Password == ""):
+		return bad("User", "give both User and Password or neither")
+	case c.NKey != "" && !nkeys.IsValidPublicUserKey(c.NKey):
+		return bad("NKey", "not a public user nkey (U...)")
+	case !c.authenticated() && !isLoopback(c.Host):
+		return bad("Host", fmt.Sprintf("%q is beyond this machine's loopback, and without credentials anyone who reaches it could publish updates sent with the org's key or delete the streams: give User and Password, NKey or Token, or listen on 127.0.0.1", c.Host))
+	}
+	return nil
+}
+
+// isLoopback reports whether host (a name or an IP address) is this machine's loopback:
+// "localhost", 127.0.0.0/8 or ::1. Other names count as remote, and "" or 0.0.0.0 listen
+// everywhere.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // Embedded is a nats-server running in this process, with JetStream on a file store.
 type Embedded struct {
-	srv *server.Server
+	srv  *server.Server
+	auth bool // clients must present credentials
 }
 
 // StartEmbedded starts the server and waits until it accepts connections with JetStream on.
 // The caller owns it and must call Shutdown last, after its own connections are drained.
 // JetStream failing to start, most often on a DataDir it cannot use, comes back as a
-// *ConfigError for DataDir.
+// *ConfigError for DataDir; a Host beyond loopback without credentials, as one for Host.
 func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 	if cfg.Host == "" {
 		cfg.Host = DefaultEmbeddedHost
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	if cfg.Port == 0 {
 		cfg.Port = DefaultEmbeddedPort
@@ -52,6 +105,14 @@ func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		JetStream:  true,
 		StoreDir:   cfg.DataDir,
 		NoSigs:     true,
+	}
+	switch {
+	case cfg.User != "":
+		opts.Users = []*server.User{{Username: cfg.User, Password: cfg.Password}}
+	case cfg.NKey != "":
+		opts.Nkeys = []*server.NkeyUser{{Nkey: cfg.NKey}}
+	case cfg.Token != "":
+		opts.Authorization = cfg.Token
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
@@ -79,11 +140,14 @@ func StartEmbedded(cfg EmbeddedConfig, log *slog.Logger) (*Embedded, error) {
 		srv.Shutdown()
 		return nil, dataDirError(cfg.DataDir, "JetStream is not enabled")
 	}
-	return &Embedded{srv: srv}, nil
+	return &Embedded{srv: srv, auth: cfg.authenticated()}, nil
 }
 
 // ClientURL is the URL clients use to reach the server.
 func (e *Embedded) ClientURL() string { return e.srv.ClientURL() }
+
+// Authenticated reports whether the server requires credentials.
+func (e *Embedded) Authenticated() bool { return e.auth }
 
 // Shutdown stops the server and waits until it has stopped.
 func (e *Embedded) Shutdown() {

@@ -129,7 +129,7 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return err
 	}
 	defer stopHTTP()
-	natsURL, stopNATS, err := c.startNATS(rep.log)
+	natsURL, stopNATS, err := c.startNATS(e, rep.log)
 	if err != nil {
 		return err
 	}
@@ -191,7 +191,9 @@ func startReporting(ctx context.Context, e *env, g *globals) (*reporting, func()
 
 // startNATS starts the embedded NATS server when no --nats-url names one, and gives the URL
 // to connect to. The returned stop shuts the embedded server down.
-func (c *runCmd) startNATS(log *slog.Logger) (natsURL string, stop func(), err error) {
+// It requires the credentials of the NATS flags of every client, if any are given, and
+// refuses to listen beyond loopback without them.
+func (c *runCmd) startNATS(e *env, log *slog.Logger) (natsURL string, stop func(), err error) {
 	if c.NATSURL != "" {
 		return c.NATSURL, func() {}, nil
 	}
@@ -199,12 +201,15 @@ func (c *runCmd) startNATS(log *slog.Logger) (natsURL string, stop func(), err e
 	if err != nil {
 		return "", nil, err
 	}
+	if err := c.embeddedAuth(e, &ec); err != nil {
+		return "", nil, err
+	}
 	emb, err := queue.StartEmbedded(ec, log)
 	if err != nil {
 		return "", nil, settingError(err)
 	}
 	natsURL = emb.ClientURL()
-	log.Info("embedded NATS server started", "url", natsURL, "data_dir", ec.DataDir)
+	log.Info("embedded NATS server started", "url", natsURL, "data_dir", ec.DataDir, "authentication", emb.Authenticated())
 	return natsURL, func() {
 		emb.Shutdown()
 		log.Info("embedded NATS server stopped")
@@ -215,7 +220,10 @@ func (c *runCmd) startNATS(log *slog.Logger) (natsURL string, stop func(), err e
 // A signal during the wait is a normal stop: then connect logs it and returns neither a
 // connection nor an error.
 func (c *runCmd) connect(ctx context.Context, e *env, natsURL string, rep *reporting) (*nats.Conn, error) {
-	cc := c.conn(e, "kustomer-worker", natsURL)
+	cc, err := c.conn(e, "kustomer-worker", natsURL)
+	if err != nil {
+		return nil, err
+	}
 	if err := cc.Validate(); err != nil {
 		return nil, settingError(err)
 	}
