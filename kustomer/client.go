@@ -69,8 +69,8 @@ type Options struct {
 
 // String describes the options with the key redacted.
 func (o Options) String() string {
-	return fmt.Sprintf("kustomer.Options{BaseURL: %q, Key: %s, Timeout: %s, UserAgent: %q, HTTPClient: %t}",
-		redactURL(o.BaseURL), describeKey(o.Key), o.Timeout, o.UserAgent, o.HTTPClient != nil)
+	return fmt.Sprintf("kustomer.Options{BaseURL: %q, Key: %s, Timeout: %s, UserAgent: %q, HTTPClient: %t, AllowInsecure: %t}",
+		redactURL(o.BaseURL), describeKey(o.Key), o.Timeout, o.UserAgent, o.HTTPClient != nil, o.AllowInsecure)
 }
 
 // GoString describes the options with the key redacted.
@@ -84,6 +84,7 @@ func (o Options) LogValue() slog.Value {
 		slog.Duration("timeout", o.Timeout),
 		slog.String("user_agent", o.UserAgent),
 		slog.Bool("custom_http_client", o.HTTPClient != nil),
+		slog.Bool("allow_insecure", o.AllowInsecure),
 	)
 }
 

@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/logtext"
 )
 
 // Defaults of EmbeddedConfig: a server for producers on this machine, at NATS's usual port,
@@ -35,6 +37,39 @@ type EmbeddedConfig struct {
 	Password string // User's password; default none. Never logged
 	NKey     string // the public nkey (U...) of the one user the server accepts; default none
 	Token    string // the token the server accepts; default none. Never logged
+}
+
+// LogValue redacts the password and the token.
+func (c EmbeddedConfig) LogValue() slog.Value {
+	redacted := func(s string) string {
+		if s == "" {
+			return ""
+		}
+		return logtext.Redacted
+	}
+	return slog.GroupValue(
+		slog.String("host", c.Host), slog.Int("port", c.Port), slog.String("data_dir", c.DataDir),
+		slog.String("user", c.User), slog.String("password", redacted(c.Password)),
+		slog.String("nkey", c.NKey), slog.String("token", redacted(c.Token)),
+	)
+}
+
+// String describes c with the password and the token redacted, for every verb of fmt.
+func (c EmbeddedConfig) String() string {
+	return fmt.Sprintf("queue.EmbeddedConfig{Host: %q, Port: %d, DataDir: %q, User: %q, Password: %s, NKey: %q, Token: %s}",
+		c.Host, c.Port, c.DataDir, c.User, quotedSecret(c.Password), c.NKey, quotedSecret(c.Token))
+}
+
+// GoString is String, for %#v.
+func (c EmbeddedConfig) GoString() string { return c.String() }
+
+// quotedSecret stands for a secret in a description: "" if it is empty, logtext.Redacted
+// otherwise.
+func quotedSecret(s string) string {
+	if s == "" {
+		return `""`
+	}
+	return logtext.Redacted
 }
 
 // authenticated reports whether the server is to require credentials.

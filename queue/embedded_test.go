@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -139,4 +140,16 @@ func TestEmbeddedAuthentication(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestEmbeddedConfigNeverPrintsItsSecrets(t *testing.T) {
+	t.Parallel()
+	cfg := queue.EmbeddedConfig{Host: "0.0.0.0", User: "worker", Password: "pw-secret", Token: "tok-secret"}
+	var b strings.Builder
+	slog.New(slog.NewTextHandler(&b, nil)).Info("x", "cfg", cfg)
+	for _, s := range []string{fmt.Sprint(cfg), fmt.Sprintf("%+v", cfg), fmt.Sprintf("%#v", cfg), b.String()} {
+		if strings.Contains(s, "pw-secret") || strings.Contains(s, "tok-secret") || !strings.Contains(s, "worker") {
+			t.Errorf("%s: shows a secret, or not the user", s)
+		}
+	}
 }
