@@ -118,8 +118,7 @@ func (p *Pool) addOlder(ctx context.Context, msg jetstream.Msg, id string, seq u
 // other, trying again after each failed check, msg kept in progress meanwhile, until a check
 // answers; ok is false if ctx ended first.
 func (p *Pool) checkOlder(ctx context.Context, msg jetstream.Msg, other queue.Lane, id string, seq uint64) (older []*queue.DirectMsg, ok bool) {
-	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(orderRetryInitial),
-		backoff.WithMaxInterval(orderRetryMaxDelay), backoff.WithMaxElapsedTime(0))
+	var retry *backoff.ExponentialBackOff // made at the first failure: most checks answer at once
 	for failures := 0; ; failures++ {
 		cctx, cancel := context.WithTimeout(ctx, orderCheckTimeout)
 		found, err := p.Order.OlderPending(cctx, other, id, seq)
@@ -133,6 +132,10 @@ func (p *Pool) checkOlder(ctx context.Context, msg jetstream.Msg, other queue.La
 		}
 		if ctx.Err() != nil {
 			return nil, false
+		}
+		if retry == nil {
+			retry = backoff.NewExponentialBackOff(backoff.WithInitialInterval(orderRetryInitial),
+				backoff.WithMaxInterval(orderRetryMaxDelay), backoff.WithMaxElapsedTime(0))
 		}
 		wait := retry.NextBackOff()
 		level := slog.LevelDebug
