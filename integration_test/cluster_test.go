@@ -106,6 +106,7 @@ func (c *cluster) startWorker(tb testing.TB, name string, env map[string]string)
 	all := map[string]string{
 		"NATS_URL":                 "nats://nats:4222",
 		"KUSTOMER_URL":             "http://mock:8080",
+		"KUSTOMER_ALLOW_INSECURE":  "true",     // plain http to the fake in its container
 		"KUSTOMER_API_KEY":         "test-key", // the fake's key, not a secret
 		"KUSTOMER_RATE_PER_MINUTE": "0",        // pace by the fake's rate-limit headers alone
 		"KUSTOMER_REQUEST_TIMEOUT": "5s",

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 // compose runs the repository's docker-compose.yml with "docker compose", or with the
@@ -23,6 +25,12 @@ type compose struct {
 	env     []string // added to this process's environment
 }
 
+// The passwords of the compose file's NATS users in these tests (deploy/nats/auth.conf).
+const (
+	composeWorkerPassword   = "e2e-worker-pw"
+	composeProducerPassword = "e2e-producer-pw"
+)
+
 // findCompose picks "docker compose" if it answers, else docker-compose. With neither, the
 // test is skipped, or fails under KW_REQUIRE_DOCKER=1.
 func findCompose(tb testing.TB) compose {
@@ -31,7 +39,8 @@ func findCompose(tb testing.TB) compose {
 	for _, cmd := range [][]string{{"docker", "compose"}, {"docker-compose"}} {
 		args := append(cmd[1:len(cmd):len(cmd)], "version")
 		if err := exec.Command(cmd[0], args...).Run(); err == nil {
-			return compose{cmd: cmd, file: file}
+			return compose{cmd: cmd, file: file, env: []string{
+				"NATS_WORKER_PASSWORD=" + composeWorkerPassword, "NATS_PRODUCER_PASSWORD=" + composeProducerPassword}}
 		}
 	}
 	const msg = `neither "docker compose" nor docker-compose is installed`
@@ -129,12 +138,12 @@ func TestComposeFile(t *testing.T) {
 	t.Run("mock profile processes an enqueue end to end with the local images", func(t *testing.T) {
 		up := dc
 		up.project = "kwe2e" + randomHex(t, 4)
-		up.env = []string{
-			"NATS_IMAGE=" + imgs.nats, "WORKER_IMAGE=" + imgs.worker,
+		up.env = append(up.env[:len(up.env):len(up.env)],
+			"NATS_IMAGE="+imgs.nats, "WORKER_IMAGE="+imgs.worker,
 			// Random loopback ports, so that nothing on this machine is in the way.
 			"NATS_CLIENT_PUBLISH=127.0.0.1:", "NATS_MONITOR_PUBLISH=127.0.0.1:", "MOCK_PUBLISH=127.0.0.1:",
 			"MOCK_LATENCY=5ms", "MOCK_LATENCY_JITTER=5ms",
-		}
+		)
 		t.Cleanup(func() {
 			if t.Failed() {
 				out, _ := up.try(time.Minute, nil, "--profile", "mock", "logs", "--no-color", "--tail", "60")
@@ -174,7 +183,12 @@ func TestComposeFile(t *testing.T) {
 		if out, err := up.try(2*time.Minute, &lines, "--profile", "mock", "run", "--rm", "-T", "worker-mock", "enqueue", "-"); err != nil {
 			t.Fatalf("compose run worker-mock enqueue: %v\n%s", err, out)
 		}
-		r := newRig(t, "nats://"+port("nats", "4222"), "http://"+port("mock", "8080"))
+		natsAddr := port("nats", "4222")
+		if nc, err := nats.Connect("nats://"+natsAddr, nats.Timeout(10*time.Second)); err == nil {
+			nc.Close()
+			t.Error("a client without a user connected to the compose file's NATS; want it refused")
+		}
+		r := newRig(t, "nats://worker:"+composeWorkerPassword+"@"+natsAddr, "http://"+port("mock", "8080"))
 		r.publish(t, invalid)
 		r.waitSettled(t, 2*time.Minute)
 		checkNothingLost(t, ups, r.account(t), exactlyOnce)

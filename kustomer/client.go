@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptrace"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -60,12 +61,16 @@ type Options struct {
 	Timeout time.Duration
 	// UserAgent is sent with every request. Default: "kustomer-worker/" + Version.
 	UserAgent string
+	// AllowInsecure lets BaseURL be a plain http:// URL to a host other than this machine's
+	// loopback (localhost, 127.0.0.0/8, ::1), which sends the API key in clear: for a test
+	// server such as the fake in a container. Default false: such a URL is refused.
+	AllowInsecure bool
 }
 
 // String describes the options with the key redacted.
 func (o Options) String() string {
-	return fmt.Sprintf("kustomer.Options{BaseURL: %q, Key: %s, Timeout: %s, UserAgent: %q, HTTPClient: %t}",
-		redactURL(o.BaseURL), describeKey(o.Key), o.Timeout, o.UserAgent, o.HTTPClient != nil)
+	return fmt.Sprintf("kustomer.Options{BaseURL: %q, Key: %s, Timeout: %s, UserAgent: %q, HTTPClient: %t, AllowInsecure: %t}",
+		redactURL(o.BaseURL), describeKey(o.Key), o.Timeout, o.UserAgent, o.HTTPClient != nil, o.AllowInsecure)
 }
 
 // GoString describes the options with the key redacted.
@@ -79,6 +84,7 @@ func (o Options) LogValue() slog.Value {
 		slog.Duration("timeout", o.Timeout),
 		slog.String("user_agent", o.UserAgent),
 		slog.Bool("custom_http_client", o.HTTPClient != nil),
+		slog.Bool("allow_insecure", o.AllowInsecure),
 	)
 }
 
@@ -105,6 +111,9 @@ func New(opts Options) (*Client, error) {
 		opts.BaseURL = DefaultBaseURL
 	}
 	base, problem := parseBaseURL(opts.BaseURL)
+	if problem == "" && base.Scheme == "http" && !opts.AllowInsecure && !isLoopback(base.Hostname()) {
+		problem = fmt.Sprintf("%q would send the API key in clear to %s: use https://, or allow it for a test server (AllowInsecure)", redactedURL(base), base.Hostname())
+	}
 	if problem != "" {
 		problems = append(problems, FieldError{Field: "BaseURL", Problem: problem})
 	}
@@ -181,6 +190,17 @@ func parseBaseURL(s string) (*url.URL, string) {
 		return nil, fmt.Sprintf("%q must not have a query or fragment", redactedURL(u))
 	}
 	return u, ""
+}
+
+// isLoopback reports whether host (a name or an IP address, without port) is this machine's
+// loopback: "localhost", 127.0.0.0/8 or ::1. Other names count as remote, whatever they
+// resolve to.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // Result is a successful update.

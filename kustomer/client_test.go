@@ -738,6 +738,8 @@ func TestNewChecksOptions(t *testing.T) {
 		{"unparseable", Options{BaseURL: "https://api.kustomer app.com:x", Key: key}, "BaseURL"},
 		{"negative timeout", Options{Key: key, Timeout: -time.Second}, "Timeout"},
 		{"user agent with a line break", Options{Key: key, UserAgent: "a\r\nX-Evil: 1"}, "UserAgent"},
+		{"plain http to another host", Options{BaseURL: "http://mock:8080", Key: key}, "BaseURL"},
+		{"plain http to a remote address", Options{BaseURL: "http://10.0.0.8", Key: key}, "BaseURL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -754,6 +756,28 @@ func TestNewChecksOptions(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("plain http is refused with a reason that names the host", func(t *testing.T) {
+		_, err := New(Options{BaseURL: "http://mock:8080", Key: key})
+		if err == nil || !strings.Contains(err.Error(), "in clear to mock") || !strings.Contains(err.Error(), "AllowInsecure") {
+			t.Errorf("error = %v, want it to say the key would go in clear to mock, and how to allow it", err)
+		}
+	})
+
+	t.Run("plain http to loopback, or allowed, is accepted", func(t *testing.T) {
+		for _, o := range []Options{
+			{BaseURL: "http://127.0.0.1:8080"}, {BaseURL: "http://localhost:8080/prefix"}, {BaseURL: "http://[::1]:8080"},
+			{BaseURL: "http://127.3.4.5"}, {BaseURL: "http://mock:8080", AllowInsecure: true},
+		} {
+			o.Key = key
+			c, err := New(o)
+			if err != nil {
+				t.Errorf("New(%v): %v", o, err)
+				continue
+			}
+			c.CloseIdleConnections()
+		}
+	})
 
 	t.Run("defaults", func(t *testing.T) {
 		c, err := New(Options{Key: key})

@@ -30,8 +30,36 @@ type FieldError struct {
 func (e FieldError) Error() string { return e.Field + ": " + e.Problem }
 
 // ValidationError lists every problem found in a message. It matches ErrInvalid.
+//
+// Error quotes the values at fault (cut to 40 characters), for the dead letter's reason;
+// Redacted names only each field and its problem, for logs, which never show message values.
 type ValidationError struct {
 	Problems []FieldError
+	redacted []string // Problems' problems without values, when Decode or Validate made it
+}
+
+// Redacted is Error without any value of the message: each field's path and its problem,
+// with the value named by its kind (`body.priority: a number is not an integer from 1 to 5`).
+// A problem whose redacted form is unknown (a ValidationError built elsewhere) is said as
+// "invalid value".
+func (e *ValidationError) Redacted() string {
+	if len(e.Problems) == 0 {
+		return ErrInvalid.Error()
+	}
+	var b strings.Builder
+	for i, p := range e.Problems {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(p.Field)
+		b.WriteString(": ")
+		if len(e.redacted) == len(e.Problems) {
+			b.WriteString(e.redacted[i])
+		} else {
+			b.WriteString("invalid value")
+		}
+	}
+	return b.String()
 }
 
 func (e *ValidationError) Is(target error) bool { return target == ErrInvalid }
@@ -121,7 +149,7 @@ func decode(data []byte, open func([]byte) tokenReader) (Update, error) {
 	}
 	if tok != json.Delim('{') {
 		c.push("message")
-		c.add(describe(tok) + " is not a JSON object")
+		c.addValue(tok, " is not a JSON object")
 		return Update{}, c.result()
 	}
 	var (
@@ -222,7 +250,7 @@ func (u Update) validate(open func([]byte) tokenReader) error {
 	case u.ID == "":
 		c.add("required field is missing")
 	case !ValidID(u.ID):
-		c.add(quote(u.ID) + " is not " + idWant)
+		c.addValue(u.ID, " is not "+idWant)
 	}
 	c.pop()
 	c.body(u.Body)
@@ -408,7 +436,8 @@ type checker struct {
 	syntax   error // the first error reading tokens; every walk stops at once
 	path     []segment
 	problems []FieldError
-	dropped  int // problems beyond MaxProblems
+	redacted []string // for each of problems, its problem without the message's values
+	dropped  int      // problems beyond MaxProblems
 }
 
 // segment is one step of a field path: an object key, or an array index when index >= 0.
@@ -422,24 +451,35 @@ func (c *checker) pushIndex(i int)  { c.path = append(c.path, segment{index: i})
 func (c *checker) pop()             { c.path = c.path[:len(c.path)-1] }
 func (c *checker) missing(f string) { c.push(f); c.add("required field is missing"); c.pop() }
 
-// add records a problem with the field at the current path.
-func (c *checker) add(problem string) {
+// add records a problem with the field at the current path; it quotes nothing of the message.
+func (c *checker) add(problem string) { c.addRedacted(problem, problem) }
+
+// addValue records that the value starting with tok has a problem, said by rest: the problem
+// names the value, its redacted form only the value's kind.
+func (c *checker) addValue(tok json.Token, rest string) {
+	c.addRedacted(describe(tok)+rest, kindOf(tok)+rest)
+}
+
+func (c *checker) addRedacted(problem, redacted string) {
 	if len(c.problems) >= MaxProblems {
 		c.dropped++
 		return
 	}
 	c.problems = append(c.problems, FieldError{Field: renderPath(c.path), Problem: problem})
+	c.redacted = append(c.redacted, redacted)
 }
 
 func (c *checker) result() error {
 	if len(c.problems) == 0 {
 		return nil
 	}
-	problems := c.problems
+	problems, redacted := c.problems, c.redacted
 	if c.dropped > 0 {
-		problems = append(problems, FieldError{Field: "message", Problem: fmt.Sprintf("%d more problems not listed", c.dropped)})
+		more := fmt.Sprintf("%d more problems not listed", c.dropped)
+		problems = append(problems, FieldError{Field: "message", Problem: more})
+		redacted = append(redacted, more)
 	}
-	return &ValidationError{Problems: problems}
+	return &ValidationError{Problems: problems, redacted: redacted}
 }
 
 // token reads the next token, tracking depth. It returns false once reading has failed.
@@ -482,20 +522,24 @@ func (c *checker) end() {
 // syntaxProblem replaces the problems found since the first `keep` with one problem naming
 // the syntax error: once the JSON is broken, nothing else said about it is reliable.
 func (c *checker) syntaxProblem(field string, keep int) {
-	c.problems, c.dropped = c.problems[:keep], 0
+	c.problems, c.redacted, c.dropped = c.problems[:keep], c.redacted[:keep], 0
 	var msg string
 	var se *json.SyntaxError
+	redacted := "invalid JSON" // the reader's error may quote the message
 	switch {
 	case errors.As(c.syntax, &se):
 		msg = fmt.Sprintf("invalid JSON at byte %d: %s", se.Offset, se.Error())
+		redacted = fmt.Sprintf("invalid JSON at byte %d", se.Offset)
 	case c.syntax == io.EOF && c.dec.InputOffset() == 0:
-		msg = "no JSON value"
+		msg, redacted = "no JSON value", "no JSON value"
 	case c.syntax == io.EOF, c.syntax == io.ErrUnexpectedEOF:
 		msg = "invalid JSON: unexpected end of input"
+		redacted = msg
 	default:
 		msg = "invalid JSON: " + c.syntax.Error()
 	}
 	c.problems = append(c.problems, FieldError{Field: field, Problem: msg})
+	c.redacted = append(c.redacted, redacted)
 }
 
 // body checks a body given on its own, as in Validate and ValidateBody.
@@ -538,7 +582,7 @@ func (c *checker) compact(raw []byte) []byte {
 
 // mismatch records that tok is not what was wanted and skips the rest of tok's value.
 func (c *checker) mismatch(tok json.Token, want string) {
-	c.add(describe(tok) + " is not " + want)
+	c.addValue(tok, " is not "+want)
 	c.skip(tok)
 }
 
@@ -569,7 +613,7 @@ func (c *checker) value(r *rule, tok json.Token) {
 		}
 		v, err := strconv.ParseFloat(string(n), 64)
 		if err != nil {
-			c.add(describe(tok) + " is out of range")
+			c.addValue(tok, " is out of range")
 			return
 		}
 		switch r.kind {
@@ -834,6 +878,26 @@ func describe(tok json.Token) string {
 		return "an object"
 	}
 	return fmt.Sprint(tok)
+}
+
+// kindOf names the kind of a value in a redacted problem, where describe would quote it.
+func kindOf(tok json.Token) string {
+	switch v := tok.(type) {
+	case nil:
+		return "null"
+	case string:
+		return "a string"
+	case json.Number:
+		return "a number"
+	case bool:
+		return "a boolean"
+	case json.Delim:
+		if v == '[' {
+			return "an array"
+		}
+		return "an object"
+	}
+	return "a value"
 }
 
 // quote quotes s for a problem, cut to its first 40 characters.

@@ -518,3 +518,28 @@ func BenchmarkDecode(b *testing.B) {
 		})
 	}
 }
+
+func TestValidationErrorRedactedQuotesNoValue(t *testing.T) {
+	t.Parallel()
+	msg := `{"id": "../customers/x", "replace": 1, "body": {"status": "secret-a", "priority": 7777, "tags": ["ok", 4242], "name": "x" "secret-b"}}`
+	_, err := kustomer.Decode([]byte(msg))
+	ve, ok := errors.AsType[*kustomer.ValidationError](err)
+	if !ok {
+		t.Fatalf("err = %v; want a *ValidationError", err)
+	}
+	if got, want := ve.Redacted(), "message: invalid JSON at byte 122"; got != want {
+		t.Errorf("broken JSON: Redacted() = %q; want %q", got, want)
+	}
+	_, err = kustomer.Decode([]byte(`{"id": "../customers/x", "replace": 1, "body": {"status": "secret-a", "priority": 7777, "tags": ["ok", 4242]}}`))
+	ve, _ = errors.AsType[*kustomer.ValidationError](err)
+	want := `id: a string is not a 24-character hex id; replace: a number is not true, false, "true" or "false"; ` +
+		`body.status: a string is not one of open, snoozed, done; body.priority: a number is not an integer from 1 to 5; body.tags[1]: a number is not a string`
+	if got := ve.Redacted(); got != want {
+		t.Errorf("Redacted() = %q\nwant %q", got, want)
+	}
+	for _, v := range []string{"customers", "secret-a", "7777", "4242"} {
+		if strings.Contains(ve.Redacted(), v) || !strings.Contains(ve.Error(), v) {
+			t.Errorf("%q: want it in Error() (%q) and not in Redacted()", v, ve.Error())
+		}
+	}
+}

@@ -26,7 +26,10 @@ type Unacked struct {
 type Outstanding struct {
 	JS       jetstream.JetStream
 	Topology Topology
-	// Limit caps how many messages Unacked reads; default 10 × the consumer's MaxAckPending.
+	// Limit caps how many messages Unacked reads per lane (over both of its subjects); default
+	// 10 × the lane's consumer's MaxAckPending. The server lets no more than MaxAckPending go
+	// unacknowledged; the margin is for a MaxAckPending lowered since those deliveries and for
+	// messages that ran out of deliveries and still sit in the stream.
 	Limit int
 
 	mu   sync.Mutex
@@ -45,8 +48,9 @@ type Own struct {
 
 // Unacked lists the delivered, unacknowledged messages of both lanes, oldest first: one
 // request to read each lane's consumer, then one per message (the stream skips what was
-// acknowledged). On the lane of own, if set, it lists only those below own.Below: the
-// messages the consumer delivered before this replica's own pull (see Own).
+// acknowledged) and one per subject that finds the end, at most Limit messages per lane. On
+// the lane of own, if set, it lists only those below own.Below: the messages the consumer
+// delivered before this replica's own pull (see Own).
 func (o *Outstanding) Unacked(ctx context.Context, own Own) ([]Unacked, error) {
 	stream, err := o.stream(ctx)
 	if err != nil {
@@ -70,6 +74,7 @@ func (o *Outstanding) Unacked(ctx context.Context, own Own) ([]Unacked, error) {
 		}
 		for _, subject := range o.Topology.LaneSubjects(l) {
 			msgs, err := o.unacked(ctx, stream, subject, info.AckFloor.Stream, last, limit)
+			limit -= len(msgs) // the lane's limit, shared by its subjects
 			out = append(out, msgs...)
 			if err != nil {
 				return out, err

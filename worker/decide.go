@@ -119,11 +119,14 @@ type decision struct {
 	attempts int                   // the message's attempts after this try
 	class    queue.DeadLetterClass // verdictDeadLetter
 	status   int                   // HTTP status, 0 if none
-	reason   string                // for the dead letter and the log
-	key      gate.Verdict          // for the auth gate
-	apiErr   *kustomer.APIError    // the answer, when there was one: its rate-limit reading
-	metric   string                // the retry reason or the update outcome for the metrics
-	throttle kustomer.Scope        // verdictPauseAll, verdictBackOff: whose limit
+	reason   string                // for the dead letter, and the log unless logReason is set
+	// logReason is reason without the message's values (a validation error), for the log,
+	// which never quotes a body value; "" when reason has none.
+	logReason string
+	key       gate.Verdict       // for the auth gate
+	apiErr    *kustomer.APIError // the answer, when there was one: its rate-limit reading
+	metric    string             // the retry reason or the update outcome for the metrics
+	throttle  kustomer.Scope     // verdictPauseAll, verdictBackOff: whose limit
 }
 
 // decide maps one try's outcome to a decision. It is pure: the same outcome, history, policy
@@ -140,7 +143,7 @@ func verdictOf(o outcome, t tries, c policy, jitter float64) decision {
 	switch {
 	case o.invalid != nil:
 		return decision{verdict: verdictDeadLetter, attempts: t.attempts, class: queue.ClassInvalid,
-			reason: o.invalid.Error(), metric: string(queue.ClassInvalid)}
+			reason: o.invalid.Error(), logReason: redacted(o.invalid), metric: string(queue.ClassInvalid)}
 	case o.canceled:
 		return decision{verdict: verdictKeep, attempts: t.attempts}
 	case o.panicked != nil:
@@ -152,7 +155,7 @@ func verdictOf(o outcome, t tries, c policy, jitter float64) decision {
 	if !errors.As(o.err, &apiErr) {
 		if errors.Is(o.err, kustomer.ErrInvalid) {
 			return decision{verdict: verdictDeadLetter, attempts: t.attempts, class: queue.ClassInvalid,
-				reason: o.err.Error(), metric: string(queue.ClassInvalid)}
+				reason: o.err.Error(), logReason: redacted(o.err), metric: string(queue.ClassInvalid)}
 		}
 		return failed(t, c, jitter, 0, o.err.Error(), 0, "transient")
 	}
@@ -213,13 +216,30 @@ func backoffDelay(n int, initial, maxD time.Duration, jitter float64) time.Durat
 	return time.Duration(d)
 }
 
+// logged is the reason the log shows: without the message's values.
+func (d decision) logged() string {
+	if d.logReason != "" {
+		return d.logReason
+	}
+	return d.reason
+}
+
+// redacted is a validation error's fields and problems without the values at fault.
+func redacted(err error) string {
+	var ve *kustomer.ValidationError
+	if errors.As(err, &ve) {
+		return ve.Redacted()
+	}
+	return err.Error()
+}
+
 // reasonOf says in a few words what went wrong in a try, for log lines about many.
 func reasonOf(o outcome) string {
 	switch {
 	case o.err != nil:
-		return o.err.Error()
+		return redacted(o.err)
 	case o.invalid != nil:
-		return o.invalid.Error()
+		return redacted(o.invalid)
 	case o.panicked != nil:
 		return fmt.Sprint("panic: ", o.panicked)
 	}

@@ -2,13 +2,16 @@ package worker
 
 import (
 	"context"
+	"log/slog"
 	"slices"
 	"strconv"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kustomer-worker/kustomer-worker/internal/ctxtime"
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
@@ -18,7 +21,7 @@ import (
 // slots taken for it stay with it until it is let go. A message is first checked for older
 // updates of its conversation still pending in the other lane (Order); those are held too,
 // ahead of it.
-func (p *Pool) add(msg jetstream.Msg, src *source) {
+func (p *Pool) add(ctx context.Context, msg jetstream.Msg, src *source) {
 	md, err := msg.Metadata()
 	if err != nil { // not a JetStream message; cannot be acked either
 		p.Log.Error("message without JetStream metadata", "subject", msg.Subject(), "error", err)
@@ -41,7 +44,15 @@ func (p *Pool) add(msg jetstream.Msg, src *source) {
 	}
 	update, invalid := kustomer.Decode(msg.Data()) // outside the lock: workers ack under it
 	if invalid == nil && !held && src != nil && p.Order != nil && p.Backfill != nil {
-		p.addOlder(update.ID, ref.Seq, src.class)
+		if !p.addOlder(ctx, msg, update.ID, ref.Seq, src.class) {
+			// Shutdown began before the check could answer: handed back, never applied
+			// unchecked.
+			if err := msg.Nak(); err != nil {
+				p.Log.Debug("hand back failed; redelivery follows AckWait", "seq", ref.Seq, "error", err)
+			}
+			p.freeSlots(src)
+			return
+		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -69,29 +80,82 @@ func (p *Pool) add(msg jetstream.Msg, src *source) {
 	p.file(j, key)
 }
 
-// Tuned value: how long the check for older updates in the other lane may take.
-const orderCheckTimeout = 5 * time.Second
+// Tuned values of the check for older updates in the other lane: how long one check may
+// take, and how long a held update waits between failed checks (doubling from the first to
+// the second).
+const (
+	orderCheckTimeout  = 5 * time.Second
+	orderRetryInitial  = 100 * time.Millisecond
+	orderRetryMaxDelay = 5 * time.Second
+)
 
-// addOlder holds, ahead of an update of conversation id at stream sequence seq from the lane
-// of class, the older updates of the conversation still pending in the other lane, read
+// addOlder holds, ahead of the update msg of conversation id at stream sequence seq from the
+// lane of class, the older updates of the conversation still pending in the other lane, read
 // directly from the stream: a live update must not overtake an older backfill one (applied
 // later, it would overwrite the live change), nor a backfill update an older live one that
 // another process holds or that is not pulled yet. They hold no slot (the conversation is
 // joined at once by the message that found them, which holds one), go first as live ones,
-// and are acknowledged by deleting them from the stream. If the check fails, the update goes
-// on alone, and the failure is logged.
-func (p *Pool) addOlder(id string, seq uint64, class pacer.Priority) {
+// and are acknowledged by deleting them from the stream.
+//
+// A check that fails (NATS slow or away) is tried again, msg kept in progress meanwhile,
+// until one answers: the update is held, never applied unchecked, and the lane pulls nothing
+// more in the meantime. addOlder returns false if ctx ended first; msg is then the caller's
+// to hand back.
+func (p *Pool) addOlder(ctx context.Context, msg jetstream.Msg, id string, seq uint64, class pacer.Priority) bool {
 	other := queue.LaneBackfill
 	if class == pacer.Backfill {
 		other = queue.LaneLive
 	}
-	ctx, cancel := context.WithTimeout(p.hard, orderCheckTimeout)
-	defer cancel()
-	older, err := p.Order.OlderPending(ctx, other, id, seq)
-	if err != nil {
-		p.Log.Warn("cannot check for older updates of a conversation in the other lane; applying this one in arrival order",
-			"conversation", id, "seq", seq, "other_lane", other, "error", err)
+	older, ok := p.checkOlder(ctx, msg, other, id, seq)
+	if !ok {
+		return false
 	}
+	p.holdOlder(id, older)
+	return true
+}
+
+// checkOlder reads the older updates of conversation id below seq still pending in lane
+// other, trying again after each failed check, msg kept in progress meanwhile, until a check
+// answers; ok is false if ctx ended first.
+func (p *Pool) checkOlder(ctx context.Context, msg jetstream.Msg, other queue.Lane, id string, seq uint64) (older []*queue.DirectMsg, ok bool) {
+	var retry *backoff.ExponentialBackOff // made at the first failure: most checks answer at once
+	for failures := 0; ; failures++ {
+		cctx, cancel := context.WithTimeout(ctx, orderCheckTimeout)
+		found, err := p.Order.OlderPending(cctx, other, id, seq)
+		cancel()
+		if err == nil {
+			if failures > 0 {
+				p.Log.Info("checked for older updates of a conversation in the other lane; the held update goes on",
+					"conversation", id, "seq", seq, "failed_checks", failures)
+			}
+			return found, true
+		}
+		if ctx.Err() != nil {
+			return nil, false
+		}
+		if retry == nil {
+			retry = backoff.NewExponentialBackOff(backoff.WithInitialInterval(orderRetryInitial),
+				backoff.WithMaxInterval(orderRetryMaxDelay), backoff.WithMaxElapsedTime(0))
+		}
+		wait := retry.NextBackOff()
+		level := slog.LevelDebug
+		if failures == 0 {
+			level = slog.LevelWarn
+		}
+		p.Log.Log(ctx, level, "cannot check for older updates of a conversation in the other lane; holding this update and checking again",
+			"conversation", id, "seq", seq, "other_lane", other, "error", err, "retry_in", wait)
+		if err := msg.InProgress(); err != nil {
+			p.Log.Debug("in-progress mark failed", "seq", seq, "error", err)
+		}
+		if ctxtime.Sleep(ctx, wait) != nil {
+			return nil, false
+		}
+	}
+}
+
+// holdOlder files the messages read directly, older updates of conversation id, ahead of
+// the message that found them; those held or settled already are left alone.
+func (p *Pool) holdOlder(id string, older []*queue.DirectMsg) {
 	for _, m := range older {
 		md, err := m.Metadata()
 		if err != nil {

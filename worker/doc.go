@@ -31,7 +31,8 @@
 //     (takeTurn, recover.go); then it hands the message to add.
 //  3. held (dispatch.go): add decodes and validates the message once, puts ahead of it the
 //     older updates of its conversation still pending in the other lane (addOlder; no request
-//     while the other lane holds nothing older, see queue.OrderCheck), and
+//     while the other lane holds nothing older, see queue.OrderCheck; a check that fails is
+//     tried again, the message held in progress, until one answers), and
 //     files it as a job under its conversation (conv, in stream order); a conversation
 //     that may go is made ready (makeReady: the ready channel of its head's class). An
 //     invalid message gets a conversation of its own: it has no order to keep. Only a

@@ -21,7 +21,7 @@ func (p *Pool) settle(c *conv, j *job, d decision) {
 		p.recordAttempts(j)
 		p.Metrics.retry(d.metric)
 		p.jobLog(j).Info("request failed; retrying", "attempt", j.attempts, "max_attempts", p.cfg.MaxAttempts,
-			"status", d.status, "reason", d.reason, "retry_in", d.delay)
+			"status", d.status, "reason", d.logged(), "retry_in", d.delay)
 		p.schedule(c, d.delay)
 	case verdictBackOff:
 		j.throttles++
@@ -35,7 +35,7 @@ func (p *Pool) settle(c *conv, j *job, d decision) {
 		p.schedule(c, 0)
 	case verdictHoldForKey:
 		p.Metrics.retry(d.metric)
-		p.jobLog(j).Debug("Kustomer refused the API key", "status", d.status, "reason", d.reason)
+		p.jobLog(j).Debug("Kustomer refused the API key", "status", d.status, "reason", d.logged())
 		p.schedule(c, 0)
 	case verdictKeep:
 	}
@@ -85,7 +85,7 @@ func (p *Pool) deadLetter(c *conv, j *job, d decision) {
 		p.schedule(c, deadLetterRetry)
 		return
 	}
-	p.jobLog(j).Warn("dead-lettered", "class", d.class, "status", d.status, "attempts", j.attempts, "reason", d.reason)
+	p.jobLog(j).Warn("dead-lettered", "class", d.class, "status", d.status, "attempts", j.attempts, "reason", d.logged())
 	p.Metrics.deadLetter(string(d.class))
 	p.Metrics.update(d.metric)
 	p.ack(c, j)

@@ -90,7 +90,7 @@ func (p *Pool) admit(ctx context.Context, msg jetstream.Msg, src *source) {
 			return
 		}
 	}
-	p.add(msg, src)
+	p.add(ctx, msg, src)
 }
 
 // takeTurn makes the pool work for src's role's current turn as the active replica, if that

@@ -27,13 +27,18 @@ type session struct {
 // dial connects as run does, to the URL of f or else to the embedded server of a daemon on
 // this machine, and fails clearly when nothing answers.
 func dial(ctx context.Context, e *env, g *globals, f *natsFlags, d dialFlags, name string) (*session, error) {
-	cc := f.conn(e, name, defaultNATSURL)
+	cc, err := f.conn(e, name, defaultNATSURL)
+	if err != nil {
+		return nil, err
+	}
 	wctx, cancel := context.WithTimeout(ctx, max(d.ConnectTimeout, 100*time.Millisecond))
 	defer cancel()
 	nc, err := queue.ConnectWait(wctx, cc, opsLogger(e, g), nil)
 	if err != nil {
 		var ce *queue.ConnectError
 		switch {
+		case errors.As(err, &ce) && ce.Kind == queue.ConnectAuth && f.NATSURL == "":
+			return nil, &startupError{err: ce, hint: "the embedded server of `kustomer-worker run` requires the credentials it was given: set the same NATS_USER with NATS_PASSWORD (or NATS_PASSWORD_FILE), NATS_NKEY or NATS_TOKEN here"}
 		case errors.As(err, &ce) && ce.Kind.Permanent():
 			return nil, startError(err)
 		case ctx.Err() != nil:

@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"unicode"
 
 	"github.com/alecthomas/kong"
+	"github.com/nats-io/nkeys"
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
@@ -16,27 +18,86 @@ import (
 )
 
 // natsFlags say how to reach NATS; every command that talks to NATS embeds them. The password
-// and token come only from the environment (NATS_PASSWORD, NATS_TOKEN): flags show in ps.
+// and token come only from the environment (NATS_PASSWORD, NATS_TOKEN) or the password from a
+// file (--nats-password-file): flags show in ps. For run with its embedded server they are
+// also the one set of credentials that server accepts (embedded).
 type natsFlags struct {
-	NATSURL     string `name:"nats-url" env:"NATS_URL" help:"NATS server URL(s), comma-separated. For run, empty starts an embedded server; other commands default to ${default_nats_url}, the embedded server of a running daemon."`
-	NATSCreds   string `name:"nats-creds" env:"NATS_CREDS" type:"path" help:"NATS user credentials file (JWT and nkey seed)."`
-	NATSNKey    string `name:"nats-nkey" env:"NATS_NKEY" type:"path" help:"NATS nkey seed file."`
-	NATSUser    string `name:"nats-user" env:"NATS_USER" help:"NATS user name; the password comes from NATS_PASSWORD."`
-	NATSTLSCA   string `name:"nats-tls-ca" env:"NATS_TLS_CA" type:"path" help:"CA certificate to verify the NATS server."`
-	NATSTLSCert string `name:"nats-tls-cert" env:"NATS_TLS_CERT" type:"path" help:"Client certificate for mutual TLS."`
-	NATSTLSKey  string `name:"nats-tls-key" env:"NATS_TLS_KEY" type:"path" help:"Client key for mutual TLS."`
+	NATSURL      string `name:"nats-url" env:"NATS_URL" help:"NATS server URL(s), comma-separated. For run, empty starts an embedded server; other commands default to ${default_nats_url}, the embedded server of a running daemon."`
+	NATSCreds    string `name:"nats-creds" env:"NATS_CREDS" type:"path" help:"NATS user credentials file (JWT and nkey seed)."`
+	NATSNKey     string `name:"nats-nkey" env:"NATS_NKEY" type:"path" help:"NATS nkey seed file."`
+	NATSUser     string `name:"nats-user" env:"NATS_USER" help:"NATS user name; the password comes from NATS_PASSWORD or nats-password-file."`
+	NATSPassFile string `name:"nats-password-file" env:"NATS_PASSWORD_FILE" type:"path" help:"File holding the NATS password of nats-user (a Docker or Kubernetes secret), instead of NATS_PASSWORD."`
+	NATSTLSCA    string `name:"nats-tls-ca" env:"NATS_TLS_CA" type:"path" help:"CA certificate to verify the NATS server."`
+	NATSTLSCert  string `name:"nats-tls-cert" env:"NATS_TLS_CERT" type:"path" help:"Client certificate for mutual TLS."`
+	NATSTLSKey   string `name:"nats-tls-key" env:"NATS_TLS_KEY" type:"path" help:"Client key for mutual TLS."`
 }
 
-func (f *natsFlags) conn(e *env, name, fallbackURL string) queue.ConnConfig {
+func (f *natsFlags) conn(e *env, name, fallbackURL string) (queue.ConnConfig, error) {
 	url := f.NATSURL
 	if url == "" {
 		url = fallbackURL
 	}
+	password, err := f.password(e)
+	if err != nil {
+		return queue.ConnConfig{}, err
+	}
 	return queue.ConnConfig{
 		URL: url, Name: name, CredsFile: f.NATSCreds, NKeyFile: f.NATSNKey,
-		User: f.NATSUser, Password: e.getenv("NATS_PASSWORD"), Token: e.getenv("NATS_TOKEN"),
+		User: f.NATSUser, Password: password, Token: e.getenv("NATS_TOKEN"),
 		TLSCA: f.NATSTLSCA, TLSCert: f.NATSTLSCert, TLSKey: f.NATSTLSKey,
+	}, nil
+}
+
+// password is NATS_PASSWORD, or the content of --nats-password-file without its trailing
+// line break.
+func (f *natsFlags) password(e *env) (string, error) {
+	env := e.getenv("NATS_PASSWORD")
+	switch {
+	case f.NATSPassFile == "":
+		return env, nil
+	case env != "":
+		return "", usagef("NATS_PASSWORD and nats-password-file: give one, not both")
 	}
+	b, err := os.ReadFile(f.NATSPassFile)
+	if err != nil {
+		return "", usagef("nats-password-file: %v", err)
+	}
+	p := strings.TrimRight(string(b), "\r\n")
+	if p == "" {
+		return "", usagef("nats-password-file: %s is empty", f.NATSPassFile)
+	}
+	return p, nil
+}
+
+// embeddedAuth gives the embedded server of run the credentials of f: the one user (with its
+// password), nkey (the public key of --nats-nkey's seed) or token it accepts, the same that
+// the daemon and the other commands connect with.
+func (f *natsFlags) embeddedAuth(e *env, ec *queue.EmbeddedConfig) error {
+	if f.NATSCreds != "" {
+		return usagef("nats-creds: a JWT credentials file needs a NATS server run with an operator; the embedded server takes nats-user with NATS_PASSWORD, nats-nkey or NATS_TOKEN")
+	}
+	password, err := f.password(e)
+	if err != nil {
+		return err
+	}
+	ec.User, ec.Password, ec.Token = f.NATSUser, password, e.getenv("NATS_TOKEN")
+	if f.NATSNKey != "" {
+		seed, err := os.ReadFile(f.NATSNKey)
+		if err != nil {
+			return usagef("nats-nkey: %v", err)
+		}
+		kp, err := nkeys.ParseDecoratedNKey(seed)
+		if err != nil {
+			return usagef("nats-nkey: %s holds no nkey seed: %v", f.NATSNKey, err)
+		}
+		pub, err := kp.PublicKey()
+		kp.Wipe()
+		if err != nil {
+			return usagef("nats-nkey: %v", err)
+		}
+		ec.NKey = pub
+	}
+	return nil
 }
 
 // defaultNATSListen is where the embedded server of run listens by default.
@@ -72,7 +133,7 @@ func (f *topologyFlags) topology() queue.Topology {
 
 // embeddedFlags configure the NATS server started in the process when no URL is given.
 type embeddedFlags struct {
-	NATSListen string `name:"nats-listen" env:"NATS_LISTEN" default:"${default_nats_listen}" help:"With no --nats-url: where the embedded NATS server listens, so producers on this machine can publish (default ${default})."`
+	NATSListen string `name:"nats-listen" env:"NATS_LISTEN" default:"${default_nats_listen}" help:"With no --nats-url: where the embedded NATS server listens, so producers on this machine can publish. Beyond loopback it needs credentials (nats-user with NATS_PASSWORD or nats-password-file, nats-nkey, or NATS_TOKEN), which it then requires of every client (default ${default})."`
 	DataDir    string `name:"data-dir" env:"DATA_DIR" default:"${default_data_dir}" type:"path" help:"With no --nats-url: the embedded server's JetStream store (default ${default})."`
 }
 
@@ -149,8 +210,9 @@ var flagNames = map[string]map[string]string{
 		"PriorityGroup": "priority-group", "PinnedTTL": "pinned-ttl", "RolesBucket": "roles-bucket",
 		"BulkBucket": "bulk-bucket",
 	},
-	"queue.EmbeddedConfig": {"Host": "nats-listen", "Port": "nats-listen", "DataDir": "data-dir"},
-	"kustomer.Options":     {"BaseURL": "kustomer-url", "Timeout": "request-timeout", "Key": "KUSTOMER_API_KEY or api-key-file"},
+	"queue.EmbeddedConfig": {"Host": "nats-listen", "Port": "nats-listen", "DataDir": "data-dir",
+		"User": "nats-user", "Password": "NATS_PASSWORD", "NKey": "nats-nkey", "Token": "NATS_TOKEN"},
+	"kustomer.Options": {"BaseURL": "kustomer-url", "Timeout": "request-timeout", "Key": "KUSTOMER_API_KEY or api-key-file", "AllowInsecure": "--kustomer-allow-insecure"},
 	"queue.ConnConfig": {
 		"URL": "nats-url", "CredsFile": "nats-creds", "NKeyFile": "nats-nkey", "User": "nats-user",
 		"Password": "NATS_PASSWORD", "Token": "NATS_TOKEN", "TLSCA": "nats-tls-ca",

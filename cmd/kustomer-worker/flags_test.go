@@ -107,3 +107,36 @@ func TestKustomerURLFromEitherVariable(t *testing.T) {
 		})
 	}
 }
+
+func TestPlainHTTPKustomerURL(t *testing.T) {
+	t.Parallel()
+	t.Run("to a host other than loopback is refused, naming the flag that allows it", func(t *testing.T) {
+		t.Parallel()
+		env := map[string]string{"KUSTOMER_API_KEY": "k", "KUSTOMER_URL": "http://mock:8080"}
+		_, _, err := runArgs(t, env, "run", "--http-addr", "")
+		var ue *usageError
+		if !errors.As(err, &ue) || !strings.HasPrefix(err.Error(), "kustomer-url: ") {
+			t.Fatalf("err = %v; want a usage error for kustomer-url", err)
+		}
+		for _, want := range []string{"http://mock:8080", "in clear", "--kustomer-allow-insecure"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("err = %q; want it to say %q", err, want)
+			}
+		}
+	})
+	// An unusable --http-addr is the next setting run checks after the Kustomer client: its
+	// error shows that the URL was accepted.
+	for name, env := range map[string]map[string]string{
+		"to loopback is accepted":                       {"KUSTOMER_URL": "http://127.0.0.1:8080"},
+		"is accepted with KUSTOMER_ALLOW_INSECURE=true": {"KUSTOMER_URL": "http://mock:8080", "KUSTOMER_ALLOW_INSECURE": "true"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			env["KUSTOMER_API_KEY"] = "k"
+			_, _, err := runArgs(t, env, "run", "--http-addr", "no-port")
+			if err == nil || !strings.HasPrefix(err.Error(), "http-addr: ") {
+				t.Errorf("err = %v; want the URL accepted and the next check (http-addr) to fail", err)
+			}
+		})
+	}
+}

@@ -32,6 +32,7 @@ type runCmd struct {
 	bulkFlags // bulk mode: bulk.go
 
 	KustomerURL     string        `name:"kustomer-url" env:"KUSTOMER_URL,KUSTOMER_BASE_URL" default:"${default_kustomer_url}" help:"Kustomer API base URL; org hosts (https://ORG.api.kustomerapp.com) and the EU host (https://api.prod2.kustomerapp.com) work too; KUSTOMER_BASE_URL is an older name of KUSTOMER_URL, still read (default ${default})."`
+	AllowInsecure   bool          `name:"kustomer-allow-insecure" env:"KUSTOMER_ALLOW_INSECURE" help:"Allow an http:// kustomer-url to a host other than this machine's loopback, which sends the API key in clear: for a test server such as the mock in a container (default false)."`
 	APIKeyFile      string        `name:"api-key-file" env:"KUSTOMER_API_KEY_FILE" type:"path" help:"File holding the Kustomer API key, re-read when it changes. Or set KUSTOMER_API_KEY. Never a plain flag: it would show in ps."`
 	RatePerMinute   int           `name:"rate-per-minute" env:"KUSTOMER_RATE_PER_MINUTE" default:"${default_rate_per_minute}" help:"Requests a minute at most: your org's budget (Enterprise 1000, Ultimate 2000) or your share of it; 0 leaves pacing to Kustomer's headers alone (default ${default})."`
 	Concurrency     int           `name:"concurrency" env:"WORKER_CONCURRENCY" default:"${default_concurrency}" help:"Requests in flight at once (default ${default})."`
@@ -128,7 +129,7 @@ func (c *runCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return err
 	}
 	defer stopHTTP()
-	natsURL, stopNATS, err := c.startNATS(rep.log)
+	natsURL, stopNATS, err := c.startNATS(e, rep.log)
 	if err != nil {
 		return err
 	}
@@ -157,7 +158,7 @@ func (c *runCmd) config(e *env) (runConfig, error) {
 	if err != nil {
 		return runConfig{}, err
 	}
-	client, err := kustomer.New(kustomer.Options{BaseURL: c.KustomerURL, Key: key, Timeout: c.RequestTimeout})
+	client, err := kustomer.New(kustomer.Options{BaseURL: c.KustomerURL, Key: key, Timeout: c.RequestTimeout, AllowInsecure: c.AllowInsecure})
 	if err != nil {
 		return runConfig{}, settingError(err)
 	}
@@ -190,7 +191,9 @@ func startReporting(ctx context.Context, e *env, g *globals) (*reporting, func()
 
 // startNATS starts the embedded NATS server when no --nats-url names one, and gives the URL
 // to connect to. The returned stop shuts the embedded server down.
-func (c *runCmd) startNATS(log *slog.Logger) (natsURL string, stop func(), err error) {
+// It requires the credentials of the NATS flags of every client, if any are given, and
+// refuses to listen beyond loopback without them.
+func (c *runCmd) startNATS(e *env, log *slog.Logger) (natsURL string, stop func(), err error) {
 	if c.NATSURL != "" {
 		return c.NATSURL, func() {}, nil
 	}
@@ -198,12 +201,15 @@ func (c *runCmd) startNATS(log *slog.Logger) (natsURL string, stop func(), err e
 	if err != nil {
 		return "", nil, err
 	}
+	if err := c.embeddedAuth(e, &ec); err != nil {
+		return "", nil, err
+	}
 	emb, err := queue.StartEmbedded(ec, log)
 	if err != nil {
 		return "", nil, settingError(err)
 	}
 	natsURL = emb.ClientURL()
-	log.Info("embedded NATS server started", "url", natsURL, "data_dir", ec.DataDir)
+	log.Info("embedded NATS server started", "url", natsURL, "data_dir", ec.DataDir, "authentication", emb.Authenticated())
 	return natsURL, func() {
 		emb.Shutdown()
 		log.Info("embedded NATS server stopped")
@@ -214,7 +220,10 @@ func (c *runCmd) startNATS(log *slog.Logger) (natsURL string, stop func(), err e
 // A signal during the wait is a normal stop: then connect logs it and returns neither a
 // connection nor an error.
 func (c *runCmd) connect(ctx context.Context, e *env, natsURL string, rep *reporting) (*nats.Conn, error) {
-	cc := c.conn(e, "kustomer-worker", natsURL)
+	cc, err := c.conn(e, "kustomer-worker", natsURL)
+	if err != nil {
+		return nil, err
+	}
 	if err := cc.Validate(); err != nil {
 		return nil, settingError(err)
 	}
