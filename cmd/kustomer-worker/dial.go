@@ -15,7 +15,7 @@ import (
 
 // dialFlags say how long the operator commands wait for NATS.
 type dialFlags struct {
-	ConnectTimeout time.Duration `name:"connect-timeout" env:"NATS_CONNECT_TIMEOUT" default:"5s" help:"How long to wait for NATS before giving up (default ${default})."`
+	ConnectTimeout time.Duration `name:"connect-timeout" env:"NATS_CONNECT_TIMEOUT" default:"5s" help:"How long to wait for NATS before giving up."`
 }
 
 // session is a connection to NATS for one operator command.

@@ -403,7 +403,7 @@ func TestEnqueueUsage(t *testing.T) {
 		{"ids without a body", []string{"enqueue", "--ids-file", file}, "--body or --body-file"},
 		{"rejects without skip-invalid", []string{"enqueue", file, "--rejects", "r"}, "--skip-invalid"},
 		{"a missing file", []string{"enqueue", file + ".nope"}, "no such file"},
-		{"a zero window", []string{"enqueue", file, "--window", "0"}, "window"},
+		{"zero publishes pending", []string{"enqueue", file, "--max-pending", "0"}, "max-pending"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, _, err := r.cli("", c.args...)

@@ -18,11 +18,11 @@ import (
 // statusCmd shows the backlog and the dead letters.
 type statusCmd struct {
 	natsFlags
-	topologyFlags
+	observedFlags
 	dialFlags
 
 	Watch    bool          `name:"watch" short:"w" help:"Refresh until interrupted, with throughput and the time until the backlog is empty, per lane."`
-	Interval time.Duration `name:"interval" default:"2s" help:"With --watch: time between refreshes (default ${default})."`
+	Interval time.Duration `name:"interval" default:"2s" help:"With --watch: time between refreshes."`
 	JSON     bool          `name:"json" help:"Print JSON: one object, or one a line per refresh with --watch."`
 }
 
