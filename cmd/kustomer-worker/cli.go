@@ -57,14 +57,15 @@ func (g *globals) logger(w io.Writer) *slog.Logger {
 
 type cli struct {
 	globals
-	Run     runCmd     `cmd:"" help:"Apply update messages from NATS to Kustomer (the daemon)."`
-	Enqueue enqueueCmd `cmd:"" help:"Publish update messages from a JSON Lines file, or one body for a list of ids: a backfill."`
-	Status  statusCmd  `cmd:"" help:"Show the backlog, messages in progress and dead letters; --watch for throughput and time left."`
-	DLQ     dlqCmd     `cmd:"" name:"dlq" help:"List, show, replay and purge dead letters."`
-	Demo    demoCmd    `cmd:"" help:"Run everything on this machine against a fake Kustomer, with a generated backfill: start here."`
-	Mock    mockCmd    `cmd:"" help:"Serve a fake Kustomer API for trying the worker without an account."`
-	Help    helpCmd    `cmd:"" help:"Show the usage of kustomer-worker or of one command."`
-	Version versionCmd `cmd:"" help:"Print the version."`
+	Run         runCmd         `cmd:"" help:"Apply update messages from NATS to Kustomer (the daemon)."`
+	Enqueue     enqueueCmd     `cmd:"" help:"Publish update messages from a JSON Lines file, or one body for a list of ids: a backfill."`
+	Status      statusCmd      `cmd:"" help:"Show the backlog, messages in progress and dead letters; --watch for throughput and time left."`
+	DLQ         dlqCmd         `cmd:"" name:"dlq" help:"List, show, replay and purge dead letters."`
+	Demo        demoCmd        `cmd:"" help:"Run everything on this machine against a fake Kustomer, with a generated backfill: start here."`
+	Mock        mockCmd        `cmd:"" help:"Serve a fake Kustomer API for trying the worker without an account."`
+	Healthcheck healthcheckCmd `cmd:"" help:"Ask a running daemon's /healthz or /readyz: exit 0 when it answers 200 (container healthchecks)."`
+	Help        helpCmd        `cmd:"" help:"Show the usage of kustomer-worker or of one command."`
+	Version     versionCmd     `cmd:"" help:"Print the version."`
 }
 
 // run parses args and runs the chosen command.

@@ -25,6 +25,7 @@ type enqueueCmd struct {
 	natsFlags
 	streamFlags
 	dialFlags
+	streamWaitFlags
 
 	File        string `arg:"" optional:"" name:"file" help:"JSON Lines file of update messages, one a line; - reads stdin."`
 	IDsFile     string `name:"ids-file" help:"File of conversation ids, one a line (- reads stdin), each given the same --body or --body-file."`
@@ -112,10 +113,7 @@ func (c *enqueueCmd) Run(ctx context.Context, e *env, g *globals) error {
 			return err
 		}
 		defer s.close()
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := queue.FindStream(sctx, s.js, top.Stream)
-		cancel()
-		if err != nil {
+		if err := c.waitStream(ctx, e.stderr, s.js, top.Stream); err != nil {
 			return err
 		}
 	}
