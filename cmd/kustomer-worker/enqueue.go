@@ -51,8 +51,8 @@ reports success only once JetStream confirmed every publish.
 
 Messages go to the backfill lane, BACKFILL-SUBJECT.<id> (` + queue.DefaultBackfillSubject + `.<id> by
 default): the worker applies them with the budget live updates leave, so a backfill never delays
-them. Before lanes, enqueue published to SUBJECT.<id>; --lane live still does, for a few urgent
-updates that must not wait behind a backfill. Updates of one conversation are applied in the
+them. --lane live publishes to SUBJECT.<id> instead, for a few urgent updates that must not
+wait behind a backfill. Updates of one conversation are applied in the
 order they were published, whatever their lanes.
 
 A line is {"id": "<24-hex conversation id>", "replace": false, "body": {...}}; blank lines are

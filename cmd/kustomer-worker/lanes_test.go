@@ -11,7 +11,7 @@ import (
 
 func TestLaneMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m := newLaneMetrics(reg)
+	m := newLaneMetrics(reg, nil)
 	now := time.Now()
 	m.set(now,
 		queue.LaneStatus{ConsumerFound: true, Backlog: 3, Undelivered: 1, AckPending: 2, Delivered: 9, Oldest: now.Add(-2 * time.Second)},

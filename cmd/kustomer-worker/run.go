@@ -33,7 +33,7 @@ type runCmd struct {
 
 	KustomerURL     string        `name:"kustomer-url" env:"KUSTOMER_URL" default:"${default_kustomer_url}" help:"Kustomer API base URL; org hosts (https://ORG.api.kustomerapp.com) and the EU host (https://api.prod2.kustomerapp.com) work too."`
 	APIKeyFile      string        `name:"api-key-file" env:"KUSTOMER_API_KEY_FILE" type:"path" help:"File holding the Kustomer API key, re-read when it changes. Or set KUSTOMER_API_KEY. Never a plain flag: it would show in ps."`
-	RatePerMinute   int           `name:"rate-per-minute" env:"KUSTOMER_RATE_PER_MINUTE" default:"${default_rate_per_minute}" help:"Requests a minute at most: your org's budget (Enterprise 1000, Ultimate 2000) or your share of it; 0 leaves pacing to Kustomer's headers alone."`
+	RatePerMinute   int           `name:"rate-per-minute" env:"KUSTOMER_RATE_PER_MINUTE" default:"${default_rate_per_minute}" help:"Requests a minute at most: your org's budget (Professional 300, Business 500, Enterprise 1000, Ultimate 2000) or your share of it; 0 leaves pacing to Kustomer's headers alone."`
 	Concurrency     int           `name:"concurrency" env:"WORKER_CONCURRENCY" default:"${default_concurrency}" help:"Requests in flight at once."`
 	MaxAttempts     int           `name:"max-attempts" env:"WORKER_MAX_ATTEMPTS" default:"${default_max_attempts}" help:"Attempts per message on retryable failures (5xx, timeouts, dropped connections) across redeliveries and restarts; then it is dead-lettered as exhausted. 429s spend none."`
 	RequestTimeout  time.Duration `name:"request-timeout" env:"KUSTOMER_REQUEST_TIMEOUT" default:"${default_request_timeout}" help:"Timeout of one request to Kustomer."`
@@ -179,6 +179,7 @@ func startReporting(ctx context.Context, e *env, g *globals) (*reporting, func()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := worker.NewMetrics(reg)
+	registerBuildInfo(reg)
 	log, flood := g.floodSafeLogger(e.stderr, reg)
 	var flushWG sync.WaitGroup
 	flushCtx, stopFlush := context.WithCancel(context.WithoutCancel(ctx))
@@ -245,8 +246,8 @@ func (c *runCmd) work(ctx context.Context, e *env, nc *nats.Conn, natsURL string
 		return err // nil when a signal came while binding: a normal stop
 	}
 	rep.ready.running(nc, pool)
-	defer startWatchers(ctx, js, nc, natsURL, cfg.top, rep)()
-	// Standby (issue 14): see standby.go. Deferred here, so that the pin is kept through the
+	defer startWatchers(ctx, js, nc, natsURL, cfg.top, rep, func() bool { return active(lanes.Live, lanes.Backfill) })()
+	// Standby: see standby.go. Deferred here, so that the pin is kept through the
 	// pool's drain and released after it, before the NATS connection drains.
 	defer startStandby(js, cfg.top, lanes, c.ManageStreams, rep.reg, rep.log, e.hard())()
 	return c.serve(ctx, pool, cfg, rep.log)
@@ -307,12 +308,13 @@ func (c *runCmd) pool(ctx context.Context, e *env, js jetstream.JetStream, cfg r
 	return pool, lanes, nil
 }
 
-// startWatchers runs, in the background, the gauges of the lanes' backlogs and the log of the
-// NATS connection's outages; the returned stop ends them.
-func startWatchers(ctx context.Context, js jetstream.JetStream, nc *nats.Conn, natsURL string, top queue.Topology, rep *reporting) (stop func()) {
+// startWatchers runs, in the background, the gauges of the lanes' backlogs (exported while
+// reports says so: on the active replica) and the log of the NATS connection's outages; the
+// returned stop ends them.
+func startWatchers(ctx context.Context, js jetstream.JetStream, nc *nats.Conn, natsURL string, top queue.Topology, rep *reporting, reports func() bool) (stop func()) {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var bgWG sync.WaitGroup
-	laneGauges := newLaneMetrics(rep.reg)
+	laneGauges := newLaneMetrics(rep.reg, reports)
 	bgWG.Go(func() { watchLanes(bg, js, top, rep.metrics, laneGauges) })
 	bgWG.Go(func() { watchNATS(bg, nc, newOutageLog(rep.log, "NATS", queue.RedactURLs(natsURL), nil)) })
 	return func() { stopBG(); bgWG.Wait() }

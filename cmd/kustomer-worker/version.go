@@ -2,7 +2,10 @@ package main
 
 import (
 	"fmt"
+	"runtime"
 	"runtime/debug"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // versionCmd prints the version.
@@ -82,4 +85,15 @@ func buildRevision() string {
 		}
 	}
 	return "unknown"
+}
+
+// registerBuildInfo registers kustomer_worker_build_info: always 1, labelled with the version,
+// the VCS revision and the Go version, to join on in queries ("which build runs where").
+func registerBuildInfo(reg prometheus.Registerer) {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "kustomer_worker", Name: "build_info",
+		Help: "Always 1; labelled with the version and VCS revision the binary was built from and its Go version.",
+	}, []string{"version", "revision", "goversion"})
+	g.WithLabelValues(buildVersion(), buildRevision(), runtime.Version()).Set(1)
+	reg.MustRegister(g)
 }
