@@ -32,7 +32,7 @@ func newLaneMetrics(reg prometheus.Registerer, reports func() bool) *laneMetrics
 		return prometheus.NewDesc("kustomer_worker_lane_"+name, help, []string{"lane"}, nil)
 	}
 	m := &laneMetrics{
-		reports: reports,
+		reports:    reports,
 		backlog:    d("backlog_messages", "Messages of the lane in the work stream: waiting plus in progress."),
 		waiting:    d("waiting_messages", "Messages of the lane not yet delivered to any worker."),
 		inProgress: d("in_progress_messages", "Messages of the lane delivered and not yet acknowledged (all replicas)."),

@@ -48,7 +48,7 @@ var contractMetrics = []string{
 	"kustomer_worker_active",                      // no active replica
 	"kustomer_worker_dead_letters_total",          // dead letters rising
 	"kustomer_worker_auth_blocked",                // API key refused, no replica ready
-	"kustomer_worker_breaker_open",        // Kustomer unavailable (breaker)
+	"kustomer_worker_breaker_open",                // Kustomer unavailable (breaker)
 	"kustomer_worker_requests_total",              // Kustomer failing
 	"up",                                          // no replica ready
 	"kustomer_worker_bulk_jobs_failed_total",      // bulk reads denied, bulk jobs failing
