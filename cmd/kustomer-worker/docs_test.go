@@ -106,3 +106,30 @@ func TestDocumentationHasNoHistory(t *testing.T) {
 		}
 	}
 }
+
+// Every alert links a section of docs/RUNBOOK.md that exists.
+func TestEveryAlertHasARunbookSection(t *testing.T) {
+	t.Parallel()
+	root := repoRoot(t)
+	rules, err := os.ReadFile(filepath.Join(root, "deploy", "prometheus", "rules.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runbook, err := os.ReadFile(filepath.Join(root, "docs", "RUNBOOK.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alerts := regexp.MustCompile(`(?m)^\s+- alert: (\S+)$`).FindAllStringSubmatch(string(rules), -1)
+	links := regexp.MustCompile(`runbook_url: "[^"#]*/docs/RUNBOOK\.md#([a-z]+)"`).FindAllStringSubmatch(string(rules), -1)
+	if len(alerts) == 0 || len(links) != len(alerts) {
+		t.Fatalf("%d alerts, %d runbook links: want one each", len(alerts), len(links))
+	}
+	for i, a := range alerts {
+		if links[i][1] != strings.ToLower(a[1]) {
+			t.Errorf("alert %s links #%s", a[1], links[i][1])
+		}
+		if !strings.Contains(string(runbook), "\n## "+a[1]+"\n") {
+			t.Errorf("docs/RUNBOOK.md has no section ## %s", a[1])
+		}
+	}
+}
