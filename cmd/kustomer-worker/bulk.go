@@ -17,7 +17,7 @@ import (
 )
 
 // bulkFlags turn on bulk mode: partial updates go to Kustomer in bulk jobs of up to
-// 100, one unit of the org budget a submit, followed by paced reads. See the README, Bulk mode.
+// 100, one unit of the org budget a submit, followed by paced reads. See docs/BULK.md.
 type bulkFlags struct {
 	Bulk         bool          `name:"bulk" env:"WORKER_BULK" help:"Bulk mode: send partial updates of distinct conversations in bulk jobs of up to 100 for one unit of the org budget each (plus the reads that follow a job). The key needs the role org.permission.bulk.read besides org.permission.conversation.update. For backfills; live updates that find no company go as single PUTs after bulk-linger (default false)."`
 	BulkSize     int           `name:"bulk-size" env:"WORKER_BULK_SIZE" default:"${default_bulk_size}" help:"Bulk mode: the most updates in one job, 1 to 100."`

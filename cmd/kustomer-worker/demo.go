@@ -519,7 +519,7 @@ func (c *demoCmd) summary(e *env, r demoResult) {
 		fmt.Fprintf(w, "               %8s  (in one queue shared with the backfill, one published at the start would have waited about %s)\n",
 			"", bound.Round(time.Second))
 	}
-	fmt.Fprintln(w, "\nNext: a real backfill with `kustomer-worker run` and `kustomer-worker enqueue` (see the README, Operations).")
+	fmt.Fprintln(w, "\nNext: a real backfill with `kustomer-worker run` and `kustomer-worker enqueue` (see docs/OPERATIONS.md).")
 }
 
 // counterValue reads one labelled counter from reg; 0 if absent.
