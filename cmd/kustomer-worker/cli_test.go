@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -129,4 +130,32 @@ func TestOldNamesStillWorkWithAWarning(t *testing.T) {
 			t.Errorf("err = %v; want the CA file of NATS_CA used", err)
 		}
 	})
+}
+
+func TestVersionFromBuildInformation(t *testing.T) {
+	t.Parallel()
+	vcs := func(settings ...string) *debug.BuildInfo {
+		bi := &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}}
+		for i := 0; i < len(settings); i += 2 {
+			bi.Settings = append(bi.Settings, debug.BuildSetting{Key: settings[i], Value: settings[i+1]})
+		}
+		return bi
+	}
+	cases := []struct {
+		name string
+		bi   *debug.BuildInfo
+		want string
+	}{
+		{"a checkout's revision and time", vcs("vcs.revision", "0123456789abcdef0123", "vcs.time", "2026-12-07T04:00:00Z"), "dev-0123456789ab (2026-12-07T04:00:00Z)"},
+		{"a checkout with changes", vcs("vcs.revision", "0123456789abcdef0123", "vcs.modified", "true"), "dev-0123456789ab+dirty"},
+		{"go install's module version", &debug.BuildInfo{Main: debug.Module{Version: "v1.4.0"}}, "v1.4.0"},
+		{"nothing recorded", vcs(), "dev"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := versionOf(c.bi); got != c.want {
+				t.Errorf("versionOf = %q; want %q", got, c.want)
+			}
+		})
+	}
 }

@@ -322,7 +322,7 @@ func startWatchers(ctx context.Context, js jetstream.JetStream, nc *nats.Conn, n
 
 // serve runs the pool until ctx ends and the pool has drained, saying so in the log.
 func (c *runCmd) serve(ctx context.Context, pool *worker.Pool, cfg runConfig, log *slog.Logger) error {
-	log.Info("kustomer-worker running", "version", version, "kustomer_url", c.KustomerURL,
+	log.Info("kustomer-worker running", "version", buildVersion(), "kustomer_url", c.KustomerURL,
 		"rate_per_minute", c.RatePerMinute, "concurrency", cfg.wc.Concurrency, "bulk", cfg.wc.Bulk.Enabled, "max_ack_pending", cfg.wc.MaxAckPending, "stream", cfg.top.Stream, "consumer", cfg.top.Consumer, "backfill_consumer", cfg.top.BackfillConsumer)
 	if err := pool.Run(ctx); err != nil {
 		return err
