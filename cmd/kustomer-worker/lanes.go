@@ -14,25 +14,25 @@ import (
 
 // laneMetrics exposes each lane's backlog, throughput and oldest message, from the last
 // reading of the lanes (watchLanes), labelled lane="live" or lane="backfill". They describe
-// the stream, not this replica: only the active replica exports them (see reports), so that a
+// the stream, not this replica: only the active replica exports them (see exports), so that a
 // sum over replicas counts each message once.
 type laneMetrics struct {
 	backlog, waiting, inProgress, oldest, settled *prometheus.Desc
-	// reports says whether this replica exports the stream's figures now: the active replica
-	// does, standbys do not. nil: always. Set before registration, then only read.
-	reports func() bool
+	// active says whether this replica is active now; nil: always. Set before registration,
+	// then only read.
+	active func() bool
 
 	mu    sync.Mutex // guards read
 	read  time.Time
 	lanes map[queue.Lane]queue.LaneStatus
 }
 
-func newLaneMetrics(reg prometheus.Registerer, reports func() bool) *laneMetrics {
+func newLaneMetrics(reg prometheus.Registerer, active func() bool) *laneMetrics {
 	d := func(name, help string) *prometheus.Desc {
 		return prometheus.NewDesc("kustomer_worker_lane_"+name, help, []string{"lane"}, nil)
 	}
 	m := &laneMetrics{
-		reports:    reports,
+		active:     active,
 		backlog:    d("backlog_messages", "Messages of the lane in the work stream: waiting plus in progress."),
 		waiting:    d("waiting_messages", "Messages of the lane not yet delivered to any worker."),
 		inProgress: d("in_progress_messages", "Messages of the lane delivered and not yet acknowledged (all replicas)."),
@@ -57,11 +57,11 @@ func (m *laneMetrics) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (m *laneMetrics) Collect(ch chan<- prometheus.Metric) {
-	if !m.reporting() {
-		return
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if !exports(m.active, m.lanes[queue.LaneLive], m.lanes[queue.LaneBackfill]) {
+		return
+	}
 	for l, ls := range m.lanes {
 		if !ls.ConsumerFound {
 			continue
@@ -79,15 +79,24 @@ func (m *laneMetrics) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// reporting says whether this replica exports the stream's figures now.
-func (m *laneMetrics) reporting() bool { return m.reports == nil || m.reports() }
+// exports says whether this replica exports the stream's figures of a reading of the lanes:
+// the active replica does, standbys do not, except while no replica holds the pin of either
+// lane: every replica exports them then (the same values), so that the backlog waiting for an
+// active replica shows.
+func exports(active func() bool, live, backfill queue.LaneStatus) bool {
+	if active == nil || active() {
+		return true
+	}
+	unpinned := func(ls queue.LaneStatus) bool { return ls.ConsumerFound && ls.Pinned && ls.PinID == "" }
+	return unpinned(live) && unpinned(backfill)
+}
 
 // laneWatchInterval is how often watchLanes reads the lanes.
 const laneWatchInterval = 5 * time.Second
 
 // watchLanes reads both lanes every few seconds into the lane metrics and the pool's
-// consumer gauges (the sums of both lanes; 0 on a standby, so that sums over replicas count
-// each message once) until ctx ends.
+// consumer gauges (the sums of both lanes; 0 on a standby while a replica is active, so that
+// sums over replicas count each message once) until ctx ends.
 func watchLanes(ctx context.Context, js jetstream.JetStream, top queue.Topology, m *worker.Metrics, lm *laneMetrics) {
 	t := time.NewTicker(laneWatchInterval)
 	defer t.Stop()
@@ -97,7 +106,7 @@ func watchLanes(ctx context.Context, js jetstream.JetStream, top queue.Topology,
 		cancel()
 		if err == nil {
 			lm.set(time.Now(), live, backfill)
-			if lm.reporting() {
+			if exports(lm.active, live, backfill) {
 				m.Pending.Set(float64(live.Undelivered + backfill.Undelivered))
 				m.AckPending.Set(float64(live.AckPending + backfill.AckPending))
 			} else {

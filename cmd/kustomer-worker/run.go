@@ -308,13 +308,13 @@ func (c *runCmd) pool(ctx context.Context, e *env, js jetstream.JetStream, cfg r
 	return pool, lanes, nil
 }
 
-// startWatchers runs, in the background, the gauges of the lanes' backlogs (exported while
-// reports says so: on the active replica) and the log of the NATS connection's outages; the
-// returned stop ends them.
-func startWatchers(ctx context.Context, js jetstream.JetStream, nc *nats.Conn, natsURL string, top queue.Topology, rep *reporting, reports func() bool) (stop func()) {
+// startWatchers runs, in the background, the gauges of the lanes' backlogs (exported by the
+// active replica, as active says, see exports) and the log of the NATS connection's outages;
+// the returned stop ends them.
+func startWatchers(ctx context.Context, js jetstream.JetStream, nc *nats.Conn, natsURL string, top queue.Topology, rep *reporting, active func() bool) (stop func()) {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var bgWG sync.WaitGroup
-	laneGauges := newLaneMetrics(rep.reg, reports)
+	laneGauges := newLaneMetrics(rep.reg, active)
 	bgWG.Go(func() { watchLanes(bg, js, top, rep.metrics, laneGauges) })
 	bgWG.Go(func() { watchNATS(bg, nc, newOutageLog(rep.log, "NATS", queue.RedactURLs(natsURL), nil)) })
 	return func() { stopBG(); bgWG.Wait() }
