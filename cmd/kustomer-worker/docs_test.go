@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/alecthomas/kong"
 )
@@ -132,4 +133,68 @@ func TestEveryAlertHasARunbookSection(t *testing.T) {
 			t.Errorf("docs/RUNBOOK.md has no section ## %s", a[1])
 		}
 	}
+}
+
+// Links between README and docs/ reach a file that exists and, with #anchor, a heading in it.
+func TestDocumentationLinksResolve(t *testing.T) {
+	t.Parallel()
+	root := repoRoot(t)
+	files, err := filepath.Glob(filepath.Join(root, "docs", "*.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, filepath.Join(root, "README.md"))
+	fence := regexp.MustCompile("(?s)```.*?```")
+	link := regexp.MustCompile(`\]\(([^)\s]+)\)`)
+	heading := regexp.MustCompile(`(?m)^#+\s+(.*)$`)
+	anchors := func(path string) map[string]bool {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil
+		}
+		set := map[string]bool{}
+		for _, m := range heading.FindAllStringSubmatch(fence.ReplaceAllString(string(b), ""), -1) {
+			set[slug(m[1])] = true
+		}
+		return set
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := filepath.Rel(root, f)
+		for _, m := range link.FindAllStringSubmatch(fence.ReplaceAllString(string(b), ""), -1) {
+			target := m[1]
+			if strings.Contains(target, "://") || strings.HasPrefix(target, "mailto:") {
+				continue
+			}
+			path, anchor, _ := strings.Cut(target, "#")
+			full := f
+			if path != "" {
+				full = filepath.Join(filepath.Dir(f), path)
+			}
+			if _, err := os.Stat(full); err != nil {
+				t.Errorf("%s: link %s: no such file", rel, target)
+				continue
+			}
+			if anchor != "" && strings.HasSuffix(full, ".md") && !anchors(full)[anchor] {
+				t.Errorf("%s: link %s: no such heading", rel, target)
+			}
+		}
+	}
+}
+
+// slug is GitHub's anchor of a Markdown heading.
+func slug(heading string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(strings.TrimSpace(heading)) {
+		switch {
+		case r == ' ':
+			b.WriteRune('-')
+		case r == '-' || r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r):
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
