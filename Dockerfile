@@ -31,7 +31,8 @@ ENV WORKER_HTTP_ADDR=0.0.0.0:9464 \
 # 65532 is the conventional "nonroot" user of distroless images.
 USER 65532:65532
 EXPOSE 9464
-# No shell in the image: the binary checks itself.
+# No shell in the image: the binary checks itself. For `run`; a container of another command
+# (mock, enqueue) overrides or ignores it (docker-compose.yml gives the mock its own).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s CMD ["/usr/local/bin/kustomer-worker", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/kustomer-worker"]
 CMD ["run"]
