@@ -116,8 +116,8 @@ func run(ctx context.Context, args []string, e *env) error {
 // tagged deprecated:"NEW") over to its new name, with a one-line warning.
 func applyDeprecatedFlags(kctx *kong.Context, w io.Writer, warned map[string]bool) error {
 	byName := map[string]*kong.Flag{}
-	for _, group := range kctx.Flags() {
-		byName[group.Name] = group
+	for _, f := range kctx.Flags() {
+		byName[f.Name] = f
 	}
 	for _, p := range kctx.Path {
 		if p.Flag == nil {
