@@ -114,7 +114,7 @@ func (c *cluster) startWorker(tb testing.TB, name string, env map[string]string)
 		"WORKER_ACK_WAIT":          ackWait.String(),
 		"WORKER_SHUTDOWN_TIMEOUT":  shutdownTimeout.String(),
 		"WORKER_HTTP_ADDR":         "0.0.0.0:9464",
-		"LOG_FORMAT":               "json",
+		"WORKER_LOG_FORMAT":        "json",
 	}
 	maps.Copy(all, env)
 	return c.start(tb, name, c.images.worker, []testcontainers.ContainerCustomizer{

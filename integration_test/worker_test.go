@@ -142,7 +142,7 @@ func TestSIGTERMCutsSlowRequestsShortAtTheShutdownTimeoutAndExitsZero(t *testing
 	ups := makeUpdates("slowterm", 20, 0)
 	c.publish(t, ups)
 	waitFor(t, time.Minute, "4 requests in flight", func() (bool, string) {
-		n := metric(t, c.http, metricsURL, "kustomer_worker_in_flight_requests")
+		n := metric(t, c.http, metricsURL, "kustomer_worker_requests_in_flight")
 		return n >= 4, fmt.Sprintf("%v in flight", n)
 	})
 	code, took := kill(t, w, "TERM", drain+30*time.Second)

@@ -8,7 +8,8 @@
 #   IMAGE_TAG     tag of both images (default latest)
 #   WORKER_IMAGE  worker image name (default kustomer-worker:$IMAGE_TAG)
 #   NATS_IMAGE    NATS image name (default kustomer-worker-nats:$IMAGE_TAG)
-#   VERSION       version stamped into the worker (default: git describe, else dev)
+#   VERSION       version stamped into the worker and its image label (default: git describe, else dev)
+#   REVISION      VCS revision of the image label (default: git rev-parse HEAD)
 #   CA_BUNDLE     CA certificates copied into the worker image
 #                 (default /etc/ssl/certs/ca-certificates.crt)
 #   BUILD_DIR     where the binaries and build contexts go (default build/images);
@@ -27,6 +28,7 @@ nats_image=${NATS_IMAGE:-kustomer-worker-nats:$tag}
 ca_bundle=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 build_dir=${BUILD_DIR:-$root/build/images}
 version=${VERSION:-$(git describe --always --dirty 2>/dev/null || echo dev)}
+revision=${REVISION:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 
 if ! command -v docker >/dev/null 2>&1; then
 	echo "build-images: docker is not installed" >&2
@@ -48,7 +50,7 @@ cp "$ca_bundle" "$build_dir/worker/ca-certificates.crt"
 
 echo "build-images: building $worker_image" >&2
 docker build --quiet --file Dockerfile --tag "$worker_image" \
-	--label "org.opencontainers.image.version=$version" "$build_dir/worker"
+	--build-arg "VERSION=$version" --build-arg "REVISION=$revision" "$build_dir/worker"
 
 if [ "${SKIP_NATS:-}" != 1 ]; then
 	# The module version is the one go.mod pins, so the image matches the embedded server.

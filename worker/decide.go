@@ -130,7 +130,7 @@ type decision struct {
 }
 
 // decide maps one try's outcome to a decision. It is pure: the same outcome, history, policy
-// and jitter (uniform in [0, 1)) give the same decision. It is the whole of the README's "What
+// and jitter (uniform in [0, 1)) give the same decision. It is the whole of docs/PROCESSING.md's "What
 // happens to a message" table.
 func decide(o outcome, t tries, c policy, jitter float64) decision {
 	d := verdictOf(o, t, c, jitter)

@@ -16,20 +16,21 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 )
 
-// bulkFlags turn on bulk mode (issue 15): partial updates go to Kustomer in bulk jobs of up to
-// 100, one unit of the org budget a submit, followed by paced reads. See the README, Bulk mode.
+// bulkFlags turn on bulk mode: partial updates go to Kustomer in bulk jobs of up to
+// 100, one unit of the org budget a submit, followed by paced reads. See docs/BULK.md.
 type bulkFlags struct {
-	Bulk         bool          `name:"bulk" env:"KUSTOMER_BULK" help:"Bulk mode: send partial updates of distinct conversations in bulk jobs of up to 100 for one unit of the org budget each (plus the reads that follow a job). The key needs the role org.permission.bulk.read besides org.permission.conversation.update. For backfills; live updates that find no company go as single PUTs after bulk-linger (default false)."`
-	BulkSize     int           `name:"bulk-size" env:"KUSTOMER_BULK_SIZE" default:"${default_bulk_size}" help:"Bulk mode: the most updates in one job, 1 to 100 (default ${default})."`
-	BulkLinger   time.Duration `name:"bulk-linger" env:"KUSTOMER_BULK_LINGER" default:"${default_bulk_linger}" help:"Bulk mode: how long a job waits to fill; then it goes out with bulk-min updates or more, and fewer go as single PUTs (default ${default})."`
-	BulkMin      int           `name:"bulk-min" env:"KUSTOMER_BULK_MIN" default:"${default_bulk_min}" help:"Bulk mode: the fewest updates worth a job (default ${default})."`
-	BulkMaxBytes int           `name:"bulk-max-bytes" env:"KUSTOMER_BULK_MAX_BYTES" default:"${default_bulk_max_bytes}" help:"Bulk mode: the most bytes of update bodies in one job; a job goes out before an update that would pass it, and one Kustomer refuses as too large (413) is split (default ${default})."`
-	BulkDeadline time.Duration `name:"bulk-deadline" env:"KUSTOMER_BULK_DEADLINE" default:"${default_bulk_deadline}" help:"Bulk mode: how long a job may take; then its unsettled updates go as single PUTs and the conversations' newer updates wait until it is complete or twice this passed (default ${default})."`
+	Bulk         bool          `name:"bulk" env:"WORKER_BULK" help:"Bulk mode: send partial updates of distinct conversations in bulk jobs of up to 100 for one unit of the org budget each (plus the reads that follow a job). The key needs the role org.permission.bulk.read besides org.permission.conversation.update. For backfills; live updates that find no company go as single PUTs after bulk-linger (default false)."`
+	BulkSize     int           `name:"bulk-size" env:"WORKER_BULK_SIZE" default:"${default_bulk_size}" help:"Bulk mode: the most updates in one job, 1 to 100."`
+	BulkLinger   time.Duration `name:"bulk-linger" env:"WORKER_BULK_LINGER" default:"${default_bulk_linger}" help:"Bulk mode: how long a job waits to fill; then it goes out with bulk-min-size updates or more, and fewer go as single PUTs."`
+	BulkMinSize  int           `name:"bulk-min-size" env:"WORKER_BULK_MIN_SIZE" default:"${default_bulk_min}" help:"Bulk mode: the fewest updates worth a job."`
+	BulkMaxBytes int           `name:"bulk-max-bytes" env:"WORKER_BULK_MAX_BYTES" default:"${default_bulk_max_bytes}" help:"Bulk mode: the most bytes of update bodies in one job; a job goes out before an update that would pass it, and one Kustomer refuses as too large (413) is split."`
+	BulkMinOld   int           `name:"bulk-min" hidden:"" deprecated:"bulk-min-size" help:"Deprecated name of bulk-min-size."`
+	BulkDeadline time.Duration `name:"bulk-deadline" env:"WORKER_BULK_DEADLINE" default:"${default_bulk_deadline}" help:"Bulk mode: how long a job may take; then its unsettled updates go as single PUTs and the conversations' newer updates wait until it is complete or twice this passed."`
 }
 
 // bulkConfig is the pool's bulk configuration as the flags give it.
 func (f *bulkFlags) bulkConfig() bulk.Config {
-	return bulk.Config{Enabled: f.Bulk, Size: f.BulkSize, Linger: f.BulkLinger, Min: f.BulkMin, Deadline: f.BulkDeadline, MaxBytes: f.BulkMaxBytes}
+	return bulk.Config{Enabled: f.Bulk, Size: f.BulkSize, Linger: f.BulkLinger, Min: f.BulkMinSize, Deadline: f.BulkDeadline, MaxBytes: f.BulkMaxBytes}
 }
 
 // wireBulk gives the pool what bulk mode needs: the client, which submits and reads jobs, and

@@ -28,8 +28,8 @@ func TestBulkFlags(t *testing.T) {
 		c := worker.Config{Bulk: bulk.Config{Enabled: true, Min: 200}}.WithDefaults()
 		err := settingError(c.Validate())
 		var ue *usageError
-		if !errors.As(err, &ue) || err.Error() != "bulk-min: 200 is not from 1 to the job size 100" {
-			t.Errorf("err = %v; want a usage error naming bulk-min", err)
+		if !errors.As(err, &ue) || err.Error() != "bulk-min-size: 200 is not from 1 to the job size 100" {
+			t.Errorf("err = %v; want a usage error naming bulk-min-size", err)
 		}
 	})
 	t.Run("help shows the bulk defaults", func(t *testing.T) {
@@ -37,7 +37,7 @@ func TestBulkFlags(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range []string{"--bulk ", "--bulk-size=100", "--bulk-linger=250ms", "--bulk-min=10", "--bulk-deadline=10m0s", "KUSTOMER_BULK"} {
+		for _, want := range []string{"--bulk ", "--bulk-size=100", "--bulk-linger=250ms", "--bulk-min-size=10", "--bulk-deadline=10m0s", "WORKER_BULK"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("help lacks %q", want)
 			}

@@ -26,22 +26,22 @@ import (
 
 // demoCmd runs the whole system in one process against a fake Kustomer.
 type demoCmd struct {
-	Updates       int           `name:"updates" default:"3000" help:"Updates in the generated backfill (default ${default})."`
-	Invalid       float64       `name:"invalid" default:"0.02" help:"Share of updates that fail validation and are dead-lettered as invalid (default ${default})."`
-	Rejected      float64       `name:"rejected" default:"0.005" help:"Share of updates for conversations the fake answers 404, dead-lettered as rejected (default ${default})."`
-	FaultRate     float64       `name:"fault-rate" default:"0.05" help:"Share of requests the fake answers ${mock_fault_statuses}; the worker retries them (default ${default})."`
-	Budget        int           `name:"budget" default:"1200" help:"The fake's org budget: requests per window (default ${default})."`
-	Window        time.Duration `name:"window" default:"10s" help:"The fake's rate-limit window; the worker paces at budget per window (default ${default})."`
-	Concurrency   int           `name:"concurrency" default:"16" help:"Requests in flight at once (default ${default})."`
-	Latency       time.Duration `name:"latency" default:"20ms" help:"The fake's answer latency (default ${default})."`
-	LatencyJitter time.Duration `name:"latency-jitter" default:"40ms" help:"Random extra latency up to this (default ${default})."`
-	Seed          int64         `name:"seed" default:"1" help:"Seed of the generated backfill and of the fake's faults (default ${default})."`
+	Updates       int           `name:"updates" default:"3000" help:"Updates in the generated backfill."`
+	Invalid       float64       `name:"invalid" default:"0.02" help:"Share of updates that fail validation and are dead-lettered as invalid."`
+	Rejected      float64       `name:"rejected" default:"0.005" help:"Share of updates for conversations the fake answers 404, dead-lettered as rejected."`
+	FaultRate     float64       `name:"fault-rate" default:"0.05" help:"Share of requests the fake answers ${mock_fault_statuses}; the worker retries them."`
+	Budget        int           `name:"budget" default:"1200" help:"The fake's org budget: requests per window."`
+	Window        time.Duration `name:"window" default:"10s" help:"The fake's rate-limit window; the worker paces at budget per window."`
+	Concurrency   int           `name:"concurrency" default:"16" help:"Requests in flight at once."`
+	Latency       time.Duration `name:"latency" default:"20ms" help:"The fake's answer latency."`
+	LatencyJitter time.Duration `name:"latency-jitter" default:"40ms" help:"Random extra latency up to this."`
+	Seed          int64         `name:"seed" default:"1" help:"Seed of the generated backfill and of the fake's faults."`
 	DataDir       string        `name:"data-dir" type:"path" help:"JetStream store of the demo's NATS server (default a temporary directory, removed afterwards)."`
-	Timeout       time.Duration `name:"timeout" default:"5m" help:"Give up if the backfill is not done by then (default ${default})."`
-	Progress      string        `name:"progress" enum:"auto,bar,plain,none" default:"auto" help:"Progress on stderr: auto, bar, plain or none (default ${default})."`
+	Timeout       time.Duration `name:"timeout" default:"5m" help:"Give up if the backfill is not done by then."`
+	Progress      string        `name:"progress" enum:"auto,bar,plain,none" default:"auto" help:"Progress on stderr: auto, bar, plain or none."`
 	Bulk          bool          `name:"bulk" help:"Bulk mode (see run --bulk): the backfill goes in bulk jobs, each taking bulk-duration at the fake; the summary shows the budget units spent (default false)."`
-	BulkDuration  time.Duration `name:"bulk-duration" default:"2s" help:"With --bulk: how long the fake takes to run a bulk job (default ${default})."`
-	LiveEvery     time.Duration `name:"live-every" default:"0s" help:"While the backfill runs, publish a live update this often (to the live lane, for conversations outside the backfill) and report how long each took from publish to the request at the fake; 0 publishes none (default ${default})."`
+	BulkDuration  time.Duration `name:"bulk-duration" default:"2s" help:"With --bulk: how long the fake takes to run a bulk job."`
+	LiveEvery     time.Duration `name:"live-every" default:"0s" help:"While the backfill runs, publish a live update this often (to the live lane, for conversations outside the backfill) and report how long each took from publish to the request at the fake; 0 publishes none."`
 }
 
 func (c *demoCmd) Help() string {
@@ -519,7 +519,7 @@ func (c *demoCmd) summary(e *env, r demoResult) {
 		fmt.Fprintf(w, "               %8s  (in one queue shared with the backfill, one published at the start would have waited about %s)\n",
 			"", bound.Round(time.Second))
 	}
-	fmt.Fprintln(w, "\nNext: a real backfill with `kustomer-worker run` and `kustomer-worker enqueue` (see the README, Operations).")
+	fmt.Fprintln(w, "\nNext: a real backfill with `kustomer-worker run` and `kustomer-worker enqueue` (see docs/OPERATIONS.md).")
 }
 
 // counterValue reads one labelled counter from reg; 0 if absent.

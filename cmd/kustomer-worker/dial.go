@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 
 // dialFlags say how long the operator commands wait for NATS.
 type dialFlags struct {
-	ConnectTimeout time.Duration `name:"connect-timeout" env:"NATS_CONNECT_TIMEOUT" default:"5s" help:"How long to wait for NATS before giving up (default ${default})."`
+	ConnectTimeout time.Duration `name:"connect-timeout" env:"NATS_CONNECT_TIMEOUT" default:"5s" help:"How long to wait for NATS before giving up."`
 }
 
 // session is a connection to NATS for one operator command.
@@ -75,4 +76,42 @@ func opsLogger(e *env, g *globals) *slog.Logger {
 		gg.LogLevel = "warn"
 	}
 	return gg.logger(e.stderr)
+}
+
+// streamWaitFlags say how long a producer command waits for the work stream a starting worker
+// is about to create.
+type streamWaitFlags struct {
+	WaitStreams time.Duration `name:"wait-streams" env:"WORKER_WAIT_STREAMS" default:"30s" help:"How long to wait for the work stream when it does not exist yet, as while a worker starts and creates it; 0 fails at once."`
+}
+
+// streamPoll is how often waitStream looks for the stream again.
+const streamPoll = 250 * time.Millisecond
+
+// waitStream finds the stream name, waiting up to f.WaitStreams for it to be created and
+// saying so once on w. Other errors, or a stream still missing then, come back at once.
+func (f streamWaitFlags) waitStream(ctx context.Context, w io.Writer, js jetstream.JetStream, name string) error {
+	deadline := time.Now().Add(f.WaitStreams)
+	said := false
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := queue.FindStream(sctx, js, name)
+		cancel()
+		if err == nil || !errors.Is(err, jetstream.ErrStreamNotFound) || !time.Now().Before(deadline) {
+			if err != nil && said {
+				return fmt.Errorf("after waiting %s: %w", f.WaitStreams, err)
+			}
+			return err
+		}
+		if !said {
+			said = true
+			fmt.Fprintf(w, "stream %s not found yet: waiting up to %s for a starting worker to create it (--wait-streams)\n", name, f.WaitStreams)
+		}
+		t := time.NewTimer(streamPoll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return context.Cause(ctx)
+		case <-t.C:
+		}
+	}
 }

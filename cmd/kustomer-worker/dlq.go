@@ -83,7 +83,7 @@ func parseWhen(s string, now time.Time) (time.Time, error) {
 // dlqConn is what every dlq command needs to reach the dead-letter stream.
 type dlqConn struct {
 	natsFlags
-	topologyFlags
+	deadLetterFlags
 	dialFlags
 }
 

@@ -23,8 +23,9 @@ import (
 // enqueueCmd publishes update messages to the work stream: a backfill.
 type enqueueCmd struct {
 	natsFlags
-	topologyFlags
+	streamFlags
 	dialFlags
+	streamWaitFlags
 
 	File        string `arg:"" optional:"" name:"file" help:"JSON Lines file of update messages, one a line; - reads stdin."`
 	IDsFile     string `name:"ids-file" help:"File of conversation ids, one a line (- reads stdin), each given the same --body or --body-file."`
@@ -33,11 +34,12 @@ type enqueueCmd struct {
 	Replace     bool   `name:"replace" help:"With --ids-file: replace each conversation (?replace=true) instead of changing only the fields given."`
 	SkipInvalid bool   `name:"skip-invalid" help:"Publish the valid lines and write the invalid ones, with their reasons, to --rejects."`
 	Rejects     string `name:"rejects" type:"path" help:"With --skip-invalid: where invalid lines go, as JSON Lines (default INPUT.rejects.jsonl, or rejects.jsonl for stdin)."`
-	RunID       string `name:"run-id" env:"ENQUEUE_RUN_ID" help:"Mixed into every message id, so the same input enqueued again under another run id is published again even within the dedup window."`
+	RunID       string `name:"run-id" env:"WORKER_RUN_ID" help:"Mixed into every message id, so the same input enqueued again under another run id is published again even within the dedup window."`
 	DryRun      bool   `name:"dry-run" help:"Validate only; publish nothing and need no NATS."`
-	Lane        string `name:"lane" enum:"backfill,live" default:"backfill" help:"Lane to publish to: backfill (BACKFILL-SUBJECT.<id>, served with the budget live updates leave) or live (SUBJECT.<id>, served first: for a handful of urgent updates) (default ${default})."`
-	Window      int    `name:"window" default:"4096" help:"Publishes waiting for their acknowledgement at most (default ${default})."`
-	Progress    string `name:"progress" enum:"auto,bar,plain,none" default:"auto" help:"Progress on stderr: auto (a bar on a terminal, a line every few seconds otherwise), bar, plain or none (default ${default})."`
+	Lane        string `name:"lane" enum:"backfill,live" default:"backfill" help:"Lane to publish to: backfill (BACKFILL-SUBJECT.<id>, served with the budget live updates leave) or live (SUBJECT.<id>, served first: for a handful of urgent updates)."`
+	MaxPending  int    `name:"max-pending" env:"WORKER_MAX_PENDING" default:"4096" help:"Publishes waiting for their acknowledgement at most."`
+	WindowOld   int    `name:"window" hidden:"" deprecated:"max-pending" help:"Deprecated name of max-pending."`
+	Progress    string `name:"progress" enum:"auto,bar,plain,none" default:"auto" help:"Progress on stderr: auto (a bar on a terminal, a line every few seconds otherwise), bar, plain or none."`
 }
 
 func (c *enqueueCmd) Help() string {
@@ -49,8 +51,8 @@ reports success only once JetStream confirmed every publish.
 
 Messages go to the backfill lane, BACKFILL-SUBJECT.<id> (` + queue.DefaultBackfillSubject + `.<id> by
 default): the worker applies them with the budget live updates leave, so a backfill never delays
-them. Before lanes, enqueue published to SUBJECT.<id>; --lane live still does, for a few urgent
-updates that must not wait behind a backfill. Updates of one conversation are applied in the
+them. --lane live publishes to SUBJECT.<id> instead, for a few urgent updates that must not
+wait behind a backfill. Updates of one conversation are applied in the
 order they were published, whatever their lanes.
 
 A line is {"id": "<24-hex conversation id>", "replace": false, "body": {...}}; blank lines are
@@ -111,10 +113,7 @@ func (c *enqueueCmd) Run(ctx context.Context, e *env, g *globals) error {
 			return err
 		}
 		defer s.close()
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := queue.FindStream(sctx, s.js, top.Stream)
-		cancel()
-		if err != nil {
+		if err := c.waitStream(ctx, e.stderr, s.js, top.Stream); err != nil {
 			return err
 		}
 	}
@@ -199,8 +198,8 @@ func (c *enqueueCmd) input(e *env) (*enqueueInput, error) {
 		return nil, usagef("ids-file: give the body with --body or --body-file (one of them)")
 	case c.Rejects != "" && !c.SkipInvalid:
 		return nil, usagef("rejects: goes with --skip-invalid")
-	case c.Window < 1:
-		return nil, usagef("window: %d is below 1", c.Window)
+	case c.MaxPending < 1:
+		return nil, usagef("max-pending: %d is below 1", c.MaxPending)
 	}
 	in := &enqueueInput{close: func() {}}
 	path := c.File
@@ -533,7 +532,7 @@ func (c *enqueueCmd) publish(ctx context.Context, e *env, s *session, top queue.
 	if err != nil {
 		return queue.PublishStats{}, err
 	}
-	batch, err := p.NewBatch(producer.BatchConfig{Window: c.Window})
+	batch, err := p.NewBatch(producer.BatchConfig{Window: c.MaxPending})
 	if err != nil {
 		return queue.PublishStats{}, err
 	}

@@ -403,7 +403,7 @@ func TestEnqueueUsage(t *testing.T) {
 		{"ids without a body", []string{"enqueue", "--ids-file", file}, "--body or --body-file"},
 		{"rejects without skip-invalid", []string{"enqueue", file, "--rejects", "r"}, "--skip-invalid"},
 		{"a missing file", []string{"enqueue", file + ".nope"}, "no such file"},
-		{"a zero window", []string{"enqueue", file, "--window", "0"}, "window"},
+		{"zero publishes pending", []string{"enqueue", file, "--max-pending", "0"}, "max-pending"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, _, err := r.cli("", c.args...)
@@ -426,11 +426,11 @@ func TestEnqueueWithoutNATS(t *testing.T) {
 		t.Fatalf("the error shows the password: %v", err)
 	}
 
-	t.Run("nor without the streams", func(t *testing.T) {
+	t.Run("nor without the streams, when told not to wait for them", func(t *testing.T) {
 		if err := r.js.DeleteStream(context.Background(), r.top.Stream); err != nil {
 			t.Fatal(err)
 		}
-		_, _, err := r.cli("", "enqueue", file)
+		_, _, err := r.cli("", "enqueue", file, "--wait-streams", "0")
 		if !errors.Is(err, jetstream.ErrStreamNotFound) || !strings.Contains(err.Error(), "kustomer-worker run") {
 			t.Fatalf("err = %v", err)
 		}

@@ -27,9 +27,9 @@ type natsFlags struct {
 	NATSNKey     string `name:"nats-nkey" env:"NATS_NKEY" type:"path" help:"NATS nkey seed file."`
 	NATSUser     string `name:"nats-user" env:"NATS_USER" help:"NATS user name; the password comes from NATS_PASSWORD or nats-password-file."`
 	NATSPassFile string `name:"nats-password-file" env:"NATS_PASSWORD_FILE" type:"path" help:"File holding the NATS password of nats-user (a Docker or Kubernetes secret), instead of NATS_PASSWORD."`
-	NATSTLSCA    string `name:"nats-tls-ca" env:"NATS_TLS_CA" type:"path" help:"CA certificate to verify the NATS server."`
-	NATSTLSCert  string `name:"nats-tls-cert" env:"NATS_TLS_CERT" type:"path" help:"Client certificate for mutual TLS."`
-	NATSTLSKey   string `name:"nats-tls-key" env:"NATS_TLS_KEY" type:"path" help:"Client key for mutual TLS."`
+	NATSTLSCA    string `name:"nats-tls-ca" env:"NATS_TLS_CA,NATS_CA" type:"path" help:"CA certificate to verify the NATS server."`
+	NATSTLSCert  string `name:"nats-tls-cert" env:"NATS_TLS_CERT,NATS_CERT" type:"path" help:"Client certificate for mutual TLS."`
+	NATSTLSKey   string `name:"nats-tls-key" env:"NATS_TLS_KEY,NATS_KEY" type:"path" help:"Client key for mutual TLS."`
 }
 
 func (f *natsFlags) conn(e *env, name, fallbackURL string) (queue.ConnConfig, error) {
@@ -107,34 +107,89 @@ var defaultNATSListen = net.JoinHostPort(queue.DefaultEmbeddedHost, strconv.Itoa
 // daemon running on this machine.
 var defaultNATSURL = "nats://" + defaultNATSListen
 
-// topologyFlags name the streams and the consumer.
-type topologyFlags struct {
-	Stream           string `name:"stream" env:"WORKER_STREAM" default:"${default_stream}" help:"Work stream (default ${default})."`
-	Subject          string `name:"subject" env:"WORKER_SUBJECT" default:"${default_subject}" help:"Live lane's subject, for updates as they happen; the stream also takes SUBJECT.> (default ${default})."`
-	BackfillSubject  string `name:"backfill-subject" env:"WORKER_BACKFILL_SUBJECT" default:"${default_backfill_subject}" help:"Backfill lane's subject, for bulk loads that get the budget live updates leave; the stream also takes BACKFILL-SUBJECT.> (default ${default})."`
-	DLQStream        string `name:"dlq-stream" env:"WORKER_DLQ_STREAM" default:"${default_dlq_stream}" help:"Dead-letter stream (default ${default})."`
-	DLQSubject       string `name:"dlq-subject" env:"WORKER_DLQ_SUBJECT" default:"${default_dlq_subject}" help:"Dead-letter subject (default ${default})."`
-	Consumer         string `name:"consumer" env:"WORKER_CONSUMER" default:"${default_consumer}" help:"Durable consumer of the live lane, shared by every replica (default ${default})."`
+// streamFlags name the work stream and its lanes' subjects: what producers publish to.
+type streamFlags struct {
+	Stream          string `name:"stream" env:"WORKER_STREAM" default:"${default_stream}" help:"Work stream."`
+	Subject         string `name:"subject" env:"WORKER_SUBJECT" default:"${default_subject}" help:"Live lane's subject, for updates as they happen; the stream also takes SUBJECT.>."`
+	BackfillSubject string `name:"backfill-subject" env:"WORKER_BACKFILL_SUBJECT" default:"${default_backfill_subject}" help:"Backfill lane's subject, for bulk loads that get the budget live updates leave; the stream also takes BACKFILL-SUBJECT.>."`
+}
+
+// dlqStreamFlags name the dead-letter stream.
+type dlqStreamFlags struct {
+	DLQStream  string `name:"dlq-stream" env:"WORKER_DLQ_STREAM" default:"${default_dlq_stream}" help:"Dead-letter stream."`
+	DLQSubject string `name:"dlq-subject" env:"WORKER_DLQ_SUBJECT" default:"${default_dlq_subject}" help:"Dead-letter subject."`
+}
+
+// consumerFlags name the consumers and the buckets the replicas share, which status reads.
+type consumerFlags struct {
+	Consumer         string `name:"consumer" env:"WORKER_CONSUMER" default:"${default_consumer}" help:"Durable consumer of the live lane, shared by every replica."`
 	BackfillConsumer string `name:"backfill-consumer" env:"WORKER_BACKFILL_CONSUMER" help:"Durable consumer of the backfill lane (default ${default_backfill_consumer})."`
-	AttemptsBucket   string `name:"attempts-bucket" env:"WORKER_ATTEMPTS_BUCKET" default:"${default_attempts_bucket}" help:"KV bucket counting attempts across restarts (default ${default})."`
-	PriorityGroup    string `name:"priority-group" env:"WORKER_PRIORITY_GROUP" default:"${default_priority_group}" help:"The lanes' consumers' pinned priority group: one replica pulling in it is active, the others standbys (default ${default})."`
-	RolesBucket      string `name:"roles-bucket" env:"WORKER_ROLES_BUCKET" default:"${default_roles_bucket}" help:"KV bucket where replicas publish their role, read by status (default ${default})."`
-	BulkBucket       string `name:"bulk-bucket" env:"WORKER_BULK_BUCKET" default:"${default_bulk_bucket}" help:"KV bucket of the bulk jobs in flight (bulk mode), read by status (default ${default})."`
+	PriorityGroup    string `name:"priority-group" env:"WORKER_PRIORITY_GROUP" default:"${default_priority_group}" help:"The lanes' consumers' pinned priority group: one replica pulling in it is active, the others standbys."`
+	RolesBucket      string `name:"roles-bucket" env:"WORKER_ROLES_BUCKET" default:"${default_roles_bucket}" help:"KV bucket where replicas publish their role, read by status."`
+	BulkBucket       string `name:"bulk-bucket" env:"WORKER_BULK_BUCKET" default:"${default_bulk_bucket}" help:"KV bucket of the bulk jobs in flight (bulk mode), read by status."`
+}
+
+// topologyFlags name everything the daemon uses: streams, consumers and buckets.
+type topologyFlags struct {
+	streamFlags
+	dlqStreamFlags
+	consumerFlags
+	AttemptsBucket string `name:"attempts-bucket" env:"WORKER_ATTEMPTS_BUCKET" default:"${default_attempts_bucket}" help:"KV bucket counting attempts across restarts."`
+}
+
+// topology is the queue.Topology the flags give, the others at their defaults.
+func (f *streamFlags) topology() queue.Topology {
+	return f.apply(queue.Topology{}).WithDefaults()
+}
+
+func (f *streamFlags) apply(t queue.Topology) queue.Topology {
+	t.Stream, t.Subject, t.BackfillSubject = f.Stream, f.Subject, f.BackfillSubject
+	return t
+}
+
+func (f *dlqStreamFlags) apply(t queue.Topology) queue.Topology {
+	t.DLQStream, t.DLQSubject = f.DLQStream, f.DLQSubject
+	return t
+}
+
+func (f *consumerFlags) apply(t queue.Topology) queue.Topology {
+	t.Consumer, t.BackfillConsumer, t.PriorityGroup = f.Consumer, f.BackfillConsumer, f.PriorityGroup
+	t.RolesBucket, t.BulkBucket = f.RolesBucket, f.BulkBucket
+	return t
+}
+
+// deadLetterFlags are what the dlq commands need: the work stream, to replay to, and the
+// dead-letter stream.
+type deadLetterFlags struct {
+	streamFlags
+	dlqStreamFlags
+}
+
+func (f *deadLetterFlags) topology() queue.Topology {
+	return f.dlqStreamFlags.apply(f.streamFlags.apply(queue.Topology{})).WithDefaults()
+}
+
+// observedFlags are what status reads: streams, consumers and the replicas' buckets.
+type observedFlags struct {
+	streamFlags
+	dlqStreamFlags
+	consumerFlags
+}
+
+func (f *observedFlags) topology() queue.Topology {
+	return f.consumerFlags.apply(f.dlqStreamFlags.apply(f.streamFlags.apply(queue.Topology{}))).WithDefaults()
 }
 
 func (f *topologyFlags) topology() queue.Topology {
-	return queue.Topology{
-		Stream: f.Stream, Subject: f.Subject, BackfillSubject: f.BackfillSubject, DLQStream: f.DLQStream,
-		DLQSubject: f.DLQSubject, Consumer: f.Consumer, BackfillConsumer: f.BackfillConsumer,
-		AttemptsBucket: f.AttemptsBucket, PriorityGroup: f.PriorityGroup, RolesBucket: f.RolesBucket,
-		BulkBucket: f.BulkBucket,
-	}.WithDefaults()
+	t := f.consumerFlags.apply(f.dlqStreamFlags.apply(f.streamFlags.apply(queue.Topology{})))
+	t.AttemptsBucket = f.AttemptsBucket
+	return t.WithDefaults()
 }
 
 // embeddedFlags configure the NATS server started in the process when no URL is given.
 type embeddedFlags struct {
-	NATSListen string `name:"nats-listen" env:"NATS_LISTEN" default:"${default_nats_listen}" help:"With no --nats-url: where the embedded NATS server listens, so producers on this machine can publish. Beyond loopback it needs credentials (nats-user with NATS_PASSWORD or nats-password-file, nats-nkey, or NATS_TOKEN), which it then requires of every client (default ${default})."`
-	DataDir    string `name:"data-dir" env:"DATA_DIR" default:"${default_data_dir}" type:"path" help:"With no --nats-url: the embedded server's JetStream store (default ${default})."`
+	NATSListen string `name:"nats-listen" env:"NATS_LISTEN" default:"${default_nats_listen}" help:"With no --nats-url: where the embedded NATS server listens, so producers on this machine can publish. Beyond loopback it needs credentials (nats-user with NATS_PASSWORD or nats-password-file, nats-nkey, or NATS_TOKEN), which it then requires of every client."`
+	DataDir    string `name:"data-dir" env:"WORKER_DATA_DIR" default:"${default_data_dir}" type:"path" help:"With no --nats-url: the embedded server's JetStream store."`
 }
 
 func (f *embeddedFlags) embedded() (queue.EmbeddedConfig, error) {
@@ -150,7 +205,7 @@ func (f *embeddedFlags) embedded() (queue.EmbeddedConfig, error) {
 }
 
 // defaultVars are the defaults the flags take from the libraries' exported constants, so that
-// each default is written once: a flag says default:"${default_x}" and help "(default ${default})".
+// each default is written once: a flag says default:"${default_x}", and --help prints it once.
 func defaultVars() kong.Vars {
 	d := func(v interface{ String() string }) string { return v.String() }
 	i := strconv.Itoa
@@ -198,7 +253,7 @@ var flagNames = map[string]map[string]string{
 	"worker.Config": {
 		"Concurrency": "concurrency", "MaxAttempts": "max-attempts", "MaxAckPending": "max-ack-pending",
 		"ShutdownTimeout": "shutdown-timeout", "OutageThreshold": "outage-threshold",
-		"Bulk.Size": "bulk-size", "Bulk.Linger": "bulk-linger", "Bulk.Min": "bulk-min", "Bulk.Deadline": "bulk-deadline",
+		"Bulk.Size": "bulk-size", "Bulk.Linger": "bulk-linger", "Bulk.Min": "bulk-min-size", "Bulk.Deadline": "bulk-deadline",
 		"Bulk.MaxBytes": "bulk-max-bytes",
 	},
 	"queue.Topology": {

@@ -89,7 +89,7 @@ func TestKustomerURLFromEitherVariable(t *testing.T) {
 		want, not string
 	}{
 		{"KUSTOMER_URL, its name", map[string]string{"KUSTOMER_URL": newer}, newer, older},
-		{"KUSTOMER_BASE_URL, its older name", map[string]string{"KUSTOMER_BASE_URL": older}, older, newer},
+		{"KUSTOMER_BASE_URL, its deprecated name", map[string]string{"KUSTOMER_BASE_URL": older}, older, newer},
 		{"KUSTOMER_URL over KUSTOMER_BASE_URL when both are set", map[string]string{"KUSTOMER_URL": newer, "KUSTOMER_BASE_URL": older}, newer, older},
 	}
 	for _, c := range cases {

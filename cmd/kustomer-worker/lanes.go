@@ -14,20 +14,26 @@ import (
 )
 
 // laneMetrics exposes each lane's backlog, throughput and oldest message, from the last
-// reading of the lanes (watchLanes), labelled lane="live" or lane="backfill".
+// reading of the lanes (watchLanes), labelled lane="live" or lane="backfill". They describe
+// the stream, not this replica: only the active replica exports them (see exports), so that a
+// sum over replicas counts each message once.
 type laneMetrics struct {
 	backlog, waiting, inProgress, oldest, settled *prometheus.Desc
+	// active says whether this replica is active now; nil: always. Set before registration,
+	// then only read.
+	active func() bool
 
 	mu    sync.Mutex // guards read
 	read  time.Time
 	lanes map[queue.Lane]queue.LaneStatus
 }
 
-func newLaneMetrics(reg prometheus.Registerer) *laneMetrics {
+func newLaneMetrics(reg prometheus.Registerer, active func() bool) *laneMetrics {
 	d := func(name, help string) *prometheus.Desc {
 		return prometheus.NewDesc("kustomer_worker_lane_"+name, help, []string{"lane"}, nil)
 	}
 	m := &laneMetrics{
+		active:     active,
 		backlog:    d("backlog_messages", "Messages of the lane in the work stream: waiting plus in progress."),
 		waiting:    d("waiting_messages", "Messages of the lane not yet delivered to any worker."),
 		inProgress: d("in_progress_messages", "Messages of the lane delivered and not yet acknowledged (all replicas)."),
@@ -54,6 +60,9 @@ func (m *laneMetrics) Describe(ch chan<- *prometheus.Desc) {
 func (m *laneMetrics) Collect(ch chan<- prometheus.Metric) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if !exports(m.active, m.lanes[queue.LaneLive], m.lanes[queue.LaneBackfill]) {
+		return
+	}
 	for l, ls := range m.lanes {
 		if !ls.ConsumerFound {
 			continue
@@ -71,11 +80,25 @@ func (m *laneMetrics) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// exports says whether this replica exports the stream's figures of a reading of the lanes:
+// the active replica does, standbys do not, except while no replica holds the pin of either
+// lane: every replica exports them then (the same values), so that the backlog waiting for an
+// active replica shows.
+func exports(active func() bool, live, backfill queue.LaneStatus) bool {
+	if active == nil || active() {
+		return true
+	}
+	unpinned := func(ls queue.LaneStatus) bool { return ls.ConsumerFound && ls.Pinned && ls.PinID == "" }
+	return unpinned(live) && unpinned(backfill)
+}
+
 // laneWatchInterval is how often watchLanes reads the lanes.
 const laneWatchInterval = 5 * time.Second
 
 // watchLanes reads both lanes every few seconds into the lane metrics and the pool's
-// consumer gauges (the sums of both lanes) until ctx ends.
+// consumer gauges (the sums of both lanes; 0 on a standby while a replica is active, so that
+// sums over replicas count each message once), and warns of a backlog beside bulk mode on
+// the active replica, until ctx ends.
 func watchLanes(ctx context.Context, js jetstream.JetStream, top queue.Topology, m *worker.Metrics, lm *laneMetrics, warn *backlogBesideBulk) {
 	t := time.NewTicker(laneWatchInterval)
 	defer t.Stop()
@@ -85,9 +108,14 @@ func watchLanes(ctx context.Context, js jetstream.JetStream, top queue.Topology,
 		cancel()
 		if err == nil {
 			lm.set(time.Now(), live, backfill)
-			m.Pending.Set(float64(live.Undelivered + backfill.Undelivered))
-			m.AckPending.Set(float64(live.AckPending + backfill.AckPending))
-			warn.check(live)
+			if exports(lm.active, live, backfill) {
+				m.Pending.Set(float64(live.Undelivered + backfill.Undelivered))
+				m.AckPending.Set(float64(live.AckPending + backfill.AckPending))
+				warn.check(live)
+			} else {
+				m.Pending.Set(0)
+				m.AckPending.Set(0)
+			}
 		}
 		select {
 		case <-ctx.Done():

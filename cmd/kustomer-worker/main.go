@@ -14,11 +14,12 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is set at build time with -ldflags "-X main.version=..."; buildVersion reads the
+// module's build information when it is not.
 var version = "dev"
 
 func main() {
-	kustomer.Version = version // the User-Agent; set once here, not per run: tests run in parallel
+	kustomer.Version = buildVersion() // the User-Agent; set once here, not per run: tests run in parallel
 	soft, hard, stop := signalContexts(os.Stderr)
 	defer stop()
 	err := run(soft, os.Args[1:], &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv, hardStop: hard})

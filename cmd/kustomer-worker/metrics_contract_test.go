@@ -43,20 +43,22 @@ var fromPrometheus = []string{"up"}
 // contractMetrics are served metrics that the rules or the dashboard must read: the ones an
 // alert of the issue rests on, so that a rule deleted by mistake fails here too.
 var contractMetrics = []string{
-	"kustomer_worker_lane_backlog_messages",       // backlog growing, not draining (per lane)
-	"kustomer_worker_lane_settled_messages_total", // not draining
-	"kustomer_worker_active",                      // no active replica
-	"kustomer_worker_dead_letters_total",          // dead letters rising
-	"kustomer_worker_auth_blocked",                // API key refused, no replica ready
-	"kustomer_worker_kustomer_unavailable",        // Kustomer unavailable (breaker)
-	"kustomer_worker_requests_total",              // Kustomer failing
-	"up",                                          // no replica ready
-	"kustomer_worker_bulk_jobs_failed_total",      // bulk reads denied, bulk jobs failing
-	"kustomer_worker_bulk_jobs_submitted_total",   // bulk jobs failing
-	"kustomer_worker_budget_units_total",          // dashboard: units per update applied
-	"kustomer_worker_budget_left",                 // dashboard: org budget
-	"kustomer_worker_budget_others_rate",          // dashboard: org budget
-	"kustomer_worker_budget_own_share",            // dashboard: org budget
+	"kustomer_worker_lane_backlog_messages",           // backlog growing, not draining (per lane)
+	"kustomer_worker_lane_settled_messages_total",     // not draining
+	"kustomer_worker_active",                          // no active replica
+	"kustomer_worker_dead_letters_total",              // dead letters rising
+	"kustomer_worker_auth_blocked",                    // API key refused, no replica ready
+	"kustomer_worker_breaker_open",                    // Kustomer unavailable (breaker)
+	"kustomer_worker_requests_total",                  // Kustomer failing
+	"up",                                              // no replica ready
+	"kustomer_worker_bulk_jobs_failed_total",          // bulk reads denied, bulk jobs failing
+	"kustomer_worker_bulk_jobs_submitted_total",       // bulk jobs failing
+	"kustomer_worker_budget_units_total",              // dashboard: units per update applied
+	"kustomer_worker_budget_left",                     // dashboard: org budget
+	"kustomer_worker_budget_others_rate",              // dashboard: org budget
+	"kustomer_worker_budget_own_share",                // dashboard: org budget
+	"kustomer_worker_lane_oldest_message_age_seconds", // live lane's oldest message
+	"kustomer_worker_build_info",                      // the workers' targets, whatever the job
 }
 
 // contractArgs are the flags of the daemon scraped, besides where NATS and Kustomer are: add
@@ -270,6 +272,17 @@ func TestRulesAndDashboardUseOnlyExposedMetrics(t *testing.T) {
 		}
 	}
 	t.Logf("%d queries read %d metrics, every one served", len(exprs), len(used))
+
+	// Every family the daemon serves is in the reference, by its full name.
+	doc, err := os.ReadFile("../../docs/METRICS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range fams {
+		if strings.HasPrefix(name, "kustomer_worker_") && !strings.Contains(string(doc), "`"+name) {
+			t.Errorf("docs/METRICS.md does not document %s", name)
+		}
+	}
 }
 
 // metricRef is one metric a query reads, with the labels its matchers name.

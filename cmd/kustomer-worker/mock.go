@@ -12,25 +12,25 @@ import (
 
 // mockCmd serves the fake Kustomer API of package kustomertest.
 type mockCmd struct {
-	Addr               string        `name:"addr" env:"MOCK_ADDR" default:"127.0.0.1:8080" help:"Listen address (default ${default})."`
-	APIKey             string        `name:"api-key" env:"MOCK_API_KEY" default:"${default_mock_api_key}" help:"The bearer key the fake accepts; a test value, not a secret (default ${default})."`
-	Budget             int           `name:"budget" env:"MOCK_BUDGET" default:"${default_mock_budget}" help:"Org budget per window; --budget=-1 for none (default ${default})."`
-	Window             time.Duration `name:"window" env:"MOCK_WINDOW" default:"${default_mock_window}" help:"Rate-limit window (default ${default})."`
+	Addr               string        `name:"addr" env:"MOCK_ADDR" default:"127.0.0.1:8080" help:"Listen address."`
+	APIKey             string        `name:"api-key" env:"MOCK_API_KEY" default:"${default_mock_api_key}" help:"The bearer key the fake accepts; a test value, not a secret."`
+	Budget             int           `name:"budget" env:"MOCK_BUDGET" default:"${default_mock_budget}" help:"Org budget per window; --budget=-1 for none."`
+	Window             time.Duration `name:"window" env:"MOCK_WINDOW" default:"${default_mock_window}" help:"Rate-limit window."`
 	ResetDelta         bool          `name:"reset-delta" env:"MOCK_RESET_DELTA" help:"Send x-ratelimit-reset as seconds from now instead of epoch seconds."`
 	RetryAfter         bool          `name:"retry-after" env:"MOCK_RETRY_AFTER" help:"Send Retry-After on 429s."`
-	ConversationLimit  int           `name:"conversation-limit" env:"MOCK_CONVERSATION_LIMIT" default:"0" help:"Updates per conversation per conversation-window; 0 is off (default ${default})."`
-	ConversationWindow time.Duration `name:"conversation-window" env:"MOCK_CONVERSATION_WINDOW" default:"${default_mock_conversation_window}" help:"Window of the per-conversation limit (default ${default})."`
-	Latency            time.Duration `name:"latency" env:"MOCK_LATENCY" default:"0s" help:"Added to every answer (default ${default})."`
-	LatencyJitter      time.Duration `name:"latency-jitter" env:"MOCK_LATENCY_JITTER" default:"0s" help:"Random extra latency up to this (default ${default})."`
-	FaultRate          float64       `name:"fault-rate" env:"MOCK_FAULT_RATE" default:"0" help:"Share of requests answered ${mock_fault_statuses} (default ${default})."`
-	DropRate           float64       `name:"drop-rate" env:"MOCK_DROP_RATE" default:"0" help:"Share of requests whose connection is dropped (default ${default})."`
-	SlowRate           float64       `name:"slow-rate" env:"MOCK_SLOW_RATE" default:"0" help:"Share of requests answered after slow-delay (default ${default})."`
-	SlowDelay          time.Duration `name:"slow-delay" env:"MOCK_SLOW_DELAY" default:"${default_mock_slow_delay}" help:"Delay of slow answers (default ${default})."`
+	ConversationLimit  int           `name:"conversation-limit" env:"MOCK_CONVERSATION_LIMIT" default:"0" help:"Updates per conversation per conversation-window; 0 is off."`
+	ConversationWindow time.Duration `name:"conversation-window" env:"MOCK_CONVERSATION_WINDOW" default:"${default_mock_conversation_window}" help:"Window of the per-conversation limit."`
+	Latency            time.Duration `name:"latency" env:"MOCK_LATENCY" default:"0s" help:"Added to every answer."`
+	LatencyJitter      time.Duration `name:"latency-jitter" env:"MOCK_LATENCY_JITTER" default:"0s" help:"Random extra latency up to this."`
+	FaultRate          float64       `name:"fault-rate" env:"MOCK_FAULT_RATE" default:"0" help:"Share of requests answered ${mock_fault_statuses}."`
+	DropRate           float64       `name:"drop-rate" env:"MOCK_DROP_RATE" default:"0" help:"Share of requests whose connection is dropped."`
+	SlowRate           float64       `name:"slow-rate" env:"MOCK_SLOW_RATE" default:"0" help:"Share of requests answered after slow-delay."`
+	SlowDelay          time.Duration `name:"slow-delay" env:"MOCK_SLOW_DELAY" default:"${default_mock_slow_delay}" help:"Delay of slow answers."`
 	RequireSeeded      bool          `name:"require-seeded" env:"MOCK_REQUIRE_SEEDED" help:"Answer 404 for every conversation (none is seeded)."`
 	DiscardBodies      bool          `name:"discard-bodies" env:"MOCK_DISCARD_BODIES" help:"Keep no request bodies in the request log (long runs)."`
-	BulkDuration       time.Duration `name:"bulk-duration" env:"MOCK_BULK_DURATION" default:"0s" help:"How long a bulk job takes until complete: queued half the time, then running; 0 completes it at once (default ${default})."`
-	BulkBatchSize      int           `name:"bulk-batch-size" env:"MOCK_BULK_BATCH_SIZE" default:"${default_mock_bulk_batch_size}" help:"Items per batch of a bulk job (default ${default})."`
-	BulkFailRate       float64       `name:"bulk-fail-rate" env:"MOCK_BULK_FAIL_RATE" default:"0" help:"Share of bulk items that fail with an injected error (default ${default})."`
+	BulkDuration       time.Duration `name:"bulk-duration" env:"MOCK_BULK_DURATION" default:"0s" help:"How long a bulk job takes until complete: queued half the time, then running; 0 completes it at once."`
+	BulkBatchSize      int           `name:"bulk-batch-size" env:"MOCK_BULK_BATCH_SIZE" default:"${default_mock_bulk_batch_size}" help:"Items per batch of a bulk job."`
+	BulkFailRate       float64       `name:"bulk-fail-rate" env:"MOCK_BULK_FAIL_RATE" default:"0" help:"Share of bulk items that fail with an injected error."`
 	BulkStrict         bool          `name:"bulk-strict" env:"MOCK_BULK_STRICT" help:"Answer 400 for a whole bulk update when one item has a bad attribute."`
 	BulkReadDenied     bool          `name:"bulk-read-denied" env:"MOCK_BULK_READ_DENIED" help:"Answer 403 to reads of bulk jobs, as for a key without org.permission.bulk.read."`
 	BulkFlat           bool          `name:"bulk-flat" env:"MOCK_BULK_FLAT" help:"Put the fields of bulk jobs and batches on the objects instead of under attributes."`

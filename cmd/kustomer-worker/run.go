@@ -31,25 +31,25 @@ type runCmd struct {
 	topologyFlags
 	bulkFlags // bulk mode: bulk.go
 
-	KustomerURL     string        `name:"kustomer-url" env:"KUSTOMER_URL,KUSTOMER_BASE_URL" default:"${default_kustomer_url}" help:"Kustomer API base URL; org hosts (https://ORG.api.kustomerapp.com) and the EU host (https://api.prod2.kustomerapp.com) work too; KUSTOMER_BASE_URL is an older name of KUSTOMER_URL, still read (default ${default})."`
-	AllowInsecure   bool          `name:"kustomer-allow-insecure" env:"KUSTOMER_ALLOW_INSECURE" help:"Allow an http:// kustomer-url to a host other than this machine's loopback, which sends the API key in clear: for a test server such as the mock in a container (default false)."`
+	KustomerURL     string        `name:"kustomer-url" env:"KUSTOMER_URL" default:"${default_kustomer_url}" help:"Kustomer API base URL; org hosts (https://ORG.api.kustomerapp.com) and the EU host (https://api.prod2.kustomerapp.com) work too."`
+	AllowInsecure   bool          `name:"kustomer-allow-insecure" env:"KUSTOMER_ALLOW_INSECURE" help:"Allow an http:// kustomer-url to a host other than this machine's loopback, which sends the API key in clear: for a test server such as the mock in a container."`
 	APIKeyFile      string        `name:"api-key-file" env:"KUSTOMER_API_KEY_FILE" type:"path" help:"File holding the Kustomer API key, re-read when it changes. Or set KUSTOMER_API_KEY. Never a plain flag: it would show in ps."`
-	RatePerMinute   int           `name:"rate-per-minute" env:"KUSTOMER_RATE_PER_MINUTE" default:"${default_rate_per_minute}" help:"Requests a minute at most: your org's budget (Enterprise 1000, Ultimate 2000) or your share of it; 0 leaves pacing to Kustomer's headers alone (default ${default})."`
-	Concurrency     int           `name:"concurrency" env:"WORKER_CONCURRENCY" default:"${default_concurrency}" help:"Requests in flight at once (default ${default})."`
-	MaxAttempts     int           `name:"max-attempts" env:"WORKER_MAX_ATTEMPTS" default:"${default_max_attempts}" help:"Attempts per message on retryable failures (5xx, timeouts, dropped connections) across redeliveries and restarts; then it is dead-lettered as exhausted. 429s spend none (default ${default})."`
-	RequestTimeout  time.Duration `name:"request-timeout" env:"KUSTOMER_REQUEST_TIMEOUT" default:"${default_request_timeout}" help:"Timeout of one request to Kustomer (default ${default})."`
-	ShutdownTimeout time.Duration `name:"shutdown-timeout" env:"WORKER_SHUTDOWN_TIMEOUT" default:"${default_shutdown_timeout}" help:"After SIGINT/SIGTERM, how long requests in flight may finish; the rest is handed back for redelivery; a second signal cuts it short (default ${default})."`
-	HTTPAddr        string        `name:"http-addr" env:"WORKER_HTTP_ADDR" default:"127.0.0.1:9464" help:"Address serving /metrics, /healthz and /readyz; empty turns it off (default ${default})."`
+	RatePerMinute   int           `name:"rate-per-minute" env:"KUSTOMER_RATE_PER_MINUTE" default:"${default_rate_per_minute}" help:"Requests a minute at most: your org's budget (Professional 300, Business 500, Enterprise 1000, Ultimate 2000) or your share of it; 0 leaves pacing to Kustomer's headers alone."`
+	Concurrency     int           `name:"concurrency" env:"WORKER_CONCURRENCY" default:"${default_concurrency}" help:"Requests in flight at once."`
+	MaxAttempts     int           `name:"max-attempts" env:"WORKER_MAX_ATTEMPTS" default:"${default_max_attempts}" help:"Attempts per message on retryable failures (5xx, timeouts, dropped connections) across redeliveries and restarts; then it is dead-lettered as exhausted. 429s spend none."`
+	RequestTimeout  time.Duration `name:"request-timeout" env:"KUSTOMER_REQUEST_TIMEOUT" default:"${default_request_timeout}" help:"Timeout of one request to Kustomer."`
+	ShutdownTimeout time.Duration `name:"shutdown-timeout" env:"WORKER_SHUTDOWN_TIMEOUT" default:"${default_shutdown_timeout}" help:"After SIGINT/SIGTERM, how long requests in flight may finish; the rest is handed back for redelivery; a second signal cuts it short."`
+	HTTPAddr        string        `name:"http-addr" env:"WORKER_HTTP_ADDR" default:"127.0.0.1:9464" help:"Address serving /metrics, /healthz and /readyz; empty turns it off."`
 	PProf           bool          `name:"pprof" env:"WORKER_PPROF" help:"Also serve Go's profiles on http-addr under /debug/pprof/ (CPU, heap, goroutines, and block and mutex profiles, which it turns on), to profile a live daemon; keep http-addr private then (default false)."`
-	AckWait         time.Duration `name:"ack-wait" env:"WORKER_ACK_WAIT" default:"${default_ack_wait}" help:"Consumer AckWait: a crashed worker's messages are redelivered after this long (default ${default})."`
-	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency, at least ${min_max_ack_pending}, and with --bulk at least ${default_bulk_jobs_held} × bulk-size (default ${default})."`
-	OutageThreshold int           `name:"outage-threshold" env:"WORKER_OUTAGE_THRESHOLD" default:"${default_outage_threshold}" help:"Requests failing transiently in a row (5xx, timeouts, refused connections) across conversations that pause every request as a Kustomer outage: no attempts are spent, one probe at a time until it answers; negative turns it off (default ${default})."`
-	MaxDeliver      int           `name:"max-deliver" env:"WORKER_MAX_DELIVER" default:"${default_max_deliver}" help:"Consumer MaxDeliver, a safety net above max-attempts (default ${default})."`
-	DedupWindow     time.Duration `name:"dedup-window" env:"WORKER_DEDUP_WINDOW" default:"${default_dedup_window}" help:"Work stream's Nats-Msg-Id duplicate window (default ${default})."`
-	DLQMaxAge       time.Duration `name:"dlq-max-age" env:"WORKER_DLQ_MAX_AGE" default:"0s" help:"How long dead letters are kept; 0 keeps them until purged (default ${default})."`
-	StreamReplicas  int           `name:"stream-replicas" env:"WORKER_STREAM_REPLICAS" default:"${default_stream_replicas}" help:"Replicas of the streams and bucket in a NATS cluster (default ${default})."`
-	PinnedTTL       time.Duration `name:"pinned-ttl" env:"WORKER_PINNED_TTL" default:"${default_pinned_ttl}" help:"Standby: how long the server keeps an active replica's pin without a pull from it, so the longest a standby waits to take over from a replica that died (default ${default})."`
-	ManageStreams   bool          `name:"manage-streams" env:"WORKER_MANAGE_STREAMS" default:"true" negatable:"" help:"Create or update the streams, consumer and bucket at start; --no-manage-streams for operators who manage them elsewhere (default ${default})."`
+	AckWait         time.Duration `name:"ack-wait" env:"WORKER_ACK_WAIT" default:"${default_ack_wait}" help:"Consumer AckWait: a crashed worker's messages are redelivered after this long."`
+	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency, at least ${min_max_ack_pending}, and with --bulk at least ${default_bulk_jobs_held} × bulk-size."`
+	OutageThreshold int           `name:"outage-threshold" env:"WORKER_OUTAGE_THRESHOLD" default:"${default_outage_threshold}" help:"Requests failing transiently in a row (5xx, timeouts, refused connections) across conversations that pause every request as a Kustomer outage: no attempts are spent, one probe at a time until it answers; negative turns it off."`
+	MaxDeliver      int           `name:"max-deliver" env:"WORKER_MAX_DELIVER" default:"${default_max_deliver}" help:"Consumer MaxDeliver, a safety net above max-attempts."`
+	DedupWindow     time.Duration `name:"dedup-window" env:"WORKER_DEDUP_WINDOW" default:"${default_dedup_window}" help:"Work stream's Nats-Msg-Id duplicate window."`
+	DLQMaxAge       time.Duration `name:"dlq-max-age" env:"WORKER_DLQ_MAX_AGE" default:"0s" help:"How long dead letters are kept; 0 keeps them until purged."`
+	StreamReplicas  int           `name:"stream-replicas" env:"WORKER_STREAM_REPLICAS" default:"${default_stream_replicas}" help:"Replicas of the streams and bucket in a NATS cluster."`
+	PinnedTTL       time.Duration `name:"pinned-ttl" env:"WORKER_PINNED_TTL" default:"${default_pinned_ttl}" help:"Standby: how long the server keeps an active replica's pin without a pull from it, so the longest a standby waits to take over from a replica that died."`
+	ManageStreams   bool          `name:"manage-streams" env:"WORKER_MANAGE_STREAMS" default:"true" negatable:"" help:"Create or update the streams, consumer and bucket at start; --no-manage-streams for operators who manage them elsewhere."`
 }
 
 func (c *runCmd) Help() string {
@@ -180,6 +180,7 @@ func startReporting(ctx context.Context, e *env, g *globals) (*reporting, func()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := worker.NewMetrics(reg)
+	registerBuildInfo(reg)
 	log, flood := g.floodSafeLogger(e.stderr, reg)
 	var flushWG sync.WaitGroup
 	flushCtx, stopFlush := context.WithCancel(context.WithoutCancel(ctx))
@@ -254,8 +255,8 @@ func (c *runCmd) work(ctx context.Context, e *env, nc *nats.Conn, natsURL string
 		return err // nil when a signal came while binding: a normal stop
 	}
 	rep.ready.running(nc, pool)
-	defer startWatchers(ctx, js, nc, natsURL, cfg.top, pool.BulkLane(), rep)()
-	// Standby (issue 14): see standby.go. Deferred here, so that the pin is kept through the
+	defer startWatchers(ctx, js, nc, natsURL, cfg.top, pool.BulkLane(), rep, func() bool { return active(lanes.Live, lanes.Backfill) })()
+	// Standby: see standby.go. Deferred here, so that the pin is kept through the
 	// pool's drain and released after it, before the NATS connection drains.
 	defer startStandby(js, cfg.top, lanes, c.ManageStreams, pool.BulkLane(), rep.reg, rep.log, e.hard())()
 	return c.serve(ctx, pool, cfg, rep.log)
@@ -316,13 +317,14 @@ func (c *runCmd) pool(ctx context.Context, e *env, js jetstream.JetStream, cfg r
 	return pool, lanes, nil
 }
 
-// startWatchers runs, in the background, the gauges of the lanes' backlogs (with the warning
-// of a backlog on a lane that bulk mode does not take, bulkLane being the one it does) and
-// the log of the NATS connection's outages; the returned stop ends them.
-func startWatchers(ctx context.Context, js jetstream.JetStream, nc *nats.Conn, natsURL string, top queue.Topology, bulkLane string, rep *reporting) (stop func()) {
+// startWatchers runs, in the background, the gauges of the lanes' backlogs (exported by the
+// active replica, as active says, see exports; with the warning of a backlog on a lane that
+// bulk mode does not take, bulkLane being the one it does) and the log of the NATS
+// connection's outages; the returned stop ends them.
+func startWatchers(ctx context.Context, js jetstream.JetStream, nc *nats.Conn, natsURL string, top queue.Topology, bulkLane string, rep *reporting, active func() bool) (stop func()) {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var bgWG sync.WaitGroup
-	laneGauges := newLaneMetrics(rep.reg)
+	laneGauges := newLaneMetrics(rep.reg, active)
 	warn := &backlogBesideBulk{bulkLane: bulkLane, subject: top.BackfillSubject, log: rep.log}
 	bgWG.Go(func() { watchLanes(bg, js, top, rep.metrics, laneGauges, warn) })
 	bgWG.Go(func() { watchNATS(bg, nc, newOutageLog(rep.log, "NATS", queue.RedactURLs(natsURL), nil)) })
@@ -331,7 +333,7 @@ func startWatchers(ctx context.Context, js jetstream.JetStream, nc *nats.Conn, n
 
 // serve runs the pool until ctx ends and the pool has drained, saying so in the log.
 func (c *runCmd) serve(ctx context.Context, pool *worker.Pool, cfg runConfig, log *slog.Logger) error {
-	log.Info("kustomer-worker running", "version", version, "kustomer_url", c.KustomerURL,
+	log.Info("kustomer-worker running", "version", buildVersion(), "kustomer_url", c.KustomerURL,
 		"rate_per_minute", c.RatePerMinute, "concurrency", cfg.wc.Concurrency, "bulk", cfg.wc.Bulk.Enabled, "max_ack_pending", cfg.wc.MaxAckPending, "stream", cfg.top.Stream, "consumer", cfg.top.Consumer, "backfill_consumer", cfg.top.BackfillConsumer)
 	if err := pool.Run(ctx); err != nil {
 		return err

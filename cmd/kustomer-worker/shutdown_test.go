@@ -48,7 +48,7 @@ func TestSecondSignalCutsShutdownShortAndStillCleansUp(t *testing.T) {
 	nc, js := queuetest.Connect(t, "nats://"+listen)
 	(&broker{js: js}).publishUpdates(t, 20)
 	nc.Close()
-	testwait.Until(t, "requests in flight", 20*time.Second, func() bool { return d.gauge("kustomer_worker_in_flight_requests") >= 4 })
+	testwait.Until(t, "requests in flight", 20*time.Second, func() bool { return d.gauge("kustomer_worker_requests_in_flight") >= 4 })
 
 	d.signal(syscall.SIGTERM)
 	testwait.Until(t, "the graceful shutdown to begin", 10*time.Second, func() bool {

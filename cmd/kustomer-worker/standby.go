@@ -62,7 +62,7 @@ func startStandby(js jetstream.JetStream, top queue.Topology, lanes queue.Consum
 		log.Warn("cannot publish this replica's role; status will not list it", "error", err)
 		wg.Go(func() { watchRole(ctx, pin, onChange) })
 	} else {
-		rp := &queue.RolePublisher{Roles: roles, Pin: pin, Backfill: lanes.Backfill, Version: version, BulkLane: bulkLane, OnChange: onChange}
+		rp := &queue.RolePublisher{Roles: roles, Pin: pin, Backfill: lanes.Backfill, Version: buildVersion(), BulkLane: bulkLane, OnChange: onChange}
 		wg.Go(func() { _ = rp.Run(ctx) })
 	}
 

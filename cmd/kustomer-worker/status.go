@@ -18,11 +18,12 @@ import (
 // statusCmd shows the backlog and the dead letters.
 type statusCmd struct {
 	natsFlags
-	topologyFlags
+	observedFlags
 	dialFlags
+	streamWaitFlags
 
 	Watch    bool          `name:"watch" short:"w" help:"Refresh until interrupted, with throughput and the time until the backlog is empty, per lane."`
-	Interval time.Duration `name:"interval" default:"2s" help:"With --watch: time between refreshes (default ${default})."`
+	Interval time.Duration `name:"interval" default:"2s" help:"With --watch: time between refreshes."`
 	JSON     bool          `name:"json" help:"Print JSON: one object, or one a line per refresh with --watch."`
 }
 
@@ -56,6 +57,9 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return err
 	}
 	defer s.close()
+	if err := c.waitStream(ctx, e.stderr, s.js, top.Stream); err != nil {
+		return err
+	}
 	r := &statusReader{js: s.js, top: top}
 	st, err := r.status(ctx)
 	if err != nil {

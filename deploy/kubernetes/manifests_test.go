@@ -35,6 +35,12 @@ type rendered struct {
 // (CI=true) and says why it cannot run elsewhere.
 func render(t *testing.T) []byte {
 	t.Helper()
+	return renderDir(t, ".")
+}
+
+// renderDir runs kubectl kustomize on dir.
+func renderDir(t *testing.T, dir string) []byte {
+	t.Helper()
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
 		if os.Getenv("CI") == "true" {
@@ -43,7 +49,7 @@ func render(t *testing.T) []byte {
 		t.Skip("kubectl is not installed: cannot render the manifests (CI fails here instead)")
 	}
 	var stderr bytes.Buffer
-	cmd := exec.Command(kubectl, "kustomize", ".")
+	cmd := exec.Command(kubectl, "kustomize", dir)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -217,7 +223,9 @@ func TestManifestsRenderToValidObjects(t *testing.T) {
 			}
 		}
 		for _, e := range c.Env {
-			vars = append(vars, e.Name)
+			if e.Name != "GOMEMLIMIT" { // read by the Go runtime
+				vars = append(vars, e.Name)
+			}
 		}
 		sort.Strings(vars)
 		for _, v := range vars {
@@ -242,6 +250,9 @@ func TestManifestsRenderToValidObjects(t *testing.T) {
 			t.Errorf("NATS_URL = %q; an empty one would start the embedded server", u)
 		}
 		for _, e := range c.Env {
+			if e.Name == "GOMEMLIMIT" {
+				continue
+			}
 			if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil || e.ValueFrom.SecretKeyRef.Name != "kustomer-worker-nats" {
 				t.Errorf("env %s does not come from the Secret kustomer-worker-nats", e.Name)
 			}
@@ -334,4 +345,65 @@ func TestManifestsRenderToValidObjects(t *testing.T) {
 				pod.TerminationGracePeriodSeconds, c.Args)
 		}
 	})
+}
+
+// The monitoring component renders with the base (deploy/overlays/monitoring), and its
+// PrometheusRule carries exactly the rules of deploy/prometheus/rules.yml, which promtool
+// tests: regenerate it when the rules change.
+func TestMonitoringComponent(t *testing.T) {
+	out := renderDir(t, filepath.Join("..", "overlays", "monitoring"))
+	kinds := map[string]string{}
+	for _, doc := range strings.Split(string(out), "\n---\n") {
+		var obj struct {
+			Kind string         `json:"kind"`
+			Spec map[string]any `json:"spec"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatal(err)
+		}
+		kinds[obj.Kind] = doc
+	}
+	for _, k := range []string{"Deployment", "Service", "ServiceMonitor", "PrometheusRule"} {
+		if kinds[k] == "" {
+			t.Errorf("the monitoring overlay renders no %s", k)
+		}
+	}
+	var rule struct {
+		Spec any `json:"spec"`
+	}
+	if err := yaml.Unmarshal([]byte(kinds["PrometheusRule"]), &rule); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join("..", "prometheus", "rules.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules any
+	if err := yaml.Unmarshal(b, &rules); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := yaml.Marshal(rule.Spec)
+	want, _ := yaml.Marshal(rules)
+	if !bytes.Equal(got, want) {
+		t.Errorf("components/monitoring/prometheusrule.yaml's spec differs from deploy/prometheus/rules.yml: regenerate it")
+	}
+}
+
+// The image rolls out: a pinned tag or digest, not latest.
+func TestImageIsPinned(t *testing.T) {
+	r := decode(t, render(t))
+	c := r.deployment.Spec.Template.Spec.Containers[0]
+	if strings.HasSuffix(c.Image, ":latest") || !strings.ContainsAny(c.Image, ":@") {
+		t.Errorf("image %q: want a version tag or a digest, so that a new one rolls the pods", c.Image)
+	}
+	var memlimit bool
+	for _, e := range c.Env {
+		if e.Name == "GOMEMLIMIT" && e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil &&
+			e.ValueFrom.ResourceFieldRef.Resource == "limits.memory" {
+			memlimit = true
+		}
+	}
+	if !memlimit {
+		t.Error("GOMEMLIMIT is not taken from the container's memory limit")
+	}
 }
