@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -238,6 +239,39 @@ func TestBulk(t *testing.T) {
 		}
 		if held := jobs[1].Submitted.Sub(start); held < 5*time.Second {
 			t.Errorf("the newer updates went %s after the start; want them held until the dropped submit's deadline (5s)", held)
+		}
+	})
+
+	t.Run("holds newer updates after a submit answered 502 once the job was made, until the job would be past its deadline", func(t *testing.T) {
+		// The job the 502 hid applies late (BulkDuration), after the retry's job: the newer
+		// updates must wait for it, or it applies an older update over them.
+		f := bulkSetup(t, kustomertest.Config{BulkDuration: 3 * time.Second})
+		f.fake.ScriptBulkSubmit(kustomertest.StatusAfterWork(http.StatusBadGateway))
+		const convs = 10
+		for c := range convs {
+			f.publishUpdate(c, `{"name":"u-0"}`)
+		}
+		for c := range convs {
+			f.publishUpdate(c, `{"name":"u-1"}`)
+		}
+		start := time.Now()
+		f.start(f.bulkOptions(10, 5*time.Second))
+		f.waitDrained(60 * time.Second)
+		testwait.Until(t, "every job complete", 30*time.Second, func() bool {
+			for _, j := range f.fake.BulkJobs() {
+				if j.State != kustomertest.JobComplete {
+					return false
+				}
+			}
+			return true
+		})
+		f.wantState(convs, func(int) string { return "u-1" })
+		jobs := f.fake.BulkJobs()
+		if len(jobs) < 3 {
+			t.Fatalf("%d jobs; want the one the 502 hid, its retry's and the newer updates'", len(jobs))
+		}
+		if held := jobs[len(jobs)-1].Submitted.Sub(start); held < 5*time.Second {
+			t.Errorf("the newer updates went %s after the start; want them held until the hidden job's deadline (5s)", held)
 		}
 	})
 

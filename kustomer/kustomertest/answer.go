@@ -24,7 +24,16 @@ type Answer struct {
 	Delay time.Duration
 	// Body, when set, replaces the body of whatever answer is sent.
 	Body string
+	// Done, with a Status that is not a 2xx, does the work before answering Status: the
+	// update is applied, the bulk job made, as when a proxy answers 502 or 504 after
+	// Kustomer finished. Kustomer's docs do not say whether a 5xx can come after the work
+	// was done; a client must read every 5xx both ways.
+	Done bool
 }
+
+// StatusAfterWork is an answer with the given HTTP status sent after the work was done (the
+// update applied, the bulk job made): see Answer.Done.
+func StatusAfterWork(code int) Answer { return Answer{Status: code, Done: true} }
 
 // Status is an answer with the given HTTP status and Kustomer's error body for it; the
 // update is not applied.
@@ -40,6 +49,8 @@ func (a Answer) String() string {
 	switch {
 	case a.Drop:
 		return fmt.Sprintf("drop after %v", a.Delay)
+	case a.Status != 0 && a.Done:
+		return fmt.Sprintf("status %d after the work, after %v", a.Status, a.Delay)
 	case a.Status != 0:
 		return fmt.Sprintf("status %d after %v", a.Status, a.Delay)
 	}

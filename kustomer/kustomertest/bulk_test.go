@@ -444,6 +444,15 @@ func TestBulkScriptsAndShapes(t *testing.T) {
 		}
 		mustStatus(t, f.submit(items(true, `"name":"x"`, 1)), http.StatusCreated)
 	})
+	t.Run("a submit status after the work creates the job all the same", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t, kustomertest.Config{})
+		f.srv.ScriptBulkSubmit(kustomertest.StatusAfterWork(http.StatusBadGateway))
+		mustStatus(t, f.submit(items(true, `"name":"x"`, 1)), http.StatusBadGateway)
+		if jobs := f.srv.BulkJobs(); len(jobs) != 1 || jobs[0].Items[0].State != kustomertest.ItemUpdated {
+			t.Fatalf("jobs %+v; want the job the 502 hid, applied", jobs)
+		}
+	})
 	t.Run("a slow submit creates the job although the client gave up", func(t *testing.T) {
 		t.Parallel()
 		f := setup(t, kustomertest.Config{})

@@ -7,8 +7,9 @@
 // headers on every answer, an optional per-conversation limit whose 429s arrive while the org
 // budget remains, partial updates and ?replace=true, moves to another customer, a rev that
 // goes up by one per applied update, and errors in both of Kustomer's shapes. On top of that
-// it injects faults (5xx answers, dropped connections, answers slower than a client timeout),
-// either at random with a reproducible seed or scripted per conversation, and it records every
+// it injects faults (5xx answers, dropped connections, answers slower than a client timeout,
+// and, since Kustomer does not say whether a 5xx can follow work already done, 5xx answers
+// after the update was applied or the bulk job made: StatusAfterWork), either at random with a reproducible seed or scripted per conversation, and it records every
 // request it received so a test can assert what the code under test actually sent.
 //
 // Use it like net/http/httptest:

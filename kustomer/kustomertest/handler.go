@@ -176,6 +176,11 @@ func (s *Server) decideBulk(r *http.Request, now time.Time, k kind, jobID string
 	case scripted && a.Drop:
 		rep = reply{drop: true}
 	case scripted && a.Status != 0 && (a.Status < 200 || a.Status > 299):
+		if submit && a.Done {
+			_, ids = s.submitBulk(r, body, readErr, now)
+		} else if a.Done {
+			s.readBulk(jobID, k == kindBulkBatches, now)
+		}
 		b, ct := statusBody(a.Status)
 		rep = reply{status: a.Status, body: b, contentType: ct}
 		if a.Status == http.StatusTooManyRequests {
@@ -244,6 +249,9 @@ func (s *Server) decide(r *http.Request, now time.Time, id string, matched bool,
 	switch {
 	case scripted && a.Drop:
 		rep = reply{drop: true}
+	case scripted && a.Status != 0 && a.Done && (a.Status < 200 || a.Status > 299):
+		s.update(r, id, body, readErr)
+		rep = s.statusReply(id, a.Status, now)
 	case scripted && a.Status != 0:
 		rep = s.statusReply(id, a.Status, now)
 	default:

@@ -367,6 +367,16 @@ func TestScripts(t *testing.T) {
 		}
 	})
 
+	t.Run("a status after the work applies the update all the same", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t, kustomertest.Config{})
+		f.srv.Script(id(3), kustomertest.StatusAfterWork(http.StatusGatewayTimeout))
+		mustStatus(t, f.put(id(3), `{"name":"x"}`), http.StatusGatewayTimeout)
+		if c, _ := f.srv.Conversation(id(3)); c.Rev != 1 || c.Attributes["name"] != "x" {
+			t.Fatalf("conversation %+v; want the update applied behind the 504", c)
+		}
+	})
+
 	t.Run("ScriptAny answers whichever id comes next", func(t *testing.T) {
 		t.Parallel()
 		f := setup(t, kustomertest.Config{})
