@@ -44,6 +44,7 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	if p.bulk != nil && p.bulk.Take(p.bulkItem(c, j, t.delivered)) {
 		return // in a bulk job, or held back for an older one (bulkhost.go)
 	}
+	p.gather(c, j) // at its first send, the updates queued behind it that go with it (coalesce.go)
 	o := p.try(ctx, hard, j, ps)
 	if o == nil {
 		return // shutdown began while waiting: the message stays held for handBack
@@ -67,7 +68,7 @@ func (p *Pool) try(ctx, hard context.Context, j *job, ps *passage) *outcome {
 		return nil
 	}
 	o := ps.send(hard, func(ctx context.Context) (int, kustomer.RateLimit, error) {
-		res, err := p.Client.UpdateConversation(ctx, j.update)
+		res, err := p.Client.UpdateConversation(ctx, j.sendable())
 		if err != nil {
 			return 0, kustomer.RateLimit{}, err
 		}
