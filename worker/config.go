@@ -77,7 +77,6 @@ type CoalesceLanes struct {
 	Live, Backfill bool
 }
 
-
 // WithDefaults returns c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
 	def := func(v *int, d int) {
