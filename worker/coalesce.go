@@ -73,6 +73,7 @@ func (p *Pool) gather(c *conv, j *job) {
 		return // goes alone this time: its group is fixed empty
 	}
 	j.merged = &kustomer.Update{ID: j.update.ID, Body: g.Body()}
+	j.noBulk = true // a merged update goes as a single PUT, on every try
 	if p.Metrics != nil && p.Metrics.Coalesced != nil {
 		p.Metrics.Coalesced.Add(float64(len(members)))
 	}
