@@ -7,7 +7,10 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"testing"
+	"time"
 
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/worker/coalesce"
 )
 
@@ -75,7 +78,7 @@ func merged(us []update, limit int, mergeNested bool) (map[string]any, int) {
 
 func randomUpdate(r *rand.Rand) update {
 	if r.IntN(30) == 0 {
-		return update{body: json.RawMessage(fmt.Sprintf(`{"customer":"c%d"}`, r.IntN(3)))}
+		return update{body: json.RawMessage(fmt.Sprintf(`{"customer":"%024x"}`, 1+r.IntN(3)))}
 	}
 	body := map[string]any{}
 	for range 1 + r.IntN(3) {
@@ -195,4 +198,55 @@ func TestRule(t *testing.T) {
 			t.Fatalf("merged past the limit: %s", g.Body())
 		}
 	})
+}
+
+// TestMergedEqualsSequentialOnTheFake is the property against the fake Kustomer over HTTP,
+// under both of its readings of nested objects: one conversation gets the updates alone,
+// another the merged PUTs, and both end the same.
+func TestMergedEqualsSequentialOnTheFake(t *testing.T) {
+	for _, mergeNested := range []bool{false, true} {
+		t.Run(fmt.Sprintf("MergeNested=%v", mergeNested), func(t *testing.T) {
+			t.Parallel()
+			fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1, MergeNested: mergeNested, DiscardBodies: true})
+			client, err := kustomer.New(kustomer.Options{BaseURL: fake.URL, Key: kustomer.StaticKey(kustomertest.DefaultAPIKey), Timeout: 10 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(client.CloseIdleConnections)
+			put := func(id string, u update) {
+				t.Helper()
+				if _, err := client.UpdateConversation(t.Context(), kustomer.Update{ID: id, Replace: u.replace, Body: u.body}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r := rand.New(rand.NewPCG(27, 2))
+			for n := range 150 {
+				alone, together := fmt.Sprintf("%024x", 2*n+1), fmt.Sprintf("%024x", 2*n+2)
+				us := make([]update, 1+r.IntN(10))
+				for i := range us {
+					us[i] = randomUpdate(r)
+					put(alone, us[i])
+				}
+				for i := 0; i < len(us); {
+					g, ok := coalesce.Start(us[i].replace, us[i].body, kustomer.MaxBodyBytes)
+					j := i + 1
+					if !ok {
+						put(together, us[i])
+						i = j
+						continue
+					}
+					for j < len(us) && g.Add(us[j].replace, us[j].body) {
+						j++
+					}
+					put(together, update{body: g.Body()})
+					i = j
+				}
+				a, _ := fake.Conversation(alone)
+				b, _ := fake.Conversation(together)
+				if !reflect.DeepEqual(a.Attributes, b.Attributes) {
+					t.Fatalf("case %d: alone %v, merged %v; updates %s", n, a.Attributes, b.Attributes, show(us))
+				}
+			}
+		})
+	}
 }
