@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -109,8 +110,10 @@ func (p *Pool) settleGroup(c *conv, j *job, d decision) bool {
 		if p.Metrics != nil && p.Metrics.CoalesceSaved != nil {
 			p.Metrics.CoalesceSaved.Add(float64(n))
 		}
+		p.Metrics.update(d.metric)
 		p.settleMembers(j)
-		return false // the head is acknowledged by settle, and the members after it (ack)
+		p.ackGroup(c, j)
+		return true
 	case verdictRetry:
 		if d.status == 0 || d.status >= 500 {
 			j.ambiguous = true // it may have been applied: never split from now on
@@ -193,5 +196,42 @@ func (p *Pool) deadLetterGroup(c *conv, j *job, d decision) {
 		p.Metrics.update(d.metric)
 	}
 	p.settleMembers(j)
-	p.ack(c, j)
+	p.ackGroup(c, j)
+}
+
+// ackGroup acknowledges j, c's head, and its members, settled, in stream order, each
+// confirmed by JetStream before the next is acknowledged, the last one as ack does; c stays in
+// the hands of the goroutine that does it until then, so that the members are not left
+// waiting behind other conversations for a worker. An acknowledgement not confirmed hands the
+// rest to the usual path: c is made ready again later, and a worker acknowledges each settled
+// job (process, ack).
+func (p *Pool) ackGroup(c *conv, j *job) {
+	p.mu.Lock()
+	j.settled = true // as ack marks it, for goesBack
+	jobs := make([]*job, 0, 1+len(j.members))
+	jobs = append(jobs, j)
+	jobs = append(jobs, j.members...)
+	p.mu.Unlock()
+	p.confirming.Go(func() {
+		for i, m := range jobs {
+			if i == len(jobs)-1 {
+				p.ack(c, m)
+				return
+			}
+			p.mu.Lock()
+			msg := m.msg
+			p.mu.Unlock()
+			actx, cancel := context.WithTimeout(p.hard, ackTimeout)
+			err := msg.DoubleAck(actx)
+			cancel()
+			if err != nil {
+				m.acks++
+				d := backoffDelay(m.acks, ackRetryMin, ackRetryMax, rand.Float64())
+				p.jobLog(m).Warn("acknowledgement not confirmed; trying again (the update is not sent again)", "error", err, "retry_in", d)
+				p.schedule(c, d)
+				return
+			}
+			p.letGo(c, m, true, false)
+		}
+	})
 }

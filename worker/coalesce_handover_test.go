@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
@@ -23,7 +25,9 @@ func TestCoalesceHandoverKeepsTheMembersOfAMergedPUT(t *testing.T) {
 	h := handoverSetup(t)
 	blocked2, release2 := make(chan struct{}, 1), make(chan struct{})
 	inFlight1, release1 := make(chan struct{}, 1), make(chan struct{})
+	metrics := worker.NewMetrics(prometheus.NewRegistry())
 	h.wire = func(p *worker.Pool, _ jetstream.JetStream) {
+		p.Metrics = metrics
 		inner := p.Client
 		var once1, once2 sync.Once
 		// Conversation 2's first request holds the only worker while conversation 1's updates
@@ -60,8 +64,7 @@ func TestCoalesceHandoverKeepsTheMembersOfAMergedPUT(t *testing.T) {
 		h.publish(queue.LaneLive, 1, round)
 	}
 	testwait.Until(t, "the first replica to hold conversation 1's three updates", 20*time.Second, func() bool {
-		info := h.info(queue.LaneLive)
-		return info.NumAckPending == 4 && info.NumPending == 0
+		return testutil.ToFloat64(metrics.Held) == 4
 	})
 	close(release2)
 	testwait.Recv(t, "conversation 1's merged PUT to be in flight", 20*time.Second, inFlight1)
