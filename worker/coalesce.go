@@ -123,6 +123,7 @@ func (p *Pool) settleGroup(c *conv, j *job, d decision) bool {
 		}
 		for _, m := range j.members {
 			m.attempts = d.attempts
+			p.recordAttempts(m) // so that a member redelivered alone counts on from them
 		}
 		return false
 	case verdictDeadLetter:
