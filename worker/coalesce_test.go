@@ -206,6 +206,27 @@ func TestCoalesce(t *testing.T) {
 		}
 	})
 
+	t.Run("a merged PUT that failed with a 503 is retried whole, its retries counted per message", func(t *testing.T) {
+		s := setupCoalescing(t)
+		s.fake.Script(id(1), kustomertest.Status(503))
+		s.queue(`{"name":"one"}`, `{"status":"done"}`, `{"priority":3}`)
+		s.waitDrained(30 * time.Second)
+		reqs := s.requestsFor1()
+		if len(reqs) != 2 {
+			t.Fatalf("%d requests; want 2 (the merged PUT and its retry)", len(reqs))
+		}
+		c, _ := s.fake.Conversation(id(1))
+		if c.Attributes["name"] != "one" || c.Attributes["status"] != "done" || c.Attributes["priority"] != float64(3) {
+			t.Errorf("conversation %v; want all three updates applied", c.Attributes)
+		}
+		if got := testutil.ToFloat64(s.metrics.Retries.WithLabelValues("transient")); got != 3 {
+			t.Errorf("retries_total{transient} %v; want 3, one per message", got)
+		}
+		if n := len(s.deadLetters()); n != 0 {
+			t.Errorf("%d dead letters; want none", n)
+		}
+	})
+
 	for _, tc := range []struct {
 		name    string
 		script  []kustomertest.Answer
