@@ -22,6 +22,7 @@ const (
 	HeaderOriginalSubject  = "Dlq-Original-Subject"  // where the message was published
 	HeaderOriginalSequence = "Dlq-Original-Sequence" // its sequence in the work stream
 	HeaderFailedAt         = "Dlq-Failed-At"         // RFC 3339
+	HeaderGroup            = "Dlq-Group"             // a merged update's messages (--coalesce): their work-stream sequences, comma-separated
 )
 
 // DeadLetterClass is why a message was dead-lettered.
@@ -40,6 +41,9 @@ type Failure struct {
 	Status   int // HTTP status, 0 if none
 	Attempts int
 	FailedAt time.Time
+	// Group, for a message sent in a merged update (the pool's Config.Coalesce), lists the
+	// work-stream sequences of the messages that went in it; "" otherwise.
+	Group string
 }
 
 // maxReasonLen keeps headers reasonable; reasons come from validation or a 1 KB error body.
@@ -86,6 +90,9 @@ func (d *DeadLetterPublisher) Publish(ctx context.Context, msg jetstream.Msg, dl
 	out.Header.Set(HeaderOriginalSubject, msg.Subject())
 	out.Header.Set(HeaderOriginalSequence, strconv.FormatUint(md.Sequence.Stream, 10))
 	out.Header.Set(HeaderFailedAt, dl.FailedAt.UTC().Format(time.RFC3339))
+	if dl.Group != "" {
+		out.Header.Set(HeaderGroup, dl.Group)
+	}
 	id := "dlq-" + md.Stream + "-" + strconv.FormatUint(md.Sequence.Stream, 10)
 	if _, err := d.JS.PublishMsg(ctx, out, jetstream.WithMsgID(id)); err != nil {
 		return fmt.Errorf("dead letter: publish: %w", err)

@@ -135,7 +135,12 @@ func (p *Pool) confirm(c *conv, j *job) {
 }
 
 // acked lets go of j, acknowledged (confirmed or not), and moves on to c's next job.
-func (p *Pool) acked(c *conv, j *job, confirmed bool) {
+func (p *Pool) acked(c *conv, j *job, confirmed bool) { p.letGo(c, j, confirmed, true) }
+
+// letGo lets go of j, c's head, acknowledged (confirmed or not); with next, c is made ready
+// for its next job, else it stays in the caller's hands (a merged update's acknowledgements,
+// coalesce.go). It reports whether c has jobs left.
+func (p *Pool) letGo(c *conv, j *job, confirmed, next bool) bool {
 	if j.recorded {
 		dctx, cancel := context.WithTimeout(p.hard, storeTimeout)
 		if err := p.Attempts.Delete(dctx, j.ref); err != nil {
@@ -156,9 +161,12 @@ func (p *Pool) acked(c *conv, j *job, confirmed bool) {
 	p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.Held }, float64(len(p.bySeq)))
 	if len(c.jobs) == 0 {
 		delete(p.convs, c.key)
-		return
+		return false
 	}
-	p.makeReady(c)
+	if next {
+		p.makeReady(c)
+	}
+	return true
 }
 
 // forgetApplied drops the remembered sequences that the consumer's acknowledgement floor has

@@ -65,6 +65,16 @@ type Config struct {
 	FetchWait time.Duration
 	// Bulk turns on bulk mode and tunes it (see bulk.Config). Default off.
 	Bulk bulk.Config
+	// Coalesce names the lanes whose queued partial updates of one conversation go as one PUT
+	// (package coalesce: merged key by key, later values winning), for state synchronisation
+	// where only the final state matters: Kustomer workflows and webhooks then never see the
+	// intermediate states. Default none.
+	Coalesce CoalesceLanes
+}
+
+// CoalesceLanes are the lanes Config.Coalesce applies to. The zero value is none.
+type CoalesceLanes struct {
+	Live, Backfill bool
 }
 
 // WithDefaults returns c with every zero field set to its default.

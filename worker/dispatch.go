@@ -198,8 +198,12 @@ func (p *Pool) file(j *job, key string) {
 // head of a conversation that is not parked may be in a worker's hands. c is guarded by
 // Pool.mu.
 func (c *conv) insert(j *job) {
+	fixed := 0 // the head and the members of its PUT (coalesce.go) stay ahead
+	if !c.parked && len(c.jobs) > 0 {
+		fixed = 1 + len(c.jobs[0].members)
+	}
 	i := len(c.jobs)
-	for i > 0 && c.jobs[i-1].ref.Seq > j.ref.Seq && (c.parked || i > 1) {
+	for i > fixed && c.jobs[i-1].ref.Seq > j.ref.Seq {
 		i--
 	}
 	c.jobs = slices.Insert(c.jobs, i, j)

@@ -42,6 +42,10 @@
 //     until the conversation's previous update, acknowledged without waiting for the
 //     confirmation, is gone from the stream (previousGone, ack.go). In bulk mode it offers
 //     the head to the bulker first (bulkhost.go, package bulk).
+//     With Config.Coalesce on the head's lane, its first send fixes its group (gather,
+//     coalesce.go): the partial updates queued behind it that package coalesce lets join go
+//     in the same PUT, as its members; they count as sent from then on, and settle settles
+//     them with it (settleGroup).
 //  5. sent (process.go, passage.go): try sends the head's update along a passage: the auth
 //     gate and the outage breaker (package gate) each hand out a ticket, the Budget (the
 //     pacer, package pacer) a turn in the message's class; the request is counted in flight
@@ -96,6 +100,10 @@
 //     message with a slot, there are never more conversations than cap(Pool.slots), and a
 //     send on Pool.readyLive or Pool.readyBackfill (each with room for 2×MaxAckPending+1)
 //     never blocks, even under Pool.mu.
+//   - The members of a merged update (coalesce.go) stay right behind their head, in stream
+//     order (insert files a late older message behind them), and are never handed back while
+//     the head is held (giveBackFrom); once the group is applied or dead-lettered they are
+//     settled, and acknowledged one after the other like any settled message.
 //   - A message leaves Pool.bySeq only through acked (after Kustomer or the dead-letter stream
 //     confirmed), handBack (nak), or, once this replica is a standby on its lane, cut
 //     (dispatch.go: nak, unsent messages only; a conversation's head only when nobody holds

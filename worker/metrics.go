@@ -30,6 +30,10 @@ type Metrics struct {
 	// BudgetUnanswered counts requests that got no answer (a timeout, a dropped connection,
 	// an attempt the HTTP transport made again): each may or may not have cost a unit.
 	BudgetUnanswered prometheus.Counter
+	// Coalesced counts messages sent as members of a merged update (Config.Coalesce), beyond
+	// the first of each; CoalesceSaved the requests merged updates spared, once applied.
+	Coalesced     prometheus.Counter
+	CoalesceSaved prometheus.Counter
 
 	// The children of Updates and Requests used so far, by outcome and by status (0: error),
 	// so that counting one does not look it up by its labels again: every message counts one
@@ -73,6 +77,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.BudgetUnanswered = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "budget_units_unanswered_total",
 		Help: "Requests to Kustomer that got no answer (a timeout, a dropped connection, an attempt the HTTP transport made again): each may or may not have spent a unit of the org budget, and budget_units_total does not count them. Kustomer's own count lies between budget_units_total and the sum of both."})
 	reg.MustRegister(m.BudgetUnits, m.BudgetUnanswered)
+	m.Coalesced = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "coalesced_messages_total",
+		Help: "Messages sent merged into the PUT of an older queued update of their conversation (--coalesce), beyond the first of each merged PUT."})
+	m.CoalesceSaved = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "coalesce_units_saved_total",
+		Help: "Requests, and so units of the org budget, that merged updates spared once applied: one per message merged into another's PUT (--coalesce)."})
+	reg.MustRegister(m.Coalesced, m.CoalesceSaved)
 	m.Bulk = bulk.NewMetrics(reg, ns, m.Retries)
 	reg.MustRegister(m.KustomerDown, m.BreakerTrips, m.Updates, m.Requests, m.RequestDuration, m.Retries, m.PacerWait, m.InFlight, m.Held,
 		m.DeadLetters, m.Pending, m.AckPending, m.AuthBlocked)

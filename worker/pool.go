@@ -190,6 +190,14 @@ type job struct {
 	acks      int  // acknowledgements that failed
 	checks    int  // reads finding the conversation's unconfirmed message still in the stream
 	noBulk    bool // bulk mode: send it as a single PUT (bulkhost.go)
+	// Coalescing (coalesce.go). sent: the job was tried as a head, so its group is fixed.
+	// alone: it goes alone (a merged PUT it was in was split). ambiguous: a try of its group
+	// may have been applied (a timeout, a 5xx). merged: the group's body, when it has members.
+	sent, alone, ambiguous bool
+	merged                 *kustomer.Update
+	// members are the jobs behind this one, in stream order, that go in its PUT: fixed when it
+	// is first sent, emptied only by a split. Guarded by Pool.mu (insert and giveBackFrom read it).
+	members []*job
 	// settled: Kustomer applied the update (or its dead letter is stored) but the
 	// acknowledgement is not confirmed yet. The job is only acknowledged again, never sent.
 	// Written under Pool.mu by the holder (ack), so that others may read it under Pool.mu.

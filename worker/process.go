@@ -44,7 +44,7 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	if p.bulk != nil && p.bulk.Take(p.bulkItem(c, j, t.delivered)) {
 		return // in a bulk job, or held back for an older one (bulkhost.go)
 	}
-	o := p.try(ctx, hard, j, ps)
+	o := p.try(ctx, hard, c, j, ps)
 	if o == nil {
 		return // shutdown began while waiting: the message stays held for handBack
 	}
@@ -56,9 +56,11 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	p.settle(c, j, decide(*o, t, p.policy, rand.Float64()))
 }
 
-// try sends j's update once ps passed the gates and the budget, and says what happened; nil
-// when shutdown began before anything was sent.
-func (p *Pool) try(ctx, hard context.Context, j *job, ps *passage) *outcome {
+// try sends j's update, c's head, once ps passed the gates and the budget, and says what
+// happened; nil when shutdown began before anything was sent. At j's first send, once the
+// budget gave it a turn (so that the updates queued meanwhile join too), the updates queued
+// behind it that go in the same PUT are fixed (gather, coalesce.go).
+func (p *Pool) try(ctx, hard context.Context, c *conv, j *job, ps *passage) *outcome {
 	if j.invalid != nil {
 		return &outcome{invalid: j.invalid}
 	}
@@ -66,8 +68,9 @@ func (p *Pool) try(ctx, hard context.Context, j *job, ps *passage) *outcome {
 	if !ps.enter(ctx, j.class) {
 		return nil
 	}
+	p.gather(c, j)
 	o := ps.send(hard, func(ctx context.Context) (int, kustomer.RateLimit, error) {
-		res, err := p.Client.UpdateConversation(ctx, j.update)
+		res, err := p.Client.UpdateConversation(ctx, j.sendable())
 		if err != nil {
 			return 0, kustomer.RateLimit{}, err
 		}

@@ -11,6 +11,10 @@ import (
 // dead-lettered, retried or held.
 func (p *Pool) settle(c *conv, j *job, d decision) {
 	j.attempts = d.attempts
+	// members is written under Pool.mu only by the holder of c, which this goroutine is.
+	if len(j.members) > 0 && p.settleGroup(c, j, d) { // a merged update (coalesce.go)
+		return
+	}
 	switch d.verdict {
 	case verdictAck:
 		p.Metrics.update(d.metric)

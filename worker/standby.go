@@ -173,6 +173,15 @@ func (p *Pool) giveBackFrom(c *conv, head bool) int {
 			from = i
 		}
 	}
+	return pastGroup(c, from)
+}
+
+// pastGroup moves from, an index of c's jobs to hand back from, past the members of its
+// head's merged update (coalesce.go): they count as sent, as the head does. p.mu is held.
+func pastGroup(c *conv, from int) int {
+	if from > 0 && len(c.jobs) > 0 && from <= len(c.jobs[0].members) {
+		return len(c.jobs[0].members) + 1
+	}
 	return from
 }
 
@@ -233,7 +242,7 @@ func (p *Pool) yield(src *source) {
 		atRest := c.parked || c.timer != nil
 		from := p.giveBackFrom(c, atRest)
 		if from == 0 && !c.parked && !c.timer.Stop() {
-			from = 1 // the timer fired: its goroutine makes c ready, head and all
+			from = pastGroup(c, 1) // the timer fired: its goroutine makes c ready, head and all
 		}
 		jobs = append(jobs, p.cut(c, from)...)
 	}

@@ -59,13 +59,16 @@ var contractMetrics = []string{
 	"kustomer_worker_budget_own_share",                // dashboard: org budget
 	"kustomer_worker_lane_oldest_message_age_seconds", // live lane's oldest message
 	"kustomer_worker_build_info",                      // the workers' targets, whatever the job
+	"kustomer_worker_coalesced_messages_total",        // dashboard: merged updates (--coalesce)
+	"kustomer_worker_coalesce_units_saved_total",      // dashboard: merged updates (--coalesce)
 }
 
 // contractArgs are the flags of the daemon scraped, besides where NATS and Kustomer are: add
 // those that turn on a feature whose metrics the rules or the dashboard read.
+// --coalesce: its counters are served, the dashboard reads them.
 // --bulk: bulk mode's families (kustomer_worker_bulk_*, budget_units_total) are served with
 // every reason and outcome from the start; contractTraffic's few updates go as single PUTs.
-var contractArgs = []string{"--rate-per-minute", "0", "--ack-wait", "2s", "--bulk"}
+var contractArgs = []string{"--rate-per-minute", "0", "--ack-wait", "2s", "--bulk", "--coalesce", "live,backfill"}
 
 // contractTraffic feeds the daemon what gives every labelled family a series: on the live
 // lane an update that applies, one retried after a 503, one rejected with 404 and one

@@ -29,7 +29,8 @@ type runCmd struct {
 	natsFlags
 	embeddedFlags
 	topologyFlags
-	bulkFlags // bulk mode: bulk.go
+	bulkFlags     // bulk mode: bulk.go
+	coalesceFlags // merging queued updates: coalesce.go
 
 	KustomerURL     string        `name:"kustomer-url" env:"KUSTOMER_URL" default:"${default_kustomer_url}" help:"Kustomer API base URL; org hosts (https://ORG.api.kustomerapp.com) and the EU host (https://api.prod2.kustomerapp.com) work too."`
 	AllowInsecure   bool          `name:"kustomer-allow-insecure" env:"KUSTOMER_ALLOW_INSECURE" help:"Allow an http:// kustomer-url to a host other than this machine's loopback, which sends the API key in clear: for a test server such as the mock in a container."`
@@ -97,6 +98,10 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 		return nil, queue.Topology{}, worker.Config{}, usagef("max-deliver: %d must be above max-attempts %d", c.MaxDeliver, c.MaxAttempts)
 	}
 	wc := worker.Config{MaxAckPending: c.MaxAckPending, Concurrency: c.Concurrency, Bulk: c.bulkConfig()}.WithDefaults()
+	var err error
+	if wc.Coalesce, err = c.coalesceLanes(); err != nil {
+		return nil, queue.Topology{}, worker.Config{}, err
+	}
 	// The flags carry their defaults already: a 0 given for these is a mistake, not "default".
 	wc.Concurrency, wc.MaxAttempts, wc.ShutdownTimeout = c.Concurrency, c.MaxAttempts, c.ShutdownTimeout
 	wc.OutageThreshold = c.OutageThreshold

@@ -54,7 +54,8 @@
 // and injected faults included; a 502 has an HTML body, as from a load balancer; a request
 // without Content-Type application/json is answered 400 (the real API would likely ignore
 // its body and change nothing, which a test should notice); a "rev" sent in a body is
-// ignored, since the server owns it; a slow answer has already applied its update, so a
+// ignored, since the server owns it; an object sent as an attribute's value replaces the
+// one stored (Config.MergeNested merges it key by key instead); a slow answer has already applied its update, so a
 // client that timed out cannot tell whether it took effect.
 //
 // What the fake assumes about bulk updates where Kustomer's documentation is silent: more than

@@ -112,3 +112,30 @@ func TestBudgetConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+func TestNestedObjectReadings(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name  string
+		merge bool
+		want  map[string]any
+	}{
+		{"an object replaces the one stored by default", false, map[string]any{"b": float64(2)}},
+		{"MergeNested merges it key by key", true, map[string]any{"a": float64(1), "b": float64(2)}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			f := setup(t, kustomertest.Config{MergeNested: c.merge})
+			mustStatus(t, f.put(id(1), `{"custom":{"a":1},"tags":["x","y"]}`), http.StatusOK)
+			mustStatus(t, f.put(id(1), `{"custom":{"b":2},"tags":["z"]}`), http.StatusOK)
+			conv, _ := f.srv.Conversation(id(1))
+			got, _ := conv.Attributes["custom"].(map[string]any)
+			if len(got) != len(c.want) || got["a"] != c.want["a"] || got["b"] != c.want["b"] {
+				t.Errorf("custom = %v; want %v", got, c.want)
+			}
+			if tags, _ := conv.Attributes["tags"].([]any); len(tags) != 1 || tags[0] != "z" {
+				t.Errorf("tags = %v; want [z]: arrays are replaced whole under either reading", conv.Attributes["tags"])
+			}
+		})
+	}
+}

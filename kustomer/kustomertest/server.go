@@ -86,7 +86,7 @@ func newServer(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:     cfg,
 		limiter: newLimiter(cfg, time.Now()),
-		store:   newStore(),
+		store:   newStore(cfg.MergeNested),
 		log:     newRequestLog(cfg),
 		bulk:    newBulkJobs(),
 		rng:     rand.New(rand.NewPCG(uint64(cfg.RandSeed), 0x6b7573746f6d6572)),

@@ -27,12 +27,13 @@ const shardCount = 64
 // store holds conversations, per-id scripts and rejections, sharded by id so that requests
 // for different conversations rarely contend.
 type store struct {
-	seed   maphash.Seed
-	shards [shardCount]shard
+	seed        maphash.Seed
+	shards      [shardCount]shard
+	mergeNested bool // Config.MergeNested
 }
 
-func newStore() *store {
-	st := &store{seed: maphash.MakeSeed()}
+func newStore(mergeNested bool) *store {
+	st := &store{seed: maphash.MakeSeed(), mergeNested: mergeNested}
 	for i := range st.shards {
 		st.shards[i] = shard{
 			convs:   make(map[string]*conversation),
@@ -110,7 +111,13 @@ func (st *store) apply(id string, body map[string]any, replace bool) (int64, map
 		next = make(map[string]any, len(c.attrs)+len(body))
 		maps.Copy(next, c.attrs)
 	}
-	maps.Copy(next, body)
+	if st.mergeNested && !replace {
+		for k, v := range body {
+			next[k] = mergeValue(next[k], v)
+		}
+	} else {
+		maps.Copy(next, body)
+	}
 	c.attrs = next
 	c.rev++
 	return c.rev, next
@@ -202,4 +209,19 @@ func validID(id string) bool {
 		}
 	}
 	return true
+}
+
+// mergeValue is v sent over old, with Config.MergeNested: objects merged key by key,
+// recursively, anything else replaced. old is never modified.
+func mergeValue(old, v any) any {
+	nv, ok := v.(map[string]any)
+	ov, was := old.(map[string]any)
+	if !ok || !was {
+		return v
+	}
+	m := maps.Clone(ov)
+	for k, x := range nv {
+		m[k] = mergeValue(m[k], x)
+	}
+	return m
 }
