@@ -24,15 +24,25 @@ type passage struct {
 }
 
 // enter waits for both gates and then for the budget of class; false when ctx ended first:
-// then nothing may be sent.
+// then nothing may be sent. Handed the breaker's probe while it probes with reads, it sends
+// the read first (probeRead) and waits again.
 func (ps *passage) enter(ctx context.Context, class pacer.Priority) bool {
 	p := ps.p
 	var err error
 	if ps.key, err = p.auth.Acquire(ctx); err != nil {
 		return false
 	}
-	if ps.down, err = p.outage.Gate.Acquire(ctx); err != nil {
-		return false
+	for {
+		if ps.down, err = p.outage.Gate.Acquire(ctx); err != nil {
+			return false
+		}
+		if !ps.down.Probe() || p.reader == nil || !p.outage.ProbeByRead() {
+			break
+		}
+		// The breaker's probe is a read, not this request, which waits for the verdict.
+		tk := ps.down
+		ps.down = nil // done by probeRead, panic or not
+		p.probeRead(ctx, tk)
 	}
 	start := time.Now()
 	err = p.Pacer.Wait(ctx, class)

@@ -41,10 +41,10 @@ func TestBreaker(t *testing.T) {
 		if closed, _ := b.Gate.Closed(); !closed || *opens != 1 {
 			t.Fatalf("closed %v, opened %d times; want closed, once", closed, *opens)
 		}
-		if !b.Refund(1) || b.Refund(1) {
+		if b.Refund(1) != 1 || b.Refund(1) != 0 {
 			t.Error("the first failure's attempt was not refunded exactly once")
 		}
-		if b.Refund(2) {
+		if b.Refund(2) != 0 {
 			t.Error("a failure that spent nothing was refunded")
 		}
 	})
@@ -88,7 +88,7 @@ func TestBreakerCountsBulkRequests(t *testing.T) {
 	if closed, _ := b.Gate.Closed(); !closed {
 		t.Fatal("bulk requests failing across jobs did not trip the breaker")
 	}
-	if b.Refund(0) {
+	if b.Refund(0) != 0 {
 		t.Error("a bulk request's failure was refunded: it spent no attempt")
 	}
 }
