@@ -35,8 +35,8 @@ func (p *Pool) newBreaker() *gate.Breaker {
 				"cause", cause)
 		},
 		Alone: func(convs []string, cause string) {
-			p.Log.Warn("Kustomer answers, but the updates of these conversations keep failing: they spend attempts and are dead-lettered after the last; nothing else is paused",
-				"conversations", strings.Join(convs, ","), "max_attempts", p.cfg.MaxAttempts, "cause", cause)
+			p.Log.Warn("Kustomer answers reads while the updates of these conversations fail: taking the failures as theirs, not an outage; they spend attempts and are dead-lettered after the last, unless updates fail across more conversations than the spread with none accepted (then Kustomer is taken to refuse updates)",
+				"conversations", strings.Join(convs, ","), "count", len(convs), "spread", p.cfg.OutageSpread, "max_attempts", p.cfg.MaxAttempts, "cause", cause)
 		},
 		Up: func(was gate.Phase, d time.Duration) {
 			p.Metrics.gauge(down, 0)

@@ -54,7 +54,8 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	if n := p.outage.Refund(j.ref.Seq); n > 0 {
 		j.attempts = max(j.attempts-n, 0) // spent on failures that turned out to be an outage
 	}
-	t.outage = ps.report(*o, c.key, j.ref.Seq)
+	last := j.attempts+1 >= p.policy.maxAttempts || p.policy.lastDelivery(t.delivered)
+	t.outage, t.hold = ps.report(*o, c.key, j.ref.Seq, last)
 	t.attempts, t.throttles = j.attempts, j.throttles
 	p.settle(c, j, decide(*o, t, p.policy, rand.Float64()))
 }

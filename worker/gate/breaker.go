@@ -93,8 +93,12 @@ type Breaker struct {
 	// most spread+1 conversations are kept, enough to tell that more than spread failed.
 	failing map[string][]uint64
 	alone   map[string]struct{} // conversations known to fail on their own: at most spread
-	cause   string              // what tripped it, for the log
-	since   time.Time           // when it last tripped
+	// grewAt is when a conversation other than those alone last joined failing, or a read
+	// last found conversations failing alone; zero once an update was accepted since. An
+	// alone conversation's last attempt waits until it is Quiet ago (see Observe).
+	grewAt time.Time
+	cause  string    // what tripped it, for the log
+	since  time.Time // when it last tripped
 }
 
 type failure struct {
@@ -105,6 +109,11 @@ type failure struct {
 
 // DefaultThreshold is the failures in a row that trip a breaker unless told otherwise.
 const DefaultThreshold = 5
+
+// Quiet is how long no other conversation may have started failing, with no update accepted,
+// before a conversation failing alone spends its last attempt: while updates keep failing
+// across new conversations, Kustomer may be refusing every write, and the spread will tell.
+const Quiet = 5 * time.Second
 
 // DefaultSpread is the most conversations a read-probed breaker takes as failing on their
 // own unless told otherwise.
@@ -178,37 +187,51 @@ func (a announcement) call() {
 // about Kustomer, reports the verdict on tk, and says whether Kustomer is to be treated as
 // down for this failure: then it spends no attempt. conv is the conversation tried and seq its
 // message; a bulk request gives its job as conv and seq 0, and has no attempt to give back.
-func (b *Breaker) Observe(tk *Ticket, conv string, seq uint64, h Health, reason string) (outage bool) {
+// last says that the failure would spend the message's last attempt: for a conversation
+// failing alone, it is spent only once no other conversation started failing for Quiet;
+// until then the failure is an outage's, and hold is how long to wait before the next try.
+func (b *Breaker) Observe(tk *Ticket, conv string, seq uint64, last bool, h Health, reason string) (outage bool, hold time.Duration) {
 	b.mu.Lock()
-	outage, a := b.observe(tk, conv, seq, h, reason)
+	outage, hold, a := b.observe(tk, conv, seq, last, h, reason)
 	b.mu.Unlock()
 	a.call()
-	return outage
+	return outage, hold
 }
 
-func (b *Breaker) observe(tk *Ticket, conv string, seq uint64, h Health, reason string) (bool, announcement) {
+func (b *Breaker) observe(tk *Ticket, conv string, seq uint64, last bool, h Health, reason string) (bool, time.Duration, announcement) {
 	switch h {
 	case Up:
 		b.streak = b.streak[:0]
 		clear(b.failing)
+		b.grewAt = time.Time{}
 		delete(b.alone, conv)
 		tk.Report(Works)
-		return false, b.resume()
+		return false, 0, b.resume()
 	case HealthUnknown:
-		return false, nil
+		return false, 0, nil
 	}
 	if b.threshold < 1 {
-		return false, nil
+		return false, 0, nil
 	}
 	if b.phase != Flowing {
 		if tk.probe {
 			tk.Report(NoAnswer) // a failed probe: wait longer for the next
 		}
-		return true, nil
+		return true, 0, nil
 	}
 	if _, ok := b.alone[conv]; ok {
+		if last && time.Since(b.grewAt) < Quiet {
+			b.fail(conv, 0)
+			return true, Quiet - time.Since(b.grewAt), nil // not yet: other conversations started failing lately
+		}
 		b.fail(conv, seq) // its own failure: it spends an attempt and pauses nobody
-		return false, nil
+		if !b.spreadOut() {
+			return false, 0, nil
+		}
+		if seqs := b.failing[conv]; len(seqs) > 0 && seqs[len(seqs)-1] == seq {
+			b.failing[conv] = seqs[:len(seqs)-1] // it trips the breaker instead: nothing spent
+		}
+		return true, 0, b.trip(tk, reason)
 	}
 	suspect := b.convsInStreak(conv) >= 2
 	spent := !suspect && seq != 0
@@ -218,9 +241,19 @@ func (b *Breaker) observe(tk *Ticket, conv string, seq uint64, h Health, reason 
 	} else {
 		b.fail(conv, 0)
 	}
-	if len(b.streak) < b.threshold || !suspect {
-		return suspect, nil
+	if (len(b.streak) < b.threshold || !suspect) && !b.spreadOut() {
+		return suspect, 0, nil
 	}
+	return true, 0, b.trip(tk, reason)
+}
+
+// spreadOut reports whether the updates of more conversations than the spread failed since
+// the last one Kustomer accepted: then a read-probed breaker trips at once, whatever the
+// streak, so that the next read tells an outage of writes before more attempts are spent.
+func (b *Breaker) spreadOut() bool { return b.reads && len(b.failing) > b.spread }
+
+// trip closes the gate on tk, and gives back the attempts the streak's failures spent.
+func (b *Breaker) trip(tk *Ticket, reason string) announcement {
 	for _, f := range b.streak {
 		if f.spent {
 			b.refunds[f.seq]++
@@ -230,18 +263,18 @@ func (b *Breaker) observe(tk *Ticket, conv string, seq uint64, h Health, reason 
 			}
 		}
 	}
-	b.cause = fmt.Sprintf("%d requests in a row failed across %d conversations; last: %s",
-		len(b.streak), b.convsInStreak(""), reason)
+	b.cause = fmt.Sprintf("%d requests in a row failed across %d conversations, %d failing since the last update accepted; last: %s",
+		len(b.streak), b.convsInStreak(""), len(b.failing), reason)
 	b.streak = b.streak[:0]
 	b.since = time.Now()
 	tk.Report(Refused) // closes the gate
 	if b.reads {
 		b.phase = Suspect // the first read tells
-		return true, nil
+		return nil
 	}
 	b.phase = Outage
 	cause := b.cause
-	return true, func() { b.ev.Down(cause) }
+	return func() { b.ev.Down(cause) }
 }
 
 // fail adds a failure of conv, of message seq if it spent an attempt (else 0), to failing.
@@ -249,6 +282,9 @@ func (b *Breaker) fail(conv string, seq uint64) {
 	seqs, ok := b.failing[conv]
 	if !ok && len(b.failing) > b.spread {
 		return // more than spread already: enough to tell
+	}
+	if _, alone := b.alone[conv]; !ok && !alone {
+		b.grewAt = time.Now()
 	}
 	if seq != 0 && len(seqs) < 64 {
 		seqs = append(seqs, seq)
@@ -318,6 +354,7 @@ func (b *Breaker) observeRead(tk *Ticket, h Health, reason string) announcement 
 		b.alone[conv] = struct{}{}
 	}
 	b.streak = b.streak[:0]
+	b.grewAt = time.Now()
 	b.phase = Flowing
 	tk.Report(Works) // opens the gate
 	d := time.Since(b.since)
@@ -326,7 +363,9 @@ func (b *Breaker) observeRead(tk *Ticket, h Health, reason string) announcement 
 		if was == Outage {
 			b.ev.Up(was, d)
 		}
-		b.ev.Alone(convs, cause)
+		if len(convs) > 0 {
+			b.ev.Alone(convs, cause)
+		}
 	}
 }
 
