@@ -171,6 +171,11 @@ func (b *Breaker) Phase() (Phase, time.Time) {
 func (b *Breaker) ProbeByRead() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.reads && b.phase == Flowing {
+		// A probe while flowing: a trip closed the gate just after an answer to an earlier
+		// request set the phase back. Suspect again; the read tells.
+		b.phase, b.since = Suspect, time.Now()
+	}
 	return b.reads && (b.phase == Suspect || b.phase == Outage)
 }
 
@@ -212,6 +217,19 @@ func (b *Breaker) observe(tk *Ticket, conv string, seq uint64, last bool, h Heal
 	}
 	if b.threshold < 1 {
 		return false, 0, nil
+	}
+	if b.phase == Flowing && tk.probe {
+		// The gate closed just after an answer to an earlier request set the phase back (a
+		// trip's close landed late), and this probe failed: the gate stays closed.
+		tk.Report(NoAnswer)
+		b.since = time.Now()
+		if b.reads {
+			b.phase = Suspect
+			return true, 0, nil
+		}
+		b.phase = Outage
+		cause := b.cause
+		return true, 0, func() { b.ev.Down(cause) }
 	}
 	if b.phase != Flowing {
 		if tk.probe {

@@ -185,3 +185,32 @@ func TestReadProbedBreaker(t *testing.T) {
 		}
 	})
 }
+
+// A trip whose close lands just after an answer to an earlier request set the phase back:
+// the gate is closed while the phase says flowing. The probe then reads, as when suspect,
+// instead of leaving the gate closed with nobody to open it.
+func TestTripLandingAfterAnAnswer(t *testing.T) {
+	t.Parallel()
+	b, e := readProbed(t, 20)
+	early := acquire(b.Gate) // sent before the trip, answered after it
+	for i, conv := range []string{"a", "b", "c", "d"} {
+		update(t, b, conv, uint64(i+1), false, Down)
+	}
+	last := acquire(b.Gate)
+	b.Observe(last, "e", 5, false, Down, "503") // trips: reported, not done yet
+	b.Observe(early, "z", 9, false, Up, "")
+	early.Done()
+	last.Done()
+	if closed, _ := b.Gate.Closed(); !closed {
+		t.Skip("the gate opened: no race to test")
+	}
+	tk, read := probe(t, b)
+	if !read {
+		t.Fatal("the probe of a gate closed while flowing is not a read")
+	}
+	b.ObserveRead(tk, Down, "503")
+	tk.Done()
+	if p, _ := b.Phase(); p != Outage || len(e.down) != 1 {
+		t.Fatalf("phase %v, outages announced %d; want outage, once", p, len(e.down))
+	}
+}
