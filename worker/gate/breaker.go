@@ -33,7 +33,8 @@ const (
 	Outage
 	// WritesDown: Kustomer answers reads but refuses the updates of more conversations than
 	// the breaker's spread with none accepted in between. Every request is paused, no attempt
-	// is spent, and the probe is an update, which alone can show that writes work again.
+	// is spent, and every other probe is an update, which alone can show that writes work
+	// again (the others are reads, which tell when Kustomer goes down altogether).
 	WritesDown
 )
 
@@ -72,7 +73,8 @@ type Events struct {
 //     towards a trip (Events.Alone);
 //   - an answer while more conversations than spread failed: Kustomer refuses writes
 //     (WritesDown). The attempts spent since the last accepted update are given back, and
-//     the gate stays closed until an update, the probe, is accepted.
+//     the gate stays closed until an update is accepted; probes are a read and an update in
+//     turn, and a read with no answer makes it an Outage.
 //
 // Without reads (NewBreaker) the probe is a request of the held messages, and any answer
 // opens the gate. A single conversation that keeps failing while others succeed never trips
@@ -96,9 +98,10 @@ type Breaker struct {
 	// grewAt is when a conversation other than those alone last joined failing, or a read
 	// last found conversations failing alone; zero once an update was accepted since. An
 	// alone conversation's last attempt waits until it is Quiet ago (see Observe).
-	grewAt time.Time
-	cause  string    // what tripped it, for the log
-	since  time.Time // when it last tripped
+	grewAt   time.Time
+	cause    string    // what tripped it, for the log
+	readTurn bool      // in WritesDown, the last probe was a read
+	since    time.Time // when it last tripped
 }
 
 type failure struct {
@@ -175,6 +178,11 @@ func (b *Breaker) ProbeByRead() bool {
 		// A probe while flowing: a trip closed the gate just after an answer to an earlier
 		// request set the phase back. Suspect again; the read tells.
 		b.phase, b.since = Suspect, time.Now()
+	}
+	if b.reads && b.phase == WritesDown {
+		// Every other probe reads: reads that stop answering too make it an outage.
+		b.readTurn = !b.readTurn
+		return b.readTurn
 	}
 	return b.reads && (b.phase == Suspect || b.phase == Outage)
 }
@@ -334,10 +342,15 @@ func (b *Breaker) ObserveRead(tk *Ticket, h Health, reason string) {
 }
 
 func (b *Breaker) observeRead(tk *Ticket, h Health, reason string) announcement {
-	if h == HealthUnknown || (b.phase != Suspect && b.phase != Outage) {
+	if h == HealthUnknown || b.phase == Flowing {
 		return nil // nothing learned, or an update answered meanwhile
 	}
 	was := b.phase
+	if was == WritesDown && h == Up {
+		// Reads still answer: updates are what is refused. The probe is given back, so that
+		// an update probes at once, at no longer a wait.
+		return nil
+	}
 	if h == Down {
 		tk.Report(NoAnswer)
 		// Kustomer is down: the updates that failed say nothing about their conversations.

@@ -143,13 +143,24 @@ func TestReadProbedBreaker(t *testing.T) {
 			t.Fatalf("phase %v, writes down announced %d; want writes down, once", p, len(e.writes))
 		}
 		tk, read := probe(t, b)
+		if !read {
+			t.Fatal("writes down's first probe is not a read")
+		}
+		b.ObserveRead(tk, Up, "200") // reads still answer: nothing changes
+		tk.Done()
+		if p, _ := b.Phase(); p != WritesDown {
+			t.Fatalf("phase %v after a read answered; want writes down", p)
+		}
+		tk, read = probe(t, b)
 		if read {
-			t.Fatal("writes down probes with a read; want an update")
+			t.Fatal("writes down probes only with reads; want an update every other probe")
 		}
 		if outage, _ := b.Observe(tk, "g", 50, true, Down, "503"); !outage {
 			t.Error("a failed update probe spent an attempt")
 		}
 		tk.Done()
+		tk, _ = probe(t, b) // a read
+		tk.Done()           // that learned nothing
 		tk, _ = probe(t, b)
 		b.Observe(tk, "g", 50, false, Up, "")
 		tk.Done()
@@ -207,6 +218,28 @@ func TestTripLandingAfterAnAnswer(t *testing.T) {
 	tk, read := probe(t, b)
 	if !read {
 		t.Fatal("the probe of a gate closed while flowing is not a read")
+	}
+	b.ObserveRead(tk, Down, "503")
+	tk.Done()
+	if p, _ := b.Phase(); p != Outage || len(e.down) != 1 {
+		t.Fatalf("phase %v, outages announced %d; want outage, once", p, len(e.down))
+	}
+}
+
+// Writes down, then reads stop answering too: it is an outage, and the log says so.
+func TestWritesDownTurnsOutage(t *testing.T) {
+	t.Parallel()
+	b, e := readProbed(t, 2)
+	trip(t, b, "a", "b", "c", "d")
+	tk, _ := probe(t, b)
+	b.ObserveRead(tk, Up, "200")
+	tk.Done()
+	if p, _ := b.Phase(); p != WritesDown {
+		t.Fatalf("phase %v; want writes down", p)
+	}
+	tk, read := probe(t, b)
+	if !read {
+		t.Fatal("no read probe in writes down")
 	}
 	b.ObserveRead(tk, Down, "503")
 	tk.Done()
