@@ -70,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		KustomerDown: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "kustomer_unavailable",
 			Help: "1 while the outage breaker is open: requests failed transiently across conversations, a probe confirmed it, and the pool probes until Kustomer answers (or, with kustomer_writes_refused, accepts an update)."}),
 		BreakerTrips: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "breaker_trips_total",
-			Help: "Times the outage breaker opened."}),
+			Help: "Outages the breaker announced: Kustomer down for everybody, or refusing updates while it answers reads."}),
 		KustomerWritesDown: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "kustomer_writes_refused",
 			Help: "1 while Kustomer answers reads but refuses updates across many conversations: the pool pauses (kustomer_unavailable is 1 too) and probes with one update at a time."}),
 		ProbeReads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "breaker_probe_reads_total",
