@@ -71,8 +71,8 @@ type Events struct {
 //     accepted are at most spread: those fail on their own. The gate opens, they spend
 //     attempts and are dead-lettered after their last, and their failures no longer count
 //     towards a trip (Events.Alone);
-//   - an answer while more conversations than spread failed: Kustomer refuses writes
-//     (WritesDown). The attempts spent since the last accepted update are given back, and
+//   - an answer while more conversations than spread failed, or a bulk request (which never
+//     fails on its own account): Kustomer refuses writes (WritesDown). The attempts spent since the last accepted update are given back, and
 //     the gate stays closed until an update is accepted; probes are a read and an update in
 //     turn, and a read with no answer makes it an Outage.
 //
@@ -99,9 +99,12 @@ type Breaker struct {
 	// last found conversations failing alone; zero once an update was accepted since. An
 	// alone conversation's last attempt waits until it is Quiet ago (see Observe).
 	grewAt   time.Time
-	cause    string    // what tripped it, for the log
-	readTurn bool      // in WritesDown, the last probe was a read
-	since    time.Time // when it last tripped
+	cause    string // what tripped it, for the log
+	readTurn bool   // in WritesDown, the last probe was a read
+	// bulkFailing: a bulk request (seq 0) is among failing. A bulk request never fails on its
+	// own account: a read that answers then means that Kustomer refuses writes.
+	bulkFailing bool
+	since       time.Time // when it last tripped
 }
 
 type failure struct {
@@ -216,6 +219,7 @@ func (b *Breaker) observe(tk *Ticket, conv string, seq uint64, last bool, h Heal
 	case Up:
 		b.streak = b.streak[:0]
 		clear(b.failing)
+		b.bulkFailing = false
 		b.grewAt = time.Time{}
 		delete(b.alone, conv)
 		tk.Report(Works)
@@ -244,6 +248,9 @@ func (b *Breaker) observe(tk *Ticket, conv string, seq uint64, last bool, h Heal
 			tk.Report(NoAnswer) // a failed probe: wait longer for the next
 		}
 		return true, 0, nil
+	}
+	if seq == 0 {
+		b.bulkFailing = true
 	}
 	if _, ok := b.alone[conv]; ok {
 		if last && time.Since(b.grewAt) < Quiet {
@@ -355,6 +362,7 @@ func (b *Breaker) observeRead(tk *Ticket, h Health, reason string) announcement 
 		tk.Report(NoAnswer)
 		// Kustomer is down: the updates that failed say nothing about their conversations.
 		maps.DeleteFunc(b.failing, func(conv string, _ []uint64) bool { _, ok := b.alone[conv]; return !ok })
+		b.bulkFailing = false
 		if was == Outage {
 			return nil
 		}
@@ -362,7 +370,7 @@ func (b *Breaker) observeRead(tk *Ticket, h Health, reason string) announcement 
 		cause := b.cause + "; a read got no answer either: " + reason
 		return func() { b.ev.Down(cause) }
 	}
-	if len(b.failing) > b.spread {
+	if len(b.failing) > b.spread || b.bulkFailing {
 		for conv, seqs := range b.failing {
 			for _, seq := range seqs {
 				b.refunds[seq]++
@@ -373,6 +381,9 @@ func (b *Breaker) observeRead(tk *Ticket, h Health, reason string) announcement 
 		tk.Report(Refused) // stays closed; the next probe is an update
 		cause := fmt.Sprintf("updates of more than %d conversations failed and none was accepted since, while a read answered (%s); last: %s",
 			b.spread, reason, b.cause)
+		if b.bulkFailing {
+			cause = fmt.Sprintf("bulk requests failed while a read answered (%s); last: %s", reason, b.cause)
+		}
 		return func() { b.ev.WritesDown(cause) }
 	}
 	convs := make([]string, 0, len(b.failing))
