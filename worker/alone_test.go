@@ -46,6 +46,7 @@ func TestAlwaysFailingConversationsAreNotAnOutage(t *testing.T) {
 			for c := healthy; c < healthy+bad; c++ {
 				f.fake.Reject(id(c), 503)
 			}
+			start := time.Now()
 			for i := range healthy {
 				if i < bad {
 					f.publishUpdate(healthy+i, `{"name":"doomed"}`)
@@ -55,6 +56,7 @@ func TestAlwaysFailingConversationsAreNotAnOutage(t *testing.T) {
 			testwait.Until(t, "the 10 always-failing conversations dead-lettered", 60*time.Second, func() bool {
 				return len(f.deadLetters()) >= bad
 			})
+			took := time.Since(start)
 			f.waitDrained(60 * time.Second)
 			dls := f.deadLetters()
 			if len(dls) != bad {
@@ -82,8 +84,8 @@ func TestAlwaysFailingConversationsAreNotAnOutage(t *testing.T) {
 			if puts < 3*bad || puts > 3*3*bad {
 				t.Errorf("%d updates sent for the %d always-failing conversations; want 3 to 9 each", puts, bad)
 			}
-			t.Logf("%d updates for %d always-failing conversations (%.1f each), %d reads; the breaker said:\n%s",
-				puts, bad, float64(puts)/bad, f.fake.Stats().Reads, grepLines(logs.String(), "Kustomer"))
+			t.Logf("all %d dead-lettered %s after they were published; %d updates for them (%.1f each), %d reads; the breaker said:\n%s",
+				bad, took.Round(100*time.Millisecond), puts, float64(puts)/bad, f.fake.Stats().Reads, grepLines(logs.String(), "Kustomer"))
 			if err := f.pool.Ready(); err != nil {
 				t.Errorf("Ready = %v; want nil", err)
 			}
