@@ -31,7 +31,7 @@ func (p *Pool) newBreaker() *gate.Breaker {
 			p.Metrics.gauge(down, 1)
 			p.Metrics.gauge(writes, 1)
 			p.Metrics.breakerTrip()
-			p.Log.Error("Kustomer refuses updates while it answers reads: pausing every request and probing with one update at a time until one is accepted (no attempts are spent, nothing is dead-lettered)",
+			p.Log.Error("Kustomer refuses updates while it answers reads: pausing every request and probing with a read and an update in turn until an update is accepted (no attempts are spent, nothing is dead-lettered)",
 				"cause", cause)
 		},
 		Alone: func(convs []string, cause string) {
