@@ -137,13 +137,17 @@ func TestRealOutageSpendsNoAttempt(t *testing.T) {
 	if unavailable.Writes {
 		t.Errorf("Ready = %v; want Kustomer unavailable, not writes refused", unavailable)
 	}
+	before := f.fake.Stats()
 	testwait.Until(t, fmt.Sprintf("the outage to last %s", outage), outage+10*time.Second, func() bool {
 		if n := len(f.deadLetters()); n != 0 {
 			t.Fatalf("%d dead letters during the outage", n)
 		}
 		return time.Since(start) >= outage
 	})
+	during := f.fake.Stats()
 	f.fake.SetDown(0)
+	t.Logf("a %s outage: %d requests once the pool said unavailable (%d of them reads)",
+		outage, during.Requests-before.Requests, during.Reads-before.Reads)
 	f.waitDrained(120 * time.Second)
 	if n := len(f.deadLetters()); n != 0 {
 		t.Errorf("%d dead letters after a %s outage; want none", n, outage)
