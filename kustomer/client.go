@@ -236,6 +236,29 @@ func (c *Client) UpdateConversation(ctx context.Context, u Update) (*Result, err
 	return &Result{Status: ans.status, Rev: parseRev(ans.body), RateLimit: ans.rateLimit}, nil
 }
 
+// GetConversation reads one conversation: GET /v1/conversations/{id}. It spends a unit of the
+// org budget like any request. The worker sends it as the outage breaker's probe: an answer,
+// whatever its status, shows that Kustomer is up without depending on the conversations whose
+// updates fail. The Result's Rev is the conversation's.
+//
+// Errors are those of UpdateConversation, with Op OpRead: a 404 (no such conversation) is
+// ClassPermanent, and a 403 (the key lacks the read role, most likely
+// org.permission.conversation.read) is ClassAuth although it says nothing of the key's right to
+// update: see APIError.ReadDenied.
+func (c *Client) GetConversation(ctx context.Context, id string) (*Result, error) {
+	if !ValidID(id) {
+		return nil, &ValidationError{Problems: []FieldError{{Field: "id", Problem: idProblem(id)}}}
+	}
+	ans, err := c.do(ctx, call{
+		op: OpRead, subject: "read conversation " + id,
+		method: http.MethodGet, url: c.convURL + url.PathEscape(id), limit: maxSuccessBody,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Result{Status: ans.status, Rev: parseRev(ans.body), RateLimit: ans.rateLimit}, nil
+}
+
 // call is one request to Kustomer, as the methods of Client describe it to do.
 type call struct {
 	op      Op     // what the request is for, kept in its APIError

@@ -47,6 +47,7 @@ const (
 	OpSubmitBulk      Op = "submit bulk update"    // SubmitBulk
 	OpReadBulkJob     Op = "read bulk job"         // ReadBulkJob
 	OpReadBulkBatches Op = "read bulk job batches" // ReadBulkBatches
+	OpRead            Op = "read conversation"     // GetConversation
 )
 
 // bulkRead reports whether op reads a bulk job, which needs org.permission.bulk.read.
@@ -138,6 +139,12 @@ func (e *APIError) Unwrap() error { return e.Err }
 // org.permission.bulk.read. errors.Is(err, ErrBulkReadDenied) says the same.
 func (e *APIError) BulkReadDenied() bool {
 	return e.Status == http.StatusForbidden && e.Op.bulkRead()
+}
+
+// ReadDenied reports whether the error is a 403 to a read of a conversation: the key lacks the
+// read role. It says nothing of the key's right to update conversations.
+func (e *APIError) ReadDenied() bool {
+	return e.Status == http.StatusForbidden && e.Op == OpRead
 }
 
 // Malformed reports whether the error is a 2xx answer that could not be read.

@@ -93,7 +93,7 @@ func (h bulkHost) Request(ctx context.Context, class pacer.Priority, job string,
 		rl, err = do(ctx)
 		return okStatus, rl, err
 	})
-	ps.report(o, "bulk job "+job, 0)
+	ps.report(o, "bulk job "+job, 0, false)
 	return true, err
 }
 

@@ -20,6 +20,7 @@ const (
 	DefaultShutdownTimeout = 30 * time.Second
 	DefaultFetchWait       = time.Second
 	DefaultOutageThreshold = gate.DefaultThreshold
+	DefaultOutageSpread    = gate.DefaultSpread
 	// DefaultRatePerMinute is the pace of the Pacer a Pool makes when given none: an
 	// Enterprise org's budget, the smallest Kustomer sells.
 	DefaultRatePerMinute = 1000
@@ -60,6 +61,14 @@ type Config struct {
 	// answers, spending no attempts. Negative turns the breaker off. Default
 	// DefaultOutageThreshold (5).
 	OutageThreshold int
+	// OutageSpread is, once the breaker paused requests and a read of a conversation shows
+	// that Kustomer answers, the most conversations whose updates may have failed with none
+	// accepted since for those failures to be taken as the conversations' own: they then
+	// spend attempts and are dead-lettered after MaxAttempts, without pausing anybody. More
+	// is taken as Kustomer refusing writes: every request stays paused, no attempt is spent,
+	// and an update probes until one is accepted. Needs Pool.Reader. Default
+	// DefaultOutageSpread (20).
+	OutageSpread int
 	// FetchWait is how long one pull request waits for messages; shutdown waits for the pull
 	// in progress. Default DefaultFetchWait (1s).
 	FetchWait time.Duration
@@ -101,6 +110,7 @@ func (c Config) WithDefaults() Config {
 	defD(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	defD(&c.FetchWait, DefaultFetchWait)
 	def(&c.OutageThreshold, DefaultOutageThreshold)
+	def(&c.OutageSpread, DefaultOutageSpread)
 	return c
 }
 
@@ -124,6 +134,8 @@ func (c Config) Validate() error {
 		return bad("ShutdownTimeout", "%s is negative", c.ShutdownTimeout)
 	case c.OutageThreshold == 1:
 		return bad("OutageThreshold", "1 cannot span two conversations; use 2 or more, or a negative number to turn the breaker off")
+	case c.OutageSpread < 1:
+		return bad("OutageSpread", "%d is below 1", c.OutageSpread)
 	case c.FetchWait < 0:
 		return bad("FetchWait", "%s is negative", c.FetchWait)
 	}

@@ -22,10 +22,11 @@ type outcome struct {
 
 // tries is what deciding needs to know of a message's history.
 type tries struct {
-	attempts  int    // requests spent on retryable failures so far, across deliveries
-	throttles int    // per-conversation 429s so far, in this process
-	delivered uint64 // the current delivery's number
-	outage    bool   // Kustomer looks down for everybody (the breaker): a failure spends no attempt
+	attempts  int           // requests spent on retryable failures so far, across deliveries
+	throttles int           // per-conversation 429s so far, in this process
+	delivered uint64        // the current delivery's number
+	outage    bool          // Kustomer looks down for everybody (the breaker): a failure spends no attempt
+	hold      time.Duration // with outage: the breaker's wait before the next try
 }
 
 // policy is the configuration deciding reads.
@@ -187,7 +188,7 @@ func verdictOf(o outcome, t tries, c policy, jitter float64) decision {
 func failed(t tries, c policy, jitter float64, status int, reason string, wait time.Duration, metric string) decision {
 	if t.outage && metric == "transient" {
 		return decision{verdict: verdictRetry, attempts: t.attempts, status: status, reason: reason,
-			metric: "outage", delay: max(backoffDelay(1, c.retryInitial, c.retryMax, jitter), wait)}
+			metric: "outage", delay: max(backoffDelay(1, c.retryInitial, c.retryMax, jitter), wait, t.hold)}
 	}
 	n := t.attempts + 1
 	if n >= c.maxAttempts || c.lastDelivery(t.delivered) {

@@ -70,6 +70,8 @@ func TestDecide(t *testing.T) {
 			want{verdict: verdictRetry, attempts: 2, status: 503, key: gate.NoAnswer, delay: 500 * time.Millisecond, metric: "outage"}},
 		{"5xx on the last attempt during an outage: not exhausted", outcome{err: apiErr(503, kustomer.ClassTransient, kustomer.ScopeNone, 0)}, tries{attempts: 9, delivered: 1, outage: true},
 			want{verdict: verdictRetry, attempts: 9, status: 503, key: gate.NoAnswer, delay: 500 * time.Millisecond, metric: "outage"}},
+		{"5xx on the last attempt of a conversation failing alone while others start failing: held, no attempt", outcome{err: apiErr(503, kustomer.ClassTransient, kustomer.ScopeNone, 0)}, tries{attempts: 9, delivered: 1, outage: true, hold: 4 * time.Second},
+			want{verdict: verdictRetry, attempts: 9, status: 503, key: gate.NoAnswer, delay: 4 * time.Second, metric: "outage"}},
 		{"429 with the org budget spent: pause every request, no attempt", outcome{err: apiErr(429, kustomer.ClassThrottled, kustomer.ScopeOrg, 3*time.Second)}, tries{attempts: 2, delivered: 1},
 			want{verdict: verdictPauseAll, attempts: 2, status: 429, key: gate.Works, metric: "throttled_org"}},
 		{"429 while the budget remains: back off this conversation, no attempt", outcome{err: apiErr(429, kustomer.ClassThrottled, kustomer.ScopeConversation, 0)}, first,

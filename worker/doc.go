@@ -49,7 +49,10 @@
 //  5. sent (process.go, passage.go): try sends the head's update along a passage: the auth
 //     gate and the outage breaker (package gate) each hand out a ticket, the Budget (the
 //     pacer, package pacer) a turn in the message's class; the request is counted in flight
-//     and in the metrics, and what its answer taught goes to the gates and the budget.
+//     and in the metrics, and what its answer taught goes to the gates and the budget. While
+//     the breaker suspects or holds an outage, the worker handed its probe reads a
+//     conversation first (probeRead, breaker.go: Pool.Reader), so that an outage is told
+//     from conversations whose updates fail on their own; then it waits again.
 //  6. decided (decide.go): decide, a pure function, maps the outcome, the message's attempts
 //     and the policy to a decision: ack; retry after a delay; dead-letter with class, status
 //     and reason; pause everything (org 429); back off one conversation (its own 429); hold
@@ -122,7 +125,8 @@
 // tests of order and decisions run without NATS (see order_test.go and bulk_unit_test.go) and
 // new sources of work, request kinds and limits are implementations, not edits of the pool:
 //
-//   - seams.go: Consumer (a lane's pull consumer), Updater (the single PUT), DeadLetterer,
+//   - seams.go: Consumer (a lane's pull consumer), Updater (the single PUT), Reader (the
+//     breaker's probe read), DeadLetterer,
 //     AttemptStore (attempts across deliveries), Budget (the pacer), Outstanding (what the
 //     work stream still holds unacknowledged: recover.go, ack) and OlderFinder (the order
 //     check across lanes);

@@ -12,10 +12,18 @@ var ErrAuthBlocked = errors.New("Kustomer refuses the API key (401/403): not tak
 // ErrNotRunning is Ready's answer before Run binds the consumer or after it returned.
 var ErrNotRunning = errors.New("worker pool not running")
 
-// Unavailable is the readiness error while the breaker is open.
-type Unavailable struct{ Since time.Time }
+// Unavailable is the readiness error while the breaker holds Kustomer down: for everybody, or,
+// with Writes, for updates alone while it answers reads.
+type Unavailable struct {
+	Since  time.Time
+	Writes bool // Kustomer answers reads but refuses updates across many conversations
+}
 
 func (e *Unavailable) Error() string {
+	if e.Writes {
+		return "Kustomer refuses updates since " + e.Since.UTC().Format(time.RFC3339) +
+			" while it answers reads (updates fail across many conversations; probing with one update)"
+	}
 	return "Kustomer unavailable since " + e.Since.UTC().Format(time.RFC3339) + " (requests fail transiently; probing)"
 }
 

@@ -73,10 +73,19 @@ func (p *Pool) fetch(ctx context.Context, src *source) {
 }
 
 // gated reports whether a gate stops every request: the key is refused, or Kustomer is down.
+// The breaker's gate stops pulls only while the pool holds a message: its probe goes out with
+// a worker's try, so a closed breaker with nothing held would wait for ever (a standby's
+// hand-back, or the dead letters of conversations failing alone, can leave it so).
 func (p *Pool) gated() bool {
-	auth, _ := p.auth.Closed()
-	down, _ := p.outage.Gate.Closed()
-	return auth || down
+	if auth, _ := p.auth.Closed(); auth {
+		return true
+	}
+	if down, _ := p.outage.Gate.Closed(); !down {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.bySeq) > 0
 }
 
 // room takes slots for the next pull: at least one (waiting for it), and while messages are

@@ -24,9 +24,13 @@ type Metrics struct {
 	AckPending      prometheus.Gauge       // consumer: delivered, not yet acked (all replicas)
 	AuthBlocked     prometheus.Gauge       // 1 while Kustomer refuses the key
 	KustomerDown    prometheus.Gauge       // 1 while the outage breaker is open
-	BreakerTrips    prometheus.Counter     // times the outage breaker opened
-	Bulk            bulk.Metrics           // bulk mode
-	BudgetUnits     prometheus.Counter     // requests that cost a unit of the org budget: every PUT, bulk submit and read answered other than 401, 403, 429
+	// KustomerWritesDown is 1 while the breaker holds that Kustomer refuses updates while it
+	// answers reads (KustomerDown is 1 too).
+	KustomerWritesDown prometheus.Gauge
+	ProbeReads         *prometheus.CounterVec // the breaker's read probes, by answer: answered, unanswered
+	BreakerTrips       prometheus.Counter     // times the outage breaker opened
+	Bulk               bulk.Metrics           // bulk mode
+	BudgetUnits        prometheus.Counter     // requests that cost a unit of the org budget: every PUT, bulk submit and read answered other than 401, 403, 429
 	// BudgetUnanswered counts requests that got no answer (a timeout, a dropped connection,
 	// an attempt the HTTP transport made again): each may or may not have cost a unit.
 	BudgetUnanswered prometheus.Counter
@@ -68,9 +72,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		AuthBlocked: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "auth_blocked",
 			Help: "1 while Kustomer refuses the API key and the pool has stopped taking messages."}),
 		KustomerDown: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "breaker_open",
-			Help: "1 while the outage breaker is open: requests failed transiently across conversations and the pool probes until Kustomer answers."}),
+			Help: "1 while the outage breaker is open: requests failed transiently across conversations, a probe confirmed it, and the pool probes until Kustomer answers (or, with kustomer_writes_refused, accepts an update)."}),
 		BreakerTrips: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "breaker_trips_total",
-			Help: "Times the outage breaker opened."}),
+			Help: "Outages the breaker announced: Kustomer down for everybody, or refusing updates while it answers reads."}),
+		KustomerWritesDown: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "kustomer_writes_refused",
+			Help: "1 while Kustomer answers reads but refuses updates across many conversations: the pool pauses (breaker_open is 1 too) and probes with one update at a time."}),
+		ProbeReads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "breaker_probe_reads_total",
+			Help: "Reads of a conversation the outage breaker sent as probes, by answer: answered (Kustomer is up), unanswered (5xx, timeout)."}, []string{"answer"}),
 	}
 	m.BudgetUnits = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "budget_units_total",
 		Help: "Units of the org rate budget spent: every request to Kustomer (update, bulk submit, bulk read) except those answered 401, 403 or 429. Divide by updates_total{outcome=\"applied\"} for units per update."})
@@ -83,7 +91,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Requests, and so units of the org budget, that merged updates spared once applied: one per message merged into another's PUT (--coalesce)."})
 	reg.MustRegister(m.Coalesced, m.CoalesceSaved)
 	m.Bulk = bulk.NewMetrics(reg, ns, m.Retries)
-	reg.MustRegister(m.KustomerDown, m.BreakerTrips, m.Updates, m.Requests, m.RequestDuration, m.Retries, m.PacerWait, m.InFlight, m.Held,
+	reg.MustRegister(m.KustomerDown, m.KustomerWritesDown, m.ProbeReads, m.BreakerTrips, m.Updates, m.Requests, m.RequestDuration, m.Retries, m.PacerWait, m.InFlight, m.Held,
 		m.DeadLetters, m.Pending, m.AckPending, m.AuthBlocked)
 	return m
 }
@@ -154,6 +162,12 @@ func (m *Metrics) pacerWait(seconds float64) {
 func (m *Metrics) gauge(g func(*Metrics) prometheus.Gauge, v float64) {
 	if m != nil {
 		g(m).Set(v)
+	}
+}
+
+func (m *Metrics) probeRead(answer string) {
+	if m != nil {
+		m.ProbeReads.WithLabelValues(answer).Inc()
 	}
 }
 

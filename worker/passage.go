@@ -24,15 +24,25 @@ type passage struct {
 }
 
 // enter waits for both gates and then for the budget of class; false when ctx ended first:
-// then nothing may be sent.
+// then nothing may be sent. Handed the breaker's probe while it probes with reads, it sends
+// the read first (probeRead) and waits again.
 func (ps *passage) enter(ctx context.Context, class pacer.Priority) bool {
 	p := ps.p
 	var err error
 	if ps.key, err = p.auth.Acquire(ctx); err != nil {
 		return false
 	}
-	if ps.down, err = p.outage.Gate.Acquire(ctx); err != nil {
-		return false
+	for {
+		if ps.down, err = p.outage.Gate.Acquire(ctx); err != nil {
+			return false
+		}
+		if !ps.down.Probe() || p.reader == nil || !p.outage.ProbeByRead() {
+			break
+		}
+		// The breaker's probe is a read, not this request, which waits for the verdict.
+		tk := ps.down
+		ps.down = nil // done by probeRead, panic or not
+		p.probeRead(ctx, tk)
 	}
 	start := time.Now()
 	err = p.Pacer.Wait(ctx, class)
@@ -74,16 +84,17 @@ func (ps *passage) send(hard context.Context, do func(ctx context.Context) (int,
 
 // report tells the gates what o, the outcome of the request, says about the key and about
 // Kustomer's health, and whether Kustomer is to be taken as down for this failure: then it
-// spends no attempt. conv and seq are the conversation and message tried; a bulk request
-// gives its job as conv and seq 0, and has no attempt to give back.
-func (ps *passage) report(o outcome, conv string, seq uint64) (outage bool) {
+// spends no attempt. conv and seq are the conversation and message tried, last whether a
+// failure would spend its last attempt; a bulk request gives its job as conv and seq 0, and
+// has no attempt to give back. hold is how long an outage's failure is to wait at least.
+func (ps *passage) report(o outcome, conv string, seq uint64, last bool) (outage bool, hold time.Duration) {
 	if ps.down != nil {
-		outage = ps.p.outage.Observe(ps.down, conv, seq, healthOf(o), reasonOf(o))
+		outage, hold = ps.p.outage.Observe(ps.down, conv, seq, last, healthOf(o), reasonOf(o))
 	}
 	if ps.key != nil {
 		ps.key.Report(keyOf(o))
 	}
-	return outage
+	return outage, hold
 }
 
 // done hands back the tickets enter took.

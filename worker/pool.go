@@ -53,6 +53,11 @@ type Pool struct {
 	// not updated again before that one (see the package documentation). With it, the
 	// acknowledgement of a conversation's last held message is not waited for: see ack.
 	Outstanding Outstanding
+	// Reader, optional, reads a conversation: the outage breaker's probe, so that it tells
+	// Kustomer down from conversations whose updates fail on their own (see gate.Breaker and
+	// Config.OutageSpread). Default Client, if it is one. Without either, the breaker probes
+	// with the held updates and takes any answer for Kustomer being up.
+	Reader Reader
 	// BulkClient, with Config.Bulk.Enabled, submits and reads bulk jobs; default Client, if it
 	// is one. Without either, bulk mode stays off.
 	BulkClient bulk.Client
@@ -70,7 +75,8 @@ type Pool struct {
 	ackWait time.Duration   // the consumer's
 	hard    context.Context // ends when requests in flight must be abandoned
 	auth    *gate.Gate      // closed while Kustomer refuses the API key
-	outage  *gate.Breaker   // open while Kustomer is down for everybody
+	outage  *gate.Breaker   // pauses every request while Kustomer is down, for everybody or for updates
+	reader  Reader          // Reader, or Client if it is one; nil: the breaker probes with updates
 	bulk    *bulk.Bulker    // nil unless bulk mode is on; made by Run
 
 	running atomic.Bool // written by Run; read by Ready from any goroutine
@@ -79,6 +85,7 @@ type Pool struct {
 	healing  atomic.Bool
 	healWG   sync.WaitGroup
 	inflight atomic.Int64 // requests sent and not answered
+	probes   probeIDs     // conversations for the breaker's read probes
 	// confirming counts the acknowledgements being waited for: Run waits for them before it
 	// hands back what is left.
 	confirming sync.WaitGroup
@@ -212,8 +219,11 @@ func (p *Pool) Ready() error {
 	if closed, _ := p.auth.Closed(); closed {
 		return ErrAuthBlocked
 	}
-	if closed, since := p.outage.Gate.Closed(); closed {
+	switch phase, since := p.outage.Phase(); phase {
+	case gate.Outage:
 		return &Unavailable{Since: since}
+	case gate.WritesDown:
+		return &Unavailable{Since: since, Writes: true}
 	}
 	for _, src := range p.lanes {
 		if err := src.fetch.err(src.name); err != nil {
@@ -302,15 +312,11 @@ func (p *Pool) init() error {
 		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.AuthBlocked }, 0)
 		p.Log.Info("Kustomer accepts the API key again: resuming")
 	})
-	p.outage = gate.NewBreaker(p.cfg.OutageThreshold, func(cause string) {
-		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.KustomerDown }, 1)
-		p.Metrics.breakerTrip()
-		p.Log.Error("Kustomer unavailable: pausing every request and probing until it answers (no attempts are spent, nothing is dead-lettered)",
-			"cause", cause)
-	}, func(down time.Duration) {
-		p.Metrics.gauge(func(m *Metrics) prometheus.Gauge { return m.KustomerDown }, 0)
-		p.Log.Info("Kustomer answers again: resuming", "unavailable_for", down.Round(time.Millisecond))
-	})
+	p.reader = p.Reader
+	if r, ok := p.Client.(Reader); ok && p.reader == nil {
+		p.reader = r
+	}
+	p.outage = p.newBreaker()
 	p.convs = make(map[string]*conv)
 	p.bySeq = make(map[queue.MsgRef]*job)
 	p.applied = make(map[queue.MsgRef]struct{})

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -51,6 +52,7 @@ type options struct {
 	lanes    bool                                        // pull from both lanes with the order check, as the command does
 	live     func(worker.Consumer) worker.Consumer       // wraps the live lane's consumer (with lanes)
 	before   func(*worker.Pool)                          // last changes to the pool before it runs
+	logs     io.Writer                                   // when set, the pool's log at debug level goes here too
 }
 
 type updaterFunc func(ctx context.Context, u kustomer.Update) (*kustomer.Result, error)
@@ -121,13 +123,18 @@ func (f *fixture) start(o options) {
 	if level == 0 && os.Getenv("WORKER_TEST_LOG") == "" {
 		level = slog.LevelError + 1
 	}
+	var handler slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+	if o.logs != nil {
+		handler = slog.NewMultiHandler(handler, slog.NewTextHandler(o.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	f.pool = &worker.Pool{
 		Consumer:    cons,
 		Client:      up,
+		Reader:      f.client, // the breaker probes with reads, as with the command's client
 		DeadLetters: &queue.DeadLetterPublisher{JS: f.js, Subject: f.top.DLQSubject},
 		Attempts:    attempts,
 		Pacer:       pacer.New(rate),
-		Log:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+		Log:         slog.New(handler),
 		Config:      cfg,
 	}
 	if o.lanes {

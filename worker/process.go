@@ -48,10 +48,14 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 	if o == nil {
 		return // shutdown began while waiting: the message stays held for handBack
 	}
-	if p.outage.Refund(j.ref.Seq) {
-		j.attempts = max(j.attempts-1, 0) // spent on a failure that turned out to be an outage
+	if o.err == nil && o.invalid == nil && !o.canceled && o.panicked == nil {
+		p.probes.applied(j.update.ID) // a conversation the breaker may read
 	}
-	t.outage = ps.report(*o, c.key, j.ref.Seq)
+	if n := p.outage.Refund(j.ref.Seq); n > 0 {
+		j.attempts = max(j.attempts-n, 0) // spent on failures that turned out to be an outage
+	}
+	last := j.attempts+1 >= p.policy.maxAttempts || p.policy.lastDelivery(t.delivered)
+	t.outage, t.hold = ps.report(*o, c.key, j.ref.Seq, last)
 	t.attempts, t.throttles = j.attempts, j.throttles
 	p.settle(c, j, decide(*o, t, p.policy, rand.Float64()))
 }

@@ -36,6 +36,12 @@ type Updater interface {
 	UpdateConversation(ctx context.Context, u kustomer.Update) (*kustomer.Result, error)
 }
 
+// Reader reads one conversation; *kustomer.Client is the real one. The outage breaker probes
+// with it: a read depends on none of the conversations whose updates fail.
+type Reader interface {
+	GetConversation(ctx context.Context, id string) (*kustomer.Result, error)
+}
+
 // DeadLetterer stores a message that can never succeed with the reason; it returns only once
 // the store confirmed it. *queue.DeadLetterPublisher is the real one.
 type DeadLetterer interface {
@@ -83,6 +89,7 @@ var (
 	_ Outstanding  = (*queue.Outstanding)(nil)
 	_ Consumer     = jetstream.Consumer(nil)
 	_ Updater      = (*kustomer.Client)(nil)
+	_ Reader       = (*kustomer.Client)(nil)
 	_ DeadLetterer = (*queue.DeadLetterPublisher)(nil)
 	_ AttemptStore = (*queue.Attempts)(nil)
 	_ Budget       = (*pacer.Pacer)(nil)

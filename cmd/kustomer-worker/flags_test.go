@@ -24,6 +24,10 @@ func TestSettingErrorsNameFlags(t *testing.T) {
 			c.MaxAttempts = 0
 			return c.Validate()
 		}(), "max-attempts: 0 is below 1"},
+		{"the outage spread", func() error {
+			c := worker.Config{OutageSpread: -1}.WithDefaults()
+			return c.Validate()
+		}(), "outage-spread: -1 is below 1"},
 		{"a worker field compared with another", func() error {
 			c := worker.Config{Concurrency: 16, MaxAckPending: 4}.WithDefaults()
 			return c.Validate()

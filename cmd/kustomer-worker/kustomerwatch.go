@@ -19,7 +19,7 @@ import (
 // leaving it to the pool's per-message retry lines; and once more when Kustomer answers
 // again. It does not probe at start: a probe would spend budget.
 type watchedClient struct {
-	next    worker.Updater
+	next    kustomerAPI
 	baseURL string // credentials removed
 	log     *slog.Logger
 
@@ -27,12 +27,32 @@ type watchedClient struct {
 	down bool // guarded by mu: the last request did not reach Kustomer, and that was said
 }
 
-func newWatchedClient(next worker.Updater, baseURL string, log *slog.Logger) *watchedClient {
+// kustomerAPI is what the pool asks of Kustomer: updates, and reads for the outage breaker's
+// probes.
+type kustomerAPI interface {
+	worker.Updater
+	worker.Reader
+}
+
+func newWatchedClient(next kustomerAPI, baseURL string, log *slog.Logger) *watchedClient {
 	return &watchedClient{next: next, baseURL: queue.RedactURLs(baseURL), log: log}
 }
 
 func (w *watchedClient) UpdateConversation(ctx context.Context, u kustomer.Update) (*kustomer.Result, error) {
 	res, err := w.next.UpdateConversation(ctx, u)
+	w.watch(ctx, err)
+	return res, err
+}
+
+// GetConversation is the outage breaker's probe: watched like an update.
+func (w *watchedClient) GetConversation(ctx context.Context, id string) (*kustomer.Result, error) {
+	res, err := w.next.GetConversation(ctx, id)
+	w.watch(ctx, err)
+	return res, err
+}
+
+// watch says, once, that Kustomer is unreachable or answers again, from a request's error.
+func (w *watchedClient) watch(ctx context.Context, err error) {
 	var apiErr *kustomer.APIError
 	switch {
 	case err == nil || (errors.As(err, &apiErr) && apiErr.Status != 0):
@@ -43,7 +63,6 @@ func (w *watchedClient) UpdateConversation(ctx context.Context, u kustomer.Updat
 			w.unreachable(err, cause, hint)
 		}
 	}
-	return res, err
 }
 
 func (w *watchedClient) answered() {

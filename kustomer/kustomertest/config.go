@@ -71,6 +71,16 @@ type Config struct {
 	// Default false: every valid id exists.
 	RequireSeeded bool
 
+	// RejectReads makes [Server.Reject] answer reads of the conversation (GET
+	// /v1/conversations/{id}) as it answers its updates. Whether a conversation whose updates
+	// Kustomer keeps failing can still be read is unconfirmed. Default false: reads of a
+	// rejected conversation are answered as usual.
+	RejectReads bool
+
+	// ReadForbidden answers 403 to every read of a conversation, as for a key without the
+	// read role ([Server.SetReadForbidden] switches it later). Default false.
+	ReadForbidden bool
+
 	// Latency is added to every answer. Default 0.
 	Latency time.Duration
 
@@ -272,6 +282,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("ConversationLimit", c.ConversationLimit),
 		slog.Duration("ConversationWindow", c.ConversationWindow),
 		slog.Bool("RequireSeeded", c.RequireSeeded),
+		slog.Bool("RejectReads", c.RejectReads),
+		slog.Bool("ReadForbidden", c.ReadForbidden),
 		slog.Duration("Latency", c.Latency),
 		slog.Duration("LatencyJitter", c.LatencyJitter),
 		slog.Float64("FaultRate", c.FaultRate),

@@ -20,6 +20,12 @@
 //	conv, _ := srv.Conversation(id) // conv.Rev, conv.Attributes: what Kustomer would now hold
 //	reqs := srv.RequestsFor(id)     // every request for id, with the status it got
 //
+// It answers GET /v1/conversations/{id} too, the read of a conversation, with the same
+// document as an update's 200, for one unit of the budget. Knobs fail the writes alone
+// ([Server.SetWritesDown]: Kustomer up but refusing every update), the reads alone
+// ([Server.SetReadsDown]), or deny the read role (Config.ReadForbidden,
+// [Server.SetReadForbidden]); [Server.SetDown] fails both.
+//
 // It also answers Kustomer's bulk update: PUT /v1/conversations/bulk creates a job of 1 to
 // 100 partial updates (each item the attributes of a single update, flat beside "id" and an
 // optional "_clientRef") for one unit of the budget; GET /v1/bulk/{id} and
@@ -51,7 +57,10 @@
 // windows to the fake's start or to the wall clock); the org has no other client spending
 // its budget (Config.Others adds them, simulated inside the fake); 401, 403, unmatched
 // routes and both kinds of 429 consume no budget, every other answer does, scripted answers
-// and injected faults included; a 502 has an HTML body, as from a load balancer; a request
+// and injected faults included; a read is checked like an update (outage, key, org budget) but
+// not against the per-conversation limit, and Script, ScriptAny and injected faults do not
+// touch reads, while Reject fails them only with Config.RejectReads (whether a conversation
+// whose updates keep failing can be read is unconfirmed); a 502 has an HTML body, as from a load balancer; a request
 // without Content-Type application/json is answered 400 (the real API would likely ignore
 // its body and change nothing, which a test should notice); a "rev" sent in a body is
 // ignored, since the server owns it; an object sent as an attribute's value replaces the

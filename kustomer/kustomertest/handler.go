@@ -42,6 +42,7 @@ const (
 	kindBulkSubmit
 	kindBulkJob
 	kindBulkBatches
+	kindRead
 )
 
 // String is the kind as Request.Kind shows it.
@@ -55,17 +56,19 @@ func (k kind) String() string {
 		return KindBulkJob
 	case kindBulkBatches:
 		return KindBulkBatches
+	case kindRead:
+		return KindRead
 	}
 	return ""
 }
 
-// serveAPI answers everything but /_mock: PUT /v1/conversations/{id}, the bulk endpoints, and
-// 404 otherwise.
+// serveAPI answers everything but /_mock: PUT and GET /v1/conversations/{id}, the bulk
+// endpoints, and 404 otherwise.
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	k, id := routeOf(r)
 	convID := ""
-	if k == kindUpdate {
+	if k == kindUpdate || k == kindRead {
 		convID = id
 	}
 	seq := s.log.begin(r.Method, r.URL.Path, r.URL.RawQuery, convID, k, now)
@@ -82,6 +85,8 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	switch k {
 	case kindBulkSubmit, kindBulkJob, kindBulkBatches:
 		rep, ids = s.decideBulk(r, now, k, id, body, readErr)
+	case kindRead:
+		rep = s.read(r, now, id)
 	default:
 		rep = s.decide(r, now, id, k == kindUpdate, body, readErr)
 	}
@@ -120,18 +125,77 @@ func routeOf(r *http.Request) (kind, string) {
 		return k, jobID
 	}
 	if id, ok := route(r); ok {
+		if r.Method == http.MethodGet {
+			return kindRead, id
+		}
 		return kindUpdate, id
 	}
 	return kindUnmatched, ""
 }
 
-// route extracts the conversation id of PUT /v1/conversations/{id}.
+// route extracts the conversation id of PUT or GET /v1/conversations/{id}.
 func route(r *http.Request) (id string, ok bool) {
 	rest, found := strings.CutPrefix(r.URL.Path, conversationsPrefix)
-	if !found || r.Method != http.MethodPut || rest == "" || strings.Contains(rest, "/") || rest == "bulk" {
+	if !found || (r.Method != http.MethodPut && r.Method != http.MethodGet) || rest == "" || strings.Contains(rest, "/") || rest == "bulk" {
 		return "", false
 	}
 	return rest, true
+}
+
+// read answers GET /v1/conversations/{id}: the checks of an update (outage, key, org budget;
+// no per-conversation limit, which concerns updates), then SetReadsDown, SetReadForbidden and,
+// with Config.RejectReads, Reject; then the conversation, or 404 for an unknown one with
+// Config.RequireSeeded. Scripts, ScriptAny and injected faults are the updates' alone.
+func (s *Server) read(r *http.Request, now time.Time, id string) reply {
+	if down := int(s.down.Load()); down != 0 {
+		b, ct := statusBody(down)
+		return reply{status: down, body: b, contentType: ct, rate: s.limiter.peek(now)}
+	}
+	if !s.authorized(r) {
+		b, ct := statusBody(http.StatusUnauthorized)
+		return reply{status: http.StatusUnauthorized, body: b, contentType: ct, rate: s.limiter.peek(now)}
+	}
+	if s.readForbidden.Load() {
+		return reply{
+			status: http.StatusForbidden,
+			body:   errorBody("forbidden", "Forbidden: the API key lacks org.permission.conversation.read"),
+			rate:   s.limiter.peek(now),
+		}
+	}
+	if down := int(s.readsDown.Load()); down != 0 {
+		b, ct := statusBody(down)
+		return reply{status: down, body: b, contentType: ct, rate: s.limiter.peek(now)}
+	}
+	rate := s.limiter.take("", now)
+	if rate.verdict == orgLimited {
+		return reply{
+			status:  http.StatusTooManyRequests,
+			body:    errorBody("too_many_requests", "Too Many Requests: the organization's rate limit is exceeded"),
+			rate:    rate,
+			retryAt: rate.retryAt,
+		}
+	}
+	rep := s.readReply(id, now)
+	rep.rate, rep.unit = rate, true
+	return rep
+}
+
+// readReply is the answer to a read of id that passed the key and budget checks.
+func (s *Server) readReply(id string, now time.Time) reply {
+	if !validID(id) {
+		return reply{status: http.StatusBadRequest, body: errorBody("bad_request", fmt.Sprintf("%q is not a valid conversation id", id))}
+	}
+	if st, ok := s.store.rejection(id); ok && s.cfg.RejectReads {
+		return s.statusReply(id, st, now)
+	}
+	rev, attrs, ok := s.store.get(id)
+	if !ok && s.cfg.RequireSeeded {
+		return reply{
+			status: http.StatusNotFound,
+			body:   jsonAPIErrorBody(http.StatusNotFound, "not_found", "conversation "+id+" not found"),
+		}
+	}
+	return reply{status: http.StatusOK, body: conversationBody(id, rev, attrs)}
 }
 
 // decideBulk runs the checks of a bulk request: authentication, role, org budget, scripted
@@ -146,6 +210,10 @@ func (s *Server) decideBulk(r *http.Request, now time.Time, k kind, jobID string
 	if submit && s.forbidden.Load() {
 		b, ct := statusBody(http.StatusForbidden)
 		return reply{status: http.StatusForbidden, body: b, contentType: ct, rate: s.limiter.peek(now)}, nil
+	}
+	if down := int(s.writesDown.Load()); submit && down != 0 {
+		b, ct := statusBody(down)
+		return reply{status: down, body: b, contentType: ct, rate: s.limiter.peek(now)}, nil
 	}
 	if !submit && s.bulkReadDenied.Load() {
 		return reply{
@@ -221,6 +289,10 @@ func (s *Server) decide(r *http.Request, now time.Time, id string, matched bool,
 	if s.forbidden.Load() {
 		b, ct := statusBody(http.StatusForbidden)
 		return reply{status: http.StatusForbidden, body: b, contentType: ct, rate: s.limiter.peek(now)}
+	}
+	if down := int(s.writesDown.Load()); down != 0 {
+		b, ct := statusBody(down)
+		return reply{status: down, body: b, contentType: ct, rate: s.limiter.peek(now)}
 	}
 
 	rate := s.limiter.take(id, now)

@@ -17,8 +17,8 @@ type Request struct {
 	Method   string    `json:"method"`         // e.g. "PUT"
 	Path     string    `json:"path"`           // e.g. "/v1/conversations/5f...": unescaped
 	RawQuery string    `json:"rawQuery"`       // e.g. "replace=true"
-	Kind     string    `json:"kind,omitempty"` // KindUpdate, KindBulkSubmit, KindBulkJob, KindBulkBatches; "" for unmatched routes
-	ID       string    `json:"id"`             // the conversation id from the path, as sent; "" for other requests
+	Kind     string    `json:"kind,omitempty"` // KindUpdate, KindRead, KindBulkSubmit, KindBulkJob, KindBulkBatches; "" for unmatched routes
+	ID       string    `json:"id"`             // the conversation id from the path of an update or a read, as sent; "" for other requests
 	IDs      []string  `json:"ids,omitempty"`  // for a bulk submit: the valid conversation ids of its items, in order
 	Job      string    `json:"job,omitempty"`  // for a bulk read: the job id of the path; for a bulk submit: the job created
 	Replace  bool      `json:"replace"`        // ?replace=true was given
@@ -84,6 +84,7 @@ const (
 	KindBulkSubmit  = "bulk_submit"  // PUT /v1/conversations/bulk
 	KindBulkJob     = "bulk_job"     // GET /v1/bulk/{id}
 	KindBulkBatches = "bulk_batches" // GET /v1/bulk/{id}/batches
+	KindRead        = "read"         // GET /v1/conversations/{id}
 )
 
 // Stats counts the requests the fake answered, /_mock requests excepted. Once no request is
@@ -95,6 +96,7 @@ type Stats struct {
 	Abandoned int         `json:"abandoned"` // answers not sent because the client went away first
 	Unmatched int         `json:"unmatched"` // requests for none of the fake's endpoints (answered 404)
 	Applied   int         `json:"applied"`   // updates applied: by single PUTs (200s, and abandoned requests that were applied) and by bulk items
+	Reads     int         `json:"reads"`     // reads of a conversation (GET /v1/conversations/{id}) finished, whatever their answer
 	Units     int         `json:"units"`     // org budget units spent: finished requests of any kind that got past authentication and the rate limits (counted also with an unlimited budget)
 
 	BulkSubmits     int `json:"bulkSubmits"`     // bulk submit requests finished, whatever their answer
@@ -142,6 +144,7 @@ type requestLog struct {
 	unmatch  int
 	applied  int
 	units    int
+	reads    int
 	bulk     struct{ submits, jobs, reads, items, done, failed int }
 }
 
@@ -206,6 +209,8 @@ func (l *requestLog) finish(seq int, o outcome) {
 		l.bulk.submits++
 	case kindBulkJob, kindBulkBatches:
 		l.bulk.reads++
+	case kindRead:
+		l.reads++
 	}
 	if !l.keep {
 		return
@@ -262,6 +267,7 @@ func (l *requestLog) stats() Stats {
 		Unmatched: l.unmatch,
 		Applied:   l.applied,
 		Units:     l.units,
+		Reads:     l.reads,
 
 		BulkSubmits:     l.bulk.submits,
 		BulkJobs:        l.bulk.jobs,

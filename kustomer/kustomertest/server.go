@@ -26,6 +26,9 @@ type Server struct {
 	key            atomic.Pointer[string]
 	forbidden      atomic.Bool
 	down           atomic.Int64 // while not 0, the status every API request answers (an outage)
+	writesDown     atomic.Int64 // while not 0, the status every update and bulk submit answers
+	readsDown      atomic.Int64 // while not 0, the status every read of a conversation answers
+	readForbidden  atomic.Bool
 	bulkReadDenied atomic.Bool
 	limiter        *limiter
 	store          *store
@@ -95,6 +98,7 @@ func newServer(cfg Config) (*Server, error) {
 	key := cfg.APIKey
 	s.key.Store(&key)
 	s.bulkReadDenied.Store(cfg.BulkReadDenied)
+	s.readForbidden.Store(cfg.ReadForbidden)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /_mock/stats", s.serveStats)
 	mux.HandleFunc("GET /_mock/requests", s.serveRequests)
@@ -164,6 +168,20 @@ func (s *Server) SetForbidden(on bool) { s.forbidden.Store(on) }
 // outage of Kustomer, spending no budget; SetDown(0) ends it. Requests are still recorded.
 func (s *Server) SetDown(status int) { s.down.Store(int64(status)) }
 
+// SetWritesDown makes every update and bulk submit answer status (a 5xx) once the key is
+// checked, spending no budget, while reads of conversations are answered as usual: Kustomer up
+// but refusing writes. SetWritesDown(0) ends it. SetDown takes precedence.
+func (s *Server) SetWritesDown(status int) { s.writesDown.Store(int64(status)) }
+
+// SetReadsDown makes every read of a conversation (GET /v1/conversations/{id}) answer status
+// once the key is checked, spending no budget, while updates are answered as usual.
+// SetReadsDown(0) ends it.
+func (s *Server) SetReadsDown(status int) { s.readsDown.Store(int64(status)) }
+
+// SetReadForbidden makes every read of a conversation answer 403, as for a key without the
+// read role (most likely org.permission.conversation.read), while updates go on; false ends it.
+func (s *Server) SetReadForbidden(on bool) { s.readForbidden.Store(on) }
+
 // Seed creates the conversation id, or resets it, with attrs as its attributes. A "rev" in
 // attrs sets its rev (default 0). Ids other than 24 lowercase hex characters can be seeded
 // but never reached, since the API answers them 400. Seed panics if attrs cannot be encoded
@@ -184,9 +202,10 @@ func (s *Server) ScriptAny(answers ...Answer) {
 	s.anyMu.Unlock()
 }
 
-// Reject makes every request for id answer status with a Kustomer-shaped error body (once
+// Reject makes every update of id answer status with a Kustomer-shaped error body (once
 // Script and ScriptAny answers are used up), as a deleted conversation (404) or one Kustomer
-// refuses to change (400) would. Status 0 lifts the rejection.
+// refuses to change (400) would; with Config.RejectReads, reads of id too. Status 0 lifts the
+// rejection.
 func (s *Server) Reject(id string, status int) { s.store.reject(id, status) }
 
 // Requests returns a copy of the log of finished requests in arrival order. Requests still

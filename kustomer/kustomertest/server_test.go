@@ -592,7 +592,7 @@ func TestUnmatchedRoutes(t *testing.T) {
 	t.Parallel()
 	f := setup(t, kustomertest.Config{Budget: 3})
 	for _, r := range []struct{ method, path string }{
-		{http.MethodGet, "/v1/conversations/" + id(1)},
+		{http.MethodDelete, "/v1/conversations/" + id(1)}, // GET is a read
 		{http.MethodPost, "/v1/conversations/" + id(1)},
 		{http.MethodPut, "/v1/conversations/"},
 		{http.MethodPost, "/v1/conversations/bulk"}, // the bulk submit is a PUT

@@ -19,7 +19,8 @@ func TestBreaker(t *testing.T) {
 			t.Fatalf("the breaker's gate stopped a request before it opened")
 		}
 		defer tk.Done()
-		return b.Observe(tk, conv, seq, Down, "503")
+		outage, _ := b.Observe(tk, conv, seq, false, Down, "503")
+		return outage
 	}
 	t.Run("trips after failures in a row across conversations, and refunds their attempts", func(t *testing.T) {
 		t.Parallel()
@@ -41,10 +42,10 @@ func TestBreaker(t *testing.T) {
 		if closed, _ := b.Gate.Closed(); !closed || *opens != 1 {
 			t.Fatalf("closed %v, opened %d times; want closed, once", closed, *opens)
 		}
-		if !b.Refund(1) || b.Refund(1) {
+		if b.Refund(1) != 1 || b.Refund(1) != 0 {
 			t.Error("the first failure's attempt was not refunded exactly once")
 		}
-		if b.Refund(2) {
+		if b.Refund(2) != 0 {
 			t.Error("a failure that spent nothing was refunded")
 		}
 	})
@@ -64,7 +65,7 @@ func TestBreaker(t *testing.T) {
 			fail(t, b, string(rune('a'+i%3)), uint64(i))
 			if i%3 == 2 {
 				tk := acquire(b.Gate)
-				b.Observe(tk, "z", 99, Up, "")
+				b.Observe(tk, "z", 99, false, Up, "")
 				tk.Done()
 			}
 		}
@@ -82,13 +83,13 @@ func TestBreakerCountsBulkRequests(t *testing.T) {
 		if tk == nil {
 			t.Fatal("the breaker's gate stopped a request before it opened")
 		}
-		b.Observe(tk, string(rune('a'+i%2)), 0, Down, "503") // two jobs' submits
+		b.Observe(tk, string(rune('a'+i%2)), 0, false, Down, "503") // two jobs' submits
 		tk.Done()
 	}
 	if closed, _ := b.Gate.Closed(); !closed {
 		t.Fatal("bulk requests failing across jobs did not trip the breaker")
 	}
-	if b.Refund(0) {
+	if b.Refund(0) != 0 {
 		t.Error("a bulk request's failure was refunded: it spent no attempt")
 	}
 }

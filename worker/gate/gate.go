@@ -74,6 +74,9 @@ type Ticket struct {
 	verdict Verdict
 }
 
+// Probe reports whether the ticket is the closed gate's one probe.
+func (t *Ticket) Probe() bool { return t.probe }
+
 // Report records what the try learned; the last report before Done counts.
 func (t *Ticket) Report(v Verdict) { t.verdict = v }
 
