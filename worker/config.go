@@ -20,6 +20,7 @@ const (
 	DefaultShutdownTimeout = 30 * time.Second
 	DefaultFetchWait       = time.Second
 	DefaultOutageThreshold = gate.DefaultThreshold
+	DefaultStrandedEvery   = time.Minute
 	// DefaultRatePerMinute is the pace of the Pacer a Pool makes when given none: an
 	// Enterprise org's budget, the smallest Kustomer sells.
 	DefaultRatePerMinute = 1000
@@ -65,6 +66,10 @@ type Config struct {
 	FetchWait time.Duration
 	// Bulk turns on bulk mode and tunes it (see bulk.Config). Default off.
 	Bulk bulk.Config
+	// StrandedEvery is how often the pool looks for stranded messages (see Pool.Outstanding):
+	// kept by the work stream, never to be delivered again. It looks once at start too.
+	// Default DefaultStrandedEvery (1m).
+	StrandedEvery time.Duration
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -91,6 +96,7 @@ func (c Config) WithDefaults() Config {
 	defD(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	defD(&c.FetchWait, DefaultFetchWait)
 	def(&c.OutageThreshold, DefaultOutageThreshold)
+	defD(&c.StrandedEvery, DefaultStrandedEvery)
 	return c
 }
 
@@ -116,6 +122,8 @@ func (c Config) Validate() error {
 		return bad("OutageThreshold", "1 cannot span two conversations; use 2 or more, or a negative number to turn the breaker off")
 	case c.FetchWait < 0:
 		return bad("FetchWait", "%s is negative", c.FetchWait)
+	case c.StrandedEvery < 0:
+		return bad("StrandedEvery", "%s is negative", c.StrandedEvery)
 	}
 	var be *bulk.ConfigError
 	if err := c.Bulk.Validate(); errors.As(err, &be) {

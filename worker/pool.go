@@ -51,7 +51,9 @@ type Pool struct {
 	// Outstanding, optional, reads the messages that were delivered and never acknowledged
 	// when the pool starts, so that a conversation whose older update a dead process held is
 	// not updated again before that one (see the package documentation). With it, the
-	// acknowledgement of a conversation's last held message is not waited for: see ack.
+	// acknowledgement of a conversation's last held message is not waited for: see ack. With
+	// it too, the pool dead-letters stranded messages (at start and every
+	// Config.StrandedEvery): see sweepStranded.
 	Outstanding Outstanding
 	// BulkClient, with Config.Bulk.Enabled, submits and reads bulk jobs; default Client, if it
 	// is one. Without either, bulk mode stays off.
@@ -238,6 +240,9 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	for _, src := range p.lanes {
 		wg.Go(func() { p.fetch(ctx, src) })
+	}
+	if p.Outstanding != nil {
+		wg.Go(func() { p.sweepStranded(ctx) })
 	}
 	for range p.cfg.Concurrency {
 		wg.Go(func() { p.work(ctx, hard) })
