@@ -23,7 +23,7 @@ type Stranded struct {
 }
 
 // Stranded lists the stranded messages of both lanes, at most limit of each lane (limit <= 0:
-// DefaultStrandedLimit), oldest first per lane. Cost, in requests to the stream's leader: one
+// DefaultStrandedLimit), oldest first per lane subject. Cost, in requests to the stream's leader: one
 // per lane's consumer and one per lane subject, plus one per message found. A lane whose
 // consumer does not exist yet is skipped.
 func (o *Outstanding) Stranded(ctx context.Context, limit int) ([]Stranded, error) {
@@ -67,13 +67,18 @@ func ackFloor(ctx context.Context, stream jetstream.Stream, name string) (floor 
 	if err != nil {
 		return 0, false, fmt.Errorf("consumer %s: %w", name, err)
 	}
-	info := cons.CachedInfo()
+	return floorOf(cons.CachedInfo()), true, nil
+}
+
+// floorOf is the stream sequence at or below which the consumer of info will deliver nothing
+// again: its acknowledgement floor or, while it has nothing in progress, its delivered
+// sequence (every message delivered was settled or reached MaxDeliver; the server leaves the
+// floor behind such a message until the next acknowledgement moves it).
+func floorOf(info *jetstream.ConsumerInfo) uint64 {
 	if info.NumAckPending == 0 {
-		// Every message delivered was settled or reached MaxDeliver; the server leaves the
-		// floor behind such a message until the next acknowledgement moves it.
-		return max(info.AckFloor.Stream, info.Delivered.Stream), true, nil
+		return max(info.AckFloor.Stream, info.Delivered.Stream)
 	}
-	return info.AckFloor.Stream, true, nil
+	return info.AckFloor.Stream
 }
 
 // strandedOn calls found for each message of lane l at or below floor that the stream keeps,

@@ -73,6 +73,13 @@ func TestStranded(t *testing.T) {
 		got, err = o.Stranded(ctx, 0)
 		return err == nil && len(got) == 2
 	})
+	st, err := queue.ReadStatus(ctx, js, top, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Live.Stranded != 1 || st.Backfill.Stranded != 1 {
+		t.Errorf("status: stranded live %d, backfill %d; want 1 each", st.Live.Stranded, st.Backfill.Stranded)
+	}
 	for i, s := range got {
 		md, _ := s.Msg.Metadata()
 		if s.Lane != queue.Lanes()[i] || md.Sequence.Stream != uint64(2*i+1) || string(s.Msg.Data()) != `{"id":"a"}` {

@@ -112,6 +112,7 @@ func defaultVars() kong.Vars {
 		"default_concurrency":       i(worker.DefaultConcurrency),
 		"default_max_attempts":      i(worker.DefaultMaxAttempts),
 		"default_outage_threshold":  i(worker.DefaultOutageThreshold),
+		"default_stranded_every":    d(worker.DefaultStrandedEvery),
 		"min_max_ack_pending":       i(worker.MinMaxAckPending),
 		"default_shutdown_timeout":  d(worker.DefaultShutdownTimeout),
 		"default_kustomer_url":      kustomer.DefaultBaseURL,
@@ -136,7 +137,7 @@ func defaultVars() kong.Vars {
 var flagNames = map[string]map[string]string{
 	"worker.Config": {
 		"Concurrency": "concurrency", "MaxAttempts": "max-attempts", "MaxAckPending": "max-ack-pending",
-		"ShutdownTimeout": "shutdown-timeout", "OutageThreshold": "outage-threshold",
+		"ShutdownTimeout": "shutdown-timeout", "OutageThreshold": "outage-threshold", "StrandedEvery": "stranded-every",
 		"Bulk.Size": "bulk-size", "Bulk.Linger": "bulk-linger", "Bulk.Min": "bulk-min", "Bulk.Deadline": "bulk-deadline",
 		"Bulk.MaxBytes": "bulk-max-bytes",
 	},

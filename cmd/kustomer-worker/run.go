@@ -43,6 +43,7 @@ type runCmd struct {
 	AckWait         time.Duration `name:"ack-wait" env:"WORKER_ACK_WAIT" default:"${default_ack_wait}" help:"Consumer AckWait: a crashed worker's messages are redelivered after this long (default ${default})."`
 	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency, at least ${min_max_ack_pending}, and with --bulk at least ${default_bulk_jobs_held} × bulk-size (default ${default})."`
 	OutageThreshold int           `name:"outage-threshold" env:"WORKER_OUTAGE_THRESHOLD" default:"${default_outage_threshold}" help:"Requests failing transiently in a row (5xx, timeouts, refused connections) across conversations that pause every request as a Kustomer outage: no attempts are spent, one probe at a time until it answers; negative turns it off (default ${default})."`
+	StrandedEvery   time.Duration `name:"stranded-every" env:"WORKER_STRANDED_EVERY" default:"${default_stranded_every}" help:"How often the worker looks for stranded messages (delivered max-deliver times without an outcome, kept by the work stream, never to be delivered again) and dead-letters them as class stranded; it looks at start too (default ${default})."`
 	MaxDeliver      int           `name:"max-deliver" env:"WORKER_MAX_DELIVER" default:"${default_max_deliver}" help:"Consumer MaxDeliver, a safety net above max-attempts (default ${default})."`
 	DedupWindow     time.Duration `name:"dedup-window" env:"WORKER_DEDUP_WINDOW" default:"${default_dedup_window}" help:"Work stream's Nats-Msg-Id duplicate window (default ${default})."`
 	DLQMaxAge       time.Duration `name:"dlq-max-age" env:"WORKER_DLQ_MAX_AGE" default:"0s" help:"How long dead letters are kept; 0 keeps them until purged (default ${default})."`
@@ -98,7 +99,7 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 	wc := worker.Config{MaxAckPending: c.MaxAckPending, Concurrency: c.Concurrency, Bulk: c.bulkConfig()}.WithDefaults()
 	// The flags carry their defaults already: a 0 given for these is a mistake, not "default".
 	wc.Concurrency, wc.MaxAttempts, wc.ShutdownTimeout = c.Concurrency, c.MaxAttempts, c.ShutdownTimeout
-	wc.OutageThreshold = c.OutageThreshold
+	wc.OutageThreshold, wc.StrandedEvery = c.OutageThreshold, c.StrandedEvery
 	if c.ShutdownTimeout == 0 {
 		wc.ShutdownTimeout = time.Millisecond // 0 means: hand everything back at once
 	}
