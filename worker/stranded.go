@@ -54,7 +54,7 @@ func (p *Pool) sweepOnce(ctx context.Context, seen map[queue.MsgRef]time.Time) (
 		md, _ := s.Msg.Metadata()
 		ref := queue.NewMsgRef(md.Sequence.Stream, md.Timestamp)
 		p.mu.Lock()
-		held := p.delivered(ref)
+		_, held := p.bySeq[ref] // delivered, or read directly for the order across lanes
 		p.mu.Unlock()
 		if held {
 			continue // this pool settles it
