@@ -32,6 +32,9 @@ const (
 	ClassInvalid   DeadLetterClass = "invalid"   // failed validation; no request was made
 	ClassRejected  DeadLetterClass = "rejected"  // Kustomer answered a non-retryable 4xx
 	ClassExhausted DeadLetterClass = "exhausted" // retryable failures until attempts ran out
+	// ClassStranded: the work stream kept the message after its consumer delivered it
+	// MaxDeliver times without an outcome (see Stranded); it was never applied.
+	ClassStranded DeadLetterClass = "stranded"
 )
 
 // Failure is what is known about a message that can never succeed.

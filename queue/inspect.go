@@ -57,6 +57,10 @@ type LaneStatus struct {
 	// left the stream through the consumer, and by one for every redelivery.
 	Delivered uint64
 	Oldest    time.Time // when the lane's oldest message was stored; zero when the lane is empty
+	// Stranded counts the lane's messages the stream keeps that its consumer will never
+	// deliver again (see Stranded), up to DefaultStrandedLimit: a running worker dead-letters
+	// them (class stranded).
+	Stranded int
 
 	Pinned   bool      // the consumer has a pinned priority group
 	PinID    string    // the server's current pin on the consumer; "" when no replica is pinned
@@ -153,6 +157,10 @@ func readLane(ctx context.Context, js jetstream.JetStream, work jetstream.Stream
 			if g.Group == t.PriorityGroup {
 				ls.PinID, ls.PinnedAt = g.PinnedClientID, g.PinnedTS
 			}
+		}
+		err := strandedOn(ctx, work, t, l, floorOf(ci), DefaultStrandedLimit, func(*jetstream.RawStreamMsg) { ls.Stranded++ })
+		if err != nil {
+			return ls, err
 		}
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
 	default:

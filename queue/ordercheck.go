@@ -87,11 +87,19 @@ func (c *OrderCheck) OlderPending(ctx context.Context, lane Lane, id string, bef
 }
 
 // laneMark is a sequence below which a lane holds no message in the stream. It only grows:
-// a message stored later has a higher sequence than any stored before. Guarded by mu, held
-// across a refresh, so that one refresh serves the checks that wait for it.
+// a message stored later has a higher sequence than any stored before. Guarded by mu, which
+// is never held across a request: one refresh at a time (refresh), which the checks that come
+// meanwhile wait for and share.
 type laneMark struct {
-	mu    sync.Mutex
-	below uint64
+	mu      sync.Mutex
+	below   uint64
+	refresh *markRefresh // the refresh in progress; nil when none
+}
+
+// markRefresh is one refresh of a laneMark: ok is written before done is closed.
+type markRefresh struct {
+	done chan struct{}
+	ok   bool
 }
 
 // clearBelow reports whether lane holds no message below before: then no check is needed.
@@ -99,30 +107,64 @@ type laneMark struct {
 // oldest message on each of its subjects: every message up to that last sequence was stored
 // before these reads, so none of the lane's is older than the oldest found, and if none was
 // found the lane holds nothing up to the last sequence. Three requests, for every message
-// stored so far; on a failure it reports false, and the check proper runs.
+// stored so far; on a failure (its own refresh's, or the one it waited for) it reports false,
+// and the check proper runs.
 func (c *OrderCheck) clearBelow(ctx context.Context, lane Lane, before uint64) bool {
 	m := c.clear[lane]
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if before <= m.below {
-		return true
+	for {
+		m.mu.Lock()
+		if before <= m.below {
+			m.mu.Unlock()
+			return true
+		}
+		if r := m.refresh; r != nil {
+			m.mu.Unlock()
+			select {
+			case <-r.done:
+				if !r.ok {
+					return false
+				}
+				continue
+			case <-ctx.Done():
+				return false
+			}
+		}
+		r := &markRefresh{done: make(chan struct{})}
+		m.refresh = r
+		from := m.below
+		m.mu.Unlock()
+		below, ok := c.readMark(ctx, lane, from)
+		m.mu.Lock()
+		if ok {
+			m.below = max(m.below, below)
+		}
+		clear := before <= m.below
+		m.refresh = nil
+		m.mu.Unlock()
+		r.ok = ok
+		close(r.done)
+		return clear
 	}
+}
+
+// readMark reads a new mark for lane (see clearBelow), its oldest messages looked for from
+// from; ok is false when a read failed.
+func (c *OrderCheck) readMark(ctx context.Context, lane Lane, from uint64) (below uint64, ok bool) {
 	info, err := readLeader(ctx, func(ctx context.Context) (*jetstream.StreamInfo, error) { return c.stream.Info(ctx) })
 	if err != nil {
-		return false
+		return 0, false
 	}
-	below := info.State.LastSeq + 1
+	below = info.State.LastSeq + 1
 	for _, subject := range c.top.LaneSubjects(lane) {
-		first, err := c.next(ctx, subject, m.below)
+		first, err := c.next(ctx, subject, from)
 		if err != nil {
-			return false
+			return 0, false
 		}
 		if first != nil {
 			below = min(below, first.Sequence)
 		}
 	}
-	m.below = max(m.below, below)
-	return before <= m.below
+	return below, true
 }
 
 // older reads the messages on subject below before.
@@ -154,85 +196,148 @@ const (
 )
 
 // bareIndex remembers the conversation of every message read on one lane's bare subject
-// that is not known to be gone. Its fields are guarded by mu, which is held while the index
-// reads from the stream: one check of a lane's bare subject at a time.
+// that is not known to be gone. Its fields are guarded by mu, which is never held across a
+// request to the stream: the reads that extend the index are made by one check at a time
+// (reading), which the other checks of the lane wait for and then use, and so is a prune
+// (pruning).
 type bareIndex struct {
 	mu      sync.Mutex
 	next    uint64              // every bare message below next was read (or gone when reached)
 	seqs    []uint64            // sequences remembered, ascending
 	byID    map[string][]uint64 // sequences remembered by conversation, ascending
 	pruneAt int                 // prune when len(seqs) reaches it
+	reading chan struct{}       // closed when the extension in progress ends; nil when none
+	pruning bool                // a prune is in progress
 }
 
 // olderBare returns the messages on lane's bare subject of conversation id below before.
 func (c *OrderCheck) olderBare(ctx context.Context, lane Lane, id string, before uint64) ([]*DirectMsg, error) {
 	ix := c.bare[lane]
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
 	subject := c.top.LaneSubject(lane)
 	fresh, err := c.extend(ctx, ix, subject, id, before)
 	if err != nil {
 		return nil, err
 	}
-	var out []*DirectMsg
-	for _, seq := range slices.Clone(ix.byID[id]) {
+	ix.mu.Lock()
+	var mine []uint64
+	for _, seq := range ix.byID[id] {
 		if seq >= before {
 			break
 		}
+		mine = append(mine, seq)
+	}
+	ix.mu.Unlock()
+	var out []*DirectMsg
+	var gone []uint64
+	for _, seq := range mine {
 		m := fresh[seq]
 		if m == nil { // read in an earlier check: is it still pending?
 			var gerr error
 			m, gerr = getMsg(ctx, c.stream, seq)
 			if errors.Is(gerr, jetstream.ErrMsgNotFound) {
-				ix.forget(id, seq)
+				gone = append(gone, seq)
 				continue
 			}
 			if gerr != nil {
-				return out, fmt.Errorf("stream %s: reading message %d: %w", c.top.Stream, seq, gerr)
+				err = fmt.Errorf("stream %s: reading message %d: %w", c.top.Stream, seq, gerr)
+				break
 			}
 		}
 		out = append(out, c.direct(m))
 	}
-	if len(ix.seqs) >= ix.pruneAt {
+	ix.mu.Lock()
+	for _, seq := range gone {
+		ix.forget(id, seq)
+	}
+	prune := err == nil && len(ix.seqs) >= ix.pruneAt && !ix.pruning
+	if prune {
+		ix.pruning = true
+	}
+	ix.mu.Unlock()
+	if prune {
 		return out, c.prune(ctx, ix, subject)
 	}
-	return out, nil
+	return out, err
 }
 
 // extend reads the bare messages from ix.next up to before, remembering their
 // conversations, and returns those of conversation id, by sequence. One request when there
-// is none; a long way behind, it reads bareReaders ranges at once.
+// is none; a long way behind, it reads bareReaders ranges at once. While another check
+// extends the index, it waits for that one and then reads on from where it ended.
 func (c *OrderCheck) extend(ctx context.Context, ix *bareIndex, subject, id string, before uint64) (map[uint64]*jetstream.RawStreamMsg, error) {
-	if ix.next >= before {
-		return nil, nil
+	for {
+		ix.mu.Lock()
+		if ix.next >= before {
+			ix.mu.Unlock()
+			return nil, nil
+		}
+		if wait := ix.reading; wait != nil {
+			ix.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		done := make(chan struct{})
+		ix.reading = done
+		from := ix.next
+		ix.mu.Unlock()
+		fresh, reads, err := c.readBareRange(ctx, subject, id, from, before)
+		ix.mu.Lock()
+		for _, r := range reads {
+			ix.remember(r)
+		}
+		ix.reading = nil
+		ix.mu.Unlock()
+		close(done)
+		return fresh, err
 	}
-	first, err := c.next(ctx, subject, ix.next)
+}
+
+// bareStep is what one read of extend adds to the index: a message read (conv set, or ""
+// for one that is not an update), or only how far the index has read (seq 0).
+type bareStep struct {
+	read bareRead
+	next uint64 // every bare message below it was read
+}
+
+// remember adds r to the index; ix.mu is held.
+func (ix *bareIndex) remember(r bareStep) {
+	if r.read.seq != 0 && r.read.conv != "" {
+		ix.seqs = append(ix.seqs, r.read.seq)
+		ix.byID[r.read.conv] = append(ix.byID[r.read.conv], r.read.seq)
+	}
+	ix.next = max(ix.next, r.next)
+}
+
+// readBareRange reads the bare messages from from up to before (and the first one at or
+// past before, when none lies between), without the index's lock, and returns the steps to
+// add to the index in order, and the messages of conversation id by sequence.
+func (c *OrderCheck) readBareRange(ctx context.Context, subject, id string, from, before uint64) (map[uint64]*jetstream.RawStreamMsg, []bareStep, error) {
+	first, err := c.next(ctx, subject, from)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if first == nil {
 		// before's own message is stored: nothing below it can be stored later.
-		ix.next = before
-		return nil, nil
+		return nil, []bareStep{{next: before}}, nil
 	}
 	fresh := make(map[uint64]*jetstream.RawStreamMsg)
-	remember := func(r bareRead) {
-		ix.next = r.seq + 1
-		if r.conv == "" {
-			return // not an update: the worker dead-letters it, no order to keep
-		}
-		ix.seqs = append(ix.seqs, r.seq)
-		ix.byID[r.conv] = append(ix.byID[r.conv], r.seq)
+	var steps []bareStep
+	add := func(r bareRead) {
+		steps = append(steps, bareStep{read: r, next: r.seq + 1})
 		if r.msg != nil {
 			fresh[r.seq] = r.msg
 		}
 	}
-	remember(readBare(first, id)) // even past before: read once, and nothing lies between
+	add(readBare(first, id)) // even past before: read once, and nothing lies between
 	if first.Sequence >= before {
-		return fresh, nil
+		return fresh, steps, nil
 	}
 	// Ranges [bounds[i], bounds[i+1]) after first, each read by one reader.
-	from := first.Sequence + 1
+	from = first.Sequence + 1
 	n := bareReaders
 	if before-from < 4*bareReaders {
 		n = 1
@@ -260,14 +365,14 @@ func (c *OrderCheck) extend(ctx context.Context, ix *bareIndex, subject, id stri
 	wg.Wait()
 	for i, reads := range ranges {
 		for _, r := range reads {
-			remember(r)
+			add(r)
 		}
 		if errs[i] != nil {
-			return fresh, errs[i] // the next check reads on from where this range failed
+			return fresh, steps, errs[i] // the next check reads on from where this range failed
 		}
-		ix.next = bounds[i+1]
+		steps = append(steps, bareStep{next: bounds[i+1]})
 	}
-	return fresh, nil
+	return fresh, steps, nil
 }
 
 // bareRead is what the index keeps of a bare message it read: its conversation, and the
@@ -299,30 +404,62 @@ func (ix *bareIndex) forget(id string, seq uint64) {
 	ix.byID[id] = s
 }
 
-// prune forgets the sequences below the oldest message still on the bare subject (one
-// request): a lane's consumer takes its messages in order, so most that were read are gone
-// by then. The next prune comes when the index has doubled.
+// prune forgets the remembered sequences that are gone from the stream. It walks the
+// messages still on the bare subject below the index's read mark, oldest first (one request
+// per message still there: a work-queue stream keeps only those pending), so that one
+// message held for long does not keep the index from forgetting the many applied after it.
+// The walk is bounded by twice the index's size; past it, only the sequences below the
+// oldest message are forgotten. The next prune comes when the index has doubled. It is made
+// without the index's lock (ix.pruning was set by the caller, which this clears).
 func (c *OrderCheck) prune(ctx context.Context, ix *bareIndex, subject string) error {
-	oldest := ix.next
-	m, err := c.next(ctx, subject, 1)
-	if err != nil {
+	ix.mu.Lock()
+	upto, budget := ix.next, 2*len(ix.seqs)+16
+	ix.mu.Unlock()
+	var present []uint64 // bare messages still in the stream below upto, ascending
+	complete := false
+	var err error
+	for from := uint64(1); ; {
+		if len(present) >= budget {
+			break
+		}
+		var m *jetstream.RawStreamMsg
+		if m, err = c.next(ctx, subject, from); err != nil {
+			break
+		}
+		if m == nil || m.Sequence >= upto {
+			complete = true
+			break
+		}
+		present = append(present, m.Sequence)
+		from = m.Sequence + 1
+	}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.pruning = false
+	if err != nil && len(present) == 0 {
 		return err
 	}
-	if m != nil {
-		oldest = m.Sequence
+	keep := func(seq uint64) bool {
+		if seq >= upto {
+			return true
+		}
+		if !complete && seq > present[len(present)-1] {
+			return true // beyond what the walk reached: unknown
+		}
+		_, ok := slices.BinarySearch(present, seq)
+		return ok
 	}
-	i, _ := slices.BinarySearch(ix.seqs, oldest)
+	ix.seqs = slices.DeleteFunc(ix.seqs, func(seq uint64) bool { return !keep(seq) })
 	for id, s := range ix.byID {
-		j, _ := slices.BinarySearch(s, oldest)
-		if j == len(s) {
+		s = slices.DeleteFunc(s, func(seq uint64) bool { return !keep(seq) })
+		if len(s) == 0 {
 			delete(ix.byID, id)
-		} else if j > 0 {
-			ix.byID[id] = slices.Delete(s, 0, j)
+		} else {
+			ix.byID[id] = s
 		}
 	}
-	ix.seqs = slices.Delete(ix.seqs, 0, i)
 	ix.pruneAt = max(bareFirstPrune, 2*len(ix.seqs))
-	return nil
+	return err
 }
 
 // conversationOf is the conversation an update message names in its "id"; empty when the

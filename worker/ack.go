@@ -97,23 +97,64 @@ const (
 
 // laneFloor is src's acknowledgement floor (a stream sequence): every message of the lane at
 // or below it is acknowledged, and it only grows. The last one read is returned while it
-// passes seq (whenever it was read, that proves seq acknowledged) or began less than
-// floorEvery ago; otherwise it is read again.
+// passes seq (whenever it was read, that proves seq acknowledged) or the next read is not due
+// yet (floorEvery after a read began; after a failed read, a backoff growing to ackRetryMax).
+// Otherwise it is read again: one read at a time per lane, which every caller that comes
+// meanwhile waits for and shares (without holding floorMu across the request). A caller that
+// shares a failed read gets its error; one that comes during the backoff after it gets the
+// floor last read.
 func (p *Pool) laneFloor(ctx context.Context, src *source, seq uint64) (uint64, error) {
 	src.floorMu.Lock()
-	defer src.floorMu.Unlock()
 	start := time.Now()
-	if src.floor >= seq || start.Sub(src.floorAt) < floorEvery {
-		return src.floor, nil
+	if src.floor >= seq || start.Before(src.floorNext) {
+		floor := src.floor
+		src.floorMu.Unlock()
+		return floor, nil
 	}
-	ictx, cancel := context.WithTimeout(ctx, storeTimeout)
+	r := src.floorRead
+	if r == nil {
+		r = &floorRead{done: make(chan struct{})}
+		src.floorRead = r
+		src.floorMu.Unlock()
+		p.readFloor(src, r, start)
+	} else {
+		src.floorMu.Unlock()
+	}
+	select {
+	case <-r.done:
+		return r.floor, r.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// floorRead is one read of a lane's acknowledgement floor: floor and err are written before
+// done is closed, and read only after.
+type floorRead struct {
+	done  chan struct{}
+	floor uint64
+	err   error
+}
+
+// readFloor reads src's consumer's floor for r, begun at start, and publishes the result. The
+// read is not cut short by the caller that started it: the others wait for it too.
+func (p *Pool) readFloor(src *source, r *floorRead, start time.Time) {
+	ictx, cancel := context.WithTimeout(context.WithoutCancel(p.hard), storeTimeout)
 	info, err := src.cons.Info(ictx)
 	cancel()
-	if err != nil {
-		return 0, err
+	src.floorMu.Lock()
+	if err == nil {
+		src.floor = max(src.floor, info.AckFloor.Stream)
+		src.floorFails = 0
+		src.floorNext = start.Add(floorEvery)
+	} else {
+		src.floorFails++
+		src.floorNext = time.Now().Add(backoffDelay(src.floorFails, floorEvery, ackRetryMax, rand.Float64()))
 	}
-	src.floor, src.floorAt = info.AckFloor.Stream, start
-	return src.floor, nil
+	r.floor, r.err = src.floor, err
+	src.floorRead = nil
+	src.floorMu.Unlock()
+	close(r.done)
 }
 
 // confirm is ack's second half: the acknowledgement, waited for.

@@ -21,6 +21,7 @@ const (
 	DefaultFetchWait       = time.Second
 	DefaultOutageThreshold = gate.DefaultThreshold
 	DefaultOutageSpread    = gate.DefaultSpread
+	DefaultStrandedEvery   = time.Minute
 	// DefaultRatePerMinute is the pace of the Pacer a Pool makes when given none: an
 	// Enterprise org's budget, the smallest Kustomer sells.
 	DefaultRatePerMinute = 1000
@@ -74,6 +75,11 @@ type Config struct {
 	FetchWait time.Duration
 	// Bulk turns on bulk mode and tunes it (see bulk.Config). Default off.
 	Bulk bulk.Config
+	// StrandedEvery is how often the pool looks for stranded messages (see Pool.Outstanding):
+	// kept by the work stream, never to be delivered again. It looks once at start too.
+	// Default DefaultStrandedEvery (1m).
+	StrandedEvery time.Duration
+
 	// Coalesce names the lanes whose queued partial updates of one conversation go as one PUT
 	// (package coalesce: merged key by key, later values winning), for state synchronisation
 	// where only the final state matters: Kustomer workflows and webhooks then never see the
@@ -111,6 +117,7 @@ func (c Config) WithDefaults() Config {
 	defD(&c.FetchWait, DefaultFetchWait)
 	def(&c.OutageThreshold, DefaultOutageThreshold)
 	def(&c.OutageSpread, DefaultOutageSpread)
+	defD(&c.StrandedEvery, DefaultStrandedEvery)
 	return c
 }
 
@@ -138,6 +145,8 @@ func (c Config) Validate() error {
 		return bad("OutageSpread", "%d is below 1", c.OutageSpread)
 	case c.FetchWait < 0:
 		return bad("FetchWait", "%s is negative", c.FetchWait)
+	case c.StrandedEvery < 0:
+		return bad("StrandedEvery", "%s is negative", c.StrandedEvery)
 	}
 	var be *bulk.ConfigError
 	if err := c.Bulk.Validate(); errors.As(err, &be) {

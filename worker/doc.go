@@ -69,7 +69,11 @@
 // acknowledgement is missing. Three more acknowledge without a try: add, a redelivery of a
 // message settled before whose acknowledgement was lost; handBack, at shutdown, a settled
 // message whose confirmation did not come; deadLetterLastDelivery, at shutdown, a message on
-// its last delivery once its dead letter is stored.
+// its last delivery once its dead letter is stored. And one deletes a message no consumer
+// will deliver again: sweepStranded (stranded.go), at start and every Config.StrandedEvery,
+// dead-letters each message the work stream keeps at or below its lane's acknowledgement
+// floor (one whose dead letter failed at shutdown, or whose process died on its last
+// delivery) and deletes it from the stream once the dead letter is stored.
 //
 // In bulk mode (Config.Bulk, package bulk) step 5 differs for partial updates (with a
 // Backfill lane, only the backfill lane's: live updates always go as single PUTs): the
@@ -80,8 +84,12 @@
 // late is held back by the bulker until that job is complete or known lost.
 //
 // Meanwhile the heartbeat (pool.go) marks every held message in progress well before the
-// consumer's AckWait, so waiting for budget, order or backoff never causes a redelivery; and
-// at shutdown handBack naks every held message for prompt redelivery elsewhere.
+// consumer's AckWait, so waiting for budget, order or backoff never causes a redelivery (the
+// housekeeping that reads NATS runs beside it, in tidy, never in its way); and at shutdown
+// handBack naks every held message for prompt redelivery elsewhere. No lock is held across a
+// request to NATS: a read several goroutines need (a lane's acknowledgement floor, the order
+// check's indexes in package queue) is made by one of them while the others wait for it
+// without the lock, and share its answer.
 //
 // # Invariants
 //

@@ -20,6 +20,7 @@ type Metrics struct {
 	InFlight        prometheus.Gauge       // requests sent and not answered
 	Held            prometheus.Gauge       // messages taken from the consumer and not yet acked
 	DeadLetters     *prometheus.CounterVec // by class
+	Stranded        prometheus.Counter     // stranded messages found (dead-lettered ones count in DeadLetters, class stranded)
 	Pending         prometheus.Gauge       // consumer: messages not yet delivered
 	AckPending      prometheus.Gauge       // consumer: delivered, not yet acked (all replicas)
 	AuthBlocked     prometheus.Gauge       // 1 while Kustomer refuses the key
@@ -84,7 +85,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Units of the org rate budget spent: every request to Kustomer (update, bulk submit, bulk read) except those answered 401, 403 or 429. Divide by updates_total{outcome=\"applied\"} for units per update."})
 	m.BudgetUnanswered = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "budget_units_unanswered_total",
 		Help: "Requests to Kustomer that got no answer (a timeout, a dropped connection, an attempt the HTTP transport made again): each may or may not have spent a unit of the org budget, and budget_units_total does not count them. Kustomer's own count lies between budget_units_total and the sum of both."})
-	reg.MustRegister(m.BudgetUnits, m.BudgetUnanswered)
+	m.Stranded = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "stranded_found_total",
+		Help: "Messages found stranded: kept by the work stream after their consumer delivered them max-deliver times without an outcome. Each is dead-lettered as class stranded (dead_letters_total{class=\"stranded\"})."})
+	reg.MustRegister(m.BudgetUnits, m.BudgetUnanswered, m.Stranded)
 	m.Coalesced = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "coalesced_messages_total",
 		Help: "Messages sent merged into the PUT of an older queued update of their conversation (--coalesce), beyond the first of each merged PUT."})
 	m.CoalesceSaved = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "coalesce_units_saved_total",
@@ -150,6 +153,12 @@ func (m *Metrics) retry(reason string) {
 func (m *Metrics) deadLetter(class string) {
 	if m != nil {
 		m.DeadLetters.WithLabelValues(class).Inc()
+	}
+}
+
+func (m *Metrics) strandedFound() {
+	if m != nil {
+		m.Stranded.Inc()
 	}
 }
 

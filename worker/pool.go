@@ -51,7 +51,9 @@ type Pool struct {
 	// Outstanding, optional, reads the messages that were delivered and never acknowledged
 	// when the pool starts, so that a conversation whose older update a dead process held is
 	// not updated again before that one (see the package documentation). With it, the
-	// acknowledgement of a conversation's last held message is not waited for: see ack.
+	// acknowledgement of a conversation's last held message is not waited for: see ack. With
+	// it too, the pool dead-letters stranded messages (at start and every
+	// Config.StrandedEvery): see sweepStranded.
 	Outstanding Outstanding
 	// Reader, optional, reads a conversation: the outage breaker's probe, so that it tells
 	// Kustomer down from conversations whose updates fail on their own (see gate.Breaker and
@@ -150,11 +152,14 @@ type source struct {
 	// Guarded by its own mu.
 	fetch fetchState
 
-	// The lane's acknowledgement floor as last read for previousGone, and when that read
-	// began. Guarded by floorMu, which is held while it is read.
-	floorMu sync.Mutex
-	floor   uint64
-	floorAt time.Time
+	// The lane's acknowledgement floor as last read for previousGone (laneFloor), when the
+	// next read is due, the failed reads in a row, and the read in progress (nil when none).
+	// Guarded by floorMu, which is never held across the read itself.
+	floorMu    sync.Mutex
+	floor      uint64
+	floorNext  time.Time
+	floorFails int
+	floorRead  *floorRead
 }
 
 // unconfirmed is a message acknowledged without waiting for the confirmation.
@@ -257,6 +262,9 @@ func (p *Pool) Run(ctx context.Context) error {
 	for _, src := range p.lanes {
 		wg.Go(func() { p.fetch(ctx, src) })
 	}
+	if p.Outstanding != nil {
+		wg.Go(func() { p.sweepStranded(ctx) })
+	}
 	for range p.cfg.Concurrency {
 		wg.Go(func() { p.work(ctx, hard) })
 	}
@@ -347,30 +355,45 @@ func (p *Pool) init() error {
 }
 
 // heartbeat marks held messages in progress well before AckWait runs out, so that waiting for
-// budget, order or backoff never causes a redelivery.
+// budget, order or backoff never causes a redelivery. The housekeeping that reads NATS
+// (forgetApplied, recheckWaiting: seconds while NATS is slow) runs on a goroutine of its own
+// (tidy), so that no mark of progress ever waits for it.
 func (p *Pool) heartbeat(stop <-chan struct{}) {
+	var tidy sync.WaitGroup
+	defer tidy.Wait()
+	tidy.Go(func() { p.tidy(stop) })
 	every := min(p.ackWait/3, 10*time.Second)
 	t := time.NewTicker(every / 2)
 	defer t.Stop()
-	var forgot time.Time
 	for {
 		select {
 		case <-stop:
 			return
 		case now := <-t.C:
-			if now.Sub(forgot) >= forgetEvery {
-				p.forgetApplied(context.Background())
-				p.recheckWaiting(context.Background())
-				forgot = now
-			}
 			p.mu.Lock()
 			for _, j := range p.bySeq {
 				if now.Sub(j.progress) >= every {
-					_ = j.msg.InProgress()
+					_ = j.msg.InProgress() // a publish: no round trip
 					j.progress = now
 				}
 			}
 			p.mu.Unlock()
+		}
+	}
+}
+
+// tidy forgets what the acknowledgement floor has passed and lets go of the outstanding
+// messages that were settled elsewhere, every forgetEvery, until stop is closed.
+func (p *Pool) tidy(stop <-chan struct{}) {
+	t := time.NewTicker(forgetEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			p.forgetApplied(context.Background())
+			p.recheckWaiting(context.Background())
 		}
 	}
 }

@@ -39,20 +39,21 @@ type fixture struct {
 }
 
 type options struct {
-	fake     kustomertest.Config
-	cfg      worker.Config
-	rate     int
-	wrap     func(u updaterFunc) updaterFunc
-	noStart  bool
-	logLevel slog.Level
-	ackWait  time.Duration                               // the consumer's AckWait; default 5s
-	consumer func(jetstream.Consumer) jetstream.Consumer // wraps the bound consumer
-	heal     bool                                        // re-create a missing consumer, as the command does
-	recover  bool                                        // read what a dead process left unacknowledged, as the command does
-	lanes    bool                                        // pull from both lanes with the order check, as the command does
-	live     func(worker.Consumer) worker.Consumer       // wraps the live lane's consumer (with lanes)
-	before   func(*worker.Pool)                          // last changes to the pool before it runs
-	logs     io.Writer                                   // when set, the pool's log at debug level goes here too
+	fake       kustomertest.Config
+	cfg        worker.Config
+	rate       int
+	wrap       func(u updaterFunc) updaterFunc
+	noStart    bool
+	logLevel   slog.Level
+	ackWait    time.Duration                               // the consumer's AckWait; default 5s
+	maxDeliver int                                         // the consumers' MaxDeliver; default the topology's
+	consumer   func(jetstream.Consumer) jetstream.Consumer // wraps the bound consumer
+	heal       bool                                        // re-create a missing consumer, as the command does
+	recover    bool                                        // read what a dead process left unacknowledged, as the command does
+	lanes      bool                                        // pull from both lanes with the order check, as the command does
+	live       func(worker.Consumer) worker.Consumer       // wraps the live lane's consumer (with lanes)
+	before     func(*worker.Pool)                          // last changes to the pool before it runs
+	logs       io.Writer                                   // when set, the pool's log at debug level goes here too
 }
 
 type updaterFunc func(ctx context.Context, u kustomer.Update) (*kustomer.Result, error)
@@ -69,7 +70,7 @@ func setup(t *testing.T, o options) *fixture {
 	if ackWait == 0 {
 		ackWait = 5 * time.Second
 	}
-	f.top = queue.Topology{AckWait: ackWait, MaxAckPending: 64, DedupWindow: time.Minute}.WithDefaults()
+	f.top = queue.Topology{AckWait: ackWait, MaxAckPending: 64, DedupWindow: time.Minute, MaxDeliver: o.maxDeliver}.WithDefaults()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := queue.Ensure(ctx, f.js, f.top); err != nil {

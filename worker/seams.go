@@ -76,6 +76,9 @@ type Outstanding interface {
 	Unacked(ctx context.Context, own queue.Own) ([]queue.Unacked, error)
 	// Pending reports whether one is still unacknowledged.
 	Pending(ctx context.Context, ref queue.MsgRef) (bool, error)
+	// Stranded lists, per lane, up to limit messages the work stream keeps that their
+	// consumer will never deliver again (see queue.Stranded); limit <= 0 means a default.
+	Stranded(ctx context.Context, limit int) ([]queue.Stranded, error)
 }
 
 // OlderFinder finds the messages of a conversation still pending in a lane with a stream

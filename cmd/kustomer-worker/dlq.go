@@ -27,7 +27,9 @@ type dlqCmd struct {
 func (c *dlqCmd) Help() string {
 	return `A dead letter is an update that can never succeed as it is, kept with why: class invalid (it
 failed validation; no request was made), rejected (Kustomer answered a non-retryable 4xx such as
-400 or 404) or exhausted (retryable failures until the attempt limit). Fix the cause, then replay.
+400 or 404), exhausted (retryable failures until the attempt limit) or stranded (delivered
+max-deliver times without an outcome: found in the work stream and never applied). Fix the
+cause, then replay.
 
 Examples:
   kustomer-worker dlq list --class rejected
@@ -39,7 +41,7 @@ Examples:
 
 // dlqSelect are the filters every dlq command but show takes.
 type dlqSelect struct {
-	Class  []string `name:"class" sep:"," help:"Only these classes: invalid, rejected, exhausted (comma-separated or repeated)."`
+	Class  []string `name:"class" sep:"," help:"Only these classes: invalid, rejected, exhausted, stranded (comma-separated or repeated)."`
 	Status []int    `name:"status" sep:"," help:"Only these HTTP statuses, e.g. 400,404; 0 selects dead letters without one (comma-separated or repeated)."`
 	Since  string   `name:"since" help:"Only dead letters that failed at or after this time: RFC 3339 (2025-01-31T09:00:00Z) or a duration ago (90m, 2h)."`
 	Until  string   `name:"until" help:"Only dead letters that failed before this time: RFC 3339 or a duration ago."`
@@ -49,10 +51,10 @@ func (s *dlqSelect) filter(now time.Time) (queue.DeadLetterFilter, error) {
 	var f queue.DeadLetterFilter
 	for _, c := range s.Class {
 		switch cl := queue.DeadLetterClass(strings.TrimSpace(c)); cl {
-		case queue.ClassInvalid, queue.ClassRejected, queue.ClassExhausted:
+		case queue.ClassInvalid, queue.ClassRejected, queue.ClassExhausted, queue.ClassStranded:
 			f.Classes = append(f.Classes, cl)
 		default:
-			return f, usagef("class: %q is not invalid, rejected or exhausted", c)
+			return f, usagef("class: %q is not invalid, rejected, exhausted or stranded", c)
 		}
 	}
 	f.Statuses = s.Status

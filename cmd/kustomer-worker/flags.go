@@ -229,6 +229,7 @@ func defaultVars() kong.Vars {
 		"default_max_attempts":      i(worker.DefaultMaxAttempts),
 		"default_outage_threshold":  i(worker.DefaultOutageThreshold),
 		"default_outage_spread":     i(worker.DefaultOutageSpread),
+		"default_stranded_every":    d(worker.DefaultStrandedEvery),
 		"min_max_ack_pending":       i(worker.MinMaxAckPending),
 		"default_shutdown_timeout":  d(worker.DefaultShutdownTimeout),
 		"default_kustomer_url":      kustomer.DefaultBaseURL,
@@ -253,7 +254,7 @@ func defaultVars() kong.Vars {
 var flagNames = map[string]map[string]string{
 	"worker.Config": {
 		"Concurrency": "concurrency", "MaxAttempts": "max-attempts", "MaxAckPending": "max-ack-pending",
-		"ShutdownTimeout": "shutdown-timeout", "OutageThreshold": "outage-threshold", "OutageSpread": "outage-spread",
+		"ShutdownTimeout": "shutdown-timeout", "OutageThreshold": "outage-threshold", "OutageSpread": "outage-spread", "StrandedEvery": "stranded-every",
 		"Bulk.Size": "bulk-size", "Bulk.Linger": "bulk-linger", "Bulk.Min": "bulk-min-size", "Bulk.Deadline": "bulk-deadline",
 		"Bulk.MaxBytes": "bulk-max-bytes",
 	},

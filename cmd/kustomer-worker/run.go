@@ -46,6 +46,7 @@ type runCmd struct {
 	MaxAckPending   int           `name:"max-ack-pending" env:"WORKER_MAX_ACK_PENDING" default:"0" help:"Messages held unacknowledged, across replicas; 0 means 4 × concurrency, at least ${min_max_ack_pending}, and with --bulk at least ${default_bulk_jobs_held} × bulk-size."`
 	OutageThreshold int           `name:"outage-threshold" env:"WORKER_OUTAGE_THRESHOLD" default:"${default_outage_threshold}" help:"Requests failing transiently in a row (5xx, timeouts, refused connections) across conversations that pause every request as a Kustomer outage: no attempts are spent, one probe at a time until it answers; negative turns it off."`
 	OutageSpread    int           `name:"outage-spread" env:"WORKER_OUTAGE_SPREAD" default:"${default_outage_spread}" help:"Once Kustomer answers the breaker's probe read, the most conversations whose updates may have failed, with none accepted, for the failures to be taken as theirs (they spend attempts and are dead-lettered after the last); more is taken as Kustomer refusing updates: every request stays paused, no attempts are spent."`
+	StrandedEvery   time.Duration `name:"stranded-every" env:"WORKER_STRANDED_EVERY" default:"${default_stranded_every}" help:"How often the worker looks for stranded messages (delivered max-deliver times without an outcome, kept by the work stream, never to be delivered again) and dead-letters them as class stranded; it looks at start too."`
 	MaxDeliver      int           `name:"max-deliver" env:"WORKER_MAX_DELIVER" default:"${default_max_deliver}" help:"Consumer MaxDeliver, a safety net above max-attempts."`
 	DedupWindow     time.Duration `name:"dedup-window" env:"WORKER_DEDUP_WINDOW" default:"${default_dedup_window}" help:"Work stream's Nats-Msg-Id duplicate window."`
 	DLQMaxAge       time.Duration `name:"dlq-max-age" env:"WORKER_DLQ_MAX_AGE" default:"0s" help:"How long dead letters are kept; 0 keeps them until purged."`
@@ -105,8 +106,7 @@ func (c *runCmd) settings(e *env) (kustomer.KeySource, queue.Topology, worker.Co
 	}
 	// The flags carry their defaults already: a 0 given for these is a mistake, not "default".
 	wc.Concurrency, wc.MaxAttempts, wc.ShutdownTimeout = c.Concurrency, c.MaxAttempts, c.ShutdownTimeout
-	wc.OutageThreshold = c.OutageThreshold
-	wc.OutageSpread = c.OutageSpread
+	wc.OutageThreshold, wc.OutageSpread, wc.StrandedEvery = c.OutageThreshold, c.OutageSpread, c.StrandedEvery
 	if c.ShutdownTimeout == 0 {
 		wc.ShutdownTimeout = time.Millisecond // 0 means: hand everything back at once
 	}

@@ -33,7 +33,9 @@ in progress (delivered, not yet acknowledged). Redelivered counts messages in pr
 delivered more than once. Each lane (live: updates as they happen, served first; backfill: bulk
 loads, served with the budget live updates leave) shows its own backlog and the age of its
 oldest message. Dead letters are counted by class: invalid (failed validation), rejected
-(Kustomer answered a non-retryable 4xx), exhausted (retryable failures until the attempt limit).
+(Kustomer answered a non-retryable 4xx), exhausted (retryable failures until the attempt limit),
+stranded (delivered max-deliver times without an outcome, found in the stream by a worker).
+A lane's "stranded" count is such messages still in the stream: a running worker dead-letters them.
 
 With --watch: throughput in all, per lane, and when the backlog will be empty. The live lane's
 throughput counts its consumer's acknowledgements (a redelivery counts once more); the
@@ -367,6 +369,9 @@ func laneLine(l queue.Lane, ls queue.LaneStatus, now time.Time) string {
 	if !ls.Oldest.IsZero() {
 		s += fmt.Sprintf(", oldest %s old", age(now, ls.Oldest))
 	}
+	if ls.Stranded > 0 {
+		s += fmt.Sprintf(", stranded %d (reached max-deliver unapplied; a running worker dead-letters them)", ls.Stranded)
+	}
 	return s
 }
 
@@ -452,9 +457,9 @@ func classSummary(by map[queue.DeadLetterClass]int) string {
 	return "(" + strings.Join(parts, ", ") + ")"
 }
 
-// classes orders the classes of by: invalid, rejected, exhausted, then any other by name.
+// classes orders the classes of by: invalid, rejected, exhausted, stranded, then any other by name.
 func classes(by map[queue.DeadLetterClass]int) []queue.DeadLetterClass {
-	rank := map[queue.DeadLetterClass]int{queue.ClassInvalid: 0, queue.ClassRejected: 1, queue.ClassExhausted: 2}
+	rank := map[queue.DeadLetterClass]int{queue.ClassInvalid: 0, queue.ClassRejected: 1, queue.ClassExhausted: 2, queue.ClassStranded: 3}
 	out := make([]queue.DeadLetterClass, 0, len(by))
 	for c := range by {
 		out = append(out, c)
@@ -504,6 +509,7 @@ type laneDoc struct {
 	InProgress       int      `json:"in_progress"`
 	Redelivered      int      `json:"redelivered"`
 	OldestAgeSeconds *float64 `json:"oldest_age_seconds,omitempty"` // absent when the lane is empty
+	Stranded         int      `json:"stranded"`                     // kept by the stream, never to be delivered again: a running worker dead-letters them
 	PerSecond        *float64 `json:"per_second,omitempty"`
 	ETASeconds       *float64 `json:"eta_seconds,omitempty"`
 }
@@ -511,7 +517,7 @@ type laneDoc struct {
 func laneJSON(top queue.Topology, l queue.Lane, ls queue.LaneStatus, now time.Time, tp *laneThroughput) laneDoc {
 	d := laneDoc{
 		Subject: top.LaneSubject(l), Consumer: ls.Consumer, ConsumerFound: ls.ConsumerFound, Backlog: ls.Backlog,
-		Waiting: ls.Undelivered, InProgress: ls.AckPending, Redelivered: ls.Redelivered,
+		Waiting: ls.Undelivered, InProgress: ls.AckPending, Redelivered: ls.Redelivered, Stranded: ls.Stranded,
 	}
 	if !ls.Oldest.IsZero() {
 		a := max(now.Sub(ls.Oldest), 0).Seconds()
