@@ -75,6 +75,9 @@ type Pacer struct {
 	// The org's other clients: how fast they spend the budget, in units a second, as the
 	// readings of the current window show it, and as the last window's showed it; and how
 	// much they spent of the last window, if the pacer saw one turn.
+	// The pace kept while no reading tells where the window ends.
+	blindPace blindState
+
 	foreign, foreignBefore float64
 	theirsLast             float64
 	theirsKnown            bool
@@ -370,7 +373,7 @@ func (p *Pacer) stopTimer() {
 // setRate changes the pace of turns from now on; p.mu is held. A token held at the old pace
 // is given back, so the next turn comes at the new one.
 func (p *Pacer) setRate(now time.Time, r rate.Limit) {
-	r = min(r, p.ceiling)
+	r = min(r, p.ceiling, p.blindCap(now))
 	if r == p.lim.Limit() {
 		return
 	}
@@ -483,8 +486,11 @@ func (p *Pacer) Observe(rl kustomer.RateLimit, inflight int) {
 	now := p.clock.Now()
 	defer p.dispatch(now)
 	p.answered(now, inflight)
+	if rl.Reset.IsZero() && p.win.reset.IsZero() && !now.Before(p.pausedUntil) {
+		// Nothing tells where the window ends: the configured pace, less what 429s cut.
+		p.setRate(now, p.ceiling)
+	}
 	p.observe(now, rl, inflight)
-
 }
 
 // answered matches an answer to the request it most likely answers, the oldest one not yet
@@ -810,7 +816,9 @@ func (p *Pacer) OrgThrottled(rl kustomer.RateLimit) time.Duration {
 	switch {
 	case rl.RetryAfter > 0:
 		d := min(rl.RetryAfter, kustomer.MaxWait)
+		p.cutBlind(now, d)
 		p.pause(now, now.Add(d))
+		p.blindPace.pauseEnd = p.pausedUntil
 		return d
 	case rl.Reset.After(now.Add(-resetGranularity)):
 		// The window may have a second to run past a reset rounded down.
@@ -825,8 +833,19 @@ func (p *Pacer) OrgThrottled(rl kustomer.RateLimit) time.Duration {
 		}
 		return 0
 	}
+	if now.Before(p.pausedUntil) {
+		return p.pausedUntil.Sub(now) // it went before the pause began
+	}
+	if p.last.at.Before(p.blindPace.pauseEnd) {
+		return 0 // it went before the last pause began: no news
+	}
+	if p.blind > 0 && now.Sub(p.blindPace.pauseEnd) > blindPauseMin<<min(p.blind-1, blindPauseDoublings) {
+		p.blind = 0 // not in a row: requests went through since the last pause
+	}
+	p.cutBlind(now, 0)
 	p.blind++
 	d := min(blindPauseMin<<min(p.blind-1, blindPauseDoublings), kustomer.MaxWait)
 	p.pause(now, now.Add(d))
+	p.blindPace.pauseEnd = p.pausedUntil
 	return d
 }
