@@ -155,6 +155,10 @@ const (
 	// theirsMargin is the share above what other clients spent of the last window that the
 	// pacer leaves them of the current one.
 	theirsMargin = 0
+	// theirsNoise is the share of the budget that other clients must have spent of the last
+	// window for the pacer to leave them some of the current one: answers are matched to
+	// turns roughly, and with high latency a pacer alone sees a few requests not its own.
+	theirsNoise = 0.02
 	// foreignPrior is how long the readings of a window must span before the estimate of
 	// what other clients spend leans more on them than on the last window's.
 	foreignPrior = time.Second
@@ -732,10 +736,17 @@ func (p *Pacer) reserve(left time.Duration) float64 {
 		// taken to go on at that pace.
 		return min(p.foreign*left.Seconds(), 2*p.win.theirs)
 	}
-	if p.theirsLast < 1 && p.foreign == 0 {
+	if p.alone() {
 		return 0
 	}
 	return max(p.theirsLast*(1+theirsMargin)+1-p.win.theirs, 0)
+}
+
+// alone reports whether the org's other clients spent nothing of the last window the pacer
+// saw turn, or too little to tell from the noise of matching answers to turns (theirsNoise of
+// the budget), and nothing yet of this one; p.mu is held.
+func (p *Pacer) alone() bool {
+	return p.theirsKnown && p.theirsLast < max(1, theirsNoise*float64(p.win.limit)) && p.foreign == 0
 }
 
 // learnTheirs takes what the org's other clients spent of the window that has just ended
