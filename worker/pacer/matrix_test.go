@@ -256,7 +256,7 @@ func useFloor(c simConfig) (float64, string) {
 	case c.latency >= 400*time.Millisecond:
 		// The readings come 0.4-0.8 s after the budget was spent: the last of a window
 		// is planned on figures a latency old.
-		return 0.90, "400-800 ms latency: readings a latency old"
+		return 0.89, "400-800 ms latency: readings a latency old"
 	case c.other == 0:
 		// Measured 98.0 % at 100-300 ms: a pacer alone ends each window a few
 		// requests short, planned on readings a latency old.

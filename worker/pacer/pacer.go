@@ -63,6 +63,8 @@ type Pacer struct {
 	win         window
 	pausedUntil time.Time
 	paused      bool          // a pause was set and dispatch has not yet seen it end
+	resumedAt   time.Time     // when dispatch last saw a pause end
+	looseStart  bool          // lastStart came right after a pause: the window may have begun during it
 	probing     bool          // until a reading from the next window: one request a probeStep
 	switchAt    time.Time     // the learned end of the window: from then on, the pace of a new one
 	learnedEnd  time.Time     // when the current window ends, for a send, as learned when it began
@@ -272,6 +274,7 @@ func (p *Pacer) dispatch(now time.Time) {
 	}
 	if p.paused && !now.Before(p.pausedUntil) {
 		p.paused = false
+		p.resumedAt = now
 		p.drain(now)
 	}
 	for p.waiting() > 0 {
@@ -583,11 +586,16 @@ func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
 		p.step = step
 	}
 	start, learned := p.windowStart(now)
-	if learned && !p.lastStart.IsZero() {
+	// A start seen right after a pause is no later than the window's, but may be well
+	// after it: the window can have turned during the pause (a Retry-After rounded up
+	// outlasts the window). Two starts are whole windows apart only if neither is.
+	loose := !p.resumedAt.IsZero() && start.Sub(p.resumedAt) < 2*learnGap
+	if learned && !p.lastStart.IsZero() && !loose && !p.looseStart {
 		if d := start.Sub(p.lastStart).Round(time.Second); d >= time.Second && d < p.step {
 			p.step = d
 		}
 	}
+	p.looseStart = loose
 	p.lastStart = time.Time{}
 	length := min(wholeSeconds(rl.Reset.Add(resetGranularity).Sub(now)), p.step)
 	p.learned = learned
@@ -688,7 +696,18 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 		p.setRate(now, p.windowRate())
 		return
 	}
-	left := max(end.Sub(now), probeStep)
+	// A request sent now reaches Kustomer about half a latency later: alone, the pacer
+	// spends what is left by then. (With other clients it leaves them their share until
+	// the latest end.)
+	// A request reaches Kustomer about half a latency after its turn: a pacer alone spends
+	// what is left by then. (With other clients, leaving them their share to the latest
+	// end, it keeps to the end itself: the readings, and what they spend, are a latency
+	// old.)
+	reach := time.Duration(0)
+	if p.alone() {
+		reach = p.minLatency() / 2
+	}
+	left := max(end.Sub(now)-reach, probeStep)
 	avail := max(float64(p.win.lowest)-p.uncounted(now, inflight)-p.reserve(left), 1)
 	p.setRate(now, rate.Limit(avail/left.Seconds()))
 }
