@@ -30,6 +30,10 @@ var readingsCases = []readingsCase{
 	})},
 	{"epoch_up_first_request_bursts30", kustomertest.Config{Others: []kustomertest.OtherClient{{Share: 0.3, Pattern: kustomertest.OtherBursts}}}},
 	{"delta_down_clock_alone", kustomertest.Config{ResetDelta: true, ResetRoundDown: true, WindowStart: kustomertest.WindowOnClock}},
+	{"no_reset_fixed_steady30", with(fixedStart, func(c *kustomertest.Config) {
+		c.ResetAbsent = true
+		c.Others = []kustomertest.OtherClient{{Share: 0.3}}
+	})},
 }
 
 func with(c kustomertest.Config, f func(*kustomertest.Config)) kustomertest.Config {
@@ -45,7 +49,9 @@ func with(c kustomertest.Config, f func(*kustomertest.Config)) kustomertest.Conf
 // on windows fixed to the fake's start, with another client of the org spending 30 %
 // steadily from the fake's start (the failure first reported); the reset in epoch seconds
 // rounded up on windows from the first request, the other client spending 30 % in bursts;
-// and the reset in seconds from now rounded down on wall-clock windows, alone. The other
+// the reset in seconds from now rounded down on wall-clock windows, alone; and no reset at
+// all (limit and remaining sent) on windows fixed to the fake's start, the other client
+// spending 30 % steadily. The other
 // clients live inside the fake (kustomertest.Config.Others). In the same repetition the fixed
 // limiter of BenchmarkBudget drains the same backlog against the same reading.
 //

@@ -18,6 +18,12 @@ type mockCmd struct {
 	Window             time.Duration `name:"window" env:"MOCK_WINDOW" default:"${default_mock_window}" help:"Rate-limit window."`
 	ResetDelta         bool          `name:"reset-delta" env:"MOCK_RESET_DELTA" help:"Send x-ratelimit-reset as seconds from now instead of epoch seconds."`
 	RetryAfter         bool          `name:"retry-after" env:"MOCK_RETRY_AFTER" help:"Send Retry-After on 429s."`
+	ResetRoundDown     bool          `name:"reset-round-down" env:"MOCK_RESET_ROUND_DOWN" help:"Round x-ratelimit-reset down to whole seconds instead of up: the window may end up to a second after it."`
+	ResetAbsent        bool          `name:"reset-absent" env:"MOCK_RESET_ABSENT" help:"Leave x-ratelimit-reset out; x-ratelimit-limit and x-ratelimit-remaining are still sent."`
+	RateHeadersAbsent  bool          `name:"rate-headers-absent" env:"MOCK_RATE_HEADERS_ABSENT" help:"Leave out all three x-ratelimit-* headers; the budget still holds."`
+	WindowStart        string        `name:"window-start" env:"MOCK_WINDOW_START" default:"first-request" enum:"first-request,start,clock" help:"Where budget windows begin: first-request (the first request after the last window ended), start (the fake's start, and every --window after), clock (whole multiples of --window since the Unix epoch)."`
+	WindowOffset       time.Duration `name:"window-offset" env:"MOCK_WINDOW_OFFSET" default:"0s" help:"Shift windows of --window-start start or clock by this much, less than --window."`
+	Others             []string      `name:"other" env:"MOCK_OTHERS" placeholder:"SHARE[:PATTERN[:START[:STOP]]]" help:"Another client of the org spending SHARE (0 to 1) of every window's budget inside the fake; PATTERN is steady, front-loaded or bursts (default steady); START and STOP are durations after the fake starts (default from the start, never stopping). Repeat the flag, or separate clients with commas (default none)."`
 	ConversationLimit  int           `name:"conversation-limit" env:"MOCK_CONVERSATION_LIMIT" default:"0" help:"Updates per conversation per conversation-window; 0 is off."`
 	ConversationWindow time.Duration `name:"conversation-window" env:"MOCK_CONVERSATION_WINDOW" default:"${default_mock_conversation_window}" help:"Window of the per-conversation limit."`
 	Latency            time.Duration `name:"latency" env:"MOCK_LATENCY" default:"0s" help:"Added to every answer."`
@@ -68,7 +74,9 @@ what it received. Bulk updates (PUT /v1/conversations/bulk) run as jobs that com
 Examples:
   kustomer-worker mock --budget 600 --window 10s
   kustomer-worker mock --addr 0.0.0.0:8080 --fault-rate 0.05 --latency 80ms --latency-jitter 40ms
-  kustomer-worker mock --budget 100 --window 6s --bulk-duration 2s --bulk-fail-rate 0.01`
+  kustomer-worker mock --budget 100 --window 6s --bulk-duration 2s --bulk-fail-rate 0.01
+  kustomer-worker mock --budget 200 --window 5s --reset-round-down --window-start start --window-offset 370ms --other 0.3
+  kustomer-worker mock --budget 200 --window 5s --reset-absent --other 0.3:bursts --other 0.1:steady:1m:5m`
 }
 
 func (c *mockCmd) Run(ctx context.Context, e *env, g *globals) error {
@@ -87,8 +95,17 @@ func (c *mockCmd) Run(ctx context.Context, e *env, g *globals) error {
 	if c.BulkBatchSize < 1 {
 		return usagef("bulk-batch-size: %d is not positive", c.BulkBatchSize)
 	}
+	others, err := parseOthers(c.Others)
+	if err != nil {
+		return err
+	}
+	if c.WindowOffset < 0 || c.WindowOffset >= c.Window {
+		return usagef("window-offset: %s is not from 0 to less than the window, %s", c.WindowOffset, c.Window)
+	}
 	srv, err := kustomertest.Start(c.Addr, kustomertest.Config{
 		APIKey: c.APIKey, Budget: c.Budget, Window: c.Window, ResetDelta: c.ResetDelta, RetryAfter: c.RetryAfter,
+		ResetRoundDown: c.ResetRoundDown, ResetAbsent: c.ResetAbsent, RateHeadersAbsent: c.RateHeadersAbsent,
+		WindowStart: windowStarts[c.WindowStart], WindowOffset: c.WindowOffset, Others: others,
 		ConversationLimit: c.ConversationLimit, ConversationWindow: c.ConversationWindow,
 		Latency: c.Latency, LatencyJitter: c.LatencyJitter, FaultRate: c.FaultRate, DropRate: c.DropRate,
 		SlowRate: c.SlowRate, SlowDelay: c.SlowDelay, RequireSeeded: c.RequireSeeded, DiscardBodies: c.DiscardBodies,
@@ -105,6 +122,63 @@ func (c *mockCmd) Run(ctx context.Context, e *env, g *globals) error {
 	<-ctx.Done()
 	st := srv.Stats()
 	log.Info("fake Kustomer API stopping", "requests", st.Requests, "applied", st.Applied, "units", st.Units,
-		"bulk_jobs", st.BulkJobs, "bulk_items_failed", st.BulkItemsFailed)
+		"bulk_jobs", st.BulkJobs, "bulk_items_failed", st.BulkItemsFailed,
+		"others_requests", st.Others.Requests, "others_refused", st.Others.Refused)
 	return nil
+}
+
+// windowStarts are the values of --window-start.
+var windowStarts = map[string]kustomertest.WindowStart{
+	"first-request": kustomertest.WindowFromFirstRequest,
+	"start":         kustomertest.WindowFromStart,
+	"clock":         kustomertest.WindowOnClock,
+}
+
+// otherPatterns are the patterns an --other client may spend in.
+var otherPatterns = map[string]kustomertest.OtherPattern{
+	"steady":       kustomertest.OtherSteady,
+	"front-loaded": kustomertest.OtherFrontLoaded,
+	"bursts":       kustomertest.OtherBursts,
+}
+
+// parseOthers reads the --other clients, each SHARE[:PATTERN[:START[:STOP]]].
+func parseOthers(specs []string) ([]kustomertest.OtherClient, error) {
+	var others []kustomertest.OtherClient
+	for _, spec := range specs {
+		bad := func(format string, args ...any) error {
+			return usagef("other: %q: %s", spec, fmt.Sprintf(format, args...))
+		}
+		parts := strings.Split(spec, ":")
+		if len(parts) > 4 {
+			return nil, bad("want SHARE[:PATTERN[:START[:STOP]]]")
+		}
+		var o kustomertest.OtherClient
+		share, err := strconv.ParseFloat(parts[0], 64)
+		if err != nil || !(share >= 0 && share <= 1) {
+			return nil, bad("share %q is not from 0 to 1", parts[0])
+		}
+		o.Share = share
+		if len(parts) > 1 {
+			p, ok := otherPatterns[parts[1]]
+			if !ok {
+				return nil, bad("pattern %q is not steady, front-loaded or bursts", parts[1])
+			}
+			o.Pattern = p
+		}
+		for i, d := range []*time.Duration{&o.Start, &o.Stop} {
+			if len(parts) <= 2+i {
+				break
+			}
+			v, err := time.ParseDuration(parts[2+i])
+			if err != nil || v < 0 {
+				return nil, bad("%s %q is not a duration of 0 or more", [...]string{"start", "stop"}[i], parts[2+i])
+			}
+			*d = v
+		}
+		if o.Stop > 0 && o.Stop <= o.Start {
+			return nil, bad("stop %s is not after start %s", o.Stop, o.Start)
+		}
+		others = append(others, o)
+	}
+	return others, nil
 }

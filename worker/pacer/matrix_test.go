@@ -37,6 +37,8 @@ var matrixDimensions = []dimension{
 		{epochDown.String(), func(c *simConfig) { c.org.reset = epochDown }},
 		{deltaUp.String(), func(c *simConfig) { c.org.reset = deltaUp }},
 		{deltaDown.String(), func(c *simConfig) { c.org.reset = deltaDown }},
+		{resetAbsent.String(), func(c *simConfig) { c.org.reset = resetAbsent }},
+		{allAbsent.String(), func(c *simConfig) { c.org.reset = allAbsent }},
 	}},
 	{"window length", []matrixValue{
 		{"5 s", windowOf(200, 5*time.Second, 10)},
@@ -148,9 +150,11 @@ func matrixCell(idx []int) (string, simConfig) {
 }
 
 // cellFigures is what a run got in the windows that count: all but the first (the pacer's),
-// the last (cut short), and those around a start or stop of the other client.
+// the last (cut short), and the window in which the other client starts or stops and the one
+// after it.
 type cellFigures struct {
 	minUse      float64 // lowest share used of what the other clients left
+	worst       int     // the window of minUse, from 0
 	refusedMine float64 // share of the pacer's requests refused
 	refusedThem float64 // share of the other clients' requests refused
 	windows     int
@@ -163,12 +167,9 @@ func figures(run simRun, c simConfig) cellFigures {
 		if w == 0 || w >= len(run.mine)-1 {
 			return true
 		}
-		for _, at := range []time.Duration{c.otherFrom, c.otherUntil} {
-			if at > 0 {
-				k := int(at / c.org.length)
-				if w == k+1 || w == k+2 || w == k {
-					return true
-				}
+		for _, k := range []int{run.otherStarted, run.otherStopped} {
+			if k >= 0 && (w == k || w == k+1) {
+				return true
 			}
 		}
 		return false
@@ -180,7 +181,9 @@ func figures(run simRun, c simConfig) cellFigures {
 		f.windows++
 		got := run.theirs[w] - run.refusedTheirs[w]
 		used := float64(run.mine[w]-run.refusedMine[w]) / float64(c.org.budget-got)
-		f.minUse = min(f.minUse, used)
+		if used < f.minUse {
+			f.minUse, f.worst = used, w
+		}
 		mine, refMine = mine+run.mine[w], refMine+run.refusedMine[w]
 		theirs, refTheirs = theirs+run.theirs[w], refTheirs+run.refusedTheirs[w]
 	}
@@ -206,16 +209,30 @@ func TestPacerMatrix(t *testing.T) {
 			fc := c
 			fc.fixed = true
 			base := figures(simulate(t, t0, fc), fc)
-			t.Logf("%s: pacer: at least %.1f %% used, %.2f %% refused, others refused %.2f %%; fixed limiter: %.2f %% refused, others refused %.2f %%",
-				name, 100*got.minUse, 100*got.refusedMine, 100*got.refusedThem, 100*base.refusedMine, 100*base.refusedThem)
+			t.Logf("%s: pacer: at least %.1f %% used (window %d), %.2f %% refused, others refused %.2f %%; fixed limiter: %.2f %% refused, others refused %.2f %%",
+				name, 100*got.minUse, got.worst+1, 100*got.refusedMine, 100*got.refusedThem, 100*base.refusedMine, 100*base.refusedThem)
+			if c.org.reset >= resetAbsent {
+				// Without a reset nothing tells the pacer where a window ends or what
+				// the other clients spend: it paces at its ceiling and backs off on
+				// 429s. The targets are out of reach; the bound is the fixed
+				// limiter's refusals of the others, and no more than 2 % 429s.
+				if got.refusedThem > base.refusedThem {
+					t.Errorf("the other clients were refused %.2f %% of their requests; want no more than with the fixed limiter (%.2f %%)", 100*got.refusedThem, 100*base.refusedThem)
+				}
+				if got.refusedMine > 0.02 {
+					t.Errorf("the pacer's requests were refused %.2f %%; want at most 2 %%", 100*got.refusedMine)
+				}
+				if got.minUse < 0.30 {
+					t.Errorf("the pacer used %.1f %% of what the other clients left in its worst window; want at least 30 %%", 100*got.minUse)
+				}
+				return
+			}
 			if got.refusedThem > 0.02 || got.refusedThem > base.refusedThem {
 				t.Errorf("the other clients were refused %.2f %% of their requests; want at most 2 %% and no more than with the fixed limiter (%.2f %%)", 100*got.refusedThem, 100*base.refusedThem)
 			}
-			// The target is 97 % of what the other clients leave (99 % alone); eleven
-			// cells fall short, the worst (bursts on 10 s windows) at 85 %: this bound
-			// keeps them from getting worse.
-			if got.minUse < 0.85 {
-				t.Errorf("the pacer used %.1f %% of what the other clients left in its worst window; want at least 85 %%", 100*got.minUse)
+			floor, why := useFloor(c)
+			if got.minUse < floor {
+				t.Errorf("the pacer used %.1f %% of what the other clients left in its worst window; want at least %.0f %% (%s)", 100*got.minUse, 100*floor, why)
 			}
 			if got.refusedMine > 0.01 {
 				t.Errorf("the pacer's requests were refused %.2f %%; want at most 1 %%", 100*got.refusedMine)
@@ -224,8 +241,36 @@ func TestPacerMatrix(t *testing.T) {
 	}
 }
 
+// useFloor is the least share of what the other clients leave that a cell's worst window must
+// use, and why. The target is 97 % (99 % alone); the cells that fall short hold the bound
+// measured, so that they cannot get worse. docs/BENCHMARKS.md lists them.
+func useFloor(c simConfig) (float64, string) {
+	switch {
+	case c.pattern == bursts && c.other > 0:
+		// A burst at a random moment can come after the pacer has spread what was left
+		// over the rest of the window; it leaves the burst its share until the end,
+		// and what the burst does not take by then is lost to both.
+		return 0.85, "bursts at random moments: the share kept for a burst late in a window is lost when it comes early"
+	case c.other == 0 && c.latency < 100*time.Millisecond:
+		return 0.99, "the issue's target alone"
+	case c.latency >= 400*time.Millisecond:
+		// The readings come 0.4-0.8 s after the budget was spent: the last of a window
+		// is planned on figures a latency old.
+		return 0.89, "400-800 ms latency: readings a latency old"
+	case c.other == 0:
+		// Measured 98.0 % at 100-300 ms: a pacer alone ends each window a few
+		// requests short, planned on readings a latency old.
+		return 0.975, "alone at 100-300 ms: the target is 99 %, measured 98.0 %"
+	case c.org.reset == deltaDown && c.org.length == 5*time.Second:
+		return 0.95, "seconds from now rounded down on 5 s windows: measured 95.0-96.5 %, cause not established"
+	case c.org.reset == epochDown && c.latency >= 100*time.Millisecond && c.originLead > 0:
+		return 0.965, "epoch seconds rounded down, windows from the server's start, 100-300 ms: measured 96.7 %, cause not established"
+	}
+	return 0.97, "the issue's target"
+}
+
 func TestPairwiseCoversEveryPair(t *testing.T) {
-	sizes := []int{8, 4, 3, 3, 3, 2}
+	sizes := []int{8, 6, 3, 3, 3, 2}
 	cells := pairwise(sizes)
 	for d1 := range sizes {
 		for d2 := d1 + 1; d2 < len(sizes); d2++ {
@@ -238,7 +283,7 @@ func TestPairwiseCoversEveryPair(t *testing.T) {
 			}
 		}
 	}
-	if len(cells) > 40 {
-		t.Errorf("%d cells; want few more than the 32 pairs of the two largest dimensions", len(cells))
+	if len(cells) > 56 {
+		t.Errorf("%d cells; want few more than the 48 pairs of the two largest dimensions", len(cells))
 	}
 }

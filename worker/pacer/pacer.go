@@ -63,6 +63,8 @@ type Pacer struct {
 	win         window
 	pausedUntil time.Time
 	paused      bool          // a pause was set and dispatch has not yet seen it end
+	resumedAt   time.Time     // when dispatch last saw a pause end
+	looseStart  bool          // lastStart came right after a pause: the window may have begun during it
 	probing     bool          // until a reading from the next window: one request a probeStep
 	switchAt    time.Time     // the learned end of the window: from then on, the pace of a new one
 	learnedEnd  time.Time     // when the current window ends, for a send, as learned when it began
@@ -75,6 +77,9 @@ type Pacer struct {
 	// The org's other clients: how fast they spend the budget, in units a second, as the
 	// readings of the current window show it, and as the last window's showed it; and how
 	// much they spent of the last window, if the pacer saw one turn.
+	// The pace kept while no reading tells where the window ends.
+	blindPace blindState
+
 	foreign, foreignBefore float64
 	theirsLast             float64
 	theirsKnown            bool
@@ -152,6 +157,10 @@ const (
 	// theirsMargin is the share above what other clients spent of the last window that the
 	// pacer leaves them of the current one.
 	theirsMargin = 0
+	// theirsNoise is the share of the budget that other clients must have spent of the last
+	// window for the pacer to leave them some of the current one: answers are matched to
+	// turns roughly, and with high latency a pacer alone sees a few requests not its own.
+	theirsNoise = 0.02
 	// foreignPrior is how long the readings of a window must span before the estimate of
 	// what other clients spend leans more on them than on the last window's.
 	foreignPrior = time.Second
@@ -265,6 +274,7 @@ func (p *Pacer) dispatch(now time.Time) {
 	}
 	if p.paused && !now.Before(p.pausedUntil) {
 		p.paused = false
+		p.resumedAt = now
 		p.drain(now)
 	}
 	for p.waiting() > 0 {
@@ -370,7 +380,7 @@ func (p *Pacer) stopTimer() {
 // setRate changes the pace of turns from now on; p.mu is held. A token held at the old pace
 // is given back, so the next turn comes at the new one.
 func (p *Pacer) setRate(now time.Time, r rate.Limit) {
-	r = min(r, p.ceiling)
+	r = min(r, p.ceiling, p.blindCap(now))
 	if r == p.lim.Limit() {
 		return
 	}
@@ -483,8 +493,11 @@ func (p *Pacer) Observe(rl kustomer.RateLimit, inflight int) {
 	now := p.clock.Now()
 	defer p.dispatch(now)
 	p.answered(now, inflight)
+	if rl.Reset.IsZero() && p.win.reset.IsZero() && !now.Before(p.pausedUntil) {
+		// Nothing tells where the window ends: the configured pace, less what 429s cut.
+		p.setRate(now, p.ceiling)
+	}
 	p.observe(now, rl, inflight)
-
 }
 
 // answered matches an answer to the request it most likely answers, the oldest one not yet
@@ -573,11 +586,16 @@ func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
 		p.step = step
 	}
 	start, learned := p.windowStart(now)
-	if learned && !p.lastStart.IsZero() {
+	// A start seen right after a pause is no later than the window's, but may be well
+	// after it: the window can have turned during the pause (a Retry-After rounded up
+	// outlasts the window). Two starts are whole windows apart only if neither is.
+	loose := !p.resumedAt.IsZero() && start.Sub(p.resumedAt) < 2*learnGap
+	if learned && !p.lastStart.IsZero() && !loose && !p.looseStart {
 		if d := start.Sub(p.lastStart).Round(time.Second); d >= time.Second && d < p.step {
 			p.step = d
 		}
 	}
+	p.looseStart = loose
 	p.lastStart = time.Time{}
 	length := min(wholeSeconds(rl.Reset.Add(resetGranularity).Sub(now)), p.step)
 	p.learned = learned
@@ -678,7 +696,18 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 		p.setRate(now, p.windowRate())
 		return
 	}
-	left := max(end.Sub(now), probeStep)
+	// A request sent now reaches Kustomer about half a latency later: alone, the pacer
+	// spends what is left by then. (With other clients it leaves them their share until
+	// the latest end.)
+	// A request reaches Kustomer about half a latency after its turn: a pacer alone spends
+	// what is left by then. (With other clients, leaving them their share to the latest
+	// end, it keeps to the end itself: the readings, and what they spend, are a latency
+	// old.)
+	reach := time.Duration(0)
+	if p.alone() {
+		reach = p.minLatency() / 2
+	}
+	left := max(end.Sub(now)-reach, probeStep)
 	avail := max(float64(p.win.lowest)-p.uncounted(now, inflight)-p.reserve(left), 1)
 	p.setRate(now, rate.Limit(avail/left.Seconds()))
 }
@@ -726,10 +755,17 @@ func (p *Pacer) reserve(left time.Duration) float64 {
 		// taken to go on at that pace.
 		return min(p.foreign*left.Seconds(), 2*p.win.theirs)
 	}
-	if p.theirsLast < 1 && p.foreign == 0 {
+	if p.alone() {
 		return 0
 	}
 	return max(p.theirsLast*(1+theirsMargin)+1-p.win.theirs, 0)
+}
+
+// alone reports whether the org's other clients spent nothing of the last window the pacer
+// saw turn, or too little to tell from the noise of matching answers to turns (theirsNoise of
+// the budget), and nothing yet of this one; p.mu is held.
+func (p *Pacer) alone() bool {
+	return p.theirsKnown && p.theirsLast < max(1, theirsNoise*float64(p.win.limit)) && p.foreign == 0
 }
 
 // learnTheirs takes what the org's other clients spent of the window that has just ended
@@ -810,7 +846,9 @@ func (p *Pacer) OrgThrottled(rl kustomer.RateLimit) time.Duration {
 	switch {
 	case rl.RetryAfter > 0:
 		d := min(rl.RetryAfter, kustomer.MaxWait)
+		p.cutBlind(now, d)
 		p.pause(now, now.Add(d))
+		p.blindPace.pauseEnd = p.pausedUntil
 		return d
 	case rl.Reset.After(now.Add(-resetGranularity)):
 		// The window may have a second to run past a reset rounded down.
@@ -825,8 +863,19 @@ func (p *Pacer) OrgThrottled(rl kustomer.RateLimit) time.Duration {
 		}
 		return 0
 	}
+	if now.Before(p.pausedUntil) {
+		return p.pausedUntil.Sub(now) // it went before the pause began
+	}
+	if p.last.at.Before(p.blindPace.pauseEnd) {
+		return 0 // it went before the last pause began: no news
+	}
+	if p.blind > 0 && now.Sub(p.blindPace.pauseEnd) > blindPauseMin<<min(p.blind-1, blindPauseDoublings) {
+		p.blind = 0 // not in a row: requests went through since the last pause
+	}
+	p.cutBlind(now, 0)
 	p.blind++
 	d := min(blindPauseMin<<min(p.blind-1, blindPauseDoublings), kustomer.MaxWait)
 	p.pause(now, now.Add(d))
+	p.blindPace.pauseEnd = p.pausedUntil
 	return d
 }

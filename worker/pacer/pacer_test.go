@@ -100,10 +100,18 @@ func TestPacerFollowsTheReportedBudget(t *testing.T) {
 	})
 
 	t.Run("backs off 429s that say nothing of when to retry", func(t *testing.T) {
-		p := fixedPacer(600, now)
+		r := newPacerRig(t, 600, t0)
 		blank := kustomer.RateLimit{Remaining: -1, Limit: -1}
-		if a, b := p.OrgThrottled(blank), p.OrgThrottled(blank); a != 250*time.Millisecond || b != 500*time.Millisecond {
-			t.Errorf("pauses %s then %s; want 250ms then 500ms", a, b)
+		r.wait(0, Live)
+		r.p.Observe(blank, 0)
+		if a, b := r.p.OrgThrottled(blank), r.p.OrgThrottled(blank); a != 250*time.Millisecond || b != 250*time.Millisecond {
+			t.Errorf("pauses %s then %s for two requests sent before the pause; want 250ms, then what is left of it", a, b)
+		}
+		r.advanceTo(t0.Add(250 * time.Millisecond))
+		r.wait(1, Live)
+		r.p.Observe(blank, 0)
+		if d := r.p.OrgThrottled(blank); d != 500*time.Millisecond {
+			t.Errorf("pause %s for a 429 to a request sent after the pause; want 500ms", d)
 		}
 	})
 
@@ -447,8 +455,9 @@ func TestPacerMakesUpForAMomentWithNoCallerWaiting(t *testing.T) {
 			t.Fatalf("turns when the pause ended: %v; want one, at %v", got, t0.Add(time.Second))
 		}
 		r.advanceTo(t0.Add(1100 * time.Millisecond))
-		if got := len(r.turnsSince(1)); got != 7 {
-			t.Errorf("%d turns in the 100ms after the pause; want 7 at 60/s", got)
+		// The 429 said nothing of the window: it cut the pace by a tenth, to 54/s.
+		if got := len(r.turnsSince(1)); got != 6 {
+			t.Errorf("%d turns in the 100ms after the pause; want 6 at 54/s", got)
 		}
 	})
 }

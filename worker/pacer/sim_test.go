@@ -177,6 +177,9 @@ func (c *otherClient) plan(org *orgWindow) {
 type simRun struct {
 	mine, theirs, refusedTheirs, refusedMine []int
 	sides                                    [][]int // each deployment's requests that reached the org
+	// The windows in which the other client sent its first and its last request, if it
+	// started or stopped during the run; -1 if not.
+	otherStarted, otherStopped int
 }
 
 // count adds one to the counter of window w (from 0).
@@ -232,7 +235,7 @@ func simulateSides(t *testing.T, start time.Time, cfg simConfig, n int) simRun {
 	case cfg.originLead > 0:
 		org.origin = start.Add(-cfg.originLead)
 	}
-	s := &simulation{cfg: cfg, org: &org, other: newOther(start, cfg)}
+	s := &simulation{cfg: cfg, org: &org, other: newOther(start, cfg), run: simRun{otherStarted: -1, otherStopped: -1}}
 	for k := range n {
 		// A second deployment starts a little later, at another sub-second.
 		s.sides = append(s.sides, &side{r: newPacerRig(t, cfg.perMinute, start.Add(time.Duration(k)*1370*time.Millisecond))})
@@ -354,6 +357,12 @@ func (s *simulation) arrive(now time.Time) {
 		switch {
 		case !s.other.next.IsZero() && !s.other.next.After(now) && (first == nil || s.other.next.Before(first.served)):
 			ok, _, _ := s.org.take(s.other.next)
+			if s.cfg.otherFrom > 0 && s.run.otherStarted < 0 {
+				s.run.otherStarted = s.org.begun - 1
+			}
+			if s.cfg.otherUntil > 0 {
+				s.run.otherStopped = s.org.begun - 1 // the last so far
+			}
 			count(&s.run.theirs, s.org.begun-1)
 			if !ok {
 				count(&s.run.refusedTheirs, s.org.begun-1)

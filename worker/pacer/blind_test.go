@@ -1,0 +1,77 @@
+package pacer
+
+import (
+	"testing"
+	"time"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+)
+
+func TestPacerWithoutAResetBacksOffOn429s(t *testing.T) {
+	blank := kustomer.RateLimit{Limit: -1, Remaining: -1}
+	rateOf := func(p *Pacer) float64 {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return float64(p.lim.Limit())
+	}
+
+	t.Run("a 429 cuts the pace by a tenth, one in flight before the pause cuts nothing more", func(t *testing.T) {
+		r := newPacerRig(t, 600, t0)
+		r.wait(0, Live)
+		r.p.Observe(blank, 1)
+		r.p.OrgThrottled(blank)
+		r.p.Observe(blank, 0)
+		r.p.OrgThrottled(blank) // the other request, sent before the pause
+		if got := rateOf(r.p); got != 9 {
+			t.Errorf("pace %v/s after two 429s to requests sent together; want 9/s", got)
+		}
+	})
+
+	t.Run("the pace grows back while no 429 comes", func(t *testing.T) {
+		r := newPacerRig(t, 600, t0)
+		r.wait(0, Live)
+		r.p.Observe(blank, 0)
+		r.p.OrgThrottled(blank)
+		r.advanceTo(t0.Add(10 * time.Second))
+		r.p.Observe(blank, 0)
+		// 9/s, and 0.2 % of 10/s a second for 10 s.
+		if got := rateOf(r.p); got < 9.19 || got > 9.21 {
+			t.Errorf("pace %v/s 10 s after the 429; want 9.2/s", got)
+		}
+		r.advanceTo(t0.Add(2 * time.Minute))
+		r.p.Observe(blank, 0)
+		if got := rateOf(r.p); got != 10 {
+			t.Errorf("pace %v/s two minutes after the 429; want the ceiling, 10/s", got)
+		}
+	})
+
+	t.Run("Retry-After cuts the pace to the share of the window that went by", func(t *testing.T) {
+		r := newPacerRig(t, 600, t0)
+		r.wait(0, Live)
+		r.p.Observe(blank, 0)
+		ra := kustomer.RateLimit{Limit: -1, Remaining: -1, RetryAfter: time.Second}
+		r.p.OrgThrottled(ra) // 10/s -> 9/s, paused until t0+1s
+		r.advanceTo(t0.Add(4 * time.Second))
+		r.wait(1, Live)
+		r.p.Observe(blank, 0)
+		// 3 s of the window went by since the pause, 1 s was left: a quarter too fast.
+		r.p.OrgThrottled(ra)
+		got := rateOf(r.p)
+		want := (9 + 0.002*10*4) * 0.75 // grown for 4 s since the first cut
+		if got < want-0.01 || got > want+0.01 {
+			t.Errorf("pace %v/s; want %.2f/s, three quarters of the pace before", got, want)
+		}
+	})
+
+	t.Run("a reading with a reset ends the backing off", func(t *testing.T) {
+		r := newPacerRig(t, 600, t0)
+		r.wait(0, Live)
+		r.p.Observe(blank, 0)
+		r.p.OrgThrottled(blank)
+		r.advanceTo(t0.Add(time.Second))
+		r.p.Observe(reading(1000, 990, t0.Add(60*time.Second)), 0)
+		if got := rateOf(r.p); got != 10 {
+			t.Errorf("pace %v/s with plenty left; want the ceiling, 10/s", got)
+		}
+	})
+}
