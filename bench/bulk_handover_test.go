@@ -10,15 +10,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
-	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 var (
@@ -184,35 +183,16 @@ type benchReplica struct {
 func (r *rig) startReplica(perMinute int) *benchReplica {
 	r.tb.Helper()
 	_, js := queuetest.Connect(r.tb, r.url)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	lanes, attempts, err := queue.BindLanes(ctx, js, r.top)
-	if err != nil {
-		r.tb.Fatal(err)
-	}
-	client := r.client()
-	pool, err := worker.NewPool(ctx, js, r.top, lanes, attempts, worker.Wiring{
-		Client: client, Pacer: pacer.New(perMinute), Metrics: worker.NewMetrics(prometheus.NewRegistry()),
-		Log: discard, Config: r.wc,
+	lanes, stop := r.startWired(js, perMinute, func(p *worker.Pool, client *kustomer.Client) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		store, err := queue.BindBulk(ctx, js, r.top, true)
+		if err != nil {
+			r.tb.Fatal(err)
+		}
+		p.BulkClient, p.BulkJobs = client, store
 	})
-	if err != nil {
-		r.tb.Fatal(err)
-	}
-	store, err := queue.BindBulk(ctx, js, r.top, true)
-	if err != nil {
-		r.tb.Fatal(err)
-	}
-	pool.BulkClient, pool.BulkJobs = client, store
-	pctx, pcancel := context.WithCancel(context.Background())
-	var pins sync.WaitGroup
-	pins.Go(func() { _ = lanes.Live.Run(pctx) })
-	pins.Go(func() { _ = lanes.Backfill.Run(pctx) })
-	stopPool := r.runPool(pool, client)
-	return &benchReplica{lanes: lanes, stop: sync.OnceFunc(func() {
-		stopPool()
-		pcancel()
-		pins.Wait()
-	})}
+	return &benchReplica{lanes: lanes, stop: sync.OnceFunc(stop)}
 }
 
 // movePins moves the pins of both lanes at the server from the replica that holds the

@@ -202,6 +202,19 @@ func (r *rig) startPool(ratePerMinute int) (stop func()) {
 // startDaemon is startPool on js; order, when not nil, replaces the pool's order check.
 func (r *rig) startDaemon(js jetstream.JetStream, ratePerMinute int, order worker.OlderFinder) (stop func()) {
 	r.tb.Helper()
+	_, stop = r.startWired(js, ratePerMinute, func(p *worker.Pool, _ *kustomer.Client) {
+		if order != nil {
+			p.Order = order
+		}
+	})
+	return stop
+}
+
+// startWired runs the pool run builds (worker.NewPool) on js, with the last changes wire
+// makes to it (nil: none), until stop, which returns once the pool has stopped. Its lanes'
+// pins are renewed as run renews them (startStandby), and released at the end.
+func (r *rig) startWired(js jetstream.JetStream, ratePerMinute int, wire func(*worker.Pool, *kustomer.Client)) (lanes queue.Consumers, stop func()) {
+	r.tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	lanes, attempts, err := queue.BindLanes(ctx, js, r.top)
@@ -216,16 +229,15 @@ func (r *rig) startDaemon(js jetstream.JetStream, ratePerMinute int, order worke
 	if err != nil {
 		r.tb.Fatal(err)
 	}
-	if order != nil {
-		pool.Order = order
+	if wire != nil {
+		wire(pool, client)
 	}
-	// The pins are renewed as run renews them (startStandby), and released at the end.
 	pctx, pcancel := context.WithCancel(context.Background())
 	var pins sync.WaitGroup
 	pins.Go(func() { _ = lanes.Live.Run(pctx) })
 	pins.Go(func() { _ = lanes.Backfill.Run(pctx) })
 	stopPool := r.runPool(pool, client)
-	return func() {
+	return lanes, func() {
 		stopPool()
 		uctx, ucancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = lanes.Live.Unpin(uctx)

@@ -43,29 +43,23 @@ type ValidationError struct {
 // A problem whose redacted form is unknown (a ValidationError built elsewhere) is said as
 // "invalid value".
 func (e *ValidationError) Redacted() string {
-	if len(e.Problems) == 0 {
-		return ErrInvalid.Error()
-	}
-	var b strings.Builder
-	for i, p := range e.Problems {
-		if i > 0 {
-			b.WriteString("; ")
-		}
-		b.WriteString(p.Field)
-		b.WriteString(": ")
+	return e.join(func(i int, p FieldError) string {
 		if len(e.redacted) == len(e.Problems) {
-			b.WriteString(e.redacted[i])
-		} else {
-			b.WriteString("invalid value")
+			return e.redacted[i]
 		}
-	}
-	return b.String()
+		return "invalid value"
+	})
 }
 
 func (e *ValidationError) Is(target error) bool { return target == ErrInvalid }
 
 // Error joins the problems with "; " in the order they were found.
 func (e *ValidationError) Error() string {
+	return e.join(func(_ int, p FieldError) string { return p.Problem })
+}
+
+// join says each problem as its field and what problem says of it, joined with "; ".
+func (e *ValidationError) join(problem func(i int, p FieldError) string) string {
 	if len(e.Problems) == 0 {
 		return ErrInvalid.Error()
 	}
@@ -76,7 +70,7 @@ func (e *ValidationError) Error() string {
 		}
 		b.WriteString(p.Field)
 		b.WriteString(": ")
-		b.WriteString(p.Problem)
+		b.WriteString(problem(i, p))
 	}
 	return b.String()
 }
