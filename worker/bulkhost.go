@@ -96,7 +96,7 @@ func (h bulkHost) Throttled(rl kustomer.RateLimit) time.Duration { return h.p.Pa
 // Applied acknowledges an item a job applied, as an applied single PUT.
 func (h bulkHost) Applied(it bulk.Item) {
 	h.p.Metrics.update("applied")
-	h.p.ack(held(it).c, held(it).j)
+	h.p.appliedOK(held(it).c, held(it).j, it.Job)
 }
 
 // Single makes the item's conversation ready again, its head to go as a single PUT.

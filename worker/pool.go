@@ -32,6 +32,7 @@ type Pool struct {
 	Client      Updater      // sends the PUT
 	DeadLetters DeadLetterer // stores dead letters
 	Attempts    AttemptStore // optional: without it attempts are counted per delivery only
+	Runs        RunRecorder  // optional: records the lines of runs applied (see RunRecorder)
 	Pacer       Budget       // paces every request; default pacer.New(DefaultRatePerMinute)
 	Metrics     *Metrics     // optional
 	Log         *slog.Logger // default: discard
@@ -190,6 +191,10 @@ type job struct {
 	acks      int  // acknowledgements that failed
 	checks    int  // reads finding the conversation's unconfirmed message still in the stream
 	noBulk    bool // bulk mode: send it as a single PUT (bulkhost.go)
+	// accepted: Kustomer applied the update (in bulk job bulkJob, or as a single PUT) but
+	// its run's record is not stored yet: only that is tried again, never the update.
+	accepted bool
+	bulkJob  string
 	// settled: Kustomer applied the update (or its dead letter is stored) but the
 	// acknowledgement is not confirmed yet. The job is only acknowledged again, never sent.
 	// Written under Pool.mu by the holder (ack), so that others may read it under Pool.mu.

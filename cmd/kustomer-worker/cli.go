@@ -38,6 +38,16 @@ func (e *usageError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error { return &usageError{fmt.Errorf(format, args...)} }
 
+// exitError is a failure with an exit status of its own: 3 for a run that ended with dead
+// letters (enqueue --wait, status --run).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
 // globals are flags every command takes.
 type globals struct {
 	LogLevel  string           `name:"log-level" env:"LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level: debug, info, warn or error (default ${default})."`

@@ -21,9 +21,12 @@ type statusCmd struct {
 	topologyFlags
 	dialFlags
 
-	Watch    bool          `name:"watch" short:"w" help:"Refresh until interrupted, with throughput and the time until the backlog is empty, per lane."`
-	Interval time.Duration `name:"interval" default:"2s" help:"With --watch: time between refreshes (default ${default})."`
-	JSON     bool          `name:"json" help:"Print JSON: one object, or one a line per refresh with --watch."`
+	Watch     bool          `name:"watch" short:"w" help:"Refresh until interrupted, with throughput and the time until the backlog is empty, per lane."`
+	Interval  time.Duration `name:"interval" default:"2s" help:"With --watch: time between refreshes (default ${default})."`
+	JSON      bool          `name:"json" help:"Print JSON: one object, or one a line per refresh with --watch."`
+	RunID     string        `name:"run" help:"Show one run (a backfill enqueued under this run id) instead of the lanes: applied, dead-lettered by class, pending, units, rate and time left; with --watch, until it ends (exit status 0 all applied, 3 some dead-lettered)."`
+	Progress  string        `name:"progress" enum:"auto,bar,plain" default:"auto" help:"With --run --watch: a bar (auto on a terminal) or a line every interval (default ${default})."`
+	PerMinute int           `name:"rate-per-minute" env:"KUSTOMER_RATE_PER_MINUTE" default:"${default_rate_per_minute}" help:"With --run: the org budget the worker runs at, for the time left before the run has a rate of its own (default ${default})."`
 }
 
 func (c *statusCmd) Help() string {
@@ -51,11 +54,19 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 	if err != nil {
 		return err
 	}
+	if c.RunID != "" {
+		if err := queue.CheckRunID(c.RunID); err != nil {
+			return usagef("run: %v", err)
+		}
+	}
 	s, err := dial(ctx, e, g, &c.natsFlags, c.dialFlags, "kustomer-worker status")
 	if err != nil {
 		return err
 	}
 	defer s.close()
+	if c.RunID != "" {
+		return c.showRun(ctx, e, s.js, top)
+	}
 	r := &statusReader{js: s.js, top: top}
 	st, err := r.status(ctx)
 	if err != nil {
@@ -70,6 +81,38 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return v.show(top, st, nil, bulk)
 	}
 	return c.refresh(ctx, r, v, st, bulk)
+}
+
+// showRun shows one run: one reading, or with --watch every --interval until it ends.
+func (c *statusCmd) showRun(ctx context.Context, e *env, js jetstream.JetStream, top queue.Topology) error {
+	v := &runView{w: e.stdout, mode: "text", perMinute: c.PerMinute, lineEvery: c.Interval}
+	if c.JSON {
+		v.mode = "json"
+	}
+	if !c.Watch {
+		rctx, cancel := context.WithTimeout(ctx, statusReadTimeout)
+		defer cancel()
+		st, err := (&queue.RunReader{Log: &queue.RunLog{JS: js, Topology: top}, ID: c.RunID}).Read(rctx)
+		if err != nil {
+			return err
+		}
+		if err := v.show(st); err != nil {
+			return err
+		}
+		if st.Finished() {
+			return runResult(st)
+		}
+		return nil
+	}
+	v.mode = runMode(e.stdout, c.JSON, c.Progress)
+	st, err := follow(ctx, js, top, c.RunID, v, c.Interval)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // interrupted: the run goes on
+		}
+		return err
+	}
+	return v.finish(st)
 }
 
 // settings checks the flags and gives the topology whose status is read.

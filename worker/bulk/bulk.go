@@ -80,6 +80,8 @@ type Item struct {
 	Single bool
 	// Handle is the host's own, opaque to the bulker.
 	Handle any
+	// Job is the bulk job that applied it, set when it is handed to Host.Applied.
+	Job string
 }
 
 // Settings are what the bulker reads of the pool's configuration.
@@ -917,6 +919,7 @@ func (b *Bulker) settleItem(job string, it Item, o kustomer.ItemOutcome, how str
 	switch o.State {
 	case kustomer.ItemSucceeded:
 		b.metrics.item("succeeded")
+		it.Job = job
 		b.host.Applied(it)
 	default:
 		b.metrics.item("failed")
