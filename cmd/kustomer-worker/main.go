@@ -66,7 +66,7 @@ func signalContexts(w io.Writer) (soft, hard context.Context, stop func()) {
 
 // exitCode prints err and maps it to the process's exit status: 0 for success, 2 for bad
 // usage or configuration, 3 for a run that ended with dead letters, 1 for everything else.
-func exitCode(err error, w *os.File) int {
+func exitCode(err error, w io.Writer) int {
 	if err == nil {
 		return 0
 	}

@@ -1,0 +1,242 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
+)
+
+// startDaemonPool runs the daemon's pool (worker.NewPool, as run builds it) on the rig's NATS
+// against fake, until the returned stop is called (or the test ends).
+func (r *opsRig) startDaemonPool(fake *kustomertest.Server) (stop func()) {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	lanes, attempts, err := queue.BindLanes(ctx, r.js, r.top)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	client, err := kustomer.New(kustomer.Options{BaseURL: fake.URL, Key: kustomer.StaticKey("test-key"), Timeout: 2 * time.Second})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	pool, err := worker.NewPool(ctx, r.js, r.top, lanes, attempts, worker.Wiring{
+		Client: client, Pacer: pacer.New(-1), Metrics: worker.NewMetrics(prometheus.NewRegistry()),
+		Log:    slog.New(slog.DiscardHandler),
+		Config: worker.Config{RetryInitial: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, FetchWait: time.Second, MaxAckPending: r.top.MaxAckPending},
+	})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	rctx, rcancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = lanes.Live.Run(rctx) })
+	wg.Go(func() { _ = lanes.Backfill.Run(rctx) })
+	done := make(chan error, 1)
+	go func() { done <- pool.Run(rctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			rcancel()
+			if err := testwait.Recv(r.t, "the pool to stop", time.Minute, done); err != nil {
+				r.t.Errorf("pool: %v", err)
+			}
+			uctx, ucancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = lanes.Live.Unpin(uctx)
+			_ = lanes.Backfill.Unpin(uctx)
+			ucancel()
+			wg.Wait()
+			client.CloseIdleConnections()
+		})
+	}
+	r.t.Cleanup(stop)
+	return stop
+}
+
+// runStatus reads `status --run id --json`.
+func (r *opsRig) runStatus(id string) runJSON {
+	r.t.Helper()
+	out, _, err := r.cli("", "status", "--run", id, "--json")
+	if err != nil && exitStatus(err) != 3 {
+		r.t.Fatalf("status --run %s: %v", id, err)
+	}
+	var st runJSON
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		r.t.Fatalf("status --run %s --json: %v\n%s", id, err, out)
+	}
+	return st
+}
+
+// exitStatus is the process's exit status for err, as main sets it.
+func exitStatus(err error) int { return exitCode(err, &strings.Builder{}) }
+
+func runLines(first, n int) string {
+	var b strings.Builder
+	for i := range n {
+		b.WriteString(updateLine(first+i, fmt.Sprintf(`{"priority":%d}`, 1+i%5)) + "\n")
+	}
+	return b.String()
+}
+
+func TestRunFollowedToItsEnd(t *testing.T) {
+	checkNoLeaks(t)
+	r := newOpsRig(t)
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+	fake.Reject(convID(3), 400)
+	fake.Reject(convID(7), 404)
+	r.startDaemonPool(fake)
+	file := writeFile(t, "backfill.jsonl", runLines(0, 20))
+
+	stdout, _, err := r.cli("", "enqueue", file, "--run-id", "night-1", "--wait", "--interval", "100ms", "--progress", "none")
+	if exitStatus(err) != 3 || !strings.Contains(err.Error(), "2 dead-lettered") {
+		t.Fatalf("enqueue --wait: exit status %d, %v, want 3 naming 2 dead letters\n%s", exitStatus(err), err, stdout)
+	}
+	if s := summary(t, stdout); s["applied"] != "18" || s["dead-lettered"] != "2" || s["pending"] != "0" || s["state"] != queue.RunFailed {
+		t.Errorf("the summary:\n%s", stdout)
+	}
+	st := r.runStatus("night-1")
+	if st.Lines != 20 || st.Applied != 18 || st.Dead != 2 || st.Pending != 0 ||
+		st.DeadLettered[queue.ClassRejected] != 2 || st.Units != 20 {
+		t.Errorf("status --run: %+v", st)
+	}
+
+	t.Run("every update applied exits 0", func(t *testing.T) {
+		file := writeFile(t, "more.jsonl", runLines(100, 5))
+		stdout, _, err := r.cli("", "enqueue", file, "--run-id", "night-2", "--wait", "--interval", "100ms", "--progress", "none")
+		if err != nil {
+			t.Fatalf("enqueue --wait: %v\n%s", err, stdout)
+		}
+		if s := summary(t, stdout); s["applied"] != "5" || s["state"] != queue.RunDone {
+			t.Errorf("the summary:\n%s", stdout)
+		}
+	})
+	t.Run("status --run --watch follows to the end, in JSON lines", func(t *testing.T) {
+		stdout, _, err := r.cli("", "status", "--run", "night-1", "--watch", "--json", "--interval", "100ms")
+		if exitStatus(err) != 3 {
+			t.Fatalf("exit status %d (%v), want 3", exitStatus(err), err)
+		}
+		var st runJSON
+		if err := json.Unmarshal([]byte(strings.TrimSpace(stdout)), &st); err != nil || st.Dead != 2 {
+			t.Errorf("%v: %s", err, stdout)
+		}
+	})
+	t.Run("an unknown run is an error, a bad run id a usage error", func(t *testing.T) {
+		_, _, err := r.cli("", "status", "--run", "nope")
+		if exitStatus(err) != 1 {
+			t.Errorf("unknown run: exit status %d (%v), want 1", exitStatus(err), err)
+		}
+		_, _, err = r.cli("", "status", "--run", "a.b")
+		if exitStatus(err) != 2 {
+			t.Errorf("bad run id: exit status %d (%v), want 2", exitStatus(err), err)
+		}
+	})
+}
+
+func TestRunCountsAcrossAWorkerRestart(t *testing.T) {
+	checkNoLeaks(t)
+	r := newOpsRig(t)
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1, Latency: 20 * time.Millisecond})
+	fake.Reject(convID(5), 400)
+	file := writeFile(t, "backfill.jsonl", runLines(0, 60))
+	if _, _, err := r.cli("", "enqueue", file, "--run-id", "restart", "--progress", "none"); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.runStatus("restart"); st.Pending != 60 || st.Applied != 0 || st.State != queue.RunRunning {
+		t.Fatalf("before any worker: %+v", st)
+	}
+	stop := r.startDaemonPool(fake)
+	testwait.Until(t, "some lines applied", 30*time.Second, func() bool { return r.runStatus("restart").Applied >= 10 })
+	stop()
+	mid := r.runStatus("restart")
+	if mid.Applied+mid.Dead+mid.Pending != 60 {
+		t.Fatalf("between workers the counts do not add up: %+v", mid)
+	}
+	r.startDaemonPool(fake)
+	testwait.Until(t, "the run to end", 60*time.Second, func() bool { return r.runStatus("restart").Finished() })
+	st := r.runStatus("restart")
+	if st.Applied != 59 || st.Dead != 1 || st.Pending != 0 {
+		t.Errorf("after the restart: %+v", st)
+	}
+}
+
+// A line applied twice (a redelivery after its acknowledgement was lost, or the same message
+// stored twice) counts once.
+func TestRunCountsALineAppliedTwiceOnce(t *testing.T) {
+	checkNoLeaks(t)
+	r := newOpsRig(t)
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+	file := writeFile(t, "backfill.jsonl", runLines(0, 10))
+	if _, _, err := r.cli("", "enqueue", file, "--run-id", "twice", "--progress", "none"); err != nil {
+		t.Fatal(err)
+	}
+	// Line 4 again, as its redelivery would come: same run, same line, its own message id.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m := nats.NewMsg(r.top.BackfillSubject + "." + convID(3))
+	m.Data = []byte(updateLine(3, `{"priority":4}`))
+	m.Header.Set(queue.HeaderRunID, "twice")
+	m.Header.Set(queue.HeaderRunLine, "4")
+	if _, err := r.js.PublishMsg(ctx, m, jetstream.WithMsgID("again")); err != nil {
+		t.Fatal(err)
+	}
+	r.startDaemonPool(fake)
+	testwait.Until(t, "both copies applied", 30*time.Second, func() bool { return len(fake.RequestsFor(convID(3))) == 2 })
+	testwait.Until(t, "the run to end", 30*time.Second, func() bool { return r.runStatus("twice").Finished() })
+	if st := r.runStatus("twice"); st.Applied != 10 || st.Pending != 0 || st.State != queue.RunDone {
+		t.Errorf("status: %+v", st)
+	}
+}
+
+// Two runs at once, and live traffic beside them, are counted apart.
+func TestRunsDoNotMix(t *testing.T) {
+	checkNoLeaks(t)
+	r := newOpsRig(t)
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+	fake.Reject(convID(205), 400)
+	a := writeFile(t, "a.jsonl", runLines(0, 30))
+	b := writeFile(t, "b.jsonl", runLines(200, 12))
+	r.startDaemonPool(fake)
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	outs := make([]string, 2)
+	wg.Go(func() {
+		outs[0], _, errs[0] = r.cli("", "enqueue", a, "--run-id", "a", "--wait", "--interval", "100ms", "--progress", "none")
+	})
+	wg.Go(func() {
+		outs[1], _, errs[1] = r.cli("", "enqueue", b, "--run-id", "b", "--wait", "--interval", "100ms", "--progress", "none")
+	})
+	// Live traffic beside them, without a run.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range 10 {
+		if _, err := r.js.Publish(ctx, r.top.Subject+"."+convID(400+i), []byte(updateLine(400+i, `{"priority":2}`))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	if errs[0] != nil || exitStatus(errs[1]) != 3 {
+		t.Fatalf("run a: %v\n%s\nrun b: %v\n%s", errs[0], outs[0], errs[1], outs[1])
+	}
+	if st := r.runStatus("a"); st.Lines != 30 || st.Applied != 30 || st.Dead != 0 {
+		t.Errorf("run a: %+v", st)
+	}
+	if st := r.runStatus("b"); st.Lines != 12 || st.Applied != 11 || st.Dead != 1 {
+		t.Errorf("run b: %+v", st)
+	}
+}
