@@ -71,6 +71,7 @@ type cli struct {
 	Enqueue enqueueCmd `cmd:"" help:"Publish update messages from a JSON Lines file, or one body for a list of ids: a backfill."`
 	Status  statusCmd  `cmd:"" help:"Show the backlog, messages in progress and dead letters; --watch for throughput and time left."`
 	DLQ     dlqCmd     `cmd:"" name:"dlq" help:"List, show, replay and purge dead letters."`
+	Runs    runsCmd    `cmd:"" help:"List recent runs (backfills): applied, dead-lettered, pending, state."`
 	Demo    demoCmd    `cmd:"" help:"Run everything on this machine against a fake Kustomer, with a generated backfill: start here."`
 	Mock    mockCmd    `cmd:"" help:"Serve a fake Kustomer API for trying the worker without an account."`
 }

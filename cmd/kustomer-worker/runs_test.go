@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -239,4 +240,84 @@ func TestRunsDoNotMix(t *testing.T) {
 	if st := r.runStatus("b"); st.Lines != 12 || st.Applied != 11 || st.Dead != 1 {
 		t.Errorf("run b: %+v", st)
 	}
+}
+
+// What failed in a run is exported as lines enqueue takes again, with their line numbers and
+// reasons beside them; runs lists the run; replay and purge say what they did in JSON.
+func TestRunFixWhatFailed(t *testing.T) {
+	checkNoLeaks(t)
+	r := newOpsRig(t)
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+	fake.Reject(convID(2), 400)
+	fake.Reject(convID(6), 404)
+	r.startDaemonPool(fake)
+	input := runLines(0, 8)
+	file := writeFile(t, "backfill.jsonl", input)
+	if _, _, err := r.cli("", "enqueue", file, "--run-id", "fixme", "--wait", "--interval", "100ms", "--progress", "none"); exitStatus(err) != 3 {
+		t.Fatalf("enqueue --wait: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(input), "\n")
+
+	out, stderr, err := r.cli("", "dlq", "list", "--run", "fixme")
+	if err != nil || !strings.Contains(out, "LINE") || !strings.Contains(stderr, "2 dead letters") {
+		t.Fatalf("dlq list --run: %v\n%s%s", err, out, stderr)
+	}
+	if got := r.listed("--run", "fixme"); len(got) != 2 || got[convID(2)].Line != 3 || got[convID(6)].Line != 7 {
+		t.Errorf("dlq list --run --json: %+v", got)
+	}
+
+	reasons := t.TempDir() + "/reasons.jsonl"
+	out, stderr, err = r.cli("", "dlq", "export", "--run", "fixme", "--reasons", reasons)
+	if err != nil {
+		t.Fatalf("dlq export: %v\n%s", err, stderr)
+	}
+	if want := lines[2] + "\n" + lines[6] + "\n"; out != want {
+		t.Errorf("dlq export wrote\n%s\nwant the original lines 3 and 7\n%s", out, want)
+	}
+	if !strings.Contains(stderr, "line 3 (dead letter") || !strings.Contains(stderr, "line 7 (dead letter") {
+		t.Errorf("stderr does not name the lines:\n%s", stderr)
+	}
+	b, err := os.ReadFile(reasons)
+	if err != nil || strings.Count(string(b), "\n") != 2 || !strings.Contains(string(b), `"line":3`) || !strings.Contains(string(b), `"status":404`) {
+		t.Errorf("reasons file: %v\n%s", err, b)
+	}
+	out, _, err = r.cli("", "dlq", "export", "--run", "fixme", "--class", "exhausted")
+	if err != nil || out != "" {
+		t.Errorf("export --class exhausted: %v %q", err, out)
+	}
+
+	t.Run("the export is enqueued again as a new run", func(t *testing.T) {
+		fixed := writeFile(t, "failed.jsonl", lines[2]+"\n"+lines[6]+"\n")
+		fake.Reject(convID(2), 0)
+		fake.Reject(convID(6), 0)
+		out, _, err := r.cli("", "enqueue", fixed, "--run-id", "fixme-2", "--wait", "--interval", "100ms", "--progress", "none", "--json")
+		if exitStatus(err) != 0 && exitStatus(err) != 3 {
+			t.Fatalf("enqueue: %v\n%s", err, out)
+		}
+		var st runJSON
+		ls := strings.Split(strings.TrimSpace(out), "\n")
+		if err := json.Unmarshal([]byte(ls[len(ls)-1]), &st); err != nil || st.Lines != 2 || st.Pending != 0 {
+			t.Errorf("enqueue --wait --json: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("runs lists them", func(t *testing.T) {
+		out, _, err := r.cli("", "runs")
+		if err != nil || !strings.Contains(out, "fixme ") || !strings.Contains(out, "fixme-2") || !strings.Contains(out, queue.RunFailed) {
+			t.Errorf("runs: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("replay and purge in JSON", func(t *testing.T) {
+		out, _, err := r.cli("", "dlq", "purge", "--run", "fixme", "--class", "rejected", "--status", "404", "--yes", "--json")
+		var p purgeJSON
+		if err != nil || json.Unmarshal([]byte(out), &p) != nil || p.Deleted != 1 {
+			t.Errorf("purge --json: %v\n%s", err, out)
+		}
+		out, _, err = r.cli("", "dlq", "replay", "--run", "fixme", "--dry-run", "--json")
+		var rp replayJSON
+		if err != nil || json.Unmarshal([]byte(out), &rp) != nil || rp.Replayed != 1 || len(rp.Items) != 1 || rp.Items[0].Line == 0 {
+			t.Errorf("replay --json: %v\n%s", err, out)
+		}
+	})
 }
