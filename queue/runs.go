@@ -256,6 +256,12 @@ func (r *RunReader) Read(ctx context.Context) (RunStatus, error) {
 	}
 	st.RecentRate = float64(recent) / time.Minute.Seconds()
 	st.Pending = max(st.Lines-st.Applied-st.Dead, 0)
+	if st.Pending > 0 {
+		if st.InBulk, err = r.inBulk(ctx); err != nil {
+			return st, err
+		}
+		st.InBulk = min(st.InBulk, st.Pending)
+	}
 	switch {
 	case run.Published.IsZero():
 		st.State = RunPublishing
@@ -280,6 +286,33 @@ func latest(a time.Time, bs ...time.Time) time.Time {
 		}
 	}
 	return a
+}
+
+// inBulk counts the run's lines in bulk jobs not settled yet, from the bulk bucket's records.
+func (r *RunReader) inBulk(ctx context.Context) (int64, error) {
+	jobs, err := BindBulk(ctx, r.Log.JS, r.Log.Topology, false)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	recs, err := jobs.List(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, rec := range recs {
+		if !rec.Settled.IsZero() {
+			continue
+		}
+		for _, it := range rec.Items {
+			if it.Run == r.ID && it.Outcome == "" {
+				n++
+			}
+		}
+	}
+	return n, nil
 }
 
 // readApplied reads the run's applied records stored since the last read.

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
@@ -26,7 +27,10 @@ func (p *Pool) bulkItem(c *conv, j *job, delivered uint64) bulk.Item {
 	// live update must not wait behind a backfill's job. With the live lane alone, its
 	// backlog is what bulk mode is for.
 	liveBesideBackfill := j.class == pacer.Live && p.Backfill != nil
-	return bulk.Item{Conv: c.key, Ref: j.ref, Update: j.update, Class: j.class, Delivered: delivered,
+	p.mu.Lock()
+	run := j.msg.Headers().Get(queue.HeaderRunID)
+	p.mu.Unlock()
+	return bulk.Item{Conv: c.key, Ref: j.ref, Update: j.update, Class: j.class, Delivered: delivered, Run: run,
 		Single: j.noBulk || j.invalid != nil || j.update.Replace || liveBesideBackfill, Handle: &heldItem{c, j}}
 }
 

@@ -92,8 +92,11 @@ func (v *runView) line(st queue.RunStatus) string {
 		fmt.Fprintf(&b, " (%s)", runClasses(st.DeadLettered))
 	}
 	fmt.Fprintf(&b, ", pending %d", st.Pending)
+	if st.InBulk > 0 {
+		fmt.Fprintf(&b, " (%d in bulk jobs)", st.InBulk)
+	}
 	if st.BulkApplied > 0 {
-		fmt.Fprintf(&b, ", in bulk jobs %d applied by %d jobs", st.BulkApplied, st.BulkJobs)
+		fmt.Fprintf(&b, ", %d applied by %d bulk jobs", st.BulkApplied, st.BulkJobs)
 	}
 	fmt.Fprintf(&b, ", units %d, %.1f/s", st.Units, st.RecentRate)
 	if d, ok := eta(st); ok && st.Pending > 0 {
@@ -113,7 +116,7 @@ func (v *runView) text(st queue.RunStatus) []string {
 		fmt.Sprintf("lines          %10d", st.Lines),
 		fmt.Sprintf("applied        %10d", st.Applied),
 		fmt.Sprintf("dead-lettered  %10d  %s", st.Dead, runClasses(st.DeadLettered)),
-		fmt.Sprintf("pending        %10d", st.Pending),
+		fmt.Sprintf("pending        %10d  %d of them in bulk jobs", st.Pending, st.InBulk),
 		fmt.Sprintf("bulk           %10d  applied in %d bulk jobs (%.0f%% of applied)", st.BulkApplied, st.BulkJobs, 100*st.BulkShare),
 		fmt.Sprintf("units          %10d  requests: single PUTs and one submit per bulk job", st.Units),
 		fmt.Sprintf("rate           %10.1f  lines/s over the last minute", st.RecentRate),

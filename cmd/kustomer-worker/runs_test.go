@@ -19,13 +19,15 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/queue/queuetest"
 	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 // startDaemonPool runs the daemon's pool (worker.NewPool, as run builds it) on the rig's NATS
 // against fake, until the returned stop is called (or the test ends).
-func (r *opsRig) startDaemonPool(fake *kustomertest.Server) (stop func()) {
+func (r *opsRig) startDaemonPool(fake *kustomertest.Server, tune ...func(*worker.Config)) (stop func()) {
 	r.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -37,13 +39,21 @@ func (r *opsRig) startDaemonPool(fake *kustomertest.Server) (stop func()) {
 	if err != nil {
 		r.t.Fatal(err)
 	}
+	cfg := worker.Config{RetryInitial: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, FetchWait: time.Second, MaxAckPending: r.top.MaxAckPending}
+	for _, f := range tune {
+		f(&cfg)
+	}
 	pool, err := worker.NewPool(ctx, r.js, r.top, lanes, attempts, worker.Wiring{
 		Client: client, Pacer: pacer.New(-1), Metrics: worker.NewMetrics(prometheus.NewRegistry()),
-		Log:    slog.New(slog.DiscardHandler),
-		Config: worker.Config{RetryInitial: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, FetchWait: time.Second, MaxAckPending: r.top.MaxAckPending},
+		Log: slog.New(slog.DiscardHandler), Config: cfg,
 	})
 	if err != nil {
 		r.t.Fatal(err)
+	}
+	if cfg.Bulk.Enabled {
+		if pool.BulkJobs, err = queue.BindBulk(ctx, r.js, r.top, false); err != nil {
+			r.t.Fatal(err)
+		}
 	}
 	rctx, rcancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -320,4 +330,54 @@ func TestRunFixWhatFailed(t *testing.T) {
 			t.Errorf("replay --json: %v\n%s", err, out)
 		}
 	})
+}
+
+// Counts survive a broker restart, and a bulk-mode run counts its lines in bulk jobs and the
+// share applied in them.
+func TestRunCountsAcrossABrokerRestartInBulkMode(t *testing.T) {
+	checkNoLeaks(t)
+	srv := queuetest.StartServer(t)
+	nc, js := queuetest.Connect(t, srv.URL())
+	r := &opsRig{t: t, url: srv.URL(), nc: nc, js: js,
+		top: queue.Topology{DedupWindow: time.Minute, AckWait: 5 * time.Second}.WithDefaults()}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := queue.Ensure(ctx, js, r.top); err != nil {
+		t.Fatal(err)
+	}
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1, BulkDuration: 300 * time.Millisecond})
+	fake.Reject(convID(9), 400) // a single PUT's 400 (a replace goes single)
+	var b strings.Builder
+	for i := range 120 {
+		if i == 9 {
+			b.WriteString(`{"id":"` + convID(i) + `","replace":true,"body":{"priority":3}}` + "\n")
+			continue
+		}
+		b.WriteString(updateLine(i, `{"priority":2}`) + "\n")
+	}
+	file := writeFile(t, "backfill.jsonl", b.String())
+	if _, _, err := r.cli("", "enqueue", file, "--run-id", "bulky", "--progress", "none"); err != nil {
+		t.Fatal(err)
+	}
+	r.startDaemonPool(fake, func(c *worker.Config) {
+		c.Concurrency = 4
+		c.Bulk = bulk.Config{Enabled: true, Size: 25, Min: 2, Linger: 100 * time.Millisecond, Deadline: time.Minute}
+	})
+	testwait.Until(t, "some lines applied or in bulk jobs", 30*time.Second, func() bool {
+		st := r.runStatus("bulky")
+		return st.Applied > 0 || st.InBulk > 0
+	})
+	srv.Restart(t)
+	testwait.Until(t, "the run to end", 90*time.Second, func() bool {
+		out, _, err := r.cli("", "status", "--run", "bulky", "--json")
+		var st runJSON
+		return (err == nil || exitStatus(err) == 3) && json.Unmarshal([]byte(out), &st) == nil && st.Finished()
+	})
+	st := r.runStatus("bulky")
+	if st.Lines != 120 || st.Applied != 119 || st.Dead != 1 || st.Pending != 0 || st.InBulk != 0 {
+		t.Errorf("after the broker restart: %+v", st)
+	}
+	if st.BulkApplied == 0 || st.BulkJobs == 0 || st.BulkShare <= 0.5 {
+		t.Errorf("no share applied in bulk jobs: %+v", st)
+	}
 }
