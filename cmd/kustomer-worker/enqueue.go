@@ -50,10 +50,15 @@ type enqueueCmd struct {
 
 func (c *enqueueCmd) Help() string {
 	return `Every line is validated before anything is published: bad lines are reported with their line
-number and reason, and nothing is published unless --skip-invalid. Each message gets a Nats-Msg-Id
-made of --run-id, its line number and its bytes, so enqueueing the same input again within the
-work stream's dedup window (--dedup-window of run, default ` + queue.DefaultDedupWindow.String() + `) publishes nothing twice. The command
-reports success only once JetStream confirmed every publish.
+number and reason, and nothing is published unless --skip-invalid. The lines published are a run:
+its id is printed first (--run-id, or by default the date and a hash of the valid lines) and
+every message carries it and its line number (headers Kustomer-Worker-Run and
+Kustomer-Worker-Line), which status --run, dlq list --run, dlq export --run and runs read. Each
+message gets a Nats-Msg-Id made of the run id, its line number and its bytes, so enqueueing the
+same input again within the work stream's dedup window (--dedup-window of run, default ` + queue.DefaultDedupWindow.String() + `)
+publishes nothing twice. The command reports success only once JetStream confirmed every
+publish; with --wait it then follows the run until every line is applied (exit status 0) or
+some are dead-lettered (exit status 3). See docs/RUNS.md.
 
 Messages go to the backfill lane, BACKFILL-SUBJECT.<id> (` + queue.DefaultBackfillSubject + `.<id> by
 default): the worker applies them with the budget live updates leave, so a backfill never delays
@@ -68,6 +73,10 @@ between validating and publishing, so memory stays flat.
 Examples:
   # A backfill file:
   kustomer-worker enqueue backfill.jsonl
+
+  # The same, followed to its end; then what failed, to fix and enqueue again:
+  kustomer-worker enqueue backfill.jsonl --run-id night-1 --wait
+  kustomer-worker dlq export --run night-1 > failed.jsonl
 
   # Close a list of conversations:
   kustomer-worker enqueue --ids-file ids.txt --body '{"status":"done"}'

@@ -42,9 +42,16 @@ throughput counts its consumer's acknowledgements (a redelivery counts once more
 backfill's is the rest, which is what the budget leaves it, so its time left is the ETA of the
 backfill while live traffic goes on as it does.
 
+With --run ID: one run (a backfill enqueue published) instead of the lanes: applied,
+dead-lettered by class, pending, in bulk jobs, units, rate and time left; with --watch until it
+ends, exit status 0 when every line was applied, 3 when some were dead-lettered. See
+docs/RUNS.md.
+
 Examples:
   kustomer-worker status
   kustomer-worker status --watch
+  kustomer-worker status --run night-1 --watch
+  kustomer-worker status --run night-1 --json | jq .pending
   kustomer-worker status --json | jq .backlog
   kustomer-worker status --nats-url nats://nats.internal:4222 --watch --interval 10s`
 }

@@ -1,0 +1,258 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/producer"
+	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
+	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
+)
+
+var (
+	runLinesFlag = flag.Int("bench.run-lines", 100000, "lines of BenchmarkRun's backfill (-short: 500)")
+	runHeldFlag  = flag.String("bench.run-held", "10,default", "BenchmarkRun's cells: full jobs' worth of messages held (MaxAckPending / 100), comma-separated; default is bulk.DefaultJobsHeld")
+)
+
+// BenchmarkRun measures a backfill run of 100,000 conversations (-short: 500) in bulk mode,
+// as `enqueue` publishes it (run id and line headers, the run's record) and `run --bulk
+// --rate-per-minute 1000 --concurrency 16` applies it (worker.NewPool, both lanes), against
+// the fake at 100 requests per 6-second window (1,000 a minute; -short: 100 per second) with
+// bulk jobs taking 2 s (-short: 200 ms), as BenchmarkBulk scales it.
+//
+// One cell per bound of the messages held (-bench.run-held, in full jobs' worth): 10 is the
+// bound before issue 25, the baseline; "default" is bulk.DefaultJobsHeld.
+//
+// Reported (medians): units spent (target at most 2,200 for 100,000), wall time, and its
+// ratio to the time the budget allows for the units spent (target 1.1), the peak resident
+// set of the whole benchmark process (worker, embedded NATS server and fake together: an
+// upper bound of the worker's; target 256 MiB) and the peak heap in use, and the latency of
+// `status --run` (a fresh queue.RunReader's Read) with every line pending, before the worker
+// starts (target under 1 s), and with every line applied, after.
+func BenchmarkRun(b *testing.B) {
+	n := pick("bench.run-lines", runLinesFlag, 500)
+	budget := pick("bench.bulk-budget", bulkBudgetFlag, 100)
+	window := pick("bench.bulk-window", bulkWindowFlag, time.Second)
+	job := pick("bench.bulk-job", bulkJobFlag, 200*time.Millisecond)
+	perMinute := int(float64(budget) * float64(time.Minute) / float64(window))
+	fake := kustomertest.Config{Budget: budget, Window: window, BulkDuration: job, DisableLog: true}
+	for _, cell := range strings.Split(*runHeldFlag, ",") {
+		held := bulk.DefaultJobsHeld
+		if cell != "default" {
+			v, err := strconv.Atoi(cell)
+			if err != nil || v < 1 {
+				b.Fatalf("bench.run-held: %q is not a number of jobs", cell)
+			}
+			held = v
+		}
+		b.Run(fmt.Sprintf("held_%d_jobs", held), func(b *testing.B) {
+			var units, secs, ratio, rss, heap, pendingMs, appliedMs []float64
+			for i := range repetitions(b) {
+				r := newRunRig(b, fake, held)
+				d := r.runDrain(n, perMinute)
+				allowed := float64(d.units) / float64(perMinute) * 60
+				units, secs = append(units, float64(d.units)), append(secs, d.elapsed.Seconds())
+				ratio = append(ratio, d.elapsed.Seconds()/allowed)
+				rss, heap = append(rss, d.peakRSSMiB), append(heap, d.peakHeapMiB)
+				pendingMs, appliedMs = append(pendingMs, ms(d.statusPending)), append(appliedMs, ms(d.statusApplied))
+				b.Logf("repetition %d: %d lines, held %d jobs: %.1fs, %d units (%d submits, %d reads, %d single PUTs; %.2f per 100), the budget allows %.1fs for them: %.2fx; peak RSS %.0f MiB, heap %.0f MiB; status --run %.0f ms with %d pending, %.0f ms with %d applied; run: %+v",
+					i+1, n, held, d.elapsed.Seconds(), d.units, d.submits, d.reads, d.units-d.submits-d.reads, 100*float64(d.units)/float64(n),
+					allowed, d.elapsed.Seconds()/allowed, d.peakRSSMiB, d.peakHeapMiB, ms(d.statusPending), n, ms(d.statusApplied), n, d.final)
+			}
+			b.ReportMetric(0, "ns/op")
+			b.ReportMetric(median(units), "units")
+			b.ReportMetric(median(units)*100/float64(n), "units/100updates")
+			b.ReportMetric(median(secs), "s")
+			b.ReportMetric(median(ratio), "x_budget_time")
+			b.ReportMetric(median(rss), "peak_rss_MiB")
+			b.ReportMetric(median(heap), "peak_heap_MiB")
+			b.ReportMetric(median(pendingMs), "status_ms_all_pending")
+			b.ReportMetric(median(appliedMs), "status_ms_all_applied")
+		})
+	}
+}
+
+// newRunRig is newBulkRig holding held full jobs' worth of messages.
+func newRunRig(tb testing.TB, fake kustomertest.Config, held int) *rig {
+	tb.Helper()
+	r := newRig(tb, fake, 16)
+	r.wc = worker.Config{Concurrency: 16, MaxAckPending: held * bulk.DefaultSize, Bulk: bulk.Config{Enabled: true}}.WithDefaults()
+	r.top.MaxAckPending = r.wc.MaxAckPending
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := queue.Ensure(ctx, r.js, r.top); err != nil {
+		tb.Fatal(err)
+	}
+	return r
+}
+
+// runDrained is one run of BenchmarkRun.
+type runDrained struct {
+	elapsed                      time.Duration
+	units, submits, reads        int
+	peakRSSMiB, peakHeapMiB      float64
+	statusPending, statusApplied time.Duration
+	final                        queue.RunStatus
+}
+
+// runDrain publishes n lines as enqueue does, under a run, reads the run's status with all of
+// them pending, drains them with the daemon's pool in bulk mode, and reads it again.
+func (r *rig) runDrain(n, perMinute int) runDrained {
+	r.tb.Helper()
+	const id = "bench"
+	log := &queue.RunLog{JS: r.js, Topology: r.top}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	p, err := producer.New(r.nc, producer.Config{Lane: producer.Backfill})
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	start := time.Now()
+	if err := log.Put(ctx, queue.Run{ID: id, Started: start, Lines: int64(n), Lane: "backfill"}); err != nil {
+		r.tb.Fatal(err)
+	}
+	batch, err := p.NewBatch(producer.BatchConfig{})
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	for i := range n {
+		msg := updateOf(i, i)
+		if err := batch.PublishRunLine(ctx, queue.MsgID(id, int64(i+1), msg), convID(i), id, int64(i+1), msg); err != nil {
+			r.tb.Fatal(err)
+		}
+	}
+	if err := batch.Wait(ctx); err != nil {
+		r.tb.Fatal(err)
+	}
+	batch.Close()
+	if err := log.Put(ctx, queue.Run{ID: id, Started: start, Lines: int64(n), Lane: "backfill", Published: time.Now()}); err != nil {
+		r.tb.Fatal(err)
+	}
+
+	var d runDrained
+	d.statusPending = r.timeRunStatus(log, id, func(st queue.RunStatus) bool { return st.Pending == int64(n) })
+
+	st0 := r.fake.Stats()
+	runtime.GC()
+	resetPeakRSS()
+	var peakHeap uint64
+	sampleCtx, stopSampling := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		var ms runtime.MemStats
+		for {
+			select {
+			case <-sampleCtx.Done():
+				return
+			case <-t.C:
+			}
+			runtime.ReadMemStats(&ms)
+			peakHeap = max(peakHeap, ms.HeapInuse)
+		}
+	})
+	t0 := time.Now()
+	stop := r.startRunPool(perMinute)
+	r.waitDrained(st0.Applied+n, 60*time.Minute)
+	d.elapsed = time.Since(t0)
+	stop()
+	stopSampling()
+	wg.Wait()
+	d.peakHeapMiB = float64(peakHeap) / (1 << 20)
+	d.peakRSSMiB = selfPeakRSS()
+	st := r.fake.Stats()
+	d.units, d.submits, d.reads = st.Units-st0.Units, st.BulkSubmits-st0.BulkSubmits, st.BulkReads-st0.BulkReads
+	d.statusApplied = r.timeRunStatus(log, id, func(st queue.RunStatus) bool { d.final = st; return st.Applied == int64(n) })
+	return d
+}
+
+// timeRunStatus times a fresh reader's first Read of run id, as `status --run` makes it, and
+// checks what it read.
+func (r *rig) timeRunStatus(log *queue.RunLog, id string, ok func(queue.RunStatus) bool) time.Duration {
+	r.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	st, err := (&queue.RunReader{Log: log, ID: id}).Read(ctx)
+	took := time.Since(t0)
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	if !ok(st) {
+		r.tb.Fatalf("status --run read %+v", st)
+	}
+	return took
+}
+
+// startRunPool runs the daemon's pool (worker.NewPool) in bulk mode with the bulk bucket.
+func (r *rig) startRunPool(perMinute int) (stop func()) {
+	r.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lanes, attempts, err := queue.BindLanes(ctx, r.js, r.top)
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	store, err := queue.BindBulk(ctx, r.js, r.top, false)
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	client := r.client()
+	pool, err := worker.NewPool(ctx, r.js, r.top, lanes, attempts, worker.Wiring{
+		Client: client, Pacer: pacer.New(perMinute), Metrics: worker.NewMetrics(prometheus.NewRegistry()),
+		Log: discard, Config: r.wc,
+	})
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	pool.BulkJobs = store
+	pctx, pcancel := context.WithCancel(context.Background())
+	var pins sync.WaitGroup
+	pins.Go(func() { _ = lanes.Live.Run(pctx) })
+	pins.Go(func() { _ = lanes.Backfill.Run(pctx) })
+	stopPool := r.runPool(pool, client)
+	return func() {
+		stopPool()
+		uctx, ucancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = lanes.Live.Unpin(uctx)
+		_ = lanes.Backfill.Unpin(uctx)
+		ucancel()
+		pcancel()
+		pins.Wait()
+	}
+}
+
+// resetPeakRSS resets the process's peak resident set (VmHWM), where Linux allows it.
+func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+// selfPeakRSS is the process's peak resident set in MiB since resetPeakRSS; 0 where unknown.
+func selfPeakRSS() float64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if rest, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
