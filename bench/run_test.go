@@ -60,7 +60,7 @@ func BenchmarkRun(b *testing.B) {
 			held = v
 		}
 		b.Run(fmt.Sprintf("held_%d_jobs", held), func(b *testing.B) {
-			var units, secs, ratio, rss, heap, pendingMs, appliedMs []float64
+			var units, secs, ratio, rss, heap, pendingMs, appliedMs, work, runs []float64
 			for i := range repetitions(b) {
 				r := newRunRig(b, fake, held)
 				d := r.runDrain(n, perMinute)
@@ -69,9 +69,10 @@ func BenchmarkRun(b *testing.B) {
 				ratio = append(ratio, d.elapsed.Seconds()/allowed)
 				rss, heap = append(rss, d.peakRSSMiB), append(heap, d.peakHeapMiB)
 				pendingMs, appliedMs = append(pendingMs, ms(d.statusPending)), append(appliedMs, ms(d.statusApplied))
-				b.Logf("repetition %d: %d lines, held %d jobs: %.1fs, %d units (%d submits, %d reads, %d single PUTs; %.2f per 100), the budget allows %.1fs for them: %.2fx; peak RSS %.0f MiB, heap %.0f MiB; status --run %.0f ms with %d pending, %.0f ms with %d applied; run: %+v",
+				work, runs = append(work, d.workMiB), append(runs, d.runsMiB)
+				b.Logf("repetition %d: %d lines, held %d jobs: %.1fs, %d units (%d submits, %d reads, %d single PUTs; %.2f per 100), the budget allows %.1fs for them: %.2fx; peak RSS %.0f MiB, heap %.0f MiB; status --run %.0f ms with %d pending, %.0f ms with %d applied; work stream %.1f MiB pending, runs stream %.1f MiB; run: %+v",
 					i+1, n, held, d.elapsed.Seconds(), d.units, d.submits, d.reads, d.units-d.submits-d.reads, 100*float64(d.units)/float64(n),
-					allowed, d.elapsed.Seconds()/allowed, d.peakRSSMiB, d.peakHeapMiB, ms(d.statusPending), n, ms(d.statusApplied), n, d.final)
+					allowed, d.elapsed.Seconds()/allowed, d.peakRSSMiB, d.peakHeapMiB, ms(d.statusPending), n, ms(d.statusApplied), n, d.workMiB, d.runsMiB, d.final)
 			}
 			b.ReportMetric(0, "ns/op")
 			b.ReportMetric(median(units), "units")
@@ -82,6 +83,8 @@ func BenchmarkRun(b *testing.B) {
 			b.ReportMetric(median(heap), "peak_heap_MiB")
 			b.ReportMetric(median(pendingMs), "status_ms_all_pending")
 			b.ReportMetric(median(appliedMs), "status_ms_all_applied")
+			b.ReportMetric(median(work), "work_stream_MiB")
+			b.ReportMetric(median(runs), "runs_stream_MiB")
 		})
 	}
 }
@@ -106,6 +109,7 @@ type runDrained struct {
 	units, submits, reads        int
 	peakRSSMiB, peakHeapMiB      float64
 	statusPending, statusApplied time.Duration
+	workMiB, runsMiB             float64 // the work stream with every line pending; the runs stream at the end
 	final                        queue.RunStatus
 }
 
@@ -144,6 +148,7 @@ func (r *rig) runDrain(n, perMinute int) runDrained {
 	}
 
 	var d runDrained
+	d.workMiB = r.streamMiB(r.top.Stream)
 	d.statusPending = r.timeRunStatus(log, id, func(st queue.RunStatus) bool { return st.Pending == int64(n) })
 
 	st0 := r.fake.Stats()
@@ -178,7 +183,20 @@ func (r *rig) runDrain(n, perMinute int) runDrained {
 	st := r.fake.Stats()
 	d.units, d.submits, d.reads = st.Units-st0.Units, st.BulkSubmits-st0.BulkSubmits, st.BulkReads-st0.BulkReads
 	d.statusApplied = r.timeRunStatus(log, id, func(st queue.RunStatus) bool { d.final = st; return st.Applied == int64(n) })
+	d.runsMiB = r.streamMiB(r.top.RunsStream)
 	return d
+}
+
+// streamMiB is the size of stream name's messages, in MiB.
+func (r *rig) streamMiB(name string) float64 {
+	r.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := r.js.Stream(ctx, name)
+	if err != nil {
+		r.tb.Fatal(err)
+	}
+	return float64(s.CachedInfo().State.Bytes) / (1 << 20)
 }
 
 // timeRunStatus times a fresh reader's first Read of run id, as `status --run` makes it, and
