@@ -1,26 +1,22 @@
 package bench
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
-	"os"
-	"runtime"
+	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
+	"syscall"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
 	"github.com/kustomer-worker/kustomer-worker/producer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
-	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 var (
@@ -30,7 +26,8 @@ var (
 
 // BenchmarkRun measures a backfill run of 100,000 conversations (-short: 500) in bulk mode,
 // as `enqueue` publishes it (run id and line headers, the run's record) and `run --bulk
-// --rate-per-minute 1000 --concurrency 16` applies it (worker.NewPool, both lanes), against
+// --rate-per-minute 1000 --concurrency 16` applies it (the binary, built here, in a process of
+// its own), against
 // the fake at 100 requests per 6-second window (1,000 a minute; -short: 100 per second) with
 // bulk jobs taking 2 s (-short: 200 ms), as BenchmarkBulk scales it.
 //
@@ -38,9 +35,9 @@ var (
 // bound before issue 25, the baseline; "default" is bulk.DefaultJobsHeld.
 //
 // Reported (medians): units spent (target at most 2,200 for 100,000), wall time, and its
-// ratio to the time the budget allows for the units spent (target 1.1), the peak resident
-// set of the whole benchmark process (worker, embedded NATS server and fake together: an
-// upper bound of the worker's; target 256 MiB) and the peak heap in use, and the latency of
+// ratio to the time the budget allows for the units spent (target 1.1), the worker process's
+// peak resident set (target 256 MiB), the size of the work stream with every line pending and
+// of the runs stream at the end, and the latency of
 // `status --run` (a fresh queue.RunReader's Read) with every line pending, before the worker
 // starts (target under 1 s), and with every line applied, after.
 func BenchmarkRun(b *testing.B) {
@@ -50,6 +47,7 @@ func BenchmarkRun(b *testing.B) {
 	job := pick("bench.bulk-job", bulkJobFlag, 200*time.Millisecond)
 	perMinute := int(float64(budget) * float64(time.Minute) / float64(window))
 	fake := kustomertest.Config{Budget: budget, Window: window, BulkDuration: job, DisableLog: true}
+	bin := buildWorker(b)
 	for _, cell := range strings.Split(*runHeldFlag, ",") {
 		held := bulk.DefaultJobsHeld
 		if cell != "default" {
@@ -60,19 +58,19 @@ func BenchmarkRun(b *testing.B) {
 			held = v
 		}
 		b.Run(fmt.Sprintf("held_%d_jobs", held), func(b *testing.B) {
-			var units, secs, ratio, rss, heap, pendingMs, appliedMs, work, runs []float64
+			var units, secs, ratio, rss, pendingMs, appliedMs, work, runs []float64
 			for i := range repetitions(b) {
 				r := newRunRig(b, fake, held)
-				d := r.runDrain(n, perMinute)
+				d := r.runDrain(bin, n, perMinute)
 				allowed := float64(d.units) / float64(perMinute) * 60
 				units, secs = append(units, float64(d.units)), append(secs, d.elapsed.Seconds())
 				ratio = append(ratio, d.elapsed.Seconds()/allowed)
-				rss, heap = append(rss, d.peakRSSMiB), append(heap, d.peakHeapMiB)
+				rss = append(rss, d.peakRSSMiB)
 				pendingMs, appliedMs = append(pendingMs, ms(d.statusPending)), append(appliedMs, ms(d.statusApplied))
 				work, runs = append(work, d.workMiB), append(runs, d.runsMiB)
-				b.Logf("repetition %d: %d lines, held %d jobs: %.1fs, %d units (%d submits, %d reads, %d single PUTs; %.2f per 100), the budget allows %.1fs for them: %.2fx; peak RSS %.0f MiB, heap %.0f MiB; status --run %.0f ms with %d pending, %.0f ms with %d applied; work stream %.1f MiB pending, runs stream %.1f MiB; run: %+v",
+				b.Logf("repetition %d: %d lines, held %d jobs: %.1fs, %d units (%d submits, %d reads, %d single PUTs; %.2f per 100), the budget allows %.1fs for them: %.2fx; worker's peak RSS %.0f MiB; status --run %.0f ms with %d pending, %.0f ms with %d applied; work stream %.1f MiB pending, runs stream %.1f MiB; run: %+v",
 					i+1, n, held, d.elapsed.Seconds(), d.units, d.submits, d.reads, d.units-d.submits-d.reads, 100*float64(d.units)/float64(n),
-					allowed, d.elapsed.Seconds()/allowed, d.peakRSSMiB, d.peakHeapMiB, ms(d.statusPending), n, ms(d.statusApplied), n, d.workMiB, d.runsMiB, d.final)
+					allowed, d.elapsed.Seconds()/allowed, d.peakRSSMiB, ms(d.statusPending), n, ms(d.statusApplied), n, d.workMiB, d.runsMiB, d.final)
 			}
 			b.ReportMetric(0, "ns/op")
 			b.ReportMetric(median(units), "units")
@@ -80,7 +78,6 @@ func BenchmarkRun(b *testing.B) {
 			b.ReportMetric(median(secs), "s")
 			b.ReportMetric(median(ratio), "x_budget_time")
 			b.ReportMetric(median(rss), "peak_rss_MiB")
-			b.ReportMetric(median(heap), "peak_heap_MiB")
 			b.ReportMetric(median(pendingMs), "status_ms_all_pending")
 			b.ReportMetric(median(appliedMs), "status_ms_all_applied")
 			b.ReportMetric(median(work), "work_stream_MiB")
@@ -107,7 +104,7 @@ func newRunRig(tb testing.TB, fake kustomertest.Config, held int) *rig {
 type runDrained struct {
 	elapsed                      time.Duration
 	units, submits, reads        int
-	peakRSSMiB, peakHeapMiB      float64
+	peakRSSMiB                   float64
 	statusPending, statusApplied time.Duration
 	workMiB, runsMiB             float64 // the work stream with every line pending; the runs stream at the end
 	final                        queue.RunStatus
@@ -115,7 +112,7 @@ type runDrained struct {
 
 // runDrain publishes n lines as enqueue does, under a run, reads the run's status with all of
 // them pending, drains them with the daemon's pool in bulk mode, and reads it again.
-func (r *rig) runDrain(n, perMinute int) runDrained {
+func (r *rig) runDrain(bin string, n, perMinute int) runDrained {
 	r.tb.Helper()
 	const id = "bench"
 	log := &queue.RunLog{JS: r.js, Topology: r.top}
@@ -152,34 +149,11 @@ func (r *rig) runDrain(n, perMinute int) runDrained {
 	d.statusPending = r.timeRunStatus(log, id, func(st queue.RunStatus) bool { return st.Pending == int64(n) })
 
 	st0 := r.fake.Stats()
-	runtime.GC()
-	resetPeakRSS()
-	var peakHeap uint64
-	sampleCtx, stopSampling := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		var ms runtime.MemStats
-		for {
-			select {
-			case <-sampleCtx.Done():
-				return
-			case <-t.C:
-			}
-			runtime.ReadMemStats(&ms)
-			peakHeap = max(peakHeap, ms.HeapInuse)
-		}
-	})
 	t0 := time.Now()
-	stop := r.startRunPool(perMinute)
+	stop := r.startWorkerProcess(bin, perMinute)
 	r.waitDrained(st0.Applied+n, 60*time.Minute)
 	d.elapsed = time.Since(t0)
-	stop()
-	stopSampling()
-	wg.Wait()
-	d.peakHeapMiB = float64(peakHeap) / (1 << 20)
-	d.peakRSSMiB = selfPeakRSS()
+	d.peakRSSMiB = stop()
 	st := r.fake.Stats()
 	d.units, d.submits, d.reads = st.Units-st0.Units, st.BulkSubmits-st0.BulkSubmits, st.BulkReads-st0.BulkReads
 	d.statusApplied = r.timeRunStatus(log, id, func(st queue.RunStatus) bool { d.final = st; return st.Applied == int64(n) })
@@ -217,60 +191,52 @@ func (r *rig) timeRunStatus(log *queue.RunLog, id string, ok func(queue.RunStatu
 	return took
 }
 
-// startRunPool runs the daemon's pool (worker.NewPool) in bulk mode with the bulk bucket.
-func (r *rig) startRunPool(perMinute int) (stop func()) {
+// startWorkerProcess runs `kustomer-worker run --bulk` (the binary bin) on the rig's NATS
+// and fake, holding the rig's MaxAckPending, until the returned stop is called, which stops
+// it with SIGTERM and returns its peak resident set in MiB.
+func (r *rig) startWorkerProcess(bin string, perMinute int) (stop func() float64) {
 	r.tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	lanes, attempts, err := queue.BindLanes(ctx, r.js, r.top)
-	if err != nil {
+	var stderr bytes.Buffer
+	cmd := exec.Command(bin, "run", "--bulk",
+		"--nats-url", r.url,
+		"--kustomer-url", r.fake.URL,
+		"--rate-per-minute", strconv.Itoa(perMinute),
+		"--concurrency", strconv.Itoa(r.wc.Concurrency),
+		"--max-ack-pending", strconv.Itoa(r.top.MaxAckPending),
+		"--http-addr", "127.0.0.1:0",
+		"--log-level", "warn")
+	cmd.Env = []string{"KUSTOMER_API_KEY=" + apiKey}
+	cmd.Dir = r.tb.TempDir()
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	if err := cmd.Start(); err != nil {
 		r.tb.Fatal(err)
 	}
-	store, err := queue.BindBulk(ctx, r.js, r.top, false)
-	if err != nil {
-		r.tb.Fatal(err)
-	}
-	client := r.client()
-	pool, err := worker.NewPool(ctx, r.js, r.top, lanes, attempts, worker.Wiring{
-		Client: client, Pacer: pacer.New(perMinute), Metrics: worker.NewMetrics(prometheus.NewRegistry()),
-		Log: discard, Config: r.wc,
-	})
-	if err != nil {
-		r.tb.Fatal(err)
-	}
-	pool.BulkJobs = store
-	pctx, pcancel := context.WithCancel(context.Background())
-	var pins sync.WaitGroup
-	pins.Go(func() { _ = lanes.Live.Run(pctx) })
-	pins.Go(func() { _ = lanes.Backfill.Run(pctx) })
-	stopPool := r.runPool(pool, client)
-	return func() {
-		stopPool()
-		uctx, ucancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = lanes.Live.Unpin(uctx)
-		_ = lanes.Backfill.Unpin(uctx)
-		ucancel()
-		pcancel()
-		pins.Wait()
-	}
-}
-
-// resetPeakRSS resets the process's peak resident set (VmHWM), where Linux allows it.
-func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
-
-// selfPeakRSS is the process's peak resident set in MiB since resetPeakRSS; 0 where unknown.
-func selfPeakRSS() float64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if rest, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
-			return kb / 1024
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stopped := false
+	r.tb.Cleanup(func() {
+		if !stopped {
+			_ = cmd.Process.Kill()
+			<-exited
 		}
+	})
+	return func() float64 {
+		peak, err := peakRSS(cmd.Process.Pid)
+		if err != nil {
+			r.tb.Fatal(err)
+		}
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			r.tb.Fatal(err)
+		}
+		select {
+		case err := <-exited:
+			stopped = true
+			if err != nil {
+				r.tb.Fatalf("kustomer-worker run: %v\n%s", err, stderr.String())
+			}
+		case <-time.After(time.Minute):
+			r.tb.Fatalf("kustomer-worker run did not stop within a minute of SIGTERM\n%s", stderr.String())
+		}
+		return peak
 	}
-	return 0
 }
