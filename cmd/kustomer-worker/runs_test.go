@@ -381,3 +381,41 @@ func TestRunCountsAcrossABrokerRestartInBulkMode(t *testing.T) {
 		t.Errorf("no share applied in bulk jobs: %+v", st)
 	}
 }
+
+// The waiting command stopped (Ctrl-C) and started again, here as status --run --watch, sees
+// the same run to its end with exact counts.
+func TestRunWaitStoppedAndFollowedAgain(t *testing.T) {
+	checkNoLeaks(t)
+	r := newOpsRig(t)
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1, Latency: 20 * time.Millisecond})
+	fake.Reject(convID(4), 400)
+	r.startDaemonPool(fake)
+	file := writeFile(t, "backfill.jsonl", runLines(0, 80))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := r.cliCtx(ctx, "", "enqueue", file, "--run-id", "resume", "--wait", "--interval", "100ms", "--progress", "none")
+		done <- err
+	}()
+	testwait.Until(t, "some lines applied", time.Minute, func() bool {
+		out, _, err := r.cli("", "status", "--run", "resume", "--json")
+		var st runJSON
+		ok := err == nil && json.Unmarshal([]byte(out), &st) == nil && st.Applied > 0
+		if !ok {
+			t.Logf("%v %s", err, out)
+		}
+		return ok
+	})
+	cancel()
+	if err := testwait.Recv(t, "enqueue --wait to stop", 30*time.Second, done); exitStatus(err) != 1 || !strings.Contains(err.Error(), "the run goes on") {
+		t.Fatalf("stopped enqueue --wait: %v", err)
+	}
+	out, _, err := r.cli("", "status", "--run", "resume", "--watch", "--interval", "100ms", "--progress", "plain")
+	if exitStatus(err) != 3 || !strings.Contains(err.Error(), "79 applied, 1 dead-lettered") {
+		t.Fatalf("status --run --watch: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "run resume: dead-lettered, applied 79 of 80, dead-lettered 1 (rejected 1), pending 0") {
+		t.Errorf("the last line:\n%s", out)
+	}
+}
