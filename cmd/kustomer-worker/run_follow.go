@@ -16,18 +16,17 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/queue"
 )
 
-// runView follows one run (enqueue --wait, status --run): it reads the run's status from
+// runView shows one run (enqueue --wait, status --run): it reads the run's status from
 // JetStream (queue.RunReader) and shows it as a bar on a terminal, a line per reading
 // otherwise, or a JSON object per reading. Everything it shows is read again from JetStream
 // each time, so a follower started again (after a crash, on another machine) shows the same.
 type runView struct {
-	w          io.Writer
-	mode       string // bar, plain, json or text (one reading, for reading)
-	perMinute  int    // the org budget, for the ETA from the budget; 0 if unknown
-	bar        *progressbar.ProgressBar
-	lastLine   time.Time
-	lineEvery  time.Duration
-	finalShown bool
+	w         io.Writer
+	mode      string // bar, plain, json or text (one reading, for reading)
+	perMinute int    // the org budget, for the ETA from the budget; 0 if unknown
+	bar       *progressbar.ProgressBar
+	lastLine  time.Time
+	lineEvery time.Duration
 }
 
 // runJSON is a reading of a run as --json writes it.
@@ -202,11 +201,10 @@ func runResult(st queue.RunStatus) error {
 func follow(ctx context.Context, js jetstream.JetStream, top queue.Topology, id string, v *runView, interval time.Duration) (queue.RunStatus, error) {
 	r := &queue.RunReader{Log: &queue.RunLog{JS: js, Topology: top}, ID: id}
 	var (
-		last      queue.RunStatus
-		failing   time.Time
-		interval0 = interval
+		last    queue.RunStatus
+		failing time.Time
 	)
-	t := time.NewTicker(interval0)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		rctx, cancel := context.WithTimeout(ctx, statusReadTimeout)
