@@ -387,9 +387,8 @@ func TestRunCountsAcrossABrokerRestartInBulkMode(t *testing.T) {
 func TestRunWaitStoppedAndFollowedAgain(t *testing.T) {
 	checkNoLeaks(t)
 	r := newOpsRig(t)
-	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1, Latency: 20 * time.Millisecond})
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
 	fake.Reject(convID(4), 400)
-	r.startDaemonPool(fake)
 	file := writeFile(t, "backfill.jsonl", runLines(0, 80))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -398,19 +397,17 @@ func TestRunWaitStoppedAndFollowedAgain(t *testing.T) {
 		_, _, err := r.cliCtx(ctx, "", "enqueue", file, "--run-id", "resume", "--wait", "--interval", "100ms", "--progress", "none")
 		done <- err
 	}()
-	testwait.Until(t, "some lines applied", time.Minute, func() bool {
+	// No worker yet: the run is published and waits.
+	testwait.Until(t, "the run published", time.Minute, func() bool {
 		out, _, err := r.cli("", "status", "--run", "resume", "--json")
 		var st runJSON
-		ok := err == nil && json.Unmarshal([]byte(out), &st) == nil && st.Applied > 0
-		if !ok {
-			t.Logf("%v %s", err, out)
-		}
-		return ok
+		return err == nil && json.Unmarshal([]byte(out), &st) == nil && st.State == queue.RunRunning && st.Pending == 80
 	})
 	cancel()
 	if err := testwait.Recv(t, "enqueue --wait to stop", 30*time.Second, done); exitStatus(err) != 1 || !strings.Contains(err.Error(), "the run goes on") {
 		t.Fatalf("stopped enqueue --wait: %v", err)
 	}
+	r.startDaemonPool(fake)
 	out, _, err := r.cli("", "status", "--run", "resume", "--watch", "--interval", "100ms", "--progress", "plain")
 	if exitStatus(err) != 3 || !strings.Contains(err.Error(), "79 applied, 1 dead-lettered") {
 		t.Fatalf("status --run --watch: %v\n%s", err, out)
