@@ -39,7 +39,8 @@ var (
 // peak resident set (target 256 MiB), the size of the work stream with every line pending and
 // of the runs stream at the end, and the latency of
 // `status --run` (a fresh queue.RunReader's Read) with every line pending, before the worker
-// starts (target under 1 s), and with every line applied, after.
+// starts (target under 1 s), and with every line applied, after: by a first reader, which
+// reads every applied record and stores the run's summary, and by a second, which reads that.
 func BenchmarkRun(b *testing.B) {
 	n := pick("bench.run-lines", runLinesFlag, 500)
 	budget := pick("bench.bulk-budget", bulkBudgetFlag, 100)
@@ -58,7 +59,7 @@ func BenchmarkRun(b *testing.B) {
 			held = v
 		}
 		b.Run(fmt.Sprintf("held_%d_jobs", held), func(b *testing.B) {
-			var units, secs, ratio, rss, pendingMs, appliedMs, work, runs []float64
+			var units, secs, ratio, rss, pendingMs, appliedMs, summaryMs, work, runs []float64
 			for i := range repetitions(b) {
 				r := newRunRig(b, fake, held)
 				d := r.runDrain(bin, n, perMinute)
@@ -68,9 +69,10 @@ func BenchmarkRun(b *testing.B) {
 				rss = append(rss, d.peakRSSMiB)
 				pendingMs, appliedMs = append(pendingMs, ms(d.statusPending)), append(appliedMs, ms(d.statusApplied))
 				work, runs = append(work, d.workMiB), append(runs, d.runsMiB)
-				b.Logf("repetition %d: %d lines, held %d jobs: %.1fs, %d units (%d submits, %d reads, %d single PUTs; %.2f per 100), the budget allows %.1fs for them: %.2fx; worker's peak RSS %.0f MiB; status --run %.0f ms with %d pending, %.0f ms with %d applied; work stream %.1f MiB pending, runs stream %.1f MiB; run: %+v",
+				summaryMs = append(summaryMs, ms(d.statusSummary))
+				b.Logf("repetition %d: %d lines, held %d jobs: %.1fs, %d units (%d submits, %d reads, %d single PUTs; %.2f per 100), the budget allows %.1fs for them: %.2fx; worker's peak RSS %.0f MiB; status --run %.0f ms with %d pending, %.0f ms with %d applied (%.0f ms from its summary after); work stream %.1f MiB pending, runs stream %.1f MiB; run: %+v",
 					i+1, n, held, d.elapsed.Seconds(), d.units, d.submits, d.reads, d.units-d.submits-d.reads, 100*float64(d.units)/float64(n),
-					allowed, d.elapsed.Seconds()/allowed, d.peakRSSMiB, ms(d.statusPending), n, ms(d.statusApplied), n, d.workMiB, d.runsMiB, d.final)
+					allowed, d.elapsed.Seconds()/allowed, d.peakRSSMiB, ms(d.statusPending), n, ms(d.statusApplied), n, ms(d.statusSummary), d.workMiB, d.runsMiB, d.final)
 			}
 			b.ReportMetric(0, "ns/op")
 			b.ReportMetric(median(units), "units")
@@ -80,6 +82,7 @@ func BenchmarkRun(b *testing.B) {
 			b.ReportMetric(median(rss), "peak_rss_MiB")
 			b.ReportMetric(median(pendingMs), "status_ms_all_pending")
 			b.ReportMetric(median(appliedMs), "status_ms_all_applied")
+			b.ReportMetric(median(summaryMs), "status_ms_all_applied_summary")
 			b.ReportMetric(median(work), "work_stream_MiB")
 			b.ReportMetric(median(runs), "runs_stream_MiB")
 		})
@@ -106,7 +109,8 @@ type runDrained struct {
 	units, submits, reads        int
 	peakRSSMiB                   float64
 	statusPending, statusApplied time.Duration
-	workMiB, runsMiB             float64 // the work stream with every line pending; the runs stream at the end
+	statusSummary                time.Duration // a second reader, after the first stored the run's summary
+	workMiB, runsMiB             float64       // the work stream with every line pending; the runs stream at the end
 	final                        queue.RunStatus
 }
 
@@ -157,6 +161,7 @@ func (r *rig) runDrain(bin string, n, perMinute int) runDrained {
 	st := r.fake.Stats()
 	d.units, d.submits, d.reads = st.Units-st0.Units, st.BulkSubmits-st0.BulkSubmits, st.BulkReads-st0.BulkReads
 	d.statusApplied = r.timeRunStatus(log, id, func(st queue.RunStatus) bool { d.final = st; return st.Applied == int64(n) })
+	d.statusSummary = r.timeRunStatus(log, id, func(st queue.RunStatus) bool { return st.Applied == int64(n) && st.Units == d.final.Units })
 	d.runsMiB = r.streamMiB(r.top.RunsStream)
 	return d
 }

@@ -211,6 +211,22 @@ type RunReader struct {
 	first, last          time.Time
 	recent               []time.Time // when the records of the last minute were stored, oldest first
 	dead                 deadCounter
+	// summed, when not nil, stands for every applied record up to its Seq: read from the
+	// run's summary instead of the records, on a first Read that found none added since.
+	summed *appliedSum
+}
+
+// appliedSum is what a run's applied records add up to, up to the runs stream's sequence
+// Seq: stored as the run's summary once the run ended, so that reading a finished run does
+// not read its records again.
+type appliedSum struct {
+	Seq     uint64    `json:"seq"`
+	Applied int64     `json:"applied"`
+	Units   int64     `json:"units"`
+	Bulk    int64     `json:"bulk"`
+	Jobs    int64     `json:"jobs"`
+	First   time.Time `json:"first,omitzero"`
+	Last    time.Time `json:"last,omitzero"`
 }
 
 // see counts the applied record of line, stored at t, unless its line was counted already.
@@ -245,8 +261,13 @@ func (r *RunReader) Read(ctx context.Context) (RunStatus, error) {
 		return RunStatus{}, err
 	}
 	st := RunStatus{Run: run, Time: time.Now()}
-	if err := r.readApplied(ctx); err != nil {
+	if err := r.useSummary(ctx); err != nil {
 		return st, err
+	}
+	if r.summed == nil {
+		if err := r.readApplied(ctx); err != nil {
+			return st, err
+		}
 	}
 	dead, units, err := r.dead.count(ctx, r.Log.JS, r.Log.Topology, r.ID)
 	if err != nil {
@@ -263,6 +284,11 @@ func (r *RunReader) Read(ctx context.Context) (RunStatus, error) {
 	st.Applied, st.BulkApplied, st.FirstApply, st.LastApply = r.applied, r.bulk, r.first, r.last
 	st.Units += r.units
 	st.BulkJobs = int64(len(r.jobs))
+	if sum := r.summed; sum != nil {
+		st.Applied, st.BulkApplied, st.FirstApply, st.LastApply, st.BulkJobs = sum.Applied, sum.Bulk, sum.First, sum.Last, sum.Jobs
+		st.Units += sum.Units
+		recent = 0
+	}
 	st.Units += st.BulkJobs
 	if st.Applied > 0 {
 		st.BulkShare = float64(st.BulkApplied) / float64(st.Applied)
@@ -288,8 +314,63 @@ func (r *RunReader) Read(ctx context.Context) (RunStatus, error) {
 	if st.Finished() {
 		end := latest(st.LastApply, r.dead.last, run.Published)
 		st.Duration = end.Sub(run.Started).Seconds()
+		if r.summed == nil && r.lastSeq > 0 {
+			// Best effort: a reader that may not write reads the records next time.
+			sum := appliedSum{Seq: r.lastSeq, Applied: r.applied, Units: r.units, Bulk: r.bulk, Jobs: int64(len(r.jobs)), First: r.first, Last: r.last}
+			if data, err := json.Marshal(sum); err == nil {
+				_, _ = r.Log.JS.Publish(ctx, r.Log.subject(r.ID, "summary"), data)
+			}
+		}
 	}
 	return st, nil
+}
+
+// useSummary decides whether the run's applied records are read or stand summed: a first
+// Read takes the run's summary when no applied record was stored after it; any Read drops
+// the summary (and reads every record) once one was.
+func (r *RunReader) useSummary(ctx context.Context) error {
+	if r.summed == nil && r.lastSeq == 0 && r.jobs == nil {
+		var sum appliedSum
+		err := r.Log.last(ctx, r.Log.subject(r.ID, "summary"), &sum)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		r.summed = &sum
+	}
+	if r.summed == nil {
+		return nil
+	}
+	n, err := r.appliedSince(ctx, r.summed.Seq+1)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		r.summed = nil
+	}
+	return nil
+}
+
+// appliedSince counts the run's applied records stored at or after sequence seq, without
+// reading them.
+func (r *RunReader) appliedSince(ctx context.Context, seq uint64) (uint64, error) {
+	stream := r.Log.Topology.RunsStream
+	cons, err := r.Log.JS.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects:    []string{r.Log.subject(r.ID, "a", "*")},
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       seq,
+		InactiveThreshold: 30 * time.Second,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: reading: %w", stream, err)
+	}
+	n := cons.CachedInfo().NumPending
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	_ = r.Log.JS.DeleteConsumer(dctx, stream, cons.CachedInfo().Name)
+	cancel()
+	return n, nil
 }
 
 func latest(a time.Time, bs ...time.Time) time.Time {

@@ -416,3 +416,30 @@ func TestRunWaitStoppedAndFollowedAgain(t *testing.T) {
 		t.Errorf("the last line:\n%s", out)
 	}
 }
+
+// A run read after its end is read from its summary; a dead letter replayed then makes it
+// pending again, and once applied the run is done, counted from its records again.
+func TestRunReplayedAfterItsEnd(t *testing.T) {
+	checkNoLeaks(t)
+	r := newOpsRig(t)
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1})
+	fake.Reject(convID(1), 400)
+	r.startDaemonPool(fake)
+	file := writeFile(t, "backfill.jsonl", runLines(0, 6))
+	if _, _, err := r.cli("", "enqueue", file, "--run-id", "again", "--wait", "--interval", "100ms", "--progress", "none"); exitStatus(err) != 3 {
+		t.Fatalf("enqueue --wait: %v", err)
+	}
+	for range 2 { // the second reading comes from the summary the first stored
+		if st := r.runStatus("again"); st.Applied != 5 || st.Dead != 1 || st.State != queue.RunFailed || st.Units != 6 {
+			t.Fatalf("after the end: %+v", st)
+		}
+	}
+	fake.Reject(convID(1), 0)
+	if _, _, err := r.cli("", "dlq", "replay", "--run", "again"); err != nil {
+		t.Fatal(err)
+	}
+	testwait.Until(t, "the replayed line applied", 30*time.Second, func() bool { return r.runStatus("again").State == queue.RunDone })
+	if st := r.runStatus("again"); st.Applied != 6 || st.Dead != 0 || st.Pending != 0 {
+		t.Errorf("after the replay: %+v", st)
+	}
+}
