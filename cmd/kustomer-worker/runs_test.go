@@ -162,7 +162,7 @@ func TestRunFollowedToItsEnd(t *testing.T) {
 func TestRunCountsAcrossAWorkerRestart(t *testing.T) {
 	checkNoLeaks(t)
 	r := newOpsRig(t)
-	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1, Latency: 20 * time.Millisecond})
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1, Latency: 50 * time.Millisecond})
 	fake.Reject(convID(5), 400)
 	file := writeFile(t, "backfill.jsonl", runLines(0, 60))
 	if _, _, err := r.cli("", "enqueue", file, "--run-id", "restart", "--progress", "none"); err != nil {
@@ -171,14 +171,16 @@ func TestRunCountsAcrossAWorkerRestart(t *testing.T) {
 	if st := r.runStatus("restart"); st.Pending != 60 || st.Applied != 0 || st.State != queue.RunRunning {
 		t.Fatalf("before any worker: %+v", st)
 	}
-	stop := r.startDaemonPool(fake)
+	slow := func(c *worker.Config) { c.Concurrency = 2 } // 60 lines take 1.5 s or more: the stop comes mid-run
+	stop := r.startDaemonPool(fake, slow)
 	testwait.Until(t, "some lines applied", 30*time.Second, func() bool { return r.runStatus("restart").Applied >= 10 })
 	stop()
 	mid := r.runStatus("restart")
 	if mid.Applied+mid.Dead+mid.Pending != 60 {
 		t.Fatalf("between workers the counts do not add up: %+v", mid)
 	}
-	r.startDaemonPool(fake)
+	t.Logf("between workers: %d applied, %d dead-lettered, %d pending", mid.Applied, mid.Dead, mid.Pending)
+	r.startDaemonPool(fake, slow)
 	testwait.Until(t, "the run to end", 60*time.Second, func() bool { return r.runStatus("restart").Finished() })
 	st := r.runStatus("restart")
 	if st.Applied != 59 || st.Dead != 1 || st.Pending != 0 {
