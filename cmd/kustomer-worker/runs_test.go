@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -443,5 +444,41 @@ func TestRunReplayedAfterItsEnd(t *testing.T) {
 	testwait.Until(t, "the replayed line applied", 30*time.Second, func() bool { return r.runStatus("again").State == queue.RunDone })
 	if st := r.runStatus("again"); st.Applied != 6 || st.Dead != 0 || st.Pending != 0 {
 		t.Errorf("after the replay: %+v", st)
+	}
+}
+
+// Without --run-id, the run id is the date and a hash of the input: the same command again is
+// the same run, and publishes nothing twice; another input is another run. --json says so.
+func TestEnqueueDefaultRunIDAndJSON(t *testing.T) {
+	checkNoLeaks(t)
+	r := newOpsRig(t)
+	file := writeFile(t, "backfill.jsonl", runLines(0, 7))
+	enqueue := func(path string) enqueueJSON {
+		t.Helper()
+		out, _, err := r.cli("", "enqueue", path, "--json", "--progress", "none")
+		var doc enqueueJSON
+		if err != nil || json.Unmarshal([]byte(out), &doc) != nil {
+			t.Fatalf("enqueue --json: %v\n%s", err, out)
+		}
+		return doc
+	}
+	first := enqueue(file)
+	if !regexp.MustCompile(`^[0-9]{8}-[0-9a-f]{10}$`).MatchString(first.Run) || first.Published != 7 || first.Lines != 7 {
+		t.Fatalf("first: %+v", first)
+	}
+	again := enqueue(file)
+	if again.Run != first.Run || again.Published != 0 || again.Duplicates != 7 {
+		t.Errorf("the same command again: %+v, want run %s, 7 duplicates", again, first.Run)
+	}
+	other := enqueue(writeFile(t, "other.jsonl", runLines(50, 3)))
+	if other.Run == first.Run || other.Published != 3 {
+		t.Errorf("another input: %+v", other)
+	}
+	if st := r.runStatus(first.Run); st.Lines != 7 || st.Pending != 7 || st.State != queue.RunRunning {
+		t.Errorf("status --run %s: %+v", first.Run, st)
+	}
+	m := r.workMsgs()[0]
+	if m.Header.Get(queue.HeaderRunID) != first.Run || m.Header.Get(queue.HeaderRunLine) != "1" {
+		t.Errorf("the first message's headers: %v", m.Header)
 	}
 }
