@@ -33,6 +33,8 @@ failed validation; no request was made), rejected (Kustomer answered a non-retry
 
 Examples:
   kustomer-worker dlq list --class rejected
+  kustomer-worker dlq list --run night-1
+  kustomer-worker dlq export --run night-1 > failed.jsonl
   kustomer-worker dlq show 42
   kustomer-worker dlq replay --class exhausted
   kustomer-worker dlq show 42 --raw > fixed.json && $EDITOR fixed.json && kustomer-worker dlq replay --seq 42 --message-file fixed.json
