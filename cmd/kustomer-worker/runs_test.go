@@ -482,3 +482,29 @@ func TestEnqueueDefaultRunIDAndJSON(t *testing.T) {
 		t.Errorf("the first message's headers: %v", m.Header)
 	}
 }
+
+// A failover from the active replica to a standby mid-run loses no count and counts nothing
+// twice.
+func TestRunCountsAcrossAFailover(t *testing.T) {
+	checkNoLeaks(t)
+	r := newOpsRig(t)
+	fake := kustomertest.NewServer(t, kustomertest.Config{Budget: -1, Latency: 50 * time.Millisecond})
+	fake.Reject(convID(5), 400)
+	file := writeFile(t, "backfill.jsonl", runLines(0, 60))
+	if _, _, err := r.cli("", "enqueue", file, "--run-id", "failover", "--progress", "none"); err != nil {
+		t.Fatal(err)
+	}
+	slow := func(c *worker.Config) { c.Concurrency = 2 }
+	stopActive := r.startDaemonPool(fake, slow)
+	testwait.Until(t, "some lines applied", 30*time.Second, func() bool { return r.runStatus("failover").Applied >= 10 })
+	r.startDaemonPool(fake, slow) // a standby while the first holds the pins
+	stopActive()
+	testwait.Until(t, "the run to end on the other replica", 90*time.Second, func() bool { return r.runStatus("failover").Finished() })
+	st := r.runStatus("failover")
+	if st.Applied != 59 || st.Dead != 1 || st.Pending != 0 {
+		t.Errorf("after the failover: %+v", st)
+	}
+	if got := len(fake.Requests()); got < 60 {
+		t.Errorf("the fake saw %d requests, want at least 60", got)
+	}
+}
