@@ -35,6 +35,11 @@ const (
 // ErrNoRun is returned for a run id the runs stream holds no record of.
 var ErrNoRun = errors.New("no such run")
 
+// ErrNoRunsStream is returned by RecordApplied when no stream takes the runs subjects (the
+// streams are managed elsewhere and the runs stream was not created): nothing can record the
+// line, and waiting will not help.
+var ErrNoRunsStream = errors.New("no runs stream")
+
 var validRunID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 // CheckRunID returns an error unless id can name a run: 1 to 64 letters, digits, _ and -.
@@ -85,8 +90,16 @@ func (l *RunLog) subject(id string, rest ...string) string {
 }
 
 // Ensure creates the runs stream when missing (a worker of an older version made the other
-// streams), or updates it to the topology.
+// streams); an existing one is left as it is, so that a producer allowed to publish but not
+// to manage streams may call it.
 func (l *RunLog) Ensure(ctx context.Context) error {
+	_, err := l.JS.Stream(ctx, l.Topology.RunsStream)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return streamError(l.Topology.RunsStream, err)
+	}
 	if _, err := l.JS.CreateOrUpdateStream(ctx, l.Topology.runsConfig()); err != nil {
 		return fmt.Errorf("stream %s: %w", l.Topology.RunsStream, err)
 	}
@@ -152,6 +165,9 @@ func (l *RunLog) RecordApplied(ctx context.Context, h nats.Header, a Applied) er
 	}
 	data, _ := json.Marshal(a)
 	if _, err := l.JS.Publish(ctx, l.subject(id, "a", line), data); err != nil {
+		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+			return fmt.Errorf("run %s line %s: record applied: stream %s: %w", id, line, l.Topology.RunsStream, ErrNoRunsStream)
+		}
 		return fmt.Errorf("run %s line %s: record applied: %w", id, line, err)
 	}
 	return nil

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/kustomer-worker/kustomer-worker/queue"
@@ -56,6 +57,13 @@ func (p *Pool) appliedOK(c *conv, j *job, job string) {
 		rctx, cancel := context.WithTimeout(p.hard, storeTimeout)
 		err := p.Runs.RecordApplied(rctx, msg.Headers(), queue.Applied{Units: units, Job: job})
 		cancel()
+		if errors.Is(err, queue.ErrNoRunsStream) {
+			// Nothing will ever take the record: the update is applied, so it is acknowledged;
+			// the run's status will count it as pending (create the runs stream: run with
+			// --manage-streams once, or see docs/RUNS.md).
+			p.jobLog(j).Warn("cannot record the run's line as applied: no runs stream; acknowledging it all the same", "error", err)
+			err = nil
+		}
 		if err != nil {
 			j.accepted, j.bulkJob = true, job
 			p.jobLog(j).Warn("cannot record the run's line as applied; keeping the message and trying again (the update is not sent again)", "error", err)
