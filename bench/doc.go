@@ -1,8 +1,9 @@
 // Package bench holds the end-to-end benchmarks of kustomer-worker: throughput against a
 // plain consumer loop, use of a rate budget (alone and shared), memory of the worker process
 // over small and large backlogs, enqueue speed, publish-to-request latency, and live latency
-// during a backfill with the two lanes against one lane, and throughput over a slow link to
-// NATS against a direct one. Each runs the real worker against an
+// during a backfill with the two lanes against one lane, throughput over a slow link to NATS
+// against a direct one, bulk mode, and a backfill run followed to its end (BenchmarkRun).
+// Each runs the real worker against an
 // embedded NATS server and the fake Kustomer API of package kustomertest, and compares it with
 // a baseline run in the same process.
 //

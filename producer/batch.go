@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strconv"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
@@ -89,6 +93,32 @@ func (b *Batch) PublishChecked(ctx context.Context, eventID, conversationID stri
 			{Field: "id", Problem: fmt.Sprintf("%q is not a conversation id (24 hex characters)", conversationID)}}})
 	}
 	return b.send(ctx, eventID, conversationID, msg)
+}
+
+// PublishRunLine is PublishChecked for line n of the input of run: the message also carries
+// the run id and the line number in two headers (queue.HeaderRunID, queue.HeaderRunLine),
+// which the worker records when it applies the update, its dead letter keeps, and
+// `kustomer-worker status --run` counts by. run must pass queue.CheckRunID.
+func (b *Batch) PublishRunLine(ctx context.Context, eventID, conversationID, run string, n int64, msg []byte) error {
+	if err := CheckEventID(eventID); err != nil {
+		return err
+	}
+	if err := queue.CheckRunID(run); err != nil {
+		return fmt.Errorf("producer: %w", err)
+	}
+	if !kustomer.ValidID(conversationID) {
+		return invalid(eventID, &kustomer.ValidationError{Problems: []kustomer.FieldError{
+			{Field: "id", Problem: fmt.Sprintf("%q is not a conversation id (24 hex characters)", conversationID)}}})
+	}
+	m := &nats.Msg{Subject: b.subject + "." + conversationID, Data: msg, Header: nats.Header{
+		jetstream.MsgIDHeader: []string{eventID},
+		queue.HeaderRunID:     []string{run},
+		queue.HeaderRunLine:   []string{strconv.FormatInt(n, 10)},
+	}}
+	if err := b.pub.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("producer: batch: %w", err)
+	}
+	return nil
 }
 
 func (b *Batch) send(ctx context.Context, eventID, id string, data []byte) error {

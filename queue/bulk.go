@@ -46,6 +46,7 @@ type BulkRecordItem struct {
 	Ref     string `json:"ref"`               // the item's _clientRef
 	Outcome string `json:"outcome,omitempty"` // "", BulkSucceeded or BulkFailed
 	Reason  string `json:"reason,omitempty"`  // for BulkFailed
+	Run     string `json:"run,omitempty"`     // the run of the message (HeaderRunID), if any
 }
 
 // Outcomes of a bulk item, as BulkRecordItem.Outcome.

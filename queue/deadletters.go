@@ -20,6 +20,8 @@ type DeadLetter struct {
 	Stored          time.Time   // when the dead-letter stream stored it
 	OriginalSubject string      // where the message was first published
 	OriginalSeq     uint64      // its sequence in the work stream
+	Run             string      // the run it was enqueued in (HeaderRunID); "" if none
+	Line            int64       // its line in the run's input (HeaderRunLine); 0 if none
 	Header          nats.Header // every header: the original message's and the Dlq-* ones
 	Data            []byte      // the original message; empty when listed with headers only
 }
@@ -37,6 +39,8 @@ func newStored(seq uint64, stored time.Time, h nats.Header, data []byte) *DeadLe
 	}
 	l.OriginalSubject = h.Get(HeaderOriginalSubject)
 	l.OriginalSeq, _ = strconv.ParseUint(h.Get(HeaderOriginalSequence), 10, 64)
+	l.Run = h.Get(HeaderRunID)
+	l.Line, _ = strconv.ParseInt(h.Get(HeaderRunLine), 10, 64)
 	return l
 }
 
@@ -47,11 +51,12 @@ type DeadLetterFilter struct {
 	Statuses []int             // only these HTTP statuses (0 for none)
 	Since    time.Time         // failed at or after
 	Until    time.Time         // failed before
+	Run      string            // only dead letters of this run (HeaderRunID)
 }
 
 // Empty reports whether f selects every dead letter.
 func (f DeadLetterFilter) Empty() bool {
-	return len(f.Seqs) == 0 && len(f.Classes) == 0 && len(f.Statuses) == 0 && f.Since.IsZero() && f.Until.IsZero()
+	return len(f.Seqs) == 0 && len(f.Classes) == 0 && len(f.Statuses) == 0 && f.Since.IsZero() && f.Until.IsZero() && f.Run == ""
 }
 
 // Match reports whether f selects l.
@@ -66,6 +71,8 @@ func (f DeadLetterFilter) Match(l *DeadLetter) bool {
 	case !f.Since.IsZero() && l.FailedAt.Before(f.Since):
 		return false
 	case !f.Until.IsZero() && !l.FailedAt.Before(f.Until):
+		return false
+	case f.Run != "" && l.Header.Get(HeaderRunID) != f.Run:
 		return false
 	}
 	return true

@@ -16,6 +16,7 @@ type scanFrom struct {
 	time        time.Time // first stored time, when set
 	until       uint64    // last sequence to read: the stream's last when the scan began
 	headersOnly bool
+	filter      string // only messages of this subject (wildcards allowed), when set
 }
 
 // scan reads a stream with an ordered consumer from `from` to its end, calling fn for each
@@ -26,6 +27,9 @@ func scan(ctx context.Context, js jetstream.JetStream, stream string, from scanF
 		OptStartSeq:       max(from.seq, 1),
 		HeadersOnly:       from.headersOnly,
 		InactiveThreshold: 30 * time.Second,
+	}
+	if from.filter != "" {
+		cfg.FilterSubjects = []string{from.filter}
 	}
 	if !from.time.IsZero() {
 		start := from.time

@@ -61,6 +61,14 @@ type Topology struct {
 	PinnedTTL   time.Duration
 	RolesBucket string // KV bucket where replicas publish their role (active, standby); default DefaultRolesBucket
 	BulkBucket  string // KV bucket of the bulk jobs in flight (bulk mode); default DefaultBulkBucket
+	// RunsStream keeps what is known of each run (a backfill enqueued under a run id): its
+	// record and one record per line applied. Default DefaultRunsStream.
+	RunsStream string
+	// RunsSubject is the runs stream's subject prefix: it takes RunsSubject.>. Default
+	// DefaultRunsSubject.
+	RunsSubject string
+	// RunsMaxAge is how long a run's records are kept. Default DefaultRunsMaxAge (30 days).
+	RunsMaxAge time.Duration
 }
 
 // WithDefaults returns t with every zero field set to its default.
@@ -91,6 +99,9 @@ func (t Topology) WithDefaults() Topology {
 	def(&t.PriorityGroup, DefaultPriorityGroup)
 	def(&t.RolesBucket, DefaultRolesBucket)
 	def(&t.BulkBucket, DefaultBulkBucket)
+	def(&t.RunsStream, DefaultRunsStream)
+	def(&t.RunsSubject, DefaultRunsSubject)
+	defD(&t.RunsMaxAge, DefaultRunsMaxAge)
 	defD(&t.PinnedTTL, DefaultPinnedTTL)
 	defD(&t.DedupWindow, DefaultDedupWindow)
 	defD(&t.AckWait, DefaultAckWait)
@@ -108,13 +119,13 @@ func (t Topology) Validate() error {
 	for _, f := range []struct{ name, v string }{
 		{"Stream", t.Stream}, {"DLQStream", t.DLQStream}, {"Consumer", t.Consumer},
 		{"BackfillConsumer", t.BackfillConsumer}, {"AttemptsBucket", t.AttemptsBucket},
-		{"RolesBucket", t.RolesBucket}, {"BulkBucket", t.BulkBucket},
+		{"RolesBucket", t.RolesBucket}, {"BulkBucket", t.BulkBucket}, {"RunsStream", t.RunsStream},
 	} {
 		if f.v == "" || strings.ContainsAny(f.v, " .*>\t/\\") {
 			return bad(f.name, "%q is not a valid name (no spaces, dots, wildcards or slashes)", f.v)
 		}
 	}
-	for _, f := range []struct{ name, v string }{{"Subject", t.Subject}, {"BackfillSubject", t.BackfillSubject}, {"DLQSubject", t.DLQSubject}} {
+	for _, f := range []struct{ name, v string }{{"Subject", t.Subject}, {"BackfillSubject", t.BackfillSubject}, {"DLQSubject", t.DLQSubject}, {"RunsSubject", t.RunsSubject}} {
 		if f.v == "" || strings.ContainsAny(f.v, " *>\t") || strings.HasPrefix(f.v, ".") || strings.HasSuffix(f.v, ".") {
 			return bad(f.name, "%q is not a valid subject without wildcards", f.v)
 		}
@@ -126,6 +137,8 @@ func (t Topology) Validate() error {
 		return bad("PriorityGroup", "%q is not a valid group name (1 to 16 of letters, digits, /, _, = and -)", t.PriorityGroup)
 	case t.PinnedTTL < MinPinnedTTL:
 		return bad("PinnedTTL", "%s is under %s", t.PinnedTTL, MinPinnedTTL)
+	case LanesOverlap(t.RunsSubject, t.Subject) || LanesOverlap(t.RunsSubject, t.BackfillSubject) || LanesOverlap(t.RunsSubject, t.DLQSubject):
+		return bad("RunsSubject", "%q overlaps the work or dead-letter subjects", t.RunsSubject)
 	case within(t.DLQSubject, t.BackfillSubject):
 		return bad("DLQSubject", "%q overlaps the backfill subject %q", t.DLQSubject, t.BackfillSubject)
 	case LanesOverlap(t.Subject, t.BackfillSubject):
@@ -215,6 +228,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, t.bulkConfig()); err != nil {
 		return fmt.Errorf("bucket %s: %w", t.BulkBucket, err)
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, t.runsConfig()); err != nil {
+		return fmt.Errorf("stream %s: %w", t.RunsStream, err)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
+	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
@@ -26,7 +27,10 @@ func (p *Pool) bulkItem(c *conv, j *job, delivered uint64) bulk.Item {
 	// live update must not wait behind a backfill's job. With the live lane alone, its
 	// backlog is what bulk mode is for.
 	liveBesideBackfill := j.class == pacer.Live && p.Backfill != nil
-	return bulk.Item{Conv: c.key, Ref: j.ref, Update: j.update, Class: j.class, Delivered: delivered,
+	p.mu.Lock()
+	run := j.msg.Headers().Get(queue.HeaderRunID)
+	p.mu.Unlock()
+	return bulk.Item{Conv: c.key, Ref: j.ref, Update: j.update, Class: j.class, Delivered: delivered, Run: run,
 		Single: j.noBulk || j.invalid != nil || j.update.Replace || liveBesideBackfill, Handle: &heldItem{c, j}}
 }
 
@@ -105,7 +109,7 @@ func (h bulkHost) Throttled(rl kustomer.RateLimit) time.Duration { return h.p.Pa
 // Applied acknowledges an item a job applied, as an applied single PUT.
 func (h bulkHost) Applied(it bulk.Item) {
 	h.p.Metrics.update("applied")
-	h.p.ack(held(it).c, held(it).j)
+	h.p.appliedOK(held(it).c, held(it).j, it.Job)
 }
 
 // Single makes the item's conversation ready again, its head to go as a single PUT.

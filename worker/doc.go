@@ -59,6 +59,9 @@
 //     for the key; or keep (shutdown).
 //  7. settled (settle.go): settle is the one place a decision is carried out: it acks,
 //     dead-letters, or schedules a retry (a timer that makes the conversation ready later).
+//     An applied message of a run (headers queue.HeaderRunID and HeaderRunLine) is recorded
+//     in the runs stream first (appliedOK, through RunRecorder); when that fails the message
+//     stays held, marked accepted, and only the record is tried again.
 //  8. acknowledged (ack.go): ack acknowledges, confirmed by JetStream (confirm), or, when no
 //     newer message of the conversation is held, at once (ackNow; the next update then waits
 //     in previousGone). acked lets the message go, frees its slot and makes the conversation

@@ -32,6 +32,7 @@ type Pool struct {
 	Client      Updater      // sends the PUT
 	DeadLetters DeadLetterer // stores dead letters
 	Attempts    AttemptStore // optional: without it attempts are counted per delivery only
+	Runs        RunRecorder  // optional: records the lines of runs applied (see RunRecorder)
 	Pacer       Budget       // paces every request; default pacer.New(DefaultRatePerMinute)
 	Metrics     *Metrics     // optional
 	Log         *slog.Logger // default: discard
@@ -210,6 +211,10 @@ type job struct {
 	// members are the jobs behind this one, in stream order, that go in its PUT: fixed when it
 	// is first sent, emptied only by a split. Guarded by Pool.mu (insert and giveBackFrom read it).
 	members []*job
+	// accepted: Kustomer applied the update (in bulk job bulkJob, or as a single PUT) but
+	// its run's record is not stored yet: only that is tried again, never the update.
+	accepted bool
+	bulkJob  string
 	// settled: Kustomer applied the update (or its dead letter is stored) but the
 	// acknowledgement is not confirmed yet. The job is only acknowledged again, never sent.
 	// Written under Pool.mu by the holder (ack), so that others may read it under Pool.mu.

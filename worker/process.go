@@ -41,6 +41,10 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 		p.ack(c, j)
 		return
 	}
+	if j.accepted { // applied: only its run's record is missing
+		p.appliedOK(c, j, j.bulkJob)
+		return
+	}
 	if p.bulk != nil && p.bulk.Take(p.bulkItem(c, j, t.delivered)) {
 		return // in a bulk job, or held back for an older one (bulkhost.go)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
@@ -56,6 +57,14 @@ type AttemptStore interface {
 	Delete(ctx context.Context, ref queue.MsgRef) error
 }
 
+// RunRecorder records that a message of a run (a backfill enqueued under a run id) was
+// applied, before the message is acknowledged, so that the run's status counts it once
+// whatever becomes of the acknowledgement; *queue.RunLog is the real one. A message of no
+// run records nothing.
+type RunRecorder interface {
+	RecordApplied(ctx context.Context, h nats.Header, a queue.Applied) error
+}
+
 // Budget is what the pool asks of the pacer in front of every request; *Pacer is the real one.
 type Budget interface {
 	// Wait blocks until a request of the class may go out, or ctx ends.
@@ -95,5 +104,6 @@ var (
 	_ Reader       = (*kustomer.Client)(nil)
 	_ DeadLetterer = (*queue.DeadLetterPublisher)(nil)
 	_ AttemptStore = (*queue.Attempts)(nil)
+	_ RunRecorder  = (*queue.RunLog)(nil)
 	_ Budget       = (*pacer.Pacer)(nil)
 )

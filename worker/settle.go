@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/kustomer-worker/kustomer-worker/queue"
@@ -18,7 +19,7 @@ func (p *Pool) settle(c *conv, j *job, d decision) {
 	switch d.verdict {
 	case verdictAck:
 		p.Metrics.update(d.metric)
-		p.ack(c, j)
+		p.appliedOK(c, j, "")
 	case verdictDeadLetter:
 		p.deadLetter(c, j, d)
 	case verdictRetry:
@@ -43,6 +44,38 @@ func (p *Pool) settle(c *conv, j *job, d decision) {
 		p.schedule(c, 0)
 	case verdictKeep:
 	}
+}
+
+// appliedOK acknowledges j, which Kustomer applied (in bulk job job, or as a single PUT), once
+// its run's record says so: if that cannot be stored, the message stays held and only the
+// record is tried again later (process), never the update.
+func (p *Pool) appliedOK(c *conv, j *job, job string) {
+	if p.Runs != nil {
+		p.mu.Lock()
+		msg := j.msg
+		p.mu.Unlock()
+		units := 0
+		if job == "" {
+			units = j.attempts + 1 // the retryable failures and the request that succeeded
+		}
+		rctx, cancel := context.WithTimeout(p.hard, storeTimeout)
+		err := p.Runs.RecordApplied(rctx, msg.Headers(), queue.Applied{Units: units, Job: job})
+		cancel()
+		if errors.Is(err, queue.ErrNoRunsStream) {
+			// Nothing will ever take the record: the update is applied, so it is acknowledged;
+			// the run's status will count it as pending (create the runs stream: run with
+			// --manage-streams once, or see docs/RUNS.md).
+			p.jobLog(j).Warn("cannot record the run's line as applied: no runs stream; acknowledging it all the same", "error", err)
+			err = nil
+		}
+		if err != nil {
+			j.accepted, j.bulkJob = true, job
+			p.jobLog(j).Warn("cannot record the run's line as applied; keeping the message and trying again (the update is not sent again)", "error", err)
+			p.schedule(c, deadLetterRetry)
+			return
+		}
+	}
+	p.ack(c, j)
 }
 
 // recordAttempts stores j's attempts so that a redelivery, a restart or another replica

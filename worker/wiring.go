@@ -45,6 +45,7 @@ func NewPool(ctx context.Context, js jetstream.JetStream, top queue.Topology, la
 		Heal:        w.Heal,
 		Outstanding: &queue.Outstanding{JS: js, Topology: top},
 		Attempts:    attempts,
+		Runs:        &queue.RunLog{JS: js, Topology: top},
 		Pacer:       w.Pacer,
 		Metrics:     w.Metrics,
 		Log:         w.Log,

@@ -38,6 +38,16 @@ func (e *usageError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error { return &usageError{fmt.Errorf(format, args...)} }
 
+// exitError is a failure with an exit status of its own: 3 for a run that ended with dead
+// letters (enqueue --wait, status --run).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
 // globals are flags every command takes.
 type globals struct {
 	LogLevel    string           `name:"log-level" env:"WORKER_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level: debug, info, warn or error."`
@@ -61,6 +71,7 @@ type cli struct {
 	Enqueue     enqueueCmd     `cmd:"" help:"Publish update messages from a JSON Lines file, or one body for a list of ids: a backfill."`
 	Status      statusCmd      `cmd:"" help:"Show the backlog, messages in progress and dead letters; --watch for throughput and time left."`
 	DLQ         dlqCmd         `cmd:"" name:"dlq" help:"List, show, replay and purge dead letters."`
+	Runs        runsCmd        `cmd:"" help:"List recent runs (backfills): applied, dead-lettered, pending, state."`
 	Demo        demoCmd        `cmd:"" help:"Run everything on this machine against a fake Kustomer, with a generated backfill: start here."`
 	Mock        mockCmd        `cmd:"" help:"Serve a fake Kustomer API for trying the worker without an account."`
 	Healthcheck healthcheckCmd `cmd:"" help:"Ask a running daemon's /healthz or /readyz: exit 0 when it answers 200 (container healthchecks)."`

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,6 +23,7 @@ type dlqCmd struct {
 	Show   dlqShowCmd   `cmd:"" help:"Show one dead letter: the original message and every header."`
 	Replay dlqReplayCmd `cmd:"" help:"Publish dead letters to the work stream again; each is removed once its publish is acknowledged."`
 	Purge  dlqPurgeCmd  `cmd:"" help:"Delete dead letters for good."`
+	Export dlqExportCmd `cmd:"" help:"Write the original lines of dead letters (a run's, with --run) to stdout, ready to fix and enqueue again; line numbers and reasons on stderr or in --reasons."`
 }
 
 func (c *dlqCmd) Help() string {
@@ -33,6 +35,8 @@ cause, then replay.
 
 Examples:
   kustomer-worker dlq list --class rejected
+  kustomer-worker dlq list --run night-1
+  kustomer-worker dlq export --run night-1 > failed.jsonl
   kustomer-worker dlq show 42
   kustomer-worker dlq replay --class exhausted
   kustomer-worker dlq show 42 --raw > fixed.json && $EDITOR fixed.json && kustomer-worker dlq replay --seq 42 --message-file fixed.json
@@ -45,6 +49,7 @@ type dlqSelect struct {
 	Status []int    `name:"status" sep:"," help:"Only these HTTP statuses, e.g. 400,404; 0 selects dead letters without one (comma-separated or repeated)."`
 	Since  string   `name:"since" help:"Only dead letters that failed at or after this time: RFC 3339 (2025-01-31T09:00:00Z) or a duration ago (90m, 2h)."`
 	Until  string   `name:"until" help:"Only dead letters that failed before this time: RFC 3339 or a duration ago."`
+	RunID  string   `name:"run" help:"Only dead letters of this run (the run id enqueue printed)."`
 }
 
 func (s *dlqSelect) filter(now time.Time) (queue.DeadLetterFilter, error) {
@@ -58,6 +63,12 @@ func (s *dlqSelect) filter(now time.Time) (queue.DeadLetterFilter, error) {
 		}
 	}
 	f.Statuses = s.Status
+	if s.RunID != "" {
+		if err := queue.CheckRunID(s.RunID); err != nil {
+			return f, usagef("run: %v", err)
+		}
+		f.Run = s.RunID
+	}
 	var err error
 	if f.Since, err = parseWhen(s.Since, now); err != nil {
 		return f, usagef("since: %v", err)
@@ -112,6 +123,7 @@ func (c *dlqListCmd) Help() string {
 	return `Examples:
   kustomer-worker dlq list
   kustomer-worker dlq list --class rejected --status 404 --since 24h
+  kustomer-worker dlq list --run 20250131-3fa9c2d1e0
   kustomer-worker dlq list --json | jq -r 'select(.class == "exhausted") | .seq'`
 }
 
@@ -126,6 +138,8 @@ type listedDeadLetter struct {
 	FailedAt        time.Time `json:"failed_at"`
 	OriginalSubject string    `json:"original_subject"`
 	OriginalSeq     uint64    `json:"original_seq"`
+	Run             string    `json:"run,omitempty"`
+	Line            int64     `json:"line,omitempty"`
 }
 
 func (c *dlqListCmd) Run(ctx context.Context, e *env, g *globals) error {
@@ -140,6 +154,9 @@ func (c *dlqListCmd) Run(ctx context.Context, e *env, g *globals) error {
 	defer s.close()
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	if !c.JSON {
+		if c.RunID != "" {
+			fmt.Fprint(tw, "LINE\t")
+		}
 		fmt.Fprintln(tw, "SEQ\tCONVERSATION\tCLASS\tSTATUS\tATTEMPTS\tFAILED-AT\tREASON")
 	}
 	n := 0
@@ -150,6 +167,7 @@ func (c *dlqListCmd) Run(ctx context.Context, e *env, g *globals) error {
 			return writeJSON(e.stdout, listedDeadLetter{
 				Seq: l.Seq, Conversation: conv, Class: string(l.Class), Status: l.Status, Reason: l.Reason,
 				Attempts: l.Attempts, FailedAt: l.FailedAt.UTC(), OriginalSubject: l.OriginalSubject, OriginalSeq: l.OriginalSeq,
+				Run: l.Run, Line: l.Line,
 			})
 		}
 		status := "-"
@@ -158,6 +176,9 @@ func (c *dlqListCmd) Run(ctx context.Context, e *env, g *globals) error {
 		}
 		if conv == "" {
 			conv = "-"
+		}
+		if c.RunID != "" {
+			fmt.Fprintf(tw, "%d\t", l.Line)
 		}
 		_, err := fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", l.Seq, conv, l.Class, status, l.Attempts,
 			l.FailedAt.UTC().Format(time.RFC3339), oneLine(logtext.Truncate(l.Reason, 100, "…")))
@@ -295,6 +316,25 @@ type dlqReplayCmd struct {
 	dlqConn
 	dlqTarget
 	MessageFile string `name:"message-file" help:"With one --seq: replay this fixed message (a JSON update, - for stdin) instead of the stored one."`
+	JSON        bool   `name:"json" help:"Print one JSON object: the counts and each dead letter replayed (seq, new sequence, conversation) or skipped."`
+}
+
+// replayJSON is dlq replay's --json output.
+type replayJSON struct {
+	DryRun   bool         `json:"dryRun,omitempty"`
+	Replayed int          `json:"replayed"`
+	Skipped  int          `json:"skipped"`
+	Items    []replayItem `json:"items"`
+	Error    string       `json:"error,omitempty"`
+}
+
+type replayItem struct {
+	Seq          uint64 `json:"seq"`
+	Conversation string `json:"conversation_id"`
+	NewSeq       uint64 `json:"new_seq,omitempty"`
+	Skipped      string `json:"skipped,omitempty"` // why, when skipped
+	Run          string `json:"run,omitempty"`
+	Line         int64  `json:"line,omitempty"`
 }
 
 func (c *dlqReplayCmd) Help() string {
@@ -344,6 +384,11 @@ func (c *dlqReplayCmd) Run(ctx context.Context, e *env, g *globals) error {
 	defer s.close()
 
 	replayed, skipped := 0, 0
+	doc := replayJSON{DryRun: c.DryRun, Items: []replayItem{}}
+	stdout := e.stdout
+	if c.JSON {
+		stdout = io.Discard
+	}
 	err = d.Each(ctx, f, false, func(l *queue.DeadLetter) error {
 		data := l.Data
 		if fixed != nil {
@@ -351,6 +396,7 @@ func (c *dlqReplayCmd) Run(ctx context.Context, e *env, g *globals) error {
 		}
 		if _, err := kustomer.Decode(data); err != nil {
 			skipped++
+			doc.Items = append(doc.Items, replayItem{Seq: l.Seq, Conversation: conversationOf(ctx, d, l), Skipped: "invalid: " + err.Error(), Run: l.Run, Line: l.Line})
 			fmt.Fprintf(e.stderr, "skipped %d: the message is invalid (%v); fix it: dlq show %d --raw, then dlq replay --seq %d --message-file FILE\n",
 				l.Seq, logtext.Truncate(err.Error(), 200, "…"), l.Seq, l.Seq)
 			return nil
@@ -358,7 +404,8 @@ func (c *dlqReplayCmd) Run(ctx context.Context, e *env, g *globals) error {
 		conv := conversationOf(ctx, d, l)
 		if c.DryRun {
 			replayed++
-			fmt.Fprintf(e.stdout, "would replay %d (conversation %s, %s %s)\n", l.Seq, conv, l.Class, statusText(l.Status))
+			doc.Items = append(doc.Items, replayItem{Seq: l.Seq, Conversation: conv, Run: l.Run, Line: l.Line})
+			fmt.Fprintf(stdout, "would replay %d (conversation %s, %s %s)\n", l.Seq, conv, l.Class, statusText(l.Status))
 			return nil
 		}
 		ack, err := d.Replay(ctx, l, fixed)
@@ -366,14 +413,24 @@ func (c *dlqReplayCmd) Run(ctx context.Context, e *env, g *globals) error {
 			return err
 		}
 		replayed++
-		fmt.Fprintf(e.stdout, "replayed %d as %s sequence %d (conversation %s)\n", l.Seq, ack.Stream, ack.Sequence, conv)
+		doc.Items = append(doc.Items, replayItem{Seq: l.Seq, Conversation: conv, NewSeq: ack.Sequence, Run: l.Run, Line: l.Line})
+		fmt.Fprintf(stdout, "replayed %d as %s sequence %d (conversation %s)\n", l.Seq, ack.Stream, ack.Sequence, conv)
 		return nil
 	})
 	verb := "replayed"
 	if c.DryRun {
 		verb = "would replay"
 	}
-	fmt.Fprintf(e.stdout, "%s %d, skipped %d\n", verb, replayed, skipped)
+	fmt.Fprintf(stdout, "%s %d, skipped %d\n", verb, replayed, skipped)
+	if c.JSON {
+		doc.Replayed, doc.Skipped = replayed, skipped
+		if err != nil {
+			doc.Error = err.Error()
+		}
+		if werr := writeJSON(e.stdout, doc); werr != nil && err == nil {
+			err = werr
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -388,7 +445,16 @@ func (c *dlqReplayCmd) Run(ctx context.Context, e *env, g *globals) error {
 type dlqPurgeCmd struct {
 	dlqConn
 	dlqTarget
-	Yes bool `name:"yes" help:"Confirm: the dead letters are deleted for good."`
+	Yes  bool `name:"yes" help:"Confirm: the dead letters are deleted for good."`
+	JSON bool `name:"json" help:"Print one JSON object: how many were deleted (or would be) and their sequences."`
+}
+
+// purgeJSON is dlq purge's --json output.
+type purgeJSON struct {
+	DryRun  bool     `json:"dryRun,omitempty"`
+	Deleted int      `json:"deleted"`
+	Seqs    []uint64 `json:"seqs"`
+	Error   string   `json:"error,omitempty"`
 }
 
 func (c *dlqPurgeCmd) Help() string {
@@ -415,10 +481,16 @@ func (c *dlqPurgeCmd) Run(ctx context.Context, e *env, g *globals) error {
 	}
 	defer s.close()
 	n := 0
+	doc := purgeJSON{DryRun: c.DryRun, Seqs: []uint64{}}
+	stdout := e.stdout
+	if c.JSON {
+		stdout = io.Discard
+	}
 	err = d.Each(ctx, f, true, func(l *queue.DeadLetter) error {
 		if c.DryRun {
 			n++
-			fmt.Fprintf(e.stdout, "would delete %d (%s %s: %s)\n", l.Seq, l.Class, statusText(l.Status), oneLine(logtext.Truncate(l.Reason, 100, "…")))
+			doc.Seqs = append(doc.Seqs, l.Seq)
+			fmt.Fprintf(stdout, "would delete %d (%s %s: %s)\n", l.Seq, l.Class, statusText(l.Status), oneLine(logtext.Truncate(l.Reason, 100, "…")))
 			return nil
 		}
 		if err := d.Delete(ctx, l.Seq); err != nil {
@@ -428,8 +500,19 @@ func (c *dlqPurgeCmd) Run(ctx context.Context, e *env, g *globals) error {
 			return err
 		}
 		n++
+		doc.Seqs = append(doc.Seqs, l.Seq)
 		return nil
 	})
+	if c.JSON {
+		doc.Deleted = n
+		if err != nil {
+			doc.Error = err.Error()
+		}
+		if werr := writeJSON(e.stdout, doc); werr != nil && err == nil {
+			err = werr
+		}
+		return err
+	}
 	if c.DryRun {
 		fmt.Fprintln(e.stdout, "would delete", plural(n, "dead letter"))
 	} else {

@@ -4,13 +4,17 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,27 +31,36 @@ type enqueueCmd struct {
 	dialFlags
 	streamWaitFlags
 
-	File        string `arg:"" optional:"" name:"file" help:"JSON Lines file of update messages, one a line; - reads stdin."`
-	IDsFile     string `name:"ids-file" help:"File of conversation ids, one a line (- reads stdin), each given the same --body or --body-file."`
-	Body        string `name:"body" help:"With --ids-file: the update body, a JSON object such as '{\"status\":\"done\"}'."`
-	BodyFile    string `name:"body-file" type:"path" help:"With --ids-file: a file holding the update body."`
-	Replace     bool   `name:"replace" help:"With --ids-file: replace each conversation (?replace=true) instead of changing only the fields given."`
-	SkipInvalid bool   `name:"skip-invalid" help:"Publish the valid lines and write the invalid ones, with their reasons, to --rejects."`
-	Rejects     string `name:"rejects" type:"path" help:"With --skip-invalid: where invalid lines go, as JSON Lines (default INPUT.rejects.jsonl, or rejects.jsonl for stdin)."`
-	RunID       string `name:"run-id" env:"WORKER_RUN_ID" help:"Mixed into every message id, so the same input enqueued again under another run id is published again even within the dedup window."`
-	DryRun      bool   `name:"dry-run" help:"Validate only; publish nothing and need no NATS."`
-	Lane        string `name:"lane" enum:"backfill,live" default:"backfill" help:"Lane to publish to: backfill (BACKFILL-SUBJECT.<id>, served with the budget live updates leave) or live (SUBJECT.<id>, served first: for a handful of urgent updates)."`
-	MaxPending  int    `name:"max-pending" env:"WORKER_MAX_PENDING" default:"4096" help:"Publishes waiting for their acknowledgement at most."`
-	WindowOld   int    `name:"window" hidden:"" deprecated:"max-pending" help:"Deprecated name of max-pending."`
-	Progress    string `name:"progress" enum:"auto,bar,plain,none" default:"auto" help:"Progress on stderr: auto (a bar on a terminal, a line every few seconds otherwise), bar, plain or none."`
+	File        string        `arg:"" optional:"" name:"file" help:"JSON Lines file of update messages, one a line; - reads stdin."`
+	IDsFile     string        `name:"ids-file" help:"File of conversation ids, one a line (- reads stdin), each given the same --body or --body-file."`
+	Body        string        `name:"body" help:"With --ids-file: the update body, a JSON object such as '{\"status\":\"done\"}'."`
+	BodyFile    string        `name:"body-file" type:"path" help:"With --ids-file: a file holding the update body."`
+	Replace     bool          `name:"replace" help:"With --ids-file: replace each conversation (?replace=true) instead of changing only the fields given."`
+	SkipInvalid bool          `name:"skip-invalid" help:"Publish the valid lines and write the invalid ones, with their reasons, to --rejects."`
+	Rejects     string        `name:"rejects" type:"path" help:"With --skip-invalid: where invalid lines go, as JSON Lines (default INPUT.rejects.jsonl, or rejects.jsonl for stdin)."`
+	RunID       string        `name:"run-id" env:"WORKER_RUN_ID" help:"The run's id (1 to 64 letters, digits, _ and -): every message carries it, and status --run, dlq list --run and dlq export --run follow it. Default: the date and a hash of the input, so the same command run again the same day resumes the same run and publishes nothing twice within the dedup window."`
+	Wait        bool          `name:"wait" help:"After publishing, follow the run until every line is applied or dead-lettered, as status --run --watch does: exit status 0 all applied, 3 some dead-lettered."`
+	Interval    time.Duration `name:"interval" default:"2s" help:"With --wait: time between readings of the run."`
+	JSON        bool          `name:"json" help:"Print the run's summary as one JSON object (with --wait, one a line per reading) instead of text."`
+	PerMinute   int           `name:"rate-per-minute" env:"KUSTOMER_RATE_PER_MINUTE" default:"${default_rate_per_minute}" help:"With --wait: the org budget the worker runs at, for the time left before the run has a rate of its own."`
+	DryRun      bool          `name:"dry-run" help:"Validate only; publish nothing and need no NATS."`
+	Lane        string        `name:"lane" enum:"backfill,live" default:"backfill" help:"Lane to publish to: backfill (BACKFILL-SUBJECT.<id>, served with the budget live updates leave) or live (SUBJECT.<id>, served first: for a handful of urgent updates)."`
+	MaxPending  int           `name:"max-pending" env:"WORKER_MAX_PENDING" default:"4096" help:"Publishes waiting for their acknowledgement at most."`
+	WindowOld   int           `name:"window" hidden:"" deprecated:"max-pending" help:"Deprecated name of max-pending."`
+	Progress    string        `name:"progress" enum:"auto,bar,plain,none" default:"auto" help:"Progress on stderr: auto (a bar on a terminal, a line every few seconds otherwise), bar, plain or none."`
 }
 
 func (c *enqueueCmd) Help() string {
 	return `Every line is validated before anything is published: bad lines are reported with their line
-number and reason, and nothing is published unless --skip-invalid. Each message gets a Nats-Msg-Id
-made of --run-id, its line number and its bytes, so enqueueing the same input again within the
-work stream's dedup window (--dedup-window of run, default ` + queue.DefaultDedupWindow.String() + `) publishes nothing twice. The command
-reports success only once JetStream confirmed every publish.
+number and reason, and nothing is published unless --skip-invalid. The lines published are a run:
+its id is printed first (--run-id, or by default the date and a hash of the valid lines) and
+every message carries it and its line number (headers Kustomer-Worker-Run and
+Kustomer-Worker-Line), which status --run, dlq list --run, dlq export --run and runs read. Each
+message gets a Nats-Msg-Id made of the run id, its line number and its bytes, so enqueueing the
+same input again within the work stream's dedup window (--dedup-window of run, default ` + queue.DefaultDedupWindow.String() + `)
+publishes nothing twice. The command reports success only once JetStream confirmed every
+publish; with --wait it then follows the run until every line is applied (exit status 0) or
+some are dead-lettered (exit status 3). See docs/RUNS.md.
 
 Messages go to the backfill lane, BACKFILL-SUBJECT.<id> (` + queue.DefaultBackfillSubject + `.<id> by
 default): the worker applies them with the budget live updates leave, so a backfill never delays
@@ -62,6 +75,10 @@ between validating and publishing, so memory stays flat.
 Examples:
   # A backfill file:
   kustomer-worker enqueue backfill.jsonl
+
+  # The same, followed to its end; then what failed, to fix and enqueue again:
+  kustomer-worker enqueue backfill.jsonl --run-id night-1 --wait
+  kustomer-worker dlq export --run night-1 > failed.jsonl
 
   # Close a list of conversations:
   kustomer-worker enqueue --ids-file ids.txt --body '{"status":"done"}'
@@ -143,19 +160,147 @@ func (c *enqueueCmd) Run(ctx context.Context, e *env, g *globals) error {
 	if v.invalid > 0 && !c.SkipInvalid {
 		return fmt.Errorf("%d of %d lines invalid: nothing published (fix them, or publish the rest with --skip-invalid)", v.invalid, v.lines)
 	}
+	run := c.RunID
+	if run == "" {
+		run = defaultRunID(time.Now(), v.hash)
+	}
 	if c.DryRun {
+		if c.JSON {
+			return writeJSON(e.stdout, enqueueJSON{Run: run, Lane: c.Lane, Lines: v.lines, Valid: v.valid, Rejected: v.invalid, DryRun: true})
+		}
+		fmt.Fprintf(e.stdout, "run         %10s\n", run)
 		fmt.Fprintf(e.stdout, "valid       %10d\n", v.valid)
 		c.printRejected(e, v, rej)
 		fmt.Fprintln(e.stdout, "dry run: nothing published")
 		return nil
 	}
 
+	runs := &queue.RunLog{JS: s.js, Topology: top}
+	if err := c.startRun(ctx, e, runs, top, in, run, v, start); err != nil {
+		return err
+	}
 	if _, err := spool.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("spool file: %w", err)
 	}
 	pstart := time.Now()
-	st, err := c.publish(ctx, e, s, top, spool, v.valid)
+	st, err := c.publish(ctx, e, s, top, spool, v.valid, run)
 	elapsed := time.Since(pstart)
+	if err == nil {
+		err = c.published(ctx, runs, run)
+	}
+	doc := enqueueJSON{Run: run, Lane: c.Lane, Subject: top.LaneSubject(queue.Lane(c.Lane)) + ".<id>", Lines: v.lines, Valid: v.valid,
+		Published: st.Published, Duplicates: st.Duplicates, Rejected: v.invalid, Rejects: rej.path, Retried: st.Retried,
+		ElapsedSeconds: elapsed.Seconds()}
+	if err != nil {
+		doc.Error = err.Error()
+	}
+	if c.JSON && !c.Wait {
+		if werr := writeJSON(e.stdout, doc); werr != nil && err == nil {
+			err = werr
+		}
+	} else if !c.JSON {
+		c.printPublished(e, v, rej, run, top, st, elapsed)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("interrupted after %d of %d messages: run the same command again with --run-id %s to publish the rest (within the dedup window nothing is published twice): %w",
+				st.Confirmed(), v.valid, run, err)
+		}
+		return err
+	}
+	if !c.Wait {
+		if !c.JSON {
+			fmt.Fprintf(e.stdout, "follow it with: kustomer-worker status --run %s --watch\n", run)
+		}
+		return nil
+	}
+	w := e.stdout
+	if !c.JSON {
+		w = e.stderr // the bar or lines; the summary goes to stdout below
+	}
+	mode := runMode(w, c.JSON, c.Progress)
+	view := &runView{w: w, mode: mode, perMinute: c.PerMinute, lineEvery: max(c.Interval, 5*time.Second)}
+	if c.Progress == "none" && !c.JSON {
+		view.w = io.Discard
+	}
+	final, err := follow(ctx, s.js, top, run, view, c.Interval)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("stopped waiting; the run goes on: follow it with `kustomer-worker status --run %s --watch`: %w", run, err)
+		}
+		return err
+	}
+	if view.bar != nil {
+		_ = view.bar.Finish()
+		fmt.Fprintln(w)
+	}
+	if !c.JSON {
+		fmt.Fprintln(e.stdout, strings.Join(view.text(final), "\n"))
+	}
+	return runResult(final)
+}
+
+// enqueueJSON is enqueue's summary as --json writes it.
+type enqueueJSON struct {
+	Run            string  `json:"run"`
+	Lane           string  `json:"lane"`
+	Subject        string  `json:"subject,omitempty"`
+	Lines          int64   `json:"lines"`
+	Valid          int64   `json:"valid"`
+	Published      int64   `json:"published"`
+	Duplicates     int64   `json:"duplicates"`
+	Rejected       int64   `json:"rejected"`
+	Rejects        string  `json:"rejectsFile,omitempty"`
+	Retried        int64   `json:"retried"`
+	ElapsedSeconds float64 `json:"elapsedSeconds"`
+	DryRun         bool    `json:"dryRun,omitempty"`
+	Error          string  `json:"error,omitempty"`
+}
+
+// defaultRunID is the run id of an input without --run-id: the day and a hash of its valid
+// lines, so that the same command run again the same day resumes the same run.
+func defaultRunID(now time.Time, h hash.Hash) string {
+	return now.UTC().Format("20060102") + "-" + hex.EncodeToString(h.Sum(nil))[:10]
+}
+
+// startRun writes the run's record before anything is published, keeping the start of a run
+// resumed. A run that finished publishing more than the dedup window ago is published again
+// in full: said on stderr.
+func (c *enqueueCmd) startRun(ctx context.Context, e *env, runs *queue.RunLog, top queue.Topology, in *enqueueInput, run string, v validation, start time.Time) error {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := runs.Ensure(rctx); err != nil {
+		return err
+	}
+	rec := queue.Run{ID: run, Started: start.UTC(), Lines: v.valid, Invalid: v.invalid, Lane: c.Lane, Input: in.name}
+	old, err := runs.Get(rctx, run)
+	switch {
+	case err == nil:
+		rec.Started = old.Started
+		if !old.Published.IsZero() && time.Since(old.Published) > top.DedupWindow {
+			fmt.Fprintf(e.stderr, "run %s was published at %s, longer ago than the dedup window (%s): its lines are published again and counted in the same run; give another --run-id for a new run\n",
+				run, old.Published.Format(time.RFC3339), top.DedupWindow)
+		}
+	case !errors.Is(err, queue.ErrNoRun):
+		return err
+	}
+	return runs.Put(rctx, rec)
+}
+
+// published marks the run as published in full.
+func (c *enqueueCmd) published(ctx context.Context, runs *queue.RunLog, run string) error {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	rec, err := runs.Get(rctx, run)
+	if err != nil {
+		return err
+	}
+	rec.Published = time.Now().UTC()
+	return runs.Put(rctx, rec)
+}
+
+func (c *enqueueCmd) printPublished(e *env, v validation, rej *rejectsFile, run string, top queue.Topology, st queue.PublishStats, elapsed time.Duration) {
+	fmt.Fprintf(e.stdout, "run         %10s\n", run)
 	fmt.Fprintf(e.stdout, "published   %10d  (%s lane, %s.<id>)\n", st.Published, c.Lane, top.LaneSubject(queue.Lane(c.Lane)))
 	fmt.Fprintf(e.stdout, "duplicates  %10d", st.Duplicates)
 	if st.Duplicates > 0 {
@@ -167,14 +312,6 @@ func (c *enqueueCmd) Run(ctx context.Context, e *env, g *globals) error {
 		fmt.Fprintf(e.stdout, "retried     %10d  (publishes sent again after a failure; around them, updates may be stored out of order)\n", st.Retried)
 	}
 	fmt.Fprintf(e.stdout, "elapsed     %10s  (%.0f messages/s)\n", elapsed.Round(time.Millisecond), float64(st.Confirmed())/max(elapsed.Seconds(), 1e-3))
-	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("interrupted after %d of %d messages: run the same command again to publish the rest (within the dedup window nothing is published twice): %w",
-				st.Confirmed(), v.valid, err)
-		}
-		return err
-	}
-	return nil
 }
 
 func (c *enqueueCmd) printRejected(e *env, v validation, rej *rejectsFile) {
@@ -200,6 +337,15 @@ func (c *enqueueCmd) input(e *env) (*enqueueInput, error) {
 		return nil, usagef("rejects: goes with --skip-invalid")
 	case c.MaxPending < 1:
 		return nil, usagef("max-pending: %d is below 1", c.MaxPending)
+	case c.Interval < 100*time.Millisecond:
+		return nil, usagef("interval: %s is under 100ms", c.Interval)
+	case c.Wait && c.DryRun:
+		return nil, usagef("wait: a dry run publishes nothing to wait for")
+	}
+	if c.RunID != "" {
+		if err := queue.CheckRunID(c.RunID); err != nil {
+			return nil, usagef("run-id: %v", err)
+		}
 	}
 	in := &enqueueInput{close: func() {}}
 	path := c.File
@@ -253,6 +399,7 @@ func (c *enqueueCmd) rejectsPath(in *enqueueInput) string {
 // validation counts what the validation pass found.
 type validation struct {
 	lines, valid, invalid int64
+	hash                  hash.Hash // of the valid lines as spooled, with their numbers
 }
 
 // chunk is a run of lines validated together and handed on in input order.
@@ -282,7 +429,8 @@ const (
 var errTooLong = fmt.Errorf("line is longer than %d bytes", maxLine)
 
 // validate reads every line of in, validating lines on every core, and writes the valid ones
-// to spool as "EVENT-ID CONVERSATION-ID MESSAGE\n" in input order; the invalid ones are
+// to spool as "CONVERSATION-ID LINE MESSAGE\n" in input order, hashing them (the default run
+// id); the invalid ones are
 // reported on stderr and, with --skip-invalid, written to rej. Memory stays bounded whatever
 // the input's size.
 func (c *enqueueCmd) validate(outer context.Context, e *env, in *enqueueInput, spool io.Writer, rej *rejectsFile) (validation, error) {
@@ -312,7 +460,7 @@ func (c *enqueueCmd) validate(outer context.Context, e *env, in *enqueueInput, s
 		})
 	}
 
-	var v validation
+	v := validation{hash: sha256.New()}
 	w := bufio.NewWriterSize(spool, 256<<10)
 	var rec []byte
 	var werr error
@@ -338,12 +486,13 @@ func (c *enqueueCmd) validate(outer context.Context, e *env, in *enqueueInput, s
 				continue
 			}
 			v.valid++
-			rec = append(rec[:0], ch.events[i]...)
+			rec = append(rec[:0], ch.ids[i]...)
 			rec = append(rec, ' ')
-			rec = append(rec, ch.ids[i]...)
+			rec = strconv.AppendInt(rec, n, 10)
 			rec = append(rec, ' ')
 			rec = appendMessage(rec, in, ch.ids[i], ch.line(i))
 			rec = append(rec, '\n')
+			v.hash.Write(rec)
 			if _, werr = w.Write(rec); werr != nil {
 				werr = fmt.Errorf("spool file: %w", werr)
 				cancel()
@@ -423,20 +572,19 @@ func readChunks(ctx context.Context, r io.Reader, ordered, work chan<- *chunk) e
 	}
 }
 
-// checkLine validates line n and returns the event id (Nats-Msg-Id) of its message and the
-// conversation id it names. A JSON line is checked by the producer package's rules; with
-// --ids-file the body was checked once and each line must be a conversation id. msg is
-// scratch space for building an --ids-file message.
+// checkLine validates line n and returns the conversation id it names (event is always
+// empty: the Nats-Msg-Id is made at publishing). A JSON line is checked by the producer
+// package's rules; with --ids-file the body was checked once and each line must be a
+// conversation id.
 func (c *enqueueCmd) checkLine(in *enqueueInput, n int64, line []byte, msg *[]byte) (event, id string, err error) {
 	if in.ids {
 		if !kustomer.ValidID(string(line)) {
 			return "", "", fmt.Errorf("%s is not a conversation id (24 hex characters)", strconv.Quote(logtext.Truncate(string(line), 80, "…")))
 		}
-		*msg = appendMessage((*msg)[:0], in, string(line), line)
-		return queue.MsgID(c.RunID, n, *msg), string(line), nil
+		return "", string(line), nil
 	}
-	event = queue.MsgID(c.RunID, n, line)
-	if id, err = producer.CheckJSON(event, line); err != nil {
+	// The event id is made at publishing, from the run id, which may hash the whole input.
+	if id, err = producer.CheckJSON("enqueue", line); err != nil {
 		// The reason alone: the line number says which message, and the event id is ours.
 		var ve *kustomer.ValidationError
 		if errors.As(err, &ve) {
@@ -522,7 +670,7 @@ func (r *rejectsFile) close() error {
 
 // publish publishes every message of the spool to the lane chosen and waits until each is
 // confirmed.
-func (c *enqueueCmd) publish(ctx context.Context, e *env, s *session, top queue.Topology, spool io.Reader, total int64) (queue.PublishStats, error) {
+func (c *enqueueCmd) publish(ctx context.Context, e *env, s *session, top queue.Topology, spool io.Reader, total int64, run string) (queue.PublishStats, error) {
 	p, err := producer.New(s.nc, producer.Config{
 		Subject:         top.Subject,
 		BackfillSubject: top.BackfillSubject,
@@ -540,7 +688,7 @@ func (c *enqueueCmd) publish(ctx context.Context, e *env, s *session, top queue.
 	prog := newProgress(e.stderr, c.Progress, "publishing", total)
 	stop := showProgress(prog, func() (int64, string) { return batch.Stats().Confirmed(), "" })
 
-	err = publishSpool(ctx, batch, spool)
+	err = publishSpool(ctx, batch, spool, run)
 	if err == nil {
 		err = batch.Wait(ctx)
 	} else if ctx.Err() != nil {
@@ -556,8 +704,9 @@ func (c *enqueueCmd) publish(ctx context.Context, e *env, s *session, top queue.
 }
 
 // publishSpool publishes the spool's records, which the validation pass checked with
-// producer.CheckJSON (or built from a checked body and id), without decoding them again.
-func publishSpool(ctx context.Context, batch *producer.Batch, spool io.Reader) error {
+// producer.CheckJSON (or built from a checked body and id), without decoding them again,
+// each stamped with run and its line; its Nats-Msg-Id is made of both and its bytes.
+func publishSpool(ctx context.Context, batch *producer.Batch, spool io.Reader, run string) error {
 	lr := newLineReader(spool, maxLine+128)
 	var mem slab
 	for {
@@ -568,12 +717,13 @@ func publishSpool(ctx context.Context, batch *producer.Batch, spool io.Reader) e
 		if err != nil {
 			return fmt.Errorf("spool file: %w", err)
 		}
-		event, rest, ok1 := bytes.Cut(rec, []byte{' '})
-		id, msg, ok2 := bytes.Cut(rest, []byte{' '})
-		if !ok1 || !ok2 {
+		id, rest, ok1 := bytes.Cut(rec, []byte{' '})
+		num, msg, ok2 := bytes.Cut(rest, []byte{' '})
+		n, err := strconv.ParseInt(string(num), 10, 64)
+		if !ok1 || !ok2 || err != nil {
 			return errors.New("spool file: corrupt record")
 		}
-		if err := batch.PublishChecked(ctx, string(event), string(id), mem.copy(msg)); err != nil {
+		if err := batch.PublishRunLine(ctx, queue.MsgID(run, n, msg), string(id), run, n, mem.copy(msg)); err != nil {
 			return err
 		}
 	}

@@ -66,8 +66,8 @@ func signalContexts(w io.Writer) (soft, hard context.Context, stop func()) {
 }
 
 // exitCode prints err and maps it to the process's exit status: 0 for success, 2 for bad
-// usage or configuration, 1 for everything else.
-func exitCode(err error, w *os.File) int {
+// usage or configuration, 3 for a run that ended with dead letters, 1 for everything else.
+func exitCode(err error, w io.Writer) int {
 	if err == nil {
 		return 0
 	}
@@ -75,6 +75,10 @@ func exitCode(err error, w *os.File) int {
 	var ue *usageError
 	if errors.As(err, &ue) {
 		return 2
+	}
+	var xe *exitError
+	if errors.As(err, &xe) {
+		return xe.code
 	}
 	return 1
 }

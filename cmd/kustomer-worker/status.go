@@ -25,6 +25,9 @@ type statusCmd struct {
 	Watch    bool          `name:"watch" short:"w" help:"Refresh until interrupted, with throughput and the time until the backlog is empty, per lane."`
 	Interval time.Duration `name:"interval" default:"2s" help:"With --watch: time between refreshes."`
 	JSON     bool          `name:"json" help:"Print JSON: one object, or one a line per refresh with --watch."`
+	RunID     string        `name:"run" help:"Show one run (a backfill enqueued under this run id) instead of the lanes: applied, dead-lettered by class, pending, units, rate and time left; with --watch, until it ends (exit status 0 all applied, 3 some dead-lettered)."`
+	Progress  string        `name:"progress" enum:"auto,bar,plain" default:"auto" help:"With --run --watch: a bar (auto on a terminal) or a line every interval."`
+	PerMinute int           `name:"rate-per-minute" env:"KUSTOMER_RATE_PER_MINUTE" default:"${default_rate_per_minute}" help:"With --run: the org budget the worker runs at, for the time left before the run has a rate of its own."`
 }
 
 func (c *statusCmd) Help() string {
@@ -42,9 +45,16 @@ throughput counts its consumer's acknowledgements (a redelivery counts once more
 backfill's is the rest, which is what the budget leaves it, so its time left is the ETA of the
 backfill while live traffic goes on as it does.
 
+With --run ID: one run (a backfill enqueue published) instead of the lanes: applied,
+dead-lettered by class, pending, in bulk jobs, units, rate and time left; with --watch until it
+ends, exit status 0 when every line was applied, 3 when some were dead-lettered. See
+docs/RUNS.md.
+
 Examples:
   kustomer-worker status
   kustomer-worker status --watch
+  kustomer-worker status --run night-1 --watch
+  kustomer-worker status --run night-1 --json | jq .pending
   kustomer-worker status --json | jq .backlog
   kustomer-worker status --nats-url nats://nats.internal:4222 --watch --interval 10s`
 }
@@ -54,6 +64,11 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 	if err != nil {
 		return err
 	}
+	if c.RunID != "" {
+		if err := queue.CheckRunID(c.RunID); err != nil {
+			return usagef("run: %v", err)
+		}
+	}
 	s, err := dial(ctx, e, g, &c.natsFlags, c.dialFlags, "kustomer-worker status")
 	if err != nil {
 		return err
@@ -61,6 +76,9 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 	defer s.close()
 	if err := c.waitStream(ctx, e.stderr, s.js, top.Stream); err != nil {
 		return err
+	}
+	if c.RunID != "" {
+		return c.showRun(ctx, e, s.js, top)
 	}
 	r := &statusReader{js: s.js, top: top}
 	st, err := r.status(ctx)
@@ -76,6 +94,38 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return v.show(top, st, nil, bulk)
 	}
 	return c.refresh(ctx, r, v, st, bulk)
+}
+
+// showRun shows one run: one reading, or with --watch every --interval until it ends.
+func (c *statusCmd) showRun(ctx context.Context, e *env, js jetstream.JetStream, top queue.Topology) error {
+	v := &runView{w: e.stdout, mode: "text", perMinute: c.PerMinute, lineEvery: c.Interval}
+	if c.JSON {
+		v.mode = "json"
+	}
+	if !c.Watch {
+		rctx, cancel := context.WithTimeout(ctx, statusReadTimeout)
+		defer cancel()
+		st, err := (&queue.RunReader{Log: &queue.RunLog{JS: js, Topology: top}, ID: c.RunID}).Read(rctx)
+		if err != nil {
+			return err
+		}
+		if err := v.show(st); err != nil {
+			return err
+		}
+		if st.Finished() {
+			return runResult(st)
+		}
+		return nil
+	}
+	v.mode = runMode(e.stdout, c.JSON, c.Progress)
+	st, err := follow(ctx, js, top, c.RunID, v, c.Interval)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // interrupted: the run goes on
+		}
+		return err
+	}
+	return v.finish(st)
 }
 
 // settings checks the flags and gives the topology whose status is read.

@@ -80,6 +80,11 @@ type Item struct {
 	Single bool
 	// Handle is the host's own, opaque to the bulker.
 	Handle any
+	// Job is the bulk job that applied it, set when it is handed to Host.Applied.
+	Job string
+	// Run is the run the update belongs to (queue.HeaderRunID), kept in the job's record so
+	// that a run's status counts its lines in bulk jobs; "" for none.
+	Run string
 }
 
 // Settings are what the bulker reads of the pool's configuration.
@@ -414,7 +419,7 @@ func (b *Bulker) start(items []Item) {
 	for _, it := range items {
 		ref := it.Ref.Key()
 		bj.kitems = append(bj.kitems, kustomer.BulkItem{Ref: ref, Update: it.Update})
-		bj.rec.Items = append(bj.rec.Items, queue.BulkRecordItem{Conv: it.Update.ID, Seq: it.Ref.Seq, Stored: it.Ref.Stored, Ref: ref})
+		bj.rec.Items = append(bj.rec.Items, queue.BulkRecordItem{Conv: it.Update.ID, Seq: it.Ref.Seq, Stored: it.Ref.Stored, Ref: ref, Run: it.Run})
 		bj.held[it.Ref] = it
 	}
 	b.jobs[key] = bj
@@ -920,6 +925,7 @@ func (b *Bulker) settleItem(job string, it Item, o kustomer.ItemOutcome, how str
 	switch o.State {
 	case kustomer.ItemSucceeded:
 		b.metrics.item("succeeded")
+		it.Job = job
 		b.host.Applied(it)
 	default:
 		b.metrics.item("failed")

@@ -16,8 +16,12 @@ const (
 	// DefaultMaxBytes bounds a job's request: 100 bodies of up to 400 KiB would be 40 MB.
 	DefaultMaxBytes = 4 << 20
 	// DefaultJobsHeld is how many full jobs' worth of messages the pool holds in bulk mode
-	// by default: MaxAckPending defaults to DefaultJobsHeld × Size.
-	DefaultJobsHeld = 10
+	// by default: MaxAckPending defaults to DefaultJobsHeld × Size. Jobs in flight bound the
+	// pace: at 1,000 requests a minute and about 2 units a job, the budget allows 8 jobs a
+	// second, so jobs of D seconds need 8 × D of them in flight. 40 keeps up with jobs of up
+	// to about 4 s (BenchmarkRun: 1.02 × the time the budget allows with 2 s jobs, 2.41 × with
+	// 10); longer jobs need a larger --max-ack-pending (issue 25, docs/RUNS.md).
+	DefaultJobsHeld = 40
 	// MinDeadline is the least Deadline Validate accepts: a job needs a few reads.
 	MinDeadline = 5 * time.Second
 )
