@@ -22,9 +22,9 @@ type statusCmd struct {
 	dialFlags
 	streamWaitFlags
 
-	Watch    bool          `name:"watch" short:"w" help:"Refresh until interrupted, with throughput and the time until the backlog is empty, per lane."`
-	Interval time.Duration `name:"interval" default:"2s" help:"With --watch: time between refreshes."`
-	JSON     bool          `name:"json" help:"Print JSON: one object, or one a line per refresh with --watch."`
+	Watch     bool          `name:"watch" short:"w" help:"Refresh until interrupted, with throughput and the time until the backlog is empty, per lane."`
+	Interval  time.Duration `name:"interval" default:"2s" help:"With --watch: time between refreshes."`
+	JSON      bool          `name:"json" help:"Print JSON: one object, or one a line per refresh with --watch."`
 	RunID     string        `name:"run" help:"Show one run (a backfill enqueued under this run id) instead of the lanes: applied, dead-lettered by class, pending, units, rate and time left; with --watch, until it ends (exit status 0 all applied, 3 some dead-lettered)."`
 	Progress  string        `name:"progress" enum:"auto,bar,plain" default:"auto" help:"With --run --watch: a bar (auto on a terminal) or a line every interval."`
 	PerMinute int           `name:"rate-per-minute" env:"KUSTOMER_RATE_PER_MINUTE" default:"${default_rate_per_minute}" help:"With --run: the org budget the worker runs at, for the time left before the run has a rate of its own."`
