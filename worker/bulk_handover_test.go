@@ -82,6 +82,108 @@ func TestBulkHandoverMidJob(t *testing.T) {
 	}
 }
 
+// The pins split between the replicas mid-job: the new active takes the backfill lane, while
+// the old one keeps the live lane and gets each conversation's newer live update. The old
+// one reads the older backfill update (in its job, now followed by the other) directly from
+// the stream, as the order across lanes has it; it must still not apply the newer update
+// before that job is over, or the job applies the older one after it.
+func TestBulkHandoverWithThePinsSplit(t *testing.T) {
+	const (
+		ackWait = 4 * time.Second
+		jobTime = 20 * time.Second
+		convs   = 12
+	)
+	h := handoverSetupWith(t, ackWait, kustomertest.Config{Budget: -1, BulkDuration: jobTime})
+	h.wire = func(p *worker.Pool, js jetstream.JetStream) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		store, err := queue.BindBulk(ctx, js, h.top, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Config.Bulk = bulk.Config{Enabled: true, Size: 100, Min: 2, Linger: 100 * time.Millisecond, Deadline: 2 * time.Minute}
+		p.BulkClient, p.BulkJobs = h.client, store
+	}
+	a, b := h.activeAndStandby(queue.LaneBackfill, 4, nil)
+	h.publishRound(queue.LaneBackfill, convs, 0)
+	testwait.Until(t, "the first replica to submit the job", 20*time.Second, func() bool { return h.fake.Stats().BulkJobs == 1 })
+
+	h.unpin(queue.LaneBackfill)
+	h.publish(queue.LaneBackfill, warmup, 1) // the next delivery pins the puller: the second replica
+	testwait.Until(t, "the second replica pinned on the backfill lane, and the first to know it lost the pin", 20*time.Second, func() bool {
+		return b.pin(queue.LaneBackfill).Active() && !a.pin(queue.LaneBackfill).Active()
+	})
+	h.pinLive(a, b) // the live lane stays with the first replica
+	h.publishRound(queue.LaneLive, convs, 1)
+
+	testwait.Until(t, "the job complete and every update settled", 4*jobTime, func() bool {
+		job := h.fake.BulkJobs()
+		return len(job) >= 1 && job[0].State == kustomertest.JobComplete && queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0
+	})
+	stale := 0
+	for c := range convs {
+		conv, _ := h.fake.Conversation(id(c))
+		if got := fmt.Sprint(conv.Attributes["name"]); got != "u-1" {
+			stale++
+			t.Logf("conversation %d ends as %s", c, got)
+		}
+	}
+	if stale > 0 {
+		t.Errorf("%d of %d conversations ended at their older update; want 0", stale, convs)
+	}
+}
+
+// The pins move twice mid-job, to the standby and back, as a connection that drops twice
+// moves them, with a newer live update of each conversation between the moves.
+func TestBulkHandoverThereAndBack(t *testing.T) {
+	const (
+		ackWait = 4 * time.Second
+		jobTime = 20 * time.Second
+		convs   = 12
+	)
+	h := handoverSetupWith(t, ackWait, kustomertest.Config{Budget: -1, BulkDuration: jobTime})
+	h.wire = func(p *worker.Pool, js jetstream.JetStream) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		store, err := queue.BindBulk(ctx, js, h.top, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Config.Bulk = bulk.Config{Enabled: true, Size: 100, Min: 2, Linger: 100 * time.Millisecond, Deadline: 2 * time.Minute}
+		p.BulkClient, p.BulkJobs = h.client, store
+	}
+	a, b := h.activeAndStandby(queue.LaneBackfill, 4, nil)
+	h.publishRound(queue.LaneBackfill, convs, 0)
+	testwait.Until(t, "the first replica to submit the job", 20*time.Second, func() bool { return h.fake.Stats().BulkJobs == 1 })
+	move := func(to, from *replica, round int) {
+		h.unpin(queue.LaneBackfill)
+		h.publish(queue.LaneBackfill, warmup, round)
+		testwait.Until(t, "the backfill pin to move", 20*time.Second, func() bool {
+			return to.pin(queue.LaneBackfill).Active() && !from.pin(queue.LaneBackfill).Active()
+		})
+		h.pinLive(to, from)
+	}
+	move(b, a, 1)
+	h.publishRound(queue.LaneLive, convs, 1)
+	move(a, b, 2)
+
+	testwait.Until(t, "the job complete and every update settled", 4*jobTime, func() bool {
+		job := h.fake.BulkJobs()
+		return len(job) >= 1 && job[0].State == kustomertest.JobComplete && queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0
+	})
+	stale := 0
+	for c := range convs {
+		conv, _ := h.fake.Conversation(id(c))
+		if got := fmt.Sprint(conv.Attributes["name"]); got != "u-1" {
+			stale++
+			t.Logf("conversation %d ends as %s", c, got)
+		}
+	}
+	if stale > 0 {
+		t.Errorf("%d of %d conversations ended at their older update; want 0", stale, convs)
+	}
+}
+
 // A replica whose bulk submit got no clear answer (a 503: the job may exist) stops submitting
 // once it is no longer the active replica: a job it submitted later could apply its old
 // updates after the new active replica applied newer ones. The new active sends the items
