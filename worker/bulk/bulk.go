@@ -175,13 +175,13 @@ type fence struct {
 // job is one job followed by this process. Its fields are guarded by Bulker.mu, except
 // kitems and key, set before it is shared.
 type job struct {
-	key      string
-	kitems   []kustomer.BulkItem
-	rec      queue.BulkRecord
-	held     map[queue.MsgRef]Item // items in the bulker's hands, not settled yet, by their message
+	key    string
+	kitems []kustomer.BulkItem
+	rec    queue.BulkRecord
+	held   map[queue.MsgRef]Item // items in the bulker's hands, not settled yet, by their message
 	// of maps a member merged into an item (Item.Members) to the item's own message, for a
 	// job another process submitted: a redelivered member is settled by the item's outcome.
-	of map[queue.MsgRef]queue.MsgRef
+	of       map[queue.MsgRef]queue.MsgRef
 	outcome  map[queue.MsgRef]kustomer.ItemOutcome
 	sent     time.Time // when the submit that created the job went out
 	adopted  bool      // submitted by another process
