@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -104,6 +106,40 @@ type bulkCoalescing struct {
 	metrics *worker.Metrics
 	reads   *heldReads
 	opts    options
+	run     string // the run every message is a line of; "" for none
+	runs    *queue.RunLog
+	line    int
+}
+
+// publishLine publishes an update of conversation conv, as a line of s.run if any.
+func (s *bulkCoalescing) publishLine(conv int, body string) {
+	s.t.Helper()
+	if s.run == "" {
+		s.publishUpdate(conv, body)
+		return
+	}
+	s.line++
+	msg := nats.NewMsg(s.top.Subject)
+	msg.Data = fmt.Appendf(nil, `{"id":%q,"body":%s}`, id(conv), body)
+	msg.Header.Set(queue.HeaderRunID, s.run)
+	msg.Header.Set(queue.HeaderRunLine, strconv.Itoa(s.line))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := s.js.PublishMsg(ctx, msg); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// runStatus reads s.run's status.
+func (s *bulkCoalescing) runStatus() queue.RunStatus {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := (&queue.RunReader{Log: s.runs, ID: s.run}).Read(ctx)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return st
 }
 
 const bulkConvs = 8
@@ -133,9 +169,13 @@ func wantBulkFinal(t *testing.T, fake *kustomertest.Server) {
 // after the other, conversations in order).
 func seqOf(r, c int) uint64 { return uint64(r*bulkConvs + c + 1) }
 
-func setupBulkCoalescing(t *testing.T, fake kustomertest.Config, deadline time.Duration, hold ...string) *bulkCoalescing {
+// setupBulkCoalescing starts the pool, publishes each conversation's first update, waits
+// until they are all submitted, then publishes the others and waits until the pool holds
+// them. With a run id, every message is a line of that run (line = stream sequence), and the
+// pool records the lines applied (Pool.Runs).
+func setupBulkCoalescing(t *testing.T, fake kustomertest.Config, deadline time.Duration, run string, hold ...string) *bulkCoalescing {
 	t.Helper()
-	s := &bulkCoalescing{fixture: bulkSetup(t, fake)}
+	s := &bulkCoalescing{fixture: bulkSetup(t, fake), run: run}
 	s.metrics = worker.NewMetrics(prometheus.NewRegistry())
 	s.reads = newHeldReads(s.client, hold...)
 	o := s.bulkOptions(20, deadline)
@@ -143,21 +183,36 @@ func setupBulkCoalescing(t *testing.T, fake kustomertest.Config, deadline time.D
 	o.cfg.OutageThreshold = -1
 	o.cfg.ShutdownTimeout = time.Millisecond // a stop is a crash: nothing waits for a job
 	before := o.before
+	if run != "" {
+		s.runs = &queue.RunLog{JS: s.js, Topology: s.top}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.runs.Ensure(ctx); err != nil {
+			t.Fatal(err)
+		}
+		n := int64(bulkConvs * (1 + len(bulkRounds)))
+		if err := s.runs.Put(ctx, queue.Run{ID: run, Started: time.Now(), Lines: n, Lane: "live", Published: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	o.before = func(p *worker.Pool) {
 		before(p)
 		p.BulkClient = s.reads
 		p.Metrics = s.metrics
+		if s.runs != nil {
+			p.Runs = s.runs
+		}
 	}
 	o.consumer = func(c jetstream.Consumer) jetstream.Consumer { s.acks = &ackLog{Consumer: c}; return s.acks }
 	s.opts = o
 	for c := range bulkConvs {
-		s.publishUpdate(c, `{"name":"u-0"}`)
+		s.publishLine(c, `{"name":"u-0"}`)
 	}
 	s.start(o)
 	testwait.Until(t, "every first update submitted in a bulk job", 30*time.Second, func() bool { return s.reads.submitted("u-0") == bulkConvs })
 	for _, b := range bulkRounds {
 		for c := range bulkConvs {
-			s.publishUpdate(c, b)
+			s.publishLine(c, b)
 		}
 	}
 	testwait.Until(t, "the pool to hold every update", 30*time.Second, func() bool {
@@ -217,7 +272,7 @@ func (s *bulkCoalescing) wantAckedInOrder() {
 
 func TestCoalesceBulk(t *testing.T) {
 	t.Run("a merged item goes as one item of a job whose record lists every member, and acknowledges them all in stream order", func(t *testing.T) {
-		s := setupBulkCoalescing(t, kustomertest.Config{BulkDuration: 200 * time.Millisecond}, time.Minute, "u-0", "u-3")
+		s := setupBulkCoalescing(t, kustomertest.Config{BulkDuration: 200 * time.Millisecond}, time.Minute, "", "u-0", "u-3")
 		s.reads.release("u-0")
 		testwait.Until(t, "every merged item submitted", 30*time.Second, func() bool { return s.reads.submitted("u-3") == bulkConvs })
 		var recs []queue.BulkRecord
@@ -265,7 +320,7 @@ func TestCoalesceBulk(t *testing.T) {
 	})
 
 	t.Run("after a crash with a merged item's job in flight, each redelivered member is settled by the job's result, nothing sent again", func(t *testing.T) {
-		s := setupBulkCoalescing(t, kustomertest.Config{BulkDuration: 300 * time.Millisecond}, time.Minute, "u-0", "u-3")
+		s := setupBulkCoalescing(t, kustomertest.Config{BulkDuration: 300 * time.Millisecond}, time.Minute, "", "u-0", "u-3")
 		s.reads.release("u-0")
 		testwait.Until(t, "the merged items' jobs stored with their ids", 30*time.Second, func() bool {
 			n := 0
@@ -300,7 +355,7 @@ func TestCoalesceBulk(t *testing.T) {
 
 	t.Run("a merged item whose submit got no clear answer fences its conversation at its last member: newer updates wait for the job's deadline", func(t *testing.T) {
 		const deadline = 8 * time.Second
-		s := setupBulkCoalescing(t, kustomertest.Config{BulkDuration: 200 * time.Millisecond}, deadline, "u-0")
+		s := setupBulkCoalescing(t, kustomertest.Config{BulkDuration: 200 * time.Millisecond}, deadline, "", "u-0")
 		s.fake.ScriptBulkSubmit(kustomertest.Status(http.StatusServiceUnavailable)) // the merged job's first submit
 		s.reads.release("u-0")
 		var rec queue.BulkRecord
@@ -334,7 +389,7 @@ func TestCoalesceBulk(t *testing.T) {
 	})
 
 	t.Run("a merged item the job failed goes again as one merged PUT, which applies every member", func(t *testing.T) {
-		s := setupBulkCoalescing(t, kustomertest.Config{BulkDuration: 200 * time.Millisecond, BulkFailRate: 1}, time.Minute, "u-0")
+		s := setupBulkCoalescing(t, kustomertest.Config{BulkDuration: 200 * time.Millisecond, BulkFailRate: 1}, time.Minute, "", "u-0")
 		s.reads.release("u-0")
 		s.waitDrained(60 * time.Second)
 		wantBulkFinal(t, s.fake)
@@ -358,4 +413,28 @@ func TestCoalesceBulk(t *testing.T) {
 			t.Errorf("coalesce_units_saved_total %v; want %d (each merged PUT applied spared two)", got, 2*bulkConvs)
 		}
 	})
+
+	for _, tc := range []struct {
+		name        string
+		fail        float64
+		bulk, units int64
+	}{
+		{"every line of a run merged into a bulk item counts as applied in its job", 0, 4 * bulkConvs, 0},
+		{"every line of a run merged into a single PUT counts as applied, its units on the first", 1, 0, 2 * bulkConvs},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := setupBulkCoalescing(t, kustomertest.Config{BulkDuration: 200 * time.Millisecond, BulkFailRate: tc.fail}, time.Minute, "r1", "u-0")
+			s.reads.release("u-0")
+			s.waitDrained(60 * time.Second)
+			wantBulkFinal(t, s.fake)
+			var st queue.RunStatus
+			testwait.Until(t, "the run done", 30*time.Second, func() bool { st = s.runStatus(); return st.Finished() })
+			if want := int64(bulkConvs * (1 + len(bulkRounds))); st.Applied != want || st.State != queue.RunDone {
+				t.Errorf("run status %s with %d applied; want %s with %d", st.State, st.Applied, queue.RunDone, want)
+			}
+			if st.BulkApplied != tc.bulk || st.Units < tc.units {
+				t.Errorf("run status: %d applied in bulk jobs, %d units; want %d in bulk, at least %d units", st.BulkApplied, st.Units, tc.bulk, tc.units)
+			}
+		})
+	}
 }
