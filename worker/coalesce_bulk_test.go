@@ -414,6 +414,30 @@ func TestCoalesceBulk(t *testing.T) {
 		}
 	})
 
+	t.Run("a merged item handed back while its job may still apply it is not split by a 422: every update is dead-lettered naming the group", func(t *testing.T) {
+		const deadline = 5 * time.Second // the jobs take a minute: each goes past it
+		s := setupBulkCoalescing(t, kustomertest.Config{BulkDuration: time.Minute}, deadline, "", "u-0")
+		for c := range bulkConvs { // the first update's single PUT applies, the merged one's is refused
+			s.fake.Script(id(c), kustomertest.Answer{}, kustomertest.Status(http.StatusUnprocessableEntity))
+		}
+		s.reads.release("u-0")
+		s.waitDrained(60 * time.Second)
+		dls := s.deadLetters()
+		if len(dls) != len(bulkRounds)*bulkConvs {
+			t.Errorf("%d dead letters; want %d, every merged update's", len(dls), len(bulkRounds)*bulkConvs)
+		}
+		for _, d := range dls {
+			if g := d.header.Get(queue.HeaderGroup); strings.Count(g, ",") != len(bulkRounds)-1 {
+				t.Errorf("dead letter %s names the group %q; want its %d messages", d.data, g, len(bulkRounds))
+			}
+		}
+		for c := range bulkConvs {
+			if n := len(s.singles(c)); n != 2 {
+				t.Errorf("conversation %d: %d single PUTs; want 2 (its first update, the merged one, not split)", c, n)
+			}
+		}
+	})
+
 	for _, tc := range []struct {
 		name        string
 		fail        float64
