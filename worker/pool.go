@@ -216,7 +216,8 @@ type job struct {
 	accepted bool
 	bulkJob  string
 	// runRecorded: the run record of this member of an applied merged update is stored
-	// (groupApplied), so that a later try of the group's records skips it.
+	// (groupApplied), so that a later try of the group's records skips it. Written only by
+	// the holder of the group's conversation.
 	runRecorded bool
 	// settled: Kustomer applied the update (or its dead letter is stored) but the
 	// acknowledgement is not confirmed yet. The job is only acknowledged again, never sent.
