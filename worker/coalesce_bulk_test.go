@@ -33,6 +33,10 @@ type heldReads struct {
 	jobs    map[string]chan struct{} // by job id
 	items   []kustomer.BulkItem
 	answers map[string][]kustomer.BulkItem // the items of each job accepted, by id
+	// unanswered: a submit with an item of this name never reaches Kustomer and never
+	// gets an answer (until its context ends); blocked counts such submits.
+	unanswered string
+	blocked    int
 }
 
 func newHeldReads(c *kustomer.Client, names ...string) *heldReads {
@@ -51,6 +55,16 @@ func itemName(it kustomer.BulkItem) string {
 }
 
 func (h *heldReads) SubmitBulk(ctx context.Context, items []kustomer.BulkItem) (*kustomer.BulkJob, error) {
+	h.mu.Lock()
+	for _, it := range items {
+		if h.unanswered != "" && itemName(it) == h.unanswered {
+			h.blocked++
+			h.mu.Unlock()
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}
+	}
+	h.mu.Unlock()
 	job, err := h.Client.SubmitBulk(ctx, items)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -386,6 +400,34 @@ func TestCoalesceBulk(t *testing.T) {
 				t.Errorf("a newer update sent at %v (%s), before the fence ended at %v", r.Time, r.Kind, rec.FenceUntil)
 			}
 		}
+	})
+
+	t.Run("after a crash during a merged item's submit, its redelivered updates go again at once: the fence stands at its last update, not its first", func(t *testing.T) {
+		const deadline = 2 * time.Minute
+		s := setupBulkCoalescing(t, kustomertest.Config{BulkDuration: 200 * time.Millisecond}, deadline, "", "u-0")
+		s.reads.mu.Lock()
+		s.reads.unanswered = "u-3"
+		s.reads.mu.Unlock()
+		s.reads.release("u-0")
+		testwait.Until(t, "the merged job's submit to be under way", 30*time.Second, func() bool {
+			s.reads.mu.Lock()
+			defer s.reads.mu.Unlock()
+			return s.reads.blocked > 0
+		})
+		s.stop() // the submit is cut short without an answer: the job may exist
+		recs := s.mergedRecords()
+		if len(recs) != 1 || recs[0].JobID != "" {
+			t.Fatalf("records %+v; want the merged job's, without an id", recs)
+		}
+		fence := recs[0].Submitted.Add(deadline)
+
+		o := s.bulkOptions(20, deadline) // without --coalesce: each redelivered update is an item of its own
+		s.start(o)
+		s.waitDrained(60 * time.Second)
+		if !time.Now().Before(fence) {
+			t.Fatalf("drained after the fence ended at %v; want the redelivered updates sent at once", fence)
+		}
+		wantBulkFinal(t, s.fake)
 	})
 
 	t.Run("a merged item the job failed goes again as one merged PUT, which applies every member", func(t *testing.T) {
