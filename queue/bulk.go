@@ -47,6 +47,41 @@ type BulkRecordItem struct {
 	Outcome string `json:"outcome,omitempty"` // "", BulkSucceeded or BulkFailed
 	Reason  string `json:"reason,omitempty"`  // for BulkFailed
 	Run     string `json:"run,omitempty"`     // the run of the message (HeaderRunID), if any
+	// Members are the messages merged into this item behind it (--coalesce), in stream
+	// order: the item's outcome is each one's, and a redelivery of any of them is settled by
+	// it. Empty for an item of one message.
+	Members []BulkRecordMember `json:"members,omitempty"`
+}
+
+// BulkRecordMember is one message merged into a bulk item behind the item's own message.
+type BulkRecordMember struct {
+	Conv   string `json:"conv"`          // the conversation id, the item's
+	Seq    uint64 `json:"seq"`           // the message's stream sequence
+	Stored int64  `json:"stored"`        // when the message was stored, Unix nanoseconds
+	Run    string `json:"run,omitempty"` // the run of the message (HeaderRunID), if any
+}
+
+// MsgRef is the member's message.
+func (m BulkRecordMember) MsgRef() MsgRef { return MsgRef{Seq: m.Seq, Stored: m.Stored} }
+
+// MsgRefs are the messages the item carries: its own, then its members'.
+func (i BulkRecordItem) MsgRefs() []MsgRef {
+	refs := make([]MsgRef, 0, 1+len(i.Members))
+	refs = append(refs, i.MsgRef())
+	for _, m := range i.Members {
+		refs = append(refs, m.MsgRef())
+	}
+	return refs
+}
+
+// LastSeq is the highest stream sequence the item carries: its own, or its last member's.
+// A fence of the item's conversation stands there.
+func (i BulkRecordItem) LastSeq() uint64 {
+	seq := i.Seq
+	for _, m := range i.Members {
+		seq = max(seq, m.Seq)
+	}
+	return seq
 }
 
 // Outcomes of a bulk item, as BulkRecordItem.Outcome.

@@ -417,8 +417,16 @@ func (r *RunReader) inBulk(ctx context.Context) (int64, error) {
 			continue
 		}
 		for _, it := range rec.Items {
-			if it.Run == r.ID && it.Outcome == "" {
+			if it.Outcome != "" {
+				continue
+			}
+			if it.Run == r.ID {
 				n++
+			}
+			for _, m := range it.Members {
+				if m.Run == r.ID {
+					n++
+				}
 			}
 		}
 	}

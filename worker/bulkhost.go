@@ -21,7 +21,11 @@ type heldItem struct {
 	j *job
 }
 
-// bulkItem is c's head job j, delivered that many times, as the bulker sees it.
+// bulkItem is c's head job j, delivered that many times, as the bulker sees it. Called by
+// the worker holding c. With --coalesce on j's lane, an item that goes in a job is offered
+// with its group fixed (gather, as at a single PUT's first try): the merged update, and its
+// members, which the job's record lists. A redelivery that belongs to a job another process
+// submitted goes as it is, alone, to be settled by that job's result.
 func (p *Pool) bulkItem(c *conv, j *job, delivered uint64) bulk.Item {
 	// With two lanes, live updates go as single PUTs: a job takes seconds to minutes, and a
 	// live update must not wait behind a backfill's job. With the live lane alone, its
@@ -30,8 +34,22 @@ func (p *Pool) bulkItem(c *conv, j *job, delivered uint64) bulk.Item {
 	p.mu.Lock()
 	run := j.msg.Headers().Get(queue.HeaderRunID)
 	p.mu.Unlock()
-	return bulk.Item{Conv: c.key, Ref: j.ref, Update: j.update, Class: j.class, Delivered: delivered, Run: run,
+	it := bulk.Item{Conv: c.key, Ref: j.ref, Update: j.update, Class: j.class, Delivered: delivered, Run: run,
 		Single: j.noBulk || j.invalid != nil || j.update.Replace || liveBesideBackfill, Handle: &heldItem{c, j}}
+	if it.Single || !p.coalesces(j.class) {
+		return it
+	}
+	if !j.sent && p.bulk.Known(it) {
+		j.sent = true // its group is fixed empty: only what the job carried is settled by it
+	}
+	p.gather(c, j, true)
+	p.mu.Lock()
+	for _, m := range j.members {
+		it.Members = append(it.Members, bulk.Member{Ref: m.ref, Run: m.msg.Headers().Get(queue.HeaderRunID)})
+	}
+	p.mu.Unlock()
+	it.Update = j.sendable()
+	return it
 }
 
 // BulkLane names the lane whose partial updates go in bulk jobs: "backfill" if the pool has a
@@ -106,15 +124,33 @@ const okStatus = 200
 
 func (h bulkHost) Throttled(rl kustomer.RateLimit) time.Duration { return h.p.Pacer.OrgThrottled(rl) }
 
-// Applied acknowledges an item a job applied, as an applied single PUT.
+// Applied acknowledges an item a job applied, as an applied single PUT; a merged item, each
+// of its messages, in stream order (groupApplied), each counted applied. A merged item
+// saves items of a job, not requests: coalesce_units_saved_total does not count it.
 func (h bulkHost) Applied(it bulk.Item) {
-	h.p.Metrics.update("applied")
-	h.p.appliedOK(held(it).c, held(it).j, it.Job)
+	c, j := held(it).c, held(it).j
+	h.p.mu.Lock()
+	n := len(j.members)
+	h.p.mu.Unlock()
+	for range n + 1 {
+		h.p.Metrics.update("applied")
+	}
+	if n > 0 {
+		h.p.groupApplied(c, j, it.Job)
+		return
+	}
+	h.p.appliedOK(c, j, it.Job)
 }
 
-// Single makes the item's conversation ready again, its head to go as a single PUT.
+// Single makes the item's conversation ready again, its head to go as a single PUT: a merged
+// item as one merged PUT, decided as any (coalesce.go); if the job may still apply it
+// (MayApply), as after an ambiguous try, so that a 400 or 422 never splits it.
 func (h bulkHost) Single(it bulk.Item) {
-	held(it).j.noBulk = true
+	j := held(it).j
+	j.noBulk = true
+	if it.MayApply {
+		j.ambiguous = true
+	}
 	h.p.schedule(held(it).c, 0)
 }
 

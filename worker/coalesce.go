@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/kustomer"
 	"github.com/kustomer-worker/kustomer-worker/queue"
+	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
 	"github.com/kustomer-worker/kustomer-worker/worker/coalesce"
 	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
@@ -32,9 +34,11 @@ func (p *Pool) coalesces(class pacer.Priority) bool {
 	return p.cfg.Coalesce.Live
 }
 
-// gather fixes the group of c's head j when it is first sent: the jobs queued behind it that
-// may join. Called by the worker holding c, before the first try of j.
-func (p *Pool) gather(c *conv, j *job) {
+// gather fixes the group of c's head j when it is first sent (a single PUT's first try, or
+// its offer to the bulker: forBulk): the jobs queued behind it that may join. A message
+// that belongs to a bulk job another process submitted never joins: that job's result
+// settles it (bulk.Bulker.Known). Called by the worker holding c.
+func (p *Pool) gather(c *conv, j *job, forBulk bool) {
 	if j.sent {
 		return
 	}
@@ -44,6 +48,10 @@ func (p *Pool) gather(c *conv, j *job) {
 	}
 	p.mu.Lock()
 	queued := slices.Clone(c.jobs[1:])
+	delivered := make([]uint64, len(queued))
+	for i, m := range queued {
+		delivered[i] = m.delivered
+	}
 	p.mu.Unlock()
 	if len(queued) == 0 {
 		return
@@ -55,8 +63,9 @@ func (p *Pool) gather(c *conv, j *job) {
 	// The bodies are read outside the lock; the jobs behind the head are checked unchanged
 	// after (a late older message may have been filed among them).
 	var members []*job
-	for _, m := range queued {
-		if m.class != j.class || m.invalid != nil || m.alone || m.settled || !g.Add(m.update.Replace, m.update.Body) {
+	for i, m := range queued {
+		if m.class != j.class || m.invalid != nil || m.alone || m.settled || p.bulkKnown(m, delivered[i]) ||
+			!g.Add(m.update.Replace, m.update.Body) {
 			break
 		}
 		members = append(members, m)
@@ -74,10 +83,18 @@ func (p *Pool) gather(c *conv, j *job) {
 		return // goes alone this time: its group is fixed empty
 	}
 	j.merged = &kustomer.Update{ID: j.update.ID, Body: g.Body()}
-	j.noBulk = true // a merged update goes as a single PUT, on every try
+	// A group fixed for a single PUT stays one on every try; one fixed for the bulker is an
+	// item of a job, and goes as a single PUT only if the bulker hands it back so.
+	j.noBulk = !forBulk
 	if p.Metrics != nil && p.Metrics.Coalesced != nil {
 		p.Metrics.Coalesced.Add(float64(len(members)))
 	}
+}
+
+// bulkKnown reports whether m, delivered that many times, belongs to a bulk job another
+// process submitted (bulk mode only).
+func (p *Pool) bulkKnown(m *job, delivered uint64) bool {
+	return p.bulk != nil && p.bulk.Known(bulk.Item{Ref: m.ref, Delivered: delivered})
 }
 
 // sendable is the update j's try sends: its group's merged one, if it has members.
@@ -111,8 +128,7 @@ func (p *Pool) settleGroup(c *conv, j *job, d decision) bool {
 			p.Metrics.CoalesceSaved.Add(float64(n))
 		}
 		p.Metrics.update(d.metric)
-		p.settleMembers(j)
-		p.ackGroup(c, j)
+		p.groupApplied(c, j, "")
 		return true
 	case verdictRetry:
 		if d.status == 0 || d.status >= 500 {
@@ -135,6 +151,47 @@ func (p *Pool) settleGroup(c *conv, j *job, d decision) bool {
 		return true
 	}
 	return false
+}
+
+// groupApplied acknowledges j, c's head, and its members, which Kustomer applied (in bulk
+// job bulkJob, or as a merged single PUT), once each one's run record says so (appliedOK's rule
+// for a group): if one cannot be stored, the messages stay held and only the records are
+// tried again later (process), never the update. A merged single PUT's requests are counted
+// on the head's record, the members' records count none.
+func (p *Pool) groupApplied(c *conv, j *job, bulkJob string) {
+	if p.Runs != nil {
+		p.mu.Lock()
+		jobs := append([]*job{j}, j.members...)
+		p.mu.Unlock()
+		for i, m := range jobs {
+			if m.runRecorded {
+				continue
+			}
+			p.mu.Lock()
+			msg := m.msg
+			p.mu.Unlock()
+			units := 0
+			if bulkJob == "" && i == 0 {
+				units = j.attempts + 1
+			}
+			rctx, cancel := context.WithTimeout(p.hard, storeTimeout)
+			err := p.Runs.RecordApplied(rctx, msg.Headers(), queue.Applied{Units: units, Job: bulkJob})
+			cancel()
+			if errors.Is(err, queue.ErrNoRunsStream) {
+				p.jobLog(m).Warn("cannot record the run's line as applied: no runs stream; acknowledging it all the same", "error", err)
+				err = nil
+			}
+			if err != nil {
+				j.accepted, j.bulkJob = true, bulkJob
+				p.jobLog(m).Warn("cannot record the run's line of a merged update as applied; keeping its messages and trying again (the update is not sent again)", "error", err)
+				p.schedule(c, deadLetterRetry)
+				return
+			}
+			m.runRecorded = true
+		}
+	}
+	p.settleMembers(j)
+	p.ackGroup(c, j)
 }
 
 // settleMembers marks j's members settled: the group's outcome is stored (applied, or dead

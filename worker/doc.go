@@ -45,7 +45,9 @@
 //     With Config.Coalesce on the head's lane, its first send fixes its group (gather,
 //     coalesce.go): the partial updates queued behind it that package coalesce lets join go
 //     in the same PUT, as its members; they count as sent from then on, and settle settles
-//     them with it (settleGroup).
+//     them with it (settleGroup). In bulk mode the group is fixed when the head is first
+//     offered to the bulker (bulkItem): the merged update is one item of a job, whose record
+//     lists every member, and an applied item settles them all (bulkHost.Applied).
 //  5. sent (process.go, passage.go): try sends the head's update along a passage: the auth
 //     gate and the outage breaker (package gate) each hand out a ticket, the Budget (the
 //     pacer, package pacer) a turn in the message's class; the request is counted in flight

@@ -36,7 +36,8 @@ type Metrics struct {
 	// an attempt the HTTP transport made again): each may or may not have cost a unit.
 	BudgetUnanswered prometheus.Counter
 	// Coalesced counts messages sent as members of a merged update (Config.Coalesce), beyond
-	// the first of each; CoalesceSaved the requests merged updates spared, once applied.
+	// the first of each, single PUT or bulk item; CoalesceSaved the requests merged single
+	// PUTs spared, once applied (a merged bulk item spares items of a job, not requests).
 	Coalesced     prometheus.Counter
 	CoalesceSaved prometheus.Counter
 
@@ -89,9 +90,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Messages found stranded: kept by the work stream after their consumer delivered them max-deliver times without an outcome. Each is dead-lettered as class stranded (dead_letters_total{class=\"stranded\"})."})
 	reg.MustRegister(m.BudgetUnits, m.BudgetUnanswered, m.Stranded)
 	m.Coalesced = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "coalesced_messages_total",
-		Help: "Messages sent merged into the PUT of an older queued update of their conversation (--coalesce), beyond the first of each merged PUT."})
+		Help: "Messages sent merged into the PUT (or bulk item) of an older queued update of their conversation (--coalesce), beyond the first of each."})
 	m.CoalesceSaved = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "coalesce_units_saved_total",
-		Help: "Requests, and so units of the org budget, that merged updates spared once applied: one per message merged into another's PUT (--coalesce)."})
+		Help: "Requests, and so units of the org budget, that merged single PUTs spared once applied: one per message merged into another's PUT (--coalesce). Merged bulk items are not counted."})
 	reg.MustRegister(m.Coalesced, m.CoalesceSaved)
 	m.Bulk = bulk.NewMetrics(reg, ns, m.Retries)
 	reg.MustRegister(m.KustomerDown, m.KustomerWritesDown, m.ProbeReads, m.BreakerTrips, m.Updates, m.Requests, m.RequestDuration, m.Retries, m.PacerWait, m.InFlight, m.Held,

@@ -215,6 +215,10 @@ type job struct {
 	// its run's record is not stored yet: only that is tried again, never the update.
 	accepted bool
 	bulkJob  string
+	// runRecorded: the run record of this member of an applied merged update is stored
+	// (groupApplied), so that a later try of the group's records skips it. Written only by
+	// the holder of the group's conversation.
+	runRecorded bool
 	// settled: Kustomer applied the update (or its dead letter is stored) but the
 	// acknowledgement is not confirmed yet. The job is only acknowledged again, never sent.
 	// Written under Pool.mu by the holder (ack), so that others may read it under Pool.mu.

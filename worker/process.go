@@ -42,6 +42,10 @@ func (p *Pool) process(ctx, hard context.Context, c *conv) {
 		return
 	}
 	if j.accepted { // applied: only its run's record is missing
+		if len(j.members) > 0 {
+			p.groupApplied(c, j, j.bulkJob)
+			return
+		}
 		p.appliedOK(c, j, j.bulkJob)
 		return
 	}
@@ -76,7 +80,7 @@ func (p *Pool) try(ctx, hard context.Context, c *conv, j *job, ps *passage) *out
 	if !ps.enter(ctx, j.class) {
 		return nil
 	}
-	p.gather(c, j)
+	p.gather(c, j, false)
 	o := ps.send(hard, func(ctx context.Context) (int, kustomer.RateLimit, error) {
 		res, err := p.Client.UpdateConversation(ctx, j.sendable())
 		if err != nil {

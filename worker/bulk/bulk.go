@@ -85,6 +85,20 @@ type Item struct {
 	// Run is the run the update belongs to (queue.HeaderRunID), kept in the job's record so
 	// that a run's status counts its lines in bulk jobs; "" for none.
 	Run string
+	// Members are the messages merged into Update behind Ref (the host's --coalesce), in
+	// stream order, fixed before the host offers the item: the job's record lists them, so
+	// that a redelivery of any of them after a crash is settled by the item's outcome
+	// (Known), and a fence of the item stands at the last one's sequence.
+	Members []Member
+	// MayApply is set on an item handed back as a single PUT (Host.Single) while the job it
+	// was in may still apply it late: a submit without an answer, a job past its deadline.
+	MayApply bool
+}
+
+// Member is one message merged into an Item behind its own.
+type Member struct {
+	Ref queue.MsgRef
+	Run string // as Item.Run
 }
 
 // Settings are what the bulker reads of the pool's configuration.
@@ -161,10 +175,13 @@ type fence struct {
 // job is one job followed by this process. Its fields are guarded by Bulker.mu, except
 // kitems and key, set before it is shared.
 type job struct {
-	key      string
-	kitems   []kustomer.BulkItem
-	rec      queue.BulkRecord
-	held     map[queue.MsgRef]Item // items in the bulker's hands, not settled yet
+	key    string
+	kitems []kustomer.BulkItem
+	rec    queue.BulkRecord
+	held   map[queue.MsgRef]Item // items in the bulker's hands, not settled yet, by their message
+	// of maps a member merged into an item (Item.Members) to the item's own message, for a
+	// job another process submitted: a redelivered member is settled by the item's outcome.
+	of       map[queue.MsgRef]queue.MsgRef
 	outcome  map[queue.MsgRef]kustomer.ItemOutcome
 	sent     time.Time // when the submit that created the job went out
 	adopted  bool      // submitted by another process
@@ -282,7 +299,7 @@ func (b *Bulker) holdBack(it Item, until time.Time) {
 // takeKnown settles it, a redelivered item of bj, a job another process submitted, by bj's
 // outcome for it, or holds it until a read of bj tells. b.mu is held, and let go.
 func (b *Bulker) takeKnown(bj *job, it Item) {
-	if o, ok := bj.outcome[it.Ref]; ok {
+	if o, ok := bj.outcome[bj.itemRef(it.Ref)]; ok {
 		delete(b.known, it.Ref)
 		id := bj.rec.JobID
 		b.mu.Unlock()
@@ -296,6 +313,34 @@ func (b *Bulker) takeKnown(bj *job, it Item) {
 		b.itemLog(it).Info("redelivered update belongs to a bulk job a previous process submitted; reading its result instead of sending it again", "job", bj.rec.JobID)
 		b.wg.Go(func() { b.guard(bj, b.follow) })
 	}
+}
+
+// Known reports whether it, a redelivery, belongs to a job another process submitted, whose
+// result settles it: the host then offers it as it is, merging nothing into it, since only
+// what the job carried is settled by the job. It reads the store again first, as Take does.
+func (b *Bulker) Known(it Item) bool {
+	if it.Delivered <= 1 {
+		return false
+	}
+	b.reloadIfStale(it)
+	return b.KnownRef(it.Ref)
+}
+
+// KnownRef reports whether the message ref belongs to a job another process submitted, as
+// Known, without reading the store.
+func (b *Bulker) KnownRef(ref queue.MsgRef) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	_, ok := b.known[ref]
+	return ok
+}
+
+// itemRef is the message of bj's item that ref is (its own, or one merged into it).
+func (bj *job) itemRef(ref queue.MsgRef) queue.MsgRef {
+	if r, ok := bj.of[ref]; ok {
+		return r
+	}
+	return ref
 }
 
 // unfence takes it out of the fenced conversations if it is still there, and reports whether
@@ -419,7 +464,11 @@ func (b *Bulker) start(items []Item) {
 	for _, it := range items {
 		ref := it.Ref.Key()
 		bj.kitems = append(bj.kitems, kustomer.BulkItem{Ref: ref, Update: it.Update})
-		bj.rec.Items = append(bj.rec.Items, queue.BulkRecordItem{Conv: it.Update.ID, Seq: it.Ref.Seq, Stored: it.Ref.Stored, Ref: ref, Run: it.Run})
+		ri := queue.BulkRecordItem{Conv: it.Update.ID, Seq: it.Ref.Seq, Stored: it.Ref.Stored, Ref: ref, Run: it.Run}
+		for _, m := range it.Members {
+			ri.Members = append(ri.Members, queue.BulkRecordMember{Conv: it.Update.ID, Seq: m.Ref.Seq, Stored: m.Ref.Stored, Run: m.Run})
+		}
+		bj.rec.Items = append(bj.rec.Items, ri)
 		bj.held[it.Ref] = it
 	}
 	b.jobs[key] = bj
@@ -885,9 +934,12 @@ func (b *Bulker) record(bj *job, outs []kustomer.ItemOutcome) (now []settlement,
 		if o.State == kustomer.ItemFailed {
 			bj.rec.Items[i].Outcome, bj.rec.Items[i].Reason = queue.BulkFailed, o.Reason
 		}
-		if it, ok := bj.held[ref]; ok {
-			delete(bj.held, ref)
-			now = append(now, settlement{it, o})
+		// Held by its own message, or (a job of another process) by a redelivered member's.
+		for _, r := range bj.rec.Items[i].MsgRefs() {
+			if it, ok := bj.held[r]; ok {
+				delete(bj.held, r)
+				now = append(now, settlement{it, o})
+			}
 		}
 	}
 	return now, settled == len(outs), bj.rec.JobID
@@ -950,11 +1002,17 @@ func (b *Bulker) fallback(bj *job, reason string, fence time.Time, following boo
 		if !fence.IsZero() {
 			bj.rec.FenceUntil = later(bj.rec.FenceUntil, fence)
 			for _, it := range bj.rec.Items {
-				b.addFence(it.Conv, it.Seq, fence)
+				b.addFence(it.Conv, it.LastSeq(), fence)
 			}
 		}
 		rec = bj.rec
 	})
+	if !fence.IsZero() {
+		for ref, it := range held {
+			it.MayApply = true
+			held[ref] = it
+		}
+	}
 	if following && !fence.IsZero() {
 		b.put(rec)
 	}
@@ -1023,7 +1081,7 @@ func (b *Bulker) finished(bj *job, lift bool, now time.Time) (rec queue.BulkReco
 	if !bj.rec.Ambiguous.IsZero() {
 		if until := bj.rec.Submitted.Add(b.cfg.Deadline); until.After(now) {
 			for _, it := range bj.rec.Items {
-				b.addFence(it.Conv, it.Seq, until)
+				b.addFence(it.Conv, it.LastSeq(), until)
 			}
 			bj.rec.FenceUntil = later(bj.rec.FenceUntil, until)
 		}
@@ -1037,7 +1095,7 @@ func (b *Bulker) finished(bj *job, lift bool, now time.Time) (rec queue.BulkReco
 		keep = later(keep, now.Add(b.set.Redeliveries))
 	}
 	for ref, kb := range b.known {
-		if kb == bj && bj.outcome[ref].State == kustomer.ItemPending {
+		if kb == bj && bj.outcome[bj.itemRef(ref)].State == kustomer.ItemPending {
 			delete(b.known, ref) // lost: a redelivery goes on as any update
 		}
 	}
@@ -1135,7 +1193,7 @@ func (b *Bulker) load(ctx context.Context) {
 func (b *Bulker) remember(r queue.BulkRecord, now time.Time) {
 	if r.FenceUntil.After(now) {
 		for _, it := range r.Items {
-			b.addFence(it.Conv, it.Seq, r.FenceUntil)
+			b.addFence(it.Conv, it.LastSeq(), r.FenceUntil)
 		}
 	}
 	if r.JobID == "" {
@@ -1144,7 +1202,7 @@ func (b *Bulker) remember(r queue.BulkRecord, now time.Time) {
 		// deadline.
 		if until := r.Submitted.Add(b.cfg.Deadline); until.After(now) {
 			for _, it := range r.Items {
-				b.addFence(it.Conv, it.Seq, until)
+				b.addFence(it.Conv, it.LastSeq(), until)
 			}
 			if _, ok := b.forget[r.Key]; !ok {
 				b.forget[r.Key] = until
@@ -1157,7 +1215,7 @@ func (b *Bulker) remember(r queue.BulkRecord, now time.Time) {
 	if !r.Ambiguous.IsZero() {
 		if until := r.Submitted.Add(b.cfg.Deadline); until.After(now) {
 			for _, it := range r.Items {
-				b.addFence(it.Conv, it.Seq, until)
+				b.addFence(it.Conv, it.LastSeq(), until)
 			}
 		}
 	}
@@ -1190,12 +1248,21 @@ func (b *Bulker) adopt(r queue.BulkRecord) {
 			bj.outcome[it.MsgRef()] = kustomer.ItemOutcome{State: kustomer.ItemFailed, Reason: it.Reason}
 		}
 		b.known[it.MsgRef()] = bj
+		for _, m := range it.Members {
+			if bj.of == nil {
+				bj.of = make(map[queue.MsgRef]queue.MsgRef)
+			}
+			bj.of[m.MsgRef()] = it.MsgRef()
+			b.known[m.MsgRef()] = bj
+		}
 	}
 	if !r.Settled.IsZero() {
 		bj.follows, bj.finished = true, true // nothing to read: the outcomes are stored
 		for _, it := range r.Items {
 			if it.Outcome == "" {
-				delete(b.known, it.MsgRef())
+				for _, ref := range it.MsgRefs() {
+					delete(b.known, ref)
+				}
 			}
 		}
 	}

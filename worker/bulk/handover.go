@@ -192,7 +192,7 @@ func (b *Bulker) takeOverLocked(active bool, now time.Time) {
 		}
 		for _, it := range bj.rec.Items {
 			if _, ok := bj.outcome[it.MsgRef()]; !ok {
-				b.addFence(it.Conv, it.Seq, lost)
+				b.addFence(it.Conv, it.LastSeq(), lost)
 			}
 		}
 		bj.rec.FenceUntil = later(bj.rec.FenceUntil, lost)
