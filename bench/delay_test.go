@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"net"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/queue"
 )
 
 var (
@@ -222,4 +224,48 @@ func delayedCopy(dst, src net.Conn, delay time.Duration) {
 	}
 	close(chunks)
 	w.Wait()
+}
+
+// BenchmarkNATSDelaySetUp measures what `kustomer-worker run` does with NATS before its pool
+// starts and BenchmarkNATSDelay leaves out: queue.Ensure (manage-streams, the default) and
+// queue.BindLanes, on streams that exist already (a restart), over the same proxy as
+// BenchmarkNATSDelay (-bench.nats-delay each way) and over a direct connection, alternating.
+// Reported, medians of -bench.reps: milliseconds of each, and the round trips the delay adds
+// ((delayed - direct) / (2 × delay)).
+func BenchmarkNATSDelaySetUp(b *testing.B) {
+	r := newRig(b, kustomertest.Config{Budget: -1, DisableLog: true}, 32)
+	proxy := startDelayProxy(b, r.url, *delayFlag)
+	_, direct := r.connect(r.url, &roundTrips{byKind: make(map[string]int)})
+	_, delayed := r.connect(proxy, &roundTrips{byKind: make(map[string]int)})
+	setUp := func(js jetstream.JetStream) time.Duration {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		t0 := time.Now()
+		if err := queue.Ensure(ctx, js, r.top); err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := queue.BindLanes(ctx, js, r.top); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(t0)
+	}
+	var directMs, delayedMs []float64
+	for i := range repetitions(b) {
+		var dd, ds time.Duration
+		for k := range 2 {
+			if (k+i)%2 == 0 {
+				dd = setUp(direct)
+			} else {
+				ds = setUp(delayed)
+			}
+		}
+		b.Logf("repetition %d: Ensure and BindLanes direct %s, NATS delayed %s each way %s", i+1,
+			dd.Round(time.Millisecond), *delayFlag, ds.Round(time.Millisecond))
+		directMs = append(directMs, float64(dd.Microseconds())/1000)
+		delayedMs = append(delayedMs, float64(ds.Microseconds())/1000)
+	}
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(median(directMs), "direct_ms")
+	b.ReportMetric(median(delayedMs), "delayed_ms")
+	b.ReportMetric((median(delayedMs)-median(directMs))/float64(2*delayFlag.Milliseconds()), "round_trips_added")
 }
