@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"net"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/kustomer-worker/kustomer-worker/internal/testwait"
 	"github.com/kustomer-worker/kustomer-worker/kustomer/kustomertest"
+	"github.com/kustomer-worker/kustomer-worker/queue"
 )
 
 var (
@@ -33,8 +35,10 @@ var (
 // round trips. Cells: 1 or 4 updates per conversation (4: each conversation's next update waits
 // for the previous one's acknowledgement to be seen, through the acknowledgement floor).
 // Reported, medians: updates/s direct and delayed, and the ratio delayed/direct (target: 0.8
-// or better). -bench.consumer-window sets the consumers' MaxAckPending apart from the pool's
-// (run sets both to --max-ack-pending), to show what the server's window costs over a slow link.
+// or better), timed from the first tenth applied (steady) and from the pool's start
+// (with_startup: the start-up's reads of NATS, each a slow round trip, count too).
+// -bench.consumer-window sets the consumers' MaxAckPending apart from the pool's (run sets
+// both to --max-ack-pending), to show what the server's window costs over a slow link.
 func BenchmarkNATSDelay(b *testing.B) {
 	n := pick("bench.delay-updates", delayUpdatesFlag, 200)
 	const c = 32
@@ -52,7 +56,7 @@ func BenchmarkNATSDelay(b *testing.B) {
 			_, direct := r.countedConn(&roundTrips{byKind: make(map[string]int)})
 			rt := &roundTrips{byKind: make(map[string]int)}
 			_, delayed := r.connect(proxy, rt)
-			var directRuns, delayedRuns, ratio, directAll, delayedAll []float64
+			var directRuns, delayedRuns, ratio, directAll, delayedAll, ratioAll []float64
 			for i := range repetitions(b) {
 				var dd, ds steadyDrain
 				for k := range 2 {
@@ -70,6 +74,7 @@ func BenchmarkNATSDelay(b *testing.B) {
 				ratio = append(ratio, ds.steady()/dd.steady())
 				directAll = append(directAll, dd.perSecond())
 				delayedAll = append(delayedAll, ds.perSecond())
+				ratioAll = append(ratioAll, ds.perSecond()/dd.perSecond())
 			}
 			b.ReportMetric(0, "ns/op")
 			b.ReportMetric(median(directRuns), "direct_updates/s")
@@ -77,6 +82,7 @@ func BenchmarkNATSDelay(b *testing.B) {
 			b.ReportMetric(median(ratio), "ratio_delayed_vs_direct")
 			b.ReportMetric(median(directAll), "direct_with_startup_updates/s")
 			b.ReportMetric(median(delayedAll), "delayed_with_startup_updates/s")
+			b.ReportMetric(median(ratioAll), "ratio_with_startup")
 		})
 	}
 }
@@ -222,4 +228,48 @@ func delayedCopy(dst, src net.Conn, delay time.Duration) {
 	}
 	close(chunks)
 	w.Wait()
+}
+
+// BenchmarkNATSDelaySetUp measures what `kustomer-worker run` does with NATS before its pool
+// starts and BenchmarkNATSDelay leaves out: queue.Ensure (manage-streams, the default) and
+// queue.BindLanes, on streams that exist already (a restart), over the same proxy as
+// BenchmarkNATSDelay (-bench.nats-delay each way) and over a direct connection, alternating.
+// Reported, medians of -bench.reps: milliseconds of each, and the round trips the delay adds
+// ((delayed - direct) / (2 × delay)).
+func BenchmarkNATSDelaySetUp(b *testing.B) {
+	r := newRig(b, kustomertest.Config{Budget: -1, DisableLog: true}, 32)
+	proxy := startDelayProxy(b, r.url, *delayFlag)
+	_, direct := r.connect(r.url, &roundTrips{byKind: make(map[string]int)})
+	_, delayed := r.connect(proxy, &roundTrips{byKind: make(map[string]int)})
+	setUp := func(js jetstream.JetStream) time.Duration {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		t0 := time.Now()
+		if err := queue.Ensure(ctx, js, r.top); err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := queue.BindLanes(ctx, js, r.top); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(t0)
+	}
+	var directMs, delayedMs []float64
+	for i := range repetitions(b) {
+		var dd, ds time.Duration
+		for k := range 2 {
+			if (k+i)%2 == 0 {
+				dd = setUp(direct)
+			} else {
+				ds = setUp(delayed)
+			}
+		}
+		b.Logf("repetition %d: Ensure and BindLanes direct %s, NATS delayed %s each way %s", i+1,
+			dd.Round(time.Millisecond), *delayFlag, ds.Round(time.Millisecond))
+		directMs = append(directMs, float64(dd.Microseconds())/1000)
+		delayedMs = append(delayedMs, float64(ds.Microseconds())/1000)
+	}
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(median(directMs), "direct_ms")
+	b.ReportMetric(median(delayedMs), "delayed_ms")
+	b.ReportMetric((median(delayedMs)-median(directMs))/float64(2*delayFlag.Milliseconds()), "round_trips_added")
 }

@@ -2,7 +2,7 @@
 // plain consumer loop, use of a rate budget (alone and shared), memory of the worker process
 // over small and large backlogs, enqueue speed, publish-to-request latency, and live latency
 // during a backfill with the two lanes against one lane, throughput over a slow link to NATS
-// against a direct one, bulk mode, and a backfill run followed to its end (BenchmarkRun).
+// against a direct one (and the set-up before the pool starts, Ensure and BindLanes, over it), bulk mode, and a backfill run followed to its end (BenchmarkRun).
 // Each runs the real worker against an
 // embedded NATS server and the fake Kustomer API of package kustomertest, and compares it with
 // a baseline run in the same process.

@@ -40,6 +40,12 @@ func NewOrderCheck(ctx context.Context, js jetstream.JetStream, t Topology) (*Or
 	if err != nil {
 		return nil, err
 	}
+	return NewOrderCheckOn(s, t)
+}
+
+// NewOrderCheckOn is NewOrderCheck on the work stream s of t, already looked up (as
+// Consumers.Stream): it reads nothing.
+func NewOrderCheckOn(s jetstream.Stream, t Topology) (*OrderCheck, error) {
 	if s.CachedInfo().Config.AllowDirect {
 		// GetMsg would use direct gets, answered by any replica: see the type's doc.
 		return nil, fmt.Errorf("stream %s allows direct gets: the order check needs answers from its leader; turn allow_direct off", t.Stream)
@@ -106,9 +112,9 @@ type markRefresh struct {
 // When before is above the mark, it reads the stream's last sequence, and then the lane's
 // oldest message on each of its subjects: every message up to that last sequence was stored
 // before these reads, so none of the lane's is older than the oldest found, and if none was
-// found the lane holds nothing up to the last sequence. Three requests, for every message
-// stored so far; on a failure (its own refresh's, or the one it waited for) it reports false,
-// and the check proper runs.
+// found the lane holds nothing up to the last sequence. Three requests in two round trips (the
+// subjects are read at once), for every message stored so far; on a failure (its own
+// refresh's, or the one it waited for) it reports false, and the check proper runs.
 func (c *OrderCheck) clearBelow(ctx context.Context, lane Lane, before uint64) bool {
 	m := c.clear[lane]
 	for {
@@ -129,22 +135,32 @@ func (c *OrderCheck) clearBelow(ctx context.Context, lane Lane, before uint64) b
 				return false
 			}
 		}
-		r := &markRefresh{done: make(chan struct{})}
-		m.refresh = r
-		from := m.below
-		m.mu.Unlock()
-		below, ok := c.readMark(ctx, lane, from)
+		c.refreshMark(ctx, lane) // unlocks m.mu
 		m.mu.Lock()
-		if ok {
-			m.below = max(m.below, below)
-		}
 		clear := before <= m.below
-		m.refresh = nil
 		m.mu.Unlock()
-		r.ok = ok
-		close(r.done)
 		return clear
 	}
+}
+
+// refreshMark reads lane's mark anew as the refresh in progress (see clearBelow). It is
+// called with the lane's laneMark.mu held and no refresh in progress, and returns with mu
+// released.
+func (c *OrderCheck) refreshMark(ctx context.Context, lane Lane) {
+	m := c.clear[lane]
+	r := &markRefresh{done: make(chan struct{})}
+	m.refresh = r
+	from := m.below
+	m.mu.Unlock()
+	below, ok := c.readMark(ctx, lane, from)
+	m.mu.Lock()
+	if ok {
+		m.below = max(m.below, below)
+	}
+	m.refresh = nil
+	m.mu.Unlock()
+	r.ok = ok
+	close(r.done)
 }
 
 // readMark reads a new mark for lane (see clearBelow), its oldest messages looked for from
@@ -155,9 +171,17 @@ func (c *OrderCheck) readMark(ctx context.Context, lane Lane, from uint64) (belo
 		return 0, false
 	}
 	below = info.State.LastSeq + 1
-	for _, subject := range c.top.LaneSubjects(lane) {
-		first, err := c.next(ctx, subject, from)
-		if err != nil {
+	// The subjects are read at once, after the stream's last sequence (which they rely on).
+	subjects := c.top.LaneSubjects(lane)
+	firsts := make([]*jetstream.RawStreamMsg, len(subjects))
+	errs := make([]error, len(subjects))
+	var wg sync.WaitGroup
+	for i, subject := range subjects {
+		wg.Go(func() { firsts[i], errs[i] = c.next(ctx, subject, from) })
+	}
+	wg.Wait()
+	for i, first := range firsts {
+		if errs[i] != nil {
 			return 0, false
 		}
 		if first != nil {
@@ -165,6 +189,26 @@ func (c *OrderCheck) readMark(ctx context.Context, lane Lane, from uint64) (belo
 		}
 	}
 	return below, true
+}
+
+// Warm reads each lane's mark (see clearBelow) at once, so that the first checks after a
+// start find it read, or being read, instead of reading it one lane after the other over a
+// round trip each. A check that comes while it reads waits for it. Failures are left to the
+// checks, which read again.
+func (c *OrderCheck) Warm(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, l := range Lanes() {
+		wg.Go(func() {
+			m := c.clear[l]
+			m.mu.Lock()
+			if m.refresh != nil { // being read already
+				m.mu.Unlock()
+				return
+			}
+			c.refreshMark(ctx, l) // unlocks m.mu
+		})
+	}
+	wg.Wait()
 }
 
 // older reads the messages on subject below before.

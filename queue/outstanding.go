@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -31,6 +32,9 @@ type Outstanding struct {
 	// unacknowledged; the margin is for a MaxAckPending lowered since those deliveries and for
 	// messages that ran out of deliveries and still sit in the stream.
 	Limit int
+	// Stream, optional, is the work stream already looked up (as Consumers.Stream): then it
+	// is not read again.
+	Stream jetstream.Stream
 
 	mu   sync.Mutex
 	work jetstream.Stream // the work stream once looked up: a handle by name, good for a stream re-created since
@@ -50,45 +54,69 @@ type Own struct {
 // request to read each lane's consumer, then one per message (the stream skips what was
 // acknowledged) and one per subject that finds the end, at most Limit messages per lane. On
 // the lane of own, if set, it lists only those below own.Below: the messages the consumer
-// delivered before this replica's own pull (see Own).
+// delivered before this replica's own pull (see Own). The lanes are read at once, and so are
+// a lane's subjects once its consumer is read: over a slow link to NATS it costs two round
+// trips plus one per message of the longest subject, not six or more.
 func (o *Outstanding) Unacked(ctx context.Context, own Own) ([]Unacked, error) {
 	stream, err := o.stream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", o.Topology.Stream, err)
 	}
+	lanes := Lanes()
+	found := make([][]Unacked, len(lanes))
+	errs := make([]error, len(lanes))
+	var wg sync.WaitGroup
+	for i, l := range lanes {
+		wg.Go(func() { found[i], errs[i] = o.unackedLane(ctx, stream, l, own) })
+	}
+	wg.Wait()
 	var out []Unacked
-	for _, l := range Lanes() {
-		name := o.Topology.LaneConsumer(l)
-		cons, err := readLeader(ctx, func(ctx context.Context) (jetstream.Consumer, error) { return stream.Consumer(ctx, name) })
-		if err != nil {
-			return out, fmt.Errorf("consumer %s: %w", name, err)
-		}
-		info := cons.CachedInfo() // as the lookup just read it
-		limit := o.Limit
-		if limit <= 0 {
-			limit = 10 * max(info.Config.MaxAckPending, 1)
-		}
-		last := info.Delivered.Stream
-		if own.Lane == l && own.Below > 0 {
-			last = min(last, own.Below-1)
-		}
-		for _, subject := range o.Topology.LaneSubjects(l) {
-			msgs, err := o.unacked(ctx, stream, subject, info.AckFloor.Stream, last, limit)
-			limit -= len(msgs) // the lane's limit, shared by its subjects
-			out = append(out, msgs...)
-			if err != nil {
-				return out, err
-			}
-		}
+	for _, msgs := range found {
+		out = append(out, msgs...)
 	}
 	slices.SortFunc(out, func(a, b Unacked) int { return cmp.Compare(a.Ref.Seq, b.Ref.Seq) })
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
-// unacked reads the messages on subject after floor up to last, at most limit.
-func (o *Outstanding) unacked(ctx context.Context, stream jetstream.Stream, subject string, floor, last uint64, limit int) ([]Unacked, error) {
+// unackedLane is Unacked of lane l: its consumer read, then its subjects read at once, at most
+// the lane's limit in all (a budget the subjects share).
+func (o *Outstanding) unackedLane(ctx context.Context, stream jetstream.Stream, l Lane, own Own) ([]Unacked, error) {
+	name := o.Topology.LaneConsumer(l)
+	cons, err := readLeader(ctx, func(ctx context.Context) (jetstream.Consumer, error) { return stream.Consumer(ctx, name) })
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s: %w", name, err)
+	}
+	info := cons.CachedInfo() // as the lookup just read it
+	limit := o.Limit
+	if limit <= 0 {
+		limit = 10 * max(info.Config.MaxAckPending, 1)
+	}
+	last := info.Delivered.Stream
+	if own.Lane == l && own.Below > 0 {
+		last = min(last, own.Below-1)
+	}
+	var budget atomic.Int64 // the lane's limit, shared by its subjects
+	budget.Store(int64(limit))
+	subjects := o.Topology.LaneSubjects(l)
+	found := make([][]Unacked, len(subjects))
+	errs := make([]error, len(subjects))
+	var wg sync.WaitGroup
+	for i, subject := range subjects {
+		wg.Go(func() { found[i], errs[i] = o.unacked(ctx, stream, subject, info.AckFloor.Stream, last, &budget) })
+	}
+	wg.Wait()
 	var out []Unacked
-	for seq := floor + 1; seq <= last && len(out) < limit; {
+	for _, msgs := range found {
+		out = append(out, msgs...)
+	}
+	return out, errors.Join(errs...)
+}
+
+// unacked reads the messages on subject after floor up to last, one from budget each, while
+// budget lasts.
+func (o *Outstanding) unacked(ctx context.Context, stream jetstream.Stream, subject string, floor, last uint64, budget *atomic.Int64) ([]Unacked, error) {
+	var out []Unacked
+	for seq := floor + 1; seq <= last && budget.Load() > 0; {
 		m, err := getMsg(ctx, stream, seq, jetstream.WithGetMsgSubject(subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
@@ -96,7 +124,7 @@ func (o *Outstanding) unacked(ctx context.Context, stream jetstream.Stream, subj
 		if err != nil {
 			return out, fmt.Errorf("stream %s: message on %s at or after %d: %w", o.Topology.Stream, subject, seq, err)
 		}
-		if m.Sequence > last {
+		if m.Sequence > last || budget.Add(-1) < 0 {
 			break
 		}
 		out = append(out, Unacked{Ref: NewMsgRef(m.Sequence, m.Time), Subject: m.Subject, Data: m.Data})
@@ -127,6 +155,9 @@ func (o *Outstanding) Pending(ctx context.Context, ref MsgRef) (bool, error) {
 func (o *Outstanding) stream(ctx context.Context) (jetstream.Stream, error) {
 	o.mu.Lock()
 	work := o.work
+	if work == nil && o.Stream != nil {
+		work, o.work = o.Stream, o.Stream
+	}
 	o.mu.Unlock()
 	if work != nil {
 		return work, nil

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -184,17 +185,63 @@ func (t Topology) WorkSubjects() []string {
 // before the stream takes the backfill subjects, so no backfill message is ever delivered
 // to it; then the backfill lane's consumer is created. See docs/LANES.md.
 func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        t.DLQStream,
-		Description: "Kustomer conversation updates that can never succeed, with the reason",
-		Subjects:    []string{t.DLQSubject},
-		Retention:   jetstream.LimitsPolicy,
-		Storage:     jetstream.FileStorage,
-		MaxAge:      t.DLQMaxAge,
-		Replicas:    t.StreamReplicas,
-	}); err != nil {
-		return fmt.Errorf("stream %s: %w", t.DLQStream, err)
+	// What depends on nothing else here goes out at once (over a slow link to NATS a round
+	// trip each would add up to seconds): the work stream's chain (its live consumer
+	// narrowed, the stream, then both lanes' consumers), the dead-letter stream, the
+	// buckets and the runs stream. The error is the first in that order.
+	steps := []func() error{
+		func() error { return ensureWork(ctx, js, t) },
+		func() error {
+			if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+				Name:        t.DLQStream,
+				Description: "Kustomer conversation updates that can never succeed, with the reason",
+				Subjects:    []string{t.DLQSubject},
+				Retention:   jetstream.LimitsPolicy,
+				Storage:     jetstream.FileStorage,
+				MaxAge:      t.DLQMaxAge,
+				Replicas:    t.StreamReplicas,
+			}); err != nil {
+				return fmt.Errorf("stream %s: %w", t.DLQStream, err)
+			}
+			return nil
+		},
+		func() error {
+			if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+				Bucket:      t.AttemptsBucket,
+				Description: "attempts spent on work messages that failed, by stream sequence",
+				TTL:         7 * 24 * time.Hour,
+				Storage:     jetstream.FileStorage,
+				Replicas:    t.StreamReplicas,
+			}); err != nil {
+				return fmt.Errorf("bucket %s: %w", t.AttemptsBucket, err)
+			}
+			return nil
+		},
+		func() error {
+			if _, err := js.CreateOrUpdateKeyValue(ctx, t.rolesConfig()); err != nil {
+				return fmt.Errorf("bucket %s: %w", t.RolesBucket, err)
+			}
+			return nil
+		},
+		func() error {
+			if _, err := js.CreateOrUpdateKeyValue(ctx, t.bulkConfig()); err != nil {
+				return fmt.Errorf("bucket %s: %w", t.BulkBucket, err)
+			}
+			return nil
+		},
+		func() error {
+			if _, err := js.CreateOrUpdateStream(ctx, t.runsConfig()); err != nil {
+				return fmt.Errorf("stream %s: %w", t.RunsStream, err)
+			}
+			return nil
+		},
 	}
+	return allAtOnce(steps)
+}
+
+// ensureWork is Ensure's work stream: the live consumer of a version before lanes narrowed
+// to the live subjects, then the stream, then both lanes' consumers (at once).
+func ensureWork(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	if err := narrowLiveConsumer(ctx, js, t); err != nil {
 		return err
 	}
@@ -209,28 +256,30 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	}); err != nil {
 		return fmt.Errorf("stream %s: %w", t.Stream, err)
 	}
+	var steps []func() error
 	for _, l := range Lanes() {
-		if err := ensureConsumer(ctx, js, t, l); err != nil {
-			return fmt.Errorf("consumer %s: %w", t.LaneConsumer(l), err)
+		steps = append(steps, func() error {
+			if err := ensureConsumer(ctx, js, t, l); err != nil {
+				return fmt.Errorf("consumer %s: %w", t.LaneConsumer(l), err)
+			}
+			return nil
+		})
+	}
+	return allAtOnce(steps)
+}
+
+// allAtOnce runs steps at once and returns the first of their errors in the order given.
+func allAtOnce(steps []func() error) error {
+	errs := make([]error, len(steps))
+	var wg sync.WaitGroup
+	for i, step := range steps {
+		wg.Go(func() { errs[i] = step() })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
 		}
-	}
-	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      t.AttemptsBucket,
-		Description: "attempts spent on work messages that failed, by stream sequence",
-		TTL:         7 * 24 * time.Hour,
-		Storage:     jetstream.FileStorage,
-		Replicas:    t.StreamReplicas,
-	}); err != nil {
-		return fmt.Errorf("bucket %s: %w", t.AttemptsBucket, err)
-	}
-	if _, err := js.CreateOrUpdateKeyValue(ctx, t.rolesConfig()); err != nil {
-		return fmt.Errorf("bucket %s: %w", t.RolesBucket, err)
-	}
-	if _, err := js.CreateOrUpdateKeyValue(ctx, t.bulkConfig()); err != nil {
-		return fmt.Errorf("bucket %s: %w", t.BulkBucket, err)
-	}
-	if _, err := js.CreateOrUpdateStream(ctx, t.runsConfig()); err != nil {
-		return fmt.Errorf("stream %s: %w", t.RunsStream, err)
 	}
 	return nil
 }
@@ -322,6 +371,10 @@ func (t Topology) ConsumerConfig(l Lane) jetstream.ConsumerConfig {
 type Consumers struct {
 	Live     *Pinned   // delivers the live lane (Topology.Subject) in stream order, to the active replica
 	Backfill *Follower // delivers the backfill lane (Topology.BackfillSubject) in stream order, to the active replica only
+	// Stream is the work stream as BindLanes looked it up (nil if made otherwise), so that
+	// what the pool builds on it (the order check, the recovery of order) need not read it
+	// again.
+	Stream jetstream.Stream
 }
 
 // Of returns lane l's consumer.
@@ -352,31 +405,44 @@ func BindPinned(ctx context.Context, js jetstream.JetStream, t Topology) (*Pinne
 
 // BindLanes looks up both lanes' consumers and the attempts bucket without changing
 // anything, for operators who manage streams elsewhere (manage-streams=false) and for the
-// second replica onwards.
+// second replica onwards. Its four reads (the work stream, each lane's consumer, the bucket)
+// go out at once: over a slow link to NATS it costs one round trip, not four.
 func BindLanes(ctx context.Context, js jetstream.JetStream, t Topology) (Consumers, *Attempts, error) {
 	t = t.WithDefaults()
-	s, err := js.Stream(ctx, t.Stream)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			return Consumers{}, nil, fmt.Errorf("consumer %s on stream %s: %w (create it, or run with manage-streams on)", t.Consumer, t.Stream, err)
+	var (
+		wg      sync.WaitGroup
+		s       jetstream.Stream
+		sErr    error
+		cons    [2]jetstream.Consumer
+		consErr [2]error
+		kv      jetstream.KeyValue
+		kvErr   error
+	)
+	wg.Go(func() { s, sErr = js.Stream(ctx, t.Stream) })
+	for i, l := range Lanes() {
+		wg.Go(func() { cons[i], consErr[i] = js.Consumer(ctx, t.Stream, t.LaneConsumer(l)) })
+	}
+	wg.Go(func() { kv, kvErr = js.KeyValue(ctx, t.AttemptsBucket) })
+	wg.Wait()
+	if sErr != nil { // reported first: without the stream, the consumers' lookups fail too
+		if errors.Is(sErr, jetstream.ErrStreamNotFound) {
+			return Consumers{}, nil, fmt.Errorf("consumer %s on stream %s: %w (create it, or run with manage-streams on)", t.Consumer, t.Stream, sErr)
 		}
-		return Consumers{}, nil, fmt.Errorf("consumer %s on stream %s: %w", t.Consumer, t.Stream, err)
+		return Consumers{}, nil, fmt.Errorf("consumer %s on stream %s: %w", t.Consumer, t.Stream, sErr)
 	}
 	var pinned [2]*Pinned
 	for i, l := range Lanes() {
 		name := t.LaneConsumer(l)
-		cons, err := s.Consumer(ctx, name)
-		if err != nil {
+		if err := consErr[i]; err != nil {
 			if errors.Is(err, jetstream.ErrConsumerNotFound) {
 				return Consumers{}, nil, fmt.Errorf("consumer %s of the %s lane on stream %s: %w (create it, or run with manage-streams on)", name, l, t.Stream, err)
 			}
 			return Consumers{}, nil, fmt.Errorf("consumer %s on stream %s: %w", name, t.Stream, err)
 		}
-		pinned[i] = NewPinned(cons, s, t)
+		pinned[i] = NewPinned(cons[i], s, t)
 	}
-	kv, err := js.KeyValue(ctx, t.AttemptsBucket)
-	if err != nil {
-		return Consumers{}, nil, fmt.Errorf("bucket %s: %w", t.AttemptsBucket, err)
+	if kvErr != nil {
+		return Consumers{}, nil, fmt.Errorf("bucket %s: %w", t.AttemptsBucket, kvErr)
 	}
-	return Consumers{Live: pinned[0], Backfill: NewFollower(pinned[1], pinned[0])}, &Attempts{kv: kv}, nil
+	return Consumers{Live: pinned[0], Backfill: NewFollower(pinned[1], pinned[0]), Stream: s}, &Attempts{kv: kv}, nil
 }

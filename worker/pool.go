@@ -261,8 +261,18 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	p.hard = hard
 
-	p.recoverOrder(ctx, recoverStart, queue.Own{})
 	var wg sync.WaitGroup
+	if w, ok := p.Order.(warmer); ok && p.Backfill != nil {
+		// Read alongside the recovery and the first pulls: the first messages' checks
+		// find it read, or wait for the read in progress, which is bounded as one of
+		// theirs would be.
+		wg.Go(func() {
+			wctx, cancel := context.WithTimeout(ctx, orderCheckTimeout)
+			defer cancel()
+			w.Warm(wctx)
+		})
+	}
+	p.recoverOrder(ctx, recoverStart, queue.Own{})
 	if p.cfg.Bulk.Enabled { // before the workers, which hand it messages
 		p.bulk = bulk.New(ctx, bulkHost{p}, p.bulkClient(), p.BulkJobs, p.bulkSettings())
 		p.sayBulkLane()

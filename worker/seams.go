@@ -96,8 +96,15 @@ type OlderFinder interface {
 	OlderPending(ctx context.Context, lane queue.Lane, id string, before uint64) ([]*queue.DirectMsg, error)
 }
 
+// warmer is what an OlderFinder may do besides: read, when the pool starts, what its first
+// checks need, so that they do not wait for it one after another (*queue.OrderCheck.Warm).
+type warmer interface {
+	Warm(ctx context.Context)
+}
+
 var (
 	_ OlderFinder  = (*queue.OrderCheck)(nil)
+	_ warmer       = (*queue.OrderCheck)(nil)
 	_ Outstanding  = (*queue.Outstanding)(nil)
 	_ Consumer     = jetstream.Consumer(nil)
 	_ Updater      = (*kustomer.Client)(nil)

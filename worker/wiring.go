@@ -27,9 +27,15 @@ type Wiring struct {
 // topology's dead-letter stream, attempts kept in its bucket (attempts), and the recovery of
 // the order of messages other processes hold (Outstanding). The benchmarks build their pool
 // with it too, so that they measure what users run. It looks up the work stream once (ctx
-// bounds that); bulk mode is wired on the result (BulkClient, BulkJobs).
+// bounds that), unless lanes.Stream has it; bulk mode is wired on the result (BulkClient, BulkJobs).
 func NewPool(ctx context.Context, js jetstream.JetStream, top queue.Topology, lanes queue.Consumers, attempts *queue.Attempts, w Wiring) (*Pool, error) {
-	order, err := queue.NewOrderCheck(ctx, js, top)
+	var order *queue.OrderCheck
+	var err error
+	if lanes.Stream != nil { // as BindLanes just read it: no second round trip
+		order, err = queue.NewOrderCheckOn(lanes.Stream, top)
+	} else {
+		order, err = queue.NewOrderCheck(ctx, js, top)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -43,7 +49,7 @@ func NewPool(ctx context.Context, js jetstream.JetStream, top queue.Topology, la
 		DeadLetters: &queue.DeadLetterPublisher{JS: js, Subject: top.DLQSubject},
 		HardStop:    w.HardStop,
 		Heal:        w.Heal,
-		Outstanding: &queue.Outstanding{JS: js, Topology: top},
+		Outstanding: &queue.Outstanding{JS: js, Topology: top, Stream: lanes.Stream},
 		Attempts:    attempts,
 		Runs:        &queue.RunLog{JS: js, Topology: top},
 		Pacer:       w.Pacer,

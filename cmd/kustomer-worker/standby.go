@@ -37,9 +37,6 @@ func startStandby(js jetstream.JetStream, top queue.Topology, lanes queue.Consum
 	wg.Go(func() { _ = pin.Run(ctx) })
 	wg.Go(func() { _ = lanes.Backfill.Run(ctx) })
 
-	bctx, bcancel := context.WithTimeout(ctx, bindCallTimeout)
-	roles, err := queue.BindRoles(bctx, js, top, manage)
-	bcancel()
 	onChange := func(r queue.PinRole) {
 		switch {
 		case !r.Pinned:
@@ -58,13 +55,20 @@ func startStandby(js jetstream.JetStream, top queue.Topology, lanes queue.Consum
 			log.Info("role: standby", "role", queue.RoleStandby, "reason", reason)
 		}
 	}
-	if err != nil {
-		log.Warn("cannot publish this replica's role; status will not list it", "error", err)
-		wg.Go(func() { watchRole(ctx, pin, onChange) })
-	} else {
+	// The roles bucket is looked up beside the pool's start, not before it: over a slow link
+	// to NATS each read in a row delays the first update by a round trip.
+	wg.Go(func() {
+		bctx, bcancel := context.WithTimeout(ctx, bindCallTimeout)
+		roles, err := queue.BindRoles(bctx, js, top, manage)
+		bcancel()
+		if err != nil {
+			log.Warn("cannot publish this replica's role; status will not list it", "error", err)
+			watchRole(ctx, pin, onChange)
+			return
+		}
 		rp := &queue.RolePublisher{Roles: roles, Pin: pin, Backfill: lanes.Backfill, Version: buildVersion(), BulkLane: bulkLane, OnChange: onChange}
-		wg.Go(func() { _ = rp.Run(ctx) })
-	}
+		_ = rp.Run(ctx)
+	})
 
 	return func() {
 		uctx, ucancel := context.WithTimeout(context.WithoutCancel(hard), unpinTimeout)
