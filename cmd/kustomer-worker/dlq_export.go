@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -74,7 +75,7 @@ func (c *dlqExportCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return err
 	}
 	if f.Run != "" {
-		slices.SortStableFunc(letters, func(a, b *queue.DeadLetter) int { return cmpInt(a.Line, b.Line) })
+		slices.SortStableFunc(letters, func(a, b *queue.DeadLetter) int { return cmp.Compare(a.Line, b.Line) })
 	}
 
 	out := e.stdout
@@ -129,14 +130,4 @@ func (c *dlqExportCmd) Run(ctx context.Context, e *env, g *globals) error {
 	}
 	fmt.Fprintf(e.stderr, "exported %s\n", plural(len(letters), "line"))
 	return nil
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
