@@ -44,15 +44,15 @@ func startStandby(js jetstream.JetStream, top queue.Topology, lanes queue.Consum
 				"consumer", top.Consumer)
 		case r.Active:
 			log.Info("role: active", "role", queue.RoleActive, "pin_id", r.PinID)
-		case r.Lost == "" && !pinHeldElsewhere(ctx, pin):
-			// Never pinned yet, and nobody is: the server pins this replica at its first pull.
-			log.Info("role: not pinned yet: the server makes this replica the active one when its first pull brings a message", "role", queue.RoleStandby)
-		default:
-			reason := r.Lost
-			if reason == "" {
-				reason = "another replica holds the pin"
-			}
-			log.Info("role: standby", "role", queue.RoleStandby, "reason", reason)
+		case r.Lost != "":
+			log.Info("role: standby", "role", queue.RoleStandby, "reason", r.Lost)
+		default: // never pinned yet
+			switch startPin(ctx, pin) {
+			case pinNobody:
+				log.Info("role: not pinned yet: the server makes this replica the active one when its first pull brings a message", "role", queue.RoleStandby)
+			case pinOther:
+				log.Info("role: standby", "role", queue.RoleStandby, "reason", "another replica holds the pin")
+			} // pinOwn: "role: active" follows
 		}
 	}
 	// The roles bucket is looked up beside the pool's start, not before it: over a slow link
@@ -87,23 +87,48 @@ func startStandby(js jetstream.JetStream, top queue.Topology, lanes queue.Consum
 	}
 }
 
-// pinHeldElsewhere reports whether the server pins some replica on pin's consumer: read at
-// start, before this replica ever held the pin, it tells a standby from a replica that nobody
-// has pinned yet. A failed read counts as no.
-func pinHeldElsewhere(ctx context.Context, pin *queue.Pinned) bool {
+// startPin says who the server pins on pin's consumer, read at start, before this replica
+// ever held the pin: nobody yet, another replica (this one is a standby), or this one. The
+// server may have pinned this replica's own first pull, whose message has not reached it
+// yet: a pin found is taken for another's only if this replica is still not pinned pinSettle
+// later. A failed read counts as nobody.
+func startPin(ctx context.Context, pin *queue.Pinned) pinHolder {
 	ictx, cancel := context.WithTimeout(ctx, bindCallTimeout)
 	defer cancel()
 	info, err := pin.Info(ictx)
 	if err != nil {
-		return false
+		return pinNobody
 	}
+	held := false
 	for _, g := range info.PriorityGroups {
-		if g.PinnedClientID != "" {
-			return true
-		}
+		held = held || g.PinnedClientID != ""
 	}
-	return false
+	if !held {
+		return pinNobody
+	}
+	t := time.NewTimer(pinSettle)
+	defer t.Stop()
+	select {
+	case <-pin.Gained():
+		return pinOwn
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return pinOther
 }
+
+// pinHolder is who holds a consumer's pin, as startPin finds it.
+type pinHolder int
+
+const (
+	pinNobody pinHolder = iota
+	pinOther
+	pinOwn
+)
+
+// pinSettle is how long a starting replica that finds the consumer pinned waits to learn
+// whether the pin is its own.
+const pinSettle = time.Second
 
 // watchRole calls onChange at start and at every change of role, until ctx ends.
 func watchRole(ctx context.Context, pin *queue.Pinned, onChange func(queue.PinRole)) {
