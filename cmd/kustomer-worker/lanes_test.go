@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -82,6 +83,10 @@ func TestStreamGaugesFromTheActiveReplicaOnly(t *testing.T) {
 	if fams["kustomer_worker_build_info"] == nil {
 		t.Error("the standby serves no kustomer_worker_build_info")
 	}
+	// The second replica started while the first held the pin: it says it is a standby.
+	testwait.Until(t, "the standby to say so", 10*time.Second, func() bool {
+		return strings.Contains(second.logs.String(), `"role: standby" role=standby reason="another replica holds the pin"`)
+	})
 }
 
 func TestExportsStreamFigures(t *testing.T) {
