@@ -29,17 +29,7 @@ func TestBulkHandoverMidJob(t *testing.T) {
 		jobTime = 30 * time.Second // longer than 2 x AckWait + 10 s
 		convs   = 12               // the first replica's share of the backfill lane: it pulls no more
 	)
-	h := handoverSetupWith(t, ackWait, kustomertest.Config{Budget: -1, BulkDuration: jobTime})
-	h.wire = func(p *worker.Pool, js jetstream.JetStream) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		store, err := queue.BindBulk(ctx, js, h.top, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.Config.Bulk = bulk.Config{Enabled: true, Size: 100, Min: 2, Linger: 100 * time.Millisecond, Deadline: 2 * time.Minute}
-		p.BulkClient, p.BulkJobs = h.client, store
-	}
+	h := bulkHandoverSetup(t, ackWait, kustomertest.Config{Budget: -1, BulkDuration: jobTime}, 2*time.Minute, nil)
 	a, b := h.activeAndStandby(queue.LaneBackfill, 4, nil)
 
 	// The active replica puts every conversation's backfill update in one job.
@@ -93,17 +83,7 @@ func TestBulkHandoverWithThePinsSplit(t *testing.T) {
 		jobTime = 20 * time.Second
 		convs   = 12
 	)
-	h := handoverSetupWith(t, ackWait, kustomertest.Config{Budget: -1, BulkDuration: jobTime})
-	h.wire = func(p *worker.Pool, js jetstream.JetStream) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		store, err := queue.BindBulk(ctx, js, h.top, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.Config.Bulk = bulk.Config{Enabled: true, Size: 100, Min: 2, Linger: 100 * time.Millisecond, Deadline: 2 * time.Minute}
-		p.BulkClient, p.BulkJobs = h.client, store
-	}
+	h := bulkHandoverSetup(t, ackWait, kustomertest.Config{Budget: -1, BulkDuration: jobTime}, 2*time.Minute, nil)
 	a, b := h.activeAndStandby(queue.LaneBackfill, 4, nil)
 	h.publishRound(queue.LaneBackfill, convs, 0)
 	testwait.Until(t, "the first replica to submit the job", 20*time.Second, func() bool { return h.fake.Stats().BulkJobs == 1 })
@@ -120,17 +100,7 @@ func TestBulkHandoverWithThePinsSplit(t *testing.T) {
 		job := h.fake.BulkJobs()
 		return len(job) >= 1 && job[0].State == kustomertest.JobComplete && queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0
 	})
-	stale := 0
-	for c := range convs {
-		conv, _ := h.fake.Conversation(id(c))
-		if got := fmt.Sprint(conv.Attributes["name"]); got != "u-1" {
-			stale++
-			t.Logf("conversation %d ends as %s", c, got)
-		}
-	}
-	if stale > 0 {
-		t.Errorf("%d of %d conversations ended at their older update; want 0", stale, convs)
-	}
+	h.wantNoneStale(convs)
 }
 
 // The pins move twice mid-job, to the standby and back, as a connection that drops twice
@@ -141,27 +111,21 @@ func TestBulkHandoverThereAndBack(t *testing.T) {
 		jobTime = 20 * time.Second
 		convs   = 12
 	)
-	h := handoverSetupWith(t, ackWait, kustomertest.Config{Budget: -1, BulkDuration: jobTime})
-	h.wire = func(p *worker.Pool, js jetstream.JetStream) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		store, err := queue.BindBulk(ctx, js, h.top, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.Config.Bulk = bulk.Config{Enabled: true, Size: 100, Min: 2, Linger: 100 * time.Millisecond, Deadline: 2 * time.Minute}
-		p.BulkClient, p.BulkJobs = h.client, store
-	}
+	h := bulkHandoverSetup(t, ackWait, kustomertest.Config{Budget: -1, BulkDuration: jobTime}, 2*time.Minute, nil)
 	a, b := h.activeAndStandby(queue.LaneBackfill, 4, nil)
 	h.publishRound(queue.LaneBackfill, convs, 0)
 	testwait.Until(t, "the first replica to submit the job", 20*time.Second, func() bool { return h.fake.Stats().BulkJobs == 1 })
 	move := func(to, from *replica, round int) {
-		h.unpin(queue.LaneBackfill)
-		h.publish(queue.LaneBackfill, warmup, round)
-		testwait.Until(t, "the backfill pin to move", 20*time.Second, func() bool {
-			return to.pin(queue.LaneBackfill).Active() && !from.pin(queue.LaneBackfill).Active()
-		})
+		// The live pin first: the backfill lane follows it (queue.Follower).
 		h.pinLive(to, from)
+		moved := func() bool { return to.pin(queue.LaneBackfill).Active() && !from.pin(queue.LaneBackfill).Active() }
+		for try := 0; !testwait.WithinEvery(5*time.Second, 20*time.Millisecond, moved); try++ {
+			if try == 10 {
+				t.Fatal("the backfill pin never moved")
+			}
+			h.unpin(queue.LaneBackfill)
+			h.publish(queue.LaneBackfill, warmup, 10*round+try)
+		}
 	}
 	move(b, a, 1)
 	h.publishRound(queue.LaneLive, convs, 1)
@@ -171,17 +135,7 @@ func TestBulkHandoverThereAndBack(t *testing.T) {
 		job := h.fake.BulkJobs()
 		return len(job) >= 1 && job[0].State == kustomertest.JobComplete && queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0
 	})
-	stale := 0
-	for c := range convs {
-		conv, _ := h.fake.Conversation(id(c))
-		if got := fmt.Sprint(conv.Attributes["name"]); got != "u-1" {
-			stale++
-			t.Logf("conversation %d ends as %s", c, got)
-		}
-	}
-	if stale > 0 {
-		t.Errorf("%d of %d conversations ended at their older update; want 0", stale, convs)
-	}
+	h.wantNoneStale(convs)
 }
 
 // A replica whose bulk submit got no clear answer (a 503: the job may exist) stops submitting
@@ -195,20 +149,12 @@ func TestBulkHandoverStopsAnAmbiguousSubmit(t *testing.T) {
 		deadline = 20 * time.Second
 		convs    = 12
 	)
-	h := handoverSetupWith(t, ackWait, kustomertest.Config{Budget: -1})
 	var submits []*submitCounter // one per replica, in the order they start
-	h.wire = func(p *worker.Pool, js jetstream.JetStream) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		store, err := queue.BindBulk(ctx, js, h.top, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.Config.Bulk = bulk.Config{Enabled: true, Size: 100, Min: 2, Linger: 100 * time.Millisecond, Deadline: deadline}
-		sc := &submitCounter{Client: h.client}
+	h := bulkHandoverSetup(t, ackWait, kustomertest.Config{Budget: -1}, deadline, func(c *kustomer.Client) bulk.Client {
+		sc := &submitCounter{Client: c}
 		submits = append(submits, sc)
-		p.BulkClient, p.BulkJobs = sc, store
-	}
+		return sc
+	})
 	a, b := h.activeAndStandby(queue.LaneBackfill, 4, nil)
 	answers := make([]kustomertest.Answer, 40) // 503s: the first replica retries every 200 ms at most
 	for i := range answers {
@@ -230,17 +176,7 @@ func TestBulkHandoverStopsAnAmbiguousSubmit(t *testing.T) {
 	stopped := submits[0].n.Load()
 	h.publishRound(queue.LaneLive, convs, 1)
 	testwait.Until(t, "every update settled", 4*deadline, func() bool { return queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0 })
-	stale := 0
-	for c := range convs {
-		conv, _ := h.fake.Conversation(id(c))
-		if got := fmt.Sprint(conv.Attributes["name"]); got != "u-1" {
-			stale++
-			t.Logf("conversation %d ends as %s", c, got)
-		}
-	}
-	if stale > 0 {
-		t.Errorf("%d of %d conversations ended at their older update; want 0", stale, convs)
-	}
+	h.wantNoneStale(convs)
 	if more := submits[0].n.Load() - stopped; more > 0 {
 		t.Errorf("the first replica submitted %d more times after it said it stopped; want none", more)
 	}
@@ -255,4 +191,41 @@ type submitCounter struct {
 func (c *submitCounter) SubmitBulk(ctx context.Context, items []kustomer.BulkItem) (*kustomer.BulkJob, error) {
 	c.n.Add(1)
 	return c.Client.SubmitBulk(ctx, items)
+}
+
+// bulkHandoverSetup is handoverSetupWith with every replica in bulk mode (jobs of up to 100,
+// the given deadline) on the bulk bucket; client, when set, wraps the replica's bulk client.
+func bulkHandoverSetup(t *testing.T, ackWait time.Duration, fake kustomertest.Config, deadline time.Duration, client func(*kustomer.Client) bulk.Client) *handover {
+	t.Helper()
+	h := handoverSetupWith(t, ackWait, fake)
+	h.wire = func(p *worker.Pool, js jetstream.JetStream) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		store, err := queue.BindBulk(ctx, js, h.top, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Config.Bulk = bulk.Config{Enabled: true, Size: 100, Min: 2, Linger: 100 * time.Millisecond, Deadline: deadline}
+		p.BulkClient, p.BulkJobs = h.client, store
+		if client != nil {
+			p.BulkClient = client(h.client)
+		}
+	}
+	return h
+}
+
+// wantNoneStale checks that each of conversations 0..convs-1 ended at its newer update, u-1.
+func (h *handover) wantNoneStale(convs int) {
+	h.t.Helper()
+	stale := 0
+	for c := range convs {
+		conv, _ := h.fake.Conversation(id(c))
+		if got := fmt.Sprint(conv.Attributes["name"]); got != "u-1" {
+			stale++
+			h.t.Logf("conversation %d ends as %s", c, got)
+		}
+	}
+	if stale > 0 {
+		h.t.Errorf("%d of %d conversations ended at their older update; want 0", stale, convs)
+	}
 }
