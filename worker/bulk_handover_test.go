@@ -103,6 +103,41 @@ func TestBulkHandoverWithThePinsSplit(t *testing.T) {
 	h.wantNoneStale(convs)
 }
 
+// The pins split the other way round: the live pin comes to one replica while the other,
+// pinned on the backfill lane, still pulls it (it learns of the live pin at its next check of
+// the server's, up to a quarter of PinnedTTL later) and submits a job of what it pulled. The
+// replica on the live lane read the bulk bucket when its turn began, before that job was
+// stored. Its order check finds each conversation's older backfill update in the stream,
+// delivered to the other replica and in its job: it must not apply it directly, and the newer
+// live update after it, while the job can still apply the older one.
+func TestBulkPinsSplitJobAfterTheLiveTurnBegan(t *testing.T) {
+	const (
+		ackWait = 4 * time.Second
+		jobTime = 20 * time.Second
+		convs   = 12
+	)
+	// PinnedTTL one minute: the backfill replica checks the live pin every 15 s, so that it
+	// keeps pulling for a while after the live pin went to the other.
+	top := queue.Topology{AckWait: ackWait, MaxAckPending: 128, PinnedTTL: time.Minute, DedupWindow: time.Minute}
+	h := bulkHandoverSetupOn(t, handoverSetupOn(t, top, kustomertest.Config{Budget: -1, BulkDuration: jobTime}), 2*time.Minute, nil)
+	a, b := h.activeAndStandby(queue.LaneBackfill, 4, nil)
+	h.unpin(queue.LaneBackfill)
+	h.publish(queue.LaneBackfill, warmup, 1) // the next delivery pins the puller: the second replica
+	testwait.Until(t, "the second replica pinned on the backfill lane, and the first to know it lost the pin", 20*time.Second, func() bool {
+		return b.pin(queue.LaneBackfill).Active() && !a.pin(queue.LaneBackfill).Active()
+	})
+	h.pinLive(a, b) // the first replica's live turn begins: nothing in the bulk bucket yet
+	h.publishRound(queue.LaneBackfill, convs, 0)
+	testwait.Until(t, "the second replica to submit its job", 20*time.Second, func() bool { return h.fake.Stats().BulkJobs == 1 })
+	h.publishRound(queue.LaneLive, convs, 1)
+
+	testwait.Until(t, "the job complete and every update settled", 4*jobTime, func() bool {
+		job := h.fake.BulkJobs()
+		return len(job) >= 1 && job[0].State == kustomertest.JobComplete && queuetest.StreamMsgs(t, h.js, h.top.Stream) == 0
+	})
+	h.wantNoneStale(convs)
+}
+
 // The pins move twice mid-job, to the standby and back, as a connection that drops twice
 // moves them, with a newer live update of each conversation between the moves.
 func TestBulkHandoverThereAndBack(t *testing.T) {
@@ -197,7 +232,12 @@ func (c *submitCounter) SubmitBulk(ctx context.Context, items []kustomer.BulkIte
 // the given deadline) on the bulk bucket; client, when set, wraps the replica's bulk client.
 func bulkHandoverSetup(t *testing.T, ackWait time.Duration, fake kustomertest.Config, deadline time.Duration, client func(*kustomer.Client) bulk.Client) *handover {
 	t.Helper()
-	h := handoverSetupWith(t, ackWait, fake)
+	return bulkHandoverSetupOn(t, handoverSetupWith(t, ackWait, fake), deadline, client)
+}
+
+// bulkHandoverSetupOn puts every replica of h in bulk mode, as bulkHandoverSetup.
+func bulkHandoverSetupOn(t *testing.T, h *handover, deadline time.Duration, client func(*kustomer.Client) bulk.Client) *handover {
+	t.Helper()
 	h.wire = func(p *worker.Pool, js jetstream.JetStream) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

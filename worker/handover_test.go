@@ -71,11 +71,17 @@ func handoverSetup(t *testing.T) *handover {
 // handoverSetupWith is handoverSetup with the consumers' AckWait and the fake's config.
 func handoverSetupWith(t *testing.T, ackWait time.Duration, fake kustomertest.Config) *handover {
 	t.Helper()
-	h := &handover{t: t, srv: queuetest.StartServer(t)}
-	_, h.js = queuetest.Connect(t, h.srv.URL())
 	// MaxAckPending is the consumer's, above the first replica's own limit, so that this
 	// replica stops pulling once it holds its share.
-	h.top = queue.Topology{AckWait: ackWait, MaxAckPending: 128, PinnedTTL: 2 * time.Second, DedupWindow: time.Minute}.WithDefaults()
+	return handoverSetupOn(t, queue.Topology{AckWait: ackWait, MaxAckPending: 128, PinnedTTL: 2 * time.Second, DedupWindow: time.Minute}, fake)
+}
+
+// handoverSetupOn is handoverSetup with the consumers of top and the fake's config.
+func handoverSetupOn(t *testing.T, top queue.Topology, fake kustomertest.Config) *handover {
+	t.Helper()
+	h := &handover{t: t, srv: queuetest.StartServer(t)}
+	_, h.js = queuetest.Connect(t, h.srv.URL())
+	h.top = top.WithDefaults()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := queue.Ensure(ctx, h.js, h.top); err != nil {
