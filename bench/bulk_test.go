@@ -19,7 +19,6 @@ import (
 	"github.com/kustomer-worker/kustomer-worker/queue"
 	"github.com/kustomer-worker/kustomer-worker/worker"
 	"github.com/kustomer-worker/kustomer-worker/worker/bulk"
-	"github.com/kustomer-worker/kustomer-worker/worker/pacer"
 )
 
 var (
@@ -30,10 +29,11 @@ var (
 	bulkJobFlag     = flag.Duration("bench.bulk-job", 2*time.Second, "how long the fake takes per bulk job in BenchmarkBulk (-short: 200ms)")
 )
 
-// BenchmarkBulk measures bulk mode (issue 15) against a fake org budget of 100 requests per
+// BenchmarkBulk measures bulk mode against a fake org budget of 100 requests per
 // 6-second window (1,000 a minute, an Enterprise org's, scaled down) whose bulk jobs take 2 s
-// each (-short: 100 per second, 200 ms). The worker runs as `run --bulk --rate-per-minute
-// 1000 --concurrency 16` does, on the live lane.
+// each (-short: 100 per second, 200 ms). The worker is wired as `run --bulk --rate-per-minute
+// 1000 --concurrency 16` wires it (both lanes, the order check, the pins), and the updates
+// are published on the backfill lane, the lane that goes in bulk.
 //
 //   - backfill: 10,000 updates to 10,000 conversations (-short: 300). The single-PUT
 //     baseline, the same pool without --bulk, is timed in the same repetition on the first
@@ -173,31 +173,21 @@ func (r *rig) bulkDrain(convs, rounds, perMinute int, bulk bool) bulkRun {
 		reads: st.BulkReads - st0.BulkReads, peakHeld: peakHeld, peakHeapMiB: float64(peakHeap) / (1 << 20)}
 }
 
-// startBulkPool runs a pool as startPool does, in bulk mode when bulk, with the bulk bucket.
+// startBulkPool runs a pool as `run` wires it (startWired), in bulk mode when bulk, with the
+// bulk bucket, its metrics in metrics.
 func (r *rig) startBulkPool(perMinute int, bulk bool, metrics *worker.Metrics) (stop func()) {
 	r.tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cons, attempts, err := queue.Bind(ctx, r.js, r.top)
-	if err != nil {
-		r.tb.Fatal(err)
-	}
-	store, err := queue.BindBulk(ctx, r.js, r.top, false)
-	if err != nil {
-		r.tb.Fatal(err)
-	}
-	client, err := kustomer.New(kustomer.Options{BaseURL: r.fake.URL, Key: kustomer.StaticKey(apiKey), Timeout: 30 * time.Second})
-	if err != nil {
-		r.tb.Fatal(err)
-	}
-	cfg := r.wc
-	cfg.Bulk.Enabled = bulk
-	pool := &worker.Pool{
-		Consumer: cons, Client: client, BulkClient: client, BulkJobs: store,
-		DeadLetters: &queue.DeadLetterPublisher{JS: r.js, Subject: r.top.DLQSubject},
-		Attempts:    attempts, Pacer: pacer.New(perMinute), Metrics: metrics, Log: discard, Config: cfg,
-	}
-	return r.runPool(pool, client)
+	_, stop = r.startWired(r.js, perMinute, func(p *worker.Pool, client *kustomer.Client) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		store, err := queue.BindBulk(ctx, r.js, r.top, false)
+		if err != nil {
+			r.tb.Fatal(err)
+		}
+		p.BulkClient, p.BulkJobs, p.Metrics = client, store, metrics
+		p.Config.Bulk.Enabled = bulk
+	})
+	return stop
 }
 
 // rounds publishes rounds updates to each of convs conversations, round by round, and waits
@@ -214,7 +204,7 @@ func (r *rig) rounds(convs, rounds int) {
 		for c := range convs {
 			msg := fmt.Appendf(nil, `{"id":%q,"body":{"status":"open","priority":%d,"custom":{"roundNum":%d}}}`, convID(c), c%5+1, k)
 			for {
-				_, err := js.PublishAsync(r.top.Subject, msg)
+				_, err := js.PublishAsync(r.top.BackfillSubject, msg)
 				if err == nil {
 					break
 				}

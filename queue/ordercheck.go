@@ -73,9 +73,12 @@ func NewOrderCheckOn(s jetstream.Stream, t Topology) (*OrderCheck, error) {
 // message, spread over the checks (up to bareReaders at a time), and memory for the
 // conversation of each one not yet known to be gone.
 //
-// Each message returned is a *DirectMsg: not delivered by the lane's consumer, which will
-// deliver it in its turn unless it is removed first (DirectMsg.Ack). A worker that holds the
-// consumer's delivery of the same sequence already should use that one instead.
+// Each message returned is a *DirectMsg read from the stream, marked with whether the lane's
+// consumer had delivered it (to this process or another) when the check read the consumer,
+// after the message: one more request, made only when messages are found. One not delivered
+// is delivered in its turn unless it is removed first (DirectMsg.Ack). One delivered is in
+// the hands of whoever the consumer gave it to, who may be applying it; a worker that holds
+// that delivery already should use it instead.
 func (c *OrderCheck) OlderPending(ctx context.Context, lane Lane, id string, before uint64) ([]*DirectMsg, error) {
 	if c.clearBelow(ctx, lane, before) {
 		return nil, nil
@@ -85,11 +88,27 @@ func (c *OrderCheck) OlderPending(ctx context.Context, lane Lane, id string, bef
 		return out, err
 	}
 	bare, err := c.olderBare(ctx, lane, id, before)
+	if err != nil {
+		return nil, err
+	}
 	if len(bare) > 0 {
 		out = append(out, bare...)
 		slices.SortFunc(out, func(a, b *DirectMsg) int { return cmp.Compare(a.raw.Sequence, b.raw.Sequence) })
 	}
-	return out, err
+	if len(out) == 0 {
+		return nil, nil
+	}
+	cons, err := readLeader(ctx, func(ctx context.Context) (jetstream.Consumer, error) {
+		return c.stream.Consumer(ctx, c.top.LaneConsumer(lane))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s: %w", c.top.LaneConsumer(lane), err)
+	}
+	last := cons.CachedInfo().Delivered.Stream // as the lookup just read it, after the messages
+	for _, m := range out {
+		m.delivered = m.raw.Sequence <= last
+	}
+	return out, nil
 }
 
 // laneMark is a sequence below which a lane holds no message in the stream. It only grows:
@@ -548,7 +567,13 @@ type DirectMsg struct {
 	raw        *jetstream.RawStreamMsg
 	stream     jetstream.Stream
 	streamName string
+	delivered  bool // the lane's consumer had delivered it when OlderPending read the consumer
 }
+
+// Delivered reports whether the lane's consumer had delivered the message (to any process,
+// this one included) when OrderCheck.OlderPending found it: it is then in the hands of the
+// process the consumer gave it to, or waits for its redelivery.
+func (m *DirectMsg) Delivered() bool { return m.delivered }
 
 // directAckTimeout bounds the removal behind Ack and Term, which take no context.
 const directAckTimeout = 10 * time.Second

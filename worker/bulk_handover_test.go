@@ -119,16 +119,20 @@ func TestBulkPinsSplitJobAfterTheLiveTurnBegan(t *testing.T) {
 	// PinnedTTL one minute: the backfill replica checks the live pin every 15 s, so that it
 	// keeps pulling for a while after the live pin went to the other.
 	top := queue.Topology{AckWait: ackWait, MaxAckPending: 128, PinnedTTL: time.Minute, DedupWindow: time.Minute}
-	h := bulkHandoverSetupOn(t, handoverSetupOn(t, top, kustomertest.Config{Budget: -1, BulkDuration: jobTime}), 2*time.Minute, nil)
-	a, b := h.activeAndStandby(queue.LaneBackfill, 4, nil)
-	h.unpin(queue.LaneBackfill)
-	h.publish(queue.LaneBackfill, warmup, 1) // the next delivery pins the puller: the second replica
-	testwait.Until(t, "the second replica pinned on the backfill lane, and the first to know it lost the pin", 20*time.Second, func() bool {
-		return b.pin(queue.LaneBackfill).Active() && !a.pin(queue.LaneBackfill).Active()
+	var submits []*submitCounter // one per replica, in the order they start
+	h := bulkHandoverSetupOn(t, handoverSetupOn(t, top, kustomertest.Config{Budget: -1, BulkDuration: jobTime}), 2*time.Minute, func(c *kustomer.Client) bulk.Client {
+		sc := &submitCounter{Client: c}
+		submits = append(submits, sc)
+		return sc
 	})
+	a, b := h.activeAndStandby(queue.LaneBackfill, 4, nil)
+	h.pinBackfill(b, a, 1)
 	h.pinLive(a, b) // the first replica's live turn begins: nothing in the bulk bucket yet
 	h.publishRound(queue.LaneBackfill, convs, 0)
-	testwait.Until(t, "the second replica to submit its job", 20*time.Second, func() bool { return h.fake.Stats().BulkJobs == 1 })
+	testwait.Until(t, "a replica to submit the job", 20*time.Second, func() bool { return h.fake.Stats().BulkJobs == 1 })
+	if submits[1].n.Load() == 0 {
+		t.Fatal("the first replica submitted the job: the second learned of the live pin before it pulled the backfill, and the case did not arise")
+	}
 	h.publishRound(queue.LaneLive, convs, 1)
 
 	testwait.Until(t, "the job complete and every update settled", 4*jobTime, func() bool {
@@ -153,14 +157,7 @@ func TestBulkHandoverThereAndBack(t *testing.T) {
 	move := func(to, from *replica, round int) {
 		// The live pin first: the backfill lane follows it (queue.Follower).
 		h.pinLive(to, from)
-		moved := func() bool { return to.pin(queue.LaneBackfill).Active() && !from.pin(queue.LaneBackfill).Active() }
-		for try := 0; !testwait.WithinEvery(5*time.Second, 20*time.Millisecond, moved); try++ {
-			if try == 10 {
-				t.Fatal("the backfill pin never moved")
-			}
-			h.unpin(queue.LaneBackfill)
-			h.publish(queue.LaneBackfill, warmup, 10*round+try)
-		}
+		h.pinBackfill(to, from, round)
 	}
 	move(b, a, 1)
 	h.publishRound(queue.LaneLive, convs, 1)
@@ -252,6 +249,23 @@ func bulkHandoverSetupOn(t *testing.T, h *handover, deadline time.Duration, clie
 		}
 	}
 	return h
+}
+
+// pinBackfill moves the backfill lane's pin from replica from to replica to: it unpins the
+// lane and publishes an update of conversation warmup (round tells it apart), whose delivery
+// pins whichever replica's pull the server serves first, until to is pinned and from knows it
+// is not.
+func (h *handover) pinBackfill(to, from *replica, round int) {
+	h.t.Helper()
+	moved := func() bool { return to.pin(queue.LaneBackfill).Active() && !from.pin(queue.LaneBackfill).Active() }
+	for try := 0; !moved(); try++ {
+		if try == 10 {
+			h.t.Fatal("the backfill pin never moved")
+		}
+		h.unpin(queue.LaneBackfill)
+		h.publish(queue.LaneBackfill, warmup, 10*round+try)
+		testwait.WithinEvery(5*time.Second, 20*time.Millisecond, moved)
+	}
 }
 
 // wantNoneStale checks that each of conversations 0..convs-1 ended at its newer update, u-1.

@@ -419,6 +419,9 @@ func TestCoalesceBulk(t *testing.T) {
 		if len(recs) != 1 || recs[0].JobID != "" {
 			t.Fatalf("records %+v; want the merged job's, without an id", recs)
 		}
+		if recs[0].Ambiguous.IsZero() {
+			t.Errorf("the record of the submit the shutdown cut short is not marked ambiguous; want it marked: the job may exist")
+		}
 		fence := recs[0].Submitted.Add(deadline)
 
 		o := s.bulkOptions(20, deadline) // without --coalesce: each redelivered update is an item of its own

@@ -110,7 +110,7 @@ func (p *Pool) addOlder(ctx context.Context, msg jetstream.Msg, id string, seq u
 	if !ok {
 		return false
 	}
-	p.holdOlder(id, older)
+	p.holdOlder(id, other, older)
 	return true
 }
 
@@ -153,9 +153,16 @@ func (p *Pool) checkOlder(ctx context.Context, msg jetstream.Msg, other queue.La
 	}
 }
 
-// holdOlder files the messages read directly, older updates of conversation id, ahead of
-// the message that found them; those held or settled already are left alone.
-func (p *Pool) holdOlder(id string, older []*queue.DirectMsg) {
+// holdOlder files the messages read directly from lane other, older updates of conversation
+// id, ahead of the message that found them; those held or settled already are left alone.
+// One the lane's consumer delivered already is in the hands of whoever it went to (another
+// replica, say, pinned on that lane a moment while this one took the other lane's pin, its
+// update perhaps in a bulk job that Kustomer applies later), and one not delivered goes to
+// the replica active on that lane if this one is a standby there: applied here as well, it
+// could be applied there after the conversation's newer update. The conversation waits for
+// such a message instead, as for one a process that died held (recover.go): until it is gone
+// from the stream or delivered here, within twice AckWait.
+func (p *Pool) holdOlder(id string, other queue.Lane, older []*queue.DirectMsg) {
 	for _, m := range older {
 		md, err := m.Metadata()
 		if err != nil {
@@ -166,13 +173,28 @@ func (p *Pool) holdOlder(id string, older []*queue.DirectMsg) {
 		p.mu.Lock()
 		_, held := p.bySeq[ref]
 		_, done := p.applied[ref]
-		if !held && !done && invalid == nil && update.ID == id {
+		switch {
+		case held || done || invalid != nil || update.ID != id:
+		case m.Delivered() || p.standbyOn(p.laneSource(other)):
+			p.awaitElsewhere(id, ref)
+		default:
 			j := &job{msg: m, class: pacer.Live, ref: ref, delivered: md.NumDelivered, progress: time.Now(), update: update}
 			p.bySeq[ref] = j
 			p.file(j, update.ID)
 		}
 		p.mu.Unlock()
 	}
+}
+
+// laneSource is the source of lane l: the backfill lane's is nil when the pool has none.
+func (p *Pool) laneSource(l queue.Lane) *source {
+	if l == queue.LaneBackfill {
+		if len(p.lanes) < 2 {
+			return nil
+		}
+		return p.lanes[1]
+	}
+	return p.lanes[0]
 }
 
 // file puts a new job under its conversation, in stream order, and makes the conversation

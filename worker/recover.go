@@ -41,20 +41,32 @@ func (p *Pool) recoverOrder(ctx context.Context, after recoverCause, own queue.O
 		if err != nil {
 			continue // invalid: no conversation, no order to keep
 		}
-		w := p.waiting[u.ID]
-		if w == nil {
-			w = make(map[queue.MsgRef]struct{})
-			p.waiting[u.ID] = w
-		}
-		w[m.Ref] = struct{}{}
+		p.awaitElsewhere(u.ID, m.Ref)
 		held++
 	}
-	if until := time.Now().Add(2*p.ackWait + recoverSlack); until.After(p.waitingUntil) {
-		p.waitingUntil = until
-	}
+	p.extendWaiting()
 	if held > 0 {
 		p.Log.Info("holding back conversations until the updates left unacknowledged elsewhere are redelivered and settled (within twice ack-wait)",
 			"after", after, "conversations", len(p.waiting), "messages", held, "until", p.waitingUntil.Format(time.RFC3339))
+	}
+}
+
+// awaitElsewhere parks conversation id until its message ref, held elsewhere, is gone from
+// the stream or delivered here (recheckWaiting), within twice AckWait from now; p.mu is held.
+func (p *Pool) awaitElsewhere(id string, ref queue.MsgRef) {
+	w := p.waiting[id]
+	if w == nil {
+		w = make(map[queue.MsgRef]struct{})
+		p.waiting[id] = w
+	}
+	w[ref] = struct{}{}
+	p.extendWaiting()
+}
+
+// extendWaiting makes what waits now wait up to twice AckWait plus slack; p.mu is held.
+func (p *Pool) extendWaiting() {
+	if until := time.Now().Add(2*p.ackWait + recoverSlack); until.After(p.waitingUntil) {
+		p.waitingUntil = until
 	}
 }
 
@@ -95,7 +107,13 @@ func (p *Pool) recheckWaiting(ctx context.Context) {
 	// One deadline for all the checks: this runs on the heartbeat's goroutine, which must
 	// not stall while NATS is slow.
 	gone := make(map[queue.MsgRef]bool, len(refs))
-	if !expired {
+	if expired && p.bulk != nil {
+		// A message still held elsewhere may be in a bulk job another replica submitted
+		// since this one last read the bulk jobs in flight: their fences hold the
+		// conversations' newer updates from here on, until the job is complete or lost.
+		p.bulk.Reload(ctx)
+	}
+	if !expired && p.Outstanding != nil {
 		pctx, cancel := context.WithTimeout(ctx, storeTimeout)
 		for _, ref := range refs {
 			if pctx.Err() != nil {

@@ -126,6 +126,8 @@ const (
 	tick         = 20 * time.Millisecond  // the batcher's check of Linger
 	lingerMax    = 4                      // times Linger a job waits at most while items still come
 	storeTimeout = 5 * time.Second
+	// lastStoreTimeout bounds the store of a record after the shutdown deadline passed.
+	lastStoreTimeout = time.Second
 )
 
 // Bulker batches conversations' head updates into bulk jobs and follows the jobs; see the
@@ -644,7 +646,9 @@ func (b *Bulker) submitted(ctx context.Context, bj *job, job *kustomer.BulkJob, 
 			bj.finished = true
 			delete(b.jobs, bj.key)
 		})
-		b.put(rec)
+		// The shutdown deadline ended the process's context: the mark is stored apart from
+		// it, within a short time of its own.
+		b.putWithin(context.WithoutCancel(b.hard()), lastStoreTimeout, rec)
 		return submitOver // cut short by the shutdown deadline: the record tells the next process
 	case errors.Is(err, kustomer.ErrInvalid):
 		b.fallback(bj, "invalid", time.Time{}, false)
@@ -1161,6 +1165,10 @@ func (b *Bulker) deny(err error) {
 	}
 }
 
+// Reload reads the store of jobs in flight now (load): the jobs other processes submitted
+// since the last read become known, and their fences hold here.
+func (b *Bulker) Reload(ctx context.Context) { b.load(ctx) }
+
 // load reads the store: jobs another process submitted become known, so that their
 // redelivered items are settled by their results; their fences hold here too.
 func (b *Bulker) load(ctx context.Context) {
@@ -1304,11 +1312,14 @@ func (b *Bulker) housekeep(ctx context.Context, now time.Time) {
 }
 
 // put stores rec, reporting whether it could.
-func (b *Bulker) put(rec queue.BulkRecord) bool {
+func (b *Bulker) put(rec queue.BulkRecord) bool { return b.putWithin(b.hard(), storeTimeout, rec) }
+
+// putWithin stores rec within d under ctx, reporting whether it could.
+func (b *Bulker) putWithin(ctx context.Context, d time.Duration, rec queue.BulkRecord) bool {
 	if b.store == nil {
 		return true
 	}
-	sctx, cancel := context.WithTimeout(b.hard(), storeTimeout)
+	sctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	if err := b.store.Put(sctx, rec); err != nil {
 		b.log.Warn("cannot store a bulk job in flight", "job", rec.JobID, "error", err)
