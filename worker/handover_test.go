@@ -205,7 +205,17 @@ func (h *handover) start(name string, cfg worker.Config, gate <-chan struct{}) *
 		}
 		return h.client.UpdateConversation(ctx, u)
 	}
-	var log = slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// Every line from INFO up is kept apart and printed if the test fails: which replica
+	// took which turn, and when, is what a failed handover test needs to be read.
+	all := &syncBuffer{}
+	h.t.Cleanup(func() {
+		if h.t.Failed() {
+			h.t.Logf("replica %s logged:\n%s", name, all.String())
+		}
+	})
+	var log = slog.New(slog.NewMultiHandler(
+		slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelWarn}),
+		slog.NewTextHandler(all, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if os.Getenv("WORKER_TEST_LOG") != "" {
 		log = slog.New(slog.NewTextHandler(io.MultiWriter(r.logs, os.Stderr), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
