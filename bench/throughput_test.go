@@ -19,7 +19,8 @@ import (
 // Each repetition drains the same backlog once with the daemon's pool (startPool: built by
 // worker.NewPool, as `kustomer-worker run` builds it, every default on) and once with the plain
 // loop of startBaseline, in alternating order, on the same stream and fake; with
-// -bench.stripped also with the pool without lanes, order check and standby (startStripped).
+// -bench.stripped also with the pool without lanes, order check and standby (startStripped),
+// and with -bench.held=N also with the daemon's pool holding N messages at most (startWindow).
 // Each runner has a NATS connection of its own whose requests that wait for an answer are
 // counted (roundTrips). Reported, medians: updates/s, CPU time per update (the whole process:
 // NATS and the fake run in it too, for all), round trips per update, and the per-repetition
@@ -57,6 +58,11 @@ func throughputCell(b *testing.B, r *rig, n, c int) {
 	runners := []*runner{
 		{name: "worker", start: func(js jetstream.JetStream) func() { return r.startDaemon(js, 0, nil) }},
 		{name: "baseline", start: func(js jetstream.JetStream) func() { return r.startBaseline(js, c) }},
+	}
+	if *heldFlag > 0 {
+		runners = append(runners, &runner{name: fmt.Sprintf("held%d", *heldFlag), start: func(js jetstream.JetStream) func() {
+			return r.startWindow(js, *heldFlag)
+		}})
 	}
 	if *strippedFlag {
 		runners = append(runners, &runner{name: "stripped", start: r.startStripped})
@@ -118,7 +124,21 @@ func (r *rig) drainWith(n int, rt *roundTrips, start func() (stop func())) drain
 	return d
 }
 
-var strippedFlag = flag.Bool("bench.stripped", false, "BenchmarkThroughput: also drain each backlog with the pool without lanes, order check and standby")
+var (
+	strippedFlag = flag.Bool("bench.stripped", false, "BenchmarkThroughput: also drain each backlog with the pool without lanes, order check and standby")
+	heldFlag     = flag.Int("bench.held", 0, "BenchmarkThroughput: also drain each backlog with the daemon's pool at this --max-ack-pending, on the same consumers (0: not)")
+)
+
+// startWindow is startDaemon with the pool's MaxAckPending set to held, on consumers whose own
+// stays as the rig declared it: a pool that holds fewer than its consumer lets go behaves as
+// one whose consumer matches it, as it never pulls more than it has room for.
+func (r *rig) startWindow(js jetstream.JetStream, held int) (stop func()) {
+	r.tb.Helper()
+	wc := r.wc
+	r.wc.MaxAckPending = held
+	defer func() { r.wc = wc }()
+	return r.startDaemon(js, 0, nil)
+}
 
 func mapDrains(ds []drain, f func(drain) float64) []float64 {
 	out := make([]float64, len(ds))

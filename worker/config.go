@@ -12,9 +12,13 @@ import (
 
 // Defaults of Config, written once: the command line shows and uses these too.
 const (
-	DefaultConcurrency     = 8
-	DefaultMaxAttempts     = 10
-	MinMaxAckPending       = 32 // the least MaxAckPending defaults to, whatever the concurrency
+	DefaultConcurrency = 8
+	DefaultMaxAttempts = 10
+	// MinMaxAckPending is the least MaxAckPending defaults to, whatever the concurrency. On a
+	// backlog a pull waits for room for half the window (room, fetch.go), so the window sets
+	// how many pulls a backlog costs and how long the messages still held keep the workers
+	// busy while a pull is on its way.
+	MinMaxAckPending       = 64
 	DefaultRetryInitial    = 500 * time.Millisecond
 	DefaultRetryMax        = 60 * time.Second
 	DefaultShutdownTimeout = 30 * time.Second
@@ -48,7 +52,7 @@ type Config struct {
 	// MaxAckPending is how many messages the pool holds (taken from the consumer, not yet
 	// acknowledged), including those waiting behind an earlier update to the same
 	// conversation. Keep it at or below the consumer's MaxAckPending. Default 4 × Concurrency,
-	// at least MinMaxAckPending (32); in bulk mode at least bulk.DefaultJobsHeld × Bulk.Size
+	// at least MinMaxAckPending (64); in bulk mode at least bulk.DefaultJobsHeld × Bulk.Size
 	// (1000), so that several jobs can be in flight.
 	MaxAckPending int
 	// RetryInitial and RetryMax bound the exponential backoff (with jitter) between retries of
