@@ -38,12 +38,10 @@ func TestBulkHandoverMidJob(t *testing.T) {
 
 	// Both pins move to the running standby mid-job; a newer live update of each
 	// conversation follows.
-	h.unpin(queue.LaneBackfill)
-	h.publish(queue.LaneBackfill, warmup, 1) // the next delivery pins the puller: the second replica
-	testwait.Until(t, "the second replica pinned on the backfill lane, and the first to know it lost the pin", 20*time.Second, func() bool {
-		return b.pin(queue.LaneBackfill).Active() && !a.pin(queue.LaneBackfill).Active()
-	})
+	// The live pin first: the backfill lane follows its holder (queue.Follower), so a
+	// backfill pin moved alone could come back to the first replica before the live one moved.
 	h.pinLive(b, a)
+	h.pinBackfill(b, a, 1)
 	h.publishRound(queue.LaneLive, convs, 1)
 
 	testwait.Until(t, "the job complete and every update settled", 3*jobTime, func() bool {
@@ -196,12 +194,10 @@ func TestBulkHandoverStopsAnAmbiguousSubmit(t *testing.T) {
 
 	h.publishRound(queue.LaneBackfill, convs, 0)
 	testwait.Until(t, "the first replica to retry its submit", 20*time.Second, func() bool { return submits[0].n.Load() >= 3 })
-	h.unpin(queue.LaneBackfill)
-	h.publish(queue.LaneBackfill, warmup, 1) // the next delivery pins the puller: the second replica
-	testwait.Until(t, "the second replica pinned on the backfill lane, and the first to know it lost the pin", 20*time.Second, func() bool {
-		return b.pin(queue.LaneBackfill).Active() && !a.pin(queue.LaneBackfill).Active()
-	})
+	// The live pin first: the backfill lane follows its holder (queue.Follower), so a
+	// backfill pin moved alone could come back to the first replica before the live one moved.
 	h.pinLive(b, a)
+	h.pinBackfill(b, a, 1)
 	testwait.Until(t, "the first replica to stop submitting", 20*time.Second, func() bool {
 		return strings.Contains(a.logs.String(), "no longer the active replica: stopped submitting a bulk job")
 	})
