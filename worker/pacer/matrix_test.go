@@ -250,7 +250,7 @@ func useFloor(c simConfig) (float64, string) {
 		// A burst at a random moment can come after the pacer has spread what was left
 		// over the rest of the window; it leaves the burst its share until the end,
 		// and what the burst does not take by then is lost to both.
-		return 0.85, "bursts at random moments: the share kept for a burst late in a window is lost when it comes early"
+		return 0.955, "bursts at random moments: the share kept for a burst late in a window is lost when it comes early"
 	case c.other == 0 && c.latency < 100*time.Millisecond:
 		return 0.99, "the issue's target alone"
 	case c.latency >= 400*time.Millisecond:
@@ -262,7 +262,7 @@ func useFloor(c simConfig) (float64, string) {
 		// requests short, planned on readings a latency old.
 		return 0.975, "alone at 100-300 ms: the target is 99 %, measured 98.0 %"
 	case c.org.reset == deltaDown && c.org.length == 5*time.Second:
-		return 0.95, "seconds from now rounded down on 5 s windows: measured 95.0-96.5 %, cause not established"
+		return 0.96, "seconds from now rounded down on 5 s windows: measured 96.5 %, cause not established"
 	case c.org.reset == epochDown && c.latency >= 100*time.Millisecond && c.originLead > 0:
 		return 0.965, "epoch seconds rounded down, windows from the server's start, 100-300 ms: measured 96.7 %, cause not established"
 	}

@@ -26,7 +26,9 @@ import (
 //     window (the budget gone, less the pacer's own turns) is their share, and the pacer
 //     leaves them what they have yet to spend of it in this one, whether they spend evenly,
 //     at the window's start or in bursts. Another deployment of the worker on the same org
-//     is one of those clients.
+//     is one of those clients: the share of a client seen over only a part of the last
+//     window is capped by its pace in this one, so that two pacers which each leave the
+//     other what it spends do not each leave the other most of the budget.
 //   - When the window is spent (a reading of zero, or an org-wide 429) every caller pauses
 //     until the window turns, so one 429 stops the whole pool. A reading from the next window
 //     ends the pause at once.
@@ -83,6 +85,7 @@ type Pacer struct {
 	foreign, foreignBefore float64
 	theirsLast             float64
 	theirsKnown            bool
+	theirsGuessed          bool    // theirsLast was extrapolated from a part of a window
 	mineLast               float64 // what the pacer's own requests spent of the last window
 
 	// Matching answers to the requests they answer, roughly.
@@ -662,10 +665,21 @@ func (p *Pacer) windowStart(now time.Time) (time.Time, bool) {
 	latest := now.Add(-p.minLatency())
 	// recent[i-1] is the last turn at or before latest.
 	i := sort.Search(len(p.recent), func(k int) bool { return p.recent[k].After(latest) })
-	if i < 2 || p.recent[i-1].Sub(p.recent[i-2]) > learnGap {
+	if i < 2 || p.recent[i-1].Sub(p.recent[i-2]) > learnGap && !p.resumedAtEnd(p.recent[i-2], p.recent[i-1]) {
 		return time.Time{}, false
 	}
 	return p.recent[i-1].Add(p.minLatency() / 2), true
+}
+
+// resumedAtEnd reports whether the turns before and after came either side of the end of a
+// pause that waited out a spent window to its learned end, the second right after it; p.mu
+// is held. The window the second went in began then: as the pause ended, or with that
+// request. (The gap between the two is the pause, not a gap in which the window could have
+// begun unseen: without this the window after each pause went unlearned and was spread to
+// the latest end its reset allows, a second late.)
+func (p *Pacer) resumedAtEnd(before, after time.Time) bool {
+	return p.learned && !p.resumedAt.IsZero() && before.Before(p.resumedAt) && !after.Before(p.resumedAt) &&
+		after.Sub(p.resumedAt) <= learnGap && !p.resumedAt.Before(p.learnedEnd) && p.resumedAt.Sub(p.learnedEnd) < sendGrace
 }
 
 // wholeSeconds is d rounded up to whole seconds.
@@ -746,7 +760,8 @@ func (p *Pacer) estimateForeign(now time.Time) {
 // reserve is what the pacer leaves the org's other clients of the current window, left being
 // the time until its end; p.mu is held. Once the pacer has seen a window turn, it is what
 // they spent of the last window and have yet to spend of this one, and a little more:
-// whether they spend evenly, all at the start or in bursts, their share is theirs. Before,
+// whether they spend evenly, all at the start or in bursts, their share is theirs (of a
+// window it saw only a part of, no more than their pace so far over the time left). Before,
 // they are taken to spend evenly, at the pace seen so far.
 func (p *Pacer) reserve(left time.Duration) float64 {
 	if !p.theirsKnown {
@@ -758,7 +773,17 @@ func (p *Pacer) reserve(left time.Duration) float64 {
 	if p.alone() {
 		return 0
 	}
-	return max(p.theirsLast*(1+theirsMargin)+1-p.win.theirs, 0)
+	share := max(p.theirsLast*(1+theirsMargin)+1-p.win.theirs, 0)
+	if p.theirsGuessed {
+		// Extrapolated from the part of the last window the pacer saw: a client that
+		// came during it is taken to have spent at its pace over the whole, and one
+		// that spends what it is left (another deployment of the worker) spent only
+		// what this pacer left it. Leave them no more than their pace in this window
+		// over the time left: two pacers that do so together spend what is left by the
+		// end, however they split it, and the next window, seen whole, sets the share.
+		share = min(share, p.foreign*left.Seconds())
+	}
+	return share
 }
 
 // alone reports whether the org's other clients spent nothing of the last window the pacer
@@ -775,7 +800,7 @@ func (p *Pacer) alone() bool {
 func (p *Pacer) learnTheirs(now time.Time, length time.Duration) {
 	p.mineLast = max(float64(p.win.limit-p.win.lowest)-p.win.theirs, 0)
 	if p.win.seenBegin {
-		p.theirsLast, p.theirsKnown = p.win.theirs, true
+		p.theirsLast, p.theirsKnown, p.theirsGuessed = p.win.theirs, true, false
 		return
 	}
 	seen := now.Sub(p.win.firstTurn.at)
@@ -783,7 +808,7 @@ func (p *Pacer) learnTheirs(now time.Time, length time.Duration) {
 		return
 	}
 	p.theirsLast = min(p.win.theirs*max(length.Seconds()/seen.Seconds(), 1), float64(p.win.limit))
-	p.theirsKnown = true
+	p.theirsKnown, p.theirsGuessed = true, true
 }
 
 // mineSince is how many of the pacer's turns came after t that a window beginning then may
