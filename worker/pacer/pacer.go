@@ -497,9 +497,13 @@ func (p *Pacer) Observe(rl kustomer.RateLimit, inflight int) {
 	now := p.clock.Now()
 	defer p.dispatch(now)
 	p.answered(now, inflight)
-	if rl.Reset.IsZero() && p.win.reset.IsZero() && !now.Before(p.pausedUntil) {
-		// Nothing tells where the window ends: the configured pace, less what 429s cut.
-		p.setRate(now, p.ceiling)
+	if rl.Reset.IsZero() && p.win.reset.IsZero() {
+		p.observeBlind(now, rl, inflight)
+		if !now.Before(p.pausedUntil) {
+			// Nothing tells where the window ends: the configured pace, less what the
+			// other clients spend and what 429s cut.
+			p.setRate(now, p.ceiling)
+		}
 	}
 	p.observe(now, rl, inflight)
 }
