@@ -16,7 +16,7 @@ import (
 //
 //   - When x-ratelimit-remaining is still sent, it reads from its drops what the org's other
 //     clients spend (the drop between two readings less its own turns between the requests
-//     they answer), and leaves them that pace and a tenth more: it paces at the configured
+//     they answer), and leaves them that pace and a twentieth more: it paces at the configured
 //     rate less theirs. A reading well above the last starts a new count (the window
 //     refilled); one well below it is an answer from before the refill, and is left out.
 //   - A 429 that answers a request sent after the last pause cuts the pace by blindCut. With
@@ -45,8 +45,8 @@ const (
 	// pace; blindSpan how long the readings must span before the pacer leaves them that
 	// pace; blindMargin the share above it that it leaves them.
 	blindFade   = 10 * time.Second
-	blindSpan   = 500 * time.Millisecond
-	blindMargin = 0.1
+	blindSpan   = 200 * time.Millisecond
+	blindMargin = 0.05
 )
 
 // blindState is the pace the pacer keeps while it cannot read the window's end; p.mu guards it.
