@@ -22,8 +22,9 @@ import (
 //
 //   - It spreads what the headers say is left of the window over the time until the window's
 //     end (less the half latency a request takes to reach Kustomer, once it knows the end),
-//     and from then on paces for the next window, so that it neither leaves budget unspent nor spends the last of it early, when
-//     another client of the org still needs some: what other clients spent of the last
+//     and from then on paces for the next window, so that it neither leaves budget unspent
+//     nor spends the last of it early, when another client of the org still needs some:
+//     what other clients spent of the last
 //     window (the budget gone, less the pacer's own turns) is their share, and the pacer
 //     leaves them what they have yet to spend of it in this one, whether they spend evenly,
 //     at the window's start or in bursts. Another deployment of the worker on the same org
@@ -42,6 +43,9 @@ import (
 //     window is spent it probes, one request a probe step, for the next window.
 //   - A moment with no caller waiting does not lose budget for good: what came due in the
 //     last quarter second goes when callers come back (never right after a pause).
+//   - Without x-ratelimit-reset it cannot tell where a window ends: it paces at the
+//     configured rate, less the other clients' pace read from x-ratelimit-remaining when
+//     that is sent, and backs off on 429s (blind.go).
 //
 // Nothing made before a pause or a change of rate holds up what comes after it: there is at
 // most one reservation at the rate limiter, for the next request to go, and it is taken back
