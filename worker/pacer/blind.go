@@ -1,17 +1,24 @@
 package pacer
 
 import (
+	"math"
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/kustomer-worker/kustomer-worker/kustomer"
 )
 
 // Readings without x-ratelimit-reset. Kustomer's documentation does not promise the reset
 // header, nor any rate-limit header. Without a reset the pacer cannot tell when the window
-// ends, so it cannot spread what is left over the time to the end, nor see what the org's
-// other clients spend. It paces at the configured rate at most, and backs off on org-wide
-// 429s instead:
+// ends, so it cannot spread what is left over the time to the end. It paces at the
+// configured rate at most, and:
 //
+//   - When x-ratelimit-remaining is still sent, it reads from its drops what the org's other
+//     clients spend (the drop between two readings less its own turns between the requests
+//     they answer), and leaves them that pace and a twentieth more: it paces at the configured
+//     rate less theirs. A reading well above the last starts a new count (the window
+//     refilled); one well below it is an answer from before the refill, and is left out.
 //   - A 429 that answers a request sent after the last pause cuts the pace by blindCut. With
 //     Retry-After, the time since the last pause plus the wait is about a window, and the cut
 //     is to the share of it that went by (but never below half the pace).
@@ -20,9 +27,10 @@ import (
 //     such 429s come in a row. A 429 answering a request sent before a pause began neither
 //     cuts nor doubles anything.
 //
-// This leaves the other clients only what backing off leaves them: the configured rate
-// (--rate-per-minute) is the operator's bound. Learning the window from x-ratelimit-remaining
-// when only the reset is absent is not done (see NOTES-issue-22.md).
+// Leaving the other clients their pace keeps them whole only when the configured rate
+// (--rate-per-minute) is the budget's: it is the operator's bound. Learning the window's end
+// from the refills of x-ratelimit-remaining is not done: it mislearned windows
+// (docs/BENCHMARKS.md).
 
 const (
 	// blindCut is what an org-wide 429 leaves of the pace when the readings say nothing of
@@ -33,6 +41,12 @@ const (
 	blindGrowth = 0.002
 	// blindFloor is the lowest pace backing off goes to, as a share of the configured rate.
 	blindFloor = 0.05
+	// blindFade is how fast what the other clients spent fades from the estimate of their
+	// pace; blindSpan how long the readings must span before the pacer leaves them that
+	// pace; blindMargin the share above it that it leaves them.
+	blindFade   = 10 * time.Second
+	blindSpan   = 200 * time.Millisecond
+	blindMargin = 0.05
 )
 
 // blindState is the pace the pacer keeps while it cannot read the window's end; p.mu guards it.
@@ -40,23 +54,64 @@ type blindState struct {
 	cap      rate.Limit // the pace after the last cut; 0 before any
 	since    time.Time  // when the cap was set; it grows from then
 	pauseEnd time.Time  // when the pause after the last blind 429 ended
+
+	// What the org's other clients spend, read from x-ratelimit-remaining: the lowest
+	// reading since the window last refilled, the turn of the request it answered and
+	// when it came; what they spent, and over how long, both fading with blindFade.
+	seen    bool
+	rem     int
+	remTurn int
+	remAt   time.Time
+	theirs  float64
+	span    float64
 }
 
-// blindCap is the pace allowed at now while the window's end is unknown; p.mu is held.
+// blindCap is the pace allowed at now while the window's end is unknown; p.mu is held: the
+// configured rate less what the org's other clients spend, and less what 429s cut.
 func (p *Pacer) blindCap(now time.Time) rate.Limit {
-	if p.blindPace.cap == 0 || !p.win.reset.IsZero() {
-		return rate.Inf
-	}
 	ceiling := p.ceiling
-	if ceiling == rate.Inf {
+	if !p.win.reset.IsZero() || ceiling == rate.Inf {
 		return rate.Inf // no configured rate to grow back to: the pauses alone back off
+	}
+	c := rate.Inf
+	if b := p.blindPace; b.span >= blindSpan.Seconds() {
+		c = max(ceiling-rate.Limit(b.theirs/b.span*(1+blindMargin)), ceiling*blindFloor)
+	}
+	if p.blindPace.cap == 0 {
+		return c
 	}
 	grown := p.blindPace.cap + rate.Limit(blindGrowth*float64(ceiling)*now.Sub(p.blindPace.since).Seconds())
 	if grown >= ceiling {
 		p.blindPace.cap = 0
-		return rate.Inf
+		return c
 	}
-	return grown
+	return min(grown, c)
+}
+
+// observeBlind takes a reading without a reset into what the org's other clients spend;
+// p.mu is held. Between two readings of a window the org spent the drop in what is left,
+// the pacer's own turns between the requests they answer being some of it: over a window
+// the turns matched roughly to answers add up, but for those at its two ends.
+func (p *Pacer) observeBlind(now time.Time, rl kustomer.RateLimit, inflight int) {
+	b := &p.blindPace
+	if rl.Remaining < 0 || rl.Limit <= 0 {
+		return
+	}
+	switch {
+	case !b.seen || rl.Remaining > b.rem+max(inflight+1, rl.Limit/10):
+		// The first reading, or the window refilled: a new count from here.
+		b.seen, b.rem, b.remTurn, b.remAt = true, rl.Remaining, p.last.n, now
+		return
+	case rl.Remaining >= b.rem:
+		return // an answer out of order, or nothing spent
+	case b.rem-rl.Remaining-(p.last.n-b.remTurn) > max(inflight+1, rl.Limit/10):
+		return // an answer from the window before the refill, come late
+	}
+	dt := now.Sub(b.remAt).Seconds()
+	fade := math.Exp(-dt / blindFade.Seconds())
+	b.theirs = b.theirs*fade + float64(b.rem-rl.Remaining-(p.last.n-b.remTurn))
+	b.span = b.span*fade + dt
+	b.rem, b.remTurn, b.remAt = rl.Remaining, p.last.n, now
 }
 
 // cutBlind lowers the pace after an org-wide 429 read without a reset, wait being its

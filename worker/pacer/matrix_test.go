@@ -246,25 +246,19 @@ func TestPacerMatrix(t *testing.T) {
 // measured, so that they cannot get worse. docs/BENCHMARKS.md lists them.
 func useFloor(c simConfig) (float64, string) {
 	switch {
-	case c.pattern == bursts && c.other > 0:
-		// A burst at a random moment can come after the pacer has spread what was left
-		// over the rest of the window; it leaves the burst its share until the end,
-		// and what the burst does not take by then is lost to both.
-		return 0.85, "bursts at random moments: the share kept for a burst late in a window is lost when it comes early"
-	case c.other == 0 && c.latency < 100*time.Millisecond:
+	case c.other == 0 && c.latency >= 400*time.Millisecond:
+		// Measured 98.5 % (5 s windows; 99.7 % with 60 s ones): the last of a window
+		// is planned on readings a latency old.
+		return 0.985, "alone at 400-800 ms: the target is 99 %, measured 98.5 %"
+	case c.other == 0:
 		return 0.99, "the issue's target alone"
 	case c.latency >= 400*time.Millisecond:
 		// The readings come 0.4-0.8 s after the budget was spent: the last of a window
-		// is planned on figures a latency old.
-		return 0.89, "400-800 ms latency: readings a latency old"
-	case c.other == 0:
-		// Measured 98.0 % at 100-300 ms: a pacer alone ends each window a few
-		// requests short, planned on readings a latency old.
-		return 0.975, "alone at 100-300 ms: the target is 99 %, measured 98.0 %"
+		// is planned on figures a latency old, and what the other clients spend is
+		// seen that late.
+		return 0.90, "400-800 ms latency: readings a latency old (measured 90.8-97.2 %)"
 	case c.org.reset == deltaDown && c.org.length == 5*time.Second:
-		return 0.95, "seconds from now rounded down on 5 s windows: measured 95.0-96.5 %, cause not established"
-	case c.org.reset == epochDown && c.latency >= 100*time.Millisecond && c.originLead > 0:
-		return 0.965, "epoch seconds rounded down, windows from the server's start, 100-300 ms: measured 96.7 %, cause not established"
+		return 0.96, "seconds from now rounded down on 5 s windows: measured 96.5 %, cause not established"
 	}
 	return 0.97, "the issue's target"
 }
