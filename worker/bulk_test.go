@@ -233,12 +233,16 @@ func TestBulk(t *testing.T) {
 		f.start(f.bulkOptions(10, 5*time.Second))
 		f.waitDrained(60 * time.Second)
 		f.wantState(convs, func(int) string { return "u-1" })
+		// The newer updates may go in more than one job when a loaded machine lets the linger
+		// end before all of them are ready.
 		jobs := f.fake.BulkJobs()
-		if st := f.fake.Stats(); st.BulkSubmits != 3 || len(jobs) != 2 {
-			t.Fatalf("%d submits, %d jobs; want the dropped one, its retry, and a job of the newer updates", st.BulkSubmits, len(jobs))
+		if st := f.fake.Stats(); st.BulkSubmits != len(jobs)+1 || len(jobs) < 2 {
+			t.Fatalf("%d submits, %d jobs; want the dropped one, its retry, and a job or more of the newer updates", st.BulkSubmits, len(jobs))
 		}
-		if held := jobs[1].Submitted.Sub(start); held < 5*time.Second {
-			t.Errorf("the newer updates went %s after the start; want them held until the dropped submit's deadline (5s)", held)
+		for _, j := range jobs[1:] {
+			if held := j.Submitted.Sub(start); held < 5*time.Second {
+				t.Errorf("newer updates went %s after the start; want them held until the dropped submit's deadline (5s)", held)
+			}
 		}
 	})
 
