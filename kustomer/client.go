@@ -233,7 +233,7 @@ func (c *Client) UpdateConversation(ctx context.Context, u Update) (*Result, err
 		target += "?replace=true"
 	}
 	ans, err := c.do(ctx, call{
-		op: OpUpdate, subject: "update conversation " + u.ID,
+		op: OpUpdate, subject: "update conversation", of: u.ID,
 		method: http.MethodPut, url: target, body: u.Body, limit: maxSuccessBody,
 	})
 	if err != nil {
@@ -257,7 +257,7 @@ func (c *Client) GetConversation(ctx context.Context, id string) (*Result, error
 		return nil, &ValidationError{Problems: []FieldError{{Field: "id", Problem: idProblem(id)}}}
 	}
 	ans, err := c.do(ctx, call{
-		op: OpRead, subject: "read conversation " + id,
+		op: OpRead, subject: "read conversation", of: id,
 		method: http.MethodGet, url: c.convURL + url.PathEscape(id), limit: maxSuccessBody,
 	})
 	if err != nil {
@@ -269,11 +269,20 @@ func (c *Client) GetConversation(ctx context.Context, id string) (*Result, error
 // call is one request to Kustomer, as the methods of Client describe it to do.
 type call struct {
 	op      Op     // what the request is for, kept in its APIError
-	subject string // names the request in a wrapped context error: "update conversation <id>"
+	subject string // with of, names the request in a wrapped context error: "update conversation <id>"
+	of      string // what subject is about, if anything: an id (joined only when an error needs it)
 	method  string
 	url     string
 	body    []byte // sent as application/json, except with GET, which sends no body
 	limit   int64  // how much of a 2xx answer is read
+}
+
+// name is what the call is: its subject and what it is about.
+func (cl call) name() string {
+	if cl.of == "" {
+		return cl.subject
+	}
+	return cl.subject + " " + cl.of
 }
 
 // reply is a 2xx answer to a call.
@@ -296,7 +305,7 @@ func (c *Client) do(ctx context.Context, cl call) (*reply, error) {
 	key, err := c.keys.Key(ctx)
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, fmt.Errorf("kustomer: %s: %w", cl.subject, ctxErr)
+			return nil, fmt.Errorf("kustomer: %s: %w", cl.name(), ctxErr)
 		}
 		return nil, &APIError{Op: cl.op, Class: ClassAuth, Reason: "no API key: " + err.Error(), Err: err}
 	}
@@ -335,7 +344,7 @@ func (c *Client) do(ctx context.Context, cl call) (*reply, error) {
 	lost := max(int(writes.Load())-1, 0) // attempts before the last one
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, fmt.Errorf("kustomer: %s: %w", cl.subject, ctxErr)
+			return nil, fmt.Errorf("kustomer: %s: %w", cl.name(), ctxErr)
 		}
 		apiErr := c.transportError(err, key)
 		apiErr.Op, apiErr.RateLimit.Lost = cl.op, lost
