@@ -169,7 +169,7 @@ func (c *Client) ReadBulkJob(ctx context.Context, jobID string) (*BulkJob, error
 		return nil, &ValidationError{Problems: []FieldError{{Field: "jobID", Problem: p}}}
 	}
 	ans, err := c.bulkDo(ctx, call{
-		op: OpReadBulkJob, subject: "read bulk job " + jobID,
+		op: OpReadBulkJob, subject: "read bulk job", of: jobID,
 		method: http.MethodGet, url: c.bulkURL + url.PathEscape(jobID), limit: maxBulkAnswer,
 	})
 	if err != nil {
@@ -199,7 +199,7 @@ func (c *Client) ReadBulkBatches(ctx context.Context, jobID string) (*BulkBatche
 		return nil, &ValidationError{Problems: []FieldError{{Field: "jobID", Problem: p}}}
 	}
 	ans, err := c.bulkDo(ctx, call{
-		op: OpReadBulkBatches, subject: "read bulk job batches " + jobID,
+		op: OpReadBulkBatches, subject: "read bulk job batches", of: jobID,
 		method: http.MethodGet, url: c.bulkURL + url.PathEscape(jobID) + "/batches", limit: maxBulkAnswer,
 	})
 	if err != nil {
@@ -221,7 +221,7 @@ func (c *Client) bulkDo(ctx context.Context, cl call) (*reply, error) {
 	ans, err := c.do(ctx, cl)
 	if err == nil && ans.readErr != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, fmt.Errorf("kustomer: %s: %w", cl.subject, ctxErr)
+			return nil, fmt.Errorf("kustomer: %s: %w", cl.name(), ctxErr)
 		}
 	}
 	return ans, err

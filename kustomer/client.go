@@ -93,11 +93,15 @@ func (o Options) Format(f fmt.State, verb rune) { formatRedacted(f, verb, o.Stri
 
 // Client calls the Kustomer API. It is safe for concurrent use and reuses connections.
 type Client struct {
-	baseURL    string // for logs
-	convURL    string // base URL joined with "/v1/conversations/"
-	bulkURL    string // base URL joined with "/v1/bulk/"
-	keys       KeySource
-	http       *http.Client
+	baseURL string // for logs
+	convURL string // base URL joined with "/v1/conversations/"
+	bulkURL string // base URL joined with "/v1/bulk/"
+	keys    KeySource
+	http    *http.Client
+	// rt, when set, is http's own Transport, called directly: set only when New built http
+	// itself (no Timeout, no Jar, redirects refused), where http.Client adds nothing to a
+	// round trip but a copy of the headers for redirects it will not follow.
+	rt         http.RoundTripper
 	timeout    time.Duration
 	timeoutErr *timeoutError
 	userAgent  string
@@ -137,12 +141,14 @@ func New(opts Options) (*Client, error) {
 	}
 
 	var hc http.Client
+	var rt http.RoundTripper
 	if opts.HTTPClient != nil {
 		hc = *opts.HTTPClient
 	} else {
 		// No Timeout of its own: do bounds every request with a context, and a client Timeout
 		// would add a timer and a goroutine to every request for the same bound.
-		hc = http.Client{Transport: newTransport()}
+		t := newTransport()
+		hc, rt = http.Client{Transport: t}, t
 	}
 	// A redirect would turn the PUT into a GET that "succeeds"; report it instead.
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
@@ -153,6 +159,7 @@ func New(opts Options) (*Client, error) {
 		bulkURL:    base.JoinPath("v1", "bulk").String() + "/",
 		keys:       opts.Key,
 		http:       &hc,
+		rt:         rt,
 		timeout:    opts.Timeout,
 		timeoutErr: &timeoutError{after: opts.Timeout},
 		userAgent:  opts.UserAgent,
@@ -226,7 +233,7 @@ func (c *Client) UpdateConversation(ctx context.Context, u Update) (*Result, err
 		target += "?replace=true"
 	}
 	ans, err := c.do(ctx, call{
-		op: OpUpdate, subject: "update conversation " + u.ID,
+		op: OpUpdate, subject: "update conversation", of: u.ID,
 		method: http.MethodPut, url: target, body: u.Body, limit: maxSuccessBody,
 	})
 	if err != nil {
@@ -250,7 +257,7 @@ func (c *Client) GetConversation(ctx context.Context, id string) (*Result, error
 		return nil, &ValidationError{Problems: []FieldError{{Field: "id", Problem: idProblem(id)}}}
 	}
 	ans, err := c.do(ctx, call{
-		op: OpRead, subject: "read conversation " + id,
+		op: OpRead, subject: "read conversation", of: id,
 		method: http.MethodGet, url: c.convURL + url.PathEscape(id), limit: maxSuccessBody,
 	})
 	if err != nil {
@@ -262,11 +269,20 @@ func (c *Client) GetConversation(ctx context.Context, id string) (*Result, error
 // call is one request to Kustomer, as the methods of Client describe it to do.
 type call struct {
 	op      Op     // what the request is for, kept in its APIError
-	subject string // names the request in a wrapped context error: "update conversation <id>"
+	subject string // with of, names the request in a wrapped context error: "update conversation <id>"
+	of      string // what subject is about, if anything: an id (joined only when an error needs it)
 	method  string
 	url     string
 	body    []byte // sent as application/json, except with GET, which sends no body
 	limit   int64  // how much of a 2xx answer is read
+}
+
+// name is what the call is: its subject and what it is about.
+func (cl call) name() string {
+	if cl.of == "" {
+		return cl.subject
+	}
+	return cl.subject + " " + cl.of
 }
 
 // reply is a 2xx answer to a call.
@@ -289,7 +305,7 @@ func (c *Client) do(ctx context.Context, cl call) (*reply, error) {
 	key, err := c.keys.Key(ctx)
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, fmt.Errorf("kustomer: %s: %w", cl.subject, ctxErr)
+			return nil, fmt.Errorf("kustomer: %s: %w", cl.name(), ctxErr)
 		}
 		return nil, &APIError{Op: cl.op, Class: ClassAuth, Reason: "no API key: " + err.Error(), Err: err}
 	}
@@ -299,6 +315,13 @@ func (c *Client) do(ctx context.Context, cl call) (*reply, error) {
 
 	rctx, cancel := context.WithTimeoutCause(ctx, c.timeout, c.timeoutErr)
 	defer cancel()
+	// The trace counts the transport's writes of the request: a request written again on a
+	// fresh connection reached Kustomer more than once (RateLimit.Lost). It goes in the
+	// request's context from the start, so the request needs no copy to carry it.
+	var writes atomic.Int32
+	rctx = httptrace.WithClientTrace(rctx, &httptrace.ClientTrace{
+		WroteRequest: func(httptrace.WroteRequestInfo) { writes.Add(1) },
+	})
 	var body io.Reader
 	if cl.method != http.MethodGet {
 		body = bytes.NewReader(cl.body)
@@ -317,15 +340,11 @@ func (c *Client) do(ctx context.Context, cl call) (*reply, error) {
 		req.Header["Content-Type"] = []string{"application/json"}
 	}
 
-	var writes atomic.Int32
-	req = req.WithContext(httptrace.WithClientTrace(rctx, &httptrace.ClientTrace{
-		WroteRequest: func(httptrace.WroteRequestInfo) { writes.Add(1) },
-	}))
-	resp, err := c.http.Do(req)
+	resp, err := c.roundTrip(req)
 	lost := max(int(writes.Load())-1, 0) // attempts before the last one
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, fmt.Errorf("kustomer: %s: %w", cl.subject, ctxErr)
+			return nil, fmt.Errorf("kustomer: %s: %w", cl.name(), ctxErr)
 		}
 		apiErr := c.transportError(err, key)
 		apiErr.Op, apiErr.RateLimit.Lost = cl.op, lost
@@ -337,7 +356,7 @@ func (c *Client) do(ctx context.Context, cl call) (*reply, error) {
 	rl := ParseRateLimit(resp.Header, now)
 	rl.Lost = lost
 	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
-		b, readErr := io.ReadAll(io.LimitReader(resp.Body, cl.limit+1))
+		b, readErr := readBody(resp, cl.limit+1)
 		ans := &reply{status: resp.StatusCode, rateLimit: rl, body: b, readErr: readErr, key: key}
 		if int64(len(b)) > cl.limit {
 			ans.body, ans.truncated = b[:cl.limit], true
@@ -348,6 +367,27 @@ func (c *Client) do(ctx context.Context, cl call) (*reply, error) {
 	apiErr := newAPIError(resp.StatusCode, rl, b, key, now)
 	apiErr.Op = cl.op
 	return nil, apiErr
+}
+
+// roundTrip sends req through c.rt when set, else through c.http. A 3xx answer comes back as
+// it is either way (c.http's CheckRedirect refuses to follow it).
+func (c *Client) roundTrip(req *http.Request) (*http.Response, error) {
+	if c.rt == nil {
+		return c.http.Do(req)
+	}
+	resp, err := c.rt.RoundTrip(req)
+	if err != nil {
+		return nil, &url.Error{Op: urlOp(req.Method), URL: req.URL.String(), Err: err}
+	}
+	return resp, nil
+}
+
+// urlOp names a request's method in a *url.Error as http.Client does ("Get", "Put").
+func urlOp(method string) string {
+	if method == "" {
+		return "Get"
+	}
+	return method[:1] + strings.ToLower(method[1:])
 }
 
 // transportError describes a request that got no answer. Timeouts carry c.timeoutErr rather than
@@ -395,6 +435,21 @@ func unmarshalRev(body []byte) int64 {
 		return 0
 	}
 	return doc.Data.Attributes.Rev
+}
+
+// readBody reads at most limit bytes of resp's body. With a Content-Length within limit it
+// reads into a buffer of that size at once (io.ReadAll would grow one from 512 bytes); the
+// transport ends the body at its Content-Length, so a shorter body is a read error either way.
+func readBody(resp *http.Response, limit int64) ([]byte, error) {
+	if n := resp.ContentLength; n >= 0 && n < limit {
+		b := make([]byte, n)
+		got, err := io.ReadFull(resp.Body, b)
+		if err == io.EOF { // nothing of a non-empty body
+			err = io.ErrUnexpectedEOF
+		}
+		return b[:got], err
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, limit))
 }
 
 // drainAndClose discards a bounded rest of the body so the connection can serve the next request.

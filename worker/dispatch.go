@@ -20,9 +20,8 @@ import (
 // add holds a fetched message of src behind any earlier one for the same conversation. The
 // slots taken for it stay with it until it is let go. A message is first checked for older
 // updates of its conversation still pending in the other lane (Order); those are held too,
-// ahead of it.
-func (p *Pool) add(ctx context.Context, msg jetstream.Msg, src *source) {
-	md, err := msg.Metadata()
+// ahead of it. md and err are msg.Metadata()'s.
+func (p *Pool) add(ctx context.Context, msg jetstream.Msg, md *jetstream.MsgMetadata, err error, src *source) {
 	if err != nil { // not a JetStream message; cannot be acked either
 		p.Log.Error("message without JetStream metadata", "subject", msg.Subject(), "error", err)
 		p.freeSlots(src)

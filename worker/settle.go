@@ -50,10 +50,11 @@ func (p *Pool) settle(c *conv, j *job, d decision) {
 // its run's record says so: if that cannot be stored, the message stays held and only the
 // record is tried again later (process), never the update.
 func (p *Pool) appliedOK(c *conv, j *job, job string) {
-	if p.Runs != nil {
-		p.mu.Lock()
-		msg := j.msg
-		p.mu.Unlock()
+	p.mu.Lock()
+	msg := j.msg
+	p.mu.Unlock()
+	// Only a message of a run has a record to store (RecordApplied checks the rest).
+	if p.Runs != nil && msg.Headers().Get(queue.HeaderRunID) != "" {
 		units := 0
 		if job == "" {
 			units = j.attempts + 1 // the retryable failures and the request that succeeded

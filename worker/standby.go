@@ -79,8 +79,8 @@ func (p *Pool) followRole(ctx context.Context, src *source) (wait func()) {
 // hands the message back instead (goesBack); the first message of a new turn as the active
 // replica first holds back the conversations whose older messages another replica holds.
 func (p *Pool) admit(ctx context.Context, msg jetstream.Msg, src *source) {
+	md, err := msg.Metadata() // parsed once, here, for add too
 	if src.role != nil {
-		md, err := msg.Metadata()
 		p.takeTurn(ctx, src, md)
 		if err == nil && p.goesBack(src, md) {
 			if err := msg.Nak(); err != nil {
@@ -90,7 +90,7 @@ func (p *Pool) admit(ctx context.Context, msg jetstream.Msg, src *source) {
 			return
 		}
 	}
-	p.add(ctx, msg, src)
+	p.add(ctx, msg, md, err, src)
 }
 
 // takeTurn makes the pool work for src's role's current turn as the active replica, if that
