@@ -79,6 +79,7 @@ type Pacer struct {
 	lastStart   time.Time     // when the current window began, at the latest, if learned
 	resetBefore time.Time     // the lowest reset read for the window before the current one, if sampled
 	learned     bool          // learnedEnd holds; else the end is taken as the earliest possible
+	latestEnd   time.Time     // when the current window ends at the latest, from its first reading; zero if unknown
 	blind       int           // org-wide 429s in a row that said nothing of when to retry
 
 	// The org's other clients: how fast they spend the budget, in units a second, as the
@@ -489,7 +490,14 @@ func (p *Pacer) lastEnd() time.Time {
 	if p.learned {
 		return p.learnedEnd
 	}
-	return p.win.reset.Add(resetGranularity)
+	last := p.win.reset.Add(resetGranularity)
+	if !p.latestEnd.IsZero() && p.latestEnd.Before(last) {
+		last = p.latestEnd
+		if earliest := p.win.reset.Add(-resetGranularity); last.Before(earliest) {
+			last = earliest
+		}
+	}
+	return last
 }
 
 // Observe adapts the pace to the budget Kustomer reported on an answer. inflight is the number
@@ -611,6 +619,12 @@ func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
 	p.lastStart = time.Time{}
 	length := min(wholeSeconds(rl.Reset.Add(resetGranularity).Sub(now)), p.step)
 	p.learned = learned
+	// Whether or not the pacer sent closely enough to tell where the window began, it
+	// began before the request this reading answers reached Kustomer, at least half the
+	// shortest latency ago: it ends no later than a window after that. After a gap in
+	// the pacer's turns (it left the last of a window to the other clients) that bound is
+	// still well before the latest end its reset allows.
+	p.latestEnd = now.Add(-p.minLatency() / 2).Add(length)
 	if learned {
 		p.lastStart = start
 		// The window ends within a rounding of its reset, whichever way it was rounded.
