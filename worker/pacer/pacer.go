@@ -74,6 +74,7 @@ type Pacer struct {
 	looseStart  bool          // lastStart came right after a pause: the window may have begun during it
 	probing     bool          // until a reading from the next window: one request a probeStep
 	switchAt    time.Time     // the learned end of the window: from then on, the pace of a new one
+	floorAt     time.Time     // the earliest end of a window not learned: from then on, a turn a learnGap at least
 	learnedEnd  time.Time     // when the current window ends, for a send, as learned when it began
 	step        time.Duration // the shortest step yet between two windows; 0 before a turn
 	lastStart   time.Time     // when the current window began, at the latest, if learned
@@ -163,6 +164,9 @@ const (
 	// learnGap is the largest gap between two turns around a window's turn that still
 	// tells where the window ended.
 	learnGap = 250 * time.Millisecond
+	// learnPace is the pace of turns close enough to learn from: one every four fifths of
+	// a learnGap.
+	learnPace = rate.Limit(float64(time.Second) / float64(learnGap*4/5))
 	// theirsMargin is the share above what other clients spent of the last window that the
 	// pacer leaves them of the current one.
 	theirsMargin = 0
@@ -281,6 +285,12 @@ func (p *Pacer) dispatch(now time.Time) {
 		p.switchAt = time.Time{}
 		p.setRate(now, p.windowRate())
 	}
+	if !p.floorAt.IsZero() && !now.Before(p.floorAt) {
+		p.floorAt = time.Time{}
+		if p.lim.Limit() < learnPace {
+			p.setRate(now, learnPace)
+		}
+	}
 	if p.paused && !now.Before(p.pausedUntil) {
 		p.paused = false
 		p.resumedAt = now
@@ -304,6 +314,9 @@ func (p *Pacer) dispatch(now time.Time) {
 			at := now.Add(d)
 			if !p.switchAt.IsZero() && p.switchAt.Before(at) {
 				at = p.switchAt
+			}
+			if !p.floorAt.IsZero() && p.floorAt.Before(at) {
+				at = p.floorAt
 			}
 			p.wakeAt(now, at)
 			return
@@ -756,7 +769,20 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 	}
 	left := max(end.Sub(now)-reach, probeStep)
 	avail := max(float64(p.win.lowest)-p.uncounted(now, inflight)-p.reserve(left), 1)
-	p.setRate(now, rate.Limit(avail/left.Seconds()))
+	r := rate.Limit(avail / left.Seconds())
+	p.floorAt = time.Time{}
+	if !p.learned && p.foreign > 0 {
+		// Leaving the rest of a window to the other clients, the pacer would send
+		// nothing around its turn and could not tell where the next one begins: it
+		// would go unlearned and be spread to the latest end its reset allows. From
+		// the earliest end on, it sends a turn a learnGap at least.
+		if earliest := p.end(); now.Before(earliest) {
+			p.floorAt = earliest
+		} else {
+			r = max(r, learnPace)
+		}
+	}
+	p.setRate(now, r)
 }
 
 // uncounted is how many of the pacer's own requests in flight the lowest reading is taken
@@ -872,7 +898,7 @@ func (p *Pacer) windowRate() rate.Limit {
 // spent stops every turn until the current window ends; p.mu is held. It returns how long
 // the pause lasts.
 func (p *Pacer) spent(now time.Time) time.Duration {
-	p.switchAt = time.Time{}
+	p.switchAt, p.floorAt = time.Time{}, time.Time{}
 	end := p.end()
 	switch {
 	case now.Before(end):
