@@ -39,8 +39,10 @@ import (
 //     after. The pacer learns where from the readings: a window began no later than the
 //     first request answered from it reached Kustomer, and lasts whole seconds. Until it
 //     knows, it plans for the earliest end while no other client spends, and for the
-//     latest while others do, so that they keep their share to the real end; once the
-//     window is spent it probes, one request a probe step, for the next window.
+//     latest while others do (no later than a window after its first reading), so that
+//     they keep their share to the real end, sending a turn every 200 ms at least from
+//     the earliest end on to see where the next window begins; once the window is spent
+//     it probes, one request a probe step, for the next window.
 //   - A moment with no caller waiting does not lose budget for good: what came due in the
 //     last quarter second goes when callers come back (never right after a pause).
 //   - Without x-ratelimit-reset it cannot tell where a window ends: it paces at the
