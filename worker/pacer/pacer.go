@@ -39,8 +39,10 @@ import (
 //     after. The pacer learns where from the readings: a window began no later than the
 //     first request answered from it reached Kustomer, and lasts whole seconds. Until it
 //     knows, it plans for the earliest end while no other client spends, and for the
-//     latest while others do, so that they keep their share to the real end; once the
-//     window is spent it probes, one request a probe step, for the next window.
+//     latest while others do (no later than a window after its first reading), so that
+//     they keep their share to the real end, sending a turn every 200 ms at least from
+//     the earliest end on to see where the next window begins; once the window is spent
+//     it probes, one request a probe step, for the next window.
 //   - A moment with no caller waiting does not lose budget for good: what came due in the
 //     last quarter second goes when callers come back (never right after a pause).
 //   - Without x-ratelimit-reset it cannot tell where a window ends: it paces at the
@@ -74,11 +76,13 @@ type Pacer struct {
 	looseStart  bool          // lastStart came right after a pause: the window may have begun during it
 	probing     bool          // until a reading from the next window: one request a probeStep
 	switchAt    time.Time     // the learned end of the window: from then on, the pace of a new one
+	floorAt     time.Time     // the earliest end of a window not learned: from then on, a turn a learnGap at least
 	learnedEnd  time.Time     // when the current window ends, for a send, as learned when it began
 	step        time.Duration // the shortest step yet between two windows; 0 before a turn
 	lastStart   time.Time     // when the current window began, at the latest, if learned
 	resetBefore time.Time     // the lowest reset read for the window before the current one, if sampled
 	learned     bool          // learnedEnd holds; else the end is taken as the earliest possible
+	latestEnd   time.Time     // when the current window ends at the latest, from its first reading; zero if unknown
 	blind       int           // org-wide 429s in a row that said nothing of when to retry
 
 	// The org's other clients: how fast they spend the budget, in units a second, as the
@@ -162,6 +166,9 @@ const (
 	// learnGap is the largest gap between two turns around a window's turn that still
 	// tells where the window ended.
 	learnGap = 250 * time.Millisecond
+	// learnPace is the pace of turns close enough to learn from: one every four fifths of
+	// a learnGap.
+	learnPace = rate.Limit(float64(time.Second) / float64(learnGap*4/5))
 	// theirsMargin is the share above what other clients spent of the last window that the
 	// pacer leaves them of the current one.
 	theirsMargin = 0
@@ -280,6 +287,12 @@ func (p *Pacer) dispatch(now time.Time) {
 		p.switchAt = time.Time{}
 		p.setRate(now, p.windowRate())
 	}
+	if !p.floorAt.IsZero() && !now.Before(p.floorAt) {
+		p.floorAt = time.Time{}
+		if p.lim.Limit() < learnPace {
+			p.setRate(now, learnPace)
+		}
+	}
 	if p.paused && !now.Before(p.pausedUntil) {
 		p.paused = false
 		p.resumedAt = now
@@ -303,6 +316,9 @@ func (p *Pacer) dispatch(now time.Time) {
 			at := now.Add(d)
 			if !p.switchAt.IsZero() && p.switchAt.Before(at) {
 				at = p.switchAt
+			}
+			if !p.floorAt.IsZero() && p.floorAt.Before(at) {
+				at = p.floorAt
 			}
 			p.wakeAt(now, at)
 			return
@@ -489,7 +505,14 @@ func (p *Pacer) lastEnd() time.Time {
 	if p.learned {
 		return p.learnedEnd
 	}
-	return p.win.reset.Add(resetGranularity)
+	last := p.win.reset.Add(resetGranularity)
+	if !p.latestEnd.IsZero() && p.latestEnd.Before(last) {
+		last = p.latestEnd
+		if earliest := p.win.reset.Add(-resetGranularity); last.Before(earliest) {
+			last = earliest
+		}
+	}
+	return last
 }
 
 // Observe adapts the pace to the budget Kustomer reported on an answer. inflight is the number
@@ -611,6 +634,12 @@ func (p *Pacer) turned(now time.Time, rl kustomer.RateLimit) {
 	p.lastStart = time.Time{}
 	length := min(wholeSeconds(rl.Reset.Add(resetGranularity).Sub(now)), p.step)
 	p.learned = learned
+	// Whether or not the pacer sent closely enough to tell where the window began, it
+	// began before the request this reading answers reached Kustomer, at least half the
+	// shortest latency ago: it ends no later than a window after that. After a gap in
+	// the pacer's turns (it left the last of a window to the other clients) that bound is
+	// still well before the latest end its reset allows.
+	p.latestEnd = now.Add(-p.minLatency() / 2).Add(length)
 	if learned {
 		p.lastStart = start
 		// The window ends within a rounding of its reset, whichever way it was rounded.
@@ -742,7 +771,20 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 	}
 	left := max(end.Sub(now)-reach, probeStep)
 	avail := max(float64(p.win.lowest)-p.uncounted(now, inflight)-p.reserve(left), 1)
-	p.setRate(now, rate.Limit(avail/left.Seconds()))
+	r := rate.Limit(avail / left.Seconds())
+	p.floorAt = time.Time{}
+	if !p.learned && p.foreign > 0 {
+		// Leaving the rest of a window to the other clients, the pacer would send
+		// nothing around its turn and could not tell where the next one begins: it
+		// would go unlearned and be spread to the latest end its reset allows. From
+		// the earliest end on, it sends a turn a learnGap at least.
+		if earliest := p.end(); now.Before(earliest) {
+			p.floorAt = earliest
+		} else {
+			r = max(r, learnPace)
+		}
+	}
+	p.setRate(now, r)
 }
 
 // uncounted is how many of the pacer's own requests in flight the lowest reading is taken
@@ -858,7 +900,7 @@ func (p *Pacer) windowRate() rate.Limit {
 // spent stops every turn until the current window ends; p.mu is held. It returns how long
 // the pause lasts.
 func (p *Pacer) spent(now time.Time) time.Duration {
-	p.switchAt = time.Time{}
+	p.switchAt, p.floorAt = time.Time{}, time.Time{}
 	end := p.end()
 	switch {
 	case now.Before(end):
