@@ -285,7 +285,7 @@ func (p *Pacer) waiting() int {
 func (p *Pacer) dispatch(now time.Time) {
 	if !p.switchAt.IsZero() && !now.Before(p.switchAt) {
 		p.switchAt = time.Time{}
-		p.setRate(now, p.windowRate())
+		p.setRate(now, max(p.windowRate(), learnPace)) // learnPace: see spread
 	}
 	if !p.floorAt.IsZero() && !now.Before(p.floorAt) {
 		p.floorAt = time.Time{}
@@ -765,14 +765,28 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 	case p.learned:
 		// Past the learned end, and no reading from the next window yet: the learned end
 		// can be a little early, and the next window has its own budget. Go on at a
-		// window's pace; a refusal ends that.
-		p.setRate(now, p.windowRate())
+		// window's pace (a turn a learnGap at least, as below); a refusal ends that.
+		p.setRate(now, max(p.windowRate(), learnPace))
 		return
 	}
 	left := max(end.Sub(now)-reach, probeStep)
 	avail := max(float64(p.win.lowest)-p.uncounted(now, inflight)-p.reserve(left), 1)
 	r := rate.Limit(avail / left.Seconds())
 	p.floorAt = time.Time{}
+	if p.learned {
+		// Around the learned end it sends a turn a learnGap at least, until the next
+		// window's first reading: the turns either side of the end then tell where the
+		// next window began, and it stays learned. (At a pace near a turn a learnGap, a
+		// small budget or a small share of it, the gap across the end was a little
+		// wider at every other turn: the next window went unlearned, was spent by the
+		// earliest end its reset allows, and every probe after that met a 429 until
+		// the window ended.)
+		if from := p.switchAt.Add(-learnGap); now.Before(from) {
+			p.floorAt = from
+		} else {
+			r = max(r, learnPace)
+		}
+	}
 	if !p.learned && p.foreign > 0 {
 		// Leaving the rest of a window to the other clients, the pacer would send
 		// nothing around its turn and could not tell where the next one begins: it
