@@ -962,12 +962,13 @@ func (p *Pacer) OrgThrottled(rl kustomer.RateLimit) time.Duration {
 	if p.last.at.Before(p.blindPace.pauseEnd) {
 		return 0 // it went before the last pause began: no news
 	}
-	if p.blind > 0 && now.Sub(p.blindPace.pauseEnd) > blindPauseMin<<min(p.blind-1, blindPauseDoublings) {
+	first := p.blindPace.firstPause()
+	if p.blind > 0 && now.Sub(p.blindPace.pauseEnd) > first<<min(p.blind-1, blindPauseDoublings) {
 		p.blind = 0 // not in a row: requests went through since the last pause
 	}
 	p.cutBlind(now, 0)
 	p.blind++
-	d := min(blindPauseMin<<min(p.blind-1, blindPauseDoublings), kustomer.MaxWait)
+	d := min(first<<min(p.blind-1, blindPauseDoublings), kustomer.MaxWait)
 	p.pause(now, now.Add(d))
 	p.blindPace.pauseEnd = p.pausedUntil
 	return d
