@@ -257,8 +257,6 @@ func useFloor(c simConfig) (float64, string) {
 		// is planned on figures a latency old, and what the other clients spend is
 		// seen that late.
 		return 0.96, "400-800 ms latency: readings a latency old (measured 96.4-99.9 %)"
-	case c.org.reset == deltaDown && c.org.length == 5*time.Second:
-		return 0.96, "seconds from now rounded down on 5 s windows: measured 96.5 %, cause not established"
 	}
 	return 0.97, "the issue's target"
 }
