@@ -580,7 +580,7 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 		// out of order, each a little above the lowest: a turn shows a reset well later,
 		// or a later one and much more left.
 		p.turned(now, rl)
-	case d <= -500*time.Millisecond && !p.wobbled(d, rl, inflight):
+	case d <= -500*time.Millisecond && !p.wobbled(now, d, rl, inflight):
 		return // an answer from a window that has ended
 	default:
 		// Answers arrive out of order: within one window keep the lowest reading, and the
@@ -608,12 +608,14 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 // window's first request is its whole length, and those of the requests just after it a
 // second less: taken for answers from the window before, they left the window's length
 // unlearned for a second (a second too long: 96.5 % of a 5 s window used). A reading is of
-// this window if its reset is less than a second and a half below, it leaves about as much
-// as the lowest yet, and it answers a request whose turn came after the turn of the request
-// the window's first reading answers by more than the spread of recent latencies (so that it
-// reached Kustomer later).
-func (p *Pacer) wobbled(d time.Duration, rl kustomer.RateLimit, inflight int) bool {
-	if d <= -1500*time.Millisecond || rl.Remaining < p.win.lowest-(inflight+1) {
+// a window the pacer saw begin if its reset is less than a second and a half below and at
+// least a second ahead, it leaves about as much as the lowest yet, and it answers a request
+// whose turn came after the turn of the request the window's first reading answers by more
+// than the spread of recent latencies (so that it reached Kustomer later). A reset less than
+// a second ahead is of a window ending: read as seconds from now when the answer is written,
+// a request served just before the end reads 0.
+func (p *Pacer) wobbled(now time.Time, d time.Duration, rl kustomer.RateLimit, inflight int) bool {
+	if !p.win.seenBegin || d <= -1500*time.Millisecond || rl.Reset.Sub(now) < time.Second || rl.Remaining < p.win.lowest-(inflight+1) {
 		return false
 	}
 	if p.win.firstTurn.n == 0 || p.last.n <= p.win.firstTurn.n || len(p.latencies) == 0 {
