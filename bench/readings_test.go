@@ -2,7 +2,11 @@ package bench
 
 import (
 	"flag"
+	"fmt"
+	"math"
 	"net/http"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -56,9 +60,11 @@ func with(c kustomertest.Config, f func(*kustomertest.Config)) kustomertest.Conf
 // limiter of BenchmarkBudget drains the same backlog against the same reading.
 //
 // Reported per runner (medians): the share of what the other client left that the runner
-// used over the elapsed time (start and end included, so below what whole windows show, for
-// both runners alike), the share of its requests answered 429, and the other client's share
-// refused.
+// used from its second window to the last whole one (see usedFromTheSecondWindow: the window
+// it starts in and the one it runs out of work in are left out, as the targets and the
+// simulated matrix leave them out), the worst of those windows, the same share over the
+// elapsed time (start and end included, so below what whole windows show, for both runners
+// alike), the share of its requests answered 429, and the other client's share refused.
 func BenchmarkBudgetReadings(b *testing.B) {
 	for _, c := range readingsCases {
 		b.Run(c.name, func(b *testing.B) { benchReadings(b, c) })
@@ -67,8 +73,12 @@ func BenchmarkBudgetReadings(b *testing.B) {
 
 // readingsRun is what one drain got.
 type readingsRun struct {
-	elapsed                     time.Duration
-	used, tooMany, otherRefused float64 // %
+	elapsed                            time.Duration
+	used                               float64 // % of what the other client left, from the second window to the last whole one
+	worst                              float64 // % of what the other client left, in the worst of those windows
+	windows                            int     // how many windows "used" covers
+	elapsedUsed, tooMany, otherRefused float64 // %
+	trace                              string  // every window: units used of those left, and 429s: "140/140", "131/140 2x429 1 of theirs"
 }
 
 func benchReadings(b *testing.B, c readingsCase) {
@@ -93,8 +103,9 @@ func benchReadings(b *testing.B, c readingsCase) {
 		for _, rn := range runners {
 			run := drainReadings(b, cfg, n, concurrency, rn.start)
 			runs[rn.name] = append(runs[rn.name], run)
-			b.Logf("%s %s repetition %d: %.1fs, %.2f%% of what the other client left used, %.2f%% answered 429, the other client refused %.2f%%",
-				c.name, rn.name, i+1, run.elapsed.Seconds(), run.used, run.tooMany, run.otherRefused)
+			b.Logf("%s %s repetition %d: %.1fs, %.2f%% of what the other client left used over windows 2-%d (worst window %.2f%%), %.2f%% over the elapsed time, %.2f%% answered 429, the other client refused %.2f%%",
+				c.name, rn.name, i+1, run.elapsed.Seconds(), run.used, run.windows+1, run.worst, run.elapsedUsed, run.tooMany, run.otherRefused)
+			b.Logf("%s %s repetition %d, window by window: %s", c.name, rn.name, i+1, run.trace)
 		}
 	}
 	b.ReportMetric(0, "ns/op")
@@ -108,6 +119,8 @@ func benchReadings(b *testing.B, c readingsCase) {
 			return median(xs)
 		}
 		b.ReportMetric(of(func(r readingsRun) float64 { return r.used }), rn.name+"_used_%")
+		b.ReportMetric(of(func(r readingsRun) float64 { return r.worst }), rn.name+"_worst_window_%")
+		b.ReportMetric(of(func(r readingsRun) float64 { return r.elapsedUsed }), rn.name+"_used_elapsed_%")
 		b.ReportMetric(of(func(r readingsRun) float64 { return r.tooMany }), rn.name+"_429_%")
 		b.ReportMetric(of(func(r readingsRun) float64 { return r.otherRefused }), rn.name+"_other_refused_%")
 	}
@@ -124,6 +137,7 @@ func drainReadings(b *testing.B, cfg kustomertest.Config, n, concurrency int, st
 	r.waitDrained(n, time.Duration(10*float64(n)/float64(cfg.Budget))*cfg.Window+time.Minute)
 	el := time.Since(t0)
 	st := r.fake.Stats()
+	ws := r.fake.Windows()
 	stop()
 	others, refused := st.Others.Requests-before.Requests, st.Others.Refused-before.Refused
 	run := readingsRun{elapsed: el}
@@ -134,6 +148,82 @@ func drainReadings(b *testing.B, cfg kustomertest.Config, n, concurrency int, st
 		run.otherRefused = 100 * float64(refused) / float64(others)
 	}
 	left := float64(cfg.Budget)*el.Seconds()/cfg.Window.Seconds() - float64(others-refused)
-	run.used = 100 * float64(st.ByStatus[http.StatusOK]) / left
+	run.elapsedUsed = 100 * float64(st.ByStatus[http.StatusOK]) / left
+	var first, last time.Time
+	for _, q := range r.fake.Requests() {
+		if q.Kind == kustomertest.KindUpdate {
+			if first.IsZero() {
+				first = q.Time
+			}
+			last = q.Time
+		}
+	}
+	run.used, run.worst, run.windows = usedFromTheSecondWindow(ws, first, last, cfg.Budget, cfg.Window)
+	var trace []string
+	for _, w := range ws {
+		if w.End.Before(first) || w.Start.After(last) {
+			continue
+		}
+		f := fmt.Sprintf("%d/%d", w.Units, cfg.Budget-w.Others)
+		if w.Refused > 0 {
+			f += fmt.Sprintf(" %dx429", w.Refused)
+		}
+		if w.OthersRefused > 0 {
+			f += fmt.Sprintf(" %d of theirs", w.OthersRefused)
+		}
+		trace = append(trace, f)
+	}
+	run.trace = strings.Join(trace, ", ")
 	return run
+}
+
+// usedFromTheSecondWindow is the share (in %) of what the org's other clients left that the
+// requests over HTTP used, from the window after the one that holds first to the last window
+// that ends before the one that holds last (the runner's first and last requests), as the
+// fake counted its windows: over that span, time with no window open counted as budget lost
+// (windows that begin with a request), and in the worst window of it; and how many windows
+// it holds. The window the runner starts in and the one it runs out of work in are left
+// out: the targets exempt the first, and the backlog ends in the second. NaN when no window
+// is whole.
+func usedFromTheSecondWindow(ws []kustomertest.Window, first, last time.Time, budget int, window time.Duration) (used, worst float64, n int) {
+	holds := func(t time.Time) int {
+		return slices.IndexFunc(ws, func(w kustomertest.Window) bool { return !t.Before(w.Start) && t.Before(w.End) })
+	}
+	i0, i1 := holds(first), holds(last)
+	if i0 < 0 || i1 < 0 || i1-i0 < 2 {
+		return math.NaN(), math.NaN(), 0
+	}
+	span := ws[i0+1 : i1]
+	var mine, theirs int
+	worst = math.Inf(1)
+	for _, w := range span {
+		mine, theirs = mine+w.Units, theirs+w.Others
+		worst = min(worst, 100*float64(w.Units)/float64(budget-w.Others))
+	}
+	windows := float64(ws[i1].Start.Sub(span[0].Start)) / float64(window)
+	return 100 * float64(mine) / (float64(budget)*windows - float64(theirs)), worst, len(span)
+}
+
+// The real-time figures of the readings come from usedFromTheSecondWindow: it must leave out
+// the window the runner starts in and the one it ends in, charge time with no window open,
+// and take out what the other clients got.
+func TestUsedFromTheSecondWindow(t *testing.T) {
+	base := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return base.Add(time.Duration(s * float64(time.Second))) }
+	win := func(from float64, units, others int) kustomertest.Window {
+		return kustomertest.Window{Start: at(from), End: at(from + 1), Units: units, Others: others}
+	}
+	ws := []kustomertest.Window{
+		win(0, 2, 3),   // the runner starts in it: left out
+		win(1, 7, 3),   // 7 of 7
+		win(2.5, 6, 2), // 6 of 8, after half a window with none open
+		win(3.5, 1, 0), // the runner ends in it: left out
+	}
+	used, worst, n := usedFromTheSecondWindow(ws, at(0.4), at(3.6), 10, time.Second)
+	if n != 2 || used != 100*13/(10*2.5-5) || worst != 75 {
+		t.Errorf("used %.2f%%, worst window %.2f%%, over %d windows; want 13 of 20 = 65%%, 75%%, 2", used, worst, n)
+	}
+	if used, _, n := usedFromTheSecondWindow(ws, at(2.6), at(3.6), 10, time.Second); !math.IsNaN(used) || n != 0 {
+		t.Errorf("a run over two windows: used %.2f%% over %d windows; want NaN over 0", used, n)
+	}
 }

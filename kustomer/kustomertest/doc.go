@@ -38,7 +38,8 @@
 // (Config.BulkFlat) or say less in them (Config.BulkUncounted), and script answers
 // ([Server.ScriptBulkSubmit], [Server.ScriptBulkRead]);
 // [Server.BulkJob] shows a job's items as they stand. Stats count budget units spent, bulk
-// submits, jobs, reads and items, so a benchmark can tell what a run cost.
+// submits, jobs, reads and items, so a benchmark can tell what a run cost; [Server.Windows]
+// lists every org window with what requests over HTTP and the other clients spent in it.
 //
 // Outside tests, [Start] runs the same server on a chosen address. When the fake runs in a
 // container, GET /_mock/stats, GET /_mock/requests[?id=...], GET /_mock/conversations/{id},

@@ -1,6 +1,7 @@
 package kustomertest
 
 import (
+	"slices"
 	"sync"
 	"time"
 )
@@ -23,6 +24,19 @@ type rateState struct {
 	retryAt   time.Time // for 429s: when a retry can succeed
 }
 
+// Window is one org window of the budget as the fake counted it: where the rate-limit
+// budget's requests and the other clients' went. [Server.Windows] lists them.
+type Window struct {
+	Start time.Time `json:"start"` // when it began: its first request, or its fixed start
+	End   time.Time `json:"end"`   // when it ends (or ended)
+
+	Units   int `json:"units"`   // units spent by requests over HTTP
+	Refused int `json:"refused"` // requests over HTTP refused because the budget was spent
+
+	Others        int `json:"others"`        // units spent by the org's other clients (Config.Others)
+	OthersRefused int `json:"othersRefused"` // their requests refused
+}
+
 type convWindow struct {
 	end time.Time
 	n   int
@@ -41,6 +55,7 @@ type limiter struct {
 	mu      sync.Mutex
 	end     time.Time // end of the current org window; zero before the first request
 	used    int
+	windows []Window // every org window begun, the current one last
 	others  []*other
 	convs   map[string]convWindow
 	pruneAt int
@@ -73,6 +88,11 @@ func newLimiter(cfg Config, start time.Time) *limiter {
 func (l *limiter) turn(t time.Time) {
 	if l.end.IsZero() || !t.Before(l.end) {
 		l.used, l.end = 0, l.endAfter(t)
+		start := t
+		if l.start != WindowFromFirstRequest {
+			start = l.end.Add(-l.window)
+		}
+		l.windows = append(l.windows, Window{Start: start, End: l.end})
 	}
 }
 
@@ -102,10 +122,13 @@ func (l *limiter) catchUp(now time.Time) {
 		}
 		l.turn(first.next)
 		first.sent++
+		w := &l.windows[len(l.windows)-1]
 		if l.used < l.budget {
 			l.used++
+			w.Others++
 		} else {
 			first.refused++
+			w.OthersRefused++
 		}
 		first.advance(l.end, l.window)
 	}
@@ -150,6 +173,7 @@ func (l *limiter) take(id string, now time.Time) rateState {
 		l.turn(now)
 		st.limit, st.reset = l.budget, l.end
 		if l.used >= l.budget {
+			l.windows[len(l.windows)-1].Refused++
 			st.verdict, st.retryAt = orgLimited, l.end
 			return st
 		}
@@ -174,9 +198,18 @@ func (l *limiter) take(id string, now time.Time) rateState {
 	}
 	if !st.unlimited {
 		l.used++
+		l.windows[len(l.windows)-1].Units++
 		st.remaining = l.budget - l.used
 	}
 	return st
+}
+
+// windowLog is a copy of every org window begun until now.
+func (l *limiter) windowLog(now time.Time) []Window {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.catchUp(now)
+	return slices.Clone(l.windows)
 }
 
 // prune forgets conversation windows that have ended, once the map has doubled since the

@@ -139,3 +139,40 @@ func TestNestedObjectReadings(t *testing.T) {
 		})
 	}
 }
+
+func TestWindowsCountWhereTheBudgetWent(t *testing.T) {
+	t.Parallel()
+	// Windows of 200 ms fixed to the fake's start; a client spending 50 % from the start.
+	f := setup(t, kustomertest.Config{Budget: 4, Window: 200 * time.Millisecond, WindowStart: kustomertest.WindowFromStart,
+		Others: []kustomertest.OtherClient{{Share: 0.5}}})
+	eventually(t, "the other client spends", func() bool { return f.srv.Stats().Others.Requests > 0 })
+	codes := make([]int, 4)
+	for i := range codes {
+		codes[i] = f.put(id(i+1), `{}`).status
+	}
+	before := f.srv.Stats().Others.Requests
+	ws := f.srv.Windows()
+	after := f.srv.Stats().Others.Requests // the other client goes on meanwhile
+	if len(ws) == 0 {
+		t.Fatal("no window logged")
+	}
+	var units, refused, others int
+	for i, w := range ws {
+		if w.End.Sub(w.Start) != 200*time.Millisecond || (i > 0 && w.Start.Before(ws[i-1].End)) {
+			t.Errorf("window %d: %v to %v; want 200 ms, after the one before", i, w.Start, w.End)
+		}
+		units, refused, others = units+w.Units, refused+w.Refused, others+w.Others+w.OthersRefused
+	}
+	var ok, tooMany int
+	for _, c := range codes {
+		switch c {
+		case http.StatusOK:
+			ok++
+		case http.StatusTooManyRequests:
+			tooMany++
+		}
+	}
+	if units != ok || refused != tooMany || others < before || others > after {
+		t.Errorf("windows count %d units, %d refused, %d of the other client's; want %d, %d, %d to %d", units, refused, others, ok, tooMany, before, after)
+	}
+}

@@ -225,6 +225,10 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
+// Windows returns every org window begun so far, in order, with what was spent in each by
+// requests over HTTP and by the org's other clients. Empty without a budget.
+func (s *Server) Windows() []Window { return s.limiter.windowLog(time.Now()) }
+
 // Conversation is the fake's state of one conversation: what Kustomer would now hold.
 type Conversation struct {
 	ID         string         `json:"id"`

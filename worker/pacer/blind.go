@@ -26,6 +26,11 @@ import (
 //   - A 429 with Retry-After pauses as long. One without pauses blindPauseMin, doubling while
 //     such 429s come in a row. A 429 answering a request sent before a pause began neither
 //     cuts nor doubles anything.
+//   - While the estimate of the other clients' pace settles, until it has paced a whole window
+//     (its readings spanned blindSettle before the window last refilled), a 429 read with
+//     x-ratelimit-remaining cuts nothing, and the first pause
+//     is a probe step: the 429 is the start's overshoot, spent at the ceiling before the
+//     readings told the other clients' pace, and a cut took many windows to grow back.
 //
 // Leaving the other clients their pace keeps them whole only when the configured rate
 // (--rate-per-minute) is the budget's: it is the operator's bound. Learning the window's end
@@ -43,10 +48,12 @@ const (
 	blindFloor = 0.05
 	// blindFade is how fast what the other clients spent fades from the estimate of their
 	// pace; blindSpan how long the readings must span before the pacer leaves them that
-	// pace; blindMargin the share above it that it leaves them.
+	// pace; blindMargin the share above it that it leaves them; blindSettle how long they
+	// must span before the last refill for a 429 to cut the pace.
 	blindFade   = 10 * time.Second
 	blindSpan   = 200 * time.Millisecond
 	blindMargin = 0.05
+	blindSettle = time.Second
 )
 
 // blindState is the pace the pacer keeps while it cannot read the window's end; p.mu guards it.
@@ -64,6 +71,10 @@ type blindState struct {
 	remAt   time.Time
 	theirs  float64
 	span    float64
+	// When the estimate of their pace settled (the readings spanned blindSettle), and when
+	// the pacer last read the window refill; zero before either.
+	settled  time.Time
+	refilled time.Time
 }
 
 // blindCap is the pace allowed at now while the window's end is unknown; p.mu is held: the
@@ -100,6 +111,9 @@ func (p *Pacer) observeBlind(now time.Time, rl kustomer.RateLimit, inflight int)
 	switch {
 	case !b.seen || rl.Remaining > b.rem+max(inflight+1, rl.Limit/10):
 		// The first reading, or the window refilled: a new count from here.
+		if b.seen {
+			b.refilled = now
+		}
 		b.seen, b.rem, b.remTurn, b.remAt = true, rl.Remaining, p.last.n, now
 		return
 	case rl.Remaining >= b.rem:
@@ -112,6 +126,9 @@ func (p *Pacer) observeBlind(now time.Time, rl kustomer.RateLimit, inflight int)
 	b.theirs = b.theirs*fade + float64(b.rem-rl.Remaining-(p.last.n-b.remTurn))
 	b.span = b.span*fade + dt
 	b.rem, b.remTurn, b.remAt = rl.Remaining, p.last.n, now
+	if b.settled.IsZero() && b.span >= blindSettle.Seconds() {
+		b.settled = now
+	}
 }
 
 // cutBlind lowers the pace after an org-wide 429 read without a reset, wait being its
@@ -123,6 +140,9 @@ func (p *Pacer) cutBlind(now time.Time, wait time.Duration) {
 	if !p.win.reset.IsZero() || p.ceiling == rate.Inf || now.Before(p.pausedUntil) || p.last.at.Before(p.blindPace.pauseEnd) {
 		return
 	}
+	if p.blindPace.settling() {
+		return
+	}
 	cur := min(p.lim.Limit(), p.ceiling, p.blindCap(now))
 	cut := blindCut
 	if ran := now.Sub(p.blindPace.pauseEnd); wait > 0 && !p.blindPace.pauseEnd.IsZero() {
@@ -131,4 +151,21 @@ func (p *Pacer) cutBlind(now time.Time, wait time.Duration) {
 	p.blindPace.cap = max(cur*rate.Limit(cut), p.ceiling*blindFloor)
 	p.blindPace.since = now
 	p.setRate(now, p.blindPace.cap)
+}
+
+// settling reports whether x-ratelimit-remaining is read and the estimate of what the other
+// clients spend has not yet paced a whole window: it settled (over blindSettle of
+// readings) after the window last refilled, or has not yet.
+func (b *blindState) settling() bool {
+	return b.seen && (b.settled.IsZero() || !b.settled.Before(b.refilled))
+}
+
+// firstPause is the pause after the first org-wide 429 in a row that says nothing of when
+// to retry: a probe step while the estimate settles (the readings will show the refill),
+// else blindPauseMin.
+func (b *blindState) firstPause() time.Duration {
+	if b.settling() {
+		return probeStep
+	}
+	return blindPauseMin
 }

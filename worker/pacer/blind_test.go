@@ -1,6 +1,7 @@
 package pacer
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -74,4 +75,38 @@ func TestPacerWithoutAResetBacksOffOn429s(t *testing.T) {
 			t.Errorf("pace %v/s with plenty left; want the ceiling, 10/s", got)
 		}
 	})
+}
+
+// The reading BenchmarkBudgetReadings runs in real time without a reset: 200 per 5 s fixed to
+// the server's clock, the limit and what is left sent, 20-60 ms, another client spending 30 %
+// steadily, the pacer at the budget's rate with 16 callers. Starting, the pacer spends at its
+// ceiling until its readings tell the other client's pace, and meets a 429 at the end of the
+// first window it spends; in the benchmark that is the window after the one it starts in,
+// a moment before its end. That 429 cut the pace by a tenth, grown back at 0.2 % of the
+// ceiling a second: the windows after it used 85-94 % of what the other client left (121-134
+// of 140 in real time).
+func TestPacerWithoutAResetIsNotHeldBackByItsStart(t *testing.T) {
+	for _, lead := range []time.Duration{0, 500 * time.Millisecond, 4500 * time.Millisecond, 4900 * time.Millisecond} {
+		t.Run(fmt.Sprintf("the other client and the windows starting %s before the pacer", lead), func(t *testing.T) {
+			c := simConfig{
+				org:       orgWindow{budget: 200, length: 5 * time.Second, reset: resetAbsent},
+				perMinute: 2400, callers: 16, latency: 20 * time.Millisecond, jitter: 40 * time.Millisecond,
+				other: 12, otherLead: lead, originLead: max(lead-370*time.Millisecond, time.Millisecond), windows: 12,
+			}
+			run := simulate(t, t0, c)
+			for w := 1; w < len(run.mine)-1; w++ {
+				admitted := run.mine[w] - run.refusedMine[w]
+				left := 200 - (run.theirs[w] - run.refusedTheirs[w])
+				t.Logf("window %d: %d of the %d left, %d refused; the other client refused %d", w+1, admitted, left, run.refusedMine[w], run.refusedTheirs[w])
+				floor := 97
+				if w == 1 {
+					floor = 95 // the start's 429 and its pause, or its readings, in the window after
+				}
+				if run.refusedTheirs[w] > 0 || admitted*100 < left*floor {
+					t.Errorf("window %d: the pacer used %d of the %d the other client left, the other client was refused %d; want at least %d %% and none refused",
+						w+1, admitted, left, run.refusedTheirs[w], floor)
+				}
+			}
+		})
+	}
 }

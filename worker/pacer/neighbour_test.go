@@ -167,3 +167,21 @@ func TestPacerLearnsTheWindowAfterOneLeftToBursts(t *testing.T) {
 		})
 	}
 }
+
+// Read as seconds from now rounded down, the reset of a window's first request is its whole
+// length, and those of the requests just after it a second less. Alone on windows of 200 a
+// 5 s that begin with the first request after the last ended, 20-60 ms: the pacer took the
+// readings just after a window's first for answers from the window before, saw its lowest
+// reset only a second in, took the step between the two windows' resets (6 s) for their
+// length, and spread the second window over 6 s for a second: 193 of 200 used.
+func TestPacerLearnsTheLengthFromResetsRoundedDown(t *testing.T) {
+	c := simConfig{org: orgWindow{budget: 200, length: 5 * time.Second, reset: deltaDown}, perMinute: 2400, callers: 4,
+		latency: 20 * time.Millisecond, jitter: 40 * time.Millisecond, windows: 6}
+	run := simulate(t, t0, c)
+	for w := 1; w < len(run.mine)-1; w++ {
+		admitted := run.mine[w] - run.refusedMine[w]
+		if admitted < 198 || run.refusedMine[w] > 1 {
+			t.Errorf("window %d: %d of 200 used, %d refused; want at least 99 %% and at most 1 refused", w+1, admitted, run.refusedMine[w])
+		}
+	}
+}

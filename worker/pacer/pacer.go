@@ -580,7 +580,7 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 		// out of order, each a little above the lowest: a turn shows a reset well later,
 		// or a later one and much more left.
 		p.turned(now, rl)
-	case d <= -500*time.Millisecond:
+	case d <= -500*time.Millisecond && !p.wobbled(now, d, rl, inflight):
 		return // an answer from a window that has ended
 	default:
 		// Answers arrive out of order: within one window keep the lowest reading, and the
@@ -601,6 +601,27 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 		return
 	}
 	p.spread(now, inflight)
+}
+
+// wobbled reports whether a reading whose reset is d below the window's lowest yet is of this
+// window all the same; p.mu is held. Read as seconds from now rounded down, the reset of a
+// window's first request is its whole length, and those of the requests just after it a
+// second less: taken for answers from the window before, they left the window's length
+// unlearned for a second (a second too long: 96.5 % of a 5 s window used). A reading is of
+// a window the pacer saw begin if its reset is less than a second and a half below and at
+// least a second ahead, it leaves about as much as the lowest yet, and it answers a request
+// whose turn came after the turn of the request the window's first reading answers by more
+// than the spread of recent latencies (so that it reached Kustomer later). A reset less than
+// a second ahead is of a window ending: read as seconds from now when the answer is written,
+// a request served just before the end reads 0.
+func (p *Pacer) wobbled(now time.Time, d time.Duration, rl kustomer.RateLimit, inflight int) bool {
+	if !p.win.seenBegin || d <= -1500*time.Millisecond || rl.Reset.Sub(now) < time.Second || rl.Remaining < p.win.lowest-(inflight+1) {
+		return false
+	}
+	if p.win.firstTurn.n == 0 || p.last.n <= p.win.firstTurn.n || len(p.latencies) == 0 {
+		return false
+	}
+	return p.last.at.Sub(p.win.firstTurn.at) > slices.Max(p.latencies)-p.minLatency()
 }
 
 // turned takes the first reading from a new window; p.mu is held. The new window began no
@@ -976,12 +997,13 @@ func (p *Pacer) OrgThrottled(rl kustomer.RateLimit) time.Duration {
 	if p.last.at.Before(p.blindPace.pauseEnd) {
 		return 0 // it went before the last pause began: no news
 	}
-	if p.blind > 0 && now.Sub(p.blindPace.pauseEnd) > blindPauseMin<<min(p.blind-1, blindPauseDoublings) {
+	first := p.blindPace.firstPause()
+	if p.blind > 0 && now.Sub(p.blindPace.pauseEnd) > first<<min(p.blind-1, blindPauseDoublings) {
 		p.blind = 0 // not in a row: requests went through since the last pause
 	}
 	p.cutBlind(now, 0)
 	p.blind++
-	d := min(blindPauseMin<<min(p.blind-1, blindPauseDoublings), kustomer.MaxWait)
+	d := min(first<<min(p.blind-1, blindPauseDoublings), kustomer.MaxWait)
 	p.pause(now, now.Add(d))
 	p.blindPace.pauseEnd = p.pausedUntil
 	return d
