@@ -109,7 +109,7 @@ func (p *Pacer) observeBlind(now time.Time, rl kustomer.RateLimit, inflight int)
 		return
 	}
 	switch {
-	case !b.seen || rl.Remaining > b.rem+max(inflight+1, rl.Limit/10):
+	case !b.seen || rl.Remaining > b.rem+readingNoise(inflight, rl.Limit):
 		// The first reading, or the window refilled: a new count from here.
 		if b.seen {
 			b.refilled = now
@@ -118,7 +118,7 @@ func (p *Pacer) observeBlind(now time.Time, rl kustomer.RateLimit, inflight int)
 		return
 	case rl.Remaining >= b.rem:
 		return // an answer out of order, or nothing spent
-	case b.rem-rl.Remaining-(p.last.n-b.remTurn) > max(inflight+1, rl.Limit/10):
+	case b.rem-rl.Remaining-(p.last.n-b.remTurn) > readingNoise(inflight, rl.Limit):
 		return // an answer from the window before the refill, come late
 	}
 	dt := now.Sub(b.remAt).Seconds()

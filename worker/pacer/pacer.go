@@ -76,7 +76,7 @@ type Pacer struct {
 	looseStart  bool          // lastStart came right after a pause: the window may have begun during it
 	probing     bool          // until a reading from the next window: one request a probeStep
 	switchAt    time.Time     // the learned end of the window: from then on, the pace of a new one
-	floorAt     time.Time     // the earliest end of a window not learned: from then on, a turn a learnGap at least
+	floorAt     time.Time     // from then on a turn a learnGap at least: near a window's end, to see where the next begins
 	learnedEnd  time.Time     // when the current window ends, for a send, as learned when it began
 	step        time.Duration // the shortest step yet between two windows; 0 before a turn
 	lastStart   time.Time     // when the current window began, at the latest, if learned
@@ -285,7 +285,7 @@ func (p *Pacer) waiting() int {
 func (p *Pacer) dispatch(now time.Time) {
 	if !p.switchAt.IsZero() && !now.Before(p.switchAt) {
 		p.switchAt = time.Time{}
-		p.setRate(now, max(p.windowRate(), learnPace)) // learnPace: see spread
+		p.setRate(now, p.crossingRate())
 	}
 	if !p.floorAt.IsZero() && !now.Before(p.floorAt) {
 		p.floorAt = time.Time{}
@@ -575,7 +575,7 @@ func (p *Pacer) observe(now time.Time, rl kustomer.RateLimit, inflight int) {
 	case p.win.reset.IsZero():
 		p.win = window{reset: rl.Reset, lowest: rl.Remaining, limit: rl.Limit, length: wholeSeconds(rl.Reset.Sub(now)),
 			began: now, read: 1, first: rl.Remaining, firstTurn: p.last}
-	case d >= 1500*time.Millisecond || d >= 500*time.Millisecond && rl.Remaining > p.win.lowest+max(inflight+1, rl.Limit/10):
+	case d >= 1500*time.Millisecond || d >= 500*time.Millisecond && rl.Remaining > p.win.lowest+readingNoise(inflight, rl.Limit):
 		// A reset read as seconds from now wobbles by up to a second, and answers come
 		// out of order, each a little above the lowest: a turn shows a reset well later,
 		// or a later one and much more left.
@@ -787,34 +787,34 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 		// Past the learned end, and no reading from the next window yet: the learned end
 		// can be a little early, and the next window has its own budget. Go on at a
 		// window's pace (a turn a learnGap at least, as below); a refusal ends that.
-		p.setRate(now, max(p.windowRate(), learnPace))
+		p.setRate(now, p.crossingRate())
 		return
 	}
 	left := max(end.Sub(now)-reach, probeStep)
 	avail := max(float64(p.win.lowest)-p.uncounted(now, inflight)-p.reserve(left), 1)
 	r := rate.Limit(avail / left.Seconds())
-	p.floorAt = time.Time{}
-	if p.learned {
-		// Around the learned end it sends a turn a learnGap at least, until the next
-		// window's first reading: the turns either side of the end then tell where the
-		// next window began, and it stays learned. (At a pace near a turn a learnGap, a
-		// small budget or a small share of it, the gap across the end was a little
-		// wider at every other turn: the next window went unlearned, was spent by the
-		// earliest end its reset allows, and every probe after that met a 429 until
+	// From near the window's end on it sends a turn a learnGap at least, so that the turns
+	// either side of the end tell where the next window begins.
+	var from time.Time
+	switch {
+	case p.learned:
+		// From a learnGap before the learned end, until the next window's first reading
+		// (crossingRate): the next window stays learned. (At a pace near a turn a
+		// learnGap, a small budget or a small share of it, the gap across the end was a
+		// little wider at every other turn: the next window went unlearned, was spent by
+		// the earliest end its reset allows, and every probe after that met a 429 until
 		// the window ended.)
-		if from := p.switchAt.Add(-learnGap); now.Before(from) {
-			p.floorAt = from
-		} else {
-			r = max(r, learnPace)
-		}
-	}
-	if !p.learned && p.foreign > 0 {
+		from = p.switchAt.Add(-learnGap)
+	case p.foreign > 0:
 		// Leaving the rest of a window to the other clients, the pacer would send
-		// nothing around its turn and could not tell where the next one begins: it
-		// would go unlearned and be spread to the latest end its reset allows. From
-		// the earliest end on, it sends a turn a learnGap at least.
-		if earliest := p.end(); now.Before(earliest) {
-			p.floorAt = earliest
+		// nothing around its turn: the next window would go unlearned and be spread to
+		// the latest end its reset allows. From the earliest end on.
+		from = p.end()
+	}
+	p.floorAt = time.Time{}
+	if !from.IsZero() {
+		if now.Before(from) {
+			p.floorAt = from
 		} else {
 			r = max(r, learnPace)
 		}
@@ -931,6 +931,14 @@ func (p *Pacer) windowRate() rate.Limit {
 	}
 	return rate.Limit(budget / p.win.length.Seconds())
 }
+
+// crossingRate is the pace from a learned end until the next window's first reading: a
+// window's, and a turn a learnGap at least (see spread); p.mu is held.
+func (p *Pacer) crossingRate() rate.Limit { return max(p.windowRate(), learnPace) }
+
+// readingNoise is how far a reading of what is left may stray from the lowest of its window
+// without telling anything: the requests in flight, or a tenth of the limit.
+func readingNoise(inflight, limit int) int { return max(inflight+1, limit/10) }
 
 // spent stops every turn until the current window ends; p.mu is held. It returns how long
 // the pause lasts.
