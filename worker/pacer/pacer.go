@@ -790,7 +790,16 @@ func (p *Pacer) spread(now time.Time, inflight int) {
 		p.setRate(now, p.crossingRate())
 		return
 	}
-	left := max(end.Sub(now)-reach, probeStep)
+	// What is left is spread over a probeStep at least, so that a reading taken late in a
+	// window does not send it all at once. Where the window's end is learned, the floor is
+	// the shortest latency instead (sendGrace to probeStep): a reading comes about that often
+	// near the end, and with a ceiling at the budget's pace the units of the window's last
+	// 100 ms, spread over 100 ms, were left unsent (alone, 20-60 ms: 197-199 of 200 a window).
+	floor := probeStep
+	if p.learned {
+		floor = min(max(p.minLatency(), sendGrace), probeStep)
+	}
+	left := max(end.Sub(now)-reach, floor)
 	avail := max(float64(p.win.lowest)-p.uncounted(now, inflight)-p.reserve(left), 1)
 	r := rate.Limit(avail / left.Seconds())
 	// From near the window's end on it sends a turn a learnGap at least, so that the turns
