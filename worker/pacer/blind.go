@@ -120,6 +120,15 @@ func (p *Pacer) observeBlind(now time.Time, rl kustomer.RateLimit, inflight int)
 		return // an answer out of order, or nothing spent
 	case b.rem-rl.Remaining-(p.last.n-b.remTurn) > readingNoise(inflight, rl.Limit):
 		return // an answer from the window before the refill, come late
+	case b.rem-rl.Remaining-(p.last.n-b.remTurn) < -(max(inflight, 0) + 1):
+		// Less went than the pacer's own turns since: the window refilled unseen, its
+		// rise within the noise of a refill because little of the last window had been
+		// spent (as when the pacer starts near the end of a window the other clients
+		// barely began). Taken for what the others spend, the difference made their
+		// pace negative for seconds: the pacer spent their share. A new count from here.
+		b.refilled = now
+		b.rem, b.remTurn, b.remAt = rl.Remaining, p.last.n, now
+		return
 	}
 	dt := now.Sub(b.remAt).Seconds()
 	fade := math.Exp(-dt / blindFade.Seconds())

@@ -110,3 +110,44 @@ func TestPacerWithoutAResetIsNotHeldBackByItsStart(t *testing.T) {
 		})
 	}
 }
+
+// The same reading, the pacer starting near the end of a window of which the other client
+// had spent little (it started a moment before, as the benchmark's in-fake client starts
+// with the fake): when that window refilled, what is left rose by less than the noise of a
+// refill reading, and the next reading below the last counted the pacer's own turns since
+// as the other clients' negative spend. Their pace read about 0 for seconds: the pacer spent
+// their share (148 of the 140 they left, 6 429s, 8 of theirs refused), met a 429 again in
+// the next window, and the cut held the windows after at 124-134 of 140, as the benchmark
+// showed in real time (13/195, 148/148, 141/141, 123-135).
+func TestPacerWithoutAResetSeesARefillOfAWindowBarelySpent(t *testing.T) {
+	for _, lead := range []time.Duration{100 * time.Millisecond, 300 * time.Millisecond, 600 * time.Millisecond} {
+		for _, endIn := range []time.Duration{150 * time.Millisecond, 350 * time.Millisecond, 700 * time.Millisecond} {
+			t.Run(fmt.Sprintf("the other client %s before the pacer, the window ending %s after it", lead, endIn), func(t *testing.T) {
+				t.Parallel()
+				c := simConfig{
+					org:       orgWindow{budget: 200, length: 5 * time.Second, reset: resetAbsent},
+					perMinute: 2400, callers: 16, latency: 20 * time.Millisecond, jitter: 40 * time.Millisecond,
+					other: 12, otherLead: lead, originLead: 5*time.Second - endIn, windows: 10,
+				}
+				run := simulate(t, t0, c)
+				theirs, refusedTheirs, mine, refusedMine := 0, 0, 0, 0
+				for w := 1; w < len(run.mine)-1; w++ {
+					admitted := run.mine[w] - run.refusedMine[w]
+					left := 200 - (run.theirs[w] - run.refusedTheirs[w])
+					t.Logf("window %d: %d of the %d left, %d refused; the other client refused %d", w+1, admitted, left, run.refusedMine[w], run.refusedTheirs[w])
+					theirs, refusedTheirs = theirs+run.theirs[w], refusedTheirs+run.refusedTheirs[w]
+					mine, refusedMine = mine+run.mine[w], refusedMine+run.refusedMine[w]
+					if w >= 2 && admitted*100 < left*97 {
+						t.Errorf("window %d: the pacer used %d of the %d the other client left; want at least 97 %%", w+1, admitted, left)
+					}
+				}
+				if refusedTheirs*100 > theirs {
+					t.Errorf("the other client was refused %d of %d; want at most 1 %%", refusedTheirs, theirs)
+				}
+				if refusedMine*100 > mine {
+					t.Errorf("the pacer was refused %d of %d; want at most 1 %%", refusedMine, mine)
+				}
+			})
+		}
+	}
+}
