@@ -71,6 +71,29 @@ func BenchmarkBudgetReadings(b *testing.B) {
 	}
 }
 
+// readingsConcurrency is the worker's --concurrency in the real-time readings: 1.5 x the
+// budget's rate x the longest latency, and more.
+const readingsConcurrency = 16
+
+// realTimeBudget is reading with the budget, window, latency and seed the real-time readings
+// run at: 200 per 5 s (-short: 40 per second), answers after 20 to 60 ms; and the
+// --rate-per-minute of that budget.
+func realTimeBudget(reading kustomertest.Config) (kustomertest.Config, int) {
+	cfg := reading
+	cfg.Budget, cfg.Window = 200, 5*time.Second
+	if testing.Short() {
+		cfg.Budget, cfg.Window, cfg.WindowOffset = 40, time.Second, cfg.WindowOffset/5
+	}
+	cfg.Latency, cfg.LatencyJitter, cfg.DiscardBodies, cfg.RandSeed = 20*time.Millisecond, 40*time.Millisecond, true, 1
+	return cfg, int(float64(cfg.Budget) * float64(time.Minute) / float64(cfg.Window))
+}
+
+// budgetRunner is one way of draining a backlog against a budget, started on a rig.
+type budgetRunner struct {
+	name  string
+	start func(r *rig) func()
+}
+
 // readingsRun is what one drain got.
 type readingsRun struct {
 	elapsed                            time.Duration
@@ -83,18 +106,9 @@ type readingsRun struct {
 
 func benchReadings(b *testing.B, c readingsCase) {
 	n := pick("bench.readings-updates", readingsUpdatesFlag, 100)
-	cfg := c.cfg
-	cfg.Budget, cfg.Window = 200, 5*time.Second
-	if testing.Short() {
-		cfg.Budget, cfg.Window, cfg.WindowOffset = 40, time.Second, cfg.WindowOffset/5
-	}
-	cfg.Latency, cfg.LatencyJitter, cfg.DiscardBodies, cfg.RandSeed = 20*time.Millisecond, 40*time.Millisecond, true, 1
-	const concurrency = 16
-	perMinute := int(float64(cfg.Budget) * float64(time.Minute) / float64(cfg.Window))
-	runners := []struct {
-		name  string
-		start func(r *rig) func()
-	}{
+	cfg, perMinute := realTimeBudget(c.cfg)
+	const concurrency = readingsConcurrency
+	runners := []budgetRunner{
 		{"worker", func(r *rig) func() { return r.startPool(perMinute) }},
 		{"fixed", func(r *rig) func() { return r.startFixed(concurrency, perMinute, cfg.Window) }},
 	}
@@ -110,19 +124,30 @@ func benchReadings(b *testing.B, c readingsCase) {
 	}
 	b.ReportMetric(0, "ns/op")
 	for _, rn := range runners {
-		rs := runs[rn.name]
-		of := func(f func(readingsRun) float64) float64 {
-			var xs []float64
-			for _, r := range rs {
-				xs = append(xs, f(r))
-			}
-			return median(xs)
+		reportMedians(b, rn.name+"_", runs[rn.name], []figure[readingsRun]{
+			{"used_%", func(r readingsRun) float64 { return r.used }},
+			{"worst_window_%", func(r readingsRun) float64 { return r.worst }},
+			{"used_elapsed_%", func(r readingsRun) float64 { return r.elapsedUsed }},
+			{"429_%", func(r readingsRun) float64 { return r.tooMany }},
+			{"other_refused_%", func(r readingsRun) float64 { return r.otherRefused }},
+		})
+	}
+}
+
+// figure is one figure of a repetition of type T, reported as name.
+type figure[T any] struct {
+	name string
+	of   func(T) float64
+}
+
+// reportMedians reports each figure's median over runs, its name after prefix.
+func reportMedians[T any](b *testing.B, prefix string, runs []T, figures []figure[T]) {
+	for _, f := range figures {
+		xs := make([]float64, len(runs))
+		for i, r := range runs {
+			xs[i] = f.of(r)
 		}
-		b.ReportMetric(of(func(r readingsRun) float64 { return r.used }), rn.name+"_used_%")
-		b.ReportMetric(of(func(r readingsRun) float64 { return r.worst }), rn.name+"_worst_window_%")
-		b.ReportMetric(of(func(r readingsRun) float64 { return r.elapsedUsed }), rn.name+"_used_elapsed_%")
-		b.ReportMetric(of(func(r readingsRun) float64 { return r.tooMany }), rn.name+"_429_%")
-		b.ReportMetric(of(func(r readingsRun) float64 { return r.otherRefused }), rn.name+"_other_refused_%")
+		b.ReportMetric(median(xs), prefix+f.name)
 	}
 }
 
