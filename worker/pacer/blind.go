@@ -108,36 +108,46 @@ func (p *Pacer) observeBlind(now time.Time, rl kustomer.RateLimit, inflight int)
 	if rl.Remaining < 0 || rl.Limit <= 0 {
 		return
 	}
-	switch {
-	case !b.seen || rl.Remaining > b.rem+readingNoise(inflight, rl.Limit):
+	noise := readingNoise(inflight, rl.Limit)
+	if !b.seen || rl.Remaining > b.rem+noise {
 		// The first reading, or the window refilled: a new count from here.
-		if b.seen {
-			b.refilled = now
-		}
-		b.seen, b.rem, b.remTurn, b.remAt = true, rl.Remaining, p.last.n, now
+		b.recount(now, rl.Remaining, p.last.n, b.seen)
 		return
-	case rl.Remaining >= b.rem:
+	}
+	if rl.Remaining >= b.rem {
 		return // an answer out of order, or nothing spent
-	case b.rem-rl.Remaining-(p.last.n-b.remTurn) > readingNoise(inflight, rl.Limit):
+	}
+	// What the others spent since the last reading: the drop less the pacer's own turns.
+	theirs := b.rem - rl.Remaining - (p.last.n - b.remTurn)
+	switch {
+	case theirs > noise:
 		return // an answer from the window before the refill, come late
-	case b.rem-rl.Remaining-(p.last.n-b.remTurn) < -(max(inflight, 0) + 1):
+	case theirs < -(max(inflight, 0) + 1):
 		// Less went than the pacer's own turns since: the window refilled unseen, its
 		// rise within the noise of a refill because little of the last window had been
 		// spent (as when the pacer starts near the end of a window the other clients
 		// barely began). Taken for what the others spend, the difference made their
 		// pace negative for seconds: the pacer spent their share. A new count from here.
-		b.refilled = now
-		b.rem, b.remTurn, b.remAt = rl.Remaining, p.last.n, now
+		b.recount(now, rl.Remaining, p.last.n, true)
 		return
 	}
 	dt := now.Sub(b.remAt).Seconds()
 	fade := math.Exp(-dt / blindFade.Seconds())
-	b.theirs = b.theirs*fade + float64(b.rem-rl.Remaining-(p.last.n-b.remTurn))
+	b.theirs = b.theirs*fade + float64(theirs)
 	b.span = b.span*fade + dt
 	b.rem, b.remTurn, b.remAt = rl.Remaining, p.last.n, now
 	if b.settled.IsZero() && b.span >= blindSettle.Seconds() {
 		b.settled = now
 	}
+}
+
+// recount starts a new count of what the others spend from a reading of remaining, answering
+// the pacer's turn n, at now; refilled says that the window refilled since the last one.
+func (b *blindState) recount(now time.Time, remaining, n int, refilled bool) {
+	if refilled {
+		b.refilled = now
+	}
+	b.seen, b.rem, b.remTurn, b.remAt = true, remaining, n, now
 }
 
 // cutBlind lowers the pace after an org-wide 429 read without a reset, wait being its
