@@ -4,7 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"net/http"
-	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -103,7 +103,7 @@ const secondIDs = 1 << 20
 // first's, started secondStartsAfter later.
 func drainDeployments(b *testing.B, cfg kustomertest.Config, n, concurrency int, start func(*rig) func()) deploymentsRun {
 	first := newRig(b, cfg, concurrency)
-	second := newRig(b, kustomertest.Config{DisableLog: true}, concurrency)
+	second := newRig(b, kustomertest.Config{DisableLog: true}, concurrency) // its own fake goes unused
 	second.fake = first.fake
 	first.backlog(0, n)
 	second.backlog(secondIDs, n)
@@ -127,10 +127,9 @@ func drainDeployments(b *testing.B, cfg kustomertest.Config, n, concurrency int,
 	if others := st.Others.Requests - before.Others.Requests; others > 0 {
 		run.otherRefused = 100 * float64(st.Others.Refused-before.Others.Refused) / float64(others)
 	}
-	// Each deployment's first and last update, and the times of the first's accepted ones.
+	// Each deployment's first and last update, and when its accepted ones came.
 	var span [2][2]time.Time
-	var firstOK []time.Time
-	var secondOK []time.Time
+	var accepted [2][]time.Time
 	for _, q := range first.fake.Requests() {
 		if q.Kind != kustomertest.KindUpdate {
 			continue
@@ -144,11 +143,7 @@ func drainDeployments(b *testing.B, cfg kustomertest.Config, n, concurrency int,
 		}
 		span[d][1] = q.Time
 		if q.Status == http.StatusOK {
-			if d == 0 {
-				firstOK = append(firstOK, q.Time)
-			} else {
-				secondOK = append(secondOK, q.Time)
-			}
+			accepted[d] = append(accepted[d], q.Time)
 		}
 	}
 	from, to := span[1][0], span[0][1]
@@ -156,7 +151,7 @@ func drainDeployments(b *testing.B, cfg kustomertest.Config, n, concurrency int,
 		to = span[1][1]
 	}
 	run.used, run.worst, run.windows = usedFromTheSecondWindow(ws, from, to, cfg.Budget, cfg.Window)
-	if i := slices.IndexFunc(ws, func(w kustomertest.Window) bool { return !from.Before(w.Start) && from.Before(w.End) }); i >= 0 {
+	if i := windowHolding(ws, from); i >= 0 {
 		var sent, refused int
 		for _, w := range ws[min(i+2, len(ws)):] {
 			sent, refused = sent+w.Others+w.OthersRefused, refused+w.OthersRefused
@@ -165,33 +160,33 @@ func drainDeployments(b *testing.B, cfg kustomertest.Config, n, concurrency int,
 			run.otherExempt = 100 * float64(refused) / float64(sent)
 		}
 	}
-	inSpan := func(ts []time.Time, w kustomertest.Window) int {
-		k := 0
-		for _, t := range ts {
-			if !t.Before(w.Start) && t.Before(w.End) {
-				k++
-			}
-		}
-		return k
-	}
 	var got [2]int
+	var trace []string
 	for _, w := range ws {
 		if w.End.Before(span[0][0]) || w.Start.After(to) {
 			continue
 		}
-		a, c := inSpan(firstOK, w), inSpan(secondOK, w)
-		if w.Start.After(from) && !w.End.After(to) {
-			got[0], got[1] = got[0]+a, got[1]+c
+		var in [2]int
+		for d := range accepted {
+			for _, t := range accepted[d] {
+				if !t.Before(w.Start) && t.Before(w.End) {
+					in[d]++
+				}
+			}
 		}
-		f := fmt.Sprintf("%d/%d of %d", a, c, cfg.Budget-w.Others)
+		if w.Start.After(from) && !w.End.After(to) {
+			got[0], got[1] = got[0]+in[0], got[1]+in[1]
+		}
+		f := fmt.Sprintf("%d/%d of %d", in[0], in[1], cfg.Budget-w.Others)
 		if w.Refused > 0 {
 			f += fmt.Sprintf(" %dx429", w.Refused)
 		}
 		if w.OthersRefused > 0 {
 			f += fmt.Sprintf(" %d of theirs", w.OthersRefused)
 		}
-		run.trace += f + ", "
+		trace = append(trace, f)
 	}
+	run.trace = strings.Join(trace, ", ")
 	if got[0]+got[1] > 0 {
 		run.firstShare = 100 * float64(got[0]) / float64(got[0]+got[1])
 	}

@@ -211,10 +211,7 @@ func drainReadings(b *testing.B, cfg kustomertest.Config, n, concurrency int, st
 // out: the targets exempt the first, and the backlog ends in the second. NaN when no window
 // is whole.
 func usedFromTheSecondWindow(ws []kustomertest.Window, first, last time.Time, budget int, window time.Duration) (used, worst float64, n int) {
-	holds := func(t time.Time) int {
-		return slices.IndexFunc(ws, func(w kustomertest.Window) bool { return !t.Before(w.Start) && t.Before(w.End) })
-	}
-	i0, i1 := holds(first), holds(last)
+	i0, i1 := windowHolding(ws, first), windowHolding(ws, last)
 	if i0 < 0 || i1 < 0 || i1-i0 < 2 {
 		return math.NaN(), math.NaN(), 0
 	}
@@ -227,6 +224,11 @@ func usedFromTheSecondWindow(ws []kustomertest.Window, first, last time.Time, bu
 	}
 	windows := float64(ws[i1].Start.Sub(span[0].Start)) / float64(window)
 	return 100 * float64(mine) / (float64(budget)*windows - float64(theirs)), worst, len(span)
+}
+
+// windowHolding is the index of the window of ws that t falls in; -1 if none.
+func windowHolding(ws []kustomertest.Window, t time.Time) int {
+	return slices.IndexFunc(ws, func(w kustomertest.Window) bool { return !t.Before(w.Start) && t.Before(w.End) })
 }
 
 // The real-time figures of the readings come from usedFromTheSecondWindow: it must leave out
