@@ -402,13 +402,17 @@ func (p *Pacer) stopTimer() {
 }
 
 // setRate changes the pace of turns from now on; p.mu is held. A token held at the old pace
-// is given back, so the next turn comes at the new one.
+// is given back, so the next turn comes at the new one, unless its time has come: the timer
+// that hands it out fires a little late on a real clock, and the limiter takes back no token
+// whose time has passed, so a reading in between would lose that turn for good.
 func (p *Pacer) setRate(now time.Time, r rate.Limit) {
 	r = min(r, p.ceiling, p.blindCap(now))
 	if r == p.lim.Limit() {
 		return
 	}
-	p.cancelNext(now)
+	if p.next == nil || p.next.DelayFrom(now) > 0 {
+		p.cancelNext(now)
+	}
 	p.lim.SetLimitAt(now, r)
 	b := burstFor(r)
 	if p.probing {

@@ -494,3 +494,52 @@ func TestPacerEstimatesTheBudget(t *testing.T) {
 		}
 	})
 }
+
+// A timer fires a little after its time on a real clock. A reading that the pacer takes in
+// between, one that changes its pace, must not take the turn that came due.
+func TestPacerKeepsATurnThatCameDueBeforeAReading(t *testing.T) {
+	turns := func(t *testing.T, offset time.Duration) int {
+		r := newPacerRig(t, 2400, t0) // 40 a second
+		for i := range 16 {
+			r.wait(i, Live)
+		}
+		end := t0.Add(5 * time.Second)
+		for readings := 1; ; readings++ {
+			r.p.mu.Lock()
+			at, armed := r.p.timerAt, r.p.timer != nil
+			r.p.mu.Unlock()
+			if !armed || at.After(end) {
+				break
+			}
+			// A reading comes offset from the next turn's time, before its timer fires:
+			// a unit less for each turn so far, and for every fourth reading a unit less
+			// for the org's other clients (10 a second), so that each reading changes the
+			// pace a little.
+			r.clk.mu.Lock()
+			r.clk.now = at.Add(offset)
+			r.clk.mu.Unlock()
+			served := len(r.got)
+			r.p.Observe(kustomer.RateLimit{Limit: 1000, Remaining: 1000 - served - readings/4}, 1)
+			r.settle()
+			for len(r.got) == served {
+				r.p.mu.Lock()
+				next := r.p.timerAt
+				r.p.mu.Unlock()
+				if now := r.clk.Now(); next.Before(now) {
+					next = now
+				}
+				r.advanceTo(next)
+			}
+			for r.callers() < len(r.got)+16 {
+				r.wait(r.callers(), Live)
+			}
+		}
+		return len(r.got)
+	}
+	before := turns(t, -2*time.Millisecond)
+	late := turns(t, 2*time.Millisecond)
+	t.Logf("turns in 5s: %d with each reading 2ms before the turn's time, %d with it 2ms after", before, late)
+	if late < before-1 {
+		t.Errorf("%d turns in 5s with each reading 2ms after the turn came due and before its timer fired; want %d, as with the readings 2ms before it", late, before)
+	}
+}
