@@ -62,14 +62,17 @@ type blindState struct {
 	since    time.Time  // when the cap was set; it grows from then
 	pauseEnd time.Time  // when the pause after the last blind 429 ended
 
-	// What the org's other clients spend, read from x-ratelimit-remaining: the lowest
-	// reading since the window last refilled, the turn of the request it answered and
-	// when it came; what they spent, and over how long, both fading with blindFade.
+	// What the org's other clients spend, read from x-ratelimit-remaining: the limit and
+	// the lowest reading since the window last refilled, the turn of the request it
+	// answered and when it came; what they spent, what the pacer's own turns spent, and
+	// over how long, all three fading with blindFade.
 	seen    bool
+	limit   int
 	rem     int
 	remTurn int
 	remAt   time.Time
 	theirs  float64
+	mine    float64
 	span    float64
 	// When the estimate of their pace settled (the readings spanned blindSettle), and when
 	// the pacer last read the window refill; zero before either.
@@ -108,6 +111,7 @@ func (p *Pacer) observeBlind(now time.Time, rl kustomer.RateLimit, inflight int)
 	if rl.Remaining < 0 || rl.Limit <= 0 {
 		return
 	}
+	b.limit = rl.Limit
 	noise := readingNoise(inflight, rl.Limit)
 	if !b.seen || rl.Remaining > b.rem+noise {
 		// The first reading, or the window refilled: a new count from here.
@@ -118,7 +122,8 @@ func (p *Pacer) observeBlind(now time.Time, rl kustomer.RateLimit, inflight int)
 		return // an answer out of order, or nothing spent
 	}
 	// What the others spent since the last reading: the drop less the pacer's own turns.
-	theirs := b.rem - rl.Remaining - (p.last.n - b.remTurn)
+	mine := p.last.n - b.remTurn
+	theirs := b.rem - rl.Remaining - mine
 	switch {
 	case theirs > noise:
 		return // an answer from the window before the refill, come late
@@ -134,6 +139,7 @@ func (p *Pacer) observeBlind(now time.Time, rl kustomer.RateLimit, inflight int)
 	dt := now.Sub(b.remAt).Seconds()
 	fade := math.Exp(-dt / blindFade.Seconds())
 	b.theirs = b.theirs*fade + float64(theirs)
+	b.mine = b.mine*fade + float64(mine)
 	b.span = b.span*fade + dt
 	b.rem, b.remTurn, b.remAt = rl.Remaining, p.last.n, now
 	if b.settled.IsZero() && b.span >= blindSettle.Seconds() {
@@ -187,4 +193,21 @@ func (b *blindState) firstPause() time.Duration {
 		return probeStep
 	}
 	return blindPauseMin
+}
+
+// estimate is what the readings without a reset tell an operator; p.mu is held. The budget
+// left is the lowest reading since the window last refilled, and the other clients' rate and
+// the pacer's share are those of the fading count, once its readings span blindSpan.
+func (b *blindState) estimate(e *Estimate) {
+	if !b.seen {
+		return
+	}
+	e.Limit, e.Left = b.limit, b.rem
+	if b.span < blindSpan.Seconds() {
+		return
+	}
+	e.OthersPerSecond = max(b.theirs, 0) / b.span
+	if spent := max(b.theirs, 0) + b.mine; spent > 0 {
+		e.OwnShare = b.mine / spent
+	}
 }

@@ -440,6 +440,11 @@ func (p *Pacer) drain(now time.Time) {
 }
 
 // Estimate is what the pacer makes of the org's budget, for an operator to read.
+//
+// Without x-ratelimit-reset (limit and remaining sent) there is no window to speak of: Left is
+// the least reading since what is left last refilled, and OthersPerSecond and OwnShare come
+// from the drops of x-ratelimit-remaining over the last seconds (fading over ten), once they
+// span 200 ms. With no rate-limit header at all nothing is known: -1, 0 and -1.
 type Estimate struct {
 	Limit int // x-ratelimit-limit at the last reading; -1 before one
 	Left  int // the least x-ratelimit-remaining read of the current window; -1 before a reading
@@ -458,6 +463,7 @@ func (p *Pacer) Estimate() Estimate {
 	defer p.mu.Unlock()
 	e := Estimate{Limit: -1, Left: -1, OthersPerSecond: p.foreign, OwnShare: -1}
 	if p.win.reset.IsZero() {
+		p.blindPace.estimate(&e)
 		return e
 	}
 	e.Limit, e.Left = p.win.limit, p.win.lowest
