@@ -23,7 +23,7 @@ var (
 	delayFlag        = flag.Duration("bench.nats-delay", 100*time.Millisecond, "BenchmarkNATSDelay: delay added each way to the pool's NATS connection")
 	kustomerRTTFlag  = flag.Duration("bench.kustomer-latency", 100*time.Millisecond, "BenchmarkNATSDelay: the fake's latency on every answer")
 	windowMultFlag   = flag.Float64("bench.consumer-window", 1, "BenchmarkNATSDelay: the consumers' MaxAckPending as a multiple of the pool's (1: as run sets it)")
-	delayHeldFlag    = flag.Int("bench.delay-max-ack-pending", 0, "BenchmarkNATSDelay: --max-ack-pending (0: its default, 4 × concurrency)")
+	delayHeldFlag    = flag.Int("bench.delay-max-ack-pending", 0, "BenchmarkNATSDelay: --max-ack-pending (0: its default, 8 × concurrency, at least 128)")
 )
 
 // BenchmarkNATSDelay measures what a slow network to NATS costs the daemon's pool (built by

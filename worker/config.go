@@ -14,11 +14,13 @@ import (
 const (
 	DefaultConcurrency = 8
 	DefaultMaxAttempts = 10
-	// MinMaxAckPending is the least MaxAckPending defaults to, whatever the concurrency. On a
-	// backlog a pull waits for room for half the window (room, fetch.go), so the window sets
-	// how many pulls a backlog costs and how long the messages still held keep the workers
-	// busy while a pull is on its way.
-	MinMaxAckPending       = 64
+	// HeldPerWorker is how many messages the pool holds per worker by default, and
+	// MinMaxAckPending the least MaxAckPending defaults to, whatever the concurrency. On a
+	// backlog a pull waits for room for a quarter of the window (room, fetch.go), so the window
+	// sets how many pulls a backlog costs, and the three quarters still held keep the
+	// workers busy while a pull is on its way (docs/BENCHMARKS.md, run T6).
+	HeldPerWorker          = 8
+	MinMaxAckPending       = 128
 	DefaultRetryInitial    = 500 * time.Millisecond
 	DefaultRetryMax        = 60 * time.Second
 	DefaultShutdownTimeout = 30 * time.Second
@@ -51,8 +53,8 @@ type Config struct {
 	MaxAttempts int
 	// MaxAckPending is how many messages the pool holds (taken from the consumer, not yet
 	// acknowledged), including those waiting behind an earlier update to the same
-	// conversation. Keep it at or below the consumer's MaxAckPending. Default 4 × Concurrency,
-	// at least MinMaxAckPending (64); in bulk mode at least bulk.DefaultJobsHeld × Bulk.Size
+	// conversation. Keep it at or below the consumer's MaxAckPending. Default HeldPerWorker (8)
+	// × Concurrency, at least MinMaxAckPending (128); in bulk mode at least bulk.DefaultJobsHeld × Bulk.Size
 	// (1000), so that several jobs can be in flight.
 	MaxAckPending int
 	// RetryInitial and RetryMax bound the exponential backoff (with jitter) between retries of
@@ -112,9 +114,9 @@ func (c Config) WithDefaults() Config {
 	def(&c.MaxAttempts, DefaultMaxAttempts)
 	if c.Bulk.Enabled {
 		c.Bulk = c.Bulk.WithDefaults()
-		def(&c.MaxAckPending, max(4*c.Concurrency, MinMaxAckPending, bulk.DefaultJobsHeld*c.Bulk.Size))
+		def(&c.MaxAckPending, max(HeldPerWorker*c.Concurrency, MinMaxAckPending, bulk.DefaultJobsHeld*c.Bulk.Size))
 	}
-	def(&c.MaxAckPending, max(4*c.Concurrency, MinMaxAckPending))
+	def(&c.MaxAckPending, max(HeldPerWorker*c.Concurrency, MinMaxAckPending))
 	defD(&c.RetryInitial, DefaultRetryInitial)
 	defD(&c.RetryMax, DefaultRetryMax)
 	defD(&c.ShutdownTimeout, DefaultShutdownTimeout)

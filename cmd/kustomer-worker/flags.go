@@ -231,6 +231,7 @@ func defaultVars() kong.Vars {
 		"default_outage_spread":     i(worker.DefaultOutageSpread),
 		"default_stranded_every":    d(worker.DefaultStrandedEvery),
 		"min_max_ack_pending":       i(worker.MinMaxAckPending),
+		"held_per_worker":           i(worker.HeldPerWorker),
 		"default_shutdown_timeout":  d(worker.DefaultShutdownTimeout),
 		"default_kustomer_url":      kustomer.DefaultBaseURL,
 		"default_request_timeout":   d(kustomer.DefaultTimeout),
