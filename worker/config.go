@@ -53,9 +53,9 @@ type Config struct {
 	MaxAttempts int
 	// MaxAckPending is how many messages the pool holds (taken from the consumer, not yet
 	// acknowledged), including those waiting behind an earlier update to the same
-	// conversation. Keep it at or below the consumer's MaxAckPending. Default HeldPerWorker (8)
-	// × Concurrency, at least MinMaxAckPending (128); in bulk mode at least bulk.DefaultJobsHeld × Bulk.Size
-	// (1000), so that several jobs can be in flight.
+	// conversation. Keep it at or below the consumer's MaxAckPending. Default HeldPerWorker
+	// (8) × Concurrency, at least MinMaxAckPending (128); in bulk mode at least
+	// bulk.DefaultJobsHeld × Bulk.Size (1000), so that several jobs can be in flight.
 	MaxAckPending int
 	// RetryInitial and RetryMax bound the exponential backoff (with jitter) between retries of
 	// one message. Defaults DefaultRetryInitial (500ms) and DefaultRetryMax (60s).

@@ -91,9 +91,9 @@ func (p *Pool) gated() bool {
 // room takes slots for the next pull: at least one (waiting for it), and while messages are
 // held it gathers more for a moment, up to a quarter of the window, so that a backlog is
 // pulled in batches rather than one pull request per message, while the three quarters still
-// held keep the workers busy until the pull's messages are there. After a pull that brought nothing (idle) it takes one only: a
-// pull that waits on an empty lane holds its slots all the while, and those would starve
-// the other lane. ok is false when ctx ended.
+// held keep the workers busy until the pull's messages are there. After a pull that brought
+// nothing (idle) it takes one only: a pull that waits on an empty lane holds its slots all
+// the while, and those would starve the other lane. ok is false when ctx ended.
 func (p *Pool) room(ctx context.Context, src *source, idle bool) (n int, ok bool) {
 	if !p.takeSlots(ctx, src, nil) {
 		return 0, false

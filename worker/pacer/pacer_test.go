@@ -547,8 +547,11 @@ func TestPacerKeepsATurnThatCameDueBeforeAReading(t *testing.T) {
 			r.settle()
 			for len(r.got) == served {
 				r.p.mu.Lock()
-				next := r.p.timerAt
+				next, armed := r.p.timerAt, r.p.timer != nil
 				r.p.mu.Unlock()
+				if !armed {
+					t.Fatalf("after %d turns: callers wait and no turn is planned", served)
+				}
 				if now := r.clk.Now(); next.Before(now) {
 					next = now
 				}
