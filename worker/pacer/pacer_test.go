@@ -471,52 +471,33 @@ func TestPacerEstimatesTheBudget(t *testing.T) {
 		}
 	})
 
-	t.Run("with a steady client at 30 %, its rate and the pacer's share of the rest", func(t *testing.T) {
-		c := simConfig{
-			org:       orgWindow{budget: 200, length: 5 * time.Second, reset: epochUp},
-			perMinute: 2400, callers: 16, latency: 20 * time.Millisecond, jitter: 40 * time.Millisecond,
-			other: 12, otherLead: 3 * time.Second, windows: 4,
-		}
-		org := c.org
-		s := &simulation{cfg: c, org: &org, other: newOther(t0, c), sides: []*side{{r: newPacerRig(t, c.perMinute, t0)}}}
-		for now := t0; now.Before(t0.Add(20 * time.Second)); now = now.Add(time.Millisecond) {
-			s.step(now)
-		}
-		e := s.sides[0].r.p.Estimate()
-		if e.Limit != 200 || e.Left < 0 || e.Left > 200 {
-			t.Errorf("limit %d, left %d; want 200 and what is left of it", e.Limit, e.Left)
-		}
-		if e.OthersPerSecond < 11 || e.OthersPerSecond > 13 {
-			t.Errorf("others' rate %.1f/s; want about 12/s", e.OthersPerSecond)
-		}
-		if e.OwnShare < 0.65 || e.OwnShare > 0.72 {
-			t.Errorf("own share %.2f; want about 0.7, the rest of the window", e.OwnShare)
-		}
-	})
-
-	t.Run("without a reset, from what is left: the others' rate and the pacer's share", func(t *testing.T) {
-		c := simConfig{
-			org:       orgWindow{budget: 200, length: 5 * time.Second, reset: resetAbsent},
-			perMinute: 2400, callers: 16, latency: 20 * time.Millisecond, jitter: 40 * time.Millisecond,
-			other: 12, otherLead: 3 * time.Second, windows: 4,
-		}
-		org := c.org
-		s := &simulation{cfg: c, org: &org, other: newOther(t0, c), sides: []*side{{r: newPacerRig(t, c.perMinute, t0)}}}
-		for now := t0; now.Before(t0.Add(20 * time.Second)); now = now.Add(time.Millisecond) {
-			s.step(now)
-		}
-		e := s.sides[0].r.p.Estimate()
-		if e.Limit != 200 || e.Left < 0 || e.Left > 200 {
-			t.Errorf("limit %d, left %d; want 200 and what is left of it", e.Limit, e.Left)
-		}
-		if e.OthersPerSecond < 11 || e.OthersPerSecond > 13 {
-			t.Errorf("others' rate %.1f/s; want about 12/s", e.OthersPerSecond)
-		}
-		// The pacer leaves them their pace and a twentieth: 27.4 of the 40 a second.
-		if e.OwnShare < 0.65 || e.OwnShare > 0.72 {
-			t.Errorf("own share %.2f; want about 0.69, the pacer's 27.4 a second of the 39.4 spent", e.OwnShare)
-		}
-	})
+	// With a steady client at 30 %: its rate and the pacer's share. With a reset the pacer
+	// spends the rest of each window (about 0.7 of what is spent); without one it leaves
+	// the client its pace and a twentieth, 27.4 of the 40 a second (0.69).
+	for _, reading := range []resetReading{epochUp, resetAbsent} {
+		t.Run(reading.String(), func(t *testing.T) {
+			c := simConfig{
+				org:       orgWindow{budget: 200, length: 5 * time.Second, reset: reading},
+				perMinute: 2400, callers: 16, latency: 20 * time.Millisecond, jitter: 40 * time.Millisecond,
+				other: 12, otherLead: 3 * time.Second, windows: 4,
+			}
+			org := c.org
+			s := &simulation{cfg: c, org: &org, other: newOther(t0, c), sides: []*side{{r: newPacerRig(t, c.perMinute, t0)}}}
+			for now := t0; now.Before(t0.Add(20 * time.Second)); now = now.Add(time.Millisecond) {
+				s.step(now)
+			}
+			e := s.sides[0].r.p.Estimate()
+			if e.Limit != 200 || e.Left < 0 || e.Left > 200 {
+				t.Errorf("limit %d, left %d; want 200 and what is left of it", e.Limit, e.Left)
+			}
+			if e.OthersPerSecond < 11 || e.OthersPerSecond > 13 {
+				t.Errorf("others' rate %.1f/s; want about 12/s", e.OthersPerSecond)
+			}
+			if e.OwnShare < 0.65 || e.OwnShare > 0.72 {
+				t.Errorf("own share %.2f; want about 0.7", e.OwnShare)
+			}
+		})
+	}
 }
 
 // A timer fires a little after its time on a real clock. A reading that the pacer takes in
