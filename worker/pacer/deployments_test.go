@@ -70,18 +70,23 @@ func bothUseTheirShare(t *testing.T, run simRun, budget, from int) {
 // refused.
 func TestTwoDeploymentsBesideAClientThatBarelyPrecedesThem(t *testing.T) {
 	for _, reset := range []resetReading{epochUp, epochDown, deltaUp, deltaDown} {
-		for _, lead := range []time.Duration{100 * time.Millisecond, 400 * time.Millisecond} {
-			t.Run(fmt.Sprintf("%v, the other client %s ahead", reset, lead), func(t *testing.T) {
-				t.Parallel()
-				c := simConfig{
-					org:       orgWindow{budget: 200, length: 5 * time.Second, reset: reset},
-					perMinute: 2400, callers: 16, latency: 20 * time.Millisecond, jitter: 40 * time.Millisecond,
-					other: 12, otherLead: lead, windows: 10,
-				}
-				run := simulateSides(t, t0, c, 2)
-				// The second starts 1.37 s in, in window 1: windows 1 and 2 are exempt.
-				bothUseTheirShare(t, run, c.org.budget, 2)
-			})
+		for _, fixed := range []bool{false, true} {
+			for _, lead := range []time.Duration{100 * time.Millisecond, 400 * time.Millisecond} {
+				t.Run(fmt.Sprintf("%v, windows fixed %v, the other client %s ahead", reset, fixed, lead), func(t *testing.T) {
+					t.Parallel()
+					c := simConfig{
+						org:       orgWindow{budget: 200, length: 5 * time.Second, reset: reset},
+						perMinute: 2400, callers: 16, latency: 20 * time.Millisecond, jitter: 40 * time.Millisecond,
+						other: 12, otherLead: lead, windows: 10,
+					}
+					if fixed {
+						c.originLead = lead // windows fixed to the fake's start, where the other client starts
+					}
+					run := simulateSides(t, t0, c, 2)
+					// The second starts 1.37 s in, in window 1: windows 1 and 2 are exempt.
+					bothUseTheirShare(t, run, c.org.budget, 2)
+				})
+			}
 		}
 	}
 }
