@@ -68,27 +68,20 @@ func benchDeployments(b *testing.B, c deploymentsCase) {
 		{"worker", func(r *rig) func() { return r.startPool(perMinute) }},
 		{"fixed", func(r *rig) func() { return r.startFixed(concurrency, perMinute/2, cfg.Window) }},
 	}
-	runs := map[string][]deploymentsRun{}
-	for i := range repetitions(b) {
-		for _, rn := range runners {
-			run := drainDeployments(b, cfg, n, concurrency, rn.start)
-			runs[rn.name] = append(runs[rn.name], run)
-			b.Logf("%s %s repetition %d: %.2f%% of what the other client left used together over %d windows (worst window %.2f%%), %.2f%% answered 429, the other client refused %.2f%% (%.2f%% from the second window after the one the second deployment starts in), the first deployment got %.1f%% of what the two got",
-				c.name, rn.name, i+1, run.used, run.windows, run.worst, run.tooMany, run.otherRefused, run.otherExempt, run.firstShare)
-			b.Logf("%s %s repetition %d, window by window (the first's/the second's units, of what the other client left): %s", c.name, rn.name, i+1, run.trace)
-		}
-	}
-	b.ReportMetric(0, "ns/op")
-	for _, rn := range runners {
-		reportMedians(b, rn.name+"_", runs[rn.name], []figure[deploymentsRun]{
-			{"used_%", func(r deploymentsRun) float64 { return r.used }},
-			{"worst_window_%", func(r deploymentsRun) float64 { return r.worst }},
-			{"429_%", func(r deploymentsRun) float64 { return r.tooMany }},
-			{"other_refused_%", func(r deploymentsRun) float64 { return r.otherRefused }},
-			{"other_refused_after_exempt_%", func(r deploymentsRun) float64 { return r.otherExempt }},
-			{"first_share_%", func(r deploymentsRun) float64 { return r.firstShare }},
-		})
-	}
+	runBudgetRunners(b, runners, func(start func(*rig) func()) deploymentsRun {
+		return drainDeployments(b, cfg, n, concurrency, start)
+	}, func(runner string, rep int, run deploymentsRun) {
+		b.Logf("%s %s repetition %d: %.2f%% of what the other client left used together over %d windows (worst window %.2f%%), %.2f%% answered 429, the other client refused %.2f%% (%.2f%% from the second window after the one the second deployment starts in), the first deployment got %.1f%% of what the two got",
+			c.name, runner, rep, run.used, run.windows, run.worst, run.tooMany, run.otherRefused, run.otherExempt, run.firstShare)
+		b.Logf("%s %s repetition %d, window by window (the first's/the second's units, of what the other client left): %s", c.name, runner, rep, run.trace)
+	}, []figure[deploymentsRun]{
+		{"used_%", func(r deploymentsRun) float64 { return r.used }},
+		{"worst_window_%", func(r deploymentsRun) float64 { return r.worst }},
+		{"429_%", func(r deploymentsRun) float64 { return r.tooMany }},
+		{"other_refused_%", func(r deploymentsRun) float64 { return r.otherRefused }},
+		{"other_refused_after_exempt_%", func(r deploymentsRun) float64 { return r.otherExempt }},
+		{"first_share_%", func(r deploymentsRun) float64 { return r.firstShare }},
+	})
 }
 
 // secondStartsAfter is how long after the first deployment the second starts.
@@ -177,14 +170,7 @@ func drainDeployments(b *testing.B, cfg kustomertest.Config, n, concurrency int,
 		if w.Start.After(from) && !w.End.After(to) {
 			got[0], got[1] = got[0]+in[0], got[1]+in[1]
 		}
-		f := fmt.Sprintf("%d/%d of %d", in[0], in[1], cfg.Budget-w.Others)
-		if w.Refused > 0 {
-			f += fmt.Sprintf(" %dx429", w.Refused)
-		}
-		if w.OthersRefused > 0 {
-			f += fmt.Sprintf(" %d of theirs", w.OthersRefused)
-		}
-		trace = append(trace, f)
+		trace = append(trace, traced(w, fmt.Sprintf("%d/%d of %d", in[0], in[1], cfg.Budget-w.Others)))
 	}
 	run.trace = strings.Join(trace, ", ")
 	if got[0]+got[1] > 0 {

@@ -112,25 +112,36 @@ func benchReadings(b *testing.B, c readingsCase) {
 		{"worker", func(r *rig) func() { return r.startPool(perMinute) }},
 		{"fixed", func(r *rig) func() { return r.startFixed(concurrency, perMinute, cfg.Window) }},
 	}
-	runs := map[string][]readingsRun{}
+	runBudgetRunners(b, runners, func(start func(*rig) func()) readingsRun {
+		return drainReadings(b, cfg, n, concurrency, start)
+	}, func(runner string, rep int, run readingsRun) {
+		b.Logf("%s %s repetition %d: %.1fs, %.2f%% of what the other client left used over windows 2-%d (worst window %.2f%%), %.2f%% over the elapsed time, %.2f%% answered 429, the other client refused %.2f%%",
+			c.name, runner, rep, run.elapsed.Seconds(), run.used, run.windows+1, run.worst, run.elapsedUsed, run.tooMany, run.otherRefused)
+		b.Logf("%s %s repetition %d, window by window: %s", c.name, runner, rep, run.trace)
+	}, []figure[readingsRun]{
+		{"used_%", func(r readingsRun) float64 { return r.used }},
+		{"worst_window_%", func(r readingsRun) float64 { return r.worst }},
+		{"used_elapsed_%", func(r readingsRun) float64 { return r.elapsedUsed }},
+		{"429_%", func(r readingsRun) float64 { return r.tooMany }},
+		{"other_refused_%", func(r readingsRun) float64 { return r.otherRefused }},
+	})
+}
+
+// runBudgetRunners drains with each runner once per repetition, in the runners' order,
+// logging each run with logRun (its repetition counted from 1), and reports each runner's
+// figures as medians over its runs, named after the runner.
+func runBudgetRunners[T any](b *testing.B, runners []budgetRunner, drain func(start func(*rig) func()) T, logRun func(runner string, rep int, run T), figures []figure[T]) {
+	runs := map[string][]T{}
 	for i := range repetitions(b) {
 		for _, rn := range runners {
-			run := drainReadings(b, cfg, n, concurrency, rn.start)
+			run := drain(rn.start)
 			runs[rn.name] = append(runs[rn.name], run)
-			b.Logf("%s %s repetition %d: %.1fs, %.2f%% of what the other client left used over windows 2-%d (worst window %.2f%%), %.2f%% over the elapsed time, %.2f%% answered 429, the other client refused %.2f%%",
-				c.name, rn.name, i+1, run.elapsed.Seconds(), run.used, run.windows+1, run.worst, run.elapsedUsed, run.tooMany, run.otherRefused)
-			b.Logf("%s %s repetition %d, window by window: %s", c.name, rn.name, i+1, run.trace)
+			logRun(rn.name, i+1, run)
 		}
 	}
 	b.ReportMetric(0, "ns/op")
 	for _, rn := range runners {
-		reportMedians(b, rn.name+"_", runs[rn.name], []figure[readingsRun]{
-			{"used_%", func(r readingsRun) float64 { return r.used }},
-			{"worst_window_%", func(r readingsRun) float64 { return r.worst }},
-			{"used_elapsed_%", func(r readingsRun) float64 { return r.elapsedUsed }},
-			{"429_%", func(r readingsRun) float64 { return r.tooMany }},
-			{"other_refused_%", func(r readingsRun) float64 { return r.otherRefused }},
-		})
+		reportMedians(b, rn.name+"_", runs[rn.name], figures)
 	}
 }
 
@@ -189,17 +200,22 @@ func drainReadings(b *testing.B, cfg kustomertest.Config, n, concurrency int, st
 		if w.End.Before(first) || w.Start.After(last) {
 			continue
 		}
-		f := fmt.Sprintf("%d/%d", w.Units, cfg.Budget-w.Others)
-		if w.Refused > 0 {
-			f += fmt.Sprintf(" %dx429", w.Refused)
-		}
-		if w.OthersRefused > 0 {
-			f += fmt.Sprintf(" %d of theirs", w.OthersRefused)
-		}
-		trace = append(trace, f)
+		trace = append(trace, traced(w, fmt.Sprintf("%d/%d", w.Units, cfg.Budget-w.Others)))
 	}
 	run.trace = strings.Join(trace, ", ")
 	return run
+}
+
+// traced is a window's entry in a run's trace: what the runner used of what was left (used),
+// then the 429s it met and the other client's refusals, if any.
+func traced(w kustomertest.Window, used string) string {
+	if w.Refused > 0 {
+		used += fmt.Sprintf(" %dx429", w.Refused)
+	}
+	if w.OthersRefused > 0 {
+		used += fmt.Sprintf(" %d of theirs", w.OthersRefused)
+	}
+	return used
 }
 
 // usedFromTheSecondWindow is the share (in %) of what the org's other clients left that the

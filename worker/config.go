@@ -55,7 +55,7 @@ type Config struct {
 	// acknowledged), including those waiting behind an earlier update to the same
 	// conversation. Keep it at or below the consumer's MaxAckPending. Default HeldPerWorker
 	// (8) × Concurrency, at least MinMaxAckPending (128); in bulk mode at least
-	// bulk.DefaultJobsHeld × Bulk.Size (1000), so that several jobs can be in flight.
+	// bulk.DefaultJobsHeld × Bulk.Size (40 × 100), so that several jobs can be in flight.
 	MaxAckPending int
 	// RetryInitial and RetryMax bound the exponential backoff (with jitter) between retries of
 	// one message. Defaults DefaultRetryInitial (500ms) and DefaultRetryMax (60s).
